@@ -1,0 +1,73 @@
+//! Datapaths: where datagrams come from and go to. Nothing here knows about connections;
+//! only `worker` sees both sides.
+//!
+//! The shape follows the in-place style of s2n-quic's IO traits: receive hands each
+//! datagram to a closure as `&mut [u8]` (so the engine decrypts in place, in the UMEM frame
+//! on the XDP path), and transmit gives a closure the buffer to write into (so a
+//! connection encrypts straight into a TX frame).
+
+pub mod mem;
+pub mod udp;
+#[cfg(feature = "xdp")]
+pub mod xdp;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What the datapath knows about a received datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxMeta {
+    /// Who sent it.
+    pub src: SocketAddr,
+    /// The local address it was sent to (the socket's, or from IP_PKTINFO / the IP header).
+    pub dst: SocketAddr,
+    /// ECN codepoint from the IP header (0 = not-ECT).
+    pub ecn: u8,
+}
+
+/// Where and how to send a buffer written by a transmit closure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxMeta {
+    pub dst: SocketAddr,
+    /// Bytes written into the buffer.
+    pub len: usize,
+    /// If `len` holds several datagrams back to back, the size of each but the last
+    /// (UDP GSO). `None` means one datagram.
+    pub segment_size: Option<usize>,
+    /// ECN codepoint to set (0 = not-ECT).
+    pub ecn: u8,
+}
+
+/// What a datapath can do, so the engine can size its writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Most datagrams one transmit buffer may hold (1 without GSO).
+    pub max_segments: usize,
+    /// Largest UDP payload one datagram may carry.
+    pub max_datagram_size: usize,
+}
+
+/// A source and sink of UDP datagrams for one worker.
+pub trait Datapath {
+    /// The address datagrams are received on.
+    fn local_addr(&self) -> SocketAddr;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Receives what is ready now (up to one batch, without blocking) and hands each
+    /// datagram to `on_datagram`. GRO super-datagrams are split before the call. Returns the
+    /// number of datagrams delivered.
+    fn recv_batch(&mut self, on_datagram: &mut dyn FnMut(RxMeta, &mut [u8])) -> std::io::Result<usize>;
+
+    /// Offers a transmit buffer of `capabilities().max_segments * max_datagram_size` bytes
+    /// (at least) to `write`; if `write` returns `Some`, the datagram(s) are queued. Returns
+    /// false without calling `write` when no buffer is free (back-pressure: flush and retry).
+    fn push_tx(&mut self, write: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>) -> bool;
+
+    /// Hands queued datagrams to the kernel / NIC. Returns how many were sent; those not
+    /// sent stay queued.
+    fn flush(&mut self) -> std::io::Result<usize>;
+
+    /// Blocks until a datagram may be ready to receive or `timeout` passes.
+    fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
