@@ -5,5 +5,6 @@ pub mod frame;
 pub mod header;
 pub mod net;
 pub mod packet_number;
+pub mod steer;
 pub mod transport_params;
 pub mod varint;
