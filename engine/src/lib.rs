@@ -50,3 +50,6 @@ pub mod crypto;
 pub mod endpoint;
 pub mod io;
 pub mod tls;
+pub mod client;
+pub mod server;
+pub mod worker;

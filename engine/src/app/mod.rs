@@ -1,1 +1,132 @@
-//! (to be written)
+//! Applications over QUIC streams: the trait a library user implements, and the built-ins
+//! picked by ALPN (`perf`, `hq-interop`, `echo`).
+
+pub mod echo;
+pub mod hq;
+pub mod perf;
+
+use std::time::Instant;
+
+use crate::conn::{CloseReason, Connection, Event, StreamEvent, StreamId};
+use crate::endpoint::EventHandler;
+
+/// One connection's application. Callbacks run on the connection's worker thread, right
+/// after the packet or timer that caused them; they must not block.
+pub trait Application: Send {
+    /// The handshake completed.
+    fn on_connected(&mut self, _conn: &mut Connection, _now: Instant) {}
+    /// The peer opened a stream.
+    fn on_stream_opened(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        self.on_readable(conn, id, now);
+    }
+    /// Data (or FIN) is ready to read on `id`.
+    fn on_readable(&mut self, _conn: &mut Connection, _id: StreamId, _now: Instant) {}
+    /// `id` can take more data.
+    fn on_writable(&mut self, _conn: &mut Connection, _id: StreamId, _now: Instant) {}
+    /// Everything we sent on `id`, FIN included, was acknowledged.
+    fn on_finished(&mut self, _conn: &mut Connection, _id: StreamId, _now: Instant) {}
+    /// The peer abandoned its sending side of `id` (RESET_STREAM).
+    fn on_reset(&mut self, _conn: &mut Connection, _id: StreamId, _code: u64, _now: Instant) {}
+    /// The peer asked us to stop sending on `id` (STOP_SENDING; we already reset it).
+    fn on_stopped(&mut self, _conn: &mut Connection, _id: StreamId, _code: u64, _now: Instant) {}
+    fn on_closed(&mut self, _reason: &CloseReason) {}
+}
+
+/// Creates the application for a connection from its negotiated ALPN.
+pub trait AppFactory: Send + Sync {
+    fn alpns(&self) -> Vec<Vec<u8>>;
+    fn create(&self, alpn: &[u8]) -> Option<Box<dyn Application>>;
+}
+
+/// Per-connection state kept by the endpoint: the application, once the ALPN is known.
+pub type AppSlot = Option<Box<dyn Application>>;
+
+/// Delivers connection events to applications made by a factory.
+pub struct AppDispatcher<'a> {
+    pub factory: &'a dyn AppFactory,
+}
+
+impl EventHandler<AppSlot> for AppDispatcher<'_> {
+    fn on_event(&mut self, now: Instant, conn: &mut Connection, slot: &mut AppSlot, event: Event) {
+        match event {
+            Event::Connected => {
+                let alpn = conn.alpn().unwrap_or_default().to_vec();
+                match self.factory.create(&alpn) {
+                    Some(mut app) => {
+                        app.on_connected(conn, now);
+                        *slot = Some(app);
+                    }
+                    None => {
+                        // rustls already refused unknown ALPNs; this only happens for a client without one.
+                        conn.close(now, 0x0178, "no application for ALPN");
+                    }
+                }
+            }
+            Event::Stream(ev) => {
+                if let Some(app) = slot.as_mut() {
+                    dispatch_stream_event(app.as_mut(), conn, ev, now);
+                }
+            }
+            Event::Closed(reason) => {
+                if let Some(app) = slot.as_mut() {
+                    app.on_closed(&reason);
+                }
+            }
+        }
+    }
+}
+
+pub fn dispatch_stream_event(app: &mut dyn Application, conn: &mut Connection, ev: StreamEvent, now: Instant) {
+    match ev {
+        StreamEvent::Opened { id } => app.on_stream_opened(conn, id, now),
+        StreamEvent::Readable { id } => app.on_readable(conn, id, now),
+        StreamEvent::Writable { id } => app.on_writable(conn, id, now),
+        StreamEvent::Finished { id } => app.on_finished(conn, id, now),
+        StreamEvent::Reset { id, error_code } => app.on_reset(conn, id, error_code, now),
+        StreamEvent::Stopped { id, error_code } => app.on_stopped(conn, id, error_code, now),
+    }
+}
+
+/// The built-in server applications, as a factory.
+pub struct BuiltinApps {
+    pub alpns: Vec<Vec<u8>>,
+    pub root: Option<std::path::PathBuf>,
+}
+
+pub const ALPN_PERF: &[u8] = b"perf";
+pub const ALPN_HQ: &[u8] = b"hq-interop";
+pub const ALPN_ECHO: &[u8] = b"echo";
+
+impl AppFactory for BuiltinApps {
+    fn alpns(&self) -> Vec<Vec<u8>> {
+        self.alpns.clone()
+    }
+
+    fn create(&self, alpn: &[u8]) -> Option<Box<dyn Application>> {
+        if !self.alpns.iter().any(|a| a == alpn) {
+            return None;
+        }
+        match alpn {
+            ALPN_PERF => Some(Box::new(perf::PerfServer::default())),
+            ALPN_HQ => Some(Box::new(hq::HqServer::new(self.root.clone()))),
+            ALPN_ECHO => Some(Box::new(echo::EchoServer::default())),
+            _ => None,
+        }
+    }
+}
+
+/// Static bytes for synthetic bodies (perf responses, `/N` downloads): written straight from here.
+pub(crate) static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+
+/// Writes up to `remaining` bytes of zeros; returns how many were accepted.
+pub(crate) fn write_zeros(conn: &mut Connection, id: StreamId, remaining: u64) -> u64 {
+    let mut sent = 0u64;
+    while sent < remaining {
+        let n = (remaining - sent).min(ZEROS.len() as u64) as usize;
+        match conn.write(id, &ZEROS[..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(w) => sent += w as u64,
+        }
+    }
+    sent
+}

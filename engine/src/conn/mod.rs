@@ -1,4 +1,17 @@
-//! One connection, sans-IO.
+//! One connection, sans-IO (RFC 9000/9001/9002): no sockets, no clock reads; `now` is
+//! always an argument, datagrams come in as `&mut [u8]` and go out into caller buffers.
+pub mod cids;
+pub mod config;
+pub mod connection;
 pub mod range_set;
+mod recv;
 pub mod recovery;
+mod send;
+pub mod sent;
+pub mod space;
 pub mod streams;
+
+pub use cids::{CidEvent, ConnectionIdGenerator};
+pub use config::TransportConfig;
+pub use connection::{CloseReason, Connection, ConnectionStats, Event, ServerConnectionParams, Transmit, MIN_INITIAL_SIZE};
+pub use streams::{StreamError, StreamEvent, StreamId};

@@ -1,1 +1,561 @@
-//! (to be written)
+//! One endpoint per worker: the CID table, accepting connections, and answering packets
+//! that match no connection (RFC 9000 §5.2). Share-nothing: an endpoint is owned by one
+//! thread and touched by no other.
+//!
+//! Per-connection application state `U` lives beside each connection; an `EventHandler`
+//! sees every connection event right after the input that caused it.
+
+pub mod cid;
+pub mod stateless;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use slab::Slab;
+
+use crate::conn::{CidEvent, Connection, Event, ServerConnectionParams, TransportConfig};
+use crate::crypto::tokens::{ResetTokenKey, TokenKey, ValidatedToken};
+use crate::io::{RxMeta, TxMeta};
+use crate::wire::cid::ConnectionId;
+use crate::wire::error::TransportErrorCode as Code;
+use crate::wire::header::{self, Header, LongType};
+use crate::wire::steer::CidLayout;
+
+pub use cid::CidGenerator;
+
+/// Index of a connection inside its endpoint.
+pub type ConnHandle = usize;
+
+/// Receives every connection event, with the connection and its application state.
+pub trait EventHandler<U> {
+    fn on_event(&mut self, now: Instant, conn: &mut Connection, state: &mut U, event: Event);
+}
+
+#[derive(Clone)]
+pub struct EndpointConfig {
+    pub transport: Arc<TransportConfig>,
+    /// TLS for accepting; `None` makes a client-only endpoint.
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    pub layout: CidLayout,
+    pub server_id: Vec<u8>,
+    pub worker_id: u8,
+    pub max_connections: usize,
+    /// Answer first Initials with Retry to validate addresses (RFC 9000 §8.1.2).
+    pub require_retry: bool,
+    pub retry_token_lifetime: Duration,
+    /// Shared by every worker of a server so any of them can reset or validate for the others.
+    pub reset_key: Arc<ResetTokenKey>,
+    pub token_key: Arc<TokenKey>,
+    /// Most stateless packets (VN, Retry, reset, refusals) queued at once; beyond it they are dropped.
+    pub max_stateless_queue: usize,
+    /// Keep the application state of drained connections for `take_all_states` (clients reading results).
+    pub keep_drained_states: bool,
+}
+
+impl EndpointConfig {
+    pub fn new(transport: TransportConfig, server_tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        Self {
+            transport: Arc::new(transport),
+            server_tls,
+            layout: CidLayout { cid_len: 12, server_id_len: 2 },
+            server_id: vec![0, 1],
+            worker_id: 0,
+            max_connections: 100_000,
+            require_retry: false,
+            retry_token_lifetime: Duration::from_secs(10),
+            reset_key: Arc::new(ResetTokenKey::random()),
+            token_key: Arc::new(TokenKey::random()),
+            max_stateless_queue: 256,
+            keep_drained_states: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub datagrams_received: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub connections_closed: u64,
+    pub version_negotiations_sent: u64,
+    pub retries_sent: u64,
+    pub stateless_resets_sent: u64,
+    pub invalid_tokens: u64,
+    /// Datagrams matching no connection and not worth answering.
+    pub dropped_unroutable: u64,
+    pub stateless_dropped: u64,
+}
+
+struct Entry<U> {
+    conn: Connection,
+    state: U,
+    /// The client's original DCID (server side), so retransmitted Initials find us.
+    initial_dcid: Option<ConnectionId>,
+    timer: Option<Instant>,
+    queued: bool,
+}
+
+/// A packet queued without a connection.
+struct StatelessPacket {
+    dst: SocketAddr,
+    len: usize,
+    buf: Box<[u8; 1500]>,
+}
+
+pub struct Endpoint<U> {
+    config: EndpointConfig,
+    conns: Slab<Entry<U>>,
+    by_cid: HashMap<ConnectionId, ConnHandle>,
+    by_initial: HashMap<ConnectionId, ConnHandle>,
+    /// Connections that may have something to send, in round-robin order.
+    send_queue: VecDeque<ConnHandle>,
+    timers: BinaryHeap<Reverse<(Instant, ConnHandle)>>,
+    stateless: VecDeque<StatelessPacket>,
+    stateless_pool: Vec<Box<[u8; 1500]>>,
+    stats: EndpointStats,
+    drained_states: Vec<U>,
+}
+
+impl<U: Default> Endpoint<U> {
+    pub fn new(config: EndpointConfig) -> Self {
+        Self {
+            config,
+            conns: Slab::with_capacity(1024),
+            by_cid: HashMap::with_capacity(4096),
+            by_initial: HashMap::with_capacity(1024),
+            send_queue: VecDeque::with_capacity(1024),
+            timers: BinaryHeap::with_capacity(1024),
+            stateless: VecDeque::new(),
+            stateless_pool: Vec::new(),
+            stats: EndpointStats::default(),
+            drained_states: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn handles(&self) -> impl Iterator<Item = ConnHandle> + '_ {
+        self.conns.iter().map(|(h, _)| h)
+    }
+
+    pub fn conn(&self, h: ConnHandle) -> Option<&Connection> {
+        self.conns.get(h).map(|e| &e.conn)
+    }
+
+    fn cid_generator(&self) -> CidGenerator {
+        CidGenerator::new(self.config.layout, 0, &self.config.server_id, self.config.worker_id, self.config.reset_key.clone())
+    }
+
+    /// Which worker owns `dcid`, if it is one of this server's CIDs.
+    pub fn owner_worker(&self, dcid: &[u8]) -> Option<u8> {
+        (dcid.len() == self.config.layout.cid_len).then(|| dcid[self.config.layout.worker_offset()])
+    }
+
+    /// Opens a client connection.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        tls: Arc<rustls::ClientConfig>,
+        server_name: &str,
+        remote: SocketAddr,
+        version: u32,
+    ) -> Result<ConnHandle, crate::wire::error::TransportError> {
+        let mut dcid_bytes = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut dcid_bytes);
+        let dcid = ConnectionId::new(&dcid_bytes).expect("16 bytes");
+        let conn = Connection::new_client(
+            self.config.transport.clone(),
+            tls,
+            server_name,
+            version,
+            remote,
+            dcid,
+            Box::new(self.cid_generator()),
+            now,
+        )?;
+        let h = self.insert(conn, None);
+        Ok(h)
+    }
+
+    fn insert(&mut self, conn: Connection, initial_dcid: Option<ConnectionId>) -> ConnHandle {
+        let cids: Vec<ConnectionId> = conn.local_cids().collect();
+        let h = self.conns.insert(Entry { conn, state: U::default(), initial_dcid, timer: None, queued: false });
+        for cid in cids {
+            self.by_cid.insert(cid, h);
+        }
+        if let Some(d) = initial_dcid {
+            self.by_initial.insert(d, h);
+        }
+        self.mark_send(h);
+        h
+    }
+
+    fn mark_send(&mut self, h: ConnHandle) {
+        if let Some(e) = self.conns.get_mut(h) {
+            if !e.queued {
+                e.queued = true;
+                self.send_queue.push_back(h);
+            }
+        }
+    }
+
+    /// Handles one received datagram. Returns the connection it went to, if any.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        meta: RxMeta,
+        buf: &mut [u8],
+        handler: &mut impl EventHandler<U>,
+    ) -> Option<ConnHandle> {
+        self.stats.datagrams_received += 1;
+        let cid_len = self.config.layout.cid_len;
+        let Ok(dcid) = header::peek_dcid(buf, cid_len) else {
+            self.stats.dropped_unroutable += 1;
+            return None;
+        };
+        let known = ConnectionId::new(dcid).ok().and_then(|d| self.by_cid.get(&d).or_else(|| self.by_initial.get(&d)).copied());
+        if let Some(h) = known {
+            let e = &mut self.conns[h];
+            e.conn.handle_datagram(now, meta.src, meta.ecn, buf);
+            self.after_io(now, h, handler);
+            return Some(h);
+        }
+        self.handle_unknown(now, meta, buf, handler)
+    }
+
+    /// RFC 9000 §5.2: a datagram for no connection we know.
+    fn handle_unknown(&mut self, now: Instant, meta: RxMeta, buf: &mut [u8], handler: &mut impl EventHandler<U>) -> Option<ConnHandle> {
+        let len = buf.len();
+        let cid_len = self.config.layout.cid_len;
+        let Ok((hdr, _)) = header::parse(buf, cid_len) else {
+            self.stats.dropped_unroutable += 1;
+            return None;
+        };
+        let Some(tls) = self.config.server_tls.clone() else {
+            // A client endpoint answers nothing it doesn't know.
+            self.stats.dropped_unroutable += 1;
+            return None;
+        };
+        match hdr {
+            Header::UnsupportedVersion { dcid, scid, .. } => {
+                // §6.1: only for datagrams big enough to be a first Initial (no amplification).
+                if len >= crate::conn::MIN_INITIAL_SIZE {
+                    let (d, s) = (dcid.to_vec(), scid.to_vec());
+                    if self.queue_stateless(meta.src, |b| stateless::version_negotiation(b, &d, &s)) {
+                        self.stats.version_negotiations_sent += 1;
+                    }
+                } else {
+                    self.stats.dropped_unroutable += 1;
+                }
+                None
+            }
+            Header::Long { ty: LongType::Initial, version, dcid, scid, token, .. } => {
+                if len < crate::conn::MIN_INITIAL_SIZE {
+                    // §14.1: a server MUST discard an Initial in a datagram under 1200 bytes.
+                    self.stats.dropped_unroutable += 1;
+                    return None;
+                }
+                if dcid.len() < 8 {
+                    // §7.2: a client's first DCID is at least 8 bytes.
+                    self.stats.dropped_unroutable += 1;
+                    return None;
+                }
+                let token = token.to_vec();
+                self.accept_initial(now, meta, buf, version, dcid, scid, &token, tls, handler)
+            }
+            Header::Short { dcid, .. } => {
+                // §10.3: tell the peer this connection is gone (it may have lost state on our side).
+                if let Some(reset_len) = stateless::reset_len_for(len) {
+                    let token = self.config.reset_key.token(&dcid);
+                    if self.queue_stateless(meta.src, |b| stateless::stateless_reset(b, &token, reset_len)) {
+                        self.stats.stateless_resets_sent += 1;
+                    }
+                } else {
+                    self.stats.dropped_unroutable += 1;
+                }
+                None
+            }
+            _ => {
+                self.stats.dropped_unroutable += 1;
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn accept_initial(
+        &mut self,
+        now: Instant,
+        meta: RxMeta,
+        buf: &mut [u8],
+        version: u32,
+        dcid: ConnectionId,
+        scid: ConnectionId,
+        token: &[u8],
+        tls: Arc<rustls::ServerConfig>,
+        handler: &mut impl EventHandler<U>,
+    ) -> Option<ConnHandle> {
+        if self.conns.len() >= self.config.max_connections {
+            self.stats.connections_refused += 1;
+            self.queue_stateless(meta.src, |b| {
+                stateless::initial_close(b, version, &dcid, &scid, Code::CONNECTION_REFUSED.0, "server busy")
+            });
+            return None;
+        }
+        let mut original_dcid = dcid;
+        let mut retry_scid = None;
+        let mut validated = false;
+        if !token.is_empty() {
+            match self.config.token_key.open(token, meta.src, SystemTime::now(), self.config.retry_token_lifetime) {
+                Ok(ValidatedToken::Retry { original_dcid: odcid, retry_scid: rscid }) => {
+                    if rscid.as_slice() != dcid.as_slice() {
+                        return self.refuse_invalid_token(meta, version, dcid, scid);
+                    }
+                    original_dcid = ConnectionId::new(&odcid).ok()?;
+                    retry_scid = Some(dcid);
+                    validated = true;
+                }
+                Ok(ValidatedToken::NewToken) => validated = true,
+                Err(_) => {
+                    if self.config.require_retry {
+                        // §8.1.3: an invalid Retry token closes with INVALID_TOKEN.
+                        return self.refuse_invalid_token(meta, version, dcid, scid);
+                    }
+                    // A stale NEW_TOKEN-style token: carry on as if none was sent.
+                }
+            }
+        }
+        if self.config.require_retry && !validated {
+            let mut gen = self.cid_generator();
+            let new_scid = crate::conn::ConnectionIdGenerator::generate(&mut gen);
+            let mut token_buf = Vec::with_capacity(128);
+            self.config.token_key.seal_retry(meta.src, &dcid, &new_scid, SystemTime::now(), &mut token_buf);
+            if self.queue_stateless(meta.src, |b| stateless::retry(b, version, &scid, &new_scid, &dcid, &token_buf)) {
+                self.stats.retries_sent += 1;
+            }
+            return None;
+        }
+        let mut gen = self.cid_generator();
+        let local_cid = crate::conn::ConnectionIdGenerator::generate(&mut gen);
+        let params = ServerConnectionParams {
+            version,
+            remote: meta.src,
+            original_dcid,
+            client_scid: scid,
+            local_cid,
+            retry_scid,
+            address_validated: validated,
+        };
+        let conn = match Connection::new_server(self.config.transport.clone(), tls, params, Box::new(gen), now) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(?e, "could not create connection");
+                return None;
+            }
+        };
+        self.stats.connections_accepted += 1;
+        let h = self.insert(conn, Some(dcid));
+        self.conns[h].conn.handle_datagram(now, meta.src, meta.ecn, buf);
+        self.after_io(now, h, handler);
+        Some(h)
+    }
+
+    fn refuse_invalid_token(&mut self, meta: RxMeta, version: u32, dcid: ConnectionId, scid: ConnectionId) -> Option<ConnHandle> {
+        self.stats.invalid_tokens += 1;
+        self.queue_stateless(meta.src, |b| stateless::initial_close(b, version, &dcid, &scid, Code::INVALID_TOKEN.0, ""));
+        None
+    }
+
+    fn queue_stateless(&mut self, dst: SocketAddr, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        if self.stateless.len() >= self.config.max_stateless_queue {
+            self.stats.stateless_dropped += 1;
+            return false;
+        }
+        let mut buf = self.stateless_pool.pop().unwrap_or_else(|| Box::new([0u8; 1500]));
+        match write(&mut buf[..]) {
+            Some(len) => {
+                self.stateless.push_back(StatelessPacket { dst, len, buf });
+                true
+            }
+            None => {
+                self.stateless_pool.push(buf);
+                false
+            }
+        }
+    }
+
+    /// After input reached connection `h`: route CID changes, deliver events, reschedule, reap.
+    fn after_io(&mut self, now: Instant, h: ConnHandle, handler: &mut impl EventHandler<U>) {
+        let Some(e) = self.conns.get_mut(h) else { return };
+        while let Some(ev) = e.conn.poll_cid_event() {
+            match ev {
+                CidEvent::Issued(cid) => {
+                    self.by_cid.insert(cid, h);
+                }
+                CidEvent::Retired(cid) => {
+                    self.by_cid.remove(&cid);
+                }
+            }
+        }
+        while let Some(ev) = e.conn.poll_event() {
+            handler.on_event(now, &mut e.conn, &mut e.state, ev);
+        }
+        if e.conn.is_handshake_confirmed() {
+            // Past the handshake the client no longer uses its original DCID.
+            if let Some(d) = e.initial_dcid.take() {
+                self.by_initial.remove(&d);
+            }
+        }
+        if e.conn.is_drained() {
+            self.remove(h);
+            return;
+        }
+        self.reschedule(h);
+        self.mark_send(h);
+    }
+
+    fn reschedule(&mut self, h: ConnHandle) {
+        let Some(e) = self.conns.get_mut(h) else { return };
+        let t = e.conn.poll_timeout();
+        if t != e.timer {
+            e.timer = t;
+            if let Some(t) = t {
+                self.timers.push(Reverse((t, h)));
+            }
+        }
+    }
+
+    fn remove(&mut self, h: ConnHandle) {
+        let e = self.conns.remove(h);
+        for cid in e.conn.local_cids() {
+            if self.by_cid.get(&cid) == Some(&h) {
+                self.by_cid.remove(&cid);
+            }
+        }
+        if let Some(d) = e.initial_dcid {
+            self.by_initial.remove(&d);
+        }
+        self.stats.connections_closed += 1;
+        if self.config.keep_drained_states {
+            self.drained_states.push(e.state);
+        }
+    }
+
+    /// Runs `f` on a live connection and its state without delivering events (they wait for the
+    /// next input); schedules the connection for sending. `None` if it is gone.
+    pub fn with_state<R>(&mut self, h: ConnHandle, f: impl FnOnce(&mut Connection, &mut U) -> R) -> Option<R> {
+        let e = self.conns.get_mut(h)?;
+        let r = f(&mut e.conn, &mut e.state);
+        self.reschedule(h);
+        self.mark_send(h);
+        Some(r)
+    }
+
+    /// Every state, of drained connections (if kept) and live ones; the endpoint keeps defaults.
+    pub fn take_all_states(&mut self) -> Vec<U> {
+        let mut out = std::mem::take(&mut self.drained_states);
+        for (_, e) in self.conns.iter_mut() {
+            out.push(std::mem::take(&mut e.state));
+        }
+        out
+    }
+
+    /// Lets the application act on a connection (open streams, write); events that result are
+    /// delivered to `handler` and the connection is scheduled for sending.
+    pub fn with_conn<R>(
+        &mut self,
+        now: Instant,
+        h: ConnHandle,
+        handler: &mut impl EventHandler<U>,
+        f: impl FnOnce(&mut Connection, &mut U) -> R,
+    ) -> Option<R> {
+        let e = self.conns.get_mut(h)?;
+        let r = f(&mut e.conn, &mut e.state);
+        self.after_io(now, h, handler);
+        Some(r)
+    }
+
+    /// Runs every expired connection timer.
+    pub fn handle_timeouts(&mut self, now: Instant, handler: &mut impl EventHandler<U>) {
+        while let Some(Reverse((t, h))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(e) = self.conns.get_mut(h) else { continue };
+            if e.timer != Some(t) {
+                continue; // superseded
+            }
+            e.timer = None;
+            e.conn.handle_timeout(now);
+            self.after_io(now, h, handler);
+        }
+    }
+
+    /// Earliest connection timer.
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        // Drop superseded entries so the heap's top is real.
+        while let Some(Reverse((t, h))) = self.timers.peek().copied() {
+            match self.conns.get(h) {
+                Some(e) if e.timer == Some(t) => return Some(t),
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Writes the next outgoing datagram(s) into `buf`: stateless packets first, then
+    /// connections round-robin.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], max_segments: usize) -> Option<TxMeta> {
+        if let Some(p) = self.stateless.pop_front() {
+            let len = p.len.min(buf.len());
+            buf[..len].copy_from_slice(&p.buf[..len]);
+            let dst = p.dst;
+            self.stateless_pool.push(p.buf);
+            return Some(TxMeta { dst, len, segment_size: None, ecn: 0 });
+        }
+        while let Some(h) = self.send_queue.pop_front() {
+            let Some(e) = self.conns.get_mut(h) else { continue };
+            match e.conn.poll_transmit(now, buf, max_segments) {
+                Some(t) => {
+                    // Still queued: it may have more; others get their turn first.
+                    self.send_queue.push_back(h);
+                    return Some(TxMeta { dst: t.dst, len: t.len, segment_size: t.segment_size, ecn: 0 });
+                }
+                None => {
+                    e.queued = false;
+                    // Sending may have changed timers (loss detection, idle).
+                    self.reschedule(h);
+                }
+            }
+        }
+        None
+    }
+
+    /// Closes every connection (graceful shutdown).
+    pub fn close_all(&mut self, now: Instant, code: u64, reason: &str) {
+        let hs: Vec<ConnHandle> = self.conns.iter().map(|(h, _)| h).collect();
+        for h in hs {
+            if let Some(e) = self.conns.get_mut(h) {
+                e.conn.close(now, code, reason);
+            }
+            self.reschedule(h);
+            self.mark_send(h);
+        }
+    }
+}

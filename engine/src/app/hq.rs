@@ -1,0 +1,266 @@
+//! `hq-interop`: HTTP/0.9 over QUIC as used by the QUIC interop runner. The client sends
+//! `GET /path\r\n` and FIN; the server answers with the raw body and FIN.
+//! Files are served from `--root`; a path `/N` naming no file returns N bytes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::app::{write_zeros, Application};
+use crate::conn::{CloseReason, Connection, StreamId};
+
+/// Longest request line we accept before giving up on a stream.
+const MAX_REQUEST: usize = 4096;
+
+enum Body {
+    File { file: File, buf: Vec<u8>, pos: usize },
+    Synthetic { remaining: u64 },
+}
+
+#[derive(Default)]
+struct ServerStream {
+    request: Vec<u8>,
+    body: Option<Body>,
+}
+
+pub struct HqServer {
+    root: Option<PathBuf>,
+    streams: HashMap<StreamId, ServerStream>,
+}
+
+impl HqServer {
+    pub fn new(root: Option<PathBuf>) -> Self {
+        Self { root, streams: HashMap::new() }
+    }
+
+    fn respond(&mut self, conn: &mut Connection, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id) else { return };
+        let Some(path) = parse_request(&s.request) else {
+            let _ = conn.reset_stream(id, 0x10);
+            self.streams.remove(&id);
+            return;
+        };
+        let body = match resolve(self.root.as_deref(), &path) {
+            Some(p) => match File::open(&p) {
+                Ok(file) => Some(Body::File { file, buf: Vec::new(), pos: 0 }),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let body = body.or_else(|| path.strip_prefix('/').and_then(|n| n.parse::<u64>().ok()).map(|n| Body::Synthetic { remaining: n }));
+        match body {
+            Some(b) => s.body = Some(b),
+            None => {
+                // Not found: an empty body, FIN (HTTP/0.9 has no status line).
+                let _ = conn.finish(id);
+                self.streams.remove(&id);
+                return;
+            }
+        }
+        self.pump(conn, id);
+    }
+
+    fn pump(&mut self, conn: &mut Connection, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id) else { return };
+        let done = match s.body.as_mut() {
+            None => false,
+            Some(Body::Synthetic { remaining }) => {
+                *remaining -= write_zeros(conn, id, *remaining);
+                *remaining == 0
+            }
+            Some(Body::File { file, buf, pos }) => loop {
+                if *pos == buf.len() {
+                    buf.resize(64 * 1024, 0);
+                    match file.read(buf) {
+                        Ok(0) | Err(_) => break true,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            *pos = 0;
+                        }
+                    }
+                }
+                match conn.write(id, &buf[*pos..]) {
+                    Ok(0) | Err(_) => break false,
+                    Ok(n) => *pos += n,
+                }
+            },
+        };
+        if done {
+            let _ = conn.finish(id);
+            self.streams.remove(&id);
+        }
+    }
+}
+
+/// `GET /path` (optionally followed by CRLF) → "/path".
+fn parse_request(req: &[u8]) -> Option<String> {
+    let line = req.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r').trim();
+    let path = line.strip_prefix("GET ")?.trim();
+    path.starts_with('/').then(|| path.to_string())
+}
+
+/// Maps a request path under `root`, refusing anything that would escape it.
+fn resolve(root: Option<&Path>, path: &str) -> Option<PathBuf> {
+    let root = root?;
+    let rel = Path::new(path.trim_start_matches('/'));
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    let full = root.join(rel);
+    full.is_file().then_some(full)
+}
+
+impl Application for HqServer {
+    fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        if !id.is_bidi() {
+            return;
+        }
+        let s = self.streams.entry(id).or_default();
+        if s.body.is_some() {
+            return;
+        }
+        let mut chunk = [0u8; 1024];
+        loop {
+            match conn.read(id, &mut chunk, now) {
+                Ok((n, fin)) => {
+                    s.request.extend_from_slice(&chunk[..n]);
+                    if s.request.len() > MAX_REQUEST {
+                        let _ = conn.reset_stream(id, 0x10);
+                        let _ = conn.stop_sending(id, 0x10);
+                        self.streams.remove(&id);
+                        return;
+                    }
+                    if fin || s.request.contains(&b'\n') {
+                        self.respond(conn, id);
+                        return;
+                    }
+                    if n == 0 {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn on_writable(&mut self, conn: &mut Connection, id: StreamId, _now: Instant) {
+        self.pump(conn, id);
+    }
+
+    fn on_stopped(&mut self, _conn: &mut Connection, id: StreamId, _code: u64, _now: Instant) {
+        self.streams.remove(&id);
+    }
+}
+
+/// Client side: GET each path in turn over its own stream, hashing the bodies in request order.
+pub struct HqClient {
+    paths: Vec<String>,
+    next: usize,
+    current: Option<StreamId>,
+    hasher: Sha256,
+    pub bytes_down: u64,
+    pub failed: Option<String>,
+    done: bool,
+}
+
+impl HqClient {
+    pub fn new(paths: Vec<String>) -> Self {
+        Self { paths, next: 0, current: None, hasher: Sha256::new(), bytes_down: 0, failed: None, done: false }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done || self.failed.is_some()
+    }
+
+    /// Hex SHA-256 of every body, concatenated in request order.
+    pub fn digest(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+
+    fn request_next(&mut self, conn: &mut Connection) {
+        if self.next >= self.paths.len() {
+            self.done = true;
+            return;
+        }
+        let Some(id) = conn.open_stream(true) else {
+            self.failed = Some("no stream credit".into());
+            return;
+        };
+        let req = format!("GET {}\r\n", self.paths[self.next]);
+        self.next += 1;
+        match conn.write(id, req.as_bytes()) {
+            Ok(n) if n == req.len() => {}
+            _ => {
+                self.failed = Some("request did not fit the stream window".into());
+                return;
+            }
+        }
+        let _ = conn.finish(id);
+        self.current = Some(id);
+    }
+}
+
+impl Application for HqClient {
+    fn on_connected(&mut self, conn: &mut Connection, _now: Instant) {
+        self.request_next(conn);
+    }
+
+    fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        if self.current != Some(id) {
+            return;
+        }
+        let mut chunk = [0u8; 32 * 1024];
+        loop {
+            match conn.read(id, &mut chunk, now) {
+                Ok((n, fin)) => {
+                    self.hasher.update(&chunk[..n]);
+                    self.bytes_down += n as u64;
+                    if fin {
+                        self.current = None;
+                        self.request_next(conn);
+                        return;
+                    }
+                    if n == 0 {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.failed = Some(format!("stream {id}: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_reset(&mut self, _conn: &mut Connection, id: StreamId, code: u64, _now: Instant) {
+        self.failed = Some(format!("stream {id} reset with code {code}"));
+    }
+
+    fn on_closed(&mut self, reason: &CloseReason) {
+        if !self.is_done() {
+            self.failed = Some(format!("connection closed early: {reason:?}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_paths_stay_under_root() {
+        assert_eq!(parse_request(b"GET /a/b.txt\r\n").as_deref(), Some("/a/b.txt"));
+        assert_eq!(parse_request(b"GET /1000").as_deref(), Some("/1000"));
+        assert_eq!(parse_request(b"POST /x\r\n"), None);
+        assert_eq!(parse_request(b"GET x\r\n"), None);
+        let dir = std::env::temp_dir();
+        assert_eq!(resolve(Some(&dir), "/../etc/passwd"), None);
+        assert_eq!(resolve(Some(&dir), "/a/../../b"), None);
+        assert_eq!(resolve(None, "/x"), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! `quench client`: N connections to one server running perf, hq-interop or echo, on one
+//! thread over a UDP datapath; reports handshake time, bytes and throughput.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::app::hq::HqClient;
+use crate::app::perf::PerfClient;
+use crate::app::{dispatch_stream_event, Application, ALPN_HQ, ALPN_PERF};
+use crate::conn::{CloseReason, Connection, Event, TransportConfig};
+use crate::endpoint::{Endpoint, EndpointConfig, EventHandler};
+use crate::io::udp::{UdpDatapath, UdpOptions};
+use crate::io::Datapath;
+use crate::wire::header::VERSION_1;
+use crate::worker::drive_until;
+
+#[derive(Clone, Debug)]
+pub enum ClientWorkload {
+    Perf { down: u64, up: u64, streams: u64 },
+    Hq { paths: Vec<String> },
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub connect: SocketAddr,
+    pub server_name: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub workload: ClientWorkload,
+    pub conns: usize,
+    pub key_update_after: Option<u64>,
+    pub timeout: Duration,
+    pub transport: TransportConfig,
+    pub version: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ClientReport {
+    pub handshake_ms: f64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub seconds: f64,
+    pub streams: u64,
+    pub sha256: Option<String>,
+    pub key_updates: u64,
+}
+
+impl ClientReport {
+    pub fn throughput_mbps(&self) -> f64 {
+        if self.seconds <= 0.0 {
+            0.0
+        } else {
+            (self.bytes_down + self.bytes_up) as f64 * 8.0 / self.seconds / 1e6
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        json!({
+            "handshake_ms": self.handshake_ms,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "seconds": self.seconds,
+            "throughput_mbps": self.throughput_mbps(),
+            "streams": self.streams,
+            "sha256": self.sha256,
+            "key_updates": self.key_updates,
+        })
+        .to_string()
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum ClientError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One connection's client application.
+#[derive(Default)]
+pub enum ClientApp {
+    #[default]
+    Idle,
+    Perf(PerfClient),
+    Hq(HqClient),
+}
+
+impl ClientApp {
+    fn app(&mut self) -> Option<&mut dyn Application> {
+        match self {
+            ClientApp::Idle => None,
+            ClientApp::Perf(p) => Some(p),
+            ClientApp::Hq(h) => Some(h),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            ClientApp::Idle => false,
+            ClientApp::Perf(p) => p.is_done(),
+            ClientApp::Hq(h) => h.is_done(),
+        }
+    }
+
+    fn failure(&self) -> Option<&str> {
+        match self {
+            ClientApp::Idle => None,
+            ClientApp::Perf(p) => p.failed.as_deref(),
+            ClientApp::Hq(h) => h.failed.as_deref(),
+        }
+    }
+
+    fn bytes_down(&self) -> u64 {
+        match self {
+            ClientApp::Idle => 0,
+            ClientApp::Perf(p) => p.bytes_down,
+            ClientApp::Hq(h) => h.bytes_down,
+        }
+    }
+}
+
+/// Per-connection client state held in the endpoint.
+#[derive(Default)]
+pub struct ClientConnState {
+    pub app: ClientApp,
+    pub connected_at: Option<Instant>,
+    pub closed: Option<CloseReason>,
+    pub key_update_done: bool,
+}
+
+struct ClientHandler {
+    workload: ClientWorkload,
+    key_update_after: Option<u64>,
+}
+
+impl EventHandler<ClientConnState> for ClientHandler {
+    fn on_event(&mut self, now: Instant, conn: &mut Connection, st: &mut ClientConnState, event: Event) {
+        match event {
+            Event::Connected => {
+                st.connected_at = Some(now);
+                st.app = match &self.workload {
+                    ClientWorkload::Perf { down, up, streams } => ClientApp::Perf(PerfClient::new(*streams, *down, *up)),
+                    ClientWorkload::Hq { paths } => ClientApp::Hq(HqClient::new(paths.clone())),
+                };
+                if let Some(app) = st.app.app() {
+                    app.on_connected(conn, now);
+                }
+            }
+            Event::Stream(ev) => {
+                if let Some(app) = st.app.app() {
+                    dispatch_stream_event(app, conn, ev, now);
+                }
+                if let (Some(limit), false) = (self.key_update_after, st.key_update_done) {
+                    if st.app.bytes_down() >= limit && conn.force_key_update(now) {
+                        st.key_update_done = true;
+                    }
+                }
+            }
+            Event::Closed(reason) => {
+                if let Some(app) = st.app.app() {
+                    app.on_closed(&reason);
+                }
+                st.closed = Some(reason);
+            }
+        }
+    }
+}
+
+pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
+    let bind: SocketAddr = if opts.connect.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let mut dp = UdpDatapath::bind(bind, UdpOptions::default())?;
+    let mut cfg = EndpointConfig::new(opts.transport.clone(), None);
+    cfg.max_connections = opts.conns.max(1);
+    cfg.keep_drained_states = true;
+    let mut endpoint: Endpoint<ClientConnState> = Endpoint::new(cfg);
+    let mut handler = ClientHandler { workload: opts.workload.clone(), key_update_after: opts.key_update_after };
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(opts.conns);
+    for _ in 0..opts.conns.max(1) {
+        let h = endpoint
+            .connect(start, opts.tls.clone(), &opts.server_name, opts.connect, opts.version)
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        handles.push(h);
+    }
+    let deadline = start + opts.timeout;
+    let mut report = ClientReport::default();
+    let mut handshake_total = 0.0;
+    let mut connected = 0usize;
+    let finished = drive_until(&mut dp, &mut endpoint, &mut handler, deadline, |ep, _h, now| {
+        let mut all_done = true;
+        for &h in &handles {
+            let state_done = ep.with_state(h, |conn, st| {
+                if st.app.is_done() || st.app.failure().is_some() {
+                    if !conn.is_closing() {
+                        conn.close(now, 0, "done");
+                    }
+                    true
+                } else {
+                    st.closed.is_some()
+                }
+            });
+            // A connection gone from the endpoint has drained: it is done.
+            if state_done == Some(false) {
+                all_done = false;
+            }
+        }
+        all_done
+    })?;
+    let elapsed = start.elapsed();
+    // Collect results from what the handler recorded.
+    for st in handler.take_results(&mut endpoint) {
+        if let Some(f) = st.app.failure() {
+            return Err(ClientError::Failed(f.to_string()));
+        }
+        if let Some(at) = st.connected_at {
+            handshake_total += (at - start).as_secs_f64() * 1000.0;
+            connected += 1;
+        }
+        if st.key_update_done {
+            report.key_updates += 1;
+        }
+        match &st.app {
+            ClientApp::Perf(p) => {
+                report.bytes_down += p.bytes_down;
+                report.bytes_up += p.bytes_up;
+                report.streams += p.completed;
+            }
+            ClientApp::Hq(h) => {
+                report.bytes_down += h.bytes_down;
+                report.streams += 1;
+                report.sha256 = Some(h.digest());
+            }
+            ClientApp::Idle => {
+                if let Some(reason) = &st.closed {
+                    return Err(ClientError::Failed(format!("connection failed before the handshake completed: {reason:?}")));
+                }
+            }
+        }
+    }
+    if !finished {
+        return Err(ClientError::Timeout(opts.timeout));
+    }
+    if connected == 0 {
+        return Err(ClientError::Failed("no connection completed its handshake".into()));
+    }
+    report.handshake_ms = handshake_total / connected as f64;
+    report.seconds = elapsed.as_secs_f64();
+    Ok(report)
+}
+
+impl ClientHandler {
+    /// Takes every connection's state out of the endpoint (live or already drained).
+    fn take_results(&mut self, endpoint: &mut Endpoint<ClientConnState>) -> Vec<ClientConnState> {
+        endpoint.take_all_states()
+    }
+}
+
+/// Default client version.
+pub const DEFAULT_VERSION: u32 = VERSION_1;

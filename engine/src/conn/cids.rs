@@ -1,0 +1,214 @@
+//! Connection IDs of both ends (RFC 9000 §5.1, §19.15, §19.16).
+//!
+//! Local ids are minted by the endpoint's generator (they carry the worker id, QUIC-LB
+//! layout) and announced with NEW_CONNECTION_ID; remote ids arrive the same way and are
+//! retired when the peer asks (retire_prior_to) or when we stop using them.
+
+use std::collections::VecDeque;
+
+use crate::wire::cid::ConnectionId;
+use crate::wire::error::{TransportError, TransportErrorCode as Code};
+
+/// Mints CIDs for one connection; implemented by the endpoint.
+pub trait ConnectionIdGenerator: Send {
+    fn generate(&mut self) -> ConnectionId;
+    /// Stateless reset token bound to `cid` (RFC 9000 §10.3.2).
+    fn reset_token(&self, cid: &ConnectionId) -> [u8; 16];
+    fn cid_len(&self) -> usize;
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LocalCid {
+    pub seq: u64,
+    pub cid: ConnectionId,
+    pub reset_token: [u8; 16],
+    /// NEW_CONNECTION_ID still needs (re)sending.
+    pub announce: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteCid {
+    pub seq: u64,
+    pub cid: ConnectionId,
+    pub reset_token: Option<[u8; 16]>,
+}
+
+/// What the endpoint must learn about our CIDs (to route packets to us).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CidEvent {
+    Issued(ConnectionId),
+    Retired(ConnectionId),
+}
+
+pub struct CidState {
+    pub local: Vec<LocalCid>,
+    next_local_seq: u64,
+    /// How many of our CIDs the peer will hold (its active_connection_id_limit).
+    peer_limit: u64,
+    pub remote: Vec<RemoteCid>,
+    /// Index into `remote` of the CID we send to.
+    active_remote: usize,
+    remote_retire_prior_to: u64,
+    /// Our limit on stored remote CIDs (active_connection_id_limit we advertised).
+    local_limit: u64,
+    /// RETIRE_CONNECTION_ID frames to send.
+    pub retire_queue: VecDeque<u64>,
+    pub events: VecDeque<CidEvent>,
+}
+
+impl CidState {
+    pub fn new(initial_local: ConnectionId, reset_token: [u8; 16], initial_remote: ConnectionId, local_limit: u64) -> Self {
+        Self {
+            local: vec![LocalCid { seq: 0, cid: initial_local, reset_token, announce: false }],
+            next_local_seq: 1,
+            peer_limit: 2,
+            remote: vec![RemoteCid { seq: 0, cid: initial_remote, reset_token: None }],
+            active_remote: 0,
+            remote_retire_prior_to: 0,
+            local_limit,
+            retire_queue: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn active_remote(&self) -> ConnectionId {
+        self.remote[self.active_remote].cid
+    }
+
+    /// The client learns the server's chosen CID from its first Initial (RFC 9000 §7.2), or from a Retry.
+    pub fn set_initial_remote(&mut self, cid: ConnectionId) {
+        self.remote[self.active_remote].cid = cid;
+    }
+
+    /// The peer's stateless reset token for the initial remote CID, from its transport parameters.
+    pub fn set_initial_remote_reset_token(&mut self, token: [u8; 16]) {
+        if let Some(r) = self.remote.iter_mut().find(|r| r.seq == 0) {
+            r.reset_token = Some(token);
+        }
+    }
+
+    pub fn is_local(&self, cid: &[u8]) -> bool {
+        self.local.iter().any(|l| l.cid.as_slice() == cid)
+    }
+
+    /// Is `token` one of the peer's stateless reset tokens? (RFC 9000 §10.3.1)
+    pub fn matches_reset_token(&self, token: &[u8]) -> bool {
+        self.remote
+            .iter()
+            .filter_map(|r| r.reset_token.as_ref())
+            .any(|t| constant_time_eq(t, token))
+    }
+
+    /// Peer's active_connection_id_limit is known: top up our issued CIDs to it (capped).
+    pub fn set_peer_limit(&mut self, limit: u64, gen: &mut dyn ConnectionIdGenerator) {
+        self.peer_limit = limit.min(8);
+        self.top_up(gen);
+    }
+
+    fn top_up(&mut self, gen: &mut dyn ConnectionIdGenerator) {
+        if gen.cid_len() == 0 {
+            return;
+        }
+        while (self.local.len() as u64) < self.peer_limit {
+            let cid = gen.generate();
+            let reset_token = gen.reset_token(&cid);
+            self.local.push(LocalCid { seq: self.next_local_seq, cid, reset_token, announce: true });
+            self.next_local_seq += 1;
+            self.events.push_back(CidEvent::Issued(cid));
+        }
+    }
+
+    /// RETIRE_CONNECTION_ID from the peer (RFC 9000 §19.16). `packet_dcid`: the CID the carrying packet was sent to.
+    pub fn on_retire(&mut self, seq: u64, packet_dcid: &[u8], gen: &mut dyn ConnectionIdGenerator) -> Result<(), TransportError> {
+        if seq >= self.next_local_seq {
+            return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "retired a CID never issued"));
+        }
+        if let Some(i) = self.local.iter().position(|l| l.seq == seq) {
+            if self.local[i].cid.as_slice() == packet_dcid {
+                return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "retired the CID in use"));
+            }
+            let gone = self.local.swap_remove(i);
+            self.events.push_back(CidEvent::Retired(gone.cid));
+            self.top_up(gen);
+        }
+        Ok(())
+    }
+
+    /// NEW_CONNECTION_ID from the peer (RFC 9000 §19.15, §5.1.2).
+    pub fn on_new_cid(&mut self, seq: u64, retire_prior_to: u64, cid: ConnectionId, token: [u8; 16]) -> Result<(), TransportError> {
+        if self.remote[self.active_remote].cid.is_empty() {
+            return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "NEW_CONNECTION_ID with zero-length CIDs"));
+        }
+        if retire_prior_to > seq {
+            return Err(TransportError::new(Code::FRAME_ENCODING_ERROR, "retire_prior_to beyond sequence"));
+        }
+        if let Some(existing) = self.remote.iter().find(|r| r.seq == seq) {
+            if existing.cid != cid || existing.reset_token.is_some_and(|t| t != token) {
+                return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "CID sequence reused"));
+            }
+            return Ok(());
+        }
+        if seq < self.remote_retire_prior_to {
+            // Already retired by an earlier retire_prior_to: retire this one at once (§19.15).
+            self.queue_retire(seq)?;
+            return Ok(());
+        }
+        self.remote.push(RemoteCid { seq, cid, reset_token: Some(token) });
+        if retire_prior_to > self.remote_retire_prior_to {
+            self.remote_retire_prior_to = retire_prior_to;
+            let active_seq = self.remote[self.active_remote].seq;
+            let mut i = 0;
+            while i < self.remote.len() {
+                if self.remote[i].seq < retire_prior_to {
+                    let r = self.remote.swap_remove(i);
+                    self.queue_retire(r.seq)?;
+                } else {
+                    i += 1;
+                }
+            }
+            if active_seq < retire_prior_to || self.active_remote >= self.remote.len() {
+                // Switch to the lowest-numbered remaining CID.
+                self.active_remote = self
+                    .remote
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, r)| r.seq)
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+            } else {
+                self.active_remote = self.remote.iter().position(|r| r.seq == active_seq).unwrap_or(0);
+            }
+        }
+        if self.remote.len() as u64 > self.local_limit {
+            return Err(TransportError::new(Code::CONNECTION_ID_LIMIT_ERROR, "too many connection IDs"));
+        }
+        Ok(())
+    }
+
+    fn queue_retire(&mut self, seq: u64) -> Result<(), TransportError> {
+        // Bound retirements awaiting acknowledgement (§5.1.2: an endpoint SHOULD limit them).
+        if self.retire_queue.len() as u64 >= 4 * self.local_limit.max(2) {
+            return Err(TransportError::new(Code::CONNECTION_ID_LIMIT_ERROR, "too many retired CIDs outstanding"));
+        }
+        self.retire_queue.push_back(seq);
+        Ok(())
+    }
+
+    pub fn local_by_seq(&self, seq: u64) -> Option<&LocalCid> {
+        self.local.iter().find(|l| l.seq == seq)
+    }
+
+    pub fn on_new_cid_lost(&mut self, seq: u64) {
+        if let Some(l) = self.local.iter_mut().find(|l| l.seq == seq) {
+            l.announce = true;
+        }
+    }
+
+    pub fn pending_announcements(&self) -> bool {
+        self.local.iter().any(|l| l.announce) || !self.retire_queue.is_empty()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,58 @@
+//! Connection settings: what we advertise and how we behave.
+
+use std::time::Duration;
+
+use crate::conn::recovery::{CongestionAlgorithm, RecoveryConfig};
+use crate::conn::streams::StreamsConfig;
+
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Our max_idle_timeout; the effective one is the minimum of both sides' (RFC 9000 §10.1).
+    pub idle_timeout: Duration,
+    pub streams: StreamsConfig,
+    pub congestion: CongestionAlgorithm,
+    pub initial_rtt: Duration,
+    /// Largest UDP payload we send once the handshake is confirmed (1452 fits a 1500-byte MTU over IPv6).
+    /// Handshake packets stay at 1200 (RFC 9000 §14.1).
+    pub max_datagram_size: usize,
+    /// Largest UDP payload we accept (advertised as max_udp_payload_size).
+    pub max_udp_payload_size: u64,
+    pub ack_delay_exponent: u8,
+    pub max_ack_delay: Duration,
+    /// How many CIDs we are willing to store from the peer.
+    pub active_connection_id_limit: u64,
+    pub pacing: bool,
+    /// Initiate a key update after this many packets sent in one key phase (for tests and long transfers;
+    /// AEAD limits force one much later anyway).
+    pub key_update_interval: Option<u64>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            streams: StreamsConfig::default(),
+            congestion: CongestionAlgorithm::Cubic,
+            initial_rtt: Duration::from_millis(333),
+            max_datagram_size: 1452,
+            max_udp_payload_size: 65527,
+            ack_delay_exponent: 3,
+            max_ack_delay: Duration::from_millis(25),
+            active_connection_id_limit: 4,
+            pacing: true,
+            key_update_interval: None,
+        }
+    }
+}
+
+impl TransportConfig {
+    pub(crate) fn recovery_config(&self) -> RecoveryConfig {
+        RecoveryConfig {
+            initial_rtt: self.initial_rtt,
+            max_datagram_size: crate::conn::MIN_INITIAL_SIZE,
+            congestion: self.congestion,
+            initial_window_packets: 10,
+            pacing: self.pacing,
+        }
+    }
+}

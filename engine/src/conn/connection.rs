@@ -1,0 +1,794 @@
+//! The connection state machine: construction, the application-facing API, the TLS
+//! handshake driver, timers and closing. Receiving lives in `recv.rs`, sending in `send.rs`.
+//!
+//! Polling order for a driver (as in quinn-proto): feed input with `handle_datagram` /
+//! `handle_timeout`, then drain `poll_transmit` until `None`, then `poll_event` and
+//! `poll_cid_event`, then arm a timer for `poll_timeout`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::conn::cids::{CidEvent, CidState, ConnectionIdGenerator};
+use crate::conn::config::TransportConfig;
+use crate::conn::recovery::Recovery;
+use crate::conn::sent::{FrameRecord, SentFrames, SentFramesPool};
+use crate::conn::space::PacketSpace;
+use crate::conn::streams::{PeerLimits, StreamError, StreamEvent, StreamId, Streams};
+use crate::crypto::key_update::OneRttKeys;
+use crate::crypto::secrets::initial_keys;
+use crate::tls::session::{KeyChange, TlsSession};
+use crate::wire::cid::ConnectionId;
+use crate::wire::error::{TransportError, TransportErrorCode as Code};
+use crate::wire::transport_params::TransportParameters;
+use crate::{Epoch, Side};
+
+/// Smallest datagram carrying a client Initial (RFC 9000 §14.1).
+pub const MIN_INITIAL_SIZE: usize = 1200;
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// We closed it (application or transport error of ours).
+    Local { code: u64, app: bool, reason: String },
+    /// The peer sent CONNECTION_CLOSE.
+    Peer { code: u64, app: bool, reason: String },
+    IdleTimeout,
+    StatelessReset,
+    /// The server does not speak our version.
+    VersionMismatch,
+}
+
+/// What the application learns from a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed: streams can be used.
+    Connected,
+    Stream(StreamEvent),
+    /// The connection is over; no more events follow.
+    Closed(CloseReason),
+}
+
+/// A datagram (or a GSO batch of equal-sized datagrams) ready to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: SocketAddr,
+    pub len: usize,
+    pub segment_size: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    Handshake,
+    Established,
+    /// We sent CONNECTION_CLOSE; answer further packets with it until the deadline.
+    Closing { deadline: Instant },
+    /// The peer closed (or reset); send nothing until the deadline.
+    Draining { deadline: Instant },
+    Drained,
+}
+
+/// The CONNECTION_CLOSE we send while closing.
+#[derive(Clone, Debug)]
+pub(crate) struct CloseFrame {
+    pub code: u64,
+    pub frame_type: Option<u64>,
+    pub app: bool,
+    pub reason: String,
+}
+
+/// Counters a user or test can read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Packets that failed decryption or header checks and were dropped.
+    pub packets_dropped: u64,
+    pub duplicate_packets: u64,
+    pub key_updates: u64,
+    pub lost_packets: u64,
+}
+
+pub struct Connection {
+    pub(crate) side: Side,
+    pub(crate) version: u32,
+    pub(crate) state: State,
+    pub(crate) config: Arc<TransportConfig>,
+    pub(crate) tls: TlsSession,
+    pub(crate) spaces: [PacketSpace; 3],
+    pub(crate) one_rtt: Option<OneRttKeys>,
+    /// Epoch TLS currently writes at.
+    pub(crate) tls_write_epoch: Epoch,
+    pub(crate) recovery: Recovery<SentFrames>,
+    pub(crate) sent_pool: SentFramesPool,
+    pub(crate) streams: Streams,
+    pub(crate) cids: CidState,
+    pub(crate) cid_gen: Box<dyn ConnectionIdGenerator>,
+    pub(crate) local_cid_len: usize,
+    /// Our first CID, the SCID of every long-header packet we send.
+    pub(crate) handshake_scid: ConnectionId,
+    pub(crate) remote: SocketAddr,
+
+    // Handshake and address validation.
+    /// The DCID of the client's first Initial (server: as received; client: as chosen).
+    pub(crate) original_dcid: ConnectionId,
+    /// Set when a Retry was involved: the SCID of the Retry packet.
+    pub(crate) retry_scid: Option<ConnectionId>,
+    /// Client: token from a Retry to echo in Initials.
+    pub(crate) retry_token: Vec<u8>,
+    /// Client: a packet from the server was processed (no more Retry/VN accepted; DCID fixed).
+    pub(crate) got_server_packet: bool,
+    /// Server: the client's address is validated (RFC 9000 §8.1); lifts the 3× limit.
+    pub(crate) address_validated: bool,
+    pub(crate) amplification_received: u64,
+    pub(crate) amplification_sent: u64,
+    pub(crate) handshake_confirmed: bool,
+    pub(crate) handshake_done_pending: bool,
+    pub(crate) peer_params: Option<TransportParameters>,
+    pub(crate) peer_ack_delay_exponent: u8,
+    /// Server: expected client SCID (checked against initial_source_connection_id).
+    pub(crate) peer_initial_scid: ConnectionId,
+
+    // Path.
+    pub(crate) path_responses: VecDeque<[u8; 8]>,
+    pub(crate) max_datagram_size: usize,
+
+    // Timers.
+    pub(crate) idle_timeout: Duration,
+    pub(crate) idle_deadline: Option<Instant>,
+    /// Restart the idle timer at the next ack-eliciting send (RFC 9000 §10.1).
+    pub(crate) idle_restart_on_send: bool,
+    pub(crate) pacing_deadline: Option<Instant>,
+
+    // Closing.
+    pub(crate) close: Option<CloseFrame>,
+    pub(crate) close_pending: bool,
+
+    // Key update.
+    pub(crate) packets_in_phase: u64,
+    pub(crate) ping_pending: bool,
+
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) connected_emitted: bool,
+    pub(crate) closed_emitted: bool,
+    pub(crate) stats: ConnectionStats,
+    /// Reused buffer for TLS output.
+    pub(crate) tls_buf: Vec<u8>,
+    /// Reused buffers for packets reported acked / lost by recovery.
+    pub(crate) acked_scratch: Vec<SentFrames>,
+    pub(crate) lost_scratch: Vec<SentFrames>,
+}
+
+/// Arguments for a server-side connection, gathered by the endpoint from the client's first Initial.
+pub struct ServerConnectionParams {
+    pub version: u32,
+    pub remote: SocketAddr,
+    /// DCID of the client's first Initial (its Initial keys derive from it).
+    pub original_dcid: ConnectionId,
+    /// The client's SCID.
+    pub client_scid: ConnectionId,
+    /// Our first CID (minted by the endpoint; seq 0).
+    pub local_cid: ConnectionId,
+    /// If the client echoed a valid Retry token: the Retry's SCID (the DCID of this Initial).
+    pub retry_scid: Option<ConnectionId>,
+    /// The address was validated by a token.
+    pub address_validated: bool,
+}
+
+impl Connection {
+    /// A client connection to `remote`. `initial_dcid` should be random, at least 8 bytes (RFC 9000 §7.2).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_client(
+        config: Arc<TransportConfig>,
+        tls_config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+        version: u32,
+        remote: SocketAddr,
+        initial_dcid: ConnectionId,
+        mut cid_gen: Box<dyn ConnectionIdGenerator>,
+        now: Instant,
+    ) -> Result<Self, TransportError> {
+        let local_cid = cid_gen.generate();
+        let reset = cid_gen.reset_token(&local_cid);
+        let streams = Streams::new(Side::Client, config.streams.clone());
+        let params = local_params(&config, &streams.local_limits(), local_cid, None, None, None);
+        let mut encoded = Vec::with_capacity(128);
+        params.encode(&mut encoded);
+        let tls = TlsSession::client(tls_config, server_name, version, encoded)
+            .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS client setup failed"))?;
+        let mut conn = Self::new_common(Side::Client, version, config, tls, streams, local_cid, reset, initial_dcid, remote, cid_gen, now);
+        conn.original_dcid = initial_dcid;
+        conn.spaces[Epoch::Initial.index()].keys = Some(initial_keys(version, &initial_dcid, Side::Client));
+        conn.address_validated = true; // a client is never amplification-limited
+        conn.drive_tls(now)?;
+        Ok(conn)
+    }
+
+    /// A server connection for a client Initial the endpoint accepted.
+    pub fn new_server(
+        config: Arc<TransportConfig>,
+        tls_config: Arc<rustls::ServerConfig>,
+        p: ServerConnectionParams,
+        cid_gen: Box<dyn ConnectionIdGenerator>,
+        now: Instant,
+    ) -> Result<Self, TransportError> {
+        let reset = cid_gen.reset_token(&p.local_cid);
+        let streams = Streams::new(Side::Server, config.streams.clone());
+        let params = local_params(
+            &config,
+            &streams.local_limits(),
+            p.local_cid,
+            Some(p.original_dcid),
+            p.retry_scid,
+            Some(reset),
+        );
+        let mut encoded = Vec::with_capacity(160);
+        params.encode(&mut encoded);
+        let tls = TlsSession::server(tls_config, p.version, encoded)
+            .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS server setup failed"))?;
+        let mut conn = Self::new_common(Side::Server, p.version, config, tls, streams, p.local_cid, reset, p.client_scid, p.remote, cid_gen, now);
+        conn.original_dcid = p.original_dcid;
+        conn.retry_scid = p.retry_scid;
+        conn.peer_initial_scid = p.client_scid;
+        conn.address_validated = p.address_validated;
+        // Initial keys come from the DCID of the packet being answered (after a Retry that is the Retry's SCID).
+        let initial_dcid = p.retry_scid.unwrap_or(p.original_dcid);
+        conn.spaces[Epoch::Initial.index()].keys = Some(initial_keys(p.version, &initial_dcid, Side::Server));
+        Ok(conn)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_common(
+        side: Side,
+        version: u32,
+        config: Arc<TransportConfig>,
+        tls: TlsSession,
+        streams: Streams,
+        local_cid: ConnectionId,
+        reset: [u8; 16],
+        remote_cid: ConnectionId,
+        remote: SocketAddr,
+        cid_gen: Box<dyn ConnectionIdGenerator>,
+        now: Instant,
+    ) -> Self {
+        let local_cid_len = cid_gen.cid_len();
+        let recovery = Recovery::new(config.recovery_config());
+        let idle_timeout = config.idle_timeout;
+        Self {
+            side,
+            version,
+            state: State::Handshake,
+            cids: CidState::new(local_cid, reset, remote_cid, config.active_connection_id_limit),
+            tls,
+            spaces: [PacketSpace::new(), PacketSpace::new(), PacketSpace::new()],
+            one_rtt: None,
+            tls_write_epoch: Epoch::Initial,
+            recovery,
+            sent_pool: SentFramesPool::default(),
+            streams,
+            cid_gen,
+            local_cid_len,
+            handshake_scid: local_cid,
+            remote,
+            original_dcid: ConnectionId::default(),
+            retry_scid: None,
+            retry_token: Vec::new(),
+            got_server_packet: false,
+            address_validated: false,
+            amplification_received: 0,
+            amplification_sent: 0,
+            handshake_confirmed: false,
+            handshake_done_pending: false,
+            peer_params: None,
+            peer_ack_delay_exponent: 3,
+            peer_initial_scid: ConnectionId::default(),
+            path_responses: VecDeque::new(),
+            max_datagram_size: MIN_INITIAL_SIZE,
+            idle_timeout,
+            idle_deadline: Some(now + idle_timeout),
+            idle_restart_on_send: false,
+            pacing_deadline: None,
+            close: None,
+            close_pending: false,
+            packets_in_phase: 0,
+            ping_pending: false,
+            events: VecDeque::new(),
+            connected_emitted: false,
+            closed_emitted: false,
+            stats: ConnectionStats::default(),
+            tls_buf: Vec::with_capacity(4096),
+            acked_scratch: Vec::with_capacity(64),
+            lost_scratch: Vec::with_capacity(64),
+            config,
+        }
+    }
+
+    // ---- Queries -------------------------------------------------------------------------
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    pub fn is_handshake_confirmed(&self) -> bool {
+        self.handshake_confirmed
+    }
+
+    /// Closing or draining: no new streams or data.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing { .. } | State::Draining { .. } | State::Drained)
+    }
+
+    /// Fully over: the endpoint can forget it.
+    pub fn is_drained(&self) -> bool {
+        self.state == State::Drained
+    }
+
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls.alpn()
+    }
+
+    pub fn server_name(&self) -> Option<&str> {
+        self.tls.server_name()
+    }
+
+    pub fn stats(&self) -> ConnectionStats {
+        let mut s = self.stats;
+        s.lost_packets = self.recovery.stats().lost_packets;
+        s
+    }
+
+    pub fn rtt(&self) -> Duration {
+        self.recovery.rtt().smoothed()
+    }
+
+    pub fn congestion_window(&self) -> u64 {
+        self.recovery.congestion_window()
+    }
+
+    /// Our CIDs currently issued (so the endpoint can route them).
+    pub fn local_cids(&self) -> impl Iterator<Item = ConnectionId> + '_ {
+        self.cids.local.iter().map(|l| l.cid)
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        if self.closed_emitted {
+            return None;
+        }
+        self.streams.poll_event().map(Event::Stream)
+    }
+
+    pub fn poll_cid_event(&mut self) -> Option<CidEvent> {
+        self.cids.events.pop_front()
+    }
+
+    // ---- Streams ------------------------------------------------------------------------
+
+    pub fn open_stream(&mut self, bidi: bool) -> Option<StreamId> {
+        if self.state != State::Established {
+            return None;
+        }
+        self.streams.open(bidi)
+    }
+
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        if self.is_closing() {
+            return Err(StreamError::ClosedStream);
+        }
+        self.streams.write(id, data)
+    }
+
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.streams.finish(id)
+    }
+
+    pub fn read(&mut self, id: StreamId, buf: &mut [u8], now: Instant) -> Result<(usize, bool), StreamError> {
+        let rtt = self.recovery.rtt().smoothed();
+        self.streams.read(id, buf, now, rtt)
+    }
+
+    /// Consumes up to `max` readable bytes without copying them out.
+    pub fn discard(&mut self, id: StreamId, max: usize, now: Instant) -> Result<(usize, bool), StreamError> {
+        let rtt = self.recovery.rtt().smoothed();
+        self.streams.discard(id, max, now, rtt)
+    }
+
+    pub fn reset_stream(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        self.streams.reset(id, code)
+    }
+
+    pub fn stop_sending(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        self.streams.stop_sending(id, code)
+    }
+
+    pub fn send_capacity(&self, id: StreamId) -> usize {
+        self.streams.send_capacity(id)
+    }
+
+    // ---- Key update -----------------------------------------------------------------------
+
+    /// Starts a 1-RTT key update now (RFC 9001 §6.1). Fails until the previous one is confirmed.
+    pub fn force_key_update(&mut self, now: Instant) -> bool {
+        if !self.handshake_confirmed {
+            return false;
+        }
+        let discard_at = now + 3 * self.recovery.pto(Epoch::Data);
+        match self.one_rtt.as_mut() {
+            Some(keys) if keys.update_allowed() => {
+                if keys.initiate_update(discard_at).is_ok() {
+                    self.packets_in_phase = 0;
+                    self.stats.key_updates += 1;
+                    // Make sure a packet in the new phase goes out so the peer follows.
+                    self.ping_pending = true;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+
+    // ---- Closing --------------------------------------------------------------------------
+
+    /// Closes with an application error code (CONNECTION_CLOSE 0x1d).
+    pub fn close(&mut self, now: Instant, code: u64, reason: &str) {
+        self.start_closing(now, CloseFrame { code, frame_type: None, app: true, reason: truncate(reason) });
+    }
+
+    pub(crate) fn close_with_error(&mut self, now: Instant, err: TransportError) {
+        tracing::debug!(?err, "closing connection on transport error");
+        self.start_closing(
+            now,
+            CloseFrame { code: err.code.0, frame_type: Some(err.frame_type), app: false, reason: err.reason.to_string() },
+        );
+    }
+
+    fn start_closing(&mut self, now: Instant, frame: CloseFrame) {
+        if self.is_closing() {
+            return;
+        }
+        // A connection that never got keys beyond Initial on the client side, or nothing to send on: just drop.
+        let pto = self.recovery.pto(self.highest_epoch());
+        self.state = State::Closing { deadline: now + 3 * pto };
+        self.emit_closed(CloseReason::Local { code: frame.code, app: frame.app, reason: frame.reason.clone() });
+        self.close = Some(frame);
+        self.close_pending = true;
+    }
+
+    /// The peer's CONNECTION_CLOSE or a stateless reset: go quiet (RFC 9000 §10.2.2).
+    pub(crate) fn enter_draining(&mut self, now: Instant, reason: CloseReason) {
+        if matches!(self.state, State::Draining { .. } | State::Drained) {
+            return;
+        }
+        let pto = self.recovery.pto(self.highest_epoch());
+        self.state = State::Draining { deadline: now + 3 * pto };
+        self.close_pending = false;
+        self.emit_closed(reason);
+    }
+
+    pub(crate) fn emit_closed(&mut self, reason: CloseReason) {
+        if !self.closed_emitted {
+            self.closed_emitted = true;
+            self.events.push_back(Event::Closed(reason));
+        }
+    }
+
+    pub(crate) fn highest_epoch(&self) -> Epoch {
+        if self.one_rtt.is_some() {
+            Epoch::Data
+        } else if self.spaces[Epoch::Handshake.index()].keys.is_some() {
+            Epoch::Handshake
+        } else {
+            Epoch::Initial
+        }
+    }
+
+    // ---- Timers -------------------------------------------------------------------------
+
+    /// The earliest instant `handle_timeout` must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Drained => return None,
+            State::Closing { deadline } | State::Draining { deadline } => return Some(deadline),
+            _ => {}
+        }
+        let mut t = self.idle_deadline;
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        consider(self.recovery.loss_detection_timer());
+        consider(self.spaces[Epoch::Data.index()].ack.ack_deadline());
+        consider(self.pacing_deadline);
+        if let Some(k) = &self.one_rtt {
+            consider(k.next_timeout());
+        }
+        t
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Drained => return,
+            State::Closing { deadline } | State::Draining { deadline } => {
+                if now >= deadline {
+                    self.state = State::Drained;
+                }
+                return;
+            }
+            _ => {}
+        }
+        if self.idle_deadline.is_some_and(|d| now >= d) {
+            tracing::debug!("idle timeout");
+            self.state = State::Drained;
+            self.emit_closed(CloseReason::IdleTimeout);
+            return;
+        }
+        if self.pacing_deadline.is_some_and(|d| now >= d) {
+            self.pacing_deadline = None;
+        }
+        if let Some(k) = self.one_rtt.as_mut() {
+            k.on_timeout(now);
+        }
+        if self.recovery.loss_detection_timer().is_some_and(|t| now >= t) {
+            self.on_loss_timeout(now);
+        }
+    }
+
+    fn on_loss_timeout(&mut self, now: Instant) {
+        // Collect first (the callback cannot borrow self); the scratch vector is reused.
+        let mut lost = std::mem::take(&mut self.lost_scratch);
+        let probe = self.recovery.on_loss_detection_timeout(now, &mut |p| lost.push(p.data));
+        for frames in lost.drain(..) {
+            self.on_frames_lost(frames);
+        }
+        self.lost_scratch = lost;
+        if let Some(req) = probe {
+            let space = &mut self.spaces[req.epoch.index()];
+            space.probes = space.probes.max(req.count);
+            // RFC 9002 §6.2.4: probes should carry data; for the handshake spaces resend
+            // unacknowledged CRYPTO data.
+            if req.epoch != Epoch::Data {
+                space.crypto.retransmit_unacked();
+            }
+        }
+    }
+
+    // ---- TLS ------------------------------------------------------------------------------
+
+    /// Feeds received CRYPTO data to TLS and queues what TLS writes, installing new keys.
+    pub(crate) fn drive_tls(&mut self, now: Instant) -> Result<(), TransportError> {
+        for epoch in Epoch::ALL {
+            let readable = match epoch {
+                Epoch::Initial => true,
+                Epoch::Handshake => self.spaces[1].keys.is_some() || self.spaces[1].discarded,
+                Epoch::Data => self.one_rtt.is_some(),
+            };
+            if !readable {
+                continue;
+            }
+            while let Some(chunk) = self.spaces[epoch.index()].crypto.read_chunk() {
+                if let Err(alert) = self.tls.read_handshake(chunk) {
+                    tracing::debug!(?alert, "TLS alert");
+                    return Err(TransportError::new(Code::crypto(alert.alert), "TLS handshake failed"));
+                }
+            }
+        }
+        loop {
+            self.tls_buf.clear();
+            let change = self.tls.write_handshake(&mut self.tls_buf);
+            if !self.tls_buf.is_empty() {
+                let epoch = self.tls_write_epoch;
+                self.spaces[epoch.index()].crypto.write(&self.tls_buf);
+            }
+            match change {
+                Some(KeyChange::Handshake(keys)) => {
+                    self.spaces[Epoch::Handshake.index()].keys = Some(keys);
+                    self.tls_write_epoch = Epoch::Handshake;
+                }
+                Some(KeyChange::OneRtt(keys)) => {
+                    self.one_rtt = Some(keys);
+                    self.tls_write_epoch = Epoch::Data;
+                }
+                None => {
+                    if self.tls_buf.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        if self.peer_params.is_none() {
+            if let Some(raw) = self.tls.peer_transport_parameters() {
+                let params = TransportParameters::decode(raw, self.side.peer())?;
+                self.apply_peer_params(params)?;
+            }
+        }
+        if self.state == State::Handshake && !self.tls.is_handshaking() {
+            self.on_handshake_complete(now)?;
+        }
+        Ok(())
+    }
+
+    fn apply_peer_params(&mut self, p: TransportParameters) -> Result<(), TransportError> {
+        let violation = |reason| TransportError::new(Code::TRANSPORT_PARAMETER_ERROR, reason);
+        // RFC 9000 §7.3: authenticate the connection IDs used during the handshake.
+        match self.side {
+            Side::Client => {
+                if p.original_destination_connection_id != Some(self.original_dcid) {
+                    return Err(violation("original_destination_connection_id mismatch"));
+                }
+                if p.retry_source_connection_id != self.retry_scid {
+                    return Err(violation("retry_source_connection_id mismatch"));
+                }
+                if p.initial_source_connection_id != Some(self.cids.active_remote()) {
+                    return Err(violation("initial_source_connection_id mismatch"));
+                }
+                if let Some(token) = p.stateless_reset_token {
+                    self.cids.set_initial_remote_reset_token(token);
+                }
+            }
+            Side::Server => {
+                if p.initial_source_connection_id != Some(self.peer_initial_scid) {
+                    return Err(violation("initial_source_connection_id mismatch"));
+                }
+            }
+        }
+        let peer_idle = Duration::from_millis(p.max_idle_timeout);
+        if !peer_idle.is_zero() && (self.idle_timeout.is_zero() || peer_idle < self.idle_timeout) {
+            self.idle_timeout = peer_idle;
+        }
+        self.peer_ack_delay_exponent = p.ack_delay_exponent as u8;
+        self.recovery.set_max_ack_delay(Duration::from_millis(p.max_ack_delay));
+        self.streams.set_peer_limits(PeerLimits {
+            initial_max_data: p.initial_max_data,
+            initial_max_stream_data_bidi_local: p.initial_max_stream_data_bidi_local,
+            initial_max_stream_data_bidi_remote: p.initial_max_stream_data_bidi_remote,
+            initial_max_stream_data_uni: p.initial_max_stream_data_uni,
+            initial_max_streams_bidi: p.initial_max_streams_bidi,
+            initial_max_streams_uni: p.initial_max_streams_uni,
+        });
+        self.peer_params = Some(p);
+        Ok(())
+    }
+
+    fn on_handshake_complete(&mut self, now: Instant) -> Result<(), TransportError> {
+        if self.peer_params.is_none() {
+            return Err(TransportError::new(Code::TRANSPORT_PARAMETER_ERROR, "peer sent no transport parameters"));
+        }
+        self.state = State::Established;
+        if !self.connected_emitted {
+            self.connected_emitted = true;
+            self.events.push_back(Event::Connected);
+        }
+        let limit = self.peer_params.as_ref().map_or(2, |p| p.active_connection_id_limit);
+        self.cids.set_peer_limit(limit, self.cid_gen.as_mut());
+        if self.side == Side::Server {
+            // RFC 9001 §4.1.2: the server's handshake is confirmed on completion.
+            self.handshake_done_pending = true;
+            self.confirm_handshake(now);
+        }
+        Ok(())
+    }
+
+    /// RFC 9001 §4.1.2 / §4.9.2: discard Handshake keys once the handshake is confirmed.
+    pub(crate) fn confirm_handshake(&mut self, now: Instant) {
+        if self.handshake_confirmed {
+            return;
+        }
+        self.handshake_confirmed = true;
+        self.recovery.set_handshake_confirmed();
+        self.recovery.set_peer_completed_address_validation(true);
+        self.discard_space(Epoch::Initial, now);
+        self.discard_space(Epoch::Handshake, now);
+        let peer_max = self.peer_params.as_ref().map_or(65527, |p| p.max_udp_payload_size) as usize;
+        self.max_datagram_size = self.config.max_datagram_size.min(peer_max).max(MIN_INITIAL_SIZE);
+        self.recovery.set_max_datagram_size(self.max_datagram_size);
+    }
+
+    /// RFC 9001 §4.9: drop a space's keys and forget its packets in flight.
+    pub(crate) fn discard_space(&mut self, epoch: Epoch, now: Instant) {
+        let space = &mut self.spaces[epoch.index()];
+        if space.discarded {
+            return;
+        }
+        space.discarded = true;
+        space.keys = None;
+        space.probes = 0;
+        let pool = &mut self.sent_pool;
+        self.recovery.discard_space(epoch, now, &mut |p| pool.give(p.data));
+    }
+
+    // ---- Acks and losses ------------------------------------------------------------------
+
+    pub(crate) fn on_frames_acked(&mut self, frames: SentFrames) {
+        let epoch = frames.epoch;
+        if epoch == Epoch::Data {
+            if let Some(k) = self.one_rtt.as_mut() {
+                if frames.key_phase == k.key_phase() {
+                    k.on_packet_acked_in_current_phase();
+                }
+            }
+        }
+        for r in &frames.records {
+            match *r {
+                FrameRecord::Stream(s) => self.streams.on_acked(s),
+                FrameRecord::Crypto { offset, len } => self.spaces[epoch.index()].crypto.on_acked(offset, len),
+                FrameRecord::Ack { largest } => self.spaces[epoch.index()].ack.on_ack_of_ack(largest),
+                FrameRecord::HandshakeDone | FrameRecord::Ping | FrameRecord::NewConnectionId { .. } | FrameRecord::RetireConnectionId { .. } => {}
+            }
+        }
+        self.sent_pool.give(frames);
+    }
+
+    pub(crate) fn on_frames_lost(&mut self, frames: SentFrames) {
+        let epoch = frames.epoch;
+        for r in &frames.records {
+            match *r {
+                FrameRecord::Stream(s) => self.streams.on_lost(s),
+                FrameRecord::Crypto { offset, len } => {
+                    let space = &mut self.spaces[epoch.index()];
+                    if !space.discarded {
+                        space.crypto.on_lost(offset, len);
+                    }
+                }
+                FrameRecord::HandshakeDone => self.handshake_done_pending = true,
+                FrameRecord::NewConnectionId { seq } => self.cids.on_new_cid_lost(seq),
+                FrameRecord::RetireConnectionId { seq } => self.cids.retire_queue.push_back(seq),
+                FrameRecord::Ack { .. } | FrameRecord::Ping => {}
+            }
+        }
+        self.sent_pool.give(frames);
+    }
+}
+
+/// Our transport parameters (RFC 9000 §18.2).
+fn local_params(
+    config: &TransportConfig,
+    limits: &PeerLimits,
+    local_cid: ConnectionId,
+    original_dcid: Option<ConnectionId>,
+    retry_scid: Option<ConnectionId>,
+    reset_token: Option<[u8; 16]>,
+) -> TransportParameters {
+    TransportParameters {
+        original_destination_connection_id: original_dcid,
+        max_idle_timeout: config.idle_timeout.as_millis() as u64,
+        stateless_reset_token: reset_token,
+        max_udp_payload_size: config.max_udp_payload_size,
+        initial_max_data: limits.initial_max_data,
+        initial_max_stream_data_bidi_local: limits.initial_max_stream_data_bidi_local,
+        initial_max_stream_data_bidi_remote: limits.initial_max_stream_data_bidi_remote,
+        initial_max_stream_data_uni: limits.initial_max_stream_data_uni,
+        initial_max_streams_bidi: limits.initial_max_streams_bidi,
+        initial_max_streams_uni: limits.initial_max_streams_uni,
+        ack_delay_exponent: config.ack_delay_exponent as u64,
+        max_ack_delay: config.max_ack_delay.as_millis() as u64,
+        active_connection_id_limit: config.active_connection_id_limit,
+        initial_source_connection_id: Some(local_cid),
+        retry_source_connection_id: retry_scid,
+        ..TransportParameters::default()
+    }
+}
+
+fn truncate(reason: &str) -> String {
+    // Keep CONNECTION_CLOSE within one packet.
+    let mut end = reason.len().min(256);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}

@@ -1,0 +1,444 @@
+//! Receiving: split a datagram into packets, remove header protection, decrypt in place,
+//! process frames (RFC 9000 §12, §17; RFC 9001 §5).
+//!
+//! protected packet → header parse → header unprotect (sample at pn_offset + 4) →
+//! packet number expand → AEAD open in place → duplicate check → frames → ACK bookkeeping.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::conn::connection::{CloseReason, Connection, State};
+use crate::crypto::aead::TAG_LEN;
+use crate::crypto::header_protection::{remove_mask, sample, SAMPLE_LEN};
+use crate::crypto::key_update::KeyGeneration;
+use crate::crypto::secrets::initial_keys;
+use crate::wire::cid::ConnectionId;
+use crate::wire::error::{TransportError, TransportErrorCode as Code};
+use crate::wire::frame::{Frame, FrameIter, PacketKind};
+use crate::wire::header::{self, Header, LongType};
+use crate::wire::packet_number;
+use crate::{Epoch, Side};
+
+/// The parts of a parsed header we keep after releasing the borrow of the datagram.
+#[derive(Clone, Copy)]
+enum PacketHeader {
+    Long { ty: LongType, version: u32, dcid: ConnectionId, scid: ConnectionId, pn_offset: usize },
+    Short { dcid: ConnectionId, pn_offset: usize },
+}
+
+enum Outcome {
+    Processed,
+    Dropped,
+}
+
+impl Connection {
+    /// Handles one received UDP datagram (possibly several coalesced packets), decrypting in place.
+    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, ecn: u8, datagram: &mut [u8]) {
+        if matches!(self.state, State::Draining { .. } | State::Drained) {
+            return;
+        }
+        self.stats.bytes_received += datagram.len() as u64;
+        self.amplification_received += datagram.len() as u64;
+        let total_len = datagram.len();
+        let mut processed_any = false;
+        let mut first_dcid: Option<ConnectionId> = None;
+        let mut offset = 0;
+        while offset < total_len {
+            let rest = &mut datagram[offset..];
+            let (hdr, packet_len) = match self.parse_header(rest) {
+                Some(x) => x,
+                None => {
+                    self.stats.packets_dropped += 1;
+                    break;
+                }
+            };
+            // RFC 9000 §12.2: every coalesced packet carries the same DCID.
+            let dcid = match hdr {
+                PacketHeader::Long { dcid, .. } | PacketHeader::Short { dcid, .. } => dcid,
+            };
+            match first_dcid {
+                None => first_dcid = Some(dcid),
+                Some(d) if d != dcid => {
+                    self.stats.packets_dropped += 1;
+                    offset += packet_len;
+                    continue;
+                }
+                _ => {}
+            }
+            let packet = &mut rest[..packet_len];
+            offset += packet_len;
+            match self.handle_packet(now, remote, ecn, hdr, packet) {
+                Ok(Outcome::Processed) => processed_any = true,
+                Ok(Outcome::Dropped) => self.stats.packets_dropped += 1,
+                Err(e) => {
+                    self.close_with_error(now, e);
+                    return;
+                }
+            }
+            if matches!(self.state, State::Draining { .. } | State::Drained) {
+                return;
+            }
+        }
+        if !processed_any {
+            // RFC 9000 §10.3.1: an unprocessable datagram ending in a reset token of the peer's.
+            if total_len >= 21 && self.cids.matches_reset_token(&datagram[total_len - 16..]) {
+                tracing::debug!("stateless reset received");
+                self.enter_draining(now, CloseReason::StatelessReset);
+                self.state = State::Drained;
+            }
+            return;
+        }
+        if let State::Closing { .. } = self.state {
+            // RFC 9000 §10.2.1: answer with CONNECTION_CLOSE again (one per received datagram at most).
+            self.close_pending = true;
+        }
+    }
+
+    /// Parses a header into owned fields, handling Retry and Version Negotiation (client only) inline.
+    /// Returns None when the rest of the datagram must be dropped.
+    fn parse_header(&mut self, buf: &[u8]) -> Option<(PacketHeader, usize)> {
+        let (hdr, len) = header::parse(buf, self.local_cid_len).ok()?;
+        let owned = match hdr {
+            Header::Long { ty, version, dcid, scid, pn_offset, .. } => PacketHeader::Long { ty, version, dcid, scid, pn_offset },
+            Header::Short { dcid, pn_offset } => PacketHeader::Short { dcid, pn_offset },
+            Header::Retry { version, scid, token, .. } => {
+                let token = token.to_vec();
+                self.handle_retry(version, scid, token, &buf[..len]);
+                return None;
+            }
+            Header::VersionNegotiation { versions, .. } => {
+                self.handle_version_negotiation(versions);
+                return None;
+            }
+            Header::UnsupportedVersion { .. } => return None,
+        };
+        Some((owned, len))
+    }
+
+    /// Client: a Retry (RFC 9000 §17.2.5, RFC 9001 §5.8).
+    fn handle_retry(&mut self, version: u32, scid: ConnectionId, token: Vec<u8>, packet: &[u8]) {
+        if self.side != Side::Client || self.got_server_packet || self.retry_scid.is_some() || token.is_empty() {
+            return;
+        }
+        if version != self.version || !crate::crypto::retry::verify_retry(version, &self.original_dcid, packet) {
+            return;
+        }
+        tracing::debug!(%scid, "retry received");
+        self.retry_scid = Some(scid);
+        self.retry_token = token;
+        self.cids.set_initial_remote(scid);
+        self.spaces[Epoch::Initial.index()].keys = Some(initial_keys(version, &scid, Side::Client));
+        // Resend everything from the first Initial under the new keys; the old packets are gone.
+        let mut lost = std::mem::take(&mut self.lost_scratch);
+        self.recovery.discard_space(Epoch::Initial, std::time::Instant::now(), &mut |p| lost.push(p.data));
+        for frames in lost.drain(..) {
+            self.on_frames_lost(frames);
+        }
+        self.lost_scratch = lost;
+        self.recovery.reset_space(Epoch::Initial);
+    }
+
+    /// Client: Version Negotiation (RFC 9000 §6.2): only acted on before any other server packet.
+    fn handle_version_negotiation(&mut self, versions: &[u8]) {
+        if self.side != Side::Client || self.got_server_packet {
+            return;
+        }
+        let offered = versions.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        let mut ours_listed = false;
+        for v in offered {
+            if v == self.version {
+                ours_listed = true;
+            }
+        }
+        if ours_listed {
+            return; // §6.2: must ignore a VN listing our version
+        }
+        self.state = State::Drained;
+        self.emit_closed(CloseReason::VersionMismatch);
+    }
+
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        ecn: u8,
+        hdr: PacketHeader,
+        packet: &mut [u8],
+    ) -> Result<Outcome, TransportError> {
+        let (epoch, kind, pn_offset, long_scid) = match hdr {
+            PacketHeader::Long { ty, version, scid, pn_offset, .. } => {
+                if version != self.version {
+                    return Ok(Outcome::Dropped);
+                }
+                match ty {
+                    LongType::Initial => (Epoch::Initial, PacketKind::Initial, pn_offset, Some(scid)),
+                    LongType::Handshake => (Epoch::Handshake, PacketKind::Handshake, pn_offset, Some(scid)),
+                    // We do not accept 0-RTT; Retry was handled while parsing.
+                    LongType::ZeroRtt | LongType::Retry => return Ok(Outcome::Dropped),
+                }
+            }
+            PacketHeader::Short { pn_offset, .. } => (Epoch::Data, PacketKind::OneRtt, pn_offset, None),
+        };
+        if self.spaces[epoch.index()].discarded {
+            return Ok(Outcome::Dropped);
+        }
+        // Packets from an unexpected address during the handshake are not ours to act on.
+        if remote != self.remote && epoch != Epoch::Data {
+            return Ok(Outcome::Dropped);
+        }
+
+        // Header protection (RFC 9001 §5.4).
+        let Some(sample_block) = sample(packet, pn_offset) else {
+            return Ok(Outcome::Dropped);
+        };
+        debug_assert_eq!(sample_block.len(), SAMPLE_LEN);
+        let mask = match epoch {
+            Epoch::Data => match &self.one_rtt {
+                Some(k) => k.remote_header().mask(&sample_block),
+                None => return Ok(Outcome::Dropped),
+            },
+            _ => match &self.spaces[epoch.index()].keys {
+                Some(k) => k.remote.header.mask(&sample_block),
+                None => return Ok(Outcome::Dropped),
+            },
+        };
+        // Work on a copy of the first byte so a failed decryption leaves no trace we rely on.
+        let Some((pn_len, truncated)) = remove_mask(packet, pn_offset, &mask) else {
+            return Ok(Outcome::Dropped);
+        };
+        let first = packet[0];
+        let pn = packet_number::decode(truncated, pn_len, self.spaces[epoch.index()].ack.largest());
+        let header_len = pn_offset + pn_len;
+        if packet.len() < header_len + TAG_LEN {
+            return Ok(Outcome::Dropped);
+        }
+
+        // AEAD (RFC 9001 §5.3), with key phases for 1-RTT (§6).
+        let mut generation = KeyGeneration::Current;
+        let opened = match epoch {
+            Epoch::Data => {
+                let keys = self.one_rtt.as_ref().expect("checked above");
+                let phase = first & 0x04 != 0;
+                let (key, gen) = keys.remote_packet_for(phase, pn);
+                generation = gen;
+                key.open_in_place(pn, packet, header_len)
+            }
+            _ => {
+                let keys = self.spaces[epoch.index()].keys.as_ref().expect("checked above");
+                keys.remote.packet.open_in_place(pn, packet, header_len)
+            }
+        };
+        let Ok(payload_len) = opened else {
+            return Ok(Outcome::Dropped);
+        };
+
+        // Reserved bits must be zero once protection is removed (RFC 9000 §17.2, §17.3.1).
+        let reserved = if epoch == Epoch::Data { first & 0x18 } else { first & 0x0c };
+        if reserved != 0 {
+            return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "reserved bits set"));
+        }
+        if self.spaces[epoch.index()].ack.is_duplicate(pn) {
+            self.stats.duplicate_packets += 1;
+            return Ok(Outcome::Dropped);
+        }
+        if epoch == Epoch::Data && generation == KeyGeneration::Next {
+            // The peer started a key update (RFC 9001 §6.2).
+            if !self.handshake_confirmed && self.side == Side::Server {
+                return Err(TransportError::new(Code::KEY_UPDATE_ERROR, "key update before handshake confirmed"));
+            }
+            let discard_at = now + 3 * self.recovery.pto(Epoch::Data);
+            if let Some(k) = self.one_rtt.as_mut() {
+                k.commit_peer_update(pn, discard_at);
+            }
+            self.packets_in_phase = 0;
+            self.stats.key_updates += 1;
+        }
+
+        self.stats.packets_received += 1;
+        if self.side == Side::Client && !self.got_server_packet {
+            self.got_server_packet = true;
+            if let Some(scid) = long_scid {
+                // RFC 9000 §7.2: adopt the server's chosen CID.
+                self.cids.set_initial_remote(scid);
+            }
+        }
+        if self.side == Side::Server && epoch == Epoch::Handshake {
+            // RFC 9000 §8.1: a Handshake packet proves the client got our Initial.
+            self.address_validated = true;
+            self.recovery.set_peer_completed_address_validation(true);
+            // RFC 9001 §4.9.1: the server drops Initial keys on first Handshake packet processed.
+            self.discard_space(Epoch::Initial, now);
+        }
+        if epoch == Epoch::Data && remote != self.remote && self.handshake_confirmed {
+            // Peer address change (NAT rebinding or migration, RFC 9000 §9): follow the packet with the
+            // highest number. The new path starts amplification-limited until the peer answers.
+            if self.spaces[Epoch::Data.index()].ack.largest().is_none_or(|l| pn > l) {
+                tracing::debug!(old = %self.remote, new = %remote, "peer address changed");
+                self.remote = remote;
+            }
+        }
+
+        let payload_start = header_len;
+        let payload = &packet[payload_start..payload_start + payload_len];
+        let dcid = match hdr {
+            PacketHeader::Long { dcid, .. } | PacketHeader::Short { dcid, .. } => dcid,
+        };
+        let ack_eliciting = self.process_frames(now, epoch, kind, payload, &dcid)?;
+
+        let immediate = epoch != Epoch::Data;
+        let max_ack_delay = self.config.max_ack_delay;
+        self.spaces[epoch.index()].ack.on_packet_received(pn, ack_eliciting, ecn, now, immediate, max_ack_delay);
+
+        // RFC 9000 §10.1: restart the idle timer on every packet processed.
+        self.idle_deadline = Some(now + self.effective_idle_timeout());
+        self.idle_restart_on_send = true;
+        Ok(Outcome::Processed)
+    }
+
+    pub(crate) fn effective_idle_timeout(&self) -> Duration {
+        // Never shorter than 3 PTOs (RFC 9000 §10.1).
+        self.idle_timeout.max(3 * self.recovery.pto(Epoch::Data))
+    }
+
+    /// Returns whether the packet was ack-eliciting.
+    fn process_frames(
+        &mut self,
+        now: Instant,
+        epoch: Epoch,
+        kind: PacketKind,
+        payload: &[u8],
+        dcid: &ConnectionId,
+    ) -> Result<bool, TransportError> {
+        let mut ack_eliciting = false;
+        let mut any = false;
+        let mut crypto_received = false;
+        for frame in FrameIter::new(payload) {
+            let frame = frame?;
+            any = true;
+            let ty = frame.ty();
+            if !frame.allowed_in(kind) {
+                return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "frame not allowed in this packet type").with_frame(ty));
+            }
+            ack_eliciting |= frame.is_ack_eliciting();
+            if matches!(self.state, State::Closing { .. }) {
+                // While closing only CONNECTION_CLOSE matters (RFC 9000 §10.2.1).
+                if let Frame::ConnectionClose { .. } = frame {
+                    self.state = State::Drained;
+                }
+                continue;
+            }
+            self.process_frame(now, epoch, frame, dcid, &mut crypto_received).map_err(|e| {
+                if e.frame_type == 0 {
+                    e.with_frame(ty)
+                } else {
+                    e
+                }
+            })?;
+            if matches!(self.state, State::Draining { .. } | State::Drained) {
+                return Ok(ack_eliciting);
+            }
+        }
+        if !any {
+            // RFC 9000 §12.4: a packet with no frames is a PROTOCOL_VIOLATION.
+            return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "packet without frames"));
+        }
+        if crypto_received {
+            self.drive_tls(now)?;
+        }
+        Ok(ack_eliciting)
+    }
+
+    fn process_frame(
+        &mut self,
+        now: Instant,
+        epoch: Epoch,
+        frame: Frame<'_>,
+        dcid: &ConnectionId,
+        crypto_received: &mut bool,
+    ) -> Result<(), TransportError> {
+        match frame {
+            Frame::Padding { .. } | Frame::Ping => {}
+            Frame::Ack(ack) => {
+                let exponent = if epoch == Epoch::Data { self.peer_ack_delay_exponent } else { 3 };
+                let delay = Duration::from_micros(ack.delay.checked_shl(exponent as u32).unwrap_or(u64::MAX).min(1 << 40));
+                let ecn = ack.ecn.map(|e| (e.ect0, e.ect1, e.ce));
+                let mut acked = std::mem::take(&mut self.acked_scratch);
+                let mut lost = std::mem::take(&mut self.lost_scratch);
+                let result = self.recovery.on_ack_received(
+                    now,
+                    epoch,
+                    ack.iter(),
+                    delay,
+                    ecn,
+                    &mut |p| acked.push(p.data),
+                    &mut |p| lost.push(p.data),
+                );
+                for frames in acked.drain(..) {
+                    self.on_frames_acked(frames);
+                }
+                for frames in lost.drain(..) {
+                    self.on_frames_lost(frames);
+                }
+                self.acked_scratch = acked;
+                self.lost_scratch = lost;
+                if result.is_err() {
+                    return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "ACK of a packet never sent"));
+                }
+                if epoch == Epoch::Data && self.side == Side::Client && !self.handshake_confirmed && self.state == State::Established {
+                    // RFC 9001 §4.1.2: an acknowledged 1-RTT packet confirms the handshake too.
+                    self.confirm_handshake(now);
+                }
+            }
+            Frame::Crypto { offset, data } => {
+                self.spaces[epoch.index()].crypto.on_crypto(offset, data)?;
+                *crypto_received = true;
+            }
+            Frame::Stream { id, offset, data, fin } => self.streams.on_stream(id, offset, data, fin, now)?,
+            Frame::ResetStream { id, error_code, final_size } => self.streams.on_reset_stream(id, error_code, final_size)?,
+            Frame::StopSending { id, error_code } => self.streams.on_stop_sending(id, error_code)?,
+            Frame::MaxData(max) => self.streams.on_max_data(max),
+            Frame::MaxStreamData { id, max } => self.streams.on_max_stream_data(id, max)?,
+            Frame::MaxStreams { bidi, max } => self.streams.on_max_streams(bidi, max)?,
+            Frame::DataBlocked(limit) => self.streams.on_data_blocked(limit),
+            Frame::StreamDataBlocked { id, limit } => self.streams.on_stream_data_blocked(id, limit)?,
+            Frame::StreamsBlocked { bidi, limit } => self.streams.on_streams_blocked(bidi, limit)?,
+            Frame::NewToken { .. } => {
+                if self.side == Side::Server {
+                    return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "NEW_TOKEN from a client"));
+                }
+                // Tokens for future connections are not kept (no 0-RTT/resumption yet).
+            }
+            Frame::NewConnectionId { seq, retire_prior_to, cid, reset_token } => {
+                self.cids.on_new_cid(seq, retire_prior_to, cid, reset_token)?;
+            }
+            Frame::RetireConnectionId { seq } => {
+                self.cids.on_retire(seq, dcid, self.cid_gen.as_mut())?;
+            }
+            Frame::PathChallenge(data) => {
+                // Answer each challenge; bound the queue against a flood (RFC 9000 §8.2.2 allows dropping).
+                if self.path_responses.len() < 8 {
+                    self.path_responses.push_back(data);
+                }
+            }
+            Frame::PathResponse(_) => {
+                // We never send PATH_CHALLENGE without tracking it; unsolicited responses are ignored.
+            }
+            Frame::ConnectionClose { error_code, frame_type, reason } => {
+                let reason = String::from_utf8_lossy(&reason[..reason.len().min(256)]).into_owned();
+                tracing::debug!(error_code, ?frame_type, %reason, "peer closed");
+                self.enter_draining(now, CloseReason::Peer { code: error_code, app: frame_type.is_none(), reason });
+            }
+            Frame::HandshakeDone => {
+                if self.side == Side::Server {
+                    return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "HANDSHAKE_DONE from a client"));
+                }
+                self.confirm_handshake(now);
+            }
+            Frame::Datagram { .. } => {
+                // RFC 9221 §3: we did not advertise max_datagram_frame_size.
+                return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "DATAGRAM not negotiated"));
+            }
+        }
+        Ok(())
+    }
+}

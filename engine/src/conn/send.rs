@@ -1,0 +1,398 @@
+//! Sending: decide what goes out, write packets straight into the caller's buffer,
+//! coalesce Initial/Handshake/1-RTT packets into one datagram, pad, seal in place and
+//! apply header protection (RFC 9000 §12.2, §13, §14; RFC 9001 §5).
+//!
+//! The caller's buffer may be a UMEM frame: nothing here copies a packet after writing it.
+
+use std::time::Instant;
+
+use crate::conn::connection::{Connection, State, Transmit, MIN_INITIAL_SIZE};
+use crate::conn::recovery::SentPacket;
+use crate::conn::sent::{FrameRecord, SentFrames};
+use crate::crypto::aead::TAG_LEN;
+use crate::crypto::header_protection::{apply_mask, sample};
+use crate::wire::error::TransportErrorCode as Code;
+use crate::wire::frame::{encode_ack, Frame};
+use crate::wire::header::{self, LongHeaderLayout, LongType};
+use crate::wire::packet_number;
+use crate::wire::varint::Writer;
+use crate::{Epoch, Side};
+
+/// A packet written but not yet sealed (padding may still extend the last one).
+struct Built {
+    epoch: Epoch,
+    start: usize,
+    pn: u64,
+    pn_offset: usize,
+    pn_len: usize,
+    header_len: usize,
+    payload_len: usize,
+    layout: Option<LongHeaderLayout>,
+    ack_eliciting: bool,
+    padded: bool,
+    frames: SentFrames,
+}
+
+/// Frames smaller than this are not worth starting a packet for.
+const MIN_PACKET_ROOM: usize = 64;
+
+impl Connection {
+    /// Writes the next datagram(s) into `buf`. With `max_segments > 1` several full-sized
+    /// datagrams may be written back to back for GSO; only the last may be shorter.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], max_segments: usize) -> Option<Transmit> {
+        if matches!(self.state, State::Draining { .. } | State::Drained) {
+            return None;
+        }
+        let mtu = if self.handshake_confirmed { self.max_datagram_size } else { MIN_INITIAL_SIZE };
+        let mtu = mtu.min(buf.len());
+        let mut total = 0;
+        let mut segments = 0;
+        while segments < max_segments.max(1) && buf.len() - total >= mtu {
+            let mut cap = mtu;
+            if !self.address_validated {
+                // RFC 9000 §8.1: at most three times what we received until the address is validated.
+                let allowed = (3 * self.amplification_received).saturating_sub(self.amplification_sent) as usize;
+                if allowed < MIN_INITIAL_SIZE {
+                    break;
+                }
+                cap = cap.min(allowed);
+            }
+            let n = self.build_datagram(now, &mut buf[total..total + cap]);
+            if n == 0 {
+                break;
+            }
+            self.amplification_sent += n as u64;
+            self.stats.bytes_sent += n as u64;
+            total += n;
+            segments += 1;
+            if n < mtu || matches!(self.state, State::Closing { .. }) {
+                break;
+            }
+        }
+        if total == 0 {
+            return None;
+        }
+        Some(Transmit { dst: self.remote, len: total, segment_size: (segments > 1).then_some(mtu) })
+    }
+
+    fn build_datagram(&mut self, now: Instant, buf: &mut [u8]) -> usize {
+        let mut built: [Option<Built>; 3] = [None, None, None];
+        let mut len = 0;
+        let mut count = 0;
+        let mut needs_padding = false;
+        for epoch in Epoch::ALL {
+            if buf.len() - len < MIN_PACKET_ROOM {
+                break;
+            }
+            if let Some(b) = self.build_packet(now, epoch, &mut buf[len..], len) {
+                // RFC 9000 §14.1: datagrams with a client Initial, or a server's ack-eliciting Initial, are ≥ 1200 bytes.
+                if epoch == Epoch::Initial && (self.side == Side::Client || b.ack_eliciting) {
+                    needs_padding = true;
+                }
+                len = b.start + b.header_len + b.payload_len + TAG_LEN;
+                built[count] = Some(b);
+                count += 1;
+            }
+        }
+        if count == 0 {
+            return 0;
+        }
+        if needs_padding && len < MIN_INITIAL_SIZE && buf.len() >= MIN_INITIAL_SIZE {
+            // Extend the last packet with PADDING frames (zeros) so the datagram reaches 1200.
+            let last = built[count - 1].as_mut().expect("count > 0");
+            let extra = MIN_INITIAL_SIZE - len;
+            let pad_from = last.start + last.header_len + last.payload_len;
+            buf[pad_from..pad_from + extra].fill(0);
+            last.payload_len += extra;
+            last.padded = true;
+            len = MIN_INITIAL_SIZE;
+        }
+        let mut sent_handshake = false;
+        for b in built.iter_mut().take(count) {
+            let b = b.take().expect("built");
+            sent_handshake |= b.epoch == Epoch::Handshake;
+            self.seal_and_record(now, buf, b);
+        }
+        if self.side == Side::Client && sent_handshake {
+            // RFC 9001 §4.9.1: the client drops Initial keys when it first sends a Handshake packet.
+            self.discard_space(Epoch::Initial, now);
+        }
+        if matches!(self.state, State::Closing { .. }) {
+            self.close_pending = false;
+        }
+        len
+    }
+
+    fn seal_and_record(&mut self, now: Instant, buf: &mut [u8], b: Built) {
+        let packet_len = b.header_len + b.payload_len + TAG_LEN;
+        let packet = &mut buf[b.start..b.start + packet_len];
+        if let Some(layout) = &b.layout {
+            // Length covers packet number, payload and tag; the 2-byte field always fits a datagram.
+            header::finish_long(packet, layout, packet_len).expect("length field reserved");
+        }
+        let sealed = match b.epoch {
+            Epoch::Data => {
+                let keys = self.one_rtt.as_ref().expect("built with keys");
+                keys.local_packet().seal_in_place(b.pn, packet, b.header_len)
+            }
+            e => {
+                let keys = self.spaces[e.index()].keys.as_ref().expect("built with keys");
+                keys.local.packet.seal_in_place(b.pn, packet, b.header_len)
+            }
+        };
+        debug_assert!(sealed.is_ok(), "sealing into a correctly sized buffer cannot fail");
+        let sample = sample(packet, b.pn_offset).expect("payload padded for the sample");
+        let mask = match b.epoch {
+            Epoch::Data => self.one_rtt.as_ref().expect("keys").local_header().mask(&sample),
+            e => self.spaces[e.index()].keys.as_ref().expect("keys").local.header.mask(&sample),
+        };
+        apply_mask(packet, b.pn_offset, b.pn_len, &mask);
+
+        self.stats.packets_sent += 1;
+        if b.epoch == Epoch::Data {
+            self.packets_in_phase += 1;
+        }
+        if b.ack_eliciting && self.idle_restart_on_send {
+            // RFC 9000 §10.1: restart the idle timer on the first ack-eliciting packet after receiving.
+            self.idle_deadline = Some(now + self.effective_idle_timeout());
+            self.idle_restart_on_send = false;
+        }
+        self.recovery.on_packet_sent(
+            now,
+            b.epoch,
+            SentPacket {
+                pn: b.pn,
+                time_sent: now,
+                size: packet_len as u16,
+                ack_eliciting: b.ack_eliciting,
+                in_flight: b.ack_eliciting || b.padded,
+                data: b.frames,
+            },
+        );
+        if let Some(interval) = self.config.key_update_interval {
+            if self.packets_in_phase >= interval {
+                self.force_key_update(now);
+            }
+        }
+    }
+
+    /// Writes one packet of `epoch` at the start of `buf` (which sits at `start` in the datagram).
+    fn build_packet(&mut self, now: Instant, epoch: Epoch, buf: &mut [u8], start: usize) -> Option<Built> {
+        let idx = epoch.index();
+        if self.spaces[idx].discarded {
+            return None;
+        }
+        let has_keys = match epoch {
+            Epoch::Data => self.one_rtt.is_some(),
+            _ => self.spaces[idx].keys.is_some(),
+        };
+        if !has_keys {
+            return None;
+        }
+        let closing = matches!(self.state, State::Closing { .. });
+        if closing {
+            return self.build_close_packet(epoch, buf, start);
+        }
+
+        let space = &self.spaces[idx];
+        let ack_pending = space.ack.ack_pending();
+        let ack_due = ack_pending && (epoch != Epoch::Data || space.ack.ack_due(now));
+        let probing = space.probes > 0;
+        let mut want_eliciting = space.crypto.has_pending() || probing;
+        if epoch == Epoch::Data {
+            want_eliciting |= self.handshake_done_pending
+                || self.ping_pending
+                || !self.path_responses.is_empty()
+                || (self.state == State::Established && (self.cids.pending_announcements() || self.streams.has_pending()));
+        }
+        let mut send_eliciting = want_eliciting;
+        if send_eliciting && !probing {
+            if self.recovery.send_window() < buf.len().min(self.max_datagram_size) as u64 {
+                send_eliciting = false;
+            } else if epoch == Epoch::Data {
+                if let Some(t) = self.recovery.pacing_next_send(now, buf.len() as u64) {
+                    if t > now {
+                        self.pacing_deadline = Some(t);
+                        send_eliciting = false;
+                    }
+                }
+            }
+        }
+        // Once we send anything in Data, piggyback a pending ACK even if not yet due.
+        let send_ack = ack_due || (ack_pending && send_eliciting);
+        if !send_eliciting && !send_ack {
+            return None;
+        }
+
+        let (pn, pn_offset, pn_len, header_len, layout) = self.write_header(epoch, buf)?;
+        let end = buf.len() - TAG_LEN;
+        let mut pos = header_len;
+        let mut frames = self.sent_pool.take(epoch);
+        let mut ack_eliciting = false;
+
+        if send_ack {
+            let exponent = if epoch == Epoch::Data { self.config.ack_delay_exponent } else { 3 };
+            let space = &mut self.spaces[idx];
+            let delay = (space.ack.ack_delay(now).as_micros() as u64) >> exponent;
+            let ecn = space.ack.ecn_counts().map(|(ect0, ect1, ce)| crate::wire::frame::EcnCounts { ect0, ect1, ce });
+            let largest = space.ack.largest();
+            let mut w = Writer::new(&mut buf[pos..end]);
+            if let (Some(largest), Ok(())) = (largest, encode_ack(&mut w, delay, space.ack.ranges(), ecn)) {
+                pos += w.len();
+                frames.records.push(FrameRecord::Ack { largest });
+                space.ack.on_ack_sent();
+            }
+        }
+
+        if send_eliciting {
+            if epoch == Epoch::Data {
+                pos = self.write_data_control_frames(&mut buf[..end], pos, &mut frames);
+            }
+            let space = &mut self.spaces[idx];
+            if end > pos {
+                let n = space.crypto.write_frame(&mut buf[pos..end], &mut |offset, len| {
+                    frames.records.push(FrameRecord::Crypto { offset, len })
+                });
+                pos += n;
+            }
+            if epoch == Epoch::Data && self.state == State::Established && end > pos {
+                let n = self.streams.write_frames(&mut buf[pos..end], &mut |r| frames.records.push(FrameRecord::Stream(r)));
+                pos += n;
+            }
+            ack_eliciting = frames.records.iter().any(|r| !matches!(r, FrameRecord::Ack { .. }));
+            if !ack_eliciting && probing && end > pos {
+                buf[pos] = 0x01; // PING
+                pos += 1;
+                frames.records.push(FrameRecord::Ping);
+                ack_eliciting = true;
+            }
+        }
+        if pos == header_len {
+            // Nothing fit after all: give back the packet number by not taking it.
+            self.sent_pool.give(frames);
+            return None;
+        }
+        let space = &mut self.spaces[idx];
+        let taken = space.take_pn();
+        debug_assert_eq!(taken, pn);
+        if ack_eliciting && space.probes > 0 {
+            space.probes -= 1;
+        }
+        // The header-protection sample needs 4 bytes of packet number + payload before it (RFC 9001 §5.4.2).
+        let mut payload_len = pos - header_len;
+        let min_payload = 4usize.saturating_sub(pn_len);
+        if payload_len < min_payload {
+            buf[pos..pos + (min_payload - payload_len)].fill(0);
+            payload_len = min_payload;
+        }
+        if epoch == Epoch::Data {
+            frames.key_phase = self.one_rtt.as_ref().is_some_and(|k| k.key_phase());
+        }
+        Some(Built { epoch, start, pn, pn_offset, pn_len, header_len, payload_len, layout, ack_eliciting, padded: false, frames })
+    }
+
+    /// Returns (pn, pn_offset, pn_len, header_len, long-header layout).
+    fn write_header(&mut self, epoch: Epoch, buf: &mut [u8]) -> Option<(u64, usize, usize, usize, Option<LongHeaderLayout>)> {
+        let pn = self.spaces[epoch.index()].next_pn;
+        let pn_len = packet_number::encoded_len(pn, self.recovery.largest_acked(epoch));
+        let dcid = self.cids.active_remote();
+        let mut w = Writer::new(buf);
+        match epoch {
+            Epoch::Data => {
+                let phase = self.one_rtt.as_ref().is_some_and(|k| k.key_phase());
+                let pn_offset = header::write_short(&mut w, false, phase, &dcid, pn, pn_len).ok()?;
+                Some((pn, pn_offset, pn_len, w.len(), None))
+            }
+            _ => {
+                let ty = if epoch == Epoch::Initial { LongType::Initial } else { LongType::Handshake };
+                let token: &[u8] = if self.side == Side::Client && epoch == Epoch::Initial { &self.retry_token } else { &[] };
+                let scid = self.handshake_scid;
+                let layout = header::write_long(&mut w, ty, self.version, &dcid, &scid, token, pn, pn_len).ok()?;
+                let pn_offset = layout.pn_offset;
+                Some((pn, pn_offset, pn_len, w.len(), Some(layout)))
+            }
+        }
+    }
+
+    /// HANDSHAKE_DONE, PATH_RESPONSE, CID management and PING in a 1-RTT packet.
+    fn write_data_control_frames(&mut self, buf: &mut [u8], mut pos: usize, frames: &mut SentFrames) -> usize {
+        let mut put = |buf: &mut [u8], pos: &mut usize, frame: &Frame<'_>| -> bool {
+            let mut w = Writer::new(&mut buf[*pos..]);
+            if frame.encode(&mut w).is_ok() {
+                *pos += w.len();
+                true
+            } else {
+                false
+            }
+        };
+        if self.handshake_done_pending && put(buf, &mut pos, &Frame::HandshakeDone) {
+            self.handshake_done_pending = false;
+            frames.records.push(FrameRecord::HandshakeDone);
+        }
+        while let Some(data) = self.path_responses.front().copied() {
+            if !put(buf, &mut pos, &Frame::PathResponse(data)) {
+                break;
+            }
+            self.path_responses.pop_front();
+            // PATH_RESPONSE is never retransmitted (RFC 9000 §13.3), but it is ack-eliciting.
+            frames.records.push(FrameRecord::Ping);
+        }
+        if self.state == State::Established {
+            while let Some(seq) = self.cids.retire_queue.front().copied() {
+                if !put(buf, &mut pos, &Frame::RetireConnectionId { seq }) {
+                    break;
+                }
+                self.cids.retire_queue.pop_front();
+                frames.records.push(FrameRecord::RetireConnectionId { seq });
+            }
+            for l in self.cids.local.iter_mut().filter(|l| l.announce) {
+                let f = Frame::NewConnectionId { seq: l.seq, retire_prior_to: 0, cid: l.cid, reset_token: l.reset_token };
+                if !put(buf, &mut pos, &f) {
+                    break;
+                }
+                l.announce = false;
+                frames.records.push(FrameRecord::NewConnectionId { seq: l.seq });
+            }
+        }
+        if self.ping_pending && put(buf, &mut pos, &Frame::Ping) {
+            self.ping_pending = false;
+            frames.records.push(FrameRecord::Ping);
+        }
+        pos
+    }
+
+    /// While closing, a packet holding only CONNECTION_CLOSE (RFC 9000 §10.2.1, §10.2.3).
+    fn build_close_packet(&mut self, epoch: Epoch, buf: &mut [u8], start: usize) -> Option<Built> {
+        if !self.close_pending {
+            return None;
+        }
+        // Before the handshake is confirmed the peer may lack 1-RTT keys: send in every space we have;
+        // afterwards only in 1-RTT.
+        if self.handshake_confirmed && epoch != Epoch::Data {
+            return None;
+        }
+        let close = self.close.clone()?;
+        let (pn, pn_offset, pn_len, header_len, layout) = self.write_header(epoch, buf)?;
+        let end = buf.len() - TAG_LEN;
+        let frame = if close.app && epoch != Epoch::Data {
+            // An application close must not leak into Initial/Handshake packets (§10.2.3).
+            Frame::ConnectionClose { error_code: Code::APPLICATION_ERROR.0, frame_type: Some(0), reason: &[] }
+        } else if close.app {
+            Frame::ConnectionClose { error_code: close.code, frame_type: None, reason: close.reason.as_bytes() }
+        } else {
+            Frame::ConnectionClose { error_code: close.code, frame_type: close.frame_type.or(Some(0)), reason: close.reason.as_bytes() }
+        };
+        let mut w = Writer::new(&mut buf[header_len..end]);
+        frame.encode(&mut w).ok()?;
+        let mut payload_len = w.len();
+        let min_payload = 4usize.saturating_sub(pn_len);
+        if payload_len < min_payload {
+            buf[header_len + payload_len..header_len + min_payload].fill(0);
+            payload_len = min_payload;
+        }
+        let taken = self.spaces[epoch.index()].take_pn();
+        debug_assert_eq!(taken, pn);
+        let frames = self.sent_pool.take(epoch);
+        Some(Built { epoch, start, pn, pn_offset, pn_len, header_len, payload_len, layout, ack_eliciting: false, padded: false, frames })
+    }
+}

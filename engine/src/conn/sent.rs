@@ -1,0 +1,59 @@
+//! What each sent packet carried, so an ACK or a loss can be applied to the right state.
+//!
+//! Records live in `Vec`s recycled through a pool: after warm-up no packet allocates.
+
+use crate::conn::streams::StreamFrameRecord;
+use crate::Epoch;
+
+/// One retransmittable (or ack-relevant) thing a packet carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameRecord {
+    Stream(StreamFrameRecord),
+    Crypto { offset: u64, len: u16 },
+    /// An ACK frame whose largest acknowledged was this; once acked we can forget older ranges.
+    Ack { largest: u64 },
+    HandshakeDone,
+    NewConnectionId { seq: u64 },
+    RetireConnectionId { seq: u64 },
+    Ping,
+}
+
+/// The per-packet payload `Recovery` hands back on ack or loss.
+#[derive(Debug)]
+pub struct SentFrames {
+    pub records: Vec<FrameRecord>,
+    /// The space the packet was sent in (loss callbacks do not say).
+    pub epoch: Epoch,
+    /// 1-RTT key phase the packet was sealed with (key update confirmation, RFC 9001 §6.2).
+    pub key_phase: bool,
+}
+
+impl Default for SentFrames {
+    fn default() -> Self {
+        Self { records: Vec::new(), epoch: Epoch::Initial, key_phase: false }
+    }
+}
+
+/// Recycles `SentFrames` vectors so the send path does not allocate.
+#[derive(Debug)]
+pub struct SentFramesPool {
+    free: Vec<Vec<FrameRecord>>,
+}
+
+impl SentFramesPool {
+    pub fn take(&mut self, epoch: Epoch) -> SentFrames {
+        SentFrames {
+            records: self.free.pop().unwrap_or_else(|| Vec::with_capacity(8)),
+            epoch,
+            key_phase: false,
+        }
+    }
+
+    pub fn give(&mut self, mut frames: SentFrames) {
+        frames.records.clear();
+        // Keep the pool bounded: a burst of huge packets should not pin memory forever.
+        if self.free.len() < 4096 && frames.records.capacity() <= 256 {
+            self.free.push(frames.records);
+        }
+    }
+}

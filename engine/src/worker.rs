@@ -1,0 +1,230 @@
+//! The per-core loop: RX batch → endpoint → applications → TX batch, timers, shutdown.
+//!
+//! Each worker owns its datapath, endpoint and connections; nothing on this path is shared
+//! or locked. The only cross-worker traffic is the rare datagram that arrived on the wrong
+//! worker (a migrated client), handed to its owner through a lock-free queue.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::app::{AppDispatcher, AppFactory, AppSlot};
+use crate::endpoint::{Endpoint, EndpointStats, EventHandler};
+use crate::io::{Datapath, RxMeta};
+use crate::wire::header;
+
+/// A datagram that landed on the wrong worker.
+pub struct HandedOff {
+    pub meta: RxMeta,
+    pub len: usize,
+    pub buf: Box<[u8; 2048]>,
+}
+
+/// Queues from every worker to every other (index = destination worker).
+#[derive(Clone)]
+pub struct Handoff {
+    pub queues: Arc<Vec<ArrayQueue<HandedOff>>>,
+}
+
+impl Handoff {
+    pub fn new(workers: usize) -> Self {
+        Self { queues: Arc::new((0..workers).map(|_| ArrayQueue::new(1024)).collect()) }
+    }
+}
+
+/// Counters a worker publishes for `quench stats` / SIGUSR1 (relaxed atomics, written by the owner only).
+#[derive(Default)]
+pub struct WorkerCounters {
+    pub datagrams_rx: AtomicU64,
+    pub datagrams_tx: AtomicU64,
+    pub connections: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub handed_off: AtomicU64,
+    pub stateless_resets: AtomicU64,
+}
+
+impl WorkerCounters {
+    fn publish(&self, ep: &EndpointStats, conns: usize) {
+        self.connections.store(conns as u64, Ordering::Relaxed);
+        self.connections_accepted.store(ep.connections_accepted, Ordering::Relaxed);
+        self.stateless_resets.store(ep.stateless_resets_sent, Ordering::Relaxed);
+    }
+}
+
+pub struct Worker<D: Datapath> {
+    pub id: usize,
+    pub datapath: D,
+    pub endpoint: Endpoint<AppSlot>,
+    pub factory: Arc<dyn AppFactory>,
+    pub shutdown: Arc<AtomicBool>,
+    pub handoff: Option<Handoff>,
+    pub counters: Arc<WorkerCounters>,
+    /// How long to let connections close gracefully on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl<D: Datapath> Worker<D> {
+    /// Runs until shutdown is requested and connections have closed (or the drain timeout passed).
+    pub fn run(mut self) -> std::io::Result<()> {
+        let caps = self.datapath.capabilities();
+        let max_segments = caps.max_segments.max(1);
+        let multi = self.handoff.as_ref().is_some_and(|h| h.queues.len() > 1);
+        let mut closing_since: Option<Instant> = None;
+        let mut spare: Vec<Box<[u8; 2048]>> = Vec::new();
+        loop {
+            let now = Instant::now();
+            if self.shutdown.load(Ordering::Relaxed) && closing_since.is_none() {
+                tracing::info!(worker = self.id, connections = self.endpoint.connection_count(), "closing connections");
+                self.endpoint.close_all(now, 0, "server shutting down");
+                closing_since = Some(now);
+            }
+            if let Some(t) = closing_since {
+                if self.endpoint.connection_count() == 0 || now.duration_since(t) > self.drain_timeout {
+                    break;
+                }
+            }
+
+            let factory = self.factory.clone();
+            let mut dispatcher = AppDispatcher { factory: factory.as_ref() };
+            let mut received = 0;
+
+            // Datagrams other workers received for us.
+            if let Some(h) = &self.handoff {
+                while let Some(mut d) = h.queues[self.id].pop() {
+                    self.endpoint.handle_datagram(now, d.meta, &mut d.buf[..d.len], &mut dispatcher);
+                    spare.push(d.buf);
+                    received += 1;
+                }
+            }
+
+            let endpoint = &mut self.endpoint;
+            let handoff = self.handoff.as_ref();
+            let counters = &self.counters;
+            let my_id = self.id;
+            received += self.datapath.recv_batch(&mut |meta, buf| {
+                if multi {
+                    if let Some(owner) = foreign_owner(endpoint, buf, my_id) {
+                        if let Some(h) = handoff {
+                            if buf.len() <= 2048 {
+                                let mut b = spare.pop().unwrap_or_else(|| Box::new([0u8; 2048]));
+                                b[..buf.len()].copy_from_slice(buf);
+                                if h.queues[owner].push(HandedOff { meta, len: buf.len(), buf: b }).is_ok() {
+                                    counters.handed_off.fetch_add(1, Ordering::Relaxed);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                }
+                endpoint.handle_datagram(now, meta, buf, &mut dispatcher);
+            })?;
+            self.counters.datagrams_rx.fetch_add(received as u64, Ordering::Relaxed);
+
+            self.endpoint.handle_timeouts(now, &mut dispatcher);
+            let sent = self.transmit(now, max_segments)?;
+            self.counters.datagrams_tx.fetch_add(sent as u64, Ordering::Relaxed);
+            self.counters.publish(&self.endpoint.stats(), self.endpoint.connection_count());
+
+            if received == 0 && sent == 0 {
+                let mut timeout = self
+                    .endpoint
+                    .next_timeout()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .unwrap_or(Duration::from_millis(100))
+                    .min(Duration::from_millis(100));
+                if multi {
+                    // Handed-off datagrams don't wake the socket: look again soon.
+                    timeout = timeout.min(Duration::from_millis(2));
+                }
+                if closing_since.is_some() {
+                    timeout = timeout.min(Duration::from_millis(10));
+                }
+                if !timeout.is_zero() {
+                    self.datapath.wait(Some(timeout))?;
+                }
+            }
+        }
+        self.transmit(Instant::now(), max_segments)?;
+        Ok(())
+    }
+
+    /// Drains the endpoint's outgoing datagrams into the datapath; returns how many buffers were queued.
+    fn transmit(&mut self, now: Instant, max_segments: usize) -> std::io::Result<usize> {
+        transmit(&mut self.datapath, &mut self.endpoint, now, max_segments)
+    }
+}
+
+/// Moves everything the endpoint wants to send into the datapath and flushes it.
+pub fn transmit<D: Datapath, U: Default>(dp: &mut D, endpoint: &mut Endpoint<U>, now: Instant, max_segments: usize) -> std::io::Result<usize> {
+    let mut count = 0;
+    // Bound one round so receiving is not starved by a connection with a lot to send.
+    while count < 256 {
+        let mut wrote = false;
+        let pushed = dp.push_tx(&mut |buf| {
+            let meta = endpoint.poll_transmit(now, buf, max_segments);
+            wrote = meta.is_some();
+            meta
+        });
+        if !pushed {
+            // No free buffer: hand what we have to the kernel and try again.
+            if dp.flush()? == 0 {
+                break;
+            }
+            continue;
+        }
+        if !wrote {
+            break;
+        }
+        count += 1;
+    }
+    dp.flush()?;
+    Ok(count)
+}
+
+/// If `buf` is a short-header packet for a CID owned by another worker, that worker's index.
+fn foreign_owner<U: Default>(endpoint: &Endpoint<U>, buf: &[u8], me: usize) -> Option<usize> {
+    let cid_len = endpoint.config().layout.cid_len;
+    let dcid = header::peek_dcid(buf, cid_len).ok()?;
+    let owner = endpoint.owner_worker(dcid)? as usize;
+    (owner != me).then_some(owner)
+}
+
+/// Drives `endpoint` and `handler` over `dp` until `done` says so or `deadline` passes.
+/// Used by the client role and by tests.
+pub fn drive_until<D: Datapath, U: Default, H: EventHandler<U>>(
+    dp: &mut D,
+    endpoint: &mut Endpoint<U>,
+    handler: &mut H,
+    deadline: Instant,
+    mut done: impl FnMut(&mut Endpoint<U>, &mut H, Instant) -> bool,
+) -> std::io::Result<bool> {
+    let max_segments = dp.capabilities().max_segments.max(1);
+    loop {
+        let now = Instant::now();
+        if done(endpoint, handler, now) {
+            transmit(dp, endpoint, now, max_segments)?;
+            return Ok(true);
+        }
+        if now >= deadline {
+            return Ok(false);
+        }
+        let received = dp.recv_batch(&mut |meta, buf| {
+            endpoint.handle_datagram(now, meta, buf, handler);
+        })?;
+        endpoint.handle_timeouts(now, handler);
+        let sent = transmit(dp, endpoint, now, max_segments)?;
+        if received == 0 && sent == 0 {
+            let timeout = endpoint
+                .next_timeout()
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_millis(50))
+                .min(Duration::from_millis(50))
+                .min(deadline.saturating_duration_since(now));
+            if !timeout.is_zero() {
+                dp.wait(Some(timeout))?;
+            }
+        }
+    }
+}
