@@ -193,6 +193,26 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Writes exactly `len` bytes through `f`, or nothing at all: the writer only
+    /// advances if `f` succeeds and wrote exactly `len` bytes (`InvalidValue` if not,
+    /// which means a length computation disagrees with its encoder).
+    pub fn put_with(
+        &mut self,
+        len: usize,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        if len > self.remaining() {
+            return Err(WireError::BufferTooSmall);
+        }
+        let mut sub = Writer::new(&mut self.buf[self.pos..self.pos + len]);
+        f(&mut sub)?;
+        if sub.len() != len {
+            return Err(WireError::InvalidValue);
+        }
+        self.pos += len;
+        Ok(())
+    }
+
     /// The whole underlying buffer, including bytes not yet written.
     pub fn buffer(&mut self) -> &mut [u8] {
         self.buf
@@ -309,6 +329,21 @@ mod tests {
             write_varint_at(&mut buf, usize::MAX, 1, 2),
             Err(WireError::BufferTooSmall)
         );
+    }
+
+    #[test]
+    fn put_with_is_all_or_nothing() {
+        let mut buf = [0u8; 8];
+        let mut w = Writer::new(&mut buf);
+        w.put_with(2, |w| w.put_u16(0x0102)).unwrap();
+        assert_eq!(w.put_with(7, |w| w.put_u8(1)), Err(WireError::BufferTooSmall));
+        assert_eq!(w.put_with(3, |w| w.put_u8(1)), Err(WireError::InvalidValue));
+        assert_eq!(
+            w.put_with(3, |w| w.put_varint(u64::MAX)),
+            Err(WireError::InvalidValue)
+        );
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.written(), &[1, 2]);
     }
 
     #[test]
