@@ -155,7 +155,10 @@ mod tests {
             "TransportErrorCode(0x1234)"
         );
         assert_eq!(TransportErrorCode::crypto(0x2a).0, 0x12a);
-        assert_eq!(TransportErrorCode::crypto(0x2a).as_crypto_alert(), Some(0x2a));
+        assert_eq!(
+            TransportErrorCode::crypto(0x2a).as_crypto_alert(),
+            Some(0x2a)
+        );
         assert_eq!(TransportErrorCode::NO_ERROR.as_crypto_alert(), None);
     }
 

@@ -184,13 +184,27 @@ pub fn parse(buf: &[u8], short_dcid_len: usize) -> Result<(Header<'_>, usize), W
     if version == 0 {
         // RFC 9000 §17.2.1: the fixed bit is unused here; the rest is a version list.
         let versions = r.rest();
-        if versions.is_empty() || versions.len() % 4 != 0 {
+        if versions.is_empty() || !versions.len().is_multiple_of(4) {
             return Err(WireError::InvalidValue);
         }
-        return Ok((Header::VersionNegotiation { dcid, scid, versions }, buf.len()));
+        return Ok((
+            Header::VersionNegotiation {
+                dcid,
+                scid,
+                versions,
+            },
+            buf.len(),
+        ));
     }
     if !is_supported_version(version) {
-        return Ok((Header::UnsupportedVersion { version, dcid, scid }, buf.len()));
+        return Ok((
+            Header::UnsupportedVersion {
+                version,
+                dcid,
+                scid,
+            },
+            buf.len(),
+        ));
     }
     if first & FIXED_BIT == 0 {
         return Err(WireError::FixedBitClear);
@@ -391,8 +405,7 @@ pub fn write_version_negotiation(
     versions: &[u32],
     first_byte_random: u8,
 ) -> Result<usize, WireError> {
-    let (Ok(dcid_len), Ok(scid_len)) = (u8::try_from(dcid.len()), u8::try_from(scid.len()))
-    else {
+    let (Ok(dcid_len), Ok(scid_len)) = (u8::try_from(dcid.len()), u8::try_from(scid.len())) else {
         return Err(WireError::InvalidValue);
     };
     if versions.is_empty() {
@@ -532,7 +545,14 @@ mod tests {
         assert_eq!(hex::encode(&buf[..header_len]), expected);
         let (h, len) = parse(&buf, 0).unwrap();
         assert_eq!(len, layout.pn_offset + 0x75);
-        assert!(matches!(h, Header::Long { ty: LongType::Initial, length: 0x75, .. }));
+        assert!(matches!(
+            h,
+            Header::Long {
+                ty: LongType::Initial,
+                length: 0x75,
+                ..
+            }
+        ));
     }
 
     /// RFC 9001 Appendix A.4 (v1) and RFC 9369 Appendix A.4 (v2) Retry packets.
@@ -677,9 +697,18 @@ mod tests {
             length_offset: 8,
             pn_offset: 10,
         };
-        assert_eq!(finish_long(&mut buf, &layout, 9), Err(WireError::InvalidValue));
-        assert_eq!(finish_long(&mut buf, &layout, 65), Err(WireError::BufferTooSmall));
-        let layout = LongHeaderLayout { pn_offset: 0, ..layout };
+        assert_eq!(
+            finish_long(&mut buf, &layout, 9),
+            Err(WireError::InvalidValue)
+        );
+        assert_eq!(
+            finish_long(&mut buf, &layout, 65),
+            Err(WireError::BufferTooSmall)
+        );
+        let layout = LongHeaderLayout {
+            pn_offset: 0,
+            ..layout
+        };
         let mut big = vec![0u8; 20_000];
         assert_eq!(
             finish_long(&mut big, &layout, 16_384),
@@ -692,8 +721,15 @@ mod tests {
     fn short_header() {
         let mut buf = [0u8; 32];
         let mut w = Writer::new(&mut buf);
-        let pn_offset = write_short(&mut w, false, false, &ConnectionId::default(), 654_360_564, 3)
-            .unwrap();
+        let pn_offset = write_short(
+            &mut w,
+            false,
+            false,
+            &ConnectionId::default(),
+            654_360_564,
+            3,
+        )
+        .unwrap();
         assert_eq!(pn_offset, 1);
         assert_eq!(hex::encode(w.written()), "4200bff4");
 
@@ -711,8 +747,14 @@ mod tests {
         assert_eq!(parse(&buf[..5], 8), Err(WireError::UnexpectedEnd));
         assert_eq!(parse(&buf[..30], 21), Err(WireError::ConnectionIdTooLong));
         let mut w = Writer::new(&mut buf[..4]);
-        assert_eq!(write_short(&mut w, false, false, &dcid, 1, 1), Err(WireError::BufferTooSmall));
-        assert_eq!(write_short(&mut w, false, false, &dcid, 1, 0), Err(WireError::InvalidValue));
+        assert_eq!(
+            write_short(&mut w, false, false, &dcid, 1, 1),
+            Err(WireError::BufferTooSmall)
+        );
+        assert_eq!(
+            write_short(&mut w, false, false, &dcid, 1, 0),
+            Err(WireError::InvalidValue)
+        );
     }
 
     #[test]
@@ -727,8 +769,9 @@ mod tests {
     #[test]
     fn version_negotiation_round_trip() {
         let mut buf = [0u8; 64];
-        let n = write_version_negotiation(&mut buf, b"\x01\x02", b"abc", &[VERSION_2, VERSION_1], 0xff)
-            .unwrap();
+        let n =
+            write_version_negotiation(&mut buf, b"\x01\x02", b"abc", &[VERSION_2, VERSION_1], 0xff)
+                .unwrap();
         assert_eq!(buf[0], 0xff);
         let (h, len) = parse(&buf[..n], 0).unwrap();
         assert_eq!(len, n);
@@ -741,7 +784,10 @@ mod tests {
             }
         );
         assert_eq!(h.version(), Some(0));
-        assert_eq!(h.negotiated_versions().collect::<Vec<_>>(), [VERSION_2, VERSION_1]);
+        assert_eq!(
+            h.negotiated_versions().collect::<Vec<_>>(),
+            [VERSION_2, VERSION_1]
+        );
         // A truncated version list.
         assert_eq!(parse(&buf[..n - 1], 0), Err(WireError::InvalidValue));
         assert_eq!(

@@ -49,7 +49,10 @@ impl<'a> Reader<'a> {
 
     /// The next byte without consuming it.
     pub fn peek_u8(&self) -> Result<u8, WireError> {
-        self.buf.get(self.pos).copied().ok_or(WireError::UnexpectedEnd)
+        self.buf
+            .get(self.pos)
+            .copied()
+            .ok_or(WireError::UnexpectedEnd)
     }
 
     pub fn u8(&mut self) -> Result<u8, WireError> {
@@ -274,7 +277,10 @@ mod tests {
     #[test]
     fn rfc9000_a1_examples() {
         let cases: [(&[u8], u64); 5] = [
-            (&[0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c], 151_288_809_941_952_652),
+            (
+                &[0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c],
+                151_288_809_941_952_652,
+            ),
             (&[0x9d, 0x7f, 0x3e, 0x7d], 494_878_333),
             (&[0x7b, 0xbd], 15_293),
             (&[0x25], 37),
@@ -336,7 +342,10 @@ mod tests {
         let mut buf = [0u8; 8];
         let mut w = Writer::new(&mut buf);
         w.put_with(2, |w| w.put_u16(0x0102)).unwrap();
-        assert_eq!(w.put_with(7, |w| w.put_u8(1)), Err(WireError::BufferTooSmall));
+        assert_eq!(
+            w.put_with(7, |w| w.put_u8(1)),
+            Err(WireError::BufferTooSmall)
+        );
         assert_eq!(w.put_with(3, |w| w.put_u8(1)), Err(WireError::InvalidValue));
         assert_eq!(
             w.put_with(3, |w| w.put_varint(u64::MAX)),
@@ -363,7 +372,10 @@ mod tests {
         assert!(r.is_empty());
         assert_eq!(r.u8(), Err(WireError::UnexpectedEnd));
         // A varint whose length prefix promises more bytes than exist.
-        assert_eq!(Reader::new(&[0xc0, 1]).varint(), Err(WireError::UnexpectedEnd));
+        assert_eq!(
+            Reader::new(&[0xc0, 1]).varint(),
+            Err(WireError::UnexpectedEnd)
+        );
     }
 
     proptest! {
