@@ -4,8 +4,8 @@
 //! with one `encrypt_blocks` call (pipelined AES-NI/VAES); ChaCha20 follows §5.4.4.
 use aes::cipher::{generic_array::GenericArray, BlockEncrypt, KeyInit};
 use aes::{Aes128Enc, Aes256Enc};
-use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-use chacha20::ChaCha20;
+use chacha20::cipher::{consts::U10, KeyIvInit, StreamCipherCore, StreamCipherSeekCore};
+use chacha20::ChaChaCore;
 
 use super::aead::{CryptoError, Suite};
 
@@ -107,11 +107,14 @@ where
 /// mask = ChaCha20(hp_key, counter, nonce, {0,0,0,0,0}).
 fn chacha_mask_block(key: &[u8; 32], sample: &[u8; SAMPLE_LEN]) -> [u8; SAMPLE_LEN] {
     let counter = u32::from_le_bytes([sample[0], sample[1], sample[2], sample[3]]);
-    let mut cipher = ChaCha20::new(key.into(), GenericArray::from_slice(&sample[4..]));
+    // The core block function, not the stream wrapper: the wrapper refuses (panics on)
+    // counter 0xffffffff as "end of keystream", and the peer chooses the counter.
+    let mut core = ChaChaCore::<U10>::new(key.into(), GenericArray::from_slice(&sample[4..]));
+    core.set_block_pos(counter);
+    let mut block = GenericArray::default();
+    core.write_keystream_block(&mut block);
     let mut out = [0u8; SAMPLE_LEN];
-    cipher.seek(u64::from(counter) * 64);
-    // Only the first 5 bytes are used; they are always available, even for the last block.
-    cipher.apply_keystream(&mut out[..5]);
+    out.copy_from_slice(&block[..SAMPLE_LEN]);
     out
 }
 
@@ -225,6 +228,28 @@ mod tests {
         }
     }
 
+    /// Cross-check against aws-lc-rs's own QUIC header protection, including the
+    /// ChaCha20 counter extremes a peer can choose.
+    #[test]
+    fn masks_match_aws_lc_rs() {
+        use aws_lc_rs::aead::quic::{HeaderProtectionKey, AES_128, AES_256, CHACHA20};
+        let algs = [&AES_128, &AES_256, &CHACHA20];
+        let mut samples: Vec<[u8; 16]> = vec![[0; 16], [0xff; 16]];
+        samples.push(std::array::from_fn(|i| if i < 4 { 0xff } else { i as u8 }));
+        samples.extend((0..20u8).map(|i| std::array::from_fn(|j| i ^ (j as u8).wrapping_mul(37))));
+        for (suite, alg) in Suite::ALL.into_iter().zip(algs) {
+            let key: Vec<u8> = (0..suite.key_len() as u8).map(|i| i ^ 0x5a).collect();
+            let ours = HeaderKey::new(suite, &key);
+            let theirs = HeaderProtectionKey::new(alg, &key).unwrap();
+            for s in &samples {
+                match theirs.new_mask(s) {
+                    Ok(mask) => assert_eq!(ours.mask(s), mask, "{suite:?} {s:02x?}"),
+                    Err(e) => panic!("{suite:?} {s:02x?}: {e:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn chacha_counter_edges_do_not_panic() {
         let key = HeaderKey::new(Suite::ChaCha20Poly1305, &[3; 32]);
@@ -243,7 +268,8 @@ mod tests {
                 let orig = pkt.clone();
                 protect(&key, &mut pkt, pn_offset, 4).unwrap();
                 assert_ne!(pkt, orig);
-                assert_eq!(pkt[0] & 0xf0, first & 0xf0, "fixed bits untouched");
+                let fixed = !first_byte_mask(first);
+                assert_eq!(pkt[0] & fixed, first & fixed, "unprotected bits untouched");
                 let (len, pn) = unprotect(&key, &mut pkt, pn_offset).unwrap();
                 assert_eq!((len, pn), (4, 0xdeadbeef));
                 assert_eq!(pkt, orig);

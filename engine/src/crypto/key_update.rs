@@ -194,3 +194,132 @@ impl OneRttKeys {
         self.previous_remote.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::aead::{CryptoError, Suite, TAG_LEN};
+    use crate::crypto::{VERSION_1, VERSION_2};
+    use std::time::Duration;
+
+    fn pair(version: u32, suite: Suite) -> (OneRttKeys, OneRttKeys) {
+        let len = suite.secret_len();
+        let c = Secret::new(suite, &vec![0x11; len]);
+        let s = Secret::new(suite, &vec![0x22; len]);
+        (
+            OneRttKeys::new(version, c.clone(), s.clone()),
+            OneRttKeys::new(version, s, c),
+        )
+    }
+
+    /// A sealed packet as (phase, pn, bytes), header = one byte carrying nothing else.
+    fn send(keys: &OneRttKeys, pn: u64, body: &[u8]) -> (bool, u64, Vec<u8>) {
+        let mut pkt = vec![0x40];
+        pkt.extend_from_slice(body);
+        pkt.extend_from_slice(&[0; TAG_LEN]);
+        keys.local_packet().seal_in_place(pn, &mut pkt, 1).unwrap();
+        (keys.key_phase(), pn, pkt)
+    }
+
+    /// Receive path as a connection would run it; returns the generation used.
+    fn recv(
+        keys: &mut OneRttKeys,
+        (phase, pn, pkt): &(bool, u64, Vec<u8>),
+        deadline: Instant,
+    ) -> Result<KeyGeneration, CryptoError> {
+        let mut buf = pkt.clone();
+        let (key, generation) = keys.remote_packet_for(*phase, *pn);
+        key.open_in_place(*pn, &mut buf, 1)?;
+        match generation {
+            KeyGeneration::Next => keys.commit_peer_update(*pn, deadline),
+            g => keys.on_packet_opened(g, *pn),
+        }
+        Ok(generation)
+    }
+
+    #[test]
+    fn updates_from_either_side_and_reordering() {
+        for version in [VERSION_1, VERSION_2] {
+            for suite in Suite::ALL {
+                run_updates(version, suite);
+            }
+        }
+    }
+
+    fn run_updates(version: u32, suite: Suite) {
+        let t0 = Instant::now();
+        let pto3 = Duration::from_millis(300);
+        let (mut client, mut server) = pair(version, suite);
+        let mut cpn = 0u64;
+        let mut spn = 0u64;
+
+        for round in 0..6u64 {
+            let now = t0 + Duration::from_secs(round);
+            // Exchange in the current phase; each side sees the other's packet acked.
+            let c = send(&client, cpn, b"hello");
+            cpn += 1;
+            assert_eq!(recv(&mut server, &c, now + pto3), Ok(KeyGeneration::Current));
+            let s = send(&server, spn, b"world");
+            spn += 1;
+            assert_eq!(recv(&mut client, &s, now + pto3), Ok(KeyGeneration::Current));
+            client.on_packet_acked(client.generation());
+            server.on_packet_acked_in_current_phase();
+
+            // A client packet sent before the update and delivered after it.
+            let straggler = send(&client, cpn, b"late");
+            cpn += 1;
+            let (initiator, responder, ipn, rpn) = if round % 2 == 0 {
+                (&mut client, &mut server, &mut cpn, &mut spn)
+            } else {
+                (&mut server, &mut client, &mut spn, &mut cpn)
+            };
+            let gen_before = initiator.generation();
+            initiator.initiate_update(now + pto3).unwrap();
+            assert!(!initiator.update_allowed());
+            assert_eq!(
+                initiator.initiate_update(now + pto3),
+                Err(KeyUpdateError::NotConfirmed),
+                "second update before confirmation"
+            );
+            assert_eq!(initiator.generation(), gen_before + 1);
+
+            let first = send(initiator, *ipn, b"new phase");
+            *ipn += 1;
+            assert_eq!(recv(responder, &first, now + pto3), Ok(KeyGeneration::Next));
+            assert_eq!(responder.key_phase(), initiator.key_phase());
+            let reply = send(responder, *rpn, b"ack");
+            *rpn += 1;
+            assert_eq!(recv(initiator, &reply, now + pto3), Ok(KeyGeneration::Current));
+
+            // The straggler from the client's old phase still opens with the previous key ...
+            assert_eq!(
+                recv(&mut server, &straggler, now + pto3),
+                Ok(KeyGeneration::Previous)
+            );
+            // ... until the deadline, then it fails (it is tried as a "next" key).
+            assert_eq!(server.next_timeout(), Some(now + pto3));
+            server.on_timeout(now + pto3 - Duration::from_millis(1));
+            assert!(server.has_previous());
+            server.on_timeout(now + pto3);
+            client.on_timeout(now + pto3);
+            assert!(!server.has_previous() && server.next_timeout().is_none());
+            assert_eq!(
+                recv(&mut server, &straggler, now + pto3),
+                Err(CryptoError::DecryptFailed)
+            );
+            assert_eq!(client.generation(), round + 1);
+            assert_eq!(server.generation(), round + 1);
+        }
+    }
+
+    #[test]
+    fn header_keys_survive_updates() {
+        let (mut client, server) = pair(VERSION_1, Suite::Aes128Gcm);
+        let sample = [7u8; 16];
+        let before = client.local_header().mask(&sample);
+        client.on_packet_acked_in_current_phase();
+        client.initiate_update(Instant::now()).unwrap();
+        assert_eq!(client.local_header().mask(&sample), before);
+        assert_eq!(server.remote_header().mask(&sample), before);
+    }
+}

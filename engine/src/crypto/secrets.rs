@@ -12,12 +12,12 @@ use crate::Side;
 const MAX_SECRET_LEN: usize = 48;
 
 /// RFC 9001 §5.2.
-const INITIAL_SALT_V1: [u8; 20] = [
+pub(crate) const INITIAL_SALT_V1: [u8; 20] = [
     0x38, 0x76, 0x2c, 0xf7, 0xf5, 0x59, 0x34, 0xb3, 0x4d, 0x17, 0x9a, 0xe6, 0xa4, 0xc8, 0x0c,
     0xad, 0xcc, 0xbb, 0x7f, 0x0a,
 ];
 /// RFC 9369 §3.3.1.
-const INITIAL_SALT_V2: [u8; 20] = [
+pub(crate) const INITIAL_SALT_V2: [u8; 20] = [
     0x0d, 0xed, 0xe3, 0xde, 0xf7, 0x00, 0xa6, 0xdb, 0x81, 0x93, 0x81, 0xbe, 0x6e, 0x26, 0x9d,
     0xcb, 0xf9, 0xbd, 0x2e, 0xd9,
 ];
@@ -163,6 +163,20 @@ impl Secret {
         let len = self.suite.secret_len();
         expand_label(&self.prk(), labels(version).ku, &mut out[..len]);
         Secret::new(self.suite, &out[..len])
+    }
+
+    /// Raw (key, iv, hp) bytes, for checking the schedule against published vectors.
+    #[cfg(test)]
+    pub(crate) fn raw_keys(&self, version: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let labels = labels(version);
+        let prk = self.prk();
+        let mut key = vec![0u8; self.suite.key_len()];
+        let mut iv = vec![0u8; IV_LEN];
+        let mut hp = vec![0u8; self.suite.key_len()];
+        expand_label(&prk, labels.key, &mut key);
+        expand_label(&prk, labels.iv, &mut iv);
+        expand_label(&prk, labels.hp, &mut hp);
+        (key, iv, hp)
     }
 
     /// Both keys for this direction.
