@@ -88,8 +88,8 @@ impl PacketKey {
             return Err(CryptoError::InvalidKeyLength);
         }
         let iv: [u8; IV_LEN] = iv.try_into().map_err(|_| CryptoError::InvalidKeyLength)?;
-        let unbound = UnboundKey::new(suite.algorithm(), key)
-            .map_err(|_| CryptoError::InvalidKeyLength)?;
+        let unbound =
+            UnboundKey::new(suite.algorithm(), key).map_err(|_| CryptoError::InvalidKeyLength)?;
         Ok(Self {
             suite,
             key: LessSafeKey::new(unbound),
@@ -207,10 +207,16 @@ mod tests {
             for i in [0, 5, pkt.len() - 1] {
                 let mut bad = pkt.clone();
                 bad[i] ^= 1;
-                assert_eq!(k.open_in_place(5, &mut bad, 4), Err(CryptoError::DecryptFailed));
+                assert_eq!(
+                    k.open_in_place(5, &mut bad, 4),
+                    Err(CryptoError::DecryptFailed)
+                );
             }
             let mut wrong_pn = pkt.clone();
-            assert_eq!(k.open_in_place(6, &mut wrong_pn, 4), Err(CryptoError::DecryptFailed));
+            assert_eq!(
+                k.open_in_place(6, &mut wrong_pn, 4),
+                Err(CryptoError::DecryptFailed)
+            );
             assert_eq!(k.open_in_place(5, &mut pkt, 4), Ok(4));
         }
     }
@@ -219,10 +225,22 @@ mod tests {
     fn short_buffers_are_errors() {
         let k = key(Suite::Aes128Gcm);
         let mut small = [0u8; 10];
-        assert_eq!(k.seal_in_place(0, &mut small, 0), Err(CryptoError::BufferTooSmall));
-        assert_eq!(k.seal_in_place(0, &mut [0u8; 20], 5), Err(CryptoError::BufferTooSmall));
-        assert_eq!(k.open_in_place(0, &mut small, 0), Err(CryptoError::DecryptFailed));
-        assert_eq!(k.open_in_place(0, &mut [0u8; 20], 21), Err(CryptoError::DecryptFailed));
+        assert_eq!(
+            k.seal_in_place(0, &mut small, 0),
+            Err(CryptoError::BufferTooSmall)
+        );
+        assert_eq!(
+            k.seal_in_place(0, &mut [0u8; 20], 5),
+            Err(CryptoError::BufferTooSmall)
+        );
+        assert_eq!(
+            k.open_in_place(0, &mut small, 0),
+            Err(CryptoError::DecryptFailed)
+        );
+        assert_eq!(
+            k.open_in_place(0, &mut [0u8; 20], 21),
+            Err(CryptoError::DecryptFailed)
+        );
         assert!(PacketKey::try_new(Suite::Aes256Gcm, &[0; 16], &[0; 12]).is_err());
         assert!(PacketKey::try_new(Suite::Aes128Gcm, &[0; 16], &[0; 8]).is_err());
     }

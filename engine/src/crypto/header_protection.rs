@@ -17,9 +17,10 @@ const SAMPLE_OFFSET: usize = 4;
 const AES_CHUNK: usize = 32;
 
 /// A header protection key. It never changes across key updates (RFC 9001 §6).
+/// AES round keys are boxed: 700+ bytes inline would bloat every connection's key set.
 pub enum HeaderKey {
-    Aes128(Aes128Enc),
-    Aes256(Aes256Enc),
+    Aes128(Box<Aes128Enc>),
+    Aes256(Box<Aes256Enc>),
     ChaCha20([u8; 32]),
 }
 
@@ -45,12 +46,12 @@ impl HeaderKey {
             return Err(CryptoError::InvalidKeyLength);
         }
         Ok(match suite {
-            Suite::Aes128Gcm => HeaderKey::Aes128(
+            Suite::Aes128Gcm => HeaderKey::Aes128(Box::new(
                 Aes128Enc::new_from_slice(key).map_err(|_| CryptoError::InvalidKeyLength)?,
-            ),
-            Suite::Aes256Gcm => HeaderKey::Aes256(
+            )),
+            Suite::Aes256Gcm => HeaderKey::Aes256(Box::new(
                 Aes256Enc::new_from_slice(key).map_err(|_| CryptoError::InvalidKeyLength)?,
-            ),
+            )),
             Suite::ChaCha20Poly1305 => {
                 let mut k = [0u8; 32];
                 k.copy_from_slice(key);
@@ -72,8 +73,8 @@ impl HeaderKey {
     /// 5 bytes are the mask). AES encrypts up to `AES_CHUNK` blocks per call.
     pub fn masks_in_place(&self, blocks: &mut [[u8; SAMPLE_LEN]]) {
         match self {
-            HeaderKey::Aes128(cipher) => aes_masks(cipher, blocks),
-            HeaderKey::Aes256(cipher) => aes_masks(cipher, blocks),
+            HeaderKey::Aes128(cipher) => aes_masks(&**cipher, blocks),
+            HeaderKey::Aes256(cipher) => aes_masks(&**cipher, blocks),
             HeaderKey::ChaCha20(key) => {
                 for block in blocks {
                     *block = chacha_mask_block(key, block);
@@ -84,9 +85,9 @@ impl HeaderKey {
 }
 
 /// RFC 9001 §5.4.3: mask = AES-ECB(hp_key, sample).
-fn aes_masks<C: BlockEncrypt>(cipher: &C, blocks: &mut [[u8; SAMPLE_LEN]])
+fn aes_masks<C>(cipher: &C, blocks: &mut [[u8; SAMPLE_LEN]])
 where
-    C: aes::cipher::BlockSizeUser<BlockSize = aes::cipher::consts::U16>,
+    C: BlockEncrypt + aes::cipher::BlockSizeUser<BlockSize = aes::cipher::consts::U16>,
 {
     // `encrypt_blocks` wants GenericArray blocks; staging through a stack buffer keeps
     // this free of `unsafe` at the cost of two 16-byte copies per sample.
@@ -147,7 +148,10 @@ pub fn apply_mask(packet: &mut [u8], pn_offset: usize, pn_len: usize, mask: &[u8
         return;
     }
     packet[0] ^= mask[0] & first_byte_mask(packet[0]);
-    for (b, m) in packet[pn_offset..pn_offset + pn_len].iter_mut().zip(&mask[1..]) {
+    for (b, m) in packet[pn_offset..pn_offset + pn_len]
+        .iter_mut()
+        .zip(&mask[1..])
+    {
         *b ^= m;
     }
 }
@@ -283,9 +287,15 @@ mod tests {
         for len in 0..25 {
             let mut pkt = vec![0x41u8; len];
             let before = pkt.clone();
-            assert_eq!(unprotect(key, &mut pkt, 5), Err(CryptoError::PacketTooShort));
+            assert_eq!(
+                unprotect(key, &mut pkt, 5),
+                Err(CryptoError::PacketTooShort)
+            );
             assert_eq!(pkt, before);
-            assert_eq!(protect(key, &mut pkt, 5, 2), Err(CryptoError::PacketTooShort));
+            assert_eq!(
+                protect(key, &mut pkt, 5, 2),
+                Err(CryptoError::PacketTooShort)
+            );
         }
         assert_eq!(remove_mask(&mut [], 1, &[0xff; 5]), None);
         assert_eq!(remove_mask(&mut [0x43, 1], 1, &[0; 5]), None);

@@ -258,10 +258,16 @@ mod tests {
             // Exchange in the current phase; each side sees the other's packet acked.
             let c = send(&client, cpn, b"hello");
             cpn += 1;
-            assert_eq!(recv(&mut server, &c, now + pto3), Ok(KeyGeneration::Current));
+            assert_eq!(
+                recv(&mut server, &c, now + pto3),
+                Ok(KeyGeneration::Current)
+            );
             let s = send(&server, spn, b"world");
             spn += 1;
-            assert_eq!(recv(&mut client, &s, now + pto3), Ok(KeyGeneration::Current));
+            assert_eq!(
+                recv(&mut client, &s, now + pto3),
+                Ok(KeyGeneration::Current)
+            );
             client.on_packet_acked(client.generation());
             server.on_packet_acked_in_current_phase();
 
@@ -289,7 +295,10 @@ mod tests {
             assert_eq!(responder.key_phase(), initiator.key_phase());
             let reply = send(responder, *rpn, b"ack");
             *rpn += 1;
-            assert_eq!(recv(initiator, &reply, now + pto3), Ok(KeyGeneration::Current));
+            assert_eq!(
+                recv(initiator, &reply, now + pto3),
+                Ok(KeyGeneration::Current)
+            );
 
             // The straggler from the client's old phase still opens with the previous key ...
             assert_eq!(

@@ -88,7 +88,8 @@ pub fn verify_retry(version: u32, original_dcid: &[u8], retry_packet: &[u8]) -> 
     let mut tag_buf = [0u8; TAG_LEN];
     tag_buf.copy_from_slice(tag);
     with_pseudo(original_dcid, body, |aad| {
-        key.open_in_place(nonce, Aad::from(aad), &mut tag_buf).is_ok()
+        key.open_in_place(nonce, Aad::from(aad), &mut tag_buf)
+            .is_ok()
     })
     .unwrap_or(false)
 }

@@ -238,11 +238,7 @@ impl TokenKey {
         aws_lc_rs::rand::fill(&mut nonce).expect("system RNG available");
         let tag = self
             .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(AAD),
-                plain,
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(AAD), plain)
             .expect("token plaintext is small");
         out.reserve(NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
@@ -325,7 +321,10 @@ mod tests {
         assert_eq!(a.token(b"cid-1"), a.token(b"cid-1"));
         assert_ne!(a.token(b"cid-1"), a.token(b"cid-2"));
         assert_ne!(a.token(b"cid-1"), b.token(b"cid-1"));
-        assert_ne!(ResetTokenKey::random().token(b"x"), ResetTokenKey::random().token(b"x"));
+        assert_ne!(
+            ResetTokenKey::random().token(b"x"),
+            ResetTokenKey::random().token(b"x")
+        );
     }
 
     #[test]
@@ -334,7 +333,13 @@ mod tests {
         let now = SystemTime::now();
         let client = addr("192.0.2.1:4433");
         let mut tok = Vec::new();
-        key.seal_retry(client, &[1, 2, 3, 4, 5, 6, 7, 8], &[0xaa; 20], now, &mut tok);
+        key.seal_retry(
+            client,
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+            &[0xaa; 20],
+            now,
+            &mut tok,
+        );
         let life = Duration::from_secs(10);
         match key.open(&tok, client, now + Duration::from_secs(3), life) {
             Ok(ValidatedToken::Retry {
@@ -356,7 +361,9 @@ mod tests {
             Err(TokenError::WrongAddress)
         );
         // A v4-mapped v6 peer address is the same client.
-        assert!(key.open(&tok, addr("[::ffff:192.0.2.1]:4433"), now, life).is_ok());
+        assert!(key
+            .open(&tok, addr("[::ffff:192.0.2.1]:4433"), now, life)
+            .is_ok());
         assert_eq!(
             key.open(&tok, client, now + Duration::from_secs(11), life),
             Err(TokenError::Expired)
@@ -383,7 +390,12 @@ mod tests {
             Err(TokenError::WrongAddress)
         );
         assert_eq!(
-            key.open(&tok, addr("[2001:db8::1]:1"), now + Duration::from_secs(86401), life),
+            key.open(
+                &tok,
+                addr("[2001:db8::1]:1"),
+                now + Duration::from_secs(86401),
+                life
+            ),
             Err(TokenError::Expired)
         );
     }
@@ -397,16 +409,25 @@ mod tests {
         let life = Duration::from_secs(60);
         let mut tok = Vec::new();
         key.seal_new_token(client.ip(), now, &mut tok);
-        assert_eq!(other.open(&tok, client, now, life), Err(TokenError::Invalid));
+        assert_eq!(
+            other.open(&tok, client, now, life),
+            Err(TokenError::Invalid)
+        );
         for i in 0..tok.len() {
             let mut bad = tok.clone();
             bad[i] ^= 0x80;
             assert_eq!(key.open(&bad, client, now, life), Err(TokenError::Invalid));
         }
         for len in 0..tok.len() {
-            assert_eq!(key.open(&tok[..len], client, now, life), Err(TokenError::Invalid));
+            assert_eq!(
+                key.open(&tok[..len], client, now, life),
+                Err(TokenError::Invalid)
+            );
         }
-        assert_eq!(key.open(&[0; 500], client, now, life), Err(TokenError::Invalid));
+        assert_eq!(
+            key.open(&[0; 500], client, now, life),
+            Err(TokenError::Invalid)
+        );
         // Two seals of the same content differ (random nonce).
         let mut tok2 = Vec::new();
         key.seal_new_token(client.ip(), now, &mut tok2);

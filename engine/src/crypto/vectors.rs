@@ -5,12 +5,15 @@
 
 /// RFC 9001 Appendix A (QUIC version 1).
 pub mod rfc9001 {
-    pub const INITIAL_SECRET: &str = "7db5df06e7a69e432496adedb00851923595221596ae2ae9fb8115c1e9ed0a44";
-    pub const CLIENT_INITIAL_SECRET: &str = "c00cf151ca5be075ed0ebfb5c80323c42d6b7db67881289af4008f1f6c357aea";
+    pub const INITIAL_SECRET: &str =
+        "7db5df06e7a69e432496adedb00851923595221596ae2ae9fb8115c1e9ed0a44";
+    pub const CLIENT_INITIAL_SECRET: &str =
+        "c00cf151ca5be075ed0ebfb5c80323c42d6b7db67881289af4008f1f6c357aea";
     pub const CLIENT_KEY: &str = "1f369613dd76d5467730efcbe3b1a22d";
     pub const CLIENT_IV: &str = "fa044b2f42a3fd3b46fb255c";
     pub const CLIENT_HP: &str = "9f50449e04a0e810283a1e9933adedd2";
-    pub const SERVER_INITIAL_SECRET: &str = "3c199828fd139efd216c155ad844cc81fb82fa8d7446fa7d78be803acdda951b";
+    pub const SERVER_INITIAL_SECRET: &str =
+        "3c199828fd139efd216c155ad844cc81fb82fa8d7446fa7d78be803acdda951b";
     pub const SERVER_KEY: &str = "cf3a5331653c364c88f0f379b6067e37";
     pub const SERVER_IV: &str = "0ac1493ca1905853b0bba03e";
     pub const SERVER_HP: &str = "c206b8d9b9f0f37644430b490eeaa314";
@@ -65,8 +68,10 @@ pub mod rfc9001 {
         "8cc5a99f5ede4cf73c3ec2493a1839b3dbcba3f6ea46c5b7684df3548e7ddeb9c3bf9c73cc3f3bded74b562bfb19fb84",
         "022f8ef4cdd93795d77d06edbb7aaf2f58891850abbdca3d20398c276456cbc42158407dd074ee",
     );
-    pub const RETRY_PACKET: &str = "ff000000010008f067a5502a4262b5746f6b656e04a265ba2eff4d829058fb3f0f2496ba";
-    pub const CHACHA_SECRET: &str = "9ac312a7f877468ebe69422748ad00a15443f18203a07d6060f688f30f21632b";
+    pub const RETRY_PACKET: &str =
+        "ff000000010008f067a5502a4262b5746f6b656e04a265ba2eff4d829058fb3f0f2496ba";
+    pub const CHACHA_SECRET: &str =
+        "9ac312a7f877468ebe69422748ad00a15443f18203a07d6060f688f30f21632b";
     pub const CHACHA_KEY: &str = "c6d98ff3441c3fe1b2182094f69caa2ed4b716b65488960a7a984979fb23e1c8";
     pub const CHACHA_IV: &str = "e0459b3474bdd0e44a41c144";
     pub const CHACHA_HP: &str = "25a282b9e82f06f21f488917a4fc8f1b73573685608597d0efcb076b0ab7a7a4";
@@ -83,12 +88,15 @@ pub mod rfc9001 {
 
 /// RFC 9369 Appendix A (QUIC version 2).
 pub mod rfc9369 {
-    pub const INITIAL_SECRET: &str = "2062e8b3cd8d52092614b8071d0aa1fb7c2e3ac193f78b280e72d8f5751f6aba";
-    pub const CLIENT_INITIAL_SECRET: &str = "14ec9d6eb9fd7af83bf5a668bc17a7e283766aade7ecd0891f70f9ff7f4bf47b";
+    pub const INITIAL_SECRET: &str =
+        "2062e8b3cd8d52092614b8071d0aa1fb7c2e3ac193f78b280e72d8f5751f6aba";
+    pub const CLIENT_INITIAL_SECRET: &str =
+        "14ec9d6eb9fd7af83bf5a668bc17a7e283766aade7ecd0891f70f9ff7f4bf47b";
     pub const CLIENT_KEY: &str = "8b1a0bc121284290a29e0971b5cd045d";
     pub const CLIENT_IV: &str = "91f73e2351d8fa91660e909f";
     pub const CLIENT_HP: &str = "45b95e15235d6f45a6b19cbcb0294ba9";
-    pub const SERVER_INITIAL_SECRET: &str = "0263db1782731bf4588e7e4d93b7463907cb8cd8200b5da55a8bd488eafc37c1";
+    pub const SERVER_INITIAL_SECRET: &str =
+        "0263db1782731bf4588e7e4d93b7463907cb8cd8200b5da55a8bd488eafc37c1";
     pub const SERVER_KEY: &str = "82db637861d55e1d011f19ea71d5d2a7";
     pub const SERVER_IV: &str = "dd13c276499c0249d3310652";
     pub const SERVER_HP: &str = "edf6d05c83121201b436e16877593c3a";
@@ -143,8 +151,10 @@ pub mod rfc9369 {
         "17915358230035f7fd3945d88965cf17f9af6e16886c61bfc703106fbaf3cb4cfa52382dd16a393e42757507698075b2",
         "c984c707f0a0812d8cd5a6881eaf21ceda98f4bd23f6fe1a3e2c43edd9ce7ca84bed8521e2e140",
     );
-    pub const RETRY_PACKET: &str = "cf6b3343cf0008f067a5502a4262b5746f6b656ec8646ce8bfe33952d955543665dcc7b6";
-    pub const CHACHA_SECRET: &str = "9ac312a7f877468ebe69422748ad00a15443f18203a07d6060f688f30f21632b";
+    pub const RETRY_PACKET: &str =
+        "cf6b3343cf0008f067a5502a4262b5746f6b656ec8646ce8bfe33952d955543665dcc7b6";
+    pub const CHACHA_SECRET: &str =
+        "9ac312a7f877468ebe69422748ad00a15443f18203a07d6060f688f30f21632b";
     pub const CHACHA_KEY: &str = "3bfcddd72bcf02541d7fa0dd1f5f9eeea817e09a6963a0e6c7df0f9a1bab90f2";
     pub const CHACHA_IV: &str = "a6b5bc6ab7dafce30ffff5dd";
     pub const CHACHA_HP: &str = "d659760d2ba434a226fd37b35c69e2da8211d10c4f12538787d65645d5d1b8e2";
@@ -186,7 +196,9 @@ fn protect_packet(
     let mut pkt = header.to_vec();
     pkt.extend_from_slice(payload);
     pkt.extend_from_slice(&[0; TAG_LEN]);
-    keys.packet.seal_in_place(pn, &mut pkt, header.len()).unwrap();
+    keys.packet
+        .seal_in_place(pn, &mut pkt, header.len())
+        .unwrap();
     header_protection::protect(&keys.header, &mut pkt, pn_offset, pn_len).unwrap();
     pkt
 }
@@ -202,7 +214,10 @@ fn unprotect_packet(
     let (pn_len, truncated) =
         super::header_protection::unprotect(&keys.header, &mut pkt, pn_offset).unwrap();
     let header_len = pn_offset + pn_len;
-    let n = keys.packet.open_in_place(full_pn, &mut pkt, header_len).unwrap();
+    let n = keys
+        .packet
+        .open_in_place(full_pn, &mut pkt, header_len)
+        .unwrap();
     (truncated, pn_len, pkt[header_len..header_len + n].to_vec())
 }
 
@@ -229,9 +244,15 @@ macro_rules! vector_tests {
                 assert_eq!(client.as_bytes(), &h(v::CLIENT_INITIAL_SECRET)[..]);
                 assert_eq!(server.as_bytes(), &h(v::SERVER_INITIAL_SECRET)[..]);
                 let (key, iv, hp) = client.raw_keys(VERSION);
-                assert_eq!((key, iv, hp), (h(v::CLIENT_KEY), h(v::CLIENT_IV), h(v::CLIENT_HP)));
+                assert_eq!(
+                    (key, iv, hp),
+                    (h(v::CLIENT_KEY), h(v::CLIENT_IV), h(v::CLIENT_HP))
+                );
                 let (key, iv, hp) = server.raw_keys(VERSION);
-                assert_eq!((key, iv, hp), (h(v::SERVER_KEY), h(v::SERVER_IV), h(v::SERVER_HP)));
+                assert_eq!(
+                    (key, iv, hp),
+                    (h(v::SERVER_KEY), h(v::SERVER_IV), h(v::SERVER_HP))
+                );
             }
 
             /// §A.2: protect the client Initial byte for byte, then unprotect and open it.
@@ -280,14 +301,21 @@ macro_rules! vector_tests {
                 let pkt = h(v::RETRY_PACKET);
                 let (body, tag) = pkt.split_at(pkt.len() - 16);
                 let odcid = h(CLIENT_DCID);
-                assert_eq!(retry::retry_integrity_tag(VERSION, &odcid, body)[..], tag[..]);
+                assert_eq!(
+                    retry::retry_integrity_tag(VERSION, &odcid, body)[..],
+                    tag[..]
+                );
                 assert!(retry::verify_retry(VERSION, &odcid, &pkt));
                 let mut bad = pkt.clone();
                 bad[10] ^= 1;
                 assert!(!retry::verify_retry(VERSION, &odcid, &bad));
                 assert!(!retry::verify_retry(VERSION, &odcid[1..], &pkt));
                 assert!(!retry::verify_retry(VERSION, &odcid, &pkt[..15]));
-                let other = if VERSION == super::super::VERSION_2 { 1 } else { super::super::VERSION_2 };
+                let other = if VERSION == super::super::VERSION_2 {
+                    1
+                } else {
+                    super::super::VERSION_2
+                };
                 assert!(!retry::verify_retry(other, &odcid, &pkt));
             }
 
@@ -296,7 +324,10 @@ macro_rules! vector_tests {
             fn a5_chacha20_short_header() {
                 let secret = Secret::new(Suite::ChaCha20Poly1305, &h(v::CHACHA_SECRET));
                 let (key, iv, hp) = secret.raw_keys(VERSION);
-                assert_eq!((key, iv, hp), (h(v::CHACHA_KEY), h(v::CHACHA_IV), h(v::CHACHA_HP)));
+                assert_eq!(
+                    (key, iv, hp),
+                    (h(v::CHACHA_KEY), h(v::CHACHA_IV), h(v::CHACHA_HP))
+                );
                 assert_eq!(secret.next(VERSION).as_bytes(), &h(v::CHACHA_KU)[..]);
 
                 let hk = HeaderKey::new(Suite::ChaCha20Poly1305, &h(v::CHACHA_HP));
@@ -307,7 +338,10 @@ macro_rules! vector_tests {
                 let header = h(v::CHACHA_HEADER);
                 let pkt = protect_packet(&keys, &header, &h(v::CHACHA_PAYLOAD), CHACHA_PN, 1);
                 assert_eq!(hex::encode(&pkt[header.len()..]), v::CHACHA_CIPHERTEXT);
-                assert_eq!(hex::encode(&pkt[..header.len()]), v::CHACHA_PROTECTED_HEADER);
+                assert_eq!(
+                    hex::encode(&pkt[..header.len()]),
+                    v::CHACHA_PROTECTED_HEADER
+                );
                 assert_eq!(hex::encode(&pkt), v::CHACHA_PACKET);
                 assert_eq!(header_protection::sample(&pkt, 1).unwrap(), sample);
 
@@ -319,5 +353,15 @@ macro_rules! vector_tests {
     };
 }
 
-vector_tests!(v1_tests, rfc9001, super::super::VERSION_1, super::super::secrets::INITIAL_SALT_V1);
-vector_tests!(v2_tests, rfc9369, super::super::VERSION_2, super::super::secrets::INITIAL_SALT_V2);
+vector_tests!(
+    v1_tests,
+    rfc9001,
+    super::super::VERSION_1,
+    super::super::secrets::INITIAL_SALT_V1
+);
+vector_tests!(
+    v2_tests,
+    rfc9369,
+    super::super::VERSION_2,
+    super::super::secrets::INITIAL_SALT_V2
+);

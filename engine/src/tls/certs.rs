@@ -90,12 +90,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// RFC 7468 textual encoding: base64 in 64-column lines between BEGIN/END markers.
 fn push_pem(out: &mut String, label: &str, der: &[u8]) {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     out.push_str(&format!("-----BEGIN {label}-----\n"));
     let mut line = 0;
     for chunk in der.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             let c = if i <= chunk.len() {

@@ -3,6 +3,7 @@
 //! rustls moves handshake bytes; its own packet keys are ignored. Secrets come from our
 //! [`QuicKeyLog`] hook and become `crate::crypto` keys when rustls signals (with its
 //! `KeyChange`) that the write epoch advances.
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -57,6 +58,8 @@ impl TlsAlertError {
 }
 
 /// New keys from the handshake, in the order they become usable for sending.
+// Produced twice per connection and moved straight into the connection: size is moot.
+#[allow(clippy::large_enum_variant)]
 pub enum KeyChange {
     /// Handshake-space keys.
     Handshake(Keys),
@@ -256,6 +259,12 @@ impl HelloPrefix {
     }
 }
 
+/// An item of handshake output waiting for `write_handshake`.
+enum Staged {
+    Bytes(Vec<u8>),
+    Change(Box<KeyChange>),
+}
+
 /// One connection's handshake.
 pub struct TlsSession {
     conn: quic::Connection,
@@ -267,6 +276,12 @@ pub struct TlsSession {
     /// Captured secrets by `SecretLabel::index`, until their epoch starts.
     secrets: [Option<Secret>; 4],
     write_epoch: Epoch,
+    /// Output pulled from rustls but not yet taken by `write_handshake`, split at key
+    /// changes, so bytes are attributed to the right epoch however reads and writes
+    /// interleave (rustls itself only gets that right if it is drained after every read).
+    staged: VecDeque<Staged>,
+    /// Epoch of the next bytes staged.
+    staging_epoch: Epoch,
     /// A local failure (secrets missing) reported by the next `read_handshake`.
     failed: Option<TlsAlertError>,
 }
@@ -284,7 +299,11 @@ impl std::fmt::Debug for TlsSession {
 
 impl TlsSession {
     /// `params`: our encoded transport parameters (extension 0x39).
-    pub fn server(config: Arc<ServerConfig>, version: u32, params: Vec<u8>) -> Result<Self, TlsError> {
+    pub fn server(
+        config: Arc<ServerConfig>,
+        version: u32,
+        params: Vec<u8>,
+    ) -> Result<Self, TlsError> {
         let conn = quic::ServerConnection::new(config, rustls_version(version)?, params)?;
         Ok(Self::with_conn(conn.into(), Side::Server, version, None))
     }
@@ -315,6 +334,8 @@ impl TlsSession {
             hello: HelloPrefix::new(),
             secrets: [None, None, None, None],
             write_epoch: Epoch::Initial,
+            staged: VecDeque::new(),
+            staging_epoch: Epoch::Initial,
             failed: None,
         }
     }
@@ -340,6 +361,9 @@ impl TlsSession {
         keylog::clear();
         let result = self.conn.read_hs(data);
         self.collect_secrets();
+        if result.is_ok() {
+            self.pump();
+        }
         result.map_err(|e| {
             let alert = self.conn.alert().map_or(ALERT_INTERNAL_ERROR, u8::from);
             tracing::debug!(alert, error = %e, "TLS handshake failed");
@@ -358,24 +382,57 @@ impl TlsSession {
     /// if the epoch advanced (bytes appended before the change belong to the old epoch).
     /// Call in a loop until it returns `None`.
     pub fn write_handshake(&mut self, out: &mut Vec<u8>) -> Option<KeyChange> {
-        let start = out.len();
-        keylog::clear();
-        let change = self.conn.write_hs(out);
-        if self.side == Side::Client && self.write_epoch == Epoch::Initial {
-            self.hello.feed(&out[start..]);
+        self.pump();
+        while let Some(item) = self.staged.pop_front() {
+            match item {
+                Staged::Bytes(bytes) => out.extend_from_slice(&bytes),
+                Staged::Change(change) => {
+                    self.write_epoch = change.epoch();
+                    return Some(*change);
+                }
+            }
         }
-        self.collect_secrets();
-        let built = match change? {
+        None
+    }
+
+    /// Pulls everything rustls has to send into `staged`, building our keys at each of its
+    /// key changes from the captured secrets.
+    fn pump(&mut self) {
+        loop {
+            let mut bytes = Vec::new();
+            keylog::clear();
+            let change = self.conn.write_hs(&mut bytes);
+            if self.side == Side::Client && self.staging_epoch == Epoch::Initial {
+                self.hello.feed(&bytes);
+            }
+            self.collect_secrets();
+            let wrote = !bytes.is_empty();
+            if wrote {
+                self.staged.push_back(Staged::Bytes(bytes));
+            }
+            match change {
+                Some(change) => {
+                    if let Some(change) = self.build_change(change) {
+                        self.staging_epoch = change.epoch();
+                        self.staged.push_back(Staged::Change(Box::new(change)));
+                    }
+                }
+                None if !wrote => return,
+                None => {}
+            }
+        }
+    }
+
+    fn build_change(&mut self, change: quic::KeyChange) -> Option<KeyChange> {
+        let built = match change {
             quic::KeyChange::Handshake { .. } => self
                 .take_pair(SecretLabel::ClientHandshake, SecretLabel::ServerHandshake)
                 .map(|(c, s)| {
-                    self.write_epoch = Epoch::Handshake;
                     KeyChange::Handshake(Keys::from_secrets(self.version, self.side, &c, &s))
                 }),
             quic::KeyChange::OneRtt { .. } => self
                 .take_pair(SecretLabel::ClientTraffic, SecretLabel::ServerTraffic)
                 .map(|(c, s)| {
-                    self.write_epoch = Epoch::Data;
                     let (local, remote) = match self.side {
                         Side::Client => (c, s),
                         Side::Server => (s, c),
@@ -453,5 +510,330 @@ impl TlsSession {
             CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => Some(Suite::ChaCha20Poly1305),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{header_protection, DirectionalKeys, TAG_LEN};
+    use crate::tls::certs::{generate_self_signed, write_pem};
+    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+
+    const ALPN: &[u8] = b"quench-test";
+    const CLIENT_PARAMS: &[u8] = b"\x01\x02client-params";
+    const SERVER_PARAMS: &[u8] = b"\x03\x04server-params";
+
+    fn one_suite(suite: rustls::SupportedCipherSuite) -> CryptoProvider {
+        CryptoProvider {
+            cipher_suites: vec![suite],
+            ..default_provider()
+        }
+    }
+
+    /// A handshake endpoint in memory: its session, the keys it got, and the epochs its
+    /// CRYPTO bytes were written at.
+    struct Peer {
+        tls: TlsSession,
+        handshake: Option<Keys>,
+        one_rtt: Option<OneRttKeys>,
+        sent_epochs: Vec<Epoch>,
+    }
+
+    impl Peer {
+        fn new(tls: TlsSession) -> Self {
+            Self {
+                tls,
+                handshake: None,
+                one_rtt: None,
+                sent_epochs: Vec::new(),
+            }
+        }
+
+        /// Everything this side wants to send now, as (epoch, bytes) chunks.
+        fn flush(&mut self) -> Vec<(Epoch, Vec<u8>)> {
+            let mut out = Vec::new();
+            loop {
+                let epoch = self.tls.write_epoch();
+                let mut buf = Vec::new();
+                let change = self.tls.write_handshake(&mut buf);
+                if !buf.is_empty() {
+                    self.sent_epochs.push(epoch);
+                    out.push((epoch, buf.clone()));
+                }
+                match change {
+                    Some(KeyChange::Handshake(k)) => {
+                        assert!(self.handshake.replace(k).is_none());
+                        assert_eq!(self.tls.write_epoch(), Epoch::Handshake);
+                    }
+                    Some(KeyChange::OneRtt(k)) => {
+                        assert!(self.one_rtt.replace(k).is_none());
+                        assert_eq!(self.tls.write_epoch(), Epoch::Data);
+                    }
+                    None if buf.is_empty() => return out,
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Runs the handshake to completion or to the first alert (side, error).
+    fn handshake(client: &mut Peer, server: &mut Peer) -> Result<(), (Side, TlsAlertError)> {
+        for _ in 0..10 {
+            let to_server = client.flush();
+            for (_, data) in &to_server {
+                server
+                    .tls
+                    .read_handshake(data)
+                    .map_err(|e| (Side::Server, e))?;
+            }
+            let to_client = server.flush();
+            for (_, data) in &to_client {
+                client
+                    .tls
+                    .read_handshake(data)
+                    .map_err(|e| (Side::Client, e))?;
+            }
+            if to_server.is_empty() && to_client.is_empty() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not converge");
+    }
+
+    fn session_pair(
+        provider: CryptoProvider,
+        verify: ServerVerification,
+        server_alpn: &[u8],
+        version: u32,
+    ) -> (Peer, Peer) {
+        let cert = generate_self_signed(&[]).unwrap();
+        let server_cfg =
+            server_config_with_provider(cert, &[server_alpn.to_vec()], provider.clone()).unwrap();
+        let client_cfg = client_config_with_provider(verify, &[ALPN.to_vec()], provider).unwrap();
+        let server = TlsSession::server(server_cfg, version, SERVER_PARAMS.to_vec()).unwrap();
+        let client =
+            TlsSession::client(client_cfg, "localhost", version, CLIENT_PARAMS.to_vec()).unwrap();
+        (Peer::new(client), Peer::new(server))
+    }
+
+    /// Seal with `from`, open with `to`, header protection included.
+    fn check_direction(from: &DirectionalKeys, to: &DirectionalKeys) {
+        let header = [0x41u8, 0xaa, 0xbb];
+        let body = b"frames frames frames";
+        let mut pkt = header.to_vec();
+        pkt.extend_from_slice(body);
+        pkt.extend_from_slice(&[0; TAG_LEN]);
+        from.packet.seal_in_place(7, &mut pkt, 3).unwrap();
+        header_protection::protect(&from.header, &mut pkt, 1, 2).unwrap();
+        let (pn_len, pn) = header_protection::unprotect(&to.header, &mut pkt, 1).unwrap();
+        assert_eq!((pn_len, pn), (2, 0xaabb));
+        let n = to.packet.open_in_place(7, &mut pkt, 3).unwrap();
+        assert_eq!(&pkt[3..3 + n], body);
+    }
+
+    fn check_one_rtt(from: &OneRttKeys, to: &OneRttKeys) {
+        let mut pkt = vec![0x40, 0x01];
+        pkt.extend_from_slice(b"one rtt");
+        pkt.extend_from_slice(&[0; TAG_LEN]);
+        from.local_packet().seal_in_place(1, &mut pkt, 2).unwrap();
+        let sample = [5u8; 16];
+        assert_eq!(
+            from.local_header().mask(&sample),
+            to.remote_header().mask(&sample)
+        );
+        let (key, generation) = to.remote_packet_for(from.key_phase(), 1);
+        assert_eq!(generation, crate::crypto::KeyGeneration::Current);
+        let n = key.open_in_place(1, &mut pkt, 2).unwrap();
+        assert_eq!(&pkt[2..2 + n], b"one rtt");
+    }
+
+    fn full_handshake(suite: rustls::SupportedCipherSuite, expect: Suite, version: u32) {
+        let (mut client, mut server) = session_pair(
+            one_suite(suite),
+            ServerVerification::Insecure,
+            ALPN,
+            version,
+        );
+        handshake(&mut client, &mut server).unwrap();
+
+        for peer in [&client, &server] {
+            assert!(!peer.tls.is_handshaking());
+            assert_eq!(peer.tls.negotiated_suite(), Some(expect));
+            assert_eq!(peer.tls.alpn(), Some(ALPN));
+            assert_eq!(peer.tls.server_name(), Some("localhost"));
+        }
+        assert_eq!(server.tls.peer_transport_parameters(), Some(CLIENT_PARAMS));
+        assert_eq!(client.tls.peer_transport_parameters(), Some(SERVER_PARAMS));
+        // ClientHello and ServerHello at Initial, the rest of the flights at Handshake.
+        // The client reads both server flights before writing: its Finished must still be
+        // attributed to Handshake. Anything after the server's flight (tickets) is 1-RTT.
+        assert_eq!(client.sent_epochs, [Epoch::Initial, Epoch::Handshake]);
+        assert_eq!(server.sent_epochs[..2], [Epoch::Initial, Epoch::Handshake]);
+        assert!(server.sent_epochs[2..].iter().all(|&e| e == Epoch::Data));
+        // Both sides filtered key log entries by the same ClientHello random.
+        let random = client.tls.hello.client_random();
+        assert!(random.is_some());
+        assert_eq!(random, server.tls.hello.client_random());
+
+        let (ch, sh) = (
+            client.handshake.as_ref().unwrap(),
+            server.handshake.as_ref().unwrap(),
+        );
+        assert_eq!(ch.local.packet.suite(), expect);
+        check_direction(&ch.local, &sh.remote);
+        check_direction(&sh.local, &ch.remote);
+
+        let (mut c1, mut s1) = (client.one_rtt.unwrap(), server.one_rtt.unwrap());
+        check_one_rtt(&c1, &s1);
+        check_one_rtt(&s1, &c1);
+        // The captured secrets also drive key updates the peer agrees with.
+        c1.on_packet_acked_in_current_phase();
+        c1.initiate_update(std::time::Instant::now()).unwrap();
+        let mut pkt = vec![0x44, 0x02];
+        pkt.extend_from_slice(&[0; TAG_LEN]);
+        c1.local_packet().seal_in_place(2, &mut pkt, 2).unwrap();
+        let (key, generation) = s1.remote_packet_for(c1.key_phase(), 2);
+        assert_eq!(generation, crate::crypto::KeyGeneration::Next);
+        key.open_in_place(2, &mut pkt, 2).unwrap();
+        s1.commit_peer_update(2, std::time::Instant::now());
+        check_one_rtt(&s1, &c1);
+    }
+
+    #[test]
+    fn handshake_aes128_gcm() {
+        full_handshake(
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            Suite::Aes128Gcm,
+            VERSION_1,
+        );
+    }
+
+    #[test]
+    fn handshake_aes256_gcm() {
+        full_handshake(
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            Suite::Aes256Gcm,
+            VERSION_1,
+        );
+    }
+
+    #[test]
+    fn handshake_chacha20() {
+        full_handshake(
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            Suite::ChaCha20Poly1305,
+            VERSION_1,
+        );
+    }
+
+    #[test]
+    fn handshake_quic_v2() {
+        full_handshake(
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            Suite::Aes128Gcm,
+            VERSION_2,
+        );
+    }
+
+    #[test]
+    fn interleaved_sessions_on_one_thread_keep_their_secrets() {
+        let provider = || one_suite(cipher_suite::TLS13_AES_128_GCM_SHA256);
+        let (mut c1, mut s1) = session_pair(provider(), ServerVerification::Insecure, ALPN, 1);
+        let (mut c2, mut s2) = session_pair(provider(), ServerVerification::Insecure, ALPN, 1);
+        // Step both handshakes alternately so their key log traffic interleaves.
+        for _ in 0..4 {
+            for (c, s) in [(&mut c1, &mut s1), (&mut c2, &mut s2)] {
+                for (_, d) in c.flush() {
+                    s.tls.read_handshake(&d).unwrap();
+                }
+                for (_, d) in s.flush() {
+                    c.tls.read_handshake(&d).unwrap();
+                }
+            }
+        }
+        for (c, s) in [(&c1, &s1), (&c2, &s2)] {
+            check_one_rtt(c.one_rtt.as_ref().unwrap(), s.one_rtt.as_ref().unwrap());
+            check_one_rtt(s.one_rtt.as_ref().unwrap(), c.one_rtt.as_ref().unwrap());
+        }
+        // Keys of different connections do not open each other's packets.
+        let (a, b) = (c1.one_rtt.as_ref().unwrap(), s2.one_rtt.as_ref().unwrap());
+        let mut pkt = vec![0x40, 0x01, 0x00];
+        pkt.extend_from_slice(&[0; TAG_LEN]);
+        a.local_packet().seal_in_place(1, &mut pkt, 2).unwrap();
+        assert!(b
+            .remote_packet_for(false, 1)
+            .0
+            .open_in_place(1, &mut pkt, 2)
+            .is_err());
+    }
+
+    #[test]
+    fn trusted_ca_file_succeeds_and_wrong_ca_fails_with_alert() {
+        let dir = std::env::temp_dir().join(format!("quench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+
+        // Trusted: the server's own certificate pinned as CA.
+        let cert = generate_self_signed(&[]).unwrap();
+        write_pem(&cert, &ca, &key).unwrap();
+        let provider = default_provider();
+        let server_cfg =
+            server_config_with_provider(cert, &[ALPN.to_vec()], provider.clone()).unwrap();
+        let client_cfg =
+            client_config(ServerVerification::CaFile(ca.clone()), &[ALPN.to_vec()]).unwrap();
+        let mut server = Peer::new(TlsSession::server(server_cfg, 1, vec![]).unwrap());
+        let mut client = Peer::new(TlsSession::client(client_cfg, "localhost", 1, vec![]).unwrap());
+        handshake(&mut client, &mut server).unwrap();
+        assert!(!client.tls.is_handshaking());
+
+        // Wrong CA: another self-signed certificate.
+        let (mut client, mut server) =
+            session_pair(provider, ServerVerification::CaFile(ca), ALPN, VERSION_1);
+        let (side, err) = handshake(&mut client, &mut server).unwrap_err();
+        assert_eq!(side, Side::Client);
+        // Both rcgen certificates carry the same issuer name, so the chain is built and
+        // its signature check fails: decrypt_error (51) rather than unknown_ca (48).
+        assert_eq!(
+            err.alert,
+            u8::from(rustls::AlertDescription::DecryptError),
+            "{err}"
+        );
+        assert_eq!(err.transport_error_code(), 0x100 + 51);
+        // The session stays failed.
+        assert!(client.tls.is_handshaking());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn alpn_mismatch_fails_with_no_application_protocol() {
+        let (mut client, mut server) = session_pair(
+            default_provider(),
+            ServerVerification::Insecure,
+            b"other",
+            VERSION_1,
+        );
+        let (side, err) = handshake(&mut client, &mut server).unwrap_err();
+        assert_eq!(side, Side::Server);
+        assert_eq!(err.transport_error_code(), 0x100 + 120);
+    }
+
+    #[test]
+    fn garbage_and_bad_versions_are_errors() {
+        let cfg = server_config(generate_self_signed(&[]).unwrap(), &[]).unwrap();
+        assert!(matches!(
+            TlsSession::server(cfg.clone(), 0xff00_001d, vec![]),
+            Err(TlsError::UnsupportedVersion(_))
+        ));
+        let mut server = TlsSession::server(cfg, VERSION_1, vec![]).unwrap();
+        let err = server
+            .read_handshake(&[1, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
+            .unwrap_err();
+        assert!(err.transport_error_code() > 0x100);
+        let client_cfg = client_config(ServerVerification::Insecure, &[]).unwrap();
+        assert!(matches!(
+            TlsSession::client(client_cfg, "not a name!", VERSION_1, vec![]),
+            Err(TlsError::InvalidServerName(_))
+        ));
     }
 }
