@@ -1,0 +1,1 @@
+//! Tests of `Streams` as a whole.
