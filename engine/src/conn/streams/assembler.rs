@@ -7,8 +7,6 @@
 //! `RangeSet` whose size is capped: a peer that leaves more holes than any loss pattern
 //! could explain is rejected instead of making us track them.
 
-use std::ops::Range;
-
 use crate::conn::range_set::RangeSet;
 
 /// The peer fragmented the data into more disjoint pieces than we are willing to track.
@@ -171,7 +169,7 @@ impl Assembler {
 
     /// Received ranges, for tests.
     #[cfg(test)]
-    pub fn received(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+    pub fn received(&self) -> impl Iterator<Item = std::ops::Range<u64>> + '_ {
         self.received.iter()
     }
 }

@@ -34,7 +34,11 @@ impl CryptoStream {
 
     /// `limit`: bytes accepted beyond the read offset.
     pub fn with_buffer_limit(limit: u64) -> Self {
-        Self { send: SendBuffer::new(), recv: Assembler::new(MAX_CRYPTO_RANGES), recv_limit: limit }
+        Self {
+            send: SendBuffer::new(),
+            recv: Assembler::new(MAX_CRYPTO_RANGES),
+            recv_limit: limit,
+        }
     }
 
     /// Queues handshake bytes from TLS.
@@ -47,13 +51,19 @@ impl CryptoStream {
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_OFFSET)
-            .ok_or(TransportError::new(Code::FRAME_ENCODING_ERROR, "crypto offset beyond 2^62-1"))?;
+            .ok_or(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "crypto offset beyond 2^62-1",
+            ))?;
         if end > self.recv.read_offset() + self.recv_limit {
-            return Err(TransportError::new(Code::CRYPTO_BUFFER_EXCEEDED, "crypto data too far ahead"));
+            return Err(TransportError::new(
+                Code::CRYPTO_BUFFER_EXCEEDED,
+                "crypto data too far ahead",
+            ));
         }
-        self.recv
-            .insert(offset, data)
-            .map_err(|_| TransportError::new(Code::CRYPTO_BUFFER_EXCEEDED, "crypto data too fragmented"))?;
+        self.recv.insert(offset, data).map_err(|_| {
+            TransportError::new(Code::CRYPTO_BUFFER_EXCEEDED, "crypto data too fragmented")
+        })?;
         Ok(())
     }
 
@@ -79,7 +89,9 @@ impl CryptoStream {
         let mut pos = 0;
         loop {
             let avail = buf.len() - pos;
-            let Some(chunk) = self.send.next_chunk(u16::MAX as usize, u64::MAX) else { break };
+            let Some(chunk) = self.send.next_chunk(u16::MAX as usize, u64::MAX) else {
+                break;
+            };
             let offset = chunk.range.start;
             let want = (chunk.range.end - offset) as usize;
             let hdr = crypto_header_len(offset, want.min(avail));
@@ -87,7 +99,10 @@ impl CryptoStream {
                 break;
             }
             let n = want.min(avail - hdr);
-            let chunk = Chunk { range: offset..offset + n as u64, retransmit: chunk.retransmit };
+            let chunk = Chunk {
+                range: offset..offset + n as u64,
+                retransmit: chunk.retransmit,
+            };
             let out = &mut buf[pos..];
             let mut w = Writer::new(out);
             if write_crypto_header(&mut w, offset, n).is_err() {
@@ -194,7 +209,10 @@ mod tests {
         let mut tx = CryptoStream::new();
         tx.write(b"abc");
         let mut pkt = [0u8; 3];
-        assert_eq!(tx.write_frame(&mut pkt, &mut |_, _| panic!("no frame fits")), 0);
+        assert_eq!(
+            tx.write_frame(&mut pkt, &mut |_, _| panic!("no frame fits")),
+            0
+        );
         let mut pkt = [0u8; 4];
         assert_eq!(tx.write_frame(&mut pkt, &mut |_, _| {}), 4);
     }

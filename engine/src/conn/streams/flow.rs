@@ -61,7 +61,9 @@ impl RecvWindow {
             let elapsed = now.saturating_duration_since(at).as_nanos();
             let bytes = u128::from(self.consumed - consumed_then);
             // window / (bytes / elapsed) < 2 * rtt  ⇔  window * elapsed < 2 * rtt * bytes
-            if rtt > Duration::ZERO && u128::from(self.window) * elapsed < 2 * rtt.as_nanos() * bytes {
+            if rtt > Duration::ZERO
+                && u128::from(self.window) * elapsed < 2 * rtt.as_nanos() * bytes
+            {
                 self.grow_to(self.window.saturating_mul(2));
             }
         }
@@ -101,7 +103,11 @@ pub struct SendCredit {
 
 impl SendCredit {
     pub fn new(max: u64) -> Self {
-        Self { max, blocked_at: None, blocked_pending: false }
+        Self {
+            max,
+            blocked_at: None,
+            blocked_pending: false,
+        }
     }
 
     /// Applies a new limit; returns true if it increased.

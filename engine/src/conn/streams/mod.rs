@@ -90,15 +90,32 @@ pub struct PeerLimits {
 /// losses back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamFrameRecord {
-    Stream { id: StreamId, offset: u64, len: u16, fin: bool },
+    Stream {
+        id: StreamId,
+        offset: u64,
+        len: u16,
+        fin: bool,
+    },
     MaxData,
-    MaxStreamData { id: StreamId },
-    MaxStreams { bidi: bool },
+    MaxStreamData {
+        id: StreamId,
+    },
+    MaxStreams {
+        bidi: bool,
+    },
     DataBlocked,
-    StreamDataBlocked { id: StreamId },
-    StreamsBlocked { bidi: bool },
-    ResetStream { id: StreamId },
-    StopSending { id: StreamId },
+    StreamDataBlocked {
+        id: StreamId,
+    },
+    StreamsBlocked {
+        bidi: bool,
+    },
+    ResetStream {
+        id: StreamId,
+    },
+    StopSending {
+        id: StreamId,
+    },
 }
 
 /// Something the application should look at.
@@ -226,7 +243,8 @@ impl Streams {
     pub fn new(side: Side, mut config: StreamsConfig) -> Self {
         config.max_concurrent_bidi = config.max_concurrent_bidi.min(MAX_STREAM_COUNT);
         config.max_concurrent_uni = config.max_concurrent_uni.min(MAX_STREAM_COUNT);
-        config.max_stream_recv_window = config.max_stream_recv_window.max(config.stream_recv_window);
+        config.max_stream_recv_window =
+            config.max_stream_recv_window.max(config.stream_recv_window);
         config.max_conn_recv_window = config.max_conn_recv_window.max(config.conn_recv_window);
         Self {
             side,
@@ -299,7 +317,8 @@ impl Streams {
             self.max_local[d] = max;
             self.streams_blocked_pending[d] = false;
             if std::mem::take(&mut self.open_refused[d]) {
-                self.events.push_back(StreamEvent::StreamsAvailable { bidi });
+                self.events
+                    .push_back(StreamEvent::StreamsAvailable { bidi });
             }
         }
     }
@@ -310,7 +329,10 @@ impl Streams {
     /// (§3.2: a frame for stream N opens every lower-numbered one of its type).
     fn check_incoming(&mut self, id: u64, part: Part) -> Result<(), TransportError> {
         if id > StreamId::MAX {
-            return Err(TransportError::new(Code::FRAME_ENCODING_ERROR, "stream id too large"));
+            return Err(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "stream id too large",
+            ));
         }
         let sid = StreamId(id);
         let ok_dir = match part {
@@ -319,19 +341,28 @@ impl Streams {
         };
         if !ok_dir {
             // §19.4, §19.5, §19.8, §19.10, §19.13.
-            return Err(TransportError::new(Code::STREAM_STATE_ERROR, "frame for a stream in the wrong direction"));
+            return Err(TransportError::new(
+                Code::STREAM_STATE_ERROR,
+                "frame for a stream in the wrong direction",
+            ));
         }
         let d = dir(sid.is_bidi());
         let index = sid.index();
         if sid.initiator() == self.side {
             if index >= self.next_local[d] {
-                return Err(TransportError::new(Code::STREAM_STATE_ERROR, "frame for a stream we have not opened"));
+                return Err(TransportError::new(
+                    Code::STREAM_STATE_ERROR,
+                    "frame for a stream we have not opened",
+                ));
             }
             return Ok(());
         }
         if index >= self.max_remote[d] {
             // §4.6
-            return Err(TransportError::new(Code::STREAM_LIMIT_ERROR, "peer exceeded the stream limit"));
+            return Err(TransportError::new(
+                Code::STREAM_LIMIT_ERROR,
+                "peer exceeded the stream limit",
+            ));
         }
         while self.next_remote[d] <= index {
             let new = StreamId::new(self.side.peer(), sid.is_bidi(), self.next_remote[d]);
@@ -346,24 +377,42 @@ impl Streams {
     fn new_remote_stream(&self, id: StreamId) -> Stream {
         let c = &self.config;
         Stream {
-            send: id
-                .is_bidi()
-                .then(|| SendStream::new(self.peer.initial_max_stream_data_bidi_local, c.send_buffer_per_stream)),
-            recv: Some(RecvStream::new(c.stream_recv_window, c.max_stream_recv_window)),
+            send: id.is_bidi().then(|| {
+                SendStream::new(
+                    self.peer.initial_max_stream_data_bidi_local,
+                    c.send_buffer_per_stream,
+                )
+            }),
+            recv: Some(RecvStream::new(
+                c.stream_recv_window,
+                c.max_stream_recv_window,
+            )),
             in_send_queue: false,
             in_ctrl_queue: false,
         }
     }
 
     /// A STREAM frame.
-    pub fn on_stream(&mut self, id: u64, offset: u64, data: &[u8], fin: bool, _now: Instant) -> Result<(), TransportError> {
+    pub fn on_stream(
+        &mut self,
+        id: u64,
+        offset: u64,
+        data: &[u8],
+        fin: bool,
+        _now: Instant,
+    ) -> Result<(), TransportError> {
         self.check_incoming(id, Part::Recv)?;
-        let Some(stream) = self.streams.get_mut(&id) else { return Ok(()) };
-        let Some(recv) = &mut stream.recv else { return Ok(()) };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(recv) = &mut stream.recv else {
+            return Ok(());
+        };
         let outcome = recv.on_data(offset, data, fin, &mut self.conn_recv)?;
         if outcome.readable && !recv.readable_signalled {
             recv.readable_signalled = true;
-            self.events.push_back(StreamEvent::Readable { id: StreamId(id) });
+            self.events
+                .push_back(StreamEvent::Readable { id: StreamId(id) });
         }
         self.after_untimed_consume();
         self.maybe_reap(id);
@@ -371,15 +420,28 @@ impl Streams {
     }
 
     /// A RESET_STREAM frame.
-    pub fn on_reset_stream(&mut self, id: u64, error_code: u64, final_size: u64) -> Result<(), TransportError> {
+    pub fn on_reset_stream(
+        &mut self,
+        id: u64,
+        error_code: u64,
+        final_size: u64,
+    ) -> Result<(), TransportError> {
         self.check_incoming(id, Part::Recv)?;
-        let Some(stream) = self.streams.get_mut(&id) else { return Ok(()) };
-        let Some(recv) = &mut stream.recv else { return Ok(()) };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(recv) = &mut stream.recv else {
+            return Ok(());
+        };
         if recv.on_reset(error_code, final_size, &mut self.conn_recv)? {
-            self.events.push_back(StreamEvent::Reset { id: StreamId(id), error_code });
+            self.events.push_back(StreamEvent::Reset {
+                id: StreamId(id),
+                error_code,
+            });
             if !recv.readable_signalled {
                 recv.readable_signalled = true;
-                self.events.push_back(StreamEvent::Readable { id: StreamId(id) });
+                self.events
+                    .push_back(StreamEvent::Readable { id: StreamId(id) });
             }
         }
         self.after_untimed_consume();
@@ -390,11 +452,18 @@ impl Streams {
     /// A STOP_SENDING frame: we answer with RESET_STREAM (§3.5).
     pub fn on_stop_sending(&mut self, id: u64, error_code: u64) -> Result<(), TransportError> {
         self.check_incoming(id, Part::Send)?;
-        let Some(stream) = self.streams.get_mut(&id) else { return Ok(()) };
-        let Some(send) = &mut stream.send else { return Ok(()) };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(send) = &mut stream.send else {
+            return Ok(());
+        };
         // §3.5: copy the error code from STOP_SENDING into RESET_STREAM.
         if send.reset(error_code, true) {
-            self.events.push_back(StreamEvent::Stopped { id: StreamId(id), error_code });
+            self.events.push_back(StreamEvent::Stopped {
+                id: StreamId(id),
+                error_code,
+            });
             Self::enqueue_ctrl(&mut self.ctrl_queue, id, stream);
         }
         Ok(())
@@ -406,8 +475,12 @@ impl Streams {
 
     pub fn on_max_stream_data(&mut self, id: u64, max: u64) -> Result<(), TransportError> {
         self.check_incoming(id, Part::Send)?;
-        let Some(stream) = self.streams.get_mut(&id) else { return Ok(()) };
-        let Some(send) = &mut stream.send else { return Ok(()) };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(send) = &mut stream.send else {
+            return Ok(());
+        };
         if send.credit.raise(max) && send.wants_send() {
             Self::enqueue_send(&mut self.send_queue, id, stream);
         }
@@ -417,7 +490,10 @@ impl Streams {
     pub fn on_max_streams(&mut self, bidi: bool, max: u64) -> Result<(), TransportError> {
         if max > MAX_STREAM_COUNT {
             // §4.6 / §19.11
-            return Err(TransportError::new(Code::FRAME_ENCODING_ERROR, "MAX_STREAMS above 2^60"));
+            return Err(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "MAX_STREAMS above 2^60",
+            ));
         }
         self.raise_max_local(bidi, max);
         Ok(())
@@ -437,7 +513,10 @@ impl Streams {
     pub fn on_streams_blocked(&mut self, bidi: bool, limit: u64) -> Result<(), TransportError> {
         if limit > MAX_STREAM_COUNT {
             // §19.14
-            return Err(TransportError::new(Code::FRAME_ENCODING_ERROR, "STREAMS_BLOCKED above 2^60"));
+            return Err(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "STREAMS_BLOCKED above 2^60",
+            ));
         }
         tracing::trace!(bidi, limit, "peer blocked by stream limit");
         Ok(())
@@ -482,14 +561,25 @@ impl Streams {
             return Ok(());
         }
         let d = dir(id.is_bidi());
-        let opened = if id.initiator() == self.side { self.next_local[d] } else { self.next_remote[d] };
-        Err(if id.index() < opened { StreamError::ClosedStream } else { StreamError::UnknownStream })
+        let opened = if id.initiator() == self.side {
+            self.next_local[d]
+        } else {
+            self.next_remote[d]
+        };
+        Err(if id.index() < opened {
+            StreamError::ClosedStream
+        } else {
+            StreamError::UnknownStream
+        })
     }
 
     /// Buffers data for sending; returns how many bytes were accepted (Blocked if none).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         self.check_app(id)?;
-        let stream = self.streams.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         let n = send.write(data)?;
         if n > 0 {
@@ -501,7 +591,10 @@ impl Streams {
     /// Marks the end of the stream's data (FIN).
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
         self.check_app(id)?;
-        let stream = self.streams.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         send.finish()?;
         Self::enqueue_send(&mut self.send_queue, id.0, stream);
@@ -510,13 +603,25 @@ impl Streams {
 
     /// Copies received data into `buf`. Returns (bytes, FIN reached); (0, false) when
     /// nothing is readable yet.
-    pub fn read(&mut self, id: StreamId, buf: &mut [u8], now: Instant, rtt: Duration) -> Result<(usize, bool), StreamError> {
+    pub fn read(
+        &mut self,
+        id: StreamId,
+        buf: &mut [u8],
+        now: Instant,
+        rtt: Duration,
+    ) -> Result<(usize, bool), StreamError> {
         let len = buf.len();
         self.read_inner(id, Some(buf), len, now, rtt)
     }
 
     /// Like `read` but drops up to `max` bytes without copying.
-    pub fn discard(&mut self, id: StreamId, max: usize, now: Instant, rtt: Duration) -> Result<(usize, bool), StreamError> {
+    pub fn discard(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        now: Instant,
+        rtt: Duration,
+    ) -> Result<(usize, bool), StreamError> {
         self.read_inner(id, None, max, now, rtt)
     }
 
@@ -529,7 +634,10 @@ impl Streams {
         rtt: Duration,
     ) -> Result<(usize, bool), StreamError> {
         self.check_app(id)?;
-        let stream = self.streams.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
         let result = recv.read(buf, max, now, rtt);
         let stream_window = recv.window.window();
@@ -539,7 +647,9 @@ impl Streams {
         if let Ok((n, _)) = result {
             self.conn_recv.window.consume(n as u64);
             // Keep the connection window ahead of the busiest stream window.
-            self.conn_recv.window.grow_to(stream_window.saturating_add(stream_window / 2));
+            self.conn_recv
+                .window
+                .grow_to(stream_window.saturating_add(stream_window / 2));
             if self.conn_recv.window.should_update() {
                 self.conn_recv.window.update(now, rtt);
                 self.max_data_pending = true;
@@ -552,7 +662,10 @@ impl Streams {
     /// Abandons sending (RESET_STREAM with `error_code`).
     pub fn reset(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
         self.check_app(id)?;
-        let stream = self.streams.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         if send.reset(error_code, false) {
             Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
@@ -564,7 +677,10 @@ impl Streams {
     /// Asks the peer to stop sending (STOP_SENDING); received data is dropped.
     pub fn stop_sending(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
         self.check_app(id)?;
-        let stream = self.streams.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
         if recv.stop(error_code, &mut self.conn_recv) {
             Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
@@ -640,7 +756,11 @@ impl Streams {
         {
             return true;
         }
-        if self.ctrl_queue.iter().any(|id| self.streams.get(id).is_some_and(Stream::has_ctrl)) {
+        if self
+            .ctrl_queue
+            .iter()
+            .any(|id| self.streams.get(id).is_some_and(Stream::has_ctrl))
+        {
             return true;
         }
         let conn_avail = self.conn_send.max.saturating_sub(self.data_sent);
@@ -654,7 +774,11 @@ impl Streams {
 
     /// Writes control frames, then stream data round-robin, into `buf` (the rest of a
     /// packet). Calls `record` for each frame. Returns bytes written.
-    pub fn write_frames(&mut self, buf: &mut [u8], record: &mut dyn FnMut(StreamFrameRecord)) -> usize {
+    pub fn write_frames(
+        &mut self,
+        buf: &mut [u8],
+        record: &mut dyn FnMut(StreamFrameRecord),
+    ) -> usize {
         let mut pos = self.write_control(buf, 0, record);
         pos = self.write_data(buf, pos, record);
         // Data writing may have hit a limit worth signalling in the space left.
@@ -675,33 +799,60 @@ impl Streams {
         }
     }
 
-    fn write_control(&mut self, buf: &mut [u8], mut pos: usize, record: &mut dyn FnMut(StreamFrameRecord)) -> usize {
-        if self.max_data_pending && Self::put(buf, &mut pos, Frame::MaxData(self.conn_recv.window.limit())) {
+    fn write_control(
+        &mut self,
+        buf: &mut [u8],
+        mut pos: usize,
+        record: &mut dyn FnMut(StreamFrameRecord),
+    ) -> usize {
+        if self.max_data_pending
+            && Self::put(buf, &mut pos, Frame::MaxData(self.conn_recv.window.limit()))
+        {
             self.max_data_pending = false;
             record(StreamFrameRecord::MaxData);
         }
         for bidi in [true, false] {
             let d = dir(bidi);
             if self.max_streams_pending[d]
-                && Self::put(buf, &mut pos, Frame::MaxStreams { bidi, max: self.max_remote[d] })
+                && Self::put(
+                    buf,
+                    &mut pos,
+                    Frame::MaxStreams {
+                        bidi,
+                        max: self.max_remote[d],
+                    },
+                )
             {
                 self.max_streams_pending[d] = false;
                 record(StreamFrameRecord::MaxStreams { bidi });
             }
             if self.streams_blocked_pending[d]
-                && Self::put(buf, &mut pos, Frame::StreamsBlocked { bidi, limit: self.max_local[d] })
+                && Self::put(
+                    buf,
+                    &mut pos,
+                    Frame::StreamsBlocked {
+                        bidi,
+                        limit: self.max_local[d],
+                    },
+                )
             {
                 self.streams_blocked_pending[d] = false;
                 record(StreamFrameRecord::StreamsBlocked { bidi });
             }
         }
-        if self.conn_send.blocked_pending && Self::put(buf, &mut pos, Frame::DataBlocked(self.conn_send.max)) {
+        if self.conn_send.blocked_pending
+            && Self::put(buf, &mut pos, Frame::DataBlocked(self.conn_send.max))
+        {
             self.conn_send.blocked_pending = false;
             record(StreamFrameRecord::DataBlocked);
         }
         for _ in 0..self.ctrl_queue.len() {
-            let Some(id) = self.ctrl_queue.pop_front() else { break };
-            let Some(stream) = self.streams.get_mut(&id) else { continue };
+            let Some(id) = self.ctrl_queue.pop_front() else {
+                break;
+            };
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
             let sid = StreamId(id);
             if let Some(send) = &mut stream.send {
                 if let Some(reset) = &mut send.reset {
@@ -709,7 +860,11 @@ impl Streams {
                         && Self::put(
                             buf,
                             &mut pos,
-                            Frame::ResetStream { id, error_code: reset.error_code, final_size: reset.final_size },
+                            Frame::ResetStream {
+                                id,
+                                error_code: reset.error_code,
+                                final_size: reset.final_size,
+                            },
                         )
                     {
                         reset.frame_pending = false;
@@ -717,7 +872,14 @@ impl Streams {
                     }
                 }
                 if send.credit.blocked_pending
-                    && Self::put(buf, &mut pos, Frame::StreamDataBlocked { id, limit: send.credit.max })
+                    && Self::put(
+                        buf,
+                        &mut pos,
+                        Frame::StreamDataBlocked {
+                            id,
+                            limit: send.credit.max,
+                        },
+                    )
                 {
                     send.credit.blocked_pending = false;
                     record(StreamFrameRecord::StreamDataBlocked { id: sid });
@@ -725,13 +887,29 @@ impl Streams {
             }
             if let Some(recv) = &mut stream.recv {
                 if let Some(stop) = &mut recv.stop {
-                    if stop.frame_pending && Self::put(buf, &mut pos, Frame::StopSending { id, error_code: stop.error_code }) {
+                    if stop.frame_pending
+                        && Self::put(
+                            buf,
+                            &mut pos,
+                            Frame::StopSending {
+                                id,
+                                error_code: stop.error_code,
+                            },
+                        )
+                    {
                         stop.frame_pending = false;
                         record(StreamFrameRecord::StopSending { id: sid });
                     }
                 }
                 if recv.max_data_pending
-                    && Self::put(buf, &mut pos, Frame::MaxStreamData { id, max: recv.window.limit() })
+                    && Self::put(
+                        buf,
+                        &mut pos,
+                        Frame::MaxStreamData {
+                            id,
+                            max: recv.window.limit(),
+                        },
+                    )
                 {
                     recv.max_data_pending = false;
                     record(StreamFrameRecord::MaxStreamData { id: sid });
@@ -746,15 +924,28 @@ impl Streams {
         pos
     }
 
-    fn write_data(&mut self, buf: &mut [u8], mut pos: usize, record: &mut dyn FnMut(StreamFrameRecord)) -> usize {
+    fn write_data(
+        &mut self,
+        buf: &mut [u8],
+        mut pos: usize,
+        record: &mut dyn FnMut(StreamFrameRecord),
+    ) -> usize {
         // Passes over the queue, one frame per stream per pass, until a pass writes
-        // nothing: fair across streams and still fills the packet.
+        // nothing: fair across streams and still fills the packet. A stream that does
+        // not fit keeps its place at the front for the next packet.
         let mut progress = true;
-        while progress && pos < buf.len() {
+        while progress {
             progress = false;
             for _ in 0..self.send_queue.len() {
-                let Some(id) = self.send_queue.pop_front() else { break };
-                let Some(stream) = self.streams.get_mut(&id) else { continue };
+                if pos >= buf.len() {
+                    return pos;
+                }
+                let Some(id) = self.send_queue.pop_front() else {
+                    break;
+                };
+                let Some(stream) = self.streams.get_mut(&id) else {
+                    continue;
+                };
                 let Some(send) = &mut stream.send else {
                     stream.in_send_queue = false;
                     continue;
@@ -764,13 +955,20 @@ impl Streams {
                     continue;
                 }
                 let conn_avail = self.conn_send.max.saturating_sub(self.data_sent);
-                if pos < buf.len() {
-                    if let Some(f) = send.write_frame(id, &mut buf[pos..], conn_avail) {
-                        pos += f.frame_len;
-                        self.data_sent += f.new_bytes;
-                        progress = true;
-                        record(StreamFrameRecord::Stream { id: StreamId(id), offset: f.offset, len: f.len, fin: f.fin });
-                    }
+                if send.can_send(conn_avail) {
+                    let Some(f) = send.write_frame(id, &mut buf[pos..], conn_avail) else {
+                        self.send_queue.push_front(id);
+                        return pos;
+                    };
+                    pos += f.frame_len;
+                    self.data_sent += f.new_bytes;
+                    progress = true;
+                    record(StreamFrameRecord::Stream {
+                        id: StreamId(id),
+                        offset: f.offset,
+                        len: f.len,
+                        fin: f.fin,
+                    });
                 }
                 // §4.1: say when flow control, not the application, holds data back.
                 if send.is_stream_blocked() {
@@ -781,8 +979,7 @@ impl Streams {
                 } else if send.buf.has_unsent() && self.data_sent >= self.conn_send.max {
                     self.conn_send.on_blocked();
                 }
-                let Some(send) = &stream.send else { continue };
-                if send.wants_send() {
+                if stream.send.as_ref().is_some_and(SendStream::wants_send) {
                     self.send_queue.push_back(id);
                 } else {
                     stream.in_send_queue = false;
@@ -795,8 +992,15 @@ impl Streams {
     /// A packet carrying `r` was acknowledged.
     pub fn on_acked(&mut self, r: StreamFrameRecord) {
         match r {
-            StreamFrameRecord::Stream { id, offset, len, fin } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else { return };
+            StreamFrameRecord::Stream {
+                id,
+                offset,
+                len,
+                fin,
+            } => {
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
                 let Some(send) = &mut stream.send else { return };
                 if send.on_ack(offset, len, fin) {
                     self.events.push_back(StreamEvent::Finished { id });
@@ -808,7 +1012,9 @@ impl Streams {
                 self.maybe_reap(id.0);
             }
             StreamFrameRecord::ResetStream { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else { return };
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
                 if let Some(reset) = stream.send.as_mut().and_then(|s| s.reset.as_mut()) {
                     reset.acked = true;
                     reset.frame_pending = false;
@@ -829,8 +1035,15 @@ impl Streams {
     /// are re-sent with their current value, which supersedes the lost one.
     pub fn on_lost(&mut self, r: StreamFrameRecord) {
         match r {
-            StreamFrameRecord::Stream { id, offset, len, fin } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else { return };
+            StreamFrameRecord::Stream {
+                id,
+                offset,
+                len,
+                fin,
+            } => {
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
                 let Some(send) = &mut stream.send else { return };
                 send.on_lost(offset, len, fin);
                 if send.wants_send() {
@@ -842,12 +1055,16 @@ impl Streams {
             StreamFrameRecord::DataBlocked => self.conn_send.on_blocked_lost(self.data_sent),
             StreamFrameRecord::StreamsBlocked { bidi } => {
                 let d = dir(bidi);
-                if self.streams_blocked_at[d] == Some(self.max_local[d]) && self.next_local[d] >= self.max_local[d] {
+                if self.streams_blocked_at[d] == Some(self.max_local[d])
+                    && self.next_local[d] >= self.max_local[d]
+                {
                     self.streams_blocked_pending[d] = true;
                 }
             }
             StreamFrameRecord::MaxStreamData { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else { return };
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
                 let Some(recv) = &mut stream.recv else { return };
                 if recv.wants_max_data() {
                     recv.max_data_pending = true;
@@ -855,7 +1072,9 @@ impl Streams {
                 }
             }
             StreamFrameRecord::StreamDataBlocked { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else { return };
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
                 let Some(send) = &mut stream.send else { return };
                 let used = send.buf.unsent_offset();
                 send.credit.on_blocked_lost(used);
@@ -864,15 +1083,21 @@ impl Streams {
                 }
             }
             StreamFrameRecord::ResetStream { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else { return };
-                let Some(reset) = stream.send.as_mut().and_then(|s| s.reset.as_mut()) else { return };
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
+                let Some(reset) = stream.send.as_mut().and_then(|s| s.reset.as_mut()) else {
+                    return;
+                };
                 if !reset.acked {
                     reset.frame_pending = true;
                     Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
                 }
             }
             StreamFrameRecord::StopSending { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else { return };
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
                 let Some(recv) = &mut stream.recv else { return };
                 if recv.wants_stop_frame() {
                     if let Some(stop) = &mut recv.stop {

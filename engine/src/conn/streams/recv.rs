@@ -77,24 +77,39 @@ impl RecvStream {
     /// charging newly received bytes to `conn`.
     fn account(&mut self, end: u64, fin: bool, conn: &mut ConnRecv) -> Result<(), TransportError> {
         if end > MAX_OFFSET {
-            return Err(TransportError::new(Code::FRAME_ENCODING_ERROR, "stream offset beyond 2^62-1"));
+            return Err(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "stream offset beyond 2^62-1",
+            ));
         }
         // §4.5: the final size cannot change and no data may lie beyond it.
         if let Some(size) = self.final_size {
             if end > size || (fin && end != size) {
-                return Err(TransportError::new(Code::FINAL_SIZE_ERROR, "final size changed"));
+                return Err(TransportError::new(
+                    Code::FINAL_SIZE_ERROR,
+                    "final size changed",
+                ));
             }
         }
         if fin && end < self.highest {
-            return Err(TransportError::new(Code::FINAL_SIZE_ERROR, "final size below received data"));
+            return Err(TransportError::new(
+                Code::FINAL_SIZE_ERROR,
+                "final size below received data",
+            ));
         }
         // §4.1: data beyond the advertised limit.
         if end > self.window.limit() {
-            return Err(TransportError::new(Code::FLOW_CONTROL_ERROR, "stream data beyond MAX_STREAM_DATA"));
+            return Err(TransportError::new(
+                Code::FLOW_CONTROL_ERROR,
+                "stream data beyond MAX_STREAM_DATA",
+            ));
         }
         let new_bytes = end.saturating_sub(self.highest);
         if conn.received + new_bytes > conn.window.limit() {
-            return Err(TransportError::new(Code::FLOW_CONTROL_ERROR, "stream data beyond MAX_DATA"));
+            return Err(TransportError::new(
+                Code::FLOW_CONTROL_ERROR,
+                "stream data beyond MAX_DATA",
+            ));
         }
         conn.received += new_bytes;
         self.highest += new_bytes;
@@ -120,34 +135,46 @@ impl RecvStream {
     ) -> Result<DataOutcome, TransportError> {
         let end = offset
             .checked_add(data.len() as u64)
-            .ok_or(TransportError::new(Code::FRAME_ENCODING_ERROR, "stream offset overflow"))?;
+            .ok_or(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "stream offset overflow",
+            ))?;
         let had_final = self.final_size.is_some();
         self.account(end, fin, conn)?;
         if self.discarding() {
             return Ok(DataOutcome::default());
         }
-        let mut readable = self
-            .asm
-            .insert(offset, data)
-            .map_err(|_| TransportError::new(Code::PROTOCOL_VIOLATION, "excessive stream fragmentation"))?;
+        let mut readable = self.asm.insert(offset, data).map_err(|_| {
+            TransportError::new(Code::PROTOCOL_VIOLATION, "excessive stream fragmentation")
+        })?;
         // A FIN completing the stream is news even without new bytes (e.g. empty FIN).
         readable |= !had_final && self.final_size.is_some() && self.is_all_received();
         Ok(DataOutcome { readable })
     }
 
     /// A RESET_STREAM frame. Returns true if it is new (the caller emits an event).
-    pub fn on_reset(&mut self, error_code: u64, final_size: u64, conn: &mut ConnRecv) -> Result<bool, TransportError> {
+    pub fn on_reset(
+        &mut self,
+        error_code: u64,
+        final_size: u64,
+        conn: &mut ConnRecv,
+    ) -> Result<bool, TransportError> {
         if let Some(size) = self.final_size {
             if size != final_size {
-                return Err(TransportError::new(Code::FINAL_SIZE_ERROR, "reset changed final size"));
+                return Err(TransportError::new(
+                    Code::FINAL_SIZE_ERROR,
+                    "reset changed final size",
+                ));
             }
         }
+        let fin_seen = self.final_size.is_some();
         self.account(final_size, true, conn)?;
         if self.reset.is_some() || self.closed_by_app {
             return Ok(false);
         }
-        // §3.2: once all data is received a reset may be ignored; we deliver the data.
-        if self.is_all_received() && self.stop.is_none() {
+        // §3.2: in "Data Recvd" (all data and the FIN arrived) a reset may be
+        // ignored; we deliver the data instead.
+        if fin_seen && self.is_all_received() && self.stop.is_none() {
             return Ok(false);
         }
         // Bytes never to be read give their credit back (§4.5: the final size counts
@@ -167,7 +194,8 @@ impl RecvStream {
     }
 
     fn is_all_received(&self) -> bool {
-        self.final_size.is_some_and(|size| self.asm.is_complete(size))
+        self.final_size
+            .is_some_and(|size| self.asm.is_complete(size))
     }
 
     pub fn buffered(&self) -> usize {
@@ -227,7 +255,10 @@ impl RecvStream {
         self.max_data_pending = false;
         // No STOP_SENDING once the peer's sending is over (§3.5).
         let send_frame = self.reset.is_none() && !self.is_all_received();
-        self.stop = Some(StopState { error_code, frame_pending: send_frame });
+        self.stop = Some(StopState {
+            error_code,
+            frame_pending: send_frame,
+        });
         if !send_frame {
             self.closed_by_app = true;
         }
@@ -236,12 +267,16 @@ impl RecvStream {
 
     /// Nothing further concerns the application or the peer.
     pub fn is_terminal(&self) -> bool {
-        self.closed_by_app || (self.stop.is_some() && (self.reset.is_some() || self.final_size.is_some()))
+        self.closed_by_app
+            || (self.stop.is_some() && (self.reset.is_some() || self.final_size.is_some()))
     }
 
     /// Whether a MAX_STREAM_DATA for this stream is still useful.
     pub fn wants_max_data(&self) -> bool {
-        self.final_size.is_none() && self.reset.is_none() && self.stop.is_none() && !self.closed_by_app
+        self.final_size.is_none()
+            && self.reset.is_none()
+            && self.stop.is_none()
+            && !self.closed_by_app
     }
 
     /// Whether a lost STOP_SENDING should be resent.
@@ -255,7 +290,10 @@ mod tests {
     use super::*;
 
     fn conn(limit: u64) -> ConnRecv {
-        ConnRecv { window: RecvWindow::new(limit, limit), received: 0 }
+        ConnRecv {
+            window: RecvWindow::new(limit, limit),
+            received: 0,
+        }
     }
 
     #[test]
@@ -265,28 +303,52 @@ mod tests {
         s.on_data(0, b"hello", true, &mut c).unwrap();
         let err = |r: Result<DataOutcome, TransportError>| r.unwrap_err().code;
         // Data beyond the final size, a different FIN, a reset with a new size.
-        assert_eq!(err(s.on_data(5, b"x", false, &mut c)), Code::FINAL_SIZE_ERROR);
-        assert_eq!(err(s.on_data(0, b"hell", true, &mut c)), Code::FINAL_SIZE_ERROR);
-        assert_eq!(s.on_reset(0, 6, &mut c).unwrap_err().code, Code::FINAL_SIZE_ERROR);
+        assert_eq!(
+            err(s.on_data(5, b"x", false, &mut c)),
+            Code::FINAL_SIZE_ERROR
+        );
+        assert_eq!(
+            err(s.on_data(0, b"hell", true, &mut c)),
+            Code::FINAL_SIZE_ERROR
+        );
+        assert_eq!(
+            s.on_reset(0, 6, &mut c).unwrap_err().code,
+            Code::FINAL_SIZE_ERROR
+        );
         // The same FIN again is fine.
         s.on_data(0, b"hello", true, &mut c).unwrap();
         let mut s = RecvStream::new(100, 100);
         s.on_data(10, b"abc", false, &mut c).unwrap();
         // FIN below the highest received offset.
-        assert_eq!(err(s.on_data(0, b"ab", true, &mut c)), Code::FINAL_SIZE_ERROR);
-        assert_eq!(s.on_reset(1, 5, &mut c).unwrap_err().code, Code::FINAL_SIZE_ERROR);
+        assert_eq!(
+            err(s.on_data(0, b"ab", true, &mut c)),
+            Code::FINAL_SIZE_ERROR
+        );
+        assert_eq!(
+            s.on_reset(1, 5, &mut c).unwrap_err().code,
+            Code::FINAL_SIZE_ERROR
+        );
     }
 
     #[test]
     fn flow_control_limits() {
         let mut c = conn(150);
         let mut s = RecvStream::new(100, 100);
-        assert_eq!(s.on_data(95, b"123456", false, &mut c).unwrap_err().code, Code::FLOW_CONTROL_ERROR);
+        assert_eq!(
+            s.on_data(95, b"123456", false, &mut c).unwrap_err().code,
+            Code::FLOW_CONTROL_ERROR
+        );
         s.on_data(0, &[0; 100], false, &mut c).unwrap();
         let mut s2 = RecvStream::new(100, 100);
-        assert_eq!(s2.on_data(0, &[0; 51], false, &mut c).unwrap_err().code, Code::FLOW_CONTROL_ERROR);
+        assert_eq!(
+            s2.on_data(0, &[0; 51], false, &mut c).unwrap_err().code,
+            Code::FLOW_CONTROL_ERROR
+        );
         // A reset's final size counts toward the connection limit too.
-        assert_eq!(s2.on_reset(0, 60, &mut c).unwrap_err().code, Code::FLOW_CONTROL_ERROR);
+        assert_eq!(
+            s2.on_reset(0, 60, &mut c).unwrap_err().code,
+            Code::FLOW_CONTROL_ERROR
+        );
         assert!(s2.on_reset(0, 50, &mut c).unwrap());
         assert_eq!(c.received, 150);
     }
@@ -318,7 +380,10 @@ mod tests {
         assert_eq!(c.window.consumed(), 40);
         let mut buf = [0u8; 10];
         let now = Instant::now();
-        assert_eq!(s.read(Some(&mut buf), 10, now, Duration::ZERO), Err(StreamError::Reset(9)));
+        assert_eq!(
+            s.read(Some(&mut buf), 10, now, Duration::ZERO),
+            Err(StreamError::Reset(9))
+        );
         assert!(s.is_terminal());
     }
 

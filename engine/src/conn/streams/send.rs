@@ -1,10 +1,10 @@
 //! The sending part of a stream (RFC 9000 §3.1): buffered data, FIN, peer credit and
 //! RESET_STREAM.
 
+use super::flow::SendCredit;
 use super::send_buffer::{Chunk, SendBuffer};
 use super::wire::frame::{stream_header_len, write_stream_header};
 use super::wire::varint::Writer;
-use super::flow::SendCredit;
 use super::StreamError;
 
 /// Why the application may no longer write.
@@ -148,7 +148,8 @@ impl SendStream {
 
     /// Has anything to send at all, flow control aside (keeps it in the send queue).
     pub fn wants_send(&self) -> bool {
-        self.reset.is_none() && (self.buf.has_retransmit() || self.buf.has_unsent() || self.fin_pending)
+        self.reset.is_none()
+            && (self.buf.has_retransmit() || self.buf.has_unsent() || self.fin_pending)
     }
 
     /// New data is held back by the stream limit (not just the connection's).
@@ -157,13 +158,20 @@ impl SendStream {
     }
 
     fn new_data_limit(&self, conn_avail: u64) -> u64 {
-        self.credit.max.min(self.buf.unsent_offset().saturating_add(conn_avail))
+        self.credit
+            .max
+            .min(self.buf.unsent_offset().saturating_add(conn_avail))
     }
 
     /// Writes one STREAM frame into `out` (retransmissions first). Omits the Length
     /// field when the frame fills `out`. Returns None if nothing fits or nothing is
     /// sendable.
-    pub fn write_frame(&mut self, id: u64, out: &mut [u8], conn_avail: u64) -> Option<WrittenFrame> {
+    pub fn write_frame(
+        &mut self,
+        id: u64,
+        out: &mut [u8],
+        conn_avail: u64,
+    ) -> Option<WrittenFrame> {
         if self.reset.is_some() {
             return None;
         }
@@ -187,18 +195,28 @@ impl SendStream {
         if n == 0 {
             return None;
         }
-        let chunk = Chunk { range: offset..offset + n as u64, retransmit: chunk.retransmit };
+        let chunk = Chunk {
+            range: offset..offset + n as u64,
+            retransmit: chunk.retransmit,
+        };
         let fin = self.fin_written && !self.fin_acked && chunk.range.end == self.buf.write_offset();
         let mut w = Writer::new(out);
         write_stream_header(&mut w, id, offset, with_len.then_some(n), fin).ok()?;
         let hdr_len = w.len();
-        self.buf.copy_to(chunk.range.clone(), &mut out[hdr_len..hdr_len + n]);
+        self.buf
+            .copy_to(chunk.range.clone(), &mut out[hdr_len..hdr_len + n]);
         let new_bytes = if chunk.retransmit { 0 } else { n as u64 };
         self.buf.mark_sent(&chunk);
         if fin {
             self.fin_pending = false;
         }
-        Some(WrittenFrame { frame_len: hdr_len + n, offset, len: n as u16, fin, new_bytes })
+        Some(WrittenFrame {
+            frame_len: hdr_len + n,
+            offset,
+            len: n as u16,
+            fin,
+            new_bytes,
+        })
     }
 
     fn write_fin_only(&mut self, id: u64, out: &mut [u8]) -> Option<WrittenFrame> {
@@ -209,7 +227,13 @@ impl SendStream {
         let mut w = Writer::new(out);
         write_stream_header(&mut w, id, offset, Some(0), true).ok()?;
         self.fin_pending = false;
-        Some(WrittenFrame { frame_len: w.len(), offset, len: 0, fin: true, new_bytes: 0 })
+        Some(WrittenFrame {
+            frame_len: w.len(),
+            offset,
+            len: 0,
+            fin: true,
+            new_bytes: 0,
+        })
     }
 
     /// A STREAM frame was acknowledged. Returns true if this completed the stream

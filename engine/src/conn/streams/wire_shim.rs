@@ -36,7 +36,11 @@ pub mod error {
 
     impl TransportError {
         pub fn new(code: TransportErrorCode, reason: &'static str) -> Self {
-            Self { code, frame_type: 0, reason }
+            Self {
+                code,
+                frame_type: 0,
+                reason,
+            }
         }
     }
 }
@@ -134,26 +138,49 @@ pub mod frame {
     }
 
     pub enum Frame {
-        ResetStream { id: u64, error_code: u64, final_size: u64 },
-        StopSending { id: u64, error_code: u64 },
+        ResetStream {
+            id: u64,
+            error_code: u64,
+            final_size: u64,
+        },
+        StopSending {
+            id: u64,
+            error_code: u64,
+        },
         MaxData(u64),
-        MaxStreamData { id: u64, max: u64 },
-        MaxStreams { bidi: bool, max: u64 },
+        MaxStreamData {
+            id: u64,
+            max: u64,
+        },
+        MaxStreams {
+            bidi: bool,
+            max: u64,
+        },
         DataBlocked(u64),
-        StreamDataBlocked { id: u64, limit: u64 },
-        StreamsBlocked { bidi: bool, limit: u64 },
+        StreamDataBlocked {
+            id: u64,
+            limit: u64,
+        },
+        StreamsBlocked {
+            bidi: bool,
+            limit: u64,
+        },
     }
 
     impl Frame {
         pub fn encode(&self, w: &mut Writer) -> Result<(), WireError> {
             let (ty, fields): (u8, [Option<u64>; 3]) = match *self {
-                Frame::ResetStream { id, error_code, final_size } => {
-                    (0x04, [Some(id), Some(error_code), Some(final_size)])
-                }
+                Frame::ResetStream {
+                    id,
+                    error_code,
+                    final_size,
+                } => (0x04, [Some(id), Some(error_code), Some(final_size)]),
                 Frame::StopSending { id, error_code } => (0x05, [Some(id), Some(error_code), None]),
                 Frame::MaxData(m) => (0x10, [Some(m), None, None]),
                 Frame::MaxStreamData { id, max } => (0x11, [Some(id), Some(max), None]),
-                Frame::MaxStreams { bidi, max } => (if bidi { 0x12 } else { 0x13 }, [Some(max), None, None]),
+                Frame::MaxStreams { bidi, max } => {
+                    (if bidi { 0x12 } else { 0x13 }, [Some(max), None, None])
+                }
                 Frame::DataBlocked(l) => (0x14, [Some(l), None, None]),
                 Frame::StreamDataBlocked { id, limit } => (0x15, [Some(id), Some(limit), None]),
                 Frame::StreamsBlocked { bidi, limit } => {
