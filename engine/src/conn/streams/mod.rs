@@ -1,1 +1,1128 @@
-//! (to be written)
+//! Streams, CRYPTO streams and flow control for one connection (RFC 9000 §2–§4).
+//!
+//! `Streams` is driven by the connection: frames from the peer go in through the
+//! `on_*` methods (protocol violations come back as `TransportError`), the application
+//! reads and writes through `open`/`read`/`write`/..., and `write_frames` fills the
+//! rest of an outgoing packet with control frames and round-robin stream data, naming
+//! what it wrote through `StreamFrameRecord`s the connection hands back on ack or loss.
+//!
+//! Pieces: `id` (stream ids), `assembler` (reassembly), `send_buffer` (retransmission
+//! bookkeeping), `flow` (windows and credit), `send` / `recv` (per-direction stream
+//! states), `crypto_stream` (CRYPTO data per epoch).
+
+mod assembler;
+mod crypto_stream;
+mod flow;
+mod id;
+mod recv;
+mod send;
+mod send_buffer;
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod tests;
+mod wire_shim;
+
+use self::wire_shim as wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::Side;
+
+pub use crypto_stream::{CryptoStream, DEFAULT_CRYPTO_BUFFER};
+pub use id::StreamId;
+
+use flow::{RecvWindow, SendCredit};
+use recv::{ConnRecv, RecvStream};
+use send::SendStream;
+use wire::error::{TransportError, TransportErrorCode as Code};
+use wire::frame::Frame;
+use wire::varint::Writer;
+
+/// Largest stream count a MAX_STREAMS / STREAMS_BLOCKED may carry (§4.6).
+const MAX_STREAM_COUNT: u64 = 1 << 60;
+
+/// Local stream and flow-control settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamsConfig {
+    /// Concurrent bidirectional streams we let the peer open.
+    pub max_concurrent_bidi: u64,
+    /// Concurrent unidirectional streams we let the peer open.
+    pub max_concurrent_uni: u64,
+    /// Initial receive window per stream.
+    pub stream_recv_window: u64,
+    /// Initial connection receive window.
+    pub conn_recv_window: u64,
+    /// Auto-tuning caps.
+    pub max_stream_recv_window: u64,
+    pub max_conn_recv_window: u64,
+    /// Bytes the application may have buffered (unacknowledged) per stream.
+    pub send_buffer_per_stream: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_bidi: 100,
+            max_concurrent_uni: 100,
+            stream_recv_window: 1 << 20,
+            conn_recv_window: 3 << 19,
+            max_stream_recv_window: 16 << 20,
+            max_conn_recv_window: 24 << 20,
+            send_buffer_per_stream: 1 << 20,
+        }
+    }
+}
+
+/// Stream-related transport parameters (RFC 9000 §18.2), ours or the peer's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerLimits {
+    pub initial_max_data: u64,
+    pub initial_max_stream_data_bidi_local: u64,
+    pub initial_max_stream_data_bidi_remote: u64,
+    pub initial_max_stream_data_uni: u64,
+    pub initial_max_streams_bidi: u64,
+    pub initial_max_streams_uni: u64,
+}
+
+/// What a sent packet carried for streams, so the connection can report acks and
+/// losses back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamFrameRecord {
+    Stream {
+        id: StreamId,
+        offset: u64,
+        len: u16,
+        fin: bool,
+    },
+    MaxData,
+    MaxStreamData {
+        id: StreamId,
+    },
+    MaxStreams {
+        bidi: bool,
+    },
+    DataBlocked,
+    StreamDataBlocked {
+        id: StreamId,
+    },
+    StreamsBlocked {
+        bidi: bool,
+    },
+    ResetStream {
+        id: StreamId,
+    },
+    StopSending {
+        id: StreamId,
+    },
+}
+
+/// Something the application should look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The peer opened this stream.
+    Opened { id: StreamId },
+    /// New data (or the FIN, or a reset) can be read.
+    Readable { id: StreamId },
+    /// Buffer space freed after a write was refused or cut short.
+    Writable { id: StreamId },
+    /// All our data, including the FIN, was acknowledged.
+    Finished { id: StreamId },
+    /// The peer reset its sending part.
+    Reset { id: StreamId, error_code: u64 },
+    /// The peer sent STOP_SENDING; we reset our sending part with its error code.
+    Stopped { id: StreamId, error_code: u64 },
+    /// The peer raised its stream limit after `open` failed.
+    StreamsAvailable { bidi: bool },
+}
+
+/// Errors of the application API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("stream not opened")]
+    UnknownStream,
+    #[error("stream closed")]
+    ClosedStream,
+    #[error("no buffer space")]
+    Blocked,
+    #[error("stream reset by peer with code {0}")]
+    Reset(u64),
+    #[error("peer sent STOP_SENDING with code {0}")]
+    Stopped(u64),
+    #[error("stream cannot be used in this direction")]
+    WrongDirection,
+}
+
+/// Counters for monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub open_streams: usize,
+    pub reaped_streams: u64,
+    pub send_buffered: usize,
+    pub recv_buffered: usize,
+    /// Stream bytes sent for the first time / connection credit used.
+    pub data_sent: u64,
+    /// Highest offsets received, summed over streams.
+    pub data_received: u64,
+    pub peer_max_data: u64,
+    pub local_max_data: u64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    send: Option<SendStream>,
+    recv: Option<RecvStream>,
+    in_send_queue: bool,
+    in_ctrl_queue: bool,
+}
+
+impl Stream {
+    fn has_ctrl(&self) -> bool {
+        self.send
+            .as_ref()
+            .is_some_and(|s| s.credit.blocked_pending || s.reset.is_some_and(|r| r.frame_pending))
+            || self
+                .recv
+                .as_ref()
+                .is_some_and(|r| r.max_data_pending || r.stop.is_some_and(|s| s.frame_pending))
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.send.as_ref().is_none_or(SendStream::is_terminal)
+            && self.recv.as_ref().is_none_or(RecvStream::is_terminal)
+    }
+}
+
+/// Which part of a stream a peer frame addresses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// STREAM, RESET_STREAM, STREAM_DATA_BLOCKED: the peer sends, we receive.
+    Recv,
+    /// MAX_STREAM_DATA, STOP_SENDING: about data we send.
+    Send,
+}
+
+const fn dir(bidi: bool) -> usize {
+    if bidi {
+        0
+    } else {
+        1
+    }
+}
+
+/// All streams of one connection.
+#[derive(Debug)]
+pub struct Streams {
+    side: Side,
+    config: StreamsConfig,
+    peer: PeerLimits,
+    streams: HashMap<u64, Stream>,
+    /// Per direction (0 bidi, 1 uni): next index we open and the peer's limit.
+    next_local: [u64; 2],
+    max_local: [u64; 2],
+    streams_blocked_at: [Option<u64>; 2],
+    streams_blocked_pending: [bool; 2],
+    /// Set when `open` failed, to announce when the limit rises.
+    open_refused: [bool; 2],
+    /// Per direction: streams the peer has opened and the limit we gave it.
+    next_remote: [u64; 2],
+    max_remote: [u64; 2],
+    max_streams_pending: [bool; 2],
+    conn_send: SendCredit,
+    data_sent: u64,
+    conn_recv: ConnRecv,
+    max_data_pending: bool,
+    send_queue: VecDeque<u64>,
+    ctrl_queue: VecDeque<u64>,
+    events: VecDeque<StreamEvent>,
+    reaped: u64,
+}
+
+impl Streams {
+    pub fn new(side: Side, mut config: StreamsConfig) -> Self {
+        config.max_concurrent_bidi = config.max_concurrent_bidi.min(MAX_STREAM_COUNT);
+        config.max_concurrent_uni = config.max_concurrent_uni.min(MAX_STREAM_COUNT);
+        config.max_stream_recv_window =
+            config.max_stream_recv_window.max(config.stream_recv_window);
+        config.max_conn_recv_window = config.max_conn_recv_window.max(config.conn_recv_window);
+        Self {
+            side,
+            peer: PeerLimits::default(),
+            streams: HashMap::new(),
+            next_local: [0; 2],
+            max_local: [0; 2],
+            streams_blocked_at: [None; 2],
+            streams_blocked_pending: [false; 2],
+            open_refused: [false; 2],
+            next_remote: [0; 2],
+            max_remote: [config.max_concurrent_bidi, config.max_concurrent_uni],
+            max_streams_pending: [false; 2],
+            conn_send: SendCredit::new(0),
+            data_sent: 0,
+            conn_recv: ConnRecv {
+                window: RecvWindow::new(config.conn_recv_window, config.max_conn_recv_window),
+                received: 0,
+            },
+            max_data_pending: false,
+            send_queue: VecDeque::new(),
+            ctrl_queue: VecDeque::new(),
+            events: VecDeque::new(),
+            reaped: 0,
+            config,
+        }
+    }
+
+    /// Our transport parameters implied by the configuration.
+    pub fn local_limits(&self) -> PeerLimits {
+        let c = &self.config;
+        PeerLimits {
+            initial_max_data: c.conn_recv_window,
+            initial_max_stream_data_bidi_local: c.stream_recv_window,
+            initial_max_stream_data_bidi_remote: c.stream_recv_window,
+            initial_max_stream_data_uni: c.stream_recv_window,
+            initial_max_streams_bidi: c.max_concurrent_bidi,
+            initial_max_streams_uni: c.max_concurrent_uni,
+        }
+    }
+
+    /// The peer's transport parameters. Limits only ever grow, so this may also be
+    /// applied after 0-RTT streams were opened with remembered values.
+    pub fn set_peer_limits(&mut self, peer: PeerLimits) {
+        self.peer = peer;
+        self.conn_send.raise(peer.initial_max_data);
+        self.raise_max_local(true, peer.initial_max_streams_bidi.min(MAX_STREAM_COUNT));
+        self.raise_max_local(false, peer.initial_max_streams_uni.min(MAX_STREAM_COUNT));
+        let side = self.side;
+        for (&id, s) in self.streams.iter_mut() {
+            let sid = StreamId(id);
+            if let Some(send) = &mut s.send {
+                let max = match (sid.is_bidi(), sid.initiator() == side) {
+                    (false, _) => peer.initial_max_stream_data_uni,
+                    (true, true) => peer.initial_max_stream_data_bidi_remote,
+                    (true, false) => peer.initial_max_stream_data_bidi_local,
+                };
+                send.credit.raise(max);
+                if send.wants_send() && !s.in_send_queue {
+                    s.in_send_queue = true;
+                    self.send_queue.push_back(id);
+                }
+            }
+        }
+    }
+
+    fn raise_max_local(&mut self, bidi: bool, max: u64) {
+        let d = dir(bidi);
+        if max > self.max_local[d] {
+            self.max_local[d] = max;
+            self.streams_blocked_pending[d] = false;
+            if std::mem::take(&mut self.open_refused[d]) {
+                self.events
+                    .push_back(StreamEvent::StreamsAvailable { bidi });
+            }
+        }
+    }
+
+    // ---- frames from the peer ----
+
+    /// Validates a stream id in a peer frame and opens peer streams implicitly
+    /// (§3.2: a frame for stream N opens every lower-numbered one of its type).
+    fn check_incoming(&mut self, id: u64, part: Part) -> Result<(), TransportError> {
+        if id > StreamId::MAX {
+            return Err(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "stream id too large",
+            ));
+        }
+        let sid = StreamId(id);
+        let ok_dir = match part {
+            Part::Recv => sid.can_recv(self.side),
+            Part::Send => sid.can_send(self.side),
+        };
+        if !ok_dir {
+            // §19.4, §19.5, §19.8, §19.10, §19.13.
+            return Err(TransportError::new(
+                Code::STREAM_STATE_ERROR,
+                "frame for a stream in the wrong direction",
+            ));
+        }
+        let d = dir(sid.is_bidi());
+        let index = sid.index();
+        if sid.initiator() == self.side {
+            if index >= self.next_local[d] {
+                return Err(TransportError::new(
+                    Code::STREAM_STATE_ERROR,
+                    "frame for a stream we have not opened",
+                ));
+            }
+            return Ok(());
+        }
+        if index >= self.max_remote[d] {
+            // §4.6
+            return Err(TransportError::new(
+                Code::STREAM_LIMIT_ERROR,
+                "peer exceeded the stream limit",
+            ));
+        }
+        while self.next_remote[d] <= index {
+            let new = StreamId::new(self.side.peer(), sid.is_bidi(), self.next_remote[d]);
+            self.next_remote[d] += 1;
+            let stream = self.new_remote_stream(new);
+            self.streams.insert(new.0, stream);
+            self.events.push_back(StreamEvent::Opened { id: new });
+        }
+        Ok(())
+    }
+
+    fn new_remote_stream(&self, id: StreamId) -> Stream {
+        let c = &self.config;
+        Stream {
+            send: id.is_bidi().then(|| {
+                SendStream::new(
+                    self.peer.initial_max_stream_data_bidi_local,
+                    c.send_buffer_per_stream,
+                )
+            }),
+            recv: Some(RecvStream::new(
+                c.stream_recv_window,
+                c.max_stream_recv_window,
+            )),
+            in_send_queue: false,
+            in_ctrl_queue: false,
+        }
+    }
+
+    /// A STREAM frame.
+    pub fn on_stream(
+        &mut self,
+        id: u64,
+        offset: u64,
+        data: &[u8],
+        fin: bool,
+        _now: Instant,
+    ) -> Result<(), TransportError> {
+        self.check_incoming(id, Part::Recv)?;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(recv) = &mut stream.recv else {
+            return Ok(());
+        };
+        let outcome = recv.on_data(offset, data, fin, &mut self.conn_recv)?;
+        if outcome.readable && !recv.readable_signalled {
+            recv.readable_signalled = true;
+            self.events
+                .push_back(StreamEvent::Readable { id: StreamId(id) });
+        }
+        self.after_untimed_consume();
+        self.maybe_reap(id);
+        Ok(())
+    }
+
+    /// A RESET_STREAM frame.
+    pub fn on_reset_stream(
+        &mut self,
+        id: u64,
+        error_code: u64,
+        final_size: u64,
+    ) -> Result<(), TransportError> {
+        self.check_incoming(id, Part::Recv)?;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(recv) = &mut stream.recv else {
+            return Ok(());
+        };
+        if recv.on_reset(error_code, final_size, &mut self.conn_recv)? {
+            self.events.push_back(StreamEvent::Reset {
+                id: StreamId(id),
+                error_code,
+            });
+            if !recv.readable_signalled {
+                recv.readable_signalled = true;
+                self.events
+                    .push_back(StreamEvent::Readable { id: StreamId(id) });
+            }
+        }
+        self.after_untimed_consume();
+        self.maybe_reap(id);
+        Ok(())
+    }
+
+    /// A STOP_SENDING frame: we answer with RESET_STREAM (§3.5).
+    pub fn on_stop_sending(&mut self, id: u64, error_code: u64) -> Result<(), TransportError> {
+        self.check_incoming(id, Part::Send)?;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(send) = &mut stream.send else {
+            return Ok(());
+        };
+        // §3.5: copy the error code from STOP_SENDING into RESET_STREAM.
+        if send.reset(error_code, true) {
+            self.events.push_back(StreamEvent::Stopped {
+                id: StreamId(id),
+                error_code,
+            });
+            Self::enqueue_ctrl(&mut self.ctrl_queue, id, stream);
+        }
+        Ok(())
+    }
+
+    pub fn on_max_data(&mut self, max: u64) {
+        self.conn_send.raise(max);
+    }
+
+    pub fn on_max_stream_data(&mut self, id: u64, max: u64) -> Result<(), TransportError> {
+        self.check_incoming(id, Part::Send)?;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(send) = &mut stream.send else {
+            return Ok(());
+        };
+        if send.credit.raise(max) && send.wants_send() {
+            Self::enqueue_send(&mut self.send_queue, id, stream);
+        }
+        Ok(())
+    }
+
+    pub fn on_max_streams(&mut self, bidi: bool, max: u64) -> Result<(), TransportError> {
+        if max > MAX_STREAM_COUNT {
+            // §4.6 / §19.11
+            return Err(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "MAX_STREAMS above 2^60",
+            ));
+        }
+        self.raise_max_local(bidi, max);
+        Ok(())
+    }
+
+    /// DATA_BLOCKED is informational: our MAX_DATA logic does not wait for it (§4.1).
+    pub fn on_data_blocked(&mut self, limit: u64) {
+        tracing::trace!(limit, "peer blocked by connection flow control");
+    }
+
+    pub fn on_stream_data_blocked(&mut self, id: u64, limit: u64) -> Result<(), TransportError> {
+        self.check_incoming(id, Part::Recv)?;
+        tracing::trace!(id, limit, "peer blocked by stream flow control");
+        Ok(())
+    }
+
+    pub fn on_streams_blocked(&mut self, bidi: bool, limit: u64) -> Result<(), TransportError> {
+        if limit > MAX_STREAM_COUNT {
+            // §19.14
+            return Err(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "STREAMS_BLOCKED above 2^60",
+            ));
+        }
+        tracing::trace!(bidi, limit, "peer blocked by stream limit");
+        Ok(())
+    }
+
+    // ---- application API ----
+
+    /// Opens a stream, or None when the peer's stream limit is reached (a
+    /// STREAMS_BLOCKED is then queued and `StreamsAvailable` follows when it rises).
+    pub fn open(&mut self, bidi: bool) -> Option<StreamId> {
+        let d = dir(bidi);
+        if self.next_local[d] >= self.max_local[d] {
+            self.open_refused[d] = true;
+            if self.streams_blocked_at[d] != Some(self.max_local[d]) {
+                self.streams_blocked_at[d] = Some(self.max_local[d]);
+                self.streams_blocked_pending[d] = true;
+            }
+            return None;
+        }
+        let id = StreamId::new(self.side, bidi, self.next_local[d]);
+        self.next_local[d] += 1;
+        let c = &self.config;
+        let send_credit = if bidi {
+            self.peer.initial_max_stream_data_bidi_remote
+        } else {
+            self.peer.initial_max_stream_data_uni
+        };
+        let stream = Stream {
+            send: Some(SendStream::new(send_credit, c.send_buffer_per_stream)),
+            recv: bidi.then(|| RecvStream::new(c.stream_recv_window, c.max_stream_recv_window)),
+            in_send_queue: false,
+            in_ctrl_queue: false,
+        };
+        self.streams.insert(id.0, stream);
+        Some(id)
+    }
+
+    /// Checks that `id` names a live stream for an application call: UnknownStream if
+    /// never opened, ClosedStream if already reaped.
+    fn check_app(&self, id: StreamId) -> Result<(), StreamError> {
+        if self.streams.contains_key(&id.0) {
+            return Ok(());
+        }
+        let d = dir(id.is_bidi());
+        let opened = if id.initiator() == self.side {
+            self.next_local[d]
+        } else {
+            self.next_remote[d]
+        };
+        Err(if id.index() < opened {
+            StreamError::ClosedStream
+        } else {
+            StreamError::UnknownStream
+        })
+    }
+
+    /// Buffers data for sending; returns how many bytes were accepted (Blocked if none).
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        self.check_app(id)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
+        let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
+        let n = send.write(data)?;
+        if n > 0 {
+            Self::enqueue_send(&mut self.send_queue, id.0, stream);
+        }
+        Ok(n)
+    }
+
+    /// Marks the end of the stream's data (FIN).
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.check_app(id)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
+        let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
+        send.finish()?;
+        Self::enqueue_send(&mut self.send_queue, id.0, stream);
+        Ok(())
+    }
+
+    /// Copies received data into `buf`. Returns (bytes, FIN reached); (0, false) when
+    /// nothing is readable yet.
+    pub fn read(
+        &mut self,
+        id: StreamId,
+        buf: &mut [u8],
+        now: Instant,
+        rtt: Duration,
+    ) -> Result<(usize, bool), StreamError> {
+        let len = buf.len();
+        self.read_inner(id, Some(buf), len, now, rtt)
+    }
+
+    /// Like `read` but drops up to `max` bytes without copying.
+    pub fn discard(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        now: Instant,
+        rtt: Duration,
+    ) -> Result<(usize, bool), StreamError> {
+        self.read_inner(id, None, max, now, rtt)
+    }
+
+    fn read_inner(
+        &mut self,
+        id: StreamId,
+        buf: Option<&mut [u8]>,
+        max: usize,
+        now: Instant,
+        rtt: Duration,
+    ) -> Result<(usize, bool), StreamError> {
+        self.check_app(id)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
+        let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
+        let result = recv.read(buf, max, now, rtt);
+        let stream_window = recv.window.window();
+        if recv.max_data_pending {
+            Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
+        }
+        if let Ok((n, _)) = result {
+            self.conn_recv.window.consume(n as u64);
+            // Keep the connection window ahead of the busiest stream window.
+            self.conn_recv
+                .window
+                .grow_to(stream_window.saturating_add(stream_window / 2));
+            if self.conn_recv.window.should_update() {
+                self.conn_recv.window.update(now, rtt);
+                self.max_data_pending = true;
+            }
+        }
+        self.maybe_reap(id.0);
+        result
+    }
+
+    /// Abandons sending (RESET_STREAM with `error_code`).
+    pub fn reset(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
+        self.check_app(id)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
+        let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
+        if send.reset(error_code, false) {
+            Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
+        }
+        self.maybe_reap(id.0);
+        Ok(())
+    }
+
+    /// Asks the peer to stop sending (STOP_SENDING); received data is dropped.
+    pub fn stop_sending(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
+        self.check_app(id)?;
+        let stream = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::UnknownStream)?;
+        let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
+        if recv.stop(error_code, &mut self.conn_recv) {
+            Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
+        }
+        self.after_untimed_consume();
+        self.maybe_reap(id.0);
+        Ok(())
+    }
+
+    pub fn poll_event(&mut self) -> Option<StreamEvent> {
+        self.events.pop_front()
+    }
+
+    /// Bytes `write` would accept now (0 for unknown or closed streams).
+    pub fn send_capacity(&self, id: StreamId) -> usize {
+        self.streams
+            .get(&id.0)
+            .and_then(|s| s.send.as_ref())
+            .map_or(0, SendStream::capacity)
+    }
+
+    /// Credit handed back without a read (reset, STOP_SENDING, discarded data) may
+    /// call for a MAX_DATA; no timing information, so the window is not tuned.
+    fn after_untimed_consume(&mut self) {
+        let w = &mut self.conn_recv.window;
+        if w.should_update() {
+            w.raise_limit();
+            self.max_data_pending = true;
+        }
+    }
+
+    fn enqueue_send(queue: &mut VecDeque<u64>, id: u64, stream: &mut Stream) {
+        if !stream.in_send_queue {
+            stream.in_send_queue = true;
+            queue.push_back(id);
+        }
+    }
+
+    fn enqueue_ctrl(queue: &mut VecDeque<u64>, id: u64, stream: &mut Stream) {
+        if !stream.in_ctrl_queue {
+            stream.in_ctrl_queue = true;
+            queue.push_back(id);
+        }
+    }
+
+    /// Frees a stream once both parts are finished (§3: ids are never reused) and,
+    /// for a peer's stream, lets it open another (§4.6).
+    fn maybe_reap(&mut self, id: u64) {
+        if !self.streams.get(&id).is_some_and(Stream::is_terminal) {
+            return;
+        }
+        self.streams.remove(&id);
+        self.reaped += 1;
+        let sid = StreamId(id);
+        if sid.initiator() != self.side {
+            let d = dir(sid.is_bidi());
+            if self.max_remote[d] < MAX_STREAM_COUNT {
+                self.max_remote[d] += 1;
+                self.max_streams_pending[d] = true;
+            }
+        }
+        tracing::trace!(stream = %sid, "stream reaped");
+    }
+
+    // ---- transmit side ----
+
+    /// Control frames or stream data could be sent now.
+    pub fn has_pending(&self) -> bool {
+        if self.max_data_pending
+            || self.conn_send.blocked_pending
+            || self.max_streams_pending.iter().any(|&p| p)
+            || self.streams_blocked_pending.iter().any(|&p| p)
+        {
+            return true;
+        }
+        if self
+            .ctrl_queue
+            .iter()
+            .any(|id| self.streams.get(id).is_some_and(Stream::has_ctrl))
+        {
+            return true;
+        }
+        let conn_avail = self.conn_send.max.saturating_sub(self.data_sent);
+        self.send_queue.iter().any(|id| {
+            self.streams
+                .get(id)
+                .and_then(|s| s.send.as_ref())
+                .is_some_and(|s| s.can_send(conn_avail))
+        })
+    }
+
+    /// Writes control frames, then stream data round-robin, into `buf` (the rest of a
+    /// packet). Calls `record` for each frame. Returns bytes written.
+    pub fn write_frames(
+        &mut self,
+        buf: &mut [u8],
+        record: &mut dyn FnMut(StreamFrameRecord),
+    ) -> usize {
+        let mut pos = self.write_control(buf, 0, record);
+        pos = self.write_data(buf, pos, record);
+        // Data writing may have hit a limit worth signalling in the space left.
+        if pos < buf.len() {
+            pos = self.write_control(buf, pos, record);
+        }
+        pos
+    }
+
+    /// Encodes `frame` at `pos` if it fits.
+    fn put(buf: &mut [u8], pos: &mut usize, frame: Frame) -> bool {
+        let mut w = Writer::new(&mut buf[*pos..]);
+        if frame.encode(&mut w).is_ok() {
+            *pos += w.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn write_control(
+        &mut self,
+        buf: &mut [u8],
+        mut pos: usize,
+        record: &mut dyn FnMut(StreamFrameRecord),
+    ) -> usize {
+        if self.max_data_pending
+            && Self::put(buf, &mut pos, Frame::MaxData(self.conn_recv.window.limit()))
+        {
+            self.max_data_pending = false;
+            record(StreamFrameRecord::MaxData);
+        }
+        for bidi in [true, false] {
+            let d = dir(bidi);
+            if self.max_streams_pending[d]
+                && Self::put(
+                    buf,
+                    &mut pos,
+                    Frame::MaxStreams {
+                        bidi,
+                        max: self.max_remote[d],
+                    },
+                )
+            {
+                self.max_streams_pending[d] = false;
+                record(StreamFrameRecord::MaxStreams { bidi });
+            }
+            if self.streams_blocked_pending[d]
+                && Self::put(
+                    buf,
+                    &mut pos,
+                    Frame::StreamsBlocked {
+                        bidi,
+                        limit: self.max_local[d],
+                    },
+                )
+            {
+                self.streams_blocked_pending[d] = false;
+                record(StreamFrameRecord::StreamsBlocked { bidi });
+            }
+        }
+        if self.conn_send.blocked_pending
+            && Self::put(buf, &mut pos, Frame::DataBlocked(self.conn_send.max))
+        {
+            self.conn_send.blocked_pending = false;
+            record(StreamFrameRecord::DataBlocked);
+        }
+        for _ in 0..self.ctrl_queue.len() {
+            let Some(id) = self.ctrl_queue.pop_front() else {
+                break;
+            };
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            let sid = StreamId(id);
+            if let Some(send) = &mut stream.send {
+                if let Some(reset) = &mut send.reset {
+                    if reset.frame_pending
+                        && Self::put(
+                            buf,
+                            &mut pos,
+                            Frame::ResetStream {
+                                id,
+                                error_code: reset.error_code,
+                                final_size: reset.final_size,
+                            },
+                        )
+                    {
+                        reset.frame_pending = false;
+                        record(StreamFrameRecord::ResetStream { id: sid });
+                    }
+                }
+                if send.credit.blocked_pending
+                    && Self::put(
+                        buf,
+                        &mut pos,
+                        Frame::StreamDataBlocked {
+                            id,
+                            limit: send.credit.max,
+                        },
+                    )
+                {
+                    send.credit.blocked_pending = false;
+                    record(StreamFrameRecord::StreamDataBlocked { id: sid });
+                }
+            }
+            if let Some(recv) = &mut stream.recv {
+                if let Some(stop) = &mut recv.stop {
+                    if stop.frame_pending
+                        && Self::put(
+                            buf,
+                            &mut pos,
+                            Frame::StopSending {
+                                id,
+                                error_code: stop.error_code,
+                            },
+                        )
+                    {
+                        stop.frame_pending = false;
+                        record(StreamFrameRecord::StopSending { id: sid });
+                    }
+                }
+                if recv.max_data_pending
+                    && Self::put(
+                        buf,
+                        &mut pos,
+                        Frame::MaxStreamData {
+                            id,
+                            max: recv.window.limit(),
+                        },
+                    )
+                {
+                    recv.max_data_pending = false;
+                    record(StreamFrameRecord::MaxStreamData { id: sid });
+                }
+            }
+            if stream.has_ctrl() {
+                self.ctrl_queue.push_back(id);
+            } else {
+                stream.in_ctrl_queue = false;
+            }
+        }
+        pos
+    }
+
+    fn write_data(
+        &mut self,
+        buf: &mut [u8],
+        mut pos: usize,
+        record: &mut dyn FnMut(StreamFrameRecord),
+    ) -> usize {
+        // Passes over the queue, one frame per stream per pass, until a pass writes
+        // nothing: fair across streams and still fills the packet. A stream that does
+        // not fit keeps its place at the front for the next packet.
+        let mut progress = true;
+        while progress {
+            progress = false;
+            for _ in 0..self.send_queue.len() {
+                if pos >= buf.len() {
+                    return pos;
+                }
+                let Some(id) = self.send_queue.pop_front() else {
+                    break;
+                };
+                let Some(stream) = self.streams.get_mut(&id) else {
+                    continue;
+                };
+                let Some(send) = &mut stream.send else {
+                    stream.in_send_queue = false;
+                    continue;
+                };
+                if !send.wants_send() {
+                    stream.in_send_queue = false;
+                    continue;
+                }
+                let conn_avail = self.conn_send.max.saturating_sub(self.data_sent);
+                if send.can_send(conn_avail) {
+                    let Some(f) = send.write_frame(id, &mut buf[pos..], conn_avail) else {
+                        self.send_queue.push_front(id);
+                        return pos;
+                    };
+                    pos += f.frame_len;
+                    self.data_sent += f.new_bytes;
+                    progress = true;
+                    record(StreamFrameRecord::Stream {
+                        id: StreamId(id),
+                        offset: f.offset,
+                        len: f.len,
+                        fin: f.fin,
+                    });
+                }
+                // §4.1: say when flow control, not the application, holds data back.
+                if send.is_stream_blocked() {
+                    send.credit.on_blocked();
+                    if send.credit.blocked_pending {
+                        Self::enqueue_ctrl(&mut self.ctrl_queue, id, stream);
+                    }
+                } else if send.buf.has_unsent() && self.data_sent >= self.conn_send.max {
+                    self.conn_send.on_blocked();
+                }
+                if stream.send.as_ref().is_some_and(SendStream::wants_send) {
+                    self.send_queue.push_back(id);
+                } else {
+                    stream.in_send_queue = false;
+                }
+            }
+        }
+        pos
+    }
+
+    /// A packet carrying `r` was acknowledged.
+    pub fn on_acked(&mut self, r: StreamFrameRecord) {
+        match r {
+            StreamFrameRecord::Stream {
+                id,
+                offset,
+                len,
+                fin,
+            } => {
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
+                let Some(send) = &mut stream.send else { return };
+                if send.on_ack(offset, len, fin) {
+                    self.events.push_back(StreamEvent::Finished { id });
+                }
+                if send.write_blocked && send.capacity() > 0 {
+                    send.write_blocked = false;
+                    self.events.push_back(StreamEvent::Writable { id });
+                }
+                self.maybe_reap(id.0);
+            }
+            StreamFrameRecord::ResetStream { id } => {
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
+                if let Some(reset) = stream.send.as_mut().and_then(|s| s.reset.as_mut()) {
+                    reset.acked = true;
+                    reset.frame_pending = false;
+                }
+                self.maybe_reap(id.0);
+            }
+            StreamFrameRecord::MaxData
+            | StreamFrameRecord::MaxStreamData { .. }
+            | StreamFrameRecord::MaxStreams { .. }
+            | StreamFrameRecord::DataBlocked
+            | StreamFrameRecord::StreamDataBlocked { .. }
+            | StreamFrameRecord::StreamsBlocked { .. }
+            | StreamFrameRecord::StopSending { .. } => {}
+        }
+    }
+
+    /// A packet carrying `r` was declared lost: queue it again if still needed. Limits
+    /// are re-sent with their current value, which supersedes the lost one.
+    pub fn on_lost(&mut self, r: StreamFrameRecord) {
+        match r {
+            StreamFrameRecord::Stream {
+                id,
+                offset,
+                len,
+                fin,
+            } => {
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
+                let Some(send) = &mut stream.send else { return };
+                send.on_lost(offset, len, fin);
+                if send.wants_send() {
+                    Self::enqueue_send(&mut self.send_queue, id.0, stream);
+                }
+            }
+            StreamFrameRecord::MaxData => self.max_data_pending = true,
+            StreamFrameRecord::MaxStreams { bidi } => self.max_streams_pending[dir(bidi)] = true,
+            StreamFrameRecord::DataBlocked => self.conn_send.on_blocked_lost(self.data_sent),
+            StreamFrameRecord::StreamsBlocked { bidi } => {
+                let d = dir(bidi);
+                if self.streams_blocked_at[d] == Some(self.max_local[d])
+                    && self.next_local[d] >= self.max_local[d]
+                {
+                    self.streams_blocked_pending[d] = true;
+                }
+            }
+            StreamFrameRecord::MaxStreamData { id } => {
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
+                let Some(recv) = &mut stream.recv else { return };
+                if recv.wants_max_data() {
+                    recv.max_data_pending = true;
+                    Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
+                }
+            }
+            StreamFrameRecord::StreamDataBlocked { id } => {
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
+                let Some(send) = &mut stream.send else { return };
+                let used = send.buf.unsent_offset();
+                send.credit.on_blocked_lost(used);
+                if send.credit.blocked_pending {
+                    Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
+                }
+            }
+            StreamFrameRecord::ResetStream { id } => {
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
+                let Some(reset) = stream.send.as_mut().and_then(|s| s.reset.as_mut()) else {
+                    return;
+                };
+                if !reset.acked {
+                    reset.frame_pending = true;
+                    Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
+                }
+            }
+            StreamFrameRecord::StopSending { id } => {
+                let Some(stream) = self.streams.get_mut(&id.0) else {
+                    return;
+                };
+                let Some(recv) = &mut stream.recv else { return };
+                if recv.wants_stop_frame() {
+                    if let Some(stop) = &mut recv.stop {
+                        stop.frame_pending = true;
+                    }
+                    Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> StreamStats {
+        let mut stats = StreamStats {
+            open_streams: self.streams.len(),
+            reaped_streams: self.reaped,
+            data_sent: self.data_sent,
+            data_received: self.conn_recv.received,
+            peer_max_data: self.conn_send.max,
+            local_max_data: self.conn_recv.window.limit(),
+            ..StreamStats::default()
+        };
+        for s in self.streams.values() {
+            stats.send_buffered += s.send.as_ref().map_or(0, |s| s.buf.buffered());
+            stats.recv_buffered += s.recv.as_ref().map_or(0, RecvStream::buffered);
+        }
+        stats
+    }
+}

@@ -1,0 +1,297 @@
+//! Reassembly of out-of-order, duplicated and overlapping byte ranges into an ordered
+//! stream (STREAM and CRYPTO data).
+//!
+//! Bytes live in one linear buffer indexed by offset, so memory is bounded by how far
+//! past the read offset the peer may send (the flow-control window, checked by the
+//! caller) no matter how the data is fragmented. The received ranges are tracked in a
+//! `RangeSet` whose size is capped: a peer that leaves more holes than any loss pattern
+//! could explain is rejected instead of making us track them.
+
+use crate::conn::range_set::RangeSet;
+
+/// The peer fragmented the data into more disjoint pieces than we are willing to track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many gaps in received data")]
+pub struct TooFragmented;
+
+#[derive(Debug)]
+pub struct Assembler {
+    /// Bytes for offsets `buf_offset .. buf_offset + buf.len()`; holes are zero-filled.
+    buf: Vec<u8>,
+    buf_offset: u64,
+    /// Everything below this has been handed to the reader.
+    read_offset: u64,
+    received: RangeSet,
+    max_ranges: usize,
+}
+
+impl Assembler {
+    /// `max_ranges` bounds the number of disjoint received ranges (holes + 1).
+    pub fn new(max_ranges: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            buf_offset: 0,
+            read_offset: 0,
+            received: RangeSet::new(),
+            max_ranges: max_ranges.max(2),
+        }
+    }
+
+    pub fn read_offset(&self) -> u64 {
+        self.read_offset
+    }
+
+    /// One past the highest byte received so far.
+    #[cfg(test)]
+    pub fn highest(&self) -> u64 {
+        self.received.max().map_or(0, |m| m + 1)
+    }
+
+    /// End of the data readable in order from `read_offset`.
+    pub fn contiguous_end(&self) -> u64 {
+        match self.received.first() {
+            Some(r) if r.start <= self.read_offset => r.end.max(self.read_offset),
+            _ => self.read_offset,
+        }
+    }
+
+    /// Bytes that can be read now.
+    pub fn readable(&self) -> u64 {
+        self.contiguous_end() - self.read_offset
+    }
+
+    /// Memory held for received but unread data (including holes).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True if every byte in `0..end` has been received.
+    pub fn is_complete(&self, end: u64) -> bool {
+        self.contiguous_end() >= end
+    }
+
+    /// Stores `data` at `offset`. Bytes below the read offset or already present are
+    /// ignored (the RFC lets us assume retransmissions carry identical bytes, §2.2).
+    /// Returns true if this made new bytes readable. The caller has already checked
+    /// the range against flow control, which is what bounds the buffer.
+    pub fn insert(&mut self, offset: u64, data: &[u8]) -> Result<bool, TooFragmented> {
+        let end = offset + data.len() as u64;
+        if end <= self.read_offset || data.is_empty() {
+            return Ok(false);
+        }
+        let (offset, data) = if offset < self.read_offset {
+            let skip = (self.read_offset - offset) as usize;
+            (self.read_offset, &data[skip..])
+        } else {
+            (offset, data)
+        };
+        if self.received.contains_range(offset..end) {
+            return Ok(false);
+        }
+        let readable_before = self.contiguous_end();
+        self.received.insert(offset..end);
+        if self.received.len() > self.max_ranges {
+            return Err(TooFragmented);
+        }
+        self.ensure_room(end);
+        let start = (offset - self.buf_offset) as usize;
+        self.buf[start..start + data.len()].copy_from_slice(data);
+        Ok(self.contiguous_end() > readable_before)
+    }
+
+    /// Grows the buffer to hold offsets up to `end`, first dropping already-read bytes
+    /// when the allocation would otherwise have to grow.
+    fn ensure_room(&mut self, end: u64) {
+        let needed = (end - self.buf_offset) as usize;
+        if needed <= self.buf.len() {
+            return;
+        }
+        if needed > self.buf.capacity() && self.read_offset > self.buf_offset {
+            let consumed = (self.read_offset - self.buf_offset) as usize;
+            self.buf.drain(..consumed);
+            self.buf_offset = self.read_offset;
+            // Keep at least half the allocation free so that compaction stays amortized
+            // O(1) per byte instead of moving a nearly full buffer on every insert.
+            if self.buf.len() > self.buf.capacity() / 2 {
+                self.buf.reserve(self.buf.len());
+            }
+        }
+        self.buf.resize((end - self.buf_offset) as usize, 0);
+    }
+
+    /// Copies readable bytes into `out`; returns how many.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        let n = (self.readable() as usize).min(out.len());
+        let start = (self.read_offset - self.buf_offset) as usize;
+        out[..n].copy_from_slice(&self.buf[start..start + n]);
+        self.consume(n as u64);
+        n
+    }
+
+    /// Returns the readable bytes, at most `max`, and marks them consumed.
+    pub fn read_chunk(&mut self, max: usize) -> Option<&[u8]> {
+        let n = (self.readable() as usize).min(max);
+        if n == 0 {
+            return None;
+        }
+        let start = (self.read_offset - self.buf_offset) as usize;
+        self.read_offset += n as u64;
+        // No compaction here: the slice borrows the buffer. The next insert or read
+        // reclaims the space.
+        Some(&self.buf[start..start + n])
+    }
+
+    /// Drops up to `max` readable bytes without copying; returns how many.
+    pub fn discard(&mut self, max: u64) -> u64 {
+        let n = self.readable().min(max);
+        self.consume(n);
+        n
+    }
+
+    fn consume(&mut self, n: u64) {
+        self.read_offset += n;
+        if self.read_offset >= self.buf_offset + self.buf.len() as u64 {
+            // Everything buffered is read: restart at the front without moving bytes.
+            self.buf.clear();
+            self.buf_offset = self.read_offset;
+        }
+    }
+
+    /// Frees all buffered data (stream reset or no longer wanted), keeping offsets.
+    pub fn release(&mut self) {
+        self.buf = Vec::new();
+        self.buf_offset = self.read_offset;
+        self.received.clear();
+        if self.read_offset > 0 {
+            self.received.insert(0..self.read_offset);
+        }
+    }
+
+    /// Received ranges, for tests.
+    #[cfg(test)]
+    pub fn received(&self) -> impl Iterator<Item = std::ops::Range<u64>> + '_ {
+        self.received.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn in_order_and_out_of_order() {
+        let mut a = Assembler::new(16);
+        assert!(!a.insert(5, b"fghij").unwrap());
+        assert_eq!(a.readable(), 0);
+        assert!(a.insert(0, b"abcde").unwrap());
+        let mut out = [0u8; 20];
+        assert_eq!(a.read(&mut out), 10);
+        assert_eq!(&out[..10], b"abcdefghij");
+        assert_eq!(a.buffered(), 0);
+        // Duplicate below the read offset is ignored.
+        assert!(!a.insert(0, b"abcdefghij").unwrap());
+        // Overlapping the read offset keeps only the new tail.
+        assert!(a.insert(8, b"ijklm").unwrap());
+        assert_eq!(a.read(&mut out), 3);
+        assert_eq!(&out[..3], b"klm");
+        assert_eq!(a.highest(), 13);
+    }
+
+    #[test]
+    fn read_chunk_consumes() {
+        let mut a = Assembler::new(16);
+        a.insert(0, b"hello").unwrap();
+        assert_eq!(a.read_chunk(3), Some(&b"hel"[..]));
+        assert_eq!(a.read_chunk(100), Some(&b"lo"[..]));
+        assert_eq!(a.read_chunk(100), None);
+        a.insert(5, b" world").unwrap();
+        assert_eq!(a.read_chunk(100), Some(&b" world"[..]));
+    }
+
+    #[test]
+    fn too_many_gaps_is_rejected() {
+        let mut a = Assembler::new(4);
+        for i in 0..4 {
+            a.insert(i * 2 + 1, b"x").unwrap();
+        }
+        assert_eq!(a.insert(100, b"x"), Err(TooFragmented));
+    }
+
+    #[test]
+    fn tiny_fragments_do_not_grow_memory_past_span() {
+        let mut a = Assembler::new(1 << 20);
+        // 10,000 one-byte fragments in reverse order: memory stays the span.
+        for i in (0..10_000u64).rev() {
+            a.insert(i, &[i as u8]).unwrap();
+        }
+        assert_eq!(a.received().count(), 1);
+        assert!(a.buffered() <= 10_000);
+        assert_eq!(a.discard(u64::MAX), 10_000);
+    }
+
+    #[test]
+    fn compaction_keeps_data() {
+        let mut a = Assembler::new(16);
+        let data: Vec<u8> = (0..=255).collect();
+        let mut out = vec![0u8; 100];
+        let mut got = Vec::new();
+        let mut off = 0u64;
+        for round in 0..200 {
+            let n = 37 + round % 50;
+            let chunk: Vec<u8> = (0..n).map(|i| data[((off + i) % 256) as usize]).collect();
+            a.insert(off, &chunk).unwrap();
+            off += n;
+            let r = a.read(&mut out[..60]);
+            got.extend_from_slice(&out[..r]);
+        }
+        while a.readable() > 0 {
+            let r = a.read(&mut out);
+            got.extend_from_slice(&out[..r]);
+        }
+        assert_eq!(got.len() as u64, off);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == data[i % 256]));
+    }
+
+    proptest! {
+        /// Random fragmentation, duplication, overlap and order reassemble byte-exact.
+        #[test]
+        fn reassembles_any_fragmentation(
+            data in proptest::collection::vec(any::<u8>(), 1..3000),
+            cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 1..80),
+            order in any::<prop::sample::Index>(),
+            read_sizes in proptest::collection::vec(1usize..500, 1..20),
+        ) {
+            let len = data.len();
+            // Random (possibly overlapping) pieces plus a tiling so everything is covered.
+            let mut pieces: Vec<(usize, usize)> = cuts.iter().map(|(a, b)| {
+                let (x, y) = (a.index(len), b.index(len + 1));
+                (x.min(y), x.max(y))
+            }).collect();
+            let mut bounds: Vec<usize> = cuts.iter().map(|(a, _)| a.index(len)).collect();
+            bounds.push(0);
+            bounds.push(len);
+            bounds.sort_unstable();
+            bounds.dedup();
+            for w in bounds.windows(2) { pieces.push((w[0], w[1])); }
+            let rot = order.index(pieces.len());
+            pieces.rotate_left(rot);
+            pieces.sort_by_key(|&(s, e)| (s * 7919 + e * 31) % 1009);
+            let mut a = Assembler::new(1000);
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 500];
+            for (i, (s, e)) in pieces.iter().enumerate() {
+                a.insert(*s as u64, &data[*s..*e]).unwrap();
+                let r = a.read(&mut buf[..read_sizes[i % read_sizes.len()]]);
+                out.extend_from_slice(&buf[..r]);
+                prop_assert!(a.buffered() <= len);
+            }
+            loop {
+                let r = a.read(&mut buf);
+                if r == 0 { break; }
+                out.extend_from_slice(&buf[..r]);
+            }
+            prop_assert_eq!(out, data);
+        }
+    }
+}
