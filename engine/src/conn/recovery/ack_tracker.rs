@@ -121,7 +121,11 @@ impl AckTracker {
         }
         self.ack_eliciting_since_ack += 1;
         // §13.2.1: CE-marked packets are acknowledged immediately too.
-        if immediate || out_of_order || ce || self.ack_eliciting_since_ack >= ACK_ELICITING_THRESHOLD {
+        if immediate
+            || out_of_order
+            || ce
+            || self.ack_eliciting_since_ack >= ACK_ELICITING_THRESHOLD
+        {
             self.deadline = Some(self.deadline.map_or(now, |d| d.min(now)));
         } else if self.deadline.is_none() {
             self.deadline = Some(now + max_ack_delay);
@@ -163,7 +167,8 @@ impl AckTracker {
 
     /// (ECT(0), ECT(1), CE) counts, once any ECN-marked packet was received.
     pub fn ecn_counts(&self) -> Option<(u64, u64, u64)> {
-        self.ecn_seen.then_some((self.ecn[0], self.ecn[1], self.ecn[2]))
+        self.ecn_seen
+            .then_some((self.ecn[0], self.ecn[1], self.ecn[2]))
     }
 
     /// The ACK was written into a packet: nothing is pending and the timer is disarmed.
@@ -202,7 +207,9 @@ impl AckTracker {
     /// Every packet number in `first..=last` was received.
     fn contains_all(&self, first: u64, last: u64) -> bool {
         let i = self.ranges.partition_point(|&(_, l)| l < first);
-        self.ranges.get(i).is_some_and(|&(f, l)| f <= first && last <= l)
+        self.ranges
+            .get(i)
+            .is_some_and(|&(f, l)| f <= first && last <= l)
     }
 
     /// Inserts a packet number known not to be present.
@@ -353,12 +360,18 @@ mod tests {
         let t0 = Instant::now();
         let mut t = AckTracker::new();
         t.on_packet_received(0, false, 0, t0, false, MAD);
-        assert!(t.ack_pending() && t.ack_deadline().is_none(), "no timer for non-eliciting");
+        assert!(
+            t.ack_pending() && t.ack_deadline().is_none(),
+            "no timer for non-eliciting"
+        );
         t.on_packet_received(1, true, 0, t0, false, MAD);
         assert_eq!(t.ack_deadline(), Some(t0 + MAD));
         assert!(!t.ack_due(t0 + MAD - Duration::from_millis(1)));
         assert!(t.ack_due(t0 + MAD));
-        assert_eq!(t.ack_delay(t0 + Duration::from_millis(7)), Duration::from_millis(7));
+        assert_eq!(
+            t.ack_delay(t0 + Duration::from_millis(7)),
+            Duration::from_millis(7)
+        );
         // Handshake spaces ack immediately.
         let mut h = AckTracker::new();
         h.on_packet_received(0, true, 0, t0, true, MAD);
@@ -390,7 +403,10 @@ mod tests {
         }
         t.on_ack_of_ack(4);
         assert_eq!(ranges(&t), vec![7..=7, 5..=5]);
-        assert!(t.is_duplicate(3), "below the acked ACK: dropped as duplicate");
+        assert!(
+            t.is_duplicate(3),
+            "below the acked ACK: dropped as duplicate"
+        );
         assert_eq!(t.largest(), Some(7));
         t.on_ack_of_ack(9);
         assert_eq!(ranges(&t), vec![]);

@@ -6,7 +6,8 @@ use super::pacing::{Pacer, PacerInput};
 use super::rtt::{RttEstimator, GRANULARITY};
 use super::sent::{SentPacket, SentSpace, Slot};
 use super::{
-    AckResult, ProbeRequest, RecoveryConfig, RecoveryStats, UnsentPacketAcked, DEFAULT_MAX_ACK_DELAY,
+    AckResult, ProbeRequest, RecoveryConfig, RecoveryStats, UnsentPacketAcked,
+    DEFAULT_MAX_ACK_DELAY,
 };
 use crate::{Epoch, Side};
 use std::ops::RangeInclusive;
@@ -184,7 +185,11 @@ impl<T> Recovery<T> {
         if rtt_sampled {
             let latest = now.saturating_duration_since(newest_sent);
             // §5.3: ack delay is meaningless for Initial/Handshake (acked immediately).
-            let delay = if epoch == Epoch::Data { ack_delay } else { Duration::ZERO };
+            let delay = if epoch == Epoch::Data {
+                ack_delay
+            } else {
+                Duration::ZERO
+            };
             self.rtt
                 .update(latest, delay, self.max_ack_delay, self.handshake_confirmed);
             self.first_rtt_sample.get_or_insert(now);
@@ -431,7 +436,9 @@ impl<T> Recovery<T> {
         self.side == Side::Server
             || self.peer_validated_address
             || self.handshake_confirmed
-            || self.spaces[Epoch::Handshake.index()].largest_acked.is_some()
+            || self.spaces[Epoch::Handshake.index()]
+                .largest_acked
+                .is_some()
     }
 
     /// §A.8 GetLossTimeAndSpace.
@@ -533,7 +540,9 @@ impl<T> Recovery<T> {
                         space.loss_time = p.time_sent.checked_add(loss_delay);
                         break;
                     }
-                    let Some(p) = space.take(pn, Slot::Lost) else { break };
+                    let Some(p) = space.take(pn, Slot::Lost) else {
+                        break;
+                    };
                     if p.in_flight {
                         let size = u64::from(p.size);
                         self.bytes_in_flight -= size;
@@ -541,7 +550,9 @@ impl<T> Recovery<T> {
                         outcome.newest_lost_in_flight = Some(p.time_sent);
                     }
                     if p.ack_eliciting
-                        && self.first_rtt_sample.is_some_and(|first| p.time_sent > first)
+                        && self
+                            .first_rtt_sample
+                            .is_some_and(|first| p.time_sent > first)
                     {
                         match run_start {
                             None => run_start = Some(p.time_sent),

@@ -96,3 +96,6 @@ pub struct RecoveryStats {
     pub persistent_congestion_events: u64,
     pub ecn_ce_events: u64,
 }
+
+#[cfg(test)]
+mod tests;

@@ -121,7 +121,10 @@ mod tests {
         }
         let rate = sent as f64 / now.duration_since(start).as_secs_f64();
         let expected = 1.25 * (100 * MDS) as f64 / 0.050;
-        assert!((rate / expected - 1.0).abs() < 0.05, "rate {rate} vs {expected}");
+        assert!(
+            (rate / expected - 1.0).abs() < 0.05,
+            "rate {rate} vs {expected}"
+        );
     }
 
     #[test]
@@ -140,7 +143,10 @@ mod tests {
         };
         assert_eq!(count_burst(&mut pacer, t0), BURST_DATAGRAMS);
         // After a long idle period the bucket is full again, but no fuller.
-        assert_eq!(count_burst(&mut pacer, t0 + Duration::from_secs(30)), BURST_DATAGRAMS);
+        assert_eq!(
+            count_burst(&mut pacer, t0 + Duration::from_secs(30)),
+            BURST_DATAGRAMS
+        );
         // A small window bounds the burst below ten datagrams.
         let small = input(4 * MDS, 50);
         let mut pacer = Pacer::new();

@@ -58,7 +58,7 @@ impl RttEstimator {
             Some(floor) if latest >= floor => latest - ack_delay,
             _ => latest,
         };
-        let sample_var = abs_diff(self.smoothed, adjusted);
+        let sample_var = self.smoothed.abs_diff(adjusted);
         self.rttvar = (self.rttvar * 3 + sample_var) / 4;
         self.smoothed = (self.smoothed * 7 + adjusted) / 8;
     }
@@ -90,14 +90,6 @@ impl RttEstimator {
     }
 }
 
-fn abs_diff(a: Duration, b: Duration) -> Duration {
-    if a > b {
-        a - b
-    } else {
-        b - a
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,7 +111,10 @@ mod tests {
         let mut rtt = RttEstimator::new(MS(333));
         rtt.update(MS(100), MS(0), MS(25), false);
         assert!(rtt.has_sample());
-        assert_eq!((rtt.smoothed(), rtt.rttvar(), rtt.min()), (MS(100), MS(50), MS(100)));
+        assert_eq!(
+            (rtt.smoothed(), rtt.rttvar(), rtt.min()),
+            (MS(100), MS(50), MS(100))
+        );
 
         // latest 140, ack_delay 20 (min 100 + 20 <= 140): adjusted 120.
         // rttvar = 3/4*50 + 1/4*|100-120| = 37.5 + 5 = 42.5; srtt = 7/8*100 + 1/8*120 = 102.5

@@ -184,7 +184,12 @@ mod tests {
 
     fn rtt(ms: u64) -> RttEstimator {
         let mut r = RttEstimator::new(Duration::from_millis(ms));
-        r.update(Duration::from_millis(ms), Duration::ZERO, Duration::ZERO, true);
+        r.update(
+            Duration::from_millis(ms),
+            Duration::ZERO,
+            Duration::ZERO,
+            true,
+        );
         r
     }
 
@@ -224,7 +229,7 @@ mod tests {
         cc.on_congestion_event(t0, t0);
         assert_eq!(cc.window(), 70 * MDS);
         cc.on_ack(t0, MDS, &r); // starts the epoch
-        // K = cbrt(W_max * (1 - beta) / C) = cbrt(100 * 0.3 / 0.4) = cbrt(75)
+                                // K = cbrt(W_max * (1 - beta) / C) = cbrt(100 * 0.3 / 0.4) = cbrt(75)
         let k = 75f64.cbrt();
         assert!((cc.k() - k).abs() < 1e-9, "K = {}", cc.k());
         let seg = |t: f64| cc.w_cubic(t) / MDS as f64;
@@ -255,7 +260,10 @@ mod tests {
                 let w = cc.window() as f64;
                 let lo = cc.w_cubic(elapsed - 0.2);
                 let hi = cc.w_cubic(elapsed + 0.1);
-                assert!(w >= lo * 0.97 && w <= hi * 1.03, "t={elapsed} w={w} lo={lo} hi={hi}");
+                assert!(
+                    w >= lo * 0.97 && w <= hi * 1.03,
+                    "t={elapsed} w={w} lo={lo} hi={hi}"
+                );
             }
         }
         // Plateau near W_max around K, then convex growth beyond it.
@@ -288,7 +296,10 @@ mod tests {
         // Second loss while below the previous W_max (70 < 100).
         cc.on_congestion_event(t1, t1);
         assert!(cc.w_max().abs_diff(70 * MDS * 85 / 100) <= 1);
-        assert!(cc.window().abs_diff(49 * MDS) <= 1, "0.7 * 0.7 * 100 segments");
+        assert!(
+            cc.window().abs_diff(49 * MDS) <= 1,
+            "0.7 * 0.7 * 100 segments"
+        );
     }
 
     #[test]

@@ -56,12 +56,18 @@ pub enum Congestion {
 }
 
 impl Congestion {
-    pub fn new(algorithm: CongestionAlgorithm, max_datagram_size: u64, initial_window: u64) -> Self {
+    pub fn new(
+        algorithm: CongestionAlgorithm,
+        max_datagram_size: u64,
+        initial_window: u64,
+    ) -> Self {
         match algorithm {
             CongestionAlgorithm::NewReno => {
                 Congestion::NewReno(NewReno::new(max_datagram_size, initial_window))
             }
-            CongestionAlgorithm::Cubic => Congestion::Cubic(Cubic::new(max_datagram_size, initial_window)),
+            CongestionAlgorithm::Cubic => {
+                Congestion::Cubic(Cubic::new(max_datagram_size, initial_window))
+            }
         }
     }
 }
