@@ -1,0 +1,606 @@
+//! Loss detection and the PTO across the three packet number spaces (RFC 9002 §6,
+//! Appendix A), feeding the congestion controller and the pacer.
+
+use super::cc::{Congestion, Controller};
+use super::pacing::{Pacer, PacerInput};
+use super::rtt::{RttEstimator, GRANULARITY};
+use super::sent::{SentPacket, SentSpace, Slot};
+use super::{
+    AckResult, ProbeRequest, RecoveryConfig, RecoveryStats, UnsentPacketAcked,
+    DEFAULT_MAX_ACK_DELAY,
+};
+use crate::{Epoch, Side};
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+use tracing::{debug, trace};
+
+/// RFC 9002 §6.1.1: kPacketThreshold.
+const PACKET_THRESHOLD: u64 = 3;
+/// RFC 9002 §7.6.1: kPersistentCongestionThreshold.
+const PERSISTENT_CONGESTION_THRESHOLD: u32 = 3;
+/// PTO backoff stops doubling here (2^16 PTOs is hours; the idle timeout ends it first).
+const MAX_PTO_BACKOFF_EXP: u32 = 16;
+
+/// Sending-side recovery state of one connection. `T` is what the connection gets back
+/// for each acknowledged, lost or discarded packet.
+#[derive(Debug)]
+pub struct Recovery<T> {
+    side: Side,
+    pacing: bool,
+    max_datagram_size: u64,
+    spaces: [SentSpace<T>; 3],
+    rtt: RttEstimator,
+    cc: Congestion,
+    pacer: Pacer,
+    bytes_in_flight: u64,
+    pto_count: u32,
+    max_ack_delay: Duration,
+    handshake_confirmed: bool,
+    has_handshake_keys: bool,
+    peer_validated_address: bool,
+    amplification_blocked: bool,
+    app_limited: bool,
+    first_rtt_sample: Option<Instant>,
+    /// The `now` of the latest event, for re-arming the timer from setters.
+    last_now: Option<Instant>,
+    timer: Option<Instant>,
+    stats: RecoveryStats,
+}
+
+/// What a loss detection pass found.
+#[derive(Default)]
+struct LossOutcome {
+    /// Send time of the newest lost in-flight packet.
+    newest_lost_in_flight: Option<Instant>,
+    persistent_congestion: bool,
+}
+
+impl<T> Recovery<T> {
+    pub fn new(config: RecoveryConfig) -> Self {
+        let mds = config.max_datagram_size as u64;
+        let initial_window = (config.initial_window_packets as u64).saturating_mul(mds);
+        Self {
+            side: config.side,
+            pacing: config.pacing,
+            max_datagram_size: mds,
+            spaces: [SentSpace::new(), SentSpace::new(), SentSpace::new()],
+            rtt: RttEstimator::new(config.initial_rtt),
+            cc: Congestion::new(config.congestion, mds, initial_window),
+            pacer: Pacer::new(),
+            bytes_in_flight: 0,
+            pto_count: 0,
+            max_ack_delay: DEFAULT_MAX_ACK_DELAY,
+            handshake_confirmed: false,
+            has_handshake_keys: false,
+            peer_validated_address: false,
+            amplification_blocked: false,
+            app_limited: false,
+            first_rtt_sample: None,
+            last_now: None,
+            timer: None,
+            stats: RecoveryStats::default(),
+        }
+    }
+
+    /// RFC 9002 §A.5. Packet numbers of a space must increase; a reused number is a bug in
+    /// the caller and the packet is dropped with an error log.
+    pub fn on_packet_sent(&mut self, now: Instant, epoch: Epoch, packet: SentPacket<T>) {
+        self.last_now = Some(now);
+        if epoch == Epoch::Handshake {
+            self.has_handshake_keys = true;
+        }
+        let (in_flight, size) = (packet.in_flight, u64::from(packet.size));
+        if let Err(p) = self.spaces[epoch.index()].insert(packet) {
+            tracing::error!(pn = p.pn, ?epoch, "packet number reused; not tracked");
+            debug_assert!(false, "packet number {} reused in {epoch:?}", p.pn);
+            return;
+        }
+        self.stats.sent_packets += 1;
+        if in_flight {
+            self.cc.on_packet_sent(now, self.bytes_in_flight);
+            self.bytes_in_flight += size;
+            let input = self.pacer_input();
+            self.pacer.on_sent(now, size, &input);
+            self.set_timer(now);
+        }
+    }
+
+    /// RFC 9002 §A.7. `ranges` are descending (highest first) as in the ACK frame;
+    /// `ack_delay` is decoded and only used in the Data space. `on_acked` receives every
+    /// newly acknowledged packet, `on_lost` every packet then declared lost.
+    ///
+    /// Acknowledging a number never sent (beyond the next one, or one we skipped) is an
+    /// error; processing may then have been partial and the connection must close.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_ack_received(
+        &mut self,
+        now: Instant,
+        epoch: Epoch,
+        ranges: impl Iterator<Item = RangeInclusive<u64>>,
+        ack_delay: Duration,
+        ecn: Option<(u64, u64, u64)>,
+        on_acked: &mut dyn FnMut(SentPacket<T>),
+        on_lost: &mut dyn FnMut(SentPacket<T>),
+    ) -> Result<AckResult, UnsentPacketAcked> {
+        self.last_now = Some(now);
+        let mut ranges = ranges.peekable();
+        let Some(largest) = ranges.peek().map(|r| *r.end()) else {
+            return Ok(AckResult::default());
+        };
+        let space = &mut self.spaces[epoch.index()];
+        if largest >= space.next_pn {
+            return Err(UnsentPacketAcked { epoch, pn: largest });
+        }
+        space.largest_acked = Some(space.largest_acked.map_or(largest, |l| l.max(largest)));
+
+        // Detect and remove acknowledged packets (§A.7 DetectAndRemoveAckedPackets).
+        let mut newest: Option<(u64, Instant)> = None;
+        let mut any_ack_eliciting = false;
+        let mut acked_bytes = 0u64;
+        // In-flight bytes of packets sent after the current recovery period began.
+        let mut growth_bytes = 0u64;
+        for range in ranges {
+            let (first, last) = (*range.start(), *range.end());
+            if last >= space.next_pn {
+                return Err(UnsentPacketAcked { epoch, pn: last });
+            }
+            // Only the window of packets still held can hold anything new.
+            let lo = first.max(space.base());
+            let hi = last.min(space.end().saturating_sub(1));
+            if space.end() == space.base() || hi < lo {
+                continue;
+            }
+            for pn in lo..=hi {
+                if matches!(space.slot(pn), Some(Slot::Skipped)) {
+                    return Err(UnsentPacketAcked { epoch, pn });
+                }
+                let Some(p) = space.take(pn, Slot::Acked) else {
+                    continue;
+                };
+                if p.in_flight {
+                    let size = u64::from(p.size);
+                    self.bytes_in_flight -= size;
+                    acked_bytes += size;
+                    if !self.cc.in_recovery(p.time_sent) {
+                        growth_bytes += size;
+                    }
+                }
+                any_ack_eliciting |= p.ack_eliciting;
+                if newest.is_none_or(|(n, _)| pn > n) {
+                    newest = Some((pn, p.time_sent));
+                }
+                self.stats.acked_packets += 1;
+                on_acked(p);
+            }
+        }
+        space.trim_front();
+        let Some((newest_pn, newest_sent)) = newest else {
+            return Ok(AckResult::default());
+        };
+
+        // RFC 9002 §5.1: sample only when the largest is newly acknowledged and something
+        // ack-eliciting was.
+        let largest_newly_acked = newest_pn == largest;
+        let rtt_sampled = largest_newly_acked && any_ack_eliciting;
+        if rtt_sampled {
+            let latest = now.saturating_duration_since(newest_sent);
+            // §5.3: ack delay is meaningless for Initial/Handshake (acked immediately).
+            let delay = if epoch == Epoch::Data {
+                ack_delay
+            } else {
+                Duration::ZERO
+            };
+            self.rtt
+                .update(latest, delay, self.max_ack_delay, self.handshake_confirmed);
+            self.first_rtt_sample.get_or_insert(now);
+            trace!(?latest, smoothed = ?self.rtt.smoothed(), "rtt sample");
+        }
+
+        let mut reduced = false;
+        // §A.7 ProcessECN: a higher CE count is a congestion signal.
+        if let Some((_, _, ce)) = ecn {
+            let space = &mut self.spaces[epoch.index()];
+            if ce > space.ecn_ce {
+                space.ecn_ce = ce;
+                self.stats.ecn_ce_events += 1;
+                reduced |= self.congestion_event(now, newest_sent);
+            }
+        }
+
+        let outcome = self.detect_lost(epoch, now, on_lost);
+        reduced |= self.on_packets_lost(now, &outcome);
+
+        // §A.8 OnPacketsAcked with the recovery period as it stands after this frame's
+        // losses: a new reduction covers everything sent until now; persistent congestion
+        // ends the period.
+        let growth = if outcome.persistent_congestion {
+            acked_bytes
+        } else if reduced {
+            0
+        } else {
+            growth_bytes
+        };
+        if growth > 0 && !self.app_limited {
+            self.cc.on_ack(now, growth, &self.rtt);
+        }
+
+        // §A.7: reset the PTO backoff, unless this is a client not yet sure the server
+        // validated its address (§6.2.2.1).
+        if self.peer_completed_address_validation() {
+            self.pto_count = 0;
+        }
+        self.set_timer(now);
+        Ok(AckResult {
+            newly_acked: true,
+            largest_newly_acked,
+            rtt_sampled,
+        })
+    }
+
+    /// When `on_loss_detection_timeout` must be called next.
+    pub fn loss_detection_timer(&self) -> Option<Instant> {
+        self.timer
+    }
+
+    /// RFC 9002 §A.9. Declares time-threshold losses, or fires the PTO and says which
+    /// space needs probes. Calls before the timer is due do nothing.
+    pub fn on_loss_detection_timeout(
+        &mut self,
+        now: Instant,
+        on_lost: &mut dyn FnMut(SentPacket<T>),
+    ) -> Option<ProbeRequest> {
+        self.last_now = Some(now);
+        if self.timer.is_none_or(|t| now < t) {
+            return None;
+        }
+        if let Some((_, epoch)) = self.earliest_loss_time() {
+            let outcome = self.detect_lost(epoch, now, on_lost);
+            self.on_packets_lost(now, &outcome);
+            self.set_timer(now);
+            return None;
+        }
+        let probe = if self.any_ack_eliciting_in_flight() {
+            let epoch = self.pto_time_and_space(now).map_or(Epoch::Data, |(_, e)| e);
+            ProbeRequest { epoch, count: 2 }
+        } else {
+            // §6.2.2.1: client anti-deadlock probe, nothing in flight.
+            let epoch = if self.has_handshake_keys {
+                Epoch::Handshake
+            } else {
+                Epoch::Initial
+            };
+            ProbeRequest { epoch, count: 1 }
+        };
+        self.pto_count = self.pto_count.saturating_add(1);
+        self.stats.pto_count += 1;
+        debug!(pto_count = self.pto_count, ?probe, "PTO fired");
+        self.set_timer(now);
+        Some(probe)
+    }
+
+    /// Drops a space whose keys were discarded (RFC 9002 §6.4, §A.11): its packets leave
+    /// bytes in flight without being lost, and the PTO backoff resets.
+    pub fn discard_space(
+        &mut self,
+        epoch: Epoch,
+        now: Instant,
+        on_discarded: &mut dyn FnMut(SentPacket<T>),
+    ) {
+        self.last_now = Some(now);
+        let bytes_in_flight = &mut self.bytes_in_flight;
+        self.spaces[epoch.index()].drain(&mut |p| {
+            if p.in_flight {
+                *bytes_in_flight -= u64::from(p.size);
+            }
+            on_discarded(p);
+        });
+        if epoch == Epoch::Initial {
+            // Initial keys are dropped once Handshake keys are in use (RFC 9001 §4.9.1).
+            self.has_handshake_keys = true;
+        }
+        self.pto_count = 0;
+        self.set_timer(now);
+    }
+
+    /// The handshake is confirmed (RFC 9001 §4.1.2): Data-space PTOs may be armed and
+    /// max_ack_delay caps reported delays.
+    pub fn set_handshake_confirmed(&mut self) {
+        self.handshake_confirmed = true;
+        self.rearm();
+    }
+
+    /// Client: the server has validated our address (e.g. it acknowledged a Handshake
+    /// packet, which also sets this implicitly). Servers always consider it done.
+    pub fn set_peer_completed_address_validation(&mut self, yes: bool) {
+        self.peer_validated_address = yes;
+        self.rearm();
+    }
+
+    /// Server: blocked by the anti-amplification limit, so the PTO must not be armed
+    /// (RFC 9002 §6.2.2.1).
+    pub fn set_anti_amplification_blocked(&mut self, blocked: bool) {
+        self.amplification_blocked = blocked;
+        self.rearm();
+    }
+
+    /// Handshake keys are installed: anti-deadlock probes use the Handshake space.
+    pub fn set_has_handshake_keys(&mut self) {
+        self.has_handshake_keys = true;
+    }
+
+    /// Sending is limited by the application or flow control, not the window: the window
+    /// must not grow on ACKs meanwhile (RFC 9002 §7.8).
+    pub fn set_app_limited(&mut self, limited: bool) {
+        self.app_limited = limited;
+    }
+
+    /// The peer's max_ack_delay transport parameter.
+    pub fn set_max_ack_delay(&mut self, delay: Duration) {
+        self.max_ack_delay = delay;
+        self.rearm();
+    }
+
+    /// The path MTU changed (e.g. after DPLPMTUD).
+    pub fn set_max_datagram_size(&mut self, size: usize) {
+        self.max_datagram_size = size as u64;
+        self.cc.set_max_datagram_size(size as u64);
+    }
+
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    /// The PTO period of `epoch`, backoff included (RFC 9002 §6.2.1): also the unit for
+    /// the idle timeout floor, key discard and the closing period.
+    pub fn pto(&self, epoch: Epoch) -> Duration {
+        let mut base = self.rtt.pto_base();
+        if epoch == Epoch::Data {
+            base = base.saturating_add(self.max_ack_delay);
+        }
+        backoff(base, self.pto_count)
+    }
+
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.bytes_in_flight
+    }
+
+    pub fn congestion_window(&self) -> u64 {
+        self.cc.window()
+    }
+
+    pub fn congestion_controller(&self) -> &Congestion {
+        &self.cc
+    }
+
+    /// Bytes the congestion window allows now. Probes may exceed it.
+    pub fn send_window(&self) -> u64 {
+        self.cc.window().saturating_sub(self.bytes_in_flight)
+    }
+
+    /// Earliest time a packet of `bytes` may leave under pacing; `None` means now.
+    pub fn pacing_next_send(&mut self, now: Instant, bytes: u64) -> Option<Instant> {
+        if !self.pacing {
+            return None;
+        }
+        let input = self.pacer_input();
+        self.pacer.next_send(now, bytes, &input)
+    }
+
+    pub fn in_flight_ack_eliciting(&self, epoch: Epoch) -> bool {
+        self.spaces[epoch.index()].ack_eliciting_in_flight > 0
+    }
+
+    pub fn largest_acked(&self, epoch: Epoch) -> Option<u64> {
+        self.spaces[epoch.index()].largest_acked
+    }
+
+    /// Next packet number `epoch` expects to send (one past the highest sent).
+    pub fn next_packet_number(&self, epoch: Epoch) -> u64 {
+        self.spaces[epoch.index()].next_pn
+    }
+
+    /// Outstanding packets of `epoch`, oldest first: PTO probes resend their data.
+    pub fn outstanding(&self, epoch: Epoch) -> impl Iterator<Item = &SentPacket<T>> + '_ {
+        self.spaces[epoch.index()].outstanding()
+    }
+
+    pub fn pto_count(&self) -> u32 {
+        self.pto_count
+    }
+
+    pub fn stats(&self) -> RecoveryStats {
+        self.stats
+    }
+
+    fn pacer_input(&self) -> PacerInput {
+        PacerInput {
+            window: self.cc.window(),
+            smoothed_rtt: self.rtt.smoothed(),
+            max_datagram_size: self.max_datagram_size,
+        }
+    }
+
+    fn rearm(&mut self) {
+        if let Some(now) = self.last_now {
+            self.set_timer(now);
+        }
+    }
+
+    fn any_ack_eliciting_in_flight(&self) -> bool {
+        self.spaces.iter().any(|s| s.ack_eliciting_in_flight > 0)
+    }
+
+    /// §A.7 PeerCompletedAddressValidation: servers assume it; clients know once the
+    /// handshake is confirmed or a Handshake packet was acknowledged.
+    fn peer_completed_address_validation(&self) -> bool {
+        self.side == Side::Server
+            || self.peer_validated_address
+            || self.handshake_confirmed
+            || self.spaces[Epoch::Handshake.index()]
+                .largest_acked
+                .is_some()
+    }
+
+    /// §A.8 GetLossTimeAndSpace.
+    fn earliest_loss_time(&self) -> Option<(Instant, Epoch)> {
+        Epoch::ALL
+            .iter()
+            .filter_map(|&e| self.spaces[e.index()].loss_time.map(|t| (t, e)))
+            .min_by_key(|&(t, _)| t)
+    }
+
+    /// §A.8 GetPtoTimeAndSpace.
+    fn pto_time_and_space(&self, now: Instant) -> Option<(Instant, Epoch)> {
+        let duration = backoff(self.rtt.pto_base(), self.pto_count);
+        if !self.any_ack_eliciting_in_flight() {
+            // Anti-deadlock: arm from now (the caller only gets here for clients).
+            let epoch = if self.has_handshake_keys {
+                Epoch::Handshake
+            } else {
+                Epoch::Initial
+            };
+            return now.checked_add(duration).map(|t| (t, epoch));
+        }
+        let mut best: Option<(Instant, Epoch)> = None;
+        for epoch in Epoch::ALL {
+            let space = &self.spaces[epoch.index()];
+            if space.ack_eliciting_in_flight == 0 {
+                continue;
+            }
+            let mut duration = duration;
+            if epoch == Epoch::Data {
+                // §6.2.1: no Data PTO before the handshake is confirmed.
+                if !self.handshake_confirmed {
+                    break;
+                }
+                duration = duration.saturating_add(backoff(self.max_ack_delay, self.pto_count));
+            }
+            let Some(t) = space
+                .time_of_last_ack_eliciting
+                .and_then(|sent| sent.checked_add(duration))
+            else {
+                continue;
+            };
+            if best.is_none_or(|(b, _)| t < b) {
+                best = Some((t, epoch));
+            }
+        }
+        best
+    }
+
+    /// §A.8 SetLossDetectionTimer.
+    fn set_timer(&mut self, now: Instant) {
+        if let Some((t, _)) = self.earliest_loss_time() {
+            self.timer = Some(t);
+            return;
+        }
+        if self.amplification_blocked
+            || (!self.any_ack_eliciting_in_flight() && self.peer_completed_address_validation())
+        {
+            self.timer = None;
+            return;
+        }
+        self.timer = self.pto_time_and_space(now).map(|(t, _)| t);
+    }
+
+    /// §A.10 DetectAndRemoveLostPackets, plus the persistent congestion check of §7.6.2
+    /// over the packets it declares lost (per space, as §7.6.2 allows).
+    fn detect_lost(
+        &mut self,
+        epoch: Epoch,
+        now: Instant,
+        on_lost: &mut dyn FnMut(SentPacket<T>),
+    ) -> LossOutcome {
+        let mut outcome = LossOutcome::default();
+        let space = &mut self.spaces[epoch.index()];
+        space.loss_time = None;
+        let Some(largest_acked) = space.largest_acked else {
+            return outcome;
+        };
+        // §6.1.2: 9/8 * max(smoothed_rtt, latest_rtt), at least kGranularity.
+        let loss_delay = (self.rtt.latest().max(self.rtt.smoothed()) / 8)
+            .saturating_mul(9)
+            .max(GRANULARITY);
+        let lost_send_time = now.checked_sub(loss_delay);
+        let pc_duration = (self.rtt.pto_base().saturating_add(self.max_ack_delay))
+            .saturating_mul(PERSISTENT_CONGESTION_THRESHOLD);
+        // Send time of the first ack-eliciting packet of the current run of lost packets
+        // with no acknowledged packet in between.
+        let mut run_start: Option<Instant> = None;
+
+        let mut pn = space.base();
+        while pn <= largest_acked && pn < space.end() {
+            match space.slot(pn) {
+                Some(Slot::Sent(p)) => {
+                    let lost = lost_send_time.is_some_and(|t| p.time_sent <= t)
+                        || largest_acked >= pn + PACKET_THRESHOLD;
+                    if !lost {
+                        // Packets are sent in order, so every later one is younger and
+                        // within the packet threshold too.
+                        space.loss_time = p.time_sent.checked_add(loss_delay);
+                        break;
+                    }
+                    let Some(p) = space.take(pn, Slot::Lost) else {
+                        break;
+                    };
+                    if p.in_flight {
+                        let size = u64::from(p.size);
+                        self.bytes_in_flight -= size;
+                        self.stats.lost_bytes += size;
+                        outcome.newest_lost_in_flight = Some(p.time_sent);
+                    }
+                    if p.ack_eliciting
+                        && self
+                            .first_rtt_sample
+                            .is_some_and(|first| p.time_sent > first)
+                    {
+                        match run_start {
+                            None => run_start = Some(p.time_sent),
+                            Some(start) if p.time_sent.duration_since(start) > pc_duration => {
+                                outcome.persistent_congestion = true;
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    self.stats.lost_packets += 1;
+                    trace!(pn, ?epoch, "packet lost");
+                    on_lost(p);
+                }
+                Some(Slot::Acked) => run_start = None,
+                Some(Slot::Skipped | Slot::Lost) | None => {}
+            }
+            pn += 1;
+        }
+        space.trim_front();
+        outcome
+    }
+
+    /// §A.10 OnPacketsLost. Returns whether the window was reduced.
+    fn on_packets_lost(&mut self, now: Instant, outcome: &LossOutcome) -> bool {
+        let mut reduced = false;
+        if let Some(sent) = outcome.newest_lost_in_flight {
+            reduced = self.congestion_event(now, sent);
+        }
+        if outcome.persistent_congestion {
+            debug!("persistent congestion");
+            self.stats.persistent_congestion_events += 1;
+            self.cc.on_persistent_congestion();
+        }
+        reduced
+    }
+
+    fn congestion_event(&mut self, now: Instant, sent_time: Instant) -> bool {
+        let reduced = self.cc.on_congestion_event(now, sent_time);
+        if reduced {
+            self.stats.congestion_events += 1;
+            debug!(window = self.cc.window(), "congestion event");
+        }
+        reduced
+    }
+}
+
+/// `d * 2^exp`, with the exponent capped and the product saturated.
+fn backoff(d: Duration, exp: u32) -> Duration {
+    d.checked_mul(1u32 << exp.min(MAX_PTO_BACKOFF_EXP))
+        .unwrap_or(Duration::MAX)
+}

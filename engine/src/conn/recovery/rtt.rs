@@ -1,0 +1,166 @@
+//! Round-trip time estimation (RFC 9002 §5).
+
+use std::time::Duration;
+
+/// Timer granularity assumed for the local clock and the peer's (RFC 9002 §6.1.2).
+pub const GRANULARITY: Duration = Duration::from_millis(1);
+
+/// Smoothed RTT, RTT variation and minimum RTT of one path.
+#[derive(Clone, Debug)]
+pub struct RttEstimator {
+    latest: Duration,
+    smoothed: Duration,
+    rttvar: Duration,
+    min: Duration,
+    has_sample: bool,
+}
+
+impl RttEstimator {
+    /// Before the first sample, `smoothed = initial_rtt` and `rttvar = initial_rtt / 2`
+    /// (RFC 9002 §5.3); `min` and `latest` report `initial_rtt` too.
+    pub fn new(initial_rtt: Duration) -> Self {
+        Self {
+            latest: initial_rtt,
+            smoothed: initial_rtt,
+            rttvar: initial_rtt / 2,
+            min: initial_rtt,
+            has_sample: false,
+        }
+    }
+
+    /// Feeds one RTT sample. `ack_delay` is the peer-reported delay (zero where it is to be
+    /// ignored, e.g. Initial packets); it is capped at `max_ack_delay` once the handshake is
+    /// confirmed and never subtracted below `min_rtt` (RFC 9002 §5.3).
+    pub fn update(
+        &mut self,
+        latest: Duration,
+        ack_delay: Duration,
+        max_ack_delay: Duration,
+        handshake_confirmed: bool,
+    ) {
+        self.latest = latest;
+        if !self.has_sample {
+            // RFC 9002 §5.3: the first sample initialises the estimator.
+            self.has_sample = true;
+            self.min = latest;
+            self.smoothed = latest;
+            self.rttvar = latest / 2;
+            return;
+        }
+        // RFC 9002 §5.2: min_rtt ignores ack delay.
+        self.min = self.min.min(latest);
+        let ack_delay = if handshake_confirmed {
+            ack_delay.min(max_ack_delay)
+        } else {
+            ack_delay
+        };
+        let adjusted = match self.min.checked_add(ack_delay) {
+            Some(floor) if latest >= floor => latest - ack_delay,
+            _ => latest,
+        };
+        let sample_var = self.smoothed.abs_diff(adjusted);
+        self.rttvar = (self.rttvar * 3 + sample_var) / 4;
+        self.smoothed = (self.smoothed * 7 + adjusted) / 8;
+    }
+
+    pub fn smoothed(&self) -> Duration {
+        self.smoothed
+    }
+
+    pub fn rttvar(&self) -> Duration {
+        self.rttvar
+    }
+
+    pub fn min(&self) -> Duration {
+        self.min
+    }
+
+    pub fn latest(&self) -> Duration {
+        self.latest
+    }
+
+    pub fn has_sample(&self) -> bool {
+        self.has_sample
+    }
+
+    /// `smoothed + max(4 * rttvar, kGranularity)` (RFC 9002 §6.2.1); the caller adds
+    /// `max_ack_delay` for the application data space.
+    pub fn pto_base(&self) -> Duration {
+        self.smoothed + (self.rttvar * 4).max(GRANULARITY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn initial_values_before_any_sample() {
+        let rtt = RttEstimator::new(MS(333));
+        assert!(!rtt.has_sample());
+        assert_eq!(rtt.smoothed(), MS(333));
+        assert_eq!(rtt.rttvar(), Duration::from_micros(166_500));
+        // 333 + 4 * 166.5 = 999 ms
+        assert_eq!(rtt.pto_base(), MS(999));
+    }
+
+    #[test]
+    fn first_sample_then_smoothing_by_hand() {
+        let mut rtt = RttEstimator::new(MS(333));
+        rtt.update(MS(100), MS(0), MS(25), false);
+        assert!(rtt.has_sample());
+        assert_eq!(
+            (rtt.smoothed(), rtt.rttvar(), rtt.min()),
+            (MS(100), MS(50), MS(100))
+        );
+
+        // latest 140, ack_delay 20 (min 100 + 20 <= 140): adjusted 120.
+        // rttvar = 3/4*50 + 1/4*|100-120| = 37.5 + 5 = 42.5; srtt = 7/8*100 + 1/8*120 = 102.5
+        rtt.update(MS(140), MS(20), MS(25), true);
+        assert_eq!(rtt.smoothed(), Duration::from_micros(102_500));
+        assert_eq!(rtt.rttvar(), Duration::from_micros(42_500));
+        assert_eq!(rtt.min(), MS(100));
+        assert_eq!(rtt.latest(), MS(140));
+        // pto_base = 102.5 + 4*42.5 = 272.5
+        assert_eq!(rtt.pto_base(), Duration::from_micros(272_500));
+    }
+
+    #[test]
+    fn ack_delay_capped_after_confirmation_only() {
+        let mut a = RttEstimator::new(MS(333));
+        let mut b = a.clone();
+        a.update(MS(100), MS(0), MS(25), true);
+        b.update(MS(100), MS(0), MS(25), false);
+        // 200 - min(80, 25) = 175 when confirmed; 200 - 80 = 120 when not.
+        a.update(MS(200), MS(80), MS(25), true);
+        b.update(MS(200), MS(80), MS(25), false);
+        // srtt = (700 + 175)/8 = 109.375 ; (700 + 120)/8 = 102.5
+        assert_eq!(a.smoothed(), Duration::from_micros(109_375));
+        assert_eq!(b.smoothed(), Duration::from_micros(102_500));
+    }
+
+    #[test]
+    fn ack_delay_never_goes_below_min_rtt() {
+        let mut rtt = RttEstimator::new(MS(333));
+        rtt.update(MS(100), MS(0), MS(25), true);
+        // 110 < min 100 + delay 20: the delay is not subtracted.
+        rtt.update(MS(110), MS(20), MS(25), true);
+        // srtt = (700 + 110)/8 = 101.25; rttvar = (150 + 10)/4 = 40
+        assert_eq!(rtt.smoothed(), Duration::from_micros(101_250));
+        assert_eq!(rtt.rttvar(), MS(40));
+    }
+
+    #[test]
+    fn min_tracks_lowest_and_granularity_floors_pto() {
+        let mut rtt = RttEstimator::new(MS(333));
+        for _ in 0..200 {
+            rtt.update(Duration::from_micros(50), Duration::ZERO, MS(25), true);
+        }
+        rtt.update(Duration::from_micros(40), Duration::ZERO, MS(25), true);
+        assert_eq!(rtt.min(), Duration::from_micros(40));
+        assert!(rtt.rttvar() * 4 < GRANULARITY);
+        assert_eq!(rtt.pto_base(), rtt.smoothed() + GRANULARITY);
+    }
+}

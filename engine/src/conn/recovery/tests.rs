@@ -1,0 +1,607 @@
+//! `Recovery` across spaces: loss detection, PTO, congestion response, bookkeeping.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::time::Instant;
+
+const MDS: u64 = 1200;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn config(side: Side, congestion: CongestionAlgorithm) -> RecoveryConfig {
+    RecoveryConfig {
+        congestion,
+        ..RecoveryConfig::new(side)
+    }
+}
+
+fn server() -> Recovery<u64> {
+    let mut r = Recovery::new(config(Side::Server, CongestionAlgorithm::NewReno));
+    r.set_max_ack_delay(ms(25));
+    r.set_handshake_confirmed();
+    r
+}
+
+fn pkt(pn: u64, t: Instant) -> SentPacket<u64> {
+    SentPacket {
+        pn,
+        time_sent: t,
+        size: MDS as u16,
+        ack_eliciting: true,
+        in_flight: true,
+        data: pn,
+    }
+}
+
+/// Acked and lost packet numbers an ACK produced.
+#[derive(Debug, Default)]
+struct Outcome {
+    acked: Vec<u64>,
+    lost: Vec<u64>,
+}
+
+fn ack(
+    r: &mut Recovery<u64>,
+    now: Instant,
+    epoch: Epoch,
+    ranges: &[RangeInclusive<u64>],
+) -> (Result<AckResult, UnsentPacketAcked>, Outcome) {
+    ack_ecn(r, now, epoch, ranges, None)
+}
+
+fn ack_ecn(
+    r: &mut Recovery<u64>,
+    now: Instant,
+    epoch: Epoch,
+    ranges: &[RangeInclusive<u64>],
+    ecn: Option<(u64, u64, u64)>,
+) -> (Result<AckResult, UnsentPacketAcked>, Outcome) {
+    let mut out = Outcome::default();
+    let mut acked = Vec::new();
+    let res = r.on_ack_received(
+        now,
+        epoch,
+        ranges.iter().cloned(),
+        Duration::ZERO,
+        ecn,
+        &mut |p| acked.push(p.data),
+        &mut |p| out.lost.push(p.data),
+    );
+    out.acked = acked;
+    (res, out)
+}
+
+fn timeout(r: &mut Recovery<u64>, now: Instant) -> (Option<ProbeRequest>, Vec<u64>) {
+    let mut lost = Vec::new();
+    let probe = r.on_loss_detection_timeout(now, &mut |p| lost.push(p.data));
+    (probe, lost)
+}
+
+#[test]
+fn packet_threshold_then_time_threshold() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..6 {
+        r.on_packet_sent(t0 + ms(pn), Epoch::Data, pkt(pn, t0 + ms(pn)));
+    }
+    assert_eq!(r.bytes_in_flight(), 6 * MDS);
+    let (res, out) = ack(&mut r, t0 + ms(100), Epoch::Data, &[5..=5]);
+    let res = res.unwrap();
+    assert!(res.newly_acked && res.largest_newly_acked && res.rtt_sampled);
+    assert_eq!(r.rtt().smoothed(), ms(95));
+    assert_eq!(out.acked, vec![5]);
+    // Packet threshold 3: 0, 1, 2 are lost; 3 and 4 are not yet.
+    assert_eq!(out.lost, vec![0, 1, 2]);
+    assert_eq!(r.bytes_in_flight(), 2 * MDS);
+    // Time threshold: 9/8 * max(srtt 95, latest 95) = 106.875 ms after pn 3 was sent.
+    let loss_delay = Duration::from_micros(106_875);
+    assert_eq!(r.loss_detection_timer(), Some(t0 + ms(3) + loss_delay));
+    // Early calls do nothing.
+    assert_eq!(timeout(&mut r, t0 + ms(50)), (None, vec![]));
+    let (probe, lost) = timeout(&mut r, t0 + ms(3) + loss_delay);
+    assert_eq!((probe, lost), (None, vec![3]));
+    assert_eq!(r.loss_detection_timer(), Some(t0 + ms(4) + loss_delay));
+    assert_eq!(r.stats().lost_packets, 4);
+}
+
+#[test]
+fn time_threshold_uses_latest_rtt_when_larger() {
+    let t0 = Instant::now();
+    let mut r = server();
+    r.on_packet_sent(t0, Epoch::Data, pkt(0, t0));
+    ack(&mut r, t0 + ms(80), Epoch::Data, &[0..=0]).0.unwrap();
+    let t1 = t0 + ms(100);
+    r.on_packet_sent(t1, Epoch::Data, pkt(1, t1));
+    r.on_packet_sent(t1 + ms(1), Epoch::Data, pkt(2, t1 + ms(1)));
+    // latest 160 ms > srtt (7/8*80 + 1/8*159 = 89.875): delay 9/8 * 160 = 180 ms.
+    ack(&mut r, t1 + ms(160), Epoch::Data, &[2..=2]).0.unwrap();
+    assert_eq!(r.rtt().latest(), ms(159));
+    let delay = ms(159) / 8 * 9;
+    assert_eq!(r.loss_detection_timer(), Some(t1 + delay));
+}
+
+#[test]
+fn pto_arming_backoff_and_reset() {
+    let t0 = Instant::now();
+    let mut r = server();
+    r.on_packet_sent(t0, Epoch::Data, pkt(0, t0));
+    // Before any sample: pto_base = 333 + 4 * 166.5 = 999 ms, plus max_ack_delay 25 ms.
+    let pto = ms(1024);
+    assert_eq!(r.pto(Epoch::Data), pto);
+    assert_eq!(r.loss_detection_timer(), Some(t0 + pto));
+    let (probe, lost) = timeout(&mut r, t0 + pto);
+    assert_eq!(
+        probe,
+        Some(ProbeRequest {
+            epoch: Epoch::Data,
+            count: 2
+        })
+    );
+    assert!(lost.is_empty());
+    assert_eq!(r.pto_count(), 1);
+    // Backoff doubles the period, measured from the last ack-eliciting send.
+    assert_eq!(r.loss_detection_timer(), Some(t0 + pto * 2));
+    timeout(&mut r, t0 + pto * 2);
+    assert_eq!(r.loss_detection_timer(), Some(t0 + pto * 4));
+    assert_eq!(r.pto(Epoch::Data), pto * 4);
+    assert_eq!(r.stats().pto_count, 2);
+    // The probe is acknowledged: backoff resets and nothing is left to arm.
+    let t1 = t0 + pto * 4;
+    r.on_packet_sent(t1, Epoch::Data, pkt(1, t1));
+    ack(&mut r, t1 + ms(50), Epoch::Data, &[1..=1]).0.unwrap();
+    assert_eq!(r.pto_count(), 0);
+    // Packet 0 is lost by time threshold: the timer now serves loss detection.
+    assert_eq!(r.bytes_in_flight(), 0);
+    assert_eq!(r.loss_detection_timer(), None);
+}
+
+#[test]
+fn pto_picks_earliest_space_and_skips_data_before_confirmation() {
+    let t0 = Instant::now();
+    let mut r = Recovery::<u64>::new(config(Side::Server, CongestionAlgorithm::Cubic));
+    r.on_packet_sent(t0, Epoch::Data, pkt(0, t0));
+    assert_eq!(
+        r.loss_detection_timer(),
+        None,
+        "no Data PTO before confirmation"
+    );
+    r.on_packet_sent(t0 + ms(10), Epoch::Handshake, pkt(0, t0 + ms(10)));
+    // Handshake space: no max_ack_delay.
+    assert_eq!(r.loss_detection_timer(), Some(t0 + ms(10) + ms(999)));
+    let (probe, _) = timeout(&mut r, t0 + ms(1009));
+    assert_eq!(
+        probe,
+        Some(ProbeRequest {
+            epoch: Epoch::Handshake,
+            count: 2
+        })
+    );
+}
+
+#[test]
+fn client_anti_deadlock_pto() {
+    let t0 = Instant::now();
+    let mut r = Recovery::<u64>::new(config(Side::Client, CongestionAlgorithm::Cubic));
+    r.on_packet_sent(t0, Epoch::Initial, pkt(0, t0));
+    let t1 = t0 + ms(50);
+    ack(&mut r, t1, Epoch::Initial, &[0..=0]).0.unwrap();
+    assert!(!r.in_flight_ack_eliciting(Epoch::Initial));
+    // Nothing in flight, but the server has not validated us: arm from now.
+    // pto_base = 50 + 4 * 25 = 150 ms.
+    assert_eq!(r.loss_detection_timer(), Some(t1 + ms(150)));
+    let (probe, _) = timeout(&mut r, t1 + ms(150));
+    assert_eq!(
+        probe,
+        Some(ProbeRequest {
+            epoch: Epoch::Initial,
+            count: 1
+        })
+    );
+    // Backed off, re-armed from the timeout.
+    assert_eq!(r.loss_detection_timer(), Some(t1 + ms(150) + ms(300)));
+    r.set_has_handshake_keys();
+    let (probe, _) = timeout(&mut r, t1 + ms(450));
+    assert_eq!(
+        probe,
+        Some(ProbeRequest {
+            epoch: Epoch::Handshake,
+            count: 1
+        })
+    );
+    assert_eq!(r.pto_count(), 2);
+    // A Handshake ACK proves the server validated us: timer off, backoff reset.
+    let t2 = t1 + ms(500);
+    r.on_packet_sent(t2, Epoch::Handshake, pkt(0, t2));
+    ack(&mut r, t2 + ms(50), Epoch::Handshake, &[0..=0])
+        .0
+        .unwrap();
+    assert_eq!(r.pto_count(), 0);
+    assert_eq!(r.loss_detection_timer(), None);
+}
+
+#[test]
+fn client_keeps_backoff_until_address_validated() {
+    let t0 = Instant::now();
+    let mut r = Recovery::<u64>::new(config(Side::Client, CongestionAlgorithm::Cubic));
+    r.on_packet_sent(t0, Epoch::Initial, pkt(0, t0));
+    timeout(&mut r, t0 + ms(999));
+    assert_eq!(r.pto_count(), 1);
+    r.on_packet_sent(t0 + ms(999), Epoch::Initial, pkt(1, t0 + ms(999)));
+    ack(&mut r, t0 + ms(1100), Epoch::Initial, &[1..=1])
+        .0
+        .unwrap();
+    assert_eq!(r.pto_count(), 1, "§6.2.2.1: not reset before validation");
+    r.set_peer_completed_address_validation(true);
+    r.on_packet_sent(t0 + ms(1100), Epoch::Initial, pkt(2, t0 + ms(1100)));
+    ack(&mut r, t0 + ms(1200), Epoch::Initial, &[2..=2])
+        .0
+        .unwrap();
+    assert_eq!(r.pto_count(), 0);
+}
+
+#[test]
+fn server_without_packets_in_flight_has_no_timer() {
+    let t0 = Instant::now();
+    let mut r = server();
+    r.on_packet_sent(t0, Epoch::Initial, pkt(0, t0));
+    ack(&mut r, t0 + ms(30), Epoch::Initial, &[0..=0])
+        .0
+        .unwrap();
+    assert_eq!(r.loss_detection_timer(), None);
+    // Amplification-blocked servers do not arm the PTO either.
+    r.on_packet_sent(t0 + ms(40), Epoch::Initial, pkt(1, t0 + ms(40)));
+    assert!(r.loss_detection_timer().is_some());
+    r.set_anti_amplification_blocked(true);
+    assert_eq!(r.loss_detection_timer(), None);
+}
+
+#[test]
+fn discard_space_removes_bytes_in_flight() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..3 {
+        r.on_packet_sent(t0, Epoch::Initial, pkt(pn, t0));
+    }
+    let mut small = pkt(0, t0);
+    small.size = 100;
+    r.on_packet_sent(t0, Epoch::Data, small);
+    assert_eq!(r.bytes_in_flight(), 3 * MDS + 100);
+    let mut discarded = Vec::new();
+    r.discard_space(Epoch::Initial, t0 + ms(1), &mut |p| discarded.push(p.pn));
+    assert_eq!(discarded, vec![0, 1, 2]);
+    assert_eq!(r.bytes_in_flight(), 100);
+    assert!(!r.in_flight_ack_eliciting(Epoch::Initial));
+    assert_eq!(r.outstanding(Epoch::Initial).count(), 0);
+    assert_eq!(r.stats().lost_packets, 0, "discarded, not lost");
+    // The Data packet now arms the PTO alone.
+    assert_eq!(r.loss_detection_timer(), Some(t0 + ms(1024)));
+}
+
+#[test]
+fn acking_unsent_or_skipped_packets_is_an_error() {
+    let t0 = Instant::now();
+    let mut r = server();
+    r.on_packet_sent(t0, Epoch::Data, pkt(0, t0));
+    r.on_packet_sent(t0, Epoch::Data, pkt(2, t0)); // 1 skipped
+    let (res, _) = ack(&mut r, t0 + ms(10), Epoch::Data, &[3..=3]);
+    assert_eq!(
+        res,
+        Err(UnsentPacketAcked {
+            epoch: Epoch::Data,
+            pn: 3
+        })
+    );
+    let (res, _) = ack(&mut r, t0 + ms(10), Epoch::Handshake, &[0..=0]);
+    assert_eq!(
+        res,
+        Err(UnsentPacketAcked {
+            epoch: Epoch::Handshake,
+            pn: 0
+        })
+    );
+    let (res, _) = ack(&mut r, t0 + ms(10), Epoch::Data, &[1..=2]);
+    assert_eq!(
+        res,
+        Err(UnsentPacketAcked {
+            epoch: Epoch::Data,
+            pn: 1
+        })
+    );
+    // Acking already-acked packets again is fine and changes nothing.
+    let (res, out) = ack(&mut r, t0 + ms(10), Epoch::Data, &[0..=0]);
+    assert!(res.unwrap().newly_acked);
+    assert_eq!(out.acked, vec![0]);
+    let (res, out) = ack(&mut r, t0 + ms(11), Epoch::Data, &[0..=0]);
+    assert_eq!(res.unwrap(), AckResult::default());
+    assert!(out.acked.is_empty());
+}
+
+#[test]
+fn one_window_reduction_per_round_trip() {
+    let t0 = Instant::now();
+    let mut r = server();
+    assert_eq!(r.congestion_window(), 10 * MDS);
+    for pn in 0..10 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    let t1 = t0 + ms(100);
+    let (_, out) = ack(&mut r, t1, Epoch::Data, &[9..=9]);
+    assert_eq!(out.lost, (0..=6).collect::<Vec<_>>());
+    assert_eq!(r.congestion_window(), 5 * MDS);
+    assert_eq!(r.stats().congestion_events, 1);
+    // More losses of packets sent before recovery began: no further reduction.
+    r.on_packet_sent(t1, Epoch::Data, pkt(10, t1));
+    let t2 = t1 + ms(50);
+    for pn in 11..15 {
+        r.on_packet_sent(t2, Epoch::Data, pkt(pn, t2));
+    }
+    let (_, out) = ack(&mut r, t2 + ms(100), Epoch::Data, &[14..=14]);
+    // 7 and 8 by time, 10 and 11 by packet threshold.
+    assert_eq!(out.lost, vec![7, 8, 10, 11]);
+    // 11 was sent after recovery started: that is a new round trip.
+    assert_eq!(r.stats().congestion_events, 2);
+    assert_eq!(r.congestion_window(), 2 * MDS + MDS / 2);
+}
+
+#[test]
+fn no_growth_for_packets_sent_during_recovery_or_when_app_limited() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..5 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    // 0 and 1 lost; 4 acked: but the reduction covers everything sent until now.
+    ack(&mut r, t0 + ms(100), Epoch::Data, &[4..=4]).0.unwrap();
+    assert_eq!(r.congestion_window(), 5 * MDS);
+    ack(&mut r, t0 + ms(101), Epoch::Data, &[2..=4]).0.unwrap();
+    assert_eq!(r.congestion_window(), 5 * MDS, "sent before recovery start");
+    let t1 = t0 + ms(200);
+    r.on_packet_sent(t1, Epoch::Data, pkt(5, t1));
+    r.set_app_limited(true);
+    ack(&mut r, t1 + ms(100), Epoch::Data, &[5..=5]).0.unwrap();
+    assert_eq!(r.congestion_window(), 5 * MDS, "app limited");
+    r.set_app_limited(false);
+    let t2 = t1 + ms(200);
+    for pn in 6..11 {
+        r.on_packet_sent(t2, Epoch::Data, pkt(pn, t2));
+    }
+    assert_eq!(r.send_window(), 0);
+    ack(&mut r, t2 + ms(100), Epoch::Data, &[6..=10]).0.unwrap();
+    assert_eq!(
+        r.congestion_window(),
+        6 * MDS,
+        "one datagram per window in avoidance"
+    );
+    assert_eq!(r.send_window(), 6 * MDS);
+}
+
+#[test]
+fn persistent_congestion_collapses_window() {
+    for (ranges, persistent) in [(vec![11..=11], true), (vec![11..=11, 5..=5], false)] {
+        let t0 = Instant::now();
+        let mut r = server();
+        r.on_packet_sent(t0, Epoch::Data, pkt(0, t0));
+        ack(&mut r, t0 + ms(100), Epoch::Data, &[0..=0]).0.unwrap();
+        // srtt 100, rttvar 50: duration = (100 + 200 + 25) * 3 = 975 ms.
+        for pn in 1..=10 {
+            let t = t0 + ms(200 * pn);
+            r.on_packet_sent(t, Epoch::Data, pkt(pn, t));
+        }
+        let t11 = t0 + ms(2100);
+        r.on_packet_sent(t11, Epoch::Data, pkt(11, t11));
+        let (_, out) = ack(&mut r, t11 + ms(100), Epoch::Data, &ranges);
+        assert_eq!(out.lost.len(), if persistent { 10 } else { 9 });
+        assert_eq!(
+            r.stats().persistent_congestion_events,
+            u64::from(persistent)
+        );
+        if persistent {
+            // Minimum window, then slow start from it on the acked bytes (11 was sent
+            // after the period ended).
+            assert_eq!(r.congestion_window(), 2 * MDS + MDS);
+        } else {
+            // Slow start took the first ACK to 11 datagrams; one halving.
+            assert_eq!(r.congestion_window(), 11 * MDS / 2);
+        }
+    }
+}
+
+#[test]
+fn ecn_ce_increase_is_a_congestion_event() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..4 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    ack_ecn(&mut r, t0 + ms(50), Epoch::Data, &[0..=0], Some((1, 0, 0)))
+        .0
+        .unwrap();
+    assert_eq!(r.stats().congestion_events, 0);
+    ack_ecn(&mut r, t0 + ms(51), Epoch::Data, &[0..=1], Some((1, 0, 1)))
+        .0
+        .unwrap();
+    assert_eq!(r.stats().congestion_events, 1);
+    assert_eq!(r.stats().ecn_ce_events, 1);
+    // 11 datagrams after the first ACK in slow start, then halved.
+    assert_eq!(r.congestion_window(), 11 * MDS / 2);
+    ack_ecn(&mut r, t0 + ms(52), Epoch::Data, &[0..=2], Some((1, 0, 1)))
+        .0
+        .unwrap();
+    assert_eq!(r.stats().ecn_ce_events, 1, "same count: no new signal");
+}
+
+#[test]
+fn non_in_flight_packets_are_tracked_but_do_not_count() {
+    let t0 = Instant::now();
+    let mut r = server();
+    let mut ack_only = pkt(0, t0);
+    ack_only.ack_eliciting = false;
+    ack_only.in_flight = false;
+    r.on_packet_sent(t0, Epoch::Data, ack_only);
+    assert_eq!(r.bytes_in_flight(), 0);
+    assert_eq!(r.loss_detection_timer(), None);
+    r.on_packet_sent(t0, Epoch::Data, pkt(1, t0));
+    let (res, out) = ack(&mut r, t0 + ms(40), Epoch::Data, &[0..=1]);
+    assert!(res.unwrap().rtt_sampled);
+    assert_eq!(
+        out.acked,
+        vec![0, 1],
+        "the ACK-only packet is reported for ack-of-ack"
+    );
+}
+
+#[test]
+fn recovery_paces_after_a_burst() {
+    let t0 = Instant::now();
+    let mut r = server();
+    let mut n = 0;
+    while r.pacing_next_send(t0, MDS).is_none() {
+        r.on_packet_sent(t0, Epoch::Data, pkt(n, t0));
+        n += 1;
+    }
+    assert_eq!(n, 10);
+    let next = r.pacing_next_send(t0, MDS).unwrap();
+    // 1.25 * 12000 B / 333 ms: one datagram per 26.64 ms.
+    let gap = next.duration_since(t0);
+    assert!(gap > ms(26) && gap < ms(27), "{gap:?}");
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Send {
+        epoch: usize,
+        size: u16,
+        eliciting: bool,
+        in_flight: bool,
+        skip: bool,
+    },
+    Ack {
+        epoch: usize,
+        picks: Vec<(u64, u64)>,
+        ce: u64,
+    },
+    Advance(u64),
+    Timeout,
+    Discard(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0usize..3, 20u16..1500, any::<bool>(), any::<bool>(), proptest::bool::weighted(0.03))
+            .prop_map(|(epoch, size, eliciting, in_flight, skip)| Op::Send {
+                epoch, size, eliciting, in_flight: in_flight || eliciting, skip
+            }),
+        3 => (0usize..3, proptest::collection::vec((0u64..60, 0u64..5), 1..4), 0u64..3)
+            .prop_map(|(epoch, picks, ce)| Op::Ack { epoch, picks, ce }),
+        2 => (0u64..400).prop_map(Op::Advance),
+        1 => Just(Op::Timeout),
+        1 => (0usize..2).prop_map(Op::Discard),
+    ]
+}
+
+/// Descending, disjoint, non-adjacent ranges below `limit` from random picks.
+fn to_ranges(picks: &[(u64, u64)], limit: u64) -> Vec<RangeInclusive<u64>> {
+    let mut set = std::collections::BTreeSet::new();
+    for &(start, len) in picks {
+        for pn in start..=start + len {
+            if pn < limit {
+                set.insert(pn);
+            }
+        }
+    }
+    let mut out: Vec<RangeInclusive<u64>> = Vec::new();
+    for pn in set.into_iter().rev() {
+        match out.last_mut() {
+            Some(r) if *r.start() == pn + 1 => *r = pn..=*r.end(),
+            _ => out.push(pn..=pn),
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Random traffic, ACK and loss patterns keep every counter consistent with the set of
+    /// packets still outstanding, and every packet comes back exactly once.
+    #[test]
+    fn bytes_in_flight_stays_consistent(
+        ops in proptest::collection::vec(op(), 1..120),
+        cubic in any::<bool>(),
+        side_server in any::<bool>(),
+    ) {
+        let side = if side_server { Side::Server } else { Side::Client };
+        let algo = if cubic { CongestionAlgorithm::Cubic } else { CongestionAlgorithm::NewReno };
+        let mut r = Recovery::<(usize, u64)>::new(config(side, algo));
+        let mut now = Instant::now();
+        let mut next_pn = [0u64; 3];
+        // (epoch, pn) -> (size, in_flight, ack_eliciting)
+        let mut model: BTreeMap<(usize, u64), (u64, bool, bool)> = BTreeMap::new();
+        let mut discarded = [false; 3];
+        for op in ops {
+            let mut gone: Vec<(usize, u64)> = Vec::new();
+            match op {
+                Op::Send { epoch, size, eliciting, in_flight, skip } => {
+                    if discarded[epoch] { continue; }
+                    if skip { next_pn[epoch] += 1; }
+                    let pn = next_pn[epoch];
+                    next_pn[epoch] += 1;
+                    r.on_packet_sent(now, Epoch::ALL[epoch], SentPacket {
+                        pn, time_sent: now, size, ack_eliciting: eliciting, in_flight, data: (epoch, pn),
+                    });
+                    model.insert((epoch, pn), (u64::from(size), in_flight, eliciting));
+                    if epoch == 2 && !discarded[0] && next_pn[2] > 3 {
+                        r.set_handshake_confirmed();
+                    }
+                }
+                Op::Ack { epoch, picks, ce } => {
+                    let ranges = to_ranges(&picks, next_pn[epoch]);
+                    let (mut acked, mut lost) = (Vec::new(), Vec::new());
+                    let res = r.on_ack_received(
+                        now, Epoch::ALL[epoch], ranges.iter().cloned(), ms(3), Some((0, 0, ce)),
+                        &mut |p| acked.push(p.data), &mut |p| lost.push(p.data));
+                    gone = acked;
+                    gone.extend(lost);
+                    if res.is_err() {
+                        // A skipped number was acked: the connection would close here.
+                        for k in &gone { prop_assert!(model.remove(k).is_some()); }
+                        break;
+                    }
+                }
+                Op::Advance(d) => now += ms(d),
+                Op::Timeout => {
+                    if let Some(t) = r.loss_detection_timer() { now = now.max(t); }
+                    let mut g = Vec::new();
+                    r.on_loss_detection_timeout(now, &mut |p| g.push(p.data));
+                    gone = g;
+                }
+                Op::Discard(epoch) => {
+                    discarded[epoch] = true;
+                    let mut g = Vec::new();
+                    r.discard_space(Epoch::ALL[epoch], now, &mut |p| g.push(p.data));
+                    gone = g;
+                }
+            }
+            for k in gone {
+                prop_assert!(model.remove(&k).is_some(), "packet {:?} returned twice", k);
+            }
+            let expect: u64 = model.values().filter(|v| v.1).map(|v| v.0).sum();
+            prop_assert_eq!(r.bytes_in_flight(), expect);
+            for e in 0..3 {
+                let eliciting = model.iter().any(|(k, v)| k.0 == e && v.1 && v.2);
+                prop_assert_eq!(r.in_flight_ack_eliciting(Epoch::ALL[e]), eliciting);
+                let count = model.keys().filter(|k| k.0 == e).count();
+                prop_assert_eq!(r.outstanding(Epoch::ALL[e]).count(), count);
+            }
+            prop_assert!(r.congestion_window() >= 2 * MDS);
+            if side_server && model.is_empty() {
+                // §6.2.2.1: a server with nothing outstanding has no timer.
+                prop_assert_eq!(r.loss_detection_timer(), None);
+            }
+        }
+    }
+}
