@@ -77,6 +77,28 @@ pub fn worker_for_dcid(dcid: &[u8], layout: &CidLayout, n_workers: u32) -> u32 {
     fnv1a32(dcid) % n
 }
 
+/// The Destination Connection ID of the first packet in a UDP payload, located by the
+/// version-invariant header (RFC 8999 §5): a long header carries its length, a short
+/// header's is `cid_len` (ours). `None` when the datagram is too short to hold it.
+pub fn dcid_of_datagram(payload: &[u8], cid_len: usize) -> Option<&[u8]> {
+    let first = *payload.first()?;
+    if first & 0x80 != 0 {
+        let len = usize::from(*payload.get(5)?);
+        if len > MAX_CID_LEN {
+            return None;
+        }
+        payload.get(6..6 + len)
+    } else {
+        payload.get(1..1 + cid_len)
+    }
+}
+
+/// The worker owning a datagram, as the XDP program would pick it; `None` when no DCID
+/// can be read (the program drops those).
+pub fn worker_for_datagram(payload: &[u8], layout: &CidLayout, n_workers: u32) -> Option<u32> {
+    dcid_of_datagram(payload, layout.cid_len).map(|d| worker_for_dcid(d, layout, n_workers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +140,23 @@ mod tests {
         assert_eq!(worker_for_dcid(&dcid, &l, 5), fnv1a32(&dcid) % 5);
         assert_eq!(worker_for_dcid(&[], &l, 5), 0x811c_9dc5 % 5);
         assert_eq!(worker_for_dcid(&dcid, &l, 0), 0);
+    }
+
+    #[test]
+    fn dcid_from_datagrams() {
+        let mut short = vec![0x40u8];
+        short.extend_from_slice(&[9; 12]);
+        short.extend_from_slice(&[0; 20]);
+        assert_eq!(dcid_of_datagram(&short, 12), Some(&[9u8; 12][..]));
+        assert_eq!(dcid_of_datagram(&short[..12], 12), None);
+        let long = [0xc0u8, 0, 0, 0, 1, 3, 7, 8, 9, 0xff];
+        assert_eq!(dcid_of_datagram(&long, 12), Some(&[7u8, 8, 9][..]));
+        assert_eq!(dcid_of_datagram(&long[..7], 12), None);
+        assert_eq!(dcid_of_datagram(&[0xc0, 0, 0, 0, 1, 21], 12), None);
+        assert_eq!(dcid_of_datagram(&[], 12), None);
+        assert_eq!(
+            worker_for_datagram(&long, &CidLayout::default(), 4),
+            Some(fnv1a32(&[7, 8, 9]) % 4)
+        );
     }
 }
