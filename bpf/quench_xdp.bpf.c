@@ -237,11 +237,16 @@ int quench_xdp(struct xdp_md *ctx)
 			worker = dcid[off] % n_workers;
 		} else {
 			for (i = 0; i < QUENCH_MAX_CID_LEN; i++) {
+				__u8 *b = dcid + i;
+
 				if (i >= dcid_len)
 					break;
-				if ((void *)(dcid + i + 1) > data_end)
+				/* Keep clang from folding the check into pkt_end arithmetic,
+				 * which the verifier rejects. */
+				barrier_var(b);
+				if ((void *)(b + 1) > data_end)
 					return verdict(QUENCH_STAT_DROP_BAD_LONG, XDP_DROP);
-				hash = (hash ^ dcid[i]) * FNV_PRIME;
+				hash = (hash ^ *b) * FNV_PRIME;
 			}
 			worker = hash % n_workers;
 		}

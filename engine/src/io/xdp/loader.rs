@@ -129,7 +129,10 @@ impl XdpProgram {
             return Err(XdpError::Bpf("program has no .rodata config".into()));
         }
         let object = open.load().map_err(|e| {
-            if e.kind() == libbpf_rs::ErrorKind::PermissionDenied {
+            // SAFETY: geteuid has no preconditions.
+            let root = unsafe { libc::geteuid() } == 0;
+            // As root, EACCES/EPERM here is the verifier's rejection, not a privilege issue.
+            if e.kind() == libbpf_rs::ErrorKind::PermissionDenied && !root {
                 XdpError::Permission(format!("loading the XDP program needs root or CAP_BPF + CAP_NET_ADMIN: {e}"))
             } else {
                 XdpError::Bpf(format!("load XDP program (verifier log above): {e}"))
