@@ -1,0 +1,535 @@
+//! `XdpDatapath`: one worker's AF_XDP socket behind the engine's `Datapath` trait.
+//!
+//! Receive: frames come off the RX ring, Ethernet/IP/UDP is parsed in place and the UDP
+//! payload inside the UMEM frame is handed to the engine (no copy). Transmit: the engine
+//! writes its datagram at a fixed offset in a free frame, then the headers are written in
+//! front of it and the descriptor goes on the TX ring.
+//!
+//! Frames of one UMEM (one per RX queue) circulate between the workers bound to that
+//! queue: each keeps a private free list and spills surplus into the queue's shared pool
+//! (a lock-free `ArrayQueue`). The fill and completion rings of the queue belong to
+//! whichever of those workers holds their `try_lock` at the moment: refilling has one
+//! owner at a time and no worker ever waits for another (an idle worker cannot starve
+//! the rest, as a fixed owner could).
+//!
+//! Mis-steered packets: AF_XDP only delivers to sockets bound to the arrival queue, so
+//! with one queue per worker the XDP program puts a packet owned by worker B but arriving
+//! on worker A's queue into A's socket. A recomputes the owner with the same
+//! `wire::steer` function, copies the datagram into B's hand-off queue (bounded, slots
+//! preallocated; this path is rare: a client whose flow hash moved), and B's next
+//! `recv_batch` delivers it as if B had received it, learning the peer's MAC for replies.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use super::if_xdp::xdp_desc;
+use super::socket::{BindMode, FillCompletion, XdpSocket};
+use super::stats::{DatapathCounters, SocketStats};
+use super::syscall;
+use super::umem::{FrameState, Umem};
+use crate::io::{Capabilities, Datapath, RxMeta, TxMeta};
+use crate::wire::net::{self, FrameHeaders, MacAddr};
+use crate::wire::steer::{self, CidLayout};
+
+/// Datagrams taken per `recv_batch` from each source (hand-offs, own RX ring).
+pub const RX_BATCH: u32 = 64;
+/// Offset of the UDP payload in a TX frame: room for the largest header we build.
+pub const TX_PAYLOAD_OFFSET: usize = net::MAX_HEADROOM;
+/// Largest datagram a hand-off slot carries.
+pub const HANDOFF_MAX: usize = 2048;
+/// Hand-off slots per worker.
+pub const HANDOFF_SLOTS: usize = 256;
+/// Peers remembered for their MAC address before the table is reset.
+const MAX_PEERS: usize = 1 << 16;
+/// How long a failed kernel neighbour lookup is not retried.
+const NEIGH_RETRY: Duration = Duration::from_secs(1);
+
+/// A datagram copied from one worker's socket to its owner.
+pub struct Handoff {
+    meta: RxMeta,
+    src_mac: MacAddr,
+    len: u16,
+    buf: [u8; HANDOFF_MAX],
+}
+
+/// Per-worker hand-off queues, indexed by worker.
+pub type HandoffQueues = Arc<[ArrayQueue<Handoff>]>;
+
+pub fn handoff_queues(workers: usize) -> HandoffQueues {
+    (0..workers).map(|_| ArrayQueue::new(HANDOFF_SLOTS)).collect()
+}
+
+/// What the workers bound to one RX queue share.
+pub struct QueueGroup {
+    pub(super) umem: Umem,
+    /// Free frames any member may take.
+    pool: ArrayQueue<u64>,
+    fill_comp: Mutex<FillCompletion>,
+    /// Each member's private free-list length (for the accounting check).
+    listed: Box<[AtomicU32]>,
+    /// Copy mode: the kernel transmits only inside sendto, at most 32 frames per call.
+    copy_mode: bool,
+}
+
+impl QueueGroup {
+    pub fn new(umem: Umem, fc: FillCompletion, members: usize, mode: BindMode) -> QueueGroup {
+        let pool = ArrayQueue::new(umem.frames() as usize);
+        for a in umem.frame_addrs() {
+            // Capacity equals the frame count: cannot fail.
+            let _ = pool.push(a);
+        }
+        QueueGroup {
+            umem,
+            pool,
+            fill_comp: Mutex::new(fc),
+            listed: (0..members).map(|_| AtomicU32::new(0)).collect(),
+            copy_mode: mode != BindMode::ZeroCopy,
+        }
+    }
+}
+
+/// Addresses and limits of the interface a datapath sends from.
+#[derive(Clone, Debug)]
+pub struct LocalIface {
+    pub mac: MacAddr,
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+    pub port: u16,
+    pub mtu: u32,
+}
+
+/// One worker's AF_XDP datapath.
+pub struct XdpDatapath {
+    worker: u32,
+    n_workers: u32,
+    layout: CidLayout,
+    socket: XdpSocket,
+    group: Arc<QueueGroup>,
+    member: usize,
+    local_free: Vec<u64>,
+    spill_above: usize,
+    handoffs: HandoffQueues,
+    iface: LocalIface,
+    caps: Capabilities,
+    /// Peer IP → the MAC its packets came from (reply path).
+    peers: HashMap<IpAddr, MacAddr>,
+    /// Failed kernel neighbour lookups, not retried before NEIGH_RETRY.
+    neigh_misses: HashMap<IpAddr, Instant>,
+    counters: DatapathCounters,
+}
+
+impl XdpDatapath {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        worker: u32,
+        n_workers: u32,
+        layout: CidLayout,
+        socket: XdpSocket,
+        group: Arc<QueueGroup>,
+        member: usize,
+        handoffs: HandoffQueues,
+        iface: LocalIface,
+    ) -> XdpDatapath {
+        let frames = group.umem.frames() as usize;
+        let spill_above = if group.listed.len() == 1 { usize::MAX } else { 2 * RX_BATCH as usize };
+        let ip_udp = if iface.v6.is_some() { net::IPV6_HDR_LEN } else { net::IPV4_HDR_LEN } + net::UDP_HDR_LEN;
+        let by_mtu = (iface.mtu as usize).saturating_sub(ip_udp);
+        let by_frame = group.umem.frame_size() as usize - TX_PAYLOAD_OFFSET;
+        XdpDatapath {
+            worker,
+            n_workers,
+            layout,
+            socket,
+            group,
+            member,
+            local_free: Vec::with_capacity(frames),
+            spill_above,
+            handoffs,
+            caps: Capabilities {
+                max_segments: 1,
+                max_datagram_size: by_mtu.min(by_frame),
+            },
+            iface,
+            peers: HashMap::with_capacity(1024),
+            neigh_misses: HashMap::new(),
+            counters: DatapathCounters::default(),
+        }
+    }
+
+    pub fn worker(&self) -> u32 {
+        self.worker
+    }
+
+    /// How the socket is bound (zero-copy, copy, or sharing a UMEM).
+    pub fn bind_mode(&self) -> BindMode {
+        self.socket.mode()
+    }
+
+    /// The RX queue the socket is bound to.
+    pub fn queue(&self) -> u32 {
+        self.socket.queue()
+    }
+
+    /// Tells the datapath a peer's MAC address (static neighbour; the client role needs
+    /// it unless the kernel's neighbour table already knows the peer).
+    pub fn set_neighbor(&mut self, ip: IpAddr, mac: MacAddr) {
+        self.learn_peer(ip, mac);
+    }
+
+    /// The local interface this datapath sends from.
+    pub fn iface(&self) -> &LocalIface {
+        &self.iface
+    }
+
+    /// Counters, kernel socket statistics and the frame census of this socket's UMEM.
+    pub fn stats(&mut self) -> SocketStats {
+        let kernel = syscall::statistics(self.socket.fd()).map(Into::into).unwrap_or_default();
+        self.publish_listed();
+        let fill_outstanding = match self.group.fill_comp.lock() {
+            Ok(mut fc) => fc.fill.outstanding(),
+            Err(_) => 0,
+        };
+        let free_listed = self.group.pool.len() as u32
+            + self.group.listed.iter().map(|l| l.load(Ordering::Relaxed)).sum::<u32>();
+        let frames = self.group.umem.ledger().census();
+        SocketStats {
+            counters: self.counters,
+            kernel,
+            frames,
+            frame_violations: self.group.umem.ledger().violations(),
+            free_listed,
+            fill_outstanding,
+            tx_in_flight: frames.tx,
+        }
+    }
+
+    fn publish_listed(&self) {
+        self.group.listed[self.member].store(self.local_free.len() as u32, Ordering::Relaxed);
+    }
+
+    fn learn_peer(&mut self, ip: IpAddr, mac: MacAddr) {
+        match self.peers.get_mut(&ip) {
+            Some(m) if *m == mac => {}
+            Some(m) => *m = mac,
+            None => {
+                if self.peers.len() >= MAX_PEERS {
+                    self.peers.clear();
+                }
+                self.peers.insert(ip, mac);
+            }
+        }
+    }
+
+    fn peer_mac(&mut self, ip: IpAddr) -> Option<MacAddr> {
+        if let Some(m) = self.peers.get(&ip) {
+            return Some(*m);
+        }
+        if let Some(t) = self.neigh_misses.get(&ip) {
+            if t.elapsed() < NEIGH_RETRY {
+                return None;
+            }
+        }
+        match super::neigh::lookup(ip) {
+            Some(mac) => {
+                self.neigh_misses.remove(&ip);
+                self.learn_peer(ip, mac);
+                Some(mac)
+            }
+            None => {
+                tracing::debug!(%ip, "no neighbour entry for peer");
+                if self.neigh_misses.len() >= MAX_PEERS {
+                    self.neigh_misses.clear();
+                }
+                self.neigh_misses.insert(ip, Instant::now());
+                None
+            }
+        }
+    }
+
+    /// Returns a frame to this worker's free list (spilling surplus to the group pool).
+    fn free_frame(&mut self, base: u64) {
+        self.local_free.push(base);
+        if self.local_free.len() > self.spill_above {
+            let keep = self.spill_above / 2;
+            while self.local_free.len() > keep {
+                match self.local_free.pop() {
+                    Some(f) => {
+                        // The pool holds every frame at most once: cannot be full.
+                        let _ = self.group.pool.push(f);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    fn take_frame(&mut self) -> Option<u64> {
+        self.local_free.pop().or_else(|| self.group.pool.pop())
+    }
+
+    /// Reaps TX completions and tops up the fill ring, if no other worker of this queue
+    /// is doing it right now.
+    fn maintain(&mut self) {
+        let group = Arc::clone(&self.group);
+        let Ok(mut fc) = group.fill_comp.try_lock() else {
+            return;
+        };
+        let umem = &group.umem;
+        let csize = fc.completion.size();
+        let n = fc.completion.available(csize);
+        for i in 0..n {
+            let addr = fc.completion.get(i);
+            let base = umem.frame_base(addr);
+            if umem.contains(addr, 1) && umem.ledger().move_frame(base, FrameState::Tx, FrameState::Free) {
+                self.free_frame(base);
+            } else {
+                self.counters.bad_descs += 1;
+            }
+        }
+        if n > 0 {
+            fc.completion.release(n);
+        }
+        let fsize = fc.fill.size();
+        let mut room = fc.fill.free(fsize);
+        while room > 0 {
+            let Some(base) = self.take_frame() else { break };
+            umem.ledger().move_frame(base, FrameState::Free, FrameState::Fill);
+            if !fc.fill.push(base) {
+                // Unreachable given `room`, but never lose a frame.
+                umem.ledger().move_frame(base, FrameState::Fill, FrameState::Free);
+                self.free_frame(base);
+                break;
+            }
+            room -= 1;
+        }
+        fc.fill.publish();
+        if fc.fill.needs_wakeup() && self.socket.rx.available(1) == 0 {
+            syscall::kick_rx(self.socket.fd());
+        }
+    }
+
+    fn hand_off(&mut self, owner: u32, meta: RxMeta, src_mac: MacAddr, payload: &[u8]) {
+        let Some(q) = self.handoffs.get(owner as usize) else {
+            self.counters.handoff_dropped += 1;
+            return;
+        };
+        if payload.len() > HANDOFF_MAX {
+            self.counters.handoff_dropped += 1;
+            return;
+        }
+        let mut h = Handoff {
+            meta,
+            src_mac,
+            len: payload.len() as u16,
+            buf: [0; HANDOFF_MAX],
+        };
+        h.buf[..payload.len()].copy_from_slice(payload);
+        if q.push(h).is_err() {
+            self.counters.handoff_dropped += 1;
+        } else {
+            self.counters.rx_handed_off += 1;
+        }
+    }
+
+    fn handle_rx(&mut self, d: xdp_desc, on: &mut dyn FnMut(RxMeta, &mut [u8])) -> bool {
+        let group = Arc::clone(&self.group);
+        let umem = &group.umem;
+        let len = d.len as usize;
+        if !umem.contains(d.addr, len) {
+            self.counters.bad_descs += 1;
+            return false;
+        }
+        let base = umem.frame_base(d.addr);
+        if !umem.ledger().move_frame(base, FrameState::Fill, FrameState::Rx) {
+            return false;
+        }
+        // SAFETY: inside the UMEM (checked) and ours: the kernel handed this frame over on
+        // the RX ring and the ledger moved it to Rx for this worker alone; the slice dies
+        // before the frame goes back to a free list below.
+        let frame = unsafe { umem.slice_mut(d.addr, len) };
+        let mut delivered = false;
+        match net::parse_udp_frame(frame) {
+            Err(e) => {
+                self.counters.rx_malformed += 1;
+                tracing::trace!("dropping RX frame: {e}");
+            }
+            Ok(f) => {
+                let meta = RxMeta {
+                    src: f.src,
+                    dst: f.dst,
+                    ecn: f.ecn,
+                };
+                let payload = &mut frame[f.payload_range()];
+                let owner = if self.n_workers > 1 {
+                    steer::worker_for_datagram(payload, &self.layout, self.n_workers)
+                } else {
+                    None
+                };
+                match owner {
+                    Some(w) if w != self.worker => self.hand_off(w, meta, f.src_mac, payload),
+                    _ => {
+                        self.learn_peer(f.src.ip(), f.src_mac);
+                        on(meta, payload);
+                        self.counters.rx_packets += 1;
+                        delivered = true;
+                    }
+                }
+            }
+        }
+        umem.ledger().move_frame(base, FrameState::Rx, FrameState::Free);
+        self.free_frame(base);
+        delivered
+    }
+
+    /// Publishes queued TX descriptors and makes the kernel send them.
+    fn kick(&mut self) -> io::Result<u32> {
+        let n = self.socket.tx.publish();
+        if self.group.copy_mode {
+            // Copy mode sends inside sendto, TX_BATCH_SIZE (32) frames per call.
+            let mut rounds = self.socket.tx.size() / 32 + 2;
+            while self.socket.tx.outstanding() > 0 && rounds > 0 {
+                syscall::kick_tx(self.socket.fd())?;
+                rounds -= 1;
+            }
+        } else if n > 0 && self.socket.tx.needs_wakeup() {
+            syscall::kick_tx(self.socket.fd())?;
+        }
+        Ok(n)
+    }
+}
+
+impl Datapath for XdpDatapath {
+    fn local_addr(&self) -> SocketAddr {
+        let ip: IpAddr = match (self.iface.v4, self.iface.v6) {
+            (Some(v4), _) => v4.into(),
+            (None, Some(v6)) => v6.into(),
+            (None, None) => Ipv4Addr::UNSPECIFIED.into(),
+        };
+        SocketAddr::new(ip, self.iface.port)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    fn recv_batch(&mut self, on: &mut dyn FnMut(RxMeta, &mut [u8])) -> io::Result<usize> {
+        let mut delivered = 0usize;
+        let handoffs = Arc::clone(&self.handoffs);
+        if let Some(q) = handoffs.get(self.worker as usize) {
+            for _ in 0..RX_BATCH {
+                let Some(mut h) = q.pop() else { break };
+                self.learn_peer(h.meta.src.ip(), h.src_mac);
+                on(h.meta, &mut h.buf[..usize::from(h.len)]);
+                self.counters.rx_packets += 1;
+                self.counters.rx_from_handoff += 1;
+                delivered += 1;
+            }
+        }
+        self.maintain();
+        let n = self.socket.rx.available(RX_BATCH);
+        for i in 0..n {
+            let d = self.socket.rx.get(i);
+            if self.handle_rx(d, on) {
+                delivered += 1;
+            }
+        }
+        if n > 0 {
+            self.socket.rx.release(n);
+            // Frames just freed go straight back to the kernel.
+            self.maintain();
+        }
+        self.publish_listed();
+        Ok(delivered)
+    }
+
+    fn push_tx(&mut self, write: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>) -> bool {
+        if self.socket.tx.free(1) == 0 {
+            // Best effort: the kernel may have room after a kick.
+            let _ = self.kick();
+            self.maintain();
+            if self.socket.tx.free(1) == 0 {
+                return false;
+            }
+        }
+        let base = match self.take_frame() {
+            Some(b) => b,
+            None => {
+                self.maintain();
+                match self.take_frame() {
+                    Some(b) => b,
+                    None => return false,
+                }
+            }
+        };
+        let group = Arc::clone(&self.group);
+        let umem = &group.umem;
+        umem.ledger().move_frame(base, FrameState::Free, FrameState::Tx);
+        let frame_size = umem.frame_size() as usize;
+        // SAFETY: the whole frame is inside the UMEM and ours: taken from a free list and
+        // moved to Tx in the ledger; the kernel sees it only after we publish its
+        // descriptor, after this slice is gone.
+        let frame = unsafe { umem.slice_mut(base, frame_size) };
+        let cap = self.caps.max_datagram_size;
+        let meta = write(&mut frame[TX_PAYLOAD_OFFSET..TX_PAYLOAD_OFFSET + cap]);
+        let queued = meta.and_then(|m| {
+            if m.len > cap || m.segment_size.is_some_and(|s| s < m.len) {
+                tracing::warn!(len = m.len, cap, "transmit larger than the datapath allows; dropped");
+                return None;
+            }
+            let src_ip: IpAddr = match m.dst.ip() {
+                IpAddr::V4(_) => self.iface.v4?.into(),
+                IpAddr::V6(_) => self.iface.v6?.into(),
+            };
+            let Some(dst_mac) = self.peer_mac(m.dst.ip()) else {
+                self.counters.tx_no_neighbor += 1;
+                return None;
+            };
+            let h = FrameHeaders {
+                src_mac: self.iface.mac,
+                dst_mac,
+                vlan: None,
+                src: SocketAddr::new(src_ip, self.iface.port),
+                dst: m.dst,
+                ecn: m.ecn,
+                hop_limit: 0,
+            };
+            let start = TX_PAYLOAD_OFFSET - h.header_len();
+            let total = h.emit(&mut frame[start..], m.len).ok()?;
+            Some(xdp_desc {
+                addr: base + start as u64,
+                len: total as u32,
+                options: 0,
+            })
+        });
+        match queued {
+            Some(desc) if self.socket.tx.push(desc) => {
+                self.counters.tx_packets += 1;
+            }
+            _ => {
+                umem.ledger().move_frame(base, FrameState::Tx, FrameState::Free);
+                self.free_frame(base);
+            }
+        }
+        true
+    }
+
+    fn flush(&mut self) -> io::Result<usize> {
+        let n = self.kick()?;
+        self.maintain();
+        Ok(n as usize)
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if self.handoffs.get(self.worker as usize).is_some_and(|q| !q.is_empty()) || self.socket.rx.available(1) > 0 {
+            return Ok(());
+        }
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+        syscall::poll_in(self.socket.fd(), ms).map(drop)
+    }
+}
