@@ -29,6 +29,8 @@ pub trait Application: Send {
     fn on_reset(&mut self, _conn: &mut Connection, _id: StreamId, _code: u64, _now: Instant) {}
     /// The peer asked us to stop sending on `id` (STOP_SENDING; we already reset it).
     fn on_stopped(&mut self, _conn: &mut Connection, _id: StreamId, _code: u64, _now: Instant) {}
+    /// The peer raised its stream limit: more streams can be opened.
+    fn on_streams_available(&mut self, _conn: &mut Connection, _bidi: bool, _now: Instant) {}
     fn on_closed(&mut self, _reason: &CloseReason) {}
 }
 
@@ -84,6 +86,7 @@ pub fn dispatch_stream_event(app: &mut dyn Application, conn: &mut Connection, e
         StreamEvent::Finished { id } => app.on_finished(conn, id, now),
         StreamEvent::Reset { id, error_code } => app.on_reset(conn, id, error_code, now),
         StreamEvent::Stopped { id, error_code } => app.on_stopped(conn, id, error_code, now),
+        StreamEvent::StreamsAvailable { bidi } => app.on_streams_available(conn, bidi, now),
     }
 }
 

@@ -233,6 +233,12 @@ impl Application for PerfClient {
         }
     }
 
+    fn on_streams_available(&mut self, conn: &mut Connection, bidi: bool, _now: Instant) {
+        if bidi {
+            self.open_streams(conn);
+        }
+    }
+
     fn on_reset(&mut self, _conn: &mut Connection, id: StreamId, code: u64, _now: Instant) {
         self.failed = Some(format!("stream {id} reset by peer with code {code}"));
     }

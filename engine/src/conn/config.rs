@@ -46,8 +46,9 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
-    pub(crate) fn recovery_config(&self) -> RecoveryConfig {
+    pub(crate) fn recovery_config(&self, side: crate::Side) -> RecoveryConfig {
         RecoveryConfig {
+            side,
             initial_rtt: self.initial_rtt,
             max_datagram_size: crate::conn::MIN_INITIAL_SIZE,
             congestion: self.congestion,

@@ -125,6 +125,7 @@ pub struct Connection {
     pub(crate) address_validated: bool,
     pub(crate) amplification_received: u64,
     pub(crate) amplification_sent: u64,
+    pub(crate) amplification_blocked: bool,
     pub(crate) handshake_confirmed: bool,
     pub(crate) handshake_done_pending: bool,
     pub(crate) peer_params: Option<TransportParameters>,
@@ -255,7 +256,7 @@ impl Connection {
         now: Instant,
     ) -> Self {
         let local_cid_len = cid_gen.cid_len();
-        let recovery = Recovery::new(config.recovery_config());
+        let recovery = Recovery::new(config.recovery_config(side));
         let idle_timeout = config.idle_timeout;
         Self {
             side,
@@ -280,6 +281,7 @@ impl Connection {
             address_validated: false,
             amplification_received: 0,
             amplification_sent: 0,
+            amplification_blocked: false,
             handshake_confirmed: false,
             handshake_done_pending: false,
             peer_params: None,
@@ -563,7 +565,13 @@ impl Connection {
             // RFC 9002 §6.2.4: probes should carry data; for the handshake spaces resend
             // unacknowledged CRYPTO data.
             if req.epoch != Epoch::Data {
-                space.crypto.retransmit_unacked();
+                for p in self.recovery.outstanding(req.epoch) {
+                    for r in &p.data.records {
+                        if let FrameRecord::Crypto { offset, len } = *r {
+                            space.crypto.on_lost(offset, len);
+                        }
+                    }
+                }
             }
         }
     }
@@ -598,6 +606,7 @@ impl Connection {
             match change {
                 Some(KeyChange::Handshake(keys)) => {
                     self.spaces[Epoch::Handshake.index()].keys = Some(keys);
+                    self.recovery.set_has_handshake_keys();
                     self.tls_write_epoch = Epoch::Handshake;
                 }
                 Some(KeyChange::OneRtt(keys)) => {

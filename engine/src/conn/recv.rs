@@ -135,7 +135,6 @@ impl Connection {
             self.on_frames_lost(frames);
         }
         self.lost_scratch = lost;
-        self.recovery.reset_space(Epoch::Initial);
     }
 
     /// Client: Version Negotiation (RFC 9000 §6.2): only acted on before any other server packet.
@@ -265,7 +264,10 @@ impl Connection {
         if self.side == Side::Server && epoch == Epoch::Handshake {
             // RFC 9000 §8.1: a Handshake packet proves the client got our Initial.
             self.address_validated = true;
-            self.recovery.set_peer_completed_address_validation(true);
+            if self.amplification_blocked {
+                self.amplification_blocked = false;
+                self.recovery.set_anti_amplification_blocked(false);
+            }
             // RFC 9001 §4.9.1: the server drops Initial keys on first Handshake packet processed.
             self.discard_space(Epoch::Initial, now);
         }

@@ -45,6 +45,13 @@ impl Connection {
         }
         let mtu = if self.handshake_confirmed { self.max_datagram_size } else { MIN_INITIAL_SIZE };
         let mtu = mtu.min(buf.len());
+        // RFC 9002 §6.2.2.1: a server blocked by the amplification limit must not arm its PTO.
+        let blocked = !self.address_validated
+            && (3 * self.amplification_received).saturating_sub(self.amplification_sent) < MIN_INITIAL_SIZE as u64;
+        if blocked != self.amplification_blocked {
+            self.amplification_blocked = blocked;
+            self.recovery.set_anti_amplification_blocked(blocked);
+        }
         let mut total = 0;
         let mut segments = 0;
         while segments < max_segments.max(1) && buf.len() - total >= mtu {

@@ -35,7 +35,7 @@ impl Default for SentFrames {
 }
 
 /// Recycles `SentFrames` vectors so the send path does not allocate.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SentFramesPool {
     free: Vec<Vec<FrameRecord>>,
 }
