@@ -15,6 +15,9 @@ pub const MAX_ACK_RANGES: usize = 64;
 /// Ack-eliciting packets received before an ACK is sent without waiting (RFC 9000 §13.2.2).
 const ACK_ELICITING_THRESHOLD: u32 = 2;
 
+/// Packet numbers are at most 2^62 - 1 (RFC 9000 §12.3).
+const MAX_PACKET_NUMBER: u64 = (1 << 62) - 1;
+
 /// ECN codepoints as they appear in the two low bits of the IP TOS / traffic class.
 const ECN_ECT1: u8 = 0b01;
 const ECN_ECT0: u8 = 0b10;
@@ -80,7 +83,7 @@ impl AckTracker {
         immediate: bool,
         max_ack_delay: Duration,
     ) {
-        if self.is_duplicate(pn) {
+        if pn > MAX_PACKET_NUMBER || self.is_duplicate(pn) {
             return;
         }
         // RFC 9000 §13.2.1: out-of-order ack-eliciting packets are acknowledged at once.

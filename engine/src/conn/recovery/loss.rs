@@ -18,6 +18,8 @@ use tracing::{debug, trace};
 const PACKET_THRESHOLD: u64 = 3;
 /// RFC 9002 §7.6.1: kPersistentCongestionThreshold.
 const PERSISTENT_CONGESTION_THRESHOLD: u32 = 3;
+/// Outstanding ACK-only packets after which `needs_ack_eliciting` asks for a PING.
+const ACK_ONLY_BEFORE_PING: u64 = 16;
 /// PTO backoff stops doubling here (2^16 PTOs is hours; the idle timeout ends it first).
 const MAX_PTO_BACKOFF_EXP: u32 = 16;
 
@@ -402,6 +404,15 @@ impl<T> Recovery<T> {
     /// Outstanding packets of `epoch`, oldest first: PTO probes resend their data.
     pub fn outstanding(&self, epoch: Epoch) -> impl Iterator<Item = &SentPacket<T>> + '_ {
         self.spaces[epoch.index()].outstanding()
+    }
+
+    /// Only non-ack-eliciting packets (ACKs) are outstanding in `epoch`, and many of them:
+    /// the connection should make its next packet ack-eliciting (e.g. add PING) so the peer
+    /// acknowledges them and both sides can drop old ACK state (RFC 9000 §13.2.4). Without
+    /// that, a pure receiver's sent-packet window only grows.
+    pub fn needs_ack_eliciting(&self, epoch: Epoch) -> bool {
+        let space = &self.spaces[epoch.index()];
+        space.ack_eliciting_in_flight == 0 && space.end() - space.base() >= ACK_ONLY_BEFORE_PING
     }
 
     pub fn pto_count(&self) -> u32 {

@@ -455,6 +455,33 @@ fn non_in_flight_packets_are_tracked_but_do_not_count() {
 }
 
 #[test]
+fn asks_for_an_ack_eliciting_packet_after_many_ack_only_packets() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..16 {
+        let mut p = pkt(pn, t0);
+        p.ack_eliciting = false;
+        p.in_flight = false;
+        assert!(!r.needs_ack_eliciting(Epoch::Data));
+        r.on_packet_sent(t0, Epoch::Data, p);
+    }
+    assert!(r.needs_ack_eliciting(Epoch::Data));
+    // The PING goes out and is acknowledged: the ACK-only packets below it are cleared
+    // by the packet threshold, the rest by the ACK itself.
+    r.on_packet_sent(t0, Epoch::Data, pkt(16, t0));
+    assert!(!r.needs_ack_eliciting(Epoch::Data));
+    let (_, out) = ack(&mut r, t0 + ms(30), Epoch::Data, &[14..=16]);
+    assert_eq!(out.acked, vec![14, 15, 16]);
+    assert_eq!(out.lost.len(), 14);
+    assert_eq!(r.outstanding(Epoch::Data).count(), 0);
+    assert_eq!(
+        r.stats().congestion_events,
+        0,
+        "ACK-only losses are not congestion"
+    );
+}
+
+#[test]
 fn recovery_paces_after_a_burst() {
     let t0 = Instant::now();
     let mut r = server();
