@@ -212,6 +212,16 @@ impl Connection {
                 || !self.path_responses.is_empty()
                 || (self.state == State::Established && (self.cids.pending_announcements() || self.streams.has_pending()));
         }
+        if epoch == Epoch::Data && self.state == State::Established {
+            // RFC 9002 §7.8: with nothing to send the window must not grow on ACKs.
+            self.recovery.set_app_limited(!want_eliciting);
+            // RFC 9000 §13.2.4: a pure receiver occasionally elicits an ACK so its ACK-only
+            // packets (and our record of them) get acknowledged.
+            if ack_due && self.recovery.needs_ack_eliciting(epoch) {
+                self.ping_pending = true;
+                want_eliciting = true;
+            }
+        }
         let mut send_eliciting = want_eliciting;
         if send_eliciting && !probing {
             if self.recovery.send_window() < buf.len().min(self.max_datagram_size) as u64 {
