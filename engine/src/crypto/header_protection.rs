@@ -303,4 +303,22 @@ mod tests {
         let mut pkt = [0x40u8, 0, 0];
         assert_eq!(remove_mask(&mut pkt, usize::MAX, &[0; 5]), None);
     }
+
+    proptest::proptest! {
+        /// Hostile input: any bytes, any offset — an error or a result, never a panic.
+        #[test]
+        fn unprotect_and_open_never_panic(
+            pkt in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            pn_offset in 0usize..100,
+        ) {
+            let secret = crate::crypto::Secret::new(Suite::ChaCha20Poly1305, &[1; 32]);
+            let keys = secret.keys(crate::crypto::VERSION_1);
+            let mut pkt = pkt;
+            if let Ok((pn_len, pn)) = unprotect(&keys.header, &mut pkt, pn_offset) {
+                proptest::prop_assert!((1..=4).contains(&pn_len));
+                let header_len = pn_offset + pn_len;
+                proptest::prop_assert!(keys.packet.open_in_place(pn, &mut pkt, header_len).is_err());
+            }
+        }
+    }
 }
