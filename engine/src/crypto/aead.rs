@@ -142,7 +142,10 @@ impl PacketKey {
         packet: &mut [u8],
         header_len: usize,
     ) -> Result<usize, CryptoError> {
-        if packet.len() < header_len + TAG_LEN {
+        if header_len
+            .checked_add(TAG_LEN)
+            .is_none_or(|min| packet.len() < min)
+        {
             return Err(CryptoError::DecryptFailed);
         }
         let (header, body) = packet.split_at_mut(header_len);

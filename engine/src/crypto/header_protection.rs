@@ -142,7 +142,11 @@ fn first_byte_mask(first: u8) -> u8 {
 /// bytes. A packet too short for the given offsets is a caller bug: it is left untouched.
 #[inline]
 pub fn apply_mask(packet: &mut [u8], pn_offset: usize, pn_len: usize, mask: &[u8; 5]) {
-    let valid = (1..=4).contains(&pn_len) && pn_offset >= 1 && pn_offset + pn_len <= packet.len();
+    let valid = (1..=4).contains(&pn_len)
+        && pn_offset >= 1
+        && pn_offset
+            .checked_add(pn_len)
+            .is_some_and(|end| end <= packet.len());
     debug_assert!(valid, "apply_mask: packet shorter than its header");
     if !valid {
         return;
@@ -300,7 +304,29 @@ mod tests {
         assert_eq!(remove_mask(&mut [], 1, &[0xff; 5]), None);
         assert_eq!(remove_mask(&mut [0x43, 1], 1, &[0; 5]), None);
         assert_eq!(sample(&[0; 40], usize::MAX), None);
+        assert_eq!(
+            protect(key, &mut [0x40; 40], usize::MAX, 4),
+            Err(CryptoError::PacketTooShort)
+        );
         let mut pkt = [0x40u8, 0, 0];
         assert_eq!(remove_mask(&mut pkt, usize::MAX, &[0; 5]), None);
+    }
+
+    proptest::proptest! {
+        /// Hostile input: any bytes, any offset — an error or a result, never a panic.
+        #[test]
+        fn unprotect_and_open_never_panic(
+            pkt in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            pn_offset in 0usize..100,
+        ) {
+            let secret = crate::crypto::Secret::new(Suite::ChaCha20Poly1305, &[1; 32]);
+            let keys = secret.keys(crate::crypto::VERSION_1);
+            let mut pkt = pkt;
+            if let Ok((pn_len, pn)) = unprotect(&keys.header, &mut pkt, pn_offset) {
+                proptest::prop_assert!((1..=4).contains(&pn_len));
+                let header_len = pn_offset + pn_len;
+                proptest::prop_assert!(keys.packet.open_in_place(pn, &mut pkt, header_len).is_err());
+            }
+        }
     }
 }

@@ -433,4 +433,16 @@ mod tests {
         key.seal_new_token(client.ip(), now, &mut tok2);
         assert_ne!(tok, tok2);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn open_never_panics(token in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let key = TokenKey::new(&[3; 32]);
+            let client = addr("10.0.0.1:1");
+            proptest::prop_assert_eq!(
+                key.open(&token, client, SystemTime::now(), Duration::from_secs(60)),
+                Err(TokenError::Invalid)
+            );
+        }
+    }
 }

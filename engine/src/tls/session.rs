@@ -282,6 +282,8 @@ pub struct TlsSession {
     staged: VecDeque<Staged>,
     /// Epoch of the next bytes staged.
     staging_epoch: Epoch,
+    /// Handshake secrets were derived: the peer now writes at the Handshake epoch.
+    handshake_keys_ready: bool,
     /// A local failure (secrets missing) reported by the next `read_handshake`.
     failed: Option<TlsAlertError>,
 }
@@ -336,6 +338,7 @@ impl TlsSession {
             write_epoch: Epoch::Initial,
             staged: VecDeque::new(),
             staging_epoch: Epoch::Initial,
+            handshake_keys_ready: false,
             failed: None,
         }
     }
@@ -347,6 +350,19 @@ impl TlsSession {
     /// The epoch `write_handshake` currently writes at.
     pub fn write_epoch(&self) -> Epoch {
         self.write_epoch
+    }
+
+    /// The epoch the peer's next handshake message must arrive at. CRYPTO data at another
+    /// epoch (beyond retransmissions of already-read bytes) is a PROTOCOL_VIOLATION
+    /// (RFC 9001 §4.1.3); rustls cannot tell, so the caller checks this.
+    pub fn read_epoch(&self) -> Epoch {
+        if !self.conn.is_handshaking() {
+            Epoch::Data
+        } else if self.handshake_keys_ready {
+            Epoch::Handshake
+        } else {
+            Epoch::Initial
+        }
     }
 
     /// CRYPTO data received, in order, at the peer's current epoch. Errors carry the TLS
@@ -428,6 +444,7 @@ impl TlsSession {
             quic::KeyChange::Handshake { .. } => self
                 .take_pair(SecretLabel::ClientHandshake, SecretLabel::ServerHandshake)
                 .map(|(c, s)| {
+                    self.handshake_keys_ready = true;
                     KeyChange::Handshake(Keys::from_secrets(self.version, self.side, &c, &s))
                 }),
             quic::KeyChange::OneRtt { .. } => self
@@ -659,6 +676,7 @@ mod tests {
 
         for peer in [&client, &server] {
             assert!(!peer.tls.is_handshaking());
+            assert_eq!(peer.tls.read_epoch(), Epoch::Data);
             assert_eq!(peer.tls.negotiated_suite(), Some(expect));
             assert_eq!(peer.tls.alpn(), Some(ALPN));
             assert_eq!(peer.tls.server_name(), Some("localhost"));
@@ -816,6 +834,15 @@ mod tests {
         let (side, err) = handshake(&mut client, &mut server).unwrap_err();
         assert_eq!(side, Side::Server);
         assert_eq!(err.transport_error_code(), 0x100 + 120);
+    }
+
+    #[test]
+    fn state_moves_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<TlsSession>();
+        assert_send::<OneRttKeys>();
+        assert_send::<Keys>();
+        assert_send::<crate::crypto::tokens::TokenKey>();
     }
 
     #[test]
