@@ -580,20 +580,25 @@ impl Connection {
 
     /// Feeds received CRYPTO data to TLS and queues what TLS writes, installing new keys.
     pub(crate) fn drive_tls(&mut self, now: Instant) -> Result<(), TransportError> {
-        for epoch in Epoch::ALL {
-            let readable = match epoch {
-                Epoch::Initial => true,
-                Epoch::Handshake => self.spaces[1].keys.is_some() || self.spaces[1].discarded,
-                Epoch::Data => self.one_rtt.is_some(),
-            };
-            if !readable {
-                continue;
+        // RFC 9001 §4.1.3: TLS takes data only at its current read epoch; data that became
+        // readable at an earlier one is a violation, at a later one it waits its turn.
+        loop {
+            let read_epoch = self.tls.read_epoch();
+            for earlier in Epoch::ALL.iter().filter(|e| **e < read_epoch) {
+                if self.spaces[earlier.index()].crypto.read_chunk().is_some() {
+                    return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "CRYPTO data at a finished epoch"));
+                }
             }
-            while let Some(chunk) = self.spaces[epoch.index()].crypto.read_chunk() {
+            let mut fed = false;
+            while let Some(chunk) = self.spaces[read_epoch.index()].crypto.read_chunk() {
+                fed = true;
                 if let Err(alert) = self.tls.read_handshake(chunk) {
                     tracing::debug!(?alert, "TLS alert");
                     return Err(TransportError::new(Code::crypto(alert.alert), "TLS handshake failed"));
                 }
+            }
+            if !fed || self.tls.read_epoch() == read_epoch {
+                break;
             }
         }
         loop {
@@ -727,9 +732,7 @@ impl Connection {
         let epoch = frames.epoch;
         if epoch == Epoch::Data {
             if let Some(k) = self.one_rtt.as_mut() {
-                if frames.key_phase == k.key_phase() {
-                    k.on_packet_acked_in_current_phase();
-                }
+                k.on_packet_acked(frames.key_generation);
             }
         }
         for r in &frames.records {

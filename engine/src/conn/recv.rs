@@ -251,6 +251,10 @@ impl Connection {
             }
             self.packets_in_phase = 0;
             self.stats.key_updates += 1;
+        } else if epoch == Epoch::Data {
+            if let Some(k) = self.one_rtt.as_mut() {
+                k.on_packet_opened(generation, pn);
+            }
         }
 
         self.stats.packets_received += 1;

@@ -303,7 +303,7 @@ impl Connection {
             payload_len = min_payload;
         }
         if epoch == Epoch::Data {
-            frames.key_phase = self.one_rtt.as_ref().is_some_and(|k| k.key_phase());
+            frames.key_generation = self.one_rtt.as_ref().map_or(0, |k| k.generation());
         }
         Some(Built { epoch, start, pn, pn_offset, pn_len, header_len, payload_len, layout, ack_eliciting, padded: false, frames })
     }

@@ -24,13 +24,13 @@ pub struct SentFrames {
     pub records: Vec<FrameRecord>,
     /// The space the packet was sent in (loss callbacks do not say).
     pub epoch: Epoch,
-    /// 1-RTT key phase the packet was sealed with (key update confirmation, RFC 9001 §6.2).
-    pub key_phase: bool,
+    /// 1-RTT key generation the packet was sealed with (key update confirmation, RFC 9001 §6.2).
+    pub key_generation: u64,
 }
 
 impl Default for SentFrames {
     fn default() -> Self {
-        Self { records: Vec::new(), epoch: Epoch::Initial, key_phase: false }
+        Self { records: Vec::new(), epoch: Epoch::Initial, key_generation: 0 }
     }
 }
 
@@ -45,7 +45,7 @@ impl SentFramesPool {
         SentFrames {
             records: self.free.pop().unwrap_or_else(|| Vec::with_capacity(8)),
             epoch,
-            key_phase: false,
+            key_generation: 0,
         }
     }
 
