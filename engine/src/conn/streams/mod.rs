@@ -123,7 +123,8 @@ pub enum StreamFrameRecord {
 pub enum StreamEvent {
     /// The peer opened this stream.
     Opened { id: StreamId },
-    /// New data (or the FIN, or a reset) can be read.
+    /// New data (or the FIN, or a reset) can be read. Not repeated until the
+    /// application has read everything readable.
     Readable { id: StreamId },
     /// Buffer space freed after a write was refused or cut short.
     Writable { id: StreamId },
@@ -583,6 +584,16 @@ impl Streams {
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         let n = send.write(data)?;
         if n > 0 {
+            // New data behind an exhausted limit: the data pass will not see it as
+            // sendable, so signal the block here (§4.1).
+            if send.is_stream_blocked() {
+                send.credit.on_blocked();
+                if send.credit.blocked_pending {
+                    Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
+                }
+            } else if self.data_sent >= self.conn_send.max {
+                self.conn_send.on_blocked();
+            }
             Self::enqueue_send(&mut self.send_queue, id.0, stream);
         }
         Ok(n)
