@@ -273,7 +273,7 @@ mod tests {
                 }
                 // Resolve the oldest in-flight frame: 0 = lost, 1 = delivered but ack lost
                 // (later declared lost: a spurious retransmission), else delivered + acked.
-                if !in_flight.is_empty() && (step % 3 != 0 || b.next_chunk(1, u64::MAX).is_none()) {
+                if !in_flight.is_empty() && (!step.is_multiple_of(3) || b.next_chunk(1, u64::MAX).is_none()) {
                     let r = in_flight.remove(0);
                     // After a while every frame gets through, so the loop ends.
                     let fate = if step > 2000 { 2 } else { fates[step % fates.len()] };

@@ -743,6 +743,49 @@ fn blocked_frames_once_per_limit() {
 }
 
 #[test]
+fn blocked_signalled_for_data_written_after_credit_ran_out() {
+    let mut s = Streams::new(Side::Client, small_config());
+    let mut peer = Streams::new(Side::Server, small_config()).local_limits();
+    peer.initial_max_data = 100;
+    s.set_peer_limits(peer);
+    let id = s.open(true).unwrap();
+    s.write(id, &[0u8; 100]).unwrap();
+    let mut buf = [0u8; 1200];
+    let n = s.write_frames(&mut buf, &mut |_| {});
+    assert_eq!(
+        parse(&buf[..n]).len(),
+        1,
+        "all credit used, nothing held back yet"
+    );
+    assert!(!s.has_pending());
+    s.write(id, &[0u8; 50]).unwrap();
+    assert!(s.has_pending());
+    let n = s.write_frames(&mut buf, &mut |_| {});
+    assert_eq!(parse(&buf[..n]), vec![TestFrame::DataBlocked(100)]);
+    // Once per limit: more blocked data on another stream adds nothing.
+    let id2 = s.open(true).unwrap();
+    s.write(id2, b"x").unwrap();
+    assert!(!s.has_pending());
+    // Stream-level: a stream limit of 10 reached by an application write.
+    let mut s = Streams::new(Side::Client, small_config());
+    let mut peer = Streams::new(Side::Server, small_config()).local_limits();
+    peer.initial_max_stream_data_bidi_remote = 10;
+    s.set_peer_limits(peer);
+    let id = s.open(true).unwrap();
+    s.write(id, &[0u8; 10]).unwrap();
+    s.write_frames(&mut buf, &mut |_| {});
+    s.write(id, &[0u8; 10]).unwrap();
+    let n = s.write_frames(&mut buf, &mut |_| {});
+    assert_eq!(
+        parse(&buf[..n]),
+        vec![TestFrame::StreamDataBlocked {
+            id: id.0,
+            limit: 10
+        }]
+    );
+}
+
+#[test]
 fn write_frames_respects_tiny_buffers() {
     let mut s = Streams::new(Side::Client, small_config());
     s.set_peer_limits(Streams::new(Side::Server, small_config()).local_limits());
@@ -838,6 +881,58 @@ proptest! {
         }
         for (id, data) in &expect {
             prop_assert!(&rx.done[id] == data);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Arbitrary frames from a hostile peer never panic, and what we buffer stays
+    /// within the connection window however the data is fragmented.
+    #[test]
+    fn hostile_frames_never_panic_and_memory_stays_bounded(
+        ops in proptest::collection::vec(
+            (0u8..8, 0u64..64, any::<u64>(), 0u64..40_000, 0usize..200, any::<bool>()),
+            1..300,
+        ),
+    ) {
+        let mut s = Streams::new(Side::Server, small_config());
+        s.set_peer_limits(Streams::new(Side::Client, small_config()).local_limits());
+        let now = Instant::now();
+        let data = [7u8; 200];
+        for (kind, id, big, offset, len, flag) in ops {
+            let r = match kind {
+                0 | 1 => s.on_stream(id, offset, &data[..len], flag, now),
+                2 => s.on_reset_stream(id, big, offset),
+                3 => s.on_stop_sending(id, big),
+                4 => s.on_max_stream_data(id, big),
+                5 => s.on_max_streams(flag, big),
+                6 => s.on_streams_blocked(flag, big),
+                _ => {
+                    s.on_max_data(big);
+                    s.on_stream_data_blocked(id, big)
+                }
+            };
+            // A connection error ends the connection; it must be one of the stream
+            // errors, and the state must stay sane regardless.
+            if let Err(e) = r {
+                prop_assert!([
+                    Code::FLOW_CONTROL_ERROR,
+                    Code::STREAM_LIMIT_ERROR,
+                    Code::STREAM_STATE_ERROR,
+                    Code::FINAL_SIZE_ERROR,
+                    Code::FRAME_ENCODING_ERROR,
+                    Code::PROTOCOL_VIOLATION,
+                ]
+                .contains(&e.code));
+            }
+            let st = s.stats();
+            prop_assert!(st.recv_buffered as u64 <= 15_000);
+            prop_assert!(st.data_received <= st.local_max_data);
+            let mut buf = [0u8; 1200];
+            let n = s.write_frames(&mut buf, &mut |_| {});
+            prop_assert!(n <= 1200);
         }
     }
 }
