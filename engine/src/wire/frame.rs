@@ -81,7 +81,8 @@ impl<'a> AckFrame<'a> {
         AckIter {
             ranges: Reader::new(self.ranges),
             remaining: self.range_count,
-            next: Some(self.largest - self.first_range..=self.largest),
+            // Parsing proved first_range <= largest; saturate in case the fields were edited.
+            next: Some(self.largest.saturating_sub(self.first_range)..=self.largest),
         }
     }
 
