@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::app::hq::HqClient;
 use crate::app::perf::PerfClient;
-use crate::app::{dispatch_stream_event, Application, ALPN_HQ, ALPN_PERF};
+use crate::app::{dispatch_stream_event, Application};
 use crate::conn::{CloseReason, Connection, Event, TransportConfig};
 use crate::endpoint::{Endpoint, EndpointConfig, EventHandler};
 use crate::io::udp::{UdpDatapath, UdpOptions};

@@ -333,7 +333,7 @@ impl Connection {
 
     /// HANDSHAKE_DONE, PATH_RESPONSE, CID management and PING in a 1-RTT packet.
     fn write_data_control_frames(&mut self, buf: &mut [u8], mut pos: usize, frames: &mut SentFrames) -> usize {
-        let mut put = |buf: &mut [u8], pos: &mut usize, frame: &Frame<'_>| -> bool {
+        let put = |buf: &mut [u8], pos: &mut usize, frame: &Frame<'_>| -> bool {
             let mut w = Writer::new(&mut buf[*pos..]);
             if frame.encode(&mut w).is_ok() {
                 *pos += w.len();

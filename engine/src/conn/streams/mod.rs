@@ -23,9 +23,8 @@ mod test_util;
 #[cfg(test)]
 mod tests;
 mod transmit;
-mod wire_shim;
 
-use self::wire_shim as wire;
+use crate::wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
