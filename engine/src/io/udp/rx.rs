@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::cmsg::{self, ControlBuf, RX_CONTROL_LEN};
+use super::cmsg::{ControlBuf, RX_CONTROL_LEN};
 use super::sys::{self, MmsgScratch};
 
 /// Every receive buffer holds the largest possible UDP payload, so a datagram (or a GRO
@@ -112,6 +112,7 @@ pub(super) fn segments(buf: &mut [u8], stride: Option<usize>) -> std::slice::Chu
 
 #[cfg(test)]
 mod tests {
+    use super::super::cmsg;
     use super::*;
 
     #[test]
