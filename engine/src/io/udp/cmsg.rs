@@ -58,6 +58,8 @@ pub(super) fn parse(buf: &[u8]) -> RxControl {
                 .cast::<libc::cmsghdr>()
                 .read_unaligned()
         };
+        // `cmsg_len` is size_t on glibc but socklen_t elsewhere.
+        #[allow(clippy::unnecessary_cast)]
         let len = hdr.cmsg_len as usize;
         if len < HDR || len > buf.len() - off {
             break;

@@ -91,6 +91,8 @@ impl RxRing {
     pub(super) fn get(&mut self, i: usize) -> Received<'_> {
         let hdr = &self.scratch.hdrs[i];
         let len = (hdr.msg_len as usize).min(RX_BUF_SIZE);
+        // `msg_controllen` is size_t on glibc but socklen_t elsewhere.
+        #[allow(clippy::unnecessary_cast)]
         let ctl_len = (hdr.msg_hdr.msg_controllen as usize).min(RX_CONTROL_LEN);
         let flags = hdr.msg_hdr.msg_flags;
         let src = sys::from_storage(&self.names[i], hdr.msg_hdr.msg_namelen);
