@@ -495,3 +495,14 @@ fn wait_times_out_and_wakes() {
         "nothing more: no blocking"
     );
 }
+
+#[test]
+fn datapaths_can_move_to_worker_threads() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<UdpDatapath>();
+    assert_send::<crate::io::mem::MemDatapath>();
+    let dp = bind("127.0.0.1:0", UdpOptions::default());
+    let addr = dp.local_addr();
+    let moved = std::thread::spawn(move || dp.local_addr()).join().unwrap();
+    assert_eq!(moved, addr);
+}
