@@ -13,7 +13,6 @@ use crate::app::{dispatch_stream_event, Application};
 use crate::conn::{CloseReason, Connection, Event, TransportConfig};
 use crate::endpoint::{Endpoint, EndpointConfig, EventHandler};
 use crate::io::udp::{UdpDatapath, UdpOptions};
-use crate::io::Datapath;
 use crate::wire::header::VERSION_1;
 use crate::worker::drive_until;
 

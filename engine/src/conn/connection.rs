@@ -684,6 +684,7 @@ impl Connection {
             return Err(TransportError::new(Code::TRANSPORT_PARAMETER_ERROR, "peer sent no transport parameters"));
         }
         self.state = State::Established;
+        tracing::debug!(side = ?self.side, alpn = ?self.tls.alpn().map(String::from_utf8_lossy), "handshake complete");
         if !self.connected_emitted {
             self.connected_emitted = true;
             self.events.push_back(Event::Connected);

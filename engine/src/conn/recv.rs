@@ -179,6 +179,7 @@ impl Connection {
             PacketHeader::Short { pn_offset, .. } => (Epoch::Data, PacketKind::OneRtt, pn_offset, None),
         };
         if self.spaces[epoch.index()].discarded {
+            tracing::trace!(?epoch, "drop: space discarded");
             return Ok(Outcome::Dropped);
         }
         // Packets from an unexpected address during the handshake are not ours to act on.
@@ -188,17 +189,24 @@ impl Connection {
 
         // Header protection (RFC 9001 §5.4).
         let Some(sample_block) = sample(packet, pn_offset) else {
+            tracing::trace!(?epoch, len = packet.len(), "drop: too short for a header-protection sample");
             return Ok(Outcome::Dropped);
         };
         debug_assert_eq!(sample_block.len(), SAMPLE_LEN);
         let mask = match epoch {
             Epoch::Data => match &self.one_rtt {
                 Some(k) => k.remote_header().mask(&sample_block),
-                None => return Ok(Outcome::Dropped),
+                None => {
+                    tracing::trace!("drop: 1-RTT packet before 1-RTT keys");
+                    return Ok(Outcome::Dropped);
+                }
             },
             _ => match &self.spaces[epoch.index()].keys {
                 Some(k) => k.remote.header.mask(&sample_block),
-                None => return Ok(Outcome::Dropped),
+                None => {
+                    tracing::trace!(?epoch, "drop: no keys yet");
+                    return Ok(Outcome::Dropped);
+                }
             },
         };
         // Work on a copy of the first byte so a failed decryption leaves no trace we rely on.
@@ -228,6 +236,7 @@ impl Connection {
             }
         };
         let Ok(payload_len) = opened else {
+            tracing::trace!(?epoch, pn, ?generation, "drop: decryption failed");
             return Ok(Outcome::Dropped);
         };
 

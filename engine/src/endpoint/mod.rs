@@ -117,6 +117,7 @@ pub struct Endpoint<U> {
     stateless_pool: Vec<Box<[u8; 1500]>>,
     stats: EndpointStats,
     drained_states: Vec<U>,
+    expired_scratch: Vec<ConnHandle>,
 }
 
 impl<U: Default> Endpoint<U> {
@@ -132,6 +133,7 @@ impl<U: Default> Endpoint<U> {
             stateless_pool: Vec::new(),
             stats: EndpointStats::default(),
             drained_states: Vec::new(),
+            expired_scratch: Vec::new(),
         }
     }
 
@@ -490,19 +492,25 @@ impl<U: Default> Endpoint<U> {
 
     /// Runs every expired connection timer.
     pub fn handle_timeouts(&mut self, now: Instant, handler: &mut impl EventHandler<U>) {
+        // Take the expired entries first: a connection may re-arm a timer that is already due
+        // (an ACK deadline only sending clears), which must wait for the next round.
+        let mut expired = std::mem::take(&mut self.expired_scratch);
         while let Some(Reverse((t, h))) = self.timers.peek().copied() {
             if t > now {
                 break;
             }
             self.timers.pop();
-            let Some(e) = self.conns.get_mut(h) else { continue };
-            if e.timer != Some(t) {
-                continue; // superseded
+            if self.conns.get(h).is_some_and(|e| e.timer == Some(t)) {
+                expired.push(h);
             }
+        }
+        for h in expired.drain(..) {
+            let Some(e) = self.conns.get_mut(h) else { continue };
             e.timer = None;
             e.conn.handle_timeout(now);
             self.after_io(now, h, handler);
         }
+        self.expired_scratch = expired;
     }
 
     /// Earliest connection timer.
