@@ -145,6 +145,15 @@ impl<'a> Header<'a> {
         }
     }
 
+    /// The long-header packet type of a supported version.
+    pub fn long_type(&self) -> Option<LongType> {
+        match self {
+            Header::Long { ty, .. } => Some(*ty),
+            Header::Retry { .. } => Some(LongType::Retry),
+            _ => None,
+        }
+    }
+
     /// Offset of the protected packet number, for packets that carry one.
     pub fn pn_offset(&self) -> Option<usize> {
         match self {
@@ -492,6 +501,7 @@ mod tests {
         assert!(h.is_long());
         assert_eq!(h.version(), Some(VERSION_1));
         assert_eq!(h.pn_offset(), Some(18));
+        assert_eq!(h.long_type(), Some(LongType::Initial));
         assert_eq!(peek_dcid(&pkt, 8).unwrap(), h.dcid());
     }
 
@@ -574,6 +584,7 @@ mod tests {
             let pkt = unhex(packet);
             let (h, len) = parse(&pkt, 8).unwrap();
             assert_eq!(len, pkt.len());
+            assert_eq!(h.long_type(), Some(LongType::Retry));
             let Header::Retry {
                 version: v,
                 dcid,

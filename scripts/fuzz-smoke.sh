@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Smoke-runs every wire fuzz target (engine/fuzz) for a few seconds each.
+#
+#   scripts/fuzz-smoke.sh [SECONDS]     default 20 seconds per target (or $FUZZ_SECONDS)
+#   FUZZ_TARGETS="frame header" scripts/fuzz-smoke.sh 60
+#
+# Needs cargo-fuzz (installed here if missing) and a nightly compiler for the sanitizer
+# flags: the nightly toolchain if rustup has one, else stable with RUSTC_BOOTSTRAP=1.
+# Builds into engine/fuzz/target, apart from the workspace's target directory.
+set -euo pipefail
+
+seconds="${1:-${FUZZ_SECONDS:-20}}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+fuzz_dir="$root/engine/fuzz"
+targets="${FUZZ_TARGETS:-header frame transport_params}"
+
+if ! cargo fuzz --help >/dev/null 2>&1; then
+    echo "installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked
+fi
+
+fuzz=(cargo fuzz)
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    fuzz=(cargo +nightly fuzz)
+else
+    export RUSTC_BOOTSTRAP=1
+fi
+
+cd "$fuzz_dir"
+for target in $targets; do
+    corpus="$fuzz_dir/corpus/$target"
+    mkdir -p "$corpus"
+    seeds=()
+    [ -d "$fuzz_dir/seeds/$target" ] && seeds=("$fuzz_dir/seeds/$target")
+    echo "== fuzzing $target for ${seconds}s" >&2
+    "${fuzz[@]}" run --target-dir "$fuzz_dir/target" "$target" "$corpus" "${seeds[@]}" -- \
+        -max_total_time="$seconds" -print_final_stats=1
+done
+echo "== all fuzz targets survived ${seconds}s each" >&2
