@@ -204,11 +204,23 @@ fn builders_roundtrip_through_kernel_v4_v6() {
 #[test]
 fn million_packets_frame_accounting() {
     const TOTAL: u64 = 1_000_000;
-    const WINDOW: u64 = 128;
+    const WINDOW: u64 = 64;
     let t = Topology::new("m");
     let (srv, srv_if) = (t.srv.clone(), t.srv_if.clone());
     let cli = udp_in(&t.cli, "10.99.0.2:50002");
-    cli.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    // A window of echoes must fit the receive buffer, or the kernel drops them.
+    let rcvbuf: libc::c_int = 8 << 20;
+    // SAFETY: valid socket fd and a c_int option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            cli.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&rcvbuf as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
     let stop = Arc::new(AtomicBool::new(false));
     let stop_srv = Arc::clone(&stop);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -304,6 +316,7 @@ fn million_packets_frame_accounting() {
     }
     stop.store(true, Ordering::Relaxed);
     let (prog_stats, s, echoed) = server.join().expect("server thread");
+    assert!(resent < TOTAL / 100, "too many echoes lost: {resent}");
     eprintln!(
         "1M echo in {:?}: echoed {echoed}, resent {resent}, program {prog_stats:?}, socket {s:?}",
         started.elapsed()
