@@ -18,7 +18,10 @@ use quench::Side;
 const PORT: u16 = 4433;
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run `ip` (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run `ip` (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {} (this test needs root)",
@@ -36,7 +39,11 @@ struct Topology {
 
 impl Topology {
     fn new(tag: &str) -> Topology {
-        assert_eq!(unsafe_geteuid(), 0, "xdp_veth tests need root (namespaces, XDP, AF_XDP)");
+        assert_eq!(
+            unsafe_geteuid(),
+            0,
+            "xdp_veth tests need root (namespaces, XDP, AF_XDP)"
+        );
         let t = Topology {
             srv: format!("qt-{tag}-s"),
             cli: format!("qt-{tag}-c"),
@@ -47,12 +54,39 @@ impl Topology {
         ip(&["netns", "add", &t.srv]);
         ip(&["netns", "add", &t.cli]);
         ip(&[
-            "link", "add", &t.srv_if, "netns", &t.srv, "type", "veth", "peer", "name", &cli_if, "netns", &t.cli,
+            "link", "add", &t.srv_if, "netns", &t.srv, "type", "veth", "peer", "name", &cli_if,
+            "netns", &t.cli,
         ]);
-        ip(&["-n", &t.srv, "addr", "add", "10.99.0.1/24", "dev", &t.srv_if]);
+        ip(&[
+            "-n",
+            &t.srv,
+            "addr",
+            "add",
+            "10.99.0.1/24",
+            "dev",
+            &t.srv_if,
+        ]);
         ip(&["-n", &t.cli, "addr", "add", "10.99.0.2/24", "dev", &cli_if]);
-        ip(&["-n", &t.srv, "addr", "add", "fd99::1/64", "dev", &t.srv_if, "nodad"]);
-        ip(&["-n", &t.cli, "addr", "add", "fd99::2/64", "dev", &cli_if, "nodad"]);
+        ip(&[
+            "-n",
+            &t.srv,
+            "addr",
+            "add",
+            "fd99::1/64",
+            "dev",
+            &t.srv_if,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &t.cli,
+            "addr",
+            "add",
+            "fd99::2/64",
+            "dev",
+            &cli_if,
+            "nodad",
+        ]);
         ip(&["-n", &t.srv, "link", "set", &t.srv_if, "up"]);
         ip(&["-n", &t.cli, "link", "set", &cli_if, "up"]);
         t
@@ -91,7 +125,8 @@ fn udp_in(ns: &str, addr: &str) -> UdpSocket {
     std::thread::spawn(move || {
         enter_netns(&ns);
         let s = UdpSocket::bind(&addr).expect("bind client UDP socket");
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         s
     })
     .join()
@@ -109,7 +144,8 @@ fn start(iface: &str) -> (XdpProgram, XdpDatapath) {
         side: Side::Server,
         ..Default::default()
     };
-    let (prog, mut paths) = XdpSetup::start(&cfg).unwrap_or_else(|e| panic!("XDP setup failed: {e}"));
+    let (prog, mut paths) =
+        XdpSetup::start(&cfg).unwrap_or_else(|e| panic!("XDP setup failed: {e}"));
     (prog, paths.remove(0))
 }
 
@@ -137,7 +173,11 @@ fn check_payload(p: &[u8]) -> u64 {
     seq
 }
 
-fn recv_until(dp: &mut XdpDatapath, want: usize, on: &mut dyn FnMut(quench::io::RxMeta, &mut [u8])) -> usize {
+fn recv_until(
+    dp: &mut XdpDatapath,
+    want: usize,
+    on: &mut dyn FnMut(quench::io::RxMeta, &mut [u8]),
+) -> usize {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut got = 0;
     while got < want && Instant::now() < deadline {
@@ -172,7 +212,10 @@ fn builders_roundtrip_through_kernel_v4_v6() {
                 assert_eq!(meta.dst, server);
                 seen.push(check_payload(p));
             });
-            assert_eq!(n, 20, "kernel-sent datagrams received over AF_XDP ({server})");
+            assert_eq!(
+                n, 20,
+                "kernel-sent datagrams received over AF_XDP ({server})"
+            );
             seen.sort_unstable();
             assert_eq!(seen, (0..20).collect::<Vec<_>>());
             // AF_XDP → kernel: the kernel drops bad checksums, so arrival proves them.
@@ -181,13 +224,20 @@ fn builders_roundtrip_through_kernel_v4_v6() {
                 let dst = cli.local_addr().unwrap();
                 assert!(dp.push_tx(&mut |out| {
                     out[..buf.len()].copy_from_slice(&buf);
-                    Some(TxMeta { dst, len: buf.len(), segment_size: None, ecn: 0 })
+                    Some(TxMeta {
+                        dst,
+                        len: buf.len(),
+                        segment_size: None,
+                        ecn: 0,
+                    })
                 }));
             }
             dp.flush().unwrap();
             let mut rb = [0u8; 2048];
             for seq in 100..120 {
-                let (n, from) = cli.recv_from(&mut rb).unwrap_or_else(|e| panic!("kernel UDP receive ({server}): {e}"));
+                let (n, from) = cli
+                    .recv_from(&mut rb)
+                    .unwrap_or_else(|e| panic!("kernel UDP receive ({server}): {e}"));
                 assert_eq!(from, server);
                 assert_eq!(check_payload(&rb[..n]), seq);
             }
@@ -244,7 +294,12 @@ fn million_packets_frame_accounting() {
             for (dst, b) in pending.drain(..) {
                 while !dp.push_tx(&mut |out| {
                     out[..b.len()].copy_from_slice(&b);
-                    Some(TxMeta { dst, len: b.len(), segment_size: None, ecn: 0 })
+                    Some(TxMeta {
+                        dst,
+                        len: b.len(),
+                        segment_size: None,
+                        ecn: 0,
+                    })
                 }) {
                     dp.flush().unwrap();
                 }
@@ -279,7 +334,10 @@ fn million_packets_frame_accounting() {
     let mut next = 0u64;
     let started = Instant::now();
     while n_received < TOTAL {
-        assert!(started.elapsed() < Duration::from_secs(600), "1M echo took too long ({n_received} done)");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "1M echo took too long ({n_received} done)"
+        );
         let batch_end = (next + WINDOW).min(TOTAL);
         let mut outstanding: Vec<u64> = (next..batch_end).collect();
         let mut tries = 0;
@@ -306,7 +364,14 @@ fn million_packets_frame_accounting() {
                             break;
                         }
                     }
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
                     Err(e) => panic!("client receive: {e}"),
                 }
             }
@@ -326,9 +391,18 @@ fn million_packets_frame_accounting() {
     assert_eq!(s.frames.rx, 0, "frames stuck in user space");
     assert_eq!(s.frames.tx, 0, "frames never completed");
     assert_eq!(s.frames.total(), 4096);
-    assert_eq!(s.frames.free, s.free_listed, "free frames not on a free list");
-    assert_eq!(s.frames.fill, s.fill_outstanding, "fill frames not in the fill ring");
+    assert_eq!(
+        s.frames.free, s.free_listed,
+        "free frames not on a free list"
+    );
+    assert_eq!(
+        s.frames.fill, s.fill_outstanding,
+        "fill frames not in the fill ring"
+    );
     assert_eq!(prog_stats.redirect_failed, 0);
     assert!(prog_stats.redirect >= TOTAL);
-    assert_eq!(s.counters.rx_malformed + s.counters.bad_descs + s.counters.tx_no_neighbor, 0);
+    assert_eq!(
+        s.counters.rx_malformed + s.counters.bad_descs + s.counters.tx_no_neighbor,
+        0
+    );
 }
