@@ -406,3 +406,50 @@ fn million_packets_frame_accounting() {
         0
     );
 }
+
+/// Two workers sharing one queue (XDP_SHARED_UMEM): the program splits datagrams by the
+/// worker byte of the CID, each socket gets exactly its own, and frames stay accounted.
+#[test]
+fn shared_umem_two_workers_split_by_cid() {
+    let t = Topology::new("w");
+    let (srv, srv_if) = (t.srv.clone(), t.srv_if.clone());
+    let cli = udp_in(&t.cli, "10.99.0.2:50003");
+    std::thread::spawn(move || {
+        enter_netns(&srv);
+        let cfg = XdpConfig {
+            iface: srv_if,
+            queues: vec![0],
+            workers: 2,
+            mode: XdpMode::Native,
+            ports: vec![PORT],
+            ..Default::default()
+        };
+        let (prog, mut paths) =
+            XdpSetup::start(&cfg).unwrap_or_else(|e| panic!("XDP setup failed: {e}"));
+        assert_eq!(paths[1].bind_mode(), quench::io::xdp::BindMode::Shared);
+        let server: SocketAddr = format!("10.99.0.1:{PORT}").parse().unwrap();
+        let per_worker = 200u64;
+        let mut dgram = vec![0x40u8; 64];
+        for i in 0..2 * per_worker {
+            dgram[1 + 3] = (i % 2) as u8; // worker byte of a 12-byte server CID
+            dgram[20..28].copy_from_slice(&i.to_be_bytes());
+            cli.send_to(&dgram, server).unwrap();
+        }
+        for (w, dp) in paths.iter_mut().enumerate() {
+            let n = recv_until(dp, per_worker as usize, &mut |_, p| {
+                assert_eq!(
+                    usize::from(p[4]),
+                    w,
+                    "worker {w} got another worker's datagram"
+                );
+            });
+            assert_eq!(n as u64, per_worker, "worker {w}");
+        }
+        assert_eq!(prog.worker_hits(2), vec![per_worker, per_worker]);
+        let s = paths[0].stats();
+        assert_eq!(s.frame_violations, 0);
+        assert_eq!(s.frames.rx, 0);
+    })
+    .join()
+    .unwrap();
+}
