@@ -10,7 +10,8 @@ fn main() {
     if env::var_os("CARGO_FEATURE_XDP").is_none() {
         return;
     }
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let bpf_dir = manifest.join("../bpf");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-changed={}", bpf_dir.display());
@@ -22,7 +23,10 @@ fn main() {
     for path in &sources {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    for src in sources.iter().filter(|p| p.to_string_lossy().ends_with(".bpf.c")) {
+    for src in sources
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
+    {
         compile(src, &bpf_dir, &out_dir);
     }
 }
@@ -35,7 +39,10 @@ fn compile(src: &Path, include: &Path, out_dir: &Path) {
         .and_then(|n| n.strip_suffix(".bpf.c"))
         .expect("filtered on .bpf.c");
     let out = out_dir.join(format!("{stem}.bpf.o"));
-    let arch_include = format!("/usr/include/{}-linux-gnu", env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into()));
+    let arch_include = format!(
+        "/usr/include/{}-linux-gnu",
+        env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into())
+    );
     let status = Command::new(&clang)
         .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
         .arg(format!("-I{arch_include}"))

@@ -25,7 +25,9 @@ fn load(n_workers: u32) -> XdpProgram {
         n_workers,
         drop_small_initial: true,
     })
-    .unwrap_or_else(|e| panic!("cannot load the XDP program (this test needs root / CAP_BPF): {e}"));
+    .unwrap_or_else(|e| {
+        panic!("cannot load the XDP program (this test needs root / CAP_BPF): {e}")
+    });
     p.set_ports(&[PORT, 8443]).unwrap();
     for w in 0..n_workers {
         p.set_worker(w, 0, true).unwrap();
@@ -36,7 +38,11 @@ fn load(n_workers: u32) -> XdpProgram {
 
 fn frame(dst: &str, payload: &[u8], vlan: Option<u16>) -> Vec<u8> {
     let dst: std::net::SocketAddr = dst.parse().unwrap();
-    let src = if dst.is_ipv4() { "10.99.0.2:50000" } else { "[fd99::2]:50000" };
+    let src = if dst.is_ipv4() {
+        "10.99.0.2:50000"
+    } else {
+        "[fd99::2]:50000"
+    };
     let h = FrameHeaders {
         src_mac: [2, 0, 0, 0, 0, 2],
         dst_mac: [2, 0, 0, 0, 0, 1],
@@ -142,8 +148,15 @@ fn verdicts_with_sockets() {
     let p = load(WORKERS);
     // Unbound sockets with a UMEM and an RX ring are enough for the XSKMAP.
     let umem = Umem::new(2048, 64, false).unwrap();
-    let sizes = RingSizes { fill: 32, completion: 32, rx: 32, tx: 32 };
-    let socks: Vec<_> = (0..WORKERS).map(|_| XdpSocket::unbound_for_map(&umem, sizes).expect("AF_XDP socket")).collect();
+    let sizes = RingSizes {
+        fill: 32,
+        completion: 32,
+        rx: 32,
+        tx: 32,
+    };
+    let socks: Vec<_> = (0..WORKERS)
+        .map(|_| XdpSocket::unbound_for_map(&umem, sizes).expect("AF_XDP socket"))
+        .collect();
     for (w, s) in socks.iter().enumerate() {
         p.set_xsk(w as u32, s.as_fd()).expect("XSKMAP update");
     }
@@ -160,14 +173,20 @@ fn verdicts_with_sockets() {
     // Short headers route by the worker byte; minimum size is DCID + 20.
     ok(v4(&short(&server_cid(3), 100)), 3);
     ok(v4(&short(&server_cid(6), 1 + 12 + 20)), 6 % WORKERS);
-    assert_eq!(dropped(v4(&short(&server_cid(1), 1 + 12 + 19))).drop_bad_short, 1);
+    assert_eq!(
+        dropped(v4(&short(&server_cid(1), 1 + 12 + 19))).drop_bad_short,
+        1
+    );
     assert_eq!(dropped(v4(&[])).drop_bad_short, 1);
     let mut no_fixed = short(&server_cid(1), 60);
     no_fixed[0] = 0x01;
     assert_eq!(dropped(v4(&no_fixed)).drop_fixed_bit, 1);
 
     // VLAN and IPv6 carry the same decisions; port 8443 is ours too.
-    ok(frame("10.99.0.1:4433", &short(&server_cid(1), 80), Some(100)), 1);
+    ok(
+        frame("10.99.0.1:4433", &short(&server_cid(1), 80), Some(100)),
+        1,
+    );
     ok(frame("[fd99::1]:8443", &short(&server_cid(2), 80), None), 2);
     let f = frame("10.99.0.1:4433", &short(&server_cid(1), 80), Some(100));
     assert_eq!(u16::from_be_bytes([f[12], f[13]]), ETHERTYPE_VLAN);
@@ -176,8 +195,14 @@ fn verdicts_with_sockets() {
     let cdcid = [0x11u8, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
     let hw = fnv1a32(&cdcid) % WORKERS;
     ok(v4(&long(V1, 0, &cdcid, 1200)), hw);
-    assert_eq!(dropped(v4(&long(V1, 0, &cdcid, 1199))).drop_short_initial, 1);
-    ok(frame("[fd99::1]:4433", &long(V2, 1, &cdcid, 1250), None), hw);
+    assert_eq!(
+        dropped(v4(&long(V1, 0, &cdcid, 1199))).drop_short_initial,
+        1
+    );
+    ok(
+        frame("[fd99::1]:4433", &long(V2, 1, &cdcid, 1250), None),
+        hw,
+    );
     assert_eq!(dropped(v4(&long(V2, 1, &cdcid, 600))).drop_short_initial, 1);
     // v2 type 0 is Retry, v1 type 2 Handshake, 0-RTT alone may be small: not dropped.
     ok(v4(&long(V2, 0, &cdcid, 100)), hw);
@@ -216,7 +241,11 @@ fn worker_choice_matches_rust_on_random_dcids() {
     let layout = CidLayout::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x9000);
     for i in 0..3000 {
-        let len = if i % 3 == 0 { 12 } else { rng.gen_range(0..=20) };
+        let len = if i % 3 == 0 {
+            12
+        } else {
+            rng.gen_range(0..=20)
+        };
         let dcid: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
         let want = worker_for_dcid(&dcid, &layout, WORKERS);
         // Long header (Handshake, no size rule) with any DCID length.

@@ -18,7 +18,10 @@ use quench::Side;
 const PORT: u16 = 4433;
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run `ip` (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run `ip` (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {} (this test needs root)",
@@ -36,7 +39,11 @@ struct Topology {
 
 impl Topology {
     fn new(tag: &str) -> Topology {
-        assert_eq!(unsafe_geteuid(), 0, "xdp_veth tests need root (namespaces, XDP, AF_XDP)");
+        assert_eq!(
+            unsafe_geteuid(),
+            0,
+            "xdp_veth tests need root (namespaces, XDP, AF_XDP)"
+        );
         let t = Topology {
             srv: format!("qt-{tag}-s"),
             cli: format!("qt-{tag}-c"),
@@ -47,12 +54,39 @@ impl Topology {
         ip(&["netns", "add", &t.srv]);
         ip(&["netns", "add", &t.cli]);
         ip(&[
-            "link", "add", &t.srv_if, "netns", &t.srv, "type", "veth", "peer", "name", &cli_if, "netns", &t.cli,
+            "link", "add", &t.srv_if, "netns", &t.srv, "type", "veth", "peer", "name", &cli_if,
+            "netns", &t.cli,
         ]);
-        ip(&["-n", &t.srv, "addr", "add", "10.99.0.1/24", "dev", &t.srv_if]);
+        ip(&[
+            "-n",
+            &t.srv,
+            "addr",
+            "add",
+            "10.99.0.1/24",
+            "dev",
+            &t.srv_if,
+        ]);
         ip(&["-n", &t.cli, "addr", "add", "10.99.0.2/24", "dev", &cli_if]);
-        ip(&["-n", &t.srv, "addr", "add", "fd99::1/64", "dev", &t.srv_if, "nodad"]);
-        ip(&["-n", &t.cli, "addr", "add", "fd99::2/64", "dev", &cli_if, "nodad"]);
+        ip(&[
+            "-n",
+            &t.srv,
+            "addr",
+            "add",
+            "fd99::1/64",
+            "dev",
+            &t.srv_if,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &t.cli,
+            "addr",
+            "add",
+            "fd99::2/64",
+            "dev",
+            &cli_if,
+            "nodad",
+        ]);
         ip(&["-n", &t.srv, "link", "set", &t.srv_if, "up"]);
         ip(&["-n", &t.cli, "link", "set", &cli_if, "up"]);
         t
@@ -91,7 +125,8 @@ fn udp_in(ns: &str, addr: &str) -> UdpSocket {
     std::thread::spawn(move || {
         enter_netns(&ns);
         let s = UdpSocket::bind(&addr).expect("bind client UDP socket");
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         s
     })
     .join()
@@ -109,7 +144,8 @@ fn start(iface: &str) -> (XdpProgram, XdpDatapath) {
         side: Side::Server,
         ..Default::default()
     };
-    let (prog, mut paths) = XdpSetup::start(&cfg).unwrap_or_else(|e| panic!("XDP setup failed: {e}"));
+    let (prog, mut paths) =
+        XdpSetup::start(&cfg).unwrap_or_else(|e| panic!("XDP setup failed: {e}"));
     (prog, paths.remove(0))
 }
 
@@ -137,7 +173,11 @@ fn check_payload(p: &[u8]) -> u64 {
     seq
 }
 
-fn recv_until(dp: &mut XdpDatapath, want: usize, on: &mut dyn FnMut(quench::io::RxMeta, &mut [u8])) -> usize {
+fn recv_until(
+    dp: &mut XdpDatapath,
+    want: usize,
+    on: &mut dyn FnMut(quench::io::RxMeta, &mut [u8]),
+) -> usize {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut got = 0;
     while got < want && Instant::now() < deadline {
@@ -172,7 +212,10 @@ fn builders_roundtrip_through_kernel_v4_v6() {
                 assert_eq!(meta.dst, server);
                 seen.push(check_payload(p));
             });
-            assert_eq!(n, 20, "kernel-sent datagrams received over AF_XDP ({server})");
+            assert_eq!(
+                n, 20,
+                "kernel-sent datagrams received over AF_XDP ({server})"
+            );
             seen.sort_unstable();
             assert_eq!(seen, (0..20).collect::<Vec<_>>());
             // AF_XDP → kernel: the kernel drops bad checksums, so arrival proves them.
@@ -181,13 +224,20 @@ fn builders_roundtrip_through_kernel_v4_v6() {
                 let dst = cli.local_addr().unwrap();
                 assert!(dp.push_tx(&mut |out| {
                     out[..buf.len()].copy_from_slice(&buf);
-                    Some(TxMeta { dst, len: buf.len(), segment_size: None, ecn: 0 })
+                    Some(TxMeta {
+                        dst,
+                        len: buf.len(),
+                        segment_size: None,
+                        ecn: 0,
+                    })
                 }));
             }
             dp.flush().unwrap();
             let mut rb = [0u8; 2048];
             for seq in 100..120 {
-                let (n, from) = cli.recv_from(&mut rb).unwrap_or_else(|e| panic!("kernel UDP receive ({server}): {e}"));
+                let (n, from) = cli
+                    .recv_from(&mut rb)
+                    .unwrap_or_else(|e| panic!("kernel UDP receive ({server}): {e}"));
                 assert_eq!(from, server);
                 assert_eq!(check_payload(&rb[..n]), seq);
             }
@@ -204,11 +254,23 @@ fn builders_roundtrip_through_kernel_v4_v6() {
 #[test]
 fn million_packets_frame_accounting() {
     const TOTAL: u64 = 1_000_000;
-    const WINDOW: u64 = 128;
+    const WINDOW: u64 = 64;
     let t = Topology::new("m");
     let (srv, srv_if) = (t.srv.clone(), t.srv_if.clone());
     let cli = udp_in(&t.cli, "10.99.0.2:50002");
-    cli.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    // A window of echoes must fit the receive buffer, or the kernel drops them.
+    let rcvbuf: libc::c_int = 8 << 20;
+    // SAFETY: valid socket fd and a c_int option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            cli.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&rcvbuf as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
     let stop = Arc::new(AtomicBool::new(false));
     let stop_srv = Arc::clone(&stop);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -232,7 +294,12 @@ fn million_packets_frame_accounting() {
             for (dst, b) in pending.drain(..) {
                 while !dp.push_tx(&mut |out| {
                     out[..b.len()].copy_from_slice(&b);
-                    Some(TxMeta { dst, len: b.len(), segment_size: None, ecn: 0 })
+                    Some(TxMeta {
+                        dst,
+                        len: b.len(),
+                        segment_size: None,
+                        ecn: 0,
+                    })
                 }) {
                     dp.flush().unwrap();
                 }
@@ -267,7 +334,10 @@ fn million_packets_frame_accounting() {
     let mut next = 0u64;
     let started = Instant::now();
     while n_received < TOTAL {
-        assert!(started.elapsed() < Duration::from_secs(600), "1M echo took too long ({n_received} done)");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "1M echo took too long ({n_received} done)"
+        );
         let batch_end = (next + WINDOW).min(TOTAL);
         let mut outstanding: Vec<u64> = (next..batch_end).collect();
         let mut tries = 0;
@@ -294,7 +364,14 @@ fn million_packets_frame_accounting() {
                             break;
                         }
                     }
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
                     Err(e) => panic!("client receive: {e}"),
                 }
             }
@@ -304,6 +381,7 @@ fn million_packets_frame_accounting() {
     }
     stop.store(true, Ordering::Relaxed);
     let (prog_stats, s, echoed) = server.join().expect("server thread");
+    assert!(resent < TOTAL / 100, "too many echoes lost: {resent}");
     eprintln!(
         "1M echo in {:?}: echoed {echoed}, resent {resent}, program {prog_stats:?}, socket {s:?}",
         started.elapsed()
@@ -313,9 +391,65 @@ fn million_packets_frame_accounting() {
     assert_eq!(s.frames.rx, 0, "frames stuck in user space");
     assert_eq!(s.frames.tx, 0, "frames never completed");
     assert_eq!(s.frames.total(), 4096);
-    assert_eq!(s.frames.free, s.free_listed, "free frames not on a free list");
-    assert_eq!(s.frames.fill, s.fill_outstanding, "fill frames not in the fill ring");
+    assert_eq!(
+        s.frames.free, s.free_listed,
+        "free frames not on a free list"
+    );
+    assert_eq!(
+        s.frames.fill, s.fill_outstanding,
+        "fill frames not in the fill ring"
+    );
     assert_eq!(prog_stats.redirect_failed, 0);
     assert!(prog_stats.redirect >= TOTAL);
-    assert_eq!(s.counters.rx_malformed + s.counters.bad_descs + s.counters.tx_no_neighbor, 0);
+    assert_eq!(
+        s.counters.rx_malformed + s.counters.bad_descs + s.counters.tx_no_neighbor,
+        0
+    );
+}
+
+/// Two workers sharing one queue (XDP_SHARED_UMEM): the program splits datagrams by the
+/// worker byte of the CID, each socket gets exactly its own, and frames stay accounted.
+#[test]
+fn shared_umem_two_workers_split_by_cid() {
+    let t = Topology::new("w");
+    let (srv, srv_if) = (t.srv.clone(), t.srv_if.clone());
+    let cli = udp_in(&t.cli, "10.99.0.2:50003");
+    std::thread::spawn(move || {
+        enter_netns(&srv);
+        let cfg = XdpConfig {
+            iface: srv_if,
+            queues: vec![0],
+            workers: 2,
+            mode: XdpMode::Native,
+            ports: vec![PORT],
+            ..Default::default()
+        };
+        let (prog, mut paths) =
+            XdpSetup::start(&cfg).unwrap_or_else(|e| panic!("XDP setup failed: {e}"));
+        assert_eq!(paths[1].bind_mode(), quench::io::xdp::BindMode::Shared);
+        let server: SocketAddr = format!("10.99.0.1:{PORT}").parse().unwrap();
+        let per_worker = 200u64;
+        let mut dgram = vec![0x40u8; 64];
+        for i in 0..2 * per_worker {
+            dgram[1 + 3] = (i % 2) as u8; // worker byte of a 12-byte server CID
+            dgram[20..28].copy_from_slice(&i.to_be_bytes());
+            cli.send_to(&dgram, server).unwrap();
+        }
+        for (w, dp) in paths.iter_mut().enumerate() {
+            let n = recv_until(dp, per_worker as usize, &mut |_, p| {
+                assert_eq!(
+                    usize::from(p[4]),
+                    w,
+                    "worker {w} got another worker's datagram"
+                );
+            });
+            assert_eq!(n as u64, per_worker, "worker {w}");
+        }
+        assert_eq!(prog.worker_hits(2), vec![per_worker, per_worker]);
+        let s = paths[0].stats();
+        assert_eq!(s.frame_violations, 0);
+        assert_eq!(s.frames.rx, 0);
+    })
+    .join()
+    .unwrap();
 }

@@ -209,7 +209,11 @@ impl FrameHeaders {
         if udp_len > usize::from(u16::MAX) - IPV4_HDR_LEN {
             return Err(NetError::BufferTooSmall);
         }
-        let hop = if self.hop_limit == 0 { DEFAULT_HOP_LIMIT } else { self.hop_limit };
+        let hop = if self.hop_limit == 0 {
+            DEFAULT_HOP_LIMIT
+        } else {
+            self.hop_limit
+        };
         frame[0..6].copy_from_slice(&self.dst_mac);
         frame[6..12].copy_from_slice(&self.src_mac);
         let mut off = 12;
@@ -237,7 +241,10 @@ impl FrameHeaders {
                 h[10..12].copy_from_slice(&c.to_be_bytes());
                 let mut p = sum_be16(&s.octets(), 0);
                 p = sum_be16(&d.octets(), p);
-                (ip + IPV4_HDR_LEN, p + u64::from(IPPROTO_UDP) + udp_len as u64)
+                (
+                    ip + IPV4_HDR_LEN,
+                    p + u64::from(IPPROTO_UDP) + udp_len as u64,
+                )
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 frame[off..off + 2].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
@@ -255,7 +262,10 @@ impl FrameHeaders {
                 h[24..40].copy_from_slice(&d.octets());
                 let mut p = sum_be16(&s.octets(), 0);
                 p = sum_be16(&d.octets(), p);
-                (ip + IPV6_HDR_LEN, p + u64::from(IPPROTO_UDP) + udp_len as u64)
+                (
+                    ip + IPV6_HDR_LEN,
+                    p + u64::from(IPPROTO_UDP) + udp_len as u64,
+                )
             }
             _ => return Err(NetError::FamilyMismatch),
         };

@@ -113,9 +113,21 @@ mod tests {
 
     #[test]
     fn invalid_layouts() {
-        assert!(!CidLayout { cid_len: 8, server_id_len: 3 }.is_valid());
-        assert!(!CidLayout { cid_len: 21, server_id_len: 2 }.is_valid());
-        assert!(CidLayout { cid_len: 8, server_id_len: 2 }.is_valid());
+        assert!(!CidLayout {
+            cid_len: 8,
+            server_id_len: 3
+        }
+        .is_valid());
+        assert!(!CidLayout {
+            cid_len: 21,
+            server_id_len: 2
+        }
+        .is_valid());
+        assert!(CidLayout {
+            cid_len: 8,
+            server_id_len: 2
+        }
+        .is_valid());
     }
 
     #[test]

@@ -62,7 +62,9 @@ pub struct Handoff {
 pub type HandoffQueues = Arc<[ArrayQueue<Handoff>]>;
 
 pub fn handoff_queues(workers: usize) -> HandoffQueues {
-    (0..workers).map(|_| ArrayQueue::new(HANDOFF_SLOTS)).collect()
+    (0..workers)
+        .map(|_| ArrayQueue::new(HANDOFF_SLOTS))
+        .collect()
 }
 
 /// What the workers bound to one RX queue share.
@@ -137,8 +139,16 @@ impl XdpDatapath {
         iface: LocalIface,
     ) -> XdpDatapath {
         let frames = group.umem.frames() as usize;
-        let spill_above = if group.listed.len() == 1 { usize::MAX } else { 2 * RX_BATCH as usize };
-        let ip_udp = if iface.v6.is_some() { net::IPV6_HDR_LEN } else { net::IPV4_HDR_LEN } + net::UDP_HDR_LEN;
+        let spill_above = if group.listed.len() == 1 {
+            usize::MAX
+        } else {
+            2 * RX_BATCH as usize
+        };
+        let ip_udp = if iface.v6.is_some() {
+            net::IPV6_HDR_LEN
+        } else {
+            net::IPV4_HDR_LEN
+        } + net::UDP_HDR_LEN;
         let by_mtu = (iface.mtu as usize).saturating_sub(ip_udp);
         let by_frame = group.umem.frame_size() as usize - TX_PAYLOAD_OFFSET;
         XdpDatapath {
@@ -189,14 +199,21 @@ impl XdpDatapath {
 
     /// Counters, kernel socket statistics and the frame census of this socket's UMEM.
     pub fn stats(&mut self) -> SocketStats {
-        let kernel = syscall::statistics(self.socket.fd()).map(Into::into).unwrap_or_default();
+        let kernel = syscall::statistics(self.socket.fd())
+            .map(Into::into)
+            .unwrap_or_default();
         self.publish_listed();
         let fill_outstanding = match self.group.fill_comp.lock() {
             Ok(mut fc) => fc.fill.outstanding(),
             Err(_) => 0,
         };
         let free_listed = self.group.pool.len() as u32
-            + self.group.listed.iter().map(|l| l.load(Ordering::Relaxed)).sum::<u32>();
+            + self
+                .group
+                .listed
+                .iter()
+                .map(|l| l.load(Ordering::Relaxed))
+                .sum::<u32>();
         let frames = self.group.umem.ledger().census();
         SocketStats {
             counters: self.counters,
@@ -286,7 +303,11 @@ impl XdpDatapath {
         for i in 0..n {
             let addr = fc.completion.get(i);
             let base = umem.frame_base(addr);
-            if umem.contains(addr, 1) && umem.ledger().move_frame(base, FrameState::Tx, FrameState::Free) {
+            if umem.contains(addr, 1)
+                && umem
+                    .ledger()
+                    .move_frame(base, FrameState::Tx, FrameState::Free)
+            {
                 self.free_frame(base);
             } else {
                 self.counters.bad_descs += 1;
@@ -299,10 +320,12 @@ impl XdpDatapath {
         let mut room = fc.fill.free(fsize);
         while room > 0 {
             let Some(base) = self.take_frame() else { break };
-            umem.ledger().move_frame(base, FrameState::Free, FrameState::Fill);
+            umem.ledger()
+                .move_frame(base, FrameState::Free, FrameState::Fill);
             if !fc.fill.push(base) {
                 // Unreachable given `room`, but never lose a frame.
-                umem.ledger().move_frame(base, FrameState::Fill, FrameState::Free);
+                umem.ledger()
+                    .move_frame(base, FrameState::Fill, FrameState::Free);
                 self.free_frame(base);
                 break;
             }
@@ -346,7 +369,10 @@ impl XdpDatapath {
             return false;
         }
         let base = umem.frame_base(d.addr);
-        if !umem.ledger().move_frame(base, FrameState::Fill, FrameState::Rx) {
+        if !umem
+            .ledger()
+            .move_frame(base, FrameState::Fill, FrameState::Rx)
+        {
             return false;
         }
         // SAFETY: inside the UMEM (checked) and ours: the kernel handed this frame over on
@@ -382,7 +408,8 @@ impl XdpDatapath {
                 }
             }
         }
-        umem.ledger().move_frame(base, FrameState::Rx, FrameState::Free);
+        umem.ledger()
+            .move_frame(base, FrameState::Rx, FrameState::Free);
         self.free_frame(base);
         delivered
     }
@@ -469,7 +496,8 @@ impl Datapath for XdpDatapath {
         };
         let group = Arc::clone(&self.group);
         let umem = &group.umem;
-        umem.ledger().move_frame(base, FrameState::Free, FrameState::Tx);
+        umem.ledger()
+            .move_frame(base, FrameState::Free, FrameState::Tx);
         let frame_size = umem.frame_size() as usize;
         // SAFETY: the whole frame is inside the UMEM and ours: taken from a free list and
         // moved to Tx in the ledger; the kernel sees it only after we publish its
@@ -479,7 +507,11 @@ impl Datapath for XdpDatapath {
         let meta = write(&mut frame[TX_PAYLOAD_OFFSET..TX_PAYLOAD_OFFSET + cap]);
         let queued = meta.and_then(|m| {
             if m.len > cap || m.segment_size.is_some_and(|s| s < m.len) {
-                tracing::warn!(len = m.len, cap, "transmit larger than the datapath allows; dropped");
+                tracing::warn!(
+                    len = m.len,
+                    cap,
+                    "transmit larger than the datapath allows; dropped"
+                );
                 return None;
             }
             let src_ip: IpAddr = match m.dst.ip() {
@@ -512,7 +544,8 @@ impl Datapath for XdpDatapath {
                 self.counters.tx_packets += 1;
             }
             _ => {
-                umem.ledger().move_frame(base, FrameState::Tx, FrameState::Free);
+                umem.ledger()
+                    .move_frame(base, FrameState::Tx, FrameState::Free);
                 self.free_frame(base);
             }
         }
@@ -526,7 +559,12 @@ impl Datapath for XdpDatapath {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if self.handoffs.get(self.worker as usize).is_some_and(|q| !q.is_empty()) || self.socket.rx.available(1) > 0 {
+        if self
+            .handoffs
+            .get(self.worker as usize)
+            .is_some_and(|q| !q.is_empty())
+            || self.socket.rx.available(1) > 0
+        {
             return Ok(());
         }
         let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);

@@ -93,10 +93,15 @@ impl XdpProgram {
     /// Loads the program (not attached anywhere yet) with `settings`.
     pub fn load(settings: &ProgramSettings) -> Result<XdpProgram, XdpError> {
         if !settings.layout.is_valid() {
-            return Err(XdpError::Config(format!("invalid CID layout {:?}", settings.layout)));
+            return Err(XdpError::Config(format!(
+                "invalid CID layout {:?}",
+                settings.layout
+            )));
         }
         if settings.n_workers == 0 || settings.n_workers > MAX_WORKERS {
-            return Err(XdpError::Config(format!("workers must be 1..={MAX_WORKERS}")));
+            return Err(XdpError::Config(format!(
+                "workers must be 1..={MAX_WORKERS}"
+            )));
         }
         let mut open = ObjectBuilder::default()
             .open_memory(PROGRAM_OBJECT)
@@ -114,12 +119,18 @@ impl XdpProgram {
                     .initial_value_mut()
                     .ok_or_else(|| XdpError::Bpf(".rodata has no initial value".into()))?;
                 if v.len() < size_of::<QuenchConfig>() {
-                    return Err(XdpError::Bpf(format!(".rodata is {} bytes, expected a quench_config", v.len())));
+                    return Err(XdpError::Bpf(format!(
+                        ".rodata is {} bytes, expected a quench_config",
+                        v.len()
+                    )));
                 }
                 // SAFETY: QuenchConfig is repr(C), four u32 with no padding; viewing it as
                 // bytes is sound.
                 let bytes = unsafe {
-                    std::slice::from_raw_parts((&cfg as *const QuenchConfig).cast::<u8>(), size_of::<QuenchConfig>())
+                    std::slice::from_raw_parts(
+                        (&cfg as *const QuenchConfig).cast::<u8>(),
+                        size_of::<QuenchConfig>(),
+                    )
                 };
                 v[..bytes.len()].copy_from_slice(bytes);
                 set = true;
@@ -133,7 +144,9 @@ impl XdpProgram {
             let root = unsafe { libc::geteuid() } == 0;
             // As root, EACCES/EPERM here is the verifier's rejection, not a privilege issue.
             if e.kind() == libbpf_rs::ErrorKind::PermissionDenied && !root {
-                XdpError::Permission(format!("loading the XDP program needs root or CAP_BPF + CAP_NET_ADMIN: {e}"))
+                XdpError::Permission(format!(
+                    "loading the XDP program needs root or CAP_BPF + CAP_NET_ADMIN: {e}"
+                ))
             } else {
                 XdpError::Bpf(format!("load XDP program (verifier log above): {e}"))
             }
@@ -156,7 +169,9 @@ impl XdpProgram {
             link: None,
         };
         if prog.object.progs().count() != 1 {
-            return Err(XdpError::Bpf("expected exactly one program in the object".into()));
+            return Err(XdpError::Bpf(
+                "expected exactly one program in the object".into(),
+            ));
         }
         Ok(prog)
     }
@@ -176,7 +191,10 @@ impl XdpProgram {
         let modes: &[(u32, &str)] = match mode {
             XdpMode::Native => &[(libbpf_sys::XDP_FLAGS_DRV_MODE, "native")],
             XdpMode::Generic => &[(libbpf_sys::XDP_FLAGS_SKB_MODE, "generic")],
-            XdpMode::Auto => &[(libbpf_sys::XDP_FLAGS_DRV_MODE, "native"), (libbpf_sys::XDP_FLAGS_SKB_MODE, "generic")],
+            XdpMode::Auto => &[
+                (libbpf_sys::XDP_FLAGS_DRV_MODE, "native"),
+                (libbpf_sys::XDP_FLAGS_SKB_MODE, "generic"),
+            ],
         };
         let mut last = None;
         for &(flags, name) in modes {
@@ -187,7 +205,12 @@ impl XdpProgram {
             opts.flags = flags;
             // SAFETY: valid program fd, interface index and options for the call.
             let fd = unsafe {
-                libbpf_sys::bpf_link_create(self.prog_fd().as_raw_fd(), ifindex as i32, libbpf_sys::BPF_XDP, &opts)
+                libbpf_sys::bpf_link_create(
+                    self.prog_fd().as_raw_fd(),
+                    ifindex as i32,
+                    libbpf_sys::BPF_XDP,
+                    &opts,
+                )
             };
             if fd >= 0 {
                 tracing::info!(ifindex, mode = name, "XDP program attached");
@@ -202,10 +225,13 @@ impl XdpProgram {
         let e = last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL));
         Err(match e.raw_os_error() {
             Some(libc::EPERM | libc::EACCES) => XdpError::Permission(format!("attach XDP: {e}")),
-            Some(libc::EBUSY | libc::EEXIST) => {
-                XdpError::Busy(format!("interface {ifindex} already has an XDP program attached by a live link: {e}"))
-            }
-            _ => XdpError::Io { op: "attach XDP program", source: e },
+            Some(libc::EBUSY | libc::EEXIST) => XdpError::Busy(format!(
+                "interface {ifindex} already has an XDP program attached by a live link: {e}"
+            )),
+            _ => XdpError::Io {
+                op: "attach XDP program",
+                source: e,
+            },
         })
     }
 
@@ -258,7 +284,9 @@ impl XdpProgram {
             }
         }
         for p in ports {
-            self.ports.update(&p.to_ne_bytes(), &[1], MapFlags::ANY).map_err(bpf_err("ports update"))?;
+            self.ports
+                .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
+                .map_err(bpf_err("ports update"))?;
         }
         Ok(())
     }
@@ -280,14 +308,19 @@ impl XdpProgram {
     /// Puts an AF_XDP socket into the XSKMAP slot of `worker`.
     pub fn set_xsk(&self, worker: u32, fd: BorrowedFd<'_>) -> Result<(), XdpError> {
         let v = (fd.as_raw_fd() as u32).to_ne_bytes();
-        self.xsks.update(&worker.to_ne_bytes(), &v, MapFlags::ANY).map_err(bpf_err("xsks_map update"))
+        self.xsks
+            .update(&worker.to_ne_bytes(), &v, MapFlags::ANY)
+            .map_err(bpf_err("xsks_map update"))
     }
 
     fn sum_percpu(map: &MapHandle, key: u32) -> u64 {
         match map.lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY) {
             Ok(Some(per_cpu)) => per_cpu
                 .iter()
-                .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))))
+                .filter_map(|v| {
+                    v.get(..8)
+                        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                })
                 .sum(),
             _ => 0,
         }
@@ -304,17 +337,27 @@ impl XdpProgram {
 
     /// Packets steered to each worker (before redirect), summed over CPUs.
     pub fn worker_hits(&self, n_workers: u32) -> Vec<u64> {
-        (0..n_workers.min(MAX_WORKERS)).map(|w| Self::sum_percpu(&self.worker_hits, w)).collect()
+        (0..n_workers.min(MAX_WORKERS))
+            .map(|w| Self::sum_percpu(&self.worker_hits, w))
+            .collect()
     }
 
     /// Runs the program once on `frame` (BPF_PROG_TEST_RUN) and returns its verdict
     /// (`XDP_DROP` = 1, `XDP_PASS` = 2, `XDP_REDIRECT` = 4). Counters update as for real
     /// traffic; redirects are not performed.
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, XdpError> {
-        let p = self.object.progs_mut().next().ok_or_else(|| XdpError::Bpf("no program".into()))?;
-        let mut input = libbpf_rs::ProgramInput::default();
-        input.data_in = Some(frame);
-        p.test_run(input).map(|o| o.return_value).map_err(bpf_err("BPF_PROG_TEST_RUN"))
+        let p = self
+            .object
+            .progs_mut()
+            .next()
+            .ok_or_else(|| XdpError::Bpf("no program".into()))?;
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            ..Default::default()
+        };
+        p.test_run(input)
+            .map(|o| o.return_value)
+            .map_err(bpf_err("BPF_PROG_TEST_RUN"))
     }
 }
 

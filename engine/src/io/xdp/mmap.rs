@@ -25,13 +25,24 @@ impl Mapping {
 
     /// Anonymous zeroed memory, on 2 MiB huge pages when asked and available.
     pub fn anon(len: usize, huge_pages: bool) -> io::Result<Mapping> {
-        if huge_pages && len % (2 << 20) == 0 {
-            match MmapOptions::new().len(len).huge(Some(21)).populate().map_anon() {
+        if huge_pages && len & ((2 << 20) - 1) == 0 {
+            match MmapOptions::new()
+                .len(len)
+                .huge(Some(21))
+                .populate()
+                .map_anon()
+            {
                 Ok(m) => return Ok(Mapping(m.into())),
-                Err(e) => tracing::debug!("huge pages unavailable for UMEM ({e}); using 4 KiB pages"),
+                Err(e) => {
+                    tracing::debug!("huge pages unavailable for UMEM ({e}); using 4 KiB pages")
+                }
             }
         }
-        MmapOptions::new().len(len).populate().map_anon().map(|m| Mapping(m.into()))
+        MmapOptions::new()
+            .len(len)
+            .populate()
+            .map_anon()
+            .map(|m| Mapping(m.into()))
     }
 
     pub fn as_mut_ptr(&self) -> *mut u8 {

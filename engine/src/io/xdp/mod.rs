@@ -40,12 +40,18 @@ use crate::Side;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
-    #[error("permission denied: {0} (run as root, or grant CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF)")]
+    #[error(
+        "permission denied: {0} (run as root, or grant CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF)"
+    )]
     Permission(String),
     #[error("network interface not found: {0}")]
     IfaceNotFound(String),
     #[error("RX queue {queue} out of range: {iface} has {available} queue(s)")]
-    QueueOutOfRange { iface: String, queue: u32, available: u32 },
+    QueueOutOfRange {
+        iface: String,
+        queue: u32,
+        available: u32,
+    },
     #[error("the kernel lacks AF_XDP sockets (CONFIG_XDP_SOCKETS): {0}")]
     Unsupported(io::Error),
     #[error("interface busy: {0}")]
@@ -125,7 +131,10 @@ impl XdpConfig {
         q.sort_unstable();
         q.dedup();
         if q.len() != self.queues.len() || q.iter().any(|&x| x >= loader::MAX_QUEUES) {
-            return bad(format!("queues must be distinct and below {}", loader::MAX_QUEUES));
+            return bad(format!(
+                "queues must be distinct and below {}",
+                loader::MAX_QUEUES
+            ));
         }
         if self.ports.is_empty() || self.ports.len() > loader::MAX_PORTS as usize {
             return bad(format!("need 1..={} ports", loader::MAX_PORTS));
@@ -152,7 +161,8 @@ impl XdpSetup {
     /// to their workers' threads.
     pub fn start(cfg: &XdpConfig) -> Result<(XdpProgram, Vec<XdpDatapath>), XdpError> {
         cfg.validate()?;
-        let ifindex = syscall::if_nametoindex(&cfg.iface).ok_or_else(|| XdpError::IfaceNotFound(cfg.iface.clone()))?;
+        let ifindex = syscall::if_nametoindex(&cfg.iface)
+            .ok_or_else(|| XdpError::IfaceNotFound(cfg.iface.clone()))?;
         if let Some(available) = syscall::if_rx_queues(&cfg.iface) {
             if let Some(&queue) = cfg.queues.iter().find(|&&q| q >= available) {
                 return Err(XdpError::QueueOutOfRange {
@@ -184,21 +194,34 @@ impl XdpSetup {
         let mut paths: Vec<Option<XdpDatapath>> = (0..cfg.workers).map(|_| None).collect();
         for &queue in &cfg.queues {
             let qi = cfg.queues.iter().position(|&q| q == queue).unwrap_or(0);
-            let members: Vec<u32> = (qi..cfg.workers).step_by(cfg.queues.len()).map(|w| w as u32).collect();
-            let umem = Umem::new(cfg.frame_size, cfg.frames, cfg.huge_pages).map_err(io_err("UMEM"))?;
-            let (primary, fc) = XdpSocket::bind_primary(&umem, ifindex, queue, sizes, cfg.zero_copy)
-                .map_err(|e| bind_err(e, &cfg.iface, queue))?;
+            let members: Vec<u32> = (qi..cfg.workers)
+                .step_by(cfg.queues.len())
+                .map(|w| w as u32)
+                .collect();
+            let umem =
+                Umem::new(cfg.frame_size, cfg.frames, cfg.huge_pages).map_err(io_err("UMEM"))?;
+            let (primary, fc) =
+                XdpSocket::bind_primary(&umem, ifindex, queue, sizes, cfg.zero_copy)
+                    .map_err(|e| bind_err(e, &cfg.iface, queue))?;
             tracing::info!(iface = %cfg.iface, queue, mode = ?primary.mode(), workers = ?members, "AF_XDP socket bound");
             let mut sockets = vec![primary];
             for _ in 1..members.len() {
-                let s = XdpSocket::bind_shared(&sockets[0], ifindex, sizes).map_err(|e| bind_err(e, &cfg.iface, queue))?;
+                let s = XdpSocket::bind_shared(&sockets[0], ifindex, sizes)
+                    .map_err(|e| bind_err(e, &cfg.iface, queue))?;
                 sockets.push(s);
             }
-            let group = Arc::new(datapath::QueueGroup::new(umem, fc, members.len(), sockets[0].mode()));
+            let group = Arc::new(datapath::QueueGroup::new(
+                umem,
+                fc,
+                members.len(),
+                sockets[0].mode(),
+            ));
             prog.set_queue_owner(queue, members[0], true)?;
             for (member, (socket, &w)) in sockets.into_iter().zip(&members).enumerate() {
                 // SAFETY: the fd is owned by `socket`, alive for this call.
-                prog.set_xsk(w, unsafe { BorrowedFd::borrow_raw(socket.fd().as_raw_fd()) })?;
+                prog.set_xsk(w, unsafe {
+                    BorrowedFd::borrow_raw(socket.fd().as_raw_fd())
+                })?;
                 prog.set_worker(w, queue, true)?;
                 paths[w as usize] = Some(XdpDatapath::new(
                     w,
@@ -227,7 +250,9 @@ impl XdpSetup {
 
 fn bind_err(e: io::Error, iface: &str, queue: u32) -> XdpError {
     match e.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) => XdpError::Permission(format!("AF_XDP on {iface} queue {queue}: {e}")),
+        Some(libc::EPERM | libc::EACCES) => {
+            XdpError::Permission(format!("AF_XDP on {iface} queue {queue}: {e}"))
+        }
         Some(libc::EAFNOSUPPORT) => XdpError::Unsupported(e),
         _ => XdpError::Io {
             op: "AF_XDP socket setup",
@@ -249,7 +274,13 @@ pub fn local_iface(name: &str, port: u16) -> Result<LocalIface, XdpError> {
         IpAddr::V6(v) if (v.segments()[0] & 0xffc0) != 0xfe80 => Some(*v),
         _ => None,
     });
-    Ok(LocalIface { mac, v4, v6, port, mtu })
+    Ok(LocalIface {
+        mac,
+        v4,
+        v6,
+        port,
+        mtu,
+    })
 }
 
 #[cfg(test)]
@@ -264,7 +295,11 @@ mod tests {
                 (it.next()? == "#define").then_some(())?;
                 let name = it.next()?.to_string();
                 let v = it.next()?;
-                let v = if let Some(hex) = v.strip_prefix("0x") { u64::from_str_radix(hex, 16).ok()? } else { v.parse().ok()? };
+                let v = if let Some(hex) = v.strip_prefix("0x") {
+                    u64::from_str_radix(hex, 16).ok()?
+                } else {
+                    v.parse().ok()?
+                };
                 Some((name, v))
             })
             .collect()
@@ -278,27 +313,65 @@ mod tests {
             ("QUENCH_MAX_QUEUES", loader::MAX_QUEUES.into()),
             ("QUENCH_MAX_PORTS", loader::MAX_PORTS.into()),
             ("QUENCH_MAX_CID_LEN", loader::MAX_CID_LEN.into()),
-            ("QUENCH_MIN_INITIAL_DATAGRAM", loader::MIN_INITIAL_DATAGRAM.into()),
+            (
+                "QUENCH_MIN_INITIAL_DATAGRAM",
+                loader::MIN_INITIAL_DATAGRAM.into(),
+            ),
             ("QUENCH_SHORT_TAIL_MIN", loader::SHORT_TAIL_MIN.into()),
             ("QUENCH_STAT_PASS_NOT_IP", stats::STAT_PASS_NOT_IP.into()),
             ("QUENCH_STAT_PASS_NOT_UDP", stats::STAT_PASS_NOT_UDP.into()),
-            ("QUENCH_STAT_PASS_OTHER_PORT", stats::STAT_PASS_OTHER_PORT.into()),
-            ("QUENCH_STAT_PASS_MALFORMED", stats::STAT_PASS_MALFORMED.into()),
-            ("QUENCH_STAT_DROP_SHORT_INITIAL", stats::STAT_DROP_SHORT_INITIAL.into()),
-            ("QUENCH_STAT_DROP_FIXED_BIT", stats::STAT_DROP_FIXED_BIT.into()),
-            ("QUENCH_STAT_DROP_BAD_SHORT", stats::STAT_DROP_BAD_SHORT.into()),
-            ("QUENCH_STAT_DROP_BAD_LONG", stats::STAT_DROP_BAD_LONG.into()),
+            (
+                "QUENCH_STAT_PASS_OTHER_PORT",
+                stats::STAT_PASS_OTHER_PORT.into(),
+            ),
+            (
+                "QUENCH_STAT_PASS_MALFORMED",
+                stats::STAT_PASS_MALFORMED.into(),
+            ),
+            (
+                "QUENCH_STAT_DROP_SHORT_INITIAL",
+                stats::STAT_DROP_SHORT_INITIAL.into(),
+            ),
+            (
+                "QUENCH_STAT_DROP_FIXED_BIT",
+                stats::STAT_DROP_FIXED_BIT.into(),
+            ),
+            (
+                "QUENCH_STAT_DROP_BAD_SHORT",
+                stats::STAT_DROP_BAD_SHORT.into(),
+            ),
+            (
+                "QUENCH_STAT_DROP_BAD_LONG",
+                stats::STAT_DROP_BAD_LONG.into(),
+            ),
             ("QUENCH_STAT_REDIRECT", stats::STAT_REDIRECT.into()),
-            ("QUENCH_STAT_REDIRECT_MISSTEERED", stats::STAT_REDIRECT_MISSTEERED.into()),
-            ("QUENCH_STAT_REDIRECT_FAILED", stats::STAT_REDIRECT_FAILED.into()),
-            ("QUENCH_STAT_PASS_NO_SOCKET", stats::STAT_PASS_NO_SOCKET.into()),
+            (
+                "QUENCH_STAT_REDIRECT_MISSTEERED",
+                stats::STAT_REDIRECT_MISSTEERED.into(),
+            ),
+            (
+                "QUENCH_STAT_REDIRECT_FAILED",
+                stats::STAT_REDIRECT_FAILED.into(),
+            ),
+            (
+                "QUENCH_STAT_PASS_NO_SOCKET",
+                stats::STAT_PASS_NO_SOCKET.into(),
+            ),
             ("QUENCH_STAT_COUNT", stats::STAT_COUNT.into()),
         ];
         for (name, v) in want {
-            assert_eq!(d.get(*name), Some(v), "{name} differs between bpf/quench_xdp.h and Rust");
+            assert_eq!(
+                d.get(*name),
+                Some(v),
+                "{name} differs between bpf/quench_xdp.h and Rust"
+            );
         }
         let c_names = d.keys().filter(|k| k.starts_with("QUENCH_")).count();
-        assert_eq!(c_names, want.len(), "a QUENCH_ constant in the header has no Rust twin");
+        assert_eq!(
+            c_names,
+            want.len(),
+            "a QUENCH_ constant in the header has no Rust twin"
+        );
         assert_eq!(crate::wire::steer::MAX_CID_LEN as u32, loader::MAX_CID_LEN);
     }
 
@@ -316,15 +389,42 @@ mod tests {
         };
         assert!(ok.validate().is_ok());
         for bad in [
-            XdpConfig { workers: 0, ..ok.clone() },
-            XdpConfig { queues: vec![], ..ok.clone() },
-            XdpConfig { queues: vec![0, 1], ..ok.clone() },
-            XdpConfig { ports: vec![], ..ok.clone() },
-            XdpConfig { frames: 1000, ..ok.clone() },
-            XdpConfig { frame_size: 1024, ..ok.clone() },
-            XdpConfig { layout: CidLayout { cid_len: 4, server_id_len: 2 }, ..ok.clone() },
+            XdpConfig {
+                workers: 0,
+                ..ok.clone()
+            },
+            XdpConfig {
+                queues: vec![],
+                ..ok.clone()
+            },
+            XdpConfig {
+                queues: vec![0, 1],
+                ..ok.clone()
+            },
+            XdpConfig {
+                ports: vec![],
+                ..ok.clone()
+            },
+            XdpConfig {
+                frames: 1000,
+                ..ok.clone()
+            },
+            XdpConfig {
+                frame_size: 1024,
+                ..ok.clone()
+            },
+            XdpConfig {
+                layout: CidLayout {
+                    cid_len: 4,
+                    server_id_len: 2,
+                },
+                ..ok.clone()
+            },
         ] {
-            assert!(matches!(bad.validate(), Err(XdpError::Config(_))), "{bad:?}");
+            assert!(
+                matches!(bad.validate(), Err(XdpError::Config(_))),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -38,7 +38,9 @@ fn parse_arp(table: &str, ip: &str) -> Option<MacAddr> {
     table.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         let flags = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?;
-        (f.first() == Some(&ip) && flags & 0x2 != 0).then(|| parse_mac(f.get(3)?)).flatten()
+        (f.first() == Some(&ip) && flags & 0x2 != 0)
+            .then(|| parse_mac(f.get(3)?))
+            .flatten()
     })
 }
 
@@ -63,7 +65,10 @@ mod tests {
         let arp = "IP address       HW type     Flags       HW address            Mask     Device\n\
                    10.99.0.2        0x1         0x2         02:aa:bb:cc:dd:ee     *        qn-veth-s\n\
                    10.99.0.3        0x1         0x0         00:00:00:00:00:00     *        qn-veth-s\n";
-        assert_eq!(parse_arp(arp, "10.99.0.2"), Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
+        assert_eq!(
+            parse_arp(arp, "10.99.0.2"),
+            Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee])
+        );
         assert_eq!(parse_arp(arp, "10.99.0.3"), None);
         assert_eq!(parse_arp(arp, "10.99.0.9"), None);
         let n = "fd99::2 dev qn-veth-s lladdr 02:00:00:00:00:02 REACHABLE\n";

@@ -61,18 +61,23 @@ unsafe impl<T: Send> Send for RingMem<T> {}
 
 impl<T: Copy> RingMem<T> {
     fn new(map: Arc<Mapping>, off: RingOffsets, size: u32) -> io::Result<Self> {
-        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("ring layout: {what}"));
+        let bad =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("ring layout: {what}"));
         if size == 0 || !size.is_power_of_two() {
             return Err(bad("size is not a power of two"));
         }
         let len = map.len() as u64;
-        for (name, o) in [("producer", off.producer), ("consumer", off.consumer), ("flags", off.flags)] {
-            if o % 4 != 0 || o + 4 > len {
+        for (name, o) in [
+            ("producer", off.producer),
+            ("consumer", off.consumer),
+            ("flags", off.flags),
+        ] {
+            if o & 3 != 0 || o + 4 > len {
                 return Err(bad(name));
             }
         }
         let desc_bytes = u64::from(size) * size_of::<T>() as u64;
-        if off.desc % std::mem::align_of::<T>() as u64 != 0 || off.desc + desc_bytes > len {
+        if off.desc & (std::mem::align_of::<T>() as u64 - 1) != 0 || off.desc + desc_bytes > len {
             return Err(bad("descriptors"));
         }
         let base = map.as_mut_ptr();
@@ -181,7 +186,9 @@ impl<T: Copy> ProducerRing<T> {
     pub fn publish(&mut self) -> u32 {
         let n = self.unpublished();
         if n > 0 {
-            self.mem.producer().store(self.cached_prod, Ordering::Release);
+            self.mem
+                .producer()
+                .store(self.cached_prod, Ordering::Release);
             self.published = self.cached_prod;
         }
         n
@@ -245,7 +252,9 @@ impl<T: Copy> ConsumerRing<T> {
     pub fn release(&mut self, n: u32) {
         debug_assert!(n <= self.cached_prod.wrapping_sub(self.cached_cons));
         self.cached_cons = self.cached_cons.wrapping_add(n);
-        self.mem.consumer().store(self.cached_cons, Ordering::Release);
+        self.mem
+            .consumer()
+            .store(self.cached_cons, Ordering::Release);
     }
 
     /// One entry, released at once (convenience for slow paths and tests).
@@ -265,17 +274,32 @@ impl<T: Copy> ConsumerRing<T> {
 }
 
 /// Maps one ring of `size` entries of `T` from an AF_XDP socket.
-fn map_socket_ring<T: Copy>(fd: &OwnedFd, pgoff: u64, off: RingOffsets, size: u32) -> io::Result<RingMem<T>> {
+fn map_socket_ring<T: Copy>(
+    fd: &OwnedFd,
+    pgoff: u64,
+    off: RingOffsets,
+    size: u32,
+) -> io::Result<RingMem<T>> {
     let len = off.desc as usize + size as usize * size_of::<T>();
     let map = Arc::new(Mapping::ring(fd, pgoff, len)?);
     RingMem::new(map, off, size)
 }
 
-pub fn producer_from_socket<T: Copy>(fd: &OwnedFd, pgoff: u64, off: RingOffsets, size: u32) -> io::Result<ProducerRing<T>> {
+pub fn producer_from_socket<T: Copy>(
+    fd: &OwnedFd,
+    pgoff: u64,
+    off: RingOffsets,
+    size: u32,
+) -> io::Result<ProducerRing<T>> {
     map_socket_ring(fd, pgoff, off, size).map(ProducerRing::new)
 }
 
-pub fn consumer_from_socket<T: Copy>(fd: &OwnedFd, pgoff: u64, off: RingOffsets, size: u32) -> io::Result<ConsumerRing<T>> {
+pub fn consumer_from_socket<T: Copy>(
+    fd: &OwnedFd,
+    pgoff: u64,
+    off: RingOffsets,
+    size: u32,
+) -> io::Result<ConsumerRing<T>> {
     map_socket_ring(fd, pgoff, off, size).map(ConsumerRing::new)
 }
 
@@ -388,7 +412,7 @@ mod tests {
 
     #[test]
     fn index_wrap_at_u32_max() {
-        let (mut p, mut c) = anon_pair::<u64>(16).unwrap();
+        let (p, mut c) = anon_pair::<u64>(16).unwrap();
         // Start both ends just below the u32 wrap, as a long-running ring would be.
         let start = u32::MAX - 5;
         p.mem.producer().store(start, Ordering::Relaxed);

@@ -73,7 +73,13 @@ pub fn statistics(fd: RawFd) -> io::Result<xdp_statistics> {
     getsockopt(fd, XDP_STATISTICS)
 }
 
-pub fn bind(fd: &OwnedFd, ifindex: u32, queue: u32, flags: u16, shared_umem_fd: Option<RawFd>) -> io::Result<()> {
+pub fn bind(
+    fd: &OwnedFd,
+    ifindex: u32,
+    queue: u32,
+    flags: u16,
+    shared_umem_fd: Option<RawFd>,
+) -> io::Result<()> {
     let addr = sockaddr_xdp {
         sxdp_family: AF_XDP as u16,
         sxdp_flags: flags,
@@ -95,7 +101,16 @@ pub fn bind(fd: &OwnedFd, ifindex: u32, queue: u32, flags: u16, shared_umem_fd: 
 /// Asks the kernel to process the TX ring (copy mode and need_wakeup need this).
 pub fn kick_tx(fd: RawFd) -> io::Result<()> {
     // SAFETY: a zero-length send with no buffer and no address is a pure wakeup.
-    let r = unsafe { libc::sendto(fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
+    };
     if r >= 0 {
         return Ok(());
     }
@@ -112,7 +127,14 @@ pub fn kick_rx(fd: RawFd) {
     // SAFETY: a zero-length, non-blocking receive into no buffer is a pure wakeup; the
     // result carries no information we need.
     unsafe {
-        libc::recvfrom(fd, std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut());
+        libc::recvfrom(
+            fd,
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
     }
 }
 
@@ -143,7 +165,10 @@ fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
     let mut req: libc::ifreq = unsafe { zeroed() };
     let bytes = name.as_bytes();
     if bytes.len() >= req.ifr_name.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
@@ -152,11 +177,16 @@ fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
 }
 
 /// Runs an interface ioctl on a throwaway UDP socket (in the calling thread's netns).
-fn if_ioctl(name: &str, request: libc::c_ulong, fill: impl FnOnce(&mut libc::ifreq)) -> io::Result<libc::ifreq> {
+fn if_ioctl(
+    name: &str,
+    request: libc::c_ulong,
+    fill: impl FnOnce(&mut libc::ifreq),
+) -> io::Result<libc::ifreq> {
     let mut req = ifreq_for(name)?;
     fill(&mut req);
     // SAFETY: plain socket creation; the fd is owned right after.
-    let s = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let s =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `s` is fresh and ours.
     let s = unsafe { OwnedFd::from_raw_fd(s) };
     // SAFETY: `req` is a valid ifreq for this request; the kernel writes within it (or

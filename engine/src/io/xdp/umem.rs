@@ -53,7 +53,9 @@ pub struct FrameLedger {
 impl FrameLedger {
     fn new(frames: u32, frame_size: u32) -> Self {
         FrameLedger {
-            states: (0..frames).map(|_| AtomicU8::new(FrameState::Free as u8)).collect(),
+            states: (0..frames)
+                .map(|_| AtomicU8::new(FrameState::Free as u8))
+                .collect(),
             frame_shift: frame_size.trailing_zeros(),
             violations: AtomicU64::new(0),
         }
@@ -65,7 +67,10 @@ impl FrameLedger {
         let ok = self
             .states
             .get((base >> self.frame_shift) as usize)
-            .map(|s| s.compare_exchange(from as u8, to as u8, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+            .map(|s| {
+                s.compare_exchange(from as u8, to as u8, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            })
             .unwrap_or(false);
         if !ok {
             self.violations.fetch_add(1, Ordering::Relaxed);
@@ -108,10 +113,16 @@ impl Umem {
     /// kernel's aligned mode), on huge pages when asked and available.
     pub fn new(frame_size: u32, frames: u32, huge_pages: bool) -> io::Result<Umem> {
         if !frame_size.is_power_of_two() || !(2048..=4096).contains(&frame_size) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame size must be 2048 or 4096"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame size must be 2048 or 4096",
+            ));
         }
         if frames == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "UMEM needs at least one frame"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "UMEM needs at least one frame",
+            ));
         }
         let len = frame_size as usize * frames as usize;
         Ok(Umem {
@@ -161,7 +172,8 @@ impl Umem {
     /// True when `addr..addr+len` lies inside one frame of this UMEM.
     pub fn contains(&self, addr: u64, len: usize) -> bool {
         let end = addr.saturating_add(len as u64);
-        end <= self.area.len() as u64 && self.frame_base(addr) == self.frame_base(end.saturating_sub(1).max(addr))
+        end <= self.area.len() as u64
+            && self.frame_base(addr) == self.frame_base(end.saturating_sub(1).max(addr))
     }
 
     /// The bytes at `addr..addr+len`.
@@ -170,6 +182,9 @@ impl Umem {
     /// `contains(addr, len)` must hold and the caller must own the frame (ledger state
     /// `Rx` or `Tx`, held by this caller) for the lifetime of the slice, so nothing else
     /// (kernel or another worker) touches those bytes meanwhile.
+    // The memory is shared with the kernel, not owned through `&self`: exclusivity comes
+    // from the frame ledger, which is what the contract above demands.
+    #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, addr: u64, len: usize) -> &mut [u8] {
         debug_assert!(self.contains(addr, len));
         // SAFETY: inside the mapping (contract) and exclusively owned (contract).
@@ -185,7 +200,15 @@ mod tests {
     fn ledger_catches_double_moves() {
         let l = FrameLedger::new(4, 2048);
         assert!(l.move_frame(2048, FrameState::Free, FrameState::Fill));
-        assert_eq!(l.census(), FrameCensus { free: 3, fill: 1, rx: 0, tx: 0 });
+        assert_eq!(
+            l.census(),
+            FrameCensus {
+                free: 3,
+                fill: 1,
+                rx: 0,
+                tx: 0
+            }
+        );
         let r = std::panic::catch_unwind(|| l.move_frame(2048, FrameState::Free, FrameState::Tx));
         // Debug builds assert; release builds count. Either way it is recorded.
         assert!(r.is_err() || !r.unwrap());
