@@ -1,0 +1,269 @@
+//! Two endpoints joined by the in-memory datapath, driven on a virtual clock: transfers under
+//! loss, reordering, duplication and corruption must arrive byte-exact.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use quench::app::{dispatch_stream_event, AppDispatcher, AppSlot, Application, BuiltinApps};
+use quench::conn::{CloseReason, Connection, Event, StreamId, TransportConfig};
+use quench::endpoint::{Endpoint, EndpointConfig, EventHandler};
+use quench::io::mem::{pair, Impairments, MemDatapath};
+use quench::io::Datapath;
+use quench::tls::certs::generate_self_signed;
+use quench::tls::session::{client_config, server_config, ServerVerification};
+use quench::wire::header::VERSION_1;
+use quench::worker::transmit;
+
+/// Deterministic payload: byte i of stream s.
+fn pattern(seed: u64, offset: u64, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        let x = (offset + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+        *b = (x >> 29) as u8;
+    }
+}
+
+/// Client app: on each of `streams` bidi streams, sends `size` bytes and expects them echoed.
+#[derive(Default)]
+struct EchoCheck {
+    streams: usize,
+    size: u64,
+    state: HashMap<StreamId, StreamCheck>,
+    completed: usize,
+    failure: Option<String>,
+}
+
+#[derive(Default)]
+struct StreamCheck {
+    sent: u64,
+    received: u64,
+    sent_hash: Sha256,
+    recv_hash: Sha256,
+    fin_sent: bool,
+    done: bool,
+}
+
+impl EchoCheck {
+    fn pump(&mut self, conn: &mut Connection, id: StreamId) {
+        let size = self.size;
+        let Some(s) = self.state.get_mut(&id) else { return };
+        let mut chunk = [0u8; 8192];
+        while s.sent < size {
+            let n = ((size - s.sent) as usize).min(chunk.len());
+            pattern(id.0, s.sent, &mut chunk[..n]);
+            match conn.write(id, &chunk[..n]) {
+                Ok(0) | Err(_) => return,
+                Ok(w) => {
+                    s.sent_hash.update(&chunk[..w]);
+                    s.sent += w as u64;
+                }
+            }
+        }
+        if !s.fin_sent && conn.finish(id).is_ok() {
+            s.fin_sent = true;
+        }
+    }
+}
+
+impl Application for EchoCheck {
+    fn on_connected(&mut self, conn: &mut Connection, _now: Instant) {
+        for _ in 0..self.streams {
+            let id = conn.open_stream(true).expect("stream credit for every stream");
+            self.state.insert(id, StreamCheck::default());
+            self.pump(conn, id);
+        }
+    }
+
+    fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        let Some(s) = self.state.get_mut(&id) else { return };
+        let mut buf = [0u8; 16384];
+        loop {
+            match conn.read(id, &mut buf, now) {
+                Ok((n, fin)) => {
+                    s.recv_hash.update(&buf[..n]);
+                    s.received += n as u64;
+                    if fin {
+                        if s.received != self.size || s.sent_hash.clone().finalize() != s.recv_hash.clone().finalize() {
+                            self.failure = Some(format!("stream {id}: echoed bytes differ ({} of {})", s.received, self.size));
+                        }
+                        if !s.done {
+                            s.done = true;
+                            self.completed += 1;
+                        }
+                        return;
+                    }
+                    if n == 0 {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.failure = Some(format!("read {id}: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_writable(&mut self, conn: &mut Connection, id: StreamId, _now: Instant) {
+        self.pump(conn, id);
+    }
+
+    fn on_closed(&mut self, reason: &CloseReason) {
+        if self.completed < self.streams {
+            self.failure = Some(format!("closed early: {reason:?}"));
+        }
+    }
+}
+
+struct ClientHandler {
+    streams: usize,
+    size: u64,
+}
+
+impl EventHandler<Option<EchoCheck>> for ClientHandler {
+    fn on_event(&mut self, now: Instant, conn: &mut Connection, st: &mut Option<EchoCheck>, event: Event) {
+        match event {
+            Event::Connected => {
+                let mut app = EchoCheck { streams: self.streams, size: self.size, ..Default::default() };
+                app.on_connected(conn, now);
+                *st = Some(app);
+            }
+            Event::Stream(ev) => {
+                if let Some(app) = st.as_mut() {
+                    dispatch_stream_event(app, conn, ev, now);
+                }
+            }
+            Event::Closed(r) => {
+                if let Some(app) = st.as_mut() {
+                    app.on_closed(&r);
+                }
+            }
+        }
+    }
+}
+
+struct Sim {
+    now: Instant,
+    client: Endpoint<Option<EchoCheck>>,
+    server: Endpoint<AppSlot>,
+    cdp: MemDatapath,
+    sdp: MemDatapath,
+    apps: BuiltinApps,
+    handler: ClientHandler,
+}
+
+impl Sim {
+    fn new(impair: Impairments, transport: TransportConfig, streams: usize, size: u64) -> (Self, usize) {
+        let cert = generate_self_signed(&["localhost".into()]).unwrap();
+        let alpns = vec![b"echo".to_vec()];
+        let stls = server_config(cert, &alpns).unwrap();
+        let ctls = client_config(ServerVerification::Insecure, &alpns).unwrap();
+        let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+        let (cdp, sdp) = pair(caddr, saddr, impair);
+        let mut server = Endpoint::new(EndpointConfig::new(transport.clone(), Some(stls)));
+        let _ = &mut server;
+        let mut client: Endpoint<Option<EchoCheck>> = Endpoint::new(EndpointConfig::new(transport, None));
+        let now = Instant::now();
+        let h = client.connect(now, ctls, "localhost", saddr, VERSION_1).unwrap();
+        let apps = BuiltinApps { alpns, root: None };
+        (Sim { now, client, server, cdp, sdp, apps, handler: ClientHandler { streams, size } }, h)
+    }
+
+    /// Runs until `done` or the virtual deadline; returns false on deadline.
+    fn run(&mut self, limit: Duration, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+        let end = self.now + limit;
+        let mut steps = 0u64;
+        while self.now < end {
+            steps += 1;
+            assert!(steps < 50_000_000, "simulation did not converge");
+            if done(self) {
+                return true;
+            }
+            let now = self.now;
+            let mut progressed = 0;
+            let (client, handler) = (&mut self.client, &mut self.handler);
+            progressed += self.cdp.recv_batch(&mut |m, b| {
+                client.handle_datagram(now, m, b, handler);
+            }).unwrap();
+            let mut disp = AppDispatcher { factory: &self.apps };
+            let server = &mut self.server;
+            progressed += self.sdp.recv_batch(&mut |m, b| {
+                server.handle_datagram(now, m, b, &mut disp);
+            }).unwrap();
+            self.client.handle_timeouts(now, &mut self.handler);
+            self.server.handle_timeouts(now, &mut disp);
+            progressed += transmit(&mut self.cdp, &mut self.client, now, 1).unwrap();
+            progressed += transmit(&mut self.sdp, &mut self.server, now, 1).unwrap();
+            if progressed == 0 {
+                // Idle: jump the clock to the next timer (nothing is in the pipe).
+                let next = [self.client.next_timeout(), self.server.next_timeout()].into_iter().flatten().min();
+                match next {
+                    Some(t) if t > self.now => self.now = t,
+                    Some(_) => self.now += Duration::from_micros(10),
+                    None => return done(self),
+                }
+            } else {
+                // Model a 50 µs one-way wire so RTT samples are non-zero.
+                self.now += Duration::from_micros(50);
+            }
+        }
+        false
+    }
+
+    fn client_app(&mut self, h: usize) -> Option<(usize, Option<String>)> {
+        self.client.with_state(h, |_c, st| st.as_ref().map(|a| (a.completed, a.failure.clone()))).flatten()
+    }
+}
+
+fn run_echo(impair: Impairments, transport: TransportConfig, streams: usize, size: u64, limit: Duration) {
+    let (mut sim, h) = Sim::new(impair, transport, streams, size);
+    let ok = sim.run(limit, |s| match s.client_app(h) {
+        Some((done, fail)) => {
+            assert!(fail.is_none(), "client failed: {fail:?}");
+            done == streams
+        }
+        None => false,
+    });
+    let status = sim.client_app(h);
+    assert!(ok, "transfer did not finish in {limit:?} of virtual time: {status:?}");
+    let stats = sim.client.conn(h).unwrap().stats();
+    eprintln!("client stats: {stats:?}");
+}
+
+#[test]
+fn clean_pair_echoes_one_mebibyte() {
+    run_echo(Impairments::none(), TransportConfig::default(), 1, 1 << 20, Duration::from_secs(60));
+}
+
+#[test]
+fn twenty_mebibytes_both_ways_survive_loss_reordering_duplication_and_corruption() {
+    let impair = Impairments { loss: 0.10, duplicate: 0.05, reorder: 0.05, corrupt: 0.01, seed: 7, ..Impairments::none() };
+    run_echo(impair, TransportConfig::default(), 1, 20 << 20, Duration::from_secs(3600));
+}
+
+#[test]
+fn a_thousand_concurrent_streams_on_one_connection() {
+    let mut t = TransportConfig::default();
+    t.streams.max_concurrent_bidi = 1000;
+    run_echo(Impairments::none(), t, 1000, 4096, Duration::from_secs(600));
+}
+
+#[test]
+fn a_thousand_streams_under_loss() {
+    let mut t = TransportConfig::default();
+    t.streams.max_concurrent_bidi = 1000;
+    let impair = Impairments { loss: 0.05, reorder: 0.05, seed: 11, ..Impairments::none() };
+    run_echo(impair, t, 1000, 2048, Duration::from_secs(3600));
+}
+
+#[allow(dead_code)]
+fn assert_send<T: Send>() {}
+#[allow(dead_code)]
+fn static_checks() {
+    assert_send::<Connection>();
+    let _ = Arc::new(());
+}
