@@ -3,7 +3,7 @@
 //! tests can pit each side of quench against a stack it shares no code with.
 //!
 //! ```text
-//! quinn-peer server --listen ADDR --cert PEM --key PEM [--alpn perf,hq-interop] [--root DIR]
+//! quinn-peer server [--listen ADDR] [--cert PEM --key PEM | --write-cert PEM] [--alpn perf,hq-interop] [--root DIR]
 //! quinn-peer client --connect ADDR --alpn perf|hq-interop [--down N] [--up N] [--streams N]
 //!                   [--conns N] [--get PATH]... [--ca PEM | --insecure] [--key-update-after BYTES]
 //! ```
@@ -32,7 +32,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve perf and hq-interop until SIGINT/SIGTERM.
+    /// Serve perf and hq-interop until SIGINT/SIGTERM. (`serve` as for `quench`, so this
+    /// binary can stand in for quench's CLI when checking the harness itself.)
+    #[command(alias = "serve")]
     Server(server::ServerArgs),
     /// Run one transfer and print a JSON report line.
     Client(client::ClientArgs),

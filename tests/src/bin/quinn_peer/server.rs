@@ -22,12 +22,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
-    /// PEM certificate chain.
-    #[arg(long)]
-    cert: PathBuf,
+    /// PEM certificate chain; without it a self-signed certificate is generated.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
     /// PEM private key.
-    #[arg(long)]
-    key: PathBuf,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Write the generated certificate here (PEM), for clients to pin as CA.
+    #[arg(long, conflicts_with = "cert")]
+    write_cert: Option<PathBuf>,
     /// Comma-separated ALPNs to offer.
     #[arg(long, value_delimiter = ',', default_value = "perf,hq-interop")]
     alpn: Vec<String>,
@@ -37,7 +40,10 @@ pub struct ServerArgs {
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
-    let config = tls::server_config(&args.cert, &args.key, &args.alpn)?;
+    let config = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => tls::server_config_from_files(cert, key, &args.alpn)?,
+        _ => tls::server_config_generated(args.write_cert.as_deref(), &args.alpn)?,
+    };
     let endpoint = quinn::Endpoint::server(config, args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     let local = endpoint.local_addr()?;

@@ -41,7 +41,11 @@ fn alpn_list(alpns: &[String]) -> Vec<Vec<u8>> {
     alpns.iter().map(|a| a.as_bytes().to_vec()).collect()
 }
 
-pub fn server_config(cert: &Path, key: &Path, alpns: &[String]) -> Result<quinn::ServerConfig> {
+pub fn server_config_from_files(
+    cert: &Path,
+    key: &Path,
+    alpns: &[String],
+) -> Result<quinn::ServerConfig> {
     let chain = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -51,6 +55,30 @@ pub fn server_config(cert: &Path, key: &Path, alpns: &[String]) -> Result<quinn:
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("reading key {}", key.display()))?;
+    server_config(chain, key, alpns)
+}
+
+/// A self-signed certificate for localhost, 127.0.0.1 and ::1, optionally written out as PEM.
+pub fn server_config_generated(
+    write_cert: Option<&Path>,
+    alpns: &[String],
+) -> Result<quinn::ServerConfig> {
+    let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    let generated = rcgen::generate_simple_self_signed(names)?;
+    if let Some(path) = write_cert {
+        std::fs::write(path, generated.cert.pem())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
+        .map_err(|e| anyhow!("generated key: {e}"))?;
+    server_config(vec![generated.cert.der().clone()], key, alpns)
+}
+
+fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpns: &[String],
+) -> Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
