@@ -55,7 +55,7 @@ run_tests() {
     # The interop tests drive the release quench binary and the aioquic venv.
     QUENCH_BIN="$CARGO_TARGET_DIR/release/quench" \
         AIOQUIC_PYTHON="$repo_root/.venv/bin/python" \
-        cargo test --workspace 2>&1 | tee "$test_log"
+        cargo test --workspace --no-fail-fast 2>&1 | tee "$test_log"
     return "${PIPESTATUS[0]}"
 }
 

@@ -21,12 +21,7 @@ impl Setup {
     }
 
     fn run(&self, peer: Peer, transfer: &Transfer) -> Report {
-        run_client(client_command(
-            peer,
-            self.server.addr,
-            &self.certs.ca,
-            transfer,
-        ))
+        run_transfer(peer, self.server.addr, &self.certs.ca, transfer)
     }
 }
 

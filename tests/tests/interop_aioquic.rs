@@ -20,12 +20,7 @@ impl QuenchServer {
     }
 
     fn aioquic(&self, transfer: &Transfer) -> Report {
-        run_client(client_command(
-            Peer::Aioquic,
-            self.server.addr,
-            &self.certs.ca,
-            transfer,
-        ))
+        run_transfer(Peer::Aioquic, self.server.addr, &self.certs.ca, transfer)
     }
 }
 

@@ -21,12 +21,7 @@ impl QuenchServer {
     }
 
     fn quinn(&self, transfer: &Transfer) -> Report {
-        run_client(client_command(
-            Peer::Quinn,
-            self.server.addr,
-            &self.certs.ca,
-            transfer,
-        ))
+        run_transfer(Peer::Quinn, self.server.addr, &self.certs.ca, transfer)
     }
 }
 
@@ -46,12 +41,7 @@ impl QuinnServer {
     }
 
     fn quench(&self, transfer: &Transfer) -> Report {
-        run_client(client_command(
-            Peer::Quench,
-            self.server.addr,
-            &self.certs.ca,
-            transfer,
-        ))
+        run_transfer(Peer::Quench, self.server.addr, &self.certs.ca, transfer)
     }
 }
 
@@ -122,7 +112,7 @@ fn quinn_client_trusts_quench_generated_certificate() {
     let server = Server::quench_generated_cert(&cert, dir.path());
     assert!(cert.is_file(), "--write-cert wrote no file");
     let transfer = Transfer::perf(MIB, MIB);
-    let report = run_client(client_command(Peer::Quinn, server.addr, &cert, &transfer));
+    let report = run_transfer(Peer::Quinn, server.addr, &cert, &transfer);
     assert_perf(&report, &transfer);
 }
 
