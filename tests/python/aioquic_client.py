@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""aioquic client for quench interop tests: an independent QUIC stack (aioquic 1.x).
+
+Speaks `perf` and `hq-interop` with the same flags and the same one-line JSON report as
+`quench client` and `quinn-peer client`:
+
+    aioquic_client.py --connect HOST:PORT [--alpn perf|hq-interop] [--down N] [--up N]
+                      [--streams N] [--conns N] [--get PATH]... [--ca PEM | --insecure]
+                      [--key-update-after BYTES] [--server-name NAME]
+
+--down/--up are totals for the run, split evenly over all streams of all connections.
+Exit status 0 on success; any failure prints a message to stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    QuicEvent,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
+
+# Generous flow-control windows so a loopback transfer is CPU-bound, not credit-bound.
+STREAM_WINDOW = 16 << 20
+CONN_WINDOW = 24 << 20
+# Upload back-pressure: never hold more than this much unacknowledged data per stream.
+UPLOAD_CHUNK = 256 << 10
+UPLOAD_IN_FLIGHT = 4 << 20
+IDLE_TIMEOUT_S = 15.0
+FILL = bytes(UPLOAD_CHUNK)
+
+
+class PeerError(Exception):
+    """The server or the connection misbehaved."""
+
+
+@dataclass
+class Stream:
+    """One request's receive side."""
+
+    keep_body: bool
+    done: asyncio.Future
+    received: int = 0
+    body: bytearray = field(default_factory=bytearray)
+
+
+class Client(QuicConnectionProtocol):
+    """Tracks per-stream completion, counts received bytes, forces one key update."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._streams: dict[int, Stream] = {}
+        self._progress = asyncio.Event()
+        self.key_update_after: int | None = None
+        self.key_updates = 0
+        self.received = 0
+        self.terminated: str | None = None
+
+    # Events ---------------------------------------------------------------------------------
+
+    def datagram_received(self, data, addr) -> None:
+        super().datagram_received(data, addr)
+        # ACKs may have freed upload buffer space: wake writers waiting on back-pressure.
+        self._progress.set()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                return
+            n = len(event.data)
+            stream.received += n
+            if stream.keep_body:
+                stream.body += event.data
+            self.received += n
+            if (
+                self.key_update_after is not None
+                and self.key_updates == 0
+                and self.received >= self.key_update_after
+            ):
+                self.key_updates += 1
+                self.request_key_update()
+            if event.end_stream and not stream.done.done():
+                stream.done.set_result(None)
+        elif isinstance(event, StreamReset):
+            self._fail_stream(event.stream_id, f"stream reset by peer: error {event.error_code}")
+        elif isinstance(event, StopSendingReceived):
+            self._fail_stream(event.stream_id, f"peer sent STOP_SENDING: error {event.error_code}")
+        elif isinstance(event, ConnectionTerminated):
+            self.terminated = (
+                f"connection closed by peer: error {event.error_code:#x} {event.reason_phrase!r}"
+            )
+            for stream_id in list(self._streams):
+                self._fail_stream(stream_id, self.terminated)
+            self._progress.set()
+
+    def _fail_stream(self, stream_id: int, reason: str) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.done.done():
+            stream.done.set_exception(PeerError(reason))
+
+    # Requests -------------------------------------------------------------------------------
+
+    def _open(self, keep_body: bool) -> tuple[int, Stream]:
+        stream_id = self._quic.get_next_available_stream_id()
+        stream = Stream(keep_body=keep_body, done=self._loop.create_future())
+        self._streams[stream_id] = stream
+        return stream_id, stream
+
+    def _unacked(self, stream_id: int) -> int:
+        # aioquic exposes no public send-buffer level; it is pinned to 1.x, whose sender keeps
+        # [acknowledged start, written stop) offsets.
+        sender = self._quic._streams[stream_id].sender
+        return sender._buffer_stop - sender._buffer_start
+
+    def _upload_acked(self, stream_id: int) -> bool:
+        stream = self._quic._streams.get(stream_id)
+        # A stream is discarded from the table once both directions are finished.
+        return stream is None or stream.sender.is_finished
+
+    async def _wait_progress(self) -> None:
+        if self.terminated:
+            raise PeerError(self.terminated)
+        self._progress.clear()
+        try:
+            await asyncio.wait_for(self._progress.wait(), timeout=IDLE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise PeerError("no progress for %.0f s" % IDLE_TIMEOUT_S) from None
+
+    async def perf(self, down: int, up: int) -> tuple[int, int]:
+        stream_id, stream = self._open(keep_body=False)
+        self._quic.send_stream_data(stream_id, down.to_bytes(8, "big"), end_stream=up == 0)
+        self.transmit()
+        left = up
+        while left > 0:
+            if self._unacked(stream_id) >= UPLOAD_IN_FLIGHT:
+                await self._wait_progress()
+                continue
+            n = min(left, UPLOAD_CHUNK)
+            left -= n
+            self._quic.send_stream_data(stream_id, FILL[:n], end_stream=left == 0)
+            self.transmit()
+        await stream.done
+        # Count the upload only once the server has acknowledged all of it.
+        while not self._upload_acked(stream_id):
+            await self._wait_progress()
+        if stream.received != down:
+            raise PeerError(f"perf: asked for {down} bytes, received {stream.received}")
+        return stream.received, up
+
+    async def get(self, path: str) -> bytes:
+        stream_id, stream = self._open(keep_body=True)
+        self._quic.send_stream_data(stream_id, f"GET {path}\r\n".encode(), end_stream=True)
+        self.transmit()
+        await stream.done
+        return bytes(stream.body)
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """The index-th of `parts` near-equal shares of `total`."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--connect", required=True, help="HOST:PORT ([v6]:PORT for IPv6)")
+    p.add_argument("--alpn", default="perf", choices=["perf", "hq-interop"])
+    p.add_argument("--down", type=int, default=0)
+    p.add_argument("--up", type=int, default=0)
+    p.add_argument("--streams", type=int, default=1)
+    p.add_argument("--conns", type=int, default=1)
+    p.add_argument("--get", action="append", default=[])
+    verify = p.add_mutually_exclusive_group(required=True)
+    verify.add_argument("--ca")
+    verify.add_argument("--insecure", action="store_true")
+    p.add_argument("--key-update-after", type=int)
+    p.add_argument("--server-name", default="localhost")
+    p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    args = p.parse_args(argv)
+    if args.streams < 1 or args.conns < 1:
+        p.error("--streams and --conns must be at least 1")
+    if args.down < 0 or args.up < 0:
+        p.error("--down and --up must not be negative")
+    host, sep, port = args.connect.rpartition(":")
+    if not sep or not port.isdigit():
+        p.error("--connect must be HOST:PORT")
+    args.host, args.port = host.strip("[]"), int(port)
+    return args
+
+
+def configuration(args: argparse.Namespace) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[args.alpn],
+        server_name=args.server_name,
+        idle_timeout=IDLE_TIMEOUT_S,
+        max_data=CONN_WINDOW,
+        max_stream_data=STREAM_WINDOW,
+    )
+    if args.insecure:
+        config.verify_mode = ssl.CERT_NONE
+    else:
+        config.load_verify_locations(cafile=args.ca)
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog:
+        config.secrets_log_file = open(keylog, "a")  # noqa: SIM115 - lives for the process
+    return config
+
+
+async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[tuple[int, str]]):
+    """Runs one connection's share of the work; returns (handshake_s, results, key_updates)."""
+    begun = time.monotonic()
+    async with connect(
+        args.host, args.port, configuration=configuration(args), create_protocol=Client
+    ) as client:
+        handshake = time.monotonic() - begun
+        client.key_update_after = args.key_update_after
+        total_streams = args.conns * args.streams
+        if args.alpn == "perf":
+            jobs = []
+            for s in range(args.streams):
+                index = conn_index * args.streams + s
+                down = share(args.down, total_streams, index)
+                up = share(args.up, total_streams, index)
+                jobs.append(client.perf(down, up))
+            results = await asyncio.gather(*jobs)
+        else:
+            bodies = await asyncio.gather(*(client.get(path) for _, path in gets))
+            results = list(zip((i for i, _ in gets), bodies))
+        return handshake, results, client.key_updates
+
+
+async def run(args: argparse.Namespace) -> dict:
+    gets: list[str] = args.get
+    if args.alpn == "hq-interop" and not gets:
+        total_streams = args.conns * args.streams
+        gets = [f"/{share(args.down, total_streams, i)}" for i in range(total_streams)]
+    per_conn = [[(i, p) for i, p in enumerate(gets) if i % args.conns == c] for c in range(args.conns)]
+
+    start = time.monotonic()
+    outcomes = await asyncio.gather(
+        *(run_connection(args, c, per_conn[c]) for c in range(args.conns))
+    )
+    seconds = time.monotonic() - start
+
+    report = {
+        "handshake_ms": sum(o[0] for o in outcomes) * 1e3 / len(outcomes),
+        "bytes_down": 0,
+        "bytes_up": 0,
+        "seconds": seconds,
+        "throughput_mbps": 0.0,
+        "streams": 0,
+        "sha256": None,
+        "key_updates": sum(o[2] for o in outcomes),
+    }
+    if args.alpn == "perf":
+        for _, results, _ in outcomes:
+            for down, up in results:
+                report["bytes_down"] += down
+                report["bytes_up"] += up
+                report["streams"] += 1
+    else:
+        bodies: list[bytes] = [b""] * len(gets)
+        for _, results, _ in outcomes:
+            for index, body in results:
+                bodies[index] = body
+        digest = hashlib.sha256()
+        for body in bodies:
+            digest.update(body)
+            report["bytes_down"] += len(body)
+        report["streams"] = len(bodies)
+        report["sha256"] = digest.hexdigest()
+    if seconds > 0:
+        report["throughput_mbps"] = (report["bytes_down"] + report["bytes_up"]) * 8 / seconds / 1e6
+    return report
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        report = asyncio.run(asyncio.wait_for(run(args), timeout=args.timeout))
+    except asyncio.TimeoutError:
+        print(f"aioquic_client: error: timed out after {args.timeout:.0f} s", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - any failure must exit non-zero, with a reason
+        # aioquic raises a bare ConnectionError on handshake failure (it logs the TLS alert).
+        print(f"aioquic_client: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,227 @@
+//! Client role: open `--conns` connections, run `--streams` perf streams (or the hq-interop
+//! GETs) on each concurrently, then print one JSON report line.
+//!
+//! `--down`/`--up` are totals for the whole run, split as evenly as possible over all
+//! streams of all connections (the first streams take the remainder).
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use quinn::VarInt;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
+
+use crate::report::Report;
+use crate::{hq, perf, tls};
+
+/// How long to wait for our CONNECTION_CLOSE to go out before exiting.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Args)]
+pub struct ClientArgs {
+    /// Server address, `IP:PORT` or `HOST:PORT`.
+    #[arg(long)]
+    connect: String,
+    #[arg(long, default_value = "perf", value_parser = ["perf", "hq-interop"])]
+    alpn: String,
+    /// Bytes to download in total.
+    #[arg(long, default_value_t = 0)]
+    down: u64,
+    /// Bytes to upload in total (perf only).
+    #[arg(long, default_value_t = 0)]
+    up: u64,
+    /// Concurrent streams per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    streams: u64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    conns: u64,
+    /// hq-interop paths to GET, in order (spread round-robin over connections).
+    #[arg(long)]
+    get: Vec<String>,
+    /// PEM file of trust anchors for the server certificate.
+    #[arg(long, conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// Force one key update on each connection after it has received this many bytes.
+    #[arg(long)]
+    key_update_after: Option<u64>,
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+}
+
+/// Forces one key update once a connection has received a threshold of stream bytes.
+pub struct KeyUpdater {
+    conn: quinn::Connection,
+    threshold: Option<u64>,
+    received: AtomicU64,
+    fired: AtomicBool,
+}
+
+impl KeyUpdater {
+    fn new(conn: quinn::Connection, threshold: Option<u64>) -> Self {
+        Self {
+            conn,
+            threshold,
+            received: AtomicU64::new(0),
+            fired: AtomicBool::new(false),
+        }
+    }
+
+    pub fn on_received(&self, bytes: u64) {
+        let Some(threshold) = self.threshold else {
+            return;
+        };
+        let total = self.received.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total >= threshold && !self.fired.swap(true, Ordering::Relaxed) {
+            self.conn.force_key_update();
+        }
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::Relaxed)
+    }
+}
+
+/// The `index`-th of `parts` near-equal shares of `total`.
+fn share(total: u64, parts: u64, index: u64) -> u64 {
+    total / parts + u64::from(index < total % parts)
+}
+
+pub async fn run(args: ClientArgs) -> Result<()> {
+    let verify = match (&args.ca, args.insecure) {
+        (Some(ca), _) => tls::Verify::Ca(ca),
+        (None, true) => tls::Verify::Insecure,
+        (None, false) => bail!("pass --ca PEM or --insecure"),
+    };
+    let config = tls::client_config(verify, &args.alpn)?;
+    let server = tokio::net::lookup_host(&args.connect)
+        .await
+        .with_context(|| format!("resolving {}", args.connect))?
+        .next()
+        .ok_or_else(|| anyhow!("{} resolves to no address", args.connect))?;
+    let bind: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).context("binding client socket")?;
+    endpoint.set_default_client_config(config);
+
+    let start = Instant::now();
+    let mut handshakes = JoinSet::new();
+    for index in 0..args.conns {
+        let connecting = endpoint.connect(server, &args.server_name)?;
+        handshakes.spawn(async move {
+            let begun = Instant::now();
+            let conn = connecting.await.context("handshake")?;
+            Ok::<_, anyhow::Error>((index, conn, begun.elapsed()))
+        });
+    }
+    let mut conns = Vec::with_capacity(args.conns as usize);
+    let mut handshake_total = Duration::ZERO;
+    while let Some(joined) = handshakes.join_next().await {
+        let (index, conn, took) = joined??;
+        handshake_total += took;
+        conns.push((
+            index,
+            Arc::new(KeyUpdater::new(conn, args.key_update_after)),
+        ));
+    }
+    conns.sort_by_key(|(index, _)| *index);
+    let conns: Vec<Arc<KeyUpdater>> = conns.into_iter().map(|(_, c)| c).collect();
+
+    let mut report = match args.alpn.as_str() {
+        "perf" => run_perf(&args, &conns).await?,
+        _ => run_hq(&args, &conns).await?,
+    };
+    report.seconds = start.elapsed().as_secs_f64();
+    report.handshake_ms = handshake_total.as_secs_f64() * 1e3 / conns.len() as f64;
+    report.key_updates = conns.iter().filter(|c| c.fired()).count() as u64;
+
+    for c in &conns {
+        c.conn.close(VarInt::from_u32(0), b"done");
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await;
+    println!("{}", report.to_json_line());
+    Ok(())
+}
+
+async fn run_perf(args: &ClientArgs, conns: &[Arc<KeyUpdater>]) -> Result<Report> {
+    let total_streams = args.conns * args.streams;
+    let mut tasks = JoinSet::new();
+    for (c, conn) in conns.iter().enumerate() {
+        for s in 0..args.streams {
+            let index = c as u64 * args.streams + s;
+            let down = share(args.down, total_streams, index);
+            let up = share(args.up, total_streams, index);
+            let conn = conn.clone();
+            tasks.spawn(async move { perf::request(&conn.conn, down, up, &conn).await });
+        }
+    }
+    let mut report = Report::default();
+    while let Some(joined) = tasks.join_next().await {
+        let transfer = joined??;
+        report.bytes_down += transfer.down;
+        report.bytes_up += transfer.up;
+        report.streams += 1;
+    }
+    Ok(report)
+}
+
+async fn run_hq(args: &ClientArgs, conns: &[Arc<KeyUpdater>]) -> Result<Report> {
+    let paths: Vec<String> = if args.get.is_empty() {
+        let total_streams = args.conns * args.streams;
+        (0..total_streams)
+            .map(|i| format!("/{}", share(args.down, total_streams, i)))
+            .collect()
+    } else {
+        args.get.clone()
+    };
+    let mut tasks = JoinSet::new();
+    for (index, path) in paths.iter().enumerate() {
+        let conn = conns[index % conns.len()].clone();
+        let path = path.clone();
+        tasks.spawn(async move {
+            let body = hq::get(&conn.conn, &path, &conn).await?;
+            Ok::<_, anyhow::Error>((index, body))
+        });
+    }
+    let mut bodies: Vec<Vec<u8>> = vec![Vec::new(); paths.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (index, body) = joined??;
+        bodies[index] = body;
+    }
+    let mut hasher = Sha256::new();
+    let mut report = Report::default();
+    for body in &bodies {
+        hasher.update(body);
+        report.bytes_down += body.len() as u64;
+    }
+    report.streams = bodies.len() as u64;
+    report.sha256 = Some(hex::encode(hasher.finalize()));
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_add_up_and_differ_by_at_most_one() {
+        for (total, parts) in [(0, 1), (10, 3), (100 << 20, 100), (7, 10), (u64::MAX, 7)] {
+            let shares: Vec<u64> = (0..parts).map(|i| share(total, parts, i)).collect();
+            let sum: u128 = shares.iter().map(|&s| u128::from(s)).sum();
+            assert_eq!(sum, u128::from(total));
+            let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            assert!(max - min <= 1);
+        }
+    }
+}

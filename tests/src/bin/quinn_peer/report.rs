@@ -1,0 +1,64 @@
+//! The one JSON line a client prints when done (the same format `quench client` prints).
+
+use serde_json::json;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Mean handshake time over all connections.
+    pub handshake_ms: f64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    /// Wall time from the first connection attempt to the last stream's completion.
+    pub seconds: f64,
+    pub streams: u64,
+    /// Hex SHA-256 of all hq-interop bodies concatenated in request order.
+    pub sha256: Option<String>,
+    pub key_updates: u64,
+}
+
+impl Report {
+    pub fn to_json_line(&self) -> String {
+        let throughput_mbps = if self.seconds > 0.0 {
+            (self.bytes_down + self.bytes_up) as f64 * 8.0 / self.seconds / 1e6
+        } else {
+            0.0
+        };
+        json!({
+            "handshake_ms": self.handshake_ms,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "seconds": self.seconds,
+            "throughput_mbps": throughput_mbps,
+            "streams": self.streams,
+            "sha256": self.sha256,
+            "key_updates": self.key_updates,
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_has_every_field() {
+        let report = Report {
+            handshake_ms: 1.5,
+            bytes_down: 1_000_000,
+            bytes_up: 0,
+            seconds: 2.0,
+            streams: 3,
+            sha256: None,
+            key_updates: 1,
+        };
+        let v: serde_json::Value = serde_json::from_str(&report.to_json_line()).unwrap();
+        assert_eq!(v["bytes_down"], 1_000_000);
+        assert_eq!(v["throughput_mbps"], 4.0);
+        assert_eq!(v["streams"], 3);
+        assert!(v["sha256"].is_null());
+        assert_eq!(v["key_updates"], 1);
+        assert_eq!(v["handshake_ms"], 1.5);
+        assert!(!report.to_json_line().contains('\n'));
+    }
+}

@@ -1,0 +1,122 @@
+//! Server role: accept connections, dispatch each bidirectional stream to the protocol the
+//! connection negotiated by ALPN, until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use quinn::crypto::rustls::HandshakeData;
+use quinn::{ConnectionError, VarInt};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{hq, perf, tls};
+
+/// How long a graceful shutdown waits for connections to acknowledge the close.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Args)]
+pub struct ServerArgs {
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: SocketAddr,
+    /// PEM certificate chain; without it a self-signed certificate is generated.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Write the generated certificate here (PEM), for clients to pin as CA.
+    #[arg(long, conflicts_with = "cert")]
+    write_cert: Option<PathBuf>,
+    /// Comma-separated ALPNs to offer.
+    #[arg(long, value_delimiter = ',', default_value = "perf,hq-interop")]
+    alpn: Vec<String>,
+    /// Directory hq-interop GETs are served from.
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+pub async fn run(args: ServerArgs) -> Result<()> {
+    let config = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => tls::server_config_from_files(cert, key, &args.alpn)?,
+        _ => tls::server_config_generated(args.write_cert.as_deref(), &args.alpn)?,
+    };
+    let endpoint = quinn::Endpoint::server(config, args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = endpoint.local_addr()?;
+    {
+        // The harness waits for this exact line.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {local}")?;
+        out.flush()?;
+    }
+
+    let root: Option<Arc<PathBuf>> = args.root.map(Arc::new);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let root = root.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_connection(incoming, root).await {
+                        eprintln!("quinn-peer server: connection: {e:#}");
+                    }
+                });
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    endpoint.close(VarInt::from_u32(0), b"server shutting down");
+    // Best effort: let CONNECTION_CLOSE reach the peers, but never hang on exit.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, endpoint.wait_idle()).await;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Perf,
+    HqInterop,
+}
+
+async fn handle_connection(incoming: quinn::Incoming, root: Option<Arc<PathBuf>>) -> Result<()> {
+    let conn = incoming.await.context("handshake")?;
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    let protocol = match alpn.as_deref() {
+        Some(b"perf") => Protocol::Perf,
+        Some(b"hq-interop") => Protocol::HqInterop,
+        other => {
+            conn.close(VarInt::from_u32(0x1), b"unsupported ALPN");
+            anyhow::bail!("unsupported ALPN {other:?}");
+        }
+    };
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed) => {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let root = root.clone();
+        tokio::spawn(async move {
+            let result = match protocol {
+                Protocol::Perf => perf::serve(send, recv).await,
+                Protocol::HqInterop => {
+                    hq::serve(send, recv, root.as_deref().map(|p| p.as_path())).await
+                }
+            };
+            if let Err(e) = result {
+                eprintln!("quinn-peer server: stream: {e:#}");
+            }
+        });
+    }
+}

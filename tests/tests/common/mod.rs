@@ -1,0 +1,695 @@
+//! Shared harness for the cross-process interop tests: finds the binaries, generates
+//! certificates, runs servers on free loopback ports (killed on drop), runs clients under a
+//! timeout and checks their one-line JSON report against the CLI contract.
+
+// Each test binary includes this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// Client timeouts: a fixed allowance for process start and handshakes plus the transfer at
+/// a floor rate far below anything healthy (~40 Mbit/s), capped. A hung engine then costs
+/// each test well under a minute instead of stalling the whole suite.
+const CLIENT_BASE_TIMEOUT: Duration = Duration::from_secs(30);
+const CLIENT_FLOOR_BYTES_PER_SEC: u64 = 5 << 20;
+pub const CLIENT_MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time for a server to print `listening on`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a server gets between SIGTERM and SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Attempts at finding a free port before giving up (another process may grab it first).
+const PORT_ATTEMPTS: usize = 3;
+
+pub const MIB: u64 = 1 << 20;
+
+// ---- serialisation ----------------------------------------------------------------------------
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds every transfer test in this process to one at a time: the machine has two cores and
+/// concurrent transfers would only measure each other. (Cargo runs test binaries one after
+/// another, so this serialises the whole crate.)
+pub fn serial() -> MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next test is still valid.
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---- locating binaries ------------------------------------------------------------------------
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The quench binary under test: `$QUENCH_BIN`, else the release build in the target dir.
+pub fn quench_bin() -> PathBuf {
+    let path = std::env::var_os("QUENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release").join("quench"));
+    assert!(
+        path.is_file(),
+        "quench binary not found at {} (build it with `cargo build --release -p quench` or set QUENCH_BIN)",
+        path.display()
+    );
+    path
+}
+
+pub fn quinn_peer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_quinn-peer"))
+}
+
+/// Python interpreter with aioquic: `$AIOQUIC_PYTHON`, else the venv `scripts/deps.sh` makes.
+pub fn aioquic_python() -> PathBuf {
+    let path = std::env::var_os("AIOQUIC_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    assert!(
+        path.is_file(),
+        "aioquic python not found at {} (run scripts/deps.sh or set AIOQUIC_PYTHON)",
+        path.display()
+    );
+    path
+}
+
+pub fn aioquic_script() -> PathBuf {
+    workspace_root().join("tests/python/aioquic_client.py")
+}
+
+// ---- files ------------------------------------------------------------------------------------
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("quench-tests-")
+        .tempdir()
+        .expect("creating a temp dir")
+}
+
+/// A CA and a leaf certificate it signed (SAN localhost, 127.0.0.1, ::1), as PEM files.
+pub struct Certs {
+    /// The CA certificate clients pin with `--ca`.
+    pub ca: PathBuf,
+    /// The leaf certificate followed by the CA (the chain a server presents).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Certs {
+    pub fn generate(dir: &Path) -> Certs {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "quench test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("self-signing CA");
+
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let mut leaf_params = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ])
+        .expect("leaf params");
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .expect("signing leaf");
+
+        let certs = Certs {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        fs::write(&certs.ca, ca.pem()).expect("writing ca.pem");
+        fs::write(&certs.cert, format!("{}{}", leaf.pem(), ca.pem())).expect("writing cert.pem");
+        fs::write(&certs.key, leaf_key.serialize_pem()).expect("writing key.pem");
+        certs
+    }
+}
+
+/// Writes `len` random bytes to `dir/name`; returns the hex SHA-256 of the content.
+pub fn random_file(dir: &Path, name: &str, len: usize) -> String {
+    let mut data = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut data);
+    fs::write(dir.join(name), &data).expect("writing random file");
+    sha256_hex(&data)
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn tail(path: &Path, max_bytes: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let cut = text.len().saturating_sub(max_bytes);
+    let cut = (cut..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text[cut..].to_string()
+}
+
+// ---- servers ----------------------------------------------------------------------------------
+
+/// Which implementation runs a role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Quench,
+    Quinn,
+    Aioquic,
+}
+
+/// A server process on a loopback port; SIGTERM (then SIGKILL) when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    name: String,
+    stderr_log: PathBuf,
+}
+
+impl Server {
+    /// `quench serve` with the given certificate and hq-interop root.
+    pub fn quench(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        let mut args = cert_args(certs);
+        args.extend(["--root".into(), root.into()]);
+        Server::spawn("quench", &quench_bin(), &["serve"], args, logs)
+    }
+
+    /// `quench serve` with its own generated certificate, written to `cert_out` (`--write-cert`).
+    pub fn quench_generated_cert(cert_out: &Path, logs: &Path) -> Server {
+        let args = vec!["--write-cert".into(), cert_out.into()];
+        Server::spawn("quench", &quench_bin(), &["serve"], args, logs)
+    }
+
+    /// `quinn-peer server`.
+    pub fn quinn(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        let mut args = cert_args(certs);
+        args.extend(["--root".into(), root.into()]);
+        Server::spawn("quinn-peer", &quinn_peer_bin(), &["server"], args, logs)
+    }
+
+    /// Starts `program subcommand.. --listen 127.0.0.1:PORT args..` on a free port and waits
+    /// for its `listening on` line; retries on a new port if the process dies first.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        subcommand: &[&str],
+        args: Vec<OsString>,
+        logs: &Path,
+    ) -> Server {
+        let mut failures = Vec::new();
+        for attempt in 0..PORT_ATTEMPTS {
+            let addr = free_udp_port();
+            let stderr_log = logs.join(format!("{name}-server-{attempt}.stderr.log"));
+            let stderr = File::create(&stderr_log).expect("creating server log");
+            let mut child = Command::new(program)
+                .args(subcommand)
+                .arg("--listen")
+                .arg(addr.to_string())
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(stderr)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+            let ready = watch_stdout(
+                &mut child,
+                logs.join(format!("{name}-server-{attempt}.stdout.log")),
+            );
+            let mut server = Server {
+                child: Some(child),
+                addr,
+                name: name.to_string(),
+                stderr_log,
+            };
+            match server.wait_ready(&ready) {
+                Ready::Yes => return server,
+                Ready::Exited(why) => {
+                    // Possibly lost the port to another process: try a fresh one.
+                    failures.push(format!(
+                        "attempt {attempt} on {addr}: {why}\n{}",
+                        tail(&server.stderr_log, 4000)
+                    ));
+                    server.stop();
+                }
+                Ready::TimedOut => {
+                    let log = server.stderr();
+                    server.stop();
+                    panic!(
+                        "{name} server printed no `listening on` within {READY_TIMEOUT:?}\n{log}"
+                    );
+                }
+            }
+        }
+        panic!("{name} server never became ready:\n{}", failures.join("\n"));
+    }
+
+    fn wait_ready(&mut self, ready: &mpsc::Receiver<()>) -> Ready {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut stdout_open = true;
+        loop {
+            if stdout_open {
+                match ready.recv_timeout(Duration::from_millis(50)) {
+                    Ok(()) => return Ready::Yes,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    // Closed stdout: the process is exiting; report its status below.
+                    Err(mpsc::RecvTimeoutError::Disconnected) => stdout_open = false,
+                }
+            } else {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Ready::Exited(format!("exited with {status} before `listening on`"));
+            }
+            if Instant::now() > deadline {
+                return Ready::TimedOut;
+            }
+        }
+    }
+
+    /// Graceful shutdown: SIGTERM and wait. Panics if the process must be killed.
+    pub fn shutdown(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server still running");
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        match wait_timeout(&mut child, SHUTDOWN_GRACE) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} server ignored SIGTERM for {SHUTDOWN_GRACE:?}\n{}",
+                    self.name,
+                    tail(&self.stderr_log, 4000)
+                );
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            if wait_timeout(&mut child, SHUTDOWN_GRACE).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// The server's stderr so far (for failure messages).
+    pub fn stderr(&self) -> String {
+        tail(&self.stderr_log, 8000)
+    }
+}
+
+enum Ready {
+    Yes,
+    Exited(String),
+    TimedOut,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        if thread::panicking() {
+            eprintln!(
+                "--- {} server stderr (tail) ---\n{}",
+                self.name,
+                self.stderr()
+            );
+        }
+    }
+}
+
+fn cert_args(certs: &Certs) -> Vec<OsString> {
+    vec![
+        "--cert".into(),
+        certs.cert.clone().into(),
+        "--key".into(),
+        certs.key.clone().into(),
+    ]
+}
+
+/// A loopback UDP port nobody holds right now (the server binds it moments later; the rare
+/// race is covered by retrying in `Server::spawn`).
+fn free_udp_port() -> SocketAddr {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding an ephemeral port");
+    socket.local_addr().expect("local addr")
+}
+
+/// Copies the child's stdout to `log` and signals once a line contains `listening on`.
+fn watch_stdout(child: &mut Child, log: PathBuf) -> mpsc::Receiver<()> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut log = File::create(log).ok();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(log) = log.as_mut() {
+                let _ = writeln!(log, "{line}");
+            }
+            if line.contains("listening on") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---- clients ----------------------------------------------------------------------------------
+
+/// What a client run should do; turns into the shared client CLI.
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    pub alpn: &'static str,
+    pub down: u64,
+    pub up: u64,
+    pub streams: u64,
+    pub conns: u64,
+    pub gets: Vec<String>,
+    pub key_update_after: Option<u64>,
+}
+
+impl Transfer {
+    pub fn perf(down: u64, up: u64) -> Transfer {
+        Transfer {
+            alpn: "perf",
+            down,
+            up,
+            streams: 1,
+            conns: 1,
+            gets: Vec::new(),
+            key_update_after: None,
+        }
+    }
+
+    pub fn hq(gets: &[&str]) -> Transfer {
+        Transfer {
+            alpn: "hq-interop",
+            gets: gets.iter().map(|g| g.to_string()).collect(),
+            ..Transfer::perf(0, 0)
+        }
+    }
+
+    pub fn streams(mut self, n: u64) -> Transfer {
+        self.streams = n;
+        self
+    }
+
+    pub fn conns(mut self, n: u64) -> Transfer {
+        self.conns = n;
+        self
+    }
+
+    pub fn key_update_after(mut self, bytes: u64) -> Transfer {
+        self.key_update_after = Some(bytes);
+        self
+    }
+
+    /// How long a client may take for this transfer before it counts as hung.
+    pub fn timeout(&self) -> Duration {
+        // hq-interop sizes live in files the client does not know of: allow the maximum.
+        if self.alpn == "hq-interop" {
+            return CLIENT_MAX_TIMEOUT;
+        }
+        let transfer = Duration::from_secs((self.down + self.up) / CLIENT_FLOOR_BYTES_PER_SEC);
+        (CLIENT_BASE_TIMEOUT + transfer).min(CLIENT_MAX_TIMEOUT)
+    }
+
+    fn args(&self, server: SocketAddr, ca: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--connect".into(),
+            server.to_string().into(),
+            "--alpn".into(),
+            self.alpn.into(),
+            "--down".into(),
+            self.down.to_string().into(),
+            "--up".into(),
+            self.up.to_string().into(),
+            "--streams".into(),
+            self.streams.to_string().into(),
+            "--conns".into(),
+            self.conns.to_string().into(),
+            "--ca".into(),
+            ca.into(),
+            "--server-name".into(),
+            "localhost".into(),
+        ];
+        for path in &self.gets {
+            args.extend(["--get".into(), path.into()]);
+        }
+        if let Some(bytes) = self.key_update_after {
+            args.extend(["--key-update-after".into(), bytes.to_string().into()]);
+        }
+        args
+    }
+}
+
+/// The client command line for `peer` running `transfer` against `server`.
+pub fn client_command(peer: Peer, server: SocketAddr, ca: &Path, transfer: &Transfer) -> Command {
+    let mut cmd = match peer {
+        Peer::Quench => {
+            let mut c = Command::new(quench_bin());
+            c.arg("client");
+            c
+        }
+        Peer::Quinn => {
+            let mut c = Command::new(quinn_peer_bin());
+            c.arg("client");
+            c
+        }
+        Peer::Aioquic => {
+            let mut c = Command::new(aioquic_python());
+            c.arg(aioquic_script());
+            c
+        }
+    };
+    cmd.args(transfer.args(server, ca));
+    cmd
+}
+
+/// The JSON line every client prints when done.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub handshake_ms: f64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub seconds: f64,
+    pub throughput_mbps: f64,
+    pub streams: u64,
+    pub sha256: Option<String>,
+    pub key_updates: u64,
+}
+
+impl Report {
+    /// Parses and checks the line against the contract: every field present, right types.
+    pub fn parse(line: &str) -> Result<Report, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("not a JSON object: {line}"))?;
+        let float = |k: &str| {
+            obj.get(k)
+                .and_then(|x| x.as_f64())
+                .ok_or_else(|| format!("missing or non-numeric `{k}` in {line}"))
+        };
+        let int = |k: &str| {
+            obj.get(k)
+                .and_then(|x| x.as_u64())
+                .ok_or_else(|| format!("missing or non-u64 `{k}` in {line}"))
+        };
+        let sha256 = match obj.get("sha256") {
+            Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            _ => return Err(format!("`sha256` must be a string or null in {line}")),
+        };
+        Ok(Report {
+            handshake_ms: float("handshake_ms")?,
+            bytes_down: int("bytes_down")?,
+            bytes_up: int("bytes_up")?,
+            seconds: float("seconds")?,
+            throughput_mbps: float("throughput_mbps")?,
+            streams: int("streams")?,
+            sha256,
+            key_updates: int("key_updates")?,
+        })
+    }
+}
+
+/// Output of a finished client process.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a client to completion, killing it after `timeout`.
+pub fn run_process(mut cmd: Command, timeout: Duration) -> Finished {
+    let description = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {description}: {e}"));
+    let stdout = read_all_in_background(child.stdout.take().expect("piped"));
+    let stderr = read_all_in_background(child.stderr.take().expect("piped"));
+    let status = match wait_timeout(&mut child, timeout) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap_or_default();
+            panic!("client timed out after {timeout:?}: {description}\nstderr:\n{stderr}");
+        }
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+fn read_all_in_background(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Runs `peer`'s client for `transfer` against `server`, which must succeed; returns its report.
+pub fn run_transfer(peer: Peer, server: SocketAddr, ca: &Path, transfer: &Transfer) -> Report {
+    run_client(
+        client_command(peer, server, ca, transfer),
+        transfer.timeout(),
+    )
+}
+
+/// Runs a client that must succeed and print exactly one JSON line; returns its report.
+pub fn run_client(cmd: Command, timeout: Duration) -> Report {
+    let description = format!("{cmd:?}");
+    let out = run_process(cmd, timeout);
+    assert!(
+        out.status.success(),
+        "client failed ({}): {description}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "client must print exactly one JSON line on stdout: {description}\nstdout:\n{}",
+        out.stdout
+    );
+    let report = Report::parse(lines[0]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.seconds > 0.0, "non-positive duration: {report:?}");
+    assert!(
+        report.handshake_ms > 0.0,
+        "non-positive handshake time: {report:?}"
+    );
+    report
+}
+
+/// Runs a client that must fail (non-zero exit) within the base timeout.
+pub fn run_client_expect_failure(cmd: Command) -> Finished {
+    let description = format!("{cmd:?}");
+    let out = run_process(cmd, CLIENT_BASE_TIMEOUT);
+    assert!(
+        !out.status.success(),
+        "client unexpectedly succeeded: {description}\nstdout:\n{}",
+        out.stdout
+    );
+    out
+}
+
+// ---- assertions -------------------------------------------------------------------------------
+
+/// Checks a perf report moved exactly what was asked.
+pub fn assert_perf(report: &Report, transfer: &Transfer) {
+    assert_eq!(report.bytes_down, transfer.down, "bytes_down: {report:?}");
+    assert_eq!(report.bytes_up, transfer.up, "bytes_up: {report:?}");
+    assert_eq!(
+        report.streams,
+        transfer.streams * transfer.conns,
+        "streams: {report:?}"
+    );
+    assert_eq!(report.sha256, None, "perf runs report no hash: {report:?}");
+    assert!(report.throughput_mbps > 0.0 || transfer.down + transfer.up == 0);
+}
+
+/// Checks an hq-interop report against the expected bodies' total length and hash.
+pub fn assert_hq(report: &Report, expected_len: u64, expected_sha256: &str, gets: usize) {
+    assert_eq!(report.bytes_down, expected_len, "bytes_down: {report:?}");
+    assert_eq!(report.streams, gets as u64, "streams: {report:?}");
+    assert_eq!(
+        report.sha256.as_deref(),
+        Some(expected_sha256),
+        "sha256 of the bodies: {report:?}"
+    );
+}

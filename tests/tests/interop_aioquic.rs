@@ -1,0 +1,80 @@
+//! aioquic client → `quench serve`. Needs the release quench binary (or `QUENCH_BIN`) and the
+//! aioquic venv from scripts/deps.sh (or `AIOQUIC_PYTHON`).
+
+mod common;
+
+use common::*;
+
+struct QuenchServer {
+    dir: tempfile::TempDir,
+    certs: Certs,
+    server: Server,
+}
+
+impl QuenchServer {
+    fn start() -> QuenchServer {
+        let dir = temp_dir();
+        let certs = Certs::generate(dir.path());
+        let server = Server::quench(&certs, dir.path(), dir.path());
+        QuenchServer { dir, certs, server }
+    }
+
+    fn aioquic(&self, transfer: &Transfer) -> Report {
+        run_transfer(Peer::Aioquic, self.server.addr, &self.certs.ca, transfer)
+    }
+}
+
+// aioquic moves roughly 100-150 Mbit/s here (pure Python): sizes stay modest.
+
+#[test]
+fn aioquic_perf_down_and_up() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let transfer = Transfer::perf(16 * MIB, 8 * MIB).streams(4);
+    assert_perf(&quench.aioquic(&transfer), &transfer);
+}
+
+#[test]
+fn aioquic_perf_two_connections() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let transfer = Transfer::perf(4 * MIB + 1, MIB + 1).streams(2).conns(2);
+    assert_perf(&quench.aioquic(&transfer), &transfer);
+}
+
+#[test]
+fn aioquic_hq_get_random_files() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let dir = quench.dir.path();
+    random_file(dir, "one.bin", 3 * MIB as usize + 1);
+    random_file(dir, "two.bin", 4097);
+    let mut bodies = std::fs::read(dir.join("one.bin")).unwrap();
+    bodies.extend(std::fs::read(dir.join("two.bin")).unwrap());
+    let report = quench.aioquic(&Transfer::hq(&["/one.bin", "/two.bin"]));
+    assert_hq(&report, bodies.len() as u64, &sha256_hex(&bodies), 2);
+}
+
+#[test]
+fn aioquic_forced_key_update_mid_transfer() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let transfer = Transfer::perf(16 * MIB, 0).key_update_after(4 * MIB);
+    let report = quench.aioquic(&transfer);
+    assert_perf(&report, &transfer);
+    assert_eq!(report.key_updates, 1, "{report:?}");
+}
+
+#[test]
+fn aioquic_rejects_quench_with_untrusted_certificate() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let other = temp_dir();
+    let stranger = Certs::generate(other.path());
+    run_client_expect_failure(client_command(
+        Peer::Aioquic,
+        quench.server.addr,
+        &stranger.ca,
+        &Transfer::perf(1000, 0),
+    ));
+}
