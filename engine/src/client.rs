@@ -137,15 +137,37 @@ pub struct ClientConnState {
 struct ClientHandler {
     workload: ClientWorkload,
     key_update_after: Option<u64>,
+    /// perf totals are split across connections; this counts the ones started.
+    started: u64,
+    conns: u64,
+}
+
+/// `total` split over `n` parts, the first parts taking the remainder.
+fn share(total: u64, n: u64, i: u64) -> u64 {
+    total / n + u64::from(i < total % n)
 }
 
 impl EventHandler<ClientConnState> for ClientHandler {
-    fn on_event(&mut self, now: Instant, conn: &mut Connection, st: &mut ClientConnState, event: Event) {
+    fn on_event(
+        &mut self,
+        now: Instant,
+        conn: &mut Connection,
+        st: &mut ClientConnState,
+        event: Event,
+    ) {
         match event {
             Event::Connected => {
                 st.connected_at = Some(now);
                 st.app = match &self.workload {
-                    ClientWorkload::Perf { down, up, streams } => ClientApp::Perf(PerfClient::new(*streams, *down, *up)),
+                    ClientWorkload::Perf { down, up, streams } => {
+                        let i = self.started;
+                        self.started += 1;
+                        ClientApp::Perf(PerfClient::new(
+                            *streams,
+                            share(*down, self.conns, i),
+                            share(*up, self.conns, i),
+                        ))
+                    }
                     ClientWorkload::Hq { paths } => ClientApp::Hq(HqClient::new(paths.clone())),
                 };
                 if let Some(app) = st.app.app() {
@@ -173,18 +195,33 @@ impl EventHandler<ClientConnState> for ClientHandler {
 }
 
 pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
-    let bind: SocketAddr = if opts.connect.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let bind: SocketAddr = if opts.connect.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
     let mut dp = UdpDatapath::bind(bind, UdpOptions::default())?;
     let mut cfg = EndpointConfig::new(opts.transport.clone(), None);
     cfg.max_connections = opts.conns.max(1);
     cfg.keep_drained_states = true;
     let mut endpoint: Endpoint<ClientConnState> = Endpoint::new(cfg);
-    let mut handler = ClientHandler { workload: opts.workload.clone(), key_update_after: opts.key_update_after };
+    let mut handler = ClientHandler {
+        workload: opts.workload.clone(),
+        key_update_after: opts.key_update_after,
+        started: 0,
+        conns: opts.conns.max(1) as u64,
+    };
     let start = Instant::now();
     let mut handles = Vec::with_capacity(opts.conns);
     for _ in 0..opts.conns.max(1) {
         let h = endpoint
-            .connect(start, opts.tls.clone(), &opts.server_name, opts.connect, opts.version)
+            .connect(
+                start,
+                opts.tls.clone(),
+                &opts.server_name,
+                opts.connect,
+                opts.version,
+            )
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         handles.push(h);
     }
@@ -192,26 +229,32 @@ pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
     let mut report = ClientReport::default();
     let mut handshake_total = 0.0;
     let mut connected = 0usize;
-    let finished = drive_until(&mut dp, &mut endpoint, &mut handler, deadline, |ep, _h, now| {
-        let mut all_done = true;
-        for &h in &handles {
-            let state_done = ep.with_state(h, |conn, st| {
-                if st.app.is_done() || st.app.failure().is_some() {
-                    if !conn.is_closing() {
-                        conn.close(now, 0, "done");
+    let finished = drive_until(
+        &mut dp,
+        &mut endpoint,
+        &mut handler,
+        deadline,
+        |ep, _h, now| {
+            let mut all_done = true;
+            for &h in &handles {
+                let state_done = ep.with_state(h, |conn, st| {
+                    if st.app.is_done() || st.app.failure().is_some() {
+                        if !conn.is_closing() {
+                            conn.close(now, 0, "done");
+                        }
+                        true
+                    } else {
+                        st.closed.is_some()
                     }
-                    true
-                } else {
-                    st.closed.is_some()
+                });
+                // A connection gone from the endpoint has drained: it is done.
+                if state_done == Some(false) {
+                    all_done = false;
                 }
-            });
-            // A connection gone from the endpoint has drained: it is done.
-            if state_done == Some(false) {
-                all_done = false;
             }
-        }
-        all_done
-    })?;
+            all_done
+        },
+    )?;
     let elapsed = start.elapsed();
     // Collect results from what the handler recorded.
     for st in handler.take_results(&mut endpoint) {
@@ -238,7 +281,9 @@ pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
             }
             ClientApp::Idle => {
                 if let Some(reason) = &st.closed {
-                    return Err(ClientError::Failed(format!("connection failed before the handshake completed: {reason:?}")));
+                    return Err(ClientError::Failed(format!(
+                        "connection failed before the handshake completed: {reason:?}"
+                    )));
                 }
             }
         }
@@ -247,7 +292,9 @@ pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
         return Err(ClientError::Timeout(opts.timeout));
     }
     if connected == 0 {
-        return Err(ClientError::Failed("no connection completed its handshake".into()));
+        return Err(ClientError::Failed(
+            "no connection completed its handshake".into(),
+        ));
     }
     report.handshake_ms = handshake_total / connected as f64;
     report.seconds = elapsed.as_secs_f64();

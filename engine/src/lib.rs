@@ -7,8 +7,6 @@
 //! `io` holds the datapaths and imports only `wire`; `worker` joins `endpoint`, `app` and
 //! `io` on a pinned core.
 
-
-
 /// Which end of a connection we are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -44,12 +42,12 @@ impl Epoch {
 }
 
 pub mod app;
-pub mod wire;
+pub mod client;
 pub mod conn;
 pub mod crypto;
 pub mod endpoint;
 pub mod io;
-pub mod tls;
-pub mod client;
 pub mod server;
+pub mod tls;
+pub mod wire;
 pub mod worker;

@@ -106,7 +106,9 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -127,28 +129,50 @@ fn transport(congestion: Congestion) -> TransportConfig {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { listen, cert, key, write_cert, alpn, root, workers, retry, congestion, no_pin } => {
+        Command::Serve {
+            listen,
+            cert,
+            key,
+            write_cert,
+            alpn,
+            root,
+            workers,
+            retry,
+            congestion,
+            no_pin,
+        } => {
             let certified = match (cert, key) {
-                (Some(c), Some(k)) => load_pem(&c, &k).with_context(|| format!("loading {}", c.display()))?,
+                (Some(c), Some(k)) => {
+                    load_pem(&c, &k).with_context(|| format!("loading {}", c.display()))?
+                }
                 _ => generate_self_signed(&["localhost".into(), "127.0.0.1".into(), "::1".into()])
                     .context("generating a certificate")?,
             };
             if let Some(path) = write_cert {
                 let key_path = path.with_extension("key.pem");
-                write_pem(&certified, &path, &key_path).with_context(|| format!("writing {}", path.display()))?;
+                write_pem(&certified, &path, &key_path)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             if let Some(r) = &root {
                 if !r.is_dir() {
                     bail!("--root {} is not a directory", r.display());
                 }
             }
-            let alpns: Vec<Vec<u8>> = alpn.iter().map(|a| a.trim().as_bytes().to_vec()).filter(|a| !a.is_empty()).collect();
+            let alpns: Vec<Vec<u8>> = alpn
+                .iter()
+                .map(|a| a.trim().as_bytes().to_vec())
+                .filter(|a| !a.is_empty())
+                .collect();
             for a in &alpns {
                 if ![&b"perf"[..], b"hq-interop", b"echo"].contains(&a.as_slice()) {
-                    bail!("unknown ALPN {:?} (built-ins: perf, hq-interop, echo)", String::from_utf8_lossy(a));
+                    bail!(
+                        "unknown ALPN {:?} (built-ins: perf, hq-interop, echo)",
+                        String::from_utf8_lossy(a)
+                    );
                 }
             }
-            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let server = start_udp_server(ServerOptions {
                 listen,
                 cert: certified,
@@ -162,7 +186,10 @@ fn run(cli: Cli) -> Result<()> {
             let shutdown = server.shutdown.clone();
             signal_hook::flag::register(signal_hook::consts::SIGINT, shutdown.clone())?;
             signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
-            println!("quench: listening on {} ({} workers, udp)", server.local_addr, workers);
+            println!(
+                "quench: listening on {} ({} workers, udp)",
+                server.local_addr, workers
+            );
             std::io::stdout().flush()?;
             // Report counters while running; workers exit once shutdown is requested and connections closed.
             let counters = server.counters.clone();
@@ -178,7 +205,12 @@ fn run(cli: Cli) -> Result<()> {
                     acc.2 + c.connections_accepted.load(Ordering::Relaxed),
                 )
             });
-            tracing::info!(datagrams_rx = rx, datagrams_tx = tx, connections = accepted, "stopped");
+            tracing::info!(
+                datagrams_rx = rx,
+                datagrams_tx = tx,
+                connections = accepted,
+                "stopped"
+            );
             Ok(())
         }
         Command::Client {

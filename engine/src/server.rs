@@ -17,7 +17,10 @@ use crate::worker::{Handoff, Worker, WorkerCounters};
 #[derive(thiserror::Error, Debug)]
 pub enum ServerError {
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS setup failed: {0}")]
     Tls(String),
     #[error("worker {0} failed: {1}")]
@@ -45,7 +48,8 @@ pub struct RunningServer {
 
 impl RunningServer {
     pub fn request_shutdown(&self) {
-        self.shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shutdown
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn join(self) -> Result<(), ServerError> {
@@ -62,8 +66,12 @@ impl RunningServer {
 
 pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     let workers = opts.workers.max(1).min(256);
-    let tls = crate::tls::session::server_config(opts.cert, &opts.alpns).map_err(|e| ServerError::Tls(e.to_string()))?;
-    let factory: Arc<dyn AppFactory> = Arc::new(BuiltinApps { alpns: opts.alpns.clone(), root: opts.root.clone() });
+    let tls = crate::tls::session::server_config(opts.cert, &opts.alpns)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let factory: Arc<dyn AppFactory> = Arc::new(BuiltinApps {
+        alpns: opts.alpns.clone(),
+        root: opts.root.clone(),
+    });
     let mut base = EndpointConfig::new(opts.transport, Some(tls));
     base.require_retry = opts.require_retry;
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -74,8 +82,12 @@ pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerErro
     let mut sockets = Vec::with_capacity(workers);
     let mut addr = opts.listen;
     for _ in 0..workers {
-        let udp_opts = UdpOptions { reuse_port: workers > 1, ..UdpOptions::default() };
-        let dp = UdpDatapath::bind(addr, udp_opts).map_err(|source| ServerError::Bind { addr, source })?;
+        let udp_opts = UdpOptions {
+            reuse_port: workers > 1,
+            ..UdpOptions::default()
+        };
+        let dp = UdpDatapath::bind(addr, udp_opts)
+            .map_err(|source| ServerError::Bind { addr, source })?;
         // With port 0 the first bind picks the port; the rest join its SO_REUSEPORT group.
         addr = dp.local_addr();
         sockets.push(dp);
@@ -98,7 +110,11 @@ pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerErro
             counters: c,
             drain_timeout: Duration::from_secs(2),
         };
-        let core = if opts.pin && !cores.is_empty() { Some(cores[id % cores.len()]) } else { None };
+        let core = if opts.pin && !cores.is_empty() {
+            Some(cores[id % cores.len()])
+        } else {
+            None
+        };
         let t = std::thread::Builder::new()
             .name(format!("quench-w{id}"))
             .spawn(move || {
@@ -110,5 +126,10 @@ pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerErro
             .map_err(|e| ServerError::Worker(id, e.to_string()))?;
         threads.push(t);
     }
-    Ok(RunningServer { local_addr: addr, counters, shutdown, threads })
+    Ok(RunningServer {
+        local_addr: addr,
+        counters,
+        shutdown,
+        threads,
+    })
 }

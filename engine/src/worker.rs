@@ -30,7 +30,9 @@ pub struct Handoff {
 
 impl Handoff {
     pub fn new(workers: usize) -> Self {
-        Self { queues: Arc::new((0..workers).map(|_| ArrayQueue::new(1024)).collect()) }
+        Self {
+            queues: Arc::new((0..workers).map(|_| ArrayQueue::new(1024)).collect()),
+        }
     }
 }
 
@@ -48,8 +50,10 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     fn publish(&self, ep: &EndpointStats, conns: usize) {
         self.connections.store(conns as u64, Ordering::Relaxed);
-        self.connections_accepted.store(ep.connections_accepted, Ordering::Relaxed);
-        self.stateless_resets.store(ep.stateless_resets_sent, Ordering::Relaxed);
+        self.connections_accepted
+            .store(ep.connections_accepted, Ordering::Relaxed);
+        self.stateless_resets
+            .store(ep.stateless_resets_sent, Ordering::Relaxed);
     }
 }
 
@@ -76,24 +80,37 @@ impl<D: Datapath> Worker<D> {
         loop {
             let now = Instant::now();
             if self.shutdown.load(Ordering::Relaxed) && closing_since.is_none() {
-                tracing::info!(worker = self.id, connections = self.endpoint.connection_count(), "closing connections");
+                tracing::info!(
+                    worker = self.id,
+                    connections = self.endpoint.connection_count(),
+                    "closing connections"
+                );
                 self.endpoint.close_all(now, 0, "server shutting down");
                 closing_since = Some(now);
             }
             if let Some(t) = closing_since {
-                if self.endpoint.connection_count() == 0 || now.duration_since(t) > self.drain_timeout {
+                if self.endpoint.connection_count() == 0
+                    || now.duration_since(t) > self.drain_timeout
+                {
                     break;
                 }
             }
 
             let factory = self.factory.clone();
-            let mut dispatcher = AppDispatcher { factory: factory.as_ref() };
+            let mut dispatcher = AppDispatcher {
+                factory: factory.as_ref(),
+            };
             let mut received = 0;
 
             // Datagrams other workers received for us.
             if let Some(h) = &self.handoff {
                 while let Some(mut d) = h.queues[self.id].pop() {
-                    self.endpoint.handle_datagram(now, d.meta, &mut d.buf[..d.len], &mut dispatcher);
+                    self.endpoint.handle_datagram(
+                        now,
+                        d.meta,
+                        &mut d.buf[..d.len],
+                        &mut dispatcher,
+                    );
                     spare.push(d.buf);
                     received += 1;
                 }
@@ -110,7 +127,14 @@ impl<D: Datapath> Worker<D> {
                             if buf.len() <= 2048 {
                                 let mut b = spare.pop().unwrap_or_else(|| Box::new([0u8; 2048]));
                                 b[..buf.len()].copy_from_slice(buf);
-                                if h.queues[owner].push(HandedOff { meta, len: buf.len(), buf: b }).is_ok() {
+                                if h.queues[owner]
+                                    .push(HandedOff {
+                                        meta,
+                                        len: buf.len(),
+                                        buf: b,
+                                    })
+                                    .is_ok()
+                                {
                                     counters.handed_off.fetch_add(1, Ordering::Relaxed);
                                 }
                                 return;
@@ -120,12 +144,17 @@ impl<D: Datapath> Worker<D> {
                 }
                 endpoint.handle_datagram(now, meta, buf, &mut dispatcher);
             })?;
-            self.counters.datagrams_rx.fetch_add(received as u64, Ordering::Relaxed);
+            self.counters
+                .datagrams_rx
+                .fetch_add(received as u64, Ordering::Relaxed);
 
             self.endpoint.handle_timeouts(now, &mut dispatcher);
             let sent = self.transmit(now, max_segments)?;
-            self.counters.datagrams_tx.fetch_add(sent as u64, Ordering::Relaxed);
-            self.counters.publish(&self.endpoint.stats(), self.endpoint.connection_count());
+            self.counters
+                .datagrams_tx
+                .fetch_add(sent as u64, Ordering::Relaxed);
+            self.counters
+                .publish(&self.endpoint.stats(), self.endpoint.connection_count());
 
             if received == 0 && sent == 0 {
                 let mut timeout = self
@@ -157,7 +186,12 @@ impl<D: Datapath> Worker<D> {
 }
 
 /// Moves everything the endpoint wants to send into the datapath and flushes it.
-pub fn transmit<D: Datapath, U: Default>(dp: &mut D, endpoint: &mut Endpoint<U>, now: Instant, max_segments: usize) -> std::io::Result<usize> {
+pub fn transmit<D: Datapath, U: Default>(
+    dp: &mut D,
+    endpoint: &mut Endpoint<U>,
+    now: Instant,
+    max_segments: usize,
+) -> std::io::Result<usize> {
     let mut count = 0;
     // Bound one round so receiving is not starved by a connection with a lot to send.
     while count < 256 {

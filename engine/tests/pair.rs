@@ -49,7 +49,9 @@ struct StreamCheck {
 impl EchoCheck {
     fn pump(&mut self, conn: &mut Connection, id: StreamId) {
         let size = self.size;
-        let Some(s) = self.state.get_mut(&id) else { return };
+        let Some(s) = self.state.get_mut(&id) else {
+            return;
+        };
         let mut chunk = [0u8; 8192];
         while s.sent < size {
             let n = ((size - s.sent) as usize).min(chunk.len());
@@ -71,14 +73,18 @@ impl EchoCheck {
 impl Application for EchoCheck {
     fn on_connected(&mut self, conn: &mut Connection, _now: Instant) {
         for _ in 0..self.streams {
-            let id = conn.open_stream(true).expect("stream credit for every stream");
+            let id = conn
+                .open_stream(true)
+                .expect("stream credit for every stream");
             self.state.insert(id, StreamCheck::default());
             self.pump(conn, id);
         }
     }
 
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
-        let Some(s) = self.state.get_mut(&id) else { return };
+        let Some(s) = self.state.get_mut(&id) else {
+            return;
+        };
         let mut buf = [0u8; 16384];
         loop {
             match conn.read(id, &mut buf, now) {
@@ -86,8 +92,13 @@ impl Application for EchoCheck {
                     s.recv_hash.update(&buf[..n]);
                     s.received += n as u64;
                     if fin {
-                        if s.received != self.size || s.sent_hash.clone().finalize() != s.recv_hash.clone().finalize() {
-                            self.failure = Some(format!("stream {id}: echoed bytes differ ({} of {})", s.received, self.size));
+                        if s.received != self.size
+                            || s.sent_hash.clone().finalize() != s.recv_hash.clone().finalize()
+                        {
+                            self.failure = Some(format!(
+                                "stream {id}: echoed bytes differ ({} of {})",
+                                s.received, self.size
+                            ));
                         }
                         if !s.done {
                             s.done = true;
@@ -124,10 +135,20 @@ struct ClientHandler {
 }
 
 impl EventHandler<Option<EchoCheck>> for ClientHandler {
-    fn on_event(&mut self, now: Instant, conn: &mut Connection, st: &mut Option<EchoCheck>, event: Event) {
+    fn on_event(
+        &mut self,
+        now: Instant,
+        conn: &mut Connection,
+        st: &mut Option<EchoCheck>,
+        event: Event,
+    ) {
         match event {
             Event::Connected => {
-                let mut app = EchoCheck { streams: self.streams, size: self.size, ..Default::default() };
+                let mut app = EchoCheck {
+                    streams: self.streams,
+                    size: self.size,
+                    ..Default::default()
+                };
                 app.on_connected(conn, now);
                 *st = Some(app);
             }
@@ -156,7 +177,12 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(impair: Impairments, transport: TransportConfig, streams: usize, size: u64) -> (Self, usize) {
+    fn new(
+        impair: Impairments,
+        transport: TransportConfig,
+        streams: usize,
+        size: u64,
+    ) -> (Self, usize) {
         let cert = generate_self_signed(&["localhost".into()]).unwrap();
         let alpns = vec![b"echo".to_vec()];
         let stls = server_config(cert, &alpns).unwrap();
@@ -166,11 +192,25 @@ impl Sim {
         let (cdp, sdp) = pair(caddr, saddr, impair);
         let mut server = Endpoint::new(EndpointConfig::new(transport.clone(), Some(stls)));
         let _ = &mut server;
-        let mut client: Endpoint<Option<EchoCheck>> = Endpoint::new(EndpointConfig::new(transport, None));
+        let mut client: Endpoint<Option<EchoCheck>> =
+            Endpoint::new(EndpointConfig::new(transport, None));
         let now = Instant::now();
-        let h = client.connect(now, ctls, "localhost", saddr, VERSION_1).unwrap();
+        let h = client
+            .connect(now, ctls, "localhost", saddr, VERSION_1)
+            .unwrap();
         let apps = BuiltinApps { alpns, root: None };
-        (Sim { now, client, server, cdp, sdp, apps, handler: ClientHandler { streams, size } }, h)
+        (
+            Sim {
+                now,
+                client,
+                server,
+                cdp,
+                sdp,
+                apps,
+                handler: ClientHandler { streams, size },
+            },
+            h,
+        )
     }
 
     /// Runs until `done` or the virtual deadline; returns false on deadline.
@@ -186,21 +226,32 @@ impl Sim {
             let now = self.now;
             let mut progressed = 0;
             let (client, handler) = (&mut self.client, &mut self.handler);
-            progressed += self.cdp.recv_batch(&mut |m, b| {
-                client.handle_datagram(now, m, b, handler);
-            }).unwrap();
-            let mut disp = AppDispatcher { factory: &self.apps };
+            progressed += self
+                .cdp
+                .recv_batch(&mut |m, b| {
+                    client.handle_datagram(now, m, b, handler);
+                })
+                .unwrap();
+            let mut disp = AppDispatcher {
+                factory: &self.apps,
+            };
             let server = &mut self.server;
-            progressed += self.sdp.recv_batch(&mut |m, b| {
-                server.handle_datagram(now, m, b, &mut disp);
-            }).unwrap();
+            progressed += self
+                .sdp
+                .recv_batch(&mut |m, b| {
+                    server.handle_datagram(now, m, b, &mut disp);
+                })
+                .unwrap();
             self.client.handle_timeouts(now, &mut self.handler);
             self.server.handle_timeouts(now, &mut disp);
             progressed += transmit(&mut self.cdp, &mut self.client, now, 1).unwrap();
             progressed += transmit(&mut self.sdp, &mut self.server, now, 1).unwrap();
             if progressed == 0 {
                 // Idle: jump the clock to the next timer (nothing is in the pipe).
-                let next = [self.client.next_timeout(), self.server.next_timeout()].into_iter().flatten().min();
+                let next = [self.client.next_timeout(), self.server.next_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
                 match next {
                     Some(t) if t > self.now => self.now = t,
                     Some(_) => self.now += Duration::from_micros(10),
@@ -215,11 +266,21 @@ impl Sim {
     }
 
     fn client_app(&mut self, h: usize) -> Option<(usize, Option<String>)> {
-        self.client.with_state(h, |_c, st| st.as_ref().map(|a| (a.completed, a.failure.clone()))).flatten()
+        self.client
+            .with_state(h, |_c, st| {
+                st.as_ref().map(|a| (a.completed, a.failure.clone()))
+            })
+            .flatten()
     }
 }
 
-fn run_echo(impair: Impairments, transport: TransportConfig, streams: usize, size: u64, limit: Duration) {
+fn run_echo(
+    impair: Impairments,
+    transport: TransportConfig,
+    streams: usize,
+    size: u64,
+    limit: Duration,
+) {
     let (mut sim, h) = Sim::new(impair, transport, streams, size);
     let ok = sim.run(limit, |s| match s.client_app(h) {
         Some((done, fail)) => {
@@ -229,20 +290,42 @@ fn run_echo(impair: Impairments, transport: TransportConfig, streams: usize, siz
         None => false,
     });
     let status = sim.client_app(h);
-    assert!(ok, "transfer did not finish in {limit:?} of virtual time: {status:?}");
+    assert!(
+        ok,
+        "transfer did not finish in {limit:?} of virtual time: {status:?}"
+    );
     let stats = sim.client.conn(h).unwrap().stats();
     eprintln!("client stats: {stats:?}");
 }
 
 #[test]
 fn clean_pair_echoes_one_mebibyte() {
-    run_echo(Impairments::none(), TransportConfig::default(), 1, 1 << 20, Duration::from_secs(60));
+    run_echo(
+        Impairments::none(),
+        TransportConfig::default(),
+        1,
+        1 << 20,
+        Duration::from_secs(60),
+    );
 }
 
 #[test]
 fn twenty_mebibytes_both_ways_survive_loss_reordering_duplication_and_corruption() {
-    let impair = Impairments { loss: 0.10, duplicate: 0.05, reorder: 0.05, corrupt: 0.01, seed: 7, ..Impairments::none() };
-    run_echo(impair, TransportConfig::default(), 1, 20 << 20, Duration::from_secs(3600));
+    let impair = Impairments {
+        loss: 0.10,
+        duplicate: 0.05,
+        reorder: 0.05,
+        corrupt: 0.01,
+        seed: 7,
+        ..Impairments::none()
+    };
+    run_echo(
+        impair,
+        TransportConfig::default(),
+        1,
+        20 << 20,
+        Duration::from_secs(3600),
+    );
 }
 
 #[test]
@@ -256,7 +339,12 @@ fn a_thousand_concurrent_streams_on_one_connection() {
 fn a_thousand_streams_under_loss() {
     let mut t = TransportConfig::default();
     t.streams.max_concurrent_bidi = 1000;
-    let impair = Impairments { loss: 0.05, reorder: 0.05, seed: 11, ..Impairments::none() };
+    let impair = Impairments {
+        loss: 0.05,
+        reorder: 0.05,
+        seed: 11,
+        ..Impairments::none()
+    };
     run_echo(impair, t, 1000, 2048, Duration::from_secs(3600));
 }
 

@@ -19,7 +19,9 @@ pub struct EchoServer {
 
 impl EchoServer {
     fn flush(&mut self, conn: &mut Connection, id: StreamId) {
-        let Some(p) = self.streams.get_mut(&id) else { return };
+        let Some(p) = self.streams.get_mut(&id) else {
+            return;
+        };
         while !p.buf.is_empty() {
             match conn.write(id, &p.buf) {
                 Ok(0) | Err(_) => return,

@@ -17,8 +17,14 @@ use crate::conn::{CloseReason, Connection, StreamId};
 const MAX_REQUEST: usize = 4096;
 
 enum Body {
-    File { file: File, buf: Vec<u8>, pos: usize },
-    Synthetic { remaining: u64 },
+    File {
+        file: File,
+        buf: Vec<u8>,
+        pos: usize,
+    },
+    Synthetic {
+        remaining: u64,
+    },
 }
 
 #[derive(Default)]
@@ -34,11 +40,16 @@ pub struct HqServer {
 
 impl HqServer {
     pub fn new(root: Option<PathBuf>) -> Self {
-        Self { root, streams: HashMap::new() }
+        Self {
+            root,
+            streams: HashMap::new(),
+        }
     }
 
     fn respond(&mut self, conn: &mut Connection, id: StreamId) {
-        let Some(s) = self.streams.get_mut(&id) else { return };
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
         let Some(path) = parse_request(&s.request) else {
             let _ = conn.reset_stream(id, 0x10);
             self.streams.remove(&id);
@@ -46,12 +57,20 @@ impl HqServer {
         };
         let body = match resolve(self.root.as_deref(), &path) {
             Some(p) => match File::open(&p) {
-                Ok(file) => Some(Body::File { file, buf: Vec::new(), pos: 0 }),
+                Ok(file) => Some(Body::File {
+                    file,
+                    buf: Vec::new(),
+                    pos: 0,
+                }),
                 Err(_) => None,
             },
             None => None,
         };
-        let body = body.or_else(|| path.strip_prefix('/').and_then(|n| n.parse::<u64>().ok()).map(|n| Body::Synthetic { remaining: n }));
+        let body = body.or_else(|| {
+            path.strip_prefix('/')
+                .and_then(|n| n.parse::<u64>().ok())
+                .map(|n| Body::Synthetic { remaining: n })
+        });
         match body {
             Some(b) => s.body = Some(b),
             None => {
@@ -65,7 +84,9 @@ impl HqServer {
     }
 
     fn pump(&mut self, conn: &mut Connection, id: StreamId) {
-        let Some(s) = self.streams.get_mut(&id) else { return };
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
         let done = match s.body.as_mut() {
             None => false,
             Some(Body::Synthetic { remaining }) => {
@@ -99,7 +120,10 @@ impl HqServer {
 /// `GET /path` (optionally followed by CRLF) → "/path".
 fn parse_request(req: &[u8]) -> Option<String> {
     let line = req.split(|&b| b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r').trim();
+    let line = std::str::from_utf8(line)
+        .ok()?
+        .trim_end_matches('\r')
+        .trim();
     let path = line.strip_prefix("GET ")?.trim();
     path.starts_with('/').then(|| path.to_string())
 }
@@ -170,7 +194,15 @@ pub struct HqClient {
 
 impl HqClient {
     pub fn new(paths: Vec<String>) -> Self {
-        Self { paths, next: 0, current: None, hasher: Sha256::new(), bytes_down: 0, failed: None, done: false }
+        Self {
+            paths,
+            next: 0,
+            current: None,
+            hasher: Sha256::new(),
+            bytes_down: 0,
+            failed: None,
+            done: false,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -254,7 +286,10 @@ mod tests {
 
     #[test]
     fn requests_parse_and_paths_stay_under_root() {
-        assert_eq!(parse_request(b"GET /a/b.txt\r\n").as_deref(), Some("/a/b.txt"));
+        assert_eq!(
+            parse_request(b"GET /a/b.txt\r\n").as_deref(),
+            Some("/a/b.txt")
+        );
         assert_eq!(parse_request(b"GET /1000").as_deref(), Some("/1000"));
         assert_eq!(parse_request(b"POST /x\r\n"), None);
         assert_eq!(parse_request(b"GET x\r\n"), None);

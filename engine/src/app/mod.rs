@@ -78,7 +78,12 @@ impl EventHandler<AppSlot> for AppDispatcher<'_> {
     }
 }
 
-pub fn dispatch_stream_event(app: &mut dyn Application, conn: &mut Connection, ev: StreamEvent, now: Instant) {
+pub fn dispatch_stream_event(
+    app: &mut dyn Application,
+    conn: &mut Connection,
+    ev: StreamEvent,
+    now: Instant,
+) {
     match ev {
         StreamEvent::Opened { id } => app.on_stream_opened(conn, id, now),
         StreamEvent::Readable { id } => app.on_readable(conn, id, now),

@@ -27,7 +27,9 @@ pub struct PerfServer {
 
 impl PerfServer {
     fn pump(&mut self, conn: &mut Connection, id: StreamId) {
-        let Some(s) = self.streams.get_mut(&id) else { return };
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
         if s.responding && s.to_send > 0 {
             s.to_send -= write_zeros(conn, id, s.to_send);
             if s.to_send == 0 {
@@ -95,7 +97,11 @@ impl Application for PerfServer {
     }
 
     fn on_finished(&mut self, _conn: &mut Connection, id: StreamId, _now: Instant) {
-        if self.streams.get(&id).is_some_and(|s| s.upload_done && s.to_send == 0) {
+        if self
+            .streams
+            .get(&id)
+            .is_some_and(|s| s.upload_done && s.to_send == 0)
+        {
             self.streams.remove(&id);
         }
     }
@@ -137,7 +143,17 @@ struct ClientStream {
 
 impl PerfClient {
     pub fn new(streams: u64, down: u64, up: u64) -> Self {
-        Self { streams: streams.max(1), down, up, started: false, open: HashMap::new(), bytes_down: 0, bytes_up: 0, completed: 0, failed: None }
+        Self {
+            streams: streams.max(1),
+            down,
+            up,
+            started: false,
+            open: HashMap::new(),
+            bytes_down: 0,
+            bytes_up: 0,
+            completed: 0,
+            failed: None,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -152,12 +168,21 @@ impl PerfClient {
     fn open_streams(&mut self, conn: &mut Connection) {
         let opened = self.open.len() as u64 + self.completed;
         for i in opened..self.streams {
-            let Some(id) = conn.open_stream(true) else { break };
+            let Some(id) = conn.open_stream(true) else {
+                break;
+            };
             let expect = Self::share(self.down, self.streams, i);
             let upload = Self::share(self.up, self.streams, i);
             self.open.insert(
                 id,
-                ClientStream { expect, received: 0, header_sent: 0, header: expect.to_be_bytes(), upload_left: upload, done_reading: false },
+                ClientStream {
+                    expect,
+                    received: 0,
+                    header_sent: 0,
+                    header: expect.to_be_bytes(),
+                    upload_left: upload,
+                    done_reading: false,
+                },
             );
             self.pump(conn, id);
         }
@@ -165,7 +190,9 @@ impl PerfClient {
     }
 
     fn pump(&mut self, conn: &mut Connection, id: StreamId) {
-        let Some(s) = self.open.get_mut(&id) else { return };
+        let Some(s) = self.open.get_mut(&id) else {
+            return;
+        };
         while s.header_sent < 8 {
             match conn.write(id, &s.header[s.header_sent..]) {
                 Ok(n) if n > 0 => s.header_sent += n,
@@ -189,7 +216,9 @@ impl Application for PerfClient {
     }
 
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
-        let Some(s) = self.open.get_mut(&id) else { return };
+        let Some(s) = self.open.get_mut(&id) else {
+            return;
+        };
         loop {
             match conn.discard(id, usize::MAX, now) {
                 Ok((n, fin)) => {
@@ -211,7 +240,10 @@ impl Application for PerfClient {
         }
         if s.done_reading {
             if s.received != s.expect {
-                self.failed = Some(format!("stream {id}: expected {} bytes, got {}", s.expect, s.received));
+                self.failed = Some(format!(
+                    "stream {id}: expected {} bytes, got {}",
+                    s.expect, s.received
+                ));
                 return;
             }
             if s.upload_left == 0 {

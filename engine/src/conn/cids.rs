@@ -57,12 +57,26 @@ pub struct CidState {
 }
 
 impl CidState {
-    pub fn new(initial_local: ConnectionId, reset_token: [u8; 16], initial_remote: ConnectionId, local_limit: u64) -> Self {
+    pub fn new(
+        initial_local: ConnectionId,
+        reset_token: [u8; 16],
+        initial_remote: ConnectionId,
+        local_limit: u64,
+    ) -> Self {
         Self {
-            local: vec![LocalCid { seq: 0, cid: initial_local, reset_token, announce: false }],
+            local: vec![LocalCid {
+                seq: 0,
+                cid: initial_local,
+                reset_token,
+                announce: false,
+            }],
             next_local_seq: 1,
             peer_limit: 2,
-            remote: vec![RemoteCid { seq: 0, cid: initial_remote, reset_token: None }],
+            remote: vec![RemoteCid {
+                seq: 0,
+                cid: initial_remote,
+                reset_token: None,
+            }],
             active_remote: 0,
             remote_retire_prior_to: 0,
             local_limit,
@@ -112,20 +126,36 @@ impl CidState {
         while (self.local.len() as u64) < self.peer_limit {
             let cid = gen.generate();
             let reset_token = gen.reset_token(&cid);
-            self.local.push(LocalCid { seq: self.next_local_seq, cid, reset_token, announce: true });
+            self.local.push(LocalCid {
+                seq: self.next_local_seq,
+                cid,
+                reset_token,
+                announce: true,
+            });
             self.next_local_seq += 1;
             self.events.push_back(CidEvent::Issued(cid));
         }
     }
 
     /// RETIRE_CONNECTION_ID from the peer (RFC 9000 §19.16). `packet_dcid`: the CID the carrying packet was sent to.
-    pub fn on_retire(&mut self, seq: u64, packet_dcid: &[u8], gen: &mut dyn ConnectionIdGenerator) -> Result<(), TransportError> {
+    pub fn on_retire(
+        &mut self,
+        seq: u64,
+        packet_dcid: &[u8],
+        gen: &mut dyn ConnectionIdGenerator,
+    ) -> Result<(), TransportError> {
         if seq >= self.next_local_seq {
-            return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "retired a CID never issued"));
+            return Err(TransportError::new(
+                Code::PROTOCOL_VIOLATION,
+                "retired a CID never issued",
+            ));
         }
         if let Some(i) = self.local.iter().position(|l| l.seq == seq) {
             if self.local[i].cid.as_slice() == packet_dcid {
-                return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "retired the CID in use"));
+                return Err(TransportError::new(
+                    Code::PROTOCOL_VIOLATION,
+                    "retired the CID in use",
+                ));
             }
             let gone = self.local.swap_remove(i);
             self.events.push_back(CidEvent::Retired(gone.cid));
@@ -135,16 +165,31 @@ impl CidState {
     }
 
     /// NEW_CONNECTION_ID from the peer (RFC 9000 §19.15, §5.1.2).
-    pub fn on_new_cid(&mut self, seq: u64, retire_prior_to: u64, cid: ConnectionId, token: [u8; 16]) -> Result<(), TransportError> {
+    pub fn on_new_cid(
+        &mut self,
+        seq: u64,
+        retire_prior_to: u64,
+        cid: ConnectionId,
+        token: [u8; 16],
+    ) -> Result<(), TransportError> {
         if self.remote[self.active_remote].cid.is_empty() {
-            return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "NEW_CONNECTION_ID with zero-length CIDs"));
+            return Err(TransportError::new(
+                Code::PROTOCOL_VIOLATION,
+                "NEW_CONNECTION_ID with zero-length CIDs",
+            ));
         }
         if retire_prior_to > seq {
-            return Err(TransportError::new(Code::FRAME_ENCODING_ERROR, "retire_prior_to beyond sequence"));
+            return Err(TransportError::new(
+                Code::FRAME_ENCODING_ERROR,
+                "retire_prior_to beyond sequence",
+            ));
         }
         if let Some(existing) = self.remote.iter().find(|r| r.seq == seq) {
             if existing.cid != cid || existing.reset_token.is_some_and(|t| t != token) {
-                return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "CID sequence reused"));
+                return Err(TransportError::new(
+                    Code::PROTOCOL_VIOLATION,
+                    "CID sequence reused",
+                ));
             }
             return Ok(());
         }
@@ -153,7 +198,11 @@ impl CidState {
             self.queue_retire(seq)?;
             return Ok(());
         }
-        self.remote.push(RemoteCid { seq, cid, reset_token: Some(token) });
+        self.remote.push(RemoteCid {
+            seq,
+            cid,
+            reset_token: Some(token),
+        });
         if retire_prior_to > self.remote_retire_prior_to {
             self.remote_retire_prior_to = retire_prior_to;
             let active_seq = self.remote[self.active_remote].seq;
@@ -176,11 +225,18 @@ impl CidState {
                     .map(|(i, _)| i)
                     .unwrap_or(0);
             } else {
-                self.active_remote = self.remote.iter().position(|r| r.seq == active_seq).unwrap_or(0);
+                self.active_remote = self
+                    .remote
+                    .iter()
+                    .position(|r| r.seq == active_seq)
+                    .unwrap_or(0);
             }
         }
         if self.remote.len() as u64 > self.local_limit {
-            return Err(TransportError::new(Code::CONNECTION_ID_LIMIT_ERROR, "too many connection IDs"));
+            return Err(TransportError::new(
+                Code::CONNECTION_ID_LIMIT_ERROR,
+                "too many connection IDs",
+            ));
         }
         Ok(())
     }
@@ -188,7 +244,10 @@ impl CidState {
     fn queue_retire(&mut self, seq: u64) -> Result<(), TransportError> {
         // Bound retirements awaiting acknowledgement (§5.1.2: an endpoint SHOULD limit them).
         if self.retire_queue.len() as u64 >= 4 * self.local_limit.max(2) {
-            return Err(TransportError::new(Code::CONNECTION_ID_LIMIT_ERROR, "too many retired CIDs outstanding"));
+            return Err(TransportError::new(
+                Code::CONNECTION_ID_LIMIT_ERROR,
+                "too many retired CIDs outstanding",
+            ));
         }
         self.retire_queue.push_back(seq);
         Ok(())

@@ -31,9 +31,17 @@ pub const MIN_INITIAL_SIZE: usize = 1200;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// We closed it (application or transport error of ours).
-    Local { code: u64, app: bool, reason: String },
+    Local {
+        code: u64,
+        app: bool,
+        reason: String,
+    },
     /// The peer sent CONNECTION_CLOSE.
-    Peer { code: u64, app: bool, reason: String },
+    Peer {
+        code: u64,
+        app: bool,
+        reason: String,
+    },
     IdleTimeout,
     StatelessReset,
     /// The server does not speak our version.
@@ -63,9 +71,13 @@ pub(crate) enum State {
     Handshake,
     Established,
     /// We sent CONNECTION_CLOSE; answer further packets with it until the deadline.
-    Closing { deadline: Instant },
+    Closing {
+        deadline: Instant,
+    },
     /// The peer closed (or reset); send nothing until the deadline.
-    Draining { deadline: Instant },
+    Draining {
+        deadline: Instant,
+    },
     Drained,
 }
 
@@ -195,14 +207,34 @@ impl Connection {
         let local_cid = cid_gen.generate();
         let reset = cid_gen.reset_token(&local_cid);
         let streams = Streams::new(Side::Client, config.streams.clone());
-        let params = local_params(&config, &streams.local_limits(), local_cid, None, None, None);
+        let params = local_params(
+            &config,
+            &streams.local_limits(),
+            local_cid,
+            None,
+            None,
+            None,
+        );
         let mut encoded = Vec::with_capacity(128);
         params.encode(&mut encoded);
         let tls = TlsSession::client(tls_config, server_name, version, encoded)
             .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS client setup failed"))?;
-        let mut conn = Self::new_common(Side::Client, version, config, tls, streams, local_cid, reset, initial_dcid, remote, cid_gen, now);
+        let mut conn = Self::new_common(
+            Side::Client,
+            version,
+            config,
+            tls,
+            streams,
+            local_cid,
+            reset,
+            initial_dcid,
+            remote,
+            cid_gen,
+            now,
+        );
         conn.original_dcid = initial_dcid;
-        conn.spaces[Epoch::Initial.index()].keys = Some(initial_keys(version, &initial_dcid, Side::Client));
+        conn.spaces[Epoch::Initial.index()].keys =
+            Some(initial_keys(version, &initial_dcid, Side::Client));
         conn.address_validated = true; // a client is never amplification-limited
         conn.drive_tls(now)?;
         Ok(conn)
@@ -230,14 +262,27 @@ impl Connection {
         params.encode(&mut encoded);
         let tls = TlsSession::server(tls_config, p.version, encoded)
             .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS server setup failed"))?;
-        let mut conn = Self::new_common(Side::Server, p.version, config, tls, streams, p.local_cid, reset, p.client_scid, p.remote, cid_gen, now);
+        let mut conn = Self::new_common(
+            Side::Server,
+            p.version,
+            config,
+            tls,
+            streams,
+            p.local_cid,
+            reset,
+            p.client_scid,
+            p.remote,
+            cid_gen,
+            now,
+        );
         conn.original_dcid = p.original_dcid;
         conn.retry_scid = p.retry_scid;
         conn.peer_initial_scid = p.client_scid;
         conn.address_validated = p.address_validated;
         // Initial keys come from the DCID of the packet being answered (after a Retry that is the Retry's SCID).
         let initial_dcid = p.retry_scid.unwrap_or(p.original_dcid);
-        conn.spaces[Epoch::Initial.index()].keys = Some(initial_keys(p.version, &initial_dcid, Side::Server));
+        conn.spaces[Epoch::Initial.index()].keys =
+            Some(initial_keys(p.version, &initial_dcid, Side::Server));
         Ok(conn)
     }
 
@@ -262,7 +307,12 @@ impl Connection {
             side,
             version,
             state: State::Handshake,
-            cids: CidState::new(local_cid, reset, remote_cid, config.active_connection_id_limit),
+            cids: CidState::new(
+                local_cid,
+                reset,
+                remote_cid,
+                config.active_connection_id_limit,
+            ),
             tls,
             spaces: [PacketSpace::new(), PacketSpace::new(), PacketSpace::new()],
             one_rtt: None,
@@ -328,7 +378,10 @@ impl Connection {
 
     /// Closing or draining: no new streams or data.
     pub fn is_closing(&self) -> bool {
-        matches!(self.state, State::Closing { .. } | State::Draining { .. } | State::Drained)
+        matches!(
+            self.state,
+            State::Closing { .. } | State::Draining { .. } | State::Drained
+        )
     }
 
     /// Fully over: the endpoint can forget it.
@@ -397,13 +450,23 @@ impl Connection {
         self.streams.finish(id)
     }
 
-    pub fn read(&mut self, id: StreamId, buf: &mut [u8], now: Instant) -> Result<(usize, bool), StreamError> {
+    pub fn read(
+        &mut self,
+        id: StreamId,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> Result<(usize, bool), StreamError> {
         let rtt = self.recovery.rtt().smoothed();
         self.streams.read(id, buf, now, rtt)
     }
 
     /// Consumes up to `max` readable bytes without copying them out.
-    pub fn discard(&mut self, id: StreamId, max: usize, now: Instant) -> Result<(usize, bool), StreamError> {
+    pub fn discard(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        now: Instant,
+    ) -> Result<(usize, bool), StreamError> {
         let rtt = self.recovery.rtt().smoothed();
         self.streams.discard(id, max, now, rtt)
     }
@@ -448,14 +511,27 @@ impl Connection {
 
     /// Closes with an application error code (CONNECTION_CLOSE 0x1d).
     pub fn close(&mut self, now: Instant, code: u64, reason: &str) {
-        self.start_closing(now, CloseFrame { code, frame_type: None, app: true, reason: truncate(reason) });
+        self.start_closing(
+            now,
+            CloseFrame {
+                code,
+                frame_type: None,
+                app: true,
+                reason: truncate(reason),
+            },
+        );
     }
 
     pub(crate) fn close_with_error(&mut self, now: Instant, err: TransportError) {
         tracing::debug!(?err, "closing connection on transport error");
         self.start_closing(
             now,
-            CloseFrame { code: err.code.0, frame_type: Some(err.frame_type), app: false, reason: err.reason.to_string() },
+            CloseFrame {
+                code: err.code.0,
+                frame_type: Some(err.frame_type),
+                app: false,
+                reason: err.reason.to_string(),
+            },
         );
     }
 
@@ -465,8 +541,14 @@ impl Connection {
         }
         // A connection that never got keys beyond Initial on the client side, or nothing to send on: just drop.
         let pto = self.recovery.pto(self.highest_epoch());
-        self.state = State::Closing { deadline: now + 3 * pto };
-        self.emit_closed(CloseReason::Local { code: frame.code, app: frame.app, reason: frame.reason.clone() });
+        self.state = State::Closing {
+            deadline: now + 3 * pto,
+        };
+        self.emit_closed(CloseReason::Local {
+            code: frame.code,
+            app: frame.app,
+            reason: frame.reason.clone(),
+        });
         self.close = Some(frame);
         self.close_pending = true;
     }
@@ -477,7 +559,9 @@ impl Connection {
             return;
         }
         let pto = self.recovery.pto(self.highest_epoch());
-        self.state = State::Draining { deadline: now + 3 * pto };
+        self.state = State::Draining {
+            deadline: now + 3 * pto,
+        };
         self.close_pending = false;
         self.emit_closed(reason);
     }
@@ -546,7 +630,11 @@ impl Connection {
         if let Some(k) = self.one_rtt.as_mut() {
             k.on_timeout(now);
         }
-        if self.recovery.loss_detection_timer().is_some_and(|t| now >= t) {
+        if self
+            .recovery
+            .loss_detection_timer()
+            .is_some_and(|t| now >= t)
+        {
             self.on_loss_timeout(now);
         }
     }
@@ -554,7 +642,9 @@ impl Connection {
     fn on_loss_timeout(&mut self, now: Instant) {
         // Collect first (the callback cannot borrow self); the scratch vector is reused.
         let mut lost = std::mem::take(&mut self.lost_scratch);
-        let probe = self.recovery.on_loss_detection_timeout(now, &mut |p| lost.push(p.data));
+        let probe = self
+            .recovery
+            .on_loss_detection_timeout(now, &mut |p| lost.push(p.data));
         for frames in lost.drain(..) {
             self.on_frames_lost(frames);
         }
@@ -586,7 +676,10 @@ impl Connection {
             let read_epoch = self.tls.read_epoch();
             for earlier in Epoch::ALL.iter().filter(|e| **e < read_epoch) {
                 if self.spaces[earlier.index()].crypto.read_chunk().is_some() {
-                    return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "CRYPTO data at a finished epoch"));
+                    return Err(TransportError::new(
+                        Code::PROTOCOL_VIOLATION,
+                        "CRYPTO data at a finished epoch",
+                    ));
                 }
             }
             let mut fed = false;
@@ -594,7 +687,10 @@ impl Connection {
                 fed = true;
                 if let Err(alert) = self.tls.read_handshake(chunk) {
                     tracing::debug!(?alert, "TLS alert");
-                    return Err(TransportError::new(Code::crypto(alert.alert), "TLS handshake failed"));
+                    return Err(TransportError::new(
+                        Code::crypto(alert.alert),
+                        "TLS handshake failed",
+                    ));
                 }
             }
             if !fed || self.tls.read_epoch() == read_epoch {
@@ -666,7 +762,8 @@ impl Connection {
             self.idle_timeout = peer_idle;
         }
         self.peer_ack_delay_exponent = p.ack_delay_exponent as u8;
-        self.recovery.set_max_ack_delay(Duration::from_millis(p.max_ack_delay));
+        self.recovery
+            .set_max_ack_delay(Duration::from_millis(p.max_ack_delay));
         self.streams.set_peer_limits(PeerLimits {
             initial_max_data: p.initial_max_data,
             initial_max_stream_data_bidi_local: p.initial_max_stream_data_bidi_local,
@@ -681,7 +778,10 @@ impl Connection {
 
     fn on_handshake_complete(&mut self, now: Instant) -> Result<(), TransportError> {
         if self.peer_params.is_none() {
-            return Err(TransportError::new(Code::TRANSPORT_PARAMETER_ERROR, "peer sent no transport parameters"));
+            return Err(TransportError::new(
+                Code::TRANSPORT_PARAMETER_ERROR,
+                "peer sent no transport parameters",
+            ));
         }
         self.state = State::Established;
         tracing::debug!(side = ?self.side, alpn = ?self.tls.alpn().map(String::from_utf8_lossy), "handshake complete");
@@ -689,7 +789,10 @@ impl Connection {
             self.connected_emitted = true;
             self.events.push_back(Event::Connected);
         }
-        let limit = self.peer_params.as_ref().map_or(2, |p| p.active_connection_id_limit);
+        let limit = self
+            .peer_params
+            .as_ref()
+            .map_or(2, |p| p.active_connection_id_limit);
         self.cids.set_peer_limit(limit, self.cid_gen.as_mut());
         if self.side == Side::Server {
             // RFC 9001 §4.1.2: the server's handshake is confirmed on completion.
@@ -709,8 +812,15 @@ impl Connection {
         self.recovery.set_peer_completed_address_validation(true);
         self.discard_space(Epoch::Initial, now);
         self.discard_space(Epoch::Handshake, now);
-        let peer_max = self.peer_params.as_ref().map_or(65527, |p| p.max_udp_payload_size) as usize;
-        self.max_datagram_size = self.config.max_datagram_size.min(peer_max).max(MIN_INITIAL_SIZE);
+        let peer_max = self
+            .peer_params
+            .as_ref()
+            .map_or(65527, |p| p.max_udp_payload_size) as usize;
+        self.max_datagram_size = self
+            .config
+            .max_datagram_size
+            .min(peer_max)
+            .max(MIN_INITIAL_SIZE);
         self.recovery.set_max_datagram_size(self.max_datagram_size);
     }
 
@@ -724,7 +834,8 @@ impl Connection {
         space.keys = None;
         space.probes = 0;
         let pool = &mut self.sent_pool;
-        self.recovery.discard_space(epoch, now, &mut |p| pool.give(p.data));
+        self.recovery
+            .discard_space(epoch, now, &mut |p| pool.give(p.data));
     }
 
     // ---- Acks and losses ------------------------------------------------------------------
@@ -739,9 +850,16 @@ impl Connection {
         for r in &frames.records {
             match *r {
                 FrameRecord::Stream(s) => self.streams.on_acked(s),
-                FrameRecord::Crypto { offset, len } => self.spaces[epoch.index()].crypto.on_acked(offset, len),
-                FrameRecord::Ack { largest } => self.spaces[epoch.index()].ack.on_ack_of_ack(largest),
-                FrameRecord::HandshakeDone | FrameRecord::Ping | FrameRecord::NewConnectionId { .. } | FrameRecord::RetireConnectionId { .. } => {}
+                FrameRecord::Crypto { offset, len } => {
+                    self.spaces[epoch.index()].crypto.on_acked(offset, len)
+                }
+                FrameRecord::Ack { largest } => {
+                    self.spaces[epoch.index()].ack.on_ack_of_ack(largest)
+                }
+                FrameRecord::HandshakeDone
+                | FrameRecord::Ping
+                | FrameRecord::NewConnectionId { .. }
+                | FrameRecord::RetireConnectionId { .. } => {}
             }
         }
         self.sent_pool.give(frames);

@@ -4,8 +4,8 @@ pub mod cids;
 pub mod config;
 pub mod connection;
 pub mod range_set;
-mod recv;
 pub mod recovery;
+mod recv;
 mod send;
 pub mod sent;
 pub mod space;
@@ -13,5 +13,8 @@ pub mod streams;
 
 pub use cids::{CidEvent, ConnectionIdGenerator};
 pub use config::TransportConfig;
-pub use connection::{CloseReason, Connection, ConnectionStats, Event, ServerConnectionParams, Transmit, MIN_INITIAL_SIZE};
+pub use connection::{
+    CloseReason, Connection, ConnectionStats, Event, ServerConnectionParams, Transmit,
+    MIN_INITIAL_SIZE,
+};
 pub use streams::{StreamError, StreamEvent, StreamId};

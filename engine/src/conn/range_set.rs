@@ -103,7 +103,8 @@ impl RangeSet {
         }
         let new_start = range.start.min(self.ranges[i].start);
         let new_end = range.end.max(self.ranges[j - 1].end);
-        let covered = j - i == 1 && self.ranges[i].start <= range.start && range.end <= self.ranges[i].end;
+        let covered =
+            j - i == 1 && self.ranges[i].start <= range.start && range.end <= self.ranges[i].end;
         self.ranges[i] = new_start..new_end;
         self.ranges.drain(i + 1..j);
         !covered

@@ -22,8 +22,17 @@ use crate::{Epoch, Side};
 /// The parts of a parsed header we keep after releasing the borrow of the datagram.
 #[derive(Clone, Copy)]
 enum PacketHeader {
-    Long { ty: LongType, version: u32, dcid: ConnectionId, scid: ConnectionId, pn_offset: usize },
-    Short { dcid: ConnectionId, pn_offset: usize },
+    Long {
+        ty: LongType,
+        version: u32,
+        dcid: ConnectionId,
+        scid: ConnectionId,
+        pn_offset: usize,
+    },
+    Short {
+        dcid: ConnectionId,
+        pn_offset: usize,
+    },
 }
 
 enum Outcome {
@@ -33,7 +42,13 @@ enum Outcome {
 
 impl Connection {
     /// Handles one received UDP datagram (possibly several coalesced packets), decrypting in place.
-    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, ecn: u8, datagram: &mut [u8]) {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        ecn: u8,
+        datagram: &mut [u8],
+    ) {
         if matches!(self.state, State::Draining { .. } | State::Drained) {
             return;
         }
@@ -99,9 +114,27 @@ impl Connection {
     fn parse_header(&mut self, buf: &[u8]) -> Option<(PacketHeader, usize)> {
         let (hdr, len) = header::parse(buf, self.local_cid_len).ok()?;
         let owned = match hdr {
-            Header::Long { ty, version, dcid, scid, pn_offset, .. } => PacketHeader::Long { ty, version, dcid, scid, pn_offset },
+            Header::Long {
+                ty,
+                version,
+                dcid,
+                scid,
+                pn_offset,
+                ..
+            } => PacketHeader::Long {
+                ty,
+                version,
+                dcid,
+                scid,
+                pn_offset,
+            },
             Header::Short { dcid, pn_offset } => PacketHeader::Short { dcid, pn_offset },
-            Header::Retry { version, scid, token, .. } => {
+            Header::Retry {
+                version,
+                scid,
+                token,
+                ..
+            } => {
                 let token = token.to_vec();
                 self.handle_retry(version, scid, token, &buf[..len]);
                 return None;
@@ -117,10 +150,16 @@ impl Connection {
 
     /// Client: a Retry (RFC 9000 §17.2.5, RFC 9001 §5.8).
     fn handle_retry(&mut self, version: u32, scid: ConnectionId, token: Vec<u8>, packet: &[u8]) {
-        if self.side != Side::Client || self.got_server_packet || self.retry_scid.is_some() || token.is_empty() {
+        if self.side != Side::Client
+            || self.got_server_packet
+            || self.retry_scid.is_some()
+            || token.is_empty()
+        {
             return;
         }
-        if version != self.version || !crate::crypto::retry::verify_retry(version, &self.original_dcid, packet) {
+        if version != self.version
+            || !crate::crypto::retry::verify_retry(version, &self.original_dcid, packet)
+        {
             return;
         }
         tracing::debug!(%scid, "retry received");
@@ -130,7 +169,10 @@ impl Connection {
         self.spaces[Epoch::Initial.index()].keys = Some(initial_keys(version, &scid, Side::Client));
         // Resend everything from the first Initial under the new keys; the old packets are gone.
         let mut lost = std::mem::take(&mut self.lost_scratch);
-        self.recovery.discard_space(Epoch::Initial, std::time::Instant::now(), &mut |p| lost.push(p.data));
+        self.recovery
+            .discard_space(Epoch::Initial, std::time::Instant::now(), &mut |p| {
+                lost.push(p.data)
+            });
         for frames in lost.drain(..) {
             self.on_frames_lost(frames);
         }
@@ -142,7 +184,9 @@ impl Connection {
         if self.side != Side::Client || self.got_server_packet {
             return;
         }
-        let offered = versions.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        let offered = versions
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
         let mut ours_listed = false;
         for v in offered {
             if v == self.version {
@@ -165,18 +209,33 @@ impl Connection {
         packet: &mut [u8],
     ) -> Result<Outcome, TransportError> {
         let (epoch, kind, pn_offset, long_scid) = match hdr {
-            PacketHeader::Long { ty, version, scid, pn_offset, .. } => {
+            PacketHeader::Long {
+                ty,
+                version,
+                scid,
+                pn_offset,
+                ..
+            } => {
                 if version != self.version {
                     return Ok(Outcome::Dropped);
                 }
                 match ty {
-                    LongType::Initial => (Epoch::Initial, PacketKind::Initial, pn_offset, Some(scid)),
-                    LongType::Handshake => (Epoch::Handshake, PacketKind::Handshake, pn_offset, Some(scid)),
+                    LongType::Initial => {
+                        (Epoch::Initial, PacketKind::Initial, pn_offset, Some(scid))
+                    }
+                    LongType::Handshake => (
+                        Epoch::Handshake,
+                        PacketKind::Handshake,
+                        pn_offset,
+                        Some(scid),
+                    ),
                     // We do not accept 0-RTT; Retry was handled while parsing.
                     LongType::ZeroRtt | LongType::Retry => return Ok(Outcome::Dropped),
                 }
             }
-            PacketHeader::Short { pn_offset, .. } => (Epoch::Data, PacketKind::OneRtt, pn_offset, None),
+            PacketHeader::Short { pn_offset, .. } => {
+                (Epoch::Data, PacketKind::OneRtt, pn_offset, None)
+            }
         };
         if self.spaces[epoch.index()].discarded {
             tracing::trace!(?epoch, "drop: space discarded");
@@ -189,7 +248,11 @@ impl Connection {
 
         // Header protection (RFC 9001 §5.4).
         let Some(sample_block) = sample(packet, pn_offset) else {
-            tracing::trace!(?epoch, len = packet.len(), "drop: too short for a header-protection sample");
+            tracing::trace!(
+                ?epoch,
+                len = packet.len(),
+                "drop: too short for a header-protection sample"
+            );
             return Ok(Outcome::Dropped);
         };
         debug_assert_eq!(sample_block.len(), SAMPLE_LEN);
@@ -231,7 +294,10 @@ impl Connection {
                 key.open_in_place(pn, packet, header_len)
             }
             _ => {
-                let keys = self.spaces[epoch.index()].keys.as_ref().expect("checked above");
+                let keys = self.spaces[epoch.index()]
+                    .keys
+                    .as_ref()
+                    .expect("checked above");
                 keys.remote.packet.open_in_place(pn, packet, header_len)
             }
         };
@@ -241,9 +307,16 @@ impl Connection {
         };
 
         // Reserved bits must be zero once protection is removed (RFC 9000 §17.2, §17.3.1).
-        let reserved = if epoch == Epoch::Data { first & 0x18 } else { first & 0x0c };
+        let reserved = if epoch == Epoch::Data {
+            first & 0x18
+        } else {
+            first & 0x0c
+        };
         if reserved != 0 {
-            return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "reserved bits set"));
+            return Err(TransportError::new(
+                Code::PROTOCOL_VIOLATION,
+                "reserved bits set",
+            ));
         }
         if self.spaces[epoch.index()].ack.is_duplicate(pn) {
             self.stats.duplicate_packets += 1;
@@ -252,7 +325,10 @@ impl Connection {
         if epoch == Epoch::Data && generation == KeyGeneration::Next {
             // The peer started a key update (RFC 9001 §6.2).
             if !self.handshake_confirmed && self.side == Side::Server {
-                return Err(TransportError::new(Code::KEY_UPDATE_ERROR, "key update before handshake confirmed"));
+                return Err(TransportError::new(
+                    Code::KEY_UPDATE_ERROR,
+                    "key update before handshake confirmed",
+                ));
             }
             let discard_at = now + 3 * self.recovery.pto(Epoch::Data);
             if let Some(k) = self.one_rtt.as_mut() {
@@ -287,7 +363,11 @@ impl Connection {
         if epoch == Epoch::Data && remote != self.remote && self.handshake_confirmed {
             // Peer address change (NAT rebinding or migration, RFC 9000 §9): follow the packet with the
             // highest number. The new path starts amplification-limited until the peer answers.
-            if self.spaces[Epoch::Data.index()].ack.largest().is_none_or(|l| pn > l) {
+            if self.spaces[Epoch::Data.index()]
+                .ack
+                .largest()
+                .is_none_or(|l| pn > l)
+            {
                 tracing::debug!(old = %self.remote, new = %remote, "peer address changed");
                 self.remote = remote;
             }
@@ -302,7 +382,14 @@ impl Connection {
 
         let immediate = epoch != Epoch::Data;
         let max_ack_delay = self.config.max_ack_delay;
-        self.spaces[epoch.index()].ack.on_packet_received(pn, ack_eliciting, ecn, now, immediate, max_ack_delay);
+        self.spaces[epoch.index()].ack.on_packet_received(
+            pn,
+            ack_eliciting,
+            ecn,
+            now,
+            immediate,
+            max_ack_delay,
+        );
 
         // RFC 9000 §10.1: restart the idle timer on every packet processed.
         self.idle_deadline = Some(now + self.effective_idle_timeout());
@@ -332,7 +419,11 @@ impl Connection {
             any = true;
             let ty = frame.ty();
             if !frame.allowed_in(kind) {
-                return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "frame not allowed in this packet type").with_frame(ty));
+                return Err(TransportError::new(
+                    Code::PROTOCOL_VIOLATION,
+                    "frame not allowed in this packet type",
+                )
+                .with_frame(ty));
             }
             ack_eliciting |= frame.is_ack_eliciting();
             if matches!(self.state, State::Closing { .. }) {
@@ -342,20 +433,24 @@ impl Connection {
                 }
                 continue;
             }
-            self.process_frame(now, epoch, frame, dcid, &mut crypto_received).map_err(|e| {
-                if e.frame_type == 0 {
-                    e.with_frame(ty)
-                } else {
-                    e
-                }
-            })?;
+            self.process_frame(now, epoch, frame, dcid, &mut crypto_received)
+                .map_err(|e| {
+                    if e.frame_type == 0 {
+                        e.with_frame(ty)
+                    } else {
+                        e
+                    }
+                })?;
             if matches!(self.state, State::Draining { .. } | State::Drained) {
                 return Ok(ack_eliciting);
             }
         }
         if !any {
             // RFC 9000 §12.4: a packet with no frames is a PROTOCOL_VIOLATION.
-            return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "packet without frames"));
+            return Err(TransportError::new(
+                Code::PROTOCOL_VIOLATION,
+                "packet without frames",
+            ));
         }
         if crypto_received {
             self.drive_tls(now)?;
@@ -374,8 +469,17 @@ impl Connection {
         match frame {
             Frame::Padding { .. } | Frame::Ping => {}
             Frame::Ack(ack) => {
-                let exponent = if epoch == Epoch::Data { self.peer_ack_delay_exponent } else { 3 };
-                let delay = Duration::from_micros(ack.delay.checked_shl(exponent as u32).unwrap_or(u64::MAX).min(1 << 40));
+                let exponent = if epoch == Epoch::Data {
+                    self.peer_ack_delay_exponent
+                } else {
+                    3
+                };
+                let delay = Duration::from_micros(
+                    ack.delay
+                        .checked_shl(exponent as u32)
+                        .unwrap_or(u64::MAX)
+                        .min(1 << 40),
+                );
                 let ecn = ack.ecn.map(|e| (e.ect0, e.ect1, e.ce));
                 let mut acked = std::mem::take(&mut self.acked_scratch);
                 let mut lost = std::mem::take(&mut self.lost_scratch);
@@ -397,9 +501,16 @@ impl Connection {
                 self.acked_scratch = acked;
                 self.lost_scratch = lost;
                 if result.is_err() {
-                    return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "ACK of a packet never sent"));
+                    return Err(TransportError::new(
+                        Code::PROTOCOL_VIOLATION,
+                        "ACK of a packet never sent",
+                    ));
                 }
-                if epoch == Epoch::Data && self.side == Side::Client && !self.handshake_confirmed && self.state == State::Established {
+                if epoch == Epoch::Data
+                    && self.side == Side::Client
+                    && !self.handshake_confirmed
+                    && self.state == State::Established
+                {
                     // RFC 9001 §4.1.2: an acknowledged 1-RTT packet confirms the handshake too.
                     self.confirm_handshake(now);
                 }
@@ -408,23 +519,47 @@ impl Connection {
                 self.spaces[epoch.index()].crypto.on_crypto(offset, data)?;
                 *crypto_received = true;
             }
-            Frame::Stream { id, offset, data, fin } => self.streams.on_stream(id, offset, data, fin, now)?,
-            Frame::ResetStream { id, error_code, final_size } => self.streams.on_reset_stream(id, error_code, final_size)?,
-            Frame::StopSending { id, error_code } => self.streams.on_stop_sending(id, error_code)?,
+            Frame::Stream {
+                id,
+                offset,
+                data,
+                fin,
+            } => self.streams.on_stream(id, offset, data, fin, now)?,
+            Frame::ResetStream {
+                id,
+                error_code,
+                final_size,
+            } => self.streams.on_reset_stream(id, error_code, final_size)?,
+            Frame::StopSending { id, error_code } => {
+                self.streams.on_stop_sending(id, error_code)?
+            }
             Frame::MaxData(max) => self.streams.on_max_data(max),
             Frame::MaxStreamData { id, max } => self.streams.on_max_stream_data(id, max)?,
             Frame::MaxStreams { bidi, max } => self.streams.on_max_streams(bidi, max)?,
             Frame::DataBlocked(limit) => self.streams.on_data_blocked(limit),
-            Frame::StreamDataBlocked { id, limit } => self.streams.on_stream_data_blocked(id, limit)?,
-            Frame::StreamsBlocked { bidi, limit } => self.streams.on_streams_blocked(bidi, limit)?,
+            Frame::StreamDataBlocked { id, limit } => {
+                self.streams.on_stream_data_blocked(id, limit)?
+            }
+            Frame::StreamsBlocked { bidi, limit } => {
+                self.streams.on_streams_blocked(bidi, limit)?
+            }
             Frame::NewToken { .. } => {
                 if self.side == Side::Server {
-                    return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "NEW_TOKEN from a client"));
+                    return Err(TransportError::new(
+                        Code::PROTOCOL_VIOLATION,
+                        "NEW_TOKEN from a client",
+                    ));
                 }
                 // Tokens for future connections are not kept (no 0-RTT/resumption yet).
             }
-            Frame::NewConnectionId { seq, retire_prior_to, cid, reset_token } => {
-                self.cids.on_new_cid(seq, retire_prior_to, cid, reset_token)?;
+            Frame::NewConnectionId {
+                seq,
+                retire_prior_to,
+                cid,
+                reset_token,
+            } => {
+                self.cids
+                    .on_new_cid(seq, retire_prior_to, cid, reset_token)?;
             }
             Frame::RetireConnectionId { seq } => {
                 self.cids.on_retire(seq, dcid, self.cid_gen.as_mut())?;
@@ -438,20 +573,37 @@ impl Connection {
             Frame::PathResponse(_) => {
                 // We never send PATH_CHALLENGE without tracking it; unsolicited responses are ignored.
             }
-            Frame::ConnectionClose { error_code, frame_type, reason } => {
+            Frame::ConnectionClose {
+                error_code,
+                frame_type,
+                reason,
+            } => {
                 let reason = String::from_utf8_lossy(&reason[..reason.len().min(256)]).into_owned();
                 tracing::debug!(error_code, ?frame_type, %reason, "peer closed");
-                self.enter_draining(now, CloseReason::Peer { code: error_code, app: frame_type.is_none(), reason });
+                self.enter_draining(
+                    now,
+                    CloseReason::Peer {
+                        code: error_code,
+                        app: frame_type.is_none(),
+                        reason,
+                    },
+                );
             }
             Frame::HandshakeDone => {
                 if self.side == Side::Server {
-                    return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "HANDSHAKE_DONE from a client"));
+                    return Err(TransportError::new(
+                        Code::PROTOCOL_VIOLATION,
+                        "HANDSHAKE_DONE from a client",
+                    ));
                 }
                 self.confirm_handshake(now);
             }
             Frame::Datagram { .. } => {
                 // RFC 9221 §3: we did not advertise max_datagram_frame_size.
-                return Err(TransportError::new(Code::PROTOCOL_VIOLATION, "DATAGRAM not negotiated"));
+                return Err(TransportError::new(
+                    Code::PROTOCOL_VIOLATION,
+                    "DATAGRAM not negotiated",
+                ));
             }
         }
         Ok(())

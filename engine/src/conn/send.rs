@@ -39,15 +39,25 @@ const MIN_PACKET_ROOM: usize = 64;
 impl Connection {
     /// Writes the next datagram(s) into `buf`. With `max_segments > 1` several full-sized
     /// datagrams may be written back to back for GSO; only the last may be shorter.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], max_segments: usize) -> Option<Transmit> {
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        max_segments: usize,
+    ) -> Option<Transmit> {
         if matches!(self.state, State::Draining { .. } | State::Drained) {
             return None;
         }
-        let mtu = if self.handshake_confirmed { self.max_datagram_size } else { MIN_INITIAL_SIZE };
+        let mtu = if self.handshake_confirmed {
+            self.max_datagram_size
+        } else {
+            MIN_INITIAL_SIZE
+        };
         let mtu = mtu.min(buf.len());
         // RFC 9002 §6.2.2.1: a server blocked by the amplification limit must not arm its PTO.
         let blocked = !self.address_validated
-            && (3 * self.amplification_received).saturating_sub(self.amplification_sent) < MIN_INITIAL_SIZE as u64;
+            && (3 * self.amplification_received).saturating_sub(self.amplification_sent)
+                < MIN_INITIAL_SIZE as u64;
         if blocked != self.amplification_blocked {
             self.amplification_blocked = blocked;
             self.recovery.set_anti_amplification_blocked(blocked);
@@ -58,7 +68,8 @@ impl Connection {
             let mut cap = mtu;
             if !self.address_validated {
                 // RFC 9000 §8.1: at most three times what we received until the address is validated.
-                let allowed = (3 * self.amplification_received).saturating_sub(self.amplification_sent) as usize;
+                let allowed = (3 * self.amplification_received)
+                    .saturating_sub(self.amplification_sent) as usize;
                 if allowed < MIN_INITIAL_SIZE {
                     break;
                 }
@@ -79,7 +90,11 @@ impl Connection {
         if total == 0 {
             return None;
         }
-        Some(Transmit { dst: self.remote, len: total, segment_size: (segments > 1).then_some(mtu) })
+        Some(Transmit {
+            dst: self.remote,
+            len: total,
+            segment_size: (segments > 1).then_some(mtu),
+        })
     }
 
     fn build_datagram(&mut self, now: Instant, buf: &mut [u8]) -> usize {
@@ -140,18 +155,36 @@ impl Connection {
         let sealed = match b.epoch {
             Epoch::Data => {
                 let keys = self.one_rtt.as_ref().expect("built with keys");
-                keys.local_packet().seal_in_place(b.pn, packet, b.header_len)
+                keys.local_packet()
+                    .seal_in_place(b.pn, packet, b.header_len)
             }
             e => {
-                let keys = self.spaces[e.index()].keys.as_ref().expect("built with keys");
+                let keys = self.spaces[e.index()]
+                    .keys
+                    .as_ref()
+                    .expect("built with keys");
                 keys.local.packet.seal_in_place(b.pn, packet, b.header_len)
             }
         };
-        debug_assert!(sealed.is_ok(), "sealing into a correctly sized buffer cannot fail");
+        debug_assert!(
+            sealed.is_ok(),
+            "sealing into a correctly sized buffer cannot fail"
+        );
         let sample = sample(packet, b.pn_offset).expect("payload padded for the sample");
         let mask = match b.epoch {
-            Epoch::Data => self.one_rtt.as_ref().expect("keys").local_header().mask(&sample),
-            e => self.spaces[e.index()].keys.as_ref().expect("keys").local.header.mask(&sample),
+            Epoch::Data => self
+                .one_rtt
+                .as_ref()
+                .expect("keys")
+                .local_header()
+                .mask(&sample),
+            e => self.spaces[e.index()]
+                .keys
+                .as_ref()
+                .expect("keys")
+                .local
+                .header
+                .mask(&sample),
         };
         apply_mask(packet, b.pn_offset, b.pn_len, &mask);
 
@@ -184,7 +217,13 @@ impl Connection {
     }
 
     /// Writes one packet of `epoch` at the start of `buf` (which sits at `start` in the datagram).
-    fn build_packet(&mut self, now: Instant, epoch: Epoch, buf: &mut [u8], start: usize) -> Option<Built> {
+    fn build_packet(
+        &mut self,
+        now: Instant,
+        epoch: Epoch,
+        buf: &mut [u8],
+        start: usize,
+    ) -> Option<Built> {
         let idx = epoch.index();
         if self.spaces[idx].discarded {
             return None;
@@ -210,7 +249,8 @@ impl Connection {
             want_eliciting |= self.handshake_done_pending
                 || self.ping_pending
                 || !self.path_responses.is_empty()
-                || (self.state == State::Established && (self.cids.pending_announcements() || self.streams.has_pending()));
+                || (self.state == State::Established
+                    && (self.cids.pending_announcements() || self.streams.has_pending()));
         }
         if epoch == Epoch::Data && self.state == State::Established {
             // RFC 9002 §7.8: with nothing to send the window must not grow on ACKs.
@@ -248,13 +288,22 @@ impl Connection {
         let mut ack_eliciting = false;
 
         if send_ack {
-            let exponent = if epoch == Epoch::Data { self.config.ack_delay_exponent } else { 3 };
+            let exponent = if epoch == Epoch::Data {
+                self.config.ack_delay_exponent
+            } else {
+                3
+            };
             let space = &mut self.spaces[idx];
             let delay = (space.ack.ack_delay(now).as_micros() as u64) >> exponent;
-            let ecn = space.ack.ecn_counts().map(|(ect0, ect1, ce)| crate::wire::frame::EcnCounts { ect0, ect1, ce });
+            let ecn = space
+                .ack
+                .ecn_counts()
+                .map(|(ect0, ect1, ce)| crate::wire::frame::EcnCounts { ect0, ect1, ce });
             let largest = space.ack.largest();
             let mut w = Writer::new(&mut buf[pos..end]);
-            if let (Some(largest), Ok(())) = (largest, encode_ack(&mut w, delay, space.ack.ranges(), ecn)) {
+            if let (Some(largest), Ok(())) =
+                (largest, encode_ack(&mut w, delay, space.ack.ranges(), ecn))
+            {
                 pos += w.len();
                 frames.records.push(FrameRecord::Ack { largest });
                 space.ack.on_ack_sent();
@@ -267,16 +316,23 @@ impl Connection {
             }
             let space = &mut self.spaces[idx];
             if end > pos {
-                let n = space.crypto.write_frame(&mut buf[pos..end], &mut |offset, len| {
-                    frames.records.push(FrameRecord::Crypto { offset, len })
-                });
+                let n = space
+                    .crypto
+                    .write_frame(&mut buf[pos..end], &mut |offset, len| {
+                        frames.records.push(FrameRecord::Crypto { offset, len })
+                    });
                 pos += n;
             }
             if epoch == Epoch::Data && self.state == State::Established && end > pos {
-                let n = self.streams.write_frames(&mut buf[pos..end], &mut |r| frames.records.push(FrameRecord::Stream(r)));
+                let n = self.streams.write_frames(&mut buf[pos..end], &mut |r| {
+                    frames.records.push(FrameRecord::Stream(r))
+                });
                 pos += n;
             }
-            ack_eliciting = frames.records.iter().any(|r| !matches!(r, FrameRecord::Ack { .. }));
+            ack_eliciting = frames
+                .records
+                .iter()
+                .any(|r| !matches!(r, FrameRecord::Ack { .. }));
             if !ack_eliciting && probing && end > pos {
                 buf[pos] = 0x01; // PING
                 pos += 1;
@@ -305,11 +361,27 @@ impl Connection {
         if epoch == Epoch::Data {
             frames.key_generation = self.one_rtt.as_ref().map_or(0, |k| k.generation());
         }
-        Some(Built { epoch, start, pn, pn_offset, pn_len, header_len, payload_len, layout, ack_eliciting, padded: false, frames })
+        Some(Built {
+            epoch,
+            start,
+            pn,
+            pn_offset,
+            pn_len,
+            header_len,
+            payload_len,
+            layout,
+            ack_eliciting,
+            padded: false,
+            frames,
+        })
     }
 
     /// Returns (pn, pn_offset, pn_len, header_len, long-header layout).
-    fn write_header(&mut self, epoch: Epoch, buf: &mut [u8]) -> Option<(u64, usize, usize, usize, Option<LongHeaderLayout>)> {
+    fn write_header(
+        &mut self,
+        epoch: Epoch,
+        buf: &mut [u8],
+    ) -> Option<(u64, usize, usize, usize, Option<LongHeaderLayout>)> {
         let pn = self.spaces[epoch.index()].next_pn;
         let pn_len = packet_number::encoded_len(pn, self.recovery.largest_acked(epoch));
         let dcid = self.cids.active_remote();
@@ -317,14 +389,25 @@ impl Connection {
         match epoch {
             Epoch::Data => {
                 let phase = self.one_rtt.as_ref().is_some_and(|k| k.key_phase());
-                let pn_offset = header::write_short(&mut w, false, phase, &dcid, pn, pn_len).ok()?;
+                let pn_offset =
+                    header::write_short(&mut w, false, phase, &dcid, pn, pn_len).ok()?;
                 Some((pn, pn_offset, pn_len, w.len(), None))
             }
             _ => {
-                let ty = if epoch == Epoch::Initial { LongType::Initial } else { LongType::Handshake };
-                let token: &[u8] = if self.side == Side::Client && epoch == Epoch::Initial { &self.retry_token } else { &[] };
+                let ty = if epoch == Epoch::Initial {
+                    LongType::Initial
+                } else {
+                    LongType::Handshake
+                };
+                let token: &[u8] = if self.side == Side::Client && epoch == Epoch::Initial {
+                    &self.retry_token
+                } else {
+                    &[]
+                };
                 let scid = self.handshake_scid;
-                let layout = header::write_long(&mut w, ty, self.version, &dcid, &scid, token, pn, pn_len).ok()?;
+                let layout =
+                    header::write_long(&mut w, ty, self.version, &dcid, &scid, token, pn, pn_len)
+                        .ok()?;
                 let pn_offset = layout.pn_offset;
                 Some((pn, pn_offset, pn_len, w.len(), Some(layout)))
             }
@@ -332,7 +415,12 @@ impl Connection {
     }
 
     /// HANDSHAKE_DONE, PATH_RESPONSE, CID management and PING in a 1-RTT packet.
-    fn write_data_control_frames(&mut self, buf: &mut [u8], mut pos: usize, frames: &mut SentFrames) -> usize {
+    fn write_data_control_frames(
+        &mut self,
+        buf: &mut [u8],
+        mut pos: usize,
+        frames: &mut SentFrames,
+    ) -> usize {
         let put = |buf: &mut [u8], pos: &mut usize, frame: &Frame<'_>| -> bool {
             let mut w = Writer::new(&mut buf[*pos..]);
             if frame.encode(&mut w).is_ok() {
@@ -363,12 +451,19 @@ impl Connection {
                 frames.records.push(FrameRecord::RetireConnectionId { seq });
             }
             for l in self.cids.local.iter_mut().filter(|l| l.announce) {
-                let f = Frame::NewConnectionId { seq: l.seq, retire_prior_to: 0, cid: l.cid, reset_token: l.reset_token };
+                let f = Frame::NewConnectionId {
+                    seq: l.seq,
+                    retire_prior_to: 0,
+                    cid: l.cid,
+                    reset_token: l.reset_token,
+                };
                 if !put(buf, &mut pos, &f) {
                     break;
                 }
                 l.announce = false;
-                frames.records.push(FrameRecord::NewConnectionId { seq: l.seq });
+                frames
+                    .records
+                    .push(FrameRecord::NewConnectionId { seq: l.seq });
             }
         }
         if self.ping_pending && put(buf, &mut pos, &Frame::Ping) {
@@ -393,11 +488,23 @@ impl Connection {
         let end = buf.len() - TAG_LEN;
         let frame = if close.app && epoch != Epoch::Data {
             // An application close must not leak into Initial/Handshake packets (§10.2.3).
-            Frame::ConnectionClose { error_code: Code::APPLICATION_ERROR.0, frame_type: Some(0), reason: &[] }
+            Frame::ConnectionClose {
+                error_code: Code::APPLICATION_ERROR.0,
+                frame_type: Some(0),
+                reason: &[],
+            }
         } else if close.app {
-            Frame::ConnectionClose { error_code: close.code, frame_type: None, reason: close.reason.as_bytes() }
+            Frame::ConnectionClose {
+                error_code: close.code,
+                frame_type: None,
+                reason: close.reason.as_bytes(),
+            }
         } else {
-            Frame::ConnectionClose { error_code: close.code, frame_type: close.frame_type.or(Some(0)), reason: close.reason.as_bytes() }
+            Frame::ConnectionClose {
+                error_code: close.code,
+                frame_type: close.frame_type.or(Some(0)),
+                reason: close.reason.as_bytes(),
+            }
         };
         let mut w = Writer::new(&mut buf[header_len..end]);
         frame.encode(&mut w).ok()?;
@@ -410,6 +517,18 @@ impl Connection {
         let taken = self.spaces[epoch.index()].take_pn();
         debug_assert_eq!(taken, pn);
         let frames = self.sent_pool.take(epoch);
-        Some(Built { epoch, start, pn, pn_offset, pn_len, header_len, payload_len, layout, ack_eliciting: false, padded: false, frames })
+        Some(Built {
+            epoch,
+            start,
+            pn,
+            pn_offset,
+            pn_len,
+            header_len,
+            payload_len,
+            layout,
+            ack_eliciting: false,
+            padded: false,
+            frames,
+        })
     }
 }

@@ -9,12 +9,21 @@ use crate::Epoch;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameRecord {
     Stream(StreamFrameRecord),
-    Crypto { offset: u64, len: u16 },
+    Crypto {
+        offset: u64,
+        len: u16,
+    },
     /// An ACK frame whose largest acknowledged was this; once acked we can forget older ranges.
-    Ack { largest: u64 },
+    Ack {
+        largest: u64,
+    },
     HandshakeDone,
-    NewConnectionId { seq: u64 },
-    RetireConnectionId { seq: u64 },
+    NewConnectionId {
+        seq: u64,
+    },
+    RetireConnectionId {
+        seq: u64,
+    },
     Ping,
 }
 
@@ -30,7 +39,11 @@ pub struct SentFrames {
 
 impl Default for SentFrames {
     fn default() -> Self {
-        Self { records: Vec::new(), epoch: Epoch::Initial, key_generation: 0 }
+        Self {
+            records: Vec::new(),
+            epoch: Epoch::Initial,
+            key_generation: 0,
+        }
     }
 }
 

@@ -23,11 +23,23 @@ pub struct CidGenerator {
 
 impl CidGenerator {
     /// `server_id` must be `layout.server_id_len` bytes (shorter is zero-padded).
-    pub fn new(layout: CidLayout, rotation: u8, server_id: &[u8], worker: u8, reset_key: Arc<ResetTokenKey>) -> Self {
+    pub fn new(
+        layout: CidLayout,
+        rotation: u8,
+        server_id: &[u8],
+        worker: u8,
+        reset_key: Arc<ResetTokenKey>,
+    ) -> Self {
         let mut sid = [0u8; 16];
         let n = server_id.len().min(layout.server_id_len).min(16);
         sid[..n].copy_from_slice(&server_id[..n]);
-        Self { layout, rotation: rotation & 0x07, server_id: sid, worker, reset_key }
+        Self {
+            layout,
+            rotation: rotation & 0x07,
+            server_id: sid,
+            worker,
+            reset_key,
+        }
     }
 
     pub fn layout(&self) -> &CidLayout {
@@ -77,9 +89,18 @@ mod tests {
 
     #[test]
     fn cids_carry_the_worker_and_route_back_to_it() {
-        let layout = CidLayout { cid_len: 12, server_id_len: 2 };
+        let layout = CidLayout {
+            cid_len: 12,
+            server_id_len: 2,
+        };
         for worker in 0..4u8 {
-            let mut g = CidGenerator::new(layout, 1, &[0xab, 0xcd], worker, Arc::new(ResetTokenKey::random()));
+            let mut g = CidGenerator::new(
+                layout,
+                1,
+                &[0xab, 0xcd],
+                worker,
+                Arc::new(ResetTokenKey::random()),
+            );
             for _ in 0..100 {
                 let cid = g.generate();
                 assert_eq!(cid.len(), 12);
@@ -93,7 +114,16 @@ mod tests {
     #[test]
     fn reset_tokens_are_stable_per_cid() {
         let key = Arc::new(ResetTokenKey::random());
-        let mut g = CidGenerator::new(CidLayout { cid_len: 8, server_id_len: 1 }, 0, &[7], 0, key);
+        let mut g = CidGenerator::new(
+            CidLayout {
+                cid_len: 8,
+                server_id_len: 1,
+            },
+            0,
+            &[7],
+            0,
+            key,
+        );
         let a = g.generate();
         let b = g.generate();
         assert_ne!(a, b);

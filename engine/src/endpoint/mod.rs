@@ -60,7 +60,10 @@ impl EndpointConfig {
         Self {
             transport: Arc::new(transport),
             server_tls,
-            layout: CidLayout { cid_len: 12, server_id_len: 2 },
+            layout: CidLayout {
+                cid_len: 12,
+                server_id_len: 2,
+            },
             server_id: vec![0, 1],
             worker_id: 0,
             max_connections: 100_000,
@@ -158,7 +161,13 @@ impl<U: Default> Endpoint<U> {
     }
 
     fn cid_generator(&self) -> CidGenerator {
-        CidGenerator::new(self.config.layout, 0, &self.config.server_id, self.config.worker_id, self.config.reset_key.clone())
+        CidGenerator::new(
+            self.config.layout,
+            0,
+            &self.config.server_id,
+            self.config.worker_id,
+            self.config.reset_key.clone(),
+        )
     }
 
     /// Which worker owns `dcid`, if it is one of this server's CIDs.
@@ -194,7 +203,13 @@ impl<U: Default> Endpoint<U> {
 
     fn insert(&mut self, conn: Connection, initial_dcid: Option<ConnectionId>) -> ConnHandle {
         let cids: Vec<ConnectionId> = conn.local_cids().collect();
-        let h = self.conns.insert(Entry { conn, state: U::default(), initial_dcid, timer: None, queued: false });
+        let h = self.conns.insert(Entry {
+            conn,
+            state: U::default(),
+            initial_dcid,
+            timer: None,
+            queued: false,
+        });
         for cid in cids {
             self.by_cid.insert(cid, h);
         }
@@ -228,7 +243,12 @@ impl<U: Default> Endpoint<U> {
             self.stats.dropped_unroutable += 1;
             return None;
         };
-        let known = ConnectionId::new(dcid).ok().and_then(|d| self.by_cid.get(&d).or_else(|| self.by_initial.get(&d)).copied());
+        let known = ConnectionId::new(dcid).ok().and_then(|d| {
+            self.by_cid
+                .get(&d)
+                .or_else(|| self.by_initial.get(&d))
+                .copied()
+        });
         if let Some(h) = known {
             let e = &mut self.conns[h];
             e.conn.handle_datagram(now, meta.src, meta.ecn, buf);
@@ -239,7 +259,13 @@ impl<U: Default> Endpoint<U> {
     }
 
     /// RFC 9000 §5.2: a datagram for no connection we know.
-    fn handle_unknown(&mut self, now: Instant, meta: RxMeta, buf: &mut [u8], handler: &mut impl EventHandler<U>) -> Option<ConnHandle> {
+    fn handle_unknown(
+        &mut self,
+        now: Instant,
+        meta: RxMeta,
+        buf: &mut [u8],
+        handler: &mut impl EventHandler<U>,
+    ) -> Option<ConnHandle> {
         let len = buf.len();
         let cid_len = self.config.layout.cid_len;
         let Ok((hdr, _)) = header::parse(buf, cid_len) else {
@@ -256,7 +282,8 @@ impl<U: Default> Endpoint<U> {
                 // §6.1: only for datagrams big enough to be a first Initial (no amplification).
                 if len >= crate::conn::MIN_INITIAL_SIZE {
                     let (d, s) = (dcid.to_vec(), scid.to_vec());
-                    if self.queue_stateless(meta.src, |b| stateless::version_negotiation(b, &d, &s)) {
+                    if self.queue_stateless(meta.src, |b| stateless::version_negotiation(b, &d, &s))
+                    {
                         self.stats.version_negotiations_sent += 1;
                     }
                 } else {
@@ -264,7 +291,14 @@ impl<U: Default> Endpoint<U> {
                 }
                 None
             }
-            Header::Long { ty: LongType::Initial, version, dcid, scid, token, .. } => {
+            Header::Long {
+                ty: LongType::Initial,
+                version,
+                dcid,
+                scid,
+                token,
+                ..
+            } => {
                 if len < crate::conn::MIN_INITIAL_SIZE {
                     // §14.1: a server MUST discard an Initial in a datagram under 1200 bytes.
                     self.stats.dropped_unroutable += 1;
@@ -282,7 +316,9 @@ impl<U: Default> Endpoint<U> {
                 // §10.3: tell the peer this connection is gone (it may have lost state on our side).
                 if let Some(reset_len) = stateless::reset_len_for(len) {
                     let token = self.config.reset_key.token(&dcid);
-                    if self.queue_stateless(meta.src, |b| stateless::stateless_reset(b, &token, reset_len)) {
+                    if self.queue_stateless(meta.src, |b| {
+                        stateless::stateless_reset(b, &token, reset_len)
+                    }) {
                         self.stats.stateless_resets_sent += 1;
                     }
                 } else {
@@ -313,7 +349,14 @@ impl<U: Default> Endpoint<U> {
         if self.conns.len() >= self.config.max_connections {
             self.stats.connections_refused += 1;
             self.queue_stateless(meta.src, |b| {
-                stateless::initial_close(b, version, &dcid, &scid, Code::CONNECTION_REFUSED.0, "server busy")
+                stateless::initial_close(
+                    b,
+                    version,
+                    &dcid,
+                    &scid,
+                    Code::CONNECTION_REFUSED.0,
+                    "server busy",
+                )
             });
             return None;
         }
@@ -321,8 +364,16 @@ impl<U: Default> Endpoint<U> {
         let mut retry_scid = None;
         let mut validated = false;
         if !token.is_empty() {
-            match self.config.token_key.open(token, meta.src, SystemTime::now(), self.config.retry_token_lifetime) {
-                Ok(ValidatedToken::Retry { original_dcid: odcid, retry_scid: rscid }) => {
+            match self.config.token_key.open(
+                token,
+                meta.src,
+                SystemTime::now(),
+                self.config.retry_token_lifetime,
+            ) {
+                Ok(ValidatedToken::Retry {
+                    original_dcid: odcid,
+                    retry_scid: rscid,
+                }) => {
                     if rscid.as_slice() != dcid.as_slice() {
                         return self.refuse_invalid_token(meta, version, dcid, scid);
                     }
@@ -344,8 +395,16 @@ impl<U: Default> Endpoint<U> {
             let mut gen = self.cid_generator();
             let new_scid = crate::conn::ConnectionIdGenerator::generate(&mut gen);
             let mut token_buf = Vec::with_capacity(128);
-            self.config.token_key.seal_retry(meta.src, &dcid, &new_scid, SystemTime::now(), &mut token_buf);
-            if self.queue_stateless(meta.src, |b| stateless::retry(b, version, &scid, &new_scid, &dcid, &token_buf)) {
+            self.config.token_key.seal_retry(
+                meta.src,
+                &dcid,
+                &new_scid,
+                SystemTime::now(),
+                &mut token_buf,
+            );
+            if self.queue_stateless(meta.src, |b| {
+                stateless::retry(b, version, &scid, &new_scid, &dcid, &token_buf)
+            }) {
                 self.stats.retries_sent += 1;
             }
             return None;
@@ -361,7 +420,13 @@ impl<U: Default> Endpoint<U> {
             retry_scid,
             address_validated: validated,
         };
-        let conn = match Connection::new_server(self.config.transport.clone(), tls, params, Box::new(gen), now) {
+        let conn = match Connection::new_server(
+            self.config.transport.clone(),
+            tls,
+            params,
+            Box::new(gen),
+            now,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(?e, "could not create connection");
@@ -370,23 +435,40 @@ impl<U: Default> Endpoint<U> {
         };
         self.stats.connections_accepted += 1;
         let h = self.insert(conn, Some(dcid));
-        self.conns[h].conn.handle_datagram(now, meta.src, meta.ecn, buf);
+        self.conns[h]
+            .conn
+            .handle_datagram(now, meta.src, meta.ecn, buf);
         self.after_io(now, h, handler);
         Some(h)
     }
 
-    fn refuse_invalid_token(&mut self, meta: RxMeta, version: u32, dcid: ConnectionId, scid: ConnectionId) -> Option<ConnHandle> {
+    fn refuse_invalid_token(
+        &mut self,
+        meta: RxMeta,
+        version: u32,
+        dcid: ConnectionId,
+        scid: ConnectionId,
+    ) -> Option<ConnHandle> {
         self.stats.invalid_tokens += 1;
-        self.queue_stateless(meta.src, |b| stateless::initial_close(b, version, &dcid, &scid, Code::INVALID_TOKEN.0, ""));
+        self.queue_stateless(meta.src, |b| {
+            stateless::initial_close(b, version, &dcid, &scid, Code::INVALID_TOKEN.0, "")
+        });
         None
     }
 
-    fn queue_stateless(&mut self, dst: SocketAddr, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+    fn queue_stateless(
+        &mut self,
+        dst: SocketAddr,
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> bool {
         if self.stateless.len() >= self.config.max_stateless_queue {
             self.stats.stateless_dropped += 1;
             return false;
         }
-        let mut buf = self.stateless_pool.pop().unwrap_or_else(|| Box::new([0u8; 1500]));
+        let mut buf = self
+            .stateless_pool
+            .pop()
+            .unwrap_or_else(|| Box::new([0u8; 1500]));
         match write(&mut buf[..]) {
             Some(len) => {
                 self.stateless.push_back(StatelessPacket { dst, len, buf });
@@ -401,7 +483,9 @@ impl<U: Default> Endpoint<U> {
 
     /// After input reached connection `h`: route CID changes, deliver events, reschedule, reap.
     fn after_io(&mut self, now: Instant, h: ConnHandle, handler: &mut impl EventHandler<U>) {
-        let Some(e) = self.conns.get_mut(h) else { return };
+        let Some(e) = self.conns.get_mut(h) else {
+            return;
+        };
         while let Some(ev) = e.conn.poll_cid_event() {
             match ev {
                 CidEvent::Issued(cid) => {
@@ -430,7 +514,9 @@ impl<U: Default> Endpoint<U> {
     }
 
     fn reschedule(&mut self, h: ConnHandle) {
-        let Some(e) = self.conns.get_mut(h) else { return };
+        let Some(e) = self.conns.get_mut(h) else {
+            return;
+        };
         let t = e.conn.poll_timeout();
         if t != e.timer {
             e.timer = t;
@@ -458,7 +544,11 @@ impl<U: Default> Endpoint<U> {
 
     /// Runs `f` on a live connection and its state without delivering events (they wait for the
     /// next input); schedules the connection for sending. `None` if it is gone.
-    pub fn with_state<R>(&mut self, h: ConnHandle, f: impl FnOnce(&mut Connection, &mut U) -> R) -> Option<R> {
+    pub fn with_state<R>(
+        &mut self,
+        h: ConnHandle,
+        f: impl FnOnce(&mut Connection, &mut U) -> R,
+    ) -> Option<R> {
         let e = self.conns.get_mut(h)?;
         let r = f(&mut e.conn, &mut e.state);
         self.reschedule(h);
@@ -505,7 +595,9 @@ impl<U: Default> Endpoint<U> {
             }
         }
         for h in expired.drain(..) {
-            let Some(e) = self.conns.get_mut(h) else { continue };
+            let Some(e) = self.conns.get_mut(h) else {
+                continue;
+            };
             e.timer = None;
             e.conn.handle_timeout(now);
             self.after_io(now, h, handler);
@@ -529,21 +621,38 @@ impl<U: Default> Endpoint<U> {
 
     /// Writes the next outgoing datagram(s) into `buf`: stateless packets first, then
     /// connections round-robin.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], max_segments: usize) -> Option<TxMeta> {
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        max_segments: usize,
+    ) -> Option<TxMeta> {
         if let Some(p) = self.stateless.pop_front() {
             let len = p.len.min(buf.len());
             buf[..len].copy_from_slice(&p.buf[..len]);
             let dst = p.dst;
             self.stateless_pool.push(p.buf);
-            return Some(TxMeta { dst, len, segment_size: None, ecn: 0 });
+            return Some(TxMeta {
+                dst,
+                len,
+                segment_size: None,
+                ecn: 0,
+            });
         }
         while let Some(h) = self.send_queue.pop_front() {
-            let Some(e) = self.conns.get_mut(h) else { continue };
+            let Some(e) = self.conns.get_mut(h) else {
+                continue;
+            };
             match e.conn.poll_transmit(now, buf, max_segments) {
                 Some(t) => {
                     // Still queued: it may have more; others get their turn first.
                     self.send_queue.push_back(h);
-                    return Some(TxMeta { dst: t.dst, len: t.len, segment_size: t.segment_size, ecn: 0 });
+                    return Some(TxMeta {
+                        dst: t.dst,
+                        len: t.len,
+                        segment_size: t.segment_size,
+                        ecn: 0,
+                    });
                 }
                 None => {
                     e.queued = false;

@@ -16,7 +16,11 @@ use crate::Side;
 pub const SUPPORTED_VERSIONS: [u32; 2] = [VERSION_1, VERSION_2];
 
 /// Version Negotiation listing what we speak (RFC 9000 §17.2.1). IDs are echoed swapped.
-pub fn version_negotiation(buf: &mut [u8], client_dcid: &[u8], client_scid: &[u8]) -> Option<usize> {
+pub fn version_negotiation(
+    buf: &mut [u8],
+    client_dcid: &[u8],
+    client_scid: &[u8],
+) -> Option<usize> {
     let first = rand::thread_rng().gen::<u8>();
     // A greased version too, so clients don't ossify on the list (RFC 9000 §6.3).
     let grease = 0x0a0a_0a0a | (rand::thread_rng().gen::<u32>() & 0xf0f0_f0f0);
@@ -34,7 +38,8 @@ pub fn retry(
     token: &[u8],
 ) -> Option<usize> {
     let first = rand::thread_rng().gen::<u8>();
-    let n = header::write_retry_without_tag(buf, version, client_scid, retry_scid, token, first).ok()?;
+    let n = header::write_retry_without_tag(buf, version, client_scid, retry_scid, token, first)
+        .ok()?;
     if buf.len() < n + 16 {
         return None;
     }
@@ -79,9 +84,23 @@ pub fn initial_close(
     let pn_len = 1;
     let mut w = Writer::new(buf);
     // Our SCID is arbitrary here; echoing the client's DCID is what it expects to see.
-    let layout = header::write_long(&mut w, LongType::Initial, version, client_scid, client_dcid, &[], pn, pn_len).ok()?;
+    let layout = header::write_long(
+        &mut w,
+        LongType::Initial,
+        version,
+        client_scid,
+        client_dcid,
+        &[],
+        pn,
+        pn_len,
+    )
+    .ok()?;
     let header_len = w.len();
-    let frame = Frame::ConnectionClose { error_code: code, frame_type: Some(0), reason: reason.as_bytes() };
+    let frame = Frame::ConnectionClose {
+        error_code: code,
+        frame_type: Some(0),
+        reason: reason.as_bytes(),
+    };
     frame.encode(&mut w).ok()?;
     // Enough payload for the header-protection sample.
     while w.len() - layout.pn_offset < 4 {
@@ -92,7 +111,16 @@ pub fn initial_close(
         return None;
     }
     header::finish_long(&mut buf[..len], &layout, len).ok()?;
-    keys.local.packet.seal_in_place(pn, &mut buf[..len], header_len).ok()?;
-    protect(&keys.local.header, &mut buf[..len], layout.pn_offset, pn_len).ok()?;
+    keys.local
+        .packet
+        .seal_in_place(pn, &mut buf[..len], header_len)
+        .ok()?;
+    protect(
+        &keys.local.header,
+        &mut buf[..len],
+        layout.pn_offset,
+        pn_len,
+    )
+    .ok()?;
     Some(len)
 }

@@ -57,7 +57,10 @@ pub trait Datapath {
     /// Receives what is ready now (up to one batch, without blocking) and hands each
     /// datagram to `on_datagram`. GRO super-datagrams are split before the call. Returns the
     /// number of datagrams delivered.
-    fn recv_batch(&mut self, on_datagram: &mut dyn FnMut(RxMeta, &mut [u8])) -> std::io::Result<usize>;
+    fn recv_batch(
+        &mut self,
+        on_datagram: &mut dyn FnMut(RxMeta, &mut [u8]),
+    ) -> std::io::Result<usize>;
 
     /// Offers a transmit buffer of `capabilities().max_segments * max_datagram_size` bytes
     /// (at least) to `write`; if `write` returns `Some`, the datagram(s) are queued. Returns
