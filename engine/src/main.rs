@@ -119,12 +119,13 @@ fn main() {
 }
 
 fn transport(congestion: Congestion) -> TransportConfig {
-    let mut t = TransportConfig::default();
-    t.congestion = match congestion {
-        Congestion::Cubic => quench::conn::recovery::CongestionAlgorithm::Cubic,
-        Congestion::Newreno => quench::conn::recovery::CongestionAlgorithm::NewReno,
-    };
-    t
+    TransportConfig {
+        congestion: match congestion {
+            Congestion::Cubic => quench::conn::recovery::CongestionAlgorithm::Cubic,
+            Congestion::Newreno => quench::conn::recovery::CongestionAlgorithm::NewReno,
+        },
+        ..TransportConfig::default()
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -65,7 +65,7 @@ impl RunningServer {
 }
 
 pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerError> {
-    let workers = opts.workers.max(1).min(256);
+    let workers = opts.workers.clamp(1, 256);
     let tls = crate::tls::session::server_config(opts.cert, &opts.alpns)
         .map_err(|e| ServerError::Tls(e.to_string()))?;
     let factory: Arc<dyn AppFactory> = Arc::new(BuiltinApps {

@@ -74,19 +74,14 @@ impl Application for PerfServer {
                 let _ = conn.finish(id);
             }
         }
-        loop {
-            match conn.discard(id, usize::MAX, now) {
-                Ok((n, fin)) => {
-                    self.bytes_received += n as u64;
-                    if fin {
-                        s.upload_done = true;
-                        break;
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                }
-                Err(_) => break,
+        while let Ok((n, fin)) = conn.discard(id, usize::MAX, now) {
+            self.bytes_received += n as u64;
+            if fin {
+                s.upload_done = true;
+                break;
+            }
+            if n == 0 {
+                break;
             }
         }
         self.pump(conn, id);

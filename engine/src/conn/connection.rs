@@ -491,20 +491,17 @@ impl Connection {
             return false;
         }
         let discard_at = now + 3 * self.recovery.pto(Epoch::Data);
-        match self.one_rtt.as_mut() {
-            Some(keys) if keys.update_allowed() => {
-                if keys.initiate_update(discard_at).is_ok() {
-                    self.packets_in_phase = 0;
-                    self.stats.key_updates += 1;
-                    // Make sure a packet in the new phase goes out so the peer follows.
-                    self.ping_pending = true;
-                    true
-                } else {
-                    false
-                }
-            }
-            _ => false,
+        let Some(keys) = self.one_rtt.as_mut() else {
+            return false;
+        };
+        if !keys.update_allowed() || keys.initiate_update(discard_at).is_err() {
+            return false;
         }
+        self.packets_in_phase = 0;
+        self.stats.key_updates += 1;
+        // Make sure a packet in the new phase goes out so the peer follows.
+        self.ping_pending = true;
+        true
     }
 
     // ---- Closing --------------------------------------------------------------------------
