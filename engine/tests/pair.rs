@@ -34,6 +34,7 @@ struct EchoCheck {
     state: HashMap<StreamId, StreamCheck>,
     completed: usize,
     failure: Option<String>,
+    closed: Option<CloseReason>,
 }
 
 #[derive(Default)]
@@ -126,6 +127,7 @@ impl Application for EchoCheck {
         if self.completed < self.streams {
             self.failure = Some(format!("closed early: {reason:?}"));
         }
+        self.closed = Some(reason.clone());
     }
 }
 
@@ -176,6 +178,28 @@ struct Sim {
     handler: ClientHandler,
 }
 
+struct SimOptions {
+    impair: Impairments,
+    transport: TransportConfig,
+    streams: usize,
+    size: u64,
+    version: u32,
+    require_retry: bool,
+}
+
+impl SimOptions {
+    fn new(impair: Impairments, transport: TransportConfig, streams: usize, size: u64) -> Self {
+        Self {
+            impair,
+            transport,
+            streams,
+            size,
+            version: VERSION_1,
+            require_retry: false,
+        }
+    }
+}
+
 impl Sim {
     fn new(
         impair: Impairments,
@@ -183,22 +207,32 @@ impl Sim {
         streams: usize,
         size: u64,
     ) -> (Self, usize) {
+        Self::with(SimOptions::new(impair, transport, streams, size))
+    }
+
+    fn with(o: SimOptions) -> (Self, usize) {
         let cert = generate_self_signed(&["localhost".into()]).unwrap();
         let alpns = vec![b"echo".to_vec()];
         let stls = server_config(cert, &alpns).unwrap();
         let ctls = client_config(ServerVerification::Insecure, &alpns).unwrap();
         let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
-        let (cdp, sdp) = pair(caddr, saddr, impair);
-        let mut server = Endpoint::new(EndpointConfig::new(transport.clone(), Some(stls)));
-        let _ = &mut server;
-        let mut client: Endpoint<Option<EchoCheck>> =
-            Endpoint::new(EndpointConfig::new(transport, None));
+        let (cdp, sdp) = pair(caddr, saddr, o.impair);
+        let mut scfg = EndpointConfig::new(o.transport.clone(), Some(stls));
+        scfg.require_retry = o.require_retry;
+        let server = Endpoint::new(scfg);
+        let mut ccfg = EndpointConfig::new(o.transport, None);
+        ccfg.keep_drained_states = true;
+        let mut client: Endpoint<Option<EchoCheck>> = Endpoint::new(ccfg);
         let now = Instant::now();
         let h = client
-            .connect(now, ctls, "localhost", saddr, VERSION_1)
+            .connect(now, ctls, "localhost", saddr, o.version)
             .unwrap();
         let apps = BuiltinApps { alpns, root: None };
+        let handler = ClientHandler {
+            streams: o.streams,
+            size: o.size,
+        };
         (
             Sim {
                 now,
@@ -207,10 +241,26 @@ impl Sim {
                 cdp,
                 sdp,
                 apps,
-                handler: ClientHandler { streams, size },
+                handler,
             },
             h,
         )
+    }
+
+    /// Runs until the client app completed its streams (asserting no failure).
+    fn run_to_completion(&mut self, h: usize, streams: usize, limit: Duration) {
+        let ok = self.run(limit, |s| match s.client_app(h) {
+            Some((done, fail)) => {
+                assert!(fail.is_none(), "client failed: {fail:?}");
+                done == streams
+            }
+            None => false,
+        });
+        assert!(
+            ok,
+            "did not complete in {limit:?} of virtual time: {:?}",
+            self.client_app(h)
+        );
     }
 
     /// Runs until `done` or the virtual deadline; returns false on deadline.
@@ -346,6 +396,115 @@ fn a_thousand_streams_under_loss() {
         ..Impairments::none()
     };
     run_echo(impair, t, 1000, 2048, Duration::from_secs(3600));
+}
+
+#[test]
+fn quic_v2_handshake_and_transfer() {
+    let mut o = SimOptions::new(
+        Impairments::none(),
+        TransportConfig::default(),
+        2,
+        256 << 10,
+    );
+    o.version = quench::wire::header::VERSION_2;
+    let (mut sim, h) = Sim::with(o);
+    sim.run_to_completion(h, 2, Duration::from_secs(60));
+    assert_eq!(sim.server.stats().connections_accepted, 1);
+}
+
+#[test]
+fn retry_validates_the_address_then_the_connection_proceeds() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 64 << 10);
+    o.require_retry = true;
+    let (mut sim, h) = Sim::with(o);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    let stats = sim.server.stats();
+    assert_eq!(stats.retries_sent, 1, "exactly one Retry before accepting");
+    assert_eq!(stats.connections_accepted, 1);
+    assert_eq!(stats.invalid_tokens, 0);
+}
+
+#[test]
+fn nat_rebinding_mid_transfer_is_followed() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 4 << 20);
+    // Let the transfer get going, then move the client to a new port (a NAT rebinding).
+    let started = sim.run(Duration::from_secs(60), |s| {
+        s.client
+            .conn(h)
+            .is_some_and(|c| c.stats().bytes_received > 512 << 10)
+    });
+    assert!(started, "transfer never started");
+    let new_addr: SocketAddr = "10.0.0.1:6001".parse().unwrap();
+    sim.cdp.set_local_addr(new_addr);
+    sim.run_to_completion(h, 1, Duration::from_secs(120));
+    let server_view: Vec<SocketAddr> = sim
+        .server
+        .handles()
+        .filter_map(|sh| sim.server.conn(sh))
+        .map(|c| c.remote_addr())
+        .collect();
+    assert_eq!(
+        server_view,
+        vec![new_addr],
+        "the server follows the client's new address"
+    );
+}
+
+#[test]
+fn stateless_reset_after_server_state_loss_closes_the_client() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 16 << 10);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    // The server "restarts": same reset key (as a deployment keeps it), no connection state.
+    let cfg = sim.server.config().clone();
+    sim.server = Endpoint::new(cfg);
+    // The client sends on a new stream; the server can only answer with a stateless reset.
+    sim.client
+        .with_state(h, |c, _| {
+            let id = c.open_stream(true).expect("stream credit");
+            c.write(id, b"anyone there?").unwrap();
+        })
+        .expect("client connection alive");
+    let closed = sim.run(Duration::from_secs(30), |s| s.client.conn(h).is_none());
+    assert!(closed, "client never noticed the reset");
+    assert!(sim.server.stats().stateless_resets_sent >= 1);
+    let states = sim.client.take_all_states();
+    let reason = states.into_iter().flatten().find_map(|a| a.closed);
+    assert_eq!(reason, Some(CloseReason::StatelessReset));
+}
+
+#[test]
+fn idle_connections_time_out_on_both_sides() {
+    let t = TransportConfig {
+        idle_timeout: Duration::from_secs(2),
+        ..TransportConfig::default()
+    };
+    let (mut sim, h) = Sim::new(Impairments::none(), t, 1, 1024);
+    sim.run_to_completion(h, 1, Duration::from_secs(30));
+    let start = sim.now;
+    let gone = sim.run(Duration::from_secs(30), |s| {
+        s.client.conn(h).is_none() && s.server.connection_count() == 0
+    });
+    assert!(gone, "connections still alive after idling");
+    let waited = sim.now - start;
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "idle timeout took {waited:?}"
+    );
+}
+
+#[test]
+fn application_close_reaches_the_peer_and_both_sides_finish() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+    sim.run_to_completion(h, 1, Duration::from_secs(30));
+    let now = sim.now;
+    sim.client
+        .with_state(h, |c, _| c.close(now, 42, "bye"))
+        .unwrap();
+    let closed = sim.run(Duration::from_secs(30), |s| {
+        s.server.connection_count() == 0 && s.client.conn(h).is_none()
+    });
+    assert!(closed, "close did not complete on both sides");
+    assert_eq!(sim.server.stats().connections_closed, 1);
 }
 
 #[allow(dead_code)]

@@ -38,6 +38,9 @@ pub struct RemoteCid {
 pub enum CidEvent {
     Issued(ConnectionId),
     Retired(ConnectionId),
+    /// The peer gave us a stateless reset token (RFC 9000 §10.3): datagrams ending in it
+    /// that match no connection are resets of this one.
+    PeerResetToken([u8; 16]),
 }
 
 pub struct CidState {
@@ -98,6 +101,7 @@ impl CidState {
     pub fn set_initial_remote_reset_token(&mut self, token: [u8; 16]) {
         if let Some(r) = self.remote.iter_mut().find(|r| r.seq == 0) {
             r.reset_token = Some(token);
+            self.events.push_back(CidEvent::PeerResetToken(token));
         }
     }
 
@@ -203,6 +207,7 @@ impl CidState {
             cid,
             reset_token: Some(token),
         });
+        self.events.push_back(CidEvent::PeerResetToken(token));
         if retire_prior_to > self.remote_retire_prior_to {
             self.remote_retire_prior_to = retire_prior_to;
             let active_seq = self.remote[self.active_remote].seq;

@@ -550,6 +550,14 @@ impl Connection {
         self.close_pending = true;
     }
 
+    /// A stateless reset for this connection arrived (the endpoint matched its token):
+    /// the connection is over at once (RFC 9000 §10.3.1).
+    pub fn handle_stateless_reset(&mut self, now: Instant) {
+        tracing::debug!("stateless reset received");
+        self.enter_draining(now, CloseReason::StatelessReset);
+        self.state = State::Drained;
+    }
+
     /// The peer's CONNECTION_CLOSE or a stateless reset: go quiet (RFC 9000 §10.2.2).
     pub(crate) fn enter_draining(&mut self, now: Instant, reason: CloseReason) {
         if matches!(self.state, State::Draining { .. } | State::Drained) {

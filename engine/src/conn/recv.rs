@@ -97,9 +97,7 @@ impl Connection {
         if !processed_any {
             // RFC 9000 §10.3.1: an unprocessable datagram ending in a reset token of the peer's.
             if total_len >= 21 && self.cids.matches_reset_token(&datagram[total_len - 16..]) {
-                tracing::debug!("stateless reset received");
-                self.enter_draining(now, CloseReason::StatelessReset);
-                self.state = State::Drained;
+                self.handle_stateless_reset(now);
             }
             return;
         }

@@ -86,6 +86,7 @@ pub struct EndpointStats {
     pub version_negotiations_sent: u64,
     pub retries_sent: u64,
     pub stateless_resets_sent: u64,
+    pub stateless_resets_received: u64,
     pub invalid_tokens: u64,
     /// Datagrams matching no connection and not worth answering.
     pub dropped_unroutable: u64,
@@ -94,6 +95,8 @@ pub struct EndpointStats {
 
 struct Entry<U> {
     conn: Connection,
+    /// The peer's stateless reset tokens for this connection (keys of `by_reset_token`).
+    reset_tokens: Vec<[u8; 16]>,
     state: U,
     /// The client's original DCID (server side), so retransmitted Initials find us.
     initial_dcid: Option<ConnectionId>,
@@ -113,6 +116,7 @@ pub struct Endpoint<U> {
     conns: Slab<Entry<U>>,
     by_cid: HashMap<ConnectionId, ConnHandle>,
     by_initial: HashMap<ConnectionId, ConnHandle>,
+    by_reset_token: HashMap<[u8; 16], ConnHandle>,
     /// Connections that may have something to send, in round-robin order.
     send_queue: VecDeque<ConnHandle>,
     timers: BinaryHeap<Reverse<(Instant, ConnHandle)>>,
@@ -132,6 +136,7 @@ impl<U: Default> Endpoint<U> {
             conns: Slab::with_capacity(1024),
             by_cid: HashMap::with_capacity(4096),
             by_initial: HashMap::with_capacity(1024),
+            by_reset_token: HashMap::with_capacity(1024),
             send_queue: VecDeque::with_capacity(1024),
             timers: BinaryHeap::with_capacity(1024),
             stateless: VecDeque::new(),
@@ -207,6 +212,7 @@ impl<U: Default> Endpoint<U> {
         let cids: Vec<ConnectionId> = conn.local_cids().collect();
         let h = self.conns.insert(Entry {
             conn,
+            reset_tokens: Vec::new(),
             state: U::default(),
             initial_dcid,
             timer: None,
@@ -269,6 +275,19 @@ impl<U: Default> Endpoint<U> {
         handler: &mut impl EventHandler<U>,
     ) -> Option<ConnHandle> {
         let len = buf.len();
+        // RFC 9000 §10.3.1: a datagram for no known CID may be a stateless reset of one of ours.
+        if len >= 21 && buf[0] & 0x80 == 0 {
+            let mut token = [0u8; 16];
+            token.copy_from_slice(&buf[len - 16..]);
+            if let Some(&h) = self.by_reset_token.get(&token) {
+                self.stats.stateless_resets_received += 1;
+                if let Some(e) = self.conns.get_mut(h) {
+                    e.conn.handle_stateless_reset(now);
+                }
+                self.after_io(now, h, handler);
+                return Some(h);
+            }
+        }
         let cid_len = self.config.layout.cid_len;
         let Ok((hdr, _)) = header::parse(buf, cid_len) else {
             self.stats.dropped_unroutable += 1;
@@ -496,6 +515,13 @@ impl<U: Default> Endpoint<U> {
                 CidEvent::Retired(cid) => {
                     self.by_cid.remove(&cid);
                 }
+                CidEvent::PeerResetToken(token) => {
+                    // Bounded: the peer can't hold more CIDs with us than our limit allows.
+                    if e.reset_tokens.len() < 16 {
+                        e.reset_tokens.push(token);
+                        self.by_reset_token.insert(token, h);
+                    }
+                }
             }
         }
         while let Some(ev) = e.conn.poll_event() {
@@ -537,6 +563,11 @@ impl<U: Default> Endpoint<U> {
         }
         if let Some(d) = e.initial_dcid {
             self.by_initial.remove(&d);
+        }
+        for t in &e.reset_tokens {
+            if self.by_reset_token.get(t) == Some(&h) {
+                self.by_reset_token.remove(t);
+            }
         }
         self.stats.connections_closed += 1;
         if self.config.keep_drained_states {
