@@ -147,6 +147,11 @@ pub struct Connection {
 
     // Path.
     pub(crate) path_responses: VecDeque<[u8; 8]>,
+    /// Our outstanding PATH_CHALLENGE after the peer moved (RFC 9000 §8.2, §9.3).
+    pub(crate) path_challenge: Option<[u8; 8]>,
+    pub(crate) path_challenge_pending: bool,
+    /// The datagram being built carries a path frame: pad it to 1200 (RFC 9000 §8.2.1, §8.2.2).
+    pub(crate) pad_for_path: bool,
     pub(crate) max_datagram_size: usize,
 
     // Timers.
@@ -338,6 +343,9 @@ impl Connection {
             peer_ack_delay_exponent: 3,
             peer_initial_scid: ConnectionId::default(),
             path_responses: VecDeque::new(),
+            path_challenge: None,
+            path_challenge_pending: false,
+            pad_for_path: false,
             max_datagram_size: MIN_INITIAL_SIZE,
             idle_timeout,
             idle_deadline: Some(now + idle_timeout),
@@ -862,6 +870,7 @@ impl Connection {
                     self.spaces[epoch.index()].ack.on_ack_of_ack(largest)
                 }
                 FrameRecord::HandshakeDone
+                | FrameRecord::PathChallenge { .. }
                 | FrameRecord::Ping
                 | FrameRecord::NewConnectionId { .. }
                 | FrameRecord::RetireConnectionId { .. } => {}
@@ -884,6 +893,11 @@ impl Connection {
                 FrameRecord::HandshakeDone => self.handshake_done_pending = true,
                 FrameRecord::NewConnectionId { seq } => self.cids.on_new_cid_lost(seq),
                 FrameRecord::RetireConnectionId { seq } => self.cids.retire_queue.push_back(seq),
+                FrameRecord::PathChallenge { data } => {
+                    if self.path_challenge == Some(data) {
+                        self.path_challenge_pending = true;
+                    }
+                }
                 FrameRecord::Ack { .. } | FrameRecord::Ping => {}
             }
         }

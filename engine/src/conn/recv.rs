@@ -358,25 +358,26 @@ impl Connection {
             // RFC 9001 §4.9.1: the server drops Initial keys on first Handshake packet processed.
             self.discard_space(Epoch::Initial, now);
         }
-        if epoch == Epoch::Data && remote != self.remote && self.handshake_confirmed {
-            // Peer address change (NAT rebinding or migration, RFC 9000 §9): follow the packet with the
-            // highest number. The new path starts amplification-limited until the peer answers.
-            if self.spaces[Epoch::Data.index()]
+        // Peer address change (NAT rebinding or migration, RFC 9000 §9): follow a non-probing
+        // packet with the highest number seen; decided once its frames are known.
+        let new_path = epoch == Epoch::Data
+            && remote != self.remote
+            && self.handshake_confirmed
+            && self.spaces[Epoch::Data.index()]
                 .ack
                 .largest()
-                .is_none_or(|l| pn > l)
-            {
-                tracing::debug!(old = %self.remote, new = %remote, "peer address changed");
-                self.remote = remote;
-            }
-        }
+                .is_none_or(|l| pn > l);
 
         let payload_start = header_len;
         let payload = &packet[payload_start..payload_start + payload_len];
         let dcid = match hdr {
             PacketHeader::Long { dcid, .. } | PacketHeader::Short { dcid, .. } => dcid,
         };
-        let ack_eliciting = self.process_frames(now, epoch, kind, payload, &dcid)?;
+        let (ack_eliciting, probing_only) =
+            self.process_frames(now, epoch, kind, payload, &dcid)?;
+        if new_path && !probing_only {
+            self.migrate_to(remote, packet.len());
+        }
 
         let immediate = epoch != Epoch::Data;
         let max_ack_delay = self.config.max_ack_delay;
@@ -395,12 +396,27 @@ impl Connection {
         Ok(Outcome::Processed)
     }
 
+    /// The peer moved (RFC 9000 §9.3): send to the new address, limited to three times what it
+    /// sent us until a PATH_CHALLENGE round trip validates it (§8.2, §9.3.1).
+    fn migrate_to(&mut self, remote: SocketAddr, received: usize) {
+        tracing::debug!(old = %self.remote, new = %remote, "peer address changed");
+        self.remote = remote;
+        self.address_validated = false;
+        self.amplification_received = received as u64;
+        self.amplification_sent = 0;
+        let mut data = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+        self.path_challenge = Some(data);
+        self.path_challenge_pending = true;
+    }
+
     pub(crate) fn effective_idle_timeout(&self) -> Duration {
         // Never shorter than 3 PTOs (RFC 9000 §10.1).
         self.idle_timeout.max(3 * self.recovery.pto(Epoch::Data))
     }
 
     /// Returns whether the packet was ack-eliciting.
+    /// Returns (ack-eliciting, only probing frames: RFC 9000 §9.1).
     fn process_frames(
         &mut self,
         now: Instant,
@@ -408,8 +424,9 @@ impl Connection {
         kind: PacketKind,
         payload: &[u8],
         dcid: &ConnectionId,
-    ) -> Result<bool, TransportError> {
+    ) -> Result<(bool, bool), TransportError> {
         let mut ack_eliciting = false;
+        let mut probing_only = true;
         let mut any = false;
         let mut crypto_received = false;
         for frame in FrameIter::new(payload) {
@@ -424,6 +441,7 @@ impl Connection {
                 .with_frame(ty));
             }
             ack_eliciting |= frame.is_ack_eliciting();
+            probing_only &= frame.is_probing();
             if matches!(self.state, State::Closing { .. }) {
                 // While closing only CONNECTION_CLOSE matters (RFC 9000 §10.2.1).
                 if let Frame::ConnectionClose { .. } = frame {
@@ -440,7 +458,7 @@ impl Connection {
                     }
                 })?;
             if matches!(self.state, State::Draining { .. } | State::Drained) {
-                return Ok(ack_eliciting);
+                return Ok((ack_eliciting, probing_only));
             }
         }
         if !any {
@@ -453,7 +471,7 @@ impl Connection {
         if crypto_received {
             self.drive_tls(now)?;
         }
-        Ok(ack_eliciting)
+        Ok((ack_eliciting, probing_only))
     }
 
     fn process_frame(
@@ -568,8 +586,18 @@ impl Connection {
                     self.path_responses.push_back(data);
                 }
             }
-            Frame::PathResponse(_) => {
-                // We never send PATH_CHALLENGE without tracking it; unsolicited responses are ignored.
+            Frame::PathResponse(data) => {
+                // RFC 9000 §8.2.3: a matching response validates the new path; others are ignored.
+                if self.path_challenge == Some(data) {
+                    tracing::debug!(remote = %self.remote, "path validated");
+                    self.path_challenge = None;
+                    self.path_challenge_pending = false;
+                    self.address_validated = true;
+                    if self.amplification_blocked {
+                        self.amplification_blocked = false;
+                        self.recovery.set_anti_amplification_blocked(false);
+                    }
+                }
             }
             Frame::ConnectionClose {
                 error_code,

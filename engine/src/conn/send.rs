@@ -70,7 +70,10 @@ impl Connection {
                 // RFC 9000 §8.1: at most three times what we received until the address is validated.
                 let allowed = (3 * self.amplification_received)
                     .saturating_sub(self.amplification_sent) as usize;
-                if allowed < MIN_INITIAL_SIZE {
+                // During the handshake a server needs room for a padded Initial; on a migrated
+                // path any packet that fits will do (the PATH_CHALLENGE must get out).
+                let floor = if self.handshake_confirmed { MIN_PACKET_ROOM } else { MIN_INITIAL_SIZE };
+                if allowed < floor {
                     break;
                 }
                 cap = cap.min(allowed);
@@ -119,6 +122,9 @@ impl Connection {
         if count == 0 {
             return 0;
         }
+        // Path frames ride in datagrams of at least 1200 bytes where the amplification
+        // limit allows (RFC 9000 §8.2.1, §8.2.2); the caller already capped `buf` by it.
+        needs_padding |= std::mem::take(&mut self.pad_for_path);
         if needs_padding && len < MIN_INITIAL_SIZE && buf.len() >= MIN_INITIAL_SIZE {
             // Extend the last packet with PADDING frames (zeros) so the datagram reaches 1200.
             let last = built[count - 1].as_mut().expect("count > 0");
@@ -249,6 +255,7 @@ impl Connection {
             want_eliciting |= self.handshake_done_pending
                 || self.ping_pending
                 || !self.path_responses.is_empty()
+                || self.path_challenge_pending
                 || (self.state == State::Established
                     && (self.cids.pending_announcements() || self.streams.has_pending()));
         }
@@ -441,6 +448,16 @@ impl Connection {
             self.path_responses.pop_front();
             // PATH_RESPONSE is never retransmitted (RFC 9000 §13.3), but it is ack-eliciting.
             frames.records.push(FrameRecord::Ping);
+            self.pad_for_path = true;
+        }
+        if self.path_challenge_pending {
+            if let Some(data) = self.path_challenge {
+                if put(buf, &mut pos, &Frame::PathChallenge(data)) {
+                    self.path_challenge_pending = false;
+                    frames.records.push(FrameRecord::PathChallenge { data });
+                    self.pad_for_path = true;
+                }
+            }
         }
         if self.state == State::Established {
             while let Some(seq) = self.cids.retire_queue.front().copied() {

@@ -24,6 +24,9 @@ pub enum FrameRecord {
     RetireConnectionId {
         seq: u64,
     },
+    PathChallenge {
+        data: [u8; 8],
+    },
     Ping,
 }
 
