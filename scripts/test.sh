@@ -52,17 +52,18 @@ step() {
 }
 
 run_tests() {
-    # The interop tests drive the release quench binary and the aioquic venv.
-    QUENCH_BIN="$CARGO_TARGET_DIR/release/quench" \
+    # The interop tests drive the quench binary built in the same (ci) profile, so the
+    # dependencies compile once for both; and the aioquic venv.
+    QUENCH_BIN="$CARGO_TARGET_DIR/ci/quench" \
         AIOQUIC_PYTHON="$repo_root/.venv/bin/python" \
-        cargo test --workspace --no-fail-fast 2>&1 | tee "$test_log"
+        cargo test --profile ci --workspace --no-fail-fast 2>&1 | tee "$test_log"
     return "${PIPESTATUS[0]}"
 }
 
 step "dependencies (scripts/deps.sh)" bash scripts/deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
-step "cargo build --release -p quench" cargo build --release -p quench
+step "cargo build --profile ci -p quench" cargo build --profile ci -p quench
 step "cargo test --workspace" run_tests
 if [[ -f scripts/fuzz-smoke.sh ]]; then
     step "fuzz smoke (scripts/fuzz-smoke.sh)" bash scripts/fuzz-smoke.sh
