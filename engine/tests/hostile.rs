@@ -135,7 +135,7 @@ impl Net {
     }
 
     /// Delivers a copy of `datagram` to the server as if from the client's address.
-    fn to_server(&mut self, datagram: &[u8]) -> Option<ConnHandle> {
+    fn deliver_to_server(&mut self, datagram: &[u8]) -> Option<ConnHandle> {
         let mut copy = datagram.to_vec();
         let meta = RxMeta {
             src: self.caddr,
@@ -149,7 +149,7 @@ impl Net {
             .handle_datagram(self.now, meta, &mut copy, &mut disp)
     }
 
-    fn to_client(&mut self, datagram: &[u8]) {
+    fn deliver_to_client(&mut self, datagram: &[u8]) {
         let mut copy = datagram.to_vec();
         let meta = RxMeta {
             src: self.saddr,
@@ -173,12 +173,12 @@ impl Net {
         let out = self.client_out();
         for d in &out {
             self.c2s.push(d.clone());
-            self.to_server(d);
+            self.deliver_to_server(d);
         }
         let back = self.server_out();
         for d in &back {
             self.s2c.push(d.clone());
-            self.to_client(d);
+            self.deliver_to_client(d);
         }
         let mut disp = AppDispatcher {
             factory: &self.apps,
@@ -970,9 +970,9 @@ fn truncated_copies_of_every_packet_type_are_dropped() {
     for (_, to_server, p) in &by_kind {
         for len in 0..p.len() {
             if *to_server {
-                net.to_server(&p[..len]);
+                net.deliver_to_server(&p[..len]);
             } else {
-                net.to_client(&p[..len]);
+                net.deliver_to_client(&p[..len]);
             }
             fed += 1;
         }
@@ -1009,7 +1009,7 @@ fn replayed_and_bit_flipped_packets_are_dropped() {
     for bit in 0..held.len() * 8 {
         let mut d = held.clone();
         d[bit / 8] ^= 1 << (bit % 8);
-        net.to_server(&d);
+        net.deliver_to_server(&d);
     }
     let after = net.server_conn().stats();
     assert_eq!(
@@ -1019,20 +1019,20 @@ fn replayed_and_bit_flipped_packets_are_dropped() {
     assert!(after.packets_dropped >= before.packets_dropped + (held.len() as u64 * 8) / 2);
     let _ = net.server_out();
     // The untouched original still opens: failed attempts left the keys and state alone.
-    net.to_server(&held);
+    net.deliver_to_server(&held);
     assert_eq!(
         net.server_conn().stats().packets_received,
         before.packets_received + 1
     );
     for _ in 0..3 {
-        net.to_server(&held);
+        net.deliver_to_server(&held);
     }
     let s = net.server_conn().stats();
     assert_eq!(s.packets_received, before.packets_received + 1);
     assert_eq!(s.duplicate_packets, before.duplicate_packets + 3);
     // An old handshake datagram replayed: its spaces are gone, it is dropped.
     for d in net.c2s.clone().iter().skip(1).take(4) {
-        net.to_server(d);
+        net.deliver_to_server(d);
     }
     assert_eq!(net.server.connection_count(), 1);
     net.assert_healthy();
@@ -1061,23 +1061,23 @@ fn garbage_and_oversized_datagrams_leave_the_connection_alone() {
             d[1..1 + CID_LEN].copy_from_slice(&server_cid);
         }
         if i % 3 == 0 {
-            net.to_server(&d);
+            net.deliver_to_server(&d);
         } else {
-            net.to_client(&d);
+            net.deliver_to_client(&d);
         }
     }
     for len in [1501, 9000, 65527, 65528, 70000, 200_000] {
         let mut big = one_rtt.clone();
         big.resize(len, 0xab);
-        net.to_server(&big);
+        net.deliver_to_server(&big);
         let mut junk = vec![0u8; len];
         rng.fill_bytes(&mut junk);
-        net.to_server(&junk);
-        net.to_client(&junk);
+        net.deliver_to_server(&junk);
+        net.deliver_to_client(&junk);
         // The client's first Initial with a huge tail: at most one more connection.
         let mut initial = net.c2s[0].clone();
         initial.resize(len, 0);
-        net.to_server(&initial);
+        net.deliver_to_server(&initial);
     }
     assert!(net.server.connection_count() <= 2);
     let _ = net.server_out();
@@ -1167,9 +1167,9 @@ fn mutated_real_packets_never_panic_or_grow_state() {
                 return Ok(()); // unchanged: a plain replay, covered elsewhere
             }
             if to_server {
-                n.to_server(&d);
+                n.deliver_to_server(&d);
             } else {
-                n.to_client(&d);
+                n.deliver_to_client(&d);
             }
             n.step();
             n.now += Duration::from_millis(1);
