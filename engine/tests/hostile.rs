@@ -8,7 +8,7 @@
 //! test, so it can be captured, withheld, mutated or replayed); misbehaving frames come from
 //! a real client through the connection's raw-frame hook (`Connection::queue_raw_frames`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -929,6 +929,16 @@ fn truncated_copies_of_every_packet_type_are_dropped() {
             }
         }
     }
+    // A 0-RTT packet (we never accept 0-RTT): a client Handshake packet retyped.
+    let mut zero_rtt = by_kind
+        .iter()
+        .find(|(k, ts, _)| *k == "handshake" && *ts)
+        .expect("a client Handshake packet")
+        .2
+        .clone();
+    zero_rtt[0] = (zero_rtt[0] & !0x30) | 0x10;
+    assert_eq!(kind(&zero_rtt), Some("0-rtt"));
+    by_kind.push(("0-rtt", true, zero_rtt));
     // The client's first datagram (a padded Initial) whole, too.
     by_kind.push(("first datagram", true, net.c2s[0].clone()));
     // Retry and Version Negotiation from a second server that answers the same Initial.
@@ -967,8 +977,10 @@ fn truncated_copies_of_every_packet_type_are_dropped() {
     let dropped_before = net.server_conn().stats().packets_dropped;
     let received_before = net.server_conn().stats().packets_received;
     let mut fed = 0;
-    for (_, to_server, p) in &by_kind {
-        for len in 0..p.len() {
+    for (k, to_server, p) in &by_kind {
+        // Every proper prefix; the retyped 0-RTT packet whole as well.
+        let end = if *k == "0-rtt" { p.len() } else { p.len() - 1 };
+        for len in 0..=end {
             if *to_server {
                 net.deliver_to_server(&p[..len]);
             } else {
@@ -1157,6 +1169,7 @@ fn mutated_real_packets_never_panic_or_grow_state() {
         any::<prop::sample::Index>(),
         prop::collection::vec(mutation(), 1..5),
     );
+    let fed = Cell::new(0u32);
     runner
         .run(&strategy, |(to_server, pick, muts)| {
             let mut n = net.borrow_mut();
@@ -1166,6 +1179,7 @@ fn mutated_real_packets_never_panic_or_grow_state() {
             if d == *base {
                 return Ok(()); // unchanged: a plain replay, covered elsewhere
             }
+            fed.set(fed.get() + 1);
             if to_server {
                 n.deliver_to_server(&d);
             } else {
@@ -1190,6 +1204,7 @@ fn mutated_real_packets_never_panic_or_grow_state() {
             Ok(())
         })
         .unwrap();
+    assert!(fed.get() >= 300, "only {} mutated datagrams fed", fed.get());
     let mut n = net.into_inner();
     n.assert_healthy();
     n.echo_round_trip(20_000, 5);
