@@ -178,6 +178,8 @@ pub struct Connection {
     /// Reused buffers for packets reported acked / lost by recovery.
     pub(crate) acked_scratch: Vec<SentFrames>,
     pub(crate) lost_scratch: Vec<SentFrames>,
+    /// Test hook (`testing.rs`): frames written verbatim into the next packet, per epoch.
+    pub(crate) raw_frames: [Vec<u8>; 3],
 }
 
 /// Arguments for a server-side connection, gathered by the endpoint from the client's first Initial.
@@ -362,6 +364,7 @@ impl Connection {
             tls_buf: Vec::with_capacity(4096),
             acked_scratch: Vec::with_capacity(64),
             lost_scratch: Vec::with_capacity(64),
+            raw_frames: Default::default(),
             config,
         }
     }

@@ -10,6 +10,8 @@ mod send;
 pub mod sent;
 pub mod space;
 pub mod streams;
+#[doc(hidden)]
+pub mod testing;
 
 pub use cids::{CidEvent, ConnectionIdGenerator};
 pub use config::TransportConfig;

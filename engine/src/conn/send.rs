@@ -250,7 +250,8 @@ impl Connection {
         let ack_pending = space.ack.ack_pending();
         let ack_due = ack_pending && (epoch != Epoch::Data || space.ack.ack_due(now));
         let probing = space.probes > 0;
-        let mut want_eliciting = space.crypto.has_pending() || probing;
+        let mut want_eliciting =
+            space.crypto.has_pending() || probing || self.has_raw_frames(epoch);
         if epoch == Epoch::Data {
             want_eliciting |= self.handshake_done_pending
                 || self.ping_pending
@@ -321,6 +322,7 @@ impl Connection {
             if epoch == Epoch::Data {
                 pos = self.write_data_control_frames(&mut buf[..end], pos, &mut frames);
             }
+            pos = self.write_raw_frames(epoch, &mut buf[..end], pos, &mut frames);
             let space = &mut self.spaces[idx];
             if end > pos {
                 let n = space

@@ -441,7 +441,7 @@ impl<U: Default> Endpoint<U> {
             retry_scid,
             address_validated: validated,
         };
-        let conn = match Connection::new_server(
+        let mut conn = match Connection::new_server(
             self.config.transport.clone(),
             tls,
             params,
@@ -454,11 +454,15 @@ impl<U: Default> Endpoint<U> {
                 return None;
             }
         };
+        conn.handle_datagram(now, meta.src, meta.ecn, buf);
+        if conn.stats().packets_received == 0 {
+            // Nothing in the datagram decrypted (a forged or corrupted Initial): keep no
+            // state for it, or anyone could fill the table with garbage that looks like one.
+            self.stats.dropped_unroutable += 1;
+            return None;
+        }
         self.stats.connections_accepted += 1;
         let h = self.insert(conn, Some(dcid));
-        self.conns[h]
-            .conn
-            .handle_datagram(now, meta.src, meta.ecn, buf);
         self.after_io(now, h, handler);
         Some(h)
     }

@@ -1,0 +1,223 @@
+//! Arbitrary input against live endpoints: the first byte picks where it goes.
+//!
+//! - `% 4 == 0`: the rest is a datagram for a standalone server endpoint (no connection
+//!   yet: Initial acceptance, Version Negotiation, stateless reset, drops);
+//! - `% 4 == 1`: a datagram for the server side of an established pair, with its DCID set
+//!   to the server connection's CID when there is room, so it reaches the connection;
+//! - `% 4 == 2`: the same towards the client side;
+//! - `% 4 == 3`: the rest is frames the client sends verbatim in a real 1-RTT packet
+//!   (`Connection::queue_raw_frames`), so the server's frame processing sees them decrypted.
+//!
+//! The pair lives across inputs (a handshake per input would dominate); when a frame input
+//! closes it, a new pair is built for the next one. Nothing may panic, and the server's
+//! connection table stays bounded.
+#![no_main]
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use quench::conn::{Connection, Event, TransportConfig};
+use quench::endpoint::{ConnHandle, Endpoint, EndpointConfig, EventHandler};
+use quench::io::RxMeta;
+use quench::tls::certs::generate_self_signed;
+use quench::tls::session::{client_config, server_config, ServerVerification};
+use quench::wire::header::{self, VERSION_1};
+use quench::Epoch;
+
+const CID_LEN: usize = 12;
+
+struct Ignore;
+impl EventHandler<()> for Ignore {
+    fn on_event(&mut self, _: Instant, _: &mut Connection, _: &mut (), _: Event) {}
+}
+
+fn server_endpoint() -> Endpoint<()> {
+    let cert = generate_self_signed(&["localhost".into()]).expect("certificate");
+    let tls = server_config(cert, &[b"fuzz".to_vec()]).expect("server TLS");
+    Endpoint::new(EndpointConfig::new(TransportConfig::default(), Some(tls)))
+}
+
+fn drain(ep: &mut Endpoint<()>, now: Instant, buf: &mut [u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(t) = ep.poll_transmit(now, buf, 1) {
+        out.push(buf[..t.len].to_vec());
+    }
+    out
+}
+
+struct Pair {
+    now: Instant,
+    client: Endpoint<()>,
+    server: Endpoint<()>,
+    h: ConnHandle,
+    caddr: SocketAddr,
+    saddr: SocketAddr,
+    /// DCIDs each side's packets carry (the peer's CID).
+    to_server_cid: Vec<u8>,
+    to_client_cid: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+        let ctls = client_config(ServerVerification::Insecure, &[b"fuzz".to_vec()]).unwrap();
+        let mut client = Endpoint::new(EndpointConfig::new(TransportConfig::default(), None));
+        let now = Instant::now();
+        let h = client
+            .connect(now, ctls, "localhost", saddr, VERSION_1)
+            .expect("client connection");
+        let mut p = Pair {
+            now,
+            client,
+            server: server_endpoint(),
+            h,
+            caddr,
+            saddr,
+            to_server_cid: Vec::new(),
+            to_client_cid: Vec::new(),
+            buf: vec![0u8; 2048],
+        };
+        for _ in 0..200 {
+            p.step();
+            let confirmed = p.client.conn(h).is_some_and(|c| c.is_handshake_confirmed());
+            if confirmed && p.server.handles().count() == 1 {
+                break;
+            }
+        }
+        assert!(p.alive(), "handshake failed");
+        p
+    }
+
+    fn alive(&self) -> bool {
+        self.client
+            .conn(self.h)
+            .is_some_and(|c| c.is_handshake_confirmed() && !c.is_closing())
+            && self
+                .server
+                .handles()
+                .filter_map(|h| self.server.conn(h))
+                .any(|c| c.is_handshake_confirmed() && !c.is_closing())
+    }
+
+    fn deliver_to_server(&mut self, d: &mut [u8]) {
+        let meta = RxMeta {
+            src: self.caddr,
+            dst: self.saddr,
+            ecn: 0,
+        };
+        self.server.handle_datagram(self.now, meta, d, &mut Ignore);
+    }
+
+    fn deliver_to_client(&mut self, d: &mut [u8]) {
+        let meta = RxMeta {
+            src: self.saddr,
+            dst: self.caddr,
+            ecn: 0,
+        };
+        self.client.handle_datagram(self.now, meta, d, &mut Ignore);
+    }
+
+    fn step(&mut self) -> usize {
+        let mut moved = 0;
+        for mut d in drain(&mut self.client, self.now, &mut self.buf) {
+            if let Ok(dcid) = header::peek_dcid(&d, CID_LEN) {
+                self.to_server_cid = dcid.to_vec();
+            }
+            self.deliver_to_server(&mut d);
+            moved += 1;
+        }
+        for mut d in drain(&mut self.server, self.now, &mut self.buf) {
+            if let Ok(dcid) = header::peek_dcid(&d, CID_LEN) {
+                self.to_client_cid = dcid.to_vec();
+            }
+            self.deliver_to_client(&mut d);
+            moved += 1;
+        }
+        self.now += Duration::from_millis(1);
+        self.client.handle_timeouts(self.now, &mut Ignore);
+        self.server.handle_timeouts(self.now, &mut Ignore);
+        moved
+    }
+}
+
+/// Points a short-header datagram at `cid` so it reaches the connection.
+fn aim(d: &mut [u8], cid: &[u8]) {
+    if d.len() > 1 + cid.len() && d[0] & 0x80 == 0 {
+        d[0] |= 0x40;
+        d[1..1 + cid.len()].copy_from_slice(cid);
+    }
+}
+
+thread_local! {
+    static LONE: RefCell<(Endpoint<()>, Instant)> = RefCell::new((server_endpoint(), Instant::now()));
+    static PAIR: RefCell<Option<Pair>> = const { RefCell::new(None) };
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 4 {
+        0 => LONE.with(|l| {
+            let (ep, now) = &mut *l.borrow_mut();
+            let mut d = rest.to_vec();
+            let meta = RxMeta {
+                src: "10.0.0.9:7000".parse().unwrap(),
+                dst: "10.0.0.2:4433".parse().unwrap(),
+                ecn: 0,
+            };
+            ep.handle_datagram(*now, meta, &mut d, &mut Ignore);
+            let mut buf = vec![0u8; 2048];
+            for reply in drain(ep, *now, &mut buf) {
+                assert!(reply.len() <= 1500, "stateless reply of {} bytes", reply.len());
+            }
+            // Only a decryptable Initial can make state; random bytes never are.
+            assert!(ep.connection_count() <= 1, "connections from garbage");
+            *now += Duration::from_millis(1);
+            ep.handle_timeouts(*now, &mut Ignore);
+        }),
+        m => PAIR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if !slot.as_ref().is_some_and(Pair::alive) {
+                *slot = Some(Pair::new());
+            }
+            let p = slot.as_mut().expect("pair");
+            match m {
+                1 => {
+                    let mut d = rest.to_vec();
+                    let cid = p.to_server_cid.clone();
+                    aim(&mut d, &cid);
+                    p.deliver_to_server(&mut d);
+                }
+                2 => {
+                    let mut d = rest.to_vec();
+                    let cid = p.to_client_cid.clone();
+                    aim(&mut d, &cid);
+                    p.deliver_to_client(&mut d);
+                }
+                _ => {
+                    if rest.is_empty() || rest.len() > 1000 {
+                        return;
+                    }
+                    let h = p.h;
+                    p.client
+                        .with_state(h, |c, _| c.queue_raw_frames(Epoch::Data, rest));
+                }
+            }
+            for _ in 0..20 {
+                if p.step() == 0 {
+                    break;
+                }
+            }
+            assert!(p.server.connection_count() <= 2, "server connections grew");
+            if m != 3 {
+                // Datagrams that do not decrypt must not hurt the connection.
+                assert!(p.alive(), "a stray datagram broke the connection");
+            }
+        }),
+    }
+});

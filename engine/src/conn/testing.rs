@@ -1,0 +1,56 @@
+//! Test-only hooks: let a test make a real connection misbehave on the wire and look at
+//! what it holds. Hidden from the docs; nothing in the engine calls the public half.
+//!
+//! `queue_raw_frames` appends bytes that the next ack-eliciting packet of that epoch
+//! carries verbatim, unchecked, after the engine's own control frames. Such a packet is
+//! recorded like a PING: it is acknowledged but never retransmitted.
+
+use crate::conn::connection::Connection;
+use crate::conn::sent::{FrameRecord, SentFrames};
+use crate::conn::streams::StreamStats;
+use crate::Epoch;
+
+impl Connection {
+    /// Queues `frames` (already encoded, possibly malformed) for the next packet of `epoch`.
+    /// They go out once the epoch has keys, in one packet if they fit, else not at all.
+    #[doc(hidden)]
+    pub fn queue_raw_frames(&mut self, epoch: Epoch, frames: &[u8]) {
+        self.raw_frames[epoch.index()].extend_from_slice(frames);
+    }
+
+    /// Raw bytes still waiting for a packet of `epoch`.
+    #[doc(hidden)]
+    pub fn raw_frames_pending(&self, epoch: Epoch) -> usize {
+        self.raw_frames[epoch.index()].len()
+    }
+
+    /// Stream counters and buffered bytes (send and receive), for bounds checks.
+    #[doc(hidden)]
+    pub fn stream_stats(&self) -> StreamStats {
+        self.streams.stats()
+    }
+
+    pub(crate) fn has_raw_frames(&self, epoch: Epoch) -> bool {
+        !self.raw_frames[epoch.index()].is_empty()
+    }
+
+    /// Copies the queued raw frames of `epoch` into `buf[pos..]` if they all fit; returns
+    /// the new position.
+    pub(crate) fn write_raw_frames(
+        &mut self,
+        epoch: Epoch,
+        buf: &mut [u8],
+        pos: usize,
+        frames: &mut SentFrames,
+    ) -> usize {
+        let raw = &mut self.raw_frames[epoch.index()];
+        if raw.is_empty() || buf.len().saturating_sub(pos) < raw.len() {
+            return pos;
+        }
+        let end = pos + raw.len();
+        buf[pos..end].copy_from_slice(raw);
+        raw.clear();
+        frames.records.push(FrameRecord::Ping);
+        end
+    }
+}

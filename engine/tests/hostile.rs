@@ -1,0 +1,1211 @@
+//! Hostile input: what a server and a client do with datagrams and frames that break the
+//! rules (RFC 9000 §5.2, §10.3, §12.4, §14.1, §19; RFC 9001 §5). Each case either closes
+//! the connection with the error code the RFC names — checked from the peer's side, in
+//! the CONNECTION_CLOSE it receives — or is dropped without a trace, after which the
+//! connection must still carry data. Nothing here may panic.
+//!
+//! Two endpoints are joined by hand on a virtual clock (every datagram passes through the
+//! test, so it can be captured, withheld, mutated or replayed); misbehaving frames come from
+//! a real client through the connection's raw-frame hook (`Connection::queue_raw_frames`).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use quench::app::{AppDispatcher, AppSlot, BuiltinApps};
+use quench::conn::{CloseReason, Connection, Event, StreamEvent, StreamId, TransportConfig};
+use quench::crypto::header_protection::{protect, unprotect};
+use quench::crypto::secrets::initial_keys;
+use quench::endpoint::{ConnHandle, Endpoint, EndpointConfig, EventHandler};
+use quench::io::RxMeta;
+use quench::tls::certs::generate_self_signed;
+use quench::tls::session::{client_config, server_config, ServerVerification};
+use quench::wire::cid::ConnectionId;
+use quench::wire::frame::{Frame, FrameIter};
+use quench::wire::header::{self, Header, LongType, VERSION_1};
+use quench::wire::varint::Writer;
+use quench::{Epoch, Side};
+
+const TAG_LEN: usize = 16;
+/// Server CIDs are 12 bytes (the endpoint's default QUIC-LB layout).
+const CID_LEN: usize = 12;
+
+// ---- the client's view -------------------------------------------------------------------
+
+#[derive(Default)]
+struct ClientLog {
+    connected: bool,
+    closed: Option<CloseReason>,
+    /// Everything read back on the stream the test opened, and whether its FIN came.
+    echoed: Sha256,
+    echoed_len: u64,
+    echo_fin: bool,
+}
+
+struct ClientEvents;
+
+impl EventHandler<ClientLog> for ClientEvents {
+    fn on_event(&mut self, now: Instant, conn: &mut Connection, log: &mut ClientLog, ev: Event) {
+        match ev {
+            Event::Connected => log.connected = true,
+            Event::Closed(r) => log.closed = Some(r),
+            Event::Stream(StreamEvent::Readable { id }) => {
+                let mut buf = [0u8; 16384];
+                while let Ok((n, fin)) = conn.read(id, &mut buf, now) {
+                    log.echoed.update(&buf[..n]);
+                    log.echoed_len += n as u64;
+                    if fin {
+                        log.echo_fin = true;
+                        break;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            Event::Stream(_) => {}
+        }
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+// ---- the harness ---------------------------------------------------------------------------
+
+/// A client and a server endpoint, every datagram passing through the test.
+struct Net {
+    now: Instant,
+    client: Endpoint<ClientLog>,
+    server: Endpoint<AppSlot>,
+    apps: BuiltinApps,
+    h: ConnHandle,
+    caddr: SocketAddr,
+    saddr: SocketAddr,
+    /// Every datagram each side sent, as it went on the wire (protected).
+    c2s: Vec<Vec<u8>>,
+    s2c: Vec<Vec<u8>>,
+}
+
+fn server_endpoint_config(transport: TransportConfig) -> EndpointConfig {
+    let cert = generate_self_signed(&["localhost".into()]).unwrap();
+    let stls = server_config(cert, &[b"echo".to_vec()]).unwrap();
+    EndpointConfig::new(transport, Some(stls))
+}
+
+impl Net {
+    fn new(server_transport: TransportConfig) -> Self {
+        Self::with_server(server_endpoint_config(server_transport))
+    }
+
+    fn with_server(config: EndpointConfig) -> Self {
+        let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+        let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+        let server = Endpoint::new(config);
+        let mut client: Endpoint<ClientLog> =
+            Endpoint::new(EndpointConfig::new(TransportConfig::default(), None));
+        let now = Instant::now();
+        let h = client
+            .connect(now, ctls, "localhost", saddr, VERSION_1)
+            .unwrap();
+        Net {
+            now,
+            client,
+            server,
+            apps: BuiltinApps {
+                alpns: vec![b"echo".to_vec()],
+                root: None,
+            },
+            h,
+            caddr,
+            saddr,
+            c2s: Vec::new(),
+            s2c: Vec::new(),
+        }
+    }
+
+    /// Delivers a copy of `datagram` to the server as if from the client's address.
+    fn deliver_to_server(&mut self, datagram: &[u8]) -> Option<ConnHandle> {
+        let mut copy = datagram.to_vec();
+        let meta = RxMeta {
+            src: self.caddr,
+            dst: self.saddr,
+            ecn: 0,
+        };
+        let mut disp = AppDispatcher {
+            factory: &self.apps,
+        };
+        self.server
+            .handle_datagram(self.now, meta, &mut copy, &mut disp)
+    }
+
+    fn deliver_to_client(&mut self, datagram: &[u8]) {
+        let mut copy = datagram.to_vec();
+        let meta = RxMeta {
+            src: self.saddr,
+            dst: self.caddr,
+            ecn: 0,
+        };
+        self.client
+            .handle_datagram(self.now, meta, &mut copy, &mut ClientEvents);
+    }
+
+    fn client_out(&mut self) -> Vec<Vec<u8>> {
+        drain(&mut self.client, self.now)
+    }
+
+    fn server_out(&mut self) -> Vec<Vec<u8>> {
+        drain(&mut self.server, self.now)
+    }
+
+    /// One round: client → server, server → client, timers. Returns datagrams moved.
+    fn step(&mut self) -> usize {
+        let out = self.client_out();
+        for d in &out {
+            self.c2s.push(d.clone());
+            self.deliver_to_server(d);
+        }
+        let back = self.server_out();
+        for d in &back {
+            self.s2c.push(d.clone());
+            self.deliver_to_client(d);
+        }
+        let mut disp = AppDispatcher {
+            factory: &self.apps,
+        };
+        self.client.handle_timeouts(self.now, &mut ClientEvents);
+        self.server.handle_timeouts(self.now, &mut disp);
+        out.len() + back.len()
+    }
+
+    /// Runs until `done` or `limit` of virtual time; returns whether `done` held.
+    fn run(&mut self, limit: Duration, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+        let end = self.now + limit;
+        for _ in 0..1_000_000 {
+            if done(self) {
+                return true;
+            }
+            if self.now >= end {
+                return false;
+            }
+            if self.step() > 0 {
+                self.now += Duration::from_micros(50);
+                continue;
+            }
+            let next = [self.client.next_timeout(), self.server.next_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t > self.now => self.now = t.min(end),
+                Some(_) => self.now += Duration::from_micros(10),
+                None => return done(self),
+            }
+        }
+        panic!("simulation did not converge");
+    }
+
+    fn log<R>(&mut self, f: impl FnOnce(&ClientLog) -> R) -> Option<R> {
+        self.client.with_state(self.h, |_, log| f(log))
+    }
+
+    fn client_conn(&self) -> &Connection {
+        self.client.conn(self.h).expect("client connection alive")
+    }
+
+    /// The server's connection to our client: the confirmed one if a replayed first
+    /// Initial started a second (which never completes), else the only one.
+    fn server_conn(&self) -> &Connection {
+        let mut conns = self.server.handles().filter_map(|h| self.server.conn(h));
+        let all: Vec<&Connection> = conns.by_ref().collect();
+        assert!(!all.is_empty(), "no server connection");
+        all.iter()
+            .find(|c| c.is_handshake_confirmed())
+            .copied()
+            .unwrap_or(all[0])
+    }
+
+    /// Handshake done and confirmed on both sides.
+    fn establish(&mut self) {
+        let ok = self.run(Duration::from_secs(10), |n| {
+            n.client
+                .conn(n.h)
+                .is_some_and(|c| c.is_handshake_confirmed())
+                && n.server.connection_count() == 1
+                && n.server_conn().is_handshake_confirmed()
+        });
+        assert!(ok, "handshake did not complete");
+        assert_eq!(self.log(|l| l.connected), Some(true));
+    }
+
+    fn queue_raw(&mut self, epoch: Epoch, frames: &[u8]) {
+        self.client
+            .with_state(self.h, |c, _| c.queue_raw_frames(epoch, frames))
+            .expect("client connection alive");
+    }
+
+    /// Runs until the client learns its connection closed; returns why.
+    fn wait_closed(&mut self) -> CloseReason {
+        let ok = self.run(Duration::from_secs(10), |n| {
+            n.log(|l| l.closed.is_some()).unwrap_or(true)
+        });
+        assert!(ok, "connection did not close");
+        self.log(|l| l.closed.clone())
+            .flatten()
+            .expect("closed event kept")
+    }
+
+    /// Sends `size` bytes on a new bidi stream and checks the echo server returns them all.
+    fn echo_round_trip(&mut self, size: usize, seed: u8) {
+        let data = pattern(size, seed);
+        let h = self.h;
+        let id: StreamId = self
+            .client
+            .with_state(h, |c, log| {
+                log.echoed = Sha256::new();
+                log.echoed_len = 0;
+                log.echo_fin = false;
+                let id = c.open_stream(true).expect("stream credit");
+                let mut off = 0;
+                while off < data.len() {
+                    let n = c.write(id, &data[off..]).expect("write");
+                    assert!(n > 0, "send buffer holds the whole test payload");
+                    off += n;
+                }
+                c.finish(id).unwrap();
+                id
+            })
+            .expect("client connection alive");
+        let ok = self.run(Duration::from_secs(30), |n| {
+            n.log(|l| l.echo_fin || l.closed.is_some()).unwrap_or(true)
+        });
+        let (len, fin, hash, closed) = self
+            .log(|l| {
+                (
+                    l.echoed_len,
+                    l.echo_fin,
+                    l.echoed.clone().finalize(),
+                    l.closed.clone(),
+                )
+            })
+            .expect("client connection alive");
+        assert!(
+            ok && fin,
+            "echo on {id} did not finish: {len} bytes, {closed:?}"
+        );
+        assert_eq!(closed, None);
+        assert_eq!(len, size as u64);
+        assert_eq!(hash, Sha256::digest(&data), "echoed bytes differ");
+    }
+
+    fn assert_healthy(&mut self) {
+        assert!(!self.client_conn().is_closing(), "client closing");
+        assert!(!self.server_conn().is_closing(), "server closing");
+        assert_eq!(self.log(|l| l.closed.clone()), Some(None));
+    }
+}
+
+fn drain<U: Default>(ep: &mut Endpoint<U>, now: Instant) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Some(t) = ep.poll_transmit(now, &mut buf, 1) {
+        out.push(buf[..t.len].to_vec());
+    }
+    out
+}
+
+fn encode(frames: &[Frame<'_>]) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    let mut w = Writer::new(&mut buf);
+    for f in frames {
+        f.encode(&mut w).expect("frame fits");
+    }
+    let n = w.len();
+    buf.truncate(n);
+    buf
+}
+
+fn stream(id: u64, offset: u64, data: &[u8], fin: bool) -> Frame<'_> {
+    Frame::Stream {
+        id,
+        offset,
+        data,
+        fin,
+    }
+}
+
+/// Splits a datagram into its coalesced packets (as far as the headers parse).
+fn split_packets(datagram: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let Ok((_, len)) = header::parse(rest, CID_LEN) else {
+            break;
+        };
+        out.push(&rest[..len]);
+        rest = &rest[len..];
+    }
+    out
+}
+
+/// What kind of packet `p` starts with.
+fn kind(p: &[u8]) -> Option<&'static str> {
+    match header::parse(p, CID_LEN).ok()?.0 {
+        Header::Long {
+            ty: LongType::Initial,
+            ..
+        } => Some("initial"),
+        Header::Long {
+            ty: LongType::Handshake,
+            ..
+        } => Some("handshake"),
+        Header::Long { .. } => Some("0-rtt"),
+        Header::Short { .. } => Some("1-rtt"),
+        Header::Retry { .. } => Some("retry"),
+        Header::VersionNegotiation { .. } => Some("vn"),
+        Header::UnsupportedVersion { .. } => Some("unsupported"),
+    }
+}
+
+// ---- hand-made Initials ------------------------------------------------------------------
+
+/// A client Initial (RFC 9000 §17.2.2) carrying `frames`, padded so the datagram is
+/// `datagram_len` bytes (or as long as the frames need), protected with the Initial keys
+/// derived from `dcid` exactly as a client would.
+fn craft_initial(
+    dcid: &ConnectionId,
+    scid: &ConnectionId,
+    pn: u64,
+    frames: &[u8],
+    datagram_len: usize,
+) -> Vec<u8> {
+    let keys = initial_keys(VERSION_1, dcid, Side::Client);
+    let mut buf = vec![0u8; datagram_len.max(frames.len() + 128)];
+    let mut w = Writer::new(&mut buf);
+    let layout =
+        header::write_long(&mut w, LongType::Initial, VERSION_1, dcid, scid, &[], pn, 2).unwrap();
+    let header_len = w.len();
+    w.put_bytes(frames).unwrap();
+    let payload_end = w
+        .len()
+        .max(datagram_len.saturating_sub(TAG_LEN))
+        .max(header_len + 4);
+    let packet_len = payload_end + TAG_LEN;
+    buf.truncate(packet_len);
+    header::finish_long(&mut buf, &layout, packet_len).unwrap();
+    keys.local
+        .packet
+        .seal_in_place(pn, &mut buf, header_len)
+        .unwrap();
+    protect(&keys.local.header, &mut buf, layout.pn_offset, 2).unwrap();
+    buf
+}
+
+/// Opens the server's Initial packets in `datagram` with the keys of client DCID `dcid` and
+/// returns the CONNECTION_CLOSE error codes they carry.
+fn server_initial_close_codes(dcid: &ConnectionId, datagram: &[u8]) -> Vec<u64> {
+    let keys = initial_keys(VERSION_1, dcid, Side::Client);
+    let mut codes = Vec::new();
+    for p in split_packets(datagram) {
+        let Ok((
+            Header::Long {
+                ty: LongType::Initial,
+                pn_offset,
+                ..
+            },
+            _,
+        )) = header::parse(p, CID_LEN)
+        else {
+            continue;
+        };
+        let mut p = p.to_vec();
+        let (pn_len, pn) = unprotect(&keys.remote.header, &mut p, pn_offset).unwrap();
+        let hl = pn_offset + pn_len;
+        let n = keys
+            .remote
+            .packet
+            .open_in_place(pn, &mut p, hl)
+            .expect("server Initial opens with the client's keys");
+        for f in FrameIter::new(&p[hl..hl + n]) {
+            if let Ok(Frame::ConnectionClose { error_code, .. }) = f {
+                codes.push(error_code);
+            }
+        }
+    }
+    codes
+}
+
+fn cid(bytes: &[u8]) -> ConnectionId {
+    ConnectionId::new(bytes).unwrap()
+}
+
+fn rx(src: &str) -> RxMeta {
+    RxMeta {
+        src: src.parse().unwrap(),
+        dst: "10.0.0.2:4433".parse().unwrap(),
+        ecn: 0,
+    }
+}
+
+fn feed<U: Default>(ep: &mut Endpoint<U>, h: &mut impl EventHandler<U>, d: &[u8], now: Instant) {
+    let mut copy = d.to_vec();
+    ep.handle_datagram(now, rx("10.0.0.9:7000"), &mut copy, h);
+}
+
+struct NoEvents;
+impl EventHandler<AppSlot> for NoEvents {
+    fn on_event(&mut self, _: Instant, _: &mut Connection, _: &mut AppSlot, _: Event) {}
+}
+
+// ---- frames that break the rules, from a real client -------------------------------------
+
+/// Small windows and limits so every boundary is a few bytes away.
+fn tight_server() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.streams.stream_recv_window = 16384;
+    t.streams.conn_recv_window = 32768;
+    t.streams.max_concurrent_bidi = 4;
+    t.streams.max_concurrent_uni = 4;
+    t
+}
+
+/// Establishes, has the client send `frames` in a 1-RTT packet, and returns how the
+/// client saw the connection end.
+fn close_reason_for(frames: &[u8]) -> CloseReason {
+    let mut net = Net::new(tight_server());
+    net.establish();
+    net.queue_raw(Epoch::Data, frames);
+    let reason = net.wait_closed();
+    assert_eq!(
+        net.client
+            .conn(net.h)
+            .map(|c| c.raw_frames_pending(Epoch::Data)),
+        Some(0)
+    );
+    reason
+}
+
+fn varint(v: u64) -> Vec<u8> {
+    let mut b = [0u8; 8];
+    let mut w = Writer::new(&mut b);
+    w.put_varint(v).unwrap();
+    let n = w.len();
+    b[..n].to_vec()
+}
+
+#[test]
+fn rule_breaking_frames_close_with_the_rfc_error_code() {
+    const FLOW_CONTROL: u64 = 0x3;
+    const STREAM_LIMIT: u64 = 0x4;
+    const STREAM_STATE: u64 = 0x5;
+    const FINAL_SIZE: u64 = 0x6;
+    const FRAME_ENCODING: u64 = 0x7;
+    const CID_LIMIT: u64 = 0x9;
+    const PROTOCOL_VIOLATION: u64 = 0xa;
+    let x = b"x";
+    let abc = b"abc";
+    let abcdef = b"abcdef";
+    let new_cids: Vec<Frame<'_>> = (100..105u64)
+        .map(|seq| Frame::NewConnectionId {
+            seq,
+            retire_prior_to: 0,
+            cid: cid(&[seq as u8; 8]),
+            reset_token: [seq as u8; 16],
+        })
+        .collect();
+    let mut ack_unsent = vec![0x02];
+    ack_unsent.extend(varint(1_000_000));
+    ack_unsent.extend([0, 0, 0]);
+    let cases: Vec<(&str, Vec<u8>, u64)> = vec![
+        (
+            "STREAM past the stream window",
+            encode(&[stream(0, 16384, x, false)]),
+            FLOW_CONTROL,
+        ),
+        (
+            "STREAMs past the connection window",
+            encode(&[
+                stream(0, 16383, x, false),
+                stream(4, 16383, x, false),
+                stream(8, 0, x, false),
+            ]),
+            FLOW_CONTROL,
+        ),
+        (
+            "bidi stream beyond MAX_STREAMS",
+            encode(&[stream(16, 0, x, false)]),
+            STREAM_LIMIT,
+        ),
+        (
+            "uni stream beyond MAX_STREAMS",
+            encode(&[stream(18, 0, x, false)]),
+            STREAM_LIMIT,
+        ),
+        (
+            "STREAM on the server's send-only uni stream",
+            encode(&[stream(3, 0, x, false)]),
+            STREAM_STATE,
+        ),
+        (
+            "STOP_SENDING on a stream the server only receives",
+            encode(&[Frame::StopSending {
+                id: 2,
+                error_code: 0,
+            }]),
+            STREAM_STATE,
+        ),
+        (
+            "MAX_STREAM_DATA on a stream the server only receives",
+            encode(&[Frame::MaxStreamData {
+                id: 2,
+                max: 1 << 20,
+            }]),
+            STREAM_STATE,
+        ),
+        (
+            "final size changed",
+            encode(&[stream(0, 0, abc, true), stream(0, 0, abcdef, true)]),
+            FINAL_SIZE,
+        ),
+        (
+            "data beyond the final size",
+            encode(&[stream(0, 0, abc, true), stream(0, 3, x, false)]),
+            FINAL_SIZE,
+        ),
+        (
+            "RESET_STREAM below data received",
+            encode(&[
+                stream(0, 0, abcdef, false),
+                Frame::ResetStream {
+                    id: 0,
+                    error_code: 7,
+                    final_size: 3,
+                },
+            ]),
+            FINAL_SIZE,
+        ),
+        (
+            "HANDSHAKE_DONE from a client",
+            encode(&[Frame::HandshakeDone]),
+            PROTOCOL_VIOLATION,
+        ),
+        (
+            "NEW_TOKEN from a client",
+            encode(&[Frame::NewToken { token: abc }]),
+            PROTOCOL_VIOLATION,
+        ),
+        ("truncated ACK", vec![0x02, 0x05], FRAME_ENCODING),
+        ("unknown frame type", vec![0x21, 0, 0, 0], FRAME_ENCODING),
+        (
+            "unknown two-byte frame type",
+            vec![0x52, 0x34, 1, 2],
+            FRAME_ENCODING,
+        ),
+        (
+            "STREAM length past the packet",
+            vec![0x0a, 0x00, 0x40, 0xff, 1, 2, 3],
+            FRAME_ENCODING,
+        ),
+        (
+            "MAX_STREAMS above 2^60",
+            [vec![0x12], varint((1 << 60) + 1)].concat(),
+            FRAME_ENCODING,
+        ),
+        (
+            "frame type not minimally encoded",
+            vec![0x40, 0x01],
+            PROTOCOL_VIOLATION,
+        ),
+        ("ACK of a packet never sent", ack_unsent, PROTOCOL_VIOLATION),
+        (
+            "RETIRE_CONNECTION_ID of a CID never issued",
+            encode(&[Frame::RetireConnectionId { seq: 1000 }]),
+            PROTOCOL_VIOLATION,
+        ),
+        (
+            "more NEW_CONNECTION_IDs than active_connection_id_limit",
+            encode(&new_cids),
+            CID_LIMIT,
+        ),
+        (
+            "DATAGRAM not negotiated",
+            encode(&[Frame::Datagram { data: abc }]),
+            PROTOCOL_VIOLATION,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, frames, code) in &cases {
+        match close_reason_for(frames) {
+            CloseReason::Peer {
+                code: got,
+                app: false,
+                ..
+            } if got == *code => {}
+            other => failures.push(format!("{name}: wanted code {code:#x}, got {other:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn frames_at_every_limit_are_accepted() {
+    // The same boundaries as above, one byte / one stream short: no error, and the
+    // connection still echoes afterwards.
+    let mut net = Net::new(tight_server());
+    net.establish();
+    let frames = encode(&[
+        Frame::Ping,
+        stream(0, 16383, b"x", false),
+        stream(4, 16383, b"x", false),
+        stream(12, 0, b"", false),
+        stream(14, 0, b"", false),
+    ]);
+    net.queue_raw(Epoch::Data, &frames);
+    net.run(Duration::from_millis(500), |_| false);
+    assert_eq!(net.client_conn().raw_frames_pending(Epoch::Data), 0);
+    net.assert_healthy();
+    let s = net.server_conn().stream_stats();
+    assert_eq!(s.data_received, 32768, "both streams at the window edge");
+    assert!(s.open_streams >= 2, "{s:?}");
+}
+
+#[test]
+fn stream_frame_in_a_handshake_packet_is_a_protocol_violation() {
+    let mut net = Net::new(TransportConfig::default());
+    // Goes out in the client's first Handshake packet (ahead of its Finished).
+    net.queue_raw(Epoch::Handshake, &encode(&[stream(0, 0, b"early", true)]));
+    let reason = net.wait_closed();
+    assert!(
+        matches!(
+            reason,
+            CloseReason::Peer {
+                code: 0xa,
+                app: false,
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
+    // The client finished its side of the handshake, the server never did.
+    assert!(!net.client_conn().is_handshake_confirmed());
+    assert_eq!(net.server.stats().connections_accepted, 1);
+}
+
+#[test]
+fn frames_not_allowed_in_an_initial_are_a_protocol_violation() {
+    let now = Instant::now();
+    let frames: Vec<(&str, Vec<u8>)> = vec![
+        ("STREAM", encode(&[stream(0, 0, b"hello", true)])),
+        ("MAX_DATA", encode(&[Frame::MaxData(1 << 20)])),
+        ("HANDSHAKE_DONE", encode(&[Frame::HandshakeDone])),
+        ("PATH_CHALLENGE", encode(&[Frame::PathChallenge([7; 8])])),
+        ("NEW_TOKEN", encode(&[Frame::NewToken { token: b"t" }])),
+        (
+            "RETIRE_CONNECTION_ID",
+            encode(&[Frame::RetireConnectionId { seq: 0 }]),
+        ),
+    ];
+    for (i, (name, f)) in frames.iter().enumerate() {
+        let mut server: Endpoint<AppSlot> =
+            Endpoint::new(server_endpoint_config(TransportConfig::default()));
+        let dcid = cid(&[0x10 + i as u8; 8]);
+        let scid = cid(&[0x20 + i as u8; 8]);
+        feed(
+            &mut server,
+            &mut NoEvents,
+            &craft_initial(&dcid, &scid, 0, f, 1200),
+            now,
+        );
+        let out = drain(&mut server, now);
+        let codes: Vec<u64> = out
+            .iter()
+            .flat_map(|d| server_initial_close_codes(&dcid, d))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![0xa],
+            "{name} in an Initial: server replied {codes:?}"
+        );
+    }
+}
+
+// ---- datagrams without a connection --------------------------------------------------------
+
+#[test]
+fn initial_in_a_small_datagram_creates_no_state() {
+    let now = Instant::now();
+    let mut server: Endpoint<AppSlot> =
+        Endpoint::new(server_endpoint_config(TransportConfig::default()));
+    let dcid = cid(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    let scid = cid(&[9; 8]);
+    let ping = encode(&[Frame::Ping]);
+    for len in [100, 600, 1199] {
+        let d = craft_initial(&dcid, &scid, 0, &ping, len);
+        assert_eq!(d.len(), len);
+        feed(&mut server, &mut NoEvents, &d, now);
+        assert_eq!(
+            server.connection_count(),
+            0,
+            "{len}-byte Initial made state"
+        );
+        assert!(
+            drain(&mut server, now).is_empty(),
+            "{len}-byte Initial answered"
+        );
+    }
+    // A DCID shorter than 8 bytes in a first Initial (RFC 9000 §7.2).
+    let short = craft_initial(&cid(&[1; 7]), &scid, 0, &ping, 1200);
+    feed(&mut server, &mut NoEvents, &short, now);
+    assert_eq!(server.connection_count(), 0);
+    assert_eq!(server.stats().dropped_unroutable, 4);
+    // Control: the same packet in a 1200-byte datagram is a connection.
+    feed(
+        &mut server,
+        &mut NoEvents,
+        &craft_initial(&dcid, &scid, 0, &ping, 1200),
+        now,
+    );
+    assert_eq!(server.connection_count(), 1);
+    assert_eq!(server.stats().connections_accepted, 1);
+}
+
+#[test]
+fn forged_initials_that_do_not_decrypt_create_no_state() {
+    let now = Instant::now();
+    let mut server: Endpoint<AppSlot> =
+        Endpoint::new(server_endpoint_config(TransportConfig::default()));
+    let mut rng = StdRng::seed_from_u64(3);
+    for i in 0..200u32 {
+        // A well-formed Initial header (v1, 8-byte DCID, Length to the end) over garbage.
+        let mut d = vec![0u8; 1200 + (i as usize % 300)];
+        rng.fill_bytes(&mut d);
+        let len = d.len();
+        let mut w = Writer::new(&mut d);
+        w.put_u8(0xc0 | (rng.gen::<u8>() & 0x03)).unwrap();
+        w.put_bytes(&VERSION_1.to_be_bytes()).unwrap();
+        w.put_u8(8).unwrap();
+        w.put_bytes(&i.to_be_bytes()).unwrap();
+        w.put_bytes(&[0xee; 4]).unwrap();
+        w.put_u8(0).unwrap();
+        w.put_u8(0).unwrap(); // no token
+        let rest = len - w.len() - 2;
+        w.put_u8(0x40 | (rest >> 8) as u8).unwrap();
+        w.put_u8(rest as u8).unwrap();
+        assert!(matches!(
+            header::parse(&d, CID_LEN),
+            Ok((
+                Header::Long {
+                    ty: LongType::Initial,
+                    ..
+                },
+                _
+            ))
+        ));
+        feed(&mut server, &mut NoEvents, &d, now);
+    }
+    assert_eq!(
+        server.connection_count(),
+        0,
+        "undecryptable Initials made connections"
+    );
+    assert_eq!(server.stats().connections_accepted, 0);
+    assert!(drain(&mut server, now).is_empty());
+}
+
+#[test]
+fn unknown_version_gets_a_version_negotiation_packet() {
+    let now = Instant::now();
+    let mut server: Endpoint<AppSlot> =
+        Endpoint::new(server_endpoint_config(TransportConfig::default()));
+    let version = 0x5a6b_7c8du32;
+    let make = |len: usize| {
+        let mut d = vec![0x55u8; len];
+        d[0] = 0xc3;
+        d[1..5].copy_from_slice(&version.to_be_bytes());
+        d[5] = 9;
+        d[6..15].copy_from_slice(&[0xd1; 9]);
+        d[15] = 5;
+        d[16..21].copy_from_slice(&[0x5c; 5]);
+        d
+    };
+    // Too small to be a first Initial: no answer (no amplification, §6.1).
+    feed(&mut server, &mut NoEvents, &make(1199), now);
+    assert!(drain(&mut server, now).is_empty());
+    feed(&mut server, &mut NoEvents, &make(1200), now);
+    let out = drain(&mut server, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(server.connection_count(), 0);
+    let (hdr, len) = header::parse(&out[0], CID_LEN).unwrap();
+    assert_eq!(len, out[0].len());
+    let Header::VersionNegotiation {
+        dcid,
+        scid,
+        versions,
+    } = hdr
+    else {
+        panic!("not a Version Negotiation packet: {hdr:?}");
+    };
+    assert_eq!(dcid, &[0x5c; 5], "VN echoes the client's SCID as DCID");
+    assert_eq!(scid, &[0xd1; 9], "VN echoes the client's DCID as SCID");
+    assert_eq!(out[0][1..5], [0, 0, 0, 0], "VN version field is zero");
+    let versions: Vec<u32> = versions
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(versions.contains(&VERSION_1), "{versions:x?}");
+    assert!(!versions.contains(&version));
+    assert_eq!(server.stats().version_negotiations_sent, 1);
+}
+
+#[test]
+fn short_header_for_an_unknown_cid_gets_a_smaller_stateless_reset() {
+    let now = Instant::now();
+    let mut server: Endpoint<AppSlot> =
+        Endpoint::new(server_endpoint_config(TransportConfig::default()));
+    let mut rng = StdRng::seed_from_u64(5);
+    for len in [13, 21, 22, 40, 100, 1200, 1500, 9000, 65527, 70000] {
+        let mut d = vec![0u8; len];
+        rng.fill_bytes(&mut d);
+        d[0] = 0x40 | (d[0] & 0x3f);
+        feed(&mut server, &mut NoEvents, &d, now);
+        let out = drain(&mut server, now);
+        if len <= 21 {
+            assert!(out.is_empty(), "{len}-byte trigger answered");
+            continue;
+        }
+        assert_eq!(out.len(), 1, "{len}-byte trigger");
+        let reset = &out[0];
+        assert!(
+            reset.len() < len && reset.len() >= 21,
+            "{} for {len}",
+            reset.len()
+        );
+        assert!(reset.len() <= 43);
+        assert_eq!(reset[0] & 0xc0, 0x40, "looks like a short header");
+        let token = server.config().reset_key.token(&d[1..1 + CID_LEN]);
+        assert_eq!(
+            reset[reset.len() - 16..],
+            token,
+            "ends in the CID's reset token"
+        );
+    }
+    assert_eq!(server.connection_count(), 0);
+}
+
+// ---- captured packets, damaged -------------------------------------------------------------
+
+/// An established pair that has moved some data; the captures hold every packet type.
+fn established_with_traffic() -> Net {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    net.echo_round_trip(4000, 1);
+    net
+}
+
+#[test]
+fn truncated_copies_of_every_packet_type_are_dropped() {
+    let mut net = established_with_traffic();
+    let mut by_kind: Vec<(&str, bool, Vec<u8>)> = Vec::new();
+    for (to_server, dgrams) in [(true, net.c2s.clone()), (false, net.s2c.clone())] {
+        for d in &dgrams {
+            for p in split_packets(d) {
+                let k = kind(p).unwrap();
+                if !by_kind
+                    .iter()
+                    .any(|(kk, ts, _)| *kk == k && *ts == to_server)
+                {
+                    by_kind.push((k, to_server, p.to_vec()));
+                }
+            }
+        }
+    }
+    // A 0-RTT packet (we never accept 0-RTT): a client Handshake packet retyped.
+    let mut zero_rtt = by_kind
+        .iter()
+        .find(|(k, ts, _)| *k == "handshake" && *ts)
+        .expect("a client Handshake packet")
+        .2
+        .clone();
+    zero_rtt[0] = (zero_rtt[0] & !0x30) | 0x10;
+    assert_eq!(kind(&zero_rtt), Some("0-rtt"));
+    by_kind.push(("0-rtt", true, zero_rtt));
+    // The client's first datagram (a padded Initial) whole, too.
+    by_kind.push(("first datagram", true, net.c2s[0].clone()));
+    // Retry and Version Negotiation from a second server that answers the same Initial.
+    let mut cfg = server_endpoint_config(TransportConfig::default());
+    cfg.require_retry = true;
+    let mut retrier: Endpoint<AppSlot> = Endpoint::new(cfg);
+    feed(&mut retrier, &mut NoEvents, &net.c2s[0], net.now);
+    let retry = drain(&mut retrier, net.now).remove(0);
+    assert_eq!(kind(&retry), Some("retry"));
+    by_kind.push(("retry", false, retry));
+    let mut unknown = net.c2s[0].clone();
+    unknown[1..5].copy_from_slice(&0x1a2a_3a4au32.to_be_bytes());
+    feed(&mut retrier, &mut NoEvents, &unknown, net.now);
+    let vn = drain(&mut retrier, net.now).remove(0);
+    assert_eq!(kind(&vn), Some("vn"));
+    by_kind.push(("vn", false, vn));
+
+    let kinds: Vec<String> = by_kind
+        .iter()
+        .map(|(k, ts, _)| format!("{k}{}", if *ts { "→s" } else { "→c" }))
+        .collect();
+    for want in [
+        "initial→s",
+        "handshake→s",
+        "1-rtt→s",
+        "initial→c",
+        "handshake→c",
+        "1-rtt→c",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == want),
+            "no {want} captured: {kinds:?}"
+        );
+    }
+
+    let dropped_before = net.server_conn().stats().packets_dropped;
+    let received_before = net.server_conn().stats().packets_received;
+    let mut fed = 0;
+    for (k, to_server, p) in &by_kind {
+        // Every proper prefix; the retyped 0-RTT packet whole as well.
+        let end = if *k == "0-rtt" { p.len() } else { p.len() - 1 };
+        for len in 0..=end {
+            if *to_server {
+                net.deliver_to_server(&p[..len]);
+            } else {
+                net.deliver_to_client(&p[..len]);
+            }
+            fed += 1;
+        }
+    }
+    assert!(fed > 5000, "{fed}");
+    // No prefix was processed as a packet, and nothing new was accepted.
+    assert_eq!(net.server.connection_count(), 1);
+    assert_eq!(net.server_conn().stats().packets_received, received_before);
+    assert!(net.server_conn().stats().packets_dropped > dropped_before);
+    // Stateless replies (resets for short prefixes naming no CID) are not for the client.
+    let _ = net.server_out();
+    net.assert_healthy();
+    net.echo_round_trip(20_000, 2);
+}
+
+#[test]
+fn replayed_and_bit_flipped_packets_are_dropped() {
+    let mut net = established_with_traffic();
+    // Withhold a fresh 1-RTT datagram carrying stream data.
+    let h = net.h;
+    net.client
+        .with_state(h, |c, _| {
+            let id = c.open_stream(false).unwrap();
+            c.write(id, b"held back").unwrap();
+        })
+        .unwrap();
+    let out = net.client_out();
+    let held = out
+        .iter()
+        .find(|d| kind(d) == Some("1-rtt"))
+        .expect("a 1-RTT datagram")
+        .clone();
+    let before = net.server_conn().stats();
+    for bit in 0..held.len() * 8 {
+        let mut d = held.clone();
+        d[bit / 8] ^= 1 << (bit % 8);
+        net.deliver_to_server(&d);
+    }
+    let after = net.server_conn().stats();
+    assert_eq!(
+        after.packets_received, before.packets_received,
+        "a flipped packet opened"
+    );
+    assert!(after.packets_dropped >= before.packets_dropped + (held.len() as u64 * 8) / 2);
+    let _ = net.server_out();
+    // The untouched original still opens: failed attempts left the keys and state alone.
+    net.deliver_to_server(&held);
+    assert_eq!(
+        net.server_conn().stats().packets_received,
+        before.packets_received + 1
+    );
+    for _ in 0..3 {
+        net.deliver_to_server(&held);
+    }
+    let s = net.server_conn().stats();
+    assert_eq!(s.packets_received, before.packets_received + 1);
+    assert_eq!(s.duplicate_packets, before.duplicate_packets + 3);
+    // An old handshake datagram replayed: its spaces are gone, it is dropped.
+    for d in net.c2s.clone().iter().skip(1).take(4) {
+        net.deliver_to_server(d);
+    }
+    assert_eq!(net.server.connection_count(), 1);
+    net.assert_healthy();
+    net.echo_round_trip(20_000, 3);
+}
+
+#[test]
+fn garbage_and_oversized_datagrams_leave_the_connection_alone() {
+    let mut net = established_with_traffic();
+    let mut rng = StdRng::seed_from_u64(9);
+    let one_rtt = net
+        .c2s
+        .iter()
+        .rev()
+        .find(|d| kind(d) == Some("1-rtt"))
+        .unwrap()
+        .clone();
+    let server_cid = header::peek_dcid(&one_rtt, CID_LEN).unwrap().to_vec();
+    for i in 0..3000 {
+        let len = rng.gen_range(0..1600);
+        let mut d = vec![0u8; len];
+        rng.fill_bytes(&mut d);
+        if i % 2 == 0 && len > CID_LEN {
+            // Half of them aimed at the live connection's CID.
+            d[0] = 0x40 | (d[0] & 0x3f);
+            d[1..1 + CID_LEN].copy_from_slice(&server_cid);
+        }
+        if i % 3 == 0 {
+            net.deliver_to_server(&d);
+        } else {
+            net.deliver_to_client(&d);
+        }
+    }
+    for len in [1501, 9000, 65527, 65528, 70000, 200_000] {
+        let mut big = one_rtt.clone();
+        big.resize(len, 0xab);
+        net.deliver_to_server(&big);
+        let mut junk = vec![0u8; len];
+        rng.fill_bytes(&mut junk);
+        net.deliver_to_server(&junk);
+        net.deliver_to_client(&junk);
+        // The client's first Initial with a huge tail: at most one more connection.
+        let mut initial = net.c2s[0].clone();
+        initial.resize(len, 0);
+        net.deliver_to_server(&initial);
+    }
+    assert!(net.server.connection_count() <= 2);
+    let _ = net.server_out();
+    net.assert_healthy();
+    net.echo_round_trip(20_000, 4);
+}
+
+// ---- property: mutated real packets ---------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip(prop::sample::Index, u8),
+    Set(prop::sample::Index, u8),
+    Truncate(prop::sample::Index),
+    Insert(prop::sample::Index, Vec<u8>),
+    Append(Vec<u8>),
+    Coalesce(prop::sample::Index),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<prop::sample::Index>(), 0u8..8).prop_map(|(i, b)| Mutation::Flip(i, b)),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, v)| Mutation::Set(i, v)),
+        any::<prop::sample::Index>().prop_map(Mutation::Truncate),
+        (
+            any::<prop::sample::Index>(),
+            prop::collection::vec(any::<u8>(), 1..40)
+        )
+            .prop_map(|(i, b)| Mutation::Insert(i, b)),
+        prop::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Append),
+        any::<prop::sample::Index>().prop_map(Mutation::Coalesce),
+    ]
+}
+
+fn apply(pool: &[Vec<u8>], base: &[u8], muts: &[Mutation]) -> Vec<u8> {
+    let mut d = base.to_vec();
+    for m in muts {
+        match m {
+            Mutation::Flip(i, bit) if !d.is_empty() => {
+                let i = i.index(d.len());
+                d[i] ^= 1 << bit;
+            }
+            Mutation::Set(i, v) if !d.is_empty() => {
+                let i = i.index(d.len());
+                d[i] = *v;
+            }
+            Mutation::Truncate(i) if !d.is_empty() => {
+                let i = i.index(d.len());
+                d.truncate(i);
+            }
+            Mutation::Insert(i, b) => {
+                let i = i.index(d.len() + 1);
+                d.splice(i..i, b.iter().copied());
+            }
+            Mutation::Append(b) => d.extend_from_slice(b),
+            Mutation::Coalesce(i) => d.extend_from_slice(&pool[i.index(pool.len())]),
+            _ => {}
+        }
+    }
+    d
+}
+
+#[test]
+fn mutated_real_packets_never_panic_or_grow_state() {
+    let net = RefCell::new(established_with_traffic());
+    let (c2s, s2c) = {
+        let n = net.borrow();
+        (n.c2s.clone(), n.s2c.clone())
+    };
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        any::<bool>(),
+        any::<prop::sample::Index>(),
+        prop::collection::vec(mutation(), 1..5),
+    );
+    let fed = Cell::new(0u32);
+    runner
+        .run(&strategy, |(to_server, pick, muts)| {
+            let mut n = net.borrow_mut();
+            let pool = if to_server { &c2s } else { &s2c };
+            let base = &pool[pick.index(pool.len())];
+            let d = apply(pool, base, &muts);
+            if d == *base {
+                return Ok(()); // unchanged: a plain replay, covered elsewhere
+            }
+            fed.set(fed.get() + 1);
+            if to_server {
+                n.deliver_to_server(&d);
+            } else {
+                n.deliver_to_client(&d);
+            }
+            n.step();
+            n.now += Duration::from_millis(1);
+            prop_assert!(n.server.connection_count() <= 2, "connections grew");
+            prop_assert!(!n.client_conn().is_closing(), "client closed: {muts:?}");
+            let live = n
+                .server
+                .handles()
+                .filter_map(|h| n.server.conn(h))
+                .find(|c| c.is_handshake_confirmed())
+                .expect("the established server connection survives");
+            prop_assert!(!live.is_closing(), "server closed: {muts:?}");
+            let s = live.stream_stats();
+            prop_assert!(
+                s.recv_buffered <= 3 << 19 && s.send_buffered <= 1 << 20,
+                "{s:?}"
+            );
+            Ok(())
+        })
+        .unwrap();
+    assert!(fed.get() >= 300, "only {} mutated datagrams fed", fed.get());
+    let mut n = net.into_inner();
+    n.assert_healthy();
+    n.echo_round_trip(20_000, 5);
+}
