@@ -514,3 +514,63 @@ fn static_checks() {
     assert_send::<Connection>();
     let _ = Arc::new(());
 }
+
+#[test]
+fn version_negotiation_must_echo_our_connection_ids() {
+    use quench::io::RxMeta;
+    use quench::wire::header::{self, Header};
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+    let now = sim.now;
+    // Capture the client's first Initial as the server would receive it.
+    transmit(&mut sim.cdp, &mut sim.client, now, 1).unwrap();
+    let mut first = Vec::new();
+    sim.sdp.recv_batch(&mut |_, b| first = b.to_vec()).unwrap();
+    let (client_dcid, client_scid) = match header::parse(&first, 0).unwrap().0 {
+        Header::Long { dcid, scid, .. } => (dcid, scid),
+        other => panic!("expected an Initial, got {other:?}"),
+    };
+    let meta = RxMeta {
+        src: "10.0.0.2:4433".parse().unwrap(),
+        dst: "10.0.0.1:5000".parse().unwrap(),
+        ecn: 0,
+    };
+    let mut vn = [0u8; 128];
+    // Forged: IDs not echoed → ignored.
+    let n = header::write_version_negotiation(
+        &mut vn,
+        &[1, 2, 3, 4, 5, 6, 7, 8],
+        &client_dcid,
+        &[0x1a2a3a4a],
+        0,
+    )
+    .unwrap();
+    sim.client
+        .handle_datagram(now, meta, &mut vn[..n], &mut sim.handler);
+    assert!(
+        sim.client.conn(h).is_some_and(|c| !c.is_closing()),
+        "a VN with foreign IDs must be ignored"
+    );
+    // Genuine but listing our version → ignored too (RFC 9000 §6.2).
+    let n = header::write_version_negotiation(&mut vn, &client_scid, &client_dcid, &[VERSION_1], 0)
+        .unwrap();
+    sim.client
+        .handle_datagram(now, meta, &mut vn[..n], &mut sim.handler);
+    assert!(sim.client.conn(h).is_some_and(|c| !c.is_closing()));
+    // Genuine, without our version → the connection ends with VersionMismatch.
+    let n =
+        header::write_version_negotiation(&mut vn, &client_scid, &client_dcid, &[0x1a2a3a4a], 0)
+            .unwrap();
+    sim.client
+        .handle_datagram(now, meta, &mut vn[..n], &mut sim.handler);
+    assert!(sim.client.conn(h).is_none(), "the connection ends");
+    let reason = sim
+        .client
+        .take_all_states()
+        .into_iter()
+        .flatten()
+        .find_map(|a| a.closed);
+    assert_eq!(
+        reason, None,
+        "no app existed yet; the endpoint reaped the connection"
+    );
+}

@@ -137,8 +137,12 @@ impl Connection {
                 self.handle_retry(version, scid, token, &buf[..len]);
                 return None;
             }
-            Header::VersionNegotiation { versions, .. } => {
-                self.handle_version_negotiation(versions);
+            Header::VersionNegotiation {
+                dcid,
+                scid,
+                versions,
+            } => {
+                self.handle_version_negotiation(dcid, scid, versions);
                 return None;
             }
             Header::UnsupportedVersion { .. } => return None,
@@ -178,20 +182,23 @@ impl Connection {
     }
 
     /// Client: Version Negotiation (RFC 9000 §6.2): only acted on before any other server packet.
-    fn handle_version_negotiation(&mut self, versions: &[u8]) {
+    fn handle_version_negotiation(&mut self, dcid: &[u8], scid: &[u8], versions: &[u8]) {
         if self.side != Side::Client || self.got_server_packet {
             return;
         }
-        let offered = versions
-            .chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-        let mut ours_listed = false;
-        for v in offered {
-            if v == self.version {
-                ours_listed = true;
-            }
+        // RFC 9000 §6.2 / RFC 8999 §6: a real VN echoes our connection IDs swapped; anything
+        // else (or an empty list) is noise an attacker could use to kill the connection.
+        if dcid != self.handshake_scid.as_slice() || scid != self.original_dcid.as_slice() {
+            return;
         }
-        if ours_listed {
+        let mut offered = versions
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .peekable();
+        if offered.peek().is_none() {
+            return;
+        }
+        if offered.any(|v| v == self.version) {
             return; // §6.2: must ignore a VN listing our version
         }
         self.state = State::Drained;

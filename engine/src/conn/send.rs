@@ -72,7 +72,11 @@ impl Connection {
                     .saturating_sub(self.amplification_sent) as usize;
                 // During the handshake a server needs room for a padded Initial; on a migrated
                 // path any packet that fits will do (the PATH_CHALLENGE must get out).
-                let floor = if self.handshake_confirmed { MIN_PACKET_ROOM } else { MIN_INITIAL_SIZE };
+                let floor = if self.handshake_confirmed {
+                    MIN_PACKET_ROOM
+                } else {
+                    MIN_INITIAL_SIZE
+                };
                 if allowed < floor {
                     break;
                 }
