@@ -127,6 +127,8 @@ pub struct Endpoint<U> {
     stats: EndpointStats,
     drained_states: Vec<U>,
     expired_scratch: Vec<ConnHandle>,
+    /// Copy of a first Initial being checked for authenticity.
+    initial_scratch: Vec<u8>,
 }
 
 impl<U: Default> Endpoint<U> {
@@ -144,6 +146,7 @@ impl<U: Default> Endpoint<U> {
             stats: EndpointStats::default(),
             drained_states: Vec::new(),
             expired_scratch: Vec::new(),
+            initial_scratch: Vec::with_capacity(1500),
         }
     }
 
@@ -367,6 +370,12 @@ impl<U: Default> Endpoint<U> {
         tls: Arc<rustls::ServerConfig>,
         handler: &mut impl EventHandler<U>,
     ) -> Option<ConnHandle> {
+        // Prove the Initial is genuine (it decrypts under keys from its own DCID) before
+        // spending anything on it: no Retry, refusal, TLS session or table entry for garbage.
+        if !stateless::initial_decrypts(version, &dcid, buf, &mut self.initial_scratch) {
+            self.stats.dropped_unroutable += 1;
+            return None;
+        }
         if self.conns.len() >= self.config.max_connections {
             self.stats.connections_refused += 1;
             self.queue_stateless(meta.src, |b| {

@@ -4,7 +4,7 @@
 use rand::{Rng, RngCore};
 
 use crate::crypto::aead::TAG_LEN;
-use crate::crypto::header_protection::protect;
+use crate::crypto::header_protection::{protect, unprotect};
 use crate::crypto::retry::retry_integrity_tag;
 use crate::crypto::secrets::initial_keys;
 use crate::wire::cid::ConnectionId;
@@ -123,4 +123,31 @@ pub fn initial_close(
     )
     .ok()?;
     Some(len)
+}
+
+/// Does the first packet of `datagram`, an Initial sent to `dcid`, decrypt under the
+/// Initial keys that DCID implies (RFC 9001 §5.2)? Works on a copy in `scratch`, so the
+/// datagram stays intact for the connection that will process it.
+pub fn initial_decrypts(
+    version: u32,
+    dcid: &ConnectionId,
+    datagram: &[u8],
+    scratch: &mut Vec<u8>,
+) -> bool {
+    let Ok((header::Header::Long { pn_offset, .. }, packet_len)) = header::parse(datagram, 0)
+    else {
+        return false;
+    };
+    scratch.clear();
+    scratch.extend_from_slice(&datagram[..packet_len]);
+    // The client's packets are opened with the client's keys: ours as the server's remote.
+    let keys = initial_keys(version, dcid, Side::Server);
+    let Ok((pn_len, truncated)) = unprotect(&keys.remote.header, scratch, pn_offset) else {
+        return false;
+    };
+    let pn = crate::wire::packet_number::decode(truncated, pn_len, None);
+    keys.remote
+        .packet
+        .open_in_place(pn, scratch, pn_offset + pn_len)
+        .is_ok()
 }
