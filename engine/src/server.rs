@@ -55,8 +55,7 @@ pub struct RunningServer {
 
 impl RunningServer {
     pub fn request_shutdown(&self) {
-        self.shutdown
-            .store(true, Ordering::Relaxed);
+        self.shutdown.store(true, Ordering::Relaxed);
     }
 
     /// True once any worker thread has ended (an error, or shutdown completed).
@@ -175,40 +174,40 @@ impl WorkerBase {
         let mut counters = Vec::with_capacity(datapaths.len());
         let mut failure = None;
         for (id, dp) in datapaths.into_iter().enumerate() {
-                let mut cfg = self.endpoint.clone();
-                cfg.worker_id = id as u8;
-                let c = Arc::new(WorkerCounters::default());
-                counters.push(c.clone());
-                let worker = Worker {
-                    id,
-                    datapath: dp,
-                    endpoint: Endpoint::new(cfg),
-                    factory: self.factory.clone(),
-                    shutdown: self.shutdown.clone(),
-                    handoff: handoff.clone(),
-                    counters: c,
-                    drain_timeout: Duration::from_secs(2),
-                };
-                let core = if self.pin && !cores.is_empty() {
-                    Some(cores[id % cores.len()])
-                } else {
-                    None
-                };
-                let spawned = std::thread::Builder::new()
-                    .name(format!("quench-w{id}"))
-                    .spawn(move || {
-                        if let Some(core) = core {
-                            core_affinity::set_for_current(core);
-                        }
-                        worker.run()
-                    });
-                match spawned {
-                    Ok(t) => threads.push(t),
-                    Err(e) => {
-                        failure = Some(ServerError::Worker(id, e.to_string()));
-                        break;
+            let mut cfg = self.endpoint.clone();
+            cfg.worker_id = id as u8;
+            let c = Arc::new(WorkerCounters::default());
+            counters.push(c.clone());
+            let worker = Worker {
+                id,
+                datapath: dp,
+                endpoint: Endpoint::new(cfg),
+                factory: self.factory.clone(),
+                shutdown: self.shutdown.clone(),
+                handoff: handoff.clone(),
+                counters: c,
+                drain_timeout: Duration::from_secs(2),
+            };
+            let core = if self.pin && !cores.is_empty() {
+                Some(cores[id % cores.len()])
+            } else {
+                None
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("quench-w{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
                     }
+                    worker.run()
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    failure = Some(ServerError::Worker(id, e.to_string()));
+                    break;
                 }
+            }
         }
         let server = RunningServer {
             local_addr,

@@ -275,7 +275,11 @@ impl XdpServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
-                assert!(status.success(), "server exited with {status}\n{}", self.stderr());
+                assert!(
+                    status.success(),
+                    "server exited with {status}\n{}",
+                    self.stderr()
+                );
                 return stats;
             }
             if Instant::now() > deadline {
@@ -337,8 +341,8 @@ fn sum(v: &Value, list: &str, field: &str) -> u64 {
 /// What every run must show: all traffic went XDP → AF_XDP, nothing lost in between, every
 /// frame accounted for.
 fn assert_xdp_path(stats: &Value, min_packets: u64) {
-    let redirected =
-        u(stats, &["xdp", "program", "redirect"]) + u(stats, &["xdp", "program", "redirect_missteered"]);
+    let redirected = u(stats, &["xdp", "program", "redirect"])
+        + u(stats, &["xdp", "program", "redirect_missteered"]);
     assert!(
         redirected >= min_packets,
         "program redirected only {redirected} packets: {stats}"
@@ -416,7 +420,11 @@ fn quinn_and_quench_clients_over_af_xdp() {
     );
     let stats = server.shutdown();
     assert!(!t.xdp_attached(), "program left attached after shutdown");
-    assert_eq!(sum(&stats, "workers", "connections_accepted"), 101, "{stats}");
+    assert_eq!(
+        sum(&stats, "workers", "connections_accepted"),
+        101,
+        "{stats}"
+    );
     // 200 MiB each way in ≤ 1472-byte datagrams, about a third of them ACK-only the other
     // way: well over 150,000 packets in.
     assert_xdp_path(&stats, 150_000);
@@ -532,7 +540,9 @@ fn two_workers_two_queues_hand_off_missteered() {
 /// and expects it to fail quickly; returns its stderr.
 fn serve_expect_failure(t: &Topology, prefix: &[&str], args: &[&str]) -> String {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &t.srv]).args(prefix).arg(quench_bin());
+    cmd.args(["netns", "exec", &t.srv])
+        .args(prefix)
+        .arg(quench_bin());
     cmd.args(["serve", "--datapath", "xdp"]).args(args);
     let out = run_process(cmd, Duration::from_secs(30));
     assert!(
@@ -571,10 +581,17 @@ fn failures_are_clear_and_leave_nothing_attached() {
         err.contains("permission denied") && err.contains("CAP_NET_RAW"),
         "{err}"
     );
-    assert!(!t.xdp_attached(), "left attached after a permission failure");
+    assert!(
+        !t.xdp_attached(),
+        "left attached after a permission failure"
+    );
 
     // A listen address that is not the interface's.
-    let err = serve_expect_failure(&t, &[], &["--iface", &t.srv_if, "--listen", "10.1.2.3:4433"]);
+    let err = serve_expect_failure(
+        &t,
+        &[],
+        &["--iface", &t.srv_if, "--listen", "10.1.2.3:4433"],
+    );
     assert!(err.contains("is not the address of"), "{err}");
     assert!(!t.xdp_attached());
 
@@ -602,7 +619,17 @@ fn failures_are_clear_and_leave_nothing_attached() {
     // A stale program attached the old (netlink) way, as a crashed tool would leave it.
     let obj = stale_program(dir.path());
     ip(&[
-        "-n", &t.srv, "link", "set", "dev", &t.srv_if, "xdpgeneric", "obj", &obj, "sec", "xdp",
+        "-n",
+        &t.srv,
+        "link",
+        "set",
+        "dev",
+        &t.srv_if,
+        "xdpgeneric",
+        "obj",
+        &obj,
+        "sec",
+        "xdp",
     ]);
     assert!(t.xdp_attached());
     let server = XdpServer::start(&t, &certs, dir.path(), &["--workers", "1"]);
@@ -630,7 +657,14 @@ fn stale_program(dir: &Path) -> String {
     )
     .expect("writing stale.bpf.c");
     let out = Command::new("clang")
-        .args(["-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c"])
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-I/usr/include/x86_64-linux-gnu",
+            "-c",
+        ])
         .arg(&src)
         .arg("-o")
         .arg(&obj)
@@ -643,4 +677,3 @@ fn stale_program(dir: &Path) -> String {
     );
     obj.to_string_lossy().into_owned()
 }
-
