@@ -309,7 +309,7 @@ struct XdpArgs {
 enum Running {
     Udp(RunningServer),
     #[cfg(feature = "xdp")]
-    Xdp(RunningXdpServer),
+    Xdp(Box<RunningXdpServer>),
 }
 
 impl Running {
@@ -381,7 +381,7 @@ fn start(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result
                 },
                 huge_pages: xdp.huge_pages,
             };
-            Ok(Running::Xdp(start_xdp_server(options, opts)?))
+            Ok(Running::Xdp(Box::new(start_xdp_server(options, opts)?)))
         }
         #[cfg(not(feature = "xdp"))]
         DatapathKind::Xdp => bail!("this quench was built without the `xdp` feature"),
