@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +13,9 @@ use tracing_subscriber::EnvFilter;
 
 use quench::client::{run_client, ClientOptions, ClientWorkload, DEFAULT_VERSION};
 use quench::conn::TransportConfig;
-use quench::server::{start_udp_server, ServerOptions};
+use quench::server::{start_udp_server, RunningServer, ServerOptions};
+#[cfg(feature = "xdp")]
+use quench::server::{start_xdp_server, RunningXdpServer, XdpOptions};
 use quench::tls::certs::{generate_self_signed, load_pem, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
 
@@ -29,13 +32,56 @@ enum Congestion {
     Newreno,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DatapathKind {
+    /// Kernel UDP sockets (no privileges needed).
+    Udp,
+    /// AF_XDP sockets fed by the XDP steering program (root or capabilities, `--iface`).
+    Xdp,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpModeArg {
+    Native,
+    Generic,
+    Auto,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ZeroCopyArg {
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Terminate QUIC connections and serve the built-in applications.
     Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:4433")]
-        listen: SocketAddr,
+        /// Address to listen on. Default 127.0.0.1:4433; with `--datapath xdp` the IP must
+        /// be the interface's (or 0.0.0.0 / [::] for its first address), default port 4433.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Where datagrams come from: kernel UDP sockets or AF_XDP.
+        #[arg(long, value_enum, default_value = "udp")]
+        datapath: DatapathKind,
+        /// Interface to attach the XDP program to (`--datapath xdp`).
+        #[arg(long, required_if_eq("datapath", "xdp"))]
+        iface: Option<String>,
+        /// RX queues to bind (`--datapath xdp`); worker w takes queues[w % len]. Default:
+        /// 0..min(workers, the interface's RX queues).
+        #[arg(long, value_delimiter = ',')]
+        queues: Option<Vec<u32>>,
+        /// Attach the XDP program in the driver (native), in the generic stack, or native
+        /// with generic as fallback (auto).
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: XdpModeArg,
+        /// AF_XDP zero-copy: try it and fall back to copy mode (auto), require it, or not.
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_zero_copy: ZeroCopyArg,
+        /// Back the AF_XDP frames (UMEM) with 2 MiB huge pages when available.
+        #[arg(long)]
+        xdp_hugepages: bool,
         /// Certificate chain (PEM). Without it a self-signed certificate is generated.
         #[arg(long, requires = "key")]
         cert: Option<PathBuf>,
@@ -132,6 +178,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve {
             listen,
+            datapath,
+            iface,
+            queues,
+            xdp_mode,
+            xdp_zero_copy,
+            xdp_hugepages,
             cert,
             key,
             write_cert,
@@ -174,8 +226,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let server = start_udp_server(ServerOptions {
-                listen,
+            let options = ServerOptions {
+                listen: listen.unwrap_or_else(|| match datapath {
+                    DatapathKind::Udp => SocketAddr::from(([127, 0, 0, 1], 4433)),
+                    DatapathKind::Xdp => SocketAddr::from(([0, 0, 0, 0], 4433)),
+                }),
                 cert: certified,
                 alpns,
                 root,
@@ -183,36 +238,15 @@ fn run(cli: Cli) -> Result<()> {
                 transport: transport(congestion),
                 require_retry: retry,
                 pin: !no_pin,
-            })?;
-            let shutdown = server.shutdown.clone();
-            signal_hook::flag::register(signal_hook::consts::SIGINT, shutdown.clone())?;
-            signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
-            println!(
-                "quench: listening on {} ({} workers, udp)",
-                server.local_addr, workers
-            );
-            std::io::stdout().flush()?;
-            // Report counters while running; workers exit once shutdown is requested and connections closed.
-            let counters = server.counters.clone();
-            while !shutdown.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            tracing::info!("shutting down");
-            server.join()?;
-            let (rx, tx, accepted): (u64, u64, u64) = counters.iter().fold((0, 0, 0), |acc, c| {
-                (
-                    acc.0 + c.datagrams_rx.load(Ordering::Relaxed),
-                    acc.1 + c.datagrams_tx.load(Ordering::Relaxed),
-                    acc.2 + c.connections_accepted.load(Ordering::Relaxed),
-                )
-            });
-            tracing::info!(
-                datagrams_rx = rx,
-                datagrams_tx = tx,
-                connections = accepted,
-                "stopped"
-            );
-            Ok(())
+            };
+            let xdp = XdpArgs {
+                iface,
+                queues,
+                mode: xdp_mode,
+                zero_copy: xdp_zero_copy,
+                huge_pages: xdp_hugepages,
+            };
+            serve(datapath, options, xdp)
         }
         Command::Client {
             connect,
@@ -260,4 +294,163 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The `--datapath xdp` flags.
+struct XdpArgs {
+    iface: Option<String>,
+    queues: Option<Vec<u32>>,
+    mode: XdpModeArg,
+    zero_copy: ZeroCopyArg,
+    huge_pages: bool,
+}
+
+/// A running server of either datapath.
+enum Running {
+    Udp(RunningServer),
+    #[cfg(feature = "xdp")]
+    Xdp(Box<RunningXdpServer>),
+}
+
+impl Running {
+    fn server(&self) -> &RunningServer {
+        match self {
+            Running::Udp(s) => s,
+            #[cfg(feature = "xdp")]
+            Running::Xdp(s) => &s.server,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Running::Udp(_) => "udp".into(),
+            #[cfg(feature = "xdp")]
+            Running::Xdp(s) => s.describe(),
+        }
+    }
+
+    fn stats_json(&self) -> serde_json::Value {
+        match self {
+            Running::Udp(s) => s.stats_json(),
+            #[cfg(feature = "xdp")]
+            Running::Xdp(s) => s.stats_json(),
+        }
+    }
+
+    fn join_workers(&mut self) -> Result<(), quench::server::ServerError> {
+        match self {
+            Running::Udp(s) => s.join_workers(),
+            #[cfg(feature = "xdp")]
+            Running::Xdp(s) => s.join_workers(),
+        }
+    }
+}
+
+/// Prints the stats line: one JSON object `{"quench_stats": {...}}` on stdout.
+fn print_stats(running: &Running) -> Result<()> {
+    let line = serde_json::json!({ "quench_stats": running.stats_json() });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn start(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result<Running> {
+    match datapath {
+        DatapathKind::Udp => {
+            if xdp.iface.is_some() || xdp.queues.is_some() {
+                bail!("--iface and --queues need --datapath xdp");
+            }
+            Ok(Running::Udp(start_udp_server(options)?))
+        }
+        #[cfg(feature = "xdp")]
+        DatapathKind::Xdp => {
+            let iface = xdp.iface.context("--datapath xdp needs --iface")?;
+            let opts = XdpOptions {
+                iface,
+                queues: xdp.queues,
+                mode: match xdp.mode {
+                    XdpModeArg::Native => quench::io::xdp::XdpMode::Native,
+                    XdpModeArg::Generic => quench::io::xdp::XdpMode::Generic,
+                    XdpModeArg::Auto => quench::io::xdp::XdpMode::Auto,
+                },
+                zero_copy: match xdp.zero_copy {
+                    ZeroCopyArg::Auto => quench::io::xdp::ZeroCopy::Auto,
+                    ZeroCopyArg::On => quench::io::xdp::ZeroCopy::On,
+                    ZeroCopyArg::Off => quench::io::xdp::ZeroCopy::Off,
+                },
+                huge_pages: xdp.huge_pages,
+            };
+            Ok(Running::Xdp(Box::new(start_xdp_server(options, opts)?)))
+        }
+        #[cfg(not(feature = "xdp"))]
+        DatapathKind::Xdp => bail!("this quench was built without the `xdp` feature"),
+    }
+}
+
+/// Runs a server until SIGINT/SIGTERM/SIGHUP/SIGQUIT (or a worker fails), printing the
+/// stats line on SIGUSR1 and once more on exit. With XDP the program is detached on every
+/// way out: here by Drop (also on errors and panics), and by the kernel closing the BPF
+/// link if the process is killed.
+fn serve(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result<()> {
+    let workers = options.workers;
+    // Handlers first, so a signal during setup still ends in an orderly shutdown.
+    let stop = Arc::new(AtomicBool::new(false));
+    let usr1 = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())?;
+
+    let mut running = start(datapath, options, xdp)?;
+    println!(
+        "quench: listening on {} ({} workers, {})",
+        running.server().local_addr,
+        workers,
+        running.describe()
+    );
+    std::io::stdout().flush()?;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if usr1.swap(false, Ordering::Relaxed) {
+            print_stats(&running)?;
+        }
+        if running.server().any_worker_finished() {
+            tracing::error!("a worker stopped unexpectedly; shutting down");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("shutting down");
+    running.server().request_shutdown();
+    let joined = running.join_workers();
+    print_stats(&running)?;
+    let total = running
+        .server()
+        .worker_stats()
+        .iter()
+        .fold((0, 0, 0), |acc, w| {
+            (
+                acc.0 + w.datagrams_rx,
+                acc.1 + w.datagrams_tx,
+                acc.2 + w.connections_accepted,
+            )
+        });
+    tracing::info!(
+        datagrams_rx = total.0,
+        datagrams_tx = total.1,
+        connections = total.2,
+        "stopped"
+    );
+    // Detaches the XDP program (if any).
+    drop(running);
+    joined?;
+    Ok(())
 }

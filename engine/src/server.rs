@@ -1,8 +1,10 @@
-//! `quench serve` over kernel UDP: one SO_REUSEPORT socket and one pinned worker per core.
+//! `quench serve`: pinned workers, one per core, each with its own datapath — a
+//! SO_REUSEPORT UDP socket ([`start_udp_server`]) or an AF_XDP socket fed by the XDP
+//! steering program ([`start_xdp_server`]). The worker loop is the same for both.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,11 @@ pub enum ServerError {
     Tls(String),
     #[error("worker {0} failed: {1}")]
     Worker(usize, String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[cfg(feature = "xdp")]
+    #[error("AF_XDP datapath: {0}")]
+    Xdp(#[from] crate::io::xdp::XdpError),
 }
 
 pub struct ServerOptions {
@@ -48,35 +55,179 @@ pub struct RunningServer {
 
 impl RunningServer {
     pub fn request_shutdown(&self) {
-        self.shutdown
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shutdown.store(true, Ordering::Relaxed);
     }
 
-    pub fn join(self) -> Result<(), ServerError> {
-        for (i, t) in self.threads.into_iter().enumerate() {
-            match t.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(ServerError::Worker(i, e.to_string())),
-                Err(_) => return Err(ServerError::Worker(i, "panicked".into())),
+    /// True once any worker thread has ended (an error, or shutdown completed).
+    pub fn any_worker_finished(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
+    }
+
+    /// A snapshot of every worker's counters.
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.counters.iter().map(|c| WorkerStats::read(c)).collect()
+    }
+
+    /// One JSON object with the workers' counters (the `quench serve` stats line).
+    pub fn stats_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "datapath": "udp",
+            "workers": self.worker_stats().iter().map(WorkerStats::to_json).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn join(mut self) -> Result<(), ServerError> {
+        self.join_workers()
+    }
+
+    /// Waits for every worker thread to end (after `request_shutdown`); the first failure
+    /// is returned once all have been joined.
+    pub fn join_workers(&mut self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        for (i, t) in self.threads.drain(..).enumerate() {
+            let r = match t.join() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServerError::Worker(i, e.to_string())),
+                Err(_) => Err(ServerError::Worker(i, "panicked".into())),
+            };
+            if result.is_ok() {
+                result = r;
             }
         }
-        Ok(())
+        result
+    }
+}
+
+/// One worker's counters at a moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub datagrams_rx: u64,
+    pub datagrams_tx: u64,
+    /// Connections open now.
+    pub connections: u64,
+    pub connections_accepted: u64,
+    /// Datagrams this worker's UDP socket received for another worker (UDP datapath; the
+    /// XDP datapath counts its hand-offs per socket).
+    pub handed_off: u64,
+    pub stateless_resets: u64,
+}
+
+impl WorkerStats {
+    pub fn read(c: &WorkerCounters) -> WorkerStats {
+        WorkerStats {
+            datagrams_rx: c.datagrams_rx.load(Ordering::Relaxed),
+            datagrams_tx: c.datagrams_tx.load(Ordering::Relaxed),
+            connections: c.connections.load(Ordering::Relaxed),
+            connections_accepted: c.connections_accepted.load(Ordering::Relaxed),
+            handed_off: c.handed_off.load(Ordering::Relaxed),
+            stateless_resets: c.stateless_resets.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "datagrams_rx": self.datagrams_rx,
+            "datagrams_tx": self.datagrams_tx,
+            "connections": self.connections,
+            "connections_accepted": self.connections_accepted,
+            "handed_off": self.handed_off,
+            "stateless_resets": self.stateless_resets,
+        })
+    }
+}
+
+/// What every worker of one server shares, built once from the options.
+struct WorkerBase {
+    endpoint: EndpointConfig,
+    factory: Arc<dyn AppFactory>,
+    shutdown: Arc<AtomicBool>,
+    pin: bool,
+}
+
+impl WorkerBase {
+    fn new(opts: &ServerOptions) -> Result<WorkerBase, ServerError> {
+        let tls = crate::tls::session::server_config(opts.cert.clone(), &opts.alpns)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let factory: Arc<dyn AppFactory> = Arc::new(BuiltinApps {
+            alpns: opts.alpns.clone(),
+            root: opts.root.clone(),
+        });
+        let mut endpoint = EndpointConfig::new(opts.transport.clone(), Some(tls));
+        endpoint.require_retry = opts.require_retry;
+        Ok(WorkerBase {
+            endpoint,
+            factory,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            pin: opts.pin,
+        })
+    }
+
+    /// Starts one pinned worker thread per datapath (worker id = index).
+    fn spawn<D: Datapath + Send + 'static>(
+        &self,
+        datapaths: Vec<D>,
+        handoff: Option<Handoff>,
+        local_addr: SocketAddr,
+    ) -> Result<RunningServer, ServerError> {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut threads = Vec::with_capacity(datapaths.len());
+        let mut counters = Vec::with_capacity(datapaths.len());
+        let mut failure = None;
+        for (id, dp) in datapaths.into_iter().enumerate() {
+            let mut cfg = self.endpoint.clone();
+            cfg.worker_id = id as u8;
+            let c = Arc::new(WorkerCounters::default());
+            counters.push(c.clone());
+            let worker = Worker {
+                id,
+                datapath: dp,
+                endpoint: Endpoint::new(cfg),
+                factory: self.factory.clone(),
+                shutdown: self.shutdown.clone(),
+                handoff: handoff.clone(),
+                counters: c,
+                drain_timeout: Duration::from_secs(2),
+            };
+            let core = if self.pin && !cores.is_empty() {
+                Some(cores[id % cores.len()])
+            } else {
+                None
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("quench-w{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    worker.run()
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    failure = Some(ServerError::Worker(id, e.to_string()));
+                    break;
+                }
+            }
+        }
+        let server = RunningServer {
+            local_addr,
+            counters,
+            shutdown: self.shutdown.clone(),
+            threads,
+        };
+        if let Some(e) = failure {
+            // Stop the workers already running before reporting.
+            server.request_shutdown();
+            let _ = server.join();
+            return Err(e);
+        }
+        Ok(server)
     }
 }
 
 pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     let workers = opts.workers.clamp(1, 256);
-    let tls = crate::tls::session::server_config(opts.cert, &opts.alpns)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
-    let factory: Arc<dyn AppFactory> = Arc::new(BuiltinApps {
-        alpns: opts.alpns.clone(),
-        root: opts.root.clone(),
-    });
-    let mut base = EndpointConfig::new(opts.transport, Some(tls));
-    base.require_retry = opts.require_retry;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let handoff = Handoff::new(workers);
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let base = WorkerBase::new(&opts)?;
 
     // Bind every socket up front so errors surface before we report "listening".
     let mut sockets = Vec::with_capacity(workers);
@@ -92,44 +243,313 @@ pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerErro
         addr = dp.local_addr();
         sockets.push(dp);
     }
+    base.spawn(sockets, Some(Handoff::new(workers)), addr)
+}
 
-    let mut threads = Vec::with_capacity(workers);
-    let mut counters = Vec::with_capacity(workers);
-    for (id, dp) in sockets.into_iter().enumerate() {
-        let mut cfg = base.clone();
-        cfg.worker_id = id as u8;
-        let c = Arc::new(WorkerCounters::default());
-        counters.push(c.clone());
-        let worker = Worker {
-            id,
-            datapath: dp,
-            endpoint: Endpoint::new(cfg),
-            factory: factory.clone(),
-            shutdown: shutdown.clone(),
-            handoff: Some(handoff.clone()),
-            counters: c,
-            drain_timeout: Duration::from_secs(2),
-        };
-        let core = if opts.pin && !cores.is_empty() {
-            Some(cores[id % cores.len()])
-        } else {
-            None
-        };
-        let t = std::thread::Builder::new()
-            .name(format!("quench-w{id}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                worker.run()
-            })
-            .map_err(|e| ServerError::Worker(id, e.to_string()))?;
-        threads.push(t);
+#[cfg(feature = "xdp")]
+pub use xdp_server::{start_xdp_server, RunningXdpServer, XdpOptions};
+
+#[cfg(feature = "xdp")]
+mod xdp_server {
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::{RunningServer, ServerError, ServerOptions, WorkerBase, WorkerStats};
+    use crate::io::xdp::{
+        self, BindMode, ProgramStats, SocketStats, XdpConfig, XdpDatapath, XdpMode, XdpProgram,
+        XdpSetup, ZeroCopy,
+    };
+    use crate::io::{Capabilities, Datapath, RxMeta, TxMeta};
+    use crate::Side;
+
+    /// How often a worker copies its socket's counters out for the stats line.
+    const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+    /// The AF_XDP side of `quench serve --datapath xdp`.
+    #[derive(Clone, Debug)]
+    pub struct XdpOptions {
+        /// Interface to attach to; its address is the one served.
+        pub iface: String,
+        /// RX queues to bind (worker `w` takes `queues[w % len]`). Default: queues
+        /// `0..min(workers, the interface's RX queues)`.
+        pub queues: Option<Vec<u32>>,
+        pub mode: XdpMode,
+        pub zero_copy: ZeroCopy,
+        /// Back each UMEM with 2 MiB huge pages when available.
+        pub huge_pages: bool,
     }
-    Ok(RunningServer {
-        local_addr: addr,
-        counters,
-        shutdown,
-        threads,
-    })
+
+    /// An AF_XDP datapath that copies its socket statistics out every [`PUBLISH_EVERY`]
+    /// (and when the worker ends), so the main thread can print them.
+    struct Published {
+        inner: XdpDatapath,
+        out: Arc<Mutex<SocketStats>>,
+        next: Instant,
+    }
+
+    impl Published {
+        fn publish(&mut self) {
+            let s = self.inner.stats();
+            if let Ok(mut o) = self.out.lock() {
+                *o = s;
+            }
+        }
+    }
+
+    impl Drop for Published {
+        fn drop(&mut self) {
+            self.publish();
+        }
+    }
+
+    impl Datapath for Published {
+        fn local_addr(&self) -> SocketAddr {
+            self.inner.local_addr()
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
+        }
+        fn recv_batch(
+            &mut self,
+            on_datagram: &mut dyn FnMut(RxMeta, &mut [u8]),
+        ) -> std::io::Result<usize> {
+            let n = self.inner.recv_batch(on_datagram)?;
+            let now = Instant::now();
+            if now >= self.next {
+                self.next = now + PUBLISH_EVERY;
+                self.publish();
+            }
+            Ok(n)
+        }
+        fn push_tx(&mut self, write: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>) -> bool {
+            self.inner.push_tx(write)
+        }
+        fn flush(&mut self) -> std::io::Result<usize> {
+            self.inner.flush()
+        }
+        fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+            self.inner.wait(timeout)
+        }
+    }
+
+    /// A server on AF_XDP. Holds the XDP program, which is not `Send`: keep this on the
+    /// thread that started it. Dropping it (or `join`) detaches the program.
+    pub struct RunningXdpServer {
+        pub server: RunningServer,
+        program: XdpProgram,
+        sockets: Vec<Arc<Mutex<SocketStats>>>,
+        queues: Vec<u32>,
+        bind_modes: Vec<BindMode>,
+        iface: String,
+    }
+
+    impl RunningXdpServer {
+        /// e.g. `xdp on eth0 queues [0, 1], native, copy mode`.
+        pub fn describe(&self) -> String {
+            let copy = match self.bind_modes.first() {
+                Some(BindMode::ZeroCopy) => "zero-copy",
+                _ => "copy mode",
+            };
+            format!(
+                "xdp on {} queues {:?}, {}, {copy}",
+                self.iface,
+                self.queues,
+                self.program.attach_mode().unwrap_or("detached")
+            )
+        }
+
+        /// The XDP program's per-outcome counters.
+        pub fn program_stats(&self) -> ProgramStats {
+            self.program.stats()
+        }
+
+        /// Packets the program steered to each worker.
+        pub fn worker_hits(&self) -> Vec<u64> {
+            self.program.worker_hits(self.sockets.len() as u32)
+        }
+
+        /// Each worker's socket counters, as last published (at most ~100 ms old).
+        pub fn socket_stats(&self) -> Vec<SocketStats> {
+            self.sockets
+                .iter()
+                .map(|s| s.lock().map(|s| *s).unwrap_or_default())
+                .collect()
+        }
+
+        pub fn is_attached(&self) -> bool {
+            self.program.is_attached()
+        }
+
+        /// The stats line: workers, program counters, per-socket counters.
+        pub fn stats_json(&self) -> serde_json::Value {
+            let p = self.program_stats();
+            let sockets: Vec<serde_json::Value> = self
+                .socket_stats()
+                .iter()
+                .zip(&self.bind_modes)
+                .enumerate()
+                .map(|(w, (s, mode))| {
+                    let c = &s.counters;
+                    let k = &s.kernel;
+                    serde_json::json!({
+                        "worker": w,
+                        "queue": self.queues[w % self.queues.len()],
+                        "bind": format!("{mode:?}").to_lowercase(),
+                        "rx_packets": c.rx_packets,
+                        "rx_handed_off": c.rx_handed_off,
+                        "rx_from_handoff": c.rx_from_handoff,
+                        "handoff_dropped": c.handoff_dropped,
+                        "rx_malformed": c.rx_malformed,
+                        "tx_packets": c.tx_packets,
+                        "tx_no_neighbor": c.tx_no_neighbor,
+                        "bad_descs": c.bad_descs,
+                        "kernel_rx_dropped": k.rx_dropped,
+                        "kernel_rx_ring_full": k.rx_ring_full,
+                        "kernel_rx_fill_ring_empty": k.rx_fill_ring_empty_descs,
+                        "kernel_tx_ring_empty": k.tx_ring_empty_descs,
+                        "kernel_invalid_descs": k.rx_invalid_descs + k.tx_invalid_descs,
+                        "frames_free": s.frames.free,
+                        "frames_fill": s.frames.fill,
+                        "frames_rx": s.frames.rx,
+                        "frames_tx": s.frames.tx,
+                        "frame_violations": s.frame_violations,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "datapath": "xdp",
+                "workers": self.server.worker_stats().iter().map(WorkerStats::to_json).collect::<Vec<_>>(),
+                "xdp": {
+                    "attached": self.program.attach_mode(),
+                    "program": {
+                        "redirect": p.redirect,
+                        "redirect_missteered": p.redirect_missteered,
+                        "redirect_failed": p.redirect_failed,
+                        "pass_no_socket": p.pass_no_socket,
+                        "pass_not_ip": p.pass_not_ip,
+                        "pass_not_udp": p.pass_not_udp,
+                        "pass_other_port": p.pass_other_port,
+                        "pass_malformed": p.pass_malformed,
+                        "drop_short_initial": p.drop_short_initial,
+                        "drop_fixed_bit": p.drop_fixed_bit,
+                        "drop_bad_short": p.drop_bad_short,
+                        "drop_bad_long": p.drop_bad_long,
+                    },
+                    "worker_hits": self.worker_hits(),
+                    "sockets": sockets,
+                },
+            })
+        }
+
+        /// Waits for the workers to end (after `server.request_shutdown()`); the program
+        /// stays attached, and its counters readable, until this value is dropped.
+        pub fn join_workers(&mut self) -> Result<(), ServerError> {
+            self.server.join_workers()
+        }
+
+        /// Waits for the workers to end, then detaches the program.
+        pub fn join(mut self) -> Result<(), ServerError> {
+            let r = self.join_workers();
+            self.program.detach();
+            r
+        }
+    }
+
+    /// Loads and attaches the XDP program on `xdp.iface`, binds one AF_XDP socket per
+    /// worker and starts the workers. The served address is the interface's: `opts.listen`
+    /// gives the port, and its IP must be the interface's or unspecified.
+    pub fn start_xdp_server(
+        opts: ServerOptions,
+        xdp: XdpOptions,
+    ) -> Result<RunningXdpServer, ServerError> {
+        let workers = opts.workers.max(1);
+        if workers > xdp::loader::MAX_WORKERS as usize {
+            return Err(ServerError::Config(format!(
+                "the XDP datapath supports at most {} workers",
+                xdp::loader::MAX_WORKERS
+            )));
+        }
+        let port = opts.listen.port();
+        if port == 0 {
+            return Err(ServerError::Config(
+                "the XDP datapath needs an explicit --listen port".into(),
+            ));
+        }
+        if xdp::syscall::if_nametoindex(&xdp.iface).is_none() {
+            return Err(xdp::XdpError::IfaceNotFound(xdp.iface.clone()).into());
+        }
+        let iface = xdp::local_iface(&xdp.iface, port)?;
+        let local_addr = match opts.listen.ip() {
+            ip if ip.is_unspecified() => match (iface.v4, iface.v6) {
+                (Some(v4), _) if ip.is_ipv4() => SocketAddr::new(IpAddr::V4(v4), port),
+                (_, Some(v6)) => SocketAddr::new(IpAddr::V6(v6), port),
+                (Some(v4), None) => SocketAddr::new(IpAddr::V4(v4), port),
+                (None, None) => {
+                    return Err(ServerError::Config(format!(
+                        "interface {} has no IP address to serve",
+                        xdp.iface
+                    )))
+                }
+            },
+            ip if Some(ip) == iface.v4.map(IpAddr::V4) || Some(ip) == iface.v6.map(IpAddr::V6) => {
+                opts.listen
+            }
+            ip => {
+                return Err(ServerError::Config(format!(
+                    "--listen {ip} is not the address of {} (it has {}{}); the XDP datapath \
+                     serves the interface's first IPv4 and first global IPv6 address",
+                    xdp.iface,
+                    iface.v4.map_or("no IPv4".to_string(), |a| a.to_string()),
+                    iface.v6.map_or(String::new(), |a| format!(", {a}")),
+                )))
+            }
+        };
+        let queues = match xdp.queues.clone() {
+            Some(q) => q,
+            None => {
+                let available = xdp::syscall::if_rx_queues(&xdp.iface).unwrap_or(1).max(1);
+                (0..(workers as u32).min(available)).collect()
+            }
+        };
+        let base = WorkerBase::new(&opts)?;
+        let cfg = XdpConfig {
+            iface: xdp.iface.clone(),
+            queues: queues.clone(),
+            workers,
+            mode: xdp.mode,
+            ports: vec![port],
+            layout: base.endpoint.layout,
+            zero_copy: xdp.zero_copy,
+            side: Side::Server,
+            huge_pages: xdp.huge_pages,
+            ..XdpConfig::default()
+        };
+        let (program, paths) = XdpSetup::start(&cfg)?;
+        let bind_modes: Vec<BindMode> = paths.iter().map(|p| p.bind_mode()).collect();
+        let mut sockets = Vec::with_capacity(paths.len());
+        let published: Vec<Published> = paths
+            .into_iter()
+            .map(|inner| {
+                let out = Arc::new(Mutex::new(SocketStats::default()));
+                sockets.push(out.clone());
+                Published {
+                    inner,
+                    out,
+                    next: Instant::now(),
+                }
+            })
+            .collect();
+        // Mis-steered datagrams are handed over inside the datapath (by the same CID
+        // function the program uses), so the worker needs no hand-off of its own.
+        let server = base.spawn(published, None, local_addr)?;
+        Ok(RunningXdpServer {
+            server,
+            program,
+            sockets,
+            queues,
+            bind_modes,
+            iface: xdp.iface,
+        })
+    }
 }

@@ -86,7 +86,7 @@ pub struct XdpProgram {
     ports: MapHandle,
     stats: MapHandle,
     worker_hits: MapHandle,
-    link: Option<(OwnedFd, u32)>,
+    link: Option<(OwnedFd, u32, &'static str)>,
 }
 
 impl XdpProgram {
@@ -215,7 +215,7 @@ impl XdpProgram {
             if fd >= 0 {
                 tracing::info!(ifindex, mode = name, "XDP program attached");
                 // SAFETY: a fresh link fd owned by nobody else.
-                self.link = Some((unsafe { OwnedFd::from_raw_fd(fd) }, ifindex));
+                self.link = Some((unsafe { OwnedFd::from_raw_fd(fd) }, ifindex, name));
                 return Ok(());
             }
             let e = std::io::Error::from_raw_os_error(-fd);
@@ -262,7 +262,7 @@ impl XdpProgram {
 
     /// Detaches from the interface (idempotent).
     pub fn detach(&mut self) {
-        if let Some((fd, ifindex)) = self.link.take() {
+        if let Some((fd, ifindex, _)) = self.link.take() {
             drop(fd);
             tracing::info!(ifindex, "XDP program detached");
         }
@@ -270,6 +270,11 @@ impl XdpProgram {
 
     pub fn is_attached(&self) -> bool {
         self.link.is_some()
+    }
+
+    /// How the program is attached: "native" or "generic" (None when detached).
+    pub fn attach_mode(&self) -> Option<&'static str> {
+        self.link.as_ref().map(|l| l.2)
     }
 
     /// The UDP ports to steer (replaces the set).

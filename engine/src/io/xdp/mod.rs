@@ -190,7 +190,7 @@ impl XdpSetup {
             rx: ring,
             tx: ring,
         };
-        let handoffs = datapath::handoff_queues(cfg.workers);
+        let handoffs = datapath::handoff_queues(cfg.workers).map_err(io_err("eventfd"))?;
         let mut paths: Vec<Option<XdpDatapath>> = (0..cfg.workers).map(|_| None).collect();
         for &queue in &cfg.queues {
             let qi = cfg.queues.iter().position(|&q| q == queue).unwrap_or(0);
