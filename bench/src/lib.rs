@@ -2,8 +2,11 @@
 //! in-memory pairs (see `benches/engine.rs`), a load generator, and a report of the
 //! criterion results with ratios.
 
+pub mod load;
+pub mod profile;
 pub mod quench_pair;
 pub mod quinn_pair;
+pub mod report;
 pub mod rustls_hs;
 pub mod tls;
 
@@ -30,6 +33,14 @@ impl Stopwatch {
         self.elapsed += t0.elapsed();
         self.spans += 1;
     }
+}
+
+/// Runs `f`: every timed server span goes through here, so a profiler can restrict itself
+/// to exactly what the benchmarks time (`valgrind --tool=callgrind --collect-atstart=no
+/// --toggle-collect='*server_span*'`).
+#[inline(never)]
+pub fn server_span<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
 
 /// One datagram buffer.

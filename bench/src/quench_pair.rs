@@ -15,7 +15,7 @@ use quench::io::RxMeta;
 use quench::wire::header::VERSION_1;
 
 use crate::tls::{TlsSetup, ALPN, SERVER_NAME};
-use crate::{perf_request, Stopwatch, Wire, CLIENT_ADDR, SERVER_ADDR, ZEROS};
+use crate::{perf_request, server_span, Stopwatch, Wire, CLIENT_ADDR, SERVER_ADDR, ZEROS};
 
 /// The transport settings of every quench benchmark connection: defaults (CUBIC, 1452-byte
 /// datagrams after the handshake), pacing off so a virtual clock never holds packets back.
@@ -154,7 +154,7 @@ impl QuenchPair {
     /// Opens one client connection and drives both sides until the handshake is confirmed
     /// and everything that follows it (HANDSHAKE_DONE, NEW_CONNECTION_ID, tickets, their
     /// ACKs) has settled; the server's calls are timed into `sw`.
-    pub fn handshake(&mut self, mut sw: Option<&mut Stopwatch>) {
+    pub fn handshake(&mut self, sw: Option<&mut Stopwatch>) {
         let h = self
             .client
             .connect(
@@ -166,7 +166,7 @@ impl QuenchPair {
             )
             .expect("client connection");
         self.client_conns.push(h);
-        self.settle(Duration::from_millis(100), sw.as_deref_mut());
+        self.settle(Duration::from_millis(100), sw);
         let conn = self.client.conn(h).expect("client connection alive");
         assert!(
             conn.is_handshake_confirmed(),
@@ -199,14 +199,16 @@ impl QuenchPair {
         let now = self.now;
         self.client.handle_timeouts(now, &mut self.sink);
         let t0 = Instant::now();
-        self.server.handle_timeouts(now, &mut self.handler);
+        server_span(|| self.server.handle_timeouts(now, &mut self.handler));
         if let Some(sw) = sw.as_deref_mut() {
             sw.stop(t0);
         }
         let up = collect(&mut self.client, now, &mut self.c2s, usize::MAX);
         let t0 = Instant::now();
-        deliver(&mut self.server, now, &mut self.c2s, &mut self.handler);
-        let down = collect(&mut self.server, now, &mut self.s2c, usize::MAX);
+        let down = server_span(|| {
+            deliver(&mut self.server, now, &mut self.c2s, &mut self.handler);
+            collect(&mut self.server, now, &mut self.s2c, usize::MAX)
+        });
         if let Some(sw) = sw {
             sw.stop(t0);
         }
@@ -269,7 +271,7 @@ impl QuenchPair {
         collect(&mut self.client, now, &mut self.c2s, max);
         let (n, bytes) = (self.c2s.len, self.c2s.bytes());
         let t0 = Instant::now();
-        deliver(&mut self.server, now, &mut self.c2s, &mut self.handler);
+        server_span(|| deliver(&mut self.server, now, &mut self.c2s, &mut self.handler));
         sw.stop(t0);
         self.read_deferred();
         self.server.handle_timeouts(now, &mut self.handler);
@@ -287,7 +289,7 @@ impl QuenchPair {
         self.server.with_state(h, |c, _| fill(c, id));
         self.server.handle_timeouts(now, &mut self.handler);
         let t0 = Instant::now();
-        collect(&mut self.server, now, &mut self.s2c, max);
+        server_span(|| collect(&mut self.server, now, &mut self.s2c, max));
         sw.stop(t0);
         let (n, bytes) = (self.s2c.len, self.s2c.bytes());
         deliver(&mut self.client, now, &mut self.s2c, &mut self.sink);
@@ -317,9 +319,11 @@ impl QuenchPair {
         collect(&mut self.client, now, &mut self.c2s, usize::MAX);
         let before = self.sink.fins;
         let t0 = Instant::now();
-        self.server.handle_timeouts(now, &mut self.handler);
-        deliver(&mut self.server, now, &mut self.c2s, &mut self.handler);
-        collect(&mut self.server, now, &mut self.s2c, usize::MAX);
+        server_span(|| {
+            self.server.handle_timeouts(now, &mut self.handler);
+            deliver(&mut self.server, now, &mut self.c2s, &mut self.handler);
+            collect(&mut self.server, now, &mut self.s2c, usize::MAX)
+        });
         sw.stop(t0);
         deliver(&mut self.client, now, &mut self.s2c, &mut self.sink);
         self.now += self.step;

@@ -15,7 +15,7 @@ use quinn_proto::{
 };
 
 use crate::tls::{TlsSetup, SERVER_NAME};
-use crate::{perf_request, Stopwatch, Wire, CLIENT_ADDR, SERVER_ADDR, ZEROS};
+use crate::{perf_request, server_span, Stopwatch, Wire, CLIENT_ADDR, SERVER_ADDR, ZEROS};
 
 /// quinn-proto's defaults (CUBIC, pacing — which it cannot turn off) with 1452-byte
 /// datagrams from the start and no MTU probing, to match quench's packet size.
@@ -152,14 +152,13 @@ impl Side {
                     &mut self.sink_bytes,
                     &mut self.sink_fins,
                 ),
-                StreamEvent::Finished { id } => {
+                StreamEvent::Finished { id }
                     if self
                         .perf
                         .get(&(ch.0, id))
-                        .is_some_and(|s| s.upload_done && s.responding)
-                    {
-                        self.perf.remove(&(ch.0, id));
-                    }
+                        .is_some_and(|s| s.upload_done && s.responding) =>
+                {
+                    self.perf.remove(&(ch.0, id));
                 }
                 _ => {}
             }
@@ -358,7 +357,7 @@ impl QuinnPair {
     }
 
     /// Like [`crate::quench_pair::QuenchPair::handshake`].
-    pub fn handshake(&mut self, mut sw: Option<&mut Stopwatch>) {
+    pub fn handshake(&mut self, sw: Option<&mut Stopwatch>) {
         let (ch, conn) = self
             .client
             .endpoint
@@ -371,7 +370,7 @@ impl QuinnPair {
             .expect("client connection");
         self.client.insert(ch, conn);
         self.client_conns.push(ch);
-        self.settle(Duration::from_millis(100), sw.as_deref_mut());
+        self.settle(Duration::from_millis(100), sw);
         assert!(
             !self.client.conn(ch).is_handshaking(),
             "quinn-proto handshake did not complete"
@@ -400,15 +399,17 @@ impl QuinnPair {
         let now = self.now;
         self.client.timeouts(now);
         let t0 = Instant::now();
-        self.server.timeouts(now);
+        server_span(|| self.server.timeouts(now));
         if let Some(sw) = sw.as_deref_mut() {
             sw.stop(t0);
         }
         let up = self.client.collect(now, &mut self.c2s, usize::MAX);
         let data = take(&mut self.c2s);
         let t0 = Instant::now();
-        self.server.handle(now, CLIENT_ADDR, data);
-        let down = self.server.collect(now, &mut self.s2c, usize::MAX);
+        let down = server_span(|| {
+            self.server.handle(now, CLIENT_ADDR, data);
+            self.server.collect(now, &mut self.s2c, usize::MAX)
+        });
         if let Some(sw) = sw {
             sw.stop(t0);
         }
@@ -453,7 +454,7 @@ impl QuinnPair {
         let (n, bytes) = (self.c2s.len, self.c2s.bytes());
         let data = take(&mut self.c2s);
         let t0 = Instant::now();
-        self.server.handle(now, CLIENT_ADDR, data);
+        server_span(|| self.server.handle(now, CLIENT_ADDR, data));
         sw.stop(t0);
         self.server.read_deferred();
         self.server.timeouts(now);
@@ -470,7 +471,7 @@ impl QuinnPair {
         fill(self.server.conn(ch), id);
         self.server.timeouts(now);
         let t0 = Instant::now();
-        self.server.collect(now, &mut self.s2c, max);
+        server_span(|| self.server.collect(now, &mut self.s2c, max));
         sw.stop(t0);
         let (n, bytes) = (self.s2c.len, self.s2c.bytes());
         let data = take(&mut self.s2c);
@@ -500,9 +501,11 @@ impl QuinnPair {
         let data = take(&mut self.c2s);
         let before = self.client.sink_fins;
         let t0 = Instant::now();
-        self.server.timeouts(now);
-        self.server.handle(now, CLIENT_ADDR, data);
-        self.server.collect(now, &mut self.s2c, usize::MAX);
+        server_span(|| {
+            self.server.timeouts(now);
+            self.server.handle(now, CLIENT_ADDR, data);
+            self.server.collect(now, &mut self.s2c, usize::MAX)
+        });
         sw.stop(t0);
         let data = take(&mut self.s2c);
         self.client.handle(now, SERVER_ADDR, data);

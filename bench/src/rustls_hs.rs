@@ -7,7 +7,7 @@ use std::time::Instant;
 use rustls::quic::{ClientConnection, ServerConnection, Version};
 
 use crate::tls::TlsSetup;
-use crate::Stopwatch;
+use crate::{server_span, Stopwatch};
 
 /// Transport parameters of about the size quench sends (rustls does not parse them).
 const PARAMS_LEN: usize = 80;
@@ -22,8 +22,9 @@ pub fn handshake(tls: &TlsSetup, sw: &mut Stopwatch) -> usize {
     )
     .expect("rustls client");
     let t0 = Instant::now();
-    let mut server = ServerConnection::new(tls.server.clone(), Version::V1, vec![0; PARAMS_LEN])
-        .expect("rustls server");
+    let mut server =
+        server_span(|| ServerConnection::new(tls.server.clone(), Version::V1, vec![0; PARAMS_LEN]))
+            .expect("rustls server");
     sw.stop(t0);
     let mut buf = Vec::with_capacity(4096);
     let mut moved = 0;
@@ -37,7 +38,7 @@ pub fn handshake(tls: &TlsSetup, sw: &mut Stopwatch) -> usize {
                 progress = true;
                 moved += buf.len();
                 let t0 = Instant::now();
-                server.read_hs(&buf).expect("server reads client flight");
+                server_span(|| server.read_hs(&buf)).expect("server reads client flight");
                 sw.stop(t0);
             }
             if change.is_none() && buf.is_empty() {
@@ -47,7 +48,7 @@ pub fn handshake(tls: &TlsSetup, sw: &mut Stopwatch) -> usize {
         loop {
             buf.clear();
             let t0 = Instant::now();
-            let change = server.write_hs(&mut buf);
+            let change = server_span(|| server.write_hs(&mut buf));
             sw.stop(t0);
             if !buf.is_empty() {
                 progress = true;
