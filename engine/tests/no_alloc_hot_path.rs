@@ -285,6 +285,7 @@ fn steady_bulk_transfer_both_ways_allocates_nothing() {
 ///   packets are in flight than ever before (the pool only grows on demand);
 /// - `conn::range_set::RangeSet::insert` (`Vec::insert`) grows when the stream assembler
 ///   sees more gaps at once than ever before.
+///
 /// See docs/performance.md for the engine changes that remove both. Until then this
 /// asserts the measured bound, so a per-packet allocation (thousands) still fails it.
 #[test]
