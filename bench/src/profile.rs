@@ -1,0 +1,106 @@
+//! The benchmark scenarios run for a fixed amount of work, outside criterion, so a
+//! profiler (perf, callgrind) sees the same code paths the benchmarks time.
+
+use anyhow::bail;
+
+use crate::quench_pair::{QuenchPair, ServerMode};
+use crate::quinn_pair::{AppMode, QuinnPair};
+use crate::tls::TlsSetup;
+use crate::{rustls_hs, Stopwatch};
+
+const BATCH: usize = 64;
+const REQUEST_CONNS: usize = 8;
+
+/// Runs `count` units (packets, handshakes, requests) of `scenario` on `stack`; returns the
+/// units done and the timed server share.
+pub fn run(scenario: &str, stack: &str, count: u64) -> anyhow::Result<(u64, Stopwatch)> {
+    let tls = TlsSetup::new()?;
+    let mut sw = Stopwatch::default();
+    let mut done = 0u64;
+    match (scenario, stack) {
+        ("recv" | "send", "quench") => {
+            let mut q = QuenchPair::connected(&tls, ServerMode::Deferred, 1);
+            let mut warm = Stopwatch::default();
+            for _ in 0..2000 {
+                round(&mut q, scenario, &mut warm);
+            }
+            while done < count {
+                done += round(&mut q, scenario, &mut sw) as u64;
+            }
+        }
+        ("recv" | "send", "quinn-proto") => {
+            let mut p = QuinnPair::connected(&tls, AppMode::Deferred, 1);
+            let mut warm = Stopwatch::default();
+            for _ in 0..2000 {
+                round_quinn(&mut p, scenario, &mut warm);
+            }
+            while done < count {
+                done += round_quinn(&mut p, scenario, &mut sw) as u64;
+            }
+        }
+        ("handshake", "quench") => {
+            let mut pair = QuenchPair::new(&tls, ServerMode::Apps);
+            for i in 0..count {
+                if i > 0 && i % 32 == 0 {
+                    pair = QuenchPair::new(&tls, ServerMode::Apps);
+                }
+                pair.handshake(Some(&mut sw));
+            }
+            done = count;
+        }
+        ("handshake", "quinn-proto") => {
+            let mut pair = QuinnPair::new(&tls, AppMode::Perf);
+            for i in 0..count {
+                if i > 0 && i % 32 == 0 {
+                    pair = QuinnPair::new(&tls, AppMode::Perf);
+                }
+                pair.handshake(Some(&mut sw));
+            }
+            done = count;
+        }
+        ("handshake", "rustls") => {
+            for _ in 0..count {
+                rustls_hs::handshake(&tls, &mut sw);
+            }
+            done = count;
+        }
+        ("request", "quench") => {
+            let mut q = QuenchPair::connected(&tls, ServerMode::Apps, REQUEST_CONNS);
+            let mut warm = Stopwatch::default();
+            for _ in 0..1000 {
+                q.request_round(100, 100, &mut warm);
+            }
+            while done < count {
+                done += q.request_round(100, 100, &mut sw);
+            }
+        }
+        ("request", "quinn-proto") => {
+            let mut p = QuinnPair::connected(&tls, AppMode::Perf, REQUEST_CONNS);
+            let mut warm = Stopwatch::default();
+            for _ in 0..1000 {
+                p.request_round(100, 100, &mut warm);
+            }
+            while done < count {
+                done += p.request_round(100, 100, &mut sw);
+            }
+        }
+        _ => bail!("unknown scenario/stack {scenario}/{stack}"),
+    }
+    Ok((done, sw))
+}
+
+fn round(q: &mut QuenchPair, scenario: &str, sw: &mut Stopwatch) -> usize {
+    if scenario == "recv" {
+        q.recv_round(BATCH, sw).0
+    } else {
+        q.send_round(BATCH, sw).0
+    }
+}
+
+fn round_quinn(p: &mut QuinnPair, scenario: &str, sw: &mut Stopwatch) -> usize {
+    if scenario == "recv" {
+        p.recv_round(BATCH, sw).0
+    } else {
+        p.send_round(BATCH, sw).0
+    }
+}

@@ -1,0 +1,120 @@
+//! Reads criterion's results for `benches/engine.rs` and prints them side by side with
+//! ratios and the targets, as a Markdown table.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// (group, target for quench in ns, what the target is about)
+const GROUPS: &[(&str, f64, &str)] = &[
+    (
+        "recv_1rtt_packet",
+        400.0,
+        "ns per 1452-byte 1-RTT packet received",
+    ),
+    (
+        "send_1rtt_packet",
+        450.0,
+        "ns per 1452-byte 1-RTT packet sent",
+    ),
+    (
+        "server_handshake",
+        f64::NAN,
+        "server time per full handshake",
+    ),
+    (
+        "server_request_100B",
+        400.0,
+        "server time per 100-byte perf request",
+    ),
+];
+
+/// Mean and 95% confidence bounds, in ns.
+#[derive(Clone, Copy, Debug)]
+pub struct Estimate {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+pub fn read_estimate(dir: &Path, group: &str, bench: &str) -> anyhow::Result<Estimate> {
+    let path = dir
+        .join(group)
+        .join(bench)
+        .join("new")
+        .join("estimates.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let mean = &v["mean"];
+    let num = |x: &serde_json::Value| x.as_f64().context("number in estimates.json");
+    Ok(Estimate {
+        mean: num(&mean["point_estimate"])?,
+        low: num(&mean["confidence_interval"]["lower_bound"])?,
+        high: num(&mean["confidence_interval"]["upper_bound"])?,
+    })
+}
+
+/// Where criterion writes: `$CARGO_TARGET_DIR/criterion`, else `target/criterion`.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("criterion")
+}
+
+fn fmt(ns: f64) -> String {
+    if ns >= 10_000.0 {
+        format!("{:.1} µs", ns / 1000.0)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn fmt_est(e: &Estimate) -> String {
+    format!("{} ({}–{})", fmt(e.mean), fmt(e.low), fmt(e.high))
+}
+
+/// The Markdown report.
+pub fn render(dir: &Path) -> anyhow::Result<String> {
+    let mut out = String::new();
+    out.push_str(
+        "| benchmark | quench | quinn-proto 0.11 | quinn-proto / quench | target | met |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|\n");
+    let mut rustls = None;
+    let mut quench_hs = None;
+    for &(group, target, what) in GROUPS {
+        let q = read_estimate(dir, group, "quench")?;
+        let p = read_estimate(dir, group, "quinn-proto")?;
+        let (target_s, met) = if group == "server_handshake" {
+            let r = read_estimate(dir, group, "rustls-quic-only")?;
+            rustls = Some(r);
+            quench_hs = Some(q);
+            let limit = 1.3 * r.mean;
+            (
+                format!("≤ 1.3 × rustls = {}", fmt(limit)),
+                if q.mean <= limit { "yes" } else { "no" },
+            )
+        } else {
+            (
+                format!("≤ {}", fmt(target)),
+                if q.mean <= target { "yes" } else { "no" },
+            )
+        };
+        out.push_str(&format!(
+            "| {group} ({what}) | {} | {} | {:.2} | {target_s} | {met} |\n",
+            fmt_est(&q),
+            fmt_est(&p),
+            p.mean / q.mean
+        ));
+    }
+    if let (Some(r), Some(q)) = (rustls, quench_hs) {
+        out.push_str(&format!(
+            "\nrustls alone (QUIC mode, server side): {}; quench / rustls = {:.2}\n",
+            fmt_est(&r),
+            q.mean / r.mean
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,310 @@
+//! The hot path allocates nothing: two endpoints over the in-memory pair, one thread, a
+//! virtual clock. After the handshake and a warm-up, a steady bulk transfer in both
+//! directions (stream data each way, ACKs each way, flow-control updates) runs under a
+//! counting global allocator, which must count zero.
+//!
+//! To see where an allocation comes from, run with `QUENCH_ALLOC_TRACE=N`: the first N
+//! allocations in the measured window print a backtrace to stderr.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::backtrace::Backtrace;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use quench::conn::{Connection, Event, StreamEvent, StreamId, TransportConfig};
+use quench::endpoint::{Endpoint, EndpointConfig, EventHandler};
+use quench::io::mem::{pair, Impairments, MemDatapath};
+use quench::io::Datapath;
+use quench::tls::certs::generate_self_signed;
+use quench::tls::session::{client_config, server_config, ServerVerification};
+use quench::wire::header::VERSION_1;
+use quench::worker::transmit;
+
+struct Counting;
+
+thread_local! {
+    // Per thread, so the test harness and other tests add no noise. Const initialisers:
+    // touching these never allocates.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static BYTES: Cell<usize> = const { Cell::new(0) };
+    static TRACES_LEFT: Cell<usize> = const { Cell::new(0) };
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note(size: usize) {
+    if !COUNTING.with(|c| c.get()) || IN_TRACE.with(|t| t.get()) {
+        return;
+    }
+    ALLOCATIONS.with(|n| n.set(n.get() + 1));
+    BYTES.with(|n| n.set(n.get() + size));
+    if TRACES_LEFT.with(|t| t.get()) > 0 {
+        TRACES_LEFT.with(|t| t.set(t.get() - 1));
+        // Capturing allocates: don't count (or trace) what the tracing itself does.
+        IN_TRACE.with(|t| t.set(true));
+        eprintln!(
+            "allocation of {size} bytes in the hot path:\n{}",
+            Backtrace::force_capture()
+        );
+        IN_TRACE.with(|t| t.set(false));
+    }
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; counting has no effect on
+// the memory returned.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// (allocations, bytes) made by `f` on this thread; with `trace`, the first
+/// `QUENCH_ALLOC_TRACE` of them print a backtrace.
+fn allocations_in(trace: bool, f: impl FnOnce()) -> (usize, usize) {
+    let traces = std::env::var("QUENCH_ALLOC_TRACE")
+        .ok()
+        .filter(|_| trace)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    TRACES_LEFT.with(|t| t.set(traces));
+    let before = (ALLOCATIONS.with(|n| n.get()), BYTES.with(|n| n.get()));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    (
+        ALLOCATIONS.with(|n| n.get()) - before.0,
+        BYTES.with(|n| n.get()) - before.1,
+    )
+}
+
+static PATTERN: [u8; 32 * 1024] = {
+    let mut p = [0u8; 32 * 1024];
+    let mut i = 0;
+    while i < p.len() {
+        p[i] = (i * 31 % 251) as u8;
+        i += 1;
+    }
+    p
+};
+
+/// Both sides: open one unidirectional stream once connected and keep it full; read
+/// (without copying) everything the peer sends. Counts what moved.
+#[derive(Default)]
+struct Bulk {
+    out: Option<StreamId>,
+    written: u64,
+    read: u64,
+}
+
+impl Bulk {
+    fn pump(&mut self, conn: &mut Connection) {
+        let Some(id) = self.out else {
+            return;
+        };
+        while let Ok(n) = conn.write(id, &PATTERN) {
+            if n == 0 {
+                break;
+            }
+            self.written += n as u64;
+        }
+    }
+}
+
+impl EventHandler<()> for Bulk {
+    fn on_event(&mut self, now: Instant, conn: &mut Connection, _: &mut (), event: Event) {
+        match event {
+            Event::Connected => {
+                self.out = conn.open_stream(false);
+                assert!(self.out.is_some(), "stream credit");
+                self.pump(conn);
+            }
+            Event::Stream(StreamEvent::Writable { .. }) => self.pump(conn),
+            Event::Stream(StreamEvent::Opened { id } | StreamEvent::Readable { id }) => {
+                while let Ok((n, fin)) = conn.discard(id, usize::MAX, now) {
+                    self.read += n as u64;
+                    if n == 0 || fin {
+                        break;
+                    }
+                }
+            }
+            Event::Closed(reason) => panic!("connection closed: {reason:?}"),
+            _ => {}
+        }
+    }
+}
+
+struct Sim {
+    now: Instant,
+    client: Endpoint<()>,
+    server: Endpoint<()>,
+    cdp: MemDatapath,
+    sdp: MemDatapath,
+    c: Bulk,
+    s: Bulk,
+}
+
+impl Sim {
+    fn new(impair: Impairments) -> Self {
+        let cert = generate_self_signed(&["localhost".into()]).unwrap();
+        let alpns = vec![b"bulk".to_vec()];
+        let stls = server_config(cert, &alpns).unwrap();
+        let ctls = client_config(ServerVerification::Insecure, &alpns).unwrap();
+        let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+        let (cdp, sdp) = pair(caddr, saddr, impair);
+        let transport = TransportConfig::default();
+        let server = Endpoint::new(EndpointConfig::new(transport.clone(), Some(stls)));
+        let mut client = Endpoint::new(EndpointConfig::new(transport, None));
+        let now = Instant::now();
+        client
+            .connect(now, ctls, "localhost", saddr, VERSION_1)
+            .unwrap();
+        Self {
+            now,
+            client,
+            server,
+            cdp,
+            sdp,
+            c: Bulk::default(),
+            s: Bulk::default(),
+        }
+    }
+
+    /// Drives both endpoints until both sides have read `bytes` more than now.
+    fn run(&mut self, bytes: u64) {
+        let (c_goal, s_goal) = (self.c.read + bytes, self.s.read + bytes);
+        for _ in 0..5_000_000u64 {
+            if self.c.read >= c_goal && self.s.read >= s_goal {
+                return;
+            }
+            let now = self.now;
+            let (client, c) = (&mut self.client, &mut self.c);
+            let mut progressed = self
+                .cdp
+                .recv_batch(&mut |m, b| {
+                    client.handle_datagram(now, m, b, c);
+                })
+                .unwrap();
+            let (server, s) = (&mut self.server, &mut self.s);
+            progressed += self
+                .sdp
+                .recv_batch(&mut |m, b| {
+                    server.handle_datagram(now, m, b, s);
+                })
+                .unwrap();
+            self.client.handle_timeouts(now, &mut self.c);
+            self.server.handle_timeouts(now, &mut self.s);
+            progressed += transmit(&mut self.cdp, &mut self.client, now, 1).unwrap();
+            progressed += transmit(&mut self.sdp, &mut self.server, now, 1).unwrap();
+            if progressed == 0 {
+                let next = [self.client.next_timeout(), self.server.next_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match next {
+                    Some(t) if t > self.now => self.now = t,
+                    _ => self.now += Duration::from_micros(10),
+                }
+            } else {
+                // A 50 µs one-way wire, so RTT samples are real.
+                self.now += Duration::from_micros(50);
+            }
+        }
+        panic!(
+            "transfer stalled: client read {} of {c_goal}, server read {} of {s_goal}",
+            self.c.read, self.s.read
+        );
+    }
+
+    fn packets(&self) -> (u64, u64) {
+        let h = self.client.handles().next().expect("client connection");
+        let st = self.client.conn(h).unwrap().stats();
+        (st.packets_sent, st.packets_received)
+    }
+}
+
+fn steady_state(impair: Impairments, warm_up: u64) -> (usize, usize, u64, u64) {
+    let mut sim = None;
+    // The handshake allocates (connection state, TLS): proof that the counter sees this
+    // thread's allocations through the engine.
+    let (setup_allocs, _) = allocations_in(false, || {
+        let mut s = Sim::new(impair);
+        s.run(1 << 20);
+        sim = Some(s);
+    });
+    assert!(setup_allocs > 100, "counter saw {setup_allocs} allocations");
+    let mut sim = sim.unwrap();
+    // Warm-up: windows, congestion window, buffers and pools reach their working size.
+    sim.run(warm_up);
+    let (sent0, recv0) = sim.packets();
+    let (allocs, bytes) = allocations_in(true, || sim.run(32 << 20));
+    let (sent1, recv1) = sim.packets();
+    (allocs, bytes, sent1 - sent0, recv1 - recv0)
+}
+
+#[test]
+fn steady_bulk_transfer_both_ways_allocates_nothing() {
+    let (allocs, bytes, sent, received) = steady_state(Impairments::none(), 32 << 20);
+    eprintln!(
+        "steady window: client sent {sent} and received {received} packets; \
+         {allocs} allocations, {bytes} bytes"
+    );
+    // 32 MiB each way in 1452-byte packets: over 20,000 data packets per direction.
+    assert!(sent > 20_000 && received > 20_000, "{sent} / {received}");
+    assert_eq!(
+        allocs, 0,
+        "hot path allocated {allocs} times ({bytes} bytes) over {sent} + {received} packets; \
+         rerun with QUENCH_ALLOC_TRACE=5 for backtraces"
+    );
+}
+
+/// Under loss and reordering the steady state is not yet allocation-free: two structures
+/// grow to new high-water marks as the worst case so far is exceeded (measured: 3
+/// allocations, 512 bytes over ~49,000 packets after a 128 MiB warm-up; none per packet):
+/// - `conn::sent::SentFramesPool::take` allocates a fresh `Vec<FrameRecord>` when more
+///   packets are in flight than ever before (the pool only grows on demand);
+/// - `conn::range_set::RangeSet::insert` (`Vec::insert`) grows when the stream assembler
+///   sees more gaps at once than ever before.
+///
+/// See docs/performance.md for the engine changes that remove both. Until then this
+/// asserts the measured bound, so a per-packet allocation (thousands) still fails it.
+#[test]
+fn steady_bulk_transfer_under_loss_and_reordering() {
+    let impair = Impairments {
+        loss: 0.01,
+        reorder: 0.01,
+        seed: 5,
+        ..Impairments::none()
+    };
+    let (allocs, bytes, sent, received) = steady_state(impair, 128 << 20);
+    eprintln!(
+        "lossy steady window: client sent {sent} and received {received} packets; \
+         {allocs} allocations, {bytes} bytes"
+    );
+    assert!(sent > 20_000 && received > 20_000, "{sent} / {received}");
+    assert!(
+        allocs <= 8,
+        "{allocs} allocations ({bytes} bytes) over {sent} + {received} packets; \
+         rerun with QUENCH_ALLOC_TRACE=5 for backtraces"
+    );
+}
