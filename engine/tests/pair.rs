@@ -574,3 +574,26 @@ fn version_negotiation_must_echo_our_connection_ids() {
         "no app existed yet; the endpoint reaped the connection"
     );
 }
+
+#[test]
+fn a_client_config_reused_for_a_second_connection_resumes_cleanly() {
+    // Regression: with a session ticket, rustls first reports the remembered transport
+    // parameters; the client must wait for the server's own (original DCID differs).
+    let (mut sim, h1) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 4096);
+    sim.run_to_completion(h1, 1, Duration::from_secs(30));
+    let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+    let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+    // Two connections on one config: the second may resume with the first's ticket.
+    let now = sim.now;
+    let a = sim
+        .client
+        .connect(now, ctls.clone(), "localhost", saddr, VERSION_1)
+        .unwrap();
+    sim.run_to_completion(a, 1, Duration::from_secs(30));
+    let now = sim.now;
+    let b = sim
+        .client
+        .connect(now, ctls, "localhost", saddr, VERSION_1)
+        .unwrap();
+    sim.run_to_completion(b, 1, Duration::from_secs(30));
+}

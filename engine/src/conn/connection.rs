@@ -737,7 +737,10 @@ impl Connection {
                 }
             }
         }
-        if self.peer_params.is_none() {
+        // A resuming client's rustls reports the parameters remembered with the ticket until
+        // the server's EncryptedExtensions arrive; those are only certain once 1-RTT keys exist.
+        let params_final = self.side == Side::Server || self.one_rtt.is_some();
+        if self.peer_params.is_none() && params_final {
             if let Some(raw) = self.tls.peer_transport_parameters() {
                 let params = TransportParameters::decode(raw, self.side.peer())?;
                 self.apply_peer_params(params)?;
