@@ -1,6 +1,6 @@
 //! `echo`: every byte received on a bidirectional stream is sent back; FIN follows FIN.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::Instant;
 
 use crate::app::Application;

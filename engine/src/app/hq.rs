@@ -2,7 +2,7 @@
 //! `GET /path\r\n` and FIN; the server answers with the raw body and FIN.
 //! Files are served from `--root`; a path `/N` naming no file returns N bytes.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};

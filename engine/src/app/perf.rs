@@ -2,7 +2,7 @@
 //! 8-byte big-endian length it wants back, then upload bytes and FIN; the server discards
 //! the upload and sends exactly that many bytes, then FIN.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::Instant;
 
 use crate::app::{write_zeros, Application};

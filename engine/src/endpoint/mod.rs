@@ -9,7 +9,10 @@ pub mod cid;
 pub mod stateless;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+
+// Keyed per map (DoS-resistant: peers choose CIDs) and far cheaper than SipHash per packet.
+use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

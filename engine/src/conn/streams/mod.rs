@@ -26,7 +26,10 @@ mod transmit;
 
 use crate::wire;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Keyed per map (peers choose stream ids) and far cheaper than SipHash per frame.
+use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant};
 
 use crate::Side;
