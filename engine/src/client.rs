@@ -194,6 +194,7 @@ impl EventHandler<ClientConnState> for ClientHandler {
     }
 }
 
+/// Runs the client over a kernel UDP socket on an ephemeral port.
 pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
     let bind: SocketAddr = if opts.connect.is_ipv4() {
         "0.0.0.0:0".parse().unwrap()
@@ -201,6 +202,14 @@ pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
         "[::]:0".parse().unwrap()
     };
     let mut dp = UdpDatapath::bind(bind, UdpOptions::default())?;
+    run_client_on(opts, &mut dp)
+}
+
+/// Runs the client over any datapath (an AF_XDP socket, the in-memory pair, ...).
+pub fn run_client_on<D: crate::io::Datapath>(
+    opts: ClientOptions,
+    dp: &mut D,
+) -> Result<ClientReport, ClientError> {
     let mut cfg = EndpointConfig::new(opts.transport.clone(), None);
     cfg.max_connections = opts.conns.max(1);
     cfg.keep_drained_states = true;
@@ -229,32 +238,26 @@ pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
     let mut report = ClientReport::default();
     let mut handshake_total = 0.0;
     let mut connected = 0usize;
-    let finished = drive_until(
-        &mut dp,
-        &mut endpoint,
-        &mut handler,
-        deadline,
-        |ep, _h, now| {
-            let mut all_done = true;
-            for &h in &handles {
-                let state_done = ep.with_state(h, |conn, st| {
-                    if st.app.is_done() || st.app.failure().is_some() {
-                        if !conn.is_closing() {
-                            conn.close(now, 0, "done");
-                        }
-                        true
-                    } else {
-                        st.closed.is_some()
+    let finished = drive_until(dp, &mut endpoint, &mut handler, deadline, |ep, _h, now| {
+        let mut all_done = true;
+        for &h in &handles {
+            let state_done = ep.with_state(h, |conn, st| {
+                if st.app.is_done() || st.app.failure().is_some() {
+                    if !conn.is_closing() {
+                        conn.close(now, 0, "done");
                     }
-                });
-                // A connection gone from the endpoint has drained: it is done.
-                if state_done == Some(false) {
-                    all_done = false;
+                    true
+                } else {
+                    st.closed.is_some()
                 }
+            });
+            // A connection gone from the endpoint has drained: it is done.
+            if state_done == Some(false) {
+                all_done = false;
             }
-            all_done
-        },
-    )?;
+        }
+        all_done
+    })?;
     let elapsed = start.elapsed();
     // Collect results from what the handler recorded.
     for st in handler.take_results(&mut endpoint) {

@@ -147,6 +147,18 @@ enum Command {
         timeout: u64,
         #[arg(long, value_enum, default_value = "cubic")]
         congestion: Congestion,
+        /// Send and receive through kernel UDP (default) or AF_XDP.
+        #[arg(long, value_enum, default_value = "udp")]
+        datapath: DatapathKind,
+        /// AF_XDP: the interface to use (its address is our source; queue 0).
+        #[arg(long, required_if_eq("datapath", "xdp"))]
+        iface: Option<String>,
+        /// AF_XDP: the local UDP port to send from and steer back to us.
+        #[arg(long, default_value_t = 47000)]
+        local_port: u16,
+        /// AF_XDP: how to attach the XDP program.
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: XdpModeArg,
     },
 }
 
@@ -262,6 +274,10 @@ fn run(cli: Cli) -> Result<()> {
             server_name,
             timeout,
             congestion,
+            datapath,
+            iface,
+            local_port,
+            xdp_mode,
         } => {
             let verify = match (ca, insecure) {
                 (Some(ca), _) => ServerVerification::CaFile(ca),
@@ -279,7 +295,7 @@ fn run(cli: Cli) -> Result<()> {
                 other => bail!("client ALPN {other:?} not supported (perf, hq-interop)"),
             };
             let tls = client_config(verify, &[alpn.as_bytes().to_vec()])?;
-            let report = run_client(ClientOptions {
+            let opts = ClientOptions {
                 connect,
                 server_name,
                 tls,
@@ -289,11 +305,91 @@ fn run(cli: Cli) -> Result<()> {
                 timeout: Duration::from_secs(timeout),
                 transport: transport(congestion),
                 version: DEFAULT_VERSION,
-            })?;
+            };
+            let report = match datapath {
+                DatapathKind::Udp => run_client(opts)?,
+                DatapathKind::Xdp => {
+                    run_xdp_client(opts, iface.unwrap_or_default(), local_port, xdp_mode)?
+                }
+            };
             println!("{}", report.to_json());
             Ok(())
         }
     }
+}
+
+/// The client role over AF_XDP: one socket on queue 0 of `iface`; the XDP program steers
+/// datagrams to `local_port` into it, and replies go to the next hop's MAC from the
+/// kernel's neighbour table.
+#[cfg(feature = "xdp")]
+fn run_xdp_client(
+    opts: ClientOptions,
+    iface: String,
+    local_port: u16,
+    mode: XdpModeArg,
+) -> Result<quench::client::ClientReport> {
+    use quench::io::xdp::{XdpConfig, XdpMode, XdpSetup};
+    let cfg = XdpConfig {
+        iface,
+        queues: vec![0],
+        workers: 1,
+        mode: match mode {
+            XdpModeArg::Native => XdpMode::Native,
+            XdpModeArg::Generic => XdpMode::Generic,
+            XdpModeArg::Auto => XdpMode::Auto,
+        },
+        ports: vec![local_port],
+        side: quench::Side::Client,
+        ..XdpConfig::default()
+    };
+    prime_neighbor(opts.connect)?;
+    let (program, mut sockets) = XdpSetup::start(&cfg).context("starting AF_XDP")?;
+    let dp = sockets.first_mut().context("AF_XDP gave no socket")?;
+    let report = quench::client::run_client_on(opts, dp);
+    let stats = program.stats();
+    tracing::info!(?stats, "XDP program counters");
+    drop(program); // detach before reporting
+    Ok(report?)
+}
+
+/// AF_XDP bypasses the kernel, so nothing makes it resolve the server's MAC: send one empty
+/// datagram through a kernel socket (ARP / neighbour discovery follows) and wait for the
+/// entry, up to a second.
+#[cfg(feature = "xdp")]
+fn prime_neighbor(remote: SocketAddr) -> Result<()> {
+    use quench::io::xdp::neigh::lookup;
+    if lookup(remote.ip()).is_some() {
+        return Ok(());
+    }
+    let bind: SocketAddr = if remote.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
+    let sock = std::net::UdpSocket::bind(bind)?;
+    sock.send_to(&[], remote)
+        .context("priming the neighbour table")?;
+    for _ in 0..100 {
+        if lookup(remote.ip()).is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!(
+        "no neighbour entry for {} (is it on-link and reachable?)",
+        remote.ip()
+    )
+}
+
+#[cfg(not(feature = "xdp"))]
+fn run_xdp_client(
+    _: ClientOptions,
+    _: String,
+    _: u16,
+    _: XdpModeArg,
+) -> Result<quench::client::ClientReport> {
+    bail!("this build has no AF_XDP support (cargo feature `xdp`)")
 }
 
 /// The `--datapath xdp` flags.

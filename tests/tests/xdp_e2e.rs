@@ -53,6 +53,7 @@ struct Topology {
     srv: String,
     cli: String,
     srv_if: String,
+    cli_if: String,
 }
 
 impl Topology {
@@ -71,8 +72,9 @@ impl Topology {
             srv: format!("qx-{tag}-s"),
             cli: format!("qx-{tag}-c"),
             srv_if: format!("qx{tag}s"),
+            cli_if: format!("qx{tag}c"),
         };
-        let cli_if = format!("qx{tag}c");
+        let cli_if = t.cli_if.clone();
         let q = queues.to_string();
         t.remove();
         ip(&["netns", "add", &t.srv]);
@@ -162,6 +164,20 @@ struct KernelUdp {
 fn kernel_udp(pid: u32) -> KernelUdp {
     let text = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))
         .expect("reading the server namespace's /proc/net/snmp");
+    parse_kernel_udp(&text)
+}
+
+/// The same counters for a namespace, read through `ip netns exec`.
+fn kernel_udp_in(ns: &str) -> KernelUdp {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("reading a namespace's /proc/net/snmp");
+    assert!(out.status.success(), "cat /proc/net/snmp in {ns}");
+    parse_kernel_udp(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_kernel_udp(text: &str) -> KernelUdp {
     let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
     let names: Vec<&str> = udp.next().expect("Udp header").split_whitespace().collect();
     let values: Vec<u64> = udp
@@ -676,4 +692,41 @@ fn stale_program(dir: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     obj.to_string_lossy().into_owned()
+}
+
+/// The client role over AF_XDP: `quench client --datapath xdp` in the client namespace
+/// against the AF_XDP server. The client resolves the server's MAC from the kernel's
+/// neighbour table (primed by the client itself), and the client namespace's kernel UDP
+/// stack receives none of the replies.
+#[test]
+fn quench_client_over_af_xdp() {
+    let _serial = serial();
+    let t = Topology::new("k", 1);
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = XdpServer::start(&t, &certs, dir.path(), &["--workers", "1"]);
+    let before = kernel_udp_in(&t.cli);
+    let transfer = Transfer::perf(20 * MIB, 5 * MIB).conns(4);
+    let mut cmd = client_command(Peer::Quench, server_addr(), &certs.ca, &transfer);
+    cmd.args([
+        "--datapath",
+        "xdp",
+        "--iface",
+        &t.cli_if,
+        "--local-port",
+        "47000",
+    ]);
+    let report = run_client(Topology::exec_in(&t.cli, &cmd), transfer.timeout());
+    assert_perf(&report, &transfer);
+    let after = kernel_udp_in(&t.cli);
+    assert_eq!(
+        before.in_datagrams, after.in_datagrams,
+        "the client namespace's kernel UDP stack received datagrams: the replies bypassed AF_XDP"
+    );
+    assert_eq!(
+        before.no_ports, after.no_ports,
+        "replies reached the kernel with no socket"
+    );
+    let stats = server.shutdown();
+    assert_eq!(sum(&stats, "workers", "connections_accepted"), 4, "{stats}");
 }
