@@ -103,6 +103,9 @@ enum Command {
         /// Validate client addresses with Retry before accepting (RFC 9000 §8.1.2).
         #[arg(long)]
         retry: bool,
+        /// Most connections per worker; beyond it new clients are refused (CONNECTION_REFUSED).
+        #[arg(long, default_value_t = 100_000)]
+        max_connections: usize,
         #[arg(long, value_enum, default_value = "cubic")]
         congestion: Congestion,
         /// Do not pin workers to cores.
@@ -203,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
             root,
             workers,
             retry,
+            max_connections,
             congestion,
             no_pin,
         } => {
@@ -249,6 +253,7 @@ fn run(cli: Cli) -> Result<()> {
                 workers,
                 transport: transport(congestion),
                 require_retry: retry,
+                max_connections,
                 pin: !no_pin,
             };
             let xdp = XdpArgs {

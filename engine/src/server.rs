@@ -42,6 +42,8 @@ pub struct ServerOptions {
     pub workers: usize,
     pub transport: TransportConfig,
     pub require_retry: bool,
+    /// Most connections per worker; beyond it new clients get CONNECTION_REFUSED.
+    pub max_connections: usize,
     pub pin: bool,
 }
 
@@ -154,6 +156,7 @@ impl WorkerBase {
         });
         let mut endpoint = EndpointConfig::new(opts.transport.clone(), Some(tls));
         endpoint.require_retry = opts.require_retry;
+        endpoint.max_connections = opts.max_connections.max(1);
         Ok(WorkerBase {
             endpoint,
             factory,

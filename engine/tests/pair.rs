@@ -185,6 +185,7 @@ struct SimOptions {
     size: u64,
     version: u32,
     require_retry: bool,
+    max_connections: usize,
 }
 
 impl SimOptions {
@@ -196,6 +197,7 @@ impl SimOptions {
             size,
             version: VERSION_1,
             require_retry: false,
+            max_connections: 100_000,
         }
     }
 }
@@ -220,6 +222,7 @@ impl Sim {
         let (cdp, sdp) = pair(caddr, saddr, o.impair);
         let mut scfg = EndpointConfig::new(o.transport.clone(), Some(stls));
         scfg.require_retry = o.require_retry;
+        scfg.max_connections = o.max_connections;
         let server = Endpoint::new(scfg);
         let mut ccfg = EndpointConfig::new(o.transport, None);
         ccfg.keep_drained_states = true;
@@ -312,7 +315,7 @@ impl Sim {
                 self.now += Duration::from_micros(50);
             }
         }
-        false
+        done(self)
     }
 
     fn client_app(&mut self, h: usize) -> Option<(usize, Option<String>)> {
@@ -596,4 +599,28 @@ fn a_client_config_reused_for_a_second_connection_resumes_cleanly() {
         .connect(now, ctls, "localhost", saddr, VERSION_1)
         .unwrap();
     sim.run_to_completion(b, 1, Duration::from_secs(30));
+}
+
+#[test]
+fn a_full_server_refuses_new_connections_with_connection_refused() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 4096);
+    o.max_connections = 1;
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 1, Duration::from_secs(30));
+    let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+    let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+    let now = sim.now;
+    let h2 = sim
+        .client
+        .connect(now, ctls, "localhost", saddr, VERSION_1)
+        .unwrap();
+    let gone = sim.run(Duration::from_secs(30), |s| s.client.conn(h2).is_none());
+    assert!(gone, "the refused connection should end");
+    assert_eq!(sim.server.stats().connections_refused, 1);
+    assert_eq!(
+        sim.server.connection_count(),
+        1,
+        "the first connection is untouched"
+    );
+    assert!(sim.client.conn(h1).is_some_and(|c| !c.is_closing()));
 }
