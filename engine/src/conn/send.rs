@@ -364,13 +364,7 @@ impl Connection {
         if ack_eliciting && space.probes > 0 {
             space.probes -= 1;
         }
-        // The header-protection sample needs 4 bytes of packet number + payload before it (RFC 9001 §5.4.2).
-        let mut payload_len = pos - header_len;
-        let min_payload = 4usize.saturating_sub(pn_len);
-        if payload_len < min_payload {
-            buf[pos..pos + (min_payload - payload_len)].fill(0);
-            payload_len = min_payload;
-        }
+        let payload_len = pad_for_sample(buf, header_len, pos - header_len, pn_len);
         if epoch == Epoch::Data {
             frames.key_generation = self.one_rtt.as_ref().map_or(0, |k| k.generation());
         }
@@ -531,12 +525,8 @@ impl Connection {
         };
         let mut w = Writer::new(&mut buf[header_len..end]);
         frame.encode(&mut w).ok()?;
-        let mut payload_len = w.len();
-        let min_payload = 4usize.saturating_sub(pn_len);
-        if payload_len < min_payload {
-            buf[header_len + payload_len..header_len + min_payload].fill(0);
-            payload_len = min_payload;
-        }
+        let written = w.len();
+        let payload_len = pad_for_sample(buf, header_len, written, pn_len);
         let taken = self.spaces[epoch.index()].take_pn();
         debug_assert_eq!(taken, pn);
         let frames = self.sent_pool.take(epoch);
@@ -554,4 +544,15 @@ impl Connection {
             frames,
         })
     }
+}
+
+/// The header-protection sample starts 4 bytes after the packet number (RFC 9001 §5.4.2):
+/// pads a short payload with PADDING (zeros) so the sample fits. Returns the payload length.
+fn pad_for_sample(buf: &mut [u8], header_len: usize, payload_len: usize, pn_len: usize) -> usize {
+    let min_payload = 4usize.saturating_sub(pn_len);
+    if payload_len < min_payload {
+        buf[header_len + payload_len..header_len + min_payload].fill(0);
+        return min_payload;
+    }
+    payload_len
 }
