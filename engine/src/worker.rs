@@ -77,6 +77,8 @@ impl<D: Datapath> Worker<D> {
         let multi = self.handoff.as_ref().is_some_and(|h| h.queues.len() > 1);
         let mut closing_since: Option<Instant> = None;
         let mut spare: Vec<Box<[u8; 2048]>> = Vec::new();
+        // One handle for the whole loop: the dispatcher borrows it while `self` is borrowed mutably.
+        let factory = self.factory.clone();
         loop {
             let now = Instant::now();
             if self.shutdown.load(Ordering::Relaxed) && closing_since.is_none() {
@@ -96,7 +98,6 @@ impl<D: Datapath> Worker<D> {
                 }
             }
 
-            let factory = self.factory.clone();
             let mut dispatcher = AppDispatcher {
                 factory: factory.as_ref(),
             };
