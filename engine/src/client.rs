@@ -260,7 +260,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
     })?;
     let elapsed = start.elapsed();
     // Collect results from what the handler recorded.
-    for st in handler.take_results(&mut endpoint) {
+    for st in endpoint.take_all_states() {
         if let Some(f) = st.app.failure() {
             return Err(ClientError::Failed(f.to_string()));
         }
@@ -302,13 +302,6 @@ pub fn run_client_on<D: crate::io::Datapath>(
     report.handshake_ms = handshake_total / connected as f64;
     report.seconds = elapsed.as_secs_f64();
     Ok(report)
-}
-
-impl ClientHandler {
-    /// Takes every connection's state out of the endpoint (live or already drained).
-    fn take_results(&mut self, endpoint: &mut Endpoint<ClientConnState>) -> Vec<ClientConnState> {
-        endpoint.take_all_states()
-    }
 }
 
 /// Default client version.

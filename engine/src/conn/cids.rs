@@ -105,10 +105,6 @@ impl CidState {
         }
     }
 
-    pub fn is_local(&self, cid: &[u8]) -> bool {
-        self.local.iter().any(|l| l.cid.as_slice() == cid)
-    }
-
     /// Is `token` one of the peer's stateless reset tokens? (RFC 9000 §10.3.1)
     pub fn matches_reset_token(&self, token: &[u8]) -> bool {
         self.remote
@@ -256,10 +252,6 @@ impl CidState {
         }
         self.retire_queue.push_back(seq);
         Ok(())
-    }
-
-    pub fn local_by_seq(&self, seq: u64) -> Option<&LocalCid> {
-        self.local.iter().find(|l| l.seq == seq)
     }
 
     pub fn on_new_cid_lost(&mut self, seq: u64) {

@@ -60,7 +60,7 @@ impl Connection {
         let mut offset = 0;
         while offset < total_len {
             let rest = &mut datagram[offset..];
-            let (hdr, packet_len) = match self.parse_header(rest) {
+            let (hdr, packet_len) = match self.parse_header(now, rest) {
                 Some(x) => x,
                 None => {
                     self.stats.packets_dropped += 1;
@@ -109,7 +109,7 @@ impl Connection {
 
     /// Parses a header into owned fields, handling Retry and Version Negotiation (client only) inline.
     /// Returns None when the rest of the datagram must be dropped.
-    fn parse_header(&mut self, buf: &[u8]) -> Option<(PacketHeader, usize)> {
+    fn parse_header(&mut self, now: Instant, buf: &[u8]) -> Option<(PacketHeader, usize)> {
         let (hdr, len) = header::parse(buf, self.local_cid_len).ok()?;
         let owned = match hdr {
             Header::Long {
@@ -134,7 +134,7 @@ impl Connection {
                 ..
             } => {
                 let token = token.to_vec();
-                self.handle_retry(version, scid, token, &buf[..len]);
+                self.handle_retry(now, version, scid, token, &buf[..len]);
                 return None;
             }
             Header::VersionNegotiation {
@@ -151,7 +151,14 @@ impl Connection {
     }
 
     /// Client: a Retry (RFC 9000 §17.2.5, RFC 9001 §5.8).
-    fn handle_retry(&mut self, version: u32, scid: ConnectionId, token: Vec<u8>, packet: &[u8]) {
+    fn handle_retry(
+        &mut self,
+        now: Instant,
+        version: u32,
+        scid: ConnectionId,
+        token: Vec<u8>,
+        packet: &[u8],
+    ) {
         if self.side != Side::Client
             || self.got_server_packet
             || self.retry_scid.is_some()
@@ -172,9 +179,7 @@ impl Connection {
         // Resend everything from the first Initial under the new keys; the old packets are gone.
         let mut lost = std::mem::take(&mut self.lost_scratch);
         self.recovery
-            .discard_space(Epoch::Initial, std::time::Instant::now(), &mut |p| {
-                lost.push(p.data)
-            });
+            .discard_space(Epoch::Initial, now, &mut |p| lost.push(p.data));
         for frames in lost.drain(..) {
             self.on_frames_lost(frames);
         }
