@@ -153,17 +153,28 @@ impl EventHandler<()> for Bulk {
     }
 }
 
-struct Sim {
+/// Progress a handler reports to the driver.
+trait Progress: EventHandler<()> + Default {
+    fn done(&self) -> u64;
+}
+
+impl Progress for Bulk {
+    fn done(&self) -> u64 {
+        self.read
+    }
+}
+
+struct Sim<H = Bulk> {
     now: Instant,
     client: Endpoint<()>,
     server: Endpoint<()>,
     cdp: MemDatapath,
     sdp: MemDatapath,
-    c: Bulk,
-    s: Bulk,
+    c: H,
+    s: H,
 }
 
-impl Sim {
+impl<H: Progress> Sim<H> {
     fn new(impair: Impairments) -> Self {
         let cert = generate_self_signed(&["localhost".into()]).unwrap();
         let alpns = vec![b"bulk".to_vec()];
@@ -185,16 +196,16 @@ impl Sim {
             server,
             cdp,
             sdp,
-            c: Bulk::default(),
-            s: Bulk::default(),
+            c: H::default(),
+            s: H::default(),
         }
     }
 
-    /// Drives both endpoints until both sides have read `bytes` more than now.
-    fn run(&mut self, bytes: u64) {
-        let (c_goal, s_goal) = (self.c.read + bytes, self.s.read + bytes);
+    /// Drives both endpoints until both sides have done `units` more (bytes read, requests).
+    fn run(&mut self, units: u64) {
+        let (c_goal, s_goal) = (self.c.done() + units, self.s.done() + units);
         for _ in 0..5_000_000u64 {
-            if self.c.read >= c_goal && self.s.read >= s_goal {
+            if self.c.done() >= c_goal && self.s.done() >= s_goal {
                 return;
             }
             let now = self.now;
@@ -231,8 +242,9 @@ impl Sim {
             }
         }
         panic!(
-            "transfer stalled: client read {} of {c_goal}, server read {} of {s_goal}",
-            self.c.read, self.s.read
+            "transfer stalled: client at {} of {c_goal}, server at {} of {s_goal}",
+            self.c.done(),
+            self.s.done()
         );
     }
 
@@ -244,12 +256,23 @@ impl Sim {
 }
 
 fn steady_state(impair: Impairments, warm_up: u64) -> (usize, usize, u64, u64) {
+    steady_state_of::<Bulk>(impair, 1 << 20, warm_up, 32 << 20)
+}
+
+/// Sets up and warms a `Sim<H>` (first `setup`, then `warm_up` units), then counts the
+/// allocations of `units` more: (allocations, bytes, client packets sent, received).
+fn steady_state_of<H: Progress>(
+    impair: Impairments,
+    setup: u64,
+    warm_up: u64,
+    units: u64,
+) -> (usize, usize, u64, u64) {
     let mut sim = None;
     // The handshake allocates (connection state, TLS): proof that the counter sees this
     // thread's allocations through the engine.
     let (setup_allocs, _) = allocations_in(false, || {
-        let mut s = Sim::new(impair);
-        s.run(1 << 20);
+        let mut s = Sim::<H>::new(impair);
+        s.run(setup);
         sim = Some(s);
     });
     assert!(setup_allocs > 100, "counter saw {setup_allocs} allocations");
@@ -257,7 +280,7 @@ fn steady_state(impair: Impairments, warm_up: u64) -> (usize, usize, u64, u64) {
     // Warm-up: windows, congestion window, buffers and pools reach their working size.
     sim.run(warm_up);
     let (sent0, recv0) = sim.packets();
-    let (allocs, bytes) = allocations_in(true, || sim.run(32 << 20));
+    let (allocs, bytes) = allocations_in(true, || sim.run(units));
     let (sent1, recv1) = sim.packets();
     (allocs, bytes, sent1 - sent0, recv1 - recv0)
 }
@@ -305,6 +328,100 @@ fn steady_bulk_transfer_under_loss_and_reordering() {
     assert!(
         allocs <= 8,
         "{allocs} allocations ({bytes} bytes) over {sent} + {received} packets; \
+         rerun with QUENCH_ALLOC_TRACE=5 for backtraces"
+    );
+}
+
+/// Request/response over a fresh bidirectional stream each time (the perf and hq pattern):
+/// the client keeps `REQUESTS_IN_FLIGHT` requests of 100 bytes outstanding, the server
+/// answers each with 100 bytes once the request's FIN arrives. Both sides count requests
+/// completed; the byte pattern is checked.
+#[derive(Default)]
+struct Requests {
+    /// Client: requests answered. Server: requests answered (FIN written).
+    completed: u64,
+    /// Client: streams currently open.
+    in_flight: u64,
+}
+
+const REQUESTS_IN_FLIGHT: u64 = 8;
+const MESSAGE: usize = 100;
+
+impl Requests {
+    fn top_up(&mut self, conn: &mut Connection) {
+        while self.in_flight < REQUESTS_IN_FLIGHT {
+            let Some(id) = conn.open_stream(true) else {
+                return; // the peer's stream limit; StreamsAvailable resumes us
+            };
+            assert_eq!(conn.write(id, &PATTERN[..MESSAGE]), Ok(MESSAGE));
+            conn.finish(id).expect("finish request");
+            self.in_flight += 1;
+        }
+    }
+
+    /// Reads what is readable; true once the FIN was read. Checks the bytes.
+    fn drain(conn: &mut Connection, id: StreamId, now: Instant) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match conn.read(id, &mut buf, now) {
+                Ok((n, fin)) => {
+                    assert_eq!(&buf[..n], &PATTERN[..n], "stream bytes");
+                    if fin {
+                        return true;
+                    }
+                    if n == 0 {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+impl EventHandler<()> for Requests {
+    fn on_event(&mut self, now: Instant, conn: &mut Connection, _: &mut (), event: Event) {
+        let client = conn.side() == quench::Side::Client;
+        match event {
+            Event::Connected if client => self.top_up(conn),
+            Event::Stream(StreamEvent::StreamsAvailable { .. }) if client => self.top_up(conn),
+            Event::Stream(StreamEvent::Opened { id } | StreamEvent::Readable { id }) => {
+                if Self::drain(conn, id, now) {
+                    if client {
+                        self.completed += 1;
+                        self.in_flight -= 1;
+                        self.top_up(conn);
+                    } else {
+                        assert_eq!(conn.write(id, &PATTERN[..MESSAGE]), Ok(MESSAGE));
+                        conn.finish(id).expect("finish response");
+                        self.completed += 1;
+                    }
+                }
+            }
+            Event::Closed(reason) => panic!("connection closed: {reason:?}"),
+            _ => {}
+        }
+    }
+}
+
+impl Progress for Requests {
+    fn done(&self) -> u64 {
+        self.completed
+    }
+}
+
+#[test]
+fn steady_requests_on_new_streams_allocate_nothing() {
+    let (allocs, bytes, sent, received) =
+        steady_state_of::<Requests>(Impairments::none(), 100, 5_000, 20_000);
+    eprintln!(
+        "request window: client sent {sent} and received {received} packets; \
+         {allocs} allocations, {bytes} bytes"
+    );
+    assert!(sent > 2_000 && received > 2_000, "{sent} / {received}");
+    assert_eq!(
+        allocs, 0,
+        "20,000 requests allocated {allocs} times ({bytes} bytes); \
          rerun with QUENCH_ALLOC_TRACE=5 for backtraces"
     );
 }

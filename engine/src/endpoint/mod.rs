@@ -7,9 +7,9 @@
 
 pub mod cid;
 pub mod stateless;
+mod timers;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
 // Keyed per map (DoS-resistant: peers choose CIDs) and far cheaper than SipHash per packet.
 use foldhash::{HashMap, HashMapExt};
@@ -28,6 +28,7 @@ use crate::wire::header::{self, Header, LongType};
 use crate::wire::steer::CidLayout;
 
 pub use cid::CidGenerator;
+use timers::TimerQueue;
 
 /// Index of a connection inside its endpoint.
 pub type ConnHandle = usize;
@@ -120,9 +121,12 @@ pub struct Endpoint<U> {
     by_cid: HashMap<ConnectionId, ConnHandle>,
     by_initial: HashMap<ConnectionId, ConnHandle>,
     by_reset_token: HashMap<[u8; 16], ConnHandle>,
+    /// The last CID routed and its connection: datagrams arrive in per-flow bursts (GRO,
+    /// batched rings), so most skip the table. Cleared whenever either table changes.
+    last_route: Option<(ConnectionId, ConnHandle)>,
     /// Connections that may have something to send, in round-robin order.
     send_queue: VecDeque<ConnHandle>,
-    timers: BinaryHeap<Reverse<(Instant, ConnHandle)>>,
+    timers: TimerQueue,
     stateless: VecDeque<StatelessPacket>,
     // Boxed so buffers move between the pool and the queue without copying 1.5 KB.
     #[allow(clippy::vec_box)]
@@ -142,8 +146,9 @@ impl<U: Default> Endpoint<U> {
             by_cid: HashMap::with_capacity(4096),
             by_initial: HashMap::with_capacity(1024),
             by_reset_token: HashMap::with_capacity(1024),
+            last_route: None,
             send_queue: VecDeque::with_capacity(1024),
-            timers: BinaryHeap::with_capacity(1024),
+            timers: TimerQueue::with_capacity(1024),
             stateless: VecDeque::new(),
             stateless_pool: Vec::new(),
             stats: EndpointStats::default(),
@@ -226,9 +231,11 @@ impl<U: Default> Endpoint<U> {
         });
         for cid in cids {
             self.by_cid.insert(cid, h);
+            self.last_route = None;
         }
         if let Some(d) = initial_dcid {
             self.by_initial.insert(d, h);
+            self.last_route = None;
         }
         self.mark_send(h);
         h
@@ -257,12 +264,20 @@ impl<U: Default> Endpoint<U> {
             self.stats.dropped_unroutable += 1;
             return None;
         };
-        let known = ConnectionId::new(dcid).ok().and_then(|d| {
-            self.by_cid
-                .get(&d)
-                .or_else(|| self.by_initial.get(&d))
-                .copied()
-        });
+        let known = ConnectionId::new(dcid)
+            .ok()
+            .and_then(|d| match self.last_route {
+                Some((cid, h)) if cid == d => Some(h),
+                _ => {
+                    let h = self
+                        .by_cid
+                        .get(&d)
+                        .or_else(|| self.by_initial.get(&d))
+                        .copied()?;
+                    self.last_route = Some((d, h));
+                    Some(h)
+                }
+            });
         if let Some(h) = known {
             let e = &mut self.conns[h];
             e.conn.handle_datagram(now, meta.src, meta.ecn, buf);
@@ -527,9 +542,11 @@ impl<U: Default> Endpoint<U> {
             match ev {
                 CidEvent::Issued(cid) => {
                     self.by_cid.insert(cid, h);
+                    self.last_route = None;
                 }
                 CidEvent::Retired(cid) => {
                     self.by_cid.remove(&cid);
+                    self.last_route = None;
                 }
                 CidEvent::PeerResetToken(token) => {
                     // Bounded: the peer can't hold more CIDs with us than our limit allows.
@@ -547,6 +564,7 @@ impl<U: Default> Endpoint<U> {
             // Past the handshake the client no longer uses its original DCID.
             if let Some(d) = e.initial_dcid.take() {
                 self.by_initial.remove(&d);
+                self.last_route = None;
             }
         }
         if e.conn.is_drained() {
@@ -564,14 +582,15 @@ impl<U: Default> Endpoint<U> {
         let t = e.conn.poll_timeout();
         if t != e.timer {
             e.timer = t;
-            if let Some(t) = t {
-                self.timers.push(Reverse((t, h)));
-            }
+            self.timers.set(h, t);
         }
     }
 
     fn remove(&mut self, h: ConnHandle) {
         let e = self.conns.remove(h);
+        // The handle will be reused: neither its deadline nor a cached route may outlive it.
+        self.timers.set(h, None);
+        self.last_route = None;
         for cid in e.conn.local_cids() {
             if self.by_cid.get(&cid) == Some(&h) {
                 self.by_cid.remove(&cid);
@@ -634,14 +653,8 @@ impl<U: Default> Endpoint<U> {
         // Take the expired entries first: a connection may re-arm a timer that is already due
         // (an ACK deadline only sending clears), which must wait for the next round.
         let mut expired = std::mem::take(&mut self.expired_scratch);
-        while let Some(Reverse((t, h))) = self.timers.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
-            if self.conns.get(h).is_some_and(|e| e.timer == Some(t)) {
-                expired.push(h);
-            }
+        while let Some(h) = self.timers.pop_due(now) {
+            expired.push(h);
         }
         for h in expired.drain(..) {
             let Some(e) = self.conns.get_mut(h) else {
@@ -655,17 +668,8 @@ impl<U: Default> Endpoint<U> {
     }
 
     /// Earliest connection timer.
-    pub fn next_timeout(&mut self) -> Option<Instant> {
-        // Drop superseded entries so the heap's top is real.
-        while let Some(Reverse((t, h))) = self.timers.peek().copied() {
-            match self.conns.get(h) {
-                Some(e) if e.timer == Some(t) => return Some(t),
-                _ => {
-                    self.timers.pop();
-                }
-            }
-        }
-        None
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|(t, _)| t)
     }
 
     /// Writes the next outgoing datagram(s) into `buf`: stateless packets first, then

@@ -7,10 +7,24 @@ use super::error::WireError;
 
 /// A connection ID of 0..=20 bytes. Unused bytes are always zero, so the derived
 /// equality, ordering and hashing only see the ID itself.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
 pub struct ConnectionId {
     bytes: [u8; ConnectionId::MAX_LEN],
     len: u8,
+}
+
+/// Every packet is routed by a CID lookup: hash the 20 bytes as three words instead of
+/// the derived byte-slice hashing (a length prefix and a byte-wise write). Consistent with
+/// `Eq`: both cover all bytes (unused ones are zero) and the length.
+impl std::hash::Hash for ConnectionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let b = &self.bytes;
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let tail = u32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
+        state.write_u64(word(0));
+        state.write_u64(word(8));
+        state.write_u64(u64::from(tail) | u64::from(self.len) << 32);
+    }
 }
 
 impl ConnectionId {

@@ -37,6 +37,19 @@ impl Assembler {
         }
     }
 
+    /// Empties the assembler for reuse by a new stream, keeping its allocations unless the
+    /// buffer is larger than `keep_bytes`.
+    pub fn recycle(&mut self, max_ranges: usize, keep_bytes: usize) {
+        self.buf.clear();
+        if self.buf.capacity() > keep_bytes {
+            self.buf = Vec::new();
+        }
+        self.buf_offset = 0;
+        self.read_offset = 0;
+        self.received.clear();
+        self.max_ranges = max_ranges.max(2);
+    }
+
     pub fn read_offset(&self) -> u64 {
         self.read_offset
     }
@@ -93,30 +106,35 @@ impl Assembler {
         if self.received.len() > self.max_ranges {
             return Err(TooFragmented);
         }
-        self.ensure_room(end);
+        self.make_room(end);
         let start = (offset - self.buf_offset) as usize;
-        self.buf[start..start + data.len()].copy_from_slice(data);
+        if start == self.buf.len() {
+            // In-order data (the common case) appends: nothing to zero-fill first.
+            self.buf.extend_from_slice(data);
+        } else {
+            if start + data.len() > self.buf.len() {
+                self.buf.resize(start + data.len(), 0);
+            }
+            self.buf[start..start + data.len()].copy_from_slice(data);
+        }
         Ok(self.contiguous_end() > readable_before)
     }
 
-    /// Grows the buffer to hold offsets up to `end`, first dropping already-read bytes
-    /// when the allocation would otherwise have to grow.
-    fn ensure_room(&mut self, end: u64) {
+    /// Before the buffer is extended to offset `end`: drops already-read bytes when the
+    /// allocation would otherwise have to grow.
+    fn make_room(&mut self, end: u64) {
         let needed = (end - self.buf_offset) as usize;
-        if needed <= self.buf.len() {
+        if needed <= self.buf.capacity() || self.read_offset <= self.buf_offset {
             return;
         }
-        if needed > self.buf.capacity() && self.read_offset > self.buf_offset {
-            let consumed = (self.read_offset - self.buf_offset) as usize;
-            self.buf.drain(..consumed);
-            self.buf_offset = self.read_offset;
-            // Keep at least half the allocation free so that compaction stays amortized
-            // O(1) per byte instead of moving a nearly full buffer on every insert.
-            if self.buf.len() > self.buf.capacity() / 2 {
-                self.buf.reserve(self.buf.len());
-            }
+        let consumed = (self.read_offset - self.buf_offset) as usize;
+        self.buf.drain(..consumed);
+        self.buf_offset = self.read_offset;
+        // Keep at least half the allocation free so that compaction stays amortized
+        // O(1) per byte instead of moving a nearly full buffer on every insert.
+        if self.buf.len() > self.buf.capacity() / 2 {
+            self.buf.reserve(self.buf.len());
         }
-        self.buf.resize((end - self.buf_offset) as usize, 0);
     }
 
     /// Copies readable bytes into `out`; returns how many.
@@ -158,8 +176,13 @@ impl Assembler {
     }
 
     /// Frees all buffered data (stream reset or no longer wanted), keeping offsets.
+    /// A small allocation is kept (emptied) for the stream's successor; see
+    /// `Streams::recycle`.
     pub fn release(&mut self) {
-        self.buf = Vec::new();
+        self.buf.clear();
+        if self.buf.capacity() > super::RECYCLE_BUFFER_BYTES {
+            self.buf = Vec::new();
+        }
         self.buf_offset = self.read_offset;
         self.received.clear();
         if self.read_offset > 0 {

@@ -37,13 +37,21 @@ use crate::Side;
 pub use crypto_stream::{CryptoStream, DEFAULT_CRYPTO_BUFFER};
 pub use id::StreamId;
 
+use assembler::Assembler;
 use flow::{RecvWindow, SendCredit};
 use recv::{ConnRecv, RecvStream};
 use send::SendStream;
+use send_buffer::SendBuffer;
 use wire::error::{TransportError, TransportErrorCode as Code};
 
 /// Largest stream count a MAX_STREAMS / STREAMS_BLOCKED may carry (§4.6).
 const MAX_STREAM_COUNT: u64 = 1 << 60;
+
+/// Buffers of finished streams kept for new ones, per direction of data, so that a
+/// connection serving a stream per request allocates nothing per request.
+const SPARE_BUFFERS: usize = 32;
+/// A finished stream's buffer larger than this is freed rather than kept.
+const RECYCLE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Local stream and flow-control settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +248,8 @@ pub struct Streams {
     ctrl_queue: VecDeque<u64>,
     events: VecDeque<StreamEvent>,
     reaped: u64,
+    spare_send: Vec<SendBuffer>,
+    spare_recv: Vec<Assembler>,
 }
 
 impl Streams {
@@ -272,6 +282,8 @@ impl Streams {
             ctrl_queue: VecDeque::new(),
             events: VecDeque::new(),
             reaped: 0,
+            spare_send: Vec::new(),
+            spare_recv: Vec::new(),
             config,
         }
     }
@@ -377,21 +389,44 @@ impl Streams {
         Ok(())
     }
 
-    fn new_remote_stream(&self, id: StreamId) -> Stream {
-        let c = &self.config;
+    fn new_remote_stream(&mut self, id: StreamId) -> Stream {
+        let credit = self.peer.initial_max_stream_data_bidi_local;
         Stream {
-            send: id.is_bidi().then(|| {
-                SendStream::new(
-                    self.peer.initial_max_stream_data_bidi_local,
-                    c.send_buffer_per_stream,
-                )
-            }),
-            recv: Some(RecvStream::new(
-                c.stream_recv_window,
-                c.max_stream_recv_window,
-            )),
+            send: id.is_bidi().then(|| self.new_send(credit)),
+            recv: Some(self.new_recv()),
             in_send_queue: false,
             in_ctrl_queue: false,
+        }
+    }
+
+    fn new_send(&mut self, credit: u64) -> SendStream {
+        let buf = self.spare_send.pop().unwrap_or_default();
+        SendStream::with_buffer(buf, credit, self.config.send_buffer_per_stream)
+    }
+
+    fn new_recv(&mut self) -> RecvStream {
+        let c = &self.config;
+        RecvStream::with_assembler(
+            self.spare_recv.pop(),
+            c.stream_recv_window,
+            c.max_stream_recv_window,
+        )
+    }
+
+    /// Keeps a finished stream's buffers for the next streams.
+    fn recycle(&mut self, stream: Stream) {
+        if let Some(send) = stream.send {
+            if self.spare_send.len() < SPARE_BUFFERS {
+                let mut buf = send.buf;
+                buf.recycle(RECYCLE_BUFFER_BYTES);
+                self.spare_send.push(buf);
+            }
+        }
+        if let Some(recv) = stream.recv {
+            if self.spare_recv.len() < SPARE_BUFFERS {
+                // Emptied when reused (it needs the new stream's limits then).
+                self.spare_recv.push(recv.into_assembler());
+            }
         }
     }
 
@@ -417,8 +452,11 @@ impl Streams {
             self.events
                 .push_back(StreamEvent::Readable { id: StreamId(id) });
         }
+        let terminal = stream.is_terminal();
         self.after_untimed_consume();
-        self.maybe_reap(id);
+        if terminal {
+            self.reap(id);
+        }
         Ok(())
     }
 
@@ -447,8 +485,11 @@ impl Streams {
                     .push_back(StreamEvent::Readable { id: StreamId(id) });
             }
         }
+        let terminal = stream.is_terminal();
         self.after_untimed_consume();
-        self.maybe_reap(id);
+        if terminal {
+            self.reap(id);
+        }
         Ok(())
     }
 
@@ -541,15 +582,14 @@ impl Streams {
         }
         let id = StreamId::new(self.side, bidi, self.next_local[d]);
         self.next_local[d] += 1;
-        let c = &self.config;
         let send_credit = if bidi {
             self.peer.initial_max_stream_data_bidi_remote
         } else {
             self.peer.initial_max_stream_data_uni
         };
         let stream = Stream {
-            send: Some(SendStream::new(send_credit, c.send_buffer_per_stream)),
-            recv: bidi.then(|| RecvStream::new(c.stream_recv_window, c.max_stream_recv_window)),
+            send: Some(self.new_send(send_credit)),
+            recv: bidi.then(|| self.new_recv()),
             in_send_queue: false,
             in_ctrl_queue: false,
         };
@@ -557,32 +597,37 @@ impl Streams {
         Some(id)
     }
 
-    /// Checks that `id` names a live stream for an application call: UnknownStream if
-    /// never opened, ClosedStream if already reaped.
-    fn check_app(&self, id: StreamId) -> Result<(), StreamError> {
-        if self.streams.contains_key(&id.0) {
-            return Ok(());
-        }
+    /// The error for an application call on a stream that is not in the map:
+    /// UnknownStream if never opened, ClosedStream if already reaped.
+    fn missing(
+        side: Side,
+        next_local: &[u64; 2],
+        next_remote: &[u64; 2],
+        id: StreamId,
+    ) -> StreamError {
         let d = dir(id.is_bidi());
-        let opened = if id.initiator() == self.side {
-            self.next_local[d]
+        let opened = if id.initiator() == side {
+            next_local[d]
         } else {
-            self.next_remote[d]
+            next_remote[d]
         };
-        Err(if id.index() < opened {
+        if id.index() < opened {
             StreamError::ClosedStream
         } else {
             StreamError::UnknownStream
-        })
+        }
     }
 
     /// Buffers data for sending; returns how many bytes were accepted (Blocked if none).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        self.check_app(id)?;
-        let stream = self
-            .streams
-            .get_mut(&id.0)
-            .ok_or(StreamError::UnknownStream)?;
+        let Some(stream) = self.streams.get_mut(&id.0) else {
+            return Err(Self::missing(
+                self.side,
+                &self.next_local,
+                &self.next_remote,
+                id,
+            ));
+        };
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         let n = send.write(data)?;
         if n > 0 {
@@ -603,11 +648,14 @@ impl Streams {
 
     /// Marks the end of the stream's data (FIN).
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
-        self.check_app(id)?;
-        let stream = self
-            .streams
-            .get_mut(&id.0)
-            .ok_or(StreamError::UnknownStream)?;
+        let Some(stream) = self.streams.get_mut(&id.0) else {
+            return Err(Self::missing(
+                self.side,
+                &self.next_local,
+                &self.next_remote,
+                id,
+            ));
+        };
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         send.finish()?;
         Self::enqueue_send(&mut self.send_queue, id.0, stream);
@@ -646,17 +694,21 @@ impl Streams {
         now: Instant,
         rtt: Duration,
     ) -> Result<(usize, bool), StreamError> {
-        self.check_app(id)?;
-        let stream = self
-            .streams
-            .get_mut(&id.0)
-            .ok_or(StreamError::UnknownStream)?;
+        let Some(stream) = self.streams.get_mut(&id.0) else {
+            return Err(Self::missing(
+                self.side,
+                &self.next_local,
+                &self.next_remote,
+                id,
+            ));
+        };
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
         let result = recv.read(buf, max, now, rtt);
         let stream_window = recv.window.window();
         if recv.max_data_pending {
             Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
         }
+        let terminal = stream.is_terminal();
         if let Ok((n, _)) = result {
             self.conn_recv.window.consume(n as u64);
             // Keep the connection window ahead of the busiest stream window.
@@ -668,38 +720,51 @@ impl Streams {
                 self.max_data_pending = true;
             }
         }
-        self.maybe_reap(id.0);
+        if terminal {
+            self.reap(id.0);
+        }
         result
     }
 
     /// Abandons sending (RESET_STREAM with `error_code`).
     pub fn reset(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
-        self.check_app(id)?;
-        let stream = self
-            .streams
-            .get_mut(&id.0)
-            .ok_or(StreamError::UnknownStream)?;
+        let Some(stream) = self.streams.get_mut(&id.0) else {
+            return Err(Self::missing(
+                self.side,
+                &self.next_local,
+                &self.next_remote,
+                id,
+            ));
+        };
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         if send.reset(error_code, false) {
             Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
         }
-        self.maybe_reap(id.0);
+        if stream.is_terminal() {
+            self.reap(id.0);
+        }
         Ok(())
     }
 
     /// Asks the peer to stop sending (STOP_SENDING); received data is dropped.
     pub fn stop_sending(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
-        self.check_app(id)?;
-        let stream = self
-            .streams
-            .get_mut(&id.0)
-            .ok_or(StreamError::UnknownStream)?;
+        let Some(stream) = self.streams.get_mut(&id.0) else {
+            return Err(Self::missing(
+                self.side,
+                &self.next_local,
+                &self.next_remote,
+                id,
+            ));
+        };
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
         if recv.stop(error_code, &mut self.conn_recv) {
             Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
         }
+        let terminal = stream.is_terminal();
         self.after_untimed_consume();
-        self.maybe_reap(id.0);
+        if terminal {
+            self.reap(id.0);
+        }
         Ok(())
     }
 
@@ -741,11 +806,12 @@ impl Streams {
 
     /// Frees a stream once both parts are finished (§3: ids are never reused) and,
     /// for a peer's stream, lets it open another (§4.6).
-    fn maybe_reap(&mut self, id: u64) {
-        if !self.streams.get(&id).is_some_and(Stream::is_terminal) {
+    /// Forgets a stream in a terminal state; a peer's stream frees a slot for a new one.
+    fn reap(&mut self, id: u64) {
+        let Some(stream) = self.streams.remove(&id) else {
             return;
-        }
-        self.streams.remove(&id);
+        };
+        self.recycle(stream);
         self.reaped += 1;
         let sid = StreamId(id);
         if sid.initiator() != self.side {

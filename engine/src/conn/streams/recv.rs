@@ -51,12 +51,25 @@ pub struct DataOutcome {
 }
 
 impl RecvStream {
+    #[cfg(test)]
     pub fn new(window: u64, max_window: u64) -> Self {
+        Self::with_assembler(None, window, max_window)
+    }
+
+    /// A new stream, around a finished stream's assembler if one is given.
+    pub fn with_assembler(asm: Option<Assembler>, window: u64, max_window: u64) -> Self {
         // Gaps a lossy but honest peer could leave: roughly one per lost full-size
         // packet; 4 KiB per gap is far below that yet stops 1-byte fragment floods.
         let max_ranges = 64 + (max_window / 4096) as usize;
+        let asm = match asm {
+            Some(mut a) => {
+                a.recycle(max_ranges, super::RECYCLE_BUFFER_BYTES);
+                a
+            }
+            None => Assembler::new(max_ranges),
+        };
         Self {
-            asm: Assembler::new(max_ranges),
+            asm,
             window: RecvWindow::new(window, max_window),
             highest: 0,
             final_size: None,
@@ -66,6 +79,11 @@ impl RecvStream {
             max_data_pending: false,
             readable_signalled: false,
         }
+    }
+
+    /// The reassembly buffer, for reuse by a later stream.
+    pub fn into_assembler(self) -> Assembler {
+        self.asm
     }
 
     /// Data will no longer be delivered to the application.

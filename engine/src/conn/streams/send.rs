@@ -46,9 +46,16 @@ pub struct WrittenFrame {
 }
 
 impl SendStream {
+    #[cfg(test)]
     pub fn new(peer_max_stream_data: u64, max_buffer: usize) -> Self {
+        Self::with_buffer(SendBuffer::new(), peer_max_stream_data, max_buffer)
+    }
+
+    /// A new stream around a recycled (empty) buffer.
+    pub fn with_buffer(buf: SendBuffer, peer_max_stream_data: u64, max_buffer: usize) -> Self {
+        debug_assert_eq!(buf.write_offset(), 0);
         Self {
-            buf: SendBuffer::new(),
+            buf,
             credit: SendCredit::new(peer_max_stream_data),
             max_buffer,
             fin_written: false,

@@ -165,6 +165,19 @@ impl SendBuffer {
         }
     }
 
+    /// Empties a finished stream's buffer for reuse by a new stream, keeping the
+    /// allocations unless they are larger than a new stream is likely to need.
+    pub fn recycle(&mut self, keep_bytes: usize) {
+        self.data.clear();
+        if self.data.capacity() > keep_bytes {
+            self.data = VecDeque::new();
+        }
+        self.base = 0;
+        self.unsent = 0;
+        self.retransmit.clear();
+        self.acked.clear();
+    }
+
     /// Drops everything (the stream was reset); offsets are kept.
     pub fn clear(&mut self) {
         self.base = self.write_offset();

@@ -380,6 +380,12 @@ fn stream_limit_is_reissued_as_streams_close() {
     // The server kept granting streams: 10 initially plus one per reaped stream.
     assert_eq!(pair.ends[1].max_remote[0], 70);
     assert_eq!(pair.ends[0].stats().reaped_streams, 60);
+    // Later streams ran on the buffers of earlier ones (byte-exact above), and the spare
+    // pools stay bounded.
+    for end in &pair.ends {
+        assert!(!end.spare_send.is_empty() && !end.spare_recv.is_empty());
+        assert!(end.spare_send.len() <= SPARE_BUFFERS && end.spare_recv.len() <= SPARE_BUFFERS);
+    }
 }
 
 #[test]

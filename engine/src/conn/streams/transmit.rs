@@ -268,7 +268,9 @@ impl Streams {
                     send.write_blocked = false;
                     self.events.push_back(StreamEvent::Writable { id });
                 }
-                self.maybe_reap(id.0);
+                if stream.is_terminal() {
+                    self.reap(id.0);
+                }
             }
             StreamFrameRecord::ResetStream { id } => {
                 let Some(stream) = self.streams.get_mut(&id.0) else {
@@ -278,7 +280,9 @@ impl Streams {
                     reset.acked = true;
                     reset.frame_pending = false;
                 }
-                self.maybe_reap(id.0);
+                if stream.is_terminal() {
+                    self.reap(id.0);
+                }
             }
             StreamFrameRecord::MaxData
             | StreamFrameRecord::MaxStreamData { .. }
