@@ -159,6 +159,9 @@ pub struct Connection {
     pub(crate) idle_deadline: Option<Instant>,
     /// Restart the idle timer at the next ack-eliciting send (RFC 9000 §10.1).
     pub(crate) idle_restart_on_send: bool,
+    /// When the idle deadline was last restarted by a received packet: a batch of
+    /// datagrams handled at one instant restarts it once, not once per packet.
+    pub(crate) idle_restarted_at: Option<Instant>,
     pub(crate) pacing_deadline: Option<Instant>,
 
     // Closing.
@@ -352,6 +355,7 @@ impl Connection {
             idle_timeout,
             idle_deadline: Some(now + idle_timeout),
             idle_restart_on_send: false,
+            idle_restarted_at: None,
             pacing_deadline: None,
             close: None,
             close_pending: false,

@@ -403,7 +403,10 @@ impl Connection {
         );
 
         // RFC 9000 §10.1: restart the idle timer on every packet processed.
-        self.idle_deadline = Some(now + self.effective_idle_timeout());
+        if self.idle_restarted_at != Some(now) {
+            self.idle_restarted_at = Some(now);
+            self.idle_deadline = Some(now + self.effective_idle_timeout());
+        }
         self.idle_restart_on_send = true;
         Ok(Outcome::Processed)
     }

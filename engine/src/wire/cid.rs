@@ -36,7 +36,16 @@ impl ConnectionId {
             return Err(WireError::ConnectionIdTooLong);
         }
         let mut bytes = [0u8; Self::MAX_LEN];
-        bytes[..b.len()].copy_from_slice(b);
+        // Built for every packet: fixed-size word moves, not a variable-length memcpy call.
+        let mut i = 0;
+        while i + 8 <= b.len() {
+            bytes[i..i + 8].copy_from_slice(&b[i..i + 8]);
+            i += 8;
+        }
+        while i < b.len() {
+            bytes[i] = b[i];
+            i += 1;
+        }
         Ok(Self {
             bytes,
             len: b.len() as u8,

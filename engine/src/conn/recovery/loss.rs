@@ -101,8 +101,10 @@ impl<T> Recovery<T> {
         if in_flight {
             self.cc.on_packet_sent(now, self.bytes_in_flight);
             self.bytes_in_flight += size;
-            let input = self.pacer_input();
-            self.pacer.on_sent(now, size, &input);
+            if self.pacing {
+                let input = self.pacer_input();
+                self.pacer.on_sent(now, size, &input);
+            }
             self.set_timer(now);
         }
     }
