@@ -89,6 +89,12 @@ fn aes_masks<C>(cipher: &C, blocks: &mut [[u8; SAMPLE_LEN]])
 where
     C: BlockEncrypt + aes::cipher::BlockSizeUser<BlockSize = aes::cipher::consts::U16>,
 {
+    if let [block] = blocks {
+        // One sample (a connection unprotecting one packet): encrypt it where it lies
+        // rather than staging a whole chunk.
+        cipher.encrypt_block(GenericArray::from_mut_slice(&mut block[..]));
+        return;
+    }
     // `encrypt_blocks` wants GenericArray blocks; staging through a stack buffer keeps
     // this free of `unsafe` at the cost of two 16-byte copies per sample.
     let mut stage = [GenericArray::<u8, aes::cipher::consts::U16>::default(); AES_CHUNK];

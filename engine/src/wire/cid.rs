@@ -42,9 +42,15 @@ impl ConnectionId {
             bytes[i..i + 8].copy_from_slice(&b[i..i + 8]);
             i += 8;
         }
-        while i < b.len() {
-            bytes[i] = b[i];
-            i += 1;
+        if i + 4 <= b.len() {
+            bytes[i..i + 4].copy_from_slice(&b[i..i + 4]);
+            i += 4;
+        }
+        // At most 3 bytes left, unrolled so it can't become a memcpy call again.
+        for k in 0..3 {
+            if i + k < b.len() {
+                bytes[i + k] = b[i + k];
+            }
         }
         Ok(Self {
             bytes,

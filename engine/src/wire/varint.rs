@@ -244,10 +244,18 @@ fn check_varint(v: u64, len: usize) -> Result<(), WireError> {
 
 /// Encodes `v` into all of `dst` (length already validated by `check_varint`).
 fn encode_varint_into(dst: &mut [u8], v: u64) {
-    let len = dst.len();
-    let bytes = v.to_be_bytes();
-    dst.copy_from_slice(&bytes[8 - len..]);
-    dst[0] |= (len.trailing_zeros() as u8) << 6;
+    // Fixed-size stores per length (a varint is written for nearly every frame field);
+    // the values were range-checked by the caller.
+    match dst.len() {
+        1 => dst[0] = v as u8,
+        2 => dst.copy_from_slice(&(v as u16 | 0x4000).to_be_bytes()),
+        4 => dst.copy_from_slice(&(v as u32 | 0x8000_0000).to_be_bytes()),
+        len => {
+            let bytes = v.to_be_bytes();
+            dst.copy_from_slice(&bytes[8 - len..]);
+            dst[0] |= (len.trailing_zeros() as u8) << 6;
+        }
+    }
 }
 
 /// Overwrites a fixed-length varint previously reserved with
