@@ -10,6 +10,7 @@ use super::{
     DEFAULT_MAX_ACK_DELAY,
 };
 use crate::{Epoch, Side};
+use std::cell::Cell;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 use tracing::{debug, trace};
@@ -45,7 +46,11 @@ pub struct Recovery<T> {
     first_rtt_sample: Option<Instant>,
     /// The `now` of the latest event, for re-arming the timer from setters.
     last_now: Option<Instant>,
-    timer: Option<Instant>,
+    /// The loss detection timer as last computed.
+    timer: Cell<Option<Instant>>,
+    /// Set (to the `now` to compute with) when the timer must be recomputed before it is
+    /// next read: a burst of sends re-arms it once, not once per packet.
+    timer_stale: Cell<Option<Instant>>,
     stats: RecoveryStats,
 }
 
@@ -79,7 +84,8 @@ impl<T> Recovery<T> {
             app_limited: false,
             first_rtt_sample: None,
             last_now: None,
-            timer: None,
+            timer: Cell::new(None),
+            timer_stale: Cell::new(None),
             stats: RecoveryStats::default(),
         }
     }
@@ -243,7 +249,10 @@ impl<T> Recovery<T> {
 
     /// When `on_loss_detection_timeout` must be called next.
     pub fn loss_detection_timer(&self) -> Option<Instant> {
-        self.timer
+        if let Some(now) = self.timer_stale.take() {
+            self.timer.set(self.compute_timer(now));
+        }
+        self.timer.get()
     }
 
     /// RFC 9002 §A.9. Declares time-threshold losses, or fires the PTO and says which
@@ -254,7 +263,7 @@ impl<T> Recovery<T> {
         on_lost: &mut dyn FnMut(SentPacket<T>),
     ) -> Option<ProbeRequest> {
         self.last_now = Some(now);
-        if self.timer.is_none_or(|t| now < t) {
+        if self.loss_detection_timer().is_none_or(|t| now < t) {
             return None;
         }
         if let Some((_, epoch)) = self.earliest_loss_time() {
@@ -502,18 +511,21 @@ impl<T> Recovery<T> {
     }
 
     /// §A.8 SetLossDetectionTimer.
+    /// (Computed when next read.)
     fn set_timer(&mut self, now: Instant) {
+        self.timer_stale.set(Some(now));
+    }
+
+    fn compute_timer(&self, now: Instant) -> Option<Instant> {
         if let Some((t, _)) = self.earliest_loss_time() {
-            self.timer = Some(t);
-            return;
+            return Some(t);
         }
         if self.amplification_blocked
             || (!self.any_ack_eliciting_in_flight() && self.peer_completed_address_validation())
         {
-            self.timer = None;
-            return;
+            return None;
         }
-        self.timer = self.pto_time_and_space(now).map(|(t, _)| t);
+        self.pto_time_and_space(now).map(|(t, _)| t)
     }
 
     /// §A.10 DetectAndRemoveLostPackets, plus the persistent congestion check of §7.6.2
