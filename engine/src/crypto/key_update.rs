@@ -65,15 +65,16 @@ impl std::fmt::Debug for OneRttKeys {
 impl OneRttKeys {
     /// From the 1-RTT traffic secrets TLS produced (`local` = the one we send with).
     pub fn new(version: u32, local: Secret, remote: Secret) -> Self {
-        let next_remote_secret = remote.next(version);
+        let local_keys = local.keys(version);
+        let (remote_keys, next_remote_secret) = remote.keys_and_next(version);
         Self {
             version,
-            local_header: local.header_key(version),
-            remote_header: remote.header_key(version),
+            local_header: local_keys.header,
+            remote_header: remote_keys.header,
             phase: false,
             generation: 0,
-            local: local.packet_key(version),
-            remote: remote.packet_key(version),
+            local: local_keys.packet,
+            remote: remote_keys.packet,
             next_remote: next_remote_secret.packet_key(version),
             next_remote_secret,
             local_secret: local,
