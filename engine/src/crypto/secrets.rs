@@ -3,10 +3,9 @@
 //! the version 2 salt and labels (RFC 9369 §3.3).
 use std::sync::OnceLock;
 
-use aws_lc_rs::hmac;
-
 use super::aead::{PacketKey, Suite, IV_LEN};
 use super::header_protection::HeaderKey;
+use super::hmac::{HmacHash, HmacKey};
 use super::VERSION_2;
 use crate::Side;
 
@@ -62,10 +61,10 @@ fn initial_salt(version: u32) -> &'static [u8; 20] {
     }
 }
 
-fn hmac_algorithm(suite: Suite) -> hmac::Algorithm {
+fn hmac_hash(suite: Suite) -> HmacHash {
     match suite {
-        Suite::Aes256Gcm => hmac::HMAC_SHA384,
-        Suite::Aes128Gcm | Suite::ChaCha20Poly1305 => hmac::HMAC_SHA256,
+        Suite::Aes256Gcm => HmacHash::Sha384,
+        Suite::Aes128Gcm | Suite::ChaCha20Poly1305 => HmacHash::Sha256,
     }
 }
 
@@ -75,12 +74,13 @@ const MAX_FULL_LABEL: usize = 6 + 10;
 /// HKDF-Expand (RFC 5869 §2.3) from one pseudorandom key, for outputs of at most one hash
 /// length, so `OKM = T(1) = HMAC(PRK, info | 0x01)`. The HMAC key schedule (the inner and
 /// outer pad blocks) is computed once here and reused for every label, so each expansion
-/// costs two hash blocks instead of the four a fresh HKDF-Expand call pays.
-struct Expander(hmac::Key);
+/// costs two hash blocks instead of the four a fresh HKDF-Expand call pays, and none of
+/// the per-call context setup and cleansing of a general-purpose HMAC.
+struct Expander(HmacKey);
 
 impl Expander {
-    fn new(algorithm: hmac::Algorithm, prk: &[u8]) -> Self {
-        Self(hmac::Key::new(algorithm, prk))
+    fn new(hash: HmacHash, prk: &[u8]) -> Self {
+        Self(HmacKey::new(hash, prk))
     }
 
     /// HKDF-Expand-Label(prk, label, "", out.len()) per RFC 8446 §7.1 with the "tls13 "
@@ -89,7 +89,7 @@ impl Expander {
     fn expand_label(&self, label: &[u8], out: &mut [u8]) {
         const PREFIX: &[u8] = b"tls13 ";
         debug_assert!(PREFIX.len() + label.len() <= MAX_FULL_LABEL);
-        debug_assert!(out.len() <= self.0.algorithm().digest_algorithm().output_len());
+        debug_assert!(out.len() <= self.0.hash().output_len());
         // HkdfLabel { uint16 length; opaque label<7..255>; opaque context<0..255> = "" }
         // followed by the HKDF-Expand block counter 0x01.
         let mut info = [0u8; 2 + 1 + MAX_FULL_LABEL + 2];
@@ -103,17 +103,17 @@ impl Expander {
         info[n] = 0; // empty context
         info[n + 1] = 1; // T(1)
         n += 2;
-        let tag = hmac::sign(&self.0, &info[..n]);
+        let tag = self.0.sign(&[&info[..n]]);
         out.copy_from_slice(&tag.as_ref()[..out.len()]);
     }
 }
 
 /// HMAC keys for the Initial salts (RFC 9001 §5.2, RFC 9369 §3.3.1), keyed once per process.
-fn initial_salt_key(version: u32) -> &'static hmac::Key {
-    static V1: OnceLock<hmac::Key> = OnceLock::new();
-    static V2: OnceLock<hmac::Key> = OnceLock::new();
+fn initial_salt_key(version: u32) -> &'static HmacKey {
+    static V1: OnceLock<HmacKey> = OnceLock::new();
+    static V2: OnceLock<HmacKey> = OnceLock::new();
     let cell = if version == VERSION_2 { &V2 } else { &V1 };
-    cell.get_or_init(|| hmac::Key::new(hmac::HMAC_SHA256, initial_salt(version)))
+    cell.get_or_init(|| HmacKey::new(HmacHash::Sha256, initial_salt(version)))
 }
 
 /// A TLS traffic secret with its cipher suite; the root of one direction's keys.
@@ -163,7 +163,7 @@ impl Secret {
     }
 
     fn expander(&self) -> Expander {
-        Expander::new(hmac_algorithm(self.suite), self.as_bytes())
+        Expander::new(hmac_hash(self.suite), self.as_bytes())
     }
 
     fn packet_key_from(&self, expander: &Expander, labels: &Labels) -> PacketKey {
@@ -272,8 +272,8 @@ impl Keys {
 /// RFC 9001 §5.2 (RFC 9369 §3.3.1 for v2): (client, server) Initial secrets derived from
 /// the Destination Connection ID of the client's first Initial.
 pub fn initial_secrets(version: u32, client_dcid: &[u8]) -> (Secret, Secret) {
-    let prk = hmac::sign(initial_salt_key(version), client_dcid);
-    let expander = Expander::new(hmac::HMAC_SHA256, prk.as_ref());
+    let prk = initial_salt_key(version).sign(&[client_dcid]);
+    let expander = Expander::new(HmacHash::Sha256, prk.as_ref());
     let mut client = [0u8; 32];
     let mut server = [0u8; 32];
     expander.expand_label(b"client in", &mut client);
