@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::aead::PacketKey;
 use super::header_protection::HeaderKey;
-use super::secrets::Secret;
+use super::secrets::{DirectionalKeys, Secret};
 
 /// Which remote key [`OneRttKeys::remote_packet_for`] chose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +67,29 @@ impl OneRttKeys {
     pub fn new(version: u32, local: Secret, remote: Secret) -> Self {
         let local_keys = local.keys(version);
         let (remote_keys, next_remote_secret) = remote.keys_and_next(version);
+        Self::assemble(version, local, local_keys, remote_keys, next_remote_secret)
+    }
+
+    /// Like [`OneRttKeys::new`] when the current keys were already derived from the
+    /// secrets (by the TLS stack); only the next remote generation is derived here.
+    pub fn with_keys(
+        version: u32,
+        local: Secret,
+        local_keys: DirectionalKeys,
+        remote: Secret,
+        remote_keys: DirectionalKeys,
+    ) -> Self {
+        let next_remote_secret = remote.next(version);
+        Self::assemble(version, local, local_keys, remote_keys, next_remote_secret)
+    }
+
+    fn assemble(
+        version: u32,
+        local: Secret,
+        local_keys: DirectionalKeys,
+        remote_keys: DirectionalKeys,
+        next_remote_secret: Secret,
+    ) -> Self {
         Self {
             version,
             local_header: local_keys.header,
