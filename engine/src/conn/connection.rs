@@ -17,7 +17,7 @@ use crate::conn::sent::{FrameRecord, SentFrames, SentFramesPool};
 use crate::conn::space::PacketSpace;
 use crate::conn::streams::{PeerLimits, StreamError, StreamEvent, StreamId, Streams};
 use crate::crypto::key_update::OneRttKeys;
-use crate::crypto::secrets::initial_keys;
+use crate::crypto::secrets::{initial_keys, Keys};
 use crate::tls::session::{KeyChange, TlsSession};
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
@@ -199,6 +199,10 @@ pub struct ServerConnectionParams {
     pub retry_scid: Option<ConnectionId>,
     /// The address was validated by a token.
     pub address_validated: bool,
+    /// Server-side Initial keys from the DCID of the Initial being answered (after a Retry
+    /// that is the Retry's SCID): `crypto::initial_keys(version, dcid, Side::Server)`. The
+    /// endpoint already derived them to check the Initial is genuine.
+    pub initial_keys: Keys,
 }
 
 impl Connection {
@@ -289,10 +293,7 @@ impl Connection {
         conn.retry_scid = p.retry_scid;
         conn.peer_initial_scid = p.client_scid;
         conn.address_validated = p.address_validated;
-        // Initial keys come from the DCID of the packet being answered (after a Retry that is the Retry's SCID).
-        let initial_dcid = p.retry_scid.unwrap_or(p.original_dcid);
-        conn.spaces[Epoch::Initial.index()].keys =
-            Some(initial_keys(p.version, &initial_dcid, Side::Server));
+        conn.spaces[Epoch::Initial.index()].keys = Some(p.initial_keys);
         Ok(conn)
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::aead::PacketKey;
 use super::header_protection::HeaderKey;
-use super::secrets::Secret;
+use super::secrets::{DirectionalKeys, Secret};
 
 /// Which remote key [`OneRttKeys::remote_packet_for`] chose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,15 +65,39 @@ impl std::fmt::Debug for OneRttKeys {
 impl OneRttKeys {
     /// From the 1-RTT traffic secrets TLS produced (`local` = the one we send with).
     pub fn new(version: u32, local: Secret, remote: Secret) -> Self {
+        let local_keys = local.keys(version);
+        let (remote_keys, next_remote_secret) = remote.keys_and_next(version);
+        Self::assemble(version, local, local_keys, remote_keys, next_remote_secret)
+    }
+
+    /// Like [`OneRttKeys::new`] when the current keys were already derived from the
+    /// secrets (by the TLS stack); only the next remote generation is derived here.
+    pub fn with_keys(
+        version: u32,
+        local: Secret,
+        local_keys: DirectionalKeys,
+        remote: Secret,
+        remote_keys: DirectionalKeys,
+    ) -> Self {
         let next_remote_secret = remote.next(version);
+        Self::assemble(version, local, local_keys, remote_keys, next_remote_secret)
+    }
+
+    fn assemble(
+        version: u32,
+        local: Secret,
+        local_keys: DirectionalKeys,
+        remote_keys: DirectionalKeys,
+        next_remote_secret: Secret,
+    ) -> Self {
         Self {
             version,
-            local_header: local.header_key(version),
-            remote_header: remote.header_key(version),
+            local_header: local_keys.header,
+            remote_header: remote_keys.header,
             phase: false,
             generation: 0,
-            local: local.packet_key(version),
-            remote: remote.packet_key(version),
+            local: local_keys.packet,
+            remote: remote_keys.packet,
             next_remote: next_remote_secret.packet_key(version),
             next_remote_secret,
             local_secret: local,

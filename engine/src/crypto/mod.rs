@@ -18,6 +18,7 @@
 //! 1-RTT as [`key_update::OneRttKeys`]).
 pub mod aead;
 pub mod header_protection;
+pub mod hmac;
 pub mod key_update;
 pub mod retry;
 pub mod secrets;

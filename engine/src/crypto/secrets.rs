@@ -1,10 +1,11 @@
 //! Traffic secrets and the QUIC key schedule: HKDF-Expand-Label (RFC 8446 §7.1),
 //! packet/header keys (RFC 9001 §5.1), Initial secrets (§5.2), key update (§6.1), with
 //! the version 2 salt and labels (RFC 9369 §3.3).
-use aws_lc_rs::hkdf::{self, KeyType, Prk, Salt, HKDF_SHA256, HKDF_SHA384};
+use std::sync::OnceLock;
 
 use super::aead::{PacketKey, Suite, IV_LEN};
 use super::header_protection::HeaderKey;
+use super::hmac::{HmacHash, HmacKey};
 use super::VERSION_2;
 use crate::Side;
 
@@ -60,31 +61,59 @@ fn initial_salt(version: u32) -> &'static [u8; 20] {
     }
 }
 
-fn hkdf_algorithm(suite: Suite) -> hkdf::Algorithm {
+fn hmac_hash(suite: Suite) -> HmacHash {
     match suite {
-        Suite::Aes256Gcm => HKDF_SHA384,
-        Suite::Aes128Gcm | Suite::ChaCha20Poly1305 => HKDF_SHA256,
+        Suite::Aes256Gcm => HmacHash::Sha384,
+        Suite::Aes128Gcm | Suite::ChaCha20Poly1305 => HmacHash::Sha256,
     }
 }
 
-struct OutLen(usize);
+/// Longest label we expand ("quicv2 key"), plus the "tls13 " prefix.
+const MAX_FULL_LABEL: usize = 6 + 10;
 
-impl KeyType for OutLen {
-    fn len(&self) -> usize {
-        self.0
+/// HKDF-Expand (RFC 5869 §2.3) from one pseudorandom key, for outputs of at most one hash
+/// length, so `OKM = T(1) = HMAC(PRK, info | 0x01)`. The HMAC key schedule (the inner and
+/// outer pad blocks) is computed once here and reused for every label, so each expansion
+/// costs two hash blocks instead of the four a fresh HKDF-Expand call pays, and none of
+/// the per-call context setup and cleansing of a general-purpose HMAC.
+struct Expander(HmacKey);
+
+impl Expander {
+    fn new(hash: HmacHash, prk: &[u8]) -> Self {
+        Self(HmacKey::new(hash, prk))
+    }
+
+    /// HKDF-Expand-Label(prk, label, "", out.len()) per RFC 8446 §7.1 with the "tls13 "
+    /// prefix. `out` is at most one hash length and `label` at most 10 bytes: both hold
+    /// for every QUIC label, and a violation is a bug in this module (checked in tests).
+    fn expand_label(&self, label: &[u8], out: &mut [u8]) {
+        const PREFIX: &[u8] = b"tls13 ";
+        debug_assert!(PREFIX.len() + label.len() <= MAX_FULL_LABEL);
+        debug_assert!(out.len() <= self.0.hash().output_len());
+        // HkdfLabel { uint16 length; opaque label<7..255>; opaque context<0..255> = "" }
+        // followed by the HKDF-Expand block counter 0x01.
+        let mut info = [0u8; 2 + 1 + MAX_FULL_LABEL + 2];
+        info[..2].copy_from_slice(&(out.len() as u16).to_be_bytes());
+        info[2] = (PREFIX.len() + label.len()) as u8;
+        let mut n = 3;
+        info[n..n + PREFIX.len()].copy_from_slice(PREFIX);
+        n += PREFIX.len();
+        info[n..n + label.len()].copy_from_slice(label);
+        n += label.len();
+        info[n] = 0; // empty context
+        info[n + 1] = 1; // T(1)
+        n += 2;
+        let tag = self.0.sign(&[&info[..n]]);
+        out.copy_from_slice(&tag.as_ref()[..out.len()]);
     }
 }
 
-/// HKDF-Expand-Label(prk, label, "", out.len()) per RFC 8446 §7.1 with the "tls13 " prefix.
-fn expand_label(prk: &Prk, label: &[u8], out: &mut [u8]) {
-    const PREFIX: &[u8] = b"tls13 ";
-    let len = (out.len() as u16).to_be_bytes();
-    let label_len = [(PREFIX.len() + label.len()) as u8];
-    let info: [&[u8]; 5] = [&len, &label_len, PREFIX, label, &[0]];
-    // Expand only fails when asked for more than 255 hash lengths; ours are at most 48 bytes.
-    prk.expand(&info, OutLen(out.len()))
-        .and_then(|okm| okm.fill(out))
-        .expect("HKDF output length is small");
+/// HMAC keys for the Initial salts (RFC 9001 §5.2, RFC 9369 §3.3.1), keyed once per process.
+fn initial_salt_key(version: u32) -> &'static HmacKey {
+    static V1: OnceLock<HmacKey> = OnceLock::new();
+    static V2: OnceLock<HmacKey> = OnceLock::new();
+    let cell = if version == VERSION_2 { &V2 } else { &V1 };
+    cell.get_or_init(|| HmacKey::new(HmacHash::Sha256, initial_salt(version)))
 }
 
 /// A TLS traffic secret with its cipher suite; the root of one direction's keys.
@@ -133,58 +162,82 @@ impl Secret {
         &self.bytes[..usize::from(self.len)]
     }
 
-    fn prk(&self) -> Prk {
-        Prk::new_less_safe(hkdf_algorithm(self.suite), self.as_bytes())
+    fn expander(&self) -> Expander {
+        Expander::new(hmac_hash(self.suite), self.as_bytes())
+    }
+
+    fn packet_key_from(&self, expander: &Expander, labels: &Labels) -> PacketKey {
+        let mut key = [0u8; 32];
+        let key = &mut key[..self.suite.key_len()];
+        let mut iv = [0u8; IV_LEN];
+        expander.expand_label(labels.key, key);
+        expander.expand_label(labels.iv, &mut iv);
+        PacketKey::new(self.suite, key, &iv)
+    }
+
+    fn header_key_from(&self, expander: &Expander, labels: &Labels) -> HeaderKey {
+        let mut key = [0u8; 32];
+        let key = &mut key[..self.suite.key_len()];
+        expander.expand_label(labels.hp, key);
+        HeaderKey::new(self.suite, key)
+    }
+
+    fn next_from(&self, expander: &Expander, labels: &Labels) -> Secret {
+        let mut out = [0u8; MAX_SECRET_LEN];
+        let len = self.suite.secret_len();
+        expander.expand_label(labels.ku, &mut out[..len]);
+        Secret::new(self.suite, &out[..len])
     }
 
     /// RFC 9001 §5.1: AEAD key and IV from "quic key" / "quic iv".
     pub fn packet_key(&self, version: u32) -> PacketKey {
-        let labels = labels(version);
-        let prk = self.prk();
-        let mut key = [0u8; 32];
-        let key = &mut key[..self.suite.key_len()];
-        let mut iv = [0u8; IV_LEN];
-        expand_label(&prk, labels.key, key);
-        expand_label(&prk, labels.iv, &mut iv);
-        PacketKey::new(self.suite, key, &iv)
+        self.packet_key_from(&self.expander(), labels(version))
     }
 
     /// RFC 9001 §5.1: header protection key from "quic hp".
     pub fn header_key(&self, version: u32) -> HeaderKey {
-        let mut key = [0u8; 32];
-        let key = &mut key[..self.suite.key_len()];
-        expand_label(&self.prk(), labels(version).hp, key);
-        HeaderKey::new(self.suite, key)
+        self.header_key_from(&self.expander(), labels(version))
     }
 
     /// RFC 9001 §6.1: the next generation's secret from "quic ku".
     pub fn next(&self, version: u32) -> Secret {
-        let mut out = [0u8; MAX_SECRET_LEN];
-        let len = self.suite.secret_len();
-        expand_label(&self.prk(), labels(version).ku, &mut out[..len]);
-        Secret::new(self.suite, &out[..len])
+        self.next_from(&self.expander(), labels(version))
     }
 
     /// Raw (key, iv, hp) bytes, for checking the schedule against published vectors.
     #[cfg(test)]
     pub(crate) fn raw_keys(&self, version: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let labels = labels(version);
-        let prk = self.prk();
+        let expander = self.expander();
         let mut key = vec![0u8; self.suite.key_len()];
         let mut iv = vec![0u8; IV_LEN];
         let mut hp = vec![0u8; self.suite.key_len()];
-        expand_label(&prk, labels.key, &mut key);
-        expand_label(&prk, labels.iv, &mut iv);
-        expand_label(&prk, labels.hp, &mut hp);
+        expander.expand_label(labels.key, &mut key);
+        expander.expand_label(labels.iv, &mut iv);
+        expander.expand_label(labels.hp, &mut hp);
         (key, iv, hp)
     }
 
-    /// Both keys for this direction.
+    /// Both keys for this direction, from one HMAC key schedule.
     pub fn keys(&self, version: u32) -> DirectionalKeys {
+        let labels = labels(version);
+        let expander = self.expander();
         DirectionalKeys {
-            packet: self.packet_key(version),
-            header: self.header_key(version),
+            packet: self.packet_key_from(&expander, labels),
+            header: self.header_key_from(&expander, labels),
         }
+    }
+
+    /// Both keys for this direction and the next generation's secret (§6.1), from one
+    /// HMAC key schedule: what the 1-RTT receive direction needs.
+    pub fn keys_and_next(&self, version: u32) -> (DirectionalKeys, Secret) {
+        let labels = labels(version);
+        let expander = self.expander();
+        let keys = DirectionalKeys {
+            packet: self.packet_key_from(&expander, labels),
+            header: self.header_key_from(&expander, labels),
+        };
+        (keys, self.next_from(&expander, labels))
     }
 }
 
@@ -219,11 +272,12 @@ impl Keys {
 /// RFC 9001 §5.2 (RFC 9369 §3.3.1 for v2): (client, server) Initial secrets derived from
 /// the Destination Connection ID of the client's first Initial.
 pub fn initial_secrets(version: u32, client_dcid: &[u8]) -> (Secret, Secret) {
-    let prk = Salt::new(HKDF_SHA256, initial_salt(version)).extract(client_dcid);
+    let prk = initial_salt_key(version).sign(&[client_dcid]);
+    let expander = Expander::new(HmacHash::Sha256, prk.as_ref());
     let mut client = [0u8; 32];
     let mut server = [0u8; 32];
-    expand_label(&prk, b"client in", &mut client);
-    expand_label(&prk, b"server in", &mut server);
+    expander.expand_label(b"client in", &mut client);
+    expander.expand_label(b"server in", &mut server);
     (
         Secret::new(Suite::Aes128Gcm, &client),
         Secret::new(Suite::Aes128Gcm, &server),
@@ -234,4 +288,62 @@ pub fn initial_secrets(version: u32, client_dcid: &[u8]) -> (Secret, Secret) {
 pub fn initial_keys(version: u32, client_dcid: &[u8], side: Side) -> Keys {
     let (client, server) = initial_secrets(version, client_dcid);
     Keys::from_secrets(version, side, &client, &server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::hkdf::{KeyType, Prk, HKDF_SHA256, HKDF_SHA384};
+
+    struct Len(usize);
+    impl KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+
+    /// HKDF-Expand-Label through aws-lc-rs's own HKDF, the reference for `Expander`.
+    fn reference(suite: Suite, secret: &[u8], label: &[u8], len: usize) -> Vec<u8> {
+        let alg = match suite {
+            Suite::Aes256Gcm => HKDF_SHA384,
+            _ => HKDF_SHA256,
+        };
+        let full = [b"tls13 ".as_slice(), label].concat();
+        let info: [&[u8]; 4] = [
+            &(len as u16).to_be_bytes(),
+            &[full.len() as u8],
+            &full,
+            &[0],
+        ];
+        let mut out = vec![0u8; len];
+        Prk::new_less_safe(alg, secret)
+            .expand(&info, Len(len))
+            .unwrap()
+            .fill(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// The pre-keyed HMAC schedule matches plain HKDF for every suite (SHA-256 and
+    /// SHA-384), both versions' labels and every output length QUIC uses.
+    #[test]
+    fn expander_matches_hkdf_for_every_suite_and_label() {
+        for suite in Suite::ALL {
+            let bytes: Vec<u8> = (0..suite.secret_len() as u8)
+                .map(|i| i.wrapping_mul(7) ^ 0x5a)
+                .collect();
+            let secret = Secret::new(suite, &bytes);
+            for version in [crate::crypto::VERSION_1, VERSION_2] {
+                let l = labels(version);
+                let (key, iv, hp) = secret.raw_keys(version);
+                assert_eq!(key, reference(suite, &bytes, l.key, suite.key_len()));
+                assert_eq!(iv, reference(suite, &bytes, l.iv, IV_LEN));
+                assert_eq!(hp, reference(suite, &bytes, l.hp, suite.key_len()));
+                let next = reference(suite, &bytes, l.ku, suite.secret_len());
+                assert_eq!(secret.next(version).as_bytes(), &next[..]);
+                let (_, next_too) = secret.keys_and_next(version);
+                assert_eq!(next_too.as_bytes(), &next[..]);
+            }
+        }
+    }
 }

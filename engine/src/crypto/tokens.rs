@@ -3,8 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::hmac::{HmacHash, HmacKey};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use aws_lc_rs::hmac;
 
 use super::aead::TAG_LEN;
 
@@ -29,13 +29,13 @@ fn random_32() -> [u8; 32] {
 /// Derives stateless reset tokens: HMAC-SHA256(static key, cid) truncated to 16 bytes,
 /// so any worker with the key can reset a connection it has no state for.
 pub struct ResetTokenKey {
-    key: hmac::Key,
+    key: HmacKey,
 }
 
 impl ResetTokenKey {
     pub fn new(secret: &[u8; 32]) -> Self {
         Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            key: HmacKey::new(HmacHash::Sha256, secret),
         }
     }
 
@@ -44,7 +44,7 @@ impl ResetTokenKey {
     }
 
     pub fn token(&self, cid: &[u8]) -> [u8; 16] {
-        let tag = hmac::sign(&self.key, cid);
+        let tag = self.key.sign(&[cid]);
         let mut out = [0u8; 16];
         out.copy_from_slice(&tag.as_ref()[..16]);
         out

@@ -390,10 +390,12 @@ impl<U: Default> Endpoint<U> {
     ) -> Option<ConnHandle> {
         // Prove the Initial is genuine (it decrypts under keys from its own DCID) before
         // spending anything on it: no Retry, refusal, TLS session or table entry for garbage.
-        if !stateless::initial_decrypts(version, &dcid, buf, &mut self.initial_scratch) {
+        let Some(initial_keys) =
+            stateless::initial_keys_if_genuine(version, &dcid, buf, &mut self.initial_scratch)
+        else {
             self.stats.dropped_unroutable += 1;
             return None;
-        }
+        };
         if self.conns.len() >= self.config.max_connections {
             self.stats.connections_refused += 1;
             self.queue_stateless(meta.src, |b| {
@@ -467,6 +469,7 @@ impl<U: Default> Endpoint<U> {
             local_cid,
             retry_scid,
             address_validated: validated,
+            initial_keys,
         };
         let mut conn = match Connection::new_server(
             self.config.transport.clone(),

@@ -6,7 +6,7 @@ use rand::{Rng, RngCore};
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{protect, unprotect};
 use crate::crypto::retry::retry_integrity_tag;
-use crate::crypto::secrets::initial_keys;
+use crate::crypto::secrets::{initial_keys, Keys};
 use crate::wire::cid::ConnectionId;
 use crate::wire::frame::Frame;
 use crate::wire::header::{self, LongType, VERSION_1, VERSION_2};
@@ -126,28 +126,28 @@ pub fn initial_close(
 }
 
 /// Does the first packet of `datagram`, an Initial sent to `dcid`, decrypt under the
-/// Initial keys that DCID implies (RFC 9001 §5.2)? Works on a copy in `scratch`, so the
-/// datagram stays intact for the connection that will process it.
-pub fn initial_decrypts(
+/// Initial keys that DCID implies (RFC 9001 §5.2)? If so, returns those keys (server side)
+/// for the connection that will process it, so they are derived once. Works on a copy in
+/// `scratch`, so the datagram stays intact for that connection.
+pub fn initial_keys_if_genuine(
     version: u32,
     dcid: &ConnectionId,
     datagram: &[u8],
     scratch: &mut Vec<u8>,
-) -> bool {
+) -> Option<Keys> {
     let Ok((header::Header::Long { pn_offset, .. }, packet_len)) = header::parse(datagram, 0)
     else {
-        return false;
+        return None;
     };
     scratch.clear();
     scratch.extend_from_slice(&datagram[..packet_len]);
     // The client's packets are opened with the client's keys: ours as the server's remote.
     let keys = initial_keys(version, dcid, Side::Server);
-    let Ok((pn_len, truncated)) = unprotect(&keys.remote.header, scratch, pn_offset) else {
-        return false;
-    };
+    let (pn_len, truncated) = unprotect(&keys.remote.header, scratch, pn_offset).ok()?;
     let pn = crate::wire::packet_number::decode(truncated, pn_len, None);
     keys.remote
         .packet
         .open_in_place(pn, scratch, pn_offset + pn_len)
-        .is_ok()
+        .ok()?;
+    Some(keys)
 }

@@ -1,9 +1,12 @@
 //! The TLS 1.3 handshake through rustls's QUIC module; we own everything after the secrets.
 //!
 //! rustls turns CRYPTO frame bytes into handshake messages and back ([`TlsSession`]).
-//! Traffic secrets are captured through its `KeyLog` hook ([`keylog`]) and turned into our
-//! own packet keys (`crate::crypto`), so packet protection never goes through rustls.
+//! Traffic secrets are captured through its `KeyLog` hook ([`keylog`]); the packet keys
+//! rustls derives from them are built as our own (`crate::crypto`) through its QUIC key
+//! hook ([`key_capture`]), so packet protection never goes through rustls and no key is
+//! derived twice. The secrets remain the root for key updates.
 pub mod certs;
+pub mod key_capture;
 pub mod keylog;
 pub mod session;
 

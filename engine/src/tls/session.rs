@@ -1,8 +1,8 @@
 //! One connection's TLS 1.3 handshake (RFC 9001 §4) driven through `rustls::quic`.
 //!
-//! rustls moves handshake bytes; its own packet keys are ignored. Secrets come from our
-//! [`QuicKeyLog`] hook and become `crate::crypto` keys when rustls signals (with its
-//! `KeyChange`) that the write epoch advances.
+//! rustls moves handshake bytes. Secrets come from our [`QuicKeyLog`] hook; the packet keys
+//! rustls derives at each of its `KeyChange`s are built as `crate::crypto` keys by
+//! [`key_capture`] (or, for a config without it, derived from the secrets).
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,8 +15,9 @@ use rustls::quic;
 use rustls::{CipherSuite, ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 
 use super::certs::CertifiedKey;
+use super::key_capture;
 use super::keylog::{self, QuicKeyLog, SecretLabel};
-use crate::crypto::{Keys, OneRttKeys, Secret, Suite, VERSION_1, VERSION_2};
+use crate::crypto::{DirectionalKeys, Keys, OneRttKeys, Secret, Suite, VERSION_1, VERSION_2};
 use crate::{Epoch, Side};
 
 /// TLS alert `internal_error` (RFC 8446 §6.2), for failures with no alert of their own.
@@ -92,12 +93,14 @@ pub enum ServerVerification {
 }
 
 fn tls13_only(provider: CryptoProvider) -> CryptoProvider {
-    // QUIC requires TLS 1.3 (RFC 9001 §4.2); TLS 1.2 suites are useless here.
+    // QUIC requires TLS 1.3 (RFC 9001 §4.2); TLS 1.2 suites are useless here. The rest hand
+    // the packet keys rustls derives to us (`key_capture`).
     CryptoProvider {
         cipher_suites: provider
             .cipher_suites
             .into_iter()
             .filter(|s| s.version() == &rustls::version::TLS13)
+            .map(key_capture::capturing)
             .collect(),
         ..provider
     }
@@ -417,7 +420,9 @@ impl TlsSession {
         loop {
             let mut bytes = Vec::new();
             keylog::clear();
+            key_capture::clear();
             let change = self.conn.write_hs(&mut bytes);
+            let built = key_capture::take();
             if self.side == Side::Client && self.staging_epoch == Epoch::Initial {
                 self.hello.feed(&bytes);
             }
@@ -428,7 +433,7 @@ impl TlsSession {
             }
             match change {
                 Some(change) => {
-                    if let Some(change) = self.build_change(change) {
+                    if let Some(change) = self.build_change(change, built) {
                         self.staging_epoch = change.epoch();
                         self.staged.push_back(Staged::Change(Box::new(change)));
                     }
@@ -439,22 +444,38 @@ impl TlsSession {
         }
     }
 
-    fn build_change(&mut self, change: quic::KeyChange) -> Option<KeyChange> {
+    /// Our keys for rustls's key change: the ones it built through `key_capture` (`built`,
+    /// as local, remote) or, without those, derived from the captured secrets.
+    fn build_change(
+        &mut self,
+        change: quic::KeyChange,
+        built: Option<(DirectionalKeys, DirectionalKeys)>,
+    ) -> Option<KeyChange> {
+        let version = self.version;
+        let side = self.side;
         let built = match change {
             quic::KeyChange::Handshake { .. } => self
                 .take_pair(SecretLabel::ClientHandshake, SecretLabel::ServerHandshake)
                 .map(|(c, s)| {
                     self.handshake_keys_ready = true;
-                    KeyChange::Handshake(Keys::from_secrets(self.version, self.side, &c, &s))
+                    KeyChange::Handshake(match built {
+                        Some((local, remote)) => Keys { local, remote },
+                        None => Keys::from_secrets(version, side, &c, &s),
+                    })
                 }),
             quic::KeyChange::OneRtt { .. } => self
                 .take_pair(SecretLabel::ClientTraffic, SecretLabel::ServerTraffic)
                 .map(|(c, s)| {
-                    let (local, remote) = match self.side {
+                    let (local, remote) = match side {
                         Side::Client => (c, s),
                         Side::Server => (s, c),
                     };
-                    KeyChange::OneRtt(OneRttKeys::new(self.version, local, remote))
+                    KeyChange::OneRtt(match built {
+                        Some((local_keys, remote_keys)) => {
+                            OneRttKeys::with_keys(version, local, local_keys, remote, remote_keys)
+                        }
+                        None => OneRttKeys::new(version, local, remote),
+                    })
                 }),
         };
         if built.is_none() {
@@ -752,6 +773,110 @@ mod tests {
             Suite::Aes128Gcm,
             VERSION_2,
         );
+    }
+
+    /// Configs like ours but with the provider's own QUIC key algorithm: keys are derived
+    /// from the key-log secrets, not captured from rustls.
+    fn deriving_configs(provider: CryptoProvider) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let provider = Arc::new(provider);
+        let cert = generate_self_signed(&[]).unwrap();
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(cert.chain, cert.key)
+            .unwrap();
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        server.key_log = QuicKeyLog::shared();
+        let mut client = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth();
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        client.key_log = QuicKeyLog::shared();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Keys captured from rustls's key builder are the ones the secrets imply, in the right
+    /// direction: a capturing side talks to a deriving side, both ways round, for every
+    /// suite and both versions (a mirrored local/remote swap would go unnoticed between
+    /// two capturing sides).
+    #[test]
+    fn captured_keys_match_keys_derived_from_secrets() {
+        let suites = [
+            (cipher_suite::TLS13_AES_128_GCM_SHA256, VERSION_1),
+            (cipher_suite::TLS13_AES_256_GCM_SHA384, VERSION_1),
+            (cipher_suite::TLS13_CHACHA20_POLY1305_SHA256, VERSION_1),
+            (cipher_suite::TLS13_AES_128_GCM_SHA256, VERSION_2),
+        ];
+        for (suite, version) in suites {
+            let (deriving_server, deriving_client) = deriving_configs(one_suite(suite));
+            let (capturing_client, capturing_server) = session_pair(
+                one_suite(suite),
+                ServerVerification::Insecure,
+                ALPN,
+                version,
+            );
+            let pairs = [
+                (
+                    capturing_client,
+                    Peer::new(
+                        TlsSession::server(deriving_server, version, SERVER_PARAMS.to_vec())
+                            .unwrap(),
+                    ),
+                ),
+                (
+                    Peer::new(
+                        TlsSession::client(
+                            deriving_client,
+                            "localhost",
+                            version,
+                            CLIENT_PARAMS.to_vec(),
+                        )
+                        .unwrap(),
+                    ),
+                    capturing_server,
+                ),
+            ];
+            for (mut client, mut server) in pairs {
+                handshake(&mut client, &mut server).unwrap();
+                let (ch, sh) = (
+                    client.handshake.as_ref().unwrap(),
+                    server.handshake.as_ref().unwrap(),
+                );
+                check_direction(&ch.local, &sh.remote);
+                check_direction(&sh.local, &ch.remote);
+                let (c1, s1) = (client.one_rtt.unwrap(), server.one_rtt.unwrap());
+                check_one_rtt(&c1, &s1);
+                check_one_rtt(&s1, &c1);
+            }
+        }
+    }
+
+    /// Wrapping is idempotent and leaves suites without QUIC keys of ours alone.
+    #[test]
+    fn suites_are_wrapped_once() {
+        let a = key_capture::capturing(cipher_suite::TLS13_AES_128_GCM_SHA256);
+        let b = key_capture::capturing(cipher_suite::TLS13_AES_128_GCM_SHA256);
+        let c = key_capture::capturing(a);
+        let ptr = |s: rustls::SupportedCipherSuite| match s {
+            rustls::SupportedCipherSuite::Tls13(t) => t as *const rustls::Tls13CipherSuite,
+            _ => std::ptr::null(),
+        };
+        assert_eq!(ptr(a), ptr(b));
+        assert_eq!(ptr(a), ptr(c));
+        assert_ne!(ptr(a), ptr(cipher_suite::TLS13_AES_128_GCM_SHA256));
+        assert_eq!(a.suite(), CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let tls12 = cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256;
+        assert!(matches!(
+            key_capture::capturing(tls12),
+            rustls::SupportedCipherSuite::Tls12(t) if std::ptr::eq(t, match tls12 {
+                rustls::SupportedCipherSuite::Tls12(o) => o,
+                _ => unreachable!(),
+            })
+        ));
     }
 
     #[test]

@@ -534,14 +534,9 @@ fn parse_body<'a>(r: &mut Reader<'a>, ty: u64) -> Result<Frame<'a>, TransportErr
         r.bytes(len).map_err(truncated)
     };
     let frame = match ty {
-        PADDING => {
-            let mut len = 1;
-            while r.peek_u8() == Ok(0) {
-                r.skip(1).map_err(truncated)?;
-                len += 1;
-            }
-            Frame::Padding { len }
-        }
+        PADDING => Frame::Padding {
+            len: 1 + r.skip_zeros(),
+        },
         PING => Frame::Ping,
         ACK | ACK_ECN => Frame::Ack(parse_ack(r, ty == ACK_ECN)?),
         RESET_STREAM => Frame::ResetStream {

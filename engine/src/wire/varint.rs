@@ -116,6 +116,22 @@ impl<'a> Reader<'a> {
     pub fn skip(&mut self, n: usize) -> Result<(), WireError> {
         self.bytes(n).map(|_| ())
     }
+
+    /// Consumes the run of zero bytes at the cursor (PADDING frames); returns its length.
+    /// Compares 16 bytes at a time: a padded Initial carries a thousand of them.
+    pub fn skip_zeros(&mut self) -> usize {
+        let rest = &self.buf[self.pos..];
+        let mut n = 0;
+        for chunk in rest.chunks_exact(16) {
+            if chunk != [0u8; 16] {
+                break;
+            }
+            n += 16;
+        }
+        n += rest[n..].iter().take_while(|&&b| b == 0).count();
+        self.pos += n;
+        n
+    }
 }
 
 /// A write cursor over a caller-owned buffer.
@@ -279,6 +295,27 @@ mod tests {
         let mut r = Reader::new(bytes);
         let v = r.varint().unwrap();
         (v, r.position())
+    }
+
+    /// Zero runs of every length around the 16-byte chunking, ended by data or by the end.
+    #[test]
+    fn skip_zeros_stops_at_the_first_nonzero_byte() {
+        for zeros in 0..50 {
+            for tail in [&[][..], &[1u8, 0, 0][..], &[0x80][..]] {
+                let mut buf = vec![0u8; zeros];
+                buf.extend_from_slice(tail);
+                let mut r = Reader::new(&buf[..]);
+                assert_eq!(r.skip_zeros(), zeros);
+                assert_eq!(r.position(), zeros);
+                assert_eq!(r.peek_u8().ok(), tail.first().copied());
+            }
+        }
+        let buf = [7u8, 0, 0, 0];
+        let mut r = Reader::new(&buf[..]);
+        r.skip(1).unwrap();
+        assert_eq!(r.skip_zeros(), 3);
+        assert!(r.is_empty());
+        assert_eq!(r.skip_zeros(), 0);
     }
 
     /// RFC 9000 Appendix A.1 sample encodings.
