@@ -385,17 +385,18 @@ impl EventHandler<()> for Requests {
         match event {
             Event::Connected if client => self.top_up(conn),
             Event::Stream(StreamEvent::StreamsAvailable { .. }) if client => self.top_up(conn),
-            Event::Stream(StreamEvent::Opened { id } | StreamEvent::Readable { id }) => {
-                if Self::drain(conn, id, now) {
-                    if client {
-                        self.completed += 1;
-                        self.in_flight -= 1;
-                        self.top_up(conn);
-                    } else {
-                        assert_eq!(conn.write(id, &PATTERN[..MESSAGE]), Ok(MESSAGE));
-                        conn.finish(id).expect("finish response");
-                        self.completed += 1;
-                    }
+            Event::Stream(StreamEvent::Opened { id } | StreamEvent::Readable { id })
+                if Self::drain(conn, id, now) =>
+            {
+                // The whole message and its FIN have arrived.
+                if client {
+                    self.completed += 1;
+                    self.in_flight -= 1;
+                    self.top_up(conn);
+                } else {
+                    assert_eq!(conn.write(id, &PATTERN[..MESSAGE]), Ok(MESSAGE));
+                    conn.finish(id).expect("finish response");
+                    self.completed += 1;
                 }
             }
             Event::Closed(reason) => panic!("connection closed: {reason:?}"),

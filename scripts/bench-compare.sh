@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Side-by-side server cost per unit, quench against its peer, outside criterion: each round
+# runs every stack once in a fresh process (alternating, so drift on a shared machine hits
+# both), and the script prints each stack's median and minimum and the ratio of medians.
+#
+#   scripts/bench-compare.sh [ROUNDS]        (default 5; needs a release build of quench-bench)
+#
+# Scenarios and units are those of `cargo bench -p quench-bench --bench engine`:
+# recv / send (ns per 1452-byte 1-RTT packet), handshake (ns per full server handshake,
+# against rustls alone), request (ns per 100-byte perf request).
+set -euo pipefail
+
+ROUNDS=${1:-5}
+BIN=${QUENCH_BENCH:-${CARGO_TARGET_DIR:-target}/release/quench-bench}
+[[ -x $BIN ]] || { echo "no $BIN: cargo build --release -p quench-bench" >&2; exit 1; }
+
+run() { # scenario stack count -> ns per unit
+    "$BIN" profile --scenario "$1" --stack "$2" --count "$3" |
+        sed -E 's/.* ([0-9]+) ns each.*/\1/'
+}
+
+stats() { # numbers on stdin -> "median min"
+    sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)], v[1]}'
+}
+
+printf '%-10s %-12s %10s %10s\n' scenario stack median min
+for spec in "recv quinn-proto 200000" "send quinn-proto 200000" \
+            "handshake rustls 1000" "request quinn-proto 200000"; do
+    read -r scenario peer count <<<"$spec"
+    q=() p=()
+    for _ in $(seq "$ROUNDS"); do
+        q+=("$(run "$scenario" quench "$count")")
+        p+=("$(run "$scenario" "$peer" "$count")")
+    done
+    read -r qmed qmin < <(printf '%s\n' "${q[@]}" | stats)
+    read -r pmed pmin < <(printf '%s\n' "${p[@]}" | stats)
+    printf '%-10s %-12s %10s %10s\n' "$scenario" quench "$qmed" "$qmin"
+    printf '%-10s %-12s %10s %10s\n' "$scenario" "$peer" "$pmed" "$pmin"
+    awk -v q="$qmed" -v p="$pmed" -v s="$scenario" -v n="$peer" \
+        'BEGIN {printf "%-10s quench/%s = %.2f\n", s, n, q / p}'
+done
