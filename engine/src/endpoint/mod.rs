@@ -98,7 +98,8 @@ pub struct EndpointStats {
 }
 
 struct Entry<U> {
-    conn: Connection,
+    /// Boxed: a connection is ~6 KB, and the slab then moves and grows by pointers.
+    conn: Box<Connection>,
     /// The peer's stateless reset tokens for this connection (keys of `by_reset_token`).
     reset_tokens: Vec<[u8; 16]>,
     state: U,
@@ -179,7 +180,7 @@ impl<U: Default> Endpoint<U> {
     }
 
     pub fn conn(&self, h: ConnHandle) -> Option<&Connection> {
-        self.conns.get(h).map(|e| &e.conn)
+        self.conns.get(h).map(|e| &*e.conn)
     }
 
     fn cid_generator(&self) -> CidGenerator {
@@ -209,7 +210,7 @@ impl<U: Default> Endpoint<U> {
         let mut dcid_bytes = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut dcid_bytes);
         let dcid = ConnectionId::new(&dcid_bytes).expect("16 bytes");
-        let conn = Connection::new_client(
+        let conn = Box::new(Connection::new_client(
             self.config.transport.clone(),
             tls,
             server_name,
@@ -218,12 +219,12 @@ impl<U: Default> Endpoint<U> {
             dcid,
             Box::new(self.cid_generator()),
             now,
-        )?;
+        )?);
         let h = self.insert(conn, None);
         Ok(h)
     }
 
-    fn insert(&mut self, conn: Connection, initial_dcid: Option<ConnectionId>) -> ConnHandle {
+    fn insert(&mut self, conn: Box<Connection>, initial_dcid: Option<ConnectionId>) -> ConnHandle {
         let cids: Vec<ConnectionId> = conn.local_cids().collect();
         let h = self.conns.insert(Entry {
             conn,
@@ -482,7 +483,7 @@ impl<U: Default> Endpoint<U> {
             Box::new(gen),
             now,
         ) {
-            Ok(c) => c,
+            Ok(c) => Box::new(c),
             Err(e) => {
                 tracing::warn!(?e, "could not create connection");
                 return None;
