@@ -621,3 +621,57 @@ fn a_full_server_refuses_new_connections_with_connection_refused() {
     );
     assert!(sim.client.conn(h1).is_some_and(|c| !c.is_closing()));
 }
+
+/// RFC 9001 §6.6: no 1-RTT key seals more packets than the confidentiality limit; the
+/// endpoint updates keys in time instead, and the transfer carries on byte-exact.
+#[test]
+fn the_aead_confidentiality_limit_forces_key_updates_in_time() {
+    let transport = TransportConfig {
+        aead_confidentiality_limit: Some(400),
+        ..TransportConfig::default()
+    };
+    let (mut sim, h) = Sim::new(Impairments::none(), transport, 1, 4 << 20);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    let client = sim.client.conn(h).unwrap().stats();
+    let sh = sim.server.handles().next().expect("server connection");
+    let server = sim.server.conn(sh).unwrap().stats();
+    // 4 MiB each way is ~2,900 full packets per direction: one key may seal at most 400.
+    eprintln!("client {client:?}\nserver {server:?}");
+    for (side, st) in [("client", client), ("server", server)] {
+        assert!(
+            st.key_updates >= st.packets_sent / 400,
+            "{side}: {} key updates for {} packets sent",
+            st.key_updates,
+            st.packets_sent
+        );
+    }
+}
+
+/// RFC 9001 §6.6: once more packets fail authentication than the integrity limit allows,
+/// the connection closes with AEAD_LIMIT_REACHED (0x0f).
+#[test]
+fn the_aead_integrity_limit_closes_the_connection() {
+    let transport = TransportConfig {
+        aead_integrity_limit: Some(3),
+        ..TransportConfig::default()
+    };
+    let impair = Impairments {
+        corrupt: 0.05,
+        seed: 11,
+        ..Impairments::none()
+    };
+    let (mut sim, h) = Sim::new(impair, transport, 1, 8 << 20);
+    let gone = sim.run(Duration::from_secs(60), |s| s.client.conn(h).is_none());
+    assert!(gone, "the client connection is still open");
+    let states = sim.client.take_all_states();
+    let reason = states
+        .iter()
+        .flatten()
+        .find_map(|app| app.closed.clone())
+        .expect("the client saw the connection close");
+    let code = match &reason {
+        CloseReason::Local { code, .. } | CloseReason::Peer { code, .. } => *code,
+        other => panic!("closed by {other:?}"),
+    };
+    assert_eq!(code, 0x0f, "AEAD_LIMIT_REACHED, got {reason:?}");
+}

@@ -25,6 +25,12 @@ pub struct TransportConfig {
     /// Initiate a key update after this many packets sent in one key phase (for tests and long transfers;
     /// AEAD limits force one much later anyway).
     pub key_update_interval: Option<u64>,
+    /// Lowers the AEAD confidentiality limit (packets sealed per 1-RTT key before a key
+    /// update, RFC 9001 §6.6) below the suite's; for tests and stricter policies.
+    pub aead_confidentiality_limit: Option<u64>,
+    /// Lowers the AEAD integrity limit (packets failing authentication per connection before
+    /// it closes with AEAD_LIMIT_REACHED) below the suite's.
+    pub aead_integrity_limit: Option<u64>,
 }
 
 impl Default for TransportConfig {
@@ -41,6 +47,8 @@ impl Default for TransportConfig {
             active_connection_id_limit: 4,
             pacing: true,
             key_update_interval: None,
+            aead_confidentiality_limit: None,
+            aead_integrity_limit: None,
         }
     }
 }

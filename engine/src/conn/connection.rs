@@ -102,6 +102,8 @@ pub struct ConnectionStats {
     pub duplicate_packets: u64,
     pub key_updates: u64,
     pub lost_packets: u64,
+    /// Handshake and 1-RTT packets that failed authentication (RFC 9001 §6.6 counts them).
+    pub authentication_failures: u64,
 }
 
 pub struct Connection {

@@ -1,5 +1,6 @@
 //! One connection, sans-IO (RFC 9000/9001/9002): no sockets, no clock reads; `now` is
 //! always an argument, datagrams come in as `&mut [u8]` and go out into caller buffers.
+mod aead_limits;
 pub mod cids;
 pub mod config;
 pub mod connection;

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::conn::aead_limits;
 use crate::conn::connection::{CloseReason, Connection, State};
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{remove_mask, sample, SAMPLE_LEN};
@@ -313,6 +314,30 @@ impl Connection {
         };
         let Ok(payload_len) = opened else {
             tracing::trace!(?epoch, pn, ?generation, "drop: decryption failed");
+            if epoch != Epoch::Initial {
+                // RFC 9001 §6.6 (Initial keys are public: failures there prove nothing).
+                self.stats.authentication_failures += 1;
+                let mut limit = match epoch {
+                    Epoch::Data => self
+                        .one_rtt
+                        .as_ref()
+                        .map(|k| k.local_packet().integrity_limit()),
+                    _ => self.spaces[epoch.index()]
+                        .keys
+                        .as_ref()
+                        .map(|k| k.remote.packet.integrity_limit()),
+                }
+                .unwrap_or(u64::MAX);
+                if let Some(l) = self.config.aead_integrity_limit {
+                    limit = limit.min(l);
+                }
+                if aead_limits::integrity_exceeded(self.stats.authentication_failures, limit) {
+                    return Err(TransportError::new(
+                        Code::AEAD_LIMIT_REACHED,
+                        "AEAD integrity limit reached",
+                    ));
+                }
+            }
             return Ok(Outcome::Dropped);
         };
 

@@ -6,12 +6,13 @@
 
 use std::time::Instant;
 
+use crate::conn::aead_limits::{self, SealLimit};
 use crate::conn::connection::{Connection, State, Transmit, MIN_INITIAL_SIZE};
 use crate::conn::recovery::SentPacket;
 use crate::conn::sent::{FrameRecord, SentFrames};
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{apply_mask, sample};
-use crate::wire::error::TransportErrorCode as Code;
+use crate::wire::error::{TransportError, TransportErrorCode as Code};
 use crate::wire::frame::{encode_ack, Frame};
 use crate::wire::header::{self, LongHeaderLayout, LongType};
 use crate::wire::packet_number;
@@ -222,6 +223,44 @@ impl Connection {
         if let Some(interval) = self.config.key_update_interval {
             if self.packets_in_phase >= interval {
                 self.force_key_update(now);
+            }
+        }
+        if b.epoch == Epoch::Data {
+            self.check_confidentiality_limit(now);
+        }
+    }
+
+    /// RFC 9001 §6.6: update the 1-RTT keys well before the current one has sealed as many
+    /// packets as the suite allows, and close if no update can happen in time.
+    fn check_confidentiality_limit(&mut self, now: Instant) {
+        let Some(keys) = &self.one_rtt else {
+            return;
+        };
+        let mut limit = keys.local_packet().confidentiality_limit();
+        if let Some(l) = self.config.aead_confidentiality_limit {
+            limit = limit.min(l);
+        }
+        let update_allowed = self.handshake_confirmed && keys.update_allowed();
+        match aead_limits::after_seal(self.packets_in_phase, limit, update_allowed) {
+            SealLimit::Continue => {}
+            SealLimit::Update => {
+                tracing::debug!(
+                    sealed = self.packets_in_phase,
+                    limit,
+                    "AEAD limit: key update"
+                );
+                self.force_key_update(now);
+            }
+            SealLimit::Close => {
+                if !matches!(self.state, State::Closing { .. } | State::Draining { .. }) {
+                    self.close_with_error(
+                        now,
+                        TransportError::new(
+                            Code::AEAD_LIMIT_REACHED,
+                            "AEAD confidentiality limit reached without a key update",
+                        ),
+                    );
+                }
             }
         }
     }
