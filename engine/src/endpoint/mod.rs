@@ -6,6 +6,7 @@
 //! sees every connection event right after the input that caused it.
 
 pub mod cid;
+mod routes;
 pub mod stateless;
 mod timers;
 
@@ -28,6 +29,7 @@ use crate::wire::header::{self, Header, LongType};
 use crate::wire::steer::CidLayout;
 
 pub use cid::CidGenerator;
+use routes::Routes;
 use timers::TimerQueue;
 
 /// Index of a connection inside its endpoint.
@@ -119,12 +121,8 @@ struct StatelessPacket {
 pub struct Endpoint<U> {
     config: EndpointConfig,
     conns: Slab<Entry<U>>,
-    by_cid: HashMap<ConnectionId, ConnHandle>,
-    by_initial: HashMap<ConnectionId, ConnHandle>,
+    routes: Routes,
     by_reset_token: HashMap<[u8; 16], ConnHandle>,
-    /// The last CID routed and its connection: datagrams arrive in per-flow bursts (GRO,
-    /// batched rings), so most skip the table. Cleared whenever either table changes.
-    last_route: Option<(ConnectionId, ConnHandle)>,
     /// Connections that may have something to send, in round-robin order.
     send_queue: VecDeque<ConnHandle>,
     timers: TimerQueue,
@@ -148,10 +146,8 @@ impl<U: Default> Endpoint<U> {
             // per endpoint, and each new connection then page-faulted its way into
             // untouched memory.
             conns: Slab::with_capacity(16),
-            by_cid: HashMap::with_capacity(64),
-            by_initial: HashMap::with_capacity(16),
+            routes: Routes::with_capacity(64, 16),
             by_reset_token: HashMap::with_capacity(64),
-            last_route: None,
             send_queue: VecDeque::with_capacity(16),
             timers: TimerQueue::with_capacity(16),
             stateless: VecDeque::new(),
@@ -235,12 +231,10 @@ impl<U: Default> Endpoint<U> {
             queued: false,
         });
         for cid in cids {
-            self.by_cid.insert(cid, h);
-            self.last_route = None;
+            self.routes.insert_cid(cid, h);
         }
         if let Some(d) = initial_dcid {
-            self.by_initial.insert(d, h);
-            self.last_route = None;
+            self.routes.insert_initial(d, h);
         }
         self.mark_send(h);
         h
@@ -271,18 +265,7 @@ impl<U: Default> Endpoint<U> {
         };
         let known = ConnectionId::new(dcid)
             .ok()
-            .and_then(|d| match self.last_route {
-                Some((cid, h)) if cid == d => Some(h),
-                _ => {
-                    let h = self
-                        .by_cid
-                        .get(&d)
-                        .or_else(|| self.by_initial.get(&d))
-                        .copied()?;
-                    self.last_route = Some((d, h));
-                    Some(h)
-                }
-            });
+            .and_then(|d| self.routes.lookup(&d));
         if let Some(h) = known {
             let e = &mut self.conns[h];
             e.conn.handle_datagram(now, meta.src, meta.ecn, buf);
@@ -549,12 +532,10 @@ impl<U: Default> Endpoint<U> {
         while let Some(ev) = e.conn.poll_cid_event() {
             match ev {
                 CidEvent::Issued(cid) => {
-                    self.by_cid.insert(cid, h);
-                    self.last_route = None;
+                    self.routes.insert_cid(cid, h);
                 }
                 CidEvent::Retired(cid) => {
-                    self.by_cid.remove(&cid);
-                    self.last_route = None;
+                    self.routes.remove_cid(&cid, None);
                 }
                 CidEvent::PeerResetToken(token) => {
                     // Bounded: the peer can't hold more CIDs with us than our limit allows.
@@ -571,8 +552,7 @@ impl<U: Default> Endpoint<U> {
         if e.conn.is_handshake_confirmed() {
             // Past the handshake the client no longer uses its original DCID.
             if let Some(d) = e.initial_dcid.take() {
-                self.by_initial.remove(&d);
-                self.last_route = None;
+                self.routes.remove_initial(&d);
             }
         }
         if e.conn.is_drained() {
@@ -598,14 +578,12 @@ impl<U: Default> Endpoint<U> {
         let e = self.conns.remove(h);
         // The handle will be reused: neither its deadline nor a cached route may outlive it.
         self.timers.set(h, None);
-        self.last_route = None;
+        self.routes.forget(h);
         for cid in e.conn.local_cids() {
-            if self.by_cid.get(&cid) == Some(&h) {
-                self.by_cid.remove(&cid);
-            }
+            self.routes.remove_cid(&cid, Some(h));
         }
         if let Some(d) = e.initial_dcid {
-            self.by_initial.remove(&d);
+            self.routes.remove_initial(&d);
         }
         for t in &e.reset_tokens {
             if self.by_reset_token.get(t) == Some(&h) {

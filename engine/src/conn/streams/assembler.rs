@@ -37,17 +37,26 @@ impl Assembler {
         }
     }
 
-    /// Empties the assembler for reuse by a new stream, keeping its allocations unless the
-    /// buffer is larger than `keep_bytes`.
-    pub fn recycle(&mut self, max_ranges: usize, keep_bytes: usize) {
-        self.buf.clear();
-        if self.buf.capacity() > keep_bytes {
-            self.buf = Vec::new();
-        }
+    /// Empties a finished stream's assembler for reuse by a new one (see `Streams::recycle`).
+    pub fn recycle(&mut self) {
+        self.empty_buffer();
         self.buf_offset = 0;
         self.read_offset = 0;
         self.received.clear();
+    }
+
+    /// The same assembler with another bound on received ranges.
+    pub fn with_max_ranges(mut self, max_ranges: usize) -> Self {
         self.max_ranges = max_ranges.max(2);
+        self
+    }
+
+    /// Drops the buffered bytes, keeping a small allocation for reuse.
+    fn empty_buffer(&mut self) {
+        self.buf.clear();
+        if self.buf.capacity() > super::RECYCLE_BUFFER_BYTES {
+            self.buf = Vec::new();
+        }
     }
 
     pub fn read_offset(&self) -> u64 {
@@ -179,10 +188,7 @@ impl Assembler {
     /// A small allocation is kept (emptied) for the stream's successor; see
     /// `Streams::recycle`.
     pub fn release(&mut self) {
-        self.buf.clear();
-        if self.buf.capacity() > super::RECYCLE_BUFFER_BYTES {
-            self.buf = Vec::new();
-        }
+        self.empty_buffer();
         self.buf_offset = self.read_offset;
         self.received.clear();
         if self.read_offset > 0 {

@@ -413,19 +413,20 @@ impl Streams {
         )
     }
 
-    /// Keeps a finished stream's buffers for the next streams.
+    /// Keeps a finished stream's buffers, emptied, for the next streams.
     fn recycle(&mut self, stream: Stream) {
         if let Some(send) = stream.send {
             if self.spare_send.len() < SPARE_BUFFERS {
                 let mut buf = send.buf;
-                buf.recycle(RECYCLE_BUFFER_BYTES);
+                buf.recycle();
                 self.spare_send.push(buf);
             }
         }
         if let Some(recv) = stream.recv {
             if self.spare_recv.len() < SPARE_BUFFERS {
-                // Emptied when reused (it needs the new stream's limits then).
-                self.spare_recv.push(recv.into_assembler());
+                let mut asm = recv.into_assembler();
+                asm.recycle();
+                self.spare_recv.push(asm);
             }
         }
     }
@@ -599,17 +600,12 @@ impl Streams {
 
     /// The error for an application call on a stream that is not in the map:
     /// UnknownStream if never opened, ClosedStream if already reaped.
-    fn missing(
-        side: Side,
-        next_local: &[u64; 2],
-        next_remote: &[u64; 2],
-        id: StreamId,
-    ) -> StreamError {
+    fn missing(&self, id: StreamId) -> StreamError {
         let d = dir(id.is_bidi());
-        let opened = if id.initiator() == side {
-            next_local[d]
+        let opened = if id.initiator() == self.side {
+            self.next_local[d]
         } else {
-            next_remote[d]
+            self.next_remote[d]
         };
         if id.index() < opened {
             StreamError::ClosedStream
@@ -621,12 +617,7 @@ impl Streams {
     /// Buffers data for sending; returns how many bytes were accepted (Blocked if none).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         let Some(stream) = self.streams.get_mut(&id.0) else {
-            return Err(Self::missing(
-                self.side,
-                &self.next_local,
-                &self.next_remote,
-                id,
-            ));
+            return Err(self.missing(id));
         };
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         let n = send.write(data)?;
@@ -649,12 +640,7 @@ impl Streams {
     /// Marks the end of the stream's data (FIN).
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
         let Some(stream) = self.streams.get_mut(&id.0) else {
-            return Err(Self::missing(
-                self.side,
-                &self.next_local,
-                &self.next_remote,
-                id,
-            ));
+            return Err(self.missing(id));
         };
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         send.finish()?;
@@ -695,12 +681,7 @@ impl Streams {
         rtt: Duration,
     ) -> Result<(usize, bool), StreamError> {
         let Some(stream) = self.streams.get_mut(&id.0) else {
-            return Err(Self::missing(
-                self.side,
-                &self.next_local,
-                &self.next_remote,
-                id,
-            ));
+            return Err(self.missing(id));
         };
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
         let result = recv.read(buf, max, now, rtt);
@@ -729,12 +710,7 @@ impl Streams {
     /// Abandons sending (RESET_STREAM with `error_code`).
     pub fn reset(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
         let Some(stream) = self.streams.get_mut(&id.0) else {
-            return Err(Self::missing(
-                self.side,
-                &self.next_local,
-                &self.next_remote,
-                id,
-            ));
+            return Err(self.missing(id));
         };
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
         if send.reset(error_code, false) {
@@ -749,12 +725,7 @@ impl Streams {
     /// Asks the peer to stop sending (STOP_SENDING); received data is dropped.
     pub fn stop_sending(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
         let Some(stream) = self.streams.get_mut(&id.0) else {
-            return Err(Self::missing(
-                self.side,
-                &self.next_local,
-                &self.next_remote,
-                id,
-            ));
+            return Err(self.missing(id));
         };
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
         if recv.stop(error_code, &mut self.conn_recv) {

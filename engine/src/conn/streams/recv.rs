@@ -56,18 +56,15 @@ impl RecvStream {
         Self::with_assembler(None, window, max_window)
     }
 
-    /// A new stream, around a finished stream's assembler if one is given.
+    /// A new stream, around a finished stream's (emptied) assembler if one is given.
     pub fn with_assembler(asm: Option<Assembler>, window: u64, max_window: u64) -> Self {
         // Gaps a lossy but honest peer could leave: roughly one per lost full-size
         // packet; 4 KiB per gap is far below that yet stops 1-byte fragment floods.
         let max_ranges = 64 + (max_window / 4096) as usize;
-        let asm = match asm {
-            Some(mut a) => {
-                a.recycle(max_ranges, super::RECYCLE_BUFFER_BYTES);
-                a
-            }
-            None => Assembler::new(max_ranges),
-        };
+        let asm = asm.map_or_else(
+            || Assembler::new(max_ranges),
+            |a| a.with_max_ranges(max_ranges),
+        );
         Self {
             asm,
             window: RecvWindow::new(window, max_window),

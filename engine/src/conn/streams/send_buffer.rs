@@ -167,9 +167,9 @@ impl SendBuffer {
 
     /// Empties a finished stream's buffer for reuse by a new stream, keeping the
     /// allocations unless they are larger than a new stream is likely to need.
-    pub fn recycle(&mut self, keep_bytes: usize) {
+    pub fn recycle(&mut self) {
         self.data.clear();
-        if self.data.capacity() > keep_bytes {
+        if self.data.capacity() > super::RECYCLE_BUFFER_BYTES {
             self.data = VecDeque::new();
         }
         self.base = 0;
