@@ -241,18 +241,15 @@ pub fn run_client_on<D: crate::io::Datapath>(
     let finished = drive_until(dp, &mut endpoint, &mut handler, deadline, |ep, _h, now| {
         let mut all_done = true;
         for &h in &handles {
-            let state_done = ep.with_state(h, |conn, st| {
-                if st.app.is_done() || st.app.failure().is_some() {
-                    if !conn.is_closing() {
-                        conn.close(now, 0, "done");
-                    }
-                    true
-                } else {
-                    st.closed.is_some()
+            let alive = ep.with_state(h, |conn, st| {
+                if (st.app.is_done() || st.app.failure().is_some()) && !conn.is_closing() {
+                    conn.close(now, 0, "done");
                 }
             });
-            // A connection gone from the endpoint has drained: it is done.
-            if state_done == Some(false) {
+            // Done once gone from the endpoint: a closed connection stays until it has
+            // drained (RFC 9000 §10.2), so the server's packets still in flight meet a
+            // closing connection rather than a port nobody listens on.
+            if alive.is_some() {
                 all_done = false;
             }
         }
