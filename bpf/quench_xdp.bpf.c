@@ -4,8 +4,9 @@
  * kernel (XDP_PASS) so SSH, ARP and the rest keep working.
  *
  * Worker choice mirrors engine/src/wire/steer.rs exactly (tested with
- * BPF_PROG_TEST_RUN): a DCID of the server's CID length carries the worker id at
- * cfg.worker_offset; any other DCID (client-chosen, Initial / 0-RTT) is FNV-1a hashed. */
+ * BPF_PROG_TEST_RUN): a short header's DCID, and a long header's DCID shaped like ours,
+ * carry the worker id at cfg.worker_offset; any other DCID (client-chosen, Initial /
+ * 0-RTT) is FNV-1a hashed onto a worker bound to the arrival queue. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -59,6 +60,14 @@ struct {
 	__type(value, struct quench_queue_owner);
 } queue_map SEC(".maps");
 
+/* Which workers' sockets are bound to each rx queue (client-chosen DCIDs pick one). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, QUENCH_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, struct quench_queue_workers);
+} queue_workers SEC(".maps");
+
 /* UDP ports we serve (host byte order); updatable while attached. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -103,6 +112,29 @@ static __always_inline int is_initial(__u32 version, __u8 first)
 	__u8 type = (first >> 4) & 0x03;
 
 	return (version == QUIC_V1 && type == 0) || (version == QUIC_V2 && type == 1);
+}
+
+/* The worker for a client-chosen DCID hashing to `hash`: one bound to the arrival queue,
+ * so the connection never needs a hand-off while its 4-tuple holds; any worker when the
+ * queue lists none (steer() then treats it as mis-steered). */
+static __always_inline __u32 arrival_worker(struct xdp_md *ctx, __u32 hash, __u32 n_workers)
+{
+	__u32 queue = ctx->rx_queue_index;
+	struct quench_queue_workers *qw = bpf_map_lookup_elem(&queue_workers, &queue);
+	__u32 count, i;
+
+	if (!qw)
+		return hash % n_workers;
+	count = qw->count;
+	if (count == 0 || count > QUENCH_MAX_WORKERS)
+		return hash % n_workers;
+	i = hash % count;
+	/* The verifier does not bound a modulo by a map value: check it (and keep clang
+	 * from dropping the check it can prove redundant). */
+	barrier_var(i);
+	if (i >= QUENCH_MAX_WORKERS)
+		return hash % n_workers;
+	return qw->workers[i] % n_workers;
 }
 
 /* Hands the packet to `worker`'s socket if it is bound to the arrival queue, else to the
@@ -227,7 +259,10 @@ int quench_xdp(struct xdp_md *ctx)
 		    plen < QUENCH_MIN_INITIAL_DATAGRAM)
 			return verdict(QUENCH_STAT_DROP_SHORT_INITIAL, XDP_DROP);
 		dcid = quic + 6;
-		if (dcid_len == cfg.cid_len) {
+		/* One of our CIDs (our length, and byte 0 describing it as QUIC-LB does): the
+		 * worker byte names the owner. Anything else a client chose: hashed. */
+		if (dcid_len == cfg.cid_len && dcid_len > 0 && (void *)(dcid + 1) <= data_end &&
+		    (dcid[0] & 0x1f) == ((cfg.cid_len - 1) & 0x1f)) {
 			__u32 off = cfg.worker_offset;
 
 			if (off >= QUENCH_MAX_CID_LEN)
@@ -248,7 +283,7 @@ int quench_xdp(struct xdp_md *ctx)
 					return verdict(QUENCH_STAT_DROP_BAD_LONG, XDP_DROP);
 				hash = (hash ^ *b) * FNV_PRIME;
 			}
-			worker = hash % n_workers;
+			worker = arrival_worker(ctx, hash, n_workers);
 		}
 	} else {
 		__u32 off = cfg.worker_offset;

@@ -46,6 +46,14 @@ struct quench_queue_owner {
 	__u32 active;
 };
 
+/* queue_workers[rx queue]: the workers whose sockets are bound to that queue, ascending.
+ * A client-chosen DCID (Initial, 0-RTT) goes to workers[hash % count], so a new
+ * connection belongs to a worker on the queue its 4-tuple arrives on. */
+struct quench_queue_workers {
+	__u32 count;
+	__u32 workers[QUENCH_MAX_WORKERS];
+};
+
 /* Settings fixed before load (the program's only `const volatile` global, so it is the
  * whole .rodata section and user space writes it as one struct). */
 struct quench_config {

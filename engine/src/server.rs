@@ -111,6 +111,8 @@ pub struct WorkerStats {
     /// Datagrams this worker's UDP socket received for another worker (UDP datapath; the
     /// XDP datapath counts its hand-offs per socket).
     pub handed_off: u64,
+    /// Hand-offs dropped because the owner's queue was full (UDP datapath).
+    pub handoff_dropped: u64,
     pub stateless_resets: u64,
 }
 
@@ -122,6 +124,7 @@ impl WorkerStats {
             connections: c.connections.load(Ordering::Relaxed),
             connections_accepted: c.connections_accepted.load(Ordering::Relaxed),
             handed_off: c.handed_off.load(Ordering::Relaxed),
+            handoff_dropped: c.handoff_dropped.load(Ordering::Relaxed),
             stateless_resets: c.stateless_resets.load(Ordering::Relaxed),
         }
     }
@@ -133,6 +136,7 @@ impl WorkerStats {
             "connections": self.connections,
             "connections_accepted": self.connections_accepted,
             "handed_off": self.handed_off,
+            "handoff_dropped": self.handoff_dropped,
             "stateless_resets": self.stateless_resets,
         })
     }

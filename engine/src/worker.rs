@@ -13,7 +13,10 @@ use crossbeam_queue::ArrayQueue;
 use crate::app::{AppDispatcher, AppFactory, AppSlot};
 use crate::endpoint::{Endpoint, EndpointStats, EventHandler};
 use crate::io::{Datapath, RxMeta};
-use crate::wire::header;
+use crate::wire::steer;
+
+/// Hand-off buffers a worker keeps for reuse.
+const SPARE_HANDOFF_BUFFERS: usize = 256;
 
 /// A datagram that landed on the wrong worker.
 pub struct HandedOff {
@@ -44,6 +47,8 @@ pub struct WorkerCounters {
     pub connections: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub handed_off: AtomicU64,
+    /// Hand-offs dropped because the owner's queue was full.
+    pub handoff_dropped: AtomicU64,
     pub stateless_resets: AtomicU64,
 }
 
@@ -112,7 +117,11 @@ impl<D: Datapath> Worker<D> {
                         &mut d.buf[..d.len],
                         &mut dispatcher,
                     );
-                    spare.push(d.buf);
+                    // Buffers travel with the datagrams: keep a few for our own hand-offs
+                    // and free the rest, or a one-way flow would pile them up here.
+                    if spare.len() < SPARE_HANDOFF_BUFFERS {
+                        spare.push(d.buf);
+                    }
                     received += 1;
                 }
             }
@@ -120,26 +129,27 @@ impl<D: Datapath> Worker<D> {
             let endpoint = &mut self.endpoint;
             let handoff = self.handoff.as_ref();
             let counters = &self.counters;
-            let my_id = self.id;
+            let (me, n_workers) = (self.id as u32, handoff.map_or(1, |h| h.queues.len() as u32));
             received += self.datapath.recv_batch(&mut |meta, buf| {
-                if multi {
-                    if let Some(owner) = foreign_owner(endpoint, buf, my_id) {
-                        if let Some(h) = handoff {
-                            if buf.len() <= 2048 {
-                                let mut b = spare.pop().unwrap_or_else(|| Box::new([0u8; 2048]));
-                                b[..buf.len()].copy_from_slice(buf);
-                                if h.queues[owner]
-                                    .push(HandedOff {
-                                        meta,
-                                        len: buf.len(),
-                                        buf: b,
-                                    })
-                                    .is_ok()
-                                {
-                                    counters.handed_off.fetch_add(1, Ordering::Relaxed);
+                if let Some(h) = handoff.filter(|_| multi) {
+                    let layout = &endpoint.config().layout;
+                    if let Some(owner) = steer::foreign_owner(buf, layout, n_workers, me) {
+                        if let (Some(q), true) = (h.queues.get(owner as usize), buf.len() <= 2048) {
+                            let mut b = spare.pop().unwrap_or_else(|| Box::new([0u8; 2048]));
+                            b[..buf.len()].copy_from_slice(buf);
+                            let d = HandedOff {
+                                meta,
+                                len: buf.len(),
+                                buf: b,
+                            };
+                            match q.push(d) {
+                                Ok(()) => counters.handed_off.fetch_add(1, Ordering::Relaxed),
+                                Err(d) => {
+                                    spare.push(d.buf);
+                                    counters.handoff_dropped.fetch_add(1, Ordering::Relaxed)
                                 }
-                                return;
-                            }
+                            };
+                            return;
                         }
                     }
                 }
@@ -216,14 +226,6 @@ pub fn transmit<D: Datapath, U: Default>(
     }
     dp.flush()?;
     Ok(count)
-}
-
-/// If `buf` is a short-header packet for a CID owned by another worker, that worker's index.
-fn foreign_owner<U: Default>(endpoint: &Endpoint<U>, buf: &[u8], me: usize) -> Option<usize> {
-    let cid_len = endpoint.config().layout.cid_len;
-    let dcid = header::peek_dcid(buf, cid_len).ok()?;
-    let owner = endpoint.owner_worker(dcid)? as usize;
-    (owner != me).then_some(owner)
 }
 
 /// Drives `endpoint` and `handler` over `dp` until `done` says so or `deadline` passes.

@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use quench::io::xdp::loader::{ProgramSettings, XdpProgram};
 use quench::io::xdp::{ProgramStats, RingSizes, Umem, XdpSocket};
 use quench::wire::net::{FrameHeaders, ETHERTYPE_VLAN};
-use quench::wire::steer::{fnv1a32, worker_for_dcid, CidLayout};
+use quench::wire::steer::{fnv1a32, owner_of_datagram, CidLayout};
 use rand::{Rng, SeedableRng};
 
 const XDP_DROP: u32 = 1;
@@ -33,7 +33,15 @@ fn load(n_workers: u32) -> XdpProgram {
         p.set_worker(w, 0, true).unwrap();
     }
     p.set_queue_owner(0, 0, true).unwrap();
+    let all: Vec<u32> = (0..n_workers).collect();
+    p.set_queue_workers(0, &all).unwrap();
     p
+}
+
+/// The worker `wire::steer` picks for `payload` arriving on queue 0, which `local` lists.
+fn rust_choice(payload: &[u8], local: &[u32], n_workers: u32) -> Option<u32> {
+    owner_of_datagram(payload, &CidLayout::default(), n_workers)
+        .map(|o| o.resolve(local, n_workers))
 }
 
 fn frame(dst: &str, payload: &[u8], vlan: Option<u16>) -> Vec<u8> {
@@ -208,8 +216,17 @@ fn verdicts_with_sockets() {
     ok(v4(&long(V2, 0, &cdcid, 100)), hw);
     ok(v4(&long(V1, 2, &cdcid, 100)), hw);
     ok(v4(&long(V1, 1, &cdcid, 100)), hw);
-    // A long header with our CID length reads the worker byte.
+    // A long header with a CID of ours reads the worker byte, Initial included (a client
+    // switches to our CID after our first Initial, RFC 9000 §7.2); a client's DCID of our
+    // length but not our first octet is hashed.
     ok(v4(&long(V1, 2, &server_cid(2), 100)), 2);
+    ok(v4(&long(V1, 0, &server_cid(1), 1200)), 1);
+    let mut random12 = server_cid(2);
+    random12[0] = 0;
+    ok(
+        v4(&long(V1, 0, &random12, 1200)),
+        fnv1a32(&random12) % WORKERS,
+    );
     // Version Negotiation (version 0) may have the fixed bit clear; v1 may not.
     let mut vn = long(0, 0, &cdcid, 60);
     vn[0] = 0x80;
@@ -229,6 +246,28 @@ fn verdicts_with_sockets() {
     p.set_worker(3, 1, true).unwrap();
     let (v, d, w) = run(&p, &v4(&short(&server_cid(3), 100)));
     assert_eq!((v, d.redirect_missteered, w), (XDP_REDIRECT, 1, Some(3)));
+    // Client-chosen DCIDs stay on the arrival queue (test runs arrive on queue 0): with
+    // workers 1 and 3 moved to queue 1, every Initial goes to 0 or 2, never mis-steered.
+    p.set_worker(1, 1, true).unwrap();
+    p.set_queue_workers(0, &[0, 2]).unwrap();
+    p.set_queue_workers(1, &[1, 3]).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut seen = [0u32; WORKERS as usize];
+    for _ in 0..200 {
+        let dcid: Vec<u8> = (0..8).map(|_| rng.gen()).collect();
+        let initial = long(V1, 0, &dcid, 1200);
+        let (v, d, w) = run(&p, &v4(&initial));
+        assert_eq!((v, d.redirect), (XDP_REDIRECT, 1), "{d:?}");
+        assert_eq!(w, rust_choice(&initial, &[0, 2], WORKERS));
+        seen[w.unwrap() as usize] += 1;
+    }
+    assert!(
+        seen[0] > 0 && seen[2] > 0 && seen[1] == 0 && seen[3] == 0,
+        "{seen:?}"
+    );
+    // Our CID naming worker 1 (now on queue 1) still goes to worker 1: mis-steered.
+    let (_, d, w) = run(&p, &v4(&long(V1, 0, &server_cid(1), 1200)));
+    assert_eq!((d.redirect_missteered, w), (1, Some(1)));
     // No socket on the arrival queue: the kernel gets it.
     p.set_queue_owner(0, 0, false).unwrap();
     let (v, d, _) = run(&p, &v4(&short(&server_cid(3), 100)));
@@ -247,13 +286,30 @@ fn worker_choice_matches_rust_on_random_dcids() {
             rng.gen_range(0..=20)
         };
         let dcid: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-        let want = worker_for_dcid(&dcid, &layout, WORKERS);
+        let all: Vec<u32> = (0..WORKERS).collect();
         // Long header (Handshake, no size rule) with any DCID length.
-        let (_, _, got) = run(&p, &v4(&long(V1, 2, &dcid, 200)));
-        assert_eq!(got, Some(want), "long header DCID {dcid:02x?}");
+        let f = long(V1, 2, &dcid, 200);
+        let (_, _, got) = run(&p, &v4(&f));
+        assert_eq!(
+            got,
+            rust_choice(&f, &all, WORKERS),
+            "long header DCID {dcid:02x?}"
+        );
         if len == 12 {
-            let (_, _, got) = run(&p, &frame("[fd99::1]:4433", &short(&dcid, 64), None));
-            assert_eq!(got, Some(want), "short header DCID {dcid:02x?}");
+            let f = short(&dcid, 64);
+            let (_, _, got) = run(&p, &frame("[fd99::1]:4433", &f, None));
+            assert_eq!(
+                got,
+                rust_choice(&f, &all, WORKERS),
+                "short header DCID {dcid:02x?}"
+            );
+            // Our shape: the byte decides in long headers too.
+            let mut ours = dcid.clone();
+            ours[0] = layout.first_octet(3);
+            let f = long(V1, 2, &ours, 200);
+            let (_, _, got) = run(&p, &v4(&f));
+            assert_eq!(got, Some(u32::from(ours[3]) % WORKERS));
+            assert_eq!(got, rust_choice(&f, &all, WORKERS));
         }
     }
     // Other worker counts, including ones that do not divide 256.
@@ -266,7 +322,8 @@ fn worker_choice_matches_rust_on_random_dcids() {
             p.test_run(&v4(&long(V1, 2, &dcid, 200))).unwrap();
             let after = p.worker_hits(n);
             let got = (0..n).find(|&w| after[w as usize] != before[w as usize]);
-            assert_eq!(got, Some(worker_for_dcid(&dcid, &layout, n)));
+            let all: Vec<u32> = (0..n).collect();
+            assert_eq!(got, rust_choice(&long(V1, 2, &dcid, 200), &all, n));
         }
     }
 }

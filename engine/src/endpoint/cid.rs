@@ -85,7 +85,7 @@ impl ConnectionIdGenerator for CidGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::steer::worker_for_dcid;
+    use crate::wire::steer::{owner_of_long_dcid, worker_in_cid, Owner};
 
     #[test]
     fn cids_carry_the_worker_and_route_back_to_it() {
@@ -106,7 +106,12 @@ mod tests {
                 assert_eq!(cid.len(), 12);
                 assert_eq!(cid[0], (1 << 5) | 11, "rotation and self-described length");
                 assert_eq!(&cid[1..3], &[0xab, 0xcd]);
-                assert_eq!(worker_for_dcid(&cid, &layout, 4), worker as u32);
+                assert_eq!(worker_in_cid(&cid, &layout, 4), Some(worker as u32));
+                assert_eq!(
+                    owner_of_long_dcid(&cid, &layout, 4),
+                    Owner::Worker(worker as u32),
+                    "our CIDs in long headers (Handshake, later Initials) route by the byte"
+                );
             }
         }
     }

@@ -189,11 +189,6 @@ impl<U: Default> Endpoint<U> {
         )
     }
 
-    /// Which worker owns `dcid`, if it is one of this server's CIDs.
-    pub fn owner_worker(&self, dcid: &[u8]) -> Option<u8> {
-        (dcid.len() == self.config.layout.cid_len).then(|| dcid[self.config.layout.worker_offset()])
-    }
-
     /// Opens a client connection.
     pub fn connect(
         &mut self,

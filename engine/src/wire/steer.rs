@@ -11,8 +11,14 @@
 //! worker_offset     : one byte of worker id (routes to a core inside this node)
 //! rest (>= 4 bytes) : nonce
 //! ```
-//! Client-chosen DCIDs (Initial and 0-RTT) have another length, or just random bytes;
-//! they are hashed with FNV-1a so every packet carrying the same DCID lands on one worker.
+//! Short headers always carry one of our CIDs: the worker byte routes them. A long header
+//! routes by the worker byte only when its DCID has our shape (our length, and byte 0
+//! self-describing it); any other DCID was chosen by a client (Initial, 0-RTT). Any worker
+//! may accept a new connection, so those stay on a worker bound to the RX queue they
+//! arrived on, picked by an FNV-1a hash of the DCID so every packet carrying it lands on
+//! the same one. The connection's later packets share its 4-tuple, so RSS puts them on the
+//! same queue, and the worker byte in our CIDs then names a worker already there: no
+//! hand-off between workers until the client migrates.
 
 /// Where the worker id sits inside server-issued connection IDs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,16 +71,56 @@ pub fn fnv1a32(bytes: &[u8]) -> u32 {
         .fold(OFFSET_BASIS, |h, &b| (h ^ u32::from(b)).wrapping_mul(PRIME))
 }
 
-/// The worker (0..n_workers) that owns a datagram with this DCID. `n_workers == 0` is
-/// treated as one worker.
-pub fn worker_for_dcid(dcid: &[u8], layout: &CidLayout, n_workers: u32) -> u32 {
-    let n = n_workers.max(1);
-    if dcid.len() == layout.cid_len {
-        if let Some(&w) = dcid.get(layout.worker_offset()) {
-            return u32::from(w) % n;
+/// Who handles a datagram, decided from its DCID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// One of our CIDs: the worker (already reduced modulo the worker count) it names.
+    Worker(u32),
+    /// A client-chosen DCID: any worker bound to the arrival queue, the `hash`-th of them.
+    Arrival { hash: u32 },
+}
+
+impl Owner {
+    /// The worker, given the workers bound to the arrival queue in ascending order (the
+    /// XDP program's `queue_workers` entry); `n_workers` when none are listed.
+    pub fn resolve(self, arrival_queue_workers: &[u32], n_workers: u32) -> u32 {
+        match self {
+            Owner::Worker(w) => w,
+            Owner::Arrival { hash } if arrival_queue_workers.is_empty() => hash % n_workers.max(1),
+            Owner::Arrival { hash } => {
+                arrival_queue_workers[(hash as usize) % arrival_queue_workers.len()]
+                    % n_workers.max(1)
+            }
         }
     }
-    fnv1a32(dcid) % n
+}
+
+/// True when `dcid` has the shape of a CID we issue: our length and, in byte 0, the
+/// QUIC-LB length self-description (draft-ietf-quic-load-balancers §2.3). A client's
+/// random DCID of our length passes with probability 1/32.
+pub fn has_our_shape(dcid: &[u8], layout: &CidLayout) -> bool {
+    dcid.len() == layout.cid_len
+        && dcid.first().map(|b| b & 0x1f) == Some((layout.cid_len.saturating_sub(1) as u8) & 0x1f)
+}
+
+/// The worker (0..n_workers) named in a CID of our length; `n_workers == 0` is treated as
+/// one worker. `None` for other lengths.
+pub fn worker_in_cid(dcid: &[u8], layout: &CidLayout, n_workers: u32) -> Option<u32> {
+    if dcid.len() != layout.cid_len {
+        return None;
+    }
+    dcid.get(layout.worker_offset())
+        .map(|&w| u32::from(w) % n_workers.max(1))
+}
+
+/// Who handles a long-header packet with this DCID.
+pub fn owner_of_long_dcid(dcid: &[u8], layout: &CidLayout, n_workers: u32) -> Owner {
+    match worker_in_cid(dcid, layout, n_workers) {
+        Some(w) if has_our_shape(dcid, layout) => Owner::Worker(w),
+        _ => Owner::Arrival {
+            hash: fnv1a32(dcid),
+        },
+    }
 }
 
 /// The Destination Connection ID of the first packet in a UDP payload, located by the
@@ -93,10 +139,24 @@ pub fn dcid_of_datagram(payload: &[u8], cid_len: usize) -> Option<&[u8]> {
     }
 }
 
-/// The worker owning a datagram, as the XDP program would pick it; `None` when no DCID
-/// can be read (the program drops those).
-pub fn worker_for_datagram(payload: &[u8], layout: &CidLayout, n_workers: u32) -> Option<u32> {
-    dcid_of_datagram(payload, layout.cid_len).map(|d| worker_for_dcid(d, layout, n_workers))
+/// Who handles a datagram, as the XDP program steers it; `None` when no DCID can be read
+/// (the program drops those).
+pub fn owner_of_datagram(payload: &[u8], layout: &CidLayout, n_workers: u32) -> Option<Owner> {
+    let dcid = dcid_of_datagram(payload, layout.cid_len)?;
+    if payload[0] & 0x80 != 0 {
+        Some(owner_of_long_dcid(dcid, layout, n_workers))
+    } else {
+        worker_in_cid(dcid, layout, n_workers).map(Owner::Worker)
+    }
+}
+
+/// The worker another worker must hand a datagram to: `Some` only for one of our CIDs
+/// naming a worker other than `me`. Everything else is handled where it arrived.
+pub fn foreign_owner(payload: &[u8], layout: &CidLayout, n_workers: u32, me: u32) -> Option<u32> {
+    match owner_of_datagram(payload, layout, n_workers)? {
+        Owner::Worker(w) if w != me => Some(w),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -130,28 +190,67 @@ mod tests {
         .is_valid());
     }
 
-    #[test]
-    fn server_cid_routes_by_worker_byte() {
-        let l = CidLayout::default();
+    fn ours(worker: u8) -> [u8; 12] {
         let mut cid = [0xaau8; 12];
-        cid[3] = 7;
-        assert_eq!(worker_for_dcid(&cid, &l, 8), 7);
-        assert_eq!(worker_for_dcid(&cid, &l, 4), 3);
-        cid[3] = 200;
-        assert_eq!(worker_for_dcid(&cid, &l, 3), 200 % 3);
+        cid[0] = CidLayout::default().first_octet(1);
+        cid[3] = worker;
+        cid
     }
 
     #[test]
-    fn other_lengths_hash() {
+    fn server_cid_routes_by_worker_byte() {
+        let l = CidLayout::default();
+        let long = |w| owner_of_long_dcid(&ours(w), &l, 8);
+        assert_eq!(long(7), Owner::Worker(7));
+        assert_eq!(owner_of_long_dcid(&ours(3), &l, 4), Owner::Worker(3));
+        assert_eq!(
+            owner_of_long_dcid(&ours(200), &l, 3),
+            Owner::Worker(200 % 3)
+        );
+        assert_eq!(worker_in_cid(&ours(200), &l, 0), Some(0));
+        assert_eq!(worker_in_cid(&[1, 2, 3], &l, 4), None);
+    }
+
+    #[test]
+    fn client_chosen_dcids_stay_on_the_arrival_queue() {
         let l = CidLayout::default();
         // FNV-1a reference values.
         assert_eq!(fnv1a32(b""), 0x811c_9dc5);
         assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
         assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
         let dcid = [1u8, 2, 3, 4, 5, 6, 7, 8];
-        assert_eq!(worker_for_dcid(&dcid, &l, 5), fnv1a32(&dcid) % 5);
-        assert_eq!(worker_for_dcid(&[], &l, 5), 0x811c_9dc5 % 5);
-        assert_eq!(worker_for_dcid(&dcid, &l, 0), 0);
+        let o = owner_of_long_dcid(&dcid, &l, 5);
+        assert_eq!(
+            o,
+            Owner::Arrival {
+                hash: fnv1a32(&dcid)
+            }
+        );
+        // All workers on one queue, none listed, or a subset listed.
+        assert_eq!(o.resolve(&[0, 1, 2, 3, 4], 5), fnv1a32(&dcid) % 5);
+        assert_eq!(o.resolve(&[], 5), fnv1a32(&dcid) % 5);
+        assert_eq!(o.resolve(&[1, 3], 5), [1, 3][(fnv1a32(&dcid) % 2) as usize]);
+        assert_eq!(owner_of_long_dcid(&[], &l, 5).resolve(&[], 0), 0);
+        // Our length but not our first octet: a client's random DCID, hashed.
+        let mut random = ours(2);
+        random[0] = 0x00;
+        assert!(!has_our_shape(&random, &l));
+        assert_eq!(
+            owner_of_long_dcid(&random, &l, 4),
+            Owner::Arrival {
+                hash: fnv1a32(&random)
+            }
+        );
+        // A short header always carries our CID: the byte routes it.
+        let mut short = vec![0x40u8];
+        short.extend_from_slice(&random);
+        short.extend_from_slice(&[0; 24]);
+        assert_eq!(owner_of_datagram(&short, &l, 4), Some(Owner::Worker(2)));
+        assert_eq!(foreign_owner(&short, &l, 4, 2), None);
+        assert_eq!(foreign_owner(&short, &l, 4, 1), Some(2));
+        // Hostile worker bytes never name a worker that does not exist.
+        short[4] = 0xff;
+        assert_eq!(foreign_owner(&short, &l, 2, 0), Some(1));
     }
 
     #[test]
@@ -167,8 +266,12 @@ mod tests {
         assert_eq!(dcid_of_datagram(&[0xc0, 0, 0, 0, 1, 21], 12), None);
         assert_eq!(dcid_of_datagram(&[], 12), None);
         assert_eq!(
-            worker_for_datagram(&long, &CidLayout::default(), 4),
-            Some(fnv1a32(&[7, 8, 9]) % 4)
+            owner_of_datagram(&long, &CidLayout::default(), 4),
+            Some(Owner::Arrival {
+                hash: fnv1a32(&[7, 8, 9])
+            })
         );
+        assert_eq!(foreign_owner(&long, &CidLayout::default(), 4, 3), None);
+        assert_eq!(owner_of_datagram(&[], &CidLayout::default(), 4), None);
     }
 }

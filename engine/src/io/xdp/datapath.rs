@@ -435,13 +435,15 @@ impl XdpDatapath {
                     ecn: f.ecn,
                 };
                 let payload = &mut frame[f.payload_range()];
+                // Only our CIDs can name another worker: the program keeps client-chosen
+                // DCIDs on a worker of the arrival queue, so those stay here.
                 let owner = if self.n_workers > 1 {
-                    steer::worker_for_datagram(payload, &self.layout, self.n_workers)
+                    steer::foreign_owner(payload, &self.layout, self.n_workers, self.worker)
                 } else {
                     None
                 };
                 match owner {
-                    Some(w) if w != self.worker => self.hand_off(w, meta, f.src_mac, payload),
+                    Some(w) => self.hand_off(w, meta, f.src_mac, payload),
                     _ => {
                         self.learn_peer(f.src.ip(), f.src_mac);
                         on(meta, payload);

@@ -83,6 +83,7 @@ pub struct XdpProgram {
     xsks: MapHandle,
     worker_map: MapHandle,
     queue_map: MapHandle,
+    queue_workers: MapHandle,
     ports: MapHandle,
     stats: MapHandle,
     worker_hits: MapHandle,
@@ -162,6 +163,7 @@ impl XdpProgram {
             xsks: handle("xsks_map")?,
             worker_map: handle("worker_map")?,
             queue_map: handle("queue_map")?,
+            queue_workers: handle("queue_workers")?,
             ports: handle("ports")?,
             stats: handle("stats")?,
             worker_hits: handle("worker_hits")?,
@@ -308,6 +310,25 @@ impl XdpProgram {
         self.queue_map
             .update(&queue.to_ne_bytes(), &pair(worker, active), MapFlags::ANY)
             .map_err(bpf_err("queue_map update"))
+    }
+
+    /// Records the workers bound to `queue` (client-chosen DCIDs arriving there pick one).
+    pub fn set_queue_workers(&self, queue: u32, workers: &[u32]) -> Result<(), XdpError> {
+        if workers.len() > MAX_WORKERS as usize {
+            return Err(XdpError::Config(format!(
+                "{} workers on queue {queue}; at most {MAX_WORKERS}",
+                workers.len()
+            )));
+        }
+        // `struct quench_queue_workers`: a count, then MAX_WORKERS u32 slots.
+        let mut v = vec![0u8; 4 * (1 + MAX_WORKERS as usize)];
+        v[..4].copy_from_slice(&(workers.len() as u32).to_ne_bytes());
+        for (slot, w) in v[4..].chunks_exact_mut(4).zip(workers) {
+            slot.copy_from_slice(&w.to_ne_bytes());
+        }
+        self.queue_workers
+            .update(&queue.to_ne_bytes(), &v, MapFlags::ANY)
+            .map_err(bpf_err("queue_workers update"))
     }
 
     /// Puts an AF_XDP socket into the XSKMAP slot of `worker`.

@@ -217,6 +217,7 @@ impl XdpSetup {
                 sockets[0].mode(),
             ));
             prog.set_queue_owner(queue, members[0], true)?;
+            prog.set_queue_workers(queue, &members)?;
             for (member, (socket, &w)) in sockets.into_iter().zip(&members).enumerate() {
                 // SAFETY: the fd is owned by `socket`, alive for this call.
                 prog.set_xsk(w, unsafe {
