@@ -505,27 +505,48 @@ fn two_workers_share_one_queue() {
     assert_xdp_path(&stats, 10_000);
 }
 
-/// One queue per worker on a two-queue veth: packets arriving on the other worker's queue
-/// are handed to their owner in user space; everything completes, nothing is lost.
+/// A quinn client with one source port per connection (so RSS spreads them over both
+/// queues), plus `extra` arguments, running `transfer` in the client namespace.
+fn quinn_spread(t: &Topology, ca: &Path, transfer: &Transfer, extra: &[&str]) -> Report {
+    let mut cmd = client_command(Peer::Quinn, server_addr(), ca, transfer);
+    cmd.arg("--socket-per-conn").args(extra);
+    let report = run_client(Topology::exec_in(&t.cli, &cmd), transfer.timeout());
+    assert_perf(&report, transfer);
+    report
+}
+
+fn start_two_queue_server(t: &Topology, certs: &Certs, dir: &Path) -> XdpServer {
+    XdpServer::start(t, certs, dir, &["--workers", "2", "--queues", "0,1"])
+}
+
+fn assert_two_copy_sockets(stats: &Value) {
+    let binds: Vec<&str> = stats["xdp"]["sockets"]
+        .as_array()
+        .expect("sockets")
+        .iter()
+        .map(|s| s["bind"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(binds, ["copy", "copy"], "{stats}");
+}
+
+/// One queue per worker on a two-queue veth: a new connection goes to the worker of the
+/// queue its 4-tuple arrives on, so with connections spread over both queues nothing is
+/// mis-steered and nothing is handed off between workers.
 #[test]
-fn two_workers_two_queues_hand_off_missteered() {
+fn two_workers_two_queues_keep_connections_on_their_queue() {
     let _serial = serial();
     let t = Topology::new("q2", 2);
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
-    let server = XdpServer::start(
-        &t,
-        &certs,
-        dir.path(),
-        &["--workers", "2", "--queues", "0,1"],
-    );
+    let server = start_two_queue_server(&t, &certs, dir.path());
     let transfer = Transfer::perf(24 * MIB, 8 * MIB).streams(2).conns(16);
-    // Two client processes at once: two source ports, so (most likely) both queues.
+    // quinn: 16 source ports, spread by RSS; quench: one port, all on one queue.
     let quinn = {
         let (t_cli, ca) = (t.cli.clone(), certs.ca.clone());
         let transfer = transfer.clone();
         thread::spawn(move || {
-            let cmd = client_command(Peer::Quinn, server_addr(), &ca, &transfer);
+            let mut cmd = client_command(Peer::Quinn, server_addr(), &ca, &transfer);
+            cmd.arg("--socket-per-conn");
             let r = run_client(Topology::exec_in(&t_cli, &cmd), transfer.timeout());
             assert_perf(&r, &transfer);
         })
@@ -534,22 +555,44 @@ fn two_workers_two_queues_hand_off_missteered() {
     quinn.join().expect("quinn client");
     let stats = server.shutdown();
     assert!(!t.xdp_attached(), "program left attached after shutdown");
-    let binds: Vec<&str> = stats["xdp"]["sockets"]
-        .as_array()
-        .expect("sockets")
-        .iter()
-        .map(|s| s["bind"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(binds, ["copy", "copy"], "{stats}");
+    assert_two_copy_sockets(&stats);
     assert_two_workers(&stats, 32);
-    // 32 connections whose Initial DCIDs hash to either worker, arriving on at most two
-    // queues: some land on the wrong queue (chance otherwise ~2^-16).
+    assert_eq!(
+        (
+            u(&stats, &["xdp", "program", "redirect_missteered"]),
+            sum(&stats, "sockets", "rx_handed_off")
+        ),
+        (0, 0),
+        "connections left their arrival queue: {stats}"
+    );
+    assert_xdp_path(&stats, 10_000);
+}
+
+/// Clients that rebind mid-transfer (a NAT rebinding: new source port, so possibly the
+/// other queue): the program sends their packets to the arrival queue's socket, which
+/// hands them to the owner in user space; every transfer completes, nothing is lost.
+#[test]
+fn two_workers_two_queues_hand_off_after_rebinding() {
+    let _serial = serial();
+    let t = Topology::new("q2r", 2);
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = start_two_queue_server(&t, &certs, dir.path());
+    // 1 MiB down per connection; each moves to a new port after 256 KiB. A connection
+    // lands on the other queue with probability 1/2: all 16 staying put is 2^-16.
+    let transfer = Transfer::perf(16 * MIB, 4 * MIB).streams(2).conns(16);
+    quinn_spread(&t, &certs.ca, &transfer, &["--rebind-after", "262144"]);
+    let stats = server.shutdown();
+    assert!(!t.xdp_attached(), "program left attached after shutdown");
+    assert_two_copy_sockets(&stats);
+    assert_two_workers(&stats, 16);
     assert!(
         u(&stats, &["xdp", "program", "redirect_missteered"]) > 0
             && sum(&stats, "sockets", "rx_handed_off") > 0,
-        "no mis-steered packet was handed off: {stats}"
+        "no rebound connection's packets were handed off: {stats}"
     );
-    assert_xdp_path(&stats, 10_000);
+    // 4 MiB up in full datagrams plus ACKs for 16 MiB down.
+    assert_xdp_path(&stats, 3_000);
 }
 
 /// Runs `quench serve --datapath xdp` with `prefix` before it (e.g. dropping privileges)

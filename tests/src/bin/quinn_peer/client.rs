@@ -55,33 +55,64 @@ pub struct ClientArgs {
     key_update_after: Option<u64>,
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// One UDP socket (source port) per connection instead of one for all.
+    #[arg(long)]
+    socket_per_conn: bool,
+    /// Move each connection's endpoint to a fresh socket (new source port: a NAT
+    /// rebinding as the server sees it) once it has received this many bytes. With
+    /// `--socket-per-conn` every connection moves on its own.
+    #[arg(long)]
+    rebind_after: Option<u64>,
 }
 
-/// Forces one key update once a connection has received a threshold of stream bytes.
+/// Watches a connection's received bytes: forces one key update, and rebinds its endpoint
+/// to a fresh socket, each once past its threshold.
 pub struct KeyUpdater {
     conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    bind: SocketAddr,
     threshold: Option<u64>,
+    rebind_after: Option<u64>,
     received: AtomicU64,
     fired: AtomicBool,
+    rebound: AtomicBool,
 }
 
 impl KeyUpdater {
-    fn new(conn: quinn::Connection, threshold: Option<u64>) -> Self {
+    fn new(
+        conn: quinn::Connection,
+        endpoint: quinn::Endpoint,
+        bind: SocketAddr,
+        threshold: Option<u64>,
+        rebind_after: Option<u64>,
+    ) -> Self {
         Self {
             conn,
+            endpoint,
+            bind,
             threshold,
+            rebind_after,
             received: AtomicU64::new(0),
             fired: AtomicBool::new(false),
+            rebound: AtomicBool::new(false),
         }
     }
 
     pub fn on_received(&self, bytes: u64) {
-        let Some(threshold) = self.threshold else {
+        if self.threshold.is_none() && self.rebind_after.is_none() {
             return;
-        };
+        }
         let total = self.received.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if total >= threshold && !self.fired.swap(true, Ordering::Relaxed) {
+        if self.threshold.is_some_and(|t| total >= t) && !self.fired.swap(true, Ordering::Relaxed) {
             self.conn.force_key_update();
+        }
+        if self.rebind_after.is_some_and(|t| total >= t)
+            && !self.rebound.swap(true, Ordering::Relaxed)
+        {
+            match std::net::UdpSocket::bind(self.bind).and_then(|s| self.endpoint.rebind(s)) {
+                Ok(()) => eprintln!("rebound to {:?}", self.endpoint.local_addr()),
+                Err(e) => eprintln!("rebinding failed: {e}"),
+            }
         }
     }
 
@@ -112,27 +143,45 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let mut endpoint = quinn::Endpoint::client(bind).context("binding client socket")?;
-    endpoint.set_default_client_config(config);
+    let new_endpoint = || -> Result<quinn::Endpoint> {
+        let mut e = quinn::Endpoint::client(bind).context("binding client socket")?;
+        e.set_default_client_config(config.clone());
+        Ok(e)
+    };
+    let shared = new_endpoint()?;
+    let mut endpoints = vec![shared.clone()];
 
     let start = Instant::now();
     let mut handshakes = JoinSet::new();
     for index in 0..args.conns {
+        let endpoint = if args.socket_per_conn && index > 0 {
+            let e = new_endpoint()?;
+            endpoints.push(e.clone());
+            e
+        } else {
+            shared.clone()
+        };
         let connecting = endpoint.connect(server, &args.server_name)?;
         handshakes.spawn(async move {
             let begun = Instant::now();
             let conn = connecting.await.context("handshake")?;
-            Ok::<_, anyhow::Error>((index, conn, begun.elapsed()))
+            Ok::<_, anyhow::Error>((index, conn, endpoint, begun.elapsed()))
         });
     }
     let mut conns = Vec::with_capacity(args.conns as usize);
     let mut handshake_total = Duration::ZERO;
     while let Some(joined) = handshakes.join_next().await {
-        let (index, conn, took) = joined??;
+        let (index, conn, endpoint, took) = joined??;
         handshake_total += took;
         conns.push((
             index,
-            Arc::new(KeyUpdater::new(conn, args.key_update_after)),
+            Arc::new(KeyUpdater::new(
+                conn,
+                endpoint,
+                bind,
+                args.key_update_after,
+                args.rebind_after,
+            )),
         ));
     }
     conns.sort_by_key(|(index, _)| *index);
@@ -149,7 +198,12 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     for c in &conns {
         c.conn.close(VarInt::from_u32(0), b"done");
     }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await;
+    let idle = async {
+        for e in &endpoints {
+            e.wait_idle().await;
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, idle).await;
     println!("{}", report.to_json_line());
     Ok(())
 }
