@@ -111,6 +111,10 @@ enum Command {
         /// Do not pin workers to cores.
         #[arg(long)]
         no_pin: bool,
+        /// UDP datapath: do not steer datagrams to their connection's worker inside the
+        /// kernel (SO_REUSEPORT BPF); workers hand them over instead.
+        #[arg(long)]
+        no_kernel_steering: bool,
     },
     /// Connect to a server and run a workload; prints one JSON line with the results.
     Client {
@@ -209,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
             max_connections,
             congestion,
             no_pin,
+            no_kernel_steering,
         } => {
             let certified = match (cert, key) {
                 (Some(c), Some(k)) => {
@@ -255,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
                 require_retry: retry,
                 max_connections,
                 pin: !no_pin,
+                kernel_steering: !no_kernel_steering,
             };
             let xdp = XdpArgs {
                 iface,

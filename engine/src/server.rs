@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::app::{AppFactory, BuiltinApps};
 use crate::conn::TransportConfig;
 use crate::endpoint::{Endpoint, EndpointConfig};
-use crate::io::udp::{UdpDatapath, UdpOptions};
+use crate::io::udp::{cid_steering_program, UdpDatapath, UdpOptions};
 use crate::io::Datapath;
 use crate::tls::certs::CertifiedKey;
 use crate::worker::{Handoff, Worker, WorkerCounters};
@@ -45,6 +45,11 @@ pub struct ServerOptions {
     /// Most connections per worker; beyond it new clients get CONNECTION_REFUSED.
     pub max_connections: usize,
     pub pin: bool,
+    /// UDP datapath with several workers: steer short-header datagrams to the socket of
+    /// the worker their CID names inside the kernel (SO_ATTACH_REUSEPORT_CBPF), so clients
+    /// that change address reach their connection without a hand-off between workers.
+    /// Off (or where the kernel refuses the program), workers hand such datagrams over.
+    pub kernel_steering: bool,
 }
 
 /// A running server: its bound address, counters, and the threads to join.
@@ -250,7 +255,17 @@ pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerErro
         addr = dp.local_addr();
         sockets.push(dp);
     }
-    base.spawn(sockets, Some(Handoff::new(workers)), addr)
+    let mut handoff = Handoff::new(workers);
+    if workers > 1 && opts.kernel_steering {
+        let program = cid_steering_program(&base.endpoint.layout, workers as u32);
+        match sockets[0].attach_reuseport_cbpf(&program) {
+            Ok(()) => handoff.kernel_steers = true,
+            Err(e) => tracing::warn!(
+                "kernel steering by CID unavailable ({e}); workers hand off datagrams instead"
+            ),
+        }
+    }
+    base.spawn(sockets, Some(handoff), addr)
 }
 
 #[cfg(feature = "xdp")]

@@ -29,12 +29,16 @@ pub struct HandedOff {
 #[derive(Clone)]
 pub struct Handoff {
     pub queues: Arc<Vec<ArrayQueue<HandedOff>>>,
+    /// The kernel already delivers datagrams to their owner's socket (short headers by
+    /// CID): hand-offs are rare, so idle workers need not poll for them.
+    pub kernel_steers: bool,
 }
 
 impl Handoff {
     pub fn new(workers: usize) -> Self {
         Self {
             queues: Arc::new((0..workers).map(|_| ArrayQueue::new(1024)).collect()),
+            kernel_steers: false,
         }
     }
 }
@@ -80,6 +84,7 @@ impl<D: Datapath> Worker<D> {
         let caps = self.datapath.capabilities();
         let max_segments = caps.max_segments.max(1);
         let multi = self.handoff.as_ref().is_some_and(|h| h.queues.len() > 1);
+        let poll_handoffs = multi && !self.handoff.as_ref().is_some_and(|h| h.kernel_steers);
         let mut closing_since: Option<Instant> = None;
         let mut spare: Vec<Box<[u8; 2048]>> = Vec::new();
         // One handle for the whole loop: the dispatcher borrows it while `self` is borrowed mutably.
@@ -174,7 +179,7 @@ impl<D: Datapath> Worker<D> {
                     .map(|t| t.saturating_duration_since(Instant::now()))
                     .unwrap_or(Duration::from_millis(100))
                     .min(Duration::from_millis(100));
-                if multi {
+                if poll_handoffs {
                     // Handed-off datagrams don't wake the socket: look again soon.
                     timeout = timeout.min(Duration::from_millis(2));
                 }

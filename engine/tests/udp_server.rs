@@ -1,8 +1,12 @@
 //! The multi-worker UDP server (SO_REUSEPORT, one socket per worker) on loopback: hostile
-//! datagrams naming any worker byte leave every worker running, and a real transfer after
-//! them completes byte-exact on the worker that accepted it, with no hand-off.
+//! datagrams naming any worker byte leave every worker running; the kernel steers short
+//! headers to the worker their CID names, or, with that off, workers hand them over; a
+//! client behind a NAT that keeps rebinding completes its transfer either way.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use quench::client::{run_client, ClientOptions, ClientWorkload};
@@ -15,7 +19,7 @@ use rand::{Rng, SeedableRng};
 
 const WORKERS: usize = 2;
 
-fn server() -> RunningServer {
+fn server(kernel_steering: bool) -> RunningServer {
     start_udp_server(ServerOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
@@ -26,6 +30,7 @@ fn server() -> RunningServer {
         require_retry: false,
         max_connections: 64,
         pin: false,
+        kernel_steering,
     })
     .expect("server starts")
 }
@@ -34,25 +39,11 @@ fn sum(server: &RunningServer, field: impl Fn(&quench::server::WorkerStats) -> u
     server.worker_stats().iter().map(field).sum()
 }
 
-/// Waits until the workers have handed off `n` datagrams (or 5 s pass), then a moment more
-/// for any extra to show.
-fn wait_for_handoffs(server: &RunningServer, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sum(server, |w| w.handed_off) < n && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-}
-
-#[test]
-fn hostile_worker_bytes_do_not_stop_workers_and_transfers_stay_local() {
-    let mut server = server();
-    let addr = server.local_addr;
+/// From 8 source ports (spread over both sockets by the kernel's hash): short headers
+/// naming every possible worker byte (half of them with our first octet), and Initials with
+/// client DCIDs of every length. Returns how many datagrams went out.
+fn send_hostile(addr: SocketAddr) -> u64 {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-
-    // From several source ports, so the kernel spreads them over both sockets: short
-    // headers naming every possible worker byte (ours or not), and long headers with
-    // client DCIDs of every length.
     let mut sent = 0u64;
     for port_round in 0..8 {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -80,41 +71,61 @@ fn hostile_worker_bytes_do_not_stop_workers_and_transfers_stay_local() {
             sent += 1;
         }
     }
-    // Each source port reaches one socket; the short headers naming the other worker
-    // (exactly half of the 256 bytes, modulo 2) go to it, nothing else does.
+    sent
+}
+
+/// Waits until `done` holds (or 5 s pass), then a moment more for anything extra to show.
+fn wait_until(server: &RunningServer, done: impl Fn(&RunningServer) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done(server) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+fn perf_client(connect: SocketAddr, down: u64, up: u64, conns: usize) {
+    let tls = client_config(ServerVerification::Insecure, &[b"perf".to_vec()]).expect("tls");
+    let report = run_client(ClientOptions {
+        connect,
+        server_name: "localhost".into(),
+        tls,
+        workload: ClientWorkload::Perf {
+            down,
+            up,
+            streams: 2,
+        },
+        conns,
+        key_update_after: None,
+        timeout: Duration::from_secs(60),
+        transport: TransportConfig::default(),
+        version: VERSION_1,
+    })
+    .expect("client completes");
+    assert_eq!((report.bytes_down, report.bytes_up), (down, up));
+}
+
+/// Kernel steering off: each source port reaches one socket, whose worker hands the short
+/// headers naming the other worker (exactly half of the 256 bytes, modulo 2) over; nothing
+/// else moves. The bytes that once crashed a worker (>= the worker count) are among them.
+#[test]
+fn hostile_worker_bytes_are_handed_off_without_stopping_workers() {
+    let mut server = server(false);
+    let sent = send_hostile(server.local_addr);
     let expected = 8 * 256 / WORKERS as u64;
-    wait_for_handoffs(&server, expected);
+    wait_until(&server, |s| sum(s, |w| w.handed_off) >= expected);
     assert!(
         !server.any_worker_finished(),
         "a worker stopped on hostile input"
     );
     let hostile_handoffs = sum(&server, |w| w.handed_off);
     assert_eq!(hostile_handoffs, expected, "{}", server.stats_json());
-    assert!(sum(&server, |w| w.datagrams_rx) >= sent);
+    assert_eq!(sum(&server, |w| w.datagrams_rx), sent + expected);
 
-    // A real client afterwards: every connection completes, byte counts match.
-    let tls = client_config(ServerVerification::Insecure, &[b"perf".to_vec()]).expect("tls");
-    let report = run_client(ClientOptions {
-        connect: addr,
-        server_name: "localhost".into(),
-        tls,
-        workload: ClientWorkload::Perf {
-            down: 4 << 20,
-            up: 1 << 20,
-            streams: 4,
-        },
-        conns: 4,
-        key_update_after: None,
-        timeout: Duration::from_secs(30),
-        transport: TransportConfig::default(),
-        version: VERSION_1,
-    })
-    .expect("client completes");
-    assert_eq!((report.bytes_down, report.bytes_up), (4 << 20, 1 << 20));
+    // A real client afterwards: its packets share one 4-tuple, so they reach one socket;
+    // that worker accepted its connections and owns their CIDs: nothing more moves.
+    perf_client(server.local_addr, 4 << 20, 1 << 20, 4);
     assert!(!server.any_worker_finished());
     assert_eq!(sum(&server, |w| w.connections_accepted), 4);
-    // The client's packets share one 4-tuple, so they reach one socket; that worker
-    // accepted the connections and owns their CIDs: nothing more was handed off.
     assert_eq!(
         sum(&server, |w| w.handed_off),
         hostile_handoffs,
@@ -123,4 +134,140 @@ fn hostile_worker_bytes_do_not_stop_workers_and_transfers_stay_local() {
     );
     server.request_shutdown();
     server.join_workers().expect("workers end cleanly");
+}
+
+/// Kernel steering on: the same datagrams each reach the worker their CID names directly
+/// (both workers get exactly half of the short headers), and nothing is handed off.
+#[test]
+fn hostile_worker_bytes_are_steered_by_the_kernel() {
+    let mut server = server(true);
+    let sent = send_hostile(server.local_addr);
+    wait_until(&server, |s| sum(s, |w| w.datagrams_rx) >= sent);
+    assert!(
+        !server.any_worker_finished(),
+        "a worker stopped on hostile input"
+    );
+    let stats = server.worker_stats();
+    assert_eq!(
+        sum(&server, |w| w.datagrams_rx),
+        sent,
+        "{}",
+        server.stats_json()
+    );
+    assert_eq!(sum(&server, |w| w.handed_off), 0, "{}", server.stats_json());
+    // 1,024 short headers each, plus the Initials wherever the hash put their port.
+    for w in &stats {
+        assert!(w.datagrams_rx >= 1024, "{}", server.stats_json());
+    }
+    perf_client(server.local_addr, 4 << 20, 1 << 20, 4);
+    assert_eq!(sum(&server, |w| w.handed_off), 0, "{}", server.stats_json());
+    server.request_shutdown();
+    server.join_workers().expect("workers end cleanly");
+}
+
+/// A NAT between client and server: forwards both ways, and every `rebind_every`
+/// datagrams from the client moves to a fresh outside port (what the server sees as a
+/// NAT rebinding, RFC 9000 §9.3). Replies reaching recent old ports still get through.
+struct Nat {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    rebinds: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Nat {
+    fn start(server: SocketAddr, rebind_every: u64) -> Nat {
+        let inside = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        inside.set_nonblocking(true).expect("nonblocking");
+        let addr = inside.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let rebinds = Arc::new(AtomicU64::new(0));
+        let (stop2, rebinds2) = (stop.clone(), rebinds.clone());
+        let outside = || {
+            let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            s.set_nonblocking(true).expect("nonblocking");
+            s
+        };
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut ports = vec![outside()];
+            let (mut client, mut forwarded) = (None, 0u64);
+            while !stop2.load(Ordering::Relaxed) {
+                let mut moved = false;
+                while let Ok((n, from)) = inside.recv_from(&mut buf) {
+                    client = Some(from);
+                    let _ = ports[0].send_to(&buf[..n], server);
+                    forwarded += 1;
+                    moved = true;
+                    if forwarded % rebind_every == 0 {
+                        ports.insert(0, outside());
+                        ports.truncate(3);
+                        rebinds2.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                for port in &ports {
+                    while let Ok((n, _)) = port.recv_from(&mut buf) {
+                        if let Some(c) = client {
+                            let _ = inside.send_to(&buf[..n], c);
+                        }
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        Nat {
+            addr,
+            stop,
+            rebinds,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs a transfer through a NAT that rebinds every 100 client datagrams; returns
+/// (rebinds, datagrams handed off between workers).
+fn transfer_through_rebinding_nat(kernel_steering: bool) -> (u64, u64) {
+    let mut server = server(kernel_steering);
+    let nat = Nat::start(server.local_addr, 100);
+    perf_client(nat.addr, 4 << 20, 2 << 20, 2);
+    let rebinds = nat.rebinds.load(Ordering::Relaxed);
+    drop(nat);
+    assert!(!server.any_worker_finished());
+    assert_eq!(sum(&server, |w| w.connections_accepted), 2);
+    let handed_off = sum(&server, |w| w.handed_off);
+    eprintln!("kernel steering {kernel_steering}: {rebinds} rebinds, {handed_off} hand-offs");
+    server.request_shutdown();
+    server.join_workers().expect("workers end cleanly");
+    (rebinds, handed_off)
+}
+
+/// Each rebinding lands on either socket (the kernel hashes the new 4-tuple): with the
+/// kernel steering by CID, packets still reach the owner directly; without it, the worker
+/// that gets them hands them over. Both transfers complete byte-exact.
+#[test]
+fn nat_rebinding_reaches_the_owner() {
+    let (rebinds, handed_off) = transfer_through_rebinding_nat(true);
+    // 2 MiB up in ~1,800 datagrams plus ACKs: well over 10 rebinds, so both sockets saw
+    // the client (all on one: 2^-10).
+    assert!(rebinds >= 10, "only {rebinds} rebinds");
+    assert_eq!(handed_off, 0, "the kernel should have steered by CID");
+
+    let (rebinds, handed_off) = transfer_through_rebinding_nat(false);
+    assert!(rebinds >= 10, "only {rebinds} rebinds");
+    assert!(
+        handed_off > 0,
+        "{rebinds} rebinds but nothing reached the other worker"
+    );
 }

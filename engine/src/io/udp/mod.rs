@@ -8,6 +8,7 @@
 
 mod cmsg;
 mod rx;
+mod steer;
 mod sys;
 mod tx;
 
@@ -23,6 +24,7 @@ use tracing::{debug, warn};
 
 use super::{Capabilities, Datapath, RxMeta, TxMeta};
 use rx::RxRing;
+pub use steer::cid_steering_program;
 use tx::{Msg, TxPool, TxScratch};
 
 /// Default UDP payload sizes for a 1500-byte MTU (minus IP and UDP headers).
