@@ -7,7 +7,8 @@
 #
 # Scenarios and units are those of `cargo bench -p quench-bench --bench engine`:
 # recv / send (ns per 1452-byte 1-RTT packet), handshake (ns per full server handshake,
-# against rustls alone), request (ns per 100-byte perf request).
+# against rustls alone), request (ns per 100-byte perf request, one in flight per
+# connection), request16 (the same, 16 in flight per connection).
 set -euo pipefail
 
 ROUNDS=${1:-5}
@@ -25,7 +26,8 @@ stats() { # numbers on stdin -> "median min"
 
 printf '%-10s %-12s %10s %10s\n' scenario stack median min
 for spec in "recv quinn-proto 200000" "send quinn-proto 200000" \
-            "handshake rustls 1000" "request quinn-proto 200000"; do
+            "handshake rustls 1000" "request quinn-proto 200000" \
+            "request16 quinn-proto 400000"; do
     read -r scenario peer count <<<"$spec"
     q=() p=()
     for _ in $(seq "$ROUNDS"); do

@@ -10,7 +10,10 @@
 //!   (HANDSHAKE_DONE, tickets, CIDs, their ACKs) has settled; rustls alone in QUIC mode as
 //!   the floor.
 //! - `server_request_100B`: the server's time per perf request (100 bytes up, 100 bytes
-//!   back) on established connections: receive, application, response, timers.
+//!   back) on established connections: receive, application, response, timers. One
+//!   request in flight per connection, so one packet each way per request.
+//! - `server_request_100B_x16`: the same with 16 requests in flight per connection, as a
+//!   multiplexing client sends them: requests and responses share packets.
 
 use std::time::Duration;
 
@@ -139,7 +142,7 @@ fn handshake(c: &mut Criterion, tls: &TlsSetup) {
 }
 
 /// Request rounds until `iters` responses completed; the timed share scaled to `iters`.
-fn requests(iters: u64, mut round: impl FnMut(&mut Stopwatch) -> u64) -> Duration {
+fn requests(iters: u64, round: &mut impl FnMut(&mut Stopwatch) -> u64) -> Duration {
     let mut sw = Stopwatch::default();
     let (mut done, mut rounds) = (0u64, 0u64);
     while done < iters {
@@ -150,25 +153,19 @@ fn requests(iters: u64, mut round: impl FnMut(&mut Stopwatch) -> u64) -> Duratio
     sw.elapsed.mul_f64(iters as f64 / done as f64)
 }
 
-fn request(c: &mut Criterion, tls: &TlsSetup) {
-    let mut g = group(c, "server_request_100B");
+fn request(c: &mut Criterion, tls: &TlsSetup, name: &str, per_conn: usize) {
+    let mut g = group(c, name);
     let mut q = QuenchPair::connected(tls, ServerMode::Apps, REQUEST_CONNS);
-    requests(10_000, |sw| {
-        q.request_round(REQUEST_SIZE, RESPONSE_SIZE, sw)
-    });
+    let mut round = |sw: &mut Stopwatch| q.request_round(per_conn, REQUEST_SIZE, RESPONSE_SIZE, sw);
+    requests(10_000, &mut round);
     g.bench_function("quench", |b| {
-        b.iter_custom(|iters| {
-            requests(iters, |sw| q.request_round(REQUEST_SIZE, RESPONSE_SIZE, sw))
-        })
+        b.iter_custom(|iters| requests(iters, &mut round))
     });
     let mut p = QuinnPair::connected(tls, AppMode::Perf, REQUEST_CONNS);
-    requests(10_000, |sw| {
-        p.request_round(REQUEST_SIZE, RESPONSE_SIZE, sw)
-    });
+    let mut round = |sw: &mut Stopwatch| p.request_round(per_conn, REQUEST_SIZE, RESPONSE_SIZE, sw);
+    requests(10_000, &mut round);
     g.bench_function("quinn-proto", |b| {
-        b.iter_custom(|iters| {
-            requests(iters, |sw| p.request_round(REQUEST_SIZE, RESPONSE_SIZE, sw))
-        })
+        b.iter_custom(|iters| requests(iters, &mut round))
     });
     g.finish();
 }
@@ -178,7 +175,8 @@ fn all(c: &mut Criterion) {
     recv(c, &tls);
     send(c, &tls);
     handshake(c, &tls);
-    request(c, &tls);
+    request(c, &tls, "server_request_100B", 1);
+    request(c, &tls, "server_request_100B_x16", 16);
 }
 
 criterion_group! {

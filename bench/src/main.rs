@@ -58,7 +58,7 @@ enum Cmd {
     /// Runs one benchmark scenario without criterion, for a profiler: only the server's
     /// calls run inside `server_span` (see `quench_bench::server_span`).
     Profile {
-        /// recv, send, handshake or request.
+        /// recv, send, handshake, request or request16.
         #[arg(long)]
         scenario: String,
         /// quench, quinn-proto or rustls (handshake only).

@@ -64,29 +64,41 @@ pub fn run(scenario: &str, stack: &str, count: u64) -> anyhow::Result<(u64, Stop
             }
             done = count;
         }
-        ("request", "quench") => {
+        ("request" | "request16", "quench") => {
+            let per_conn = requests_per_conn(scenario);
             let mut q = QuenchPair::connected(&tls, ServerMode::Apps, REQUEST_CONNS);
             let mut warm = Stopwatch::default();
             for _ in 0..1000 {
-                q.request_round(100, 100, &mut warm);
+                q.request_round(per_conn, 100, 100, &mut warm);
             }
             while done < count {
-                done += q.request_round(100, 100, &mut sw);
+                done += q.request_round(per_conn, 100, 100, &mut sw);
             }
         }
-        ("request", "quinn-proto") => {
+        ("request" | "request16", "quinn-proto") => {
+            let per_conn = requests_per_conn(scenario);
             let mut p = QuinnPair::connected(&tls, AppMode::Perf, REQUEST_CONNS);
             let mut warm = Stopwatch::default();
             for _ in 0..1000 {
-                p.request_round(100, 100, &mut warm);
+                p.request_round(per_conn, 100, 100, &mut warm);
             }
             while done < count {
-                done += p.request_round(100, 100, &mut sw);
+                done += p.request_round(per_conn, 100, 100, &mut sw);
             }
         }
         _ => bail!("unknown scenario/stack {scenario}/{stack}"),
     }
     Ok((done, sw))
+}
+
+/// `request`: one request in flight per connection (one packet each way per request);
+/// `request16`: 16 at once, so requests share packets as a multiplexing client's do.
+fn requests_per_conn(scenario: &str) -> usize {
+    if scenario == "request16" {
+        16
+    } else {
+        1
+    }
 }
 
 fn round(q: &mut QuenchPair, scenario: &str, sw: &mut Stopwatch) -> usize {

@@ -300,18 +300,27 @@ impl QuenchPair {
         (n, bytes)
     }
 
-    /// Request benchmark round: every client connection sends one perf request of
-    /// `request` bytes asking for `response` bytes; the server's handling of the requests,
-    /// its timers and its responses are timed. Returns responses completed at the client.
-    pub fn request_round(&mut self, request: usize, response: u64, sw: &mut Stopwatch) -> u64 {
+    /// Request benchmark round: every client connection sends `per_conn` perf requests of
+    /// `request` bytes, each on its own stream, asking for `response` bytes; the server's
+    /// handling of the requests, its timers and its responses are timed. Returns responses
+    /// completed at the client.
+    pub fn request_round(
+        &mut self,
+        per_conn: usize,
+        request: usize,
+        response: u64,
+        sw: &mut Stopwatch,
+    ) -> u64 {
         let now = self.now;
         let req = perf_request(request, response);
         for &h in &self.client_conns {
             self.client.with_state(h, |c, _| {
-                if let Some(id) = c.open_stream(true) {
-                    let n = c.write(id, &req).unwrap_or(0);
-                    assert_eq!(n, req.len(), "request fits the stream window");
-                    c.finish(id).expect("finish request");
+                for _ in 0..per_conn {
+                    if let Some(id) = c.open_stream(true) {
+                        let n = c.write(id, &req).unwrap_or(0);
+                        assert_eq!(n, req.len(), "request fits the stream window");
+                        c.finish(id).expect("finish request");
+                    }
                 }
             });
         }

@@ -484,16 +484,24 @@ impl QuinnPair {
         (n, bytes)
     }
 
-    pub fn request_round(&mut self, request: usize, response: u64, sw: &mut Stopwatch) -> u64 {
+    pub fn request_round(
+        &mut self,
+        per_conn: usize,
+        request: usize,
+        response: u64,
+        sw: &mut Stopwatch,
+    ) -> u64 {
         let now = self.now;
         let req = perf_request(request, response);
         for &ch in &self.client_conns {
             let conn = self.client.conns[ch.0].as_mut().expect("live connection");
-            if let Some(id) = conn.streams().open(Dir::Bi) {
-                let mut s = conn.send_stream(id);
-                let n = s.write(&req).unwrap_or(0);
-                assert_eq!(n, req.len(), "request fits the stream window");
-                s.finish().expect("finish request");
+            for _ in 0..per_conn {
+                if let Some(id) = conn.streams().open(Dir::Bi) {
+                    let mut s = conn.send_stream(id);
+                    let n = s.write(&req).unwrap_or(0);
+                    assert_eq!(n, req.len(), "request fits the stream window");
+                    s.finish().expect("finish request");
+                }
             }
         }
         self.client.timeouts(now);

@@ -27,6 +27,11 @@ const GROUPS: &[(&str, f64, &str)] = &[
         400.0,
         "server time per 100-byte perf request",
     ),
+    (
+        "server_request_100B_x16",
+        400.0,
+        "server time per 100-byte perf request, 16 in flight per connection",
+    ),
 ];
 
 /// Mean and 95% confidence bounds, in ns.
