@@ -104,6 +104,21 @@ fn quinn_client_forced_key_update_mid_transfer() {
     assert_eq!(report.key_updates, 1, "{report:?}");
 }
 
+/// quinn clients behind a NAT that rebinds: every connection's endpoint moves to a new
+/// source port after 1 MiB of its 4 MiB download (RFC 9000 §9.3). quench validates each
+/// new path and follows it; every transfer completes byte-exact.
+#[test]
+fn quinn_client_nat_rebinding_mid_transfer() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let transfer = Transfer::perf(32 * MIB, 8 * MIB).conns(8);
+    let mut cmd = client_command(Peer::Quinn, quench.server.addr, &quench.certs.ca, &transfer);
+    cmd.args(["--socket-per-conn", "--rebind-after", &MIB.to_string()]);
+    let (report, stderr) = run_client_with_stderr(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(stderr.matches("rebound to").count(), 8, "{stderr}");
+}
+
 #[test]
 fn quinn_client_trusts_quench_generated_certificate() {
     let _serial = serial();

@@ -627,6 +627,11 @@ pub fn run_transfer(peer: Peer, server: SocketAddr, ca: &Path, transfer: &Transf
 
 /// Runs a client that must succeed and print exactly one JSON line; returns its report.
 pub fn run_client(cmd: Command, timeout: Duration) -> Report {
+    run_client_with_stderr(cmd, timeout).0
+}
+
+/// `run_client`, also returning what the client wrote to stderr.
+pub fn run_client_with_stderr(cmd: Command, timeout: Duration) -> (Report, String) {
     let description = format!("{cmd:?}");
     let out = run_process(cmd, timeout);
     assert!(
@@ -653,7 +658,7 @@ pub fn run_client(cmd: Command, timeout: Duration) -> Report {
         report.handshake_ms > 0.0,
         "non-positive handshake time: {report:?}"
     );
-    report
+    (report, out.stderr)
 }
 
 /// Runs a client that must fail (non-zero exit) within the base timeout.
