@@ -44,9 +44,10 @@ pub const RX_BATCH: u32 = 64;
 pub const TX_PAYLOAD_OFFSET: usize = net::MAX_HEADROOM;
 /// Largest datagram a hand-off slot carries.
 pub const HANDOFF_MAX: usize = 2048;
-/// Hand-off slots per worker (about 2 KiB each). On a NIC whose RSS puts a bulk flow on
-/// another worker's queue, half a worker's traffic can come this way: 256 slots dropped
-/// ~1.5% of it in the two-queue veth test, 1024 keep up.
+/// Hand-off slots per worker (about 2 KiB each). Only connections whose client moved to a
+/// 4-tuple RSS puts on another queue come this way (new connections stay on their arrival
+/// queue), but such a bulk flow can be half a worker's traffic: when every connection
+/// came this way, 256 slots dropped ~1.5% of it in the two-queue veth test, 1024 kept up.
 pub const HANDOFF_SLOTS: usize = 1024;
 /// Peers remembered for their MAC address before the table is reset.
 const MAX_PEERS: usize = 1 << 16;
