@@ -119,6 +119,8 @@ pub struct WorkerStats {
     /// Hand-offs dropped because the owner's queue was full (UDP datapath).
     pub handoff_dropped: u64,
     pub stateless_resets: u64,
+    /// Retry packets sent (`--retry`).
+    pub retries: u64,
 }
 
 impl WorkerStats {
@@ -131,6 +133,7 @@ impl WorkerStats {
             handed_off: c.handed_off.load(Ordering::Relaxed),
             handoff_dropped: c.handoff_dropped.load(Ordering::Relaxed),
             stateless_resets: c.stateless_resets.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
         }
     }
 
@@ -143,6 +146,7 @@ impl WorkerStats {
             "handed_off": self.handed_off,
             "handoff_dropped": self.handoff_dropped,
             "stateless_resets": self.stateless_resets,
+            "retries": self.retries,
         })
     }
 }

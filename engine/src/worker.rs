@@ -54,6 +54,7 @@ pub struct WorkerCounters {
     /// Hand-offs dropped because the owner's queue was full.
     pub handoff_dropped: AtomicU64,
     pub stateless_resets: AtomicU64,
+    pub retries: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -63,6 +64,7 @@ impl WorkerCounters {
             .store(ep.connections_accepted, Ordering::Relaxed);
         self.stateless_resets
             .store(ep.stateless_resets_sent, Ordering::Relaxed);
+        self.retries.store(ep.retries_sent, Ordering::Relaxed);
     }
 }
 

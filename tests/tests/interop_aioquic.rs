@@ -78,3 +78,28 @@ fn aioquic_rejects_quench_with_untrusted_certificate() {
         &Transfer::perf(1000, 0),
     ));
 }
+
+/// `quench serve --retry`: the server keeps no state for a client until it has proved its
+/// address with a Retry token (RFC 9000 §8.1.2). The client follows the Retry, the
+/// transfers complete, and the server counted one Retry per connection.
+#[test]
+fn aioquic_through_retry() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--retry"]);
+    let transfer = Transfer::perf(2 * MIB, MIB).conns(3);
+    let report = run_transfer(Peer::Aioquic, server.addr, &certs.ca, &transfer);
+    assert_perf(&report, &transfer);
+    let stats = server.shutdown_stats();
+    let total = |field: &str| -> u64 {
+        stats["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(total("connections_accepted"), 3, "{stats}");
+    assert_eq!(total("retries"), 3, "{stats}");
+}

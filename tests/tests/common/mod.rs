@@ -203,13 +203,20 @@ pub struct Server {
     pub addr: SocketAddr,
     name: String,
     stderr_log: PathBuf,
+    stdout_log: PathBuf,
 }
 
 impl Server {
     /// `quench serve` with the given certificate and hq-interop root.
     pub fn quench(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        Server::quench_with(certs, root, logs, &[])
+    }
+
+    /// `quench serve` as [`Server::quench`], plus `extra` flags.
+    pub fn quench_with(certs: &Certs, root: &Path, logs: &Path, extra: &[&str]) -> Server {
         let mut args = cert_args(certs);
         args.extend(["--root".into(), root.into()]);
+        args.extend(extra.iter().map(OsString::from));
         Server::spawn("quench", &quench_bin(), &["serve"], args, logs)
     }
 
@@ -250,15 +257,14 @@ impl Server {
                 .stderr(stderr)
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
-            let ready = watch_stdout(
-                &mut child,
-                logs.join(format!("{name}-server-{attempt}.stdout.log")),
-            );
+            let stdout_log = logs.join(format!("{name}-server-{attempt}.stdout.log"));
+            let ready = watch_stdout(&mut child, stdout_log.clone());
             let mut server = Server {
                 child: Some(child),
                 addr,
                 name: name.to_string(),
                 stderr_log,
+                stdout_log,
             };
             match server.wait_ready(&ready) {
                 Ready::Yes => return server,
@@ -325,6 +331,28 @@ impl Server {
                     tail(&self.stderr_log, 4000)
                 );
             }
+        }
+    }
+
+    /// `shutdown`, then the `quench_stats` JSON line quench prints on its way out.
+    pub fn shutdown_stats(self) -> serde_json::Value {
+        let stdout_log = self.stdout_log.clone();
+        let status = self.shutdown();
+        assert!(status.success(), "server exited with {status}");
+        // The line reaches the log through a reader thread: give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = fs::read_to_string(&stdout_log).unwrap_or_default();
+            if let Some(line) = out.lines().rev().find(|l| l.contains("quench_stats")) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                return v["quench_stats"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no quench_stats line on stdout:\n{out}"
+            );
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
