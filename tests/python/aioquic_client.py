@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.quic.events import (
     ConnectionTerminated,
     QuicEvent,
@@ -190,6 +191,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     verify.add_argument("--insecure", action="store_true")
     p.add_argument("--key-update-after", type=int)
     p.add_argument("--server-name", default="localhost")
+    p.add_argument(
+        "--quic-version",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="version of the first Initial (2: RFC 9369); the one in use is printed to stderr",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     args = p.parse_args(argv)
     if args.streams < 1 or args.conns < 1:
@@ -212,6 +220,8 @@ def configuration(args: argparse.Namespace) -> QuicConfiguration:
         max_data=CONN_WINDOW,
         max_stream_data=STREAM_WINDOW,
     )
+    if args.quic_version == 2:
+        config.original_version = QuicProtocolVersion.VERSION_2
     if args.insecure:
         config.verify_mode = ssl.CERT_NONE
     else:
@@ -229,6 +239,7 @@ async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[t
         args.host, args.port, configuration=configuration(args), create_protocol=Client
     ) as client:
         handshake = time.monotonic() - begun
+        print(f"connection {conn_index}: QUIC version {client._quic._version:#010x}", file=sys.stderr)
         client.key_update_after = args.key_update_after
         total_streams = args.conns * args.streams
         if args.alpn == "perf":

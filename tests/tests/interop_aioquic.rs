@@ -103,3 +103,54 @@ fn aioquic_through_retry() {
     assert_eq!(total("connections_accepted"), 3, "{stats}");
     assert_eq!(total("retries"), 3, "{stats}");
 }
+
+/// QUIC version 2 (RFC 9369) end to end: aioquic's first Initial is v2, quench answers in
+/// v2 (its salts, HKDF labels, Retry key and packet types), and both transfers complete.
+#[test]
+fn aioquic_quic_v2() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let transfer = Transfer::perf(4 * MIB, MIB).streams(2).conns(2);
+    let mut cmd = client_command(
+        Peer::Aioquic,
+        quench.server.addr,
+        &quench.certs.ca,
+        &transfer,
+    );
+    cmd.args(["--quic-version", "2"]);
+    let (report, stderr) = run_client_with_stderr(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(
+        stderr.matches("QUIC version 0x6b3343cf").count(),
+        2,
+        "both connections in v2: {stderr}"
+    );
+}
+
+/// v2 through `--retry`: the Retry carries RFC 9369's integrity tag key, the client's second
+/// Initial is v2 again, and the connections complete.
+#[test]
+fn aioquic_quic_v2_through_retry() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--retry"]);
+    let transfer = Transfer::perf(2 * MIB, MIB).conns(2);
+    let mut cmd = client_command(Peer::Aioquic, server.addr, &certs.ca, &transfer);
+    cmd.args(["--quic-version", "2"]);
+    let (report, stderr) = run_client_with_stderr(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(
+        stderr.matches("QUIC version 0x6b3343cf").count(),
+        2,
+        "{stderr}"
+    );
+    let stats = server.shutdown_stats();
+    let retries: u64 = stats["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| w["retries"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(retries, 2, "{stats}");
+}
