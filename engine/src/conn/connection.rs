@@ -21,7 +21,8 @@ use crate::crypto::secrets::{initial_keys, Keys};
 use crate::tls::session::{KeyChange, TlsSession};
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
-use crate::wire::transport_params::TransportParameters;
+use crate::wire::header::SUPPORTED_VERSIONS;
+use crate::wire::transport_params::{TransportParameters, VersionInformation};
 use crate::{Epoch, Side};
 
 /// Smallest datagram carrying a client Initial (RFC 9000 §14.1).
@@ -224,6 +225,8 @@ impl Connection {
         let reset = cid_gen.reset_token(&local_cid);
         let streams = Streams::new(Side::Client, config.streams.clone());
         let params = local_params(
+            Side::Client,
+            version,
             &config,
             &streams.local_limits(),
             local_cid,
@@ -267,6 +270,8 @@ impl Connection {
         let reset = cid_gen.reset_token(&p.local_cid);
         let streams = Streams::new(Side::Server, config.streams.clone());
         let params = local_params(
+            Side::Server,
+            p.version,
             &config,
             &streams.local_limits(),
             p.local_cid,
@@ -761,6 +766,7 @@ impl Connection {
 
     fn apply_peer_params(&mut self, p: TransportParameters) -> Result<(), TransportError> {
         let violation = |reason| TransportError::new(Code::TRANSPORT_PARAMETER_ERROR, reason);
+        check_version_information(self.version, p.version_information.as_ref())?;
         // RFC 9000 §7.3: authenticate the connection IDs used during the handshake.
         match self.side {
             Side::Client => {
@@ -920,6 +926,8 @@ impl Connection {
 
 /// Our transport parameters (RFC 9000 §18.2).
 fn local_params(
+    side: Side,
+    version: u32,
     config: &TransportConfig,
     limits: &PeerLimits,
     local_cid: ConnectionId,
@@ -943,7 +951,42 @@ fn local_params(
         active_connection_id_limit: config.active_connection_id_limit,
         initial_source_connection_id: Some(local_cid),
         retry_source_connection_id: retry_scid,
+        version_information: Some(local_version_information(side, version)),
         ..TransportParameters::default()
+    }
+}
+
+/// RFC 9368 §3 (required of QUIC v2 endpoints by RFC 9369 §4): the version in use, and
+/// what goes with it. A client lists the versions its first flight is compatible with: we
+/// do not convert first flights, so only the one it was sent in. A server lists every
+/// version it supports.
+fn local_version_information(side: Side, version: u32) -> VersionInformation {
+    let available = match side {
+        Side::Client => vec![version],
+        Side::Server => SUPPORTED_VERSIONS.to_vec(),
+    };
+    VersionInformation {
+        chosen: version,
+        available,
+    }
+}
+
+/// RFC 9368 §4, downgrade prevention: the peer's Chosen Version must be the version in use
+/// (a server checks the client's against the version of its first flight; a client checks
+/// that the server chose a version it offered, and it offers only the one in use). A
+/// missing `version_information` is allowed: our client never reacts to Version
+/// Negotiation, the one case where it would have to be present. Malformed values were
+/// already rejected when the parameters were decoded.
+fn check_version_information(
+    version: u32,
+    peer: Option<&VersionInformation>,
+) -> Result<(), TransportError> {
+    match peer {
+        Some(vi) if vi.chosen != version => Err(TransportError::new(
+            Code::VERSION_NEGOTIATION_ERROR,
+            "version_information chose another version than the one in use",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -954,4 +997,51 @@ fn truncate(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
+}
+
+#[cfg(test)]
+mod version_information_tests {
+    use super::*;
+    use crate::wire::header::{VERSION_1, VERSION_2};
+
+    #[test]
+    fn we_send_the_version_in_use_and_what_we_support() {
+        for version in [VERSION_1, VERSION_2] {
+            let c = local_version_information(Side::Client, version);
+            assert_eq!((c.chosen, &c.available), (version, &vec![version]));
+            let s = local_version_information(Side::Server, version);
+            assert_eq!(
+                (s.chosen, &s.available),
+                (version, &vec![VERSION_1, VERSION_2])
+            );
+            // Round trip through the encoding, as each side's peer decodes it.
+            for (side, vi) in [(Side::Client, c), (Side::Server, s)] {
+                let cid = ConnectionId::new(&[1; 8]).unwrap();
+                let params = TransportParameters {
+                    version_information: Some(vi.clone()),
+                    initial_source_connection_id: Some(cid),
+                    original_destination_connection_id: (side == Side::Server).then_some(cid),
+                    ..TransportParameters::default()
+                };
+                let mut buf = Vec::new();
+                params.encode(&mut buf);
+                let back = TransportParameters::decode(&buf, side).expect("decodes");
+                assert_eq!(back.version_information, Some(vi));
+            }
+        }
+    }
+
+    #[test]
+    fn a_chosen_version_other_than_ours_is_a_downgrade() {
+        let vi = |chosen| VersionInformation {
+            chosen,
+            available: vec![VERSION_1, VERSION_2],
+        };
+        assert!(check_version_information(VERSION_2, Some(&vi(VERSION_2))).is_ok());
+        assert!(check_version_information(VERSION_1, None).is_ok());
+        let e = check_version_information(VERSION_2, Some(&vi(VERSION_1))).unwrap_err();
+        assert_eq!(e.code, Code::VERSION_NEGOTIATION_ERROR);
+        let e = check_version_information(VERSION_1, Some(&vi(VERSION_2))).unwrap_err();
+        assert_eq!(e.code, Code::VERSION_NEGOTIATION_ERROR);
+    }
 }

@@ -13,7 +13,7 @@ use crate::wire::header::{self, LongType, VERSION_1, VERSION_2};
 use crate::wire::varint::Writer;
 use crate::Side;
 
-pub const SUPPORTED_VERSIONS: [u32; 2] = [VERSION_1, VERSION_2];
+pub use crate::wire::header::SUPPORTED_VERSIONS;
 
 /// Version Negotiation listing what we speak (RFC 9000 §17.2.1). IDs are echoed swapped.
 pub fn version_negotiation(

@@ -21,8 +21,12 @@ const FIXED_BIT: u8 = 0x40;
 const LENGTH_FIELD_LEN: usize = 2;
 const RETRY_TAG_LEN: usize = 16;
 
+/// The versions we speak, in the order Version Negotiation packets and our
+/// `version_information` (RFC 9368 §3) list them.
+pub const SUPPORTED_VERSIONS: [u32; 2] = [VERSION_1, VERSION_2];
+
 pub fn is_supported_version(v: u32) -> bool {
-    v == VERSION_1 || v == VERSION_2
+    SUPPORTED_VERSIONS.contains(&v)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
