@@ -224,9 +224,7 @@ impl Connection {
         let local_cid = cid_gen.generate();
         let reset = cid_gen.reset_token(&local_cid);
         let streams = Streams::new(Side::Client, config.streams.clone());
-        let params = local_params(
-            Side::Client,
-            version,
+        let mut params = local_params(
             &config,
             &streams.local_limits(),
             local_cid,
@@ -234,6 +232,7 @@ impl Connection {
             None,
             None,
         );
+        params.version_information = Some(local_version_information(Side::Client, version));
         let mut encoded = Vec::with_capacity(128);
         params.encode(&mut encoded);
         let tls = TlsSession::client(tls_config, server_name, version, encoded)
@@ -269,9 +268,7 @@ impl Connection {
     ) -> Result<Self, TransportError> {
         let reset = cid_gen.reset_token(&p.local_cid);
         let streams = Streams::new(Side::Server, config.streams.clone());
-        let params = local_params(
-            Side::Server,
-            p.version,
+        let mut params = local_params(
             &config,
             &streams.local_limits(),
             p.local_cid,
@@ -279,6 +276,7 @@ impl Connection {
             p.retry_scid,
             Some(reset),
         );
+        params.version_information = Some(local_version_information(Side::Server, p.version));
         let mut encoded = Vec::with_capacity(160);
         params.encode(&mut encoded);
         let tls = TlsSession::server(tls_config, p.version, encoded)
@@ -926,8 +924,6 @@ impl Connection {
 
 /// Our transport parameters (RFC 9000 §18.2).
 fn local_params(
-    side: Side,
-    version: u32,
     config: &TransportConfig,
     limits: &PeerLimits,
     local_cid: ConnectionId,
@@ -951,7 +947,6 @@ fn local_params(
         active_connection_id_limit: config.active_connection_id_limit,
         initial_source_connection_id: Some(local_cid),
         retry_source_connection_id: retry_scid,
-        version_information: Some(local_version_information(side, version)),
         ..TransportParameters::default()
     }
 }
