@@ -18,6 +18,7 @@ use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::server::{start_xdp_server, RunningXdpServer, XdpOptions};
 use quench::tls::certs::{generate_self_signed, load_pem, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
+use quench::wire::header::VERSION_2;
 
 #[derive(Parser)]
 #[command(name = "quench", version, about = "Kernel-bypass QUIC packet engine")]
@@ -149,6 +150,9 @@ enum Command {
         /// Name to send in SNI and verify; defaults to "localhost".
         #[arg(long, default_value = "localhost")]
         server_name: String,
+        /// QUIC version of every connection: 1 (RFC 9000) or 2 (RFC 9369).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        quic_version: u8,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -283,6 +287,7 @@ fn run(cli: Cli) -> Result<()> {
             insecure,
             key_update_after,
             server_name,
+            quic_version,
             timeout,
             congestion,
             datapath,
@@ -315,7 +320,11 @@ fn run(cli: Cli) -> Result<()> {
                 key_update_after,
                 timeout: Duration::from_secs(timeout),
                 transport: transport(congestion),
-                version: DEFAULT_VERSION,
+                version: if quic_version == 2 {
+                    VERSION_2
+                } else {
+                    DEFAULT_VERSION
+                },
             };
             let report = match datapath {
                 DatapathKind::Udp => run_client(opts)?,
