@@ -41,6 +41,43 @@ impl Handoff {
             kernel_steers: false,
         }
     }
+
+    /// Copies `buf` into a spare buffer and queues it for `owner`; a full queue drops it
+    /// (counted, like a full socket buffer: QUIC recovers). `false` if it cannot be handed
+    /// over at all (no such worker, or too large), so the caller handles it itself.
+    // Boxed buffers on purpose: each moves into a queue entry and back by pointer.
+    #[allow(clippy::vec_box)]
+    fn pass(
+        &self,
+        owner: u32,
+        meta: RxMeta,
+        buf: &[u8],
+        spare: &mut Vec<Box<[u8; 2048]>>,
+        counters: &WorkerCounters,
+    ) -> bool {
+        let Some(q) = self
+            .queues
+            .get(owner as usize)
+            .filter(|_| buf.len() <= 2048)
+        else {
+            return false;
+        };
+        let mut b = spare.pop().unwrap_or_else(|| Box::new([0u8; 2048]));
+        b[..buf.len()].copy_from_slice(buf);
+        let d = HandedOff {
+            meta,
+            len: buf.len(),
+            buf: b,
+        };
+        match q.push(d) {
+            Ok(()) => counters.handed_off.fetch_add(1, Ordering::Relaxed),
+            Err(d) => {
+                spare.push(d.buf);
+                counters.handoff_dropped.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        true
+    }
 }
 
 /// Counters a worker publishes for `quench stats` / SIGUSR1 (relaxed atomics, written by the owner only).
@@ -141,21 +178,7 @@ impl<D: Datapath> Worker<D> {
                 if let Some(h) = handoff.filter(|_| multi) {
                     let layout = &endpoint.config().layout;
                     if let Some(owner) = steer::foreign_owner(buf, layout, n_workers, me) {
-                        if let (Some(q), true) = (h.queues.get(owner as usize), buf.len() <= 2048) {
-                            let mut b = spare.pop().unwrap_or_else(|| Box::new([0u8; 2048]));
-                            b[..buf.len()].copy_from_slice(buf);
-                            let d = HandedOff {
-                                meta,
-                                len: buf.len(),
-                                buf: b,
-                            };
-                            match q.push(d) {
-                                Ok(()) => counters.handed_off.fetch_add(1, Ordering::Relaxed),
-                                Err(d) => {
-                                    spare.push(d.buf);
-                                    counters.handoff_dropped.fetch_add(1, Ordering::Relaxed)
-                                }
-                            };
+                        if h.pass(owner, meta, buf, &mut spare, counters) {
                             return;
                         }
                     }

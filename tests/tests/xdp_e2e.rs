@@ -507,10 +507,10 @@ fn two_workers_share_one_queue() {
 
 /// A quinn client with one source port per connection (so RSS spreads them over both
 /// queues), plus `extra` arguments, running `transfer` in the client namespace.
-fn quinn_spread(t: &Topology, ca: &Path, transfer: &Transfer, extra: &[&str]) -> Report {
+fn quinn_spread(cli_ns: &str, ca: &Path, transfer: &Transfer, extra: &[&str]) -> Report {
     let mut cmd = client_command(Peer::Quinn, server_addr(), ca, transfer);
     cmd.arg("--socket-per-conn").args(extra);
-    let report = run_client(Topology::exec_in(&t.cli, &cmd), transfer.timeout());
+    let report = run_client(Topology::exec_in(cli_ns, &cmd), transfer.timeout());
     assert_perf(&report, transfer);
     report
 }
@@ -544,12 +544,7 @@ fn two_workers_two_queues_keep_connections_on_their_queue() {
     let quinn = {
         let (t_cli, ca) = (t.cli.clone(), certs.ca.clone());
         let transfer = transfer.clone();
-        thread::spawn(move || {
-            let mut cmd = client_command(Peer::Quinn, server_addr(), &ca, &transfer);
-            cmd.arg("--socket-per-conn");
-            let r = run_client(Topology::exec_in(&t_cli, &cmd), transfer.timeout());
-            assert_perf(&r, &transfer);
-        })
+        thread::spawn(move || quinn_spread(&t_cli, &ca, &transfer, &[]))
     };
     transfer_in(&t, Peer::Quench, &certs.ca, &transfer);
     quinn.join().expect("quinn client");
@@ -581,7 +576,7 @@ fn two_workers_two_queues_hand_off_after_rebinding() {
     // 1 MiB down per connection; each moves to a new port after 256 KiB. A connection
     // lands on the other queue with probability 1/2: all 16 staying put is 2^-16.
     let transfer = Transfer::perf(16 * MIB, 4 * MIB).streams(2).conns(16);
-    quinn_spread(&t, &certs.ca, &transfer, &["--rebind-after", "262144"]);
+    quinn_spread(&t.cli, &certs.ca, &transfer, &["--rebind-after", "262144"]);
     let stats = server.shutdown();
     assert!(!t.xdp_attached(), "program left attached after shutdown");
     assert_two_copy_sockets(&stats);

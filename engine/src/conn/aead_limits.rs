@@ -35,6 +35,11 @@ pub(crate) fn after_seal(sealed: u64, limit: u64, update_allowed: bool) -> SealL
     }
 }
 
+/// The suite's limit, lowered to the configured one if that is smaller.
+pub(crate) fn capped(suite_limit: u64, configured: Option<u64>) -> u64 {
+    configured.map_or(suite_limit, |l| suite_limit.min(l))
+}
+
 /// True once more packets failed authentication than the integrity limit allows.
 pub(crate) fn integrity_exceeded(failures: u64, limit: u64) -> bool {
     failures > limit
@@ -67,6 +72,13 @@ mod tests {
         assert_eq!(after_seal(80, 100, false), SealLimit::Continue);
         // ChaCha20-Poly1305 has no practical limit.
         assert_eq!(after_seal(1 << 40, u64::MAX, false), SealLimit::Continue);
+    }
+
+    #[test]
+    fn configured_limits_only_lower_the_suites() {
+        assert_eq!(capped(GCM, None), GCM);
+        assert_eq!(capped(GCM, Some(400)), 400);
+        assert_eq!(capped(400, Some(GCM)), 400);
     }
 
     #[test]

@@ -317,7 +317,8 @@ impl Connection {
             if epoch != Epoch::Initial {
                 // RFC 9001 §6.6 (Initial keys are public: failures there prove nothing).
                 self.stats.authentication_failures += 1;
-                let mut limit = match epoch {
+                // The limit depends on the suite only, which every key of a connection shares.
+                let suite_limit = match epoch {
                     Epoch::Data => self
                         .one_rtt
                         .as_ref()
@@ -326,11 +327,11 @@ impl Connection {
                         .keys
                         .as_ref()
                         .map(|k| k.remote.packet.integrity_limit()),
-                }
-                .unwrap_or(u64::MAX);
-                if let Some(l) = self.config.aead_integrity_limit {
-                    limit = limit.min(l);
-                }
+                };
+                let limit = aead_limits::capped(
+                    suite_limit.unwrap_or(u64::MAX),
+                    self.config.aead_integrity_limit,
+                );
                 if aead_limits::integrity_exceeded(self.stats.authentication_failures, limit) {
                     return Err(TransportError::new(
                         Code::AEAD_LIMIT_REACHED,

@@ -236,10 +236,10 @@ impl Connection {
         let Some(keys) = &self.one_rtt else {
             return;
         };
-        let mut limit = keys.local_packet().confidentiality_limit();
-        if let Some(l) = self.config.aead_confidentiality_limit {
-            limit = limit.min(l);
-        }
+        let limit = aead_limits::capped(
+            keys.local_packet().confidentiality_limit(),
+            self.config.aead_confidentiality_limit,
+        );
         let update_allowed = self.handshake_confirmed && keys.update_allowed();
         match aead_limits::after_seal(self.packets_in_phase, limit, update_allowed) {
             SealLimit::Continue => {}

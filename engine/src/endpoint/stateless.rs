@@ -9,11 +9,9 @@ use crate::crypto::retry::retry_integrity_tag;
 use crate::crypto::secrets::{initial_keys, Keys};
 use crate::wire::cid::ConnectionId;
 use crate::wire::frame::Frame;
-use crate::wire::header::{self, LongType, VERSION_1, VERSION_2};
+use crate::wire::header::{self, LongType, SUPPORTED_VERSIONS};
 use crate::wire::varint::Writer;
 use crate::Side;
-
-pub use crate::wire::header::SUPPORTED_VERSIONS;
 
 /// Version Negotiation listing what we speak (RFC 9000 §17.2.1). IDs are echoed swapped.
 pub fn version_negotiation(
@@ -24,7 +22,8 @@ pub fn version_negotiation(
     let first = rand::thread_rng().gen::<u8>();
     // A greased version too, so clients don't ossify on the list (RFC 9000 §6.3).
     let grease = 0x0a0a_0a0a | (rand::thread_rng().gen::<u32>() & 0xf0f0_f0f0);
-    let versions = [VERSION_1, VERSION_2, grease];
+    let [v1, v2] = SUPPORTED_VERSIONS;
+    let versions = [v1, v2, grease];
     header::write_version_negotiation(buf, client_scid, client_dcid, &versions, first).ok()
 }
 

@@ -99,8 +99,8 @@ impl Owner {
 /// QUIC-LB length self-description (draft-ietf-quic-load-balancers §2.3). A client's
 /// random DCID of our length passes with probability 1/32.
 pub fn has_our_shape(dcid: &[u8], layout: &CidLayout) -> bool {
-    dcid.len() == layout.cid_len
-        && dcid.first().map(|b| b & 0x1f) == Some((layout.cid_len.saturating_sub(1) as u8) & 0x1f)
+    // The low five bits of the first octet do not depend on the config rotation.
+    dcid.len() == layout.cid_len && dcid.first().map(|b| b & 0x1f) == Some(layout.first_octet(0))
 }
 
 /// The worker (0..n_workers) named in a CID of our length; `n_workers == 0` is treated as
@@ -115,11 +115,29 @@ pub fn worker_in_cid(dcid: &[u8], layout: &CidLayout, n_workers: u32) -> Option<
 
 /// Who handles a long-header packet with this DCID.
 pub fn owner_of_long_dcid(dcid: &[u8], layout: &CidLayout, n_workers: u32) -> Owner {
-    match worker_in_cid(dcid, layout, n_workers) {
-        Some(w) if has_our_shape(dcid, layout) => Owner::Worker(w),
-        _ => Owner::Arrival {
+    named_worker_long(dcid, layout, n_workers).map_or_else(
+        || Owner::Arrival {
             hash: fnv1a32(dcid),
         },
+        Owner::Worker,
+    )
+}
+
+/// The worker a long header's DCID names, if it is one of ours.
+fn named_worker_long(dcid: &[u8], layout: &CidLayout, n_workers: u32) -> Option<u32> {
+    has_our_shape(dcid, layout)
+        .then(|| worker_in_cid(dcid, layout, n_workers))
+        .flatten()
+}
+
+/// The worker a datagram's DCID names, if it is one of our CIDs (short headers always
+/// carry ours); `None` for client-chosen DCIDs and unreadable datagrams.
+fn named_worker(payload: &[u8], layout: &CidLayout, n_workers: u32) -> Option<u32> {
+    let dcid = dcid_of_datagram(payload, layout.cid_len)?;
+    if payload[0] & 0x80 != 0 {
+        named_worker_long(dcid, layout, n_workers)
+    } else {
+        worker_in_cid(dcid, layout, n_workers)
     }
 }
 
@@ -153,10 +171,8 @@ pub fn owner_of_datagram(payload: &[u8], layout: &CidLayout, n_workers: u32) -> 
 /// The worker another worker must hand a datagram to: `Some` only for one of our CIDs
 /// naming a worker other than `me`. Everything else is handled where it arrived.
 pub fn foreign_owner(payload: &[u8], layout: &CidLayout, n_workers: u32, me: u32) -> Option<u32> {
-    match owner_of_datagram(payload, layout, n_workers)? {
-        Owner::Worker(w) if w != me => Some(w),
-        _ => None,
-    }
+    // Per packet on multi-worker datapaths: never hashes a client's DCID it would discard.
+    named_worker(payload, layout, n_workers).filter(|&w| w != me)
 }
 
 #[cfg(test)]

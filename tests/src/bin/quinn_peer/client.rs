@@ -67,48 +67,51 @@ pub struct ClientArgs {
 
 /// Watches a connection's received bytes: forces one key update, and rebinds its endpoint
 /// to a fresh socket, each once past its threshold.
-pub struct KeyUpdater {
+pub struct ReceiveTriggers {
     conn: quinn::Connection,
     endpoint: quinn::Endpoint,
     bind: SocketAddr,
-    threshold: Option<u64>,
+    key_update_after: Option<u64>,
     rebind_after: Option<u64>,
     received: AtomicU64,
-    fired: AtomicBool,
+    key_updated: AtomicBool,
     rebound: AtomicBool,
 }
 
-impl KeyUpdater {
+/// True the first time `total` reaches `threshold` (`done` remembers it).
+fn first_crossing(threshold: Option<u64>, total: u64, done: &AtomicBool) -> bool {
+    threshold.is_some_and(|t| total >= t) && !done.swap(true, Ordering::Relaxed)
+}
+
+impl ReceiveTriggers {
     fn new(
         conn: quinn::Connection,
         endpoint: quinn::Endpoint,
         bind: SocketAddr,
-        threshold: Option<u64>,
+        key_update_after: Option<u64>,
         rebind_after: Option<u64>,
     ) -> Self {
         Self {
             conn,
             endpoint,
             bind,
-            threshold,
+            key_update_after,
             rebind_after,
             received: AtomicU64::new(0),
-            fired: AtomicBool::new(false),
+            key_updated: AtomicBool::new(false),
             rebound: AtomicBool::new(false),
         }
     }
 
     pub fn on_received(&self, bytes: u64) {
-        if self.threshold.is_none() && self.rebind_after.is_none() {
+        if self.key_update_after.is_none() && self.rebind_after.is_none() {
             return;
         }
         let total = self.received.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if self.threshold.is_some_and(|t| total >= t) && !self.fired.swap(true, Ordering::Relaxed) {
+        if first_crossing(self.key_update_after, total, &self.key_updated) {
             self.conn.force_key_update();
         }
-        if self.rebind_after.is_some_and(|t| total >= t)
-            && !self.rebound.swap(true, Ordering::Relaxed)
-        {
+        if first_crossing(self.rebind_after, total, &self.rebound) {
             match std::net::UdpSocket::bind(self.bind).and_then(|s| self.endpoint.rebind(s)) {
                 Ok(()) => eprintln!("rebound to {:?}", self.endpoint.local_addr()),
                 Err(e) => eprintln!("rebinding failed: {e}"),
@@ -116,8 +119,8 @@ impl KeyUpdater {
         }
     }
 
-    fn fired(&self) -> bool {
-        self.fired.load(Ordering::Relaxed)
+    fn key_updated(&self) -> bool {
+        self.key_updated.load(Ordering::Relaxed)
     }
 }
 
@@ -175,7 +178,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         handshake_total += took;
         conns.push((
             index,
-            Arc::new(KeyUpdater::new(
+            Arc::new(ReceiveTriggers::new(
                 conn,
                 endpoint,
                 bind,
@@ -185,7 +188,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         ));
     }
     conns.sort_by_key(|(index, _)| *index);
-    let conns: Vec<Arc<KeyUpdater>> = conns.into_iter().map(|(_, c)| c).collect();
+    let conns: Vec<Arc<ReceiveTriggers>> = conns.into_iter().map(|(_, c)| c).collect();
 
     let mut report = match args.alpn.as_str() {
         "perf" => run_perf(&args, &conns).await?,
@@ -193,7 +196,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     };
     report.seconds = start.elapsed().as_secs_f64();
     report.handshake_ms = handshake_total.as_secs_f64() * 1e3 / conns.len() as f64;
-    report.key_updates = conns.iter().filter(|c| c.fired()).count() as u64;
+    report.key_updates = conns.iter().filter(|c| c.key_updated()).count() as u64;
 
     for c in &conns {
         c.conn.close(VarInt::from_u32(0), b"done");
@@ -208,7 +211,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_perf(args: &ClientArgs, conns: &[Arc<KeyUpdater>]) -> Result<Report> {
+async fn run_perf(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
     let total_streams = args.conns * args.streams;
     let mut tasks = JoinSet::new();
     for (c, conn) in conns.iter().enumerate() {
@@ -230,7 +233,7 @@ async fn run_perf(args: &ClientArgs, conns: &[Arc<KeyUpdater>]) -> Result<Report
     Ok(report)
 }
 
-async fn run_hq(args: &ClientArgs, conns: &[Arc<KeyUpdater>]) -> Result<Report> {
+async fn run_hq(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
     let paths: Vec<String> = if args.get.is_empty() {
         let total_streams = args.conns * args.streams;
         (0..total_streams)

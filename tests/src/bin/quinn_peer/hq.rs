@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::AsyncReadExt;
 
-use crate::client::KeyUpdater;
+use crate::client::ReceiveTriggers;
 use crate::perf;
 
 /// Longest request line we accept (`GET ` + path + CRLF).
@@ -87,7 +87,7 @@ pub async fn serve(mut send: SendStream, mut recv: RecvStream, root: Option<&Pat
 pub async fn get(
     conn: &quinn::Connection,
     path: &str,
-    key_updater: &KeyUpdater,
+    triggers: &ReceiveTriggers,
 ) -> Result<Vec<u8>> {
     let (mut send, mut recv) = conn.open_bi().await.context("opening stream")?;
     send.write_all(format!("GET {path}\r\n").as_bytes()).await?;
@@ -98,7 +98,7 @@ pub async fn get(
         .await
         .with_context(|| format!("GET {path}"))?
     {
-        key_updater.on_received(chunk.bytes.len() as u64);
+        triggers.on_received(chunk.bytes.len() as u64);
         body.extend_from_slice(&chunk.bytes);
     }
     Ok(body)

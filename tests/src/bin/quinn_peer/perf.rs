@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use quinn::{RecvStream, SendStream};
 
-use crate::client::KeyUpdater;
+use crate::client::ReceiveTriggers;
 
 /// Payload source for both directions: content is irrelevant to perf, only the count matters.
 static FILL: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -61,7 +61,7 @@ pub async fn request(
     conn: &quinn::Connection,
     down: u64,
     up: u64,
-    key_updater: &KeyUpdater,
+    triggers: &ReceiveTriggers,
 ) -> Result<Transfer> {
     let (mut send, mut recv) = conn.open_bi().await.context("opening stream")?;
     let upload = async {
@@ -74,7 +74,7 @@ pub async fn request(
         }
         Ok::<_, anyhow::Error>(())
     };
-    let download = drain(&mut recv, |n| key_updater.on_received(n));
+    let download = drain(&mut recv, |n| triggers.on_received(n));
     let ((), got) = tokio::try_join!(upload, download)?;
     if got != down {
         bail!("perf: asked for {down} bytes, received {got}");
