@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use quench::app::{dispatch_stream_event, AppDispatcher, AppSlot, Application, BuiltinApps};
-use quench::conn::{CloseReason, Connection, Event, StreamId, TransportConfig};
+use quench::conn::{CloseReason, Connection, ConnectionStats, Event, StreamId, TransportConfig};
 use quench::endpoint::{Endpoint, EndpointConfig, EventHandler};
 use quench::io::mem::{pair, Impairments, MemDatapath};
 use quench::io::Datapath;
@@ -450,6 +450,121 @@ fn nat_rebinding_mid_transfer_is_followed() {
         vec![new_addr],
         "the server follows the client's new address"
     );
+}
+
+/// Both ends' view of their one connection: (client, server).
+fn conn_stats(sim: &Sim, h: usize) -> (ConnectionStats, ConnectionStats) {
+    let client = sim.client.conn(h).expect("client connection").stats();
+    let server: Vec<ConnectionStats> = sim
+        .server
+        .handles()
+        .filter_map(|sh| sim.server.conn(sh))
+        .map(|c| c.stats())
+        .collect();
+    assert_eq!(server.len(), 1, "one server connection");
+    (client, server[0])
+}
+
+#[test]
+fn path_mtu_discovery_reaches_the_configured_size_on_a_clean_path() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 1 << 20);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    for (side, st) in [
+        ("client", conn_stats(&sim, h).0),
+        ("server", conn_stats(&sim, h).1),
+    ] {
+        assert_eq!(st.max_datagram_size, 1452, "{side}: {st:?}");
+        assert_eq!(
+            (st.pmtu_probes_sent, st.pmtu_probes_lost),
+            (1, 0),
+            "{side}: one probe of the ceiling"
+        );
+    }
+}
+
+/// A path that carries less than the configured 1452 bytes (a tunnel, say), dropping
+/// larger datagrams without a word: discovery settles just under it and the transfer
+/// completes byte-exact in both directions.
+#[test]
+fn path_mtu_discovery_settles_under_a_smaller_path() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 2, 2 << 20);
+    sim.cdp.set_path_mtu(Some(1300));
+    sim.sdp.set_path_mtu(Some(1300));
+    sim.run_to_completion(h, 2, Duration::from_secs(120));
+    let (client, server) = conn_stats(&sim, h);
+    eprintln!("client: {client:?}\nserver: {server:?}");
+    for (side, st) in [("client", client), ("server", server)] {
+        assert!(
+            (1280..=1300).contains(&st.max_datagram_size),
+            "{side}: settled at {}",
+            st.max_datagram_size
+        );
+        assert!(
+            st.pmtu_probes_lost >= 3,
+            "{side}: the ceiling was tried: {st:?}"
+        );
+        assert_eq!(st.pmtu_black_holes, 0, "{side}");
+    }
+    // Only probes were too large: nothing else was sent above the size in use.
+    let dropped = sim.cdp.stats().dropped_mtu + sim.sdp.stats().dropped_mtu;
+    assert_eq!(
+        dropped,
+        client.pmtu_probes_lost + server.pmtu_probes_lost,
+        "datagrams the path dropped for size are exactly the lost probes"
+    );
+}
+
+/// The same path without discovery: every full-sized packet vanishes and the transfer
+/// cannot complete (the control for the test above).
+#[test]
+fn without_path_mtu_discovery_a_smaller_path_stalls_the_transfer() {
+    let transport = TransportConfig {
+        pmtud: false,
+        ..TransportConfig::default()
+    };
+    let (mut sim, h) = Sim::new(Impairments::none(), transport, 1, 1 << 20);
+    sim.cdp.set_path_mtu(Some(1300));
+    sim.sdp.set_path_mtu(Some(1300));
+    let done = sim.run(Duration::from_secs(20), |s| {
+        s.client_app(h).is_some_and(|(done, _)| done == 1)
+    });
+    assert!(
+        !done,
+        "a 1 MiB echo cannot finish when 1452-byte datagrams vanish"
+    );
+    assert!(sim.cdp.stats().dropped_mtu + sim.sdp.stats().dropped_mtu > 0);
+}
+
+/// The path shrinks mid-transfer (a route change onto a tunnel): packets of the size in
+/// use stop arriving, black hole detection drops to the base size, the search finds the
+/// new limit and the transfer completes byte-exact.
+#[test]
+fn a_path_that_shrinks_mid_transfer_is_a_black_hole_and_the_transfer_recovers() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 8 << 20);
+    let started = sim.run(Duration::from_secs(60), |s| {
+        s.client
+            .conn(h)
+            .is_some_and(|c| c.stats().bytes_received > 1 << 20)
+    });
+    assert!(started, "transfer never started");
+    let (client, server) = conn_stats(&sim, h);
+    assert_eq!(
+        (client.max_datagram_size, server.max_datagram_size),
+        (1452, 1452)
+    );
+    sim.cdp.set_path_mtu(Some(1280));
+    sim.sdp.set_path_mtu(Some(1280));
+    sim.run_to_completion(h, 1, Duration::from_secs(600));
+    let (client, server) = conn_stats(&sim, h);
+    eprintln!("client: {client:?}\nserver: {server:?}");
+    for (side, st) in [("client", client), ("server", server)] {
+        assert!(st.pmtu_black_holes >= 1, "{side}: {st:?}");
+        assert!(
+            (1260..=1280).contains(&st.max_datagram_size),
+            "{side}: settled at {}",
+            st.max_datagram_size
+        );
+    }
 }
 
 #[test]

@@ -12,9 +12,13 @@ pub struct TransportConfig {
     pub streams: StreamsConfig,
     pub congestion: CongestionAlgorithm,
     pub initial_rtt: Duration,
-    /// Largest UDP payload we send once the handshake is confirmed (1452 fits a 1500-byte MTU over IPv6).
-    /// Handshake packets stay at 1200 (RFC 9000 §14.1).
+    /// Largest UDP payload we send (1452 fits a 1500-byte MTU over IPv6). Handshake packets
+    /// stay at 1200 (RFC 9000 §14.1); after it, path MTU discovery finds how much of this
+    /// the path carries.
     pub max_datagram_size: usize,
+    /// DPLPMTUD (RFC 9000 §14.3). Off: `max_datagram_size` is used unprobed once the
+    /// handshake is confirmed, for paths known to carry it.
+    pub pmtud: bool,
     /// Largest UDP payload we accept (advertised as max_udp_payload_size).
     pub max_udp_payload_size: u64,
     pub ack_delay_exponent: u8,
@@ -41,6 +45,7 @@ impl Default for TransportConfig {
             congestion: CongestionAlgorithm::Cubic,
             initial_rtt: Duration::from_millis(333),
             max_datagram_size: 1452,
+            pmtud: true,
             max_udp_payload_size: 65527,
             ack_delay_exponent: 3,
             max_ack_delay: Duration::from_millis(25),

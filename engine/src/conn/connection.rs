@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::conn::cids::{CidEvent, CidState, ConnectionIdGenerator};
 use crate::conn::config::TransportConfig;
+use crate::conn::pmtud::Pmtud;
 use crate::conn::recovery::Recovery;
 use crate::conn::sent::{FrameRecord, SentFrames, SentFramesPool};
 use crate::conn::space::PacketSpace;
@@ -105,6 +106,12 @@ pub struct ConnectionStats {
     pub lost_packets: u64,
     /// Handshake and 1-RTT packets that failed authentication (RFC 9001 §6.6 counts them).
     pub authentication_failures: u64,
+    /// The maximum datagram size in use (path MTU discovery's, once the handshake is confirmed).
+    pub max_datagram_size: u64,
+    pub pmtu_probes_sent: u64,
+    pub pmtu_probes_lost: u64,
+    /// Times packets above the base size stopped getting through and the size fell back.
+    pub pmtu_black_holes: u64,
 }
 
 pub struct Connection {
@@ -155,7 +162,9 @@ pub struct Connection {
     pub(crate) path_challenge_pending: bool,
     /// The datagram being built carries a path frame: pad it to 1200 (RFC 9000 §8.2.1, §8.2.2).
     pub(crate) pad_for_path: bool,
+    /// The maximum datagram size in use: `pmtud.current()` once the handshake is confirmed.
     pub(crate) max_datagram_size: usize,
+    pub(crate) pmtud: Pmtud,
 
     // Timers.
     pub(crate) idle_timeout: Duration,
@@ -358,6 +367,7 @@ impl Connection {
             path_challenge_pending: false,
             pad_for_path: false,
             max_datagram_size: MIN_INITIAL_SIZE,
+            pmtud: Pmtud::new(config.pmtud, config.max_datagram_size),
             idle_timeout,
             idle_deadline: Some(now + idle_timeout),
             idle_restart_on_send: false,
@@ -421,6 +431,11 @@ impl Connection {
     pub fn stats(&self) -> ConnectionStats {
         let mut s = self.stats;
         s.lost_packets = self.recovery.stats().lost_packets;
+        let p = self.pmtud.stats();
+        s.max_datagram_size = self.max_datagram_size as u64;
+        s.pmtu_probes_sent = p.probes_sent;
+        s.pmtu_probes_lost = p.probes_lost;
+        s.pmtu_black_holes = p.black_holes;
         s
     }
 
@@ -672,9 +687,10 @@ impl Connection {
             .recovery
             .on_loss_detection_timeout(now, &mut |p| lost.push(p.data));
         for frames in lost.drain(..) {
-            self.on_frames_lost(frames);
+            self.on_frames_lost(now, frames);
         }
         self.lost_scratch = lost;
+        self.end_loss_event(now);
         if let Some(req) = probe {
             let space = &mut self.spaces[req.epoch.index()];
             space.probes = space.probes.max(req.count);
@@ -845,13 +861,35 @@ impl Connection {
         let peer_max = self
             .peer_params
             .as_ref()
-            .map_or(65527, |p| p.max_udp_payload_size) as usize;
-        self.max_datagram_size = self
-            .config
-            .max_datagram_size
-            .min(peer_max)
-            .max(MIN_INITIAL_SIZE);
-        self.recovery.set_max_datagram_size(self.max_datagram_size);
+            .map_or(65527, |p| p.max_udp_payload_size);
+        // RFC 9000 §14.3.1: path MTU discovery starts from the base now.
+        self.pmtud.start(now, peer_max);
+        self.apply_path_mtu();
+    }
+
+    /// Takes up the size path MTU discovery settled on, if it changed.
+    pub(crate) fn apply_path_mtu(&mut self) {
+        let size = self.pmtud.current();
+        if size != self.max_datagram_size {
+            tracing::debug!(
+                from = self.max_datagram_size,
+                to = size,
+                "maximum datagram size"
+            );
+            self.max_datagram_size = size;
+            self.recovery.set_max_datagram_size(size);
+        }
+    }
+
+    /// Closes one loss event for path MTU discovery (black hole detection).
+    pub(crate) fn end_loss_event(&mut self, now: Instant) {
+        if self.pmtud.end_loss_event(now) {
+            tracing::debug!(
+                size = self.max_datagram_size,
+                "packets above the base size keep getting lost: PMTU black hole"
+            );
+        }
+        self.apply_path_mtu();
     }
 
     /// RFC 9001 §4.9: drop a space's keys and forget its packets in flight.
@@ -870,11 +908,14 @@ impl Connection {
 
     // ---- Acks and losses ------------------------------------------------------------------
 
-    pub(crate) fn on_frames_acked(&mut self, frames: SentFrames) {
+    pub(crate) fn on_frames_acked(&mut self, now: Instant, frames: SentFrames) {
         let epoch = frames.epoch;
         if epoch == Epoch::Data {
             if let Some(k) = self.one_rtt.as_mut() {
                 k.on_packet_acked(frames.key_generation);
+            }
+            if !is_probe(&frames) {
+                self.pmtud.on_packet_acked(usize::from(frames.size));
             }
         }
         for r in &frames.records {
@@ -886,6 +927,11 @@ impl Connection {
                 FrameRecord::Ack { largest } => {
                     self.spaces[epoch.index()].ack.on_ack_of_ack(largest)
                 }
+                FrameRecord::PmtuProbe { generation } => {
+                    self.pmtud
+                        .on_probe_acked(now, usize::from(frames.size), generation);
+                    self.apply_path_mtu();
+                }
                 FrameRecord::HandshakeDone
                 | FrameRecord::PathChallenge { .. }
                 | FrameRecord::Ping
@@ -896,8 +942,11 @@ impl Connection {
         self.sent_pool.give(frames);
     }
 
-    pub(crate) fn on_frames_lost(&mut self, frames: SentFrames) {
+    pub(crate) fn on_frames_lost(&mut self, now: Instant, frames: SentFrames) {
         let epoch = frames.epoch;
+        if epoch == Epoch::Data && !is_probe(&frames) {
+            self.pmtud.on_packet_lost(usize::from(frames.size));
+        }
         for r in &frames.records {
             match *r {
                 FrameRecord::Stream(s) => self.streams.on_lost(s),
@@ -915,11 +964,19 @@ impl Connection {
                         self.path_challenge_pending = true;
                     }
                 }
+                FrameRecord::PmtuProbe { generation } => {
+                    self.pmtud
+                        .on_probe_lost(now, usize::from(frames.size), generation);
+                }
                 FrameRecord::Ack { .. } | FrameRecord::Ping => {}
             }
         }
         self.sent_pool.give(frames);
     }
+}
+
+fn is_probe(frames: &SentFrames) -> bool {
+    matches!(frames.records.first(), Some(FrameRecord::PmtuProbe { .. }))
 }
 
 /// Our transport parameters (RFC 9000 §18.2).

@@ -4,6 +4,7 @@ mod aead_limits;
 pub mod cids;
 pub mod config;
 pub mod connection;
+pub mod pmtud;
 pub mod range_set;
 pub mod recovery;
 mod recv;

@@ -182,7 +182,7 @@ impl Connection {
         self.recovery
             .discard_space(Epoch::Initial, now, &mut |p| lost.push(p.data));
         for frames in lost.drain(..) {
-            self.on_frames_lost(frames);
+            self.on_frames_lost(now, frames);
         }
         self.lost_scratch = lost;
     }
@@ -414,7 +414,7 @@ impl Connection {
         let (ack_eliciting, probing_only) =
             self.process_frames(now, epoch, kind, payload, &dcid)?;
         if new_path && !probing_only {
-            self.migrate_to(remote, packet.len());
+            self.migrate_to(now, remote, packet.len());
         }
 
         let immediate = epoch != Epoch::Data;
@@ -439,9 +439,12 @@ impl Connection {
 
     /// The peer moved (RFC 9000 §9.3): send to the new address, limited to three times what it
     /// sent us until a PATH_CHALLENGE round trip validates it (§8.2, §9.3.1).
-    fn migrate_to(&mut self, remote: SocketAddr, received: usize) {
+    fn migrate_to(&mut self, now: Instant, remote: SocketAddr, received: usize) {
         tracing::debug!(old = %self.remote, new = %remote, "peer address changed");
         self.remote = remote;
+        // RFC 9000 §14: the maximum datagram size belongs to a pair of addresses.
+        self.pmtud.on_path_change(now);
+        self.apply_path_mtu();
         self.address_validated = false;
         self.amplification_received = received as u64;
         self.amplification_sent = 0;
@@ -550,13 +553,14 @@ impl Connection {
                     &mut |p| lost.push(p.data),
                 );
                 for frames in acked.drain(..) {
-                    self.on_frames_acked(frames);
+                    self.on_frames_acked(now, frames);
                 }
                 for frames in lost.drain(..) {
-                    self.on_frames_lost(frames);
+                    self.on_frames_lost(now, frames);
                 }
                 self.acked_scratch = acked;
                 self.lost_scratch = lost;
+                self.end_loss_event(now);
                 if result.is_err() {
                     return Err(TransportError::new(
                         Code::PROTOCOL_VIOLATION,

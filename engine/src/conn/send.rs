@@ -31,6 +31,7 @@ struct Built {
     layout: Option<LongHeaderLayout>,
     ack_eliciting: bool,
     padded: bool,
+    mtu_probe: bool,
     frames: SentFrames,
 }
 
@@ -62,6 +63,13 @@ impl Connection {
         if blocked != self.amplification_blocked {
             self.amplification_blocked = blocked;
             self.recovery.set_anti_amplification_blocked(blocked);
+        }
+        if let Some(len) = self.send_pmtu_probe(now, buf) {
+            return Some(Transmit {
+                dst: self.remote,
+                len,
+                segment_size: None,
+            });
         }
         let mut total = 0;
         let mut segments = 0;
@@ -156,8 +164,66 @@ impl Connection {
         len
     }
 
-    fn seal_and_record(&mut self, now: Instant, buf: &mut [u8], b: Built) {
+    /// A DPLPMTUD probe (RFC 9000 §14.4) alone in its datagram, when one is due and the
+    /// congestion window has room for it: a 1-RTT packet of PING and PADDING exactly as
+    /// large as the size under test. Returns the datagram's length.
+    fn send_pmtu_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if self.state != State::Established || !self.handshake_confirmed {
+            return None;
+        }
+        // On an unvalidated path the amplification limit and the PATH_CHALLENGE come first.
+        if !self.address_validated || self.one_rtt.is_none() {
+            return None;
+        }
+        let size = self.pmtud.probe_size(now)?;
+        if size > buf.len() {
+            // Our own buffers can't carry it, whatever the path does.
+            self.pmtud.cap_ceiling(now, buf.len());
+            self.apply_path_mtu();
+            return None;
+        }
+        if self.recovery.send_window() < size as u64 {
+            return None;
+        }
+        let buf = &mut buf[..size];
+        let (pn, pn_offset, pn_len, header_len, _) = self.write_header(Epoch::Data, buf)?;
+        let payload_len = size.checked_sub(header_len + TAG_LEN)?;
+        buf[header_len] = 0x01; // PING
+        buf[header_len + 1..header_len + payload_len].fill(0); // PADDING
+        let mut frames = self.sent_pool.take(Epoch::Data);
+        frames.records.push(FrameRecord::PmtuProbe {
+            generation: self.pmtud.generation(),
+        });
+        frames.key_generation = self.one_rtt.as_ref().map_or(0, |k| k.generation());
+        let taken = self.spaces[Epoch::Data.index()].take_pn();
+        debug_assert_eq!(taken, pn);
+        self.pmtud.on_probe_sent();
+        tracing::trace!(size, "PMTU probe");
+        self.seal_and_record(
+            now,
+            buf,
+            Built {
+                epoch: Epoch::Data,
+                start: 0,
+                pn,
+                pn_offset,
+                pn_len,
+                header_len,
+                payload_len,
+                layout: None,
+                ack_eliciting: true,
+                padded: true,
+                mtu_probe: true,
+                frames,
+            },
+        );
+        self.stats.bytes_sent += size as u64;
+        Some(size)
+    }
+
+    fn seal_and_record(&mut self, now: Instant, buf: &mut [u8], mut b: Built) {
         let packet_len = b.header_len + b.payload_len + TAG_LEN;
+        b.frames.size = packet_len.min(usize::from(u16::MAX)) as u16;
         let packet = &mut buf[b.start..b.start + packet_len];
         if let Some(layout) = &b.layout {
             // Length covers packet number, payload and tag; the 2-byte field always fits a datagram.
@@ -217,6 +283,7 @@ impl Connection {
                 size: packet_len as u16,
                 ack_eliciting: b.ack_eliciting,
                 in_flight: b.ack_eliciting || b.padded,
+                mtu_probe: b.mtu_probe,
                 data: b.frames,
             },
         );
@@ -418,6 +485,7 @@ impl Connection {
             layout,
             ack_eliciting,
             padded: false,
+            mtu_probe: false,
             frames,
         })
     }
@@ -580,6 +648,7 @@ impl Connection {
             layout,
             ack_eliciting: false,
             padded: false,
+            mtu_probe: false,
             frames,
         })
     }

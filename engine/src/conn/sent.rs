@@ -28,6 +28,10 @@ pub enum FrameRecord {
         data: [u8; 8],
     },
     Ping,
+    /// A DPLPMTUD probe (PING + PADDING) sent in this search generation.
+    PmtuProbe {
+        generation: u32,
+    },
 }
 
 /// The per-packet payload `Recovery` hands back on ack or loss.
@@ -38,6 +42,8 @@ pub struct SentFrames {
     pub epoch: Epoch,
     /// 1-RTT key generation the packet was sealed with (key update confirmation, RFC 9001 §6.2).
     pub key_generation: u64,
+    /// UDP payload bytes of the packet's datagram share (path MTU discovery looks at it).
+    pub size: u16,
 }
 
 impl Default for SentFrames {
@@ -46,6 +52,7 @@ impl Default for SentFrames {
             records: Vec::new(),
             epoch: Epoch::Initial,
             key_generation: 0,
+            size: 0,
         }
     }
 }
@@ -62,6 +69,7 @@ impl SentFramesPool {
             records: self.free.pop().unwrap_or_else(|| Vec::with_capacity(8)),
             epoch,
             key_generation: 0,
+            size: 0,
         }
     }
 

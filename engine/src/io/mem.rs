@@ -117,6 +117,8 @@ pub struct MemStats {
     pub corrupted: u64,
     /// Transmit buffers refused for bad metadata (zero or oversized length, zero segment).
     pub invalid: u64,
+    /// Datagrams larger than the path MTU, dropped silently as a router would with DF set.
+    pub dropped_mtu: u64,
 }
 
 /// One buffer in flight: `len` bytes, cut into datagrams of `segment` bytes.
@@ -230,6 +232,8 @@ pub struct MemDatapath {
     /// Scratch for splitting GSO buffers when impairments apply per datagram.
     split: Vec<Packet>,
     impair: Impairments,
+    /// Largest UDP payload the path carries from this end, if limited.
+    path_mtu: Option<usize>,
     rng: StdRng,
     stats: MemStats,
 }
@@ -269,6 +273,7 @@ pub fn pair_with(
         held: Vec::with_capacity(MAX_HELD),
         split: Vec::with_capacity(max_segments),
         impair,
+        path_mtu: None,
         rng: StdRng::seed_from_u64(seed),
         stats: MemStats::default(),
     };
@@ -287,6 +292,13 @@ impl MemDatapath {
     /// or migration as the peer sees it).
     pub fn set_local_addr(&mut self, addr: SocketAddr) {
         self.local = addr;
+    }
+
+    /// Limits the UDP payload the path carries from this end (a smaller link or a tunnel
+    /// further on): larger datagrams vanish without an error, as with DF set and ICMP
+    /// filtered. `None` lifts the limit. May change at any time, like a route.
+    pub fn set_path_mtu(&mut self, max_payload: Option<usize>) {
+        self.path_mtu = max_payload;
     }
 
     /// Datagrams currently held back for reordering.
@@ -325,6 +337,11 @@ impl MemDatapath {
     /// Applies the impairments to one datagram and sends what survives.
     fn impair_one(&mut self, mut p: Packet) {
         self.stats.sent += 1;
+        if self.path_mtu.is_some_and(|m| p.len > m) {
+            self.stats.dropped_mtu += 1;
+            self.out.recycle(p.buf);
+            return;
+        }
         if self.chance(self.impair.loss) {
             self.stats.dropped_loss += 1;
             self.out.recycle(p.buf);
@@ -458,7 +475,8 @@ impl Datapath for MemDatapath {
 
     fn flush(&mut self) -> io::Result<usize> {
         let mut sent = 0;
-        let impaired = self.impair.any();
+        // A path MTU is applied per datagram, like the impairments.
+        let impaired = self.impair.any() || self.path_mtu.is_some();
         while let Some(p) = self.pending.pop_front() {
             sent += p.datagrams();
             if !impaired {
@@ -546,6 +564,35 @@ mod tests {
         a.flush().unwrap();
         got.extend(drain(b).into_iter().map(|(_, d)| d));
         got
+    }
+
+    #[test]
+    fn a_path_mtu_drops_larger_datagrams_silently_gso_segments_included() {
+        let (a_addr, b_addr) = addrs();
+        let opts = MemOptions {
+            max_segments: 4,
+            ..MemOptions::default()
+        };
+        let (mut a, mut b) = pair_with(a_addr, b_addr, Impairments::none(), opts);
+        a.set_path_mtu(Some(1300));
+        let got = run(&mut a, &mut b, 500);
+        let expected: Vec<Vec<u8>> = (0..500)
+            .map(|i| payload(i, 4 + (i as usize * 131) % 1400))
+            .filter(|d| d.len() <= 1300)
+            .collect();
+        assert_eq!(got, expected, "exactly the datagrams that fit, in order");
+        assert_eq!(a.stats().dropped_mtu, 500 - expected.len() as u64);
+        // Three 1400-byte segments and a 1000-byte tail: only the tail fits.
+        assert!(send(&mut a, b_addr, &[7u8; 5200], Some(1400), 0));
+        a.flush().unwrap();
+        let got = drain(&mut b);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, vec![7u8; 1000]);
+        // Lifting the limit restores delivery.
+        a.set_path_mtu(None);
+        assert!(send(&mut a, b_addr, &[9u8; 1400], None, 0));
+        a.flush().unwrap();
+        assert_eq!(drain(&mut b).len(), 1);
     }
 
     #[test]

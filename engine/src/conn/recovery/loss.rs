@@ -572,9 +572,13 @@ impl<T> Recovery<T> {
                         let size = u64::from(p.size);
                         self.bytes_in_flight -= size;
                         self.stats.lost_bytes += size;
-                        outcome.newest_lost_in_flight = Some(p.time_sent);
+                        // RFC 9000 §14.4: a lost PMTU probe is no sign of congestion.
+                        if !p.mtu_probe {
+                            outcome.newest_lost_in_flight = Some(p.time_sent);
+                        }
                     }
                     if p.ack_eliciting
+                        && !p.mtu_probe
                         && self
                             .first_rtt_sample
                             .is_some_and(|first| p.time_sent > first)

@@ -19,6 +19,8 @@ pub struct SentPacket<T> {
     pub ack_eliciting: bool,
     /// Counts toward bytes in flight (ack-eliciting or padding; RFC 9002 §2).
     pub in_flight: bool,
+    /// A PMTU probe: its loss says nothing about congestion (RFC 9000 §14.4).
+    pub mtu_probe: bool,
     pub data: T,
 }
 
@@ -166,6 +168,7 @@ mod tests {
             size: 100,
             ack_eliciting: true,
             in_flight: true,
+            mtu_probe: false,
             data: (),
         }
     }

@@ -33,6 +33,7 @@ fn pkt(pn: u64, t: Instant) -> SentPacket<u64> {
         size: MDS as u16,
         ack_eliciting: true,
         in_flight: true,
+        mtu_probe: false,
         data: pn,
     }
 }
@@ -578,7 +579,7 @@ proptest! {
                     let pn = next_pn[epoch];
                     next_pn[epoch] += 1;
                     r.on_packet_sent(now, Epoch::ALL[epoch], SentPacket {
-                        pn, time_sent: now, size, ack_eliciting: eliciting, in_flight, data: (epoch, pn),
+                        pn, time_sent: now, size, ack_eliciting: eliciting, in_flight, mtu_probe: false, data: (epoch, pn),
                     });
                     model.insert((epoch, pn), (u64::from(size), in_flight, eliciting));
                     if epoch == 2 && !discarded[0] && next_pn[2] > 3 {
