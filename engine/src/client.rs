@@ -44,6 +44,8 @@ pub struct ClientReport {
     pub streams: u64,
     pub sha256: Option<String>,
     pub key_updates: u64,
+    /// The largest maximum datagram size a connection used (path MTU discovery's result).
+    pub max_datagram_size: u64,
 }
 
 impl ClientReport {
@@ -65,6 +67,7 @@ impl ClientReport {
             "streams": self.streams,
             "sha256": self.sha256,
             "key_updates": self.key_updates,
+            "max_datagram_size": self.max_datagram_size,
         })
         .to_string()
     }
@@ -256,6 +259,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
         all_done
     })?;
     let elapsed = start.elapsed();
+    report.max_datagram_size = endpoint.stats().max_datagram_size_peak;
     // Collect results from what the handler recorded.
     for st in endpoint.take_all_states() {
         if let Some(f) = st.app.failure() {

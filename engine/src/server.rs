@@ -121,6 +121,12 @@ pub struct WorkerStats {
     pub stateless_resets: u64,
     /// Retry packets sent (`--retry`).
     pub retries: u64,
+    /// Path MTU discovery, over connections closed so far.
+    pub pmtu_probes_sent: u64,
+    pub pmtu_probes_lost: u64,
+    pub pmtu_black_holes: u64,
+    /// Largest maximum datagram size a closed connection used.
+    pub max_datagram_size_peak: u64,
 }
 
 impl WorkerStats {
@@ -134,6 +140,10 @@ impl WorkerStats {
             handoff_dropped: c.handoff_dropped.load(Ordering::Relaxed),
             stateless_resets: c.stateless_resets.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
+            pmtu_probes_sent: c.pmtu_probes_sent.load(Ordering::Relaxed),
+            pmtu_probes_lost: c.pmtu_probes_lost.load(Ordering::Relaxed),
+            pmtu_black_holes: c.pmtu_black_holes.load(Ordering::Relaxed),
+            max_datagram_size_peak: c.max_datagram_size_peak.load(Ordering::Relaxed),
         }
     }
 
@@ -147,6 +157,10 @@ impl WorkerStats {
             "handoff_dropped": self.handoff_dropped,
             "stateless_resets": self.stateless_resets,
             "retries": self.retries,
+            "pmtu_probes_sent": self.pmtu_probes_sent,
+            "pmtu_probes_lost": self.pmtu_probes_lost,
+            "pmtu_black_holes": self.pmtu_black_holes,
+            "max_datagram_size_peak": self.max_datagram_size_peak,
         })
     }
 }

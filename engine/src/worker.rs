@@ -92,6 +92,10 @@ pub struct WorkerCounters {
     pub handoff_dropped: AtomicU64,
     pub stateless_resets: AtomicU64,
     pub retries: AtomicU64,
+    pub pmtu_probes_sent: AtomicU64,
+    pub pmtu_probes_lost: AtomicU64,
+    pub pmtu_black_holes: AtomicU64,
+    pub max_datagram_size_peak: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -102,6 +106,14 @@ impl WorkerCounters {
         self.stateless_resets
             .store(ep.stateless_resets_sent, Ordering::Relaxed);
         self.retries.store(ep.retries_sent, Ordering::Relaxed);
+        self.pmtu_probes_sent
+            .store(ep.pmtu_probes_sent, Ordering::Relaxed);
+        self.pmtu_probes_lost
+            .store(ep.pmtu_probes_lost, Ordering::Relaxed);
+        self.pmtu_black_holes
+            .store(ep.pmtu_black_holes, Ordering::Relaxed);
+        self.max_datagram_size_peak
+            .store(ep.max_datagram_size_peak, Ordering::Relaxed);
     }
 }
 

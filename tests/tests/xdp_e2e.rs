@@ -10,17 +10,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 
 const SERVER_IP: &str = "10.98.0.1";
@@ -33,124 +29,24 @@ fn server_addr() -> SocketAddr {
 
 // ---- topology ---------------------------------------------------------------------------------
 
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running `ip` (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {} (these tests need root)",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+use common::netns::{ip, require_root, NetnsPair as Topology, NetnsSpec, NsServer};
+
+/// Two namespaces joined by a veth pair with `queues` RX/TX queues a side.
+fn topology(tag: &str, queues: u32) -> Topology {
+    require_root("xdp_e2e needs root: network namespaces, XDP and AF_XDP");
+    Topology::new(&NetnsSpec {
+        prefix: "qx",
+        tag,
+        queues,
+        server_cidr: &format!("{SERVER_IP}/24"),
+        client_cidr: &format!("{CLIENT_IP}/24"),
+    })
 }
 
-/// Two namespaces joined by a veth pair with `queues` RX/TX queues a side; deleted by name
-/// on Drop.
-struct Topology {
-    srv: String,
-    cli: String,
-    srv_if: String,
-    cli_if: String,
-}
-
-impl Topology {
-    fn new(tag: &str, queues: u32) -> Topology {
-        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-        let euid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .expect("effective uid");
-        assert_eq!(
-            euid, "0",
-            "xdp_e2e needs root: network namespaces, XDP and AF_XDP"
-        );
-        let t = Topology {
-            srv: format!("qx-{tag}-s"),
-            cli: format!("qx-{tag}-c"),
-            srv_if: format!("qx{tag}s"),
-            cli_if: format!("qx{tag}c"),
-        };
-        let cli_if = t.cli_if.clone();
-        let q = queues.to_string();
-        t.remove();
-        ip(&["netns", "add", &t.srv]);
-        ip(&["netns", "add", &t.cli]);
-        ip(&[
-            "link",
-            "add",
-            &t.srv_if,
-            "netns",
-            &t.srv,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &cli_if,
-            "netns",
-            &t.cli,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ]);
-        ip(&[
-            "-n",
-            &t.srv,
-            "addr",
-            "add",
-            &format!("{SERVER_IP}/24"),
-            "dev",
-            &t.srv_if,
-        ]);
-        ip(&[
-            "-n",
-            &t.cli,
-            "addr",
-            "add",
-            &format!("{CLIENT_IP}/24"),
-            "dev",
-            &cli_if,
-        ]);
-        for (ns, dev) in [(&t.srv, &t.srv_if), (&t.cli, &cli_if)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        t
-    }
-
-    fn remove(&self) {
-        for ns in [&self.srv, &self.cli] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-
-    /// True if any XDP program is attached to the server end.
-    fn xdp_attached(&self) -> bool {
-        let out = ip(&["-n", &self.srv, "-d", "link", "show", "dev", &self.srv_if]);
-        out.contains("prog/xdp") || out.contains(" xdp")
-    }
-
-    /// `cmd` run inside namespace `ns` (`ip netns exec` execs it: the pid is the command's).
-    fn exec_in(ns: &str, cmd: &Command) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).arg(cmd.get_program());
-        c.args(cmd.get_args());
-        c
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        self.remove();
-    }
+/// True if any XDP program is attached to the server end.
+fn xdp_attached(t: &Topology) -> bool {
+    let out = ip(&["-n", &t.srv, "-d", "link", "show", "dev", &t.srv_if]);
+    out.contains("prog/xdp") || out.contains(" xdp")
 }
 
 /// Kernel UDP counters of a process's network namespace (/proc/PID/net/snmp).
@@ -200,126 +96,26 @@ fn parse_kernel_udp(text: &str) -> KernelUdp {
 
 // ---- the server -------------------------------------------------------------------------------
 
-/// `quench serve --datapath xdp` inside the server namespace; SIGTERM (then SIGKILL) on Drop.
-struct XdpServer {
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    stderr_log: std::path::PathBuf,
-}
-
-impl XdpServer {
-    fn start(t: &Topology, certs: &Certs, root: &Path, extra: &[&str]) -> XdpServer {
-        let stderr_log = root.join("quench-xdp.stderr.log");
-        let mut serve = Command::new(quench_bin());
-        serve
-            .args(["serve", "--datapath", "xdp", "--iface", &t.srv_if])
-            .args(["--listen", &server_addr().to_string()])
-            .arg("--cert")
-            .arg(&certs.cert)
-            .arg("--key")
-            .arg(&certs.key)
-            .arg("--root")
-            .arg(root)
-            .args(extra);
-        let mut child = Topology::exec_in(&t.srv, &serve)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log).expect("server log"))
-            .spawn()
-            .expect("spawning quench serve");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped");
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let server = XdpServer {
-            child: Some(child),
-            lines,
-            stderr_log,
-        };
-        let line = server
-            .next_line(Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("no `listening on` line\n{}", server.stderr()));
-        assert!(
-            line.contains(&format!("listening on {}", server_addr())) && line.contains("xdp on"),
-            "unexpected first line {line:?}"
-        );
-        server
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn next_line(&self, timeout: Duration) -> Option<String> {
-        self.lines.recv_timeout(timeout).ok()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
-    }
-
-    /// The stats line printed on SIGUSR1.
-    fn stats(&self) -> Value {
-        kill(Pid::from_raw(self.pid() as i32), Signal::SIGUSR1).expect("SIGUSR1");
-        self.read_stats()
-    }
-
-    fn read_stats(&self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(line) = self.next_line(deadline.saturating_duration_since(Instant::now())) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if let Some(s) = v.get("quench_stats") {
-                    return s.clone();
-                }
-            }
-        }
-        panic!("no stats line\n{}", self.stderr());
-    }
-
-    /// SIGTERM; returns the final stats line. The process must exit 0 within 10 s.
-    fn shutdown(mut self) -> Value {
-        kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM).expect("SIGTERM");
-        let stats = self.read_stats();
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "server exited with {status}\n{}",
-                    self.stderr()
-                );
-                return stats;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("server ignored SIGTERM\n{}", self.stderr());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for XdpServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            thread::sleep(Duration::from_millis(500));
-            let _ = child.kill();
-            let _ = child.wait();
-            if thread::panicking() {
-                eprintln!("--- quench xdp server stderr ---\n{}", self.stderr());
-            }
-        }
-    }
+/// `quench serve --datapath xdp` inside the server namespace, ready to serve.
+fn start_xdp_server(t: &Topology, certs: &Certs, root: &Path, extra: &[&str]) -> NsServer {
+    let mut serve = Command::new(quench_bin());
+    serve
+        .args(["serve", "--datapath", "xdp", "--iface", &t.srv_if])
+        .args(["--listen", &server_addr().to_string()])
+        .arg("--cert")
+        .arg(&certs.cert)
+        .arg("--key")
+        .arg(&certs.key)
+        .arg("--root")
+        .arg(root)
+        .args(extra)
+        .env("RUST_LOG", "info");
+    let (server, line) = NsServer::start(&t.srv, &serve, root.join("quench-xdp.stderr.log"));
+    assert!(
+        line.contains(&format!("listening on {}", server_addr())) && line.contains("xdp on"),
+        "unexpected first line {line:?}"
+    );
+    server
 }
 
 /// Runs `peer`'s client inside the client namespace; it must succeed.
@@ -401,12 +197,12 @@ fn assert_xdp_path(stats: &Value, min_packets: u64) {
 #[test]
 fn quinn_and_quench_clients_over_af_xdp() {
     let _serial = serial();
-    let t = Topology::new("a", 1);
+    let t = topology("a", 1);
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
     let body_sha = random_file(dir.path(), "blob.bin", 3 * MIB as usize + 17);
-    let server = XdpServer::start(&t, &certs, dir.path(), &["--workers", "1"]);
-    assert!(t.xdp_attached(), "program not attached while serving");
+    let server = start_xdp_server(&t, &certs, dir.path(), &["--workers", "1"]);
+    assert!(xdp_attached(&t), "program not attached while serving");
     let kernel_before = kernel_udp(server.pid());
 
     let started = Instant::now();
@@ -435,7 +231,7 @@ fn quinn_and_quench_clients_over_af_xdp() {
         "the kernel UDP stack of the server namespace saw datagrams"
     );
     let stats = server.shutdown();
-    assert!(!t.xdp_attached(), "program left attached after shutdown");
+    assert!(!xdp_attached(&t), "program left attached after shutdown");
     assert_eq!(
         sum(&stats, "workers", "connections_accepted"),
         101,
@@ -482,15 +278,15 @@ fn assert_two_workers(stats: &Value, conns: u64) {
 #[test]
 fn two_workers_share_one_queue() {
     let _serial = serial();
-    let t = Topology::new("q1", 1);
+    let t = topology("q1", 1);
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
-    let server = XdpServer::start(&t, &certs, dir.path(), &["--workers", "2", "--queues", "0"]);
+    let server = start_xdp_server(&t, &certs, dir.path(), &["--workers", "2", "--queues", "0"]);
     let transfer = Transfer::perf(24 * MIB, 8 * MIB).streams(2).conns(16);
     transfer_in(&t, Peer::Quench, &certs.ca, &transfer);
     transfer_in(&t, Peer::Quinn, &certs.ca, &transfer);
     let stats = server.shutdown();
-    assert!(!t.xdp_attached(), "program left attached after shutdown");
+    assert!(!xdp_attached(&t), "program left attached after shutdown");
     let binds: Vec<&str> = stats["xdp"]["sockets"]
         .as_array()
         .expect("sockets")
@@ -515,8 +311,8 @@ fn quinn_spread(cli_ns: &str, ca: &Path, transfer: &Transfer, extra: &[&str]) ->
     report
 }
 
-fn start_two_queue_server(t: &Topology, certs: &Certs, dir: &Path) -> XdpServer {
-    XdpServer::start(t, certs, dir, &["--workers", "2", "--queues", "0,1"])
+fn start_two_queue_server(t: &Topology, certs: &Certs, dir: &Path) -> NsServer {
+    start_xdp_server(t, certs, dir, &["--workers", "2", "--queues", "0,1"])
 }
 
 fn assert_two_copy_sockets(stats: &Value) {
@@ -535,7 +331,7 @@ fn assert_two_copy_sockets(stats: &Value) {
 #[test]
 fn two_workers_two_queues_keep_connections_on_their_queue() {
     let _serial = serial();
-    let t = Topology::new("q2", 2);
+    let t = topology("q2", 2);
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
     let server = start_two_queue_server(&t, &certs, dir.path());
@@ -549,7 +345,7 @@ fn two_workers_two_queues_keep_connections_on_their_queue() {
     transfer_in(&t, Peer::Quench, &certs.ca, &transfer);
     quinn.join().expect("quinn client");
     let stats = server.shutdown();
-    assert!(!t.xdp_attached(), "program left attached after shutdown");
+    assert!(!xdp_attached(&t), "program left attached after shutdown");
     assert_two_copy_sockets(&stats);
     assert_two_workers(&stats, 32);
     assert_eq!(
@@ -569,7 +365,7 @@ fn two_workers_two_queues_keep_connections_on_their_queue() {
 #[test]
 fn two_workers_two_queues_hand_off_after_rebinding() {
     let _serial = serial();
-    let t = Topology::new("q2r", 2);
+    let t = topology("q2r", 2);
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
     let server = start_two_queue_server(&t, &certs, dir.path());
@@ -578,7 +374,7 @@ fn two_workers_two_queues_hand_off_after_rebinding() {
     let transfer = Transfer::perf(16 * MIB, 4 * MIB).streams(2).conns(16);
     quinn_spread(&t.cli, &certs.ca, &transfer, &["--rebind-after", "262144"]);
     let stats = server.shutdown();
-    assert!(!t.xdp_attached(), "program left attached after shutdown");
+    assert!(!xdp_attached(&t), "program left attached after shutdown");
     assert_two_copy_sockets(&stats);
     assert_two_workers(&stats, 16);
     assert!(
@@ -617,7 +413,7 @@ fn serve_expect_failure(t: &Topology, prefix: &[&str], args: &[&str]) -> String 
 #[test]
 fn failures_are_clear_and_leave_nothing_attached() {
     let _serial = serial();
-    let t = Topology::new("e", 1);
+    let t = topology("e", 1);
     let listen = server_addr().to_string();
     let base = ["--iface", t.srv_if.as_str(), "--listen", listen.as_str()];
 
@@ -636,7 +432,7 @@ fn failures_are_clear_and_leave_nothing_attached() {
         "{err}"
     );
     assert!(
-        !t.xdp_attached(),
+        !xdp_attached(&t),
         "left attached after a permission failure"
     );
 
@@ -647,28 +443,28 @@ fn failures_are_clear_and_leave_nothing_attached() {
         &["--iface", &t.srv_if, "--listen", "10.1.2.3:4433"],
     );
     assert!(err.contains("is not the address of"), "{err}");
-    assert!(!t.xdp_attached());
+    assert!(!xdp_attached(&t));
 
     // A queue the interface does not have.
     let mut args = base.to_vec();
     args.extend(["--queues", "5", "--workers", "1"]);
     let err = serve_expect_failure(&t, &[], &args);
     assert!(err.contains("RX queue 5 out of range"), "{err}");
-    assert!(!t.xdp_attached());
+    assert!(!xdp_attached(&t));
 
     // SIGKILL: the kernel closes the BPF link with the process, the program goes too.
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
-    let mut server = XdpServer::start(&t, &certs, dir.path(), &["--workers", "1"]);
-    assert!(t.xdp_attached());
+    let mut server = start_xdp_server(&t, &certs, dir.path(), &["--workers", "1"]);
+    assert!(xdp_attached(&t));
     let mut child = server.child.take().expect("running");
     child.kill().expect("SIGKILL");
     child.wait().expect("reaping");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while t.xdp_attached() && Instant::now() < deadline {
+    while xdp_attached(&t) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
-    assert!(!t.xdp_attached(), "program outlived a killed server");
+    assert!(!xdp_attached(&t), "program outlived a killed server");
 
     // A stale program attached the old (netlink) way, as a crashed tool would leave it.
     let obj = stale_program(dir.path());
@@ -685,8 +481,8 @@ fn failures_are_clear_and_leave_nothing_attached() {
         "sec",
         "xdp",
     ]);
-    assert!(t.xdp_attached());
-    let server = XdpServer::start(&t, &certs, dir.path(), &["--workers", "1"]);
+    assert!(xdp_attached(&t));
+    let server = start_xdp_server(&t, &certs, dir.path(), &["--workers", "1"]);
     assert!(
         server.stderr().contains("replacing a stale XDP program"),
         "{}",
@@ -696,7 +492,7 @@ fn failures_are_clear_and_leave_nothing_attached() {
     transfer_in(&t, Peer::Quench, &certs.ca, &transfer);
     let stats = server.shutdown();
     assert_xdp_path(&stats, 500);
-    assert!(!t.xdp_attached(), "program left attached after shutdown");
+    assert!(!xdp_attached(&t), "program left attached after shutdown");
 }
 
 /// Compiles a pass-everything XDP program (the stand-in for a stale one); returns its path.
@@ -739,10 +535,10 @@ fn stale_program(dir: &Path) -> String {
 #[test]
 fn quench_client_over_af_xdp() {
     let _serial = serial();
-    let t = Topology::new("k", 1);
+    let t = topology("k", 1);
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
-    let server = XdpServer::start(&t, &certs, dir.path(), &["--workers", "1"]);
+    let server = start_xdp_server(&t, &certs, dir.path(), &["--workers", "1"]);
     let before = kernel_udp_in(&t.cli);
     let transfer = Transfer::perf(20 * MIB, 5 * MIB).conns(4);
     let mut cmd = client_command(Peer::Quench, server_addr(), &certs.ca, &transfer);

@@ -97,6 +97,12 @@ pub struct EndpointStats {
     /// Datagrams matching no connection and not worth answering.
     pub dropped_unroutable: u64,
     pub stateless_dropped: u64,
+    /// Path MTU discovery over the connections closed so far (RFC 9000 §14.3).
+    pub pmtu_probes_sent: u64,
+    pub pmtu_probes_lost: u64,
+    pub pmtu_black_holes: u64,
+    /// The largest maximum datagram size a closed connection was using at its end.
+    pub max_datagram_size_peak: u64,
 }
 
 struct Entry<U> {
@@ -586,6 +592,12 @@ impl<U: Default> Endpoint<U> {
             }
         }
         self.stats.connections_closed += 1;
+        let cs = e.conn.stats();
+        self.stats.pmtu_probes_sent += cs.pmtu_probes_sent;
+        self.stats.pmtu_probes_lost += cs.pmtu_probes_lost;
+        self.stats.pmtu_black_holes += cs.pmtu_black_holes;
+        self.stats.max_datagram_size_peak =
+            self.stats.max_datagram_size_peak.max(cs.max_datagram_size);
         if self.config.keep_drained_states {
             self.drained_states.push(e.state);
         }

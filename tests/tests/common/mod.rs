@@ -5,6 +5,8 @@
 // Each test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -565,6 +567,8 @@ pub struct Report {
     pub streams: u64,
     pub sha256: Option<String>,
     pub key_updates: u64,
+    /// Largest maximum datagram size a connection reached (quench and quinn clients print it).
+    pub max_datagram_size: Option<u64>,
 }
 
 impl Report {
@@ -599,6 +603,7 @@ impl Report {
             streams: int("streams")?,
             sha256,
             key_updates: int("key_updates")?,
+            max_datagram_size: obj.get("max_datagram_size").and_then(|x| x.as_u64()),
         })
     }
 }

@@ -197,6 +197,11 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     report.seconds = start.elapsed().as_secs_f64();
     report.handshake_ms = handshake_total.as_secs_f64() * 1e3 / conns.len() as f64;
     report.key_updates = conns.iter().filter(|c| c.key_updated()).count() as u64;
+    report.max_datagram_size = conns
+        .iter()
+        .map(|c| u64::from(c.conn.stats().path.current_mtu))
+        .max()
+        .unwrap_or(0);
 
     for c in &conns {
         c.conn.close(VarInt::from_u32(0), b"done");

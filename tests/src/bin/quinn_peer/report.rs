@@ -14,6 +14,8 @@ pub struct Report {
     /// Hex SHA-256 of all hq-interop bodies concatenated in request order.
     pub sha256: Option<String>,
     pub key_updates: u64,
+    /// The largest path MTU (UDP payload) quinn's discovery reached on any connection.
+    pub max_datagram_size: u64,
 }
 
 impl Report {
@@ -32,6 +34,7 @@ impl Report {
             "streams": self.streams,
             "sha256": self.sha256,
             "key_updates": self.key_updates,
+            "max_datagram_size": self.max_datagram_size,
         })
         .to_string()
     }
@@ -51,6 +54,7 @@ mod tests {
             streams: 3,
             sha256: None,
             key_updates: 1,
+            max_datagram_size: 1452,
         };
         let v: serde_json::Value = serde_json::from_str(&report.to_json_line()).unwrap();
         assert_eq!(v["bytes_down"], 1_000_000);
@@ -58,6 +62,7 @@ mod tests {
         assert_eq!(v["streams"], 3);
         assert!(v["sha256"].is_null());
         assert_eq!(v["key_updates"], 1);
+        assert_eq!(v["max_datagram_size"], 1452);
         assert_eq!(v["handshake_ms"], 1.5);
         assert!(!report.to_json_line().contains('\n'));
     }
