@@ -701,6 +701,97 @@ fn stream_frame_in_a_handshake_packet_is_a_protocol_violation() {
     assert_eq!(net.server.stats().connections_accepted, 1);
 }
 
+/// A client that keeps sending ack-eliciting packets but never acknowledges anything would
+/// make the server keep a record of every ACK it sends; past a fixed bound the server
+/// closes with PROTOCOL_VIOLATION instead.
+#[test]
+fn a_peer_that_never_acknowledges_cannot_grow_the_sent_record_without_bound() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    net.client
+        .with_state(net.h, |c, _| c.stop_acknowledging())
+        .expect("client alive");
+    let mut peak = 0;
+    let mut closed = None;
+    for _ in 0..200_000 {
+        net.queue_raw(Epoch::Data, &[0x01]); // PING
+        net.step();
+        net.now += Duration::from_micros(50);
+        if net.server.connection_count() == 1 {
+            peak = peak.max(net.server_conn().tracked_packets());
+        }
+        closed = net.log(|l| l.closed.clone()).flatten();
+        if closed.is_some() {
+            break;
+        }
+    }
+    let closed = closed.expect("the server closed the connection");
+    assert!(
+        matches!(
+            closed,
+            CloseReason::Peer {
+                code: 0xa,
+                app: false,
+                ..
+            }
+        ),
+        "{closed:?}"
+    );
+    assert!(peak > 1 << 14, "the record did grow first: {peak}");
+    assert!(peak <= (1 << 15) + 4, "bounded: {peak}");
+}
+
+/// RFC 9001 §5.7: 1-RTT packets that reach the server ahead of the client's Finished are
+/// not processed, even though the server already holds 1-RTT keys.
+#[test]
+fn one_rtt_data_ahead_of_the_client_finished_is_not_processed() {
+    let mut net = Net::new(TransportConfig::default());
+    // Goes out in the client's first 1-RTT packet, coalesced after its Finished.
+    net.queue_raw(Epoch::Data, &encode(&[stream(0, 0, b"early", true)]));
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        for d in net.client_out() {
+            let packets = split_packets(&d);
+            if packets.iter().any(|p| kind(p) == Some("1-rtt")) {
+                // Deliver the 1-RTT packet alone; keep the rest (the Finished) for later.
+                for p in packets {
+                    if kind(p) == Some("1-rtt") {
+                        net.deliver_to_server(p);
+                    } else {
+                        held.push(p.to_vec());
+                    }
+                }
+            } else {
+                net.deliver_to_server(&d);
+            }
+        }
+        if !held.is_empty() {
+            break;
+        }
+        for d in net.server_out() {
+            net.deliver_to_client(&d);
+        }
+    }
+    assert!(
+        !held.is_empty(),
+        "the client sent its Finished with 1-RTT data"
+    );
+    let server = net.server_conn();
+    assert!(!server.is_handshake_confirmed());
+    let st = server.stream_stats();
+    assert_eq!(
+        (st.open_streams, st.reaped_streams, st.data_received),
+        (0, 0, 0),
+        "stream data processed before the handshake completed"
+    );
+    // The Finished arrives: the handshake completes and the connection works.
+    for p in held {
+        net.deliver_to_server(&p);
+    }
+    net.establish();
+    net.assert_healthy();
+}
+
 #[test]
 fn frames_not_allowed_in_an_initial_are_a_protocol_violation() {
     let now = Instant::now();

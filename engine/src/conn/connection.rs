@@ -195,6 +195,8 @@ pub struct Connection {
     pub(crate) lost_scratch: Vec<SentFrames>,
     /// Test hook (`testing.rs`): frames written verbatim into the next packet, per epoch.
     pub(crate) raw_frames: [Vec<u8>; 3],
+    /// Test hook (`testing.rs`): never send ACK frames, as a hostile peer might.
+    pub(crate) no_acks: bool,
 }
 
 /// Arguments for a server-side connection, gathered by the endpoint from the client's first Initial.
@@ -385,6 +387,7 @@ impl Connection {
             acked_scratch: Vec::with_capacity(64),
             lost_scratch: Vec::with_capacity(64),
             raw_frames: Default::default(),
+            no_acks: false,
             config,
         }
     }

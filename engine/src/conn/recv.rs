@@ -257,6 +257,14 @@ impl Connection {
             return Ok(Outcome::Dropped);
         }
 
+        // RFC 9001 §5.7: a server must not process 1-RTT packets before the handshake is
+        // complete (the client's Finished verified); they are dropped, and an honest
+        // client's loss recovery sends their frames again.
+        if epoch == Epoch::Data && self.side == Side::Server && self.state == State::Handshake {
+            tracing::trace!("drop: 1-RTT packet before the handshake completed");
+            return Ok(Outcome::Dropped);
+        }
+
         // Header protection (RFC 9001 §5.4).
         let Some(sample_block) = sample(packet, pn_offset) else {
             tracing::trace!(

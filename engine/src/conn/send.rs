@@ -37,6 +37,12 @@ struct Built {
 
 /// Frames smaller than this are not worth starting a packet for.
 const MIN_PACKET_ROOM: usize = 64;
+/// Most 1-RTT packets kept on record while the oldest is neither acknowledged nor lost.
+/// An honest peer acknowledges ack-eliciting packets within max_ack_delay (RFC 9000
+/// §13.2.1), and our ACK-only packets through the PINGs that elicit its ACKs (§13.2.4), so
+/// only a path or peer that never acknowledges gets here (about 47 MB in flight at 1452
+/// bytes a packet); without a bound such a peer grows the record by every ACK we send.
+const MAX_TRACKED_PACKETS: u64 = 1 << 15;
 
 impl Connection {
     /// Writes the next datagram(s) into `buf`. With `max_segments > 1` several full-sized
@@ -294,6 +300,21 @@ impl Connection {
         }
         if b.epoch == Epoch::Data {
             self.check_confidentiality_limit(now);
+            self.check_tracked_packets(now);
+        }
+    }
+
+    fn check_tracked_packets(&mut self, now: Instant) {
+        if self.recovery.tracked_span(Epoch::Data) > MAX_TRACKED_PACKETS
+            && !matches!(self.state, State::Closing { .. } | State::Draining { .. })
+        {
+            self.close_with_error(
+                now,
+                TransportError::new(
+                    Code::PROTOCOL_VIOLATION,
+                    "peer left too many packets unacknowledged",
+                ),
+            );
         }
     }
 
@@ -357,7 +378,7 @@ impl Connection {
         }
 
         let space = &self.spaces[idx];
-        let ack_pending = space.ack.ack_pending();
+        let ack_pending = space.ack.ack_pending() && !self.no_acks;
         let ack_due = ack_pending && (epoch != Epoch::Data || space.ack.ack_due(now));
         let probing = space.probes > 0;
         let mut want_eliciting =

@@ -18,6 +18,18 @@ impl Connection {
         self.raw_frames[epoch.index()].extend_from_slice(frames);
     }
 
+    /// From now on sends no ACK frames at all (a peer that never acknowledges).
+    #[doc(hidden)]
+    pub fn stop_acknowledging(&mut self) {
+        self.no_acks = true;
+    }
+
+    /// 1-RTT packet numbers still on record (see `Recovery::tracked_span`).
+    #[doc(hidden)]
+    pub fn tracked_packets(&self) -> u64 {
+        self.recovery.tracked_span(Epoch::Data)
+    }
+
     /// Raw bytes still waiting for a packet of `epoch`.
     #[doc(hidden)]
     pub fn raw_frames_pending(&self, epoch: Epoch) -> usize {

@@ -407,6 +407,13 @@ impl<T> Recovery<T> {
         self.spaces[epoch.index()].largest_acked
     }
 
+    /// Packet numbers `epoch` still keeps a record of: from the oldest packet neither
+    /// acknowledged nor declared lost to the newest sent.
+    pub fn tracked_span(&self, epoch: Epoch) -> u64 {
+        let space = &self.spaces[epoch.index()];
+        space.end() - space.base()
+    }
+
     /// Next packet number `epoch` expects to send (one past the highest sent).
     pub fn next_packet_number(&self, epoch: Epoch) -> u64 {
         self.spaces[epoch.index()].next_pn
