@@ -741,6 +741,40 @@ fn a_peer_that_never_acknowledges_cannot_grow_the_sent_record_without_bound() {
     assert!(peak <= (1 << 15) + 4, "bounded: {peak}");
 }
 
+/// One-byte STREAM frames at descending offsets make every frame a new range at the
+/// front of the receive bookkeeping (a shift of all the others): the server refuses the
+/// flood with PROTOCOL_VIOLATION after a handful of ranges instead of doing quadratic
+/// work for thousands of them.
+#[test]
+fn a_flood_of_one_byte_fragments_closes_the_connection() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let x = [0x78u8];
+    for batch in 0..40u64 {
+        let frames: Vec<Frame<'_>> = (0..100u64)
+            .map(|k| stream(0, 2 * (4_000 - batch * 100 - k), &x, false))
+            .collect();
+        net.queue_raw(Epoch::Data, &encode(&frames));
+        net.step();
+        net.now += Duration::from_millis(1);
+        if net.log(|l| l.closed.is_some()).unwrap_or(true) {
+            break;
+        }
+    }
+    let reason = net.wait_closed();
+    assert!(
+        matches!(
+            reason,
+            CloseReason::Peer {
+                code: 0xa,
+                app: false,
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
+}
+
 /// RFC 9001 §5.7: 1-RTT packets that reach the server ahead of the client's Finished are
 /// not processed, even though the server already holds 1-RTT keys.
 #[test]

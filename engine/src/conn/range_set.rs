@@ -76,38 +76,45 @@ impl RangeSet {
 
     /// Adds `range`; returns true if any value was new.
     pub fn insert(&mut self, range: Range<u64>) -> bool {
+        self.insert_counting(range) > 0
+    }
+
+    /// Adds `range`; returns how many of its values were new.
+    pub fn insert_counting(&mut self, range: Range<u64>) -> u64 {
         if range.is_empty() {
-            return false;
+            return 0;
         }
         // Fast path: appending at or past the top, the common case for packet numbers and
         // in-order stream data.
         if let Some(last) = self.ranges.last_mut() {
             if range.start >= last.start && range.start <= last.end {
                 if range.end <= last.end {
-                    return false;
+                    return 0;
                 }
+                let added = range.end - last.end;
                 last.end = range.end;
-                return true;
+                return added;
             }
         }
         let i = self.search(range.start);
         // Ranges i..j overlap or touch `range`.
         let mut j = i;
+        let mut merged = 0;
         while j < self.ranges.len() && self.ranges[j].start <= range.end {
+            merged += self.ranges[j].end - self.ranges[j].start;
             j += 1;
         }
         if i == j {
+            let added = range.end - range.start;
             self.ranges.insert(i, range);
             self.enforce_limit();
-            return true;
+            return added;
         }
         let new_start = range.start.min(self.ranges[i].start);
         let new_end = range.end.max(self.ranges[j - 1].end);
-        let covered =
-            j - i == 1 && self.ranges[i].start <= range.start && range.end <= self.ranges[i].end;
         self.ranges[i] = new_start..new_end;
         self.ranges.drain(i + 1..j);
-        !covered
+        (new_end - new_start) - merged
     }
 
     /// Removes every value of `range`.
@@ -207,9 +214,9 @@ mod tests {
             let mut model = BTreeSet::new();
             for (ins, start, len) in ops {
                 if ins {
-                    let added = s.insert(start..start + len);
-                    let mut model_added = false;
-                    for v in start..start + len { model_added |= model.insert(v); }
+                    let added = s.insert_counting(start..start + len);
+                    let mut model_added = 0;
+                    for v in start..start + len { model_added += u64::from(model.insert(v)); }
                     prop_assert_eq!(added, model_added);
                 } else {
                     s.remove(start..start + len);

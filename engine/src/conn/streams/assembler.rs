@@ -22,8 +22,20 @@ pub struct Assembler {
     /// Everything below this has been handed to the reader.
     read_offset: u64,
     received: RangeSet,
+    /// Bytes in `received`.
+    covered: u64,
     max_ranges: usize,
+    /// Out-of-order bytes each range beyond `FREE_RANGES` must account for on average.
+    min_range_bytes: u64,
 }
+
+/// Disjoint ranges allowed whatever their size.
+const FREE_RANGES: usize = 64;
+/// Beyond `FREE_RANGES`, out-of-order bytes buffered per range: a lost packet leaves a
+/// gap after a whole packet's worth of data, while a fragment flood brings a byte or two
+/// per range. The bound keeps `RangeSet` inserts (a `Vec` shift per new range) from
+/// becoming quadratic work for little input.
+pub const MIN_RANGE_BYTES: u64 = 256;
 
 impl Assembler {
     /// `max_ranges` bounds the number of disjoint received ranges (holes + 1).
@@ -33,8 +45,17 @@ impl Assembler {
             buf_offset: 0,
             read_offset: 0,
             received: RangeSet::new(),
+            covered: 0,
             max_ranges: max_ranges.max(2),
+            min_range_bytes: MIN_RANGE_BYTES,
         }
+    }
+
+    /// The same assembler with another out-of-order bytes per range requirement (0: none).
+    #[cfg(test)]
+    pub fn with_min_range_bytes(mut self, bytes: u64) -> Self {
+        self.min_range_bytes = bytes;
+        self
     }
 
     /// Empties a finished stream's assembler for reuse by a new one (see `Streams::recycle`).
@@ -43,6 +64,7 @@ impl Assembler {
         self.buf_offset = 0;
         self.read_offset = 0;
         self.received.clear();
+        self.covered = 0;
     }
 
     /// The same assembler with another bound on received ranges.
@@ -111,10 +133,8 @@ impl Assembler {
             return Ok(false);
         }
         let readable_before = self.contiguous_end();
-        self.received.insert(offset..end);
-        if self.received.len() > self.max_ranges {
-            return Err(TooFragmented);
-        }
+        self.covered += self.received.insert_counting(offset..end);
+        self.check_fragmentation()?;
         self.make_room(end);
         let start = (offset - self.buf_offset) as usize;
         if start == self.buf.len() {
@@ -127,6 +147,26 @@ impl Assembler {
             self.buf[start..start + data.len()].copy_from_slice(data);
         }
         Ok(self.contiguous_end() > readable_before)
+    }
+
+    /// Too many ranges, or more beyond `FREE_RANGES` than the out-of-order bytes justify.
+    fn check_fragmentation(&self) -> Result<(), TooFragmented> {
+        let ranges = self.received.len();
+        if ranges > self.max_ranges {
+            return Err(TooFragmented);
+        }
+        if ranges > FREE_RANGES && self.min_range_bytes > 0 {
+            let prefix = self
+                .received
+                .first()
+                .filter(|r| r.start == 0)
+                .map_or(0, |r| r.end);
+            let out_of_order = self.covered - prefix;
+            if ((ranges - FREE_RANGES) as u64).saturating_mul(self.min_range_bytes) > out_of_order {
+                return Err(TooFragmented);
+            }
+        }
+        Ok(())
     }
 
     /// Before the buffer is extended to offset `end`: drops already-read bytes when the
@@ -191,8 +231,10 @@ impl Assembler {
         self.empty_buffer();
         self.buf_offset = self.read_offset;
         self.received.clear();
+        self.covered = 0;
         if self.read_offset > 0 {
             self.received.insert(0..self.read_offset);
+            self.covered = self.read_offset;
         }
     }
 
@@ -245,6 +287,46 @@ mod tests {
             a.insert(i * 2 + 1, b"x").unwrap();
         }
         assert_eq!(a.insert(100, b"x"), Err(TooFragmented));
+    }
+
+    #[test]
+    fn a_flood_of_tiny_fragments_is_rejected_early() {
+        // One-byte fragments at descending offsets, each a new range at the front.
+        let mut a = Assembler::new(1 << 20);
+        let mut accepted = 0;
+        for i in (1..5000u64).rev() {
+            if a.insert(i * 2, b"x").is_err() {
+                break;
+            }
+            accepted += 1;
+        }
+        assert_eq!(
+            accepted, FREE_RANGES,
+            "rejected right after the free ranges"
+        );
+    }
+
+    #[test]
+    fn packet_sized_gaps_are_accepted_up_to_the_range_bound() {
+        // Every other 1200-byte packet lost: 1000 gaps, each after a packet of data.
+        let mut a = Assembler::new(1024);
+        let packet = [9u8; 1200];
+        for k in 0..1000u64 {
+            a.insert((2 * k + 1) * 1200, &packet).unwrap();
+        }
+        assert_eq!(a.received().count(), 1000);
+        // Retransmissions fill the holes and everything becomes readable.
+        for k in 0..1000u64 {
+            a.insert(2 * k * 1200, &packet).unwrap();
+        }
+        assert_eq!(a.received().count(), 1);
+        assert_eq!(a.readable(), 2000 * 1200);
+        // Beyond the bound on ranges, even big ones are refused.
+        let mut b = Assembler::new(64);
+        for k in 0..64u64 {
+            b.insert((2 * k + 1) * 1200, &packet).unwrap();
+        }
+        assert_eq!(b.insert(10_000_000, &packet), Err(TooFragmented));
     }
 
     #[test]
@@ -306,7 +388,8 @@ mod tests {
             let rot = order.index(pieces.len());
             pieces.rotate_left(rot);
             pieces.sort_by_key(|&(s, e)| (s * 7919 + e * 31) % 1009);
-            let mut a = Assembler::new(1000);
+            // Arbitrary fragments, however small: the fragment-flood bound is off here.
+            let mut a = Assembler::new(1000).with_min_range_bytes(0);
             let mut out = Vec::new();
             let mut buf = vec![0u8; 500];
             for (i, (s, e)) in pieces.iter().enumerate() {

@@ -58,9 +58,11 @@ impl RecvStream {
 
     /// A new stream, around a finished stream's (emptied) assembler if one is given.
     pub fn with_assembler(asm: Option<Assembler>, window: u64, max_window: u64) -> Self {
-        // Gaps a lossy but honest peer could leave: roughly one per lost full-size
-        // packet; 4 KiB per gap is far below that yet stops 1-byte fragment floods.
-        let max_ranges = 64 + (max_window / 4096) as usize;
+        // Gaps a lossy but honest peer could leave: roughly one per lost full-size packet
+        // within the window. At most 1024: each new range shifts the ones above it, so the
+        // bound caps that work; the assembler also wants out-of-order bytes per range
+        // (`MIN_RANGE_BYTES`), which a 1-byte fragment flood cannot supply.
+        let max_ranges = (64 + (max_window / 16384) as usize).min(1024);
         let asm = asm.map_or_else(
             || Assembler::new(max_ranges),
             |a| a.with_max_ranges(max_ranges),
