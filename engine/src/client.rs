@@ -204,7 +204,11 @@ pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
     } else {
         "[::]:0".parse().unwrap()
     };
-    let mut dp = UdpDatapath::bind(bind, UdpOptions::default())?;
+    let udp_opts = UdpOptions {
+        max_datagram_size: crate::io::udp::buffer_size_for(opts.transport.max_datagram_size),
+        ..UdpOptions::default()
+    };
+    let mut dp = UdpDatapath::bind(bind, udp_opts)?;
     run_client_on(opts, &mut dp)
 }
 

@@ -109,6 +109,8 @@ enum Command {
         max_connections: usize,
         #[arg(long, value_enum, default_value = "cubic")]
         congestion: Congestion,
+        #[command(flatten)]
+        path: PathArgs,
         /// Do not pin workers to cores.
         #[arg(long)]
         no_pin: bool,
@@ -158,6 +160,8 @@ enum Command {
         timeout: u64,
         #[arg(long, value_enum, default_value = "cubic")]
         congestion: Congestion,
+        #[command(flatten)]
+        path: PathArgs,
         /// Send and receive through kernel UDP (default) or AF_XDP.
         #[arg(long, value_enum, default_value = "udp")]
         datapath: DatapathKind,
@@ -187,12 +191,27 @@ fn main() {
     }
 }
 
-fn transport(congestion: Congestion) -> TransportConfig {
+/// Datagram size settings shared by both roles.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct PathArgs {
+    /// Largest UDP payload to send once the handshake is confirmed; path MTU discovery
+    /// (RFC 9000 §14.3) probes up to it from 1200.
+    #[arg(long, default_value_t = 1452, value_parser = clap::value_parser!(u16).range(1200..=65527))]
+    max_datagram_size: u16,
+    /// Skip path MTU discovery and send --max-datagram-size unprobed (only for paths known
+    /// to carry it: a smaller link then drops every full-sized packet).
+    #[arg(long)]
+    no_pmtud: bool,
+}
+
+fn transport(congestion: Congestion, path: PathArgs) -> TransportConfig {
     TransportConfig {
         congestion: match congestion {
             Congestion::Cubic => quench::conn::recovery::CongestionAlgorithm::Cubic,
             Congestion::Newreno => quench::conn::recovery::CongestionAlgorithm::NewReno,
         },
+        max_datagram_size: usize::from(path.max_datagram_size),
+        pmtud: !path.no_pmtud,
         ..TransportConfig::default()
     }
 }
@@ -216,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
             retry,
             max_connections,
             congestion,
+            path,
             no_pin,
             no_kernel_steering,
         } => {
@@ -260,7 +280,7 @@ fn run(cli: Cli) -> Result<()> {
                 alpns,
                 root,
                 workers,
-                transport: transport(congestion),
+                transport: transport(congestion, path),
                 require_retry: retry,
                 max_connections,
                 pin: !no_pin,
@@ -290,6 +310,7 @@ fn run(cli: Cli) -> Result<()> {
             quic_version,
             timeout,
             congestion,
+            path,
             datapath,
             iface,
             local_port,
@@ -319,7 +340,7 @@ fn run(cli: Cli) -> Result<()> {
                 conns,
                 key_update_after,
                 timeout: Duration::from_secs(timeout),
-                transport: transport(congestion),
+                transport: transport(congestion, path),
                 version: if quic_version == 2 {
                     VERSION_2
                 } else {

@@ -265,6 +265,7 @@ pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerErro
     for _ in 0..workers {
         let udp_opts = UdpOptions {
             reuse_port: workers > 1,
+            max_datagram_size: crate::io::udp::buffer_size_for(opts.transport.max_datagram_size),
             ..UdpOptions::default()
         };
         let dp = UdpDatapath::bind(addr, udp_opts)

@@ -31,6 +31,12 @@ use tx::{Msg, TxPool, TxScratch};
 pub const DEFAULT_MAX_DATAGRAM_V4: usize = 1472;
 pub const DEFAULT_MAX_DATAGRAM_V6: usize = 1452;
 
+/// Datagram buffers for a connection configured to send up to `max_datagram_size`: the
+/// defaults for a 1500-byte MTU unless larger sizes (jumbo frames) are wanted.
+pub fn buffer_size_for(max_datagram_size: usize) -> Option<usize> {
+    (max_datagram_size > DEFAULT_MAX_DATAGRAM_V4).then_some(max_datagram_size.min(MAX_UDP_PAYLOAD))
+}
+
 /// Largest UDP payload of one IPv4 packet (65535 - 20 - 8); also the cap for a GSO buffer,
 /// whose total length the kernel checks the same way.
 const MAX_UDP_PAYLOAD: usize = 65_507;
