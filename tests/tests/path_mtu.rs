@@ -55,39 +55,44 @@ fn wait_until_no_connections(server: &NsServer) {
     }
 }
 
-#[test]
-fn quinn_and_quench_clients_settle_under_a_smaller_path_mtu() {
-    let _serial = serial();
+fn topology(tag: &str) -> NetnsPair {
     require_root("path_mtu needs root: it creates network namespaces");
-    let t = NetnsPair::new(&NetnsSpec {
+    NetnsPair::new(&NetnsSpec {
         prefix: "qm",
-        tag: "p",
+        tag,
         queues: 1,
         server_cidr: &format!("{SERVER_IP}/24"),
         client_cidr: &format!("{CLIENT_IP}/24"),
-    });
-    t.set_server_mtu(LINK_MTU);
-    let dir = temp_dir();
-    let certs = Certs::generate(dir.path());
+    })
+}
+
+/// `quench serve` (one worker, UDP) in the server namespace.
+fn start_server(t: &NetnsPair, certs: &Certs, dir: &std::path::Path) -> NsServer {
     let mut serve = Command::new(quench_bin());
     serve
-        .args([
-            "serve",
-            "--listen",
-            &server_addr().to_string(),
-            "--workers",
-            "1",
-        ])
+        .args(["serve", "--listen", &server_addr().to_string()])
+        .args(["--workers", "1"])
         .arg("--cert")
         .arg(&certs.cert)
         .arg("--key")
         .arg(&certs.key)
         .env("RUST_LOG", "info");
-    let (server, line) = NsServer::start(&t.srv, &serve, dir.path().join("server.stderr.log"));
+    let (server, line) = NsServer::start(&t.srv, &serve, dir.join("server.stderr.log"));
     assert!(
         line.contains(&format!("listening on {}", server_addr())),
         "{line}"
     );
+    server
+}
+
+#[test]
+fn quinn_and_quench_clients_settle_under_a_smaller_path_mtu() {
+    let _serial = serial();
+    let t = topology("p");
+    t.set_server_mtu(LINK_MTU);
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = start_server(&t, &certs, dir.path());
 
     let transfer = Transfer::perf(8 << 20, 4 << 20).streams(2);
     for peer in [Peer::Quinn, Peer::Quench] {
@@ -127,4 +132,50 @@ fn quinn_and_quench_clients_settle_under_a_smaller_path_mtu() {
     );
     assert_eq!(worker_field(&stats, "pmtu_black_holes")[0], 0);
     assert_eq!(worker_field(&stats, "connections_accepted")[0], 2);
+}
+
+/// The server's link shrinks from 1500 to 1300 in the middle of a transfer both ways:
+/// the size the server had validated stops getting out (its kernel refuses the GSO sends
+/// with EMSGSIZE), black hole detection drops it to the base, discovery finds the
+/// new limit, and the transfer completes byte-exact with GSO still in use. (The client's
+/// GSO sends still cross: a veth lets segmentation-offloaded packets past the MTU check,
+/// so only the server's side sees the shrink here.)
+#[test]
+fn a_link_that_shrinks_mid_transfer_is_detected_and_the_transfer_completes() {
+    let _serial = serial();
+    let t = topology("s");
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = start_server(&t, &certs, dir.path());
+
+    let transfer = Transfer::perf(1 << 30, 1 << 30).streams(2);
+    let cmd = client_command(Peer::Quench, server_addr(), &certs.cert, &transfer);
+    let client = NetnsPair::exec_in(&t.cli, &cmd);
+    let timeout = transfer.timeout();
+    let run = thread::spawn(move || run_client(client, timeout));
+    // Under way at full size first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while worker_field(&server.stats(), "datagrams_tx")[0] < 2_000 {
+        assert!(Instant::now() < deadline, "the transfer never got going");
+        thread::sleep(Duration::from_millis(20));
+    }
+    t.set_server_mtu(LINK_MTU);
+    let report = run.join().expect("client thread");
+    assert_perf(&report, &transfer);
+    let client_size = report.max_datagram_size.expect("quench reports its size");
+
+    wait_until_no_connections(&server);
+    let log = server.stderr();
+    let stats = server.shutdown();
+    eprintln!("client settled at {client_size}; server stats: {stats}");
+    assert!(
+        worker_field(&stats, "pmtu_black_holes")[0] >= 1,
+        "the server noticed: {stats}"
+    );
+    let peak = worker_field(&stats, "max_datagram_size_peak")[0];
+    assert!(
+        (1200..=PATH_MAX_PAYLOAD).contains(&peak),
+        "the server ended at a size the new path carries: {peak}"
+    );
+    assert!(!log.contains("disabling GSO"), "GSO was turned off:\n{log}");
 }

@@ -37,6 +37,9 @@ pub fn buffer_size_for(max_datagram_size: usize) -> Option<usize> {
     (max_datagram_size > DEFAULT_MAX_DATAGRAM_V4).then_some(max_datagram_size.min(MAX_UDP_PAYLOAD))
 }
 
+/// QUIC's smallest maximum datagram size (RFC 9000 §14): every path must carry it.
+const MIN_PATH_DATAGRAM: usize = 1200;
+
 /// Largest UDP payload of one IPv4 packet (65535 - 20 - 8); also the cap for a GSO buffer,
 /// whose total length the kernel checks the same way.
 const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -97,6 +100,9 @@ pub struct UdpStats {
     pub tx_dropped: u64,
     /// Flushes that stopped because the socket buffer was full.
     pub tx_would_block: u64,
+    /// GSO messages sent again as single datagrams because their segments exceeded the
+    /// interface MTU (the path shrank under a connection's validated size).
+    pub tx_gso_split: u64,
 }
 
 /// A [`Datapath`] over one kernel UDP socket.
@@ -111,6 +117,8 @@ pub struct UdpDatapath {
     tx: TxPool,
     tx_scratch: TxScratch,
     plan: Vec<Msg>,
+    /// Plan the next send as single datagrams (after a GSO message was too big).
+    split_next: bool,
     stats: UdpStats,
 }
 
@@ -212,6 +220,7 @@ impl UdpDatapath {
             tx: TxPool::new(batch, max_segments * mds),
             tx_scratch: TxScratch::new(batch),
             plan: Vec::with_capacity(batch),
+            split_next: false,
             stats: UdpStats::default(),
         })
     }
@@ -389,8 +398,12 @@ impl Datapath for UdpDatapath {
     fn flush(&mut self) -> io::Result<usize> {
         let mut sent = 0;
         loop {
-            self.tx
-                .plan(self.batch, self.caps.max_segments, &mut self.plan);
+            let max_segments = if std::mem::take(&mut self.split_next) {
+                1
+            } else {
+                self.caps.max_segments
+            };
+            self.tx.plan(self.batch, max_segments, &mut self.plan);
             let Some(&first) = self.plan.first() else {
                 break;
             };
@@ -408,6 +421,20 @@ impl Datapath for UdpDatapath {
                 Err(e) if is_transient(&e) => {
                     self.stats.tx_would_block += 1;
                     break;
+                }
+                Err(e)
+                    if first.is_gso()
+                        && e.raw_os_error() == Some(libc::EINVAL)
+                        && first.segment > MIN_PATH_DATAGRAM =>
+                {
+                    // Older kernels refuse a GSO segment above the interface MTU with
+                    // EINVAL (newer ones with EMSGSIZE, handled below as a lost message).
+                    // The link shrank under a size path MTU discovery had validated: resend
+                    // this message split, so its datagrams fail alone (and are lost, as
+                    // discovery expects), and keep GSO for the rest.
+                    debug!(error = %e, segment = first.segment, "GSO segment above the MTU; splitting");
+                    self.stats.tx_gso_split += 1;
+                    self.split_next = true;
                 }
                 Err(e)
                     if first.is_gso()
