@@ -315,6 +315,16 @@ impl Net {
     }
 }
 
+/// Everything `ep` wants to send now, with destinations.
+fn drain_to<U: Default>(ep: &mut Endpoint<U>, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Some(t) = ep.poll_transmit(now, &mut buf, 1) {
+        out.push((t.dst, buf[..t.len].to_vec()));
+    }
+    out
+}
+
 fn drain<U: Default>(ep: &mut Endpoint<U>, now: Instant) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 2048];
@@ -773,6 +783,114 @@ fn a_flood_of_one_byte_fragments_closes_the_connection() {
         ),
         "{reason:?}"
     );
+}
+
+/// An on-path attacker forwards a copy of the client's packet from another address ahead
+/// of the original (RFC 9000 §9.3.2): the server follows it and challenges the new
+/// address, which cannot answer. When validation is abandoned the server returns to the
+/// client's validated address, without the client having to send anything.
+#[test]
+fn a_spurious_migration_reverts_to_the_validated_address() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let spoofed: SocketAddr = "192.0.2.66:7777".parse().unwrap();
+    net.queue_raw(Epoch::Data, &[0x01]); // PING: a non-probing packet
+    let out = net.client_out();
+    assert!(!out.is_empty());
+    // The copy from the attacker's address first, then the original (now a duplicate).
+    for d in &out {
+        let mut copy = d.clone();
+        let mut disp = AppDispatcher { factory: &net.apps };
+        net.server
+            .handle_datagram(net.now, rx("192.0.2.66:7777"), &mut copy, &mut disp);
+        net.deliver_to_server(d);
+    }
+    assert_eq!(
+        net.server_conn().remote_addr(),
+        spoofed,
+        "followed the copy"
+    );
+    // The attacker's address never answers the challenge; the client stays quiet.
+    let mut to_spoofed = 0;
+    let deadline = net.now + Duration::from_secs(10);
+    while net.server_conn().remote_addr() == spoofed && net.now < deadline {
+        to_spoofed += drain_to(&mut net.server, net.now)
+            .iter()
+            .filter(|(dst, _)| *dst == spoofed)
+            .count();
+        let mut disp = AppDispatcher { factory: &net.apps };
+        net.server.handle_timeouts(net.now, &mut disp);
+        net.now += Duration::from_millis(10);
+    }
+    assert!(to_spoofed > 0, "the new address was challenged");
+    assert_eq!(
+        net.server_conn().remote_addr(),
+        net.caddr,
+        "back on the validated address after validation was abandoned"
+    );
+    // And the connection still works there.
+    net.echo_round_trip(50_000, 3);
+    net.assert_healthy();
+}
+
+/// A client probing a new path sends PATH_CHALLENGE alone from its new address: the
+/// PATH_RESPONSE goes back on that path (RFC 9000 §8.2.2), padded within three times what
+/// arrived there, and the connection stays where it was (probing packets never migrate it).
+#[test]
+fn path_response_goes_back_on_the_path_the_challenge_came_by() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let probe_addr: SocketAddr = "10.0.0.1:6001".parse().unwrap();
+    // Let path MTU discovery's probes settle first, so the next datagram is ours alone.
+    net.run(Duration::from_millis(200), |_| false);
+    let challenge = [0x1a, 1, 2, 3, 4, 5, 6, 7, 8]; // PATH_CHALLENGE
+                                                    // Alone in its packet (an ACK would make it non-probing, and so a migration).
+    net.client
+        .with_state(net.h, |c, _| c.stop_acknowledging())
+        .expect("client alive");
+    net.queue_raw(Epoch::Data, &challenge);
+    let out = net.client_out();
+    assert_eq!(
+        out.len(),
+        1,
+        "the challenge alone: {:?}",
+        out.iter().map(|d| d.len()).collect::<Vec<_>>()
+    );
+    let mut received = 0;
+    for d in &out {
+        received = d.len();
+        let mut copy = d.clone();
+        let mut disp = AppDispatcher { factory: &net.apps };
+        net.server
+            .handle_datagram(net.now, rx("10.0.0.1:6001"), &mut copy, &mut disp);
+    }
+    let sent = drain_to(&mut net.server, net.now);
+    let to_probe: Vec<usize> = sent
+        .iter()
+        .filter(|(dst, _)| *dst == probe_addr)
+        .map(|(_, d)| d.len())
+        .collect();
+    assert_eq!(
+        to_probe.len(),
+        1,
+        "one datagram back on the probed path: {sent:?}"
+    );
+    assert_eq!(
+        to_probe[0],
+        1200.min(3 * received),
+        "padded within the budget"
+    );
+    assert_eq!(net.server_conn().remote_addr(), net.caddr, "no migration");
+    for (dst, d) in &sent {
+        if *dst == net.caddr {
+            net.deliver_to_client(d);
+        }
+    }
+    net.client
+        .with_state(net.h, |c, _| c.resume_acknowledging())
+        .expect("client alive");
+    net.echo_round_trip(10_000, 4);
+    net.assert_healthy();
 }
 
 /// RFC 9001 §5.7: 1-RTT packets that reach the server ahead of the client's Finished are

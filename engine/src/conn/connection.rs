@@ -46,6 +46,9 @@ pub enum CloseReason {
     },
     IdleTimeout,
     StatelessReset,
+    /// The peer moved to an address that never answered our PATH_CHALLENGE, and no earlier
+    /// validated address was known: state discarded silently (RFC 9000 §9.3.2).
+    PathValidationFailed,
     /// The server does not speak our version.
     VersionMismatch,
 }
@@ -93,6 +96,15 @@ pub(crate) struct CloseFrame {
 }
 
 /// Counters a user or test can read.
+/// A PATH_RESPONSE to send: the challenge data, the address the challenge came from, and
+/// the size of the datagram that carried it (bounds how much we may send there unvalidated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PathResponse {
+    pub data: [u8; 8],
+    pub to: SocketAddr,
+    pub received: usize,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectionStats {
     pub packets_received: u64,
@@ -156,7 +168,15 @@ pub struct Connection {
     pub(crate) peer_initial_scid: ConnectionId,
 
     // Path.
-    pub(crate) path_responses: VecDeque<[u8; 8]>,
+    pub(crate) path_responses: VecDeque<PathResponse>,
+    /// Where the packet being processed came from and its datagram's size (PATH_RESPONSE
+    /// goes back on the path its challenge arrived on, RFC 9000 §8.2.2).
+    pub(crate) rx_path: (SocketAddr, usize),
+    /// The last validated peer address, while validation of a new one is under way: the
+    /// connection returns to it if that validation fails (RFC 9000 §9.3.2).
+    pub(crate) validated_remote: Option<SocketAddr>,
+    /// When the validation of the current peer address is abandoned (RFC 9000 §8.2.4).
+    pub(crate) path_validation_deadline: Option<Instant>,
     /// Our outstanding PATH_CHALLENGE after the peer moved (RFC 9000 §8.2, §9.3).
     pub(crate) path_challenge: Option<[u8; 8]>,
     pub(crate) path_challenge_pending: bool,
@@ -365,6 +385,9 @@ impl Connection {
             peer_ack_delay_exponent: 3,
             peer_initial_scid: ConnectionId::default(),
             path_responses: VecDeque::new(),
+            rx_path: (remote, 0),
+            validated_remote: None,
+            path_validation_deadline: None,
             path_challenge: None,
             path_challenge_pending: false,
             pad_for_path: false,
@@ -645,6 +668,7 @@ impl Connection {
         consider(self.recovery.loss_detection_timer());
         consider(self.spaces[Epoch::Data.index()].ack.ack_deadline());
         consider(self.pacing_deadline);
+        consider(self.path_validation_deadline);
         if let Some(k) = &self.one_rtt {
             consider(k.next_timeout());
         }
@@ -670,6 +694,12 @@ impl Connection {
         }
         if self.pacing_deadline.is_some_and(|d| now >= d) {
             self.pacing_deadline = None;
+        }
+        if self.path_validation_deadline.is_some_and(|d| now >= d) {
+            self.abandon_path_validation(now);
+            if self.state == State::Drained {
+                return;
+            }
         }
         if let Some(k) = self.one_rtt.as_mut() {
             k.on_timeout(now);

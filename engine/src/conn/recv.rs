@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::conn::aead_limits;
-use crate::conn::connection::{CloseReason, Connection, State};
+use crate::conn::connection::{CloseReason, Connection, PathResponse, State};
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{remove_mask, sample, SAMPLE_LEN};
 use crate::crypto::key_update::KeyGeneration;
@@ -54,7 +54,12 @@ impl Connection {
             return;
         }
         self.stats.bytes_received += datagram.len() as u64;
-        self.amplification_received += datagram.len() as u64;
+        // Only what the current address sent counts toward what we may send it (RFC 9000
+        // §8); a migration restarts the count on the new address.
+        if remote == self.remote {
+            self.amplification_received += datagram.len() as u64;
+        }
+        self.rx_path = (remote, datagram.len());
         let total_len = datagram.len();
         let mut processed_any = false;
         let mut first_dcid: Option<ConnectionId> = None;
@@ -422,7 +427,7 @@ impl Connection {
         let (ack_eliciting, probing_only) =
             self.process_frames(now, epoch, kind, payload, &dcid)?;
         if new_path && !probing_only {
-            self.migrate_to(now, remote, packet.len());
+            self.migrate_to(now, remote, self.rx_path.1);
         }
 
         let immediate = epoch != Epoch::Data;
@@ -449,10 +454,19 @@ impl Connection {
     /// sent us until a PATH_CHALLENGE round trip validates it (§8.2, §9.3.1).
     fn migrate_to(&mut self, now: Instant, remote: SocketAddr, received: usize) {
         tracing::debug!(old = %self.remote, new = %remote, "peer address changed");
+        if self.address_validated {
+            self.validated_remote = Some(self.remote);
+        }
         self.remote = remote;
         // RFC 9000 §14: the maximum datagram size belongs to a pair of addresses.
         self.pmtud.on_path_change(now);
         self.apply_path_mtu();
+        if self.validated_remote == Some(remote) {
+            // Back on the last validated address (its packets overtook a spurious
+            // migration's, §9.3.2): nothing to validate.
+            self.path_validated();
+            return;
+        }
         self.address_validated = false;
         self.amplification_received = received as u64;
         self.amplification_sent = 0;
@@ -460,6 +474,47 @@ impl Connection {
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
         self.path_challenge = Some(data);
         self.path_challenge_pending = true;
+        // §8.2.4: three times the larger of the current PTO and one from the initial RTT,
+        // since the new path may be slower.
+        let initial_pto = 3 * self.config.initial_rtt + self.config.max_ack_delay;
+        let timeout = 3 * self.recovery.pto(Epoch::Data).max(initial_pto);
+        self.path_validation_deadline = now.checked_add(timeout);
+    }
+
+    /// The current address is validated (a PATH_RESPONSE, or it is the last validated one).
+    fn path_validated(&mut self) {
+        self.path_challenge = None;
+        self.path_challenge_pending = false;
+        self.path_validation_deadline = None;
+        self.validated_remote = None;
+        self.address_validated = true;
+        if self.amplification_blocked {
+            self.amplification_blocked = false;
+            self.recovery.set_anti_amplification_blocked(false);
+        }
+    }
+
+    /// The new address never answered (RFC 9000 §9.3.2): return to the last validated one,
+    /// or, with none, discard the connection silently.
+    pub(crate) fn abandon_path_validation(&mut self, now: Instant) {
+        self.path_validation_deadline = None;
+        if self.address_validated {
+            return;
+        }
+        match self.validated_remote {
+            Some(prev) => {
+                tracing::debug!(failed = %self.remote, back_to = %prev, "path validation failed");
+                self.remote = prev;
+                self.pmtud.on_path_change(now);
+                self.apply_path_mtu();
+                self.path_validated();
+            }
+            None => {
+                tracing::debug!(failed = %self.remote, "path validation failed; no validated path");
+                self.state = State::Drained;
+                self.emit_closed(CloseReason::PathValidationFailed);
+            }
+        }
     }
 
     pub(crate) fn effective_idle_timeout(&self) -> Duration {
@@ -634,22 +689,19 @@ impl Connection {
                 self.cids.on_retire(seq, dcid, self.cid_gen.as_mut())?;
             }
             Frame::PathChallenge(data) => {
-                // Answer each challenge; bound the queue against a flood (RFC 9000 §8.2.2 allows dropping).
+                // Answer each challenge on the path it came by; bound the queue against a
+                // flood (RFC 9000 §8.2.2 allows dropping).
                 if self.path_responses.len() < 8 {
-                    self.path_responses.push_back(data);
+                    let (to, received) = self.rx_path;
+                    self.path_responses
+                        .push_back(PathResponse { data, to, received });
                 }
             }
             Frame::PathResponse(data) => {
                 // RFC 9000 §8.2.3: a matching response validates the new path; others are ignored.
                 if self.path_challenge == Some(data) {
                     tracing::debug!(remote = %self.remote, "path validated");
-                    self.path_challenge = None;
-                    self.path_challenge_pending = false;
-                    self.address_validated = true;
-                    if self.amplification_blocked {
-                        self.amplification_blocked = false;
-                        self.recovery.set_anti_amplification_blocked(false);
-                    }
+                    self.path_validated();
                 }
             }
             Frame::ConnectionClose {

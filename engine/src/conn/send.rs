@@ -4,10 +4,11 @@
 //!
 //! The caller's buffer may be a UMEM frame: nothing here copies a packet after writing it.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::conn::aead_limits::{self, SealLimit};
-use crate::conn::connection::{Connection, State, Transmit, MIN_INITIAL_SIZE};
+use crate::conn::connection::{Connection, PathResponse, State, Transmit, MIN_INITIAL_SIZE};
 use crate::conn::recovery::SentPacket;
 use crate::conn::sent::{FrameRecord, SentFrames};
 use crate::crypto::aead::TAG_LEN;
@@ -69,6 +70,13 @@ impl Connection {
         if blocked != self.amplification_blocked {
             self.amplification_blocked = blocked;
             self.recovery.set_anti_amplification_blocked(blocked);
+        }
+        if let Some((dst, len)) = self.send_path_response_elsewhere(now, buf) {
+            return Some(Transmit {
+                dst,
+                len,
+                segment_size: None,
+            });
         }
         if let Some(len) = self.send_pmtu_probe(now, buf) {
             return Some(Transmit {
@@ -191,20 +199,64 @@ impl Connection {
         if self.recovery.send_window() < size as u64 {
             return None;
         }
-        let buf = &mut buf[..size];
+        let record = FrameRecord::PmtuProbe {
+            generation: self.pmtud.generation(),
+        };
+        let len = self.send_lone_packet(now, &mut buf[..size], &[0x01], record, true)?; // PING
+        self.pmtud.on_probe_sent();
+        tracing::trace!(size, "PMTU probe");
+        Some(len)
+    }
+
+    /// A PATH_RESPONSE for a challenge that arrived from another address than the peer's
+    /// current one (a path it probes): sent back there alone (RFC 9000 §8.2.2), padded to
+    /// 1200 bytes as far as three times the challenge's datagram allows.
+    fn send_path_response_elsewhere(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        let r = *self.path_responses.front()?;
+        if r.to == self.remote || self.one_rtt.is_none() {
+            return None;
+        }
+        self.path_responses.pop_front();
+        let len = MIN_INITIAL_SIZE
+            .min(3 * r.received)
+            .max(MIN_PACKET_ROOM)
+            .min(buf.len());
+        let mut frame = [0u8; 9];
+        frame[0] = 0x1b; // PATH_RESPONSE
+        frame[1..].copy_from_slice(&r.data);
+        // Never retransmitted (RFC 9000 §13.3), but ack-eliciting.
+        let len = self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false)?;
+        tracing::debug!(to = %r.to, len, "PATH_RESPONSE on the challenge's path");
+        Some((r.to, len))
+    }
+
+    /// Seals one 1-RTT packet filling `buf` exactly: `frame`, then PADDING. Returns its length.
+    fn send_lone_packet(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        frame: &[u8],
+        record: FrameRecord,
+        mtu_probe: bool,
+    ) -> Option<usize> {
+        let size = buf.len();
         let (pn, pn_offset, pn_len, header_len, _) = self.write_header(Epoch::Data, buf)?;
         let payload_len = size.checked_sub(header_len + TAG_LEN)?;
-        buf[header_len] = 0x01; // PING
-        buf[header_len + 1..header_len + payload_len].fill(0); // PADDING
+        // Callers pass at least MIN_PACKET_ROOM bytes: room for the header-protection sample.
+        if payload_len < frame.len() {
+            return None;
+        }
+        buf[header_len..header_len + frame.len()].copy_from_slice(frame);
+        buf[header_len + frame.len()..header_len + payload_len].fill(0); // PADDING
         let mut frames = self.sent_pool.take(Epoch::Data);
-        frames.records.push(FrameRecord::PmtuProbe {
-            generation: self.pmtud.generation(),
-        });
+        frames.records.push(record);
         frames.key_generation = self.one_rtt.as_ref().map_or(0, |k| k.generation());
         let taken = self.spaces[Epoch::Data.index()].take_pn();
         debug_assert_eq!(taken, pn);
-        self.pmtud.on_probe_sent();
-        tracing::trace!(size, "PMTU probe");
         self.seal_and_record(
             now,
             buf,
@@ -219,7 +271,7 @@ impl Connection {
                 layout: None,
                 ack_eliciting: true,
                 padded: true,
-                mtu_probe: true,
+                mtu_probe,
                 frames,
             },
         );
@@ -569,8 +621,9 @@ impl Connection {
             self.handshake_done_pending = false;
             frames.records.push(FrameRecord::HandshakeDone);
         }
-        while let Some(data) = self.path_responses.front().copied() {
-            if !put(buf, &mut pos, &Frame::PathResponse(data)) {
+        // Responses for another address go out alone (`send_path_response_elsewhere`).
+        while let Some(&PathResponse { data, to, .. }) = self.path_responses.front() {
+            if to != self.remote || !put(buf, &mut pos, &Frame::PathResponse(data)) {
                 break;
             }
             self.path_responses.pop_front();

@@ -24,6 +24,12 @@ impl Connection {
         self.no_acks = true;
     }
 
+    /// Undoes `stop_acknowledging`.
+    #[doc(hidden)]
+    pub fn resume_acknowledging(&mut self) {
+        self.no_acks = false;
+    }
+
     /// 1-RTT packet numbers still on record (see `Recovery::tracked_span`).
     #[doc(hidden)]
     pub fn tracked_packets(&self) -> u64 {
