@@ -52,7 +52,6 @@ impl Assembler {
     }
 
     /// The same assembler with another out-of-order bytes per range requirement (0: none).
-    #[cfg(test)]
     pub fn with_min_range_bytes(mut self, bytes: u64) -> Self {
         self.min_range_bytes = bytes;
         self

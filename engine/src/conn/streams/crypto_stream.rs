@@ -36,7 +36,9 @@ impl CryptoStream {
     pub fn with_buffer_limit(limit: u64) -> Self {
         Self {
             send: SendBuffer::new(),
-            recv: Assembler::new(MAX_CRYPTO_RANGES),
+            // Few ranges at most, so no per-range byte requirement: TLS messages may come
+            // in small CRYPTO frames, deliberately scattered by some clients.
+            recv: Assembler::new(MAX_CRYPTO_RANGES).with_min_range_bytes(0),
             recv_limit: limit,
         }
     }
