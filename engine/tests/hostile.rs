@@ -455,6 +455,62 @@ fn server_initial_close_codes(dcid: &ConnectionId, datagram: &[u8]) -> Vec<u64> 
     codes
 }
 
+/// The server's Initial `packet` (opened with the keys of client DCID `odcid`) sealed
+/// again with packet number `pn` (`None`: its own), SCID `scid` and `token`: what a server
+/// that changed its mind, or broke the rules, would send.
+fn reseal_server_initial(
+    odcid: &ConnectionId,
+    packet: &[u8],
+    scid: &ConnectionId,
+    token: &[u8],
+    pn: Option<u64>,
+) -> Vec<u8> {
+    let keys = initial_keys(VERSION_1, odcid, Side::Client);
+    let Ok((
+        Header::Long {
+            dcid, pn_offset, ..
+        },
+        len,
+    )) = header::parse(packet, CID_LEN)
+    else {
+        panic!("not a long header");
+    };
+    let mut p = packet[..len].to_vec();
+    let (pn_len, old_pn) = unprotect(&keys.remote.header, &mut p, pn_offset).unwrap();
+    let hl = pn_offset + pn_len;
+    let n = keys
+        .remote
+        .packet
+        .open_in_place(old_pn, &mut p, hl)
+        .unwrap();
+    let frames = p[hl..hl + n].to_vec();
+    let pn = pn.unwrap_or(old_pn);
+    let mut buf = vec![0u8; frames.len() + 256];
+    let mut w = Writer::new(&mut buf);
+    let layout = header::write_long(
+        &mut w,
+        LongType::Initial,
+        VERSION_1,
+        &dcid,
+        scid,
+        token,
+        pn,
+        2,
+    )
+    .unwrap();
+    let header_len = w.len();
+    w.put_bytes(&frames).unwrap();
+    let packet_len = w.len() + TAG_LEN;
+    buf.truncate(packet_len);
+    header::finish_long(&mut buf, &layout, packet_len).unwrap();
+    keys.remote
+        .packet
+        .seal_in_place(pn, &mut buf, header_len)
+        .unwrap();
+    protect(&keys.remote.header, &mut buf, layout.pn_offset, 2).unwrap();
+    buf
+}
+
 fn cid(bytes: &[u8]) -> ConnectionId {
     ConnectionId::new(bytes).unwrap()
 }
@@ -893,6 +949,64 @@ fn path_response_goes_back_on_the_path_the_challenge_came_by() {
     net.assert_healthy();
 }
 
+/// A client keeps the server's first SCID for the connection (RFC 9000 §7.2) and takes no
+/// token from a server's Initial (§17.2.2): validly sealed server Initials that break
+/// either rule are discarded; the same packet within the rules is processed.
+#[test]
+fn a_client_discards_server_initials_with_another_scid_or_a_token() {
+    let mut net = Net::new(TransportConfig::default());
+    let first = net.client_out();
+    let Ok((Header::Long { dcid: odcid, .. }, _)) = header::parse(&first[0], CID_LEN) else {
+        panic!("client Initial");
+    };
+    for d in &first {
+        net.deliver_to_server(d);
+    }
+    let back = net.server_out();
+    let initial = split_packets(&back[0])
+        .into_iter()
+        .find(|p| kind(p) == Some("initial"))
+        .expect("server Initial")
+        .to_vec();
+    let Ok((
+        Header::Long {
+            scid: server_scid, ..
+        },
+        _,
+    )) = header::parse(&initial, CID_LEN)
+    else {
+        panic!("server Initial");
+    };
+    let received = |net: &Net| net.client_conn().stats().packets_received;
+    // The server's Initial with a token, ahead of the genuine one.
+    let with_token = reseal_server_initial(&odcid, &initial, &server_scid, b"tok", None);
+    net.deliver_to_client(&with_token);
+    assert_eq!(received(&net), 0, "a server Initial with a token");
+    // The genuine flight is processed.
+    for d in &back {
+        net.deliver_to_client(d);
+    }
+    let after_genuine = received(&net);
+    assert!(after_genuine > 0);
+    // Another SCID after the first server packet (a new packet number: had it been
+    // processed, its ACK would make the server close over a packet it never sent).
+    let other = cid(&[0xee; 8]);
+    net.deliver_to_client(&reseal_server_initial(
+        &odcid,
+        &initial,
+        &other,
+        &[],
+        Some(50),
+    ));
+    assert_eq!(
+        received(&net),
+        after_genuine,
+        "a server Initial with another SCID"
+    );
+    net.establish();
+    net.assert_healthy();
+}
+
 /// RFC 9001 §5.7: 1-RTT packets that reach the server ahead of the client's Finished are
 /// not processed, even though the server already holds 1-RTT keys.
 #[test]
@@ -1020,6 +1134,28 @@ fn initial_in_a_small_datagram_creates_no_state() {
     );
     assert_eq!(server.connection_count(), 1);
     assert_eq!(server.stats().connections_accepted, 1);
+    // Every later Initial of the connection must come in a 1200-byte datagram too (§14.1).
+    let h = server.handles().next().expect("the connection");
+    let received = |s: &Endpoint<AppSlot>| s.conn(h).expect("alive").stats().packets_received;
+    let before = received(&server);
+    feed(
+        &mut server,
+        &mut NoEvents,
+        &craft_initial(&dcid, &scid, 1, &ping, 600),
+        now,
+    );
+    assert_eq!(
+        received(&server),
+        before,
+        "a later Initial in 600 bytes was processed"
+    );
+    feed(
+        &mut server,
+        &mut NoEvents,
+        &craft_initial(&dcid, &scid, 2, &ping, 1200),
+        now,
+    );
+    assert_eq!(received(&server), before + 1, "control: 1200 bytes");
 }
 
 #[test]

@@ -155,6 +155,8 @@ pub struct Connection {
     pub(crate) retry_token: Vec<u8>,
     /// Client: a packet from the server was processed (no more Retry/VN accepted; DCID fixed).
     pub(crate) got_server_packet: bool,
+    /// Client: the SCID of the server's first packet, fixed for the connection (RFC 9000 §7.2).
+    pub(crate) server_scid: Option<ConnectionId>,
     /// Server: the client's address is validated (RFC 9000 §8.1); lifts the 3× limit.
     pub(crate) address_validated: bool,
     pub(crate) amplification_received: u64,
@@ -375,6 +377,7 @@ impl Connection {
             retry_scid: None,
             retry_token: Vec::new(),
             got_server_packet: false,
+            server_scid: None,
             address_validated: false,
             amplification_received: 0,
             amplification_sent: 0,

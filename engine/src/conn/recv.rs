@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::conn::aead_limits;
-use crate::conn::connection::{CloseReason, Connection, PathResponse, State};
+use crate::conn::connection::{CloseReason, Connection, PathResponse, State, MIN_INITIAL_SIZE};
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{remove_mask, sample, SAMPLE_LEN};
 use crate::crypto::key_update::KeyGeneration;
@@ -123,15 +123,24 @@ impl Connection {
                 version,
                 dcid,
                 scid,
+                token,
                 pn_offset,
                 ..
-            } => PacketHeader::Long {
-                ty,
-                version,
-                dcid,
-                scid,
-                pn_offset,
-            },
+            } => {
+                // RFC 9000 §17.2.2: a server's Initial carries no token; a client discards
+                // one that does.
+                if self.side == Side::Client && ty == LongType::Initial && !token.is_empty() {
+                    tracing::trace!("drop: server Initial with a token");
+                    return None;
+                }
+                PacketHeader::Long {
+                    ty,
+                    version,
+                    dcid,
+                    scid,
+                    pn_offset,
+                }
+            }
             Header::Short { dcid, pn_offset } => PacketHeader::Short { dcid, pn_offset },
             Header::Retry {
                 version,
@@ -259,6 +268,23 @@ impl Connection {
         }
         // Packets from an unexpected address during the handshake are not ours to act on.
         if remote != self.remote && epoch != Epoch::Data {
+            return Ok(Outcome::Dropped);
+        }
+        // RFC 9000 §7.2: after the server's first packet, its SCID is fixed for the
+        // connection; long-header packets with another one are discarded.
+        if self.side == Side::Client && self.got_server_packet {
+            if let Some(scid) = long_scid {
+                if Some(scid) != self.server_scid {
+                    tracing::trace!(%scid, "drop: server packet with another SCID");
+                    return Ok(Outcome::Dropped);
+                }
+            }
+        }
+        // RFC 9000 §14.1: a server discards any Initial in a datagram under 1200 bytes
+        // (the endpoint checks the first; this covers every later one).
+        if self.side == Side::Server && epoch == Epoch::Initial && self.rx_path.1 < MIN_INITIAL_SIZE
+        {
+            tracing::trace!(len = self.rx_path.1, "drop: Initial in a short datagram");
             return Ok(Outcome::Dropped);
         }
 
@@ -397,6 +423,7 @@ impl Connection {
             if let Some(scid) = long_scid {
                 // RFC 9000 §7.2: adopt the server's chosen CID.
                 self.cids.set_initial_remote(scid);
+                self.server_scid = Some(scid);
             }
         }
         if self.side == Side::Server && epoch == Epoch::Handshake {
