@@ -889,6 +889,47 @@ fn a_spurious_migration_reverts_to_the_validated_address() {
     net.assert_healthy();
 }
 
+/// The same forged migration, undone at once (RFC 9000 §9.3.3): the server challenges the
+/// path the client apparently left, the genuine client answers there with a non-probing
+/// packet, and the server moves back without waiting for its validation to time out.
+#[test]
+fn a_forged_migration_is_undone_by_the_challenge_on_the_old_path() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let spoofed: SocketAddr = "192.0.2.66:7777".parse().unwrap();
+    net.queue_raw(Epoch::Data, &[0x01]); // PING
+    for d in &net.client_out() {
+        let mut copy = d.clone();
+        let mut disp = AppDispatcher { factory: &net.apps };
+        net.server
+            .handle_datagram(net.now, rx("192.0.2.66:7777"), &mut copy, &mut disp);
+        net.deliver_to_server(d);
+    }
+    assert_eq!(net.server_conn().remote_addr(), spoofed);
+    let out = drain_to(&mut net.server, net.now);
+    let to_old: Vec<&Vec<u8>> = out
+        .iter()
+        .filter(|(dst, _)| *dst == net.caddr)
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(to_old.len(), 1, "one challenge on the old path");
+    assert_eq!(to_old[0].len(), 1200, "padded: the old path was validated");
+    for d in to_old {
+        net.deliver_to_client(d);
+    }
+    // The client answers from where it always was.
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    assert_eq!(
+        net.server_conn().remote_addr(),
+        net.caddr,
+        "back at once, no timeout needed"
+    );
+    net.echo_round_trip(20_000, 5);
+    net.assert_healthy();
+}
+
 /// A client probing a new path sends PATH_CHALLENGE alone from its new address: the
 /// PATH_RESPONSE goes back on that path (RFC 9000 §8.2.2), padded within three times what
 /// arrived there, and the connection stays where it was (probing packets never migrate it).

@@ -450,6 +450,37 @@ fn nat_rebinding_mid_transfer_is_followed() {
         vec![new_addr],
         "the server follows the client's new address"
     );
+    assert_eq!(
+        conn_stats(&sim, h).1.path_resets,
+        0,
+        "a new port alone keeps congestion and RTT state (RFC 9000 §9.4)"
+    );
+}
+
+/// The client moves to a new IP address mid-transfer: once the server has validated it,
+/// congestion control and RTT estimation start over for the new path (RFC 9000 §9.4), and
+/// the transfer completes.
+#[test]
+fn a_new_ip_address_restarts_congestion_control() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 4 << 20);
+    let started = sim.run(Duration::from_secs(60), |s| {
+        s.client
+            .conn(h)
+            .is_some_and(|c| c.stats().bytes_received > 512 << 10)
+    });
+    assert!(started, "transfer never started");
+    let new_addr: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+    sim.cdp.set_local_addr(new_addr);
+    sim.run_to_completion(h, 1, Duration::from_secs(120));
+    let (_, server) = conn_stats(&sim, h);
+    assert_eq!(server.path_resets, 1, "{server:?}");
+    let remote = sim
+        .server
+        .handles()
+        .filter_map(|sh| sim.server.conn(sh))
+        .map(|c| c.remote_addr())
+        .next();
+    assert_eq!(remote, Some(new_addr));
 }
 
 /// Both ends' view of their one connection: (client, server).

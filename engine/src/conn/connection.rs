@@ -124,6 +124,9 @@ pub struct ConnectionStats {
     pub pmtu_probes_lost: u64,
     /// Times packets above the base size stopped getting through and the size fell back.
     pub pmtu_black_holes: u64,
+    /// Validated moves of the peer to a new IP address, each restarting congestion control
+    /// and RTT estimation (RFC 9000 §9.4).
+    pub path_resets: u64,
 }
 
 pub struct Connection {
@@ -179,6 +182,9 @@ pub struct Connection {
     pub(crate) validated_remote: Option<SocketAddr>,
     /// When the validation of the current peer address is abandoned (RFC 9000 §8.2.4).
     pub(crate) path_validation_deadline: Option<Instant>,
+    /// A PATH_CHALLENGE to send to the address the peer apparently left (RFC 9000 §9.3.3:
+    /// it makes a genuine peer answer there and so undo a migration an attacker forged).
+    pub(crate) old_path_challenge: Option<([u8; 8], SocketAddr)>,
     /// Our outstanding PATH_CHALLENGE after the peer moved (RFC 9000 §8.2, §9.3).
     pub(crate) path_challenge: Option<[u8; 8]>,
     pub(crate) path_challenge_pending: bool,
@@ -391,6 +397,7 @@ impl Connection {
             rx_path: (remote, 0),
             validated_remote: None,
             path_validation_deadline: None,
+            old_path_challenge: None,
             path_challenge: None,
             path_challenge_pending: false,
             pad_for_path: false,
@@ -465,6 +472,7 @@ impl Connection {
         s.pmtu_probes_sent = p.probes_sent;
         s.pmtu_probes_lost = p.probes_lost;
         s.pmtu_black_holes = p.black_holes;
+        s.path_resets = self.recovery.stats().path_resets;
         s
     }
 

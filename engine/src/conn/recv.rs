@@ -483,6 +483,11 @@ impl Connection {
         tracing::debug!(old = %self.remote, new = %remote, "peer address changed");
         if self.address_validated {
             self.validated_remote = Some(self.remote);
+            // §9.3.3: challenge the path just left, so that a genuine peer still there
+            // answers on it and wins the connection back from a forged migration.
+            let mut data = [0u8; 8];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+            self.old_path_challenge = Some((data, self.remote));
         }
         self.remote = remote;
         // RFC 9000 §14: the maximum datagram size belongs to a pair of addresses.
@@ -722,12 +727,25 @@ impl Connection {
                     let (to, received) = self.rx_path;
                     self.path_responses
                         .push_back(PathResponse { data, to, received });
+                    // §9.3.3: a challenge on the active path gets a non-probing packet too,
+                    // which moves us back here if an attacker's copy had moved us away.
+                    if to == self.remote {
+                        self.ping_pending = true;
+                    }
                 }
             }
             Frame::PathResponse(data) => {
                 // RFC 9000 §8.2.3: a matching response validates the new path; others are ignored.
                 if self.path_challenge == Some(data) {
                     tracing::debug!(remote = %self.remote, "path validated");
+                    // §9.4: a new IP address is a new path: congestion control and RTT
+                    // start over (a new port alone, as in NAT rebinding, keeps them).
+                    if self
+                        .validated_remote
+                        .is_some_and(|prev| prev.ip() != self.remote.ip())
+                    {
+                        self.recovery.reset_for_new_path(now);
+                    }
                     self.path_validated();
                 }
             }

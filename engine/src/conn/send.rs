@@ -216,6 +216,19 @@ impl Connection {
         now: Instant,
         buf: &mut [u8],
     ) -> Option<(SocketAddr, usize)> {
+        if let Some((data, to)) = self.old_path_challenge.take() {
+            if self.one_rtt.is_some() && to != self.remote {
+                let mut frame = [0u8; 9];
+                frame[0] = 0x1a; // PATH_CHALLENGE
+                frame[1..].copy_from_slice(&data);
+                // A validated path: padded to 1200 (§8.2.1). Not retransmitted.
+                let len = MIN_INITIAL_SIZE.min(buf.len());
+                let len =
+                    self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false)?;
+                tracing::debug!(%to, "PATH_CHALLENGE on the path the peer left");
+                return Some((to, len));
+            }
+        }
         let r = *self.path_responses.front()?;
         if r.to == self.remote || self.one_rtt.is_none() {
             return None;

@@ -28,6 +28,8 @@ const MAX_PTO_BACKOFF_EXP: u32 = 16;
 /// for each acknowledged, lost or discarded packet.
 #[derive(Debug)]
 pub struct Recovery<T> {
+    /// What a new path starts from (RFC 9000 §9.4).
+    config: RecoveryConfig,
     side: Side,
     pacing: bool,
     max_datagram_size: u64,
@@ -87,6 +89,7 @@ impl<T> Recovery<T> {
             timer: Cell::new(None),
             timer_stale: Cell::new(None),
             stats: RecoveryStats::default(),
+            config,
         }
     }
 
@@ -354,6 +357,20 @@ impl<T> Recovery<T> {
     }
 
     /// The path MTU changed (e.g. after DPLPMTUD).
+    /// RFC 9000 §9.4: the peer's new address (not just a new port) is validated; the
+    /// congestion controller and RTT estimator start over from their initial values.
+    pub fn reset_for_new_path(&mut self, now: Instant) {
+        let mds = self.max_datagram_size;
+        let initial_window = (self.config.initial_window_packets as u64).saturating_mul(mds);
+        self.cc = Congestion::new(self.config.congestion, mds, initial_window);
+        self.rtt = RttEstimator::new(self.config.initial_rtt);
+        self.pacer = Pacer::new();
+        self.first_rtt_sample = None;
+        self.pto_count = 0;
+        self.stats.path_resets += 1;
+        self.set_timer(now);
+    }
+
     pub fn set_max_datagram_size(&mut self, size: usize) {
         self.max_datagram_size = size as u64;
         self.cc.set_max_datagram_size(size as u64);

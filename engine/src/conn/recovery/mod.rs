@@ -95,6 +95,8 @@ pub struct RecoveryStats {
     pub congestion_events: u64,
     pub persistent_congestion_events: u64,
     pub ecn_ce_events: u64,
+    /// Congestion controller and RTT estimator restarted for a new path (RFC 9000 §9.4).
+    pub path_resets: u64,
 }
 
 #[cfg(test)]
