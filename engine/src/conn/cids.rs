@@ -31,6 +31,9 @@ pub struct RemoteCid {
     pub seq: u64,
     pub cid: ConnectionId,
     pub reset_token: Option<[u8; 16]>,
+    /// We have sent to it: only then does its reset token count (RFC 9000 §10.3.1 excludes
+    /// the tokens of unused and retired CIDs).
+    pub used: bool,
 }
 
 /// What the endpoint must learn about our CIDs (to route packets to us).
@@ -38,9 +41,11 @@ pub struct RemoteCid {
 pub enum CidEvent {
     Issued(ConnectionId),
     Retired(ConnectionId),
-    /// The peer gave us a stateless reset token (RFC 9000 §10.3): datagrams ending in it
-    /// that match no connection are resets of this one.
+    /// A stateless reset token of the peer's now counts (RFC 9000 §10.3): its CID is in
+    /// use, and datagrams ending in it that match no connection are resets of this one.
     PeerResetToken([u8; 16]),
+    /// That token no longer counts: its CID was retired.
+    PeerResetTokenRetired([u8; 16]),
 }
 
 pub struct CidState {
@@ -79,6 +84,7 @@ impl CidState {
                 seq: 0,
                 cid: initial_remote,
                 reset_token: None,
+                used: true,
             }],
             active_remote: 0,
             remote_retire_prior_to: 0,
@@ -109,6 +115,7 @@ impl CidState {
     pub fn matches_reset_token(&self, token: &[u8]) -> bool {
         self.remote
             .iter()
+            .filter(|r| r.used)
             .filter_map(|r| r.reset_token.as_ref())
             .any(|t| constant_time_eq(t, token))
     }
@@ -202,8 +209,8 @@ impl CidState {
             seq,
             cid,
             reset_token: Some(token),
+            used: false,
         });
-        self.events.push_back(CidEvent::PeerResetToken(token));
         if retire_prior_to > self.remote_retire_prior_to {
             self.remote_retire_prior_to = retire_prior_to;
             let active_seq = self.remote[self.active_remote].seq;
@@ -211,6 +218,9 @@ impl CidState {
             while i < self.remote.len() {
                 if self.remote[i].seq < retire_prior_to {
                     let r = self.remote.swap_remove(i);
+                    if let (true, Some(t)) = (r.used, r.reset_token) {
+                        self.events.push_back(CidEvent::PeerResetTokenRetired(t));
+                    }
                     self.queue_retire(r.seq)?;
                 } else {
                     i += 1;
@@ -232,6 +242,7 @@ impl CidState {
                     .position(|r| r.seq == active_seq)
                     .unwrap_or(0);
             }
+            self.mark_active_used();
         }
         if self.remote.len() as u64 > self.local_limit {
             return Err(TransportError::new(
@@ -240,6 +251,18 @@ impl CidState {
             ));
         }
         Ok(())
+    }
+
+    /// The active remote CID is (about to be) sent to: its reset token starts to count.
+    fn mark_active_used(&mut self) {
+        if let Some(r) = self.remote.get_mut(self.active_remote) {
+            if !r.used {
+                r.used = true;
+                if let Some(t) = r.reset_token {
+                    self.events.push_back(CidEvent::PeerResetToken(t));
+                }
+            }
+        }
     }
 
     fn queue_retire(&mut self, seq: u64) -> Result<(), TransportError> {
@@ -267,4 +290,43 @@ impl CidState {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cid(b: u8) -> ConnectionId {
+        ConnectionId::new(&[b; 8]).unwrap()
+    }
+
+    fn events(s: &mut CidState) -> Vec<CidEvent> {
+        s.events.drain(..).collect()
+    }
+
+    /// RFC 9000 §10.3.1: only tokens of CIDs in use count; unused and retired ones do not.
+    #[test]
+    fn reset_tokens_count_only_while_their_cid_is_in_use() {
+        let mut s = CidState::new(cid(1), [1; 16], cid(2), 4);
+        s.set_initial_remote_reset_token([20; 16]);
+        assert_eq!(events(&mut s), vec![CidEvent::PeerResetToken([20; 16])]);
+        assert!(s.matches_reset_token(&[20; 16]));
+        // A spare CID: stored, its token does not count yet.
+        s.on_new_cid(1, 0, cid(3), [30; 16]).unwrap();
+        assert!(events(&mut s).is_empty());
+        assert!(!s.matches_reset_token(&[30; 16]));
+        // The peer retires seq 0: we move to seq 1, whose token now counts; seq 0's no more.
+        s.on_new_cid(2, 1, cid(4), [40; 16]).unwrap();
+        assert_eq!(s.active_remote(), cid(3));
+        assert_eq!(
+            events(&mut s),
+            vec![
+                CidEvent::PeerResetTokenRetired([20; 16]),
+                CidEvent::PeerResetToken([30; 16]),
+            ]
+        );
+        assert!(s.matches_reset_token(&[30; 16]));
+        assert!(!s.matches_reset_token(&[20; 16]), "retired");
+        assert!(!s.matches_reset_token(&[40; 16]), "unused");
+    }
 }

@@ -545,6 +545,12 @@ impl<U: Default> Endpoint<U> {
                         self.by_reset_token.insert(token, h);
                     }
                 }
+                CidEvent::PeerResetTokenRetired(token) => {
+                    e.reset_tokens.retain(|t| *t != token);
+                    if self.by_reset_token.get(&token) == Some(&h) {
+                        self.by_reset_token.remove(&token);
+                    }
+                }
             }
         }
         while let Some(ev) = e.conn.poll_event() {
