@@ -185,6 +185,8 @@ pub struct Connection {
     /// A PATH_CHALLENGE to send to the address the peer apparently left (RFC 9000 §9.3.3:
     /// it makes a genuine peer answer there and so undo a migration an attacker forged).
     pub(crate) old_path_challenge: Option<([u8; 8], SocketAddr)>,
+    /// First 1-RTT packet number sent to the current peer address (since the last migration).
+    pub(crate) path_first_pn: u64,
     /// Our outstanding PATH_CHALLENGE after the peer moved (RFC 9000 §8.2, §9.3).
     pub(crate) path_challenge: Option<[u8; 8]>,
     pub(crate) path_challenge_pending: bool,
@@ -398,6 +400,7 @@ impl Connection {
             validated_remote: None,
             path_validation_deadline: None,
             old_path_challenge: None,
+            path_first_pn: 0,
             path_challenge: None,
             path_challenge_pending: false,
             pad_for_path: false,

@@ -490,6 +490,7 @@ impl Connection {
             self.old_path_challenge = Some((data, self.remote));
         }
         self.remote = remote;
+        self.path_first_pn = self.recovery.next_packet_number(Epoch::Data);
         // RFC 9000 §14: the maximum datagram size belongs to a pair of addresses.
         self.pmtud.on_path_change(now);
         self.apply_path_mtu();
@@ -744,7 +745,7 @@ impl Connection {
                         .validated_remote
                         .is_some_and(|prev| prev.ip() != self.remote.ip())
                     {
-                        self.recovery.reset_for_new_path(now);
+                        self.recovery.reset_for_new_path(now, self.path_first_pn);
                     }
                     self.path_validated();
                 }

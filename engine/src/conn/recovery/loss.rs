@@ -30,6 +30,9 @@ const MAX_PTO_BACKOFF_EXP: u32 = 16;
 pub struct Recovery<T> {
     /// What a new path starts from (RFC 9000 §9.4).
     config: RecoveryConfig,
+    /// First 1-RTT packet number sent on the current path: acknowledgments and losses of
+    /// older ones (the old path's) feed neither congestion control nor RTT (RFC 9000 §9.4).
+    path_first_pn: u64,
     side: Side,
     pacing: bool,
     max_datagram_size: u64,
@@ -90,6 +93,7 @@ impl<T> Recovery<T> {
             timer_stale: Cell::new(None),
             stats: RecoveryStats::default(),
             config,
+            path_first_pn: 0,
         }
     }
 
@@ -170,12 +174,15 @@ impl<T> Recovery<T> {
                 let Some(p) = space.take(pn, Slot::Acked) else {
                     continue;
                 };
+                let this_path = epoch != Epoch::Data || pn >= self.path_first_pn;
                 if p.in_flight {
                     let size = u64::from(p.size);
                     self.bytes_in_flight -= size;
-                    acked_bytes += size;
-                    if !self.cc.in_recovery(p.time_sent) {
-                        growth_bytes += size;
+                    if this_path {
+                        acked_bytes += size;
+                        if !self.cc.in_recovery(p.time_sent) {
+                            growth_bytes += size;
+                        }
                     }
                 }
                 any_ack_eliciting |= p.ack_eliciting;
@@ -194,7 +201,8 @@ impl<T> Recovery<T> {
         // RFC 9002 §5.1: sample only when the largest is newly acknowledged and something
         // ack-eliciting was.
         let largest_newly_acked = newest_pn == largest;
-        let rtt_sampled = largest_newly_acked && any_ack_eliciting;
+        let on_this_path = epoch != Epoch::Data || newest_pn >= self.path_first_pn;
+        let rtt_sampled = largest_newly_acked && any_ack_eliciting && on_this_path;
         if rtt_sampled {
             let latest = now.saturating_duration_since(newest_sent);
             // §5.3: ack delay is meaningless for Initial/Handshake (acked immediately).
@@ -359,7 +367,9 @@ impl<T> Recovery<T> {
     /// The path MTU changed (e.g. after DPLPMTUD).
     /// RFC 9000 §9.4: the peer's new address (not just a new port) is validated; the
     /// congestion controller and RTT estimator start over from their initial values.
-    pub fn reset_for_new_path(&mut self, now: Instant) {
+    /// `first_pn`: the first 1-RTT packet number sent on the new path.
+    pub fn reset_for_new_path(&mut self, now: Instant, first_pn: u64) {
+        self.path_first_pn = first_pn;
         let mds = self.max_datagram_size;
         let initial_window = (self.config.initial_window_packets as u64).saturating_mul(mds);
         self.cc = Congestion::new(self.config.congestion, mds, initial_window);
@@ -592,17 +602,20 @@ impl<T> Recovery<T> {
                     let Some(p) = space.take(pn, Slot::Lost) else {
                         break;
                     };
+                    // RFC 9000 §14.4: a lost PMTU probe is no sign of congestion; §9.4: nor,
+                    // for the current path, is a packet lost on the old one.
+                    let signals =
+                        !p.mtu_probe && (epoch != Epoch::Data || pn >= self.path_first_pn);
                     if p.in_flight {
                         let size = u64::from(p.size);
                         self.bytes_in_flight -= size;
                         self.stats.lost_bytes += size;
-                        // RFC 9000 §14.4: a lost PMTU probe is no sign of congestion.
-                        if !p.mtu_probe {
+                        if signals {
                             outcome.newest_lost_in_flight = Some(p.time_sent);
                         }
                     }
                     if p.ack_eliciting
-                        && !p.mtu_probe
+                        && signals
                         && self
                             .first_rtt_sample
                             .is_some_and(|first| p.time_sent > first)

@@ -633,3 +633,38 @@ proptest! {
         }
     }
 }
+
+/// RFC 9000 §9.4: after a reset for a new path, acknowledgments and losses of packets sent
+/// on the old one feed neither the RTT estimate nor the congestion window.
+#[test]
+fn old_path_packets_do_not_feed_the_new_path() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..10 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    r.reset_for_new_path(t0, 10);
+    let window = r.congestion_window();
+    let rtt = r.rtt().smoothed();
+    // A late ACK of the old path's packets, declaring the oldest lost.
+    let late = t0 + Duration::from_secs(5);
+    let (res, out) = ack(&mut r, late, Epoch::Data, &[5..=9]);
+    res.unwrap();
+    assert_eq!(out.lost, vec![0, 1, 2, 3, 4]);
+    assert_eq!(r.rtt().smoothed(), rtt, "no RTT sample from the old path");
+    assert_eq!(
+        r.congestion_window(),
+        window,
+        "neither growth nor reduction"
+    );
+    assert_eq!(r.stats().congestion_events, 0);
+    // Packets of the new path do count.
+    for pn in 10..12 {
+        r.on_packet_sent(late, Epoch::Data, pkt(pn, late));
+    }
+    ack(&mut r, late + ms(20), Epoch::Data, &[10..=11])
+        .0
+        .unwrap();
+    assert_ne!(r.rtt().smoothed(), rtt);
+    assert!(r.congestion_window() > window);
+}
