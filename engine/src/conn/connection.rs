@@ -95,7 +95,6 @@ pub(crate) struct CloseFrame {
     pub reason: String,
 }
 
-/// Counters a user or test can read.
 /// A PATH_RESPONSE to send: the challenge data, the address the challenge came from, and
 /// the size of the datagram that carried it (bounds how much we may send there unvalidated).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +104,7 @@ pub(crate) struct PathResponse {
     pub received: usize,
 }
 
+/// Counters a user or test can read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectionStats {
     pub packets_received: u64,

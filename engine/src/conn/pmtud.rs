@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 /// RFC 9000 §14.3: BASE_PLPMTU (and MIN_PLPMTU) is QUIC's smallest maximum datagram size.
-pub const BASE_PLPMTU: u16 = 1200;
+pub const BASE_PLPMTU: u16 = crate::conn::MIN_INITIAL_SIZE as u16;
 /// RFC 8899 §5.1.2: probes of one size sent before that size is taken to fail.
 const MAX_PROBES: u8 = 3;
 /// Stop searching once the unknown interval is this narrow (bytes).

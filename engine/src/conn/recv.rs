@@ -485,15 +485,10 @@ impl Connection {
             self.validated_remote = Some(self.remote);
             // §9.3.3: challenge the path just left, so that a genuine peer still there
             // answers on it and wins the connection back from a forged migration.
-            let mut data = [0u8; 8];
-            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
-            self.old_path_challenge = Some((data, self.remote));
+            self.old_path_challenge = Some((challenge_data(), self.remote));
         }
-        self.remote = remote;
+        self.send_to(now, remote);
         self.path_first_pn = self.recovery.next_packet_number(Epoch::Data);
-        // RFC 9000 §14: the maximum datagram size belongs to a pair of addresses.
-        self.pmtud.on_path_change(now);
-        self.apply_path_mtu();
         if self.validated_remote == Some(remote) {
             // Back on the last validated address (its packets overtook a spurious
             // migration's, §9.3.2): nothing to validate.
@@ -503,15 +498,21 @@ impl Connection {
         self.address_validated = false;
         self.amplification_received = received as u64;
         self.amplification_sent = 0;
-        let mut data = [0u8; 8];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
-        self.path_challenge = Some(data);
+        self.path_challenge = Some(challenge_data());
         self.path_challenge_pending = true;
         // §8.2.4: three times the larger of the current PTO and one from the initial RTT,
         // since the new path may be slower.
         let initial_pto = 3 * self.config.initial_rtt + self.config.max_ack_delay;
         let timeout = 3 * self.recovery.pto(Epoch::Data).max(initial_pto);
         self.path_validation_deadline = now.checked_add(timeout);
+    }
+
+    /// Sends to `remote` from now on; the maximum datagram size belongs to a pair of
+    /// addresses (RFC 9000 §14), so path MTU discovery starts over.
+    fn send_to(&mut self, now: Instant, remote: SocketAddr) {
+        self.remote = remote;
+        self.pmtud.on_path_change(now);
+        self.apply_path_mtu();
     }
 
     /// The current address is validated (a PATH_RESPONSE, or it is the last validated one).
@@ -537,9 +538,7 @@ impl Connection {
         match self.validated_remote {
             Some(prev) => {
                 tracing::debug!(failed = %self.remote, back_to = %prev, "path validation failed");
-                self.remote = prev;
-                self.pmtud.on_path_change(now);
-                self.apply_path_mtu();
+                self.send_to(now, prev);
                 self.path_validated();
             }
             None => {
@@ -785,4 +784,11 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Fresh unpredictable PATH_CHALLENGE data (RFC 9000 §8.2.1).
+fn challenge_data() -> [u8; 8] {
+    let mut data = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+    data
 }

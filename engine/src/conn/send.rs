@@ -71,7 +71,10 @@ impl Connection {
             self.amplification_blocked = blocked;
             self.recovery.set_anti_amplification_blocked(blocked);
         }
-        if let Some((dst, len)) = self.send_path_response_elsewhere(now, buf) {
+        if let Some((dst, len)) = self
+            .send_old_path_challenge(now, buf)
+            .or_else(|| self.send_path_response_elsewhere(now, buf))
+        {
             return Some(Transmit {
                 dst,
                 len,
@@ -202,10 +205,28 @@ impl Connection {
         let record = FrameRecord::PmtuProbe {
             generation: self.pmtud.generation(),
         };
-        let len = self.send_lone_packet(now, &mut buf[..size], &[0x01], record, true)?; // PING
+        let len = self.send_lone_packet(now, &mut buf[..size], &Frame::Ping, record, true)?;
         self.pmtud.on_probe_sent();
         tracing::trace!(size, "PMTU probe");
         Some(len)
+    }
+
+    /// The PATH_CHALLENGE for the path the peer apparently left (RFC 9000 §9.3.3), alone
+    /// and padded to 1200 bytes (that path was validated). Not retransmitted.
+    fn send_old_path_challenge(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        let (data, to) = self.old_path_challenge.take()?;
+        if self.one_rtt.is_none() || to == self.remote {
+            return None;
+        }
+        let len = MIN_INITIAL_SIZE.min(buf.len());
+        let frame = Frame::PathChallenge(data);
+        let len = self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false)?;
+        tracing::debug!(%to, "PATH_CHALLENGE on the path the peer left");
+        Some((to, len))
     }
 
     /// A PATH_RESPONSE for a challenge that arrived from another address than the peer's
@@ -216,19 +237,6 @@ impl Connection {
         now: Instant,
         buf: &mut [u8],
     ) -> Option<(SocketAddr, usize)> {
-        if let Some((data, to)) = self.old_path_challenge.take() {
-            if self.one_rtt.is_some() && to != self.remote {
-                let mut frame = [0u8; 9];
-                frame[0] = 0x1a; // PATH_CHALLENGE
-                frame[1..].copy_from_slice(&data);
-                // A validated path: padded to 1200 (§8.2.1). Not retransmitted.
-                let len = MIN_INITIAL_SIZE.min(buf.len());
-                let len =
-                    self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false)?;
-                tracing::debug!(%to, "PATH_CHALLENGE on the path the peer left");
-                return Some((to, len));
-            }
-        }
         let r = *self.path_responses.front()?;
         if r.to == self.remote || self.one_rtt.is_none() {
             return None;
@@ -238,10 +246,8 @@ impl Connection {
             .min(3 * r.received)
             .max(MIN_PACKET_ROOM)
             .min(buf.len());
-        let mut frame = [0u8; 9];
-        frame[0] = 0x1b; // PATH_RESPONSE
-        frame[1..].copy_from_slice(&r.data);
         // Never retransmitted (RFC 9000 §13.3), but ack-eliciting.
+        let frame = Frame::PathResponse(r.data);
         let len = self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false)?;
         tracing::debug!(to = %r.to, len, "PATH_RESPONSE on the challenge's path");
         Some((r.to, len))
@@ -252,7 +258,7 @@ impl Connection {
         &mut self,
         now: Instant,
         buf: &mut [u8],
-        frame: &[u8],
+        frame: &Frame<'_>,
         record: FrameRecord,
         mtu_probe: bool,
     ) -> Option<usize> {
@@ -260,11 +266,10 @@ impl Connection {
         let (pn, pn_offset, pn_len, header_len, _) = self.write_header(Epoch::Data, buf)?;
         let payload_len = size.checked_sub(header_len + TAG_LEN)?;
         // Callers pass at least MIN_PACKET_ROOM bytes: room for the header-protection sample.
-        if payload_len < frame.len() {
-            return None;
-        }
-        buf[header_len..header_len + frame.len()].copy_from_slice(frame);
-        buf[header_len + frame.len()..header_len + payload_len].fill(0); // PADDING
+        let mut w = Writer::new(&mut buf[header_len..header_len + payload_len]);
+        frame.encode(&mut w).ok()?;
+        let frame_len = w.len();
+        buf[header_len + frame_len..header_len + payload_len].fill(0); // PADDING
         let mut frames = self.sent_pool.take(Epoch::Data);
         frames.records.push(record);
         frames.key_generation = self.one_rtt.as_ref().map_or(0, |k| k.generation());

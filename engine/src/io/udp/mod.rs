@@ -37,9 +37,6 @@ pub fn buffer_size_for(max_datagram_size: usize) -> Option<usize> {
     (max_datagram_size > DEFAULT_MAX_DATAGRAM_V4).then_some(max_datagram_size.min(MAX_UDP_PAYLOAD))
 }
 
-/// QUIC's smallest maximum datagram size (RFC 9000 §14): every path must carry it.
-const MIN_PATH_DATAGRAM: usize = 1200;
-
 /// Largest UDP payload of one IPv4 packet (65535 - 20 - 8); also the cap for a GSO buffer,
 /// whose total length the kernel checks the same way.
 const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -425,7 +422,8 @@ impl Datapath for UdpDatapath {
                 Err(e)
                     if first.is_gso()
                         && e.raw_os_error() == Some(libc::EINVAL)
-                        && first.segment > MIN_PATH_DATAGRAM =>
+                        // Every path carries QUIC's smallest datagram size (RFC 9000 §14).
+                        && first.segment > crate::conn::MIN_INITIAL_SIZE =>
                 {
                     // Older kernels refuse a GSO segment above the interface MTU with
                     // EINVAL (newer ones with EMSGSIZE, handled below as a lost message).
