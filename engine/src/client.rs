@@ -220,6 +220,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
     let mut cfg = EndpointConfig::new(opts.transport.clone(), None);
     cfg.max_connections = opts.conns.max(1);
     cfg.keep_drained_states = true;
+    cfg.limit_receive_payload(dp.capabilities().max_receive_payload);
     let mut endpoint: Endpoint<ClientConnState> = Endpoint::new(cfg);
     let mut handler = ClientHandler {
         workload: opts.workload.clone(),

@@ -206,6 +206,7 @@ impl WorkerBase {
         for (id, dp) in datapaths.into_iter().enumerate() {
             let mut cfg = self.endpoint.clone();
             cfg.worker_id = id as u8;
+            cfg.limit_receive_payload(dp.capabilities().max_receive_payload);
             let c = Arc::new(WorkerCounters::default());
             counters.push(c.clone());
             let worker = Worker {

@@ -185,6 +185,8 @@ struct SimOptions {
     version: u32,
     require_retry: bool,
     max_connections: usize,
+    /// `EndpointConfig::limit_receive_payload` for the server.
+    server_receive_limit: Option<usize>,
 }
 
 impl SimOptions {
@@ -197,6 +199,7 @@ impl SimOptions {
             version: VERSION_1,
             require_retry: false,
             max_connections: 100_000,
+            server_receive_limit: None,
         }
     }
 }
@@ -222,6 +225,9 @@ impl Sim {
         let mut scfg = EndpointConfig::new(o.transport.clone(), Some(stls));
         scfg.require_retry = o.require_retry;
         scfg.max_connections = o.max_connections;
+        if let Some(bytes) = o.server_receive_limit {
+            scfg.limit_receive_payload(bytes);
+        }
         let server = Endpoint::new(scfg);
         let mut ccfg = EndpointConfig::new(o.transport, None);
         ccfg.keep_drained_states = true;
@@ -511,6 +517,25 @@ fn path_mtu_discovery_reaches_the_configured_size_on_a_clean_path() {
             "{side}: one probe of the ceiling"
         );
     }
+}
+
+/// A server whose datapath receives at most 1300-byte datagrams (an AF_XDP frame, say)
+/// advertises that as max_udp_payload_size: the client's discovery stops there without
+/// losing a probe, while the server, sending to a client that takes anything, reaches 1452.
+#[test]
+fn the_receive_limit_a_server_advertises_caps_the_clients_datagrams() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 1 << 20);
+    o.server_receive_limit = Some(1300);
+    let (mut sim, h) = Sim::with(o);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    let (client, server) = conn_stats(&sim, h);
+    assert_eq!(client.max_datagram_size, 1300, "{client:?}");
+    assert_eq!(
+        (client.pmtu_probes_sent, client.pmtu_probes_lost),
+        (1, 0),
+        "one probe, of the advertised size"
+    );
+    assert_eq!(server.max_datagram_size, 1452, "{server:?}");
 }
 
 /// A path that carries less than the configured 1452 bytes (a tunnel, say), dropping

@@ -81,6 +81,16 @@ impl EndpointConfig {
             keep_drained_states: false,
         }
     }
+
+    /// Advertises no larger max_udp_payload_size than the datapath can receive whole
+    /// (never below the 1200 bytes every QUIC path carries). A larger promise would only
+    /// have peers probe, and lose, datagrams we drop on arrival.
+    pub fn limit_receive_payload(&mut self, bytes: usize) {
+        let bytes = (bytes as u64).max(crate::conn::MIN_INITIAL_SIZE as u64);
+        if bytes < self.transport.max_udp_payload_size {
+            Arc::make_mut(&mut self.transport).max_udp_payload_size = bytes;
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -726,5 +736,22 @@ impl<U: Default> Endpoint<U> {
             self.reschedule(h);
             self.mark_send(h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_receive_limit_lowers_the_advertised_payload_size_and_never_below_1200() {
+        let mut cfg = EndpointConfig::new(TransportConfig::default(), None);
+        assert_eq!(cfg.transport.max_udp_payload_size, 65527);
+        cfg.limit_receive_payload(65536);
+        assert_eq!(cfg.transport.max_udp_payload_size, 65527, "never raised");
+        cfg.limit_receive_payload(3968);
+        assert_eq!(cfg.transport.max_udp_payload_size, 3968);
+        cfg.limit_receive_payload(600);
+        assert_eq!(cfg.transport.max_udp_payload_size, 1200);
     }
 }

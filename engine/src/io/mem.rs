@@ -262,6 +262,7 @@ pub fn pair_with(
     let caps = Capabilities {
         max_segments,
         max_datagram_size: mds,
+        max_receive_payload: mds,
     };
     let end = |local, out: &Arc<Link>, inbound: &Arc<Link>, seed| MemDatapath {
         local,
@@ -803,7 +804,8 @@ mod tests {
             a.capabilities(),
             Capabilities {
                 max_segments: 4,
-                max_datagram_size: 1200
+                max_datagram_size: 1200,
+                max_receive_payload: 1200,
             }
         );
         let segs: Vec<Vec<u8>> = (0..4u32)

@@ -45,6 +45,9 @@ pub struct Capabilities {
     pub max_segments: usize,
     /// Largest UDP payload one datagram may carry.
     pub max_datagram_size: usize,
+    /// Largest UDP payload a received datagram may have and still arrive whole; the
+    /// engine advertises no more as max_udp_payload_size (RFC 9000 §18.2).
+    pub max_receive_payload: usize,
 }
 
 /// A source and sink of UDP datagrams for one worker.

@@ -210,6 +210,8 @@ impl UdpDatapath {
             caps: Capabilities {
                 max_segments,
                 max_datagram_size: mds,
+                // Receive buffers hold any UDP payload (GRO or not).
+                max_receive_payload: rx::RX_BUF_SIZE,
             },
             gro,
             batch,

@@ -206,6 +206,8 @@ impl XdpDatapath {
             caps: Capabilities {
                 max_segments: 1,
                 max_datagram_size: by_mtu.min(by_frame),
+                // A datagram must fit one UMEM frame after the same headroom and headers.
+                max_receive_payload: by_frame,
             },
             iface,
             peers: HashMap::with_capacity(1024),
