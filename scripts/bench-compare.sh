@@ -40,4 +40,11 @@ for spec in "recv quinn-proto 200000" "send quinn-proto 200000" \
     printf '%-10s %-12s %10s %10s\n' "$scenario" "$peer" "$pmed" "$pmin"
     awk -v q="$qmed" -v p="$pmed" -v s="$scenario" -v n="$peer" \
         'BEGIN {printf "%-10s quench/%s = %.2f\n", s, n, q / p}'
+    if [[ $scenario == request* ]]; then
+        # The two AEAD calls a request needs, alone, at the scenario's packet sizes.
+        f=()
+        for _ in $(seq "$ROUNDS"); do f+=("$(run "$scenario" aead-floor "$count")"); done
+        read -r fmed fmin < <(printf '%s\n' "${f[@]}" | stats)
+        printf '%-10s %-12s %10s %10s\n' "$scenario" aead-floor "$fmed" "$fmin"
+    fi
 done

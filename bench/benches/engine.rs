@@ -14,11 +14,15 @@
 //!   request in flight per connection, so one packet each way per request.
 //! - `server_request_100B_x16`: the same with 16 requests in flight per connection, as a
 //!   multiplexing client sends them: requests and responses share packets.
+//! - `aead-floor` in both request groups: only the AEAD open of the request's packet and
+//!   the seal of the response's, at the scenario's packet sizes (`aead_floor.rs`): what
+//!   the cipher alone costs a request, against the same target.
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
+use quench_bench::aead_floor::AeadFloor;
 use quench_bench::quench_pair::{QuenchPair, ServerMode};
 use quench_bench::quinn_pair::{AppMode, QuinnPair};
 use quench_bench::tls::TlsSetup;
@@ -165,6 +169,11 @@ fn request(c: &mut Criterion, tls: &TlsSetup, name: &str, per_conn: usize) {
     let mut round = |sw: &mut Stopwatch| p.request_round(per_conn, REQUEST_SIZE, RESPONSE_SIZE, sw);
     requests(10_000, &mut round);
     g.bench_function("quinn-proto", |b| {
+        b.iter_custom(|iters| requests(iters, &mut round))
+    });
+    let mut floor = AeadFloor::new(tls, REQUEST_CONNS, per_conn);
+    let mut round = |sw: &mut Stopwatch| floor.round(sw);
+    g.bench_function("aead-floor", |b| {
         b.iter_custom(|iters| requests(iters, &mut round))
     });
     g.finish();

@@ -2,6 +2,7 @@
 //! in-memory pairs (see `benches/engine.rs`), a load generator, and a report of the
 //! criterion results with ratios.
 
+pub mod aead_floor;
 pub mod load;
 pub mod profile;
 pub mod quench_pair;

@@ -3,6 +3,7 @@
 
 use anyhow::bail;
 
+use crate::aead_floor::AeadFloor;
 use crate::quench_pair::{QuenchPair, ServerMode};
 use crate::quinn_pair::{AppMode, QuinnPair};
 use crate::tls::TlsSetup;
@@ -84,6 +85,12 @@ pub fn run(scenario: &str, stack: &str, count: u64) -> anyhow::Result<(u64, Stop
             }
             while done < count {
                 done += p.request_round(per_conn, 100, 100, &mut sw);
+            }
+        }
+        ("request" | "request16", "aead-floor") => {
+            let mut f = AeadFloor::new(&tls, REQUEST_CONNS, requests_per_conn(scenario));
+            while done < count {
+                done += f.round(&mut sw);
             }
         }
         _ => bail!("unknown scenario/stack {scenario}/{stack}"),

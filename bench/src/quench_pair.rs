@@ -110,6 +110,8 @@ pub struct QuenchPair {
     pub client_conns: Vec<ConnHandle>,
     /// Where each bulk benchmark writes (sender's handle, stream).
     bulk: Option<(ConnHandle, StreamId)>,
+    /// Datagrams each way in the last request round (client to server, back).
+    last_request_datagrams: (usize, usize),
 }
 
 impl QuenchPair {
@@ -139,6 +141,7 @@ impl QuenchPair {
             s2c: Wire::new(256),
             client_conns: Vec::new(),
             bulk: None,
+            last_request_datagrams: (0, 0),
         }
     }
 
@@ -325,18 +328,26 @@ impl QuenchPair {
             });
         }
         self.client.handle_timeouts(now, &mut self.sink);
-        collect(&mut self.client, now, &mut self.c2s, usize::MAX);
+        let up = collect(&mut self.client, now, &mut self.c2s, usize::MAX);
         let before = self.sink.fins;
         let t0 = Instant::now();
-        server_span(|| {
+        let down = server_span(|| {
             self.server.handle_timeouts(now, &mut self.handler);
             deliver(&mut self.server, now, &mut self.c2s, &mut self.handler);
             collect(&mut self.server, now, &mut self.s2c, usize::MAX)
         });
         sw.stop(t0);
+        self.last_request_datagrams = (up, down);
         deliver(&mut self.client, now, &mut self.s2c, &mut self.sink);
         self.now += self.step;
         self.sink.fins - before
+    }
+
+    /// Sizes of the datagrams of the last request round: (client to server, back).
+    pub fn last_request_sizes(&self) -> (Vec<usize>, Vec<usize>) {
+        let sizes = |w: &Wire, n: usize| w.slots[..n].iter().map(|s| s.len).collect();
+        let (up, down) = self.last_request_datagrams;
+        (sizes(&self.c2s, up), sizes(&self.s2c, down))
     }
 }
 
