@@ -47,8 +47,12 @@ use wire::error::{TransportError, TransportErrorCode as Code};
 /// Largest stream count a MAX_STREAMS / STREAMS_BLOCKED may carry (§4.6).
 const MAX_STREAM_COUNT: u64 = 1 << 60;
 
-/// Buffers of finished streams kept for new ones, per direction of data, so that a
-/// connection serving a stream per request allocates nothing per request.
+/// Finished streams' states (boxed, buffers and all) kept for new ones, so that a
+/// connection serving a stream per request neither allocates nor moves a ~430-byte state
+/// in and out of the stream table per request: the table holds boxes, and a new stream
+/// is the last finished one, reset in place. Also the bound on parts parked separately
+/// when a reused state lacks one (a bidirectional stream's state reused for a
+/// unidirectional one).
 const SPARE_BUFFERS: usize = 32;
 /// A finished stream's buffer larger than this is freed rather than kept.
 const RECYCLE_BUFFER_BYTES: usize = 16 * 1024;
@@ -228,7 +232,7 @@ pub struct Streams {
     side: Side,
     config: StreamsConfig,
     peer: PeerLimits,
-    streams: HashMap<u64, Stream>,
+    streams: HashMap<u64, Box<Stream>>,
     /// Per direction (0 bidi, 1 uni): next index we open and the peer's limit.
     next_local: [u64; 2],
     max_local: [u64; 2],
@@ -248,6 +252,7 @@ pub struct Streams {
     ctrl_queue: VecDeque<u64>,
     events: VecDeque<StreamEvent>,
     reaped: u64,
+    spare_streams: Vec<Box<Stream>>,
     spare_send: Vec<SendBuffer>,
     spare_recv: Vec<Assembler>,
 }
@@ -282,6 +287,7 @@ impl Streams {
             ctrl_queue: VecDeque::new(),
             events: VecDeque::new(),
             reaped: 0,
+            spare_streams: Vec::new(),
             spare_send: Vec::new(),
             spare_recv: Vec::new(),
             config,
@@ -382,21 +388,47 @@ impl Streams {
         while self.next_remote[d] <= index {
             let new = StreamId::new(self.side.peer(), sid.is_bidi(), self.next_remote[d]);
             self.next_remote[d] += 1;
-            let stream = self.new_remote_stream(new);
+            let send_credit = new
+                .is_bidi()
+                .then_some(self.peer.initial_max_stream_data_bidi_local);
+            let stream = self.new_stream(send_credit, true);
             self.streams.insert(new.0, stream);
             self.events.push_back(StreamEvent::Opened { id: new });
         }
         Ok(())
     }
 
-    fn new_remote_stream(&mut self, id: StreamId) -> Stream {
-        let credit = self.peer.initial_max_stream_data_bidi_local;
-        Stream {
-            send: id.is_bidi().then(|| self.new_send(credit)),
-            recv: Some(self.new_recv()),
-            in_send_queue: false,
-            in_ctrl_queue: false,
+    /// A stream with a send part (given the peer's credit for it) and/or a receive part,
+    /// in the state of the last finished stream when there is one.
+    fn new_stream(&mut self, send_credit: Option<u64>, recv: bool) -> Box<Stream> {
+        let mut stream = self.spare_streams.pop().unwrap_or_else(|| {
+            Box::new(Stream {
+                send: None,
+                recv: None,
+                in_send_queue: false,
+                in_ctrl_queue: false,
+            })
+        });
+        stream.in_send_queue = false;
+        stream.in_ctrl_queue = false;
+        let max_buffer = self.config.send_buffer_per_stream;
+        match (send_credit, &mut stream.send) {
+            (Some(credit), Some(send)) => send.reuse(credit, max_buffer),
+            (Some(credit), None) => stream.send = Some(self.new_send(credit)),
+            (None, Some(_)) => self.park_send(stream.send.take()),
+            (None, None) => {}
         }
+        let (window, max_window) = (
+            self.config.stream_recv_window,
+            self.config.max_stream_recv_window,
+        );
+        match (recv, &mut stream.recv) {
+            (true, Some(r)) => r.reuse(window, max_window),
+            (true, None) => stream.recv = Some(self.new_recv()),
+            (false, Some(_)) => self.park_recv(stream.recv.take()),
+            (false, None) => {}
+        }
+        stream
     }
 
     fn new_send(&mut self, credit: u64) -> SendStream {
@@ -413,22 +445,34 @@ impl Streams {
         )
     }
 
-    /// Keeps a finished stream's buffers, emptied, for the next streams.
-    fn recycle(&mut self, stream: Stream) {
-        if let Some(send) = stream.send {
+    fn park_send(&mut self, send: Option<SendStream>) {
+        if let Some(send) = send {
             if self.spare_send.len() < SPARE_BUFFERS {
-                let mut buf = send.buf;
-                buf.recycle();
-                self.spare_send.push(buf);
+                self.spare_send.push(send.buf);
             }
         }
-        if let Some(recv) = stream.recv {
+    }
+
+    fn park_recv(&mut self, recv: Option<RecvStream>) {
+        if let Some(recv) = recv {
             if self.spare_recv.len() < SPARE_BUFFERS {
-                let mut asm = recv.into_assembler();
-                asm.recycle();
-                self.spare_recv.push(asm);
+                self.spare_recv.push(recv.into_assembler());
             }
         }
+    }
+
+    /// Keeps a finished stream's state, its buffers emptied, for the next stream.
+    fn recycle(&mut self, mut stream: Box<Stream>) {
+        if self.spare_streams.len() >= SPARE_BUFFERS {
+            return;
+        }
+        if let Some(send) = &mut stream.send {
+            send.buf.recycle();
+        }
+        if let Some(recv) = &mut stream.recv {
+            recv.recycle_assembler();
+        }
+        self.spare_streams.push(stream);
     }
 
     /// A STREAM frame.
@@ -588,12 +632,7 @@ impl Streams {
         } else {
             self.peer.initial_max_stream_data_uni
         };
-        let stream = Stream {
-            send: Some(self.new_send(send_credit)),
-            recv: bidi.then(|| self.new_recv()),
-            in_send_queue: false,
-            in_ctrl_queue: false,
-        };
+        let stream = self.new_stream(Some(send_credit), bidi);
         self.streams.insert(id.0, stream);
         Some(id)
     }

@@ -85,6 +85,17 @@ impl RecvStream {
         self.asm
     }
 
+    /// Empties a finished stream's assembler, keeping its buffers (see `Streams::recycle`).
+    pub fn recycle_assembler(&mut self) {
+        self.asm.recycle();
+    }
+
+    /// Makes this finished (and recycled) stream's state that of a new stream, in place.
+    pub fn reuse(&mut self, window: u64, max_window: u64) {
+        let asm = std::mem::replace(&mut self.asm, Assembler::new(0));
+        *self = Self::with_assembler(Some(asm), window, max_window);
+    }
+
     /// Data will no longer be delivered to the application.
     fn discarding(&self) -> bool {
         self.reset.is_some() || self.stop.is_some() || self.closed_by_app

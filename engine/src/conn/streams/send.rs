@@ -66,6 +66,12 @@ impl SendStream {
         }
     }
 
+    /// Makes this finished (and recycled) stream's state that of a new stream, in place.
+    pub fn reuse(&mut self, peer_max_stream_data: u64, max_buffer: usize) {
+        let buf = std::mem::take(&mut self.buf);
+        *self = Self::with_buffer(buf, peer_max_stream_data, max_buffer);
+    }
+
     /// Bytes `write` would accept now.
     pub fn capacity(&self) -> usize {
         if self.fin_written || self.reset.is_some() {

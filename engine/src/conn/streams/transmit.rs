@@ -3,7 +3,7 @@
 
 use super::wire::frame::Frame;
 use super::wire::varint::Writer;
-use super::{dir, SendStream, Stream, StreamEvent, StreamFrameRecord, StreamId, Streams};
+use super::{dir, SendStream, StreamEvent, StreamFrameRecord, StreamId, Streams};
 
 impl Streams {
     /// Control frames or stream data could be sent now.
@@ -18,7 +18,7 @@ impl Streams {
         if self
             .ctrl_queue
             .iter()
-            .any(|id| self.streams.get(id).is_some_and(Stream::has_ctrl))
+            .any(|id| self.streams.get(id).is_some_and(|s| s.has_ctrl()))
         {
             return true;
         }
