@@ -252,6 +252,8 @@ pub struct Streams {
     ctrl_queue: VecDeque<u64>,
     events: VecDeque<StreamEvent>,
     reaped: u64,
+    // Boxed on purpose: a state moves between this pool and the table as a pointer.
+    #[allow(clippy::vec_box)]
     spare_streams: Vec<Box<Stream>>,
     spare_send: Vec<SendBuffer>,
     spare_recv: Vec<Assembler>,
