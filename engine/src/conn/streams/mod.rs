@@ -243,6 +243,8 @@ pub struct Streams {
     /// Per direction: streams the peer has opened and the limit we gave it.
     next_remote: [u64; 2],
     max_remote: [u64; 2],
+    /// The limit the peer last heard of (the transport parameter or our last MAX_STREAMS).
+    max_remote_sent: [u64; 2],
     max_streams_pending: [bool; 2],
     conn_send: SendCredit,
     data_sent: u64,
@@ -277,6 +279,7 @@ impl Streams {
             open_refused: [false; 2],
             next_remote: [0; 2],
             max_remote: [config.max_concurrent_bidi, config.max_concurrent_uni],
+            max_remote_sent: [config.max_concurrent_bidi, config.max_concurrent_uni],
             max_streams_pending: [false; 2],
             conn_send: SendCredit::new(0),
             data_sent: 0,
@@ -610,6 +613,11 @@ impl Streams {
             ));
         }
         tracing::trace!(bidi, limit, "peer blocked by stream limit");
+        let d = dir(bidi);
+        if self.max_remote[d] > self.max_remote_sent[d] {
+            // Credit held back for a batch (see `reap`) goes out now.
+            self.max_streams_pending[d] = true;
+        }
         Ok(())
     }
 
@@ -830,10 +838,26 @@ impl Streams {
             let d = dir(sid.is_bidi());
             if self.max_remote[d] < MAX_STREAM_COUNT {
                 self.max_remote[d] += 1;
-                self.max_streams_pending[d] = true;
+                // §4.6: keep the peer's room roughly constant, but announce it in steps of
+                // an eighth of the concurrency we allow rather than a MAX_STREAMS frame per
+                // finished stream (one in every response of a request/response peer). The
+                // peer never has less than 7/8 of its room, and a STREAMS_BLOCKED from it
+                // brings the held-back credit at once.
+                if self.max_remote[d] - self.max_remote_sent[d] >= self.max_streams_step(d) {
+                    self.max_streams_pending[d] = true;
+                }
             }
         }
         tracing::trace!(stream = %sid, "stream reaped");
+    }
+
+    /// Streams the peer's limit grows by per MAX_STREAMS frame (at least one).
+    fn max_streams_step(&self, d: usize) -> u64 {
+        let concurrent = [
+            self.config.max_concurrent_bidi,
+            self.config.max_concurrent_uni,
+        ][d];
+        (concurrent / 8).max(1)
     }
 
     pub fn stats(&self) -> StreamStats {

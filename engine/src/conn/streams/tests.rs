@@ -449,6 +449,27 @@ fn recycled_stream_states_change_shape_cleanly() {
     }
 }
 
+/// With the default 100 concurrent streams the limit grows in steps of 12 (§4.6 leaves
+/// the pace to us): 11 finished streams send no MAX_STREAMS at all, and a STREAMS_BLOCKED
+/// from the peer brings the held-back credit at once.
+#[test]
+fn the_stream_limit_grows_in_steps_and_at_once_when_the_peer_is_blocked() {
+    let mut pair = Pair::new(StreamsConfig::default(), StreamsConfig::default(), 6);
+    run_echo(&mut pair, 11, 100_000);
+    assert_eq!(pair.ends[1].stats().reaped_streams, 11);
+    assert_eq!(pair.ends[1].max_remote[0], 111);
+    assert_eq!(
+        pair.ends[0].max_local[0], 100,
+        "no MAX_STREAMS below a step"
+    );
+    pair.ends[1].on_streams_blocked(true, 100).unwrap();
+    pair.transmit(1, 8);
+    while !pair.flight.is_empty() {
+        pair.step_network();
+    }
+    assert_eq!(pair.ends[0].max_local[0], 111);
+}
+
 #[test]
 fn open_beyond_limit_signals_blocked_then_available() {
     let mut pair = Pair::new(small_config(), small_config(), 3);

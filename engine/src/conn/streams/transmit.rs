@@ -83,6 +83,7 @@ impl Streams {
                 )
             {
                 self.max_streams_pending[d] = false;
+                self.max_remote_sent[d] = self.max_remote[d];
                 record(StreamFrameRecord::MaxStreams { bidi });
             }
             if self.streams_blocked_pending[d]
