@@ -135,8 +135,9 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
         };
         let q = read_estimate(dir, group, "quench")?;
         out.push_str(&format!(
-            "\n{group}: the AEAD alone (open the request's packet, seal the response's) costs {}, \
-             {:.0}% of the {} target and {:.0}% of quench's time per request\n",
+            "\n{group}: the AEAD alone (opening the scenario's client packets and sealing the \
+             server's, per request) costs {}, {:.0}% of the {} target and {:.0}% of quench's \
+             time per request\n",
             fmt_est(&floor),
             100.0 * floor.point / target,
             fmt(target),

@@ -450,18 +450,25 @@ impl Streams {
         )
     }
 
+    // Parked parts come from recycled states and are empty already; emptying them again
+    // is cheap and keeps the pools clean whatever the caller.
     fn park_send(&mut self, send: Option<SendStream>) {
         if let Some(send) = send {
-            if self.spare_send.len() < SPARE_BUFFERS {
-                self.spare_send.push(send.buf);
+            // Spare states hold buffers too: together at most SPARE_BUFFERS of each kind.
+            if self.spare_send.len() + self.spare_streams.len() < SPARE_BUFFERS {
+                let mut buf = send.buf;
+                buf.recycle();
+                self.spare_send.push(buf);
             }
         }
     }
 
     fn park_recv(&mut self, recv: Option<RecvStream>) {
         if let Some(recv) = recv {
-            if self.spare_recv.len() < SPARE_BUFFERS {
-                self.spare_recv.push(recv.into_assembler());
+            if self.spare_recv.len() + self.spare_streams.len() < SPARE_BUFFERS {
+                let mut asm = recv.into_assembler();
+                asm.recycle();
+                self.spare_recv.push(asm);
             }
         }
     }
@@ -470,6 +477,14 @@ impl Streams {
     fn recycle(&mut self, mut stream: Box<Stream>) {
         if self.spare_streams.len() >= SPARE_BUFFERS {
             return;
+        }
+        // Parked parts make way: spare states and parts together stay within SPARE_BUFFERS
+        // buffers of each kind.
+        if self.spare_streams.len() + self.spare_send.len() >= SPARE_BUFFERS {
+            self.spare_send.pop();
+        }
+        if self.spare_streams.len() + self.spare_recv.len() >= SPARE_BUFFERS {
+            self.spare_recv.pop();
         }
         if let Some(send) = &mut stream.send {
             send.buf.recycle();
