@@ -69,6 +69,11 @@ pub struct Transmit {
     pub dst: SocketAddr,
     pub len: usize,
     pub segment_size: Option<usize>,
+    /// Another call may have more to send now. `false` when the last datagram came out
+    /// shorter than the path allows, with nothing but the lack of data stopping it: asking
+    /// again would build nothing, so the endpoint moves on (and reschedules the
+    /// connection's timers) without the empty pass.
+    pub more: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -79,6 +79,7 @@ impl Connection {
                 dst,
                 len,
                 segment_size: None,
+                more: true,
             });
         }
         if let Some(len) = self.send_pmtu_probe(now, buf) {
@@ -86,10 +87,12 @@ impl Connection {
                 dst: self.remote,
                 len,
                 segment_size: None,
+                more: true,
             });
         }
         let mut total = 0;
         let mut segments = 0;
+        let mut drained = false;
         while segments < max_segments.max(1) && buf.len() - total >= mtu {
             let mut cap = mtu;
             if !self.address_validated {
@@ -116,7 +119,23 @@ impl Connection {
             self.stats.bytes_sent += n as u64;
             total += n;
             segments += 1;
-            if n < mtu || matches!(self.state, State::Closing { .. }) {
+            if matches!(self.state, State::Closing { .. }) {
+                break;
+            }
+            if n + MIN_PACKET_ROOM <= cap.min(mtu) && !self.probes_pending() {
+                // Room for another packet was left unused: the packets took everything
+                // there was to send (frames fill a packet to within a frame header, and
+                // congestion and pacing stop a packet rather than shorten it), so asking
+                // again now would build nothing. PTO probes go out one datagram each.
+                drained = true;
+                if self.state == State::Established {
+                    // What that empty pass would have said (RFC 9002 §7.8): nothing more
+                    // to send, so ACKs must not grow the window.
+                    self.recovery.set_app_limited(true);
+                }
+                break;
+            }
+            if n < mtu {
                 break;
             }
         }
@@ -127,7 +146,12 @@ impl Connection {
             dst: self.remote,
             len: total,
             segment_size: (segments > 1).then_some(mtu),
+            more: !drained,
         })
+    }
+
+    fn probes_pending(&self) -> bool {
+        self.spaces.iter().any(|s| s.probes > 0)
     }
 
     fn build_datagram(&mut self, now: Instant, buf: &mut [u8]) -> usize {

@@ -151,6 +151,10 @@ pub struct Endpoint<U> {
     expired_scratch: Vec<ConnHandle>,
     /// Copy of a first Initial being checked for authenticity.
     initial_scratch: Vec<u8>,
+    /// Debug builds (tests, CI) check every `Transmit::more == false` claim by asking the
+    /// connection again into this buffer: it must build nothing.
+    #[cfg(debug_assertions)]
+    drained_check: Vec<u8>,
 }
 
 impl<U: Default> Endpoint<U> {
@@ -172,6 +176,8 @@ impl<U: Default> Endpoint<U> {
             drained_states: Vec::new(),
             expired_scratch: Vec::new(),
             initial_scratch: Vec::with_capacity(1500),
+            #[cfg(debug_assertions)]
+            drained_check: vec![0; 1 << 16],
         }
     }
 
@@ -707,8 +713,23 @@ impl<U: Default> Endpoint<U> {
             };
             match e.conn.poll_transmit(now, buf, max_segments) {
                 Some(t) => {
-                    // Still queued: it may have more; others get their turn first.
-                    self.send_queue.push_back(h);
+                    if t.more {
+                        // Still queued: it may have more; others get their turn first.
+                        self.send_queue.push_back(h);
+                    } else {
+                        // It sent all it had: skip the empty pass the next call would make.
+                        #[cfg(debug_assertions)]
+                        {
+                            let n = buf.len().min(self.drained_check.len());
+                            let again = e.conn.poll_transmit(now, &mut self.drained_check[..n], 1);
+                            debug_assert!(
+                                again.is_none(),
+                                "a connection that said it had sent everything built {again:?}"
+                            );
+                        }
+                        e.queued = false;
+                        self.reschedule(h);
+                    }
                     return Some(TxMeta {
                         dst: t.dst,
                         len: t.len,
