@@ -34,7 +34,10 @@ for target in $targets; do
     seeds=()
     [ -d "$fuzz_dir/seeds/$target" ] && seeds=("$fuzz_dir/seeds/$target")
     echo "== fuzzing $target for ${seconds}s" >&2
-    "${fuzz[@]}" run --target-dir "$fuzz_dir/target" "$target" "$corpus" "${seeds[@]}" -- \
+    # -a: debug assertions and overflow checks on, so the engine's own invariant checks
+    # (e.g. that a connection which said it had sent everything builds nothing when asked
+    # again) and arithmetic overflow count as failures, not just panics of release code.
+    "${fuzz[@]}" run -a --target-dir "$fuzz_dir/target" "$target" "$corpus" "${seeds[@]}" -- \
         -max_total_time="$seconds" -print_final_stats=1
 done
 echo "== all fuzz targets survived ${seconds}s each" >&2
