@@ -69,10 +69,10 @@ pub struct Transmit {
     pub dst: SocketAddr,
     pub len: usize,
     pub segment_size: Option<usize>,
-    /// Another call may have more to send now. `false` when the last datagram came out
-    /// shorter than the path allows, with nothing but the lack of data stopping it: asking
-    /// again would build nothing, so the endpoint moves on (and reschedules the
-    /// connection's timers) without the empty pass.
+    /// Another call may have more to send now. `false` when the last datagram left room
+    /// for another packet unused and no PTO probe is pending, so nothing but the lack of
+    /// data stopped it: asking again would build nothing, and the endpoint moves on (and
+    /// reschedules the connection's timers) without that empty pass.
     pub more: bool,
 }
 

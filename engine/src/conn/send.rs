@@ -122,7 +122,7 @@ impl Connection {
             if matches!(self.state, State::Closing { .. }) {
                 break;
             }
-            if n + MIN_PACKET_ROOM <= cap.min(mtu) && !self.probes_pending() {
+            if n + MIN_PACKET_ROOM <= cap && !self.probes_pending() {
                 // Room for another packet was left unused: the packets took everything
                 // there was to send (frames fill a packet to within a frame header, and
                 // congestion and pacing stop a packet rather than shorten it), so asking

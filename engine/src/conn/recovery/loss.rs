@@ -174,7 +174,7 @@ impl<T> Recovery<T> {
                 let Some(p) = space.take(pn, Slot::Acked) else {
                     continue;
                 };
-                let this_path = epoch != Epoch::Data || pn >= self.path_first_pn;
+                let this_path = on_path(epoch, pn, self.path_first_pn);
                 if p.in_flight {
                     let size = u64::from(p.size);
                     self.bytes_in_flight -= size;
@@ -201,7 +201,7 @@ impl<T> Recovery<T> {
         // RFC 9002 §5.1: sample only when the largest is newly acknowledged and something
         // ack-eliciting was.
         let largest_newly_acked = newest_pn == largest;
-        let on_this_path = epoch != Epoch::Data || newest_pn >= self.path_first_pn;
+        let on_this_path = on_path(epoch, newest_pn, self.path_first_pn);
         let rtt_sampled = largest_newly_acked && any_ack_eliciting && on_this_path;
         if rtt_sampled {
             let latest = now.saturating_duration_since(newest_sent);
@@ -364,7 +364,6 @@ impl<T> Recovery<T> {
         self.rearm();
     }
 
-    /// The path MTU changed (e.g. after DPLPMTUD).
     /// RFC 9000 §9.4: the peer's new address (not just a new port) is validated; the
     /// congestion controller and RTT estimator start over from their initial values.
     /// `first_pn`: the first 1-RTT packet number sent on the new path.
@@ -381,6 +380,7 @@ impl<T> Recovery<T> {
         self.set_timer(now);
     }
 
+    /// The path MTU changed (e.g. after DPLPMTUD).
     pub fn set_max_datagram_size(&mut self, size: usize) {
         self.max_datagram_size = size as u64;
         self.cc.set_max_datagram_size(size as u64);
@@ -604,8 +604,7 @@ impl<T> Recovery<T> {
                     };
                     // RFC 9000 §14.4: a lost PMTU probe is no sign of congestion; §9.4: nor,
                     // for the current path, is a packet lost on the old one.
-                    let signals =
-                        !p.mtu_probe && (epoch != Epoch::Data || pn >= self.path_first_pn);
+                    let signals = !p.mtu_probe && on_path(epoch, pn, self.path_first_pn);
                     if p.in_flight {
                         let size = u64::from(p.size);
                         self.bytes_in_flight -= size;
@@ -669,4 +668,9 @@ impl<T> Recovery<T> {
 fn backoff(d: Duration, exp: u32) -> Duration {
     d.checked_mul(1u32 << exp.min(MAX_PTO_BACKOFF_EXP))
         .unwrap_or(Duration::MAX)
+}
+/// Whether packet `pn` of `epoch` was sent on the current path: only 1-RTT packets change
+/// paths, and those from `path_first_pn` on went to the current one (RFC 9000 §9.4).
+fn on_path(epoch: Epoch, pn: u64, path_first_pn: u64) -> bool {
+    epoch != Epoch::Data || pn >= path_first_pn
 }

@@ -420,8 +420,7 @@ impl Streams {
         match (send_credit, &mut stream.send) {
             (Some(credit), Some(send)) => send.reuse(credit, max_buffer),
             (Some(credit), None) => stream.send = Some(self.new_send(credit)),
-            (None, Some(_)) => self.park_send(stream.send.take()),
-            (None, None) => {}
+            (None, _) => self.park_send(stream.send.take()),
         }
         let (window, max_window) = (
             self.config.stream_recv_window,
@@ -430,8 +429,7 @@ impl Streams {
         match (recv, &mut stream.recv) {
             (true, Some(r)) => r.reuse(window, max_window),
             (true, None) => stream.recv = Some(self.new_recv()),
-            (false, Some(_)) => self.park_recv(stream.recv.take()),
-            (false, None) => {}
+            (false, _) => self.park_recv(stream.recv.take()),
         }
         stream
     }
