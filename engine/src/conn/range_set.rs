@@ -74,6 +74,16 @@ impl RangeSet {
         self.insert(value..value + 1)
     }
 
+    /// True if inserting `range` would add a disjoint range (it neither overlaps nor
+    /// touches any range already in the set).
+    pub fn would_add_range(&self, range: Range<u64>) -> bool {
+        !range.is_empty()
+            && self
+                .ranges
+                .get(self.search(range.start))
+                .is_none_or(|r| r.start > range.end)
+    }
+
     /// Adds `range`; returns true if any value was new.
     pub fn insert(&mut self, range: Range<u64>) -> bool {
         self.insert_counting(range) > 0

@@ -131,9 +131,15 @@ impl Assembler {
         if self.received.contains_range(offset..end) {
             return Ok(false);
         }
+        // Only data that opens a new disjoint range is subject to the fragmentation limits:
+        // a retransmission that fills or extends a range never makes tracking costlier, and
+        // §2.2 gives no ground to refuse it. Checked before anything changes, so a refused
+        // frame leaves no trace.
+        if self.received.would_add_range(offset..end) {
+            self.check_fragmentation(self.received.len() + 1, self.covered + (end - offset))?;
+        }
         let readable_before = self.contiguous_end();
         self.covered += self.received.insert_counting(offset..end);
-        self.check_fragmentation()?;
         self.make_room(end);
         let start = (offset - self.buf_offset) as usize;
         if start == self.buf.len() {
@@ -148,9 +154,9 @@ impl Assembler {
         Ok(self.contiguous_end() > readable_before)
     }
 
-    /// Too many ranges, or more beyond `FREE_RANGES` than the out-of-order bytes justify.
-    fn check_fragmentation(&self) -> Result<(), TooFragmented> {
-        let ranges = self.received.len();
+    /// With `ranges` disjoint ranges covering `covered` bytes: too many ranges, or more
+    /// beyond `FREE_RANGES` than the out-of-order bytes justify.
+    fn check_fragmentation(&self, ranges: usize, covered: u64) -> Result<(), TooFragmented> {
         if ranges > self.max_ranges {
             return Err(TooFragmented);
         }
@@ -160,7 +166,7 @@ impl Assembler {
                 .first()
                 .filter(|r| r.start == 0)
                 .map_or(0, |r| r.end);
-            let out_of_order = self.covered - prefix;
+            let out_of_order = covered - prefix;
             if ((ranges - FREE_RANGES) as u64).saturating_mul(self.min_range_bytes) > out_of_order {
                 return Err(TooFragmented);
             }
@@ -303,6 +309,34 @@ mod tests {
             accepted, FREE_RANGES,
             "rejected right after the free ranges"
         );
+    }
+
+    #[test]
+    fn a_retransmission_filling_a_gap_is_never_refused() {
+        // In-order prefix, a large range after one hole, then small ranges up to the
+        // per-range limit. Filling the hole merges the large range into the prefix, which
+        // shrinks the out-of-order bytes far more than the range count: still accepted.
+        let mut a = Assembler::new(1 << 20);
+        a.insert(0, &[1u8; 100]).unwrap();
+        a.insert(200, &[3u8; 1000]).unwrap();
+        let mut small = 0u64;
+        while a.insert(1300 + 2 * small, b"x").is_ok() {
+            small += 1;
+        }
+        let refused = 1300 + 2 * small;
+        assert!(small > FREE_RANGES as u64, "{small} small ranges");
+        assert!(a.insert(100, &[2u8; 100]).unwrap(), "the gap filled");
+        let mut out = vec![0u8; 2000];
+        let n = a.read(&mut out);
+        assert_eq!(n, 1200);
+        assert!(out[..100].iter().all(|&b| b == 1));
+        assert!(out[100..200].iter().all(|&b| b == 2));
+        assert!(out[200..1200].iter().all(|&b| b == 3));
+        // Growing an existing range is never refused either; a refused new range leaves
+        // nothing behind.
+        a.insert(1301, b"y").unwrap();
+        assert_eq!(a.insert(refused + 100, b"z"), Err(TooFragmented));
+        assert!(!a.received().any(|r| r.contains(&(refused + 100))));
     }
 
     #[test]
