@@ -51,6 +51,9 @@ pub enum CidEvent {
 pub struct CidState {
     pub local: Vec<LocalCid>,
     next_local_seq: u64,
+    /// One past the highest sequence number the peer has been sent (seq 0 travels in the
+    /// handshake): it can retire nothing above (RFC 9000 §19.16).
+    sent_local_seq_end: u64,
     /// How many of our CIDs the peer will hold (its active_connection_id_limit).
     peer_limit: u64,
     pub remote: Vec<RemoteCid>,
@@ -79,6 +82,7 @@ impl CidState {
                 announce: false,
             }],
             next_local_seq: 1,
+            sent_local_seq_end: 1,
             peer_limit: 2,
             remote: vec![RemoteCid {
                 seq: 0,
@@ -151,10 +155,12 @@ impl CidState {
         packet_dcid: &[u8],
         gen: &mut dyn ConnectionIdGenerator,
     ) -> Result<(), TransportError> {
-        if seq >= self.next_local_seq {
+        // Not merely "never issued": a CID minted but not yet sent must not be retirable
+        // either, or a peer guessing sequence numbers makes us mint CIDs in a loop.
+        if seq >= self.sent_local_seq_end {
             return Err(TransportError::new(
                 Code::PROTOCOL_VIOLATION,
-                "retired a CID never issued",
+                "retired a CID never sent",
             ));
         }
         if let Some(i) = self.local.iter().position(|l| l.seq == seq) {
@@ -277,6 +283,11 @@ impl CidState {
         Ok(())
     }
 
+    /// A NEW_CONNECTION_ID for `seq` went out.
+    pub fn on_announced(&mut self, seq: u64) {
+        self.sent_local_seq_end = self.sent_local_seq_end.max(seq + 1);
+    }
+
     pub fn on_new_cid_lost(&mut self, seq: u64) {
         if let Some(l) = self.local.iter_mut().find(|l| l.seq == seq) {
             l.announce = true;
@@ -328,5 +339,47 @@ mod tests {
         assert!(s.matches_reset_token(&[30; 16]));
         assert!(!s.matches_reset_token(&[20; 16]), "retired");
         assert!(!s.matches_reset_token(&[40; 16]), "unused");
+    }
+
+    struct Counter(u8);
+    impl ConnectionIdGenerator for Counter {
+        fn generate(&mut self) -> ConnectionId {
+            self.0 += 1;
+            cid(100 + self.0)
+        }
+        fn reset_token(&self, cid: &ConnectionId) -> [u8; 16] {
+            [cid.as_slice()[0]; 16]
+        }
+        fn cid_len(&self) -> usize {
+            8
+        }
+    }
+
+    /// RFC 9000 §19.16: only CIDs the peer has been sent can be retired. A CID we minted
+    /// but not yet announced counts as never sent, or a peer that guesses the next
+    /// sequence number makes us mint and drop CIDs in a loop.
+    #[test]
+    fn only_announced_cids_can_be_retired() {
+        let mut gen = Counter(0);
+        let mut s = CidState::new(cid(1), [1; 16], cid(2), 4);
+        s.set_peer_limit(3, &mut gen);
+        assert_eq!(s.local.len(), 3, "seq 1 and 2 minted");
+        let err = s.on_retire(1, cid(1).as_slice(), &mut gen).unwrap_err();
+        assert_eq!(err.code, Code::PROTOCOL_VIOLATION);
+        assert_eq!(s.local.len(), 3, "nothing retired, nothing minted");
+        s.on_announced(1);
+        s.on_retire(1, cid(1).as_slice(), &mut gen).unwrap();
+        assert!(s.local.iter().any(|l| l.seq == 3 && l.announce), "replaced");
+        assert!(
+            s.on_retire(2, cid(1).as_slice(), &mut gen).is_err(),
+            "seq 2 unsent"
+        );
+        assert!(
+            s.on_retire(3, cid(1).as_slice(), &mut gen).is_err(),
+            "seq 3 unsent"
+        );
+        s.on_announced(3);
+        s.on_retire(2, cid(1).as_slice(), &mut gen).unwrap();
+        s.on_retire(3, cid(1).as_slice(), &mut gen).unwrap();
     }
 }

@@ -690,6 +690,7 @@ impl Connection {
                 self.cids.retire_queue.pop_front();
                 frames.records.push(FrameRecord::RetireConnectionId { seq });
             }
+            let mut announced = None;
             for l in self.cids.local.iter_mut().filter(|l| l.announce) {
                 let f = Frame::NewConnectionId {
                     seq: l.seq,
@@ -701,9 +702,13 @@ impl Connection {
                     break;
                 }
                 l.announce = false;
+                announced = announced.max(Some(l.seq));
                 frames
                     .records
                     .push(FrameRecord::NewConnectionId { seq: l.seq });
+            }
+            if let Some(seq) = announced {
+                self.cids.on_announced(seq);
             }
         }
         if self.ping_pending && put(buf, &mut pos, &Frame::Ping) {
