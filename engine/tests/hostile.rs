@@ -1629,3 +1629,38 @@ fn mutated_real_packets_never_panic_or_grow_state() {
     n.assert_healthy();
     n.echo_round_trip(20_000, 5);
 }
+
+/// RFC 10.2.2: a CONNECTION_CLOSE received while closing moves the endpoint to draining
+/// with the same end time; it does not forget the connection at once (late packets of the
+/// peer would then earn stateless resets).
+#[test]
+fn a_close_received_while_closing_drains_until_the_closing_deadline() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let now = net.now;
+    // Both sides close at the same moment; each receives the other's close while closing.
+    net.client.close_all(now, 7, "client done");
+    net.server.close_all(now, 8, "server done");
+    let from_client = net.client_out();
+    let from_server = net.server_out();
+    assert!(!from_client.is_empty() && !from_server.is_empty());
+    for d in &from_client {
+        net.deliver_to_server(d);
+    }
+    for d in &from_server {
+        net.deliver_to_client(d);
+    }
+    assert!(net
+        .client
+        .conn(net.h)
+        .is_some_and(|c| c.is_closing() && !c.is_drained()));
+    assert_eq!(net.server.connection_count(), 1, "server still drains");
+    // Draining is quiet: a late packet of the peer earns nothing.
+    net.deliver_to_client(&from_server[0]);
+    assert!(net.client_out().is_empty());
+    // At the deadline both are gone.
+    let gone = net.run(Duration::from_secs(10), |n| {
+        n.client.conn(n.h).is_none() && n.server.connection_count() == 0
+    });
+    assert!(gone, "connections outlived their drain period");
+}

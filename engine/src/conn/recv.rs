@@ -582,9 +582,14 @@ impl Connection {
             ack_eliciting |= frame.is_ack_eliciting();
             probing_only &= frame.is_probing();
             if matches!(self.state, State::Closing { .. }) {
-                // While closing only CONNECTION_CLOSE matters (RFC 9000 §10.2.1).
-                if let Frame::ConnectionClose { .. } = frame {
-                    self.state = State::Drained;
+                // While closing only CONNECTION_CLOSE matters (RFC 9000 §10.2.1). It moves
+                // us to draining with the same end time (§10.2.2): we stay quiet, but the
+                // connection keeps absorbing the peer's late packets until then.
+                if let (Frame::ConnectionClose { .. }, State::Closing { deadline }) =
+                    (&frame, self.state)
+                {
+                    self.state = State::Draining { deadline };
+                    self.close_pending = false;
                 }
                 continue;
             }
