@@ -1664,3 +1664,41 @@ fn a_close_received_while_closing_drains_until_the_closing_deadline() {
     });
     assert!(gone, "connections outlived their drain period");
 }
+
+/// RFC 9000 §13.2.1: an ACK-only packet never answers an ACK-only packet. The server
+/// used to answer any Initial or Handshake packet with an ACK, so two endpoints could
+/// trade ACKs until the keys were discarded.
+#[test]
+fn an_ack_only_initial_earns_no_ack() {
+    let mut net = Net::new(TransportConfig::default());
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    for d in net.server_out() {
+        net.deliver_to_client(&d);
+    }
+    // The client's answer: an Initial acknowledging the server's, then its Handshake
+    // packets. Only the Initial (ACK frames only) reaches the server, in a datagram padded
+    // to the size a client Initial needs.
+    let answer = net.client_out();
+    let initial = split_packets(&answer[0])
+        .into_iter()
+        .find(|p| kind(p) == Some("initial"))
+        .expect("the client acknowledges the server's Initial")
+        .to_vec();
+    let mut datagram = initial.clone();
+    datagram.resize(1200.max(initial.len()), 0);
+    net.deliver_to_server(&datagram);
+    let reply = net.server_out();
+    assert!(
+        reply.is_empty(),
+        "{} datagrams in reply to an ACK",
+        reply.len()
+    );
+    // The rest of the client's flight completes the handshake as usual.
+    for d in &answer {
+        net.deliver_to_server(d);
+    }
+    net.establish();
+    net.echo_round_trip(1000, 1);
+}

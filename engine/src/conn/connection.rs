@@ -210,6 +210,10 @@ pub struct Connection {
     /// datagrams handled at one instant restarts it once, not once per packet.
     pub(crate) idle_restarted_at: Option<Instant>,
     pub(crate) pacing_deadline: Option<Instant>,
+    /// The last 1-RTT packet built left ack-eliciting data unsent because of the
+    /// congestion window or the pacer: the sender is not application-limited then
+    /// (RFC 9002 §7.8), however short the datagram that went out.
+    pub(crate) send_blocked: bool,
 
     // Closing.
     pub(crate) close: Option<CloseFrame>,
@@ -416,6 +420,7 @@ impl Connection {
             idle_restart_on_send: false,
             idle_restarted_at: None,
             pacing_deadline: None,
+            send_blocked: false,
             close: None,
             close_pending: false,
             packets_in_phase: 0,

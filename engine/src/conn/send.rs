@@ -44,6 +44,15 @@ const MIN_PACKET_ROOM: usize = 64;
 /// only a path or peer that never acknowledges gets here (about 47 MB in flight at 1452
 /// bytes a packet); without a bound such a peer grows the record by every ACK we send.
 const MAX_TRACKED_PACKETS: u64 = 1 << 15;
+/// New ack-eliciting 1-RTT data waits while this many packets are on record, so that a
+/// path whose window would hold more than MAX_TRACKED_PACKETS (some 35 MB in flight)
+/// is capped there instead of reaching the bound and closing.
+const TRACKED_SEND_LIMIT: u64 = MAX_TRACKED_PACKETS / 4 * 3;
+/// The same bound for the Initial and Handshake spaces. A handshake needs a few dozen
+/// packets; a peer that keeps eliciting our ACK-only packets there without acknowledging
+/// them (nothing makes it: we send no PINGs before 1-RTT) would otherwise grow the record
+/// until the idle timeout, which its own packets keep restarting.
+const MAX_TRACKED_HANDSHAKE_PACKETS: u64 = 1024;
 
 impl Connection {
     /// Writes the next datagram(s) into `buf`. With `max_segments > 1` several full-sized
@@ -124,13 +133,14 @@ impl Connection {
             }
             if n + MIN_PACKET_ROOM <= cap && !self.probes_pending() {
                 // Room for another packet was left unused: the packets took everything
-                // there was to send (frames fill a packet to within a frame header, and
-                // congestion and pacing stop a packet rather than shorten it), so asking
-                // again now would build nothing. PTO probes go out one datagram each.
+                // they could (frames fill a packet to within a frame header, and congestion
+                // and pacing stop a packet rather than shorten it), so asking again now
+                // would build nothing. PTO probes go out one datagram each.
                 drained = true;
-                if self.state == State::Established {
+                if self.state == State::Established && !self.send_blocked {
                     // What that empty pass would have said (RFC 9002 §7.8): nothing more
-                    // to send, so ACKs must not grow the window.
+                    // to send, so ACKs must not grow the window. Not so if the window or
+                    // the pacer held data back and only an ACK went out.
                     self.recovery.set_app_limited(true);
                 }
                 break;
@@ -394,12 +404,16 @@ impl Connection {
         }
         if b.epoch == Epoch::Data {
             self.check_confidentiality_limit(now);
-            self.check_tracked_packets(now);
         }
+        self.check_tracked_packets(now, b.epoch);
     }
 
-    fn check_tracked_packets(&mut self, now: Instant) {
-        if self.recovery.tracked_span(Epoch::Data) > MAX_TRACKED_PACKETS
+    fn check_tracked_packets(&mut self, now: Instant, epoch: Epoch) {
+        let limit = match epoch {
+            Epoch::Data => MAX_TRACKED_PACKETS,
+            _ => MAX_TRACKED_HANDSHAKE_PACKETS,
+        };
+        if self.recovery.tracked_span(epoch) > limit
             && !matches!(self.state, State::Closing { .. } | State::Draining { .. })
         {
             self.close_with_error(
@@ -473,7 +487,10 @@ impl Connection {
 
         let space = &self.spaces[idx];
         let ack_pending = space.ack.ack_pending() && !self.no_acks;
-        let ack_due = ack_pending && (epoch != Epoch::Data || space.ack.ack_due(now));
+        // Initial and Handshake ACKs fall due at once, but only for ack-eliciting packets
+        // (the tracker's deadline): an ACK-only packet never answers one (RFC 9000
+        // §13.2.1), or two endpoints would trade ACKs until the keys are discarded.
+        let ack_due = ack_pending && space.ack.ack_due(now);
         let probing = space.probes > 0;
         let mut want_eliciting =
             space.crypto.has_pending() || probing || self.has_raw_frames(epoch);
@@ -497,7 +514,9 @@ impl Connection {
         }
         let mut send_eliciting = want_eliciting;
         if send_eliciting && !probing {
-            if self.recovery.send_window() < buf.len().min(self.max_datagram_size) as u64 {
+            if self.recovery.send_window() < buf.len().min(self.max_datagram_size) as u64
+                || (epoch == Epoch::Data && self.recovery.tracked_span(epoch) >= TRACKED_SEND_LIMIT)
+            {
                 send_eliciting = false;
             } else if epoch == Epoch::Data {
                 if let Some(t) = self.recovery.pacing_next_send(now, buf.len() as u64) {
@@ -507,6 +526,9 @@ impl Connection {
                     }
                 }
             }
+        }
+        if epoch == Epoch::Data {
+            self.send_blocked = want_eliciting && !send_eliciting;
         }
         // Once we send anything in Data, piggyback a pending ACK even if not yet due.
         let send_ack = ack_due || (ack_pending && send_eliciting);
