@@ -67,6 +67,8 @@ impl TransportConfig {
             congestion: self.congestion,
             initial_window_packets: 10,
             pacing: self.pacing,
+            // The datapaths send with ECN bits clear (Not-ECT).
+            ect_marking: false,
         }
     }
 }

@@ -181,7 +181,9 @@ impl Connection {
         {
             return;
         }
+        // §17.2.5.1: a Retry must pick a new CID (one echoing our original DCID is discarded).
         if version != self.version
+            || scid == self.original_dcid
             || !crate::crypto::retry::verify_retry(version, &self.original_dcid, packet)
         {
             return;
@@ -203,7 +205,8 @@ impl Connection {
 
     /// Client: Version Negotiation (RFC 9000 §6.2): only acted on before any other server packet.
     fn handle_version_negotiation(&mut self, dcid: &[u8], scid: &[u8], versions: &[u8]) {
-        if self.side != Side::Client || self.got_server_packet {
+        // §6.2: discarded once any other packet was processed, a Retry included.
+        if self.side != Side::Client || self.got_server_packet || self.retry_scid.is_some() {
             return;
         }
         // RFC 9000 §6.2 / RFC 8999 §6: a real VN echoes our connection IDs swapped; anything
@@ -634,12 +637,7 @@ impl Connection {
                 } else {
                     3
                 };
-                let delay = Duration::from_micros(
-                    ack.delay
-                        .checked_shl(exponent as u32)
-                        .unwrap_or(u64::MAX)
-                        .min(1 << 40),
-                );
+                let delay = decode_ack_delay(ack.delay, exponent);
                 let ecn = ack.ecn.map(|e| (e.ect0, e.ect1, e.ce));
                 let mut acked = std::mem::take(&mut self.acked_scratch);
                 let mut lost = std::mem::take(&mut self.lost_scratch);
@@ -796,4 +794,29 @@ fn challenge_data() -> [u8; 8] {
     let mut data = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
     data
+}
+
+/// The ACK Delay field times 2^exponent (RFC 9000 §19.3), in microseconds, saturating and
+/// capped at about 12 days: a shift would drop the bits pushed out (2^44 << 20 is 0).
+fn decode_ack_delay(field: u64, exponent: u8) -> Duration {
+    Duration::from_micros(field.saturating_mul(1u64 << exponent.min(20)).min(1 << 40))
+}
+
+#[cfg(test)]
+mod ack_delay_tests {
+    use super::*;
+
+    #[test]
+    fn ack_delay_scales_and_saturates() {
+        assert_eq!(decode_ack_delay(1000, 3), Duration::from_micros(8000));
+        assert_eq!(decode_ack_delay(5, 0), Duration::from_micros(5));
+        assert_eq!(
+            decode_ack_delay(1 << 44, 20),
+            Duration::from_micros(1 << 40)
+        );
+        assert_eq!(
+            decode_ack_delay(u64::MAX >> 2, 20),
+            Duration::from_micros(1 << 40)
+        );
+    }
 }

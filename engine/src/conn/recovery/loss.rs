@@ -218,8 +218,10 @@ impl<T> Recovery<T> {
         }
 
         let mut reduced = false;
-        // §A.7 ProcessECN: a higher CE count is a congestion signal.
-        if let Some((_, _, ce)) = ecn {
+        // §A.7 ProcessECN: a higher CE count is a congestion signal, but only for packets
+        // we marked; unmarked, any count fails validation (RFC 9000 §13.4.2.1) and a peer
+        // could otherwise shrink our window at will.
+        if let Some((_, _, ce)) = ecn.filter(|_| self.config.ect_marking) {
             let space = &mut self.spaces[epoch.index()];
             if ce > space.ecn_ce {
                 space.ecn_ce = ce;
@@ -318,10 +320,8 @@ impl<T> Recovery<T> {
             }
             on_discarded(p);
         });
-        if epoch == Epoch::Initial {
-            // Initial keys are dropped once Handshake keys are in use (RFC 9001 §4.9.1).
-            self.has_handshake_keys = true;
-        }
+        // Not a sign of Handshake keys: a client after a Retry drops its Initial packets
+        // too, and its anti-deadlock probe must then stay an Initial (RFC 9002 §6.2.2.1).
         self.pto_count = 0;
         self.set_timer(now);
     }
@@ -650,6 +650,7 @@ impl<T> Recovery<T> {
             debug!("persistent congestion");
             self.stats.persistent_congestion_events += 1;
             self.cc.on_persistent_congestion();
+            self.rtt.reset_min_to_latest();
         }
         reduced
     }

@@ -39,6 +39,10 @@ pub struct RecoveryConfig {
     /// Initial window in datagrams (RFC 9002 §7.2 recommends 10).
     pub initial_window_packets: usize,
     pub pacing: bool,
+    /// Our packets leave marked ECT(0). Only then can a peer's ECN counts pass validation
+    /// (RFC 9000 §13.4.2.1: counts may not exceed the packets sent with those marks) and
+    /// its CE count be a congestion signal (RFC 9002 §7.1). No datapath marks yet.
+    pub ect_marking: bool,
 }
 
 impl RecoveryConfig {
@@ -50,6 +54,7 @@ impl RecoveryConfig {
             congestion: CongestionAlgorithm::Cubic,
             initial_window_packets: 10,
             pacing: true,
+            ect_marking: false,
         }
     }
 }

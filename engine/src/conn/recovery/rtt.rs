@@ -63,6 +63,14 @@ impl RttEstimator {
         self.smoothed = (self.smoothed * 7 + adjusted) / 8;
     }
 
+    /// After persistent congestion, min_rtt starts again from the newest sample (RFC 9002
+    /// §5.2), so an RTT that has grown for good does not keep declaring it.
+    pub fn reset_min_to_latest(&mut self) {
+        if self.has_sample {
+            self.min = self.latest;
+        }
+    }
+
     pub fn smoothed(&self) -> Duration {
         self.smoothed
     }

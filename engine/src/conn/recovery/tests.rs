@@ -224,6 +224,30 @@ fn client_anti_deadlock_pto() {
     assert_eq!(r.loss_detection_timer(), None);
 }
 
+/// A Retry makes the client drop its Initial packets (`discard_space`) without giving it
+/// Handshake keys: its anti-deadlock probe must stay an Initial (RFC 9002 §6.2.2.1).
+#[test]
+fn after_a_retry_the_anti_deadlock_probe_is_still_an_initial() {
+    let t0 = Instant::now();
+    let mut r = Recovery::<u64>::new(config(Side::Client, CongestionAlgorithm::Cubic));
+    r.on_packet_sent(t0, Epoch::Initial, pkt(0, t0));
+    let t1 = t0 + ms(20);
+    r.discard_space(Epoch::Initial, t1, &mut |_| {});
+    r.on_packet_sent(t1, Epoch::Initial, pkt(1, t1));
+    ack(&mut r, t1 + ms(50), Epoch::Initial, &[1..=1])
+        .0
+        .unwrap();
+    let at = r.loss_detection_timer().expect("anti-deadlock timer armed");
+    let (probe, _) = timeout(&mut r, at);
+    assert_eq!(
+        probe,
+        Some(ProbeRequest {
+            epoch: Epoch::Initial,
+            count: 1
+        })
+    );
+}
+
 #[test]
 fn client_keeps_backoff_until_address_validated() {
     let t0 = Instant::now();
@@ -394,8 +418,12 @@ fn persistent_congestion_collapses_window() {
         }
         let t11 = t0 + ms(2100);
         r.on_packet_sent(t11, Epoch::Data, pkt(11, t11));
-        let (_, out) = ack(&mut r, t11 + ms(100), Epoch::Data, &ranges);
+        // This sample (150 ms) is above min_rtt (100 ms).
+        let (_, out) = ack(&mut r, t11 + ms(150), Epoch::Data, &ranges);
         assert_eq!(out.lost.len(), if persistent { 10 } else { 9 });
+        // §5.2: persistent congestion restarts min_rtt from the newest sample.
+        let min = if persistent { ms(150) } else { ms(100) };
+        assert_eq!(r.rtt().min(), min);
         assert_eq!(
             r.stats().persistent_congestion_events,
             u64::from(persistent)
@@ -414,7 +442,12 @@ fn persistent_congestion_collapses_window() {
 #[test]
 fn ecn_ce_increase_is_a_congestion_event() {
     let t0 = Instant::now();
-    let mut r = server();
+    let mut r = Recovery::new(RecoveryConfig {
+        ect_marking: true,
+        ..config(Side::Server, CongestionAlgorithm::NewReno)
+    });
+    r.set_max_ack_delay(ms(25));
+    r.set_handshake_confirmed();
     for pn in 0..4 {
         r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
     }
@@ -433,6 +466,22 @@ fn ecn_ce_increase_is_a_congestion_event() {
         .0
         .unwrap();
     assert_eq!(r.stats().ecn_ce_events, 1, "same count: no new signal");
+}
+
+/// Without ECT marks on our packets no ECN count can be validated: CE reports are ignored.
+#[test]
+fn ecn_counts_for_unmarked_packets_are_ignored() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..4 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    ack_ecn(&mut r, t0 + ms(50), Epoch::Data, &[0..=1], Some((0, 0, 2)))
+        .0
+        .unwrap();
+    assert_eq!(r.stats().congestion_events, 0);
+    assert_eq!(r.stats().ecn_ce_events, 0);
+    assert_eq!(r.congestion_window(), 12 * MDS, "slow start went on");
 }
 
 #[test]
