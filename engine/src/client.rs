@@ -182,7 +182,7 @@ impl EventHandler<ClientConnState> for ClientHandler {
                     dispatch_stream_event(app, conn, ev, now);
                 }
                 if let (Some(limit), false) = (self.key_update_after, st.key_update_done) {
-                    if st.app.bytes_down() >= limit && conn.force_key_update(now) {
+                    if st.app.bytes_down() >= limit && conn.force_key_update() {
                         st.key_update_done = true;
                     }
                 }

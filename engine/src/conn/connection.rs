@@ -572,15 +572,14 @@ impl Connection {
     // ---- Key update -----------------------------------------------------------------------
 
     /// Starts a 1-RTT key update now (RFC 9001 §6.1). Fails until the previous one is confirmed.
-    pub fn force_key_update(&mut self, now: Instant) -> bool {
+    pub fn force_key_update(&mut self) -> bool {
         if !self.handshake_confirmed {
             return false;
         }
-        let discard_at = now + 3 * self.recovery.pto(Epoch::Data);
         let Some(keys) = self.one_rtt.as_mut() else {
             return false;
         };
-        if !keys.update_allowed() || keys.initiate_update(discard_at).is_err() {
+        if !keys.update_allowed() || keys.initiate_update().is_err() {
             return false;
         }
         self.packets_in_phase = 0;

@@ -416,7 +416,10 @@ impl Connection {
             self.stats.key_updates += 1;
         } else if epoch == Epoch::Data {
             if let Some(k) = self.one_rtt.as_mut() {
-                k.on_packet_opened(generation, pn);
+                if k.on_packet_opened(generation, pn) {
+                    // The peer follows our update: the old keys go 3 PTO from now (§6.5).
+                    k.discard_previous_at(now + 3 * self.recovery.pto(Epoch::Data));
+                }
             }
         }
 

@@ -399,7 +399,7 @@ impl Connection {
         );
         if let Some(interval) = self.config.key_update_interval {
             if self.packets_in_phase >= interval {
-                self.force_key_update(now);
+                self.force_key_update();
             }
         }
         if b.epoch == Epoch::Data {
@@ -445,7 +445,7 @@ impl Connection {
                     limit,
                     "AEAD limit: key update"
                 );
-                self.force_key_update(now);
+                self.force_key_update();
             }
             SealLimit::Close => {
                 if !matches!(self.state, State::Closing { .. } | State::Draining { .. }) {

@@ -44,7 +44,9 @@ pub struct OneRttKeys {
     next_remote: PacketKey,
     next_remote_secret: Secret,
     /// Key of the previous phase, kept for reordered packets until the deadline (§6.5).
-    previous_remote: Option<(PacketKey, Instant)>,
+    /// No deadline yet after an update of ours: the peer has not used the new keys, and
+    /// old keys stay until it has (§6.1).
+    previous_remote: Option<(PacketKey, Option<Instant>)>,
     /// Lowest packet number opened in the current phase (§6.4: older packets with the
     /// other phase bit belong to the previous phase).
     first_pn_current: Option<u64>,
@@ -145,9 +147,21 @@ impl OneRttKeys {
 
     /// Record a packet successfully opened with the key `generation` chose. `Current`
     /// packets track the start of the phase; `Next` is left to `commit_peer_update`.
-    pub fn on_packet_opened(&mut self, generation: KeyGeneration, pn: u64) {
-        if generation == KeyGeneration::Current {
-            self.first_pn_current = Some(self.first_pn_current.map_or(pn, |f| f.min(pn)));
+    /// Returns true when this is the peer's first packet under keys we updated: the
+    /// previous key's clock starts now (call [`OneRttKeys::discard_previous_at`]).
+    pub fn on_packet_opened(&mut self, generation: KeyGeneration, pn: u64) -> bool {
+        if generation != KeyGeneration::Current {
+            return false;
+        }
+        let first = self.first_pn_current.is_none();
+        self.first_pn_current = Some(self.first_pn_current.map_or(pn, |f| f.min(pn)));
+        first && matches!(self.previous_remote, Some((_, None)))
+    }
+
+    /// The previous key goes at `at` (3 PTO after the peer first used the new keys, §6.5).
+    pub fn discard_previous_at(&mut self, at: Instant) {
+        if let Some((_, deadline)) = &mut self.previous_remote {
+            *deadline = Some(at);
         }
     }
 
@@ -155,24 +169,25 @@ impl OneRttKeys {
     /// directions (§6.2) and keep the old remote key until `discard_previous_at`
     /// (the caller uses now + 3 PTO, §6.5).
     pub fn commit_peer_update(&mut self, pn: u64, discard_previous_at: Instant) {
-        self.rotate(discard_previous_at);
+        self.rotate(Some(discard_previous_at));
         self.first_pn_current = Some(pn);
         tracing::debug!(generation = self.generation, "peer initiated key update");
     }
 
     /// We initiate an update (§6.1). Errors unless a packet sent with the current keys has
-    /// been acknowledged. The caller must also have confirmed the handshake.
-    pub fn initiate_update(&mut self, discard_previous_at: Instant) -> Result<(), KeyUpdateError> {
+    /// been acknowledged. The caller must also have confirmed the handshake. The old
+    /// remote key stays until the peer has used the new ones (§6.1), then 3 PTO more.
+    pub fn initiate_update(&mut self) -> Result<(), KeyUpdateError> {
         if !self.confirmed {
             return Err(KeyUpdateError::NotConfirmed);
         }
-        self.rotate(discard_previous_at);
+        self.rotate(None);
         self.first_pn_current = None;
         tracing::debug!(generation = self.generation, "initiated key update");
         Ok(())
     }
 
-    fn rotate(&mut self, discard_previous_at: Instant) {
+    fn rotate(&mut self, discard_previous_at: Option<Instant>) {
         let v = self.version;
         self.local_secret = self.local_secret.next(v);
         self.local = self.local_secret.packet_key(v);
@@ -204,13 +219,13 @@ impl OneRttKeys {
 
     /// Drops the previous remote key once its deadline passed.
     pub fn on_timeout(&mut self, now: Instant) {
-        if matches!(self.previous_remote, Some((_, at)) if at <= now) {
+        if matches!(self.previous_remote, Some((_, Some(at))) if at <= now) {
             self.previous_remote = None;
         }
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.previous_remote.as_ref().map(|(_, at)| *at)
+        self.previous_remote.as_ref().and_then(|(_, at)| *at)
     }
 
     /// Whether a previous-phase key is still held.
@@ -256,7 +271,11 @@ mod tests {
         key.open_in_place(*pn, &mut buf, 1)?;
         match generation {
             KeyGeneration::Next => keys.commit_peer_update(*pn, deadline),
-            g => keys.on_packet_opened(g, *pn),
+            g => {
+                if keys.on_packet_opened(g, *pn) {
+                    keys.discard_previous_at(deadline);
+                }
+            }
         }
         Ok(generation)
     }
@@ -304,10 +323,10 @@ mod tests {
                 (&mut server, &mut client, &mut spn, &mut cpn)
             };
             let gen_before = initiator.generation();
-            initiator.initiate_update(now + pto3).unwrap();
+            initiator.initiate_update().unwrap();
             assert!(!initiator.update_allowed());
             assert_eq!(
-                initiator.initiate_update(now + pto3),
+                initiator.initiate_update(),
                 Err(KeyUpdateError::NotConfirmed),
                 "second update before confirmation"
             );
@@ -351,8 +370,41 @@ mod tests {
         let sample = [7u8; 16];
         let before = client.local_header().mask(&sample);
         client.on_packet_acked_in_current_phase();
-        client.initiate_update(Instant::now()).unwrap();
+        client.initiate_update().unwrap();
         assert_eq!(client.local_header().mask(&sample), before);
         assert_eq!(server.remote_header().mask(&sample), before);
+    }
+
+    /// RFC 9001 §6.1: after an update of ours the old read key stays until the peer has
+    /// used the new keys, however long that takes; only then does its 3 PTO clock start.
+    #[test]
+    fn old_keys_stay_until_the_peer_uses_the_new_ones() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3600);
+        let (mut client, mut server) = pair(VERSION_1, Suite::Aes128Gcm);
+        client.on_packet_acked_in_current_phase();
+        client.initiate_update().unwrap();
+        assert_eq!(
+            client.next_timeout(),
+            None,
+            "no clock before the peer follows"
+        );
+        client.on_timeout(later);
+        // The server has not seen the new phase: its packets still open, much later.
+        let old = send(&server, 0, b"old phase");
+        assert_eq!(recv(&mut client, &old, later), Ok(KeyGeneration::Previous));
+        assert!(client.has_previous());
+        // The server follows; its first new-phase packet starts the clock.
+        let first = send(&client, 0, b"new phase");
+        assert_eq!(recv(&mut server, &first, later), Ok(KeyGeneration::Next));
+        let new = send(&server, 1, b"new phase too");
+        let deadline = later + Duration::from_millis(300);
+        assert_eq!(
+            recv(&mut client, &new, deadline),
+            Ok(KeyGeneration::Current)
+        );
+        assert_eq!(client.next_timeout(), Some(deadline));
+        client.on_timeout(deadline);
+        assert!(!client.has_previous());
     }
 }
