@@ -42,9 +42,10 @@ impl Handoff {
         }
     }
 
-    /// Copies `buf` into a spare buffer and queues it for `owner`; a full queue drops it
-    /// (counted, like a full socket buffer: QUIC recovers). `false` if it cannot be handed
-    /// over at all (no such worker, or too large), so the caller handles it itself.
+    /// Copies `buf` into a spare buffer and queues it for `owner`. A full queue drops it,
+    /// and so does a datagram too large for a slot: counted, like a full socket buffer
+    /// (QUIC recovers). Never handled here instead: this worker does not know the
+    /// connection, and its stateless reset would be valid and kill it (RFC 9000 §10.3.2).
     // Boxed buffers on purpose: each moves into a queue entry and back by pointer.
     #[allow(clippy::vec_box)]
     fn pass(
@@ -54,13 +55,14 @@ impl Handoff {
         buf: &[u8],
         spare: &mut Vec<Box<[u8; 2048]>>,
         counters: &WorkerCounters,
-    ) -> bool {
+    ) {
         let Some(q) = self
             .queues
             .get(owner as usize)
             .filter(|_| buf.len() <= 2048)
         else {
-            return false;
+            counters.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         };
         let mut b = spare.pop().unwrap_or_else(|| Box::new([0u8; 2048]));
         b[..buf.len()].copy_from_slice(buf);
@@ -76,7 +78,6 @@ impl Handoff {
                 counters.handoff_dropped.fetch_add(1, Ordering::Relaxed)
             }
         };
-        true
     }
 }
 
@@ -88,7 +89,7 @@ pub struct WorkerCounters {
     pub connections: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub handed_off: AtomicU64,
-    /// Hand-offs dropped because the owner's queue was full.
+    /// Hand-offs dropped: the owner's queue was full, or the datagram exceeds a slot.
     pub handoff_dropped: AtomicU64,
     pub stateless_resets: AtomicU64,
     pub retries: AtomicU64,
@@ -190,9 +191,8 @@ impl<D: Datapath> Worker<D> {
                 if let Some(h) = handoff.filter(|_| multi) {
                     let layout = &endpoint.config().layout;
                     if let Some(owner) = steer::foreign_owner(buf, layout, n_workers, me) {
-                        if h.pass(owner, meta, buf, &mut spare, counters) {
-                            return;
-                        }
+                        h.pass(owner, meta, buf, &mut spare, counters);
+                        return;
                     }
                 }
                 endpoint.handle_datagram(now, meta, buf, &mut dispatcher);
@@ -305,5 +305,35 @@ pub fn drive_until<D: Datapath, U: Default, H: EventHandler<U>>(
                 dp.wait(Some(timeout))?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A datagram for another worker's connection goes to that worker or nowhere: one too
+    /// large for a hand-off slot is dropped and counted, not left to this worker (which
+    /// would answer it with a valid stateless reset).
+    #[test]
+    fn hand_offs_that_do_not_fit_are_dropped_and_counted() {
+        let handoff = Handoff::new(2);
+        let counters = WorkerCounters::default();
+        let mut spare = Vec::new();
+        let meta = RxMeta {
+            src: "10.0.0.1:5000".parse().unwrap(),
+            dst: "10.0.0.2:4433".parse().unwrap(),
+            ecn: 0,
+        };
+        handoff.pass(1, meta, &[7u8; 1200], &mut spare, &counters);
+        handoff.pass(1, meta, &[7u8; 3000], &mut spare, &counters);
+        handoff.pass(5, meta, &[7u8; 100], &mut spare, &counters);
+        assert_eq!(counters.handed_off.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.handoff_dropped.load(Ordering::Relaxed), 2);
+        let d = handoff.queues[1]
+            .pop()
+            .expect("the fitting datagram was queued");
+        assert_eq!((d.len, d.buf[0]), (1200, 7));
+        assert!(handoff.queues[1].pop().is_none());
     }
 }
