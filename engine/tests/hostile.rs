@@ -399,11 +399,32 @@ fn craft_initial(
     frames: &[u8],
     datagram_len: usize,
 ) -> Vec<u8> {
+    craft_initial_with_token(dcid, scid, pn, frames, datagram_len, &[])
+}
+
+/// `craft_initial` with a token in the header.
+fn craft_initial_with_token(
+    dcid: &ConnectionId,
+    scid: &ConnectionId,
+    pn: u64,
+    frames: &[u8],
+    datagram_len: usize,
+    token: &[u8],
+) -> Vec<u8> {
     let keys = initial_keys(VERSION_1, dcid, Side::Client);
-    let mut buf = vec![0u8; datagram_len.max(frames.len() + 128)];
+    let mut buf = vec![0u8; datagram_len.max(frames.len() + token.len() + 128)];
     let mut w = Writer::new(&mut buf);
-    let layout =
-        header::write_long(&mut w, LongType::Initial, VERSION_1, dcid, scid, &[], pn, 2).unwrap();
+    let layout = header::write_long(
+        &mut w,
+        LongType::Initial,
+        VERSION_1,
+        dcid,
+        scid,
+        token,
+        pn,
+        2,
+    )
+    .unwrap();
     let header_len = w.len();
     w.put_bytes(frames).unwrap();
     let payload_end = w
@@ -1701,4 +1722,32 @@ fn an_ack_only_initial_earns_no_ack() {
     }
     net.establish();
     net.echo_round_trip(1000, 1);
+}
+
+/// RFC 9000 §8.1.3: a token the server cannot open counts as no token (the client is
+/// unvalidated and may get a Retry), except one that says it came from a Retry: that
+/// client will not accept another, so it is closed at once with INVALID_TOKEN (§8.1.2).
+#[test]
+fn tokens_we_cannot_open_earn_a_retry_unless_they_claim_to_be_one() {
+    let mut cfg = server_endpoint_config(TransportConfig::default());
+    cfg.require_retry = true;
+    let mut server: Endpoint<AppSlot> = Endpoint::new(cfg);
+    let now = Instant::now();
+    let (dcid, scid) = (cid(&[9; 8]), cid(&[8; 8]));
+    let ping = [0x01];
+    // A NEW_TOKEN-kind token from another deployment (or before a restart).
+    let foreign = [&[1u8][..], &[0x55; 60]].concat();
+    let d = craft_initial_with_token(&dcid, &scid, 0, &ping, 1200, &foreign);
+    feed(&mut server, &mut NoEvents, &d, now);
+    let out = drain(&mut server, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(kind(&out[0]), Some("retry"));
+    // One claiming to come from a Retry that does not open.
+    let bad_retry = [&[0u8][..], &[0x55; 60]].concat();
+    let d = craft_initial_with_token(&dcid, &scid, 0, &ping, 1200, &bad_retry);
+    feed(&mut server, &mut NoEvents, &d, now);
+    let out = drain(&mut server, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(server_initial_close_codes(&dcid, &out[0]), vec![0x0b]);
+    assert_eq!(server.connection_count(), 0);
 }

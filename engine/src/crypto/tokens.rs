@@ -14,7 +14,7 @@ const NONCE_LEN: usize = 12;
 /// Largest plaintext: kind, issued_at, IPv6, port, two length-prefixed CIDs.
 const MAX_PLAIN: usize = 1 + 8 + 1 + 16 + 2 + 1 + MAX_CID_LEN + 1 + MAX_CID_LEN;
 /// Binds tokens to their purpose so the key cannot be confused with another use.
-const AAD: &[u8] = b"quench address token v1";
+const AAD: &[u8] = b"quench address token v2";
 const KIND_RETRY: u8 = 0;
 const KIND_NEW_TOKEN: u8 = 1;
 /// Tolerated clock skew between workers for tokens "issued in the future".
@@ -118,9 +118,24 @@ pub enum TokenError {
 }
 
 /// Seals and opens address-validation tokens: AES-256-GCM with a random nonce,
-/// token = nonce | ciphertext | tag.
+/// token = kind | nonce | ciphertext | tag. The kind is in clear (and authenticated as
+/// AAD) so that a token we cannot open still tells how it was given out (RFC 9000
+/// §8.1.1): an invalid Retry token closes with INVALID_TOKEN, any other is ignored.
 pub struct TokenKey {
     key: LessSafeKey,
+}
+
+/// What a token of `kind` is sealed with: the purpose string, then the kind.
+fn aad(kind: u8) -> [u8; AAD.len() + 1] {
+    let mut aad = [kind; AAD.len() + 1];
+    aad[..AAD.len()].copy_from_slice(AAD);
+    aad
+}
+
+/// True if `token` says it came from a Retry (its clear kind byte), whether or not it is
+/// valid: a client that used one will not accept another Retry (RFC 9000 §8.1.2).
+pub fn claims_retry(token: &[u8]) -> bool {
+    token.first() == Some(&KIND_RETRY)
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -233,14 +248,21 @@ impl TokenKey {
         self.seal(&mut plain[..at], out);
     }
 
+    /// `plain` starts with its kind byte, which also goes in clear in front.
     fn seal(&self, plain: &mut [u8], out: &mut Vec<u8>) {
+        let kind = plain[0];
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).expect("system RNG available");
         let tag = self
             .key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(AAD), plain)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(kind)),
+                plain,
+            )
             .expect("token plaintext is small");
-        out.reserve(NONCE_LEN + plain.len() + TAG_LEN);
+        out.reserve(1 + NONCE_LEN + plain.len() + TAG_LEN);
+        out.push(kind);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
         out.extend_from_slice(tag.as_ref());
@@ -254,9 +276,12 @@ impl TokenKey {
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<ValidatedToken, TokenError> {
-        if token.len() < NONCE_LEN + TAG_LEN || token.len() > NONCE_LEN + MAX_PLAIN + TAG_LEN {
+        if token.len() < 1 + NONCE_LEN + TAG_LEN
+            || token.len() > 1 + NONCE_LEN + MAX_PLAIN + TAG_LEN
+        {
             return Err(TokenError::Invalid);
         }
+        let (clear_kind, token) = token.split_at(1);
         let (nonce, sealed) = token.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| TokenError::Invalid)?;
         let mut buf = [0u8; MAX_PLAIN + TAG_LEN];
@@ -264,10 +289,17 @@ impl TokenKey {
         buf.copy_from_slice(sealed);
         let plain = self
             .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(AAD), buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(clear_kind[0])),
+                buf,
+            )
             .map_err(|_| TokenError::Invalid)?;
         let mut r = Reader(plain);
         let kind = r.u8().ok_or(TokenError::Invalid)?;
+        if kind != clear_kind[0] {
+            return Err(TokenError::Invalid);
+        }
         let issued = r.take(8).ok_or(TokenError::Invalid)?;
         let issued = u64::from_be_bytes(issued.try_into().map_err(|_| TokenError::Invalid)?);
         let ip = r.ip().ok_or(TokenError::Invalid)?;
@@ -427,6 +459,17 @@ mod tests {
         assert_eq!(
             key.open(&[0; 500], client, now, life),
             Err(TokenError::Invalid)
+        );
+        // The clear kind says how a token was given out, even one we cannot open.
+        let mut retry = Vec::new();
+        key.seal_retry(client, &[1; 8], &[2; 8], now, &mut retry);
+        assert!(claims_retry(&retry) && !claims_retry(&tok));
+        let mut relabelled = tok.clone();
+        relabelled[0] = retry[0];
+        assert_eq!(
+            key.open(&relabelled, client, now, life),
+            Err(TokenError::Invalid),
+            "the kind is authenticated"
         );
         // Two seals of the same content differ (random nonce).
         let mut tok2 = Vec::new();

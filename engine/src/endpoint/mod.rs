@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use slab::Slab;
 
 use crate::conn::{CidEvent, Connection, Event, ServerConnectionParams, TransportConfig};
-use crate::crypto::tokens::{ResetTokenKey, TokenKey, ValidatedToken};
+use crate::crypto::tokens::{self, ResetTokenKey, TokenKey, ValidatedToken};
 use crate::io::{RxMeta, TxMeta};
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::TransportErrorCode as Code;
@@ -437,12 +437,13 @@ impl<U: Default> Endpoint<U> {
                     validated = true;
                 }
                 Ok(ValidatedToken::NewToken) => validated = true,
+                Err(_) if tokens::claims_retry(token) => {
+                    // §8.1.2: the client will not take another Retry; tell it at once.
+                    return self.refuse_invalid_token(meta, version, dcid, scid);
+                }
                 Err(_) => {
-                    if self.config.require_retry {
-                        // §8.1.3: an invalid Retry token closes with INVALID_TOKEN.
-                        return self.refuse_invalid_token(meta, version, dcid, scid);
-                    }
-                    // A stale NEW_TOKEN-style token: carry on as if none was sent.
+                    // §8.1.3: any other token that fails (stale, from another
+                    // deployment, forged) counts as none: unvalidated, perhaps a Retry.
                 }
             }
         }
