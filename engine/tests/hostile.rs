@@ -1751,3 +1751,45 @@ fn tokens_we_cannot_open_earn_a_retry_unless_they_claim_to_be_one() {
     assert_eq!(server_initial_close_codes(&dcid, &out[0]), vec![0x0b]);
     assert_eq!(server.connection_count(), 0);
 }
+
+/// RFC 9000 §10.3.1: a datagram ending in the peer's reset token is a stateless reset
+/// whatever its first byte claims (a reset may look like a long header), but only from
+/// the address the connection talks to.
+#[test]
+fn stateless_resets_are_recognised_in_any_form_but_only_from_the_peer() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    // The server loses its state (same reset key); the client's next packet earns a reset.
+    let cfg = net.server.config().clone();
+    net.server = Endpoint::new(cfg);
+    net.client
+        .with_state(net.h, |c, _| {
+            let id = c.open_stream(true).expect("stream credit");
+            c.write(id, b"anyone there?").unwrap();
+        })
+        .expect("client alive");
+    let mut reset = None;
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+        reset = reset.or(net.server_out().pop());
+    }
+    let mut reset = reset.expect("the server answered with a stateless reset");
+    assert!(net.server.stats().stateless_resets_sent >= 1);
+    // From another address: not the peer's, ignored.
+    let mut copy = reset.clone();
+    let elsewhere = RxMeta {
+        src: "10.9.9.9:4433".parse().unwrap(),
+        dst: net.caddr,
+        ecn: 0,
+    };
+    net.client
+        .handle_datagram(net.now, elsewhere, &mut copy, &mut ClientEvents);
+    assert!(!net.client_conn().is_closing());
+    assert_eq!(net.client.stats().stateless_resets_received, 0);
+    // Dressed as a long header, from the server: a reset all the same.
+    reset[0] |= 0xc0;
+    net.deliver_to_client(&reset);
+    assert_eq!(net.client.stats().stateless_resets_received, 1);
+    assert_eq!(net.log(|l| l.closed.clone()), None, "connection gone");
+    assert!(net.client.conn(net.h).is_none());
+}

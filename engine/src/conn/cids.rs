@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 
+use crate::crypto::constant_time_eq;
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
 
@@ -297,10 +298,6 @@ impl CidState {
     pub fn pending_announcements(&self) -> bool {
         self.local.iter().any(|l| l.announce) || !self.retire_queue.is_empty()
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -32,6 +32,11 @@ pub use header_protection::{HeaderKey, SAMPLE_LEN};
 pub use key_update::{KeyGeneration, KeyUpdateError, OneRttKeys};
 pub use secrets::{initial_keys, DirectionalKeys, Keys, Secret};
 
+/// Equality of secrets without an early exit on the first difference.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// QUIC version 1 (RFC 9000).
 pub const VERSION_1: u32 = 0x0000_0001;
 /// QUIC version 2 (RFC 9369 §3.1).

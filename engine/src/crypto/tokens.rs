@@ -7,6 +7,7 @@ use super::hmac::{HmacHash, HmacKey};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 use super::aead::TAG_LEN;
+use crate::wire::net::canonical_ip;
 
 /// Longest connection ID (RFC 9000 §17.2).
 pub const MAX_CID_LEN: usize = 20;
@@ -19,6 +20,26 @@ const KIND_RETRY: u8 = 0;
 const KIND_NEW_TOKEN: u8 = 1;
 /// Tolerated clock skew between workers for tokens "issued in the future".
 const FUTURE_SKEW: Duration = Duration::from_secs(60);
+
+/// A peer's stateless reset token as a hash-map key: compared in constant time, so a
+/// lookup leaks nothing about stored tokens (RFC 9000 §10.3.1). The maps hashing it are
+/// randomly seeded and read every byte.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerResetToken(pub [u8; 16]);
+
+impl PartialEq for PeerResetToken {
+    fn eq(&self, other: &Self) -> bool {
+        super::constant_time_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for PeerResetToken {}
+
+impl std::hash::Hash for PeerResetToken {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.0);
+    }
+}
 
 fn random_32() -> [u8; 32] {
     let mut secret = [0u8; 32];
@@ -144,12 +165,8 @@ fn unix_secs(t: SystemTime) -> u64 {
 
 /// Appends the family-tagged IP address.
 fn put_ip(buf: &mut [u8; MAX_PLAIN], at: &mut usize, ip: IpAddr) {
-    let ip = match ip {
-        // Normalise v4-mapped addresses so dual-stack sockets match either way.
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    match ip {
+    // Normalise v4-mapped addresses so dual-stack sockets match either way.
+    match canonical_ip(ip) {
         IpAddr::V4(v4) => put(buf, at, &[4]).and_then(|_| put(buf, at, &v4.octets())),
         IpAddr::V6(v6) => put(buf, at, &[6]).and_then(|_| put(buf, at, &v6.octets())),
     };
@@ -193,11 +210,7 @@ impl<'a> Reader<'a> {
 }
 
 fn same_ip(a: IpAddr, b: IpAddr) -> bool {
-    let canon = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    canon(a) == canon(b)
+    canonical_ip(a) == canonical_ip(b)
 }
 
 impl TokenKey {

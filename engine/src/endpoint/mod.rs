@@ -21,11 +21,12 @@ use std::time::{Duration, Instant, SystemTime};
 use slab::Slab;
 
 use crate::conn::{CidEvent, Connection, Event, ServerConnectionParams, TransportConfig};
-use crate::crypto::tokens::{self, ResetTokenKey, TokenKey, ValidatedToken};
+use crate::crypto::tokens::{self, PeerResetToken, ResetTokenKey, TokenKey, ValidatedToken};
 use crate::io::{RxMeta, TxMeta};
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::TransportErrorCode as Code;
 use crate::wire::header::{self, Header, LongType};
+use crate::wire::net;
 use crate::wire::steer::CidLayout;
 
 pub use cid::CidGenerator;
@@ -119,7 +120,7 @@ struct Entry<U> {
     /// Boxed: a connection is ~6 KB, and the slab then moves and grows by pointers.
     conn: Box<Connection>,
     /// The peer's stateless reset tokens for this connection (keys of `by_reset_token`).
-    reset_tokens: Vec<[u8; 16]>,
+    reset_tokens: Vec<PeerResetToken>,
     state: U,
     /// The client's original DCID (server side), so retransmitted Initials find us.
     initial_dcid: Option<ConnectionId>,
@@ -138,7 +139,7 @@ pub struct Endpoint<U> {
     config: EndpointConfig,
     conns: Slab<Entry<U>>,
     routes: Routes,
-    by_reset_token: HashMap<[u8; 16], ConnHandle>,
+    by_reset_token: HashMap<PeerResetToken, ConnHandle>,
     /// Connections that may have something to send, in round-robin order.
     send_queue: VecDeque<ConnHandle>,
     timers: TimerQueue,
@@ -276,12 +277,10 @@ impl<U: Default> Endpoint<U> {
     ) -> Option<ConnHandle> {
         self.stats.datagrams_received += 1;
         let cid_len = self.config.layout.cid_len;
-        let Ok(dcid) = header::peek_dcid(buf, cid_len) else {
-            self.stats.dropped_unroutable += 1;
-            return None;
-        };
-        let known = ConnectionId::new(dcid)
+        // Unreadable headers go to `handle_unknown` too: a stateless reset is random bytes.
+        let known = header::peek_dcid(buf, cid_len)
             .ok()
+            .and_then(|dcid| ConnectionId::new(dcid).ok())
             .and_then(|d| self.routes.lookup(&d));
         if let Some(h) = known {
             let e = &mut self.conns[h];
@@ -301,11 +300,17 @@ impl<U: Default> Endpoint<U> {
         handler: &mut impl EventHandler<U>,
     ) -> Option<ConnHandle> {
         let len = buf.len();
-        // RFC 9000 §10.3.1: a datagram for no known CID may be a stateless reset of one of ours.
-        if len >= 21 && buf[0] & 0x80 == 0 {
+        // RFC 9000 §10.3.1: a datagram for no known CID may be a stateless reset of one of
+        // ours, whatever its first byte says, if it comes from that connection's peer.
+        if len >= 21 {
             let mut token = [0u8; 16];
             token.copy_from_slice(&buf[len - 16..]);
-            if let Some(&h) = self.by_reset_token.get(&token) {
+            let found = self.by_reset_token.get(&PeerResetToken(token)).copied();
+            if let Some(h) = found.filter(|&h| {
+                self.conns
+                    .get(h)
+                    .is_some_and(|e| net::same_peer(e.conn.remote_addr(), meta.src))
+            }) {
                 self.stats.stateless_resets_received += 1;
                 if let Some(e) = self.conns.get_mut(h) {
                     e.conn.handle_stateless_reset(now);
@@ -558,11 +563,13 @@ impl<U: Default> Endpoint<U> {
                 CidEvent::PeerResetToken(token) => {
                     // Bounded: the peer can't hold more CIDs with us than our limit allows.
                     if e.reset_tokens.len() < 16 {
+                        let token = PeerResetToken(token);
                         e.reset_tokens.push(token);
                         self.by_reset_token.insert(token, h);
                     }
                 }
                 CidEvent::PeerResetTokenRetired(token) => {
+                    let token = PeerResetToken(token);
                     e.reset_tokens.retain(|t| *t != token);
                     if self.by_reset_token.get(&token) == Some(&h) {
                         self.by_reset_token.remove(&token);

@@ -16,6 +16,19 @@ pub const UDP_HDR_LEN: usize = 8;
 /// The most header bytes any frame we build needs in front of its UDP payload.
 pub const MAX_HEADROOM: usize = ETH_HDR_LEN + VLAN_TAG_LEN + IPV6_HDR_LEN + UDP_HDR_LEN;
 
+/// `ip` with an IPv4-mapped IPv6 address (what a dual-stack socket reports) as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The same peer, whichever socket family reported either address.
+pub fn same_peer(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && canonical_ip(a.ip()) == canonical_ip(b.ip())
+}
+
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
