@@ -178,6 +178,24 @@ impl CidState {
         Ok(())
     }
 
+    /// Client: the server's preferred_address parameter. Its CID is sequence 1 (RFC 9000
+    /// §5.1.1) whether or not we move there: it counts toward our limit and is retired
+    /// like any other (§5.1.2: not forgotten without retiring it). A server using
+    /// zero-length CIDs must not send one (§18.2).
+    pub fn on_preferred_address(
+        &mut self,
+        cid: ConnectionId,
+        token: [u8; 16],
+    ) -> Result<(), TransportError> {
+        if self.remote[self.active_remote].cid.is_empty() {
+            return Err(TransportError::new(
+                Code::TRANSPORT_PARAMETER_ERROR,
+                "preferred_address with zero-length connection IDs",
+            ));
+        }
+        self.on_new_cid(1, 0, cid, token)
+    }
+
     /// NEW_CONNECTION_ID from the peer (RFC 9000 §19.15, §5.1.2).
     pub fn on_new_cid(
         &mut self,
@@ -378,5 +396,22 @@ mod tests {
         s.on_announced(3);
         s.on_retire(2, cid(1).as_slice(), &mut gen).unwrap();
         s.on_retire(3, cid(1).as_slice(), &mut gen).unwrap();
+    }
+
+    #[test]
+    fn the_preferred_address_cid_is_sequence_one() {
+        let mut s = CidState::new(cid(1), [1; 16], cid(2), 2);
+        s.on_preferred_address(cid(3), [30; 16]).unwrap();
+        // It fills our limit of 2 with the handshake CID ...
+        let err = s.on_new_cid(2, 0, cid(4), [40; 16]).unwrap_err();
+        assert_eq!(err.code, Code::CONNECTION_ID_LIMIT_ERROR);
+        // ... and is retired when the server asks, though we never used it.
+        s.on_new_cid(3, 2, cid(5), [50; 16]).unwrap();
+        let retired: Vec<u64> = s.retire_queue.iter().copied().collect();
+        assert_eq!(retired, vec![0, 1]);
+        // Zero-length CIDs and a preferred address do not go together.
+        let mut z = CidState::new(cid(1), [1; 16], ConnectionId::new(&[]).unwrap(), 2);
+        let err = z.on_preferred_address(cid(3), [30; 16]).unwrap_err();
+        assert_eq!(err.code, Code::TRANSPORT_PARAMETER_ERROR);
     }
 }

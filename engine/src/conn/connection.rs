@@ -852,6 +852,9 @@ impl Connection {
                 if let Some(token) = p.stateless_reset_token {
                     self.cids.set_initial_remote_reset_token(token);
                 }
+                if let Some(pa) = &p.preferred_address {
+                    self.cids.on_preferred_address(pa.cid, pa.reset_token)?;
+                }
             }
             Side::Server => {
                 if p.initial_source_connection_id != Some(self.peer_initial_scid) {
