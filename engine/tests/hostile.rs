@@ -1793,3 +1793,79 @@ fn stateless_resets_are_recognised_in_any_form_but_only_from_the_peer() {
     assert_eq!(net.log(|l| l.closed.clone()), None, "connection gone");
     assert!(net.client.conn(net.h).is_none());
 }
+
+/// RFC 9000 §9.5: one CID is never sent to two addresses. A peer that moves under a new
+/// CID of ours gets a new CID of its own back on the new path (and the old one retired);
+/// a NAT rebinding (same CID, new port) keeps the CID, as §9.5 allows.
+#[test]
+fn a_peer_that_moves_under_a_new_cid_gets_a_new_cid_back() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    net.echo_round_trip(1000, 1);
+    let first = net.server_conn().active_remote_cid();
+    // A NAT rebinding: new port, same CIDs.
+    net.caddr = "10.0.0.1:5001".parse().unwrap();
+    net.echo_round_trip(1000, 2);
+    assert_eq!(net.server_conn().remote_addr(), net.caddr);
+    assert_eq!(net.server_conn().active_remote_cid(), first, "kept");
+    // A deliberate move: the client takes a spare CID of the server and a new address.
+    let moved = net
+        .client
+        .with_state(net.h, |c, _| c.switch_to_spare_remote_cid())
+        .expect("client alive");
+    assert!(moved, "the server issued spare CIDs");
+    net.caddr = "10.0.0.3:7000".parse().unwrap();
+    net.echo_round_trip(1000, 3);
+    assert_eq!(net.server_conn().remote_addr(), net.caddr);
+    let second = net.server_conn().active_remote_cid();
+    assert_ne!(second, first, "a new CID for the new path");
+    // The server retires the CID it used on the old path; the client then drops it.
+    let retired = net.run(Duration::from_secs(5), |n| {
+        !n.client_conn().local_cids().any(|c| c == first)
+    });
+    assert!(retired, "the old path's CID was retired");
+    net.echo_round_trip(1000, 4);
+    net.assert_healthy();
+}
+
+/// RFC 9000 §9.5: a probe of another path under another of our CIDs is answered under
+/// another CID of the peer's, not the one the current path uses.
+#[test]
+fn a_probe_under_a_new_cid_is_answered_under_a_new_cid() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    net.echo_round_trip(1000, 1);
+    net.run(Duration::from_millis(200), |_| false);
+    let current = net.server_conn().active_remote_cid();
+    let probe_addr: SocketAddr = "10.0.0.1:6002".parse().unwrap();
+    net.client
+        .with_state(net.h, |c, _| {
+            c.stop_acknowledging();
+            assert!(c.switch_to_spare_remote_cid());
+        })
+        .expect("client alive");
+    net.queue_raw(Epoch::Data, &[0x1a, 9, 8, 7, 6, 5, 4, 3, 2]); // PATH_CHALLENGE
+    for d in net.client_out() {
+        let mut copy = d.clone();
+        let mut disp = AppDispatcher { factory: &net.apps };
+        net.server
+            .handle_datagram(net.now, rx("10.0.0.1:6002"), &mut copy, &mut disp);
+    }
+    let sent = drain_to(&mut net.server, net.now);
+    let answers: Vec<&Vec<u8>> = sent
+        .iter()
+        .filter(|(dst, _)| *dst == probe_addr)
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(answers.len(), 1, "{sent:?}");
+    let Ok((Header::Short { dcid, .. }, _)) = header::parse(answers[0], CID_LEN) else {
+        panic!("a 1-RTT packet");
+    };
+    assert_ne!(dcid, current, "not the current path's CID");
+    assert_eq!(
+        net.server_conn().active_remote_cid(),
+        current,
+        "no migration"
+    );
+    assert_eq!(net.server_conn().remote_addr(), net.caddr);
+}

@@ -178,6 +178,69 @@ impl CidState {
         Ok(())
     }
 
+    /// An unused remote CID for another path, now counted as used: RFC 9000 §9.5 forbids
+    /// sending one CID to two addresses. `None` when the peer left us no spare (or uses
+    /// zero-length CIDs, which link nothing).
+    pub fn claim_spare_remote(&mut self) -> Option<ConnectionId> {
+        if self.remote[self.active_remote].cid.is_empty() {
+            return None;
+        }
+        let i = (0..self.remote.len())
+            .filter(|&i| !self.remote[i].used)
+            .min_by_key(|&i| self.remote[i].seq)?;
+        let r = &mut self.remote[i];
+        r.used = true;
+        if let Some(t) = r.reset_token {
+            self.events.push_back(CidEvent::PeerResetToken(t));
+        }
+        Some(r.cid)
+    }
+
+    /// Sends to `cid` (from `claim_spare_remote`) from now on and retires the CID used so
+    /// far (§5.1.2), unless too many retirements are already outstanding.
+    pub fn switch_active_remote(&mut self, cid: ConnectionId) {
+        let old = self.active_remote;
+        if self.set_active_remote(cid) && self.active_remote != old {
+            self.retire_remote_at(old);
+        }
+    }
+
+    /// Sends to `cid` from now on, keeping the CID used so far. False if we hold no `cid`.
+    pub(crate) fn set_active_remote(&mut self, cid: ConnectionId) -> bool {
+        match self.remote.iter().position(|r| r.cid == cid) {
+            Some(i) => {
+                self.active_remote = i;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Retires `cid` if we hold it and do not send to it (a path's CID no longer needed).
+    pub fn retire_remote(&mut self, cid: ConnectionId) {
+        if let Some(i) = self.remote.iter().position(|r| r.cid == cid) {
+            if i != self.active_remote {
+                self.retire_remote_at(i);
+            }
+        }
+    }
+
+    fn retire_remote_at(&mut self, i: usize) {
+        if self.queue_retire(self.remote[i].seq).is_err() {
+            return;
+        }
+        let active = self.remote[self.active_remote].cid;
+        let r = self.remote.swap_remove(i);
+        if let (true, Some(t)) = (r.used, r.reset_token) {
+            self.events.push_back(CidEvent::PeerResetTokenRetired(t));
+        }
+        self.active_remote = self
+            .remote
+            .iter()
+            .position(|r| r.cid == active)
+            .unwrap_or(0);
+    }
+
     /// Client: the server's preferred_address parameter. Its CID is sequence 1 (RFC 9000
     /// §5.1.1) whether or not we move there: it counts toward our limit and is retired
     /// like any other (§5.1.2: not forgotten without retiring it). A server using

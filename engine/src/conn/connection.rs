@@ -107,6 +107,9 @@ pub(crate) struct PathResponse {
     pub data: [u8; 8],
     pub to: SocketAddr,
     pub received: usize,
+    /// The challenge came under another of our CIDs than the current path uses: the answer
+    /// must go under another of the peer's (RFC 9000 §9.5).
+    pub new_dcid: bool,
 }
 
 /// Counters a user or test can read.
@@ -189,7 +192,18 @@ pub struct Connection {
     pub(crate) path_validation_deadline: Option<Instant>,
     /// A PATH_CHALLENGE to send to the address the peer apparently left (RFC 9000 §9.3.3:
     /// it makes a genuine peer answer there and so undo a migration an attacker forged).
-    pub(crate) old_path_challenge: Option<([u8; 8], SocketAddr)>,
+    /// Sent with the CID that address knew, not the one the new path gets (§9.5).
+    pub(crate) old_path_challenge: Option<([u8; 8], SocketAddr, ConnectionId)>,
+    /// Our CID the peer last used on the current path: a packet from a new address under
+    /// another one means the peer moved on purpose and we must use a new CID there too
+    /// (RFC 9000 §9.5); under the same one (NAT rebinding) we may keep ours.
+    pub(crate) path_dcid: Option<ConnectionId>,
+    /// The CID we answered a probe of another path with, and that path's address: used
+    /// again if the peer moves there.
+    pub(crate) probe_cid: Option<(SocketAddr, ConnectionId)>,
+    /// The current path got a new CID when the peer moved: returning to the validated
+    /// address (a failed validation) takes another.
+    pub(crate) path_got_new_cid: bool,
     /// First 1-RTT packet number sent to the current peer address (since the last migration).
     pub(crate) path_first_pn: u64,
     /// Our outstanding PATH_CHALLENGE after the peer moved (RFC 9000 §8.2, §9.3).
@@ -409,6 +423,9 @@ impl Connection {
             validated_remote: None,
             path_validation_deadline: None,
             old_path_challenge: None,
+            path_dcid: None,
+            probe_cid: None,
+            path_got_new_cid: false,
             path_first_pn: 0,
             path_challenge: None,
             path_challenge_pending: false,

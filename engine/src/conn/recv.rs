@@ -460,7 +460,11 @@ impl Connection {
         let (ack_eliciting, probing_only) =
             self.process_frames(now, epoch, kind, payload, &dcid)?;
         if new_path && !probing_only {
-            self.migrate_to(now, remote, self.rx_path.1);
+            let peer_switched = self.path_dcid.is_some_and(|d| d != dcid);
+            self.migrate_to(now, remote, self.rx_path.1, peer_switched);
+        }
+        if epoch == Epoch::Data && remote == self.remote && self.path_dcid != Some(dcid) {
+            self.path_dcid = Some(dcid);
         }
 
         let immediate = epoch != Epoch::Data;
@@ -484,14 +488,41 @@ impl Connection {
     }
 
     /// The peer moved (RFC 9000 §9.3): send to the new address, limited to three times what it
-    /// sent us until a PATH_CHALLENGE round trip validates it (§8.2, §9.3.1).
-    fn migrate_to(&mut self, now: Instant, remote: SocketAddr, received: usize) {
-        tracing::debug!(old = %self.remote, new = %remote, "peer address changed");
+    /// sent us until a PATH_CHALLENGE round trip validates it (§8.2, §9.3.1). If it moved
+    /// under another of our CIDs (`peer_switched`), the new path gets another of its CIDs.
+    fn migrate_to(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        received: usize,
+        peer_switched: bool,
+    ) {
+        tracing::debug!(old = %self.remote, new = %remote, peer_switched, "peer address changed");
         if self.address_validated {
             self.validated_remote = Some(self.remote);
             // §9.3.3: challenge the path just left, so that a genuine peer still there
             // answers on it and wins the connection back from a forged migration.
-            self.old_path_challenge = Some((challenge_data(), self.remote));
+            self.old_path_challenge =
+                Some((challenge_data(), self.remote, self.cids.active_remote()));
+        }
+        self.path_got_new_cid = false;
+        if peer_switched {
+            let probed = self.probe_cid.take().and_then(|(to, cid)| {
+                if to == remote {
+                    Some(cid)
+                } else {
+                    self.cids.retire_remote(cid);
+                    None
+                }
+            });
+            match probed.or_else(|| self.cids.claim_spare_remote()) {
+                Some(cid) => {
+                    self.cids.switch_active_remote(cid);
+                    self.path_got_new_cid = true;
+                }
+                // §9.5 leaves nothing better: the peer gave us no CID to spare.
+                None => tracing::debug!("no spare connection ID for the new path"),
+            }
         }
         self.send_to(now, remote);
         self.path_first_pn = self.recovery.next_packet_number(Epoch::Data);
@@ -544,6 +575,12 @@ impl Connection {
         match self.validated_remote {
             Some(prev) => {
                 tracing::debug!(failed = %self.remote, back_to = %prev, "path validation failed");
+                // The CID we used toward the failed address must not follow us back.
+                if std::mem::take(&mut self.path_got_new_cid) {
+                    if let Some(cid) = self.cids.claim_spare_remote() {
+                        self.cids.switch_active_remote(cid);
+                    }
+                }
                 self.send_to(now, prev);
                 self.path_validated();
             }
@@ -731,8 +768,13 @@ impl Connection {
                 // flood (RFC 9000 §8.2.2 allows dropping).
                 if self.path_responses.len() < 8 {
                     let (to, received) = self.rx_path;
-                    self.path_responses
-                        .push_back(PathResponse { data, to, received });
+                    let new_dcid = self.path_dcid.is_some_and(|d| d != *dcid);
+                    self.path_responses.push_back(PathResponse {
+                        data,
+                        to,
+                        received,
+                        new_dcid,
+                    });
                     // §9.3.3: a challenge on the active path gets a non-probing packet too,
                     // which moves us back here if an attacker's copy had moved us away.
                     if to == self.remote {

@@ -13,6 +13,7 @@ use crate::conn::recovery::SentPacket;
 use crate::conn::sent::{FrameRecord, SentFrames};
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{apply_mask, sample};
+use crate::wire::cid::ConnectionId;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
 use crate::wire::frame::{encode_ack, Frame};
 use crate::wire::header::{self, LongHeaderLayout, LongType};
@@ -239,7 +240,8 @@ impl Connection {
         let record = FrameRecord::PmtuProbe {
             generation: self.pmtud.generation(),
         };
-        let len = self.send_lone_packet(now, &mut buf[..size], &Frame::Ping, record, true)?;
+        let dcid = self.cids.active_remote();
+        let len = self.send_lone_packet(now, &mut buf[..size], &Frame::Ping, record, true, dcid)?;
         self.pmtud.on_probe_sent();
         tracing::trace!(size, "PMTU probe");
         Some(len)
@@ -252,13 +254,14 @@ impl Connection {
         now: Instant,
         buf: &mut [u8],
     ) -> Option<(SocketAddr, usize)> {
-        let (data, to) = self.old_path_challenge.take()?;
+        let (data, to, dcid) = self.old_path_challenge.take()?;
         if self.one_rtt.is_none() || to == self.remote {
             return None;
         }
         let len = MIN_INITIAL_SIZE.min(buf.len());
         let frame = Frame::PathChallenge(data);
-        let len = self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false)?;
+        let len =
+            self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false, dcid)?;
         tracing::debug!(%to, "PATH_CHALLENGE on the path the peer left");
         Some((to, len))
     }
@@ -276,13 +279,33 @@ impl Connection {
             return None;
         }
         self.path_responses.pop_front();
+        // RFC 9000 §9.5: a probe under another of our CIDs is answered under another of the
+        // peer's (the same one for each probed address); without a spare it goes unanswered.
+        let dcid = if !r.new_dcid {
+            self.cids.active_remote()
+        } else {
+            match self.probe_cid {
+                Some((to, cid)) if to == r.to => cid,
+                _ => {
+                    let Some(cid) = self.cids.claim_spare_remote() else {
+                        tracing::debug!(to = %r.to, "no spare connection ID to answer a probe");
+                        return None;
+                    };
+                    if let Some((_, old)) = self.probe_cid.replace((r.to, cid)) {
+                        self.cids.retire_remote(old);
+                    }
+                    cid
+                }
+            }
+        };
         let len = MIN_INITIAL_SIZE
             .min(3 * r.received)
             .max(MIN_PACKET_ROOM)
             .min(buf.len());
         // Never retransmitted (RFC 9000 §13.3), but ack-eliciting.
         let frame = Frame::PathResponse(r.data);
-        let len = self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false)?;
+        let len =
+            self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false, dcid)?;
         tracing::debug!(to = %r.to, len, "PATH_RESPONSE on the challenge's path");
         Some((r.to, len))
     }
@@ -295,9 +318,10 @@ impl Connection {
         frame: &Frame<'_>,
         record: FrameRecord,
         mtu_probe: bool,
+        dcid: ConnectionId,
     ) -> Option<usize> {
         let size = buf.len();
-        let (pn, pn_offset, pn_len, header_len, _) = self.write_header(Epoch::Data, buf)?;
+        let (pn, pn_offset, pn_len, header_len, _) = self.write_header(Epoch::Data, buf, dcid)?;
         let payload_len = size.checked_sub(header_len + TAG_LEN)?;
         // Callers pass at least MIN_PACKET_ROOM bytes: room for the header-protection sample.
         let mut w = Writer::new(&mut buf[header_len..header_len + payload_len]);
@@ -536,7 +560,8 @@ impl Connection {
             return None;
         }
 
-        let (pn, pn_offset, pn_len, header_len, layout) = self.write_header(epoch, buf)?;
+        let dcid = self.cids.active_remote();
+        let (pn, pn_offset, pn_len, header_len, layout) = self.write_header(epoch, buf, dcid)?;
         let end = buf.len() - TAG_LEN;
         let mut pos = header_len;
         let mut frames = self.sent_pool.take(epoch);
@@ -632,10 +657,10 @@ impl Connection {
         &mut self,
         epoch: Epoch,
         buf: &mut [u8],
+        dcid: ConnectionId,
     ) -> Option<(u64, usize, usize, usize, Option<LongHeaderLayout>)> {
         let pn = self.spaces[epoch.index()].next_pn;
         let pn_len = packet_number::encoded_len(pn, self.recovery.largest_acked(epoch));
-        let dcid = self.cids.active_remote();
         let mut w = Writer::new(buf);
         match epoch {
             Epoch::Data => {
@@ -751,7 +776,8 @@ impl Connection {
             return None;
         }
         let close = self.close.clone()?;
-        let (pn, pn_offset, pn_len, header_len, layout) = self.write_header(epoch, buf)?;
+        let dcid = self.cids.active_remote();
+        let (pn, pn_offset, pn_len, header_len, layout) = self.write_header(epoch, buf, dcid)?;
         let end = buf.len() - TAG_LEN;
         let frame = if close.app && epoch != Epoch::Data {
             // An application close must not leak into Initial/Handshake packets (§10.2.3).

@@ -36,6 +36,22 @@ impl Connection {
         self.recovery.tracked_span(Epoch::Data)
     }
 
+    /// Sends to a spare CID of the peer from now on, as an endpoint probing or moving to
+    /// a new path must (RFC 9000 §9.5); the old one is kept, not retired. False if the peer
+    /// gave us none to spare.
+    #[doc(hidden)]
+    pub fn switch_to_spare_remote_cid(&mut self) -> bool {
+        self.cids
+            .claim_spare_remote()
+            .is_some_and(|cid| self.cids.set_active_remote(cid))
+    }
+
+    /// The peer's CID this connection sends to.
+    #[doc(hidden)]
+    pub fn active_remote_cid(&self) -> crate::wire::cid::ConnectionId {
+        self.cids.active_remote()
+    }
+
     /// Raw bytes still waiting for a packet of `epoch`.
     #[doc(hidden)]
     pub fn raw_frames_pending(&self, epoch: Epoch) -> usize {
