@@ -46,6 +46,8 @@ struct ClientLog {
     echoed: Sha256,
     echoed_len: u64,
     echo_fin: bool,
+    /// The error code of a RESET_STREAM the server sent, if any.
+    reset: Option<u64>,
 }
 
 struct ClientEvents;
@@ -69,6 +71,7 @@ impl EventHandler<ClientLog> for ClientEvents {
                     }
                 }
             }
+            Event::Stream(StreamEvent::Reset { error_code, .. }) => log.reset = Some(error_code),
             Event::Stream(_) => {}
         }
     }
@@ -97,8 +100,12 @@ struct Net {
 }
 
 fn server_endpoint_config(transport: TransportConfig) -> EndpointConfig {
+    server_endpoint_config_for(transport, b"echo")
+}
+
+fn server_endpoint_config_for(transport: TransportConfig, alpn: &[u8]) -> EndpointConfig {
     let cert = generate_self_signed(&["localhost".into()]).unwrap();
-    let stls = server_config(cert, &[b"echo".to_vec()]).unwrap();
+    let stls = server_config(cert, &[alpn.to_vec()]).unwrap();
     EndpointConfig::new(transport, Some(stls))
 }
 
@@ -108,7 +115,11 @@ impl Net {
     }
 
     fn with_server(config: EndpointConfig) -> Self {
-        let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+        Self::with_server_alpn(config, b"echo")
+    }
+
+    fn with_server_alpn(config: EndpointConfig, alpn: &[u8]) -> Self {
+        let ctls = client_config(ServerVerification::Insecure, &[alpn.to_vec()]).unwrap();
         let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
         let server = Endpoint::new(config);
@@ -123,7 +134,7 @@ impl Net {
             client,
             server,
             apps: BuiltinApps {
-                alpns: vec![b"echo".to_vec()],
+                alpns: vec![alpn.to_vec()],
                 root: None,
             },
             h,
@@ -1868,4 +1879,52 @@ fn a_probe_under_a_new_cid_is_answered_under_a_new_cid() {
         "no migration"
     );
     assert_eq!(net.server_conn().remote_addr(), net.caddr);
+}
+
+/// hq-interop: a client may send its request line and its FIN in separate packets (quinn
+/// does, after `write_all`). A FIN arriving after the response was written is not a new,
+/// empty request: the stream is not reset (it used to be, while the response was still
+/// unacknowledged).
+#[test]
+fn an_hq_request_whose_fin_comes_late_is_answered_once() {
+    let config = server_endpoint_config_for(TransportConfig::default(), b"hq-interop");
+    let mut net = Net::with_server_alpn(config, b"hq-interop");
+    net.establish();
+    let id = net
+        .client
+        .with_state(net.h, |c, _| {
+            let id = c.open_stream(true).expect("stream credit");
+            c.write(id, b"GET /5000\r\n").unwrap();
+            id
+        })
+        .expect("client alive");
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    // The server answers the request line at once; its response is held back while the
+    // request's FIN reaches it on its own.
+    let response = net.server_out();
+    assert!(!response.is_empty());
+    net.client
+        .with_state(net.h, |c, _| c.finish(id).unwrap())
+        .expect("client alive");
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    // What the server sent after the FIN overtakes the response (a reset would then count).
+    let later = net.server_out();
+    for d in later.iter().chain(response.iter()) {
+        net.deliver_to_client(d);
+    }
+    let done = net.run(Duration::from_secs(5), |n| {
+        n.log(|l| l.echo_fin || l.reset.is_some()).unwrap_or(true)
+    });
+    assert!(done, "no complete response");
+    assert_eq!(
+        net.log(|l| l.reset),
+        Some(None),
+        "the late FIN earned a reset"
+    );
+    assert_eq!(net.log(|l| l.echoed_len), Some(5000));
+    net.assert_healthy();
 }

@@ -31,6 +31,13 @@ enum Body {
 struct ServerStream {
     request: Vec<u8>,
     body: Option<Body>,
+    /// The request line was complete and answered: later data (a FIN sent on its own, as
+    /// quinn does after `write_all`) is read and dropped, never parsed as a new request.
+    answered: bool,
+    /// The request side's FIN was read.
+    request_done: bool,
+    /// The whole response, FIN included, is written.
+    response_done: bool,
 }
 
 pub struct HqServer {
@@ -50,6 +57,7 @@ impl HqServer {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
+        s.answered = true;
         let Some(path) = parse_request(&s.request) else {
             let _ = conn.reset_stream(id, 0x10);
             self.streams.remove(&id);
@@ -76,7 +84,8 @@ impl HqServer {
             None => {
                 // Not found: an empty body, FIN (HTTP/0.9 has no status line).
                 let _ = conn.finish(id);
-                self.streams.remove(&id);
+                s.response_done = true;
+                self.forget_if_done(id);
                 return;
             }
         }
@@ -112,6 +121,19 @@ impl HqServer {
         };
         if done {
             let _ = conn.finish(id);
+            s.body = None;
+            s.response_done = true;
+            self.forget_if_done(id);
+        }
+    }
+
+    /// A stream is forgotten once both its request and its response are complete.
+    fn forget_if_done(&mut self, id: StreamId) {
+        if self
+            .streams
+            .get(&id)
+            .is_some_and(|s| s.request_done && s.response_done)
+        {
             self.streams.remove(&id);
         }
     }
@@ -140,19 +162,37 @@ fn resolve(root: Option<&Path>, path: &str) -> Option<PathBuf> {
 }
 
 impl Application for HqServer {
+    fn on_stream_opened(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        if id.is_bidi() {
+            self.streams.entry(id).or_default();
+            self.on_readable(conn, id, now);
+        }
+    }
+
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
-        if !id.is_bidi() {
+        // Only streams opened and not yet forgotten: one answered and done is over.
+        let Some(s) = self.streams.get_mut(&id) else {
             return;
-        }
-        let s = self.streams.entry(id).or_default();
-        if s.body.is_some() {
-            return;
-        }
+        };
         let mut chunk = [0u8; 1024];
+        if s.answered {
+            loop {
+                match conn.read(id, &mut chunk, now) {
+                    Ok((_, true)) => {
+                        s.request_done = true;
+                        self.forget_if_done(id);
+                        return;
+                    }
+                    Ok((0, false)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        }
         loop {
             match conn.read(id, &mut chunk, now) {
                 Ok((n, fin)) => {
                     s.request.extend_from_slice(&chunk[..n]);
+                    s.request_done |= fin;
                     if s.request.len() > MAX_REQUEST {
                         let _ = conn.reset_stream(id, 0x10);
                         let _ = conn.stop_sending(id, 0x10);
@@ -178,6 +218,18 @@ impl Application for HqServer {
 
     fn on_stopped(&mut self, _conn: &mut Connection, id: StreamId, _code: u64, _now: Instant) {
         self.streams.remove(&id);
+    }
+
+    fn on_reset(&mut self, _conn: &mut Connection, id: StreamId, _code: u64, _now: Instant) {
+        // The request side is over; a response under way still finishes.
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.request_done = true;
+            if !s.answered {
+                self.streams.remove(&id);
+            } else {
+                self.forget_if_done(id);
+            }
+        }
     }
 }
 
