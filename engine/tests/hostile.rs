@@ -1928,3 +1928,37 @@ fn an_hq_request_whose_fin_comes_late_is_answered_once() {
     assert_eq!(net.log(|l| l.echoed_len), Some(5000));
     net.assert_healthy();
 }
+
+/// A peer that abandons its side of an echo stream (RESET_STREAM) gets ours abandoned
+/// too: the stream ends on both sides and the server forgets it, instead of holding an
+/// open send side (and a stream slot) for the life of the connection.
+#[test]
+fn an_echo_stream_the_peer_resets_is_not_kept_open() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let id = net
+        .client
+        .with_state(net.h, |c, _| {
+            let id = c.open_stream(true).expect("stream credit");
+            c.write(id, &[5u8; 100]).unwrap();
+            id
+        })
+        .expect("client alive");
+    net.run(Duration::from_millis(100), |n| {
+        n.log(|l| l.echoed_len == 100).unwrap_or(true)
+    });
+    assert_eq!(net.log(|l| l.echoed_len), Some(100));
+    net.client
+        .with_state(net.h, |c, _| c.reset_stream(id, 9).unwrap())
+        .expect("client alive");
+    let gone = net.run(Duration::from_secs(2), |n| {
+        n.server_conn().stream_stats().open_streams == 0
+    });
+    assert!(gone, "{:?}", net.server_conn().stream_stats());
+    assert_eq!(
+        net.log(|l| l.reset),
+        Some(Some(9)),
+        "ours was reset with the same code"
+    );
+    net.echo_round_trip(1000, 3);
+}

@@ -12,6 +12,8 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use quench::app::dispatch_stream_event;
+use quench::app::perf::PerfServer;
 use quench::conn::{Connection, Event, StreamEvent, StreamId, TransportConfig};
 use quench::endpoint::{Endpoint, EndpointConfig, EventHandler};
 use quench::io::mem::{pair, Impairments, MemDatapath};
@@ -423,6 +425,90 @@ fn steady_requests_on_new_streams_allocate_nothing() {
     assert_eq!(
         allocs, 0,
         "20,000 requests allocated {allocs} times ({bytes} bytes); \
+         rerun with QUENCH_ALLOC_TRACE=5 for backtraces"
+    );
+}
+
+/// The built-in perf server (the `Application` that `quench serve` runs) behind the same
+/// request loop: a client asks for 100 bytes on a fresh stream each time (8-byte length
+/// and FIN in one frame) and reads them back. The server's per-stream state lives only as
+/// long as the request: a long-lived connection allocates nothing per request (a map that
+/// kept an entry per finished request had to grow).
+#[derive(Default)]
+struct PerfRequests {
+    app: PerfServer,
+    /// Client: responses read whole. Server: responses acknowledged.
+    completed: u64,
+    in_flight: u64,
+}
+
+impl PerfRequests {
+    fn top_up(&mut self, conn: &mut Connection) {
+        while self.in_flight < REQUESTS_IN_FLIGHT {
+            let Some(id) = conn.open_stream(true) else {
+                return;
+            };
+            let header = (MESSAGE as u64).to_be_bytes();
+            assert_eq!(conn.write(id, &header), Ok(8));
+            conn.finish(id).expect("finish request");
+            self.in_flight += 1;
+        }
+    }
+}
+
+impl EventHandler<()> for PerfRequests {
+    fn on_event(&mut self, now: Instant, conn: &mut Connection, _: &mut (), event: Event) {
+        let client = conn.side() == quench::Side::Client;
+        match event {
+            Event::Closed(reason) => panic!("connection closed: {reason:?}"),
+            Event::Stream(ev) if !client => {
+                if let StreamEvent::Finished { .. } = ev {
+                    self.completed += 1;
+                }
+                dispatch_stream_event(&mut self.app, conn, ev, now);
+            }
+            Event::Connected if client => self.top_up(conn),
+            Event::Stream(StreamEvent::StreamsAvailable { .. }) if client => self.top_up(conn),
+            Event::Stream(StreamEvent::Readable { id }) if client => {
+                let mut buf = [0u8; 256];
+                let mut got = 0;
+                while let Ok((n, fin)) = conn.read(id, &mut buf, now) {
+                    got += n;
+                    if fin {
+                        assert_eq!(got, MESSAGE, "response length");
+                        self.completed += 1;
+                        self.in_flight -= 1;
+                        self.top_up(conn);
+                        break;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Progress for PerfRequests {
+    fn done(&self) -> u64 {
+        self.completed
+    }
+}
+
+#[test]
+fn the_perf_server_holds_no_state_for_finished_requests() {
+    let (allocs, bytes, sent, received) =
+        steady_state_of::<PerfRequests>(Impairments::none(), 100, 5_000, 20_000);
+    eprintln!(
+        "perf requests: client sent {sent} and received {received} packets; \
+         {allocs} allocations, {bytes} bytes"
+    );
+    assert!(sent > 2_000 && received > 2_000, "{sent} / {received}");
+    assert_eq!(
+        allocs, 0,
+        "20,000 perf requests allocated {allocs} times ({bytes} bytes); \
          rerun with QUENCH_ALLOC_TRACE=5 for backtraces"
     );
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::app::{write_zeros, Application};
+use crate::app::{discard_all, write_zeros, Application};
 use crate::conn::{CloseReason, Connection, StreamId};
 
 /// Longest request line we accept before giving up on a stream.
@@ -60,7 +60,7 @@ impl HqServer {
         s.answered = true;
         let Some(path) = parse_request(&s.request) else {
             let _ = conn.reset_stream(id, 0x10);
-            self.streams.remove(&id);
+            self.abandon(conn, id);
             return;
         };
         let body = match resolve(self.root.as_deref(), &path) {
@@ -96,17 +96,19 @@ impl HqServer {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        let done = match s.body.as_mut() {
-            None => false,
+        // Some(true): the body is complete; Some(false): the file failed mid-way.
+        let end = match s.body.as_mut() {
+            None => None,
             Some(Body::Synthetic { remaining }) => {
                 *remaining -= write_zeros(conn, id, *remaining);
-                *remaining == 0
+                (*remaining == 0).then_some(true)
             }
             Some(Body::File { file, buf, pos }) => loop {
                 if *pos == buf.len() {
                     buf.resize(64 * 1024, 0);
                     match file.read(buf) {
-                        Ok(0) | Err(_) => break true,
+                        Ok(0) => break Some(true),
+                        Err(_) => break Some(false),
                         Ok(n) => {
                             buf.truncate(n);
                             *pos = 0;
@@ -114,16 +116,31 @@ impl HqServer {
                     }
                 }
                 match conn.write(id, &buf[*pos..]) {
-                    Ok(0) | Err(_) => break false,
+                    Ok(0) | Err(_) => break None,
                     Ok(n) => *pos += n,
                 }
             },
         };
-        if done {
-            let _ = conn.finish(id);
+        if let Some(complete) = end {
+            // A body cut short by a read error must not look complete: reset, not FIN.
+            let _ = if complete {
+                conn.finish(id)
+            } else {
+                conn.reset_stream(id, 0x10)
+            };
             s.body = None;
             s.response_done = true;
             self.forget_if_done(id);
+        }
+    }
+
+    /// Forgets `id` now; a request side still open is stopped, so that the stream ends on
+    /// both sides and is not left holding a stream slot.
+    fn abandon(&mut self, conn: &mut Connection, id: StreamId) {
+        if let Some(s) = self.streams.remove(&id) {
+            if !s.request_done {
+                let _ = conn.stop_sending(id, 0x10);
+            }
         }
     }
 
@@ -164,12 +181,16 @@ fn resolve(root: Option<&Path>, path: &str) -> Option<PathBuf> {
 impl Application for HqServer {
     fn on_stream_opened(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
         if id.is_bidi() {
-            self.streams.entry(id).or_default();
-            self.on_readable(conn, id, now);
+            self.streams.insert(id, ServerStream::default());
         }
+        self.on_readable(conn, id, now);
     }
 
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        if !id.is_bidi() {
+            // HTTP/0.9 has no unidirectional streams: don't let one hold credit.
+            return discard_all(conn, id, now);
+        }
         // Only streams opened and not yet forgotten: one answered and done is over.
         let Some(s) = self.streams.get_mut(&id) else {
             return;
@@ -195,8 +216,7 @@ impl Application for HqServer {
                     s.request_done |= fin;
                     if s.request.len() > MAX_REQUEST {
                         let _ = conn.reset_stream(id, 0x10);
-                        let _ = conn.stop_sending(id, 0x10);
-                        self.streams.remove(&id);
+                        self.abandon(conn, id);
                         return;
                     }
                     if fin || s.request.contains(&b'\n') {
@@ -216,19 +236,25 @@ impl Application for HqServer {
         self.pump(conn, id);
     }
 
-    fn on_stopped(&mut self, _conn: &mut Connection, id: StreamId, _code: u64, _now: Instant) {
-        self.streams.remove(&id);
+    fn on_stopped(&mut self, conn: &mut Connection, id: StreamId, _code: u64, _now: Instant) {
+        // The transport reset our side: no response to finish.
+        self.abandon(conn, id);
     }
 
-    fn on_reset(&mut self, _conn: &mut Connection, id: StreamId, _code: u64, _now: Instant) {
-        // The request side is over; a response under way still finishes.
-        if let Some(s) = self.streams.get_mut(&id) {
-            s.request_done = true;
-            if !s.answered {
-                self.streams.remove(&id);
-            } else {
-                self.forget_if_done(id);
-            }
+    fn on_reset(&mut self, conn: &mut Connection, id: StreamId, code: u64, now: Instant) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        // Reading the reset acknowledges it and ends the request side.
+        let _ = conn.read(id, &mut [], now);
+        s.request_done = true;
+        if s.answered {
+            // A response under way still finishes.
+            self.forget_if_done(id);
+        } else {
+            // No complete request: abandon our side too, so the stream ends.
+            let _ = conn.reset_stream(id, code);
+            self.streams.remove(&id);
         }
     }
 }

@@ -127,6 +127,16 @@ impl AppFactory for BuiltinApps {
 pub(crate) static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
 /// Writes up to `remaining` bytes of zeros; returns how many were accepted.
+/// Reads and drops whatever `id` holds, FIN or reset included: the built-in protocols have
+/// no use for unidirectional streams, and reading returns their credit to the peer.
+pub(crate) fn discard_all(conn: &mut Connection, id: StreamId, now: Instant) {
+    while let Ok((n, fin)) = conn.discard(id, usize::MAX, now) {
+        if fin || n == 0 {
+            break;
+        }
+    }
+}
+
 pub(crate) fn write_zeros(conn: &mut Connection, id: StreamId, remaining: u64) -> u64 {
     let mut sent = 0u64;
     while sent < remaining {

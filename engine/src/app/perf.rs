@@ -5,7 +5,7 @@
 use foldhash::{HashMap, HashMapExt};
 use std::time::Instant;
 
-use crate::app::{write_zeros, Application};
+use crate::app::{discard_all, write_zeros, Application};
 use crate::conn::{CloseReason, Connection, StreamId};
 
 #[derive(Default)]
@@ -14,10 +14,15 @@ struct ServerStream {
     header_len: usize,
     to_send: u64,
     responding: bool,
+    /// The request side is over: FIN read, or reset by the peer.
     upload_done: bool,
+    /// Our side is over: FIN written, or stopped by the peer.
+    response_done: bool,
 }
 
-/// Server side: any number of concurrent perf streams per connection.
+/// Server side: any number of concurrent perf streams per connection. A stream is tracked
+/// from its opening until both directions are over, so a long-lived connection holds
+/// state only for the requests in flight.
 #[derive(Default)]
 pub struct PerfServer {
     streams: HashMap<StreamId, ServerStream>,
@@ -30,59 +35,64 @@ impl PerfServer {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.responding && s.to_send > 0 {
-            s.to_send -= write_zeros(conn, id, s.to_send);
+        if s.responding && !s.response_done {
+            if s.to_send > 0 {
+                s.to_send -= write_zeros(conn, id, s.to_send);
+            }
             if s.to_send == 0 {
                 let _ = conn.finish(id);
+                s.response_done = true;
             }
+        }
+        if s.upload_done && s.response_done {
+            self.streams.remove(&id);
         }
     }
 }
 
 impl Application for PerfServer {
+    fn on_stream_opened(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        if id.is_bidi() {
+            self.streams.insert(id, ServerStream::default());
+        }
+        self.on_readable(conn, id, now);
+    }
+
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
         if !id.is_bidi() {
-            return;
+            // The protocol has no unidirectional streams: don't let one hold credit.
+            return discard_all(conn, id, now);
         }
-        let s = self.streams.entry(id).or_default();
-        if s.upload_done {
+        // Streams we never opened or already finished with are not requests.
+        let Some(s) = self.streams.get_mut(&id) else {
             return;
-        }
-        while s.header_len < 8 {
-            let mut tmp = [0u8; 8];
-            match conn.read(id, &mut tmp[..8 - s.header_len], now) {
-                Ok((n, fin)) => {
-                    s.header[s.header_len..s.header_len + n].copy_from_slice(&tmp[..n]);
-                    s.header_len += n;
-                    if fin && s.header_len < 8 {
-                        // A request without a full length: answer nothing, end our side.
-                        s.upload_done = true;
-                        let _ = conn.finish(id);
-                        return;
-                    }
-                    if n == 0 {
-                        return;
-                    }
-                }
-                Err(_) => return,
+        };
+        while !s.upload_done {
+            let read = if s.header_len < 8 {
+                let mut tmp = [0u8; 8];
+                conn.read(id, &mut tmp[..8 - s.header_len], now)
+                    .inspect(|&(n, _)| {
+                        s.header[s.header_len..s.header_len + n].copy_from_slice(&tmp[..n]);
+                        s.header_len += n;
+                    })
+            } else {
+                conn.discard(id, usize::MAX, now)
+                    .inspect(|&(n, _)| self.bytes_received += n as u64)
+            };
+            match read {
+                Ok((_, true)) | Err(_) => s.upload_done = true,
+                Ok((0, false)) => break,
+                Ok(_) => {}
             }
         }
-        if !s.responding {
+        if !s.responding && (s.header_len == 8 || s.upload_done) {
+            // A request that ended without a full length gets an empty answer.
             s.responding = true;
-            s.to_send = u64::from_be_bytes(s.header);
-            if s.to_send == 0 {
-                let _ = conn.finish(id);
-            }
-        }
-        while let Ok((n, fin)) = conn.discard(id, usize::MAX, now) {
-            self.bytes_received += n as u64;
-            if fin {
-                s.upload_done = true;
-                break;
-            }
-            if n == 0 {
-                break;
-            }
+            s.to_send = if s.header_len == 8 {
+                u64::from_be_bytes(s.header)
+            } else {
+                0
+            };
         }
         self.pump(conn, id);
     }
@@ -91,25 +101,29 @@ impl Application for PerfServer {
         self.pump(conn, id);
     }
 
-    fn on_finished(&mut self, _conn: &mut Connection, id: StreamId, _now: Instant) {
-        if self
-            .streams
-            .get(&id)
-            .is_some_and(|s| s.upload_done && s.to_send == 0)
-        {
-            self.streams.remove(&id);
+    fn on_reset(&mut self, conn: &mut Connection, id: StreamId, code: u64, now: Instant) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if !s.responding {
+            // Abandoned before it said how much it wants: abandon our side too, so the
+            // stream ends on both sides and its credit comes back.
+            let _ = conn.reset_stream(id, code);
+            s.responding = true;
+            s.response_done = true;
         }
+        // Reading the reset acknowledges it and ends the request side.
+        self.on_readable(conn, id, now);
     }
 
-    fn on_reset(&mut self, conn: &mut Connection, id: StreamId, _code: u64, _now: Instant) {
-        if let Some(s) = self.streams.get_mut(&id) {
-            s.upload_done = true;
-        }
-        let _ = conn.stop_sending(id, 0);
-    }
-
-    fn on_stopped(&mut self, _conn: &mut Connection, id: StreamId, _code: u64, _now: Instant) {
-        self.streams.remove(&id);
+    fn on_stopped(&mut self, conn: &mut Connection, id: StreamId, _code: u64, now: Instant) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        // The transport already reset our side; the upload may still need reading.
+        s.responding = true;
+        s.response_done = true;
+        self.on_readable(conn, id, now);
     }
 }
 
@@ -134,6 +148,8 @@ struct ClientStream {
     header: [u8; 8],
     upload_left: u64,
     done_reading: bool,
+    /// Our FIN, and so the whole upload, was acknowledged: buffered is not delivered.
+    upload_delivered: bool,
 }
 
 impl PerfClient {
@@ -177,6 +193,7 @@ impl PerfClient {
                     header: expect.to_be_bytes(),
                     upload_left: upload,
                     done_reading: false,
+                    upload_delivered: false,
                 },
             );
             self.pump(conn, id);
@@ -201,6 +218,19 @@ impl PerfClient {
         }
         if s.upload_left == 0 {
             let _ = conn.finish(id);
+        }
+    }
+
+    /// A stream is complete once the whole response was read and our upload delivered.
+    fn complete_if_done(&mut self, conn: &mut Connection, id: StreamId) {
+        if self
+            .open
+            .get(&id)
+            .is_some_and(|s| s.done_reading && s.upload_delivered)
+        {
+            self.open.remove(&id);
+            self.completed += 1;
+            self.open_streams(conn);
         }
     }
 }
@@ -241,23 +271,19 @@ impl Application for PerfClient {
                 ));
                 return;
             }
-            if s.upload_left == 0 {
-                self.open.remove(&id);
-                self.completed += 1;
-                self.open_streams(conn);
-            }
+            self.complete_if_done(conn, id);
         }
     }
 
     fn on_writable(&mut self, conn: &mut Connection, id: StreamId, _now: Instant) {
         self.pump(conn, id);
-        if let Some(s) = self.open.get(&id) {
-            if s.done_reading && s.upload_left == 0 {
-                self.open.remove(&id);
-                self.completed += 1;
-                self.open_streams(conn);
-            }
+    }
+
+    fn on_finished(&mut self, conn: &mut Connection, id: StreamId, _now: Instant) {
+        if let Some(s) = self.open.get_mut(&id) {
+            s.upload_delivered = true;
         }
+        self.complete_if_done(conn, id);
     }
 
     fn on_streams_available(&mut self, conn: &mut Connection, bidi: bool, _now: Instant) {
@@ -268,6 +294,12 @@ impl Application for PerfClient {
 
     fn on_reset(&mut self, _conn: &mut Connection, id: StreamId, code: u64, _now: Instant) {
         self.failed = Some(format!("stream {id} reset by peer with code {code}"));
+    }
+
+    fn on_stopped(&mut self, _conn: &mut Connection, id: StreamId, code: u64, _now: Instant) {
+        self.failed = Some(format!(
+            "stream {id}: peer stopped our upload with code {code}"
+        ));
     }
 
     fn on_closed(&mut self, reason: &CloseReason) {
