@@ -119,12 +119,20 @@ impl Net {
     }
 
     fn with_server_alpn(config: EndpointConfig, alpn: &[u8]) -> Self {
+        Self::with_configs(config, alpn, TransportConfig::default())
+    }
+
+    fn with_configs(
+        config: EndpointConfig,
+        alpn: &[u8],
+        client_transport: TransportConfig,
+    ) -> Self {
         let ctls = client_config(ServerVerification::Insecure, &[alpn.to_vec()]).unwrap();
         let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
         let server = Endpoint::new(config);
         let mut client: Endpoint<ClientLog> =
-            Endpoint::new(EndpointConfig::new(TransportConfig::default(), None));
+            Endpoint::new(EndpointConfig::new(client_transport, None));
         let now = Instant::now();
         let h = client
             .connect(now, ctls, "localhost", saddr, VERSION_1)
@@ -1961,4 +1969,50 @@ fn an_echo_stream_the_peer_resets_is_not_kept_open() {
         "ours was reset with the same code"
     );
     net.echo_round_trip(1000, 3);
+}
+
+/// RFC 9000 §10.2.1: in the closing state CONNECTION_CLOSE answers incoming packets at a
+/// falling rate (the 1st, 2nd, 4th, 8th... datagram), not one for one.
+#[test]
+fn a_closing_connection_answers_at_a_falling_rate() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let now = net.now;
+    net.client.close_all(now, 7, "bye");
+    let first = net.client_out();
+    assert!(!first.is_empty(), "the close goes out at once");
+    // The server never hears it and keeps sending: 16 datagrams.
+    let sh = net.server.handles().next().expect("server connection");
+    let mut answers = 0;
+    for _ in 0..16 {
+        net.server
+            .with_state(sh, |c, _| c.queue_raw_frames(Epoch::Data, &[0x01]))
+            .expect("server alive");
+        for d in net.server_out() {
+            net.deliver_to_client(&d);
+            answers += net.client_out().len();
+        }
+    }
+    assert_eq!(
+        answers, 5,
+        "answers to the 1st, 2nd, 4th, 8th and 16th datagram"
+    );
+}
+
+/// RFC 9000 §10.1, §18.2: with both ends advertising an idle timeout of 0 there is none;
+/// a quiet connection lives on.
+#[test]
+fn an_idle_timeout_of_zero_on_both_ends_disables_it() {
+    let none = TransportConfig {
+        idle_timeout: Duration::ZERO,
+        ..TransportConfig::default()
+    };
+    let config = server_endpoint_config(none.clone());
+    let mut net = Net::with_configs(config, b"echo", none);
+    net.establish();
+    net.echo_round_trip(1000, 1);
+    net.now += Duration::from_secs(3600);
+    net.run(Duration::from_secs(10), |_| false);
+    net.assert_healthy();
+    net.echo_round_trip(1000, 2);
 }

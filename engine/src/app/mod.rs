@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::conn::{CloseReason, Connection, Event, StreamEvent, StreamId};
 use crate::endpoint::EventHandler;
+use crate::wire::error::{TransportError, TransportErrorCode};
 
 /// One connection's application. Callbacks run on the connection's worker thread, right
 /// after the packet or timer that caused them; they must not block.
@@ -59,8 +60,16 @@ impl EventHandler<AppSlot> for AppDispatcher<'_> {
                         *slot = Some(app);
                     }
                     None => {
-                        // rustls already refused unknown ALPNs; this only happens for a client without one.
-                        conn.close(now, 0x0178, "no application for ALPN");
+                        // rustls already refused unknown ALPNs; this only happens for a client
+                        // without one. A transport close with the TLS alert, as TLS itself
+                        // would have sent (RFC 9001 §8.1: no_application_protocol, 0x0178).
+                        conn.close_with_error(
+                            now,
+                            TransportError::new(
+                                TransportErrorCode::crypto(120),
+                                "no application for ALPN",
+                            ),
+                        );
                     }
                 }
             }

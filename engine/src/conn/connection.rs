@@ -232,6 +232,9 @@ pub struct Connection {
     // Closing.
     pub(crate) close: Option<CloseFrame>,
     pub(crate) close_pending: bool,
+    /// Datagrams received while closing: CONNECTION_CLOSE answers the 1st, 2nd, 4th, 8th...
+    /// (RFC 9000 §10.2.1: the rate of packets in the closing state is limited).
+    pub(crate) closing_received: u32,
 
     // Key update.
     pub(crate) packets_in_phase: u64,
@@ -433,13 +436,15 @@ impl Connection {
             max_datagram_size: MIN_INITIAL_SIZE,
             pmtud: Pmtud::new(config.pmtud, config.max_datagram_size),
             idle_timeout,
-            idle_deadline: Some(now + idle_timeout),
+            // RFC 9000 §10.1: a zero timeout is no timeout.
+            idle_deadline: (!idle_timeout.is_zero()).then(|| now + idle_timeout),
             idle_restart_on_send: false,
             idle_restarted_at: None,
             pacing_deadline: None,
             send_blocked: false,
             close: None,
             close_pending: false,
+            closing_received: 0,
             packets_in_phase: 0,
             ping_pending: false,
             events: VecDeque::new(),

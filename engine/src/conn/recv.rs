@@ -108,8 +108,13 @@ impl Connection {
             return;
         }
         if let State::Closing { .. } = self.state {
-            // RFC 9000 §10.2.1: answer with CONNECTION_CLOSE again (one per received datagram at most).
-            self.close_pending = true;
+            // RFC 9000 §10.2.1: answer with CONNECTION_CLOSE again, at a falling rate (the
+            // 1st, 2nd, 4th, 8th... datagram), so a peer that keeps sending cannot make us
+            // answer each of its packets.
+            self.closing_received = self.closing_received.saturating_add(1);
+            if self.closing_received.is_power_of_two() {
+                self.close_pending = true;
+            }
         }
     }
 
@@ -294,7 +299,11 @@ impl Connection {
         // RFC 9001 §5.7: a server must not process 1-RTT packets before the handshake is
         // complete (the client's Finished verified); they are dropped, and an honest
         // client's loss recovery sends their frames again.
-        if epoch == Epoch::Data && self.side == Side::Server && self.state == State::Handshake {
+        if epoch == Epoch::Data
+            && self.side == Side::Server
+            && (self.state == State::Handshake
+                || (matches!(self.state, State::Closing { .. }) && self.tls.is_handshaking()))
+        {
             tracing::trace!("drop: 1-RTT packet before the handshake completed");
             return Ok(Outcome::Dropped);
         }
@@ -459,7 +468,8 @@ impl Connection {
         };
         let (ack_eliciting, probing_only) =
             self.process_frames(now, epoch, kind, payload, &dcid)?;
-        if new_path && !probing_only {
+        // While closing only CONNECTION_CLOSE matters (§10.2.1): no migration.
+        if new_path && !probing_only && !matches!(self.state, State::Closing { .. }) {
             let peer_switched = self.path_dcid.is_some_and(|d| d != dcid);
             self.migrate_to(now, remote, self.rx_path.1, peer_switched);
         }
@@ -481,7 +491,7 @@ impl Connection {
         // RFC 9000 §10.1: restart the idle timer on every packet processed.
         if self.idle_restarted_at != Some(now) {
             self.idle_restarted_at = Some(now);
-            self.idle_deadline = Some(now + self.effective_idle_timeout());
+            self.idle_deadline = self.idle_deadline_from(now);
         }
         self.idle_restart_on_send = true;
         Ok(Outcome::Processed)
@@ -590,6 +600,12 @@ impl Connection {
                 self.emit_closed(CloseReason::PathValidationFailed);
             }
         }
+    }
+
+    /// When the connection goes idle if nothing happens from `now` on (None: disabled,
+    /// both ends advertised 0, RFC 9000 §18.2).
+    pub(crate) fn idle_deadline_from(&self, now: Instant) -> Option<Instant> {
+        (!self.idle_timeout.is_zero()).then(|| now + self.effective_idle_timeout())
     }
 
     pub(crate) fn effective_idle_timeout(&self) -> Duration {

@@ -81,10 +81,14 @@ impl Connection {
             self.amplification_blocked = blocked;
             self.recovery.set_anti_amplification_blocked(blocked);
         }
-        if let Some((dst, len)) = self
-            .send_old_path_challenge(now, buf)
-            .or_else(|| self.send_path_response_elsewhere(now, buf))
-        {
+        // Path frames elsewhere, alone in their datagrams; none while closing (§10.2.1).
+        let elsewhere = if matches!(self.state, State::Closing { .. }) {
+            None
+        } else {
+            self.send_old_path_challenge(now, buf)
+                .or_else(|| self.send_path_response_elsewhere(now, buf))
+        };
+        if let Some((dst, len)) = elsewhere {
             return Some(Transmit {
                 dst,
                 len,
@@ -405,7 +409,7 @@ impl Connection {
         }
         if b.ack_eliciting && self.idle_restart_on_send {
             // RFC 9000 §10.1: restart the idle timer on the first ack-eliciting packet after receiving.
-            self.idle_deadline = Some(now + self.effective_idle_timeout());
+            self.idle_deadline = self.idle_deadline_from(now);
             self.idle_restart_on_send = false;
         }
         self.recovery.on_packet_sent(
