@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use super::if_xdp::xdp_desc;
+use super::if_xdp::{self, xdp_desc};
 use super::socket::{BindMode, FillCompletion, XdpSocket};
 use super::stats::{DatapathCounters, SocketStats};
 use super::syscall;
@@ -192,6 +192,13 @@ impl XdpDatapath {
         } + net::UDP_HDR_LEN;
         let by_mtu = (iface.mtu as usize).saturating_sub(ip_udp);
         let by_frame = group.umem.frame_size() as usize - TX_PAYLOAD_OFFSET;
+        // Received frames start after the kernel's headroom; a datagram another worker's
+        // queue receives must also fit a hand-off slot.
+        let mut by_rx_frame = (group.umem.frame_size() as usize)
+            .saturating_sub(if_xdp::XDP_PACKET_HEADROOM + net::MAX_HEADROOM);
+        if n_workers > 1 {
+            by_rx_frame = by_rx_frame.min(HANDOFF_MAX);
+        }
         XdpDatapath {
             worker,
             n_workers,
@@ -206,8 +213,7 @@ impl XdpDatapath {
             caps: Capabilities {
                 max_segments: 1,
                 max_datagram_size: by_mtu.min(by_frame),
-                // A datagram must fit one UMEM frame after the same headroom and headers.
-                max_receive_payload: by_frame,
+                max_receive_payload: by_rx_frame,
             },
             iface,
             peers: HashMap::with_capacity(1024),
