@@ -275,11 +275,11 @@ pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerErro
         addr = dp.local_addr();
         sockets.push(dp);
     }
-    let mut handoff = Handoff::new(workers);
+    let handoff = Handoff::new(workers);
     if workers > 1 && opts.kernel_steering {
         let program = cid_steering_program(&base.endpoint.layout, workers as u32);
         match sockets[0].attach_reuseport_cbpf(&program) {
-            Ok(()) => handoff.kernel_steers = true,
+            Ok(()) => tracing::debug!("the kernel steers short headers to their worker by CID"),
             Err(e) => tracing::warn!(
                 "kernel steering by CID unavailable ({e}); workers hand off datagrams instead"
             ),
