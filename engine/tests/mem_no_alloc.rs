@@ -77,6 +77,7 @@ fn round(
             buf[..len].fill(i as u8);
             Some(TxMeta {
                 dst,
+                src: None,
                 len,
                 segment_size: segment,
                 ecn: (i % 4) as u8,

@@ -226,6 +226,7 @@ fn builders_roundtrip_through_kernel_v4_v6() {
                     out[..buf.len()].copy_from_slice(&buf);
                     Some(TxMeta {
                         dst,
+                        src: None,
                         len: buf.len(),
                         segment_size: None,
                         ecn: 0,
@@ -296,6 +297,7 @@ fn million_packets_frame_accounting() {
                     out[..b.len()].copy_from_slice(&b);
                     Some(TxMeta {
                         dst,
+                        src: None,
                         len: b.len(),
                         segment_size: None,
                         ecn: 0,

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 // Keyed per map (DoS-resistant: peers choose CIDs) and far cheaper than SipHash per packet.
 use foldhash::{HashMap, HashMapExt};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -121,6 +121,8 @@ struct Entry<U> {
     conn: Box<Connection>,
     /// The peer's stateless reset tokens for this connection (keys of `by_reset_token`).
     reset_tokens: Vec<PeerResetToken>,
+    /// Our address the peer's datagrams arrive at: we answer from it (`TxMeta::src`).
+    local: Option<IpAddr>,
     state: U,
     /// The client's original DCID (server side), so retransmitted Initials find us.
     initial_dcid: Option<ConnectionId>,
@@ -131,6 +133,8 @@ struct Entry<U> {
 /// A packet queued without a connection.
 struct StatelessPacket {
     dst: SocketAddr,
+    /// Where the datagram it answers arrived (see `TxMeta::src`).
+    src: Option<IpAddr>,
     len: usize,
     buf: Box<[u8; 1500]>,
 }
@@ -243,6 +247,7 @@ impl<U: Default> Endpoint<U> {
         let h = self.conns.insert(Entry {
             conn,
             reset_tokens: Vec::new(),
+            local: None,
             state: U::default(),
             initial_dcid,
             timer: None,
@@ -284,6 +289,7 @@ impl<U: Default> Endpoint<U> {
             .and_then(|d| self.routes.lookup(&d));
         if let Some(h) = known {
             let e = &mut self.conns[h];
+            e.local = local_ip(&meta);
             e.conn.handle_datagram(now, meta.src, meta.ecn, buf);
             self.after_io(now, h, handler);
             return Some(h);
@@ -334,8 +340,7 @@ impl<U: Default> Endpoint<U> {
                 // §6.1: only for datagrams big enough to be a first Initial (no amplification).
                 if len >= crate::conn::MIN_INITIAL_SIZE {
                     let (d, s) = (dcid.to_vec(), scid.to_vec());
-                    if self.queue_stateless(meta.src, |b| stateless::version_negotiation(b, &d, &s))
-                    {
+                    if self.queue_stateless(&meta, |b| stateless::version_negotiation(b, &d, &s)) {
                         self.stats.version_negotiations_sent += 1;
                     }
                 } else {
@@ -368,7 +373,7 @@ impl<U: Default> Endpoint<U> {
                 // §10.3: tell the peer this connection is gone (it may have lost state on our side).
                 if let Some(reset_len) = stateless::reset_len_for(len) {
                     let token = self.config.reset_key.token(&dcid);
-                    if self.queue_stateless(meta.src, |b| {
+                    if self.queue_stateless(&meta, |b| {
                         stateless::stateless_reset(b, &token, reset_len)
                     }) {
                         self.stats.stateless_resets_sent += 1;
@@ -408,7 +413,7 @@ impl<U: Default> Endpoint<U> {
         };
         if self.conns.len() >= self.config.max_connections {
             self.stats.connections_refused += 1;
-            self.queue_stateless(meta.src, |b| {
+            self.queue_stateless(&meta, |b| {
                 stateless::initial_close(
                     b,
                     version,
@@ -463,7 +468,7 @@ impl<U: Default> Endpoint<U> {
                 SystemTime::now(),
                 &mut token_buf,
             );
-            if self.queue_stateless(meta.src, |b| {
+            if self.queue_stateless(&meta, |b| {
                 stateless::retry(b, version, &scid, &new_scid, &dcid, &token_buf)
             }) {
                 self.stats.retries_sent += 1;
@@ -504,6 +509,7 @@ impl<U: Default> Endpoint<U> {
         }
         self.stats.connections_accepted += 1;
         let h = self.insert(conn, Some(dcid));
+        self.conns[h].local = local_ip(&meta);
         self.after_io(now, h, handler);
         Some(h)
     }
@@ -516,15 +522,16 @@ impl<U: Default> Endpoint<U> {
         scid: ConnectionId,
     ) -> Option<ConnHandle> {
         self.stats.invalid_tokens += 1;
-        self.queue_stateless(meta.src, |b| {
+        self.queue_stateless(&meta, |b| {
             stateless::initial_close(b, version, &dcid, &scid, Code::INVALID_TOKEN.0, "")
         });
         None
     }
 
+    /// Queues a stateless answer (written by `write`) to the datagram `to` describes.
     fn queue_stateless(
         &mut self,
-        dst: SocketAddr,
+        to: &RxMeta,
         write: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> bool {
         if self.stateless.len() >= self.config.max_stateless_queue {
@@ -537,7 +544,12 @@ impl<U: Default> Endpoint<U> {
             .unwrap_or_else(|| Box::new([0u8; 1500]));
         match write(&mut buf[..]) {
             Some(len) => {
-                self.stateless.push_back(StatelessPacket { dst, len, buf });
+                self.stateless.push_back(StatelessPacket {
+                    dst: to.src,
+                    src: local_ip(to),
+                    len,
+                    buf,
+                });
                 true
             }
             None => {
@@ -706,10 +718,11 @@ impl<U: Default> Endpoint<U> {
         if let Some(p) = self.stateless.pop_front() {
             let len = p.len.min(buf.len());
             buf[..len].copy_from_slice(&p.buf[..len]);
-            let dst = p.dst;
+            let (dst, src) = (p.dst, p.src);
             self.stateless_pool.push(p.buf);
             return Some(TxMeta {
                 dst,
+                src,
                 len,
                 segment_size: None,
                 ecn: 0,
@@ -719,6 +732,7 @@ impl<U: Default> Endpoint<U> {
             let Some(e) = self.conns.get_mut(h) else {
                 continue;
             };
+            let src = e.local;
             match e.conn.poll_transmit(now, buf, max_segments) {
                 Some(t) => {
                     if t.more {
@@ -740,6 +754,7 @@ impl<U: Default> Endpoint<U> {
                     }
                     return Some(TxMeta {
                         dst: t.dst,
+                        src,
                         len: t.len,
                         segment_size: t.segment_size,
                         ecn: 0,
@@ -766,6 +781,12 @@ impl<U: Default> Endpoint<U> {
             self.mark_send(h);
         }
     }
+}
+
+/// The local address a datagram arrived at, if the datapath knows it.
+fn local_ip(meta: &RxMeta) -> Option<IpAddr> {
+    let ip = meta.dst.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 #[cfg(test)]

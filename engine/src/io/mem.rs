@@ -532,6 +532,7 @@ mod tests {
             buf[..data.len()].copy_from_slice(data);
             Some(TxMeta {
                 dst,
+                src: None,
                 len: data.len(),
                 segment_size: segment,
                 ecn,
@@ -767,18 +768,21 @@ mod tests {
         for meta in [
             TxMeta {
                 dst: b_addr,
+                src: None,
                 len: 0,
                 segment_size: None,
                 ecn: 0,
             },
             TxMeta {
                 dst: b_addr,
+                src: None,
                 len: 1473,
                 segment_size: None,
                 ecn: 0,
             },
             TxMeta {
                 dst: b_addr,
+                src: None,
                 len: 10,
                 segment_size: Some(0),
                 ecn: 0,

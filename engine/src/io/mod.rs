@@ -11,7 +11,7 @@ pub mod udp;
 #[cfg(feature = "xdp")]
 pub mod xdp;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// What the datapath knows about a received datagram.
@@ -29,6 +29,10 @@ pub struct RxMeta {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxMeta {
     pub dst: SocketAddr,
+    /// The local address to send from: the one the peer's datagrams arrived at, so that a
+    /// socket bound to a wildcard address on a host with several (VIPs, secondary
+    /// addresses) answers from the address the peer expects. `None`: the datapath's choice.
+    pub src: Option<IpAddr>,
     /// Bytes written into the buffer.
     pub len: usize,
     /// If `len` holds several datagrams back to back, the size of each but the last

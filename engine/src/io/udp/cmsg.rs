@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Bytes reserved for received control messages per datagram: pktinfo (v4 or v6, possibly
 /// both on a dual-stack socket), TOS/TCLASS and the GRO segment size, with room to spare.
 pub(super) const RX_CONTROL_LEN: usize = 256;
-/// Bytes reserved for outgoing control messages: UDP_SEGMENT and IP_TOS/IPV6_TCLASS.
-pub(super) const TX_CONTROL_LEN: usize = 64;
+/// Bytes reserved for outgoing control messages: UDP_SEGMENT, IP_TOS/IPV6_TCLASS and
+/// IP_PKTINFO/IPV6_PKTINFO (24 + 24 + 40 on 64-bit Linux).
+pub(super) const TX_CONTROL_LEN: usize = 128;
 
 /// A control-message buffer, aligned like `cmsghdr` as the kernel's CMSG macros expect.
 #[derive(Clone, Copy)]
@@ -147,6 +148,32 @@ impl<'a> Writer<'a> {
         slot[HDR..HDR + data.len()].copy_from_slice(data);
         self.len += need;
         true
+    }
+}
+
+/// Writes the source address to send from: IP_PKTINFO's `ipi_spec_dst` on the IPv4 path
+/// (which a v4-mapped destination on a dual-stack socket takes), else IPV6_PKTINFO's
+/// `ipi6_addr`; interface 0 leaves routing to the kernel. False if `src` does not suit
+/// the path or there is no room.
+pub(super) fn push_source(w: &mut Writer<'_>, src: IpAddr, v4_path: bool) -> bool {
+    let v4 = match src {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    };
+    match (v4_path, v4, src) {
+        (true, Some(a), _) => {
+            let mut info = [0u8; size_of::<libc::in_pktinfo>()];
+            let at = offset_of!(libc::in_pktinfo, ipi_spec_dst);
+            info[at..at + 4].copy_from_slice(&a.octets());
+            w.push(libc::IPPROTO_IP, libc::IP_PKTINFO, &info)
+        }
+        (false, None, IpAddr::V6(a)) => {
+            let mut info = [0u8; size_of::<libc::in6_pktinfo>()];
+            let at = offset_of!(libc::in6_pktinfo, ipi6_addr);
+            info[at..at + 16].copy_from_slice(&a.octets());
+            w.push(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &info)
+        }
+        _ => false,
     }
 }
 

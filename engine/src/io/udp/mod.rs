@@ -383,7 +383,11 @@ impl Datapath for UdpDatapath {
                     && meta.segment_size != Some(0) =>
             {
                 let segment = meta.segment_size.unwrap_or(meta.len);
-                self.tx.enqueue(buf, dst, meta.len, segment, meta.ecn);
+                // A socket bound to one address sends from it; a wildcard one is told which
+                // of the host's addresses the peer wrote to.
+                let src = meta.src.filter(|_| self.local.ip().is_unspecified());
+                self.tx
+                    .enqueue(buf, (dst, src), meta.len, segment, meta.ecn);
             }
             _ => {
                 self.tx.release(buf);

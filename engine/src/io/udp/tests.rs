@@ -45,6 +45,7 @@ fn push(
         buf[..data.len()].copy_from_slice(data);
         Some(TxMeta {
             dst,
+            src: None,
             len: data.len(),
             segment_size: segment,
             ecn,
@@ -275,6 +276,53 @@ fn wildcard_bind_reports_real_destination() {
     }
 }
 
+/// Queues one datagram for `dst`, to be sent from `src`.
+fn push_from(dp: &mut UdpDatapath, dst: SocketAddr, src: Option<IpAddr>, data: &[u8]) -> bool {
+    dp.push_tx(&mut |buf: &mut [u8]| {
+        buf[..data.len()].copy_from_slice(data);
+        Some(TxMeta {
+            dst,
+            src,
+            len: data.len(),
+            segment_size: None,
+            ecn: 0,
+        })
+    })
+}
+
+/// A wildcard-bound socket answers from the address the peer wrote to (IP_PKTINFO on
+/// send), not from the one the kernel's route prefers: on a host with several addresses a
+/// QUIC client (a connected UDP socket) would drop the latter. 127.0.0.2 is a local
+/// address the loopback route does not prefer. Also through a dual-stack socket, where the
+/// addresses are v4-mapped.
+#[test]
+fn wildcard_bind_answers_from_the_address_written_to() {
+    let mut client = bind("127.0.0.1:0", UdpOptions::default());
+    let mut servers = vec![bind("0.0.0.0:0", UdpOptions::default())];
+    servers.extend(UdpDatapath::bind("[::]:0".parse().unwrap(), UdpOptions::default()).ok());
+    for server in &mut servers {
+        let port = server.local_addr().port();
+        let to: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+        for answer_from in [true, false] {
+            assert!(push(&mut client, to, b"ping", None, 0));
+            flush_all(&mut client);
+            let got = recv_n(server, 1);
+            let meta = got[0].0;
+            let src = answer_from.then(|| meta.dst.ip());
+            assert!(push_from(server, meta.src, src, b"pong"));
+            flush_all(server);
+            let back = recv_n(&mut client, 1);
+            assert_eq!(back[0].1, b"pong");
+            if answer_from {
+                assert_eq!(back[0].0.src, to, "answered from the address written to");
+            } else {
+                // Without it the route's preferred source answers: the premise of the test.
+                assert_ne!(back[0].0.src, to);
+            }
+        }
+    }
+}
+
 #[test]
 fn dual_stack_socket_talks_v4() {
     let Some(mut server) = UdpDatapath::bind("[::]:0".parse().unwrap(), UdpOptions::default()).ok()
@@ -450,18 +498,21 @@ fn bad_transmit_metadata_is_dropped() {
     for meta in [
         TxMeta {
             dst,
+            src: None,
             len: 0,
             segment_size: None,
             ecn: 0,
         },
         TxMeta {
             dst,
+            src: None,
             len: size + 1,
             segment_size: None,
             ecn: 0,
         },
         TxMeta {
             dst,
+            src: None,
             len: 10,
             segment_size: Some(0),
             ecn: 0,

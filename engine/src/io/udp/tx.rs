@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::cmsg::{self, ControlBuf, TX_CONTROL_LEN};
@@ -15,6 +15,8 @@ use super::sys::{MmsgScratch, RawAddr};
 struct Entry {
     buf: u32,
     dst: SocketAddr,
+    /// Source address to send from (wildcard-bound sockets only).
+    src: Option<IpAddr>,
     len: usize,
     /// Size of each datagram in the buffer but the last (`len` for a single datagram).
     segment: usize,
@@ -32,6 +34,7 @@ pub(super) struct Msg {
     pub(super) len: usize,
     pub(super) segment: usize,
     pub(super) dst: SocketAddr,
+    pub(super) src: Option<IpAddr>,
     pub(super) ecn: u8,
 }
 
@@ -96,7 +99,7 @@ impl TxPool {
     pub(super) fn enqueue(
         &mut self,
         buf: u32,
-        dst: SocketAddr,
+        (dst, src): (SocketAddr, Option<IpAddr>),
         len: usize,
         segment: usize,
         ecn: u8,
@@ -105,6 +108,7 @@ impl TxPool {
         self.queue.push_back(Entry {
             buf,
             dst,
+            src,
             len,
             segment,
             ecn,
@@ -130,6 +134,7 @@ impl TxPool {
                     len,
                     segment: e.segment,
                     dst: e.dst,
+                    src: e.src,
                     ecn: e.ecn,
                 });
                 start += len;
@@ -194,14 +199,17 @@ impl TxScratch {
                 let seg = u16::try_from(msg.segment).unwrap_or(u16::MAX);
                 w.push(libc::SOL_UDP, libc::UDP_SEGMENT, &seg.to_ne_bytes());
             }
+            // IPv4 (also v4-mapped on a dual-stack socket) takes the kernel's IPv4 path.
+            let v4 = match msg.dst {
+                SocketAddr::V4(_) => true,
+                SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+            };
+            if let Some(src) = msg.src {
+                cmsg::push_source(&mut w, src, v4);
+            }
             if msg.ecn != 0 {
-                // IPv4 (also v4-mapped on a dual-stack socket, which takes the IPv4 path in
-                // the kernel) uses IP_TOS; IPv6 uses IPV6_TCLASS. Both accept an int.
+                // IP_TOS on the IPv4 path, IPV6_TCLASS on IPv6. Both accept an int.
                 let tos = libc::c_int::from(msg.ecn & 0b11);
-                let v4 = match msg.dst {
-                    SocketAddr::V4(_) => true,
-                    SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
-                };
                 let (level, ty) = if v4 {
                     (libc::IPPROTO_IP, libc::IP_TOS)
                 } else {
@@ -258,7 +266,7 @@ mod tests {
 
     fn queue(pool: &mut TxPool, len: usize, segment: usize) -> u32 {
         let b = pool.acquire().unwrap();
-        pool.enqueue(b, dst(), len, segment, 0);
+        pool.enqueue(b, (dst(), None), len, segment, 0);
         b
     }
 
@@ -329,6 +337,7 @@ mod tests {
             len: 100,
             segment: 100,
             dst: dst(),
+            src: None,
             ecn: 0,
         };
         assert!(!pool.complete(&bogus));
