@@ -284,9 +284,16 @@ pub fn run_client_on<D: crate::io::Datapath>(
                 report.streams += p.completed;
             }
             ClientApp::Hq(h) => {
+                // Every connection fetches the same paths: their digests must agree.
                 report.bytes_down += h.bytes_down;
-                report.streams += 1;
-                report.sha256 = Some(h.digest());
+                report.streams += h.fetched;
+                let digest = h.digest();
+                if report.sha256.as_ref().is_some_and(|d| *d != digest) {
+                    return Err(ClientError::Failed(
+                        "connections received different bodies for the same paths".into(),
+                    ));
+                }
+                report.sha256 = Some(digest);
             }
             ClientApp::Idle => {
                 if let Some(reason) = &st.closed {

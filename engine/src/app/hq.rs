@@ -266,6 +266,8 @@ pub struct HqClient {
     current: Option<StreamId>,
     hasher: Sha256,
     pub bytes_down: u64,
+    /// Bodies received whole (FIN read).
+    pub fetched: u64,
     pub failed: Option<String>,
     done: bool,
 }
@@ -278,6 +280,7 @@ impl HqClient {
             current: None,
             hasher: Sha256::new(),
             bytes_down: 0,
+            fetched: 0,
             failed: None,
             done: false,
         }
@@ -298,7 +301,8 @@ impl HqClient {
             return;
         }
         let Some(id) = conn.open_stream(true) else {
-            self.failed = Some("no stream credit".into());
+            // The server frees a stream slot only once it has reaped the last one: wait for
+            // its MAX_STREAMS (`on_streams_available`).
             return;
         };
         let req = format!("GET {}\r\n", self.paths[self.next]);
@@ -320,6 +324,12 @@ impl Application for HqClient {
         self.request_next(conn);
     }
 
+    fn on_streams_available(&mut self, conn: &mut Connection, bidi: bool, _now: Instant) {
+        if bidi && self.current.is_none() && !self.is_done() {
+            self.request_next(conn);
+        }
+    }
+
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
         if self.current != Some(id) {
             return;
@@ -332,6 +342,7 @@ impl Application for HqClient {
                     self.bytes_down += n as u64;
                     if fin {
                         self.current = None;
+                        self.fetched += 1;
                         self.request_next(conn);
                         return;
                     }
