@@ -2016,3 +2016,49 @@ fn an_idle_timeout_of_zero_on_both_ends_disables_it() {
     net.assert_healthy();
     net.echo_round_trip(1000, 2);
 }
+
+/// RFC 9002 §7.8: a sender whose window is full is not application-limited, even when
+/// all it can send is an ACK (which went out alone in a short datagram and used to mark
+/// it so: its next ACKs then did not grow the window).
+#[test]
+fn an_ack_sent_alone_with_a_full_window_is_not_app_limited() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let sh = net.server.handles().next().expect("server connection");
+    net.server
+        .with_state(sh, |c, _| c.stop_acknowledging())
+        .expect("server alive");
+    // The client fills its window with data the server never acknowledges.
+    net.client
+        .with_state(net.h, |c, _| {
+            let id = c.open_stream(false).expect("stream credit");
+            let _ = c.write(id, &[7u8; 256 * 1024]).unwrap();
+        })
+        .expect("client alive");
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    assert!(!net.client_conn().is_app_limited(), "window-limited");
+    // Two ack-eliciting packets from the server: the client owes an ACK at once.
+    for _ in 0..2 {
+        net.server
+            .with_state(sh, |c, _| c.queue_raw_frames(Epoch::Data, &[0x01]))
+            .expect("server alive");
+        for d in net.server_out() {
+            net.deliver_to_client(&d);
+        }
+    }
+    // Polled on the connection itself: the endpoint's debug-build check polls once more,
+    // which would set the mark again before we could look.
+    let now = net.now;
+    let (len, more, limited) = net
+        .client
+        .with_state(net.h, |c, _| {
+            let mut buf = [0u8; 1500];
+            let t = c.poll_transmit(now, &mut buf, 1).expect("the ACK");
+            (t.len, t.more, c.is_app_limited())
+        })
+        .expect("client alive");
+    assert!(len < 100 && !more, "an ACK alone: {len} bytes");
+    assert!(!limited, "still window-limited");
+}

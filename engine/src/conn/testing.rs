@@ -46,6 +46,12 @@ impl Connection {
             .is_some_and(|cid| self.cids.set_active_remote(cid))
     }
 
+    /// Whether the sender counts as application-limited (RFC 9002 §7.8).
+    #[doc(hidden)]
+    pub fn is_app_limited(&self) -> bool {
+        self.recovery.is_app_limited()
+    }
+
     /// The peer's CID this connection sends to.
     #[doc(hidden)]
     pub fn active_remote_cid(&self) -> crate::wire::cid::ConnectionId {

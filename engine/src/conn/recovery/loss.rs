@@ -358,6 +358,11 @@ impl<T> Recovery<T> {
         self.app_limited = limited;
     }
 
+    /// Whether ACKs currently leave the window as it is (RFC 9002 §7.8).
+    pub fn is_app_limited(&self) -> bool {
+        self.app_limited
+    }
+
     /// The peer's max_ack_delay transport parameter.
     pub fn set_max_ack_delay(&mut self, delay: Duration) {
         self.max_ack_delay = delay;
