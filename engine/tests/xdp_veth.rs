@@ -1,7 +1,8 @@
 //! AF_XDP through a real veth pair between two network namespaces this test creates (and
 //! deletes by name, even on failure): frames built by `wire::net` reach a kernel UDP
 //! socket (so their checksums are right), kernel-sent frames parse, and 1,000,000 echoed
-//! datagrams leave every UMEM frame where it belongs. Needs root; fails clearly without.
+//! datagrams leave every UMEM frame where it belongs; answers go back on the VLAN a peer
+//! used. Needs root; fails clearly without.
 #![cfg(feature = "xdp")]
 
 use std::net::{SocketAddr, UdpSocket};
@@ -454,4 +455,216 @@ fn shared_umem_two_workers_split_by_cid() {
     })
     .join()
     .unwrap();
+}
+
+/// Reads an interface's MAC address inside namespace `ns`.
+fn mac_in(ns: &str, iface: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", "dev", iface])
+        .output()
+        .expect("run `ip`");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let word = text
+        .split_whitespace()
+        .find(|w| w.len() == 17 && w.matches(':').count() == 5)
+        .unwrap_or_else(|| panic!("no MAC in {text:?}"));
+    let mut mac = [0u8; 6];
+    for (b, part) in mac.iter_mut().zip(word.split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap();
+    }
+    mac
+}
+
+/// A raw AF_PACKET socket on `iface` inside namespace `ns`: sends and sees whole frames,
+/// VLAN tags included (the guest kernel here has no 8021q module for a VLAN interface).
+fn packet_socket_in(ns: &str, iface: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let (ns, iface) = (ns.to_string(), iface.to_string());
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2) call; the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, libc::c_int::from(proto)) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(iface).unwrap();
+        // SAFETY: a NUL-terminated interface name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(index > 0, "no such interface");
+        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index as i32;
+        // SAFETY: a valid socket and a sockaddr_ll of the size given.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+        // The kernel moves a received frame's tag into metadata: ask for it (auxdata).
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and a c_int option of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_AUXDATA,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: a valid socket and a timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        fd
+    })
+    .join()
+    .unwrap()
+}
+
+/// linux/if_packet.h: the option and the `tpacket_auxdata` fields read here.
+const PACKET_AUXDATA: libc::c_int = 8;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const AUX_STATUS_AT: usize = 0;
+const AUX_VLAN_TCI_AT: usize = 16;
+
+/// Receives one frame: its bytes and the VLAN TCI the kernel took off it, if any.
+fn recv_frame(raw: &std::os::fd::OwnedFd, buf: &mut [u8]) -> Option<(usize, Option<u16>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; zero is a valid start.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: a valid socket; msg points at live buffers of the sizes given.
+    let n = unsafe { libc::recvmsg(raw.as_raw_fd(), &mut msg, 0) };
+    if n <= 0 {
+        return None;
+    }
+    let mut vlan = None;
+    // SAFETY: walking the control messages recvmsg just wrote, with the libc macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA {
+                let data = libc::CMSG_DATA(c);
+                let status = std::ptr::read_unaligned(data.add(AUX_STATUS_AT).cast::<u32>());
+                let tci = std::ptr::read_unaligned(data.add(AUX_VLAN_TCI_AT).cast::<u16>());
+                if status & TP_STATUS_VLAN_VALID != 0 {
+                    vlan = Some(tci);
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some((n as usize, vlan))
+}
+
+/// A client on VLAN 100 reaches the AF_XDP server on the untagged interface: the program
+/// redirects the tagged frames, and the answers go back tagged with the same TCI (they
+/// went out untagged, onto the native VLAN, where the client never saw them).
+#[test]
+fn replies_go_back_on_the_vlan_the_peer_used() {
+    use quench::wire::net::{parse_udp_frame, FrameHeaders};
+    let t = Topology::new("v");
+    let cli_if = "qtvc";
+    let srv_mac = mac_in(&t.srv, &t.srv_if);
+    let cli_mac = mac_in(&t.cli, cli_if);
+    let raw = packet_socket_in(&t.cli, cli_if);
+    let server: SocketAddr = format!("10.99.0.1:{PORT}").parse().unwrap();
+    let client: SocketAddr = "10.99.0.2:50010".parse().unwrap();
+    // Priority 5 and VLAN 100 in the tag control information.
+    let tci = (5 << 13) | 100;
+    let mut body = Vec::new();
+    payload(7, &mut body);
+    let h = FrameHeaders {
+        src_mac: cli_mac,
+        dst_mac: srv_mac,
+        vlan: Some(tci),
+        src: client,
+        dst: server,
+        ecn: 0,
+        hop_limit: 0,
+    };
+    let mut frame = vec![0u8; h.header_len() + body.len()];
+    frame[h.header_len()..].copy_from_slice(&body);
+    let len = h.emit(&mut frame, body.len()).unwrap();
+    let send = |raw: &std::os::fd::OwnedFd| {
+        // SAFETY: a valid socket and a buffer of `len` bytes.
+        let n = unsafe { libc::send(raw.as_raw_fd(), frame.as_ptr().cast(), len, 0) };
+        assert_eq!(n, len as isize, "send: {}", std::io::Error::last_os_error());
+    };
+    let (srv, srv_if) = (t.srv.clone(), t.srv_if.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let echo = std::thread::spawn(move || {
+        enter_netns(&srv);
+        let (_prog, mut dp) = start(&srv_if);
+        ready_tx.send(()).unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.is_empty() && Instant::now() < deadline {
+            dp.recv_batch(&mut |meta, p| got.push((meta.src, p.to_vec())))
+                .unwrap();
+            dp.wait(Some(Duration::from_millis(20))).unwrap();
+        }
+        let (dst, p) = got.pop().expect("the tagged datagram arrived over AF_XDP");
+        assert_eq!(dst, client);
+        assert!(dp.push_tx(&mut |out| {
+            out[..p.len()].copy_from_slice(&p);
+            Some(TxMeta {
+                dst,
+                src: None,
+                len: p.len(),
+                segment_size: None,
+                ecn: 0,
+            })
+        }));
+        dp.flush().unwrap();
+    });
+    ready_rx.recv().expect("server failed to start");
+    send(&raw);
+    echo.join().unwrap();
+    // The answer, seen on the client's wire: tagged as the request was.
+    let mut rb = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        assert!(Instant::now() < deadline, "no answer on the client's wire");
+        let Some((n, aux_vlan)) = recv_frame(&raw, &mut rb) else {
+            continue;
+        };
+        match parse_udp_frame(&rb[..n]) {
+            // The tag is in the frame or, taken off by the kernel, in the auxdata.
+            Ok(f) if f.src == server && f.dst == client => {
+                break (f.vlan.or(aux_vlan), f.payload_range())
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(answer.0, Some(tci), "answered on the peer's VLAN");
+    assert_eq!(check_payload(&rb[answer.1]), 7);
 }

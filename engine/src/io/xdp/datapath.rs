@@ -58,6 +58,7 @@ const NEIGH_RETRY: Duration = Duration::from_secs(1);
 pub struct Handoff {
     meta: RxMeta,
     src_mac: MacAddr,
+    vlan: Option<u16>,
     len: u16,
     buf: [u8; HANDOFF_MAX],
 }
@@ -161,7 +162,9 @@ pub struct XdpDatapath {
     iface: LocalIface,
     caps: Capabilities,
     /// Peer IP → the MAC its packets came from (reply path).
-    peers: HashMap<IpAddr, MacAddr>,
+    /// Each peer's MAC address and the VLAN tag (TCI) its frames arrived with: replies go
+    /// back on the same VLAN.
+    peers: HashMap<IpAddr, (MacAddr, Option<u16>)>,
     /// Failed kernel neighbour lookups, not retried before NEIGH_RETRY.
     neigh_misses: HashMap<IpAddr, Instant>,
     counters: DatapathCounters,
@@ -239,7 +242,7 @@ impl XdpDatapath {
     /// Tells the datapath a peer's MAC address (static neighbour; the client role needs
     /// it unless the kernel's neighbour table already knows the peer).
     pub fn set_neighbor(&mut self, ip: IpAddr, mac: MacAddr) {
-        self.learn_peer(ip, mac);
+        self.learn_peer(ip, mac, None);
     }
 
     /// The local interface this datapath sends from.
@@ -280,20 +283,21 @@ impl XdpDatapath {
         self.group.listed[self.member].store(self.local_free.len() as u32, Ordering::Relaxed);
     }
 
-    fn learn_peer(&mut self, ip: IpAddr, mac: MacAddr) {
+    fn learn_peer(&mut self, ip: IpAddr, mac: MacAddr, vlan: Option<u16>) {
         match self.peers.get_mut(&ip) {
-            Some(m) if *m == mac => {}
-            Some(m) => *m = mac,
+            Some(m) if *m == (mac, vlan) => {}
+            Some(m) => *m = (mac, vlan),
             None => {
                 if self.peers.len() >= MAX_PEERS {
                     self.peers.clear();
                 }
-                self.peers.insert(ip, mac);
+                self.peers.insert(ip, (mac, vlan));
             }
         }
     }
 
-    fn peer_mac(&mut self, ip: IpAddr) -> Option<MacAddr> {
+    /// The peer's MAC address and VLAN tag, from its frames or the kernel's table.
+    fn peer_mac(&mut self, ip: IpAddr) -> Option<(MacAddr, Option<u16>)> {
         if let Some(m) = self.peers.get(&ip) {
             return Some(*m);
         }
@@ -305,8 +309,8 @@ impl XdpDatapath {
         match super::neigh::lookup(ip) {
             Some(mac) => {
                 self.neigh_misses.remove(&ip);
-                self.learn_peer(ip, mac);
-                Some(mac)
+                self.learn_peer(ip, mac, None);
+                Some((mac, None))
             }
             None => {
                 tracing::debug!(%ip, "no neighbour entry for peer");
@@ -387,7 +391,13 @@ impl XdpDatapath {
         }
     }
 
-    fn hand_off(&mut self, owner: u32, meta: RxMeta, src_mac: MacAddr, payload: &[u8]) {
+    fn hand_off(
+        &mut self,
+        owner: u32,
+        meta: RxMeta,
+        (src_mac, vlan): (MacAddr, Option<u16>),
+        payload: &[u8],
+    ) {
         let Some(q) = self.handoffs.queues.get(owner as usize) else {
             self.counters.handoff_dropped += 1;
             return;
@@ -399,6 +409,7 @@ impl XdpDatapath {
         let mut h = Handoff {
             meta,
             src_mac,
+            vlan,
             len: payload.len() as u16,
             buf: [0; HANDOFF_MAX],
         };
@@ -452,9 +463,9 @@ impl XdpDatapath {
                     None
                 };
                 match owner {
-                    Some(w) => self.hand_off(w, meta, f.src_mac, payload),
+                    Some(w) => self.hand_off(w, meta, (f.src_mac, f.vlan), payload),
                     _ => {
-                        self.learn_peer(f.src.ip(), f.src_mac);
+                        self.learn_peer(f.src.ip(), f.src_mac, f.vlan);
                         on(meta, payload);
                         self.counters.rx_packets += 1;
                         delivered = true;
@@ -505,7 +516,7 @@ impl Datapath for XdpDatapath {
         if let Some(q) = handoffs.queues.get(self.worker as usize) {
             for _ in 0..2 * RX_BATCH {
                 let Some(mut h) = q.pop() else { break };
-                self.learn_peer(h.meta.src.ip(), h.src_mac);
+                self.learn_peer(h.meta.src.ip(), h.src_mac, h.vlan);
                 on(h.meta, &mut h.buf[..usize::from(h.len)]);
                 self.counters.rx_packets += 1;
                 self.counters.rx_from_handoff += 1;
@@ -577,14 +588,14 @@ impl Datapath for XdpDatapath {
                 IpAddr::V4(_) => self.iface.v4?.into(),
                 IpAddr::V6(_) => self.iface.v6?.into(),
             };
-            let Some(dst_mac) = self.peer_mac(m.dst.ip()) else {
+            let Some((dst_mac, vlan)) = self.peer_mac(m.dst.ip()) else {
                 self.counters.tx_no_neighbor += 1;
                 return None;
             };
             let h = FrameHeaders {
                 src_mac: self.iface.mac,
                 dst_mac,
-                vlan: None,
+                vlan,
                 src: SocketAddr::new(src_ip, self.iface.port),
                 dst: m.dst,
                 ecn: m.ecn,
