@@ -2062,3 +2062,39 @@ fn an_ack_sent_alone_with_a_full_window_is_not_app_limited() {
     assert!(len < 100 && !more, "an ACK alone: {len} bytes");
     assert!(!limited, "still window-limited");
 }
+
+/// hq-interop: bytes after the request line (more than one read's worth) and a FIN that
+/// comes later are read and dropped, so the stream ends on both sides and is reaped
+/// (unread data used to leave it open for good, holding a stream slot).
+#[test]
+fn an_hq_request_with_trailing_bytes_is_reaped() {
+    let config = server_endpoint_config_for(TransportConfig::default(), b"hq-interop");
+    let mut net = Net::with_server_alpn(config, b"hq-interop");
+    net.establish();
+    let id = net
+        .client
+        .with_state(net.h, |c, _| {
+            let id = c.open_stream(true).expect("stream credit");
+            c.write(id, b"GET").unwrap();
+            id
+        })
+        .expect("client alive");
+    net.run(Duration::from_millis(50), |_| false);
+    let mut rest = b" /5\r\n".to_vec();
+    rest.extend_from_slice(&[b'x'; 3000]);
+    net.client
+        .with_state(net.h, |c, _| c.write(id, &rest).unwrap())
+        .expect("client alive");
+    let answered = net.run(Duration::from_secs(5), |n| {
+        n.log(|l| l.echo_fin).unwrap_or(true)
+    });
+    assert!(answered && net.log(|l| l.echoed_len) == Some(5));
+    net.client
+        .with_state(net.h, |c, _| c.finish(id).unwrap())
+        .expect("client alive");
+    let reaped = net.run(Duration::from_secs(5), |n| {
+        n.server_conn().stream_stats().open_streams == 0
+    });
+    assert!(reaped, "{:?}", net.server_conn().stream_stats());
+    net.assert_healthy();
+}

@@ -144,6 +144,24 @@ impl HqServer {
         }
     }
 
+    /// After the request line: whatever else the request side brings (a FIN sent on its
+    /// own, as quinn does after `write_all`, or stray bytes) is read and dropped, never
+    /// parsed as another request. Read to the end, or no further Readable would come.
+    fn drop_rest_of_request(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let mut chunk = [0u8; 1024];
+        while !s.request_done {
+            match conn.read(id, &mut chunk, now) {
+                Ok((_, true)) => s.request_done = true,
+                Ok((0, false)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        self.forget_if_done(id);
+    }
+
     /// A stream is forgotten once both its request and its response are complete.
     fn forget_if_done(&mut self, id: StreamId) {
         if self
@@ -196,20 +214,7 @@ impl Application for HqServer {
             return;
         };
         let mut chunk = [0u8; 1024];
-        if s.answered {
-            loop {
-                match conn.read(id, &mut chunk, now) {
-                    Ok((_, true)) => {
-                        s.request_done = true;
-                        self.forget_if_done(id);
-                        return;
-                    }
-                    Ok((0, false)) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        }
-        loop {
+        while !s.answered {
             match conn.read(id, &mut chunk, now) {
                 Ok((n, fin)) => {
                     s.request.extend_from_slice(&chunk[..n]);
@@ -221,7 +226,7 @@ impl Application for HqServer {
                     }
                     if fin || s.request.contains(&b'\n') {
                         self.respond(conn, id);
-                        return;
+                        break;
                     }
                     if n == 0 {
                         return;
@@ -230,6 +235,7 @@ impl Application for HqServer {
                 Err(_) => return,
             }
         }
+        self.drop_rest_of_request(conn, id, now);
     }
 
     fn on_writable(&mut self, conn: &mut Connection, id: StreamId, _now: Instant) {
