@@ -1755,20 +1755,27 @@ fn tokens_we_cannot_open_earn_a_retry_unless_they_claim_to_be_one() {
     let (dcid, scid) = (cid(&[9; 8]), cid(&[8; 8]));
     let ping = [0x01];
     // A NEW_TOKEN-kind token from another deployment (or before a restart).
-    let foreign = [&[1u8][..], &[0x55; 60]].concat();
+    let foreign = [&b"qtk\x01"[..], &[0x55; 60]].concat();
     let d = craft_initial_with_token(&dcid, &scid, 0, &ping, 1200, &foreign);
     feed(&mut server, &mut NoEvents, &d, now);
     let out = drain(&mut server, now);
     assert_eq!(out.len(), 1);
     assert_eq!(kind(&out[0]), Some("retry"));
     // One claiming to come from a Retry that does not open.
-    let bad_retry = [&[0u8][..], &[0x55; 60]].concat();
+    let bad_retry = [&b"qtk\x00"[..], &[0x55; 60]].concat();
     let d = craft_initial_with_token(&dcid, &scid, 0, &ping, 1200, &bad_retry);
     feed(&mut server, &mut NoEvents, &d, now);
     let out = drain(&mut server, now);
     assert_eq!(out.len(), 1);
     assert_eq!(server_initial_close_codes(&dcid, &out[0]), vec![0x0b]);
     assert_eq!(server.connection_count(), 0);
+    // Another implementation's token that merely starts with the Retry kind byte.
+    let stranger = [&[0u8][..], &[0x55; 60]].concat();
+    let d = craft_initial_with_token(&dcid, &scid, 0, &ping, 1200, &stranger);
+    feed(&mut server, &mut NoEvents, &d, now);
+    let out = drain(&mut server, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(kind(&out[0]), Some("retry"));
 }
 
 /// RFC 9000 §10.3.1: a datagram ending in the peer's reset token is a stateless reset
@@ -2097,4 +2104,37 @@ fn an_hq_request_with_trailing_bytes_is_reaped() {
     });
     assert!(reaped, "{:?}", net.server_conn().stream_stats());
     net.assert_healthy();
+}
+
+/// With idle timeouts disabled, a handshake that never completes still ends: a server
+/// must not keep state for ever for a client that sent one Initial and went quiet.
+#[test]
+fn a_silent_handshake_ends_even_with_idle_timeouts_disabled() {
+    let none = TransportConfig {
+        idle_timeout: Duration::ZERO,
+        ..TransportConfig::default()
+    };
+    let config = server_endpoint_config(none.clone());
+    let mut net = Net::with_configs(config, b"echo", none);
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    let _ = net.server_out();
+    assert_eq!(net.server.connection_count(), 1);
+    // The client never answers: only the server's own timers run.
+    let start = net.now;
+    while net.server.connection_count() > 0 && net.now < start + Duration::from_secs(600) {
+        let next = net
+            .server
+            .next_timeout()
+            .expect("a timer keeps the state bounded");
+        net.now = next.max(net.now + Duration::from_millis(1));
+        net.server.handle_timeouts(net.now, &mut NoEvents);
+        let _ = net.server_out();
+    }
+    assert_eq!(
+        net.server.connection_count(),
+        0,
+        "the half-open handshake ended"
+    );
 }

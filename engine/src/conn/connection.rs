@@ -26,6 +26,10 @@ use crate::wire::header::SUPPORTED_VERSIONS;
 use crate::wire::transport_params::{TransportParameters, VersionInformation};
 use crate::{Epoch, Side};
 
+/// How long a handshake may stay silent when idle timeouts are disabled (0): connections
+/// that never complete must not live for ever.
+pub(crate) const HANDSHAKE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Smallest datagram carrying a client Initial (RFC 9000 §14.1).
 pub const MIN_INITIAL_SIZE: usize = 1200;
 
@@ -436,8 +440,15 @@ impl Connection {
             max_datagram_size: MIN_INITIAL_SIZE,
             pmtud: Pmtud::new(config.pmtud, config.max_datagram_size),
             idle_timeout,
-            // RFC 9000 §10.1: a zero timeout is no timeout.
-            idle_deadline: (!idle_timeout.is_zero()).then(|| now + idle_timeout),
+            // A zero timeout is no timeout (RFC 9000 §10.1), but only once the handshake is
+            // confirmed: a half-open handshake still ends.
+            idle_deadline: Some(
+                now + if idle_timeout.is_zero() {
+                    HANDSHAKE_IDLE_TIMEOUT
+                } else {
+                    idle_timeout
+                },
+            ),
             idle_restart_on_send: false,
             idle_restarted_at: None,
             pacing_deadline: None,
@@ -497,6 +508,11 @@ impl Connection {
 
     pub fn server_name(&self) -> Option<&str> {
         self.tls.server_name()
+    }
+
+    /// Packets that opened and were processed (authenticated): cheaper than `stats()`.
+    pub fn packets_received(&self) -> u64 {
+        self.stats.packets_received
     }
 
     pub fn stats(&self) -> ConnectionStats {

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::conn::aead_limits;
-use crate::conn::connection::{CloseReason, Connection, PathResponse, State, MIN_INITIAL_SIZE};
+use crate::conn::connection::{
+    CloseReason, Connection, PathResponse, State, HANDSHAKE_IDLE_TIMEOUT, MIN_INITIAL_SIZE,
+};
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{remove_mask, sample, SAMPLE_LEN};
 use crate::crypto::key_update::KeyGeneration;
@@ -605,7 +607,11 @@ impl Connection {
     /// When the connection goes idle if nothing happens from `now` on (None: disabled,
     /// both ends advertised 0, RFC 9000 §18.2).
     pub(crate) fn idle_deadline_from(&self, now: Instant) -> Option<Instant> {
-        (!self.idle_timeout.is_zero()).then(|| now + self.effective_idle_timeout())
+        if self.idle_timeout.is_zero() {
+            // Disabled, but a handshake that never completes still ends.
+            return (!self.handshake_confirmed).then(|| now + HANDSHAKE_IDLE_TIMEOUT);
+        }
+        Some(now + self.effective_idle_timeout())
     }
 
     pub(crate) fn effective_idle_timeout(&self) -> Duration {

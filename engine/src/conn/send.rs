@@ -285,8 +285,10 @@ impl Connection {
         self.path_responses.pop_front();
         // RFC 9000 §9.5: a probe under another of our CIDs is answered under another of the
         // peer's (the same one for each probed address); without a spare it goes unanswered.
-        let dcid = if !r.new_dcid {
-            self.cids.active_remote()
+        // A peer with zero-length CIDs has none to give, and an empty one links nothing.
+        let active = self.cids.active_remote();
+        let dcid = if !r.new_dcid || active.is_empty() {
+            active
         } else {
             match self.probe_cid {
                 Some((to, cid)) if to == r.to => cid,

@@ -16,6 +16,9 @@ const NONCE_LEN: usize = 12;
 const MAX_PLAIN: usize = 1 + 8 + 1 + 16 + 2 + 1 + MAX_CID_LEN + 1 + MAX_CID_LEN;
 /// Binds tokens to their purpose so the key cannot be confused with another use.
 const AAD: &[u8] = b"quench address token v2";
+/// In clear in front of every token, with its kind: a token of another deployment or
+/// implementation matches it by chance once in 2^32, not once in 256 as a kind byte alone.
+const MAGIC: [u8; 3] = *b"qtk";
 const KIND_RETRY: u8 = 0;
 const KIND_NEW_TOKEN: u8 = 1;
 /// Tolerated clock skew between workers for tokens "issued in the future".
@@ -139,9 +142,9 @@ pub enum TokenError {
 }
 
 /// Seals and opens address-validation tokens: AES-256-GCM with a random nonce,
-/// token = kind | nonce | ciphertext | tag. The kind is in clear (and authenticated as
-/// AAD) so that a token we cannot open still tells how it was given out (RFC 9000
-/// §8.1.1): an invalid Retry token closes with INVALID_TOKEN, any other is ignored.
+/// token = "qtk" | kind | nonce | ciphertext | tag. The kind is in clear (and
+/// authenticated as AAD) so that a token we cannot open still tells how it was given out
+/// (RFC 9000 §8.1.1): an invalid Retry token closes with INVALID_TOKEN, any other is ignored.
 pub struct TokenKey {
     key: LessSafeKey,
 }
@@ -156,7 +159,7 @@ fn aad(kind: u8) -> [u8; AAD.len() + 1] {
 /// True if `token` says it came from a Retry (its clear kind byte), whether or not it is
 /// valid: a client that used one will not accept another Retry (RFC 9000 §8.1.2).
 pub fn claims_retry(token: &[u8]) -> bool {
-    token.first() == Some(&KIND_RETRY)
+    token.len() > MAGIC.len() && token[..MAGIC.len()] == MAGIC && token[MAGIC.len()] == KIND_RETRY
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -274,7 +277,8 @@ impl TokenKey {
                 plain,
             )
             .expect("token plaintext is small");
-        out.reserve(1 + NONCE_LEN + plain.len() + TAG_LEN);
+        out.reserve(MAGIC.len() + 1 + NONCE_LEN + plain.len() + TAG_LEN);
+        out.extend_from_slice(&MAGIC);
         out.push(kind);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
@@ -289,12 +293,14 @@ impl TokenKey {
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<ValidatedToken, TokenError> {
-        if token.len() < 1 + NONCE_LEN + TAG_LEN
-            || token.len() > 1 + NONCE_LEN + MAX_PLAIN + TAG_LEN
+        const CLEAR: usize = MAGIC.len() + 1;
+        if token.len() < CLEAR + NONCE_LEN + TAG_LEN
+            || token.len() > CLEAR + NONCE_LEN + MAX_PLAIN + TAG_LEN
+            || token[..MAGIC.len()] != MAGIC
         {
             return Err(TokenError::Invalid);
         }
-        let (clear_kind, token) = token.split_at(1);
+        let (clear_kind, token) = token[MAGIC.len()..].split_at(1);
         let (nonce, sealed) = token.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| TokenError::Invalid)?;
         let mut buf = [0u8; MAX_PLAIN + TAG_LEN];
@@ -478,7 +484,7 @@ mod tests {
         key.seal_retry(client, &[1; 8], &[2; 8], now, &mut retry);
         assert!(claims_retry(&retry) && !claims_retry(&tok));
         let mut relabelled = tok.clone();
-        relabelled[0] = retry[0];
+        relabelled[MAGIC.len()] = retry[MAGIC.len()];
         assert_eq!(
             key.open(&relabelled, client, now, life),
             Err(TokenError::Invalid),

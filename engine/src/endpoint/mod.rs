@@ -289,8 +289,18 @@ impl<U: Default> Endpoint<U> {
             .and_then(|d| self.routes.lookup(&d));
         if let Some(h) = known {
             let e = &mut self.conns[h];
-            e.local = local_ip(&meta);
+            let opened = e.conn.packets_received();
             e.conn.handle_datagram(now, meta.src, meta.ecn, buf);
+            // Answer from where the peer writes, as learnt from packets that authenticated
+            // and came from its current address (junk with a known CID sent to another of
+            // our addresses must not move it). Servers only: a client's own address may
+            // change under it, and the kernel picks the right one.
+            if self.config.server_tls.is_some()
+                && e.conn.packets_received() > opened
+                && e.conn.remote_addr() == meta.src
+            {
+                e.local = local_ip(&meta);
+            }
             self.after_io(now, h, handler);
             return Some(h);
         }
@@ -509,6 +519,7 @@ impl<U: Default> Endpoint<U> {
         }
         self.stats.connections_accepted += 1;
         let h = self.insert(conn, Some(dcid));
+        // The first Initial decrypted (checked above).
         self.conns[h].local = local_ip(&meta);
         self.after_io(now, h, handler);
         Some(h)
