@@ -267,6 +267,22 @@ impl Net {
         assert_eq!(self.log(|l| l.connected), Some(true));
     }
 
+    /// Runs `f` on the client's connection.
+    fn client_do<R>(&mut self, f: impl FnOnce(&mut Connection) -> R) -> R {
+        self.client
+            .with_state(self.h, |c, _| f(c))
+            .expect("client connection alive")
+    }
+
+    /// Opens a bidirectional stream on the client and writes `data` (no FIN).
+    fn open_with(&mut self, data: &[u8]) -> StreamId {
+        self.client_do(|c| {
+            let id = c.open_stream(true).expect("stream credit");
+            assert_eq!(c.write(id, data), Ok(data.len()));
+            id
+        })
+    }
+
     fn queue_raw(&mut self, epoch: Epoch, frames: &[u8]) {
         self.client
             .with_state(self.h, |c, _| c.queue_raw_frames(epoch, frames))
@@ -1896,23 +1912,22 @@ fn a_probe_under_a_new_cid_is_answered_under_a_new_cid() {
     assert_eq!(net.server_conn().remote_addr(), net.caddr);
 }
 
+/// A handshake done with the built-in hq-interop server.
+fn hq_net() -> Net {
+    let config = server_endpoint_config_for(TransportConfig::default(), b"hq-interop");
+    let mut net = Net::with_server_alpn(config, b"hq-interop");
+    net.establish();
+    net
+}
+
 /// hq-interop: a client may send its request line and its FIN in separate packets (quinn
 /// does, after `write_all`). A FIN arriving after the response was written is not a new,
 /// empty request: the stream is not reset (it used to be, while the response was still
 /// unacknowledged).
 #[test]
 fn an_hq_request_whose_fin_comes_late_is_answered_once() {
-    let config = server_endpoint_config_for(TransportConfig::default(), b"hq-interop");
-    let mut net = Net::with_server_alpn(config, b"hq-interop");
-    net.establish();
-    let id = net
-        .client
-        .with_state(net.h, |c, _| {
-            let id = c.open_stream(true).expect("stream credit");
-            c.write(id, b"GET /5000\r\n").unwrap();
-            id
-        })
-        .expect("client alive");
+    let mut net = hq_net();
+    let id = net.open_with(b"GET /5000\r\n");
     for d in net.client_out() {
         net.deliver_to_server(&d);
     }
@@ -1920,9 +1935,7 @@ fn an_hq_request_whose_fin_comes_late_is_answered_once() {
     // request's FIN reaches it on its own.
     let response = net.server_out();
     assert!(!response.is_empty());
-    net.client
-        .with_state(net.h, |c, _| c.finish(id).unwrap())
-        .expect("client alive");
+    net.client_do(|c| c.finish(id).unwrap());
     for d in net.client_out() {
         net.deliver_to_server(&d);
     }
@@ -1951,21 +1964,12 @@ fn an_hq_request_whose_fin_comes_late_is_answered_once() {
 fn an_echo_stream_the_peer_resets_is_not_kept_open() {
     let mut net = Net::new(TransportConfig::default());
     net.establish();
-    let id = net
-        .client
-        .with_state(net.h, |c, _| {
-            let id = c.open_stream(true).expect("stream credit");
-            c.write(id, &[5u8; 100]).unwrap();
-            id
-        })
-        .expect("client alive");
+    let id = net.open_with(&[5u8; 100]);
     net.run(Duration::from_millis(100), |n| {
         n.log(|l| l.echoed_len == 100).unwrap_or(true)
     });
     assert_eq!(net.log(|l| l.echoed_len), Some(100));
-    net.client
-        .with_state(net.h, |c, _| c.reset_stream(id, 9).unwrap())
-        .expect("client alive");
+    net.client_do(|c| c.reset_stream(id, 9).unwrap());
     let gone = net.run(Duration::from_secs(2), |n| {
         n.server_conn().stream_stats().open_streams == 0
     });
@@ -2075,30 +2079,17 @@ fn an_ack_sent_alone_with_a_full_window_is_not_app_limited() {
 /// (unread data used to leave it open for good, holding a stream slot).
 #[test]
 fn an_hq_request_with_trailing_bytes_is_reaped() {
-    let config = server_endpoint_config_for(TransportConfig::default(), b"hq-interop");
-    let mut net = Net::with_server_alpn(config, b"hq-interop");
-    net.establish();
-    let id = net
-        .client
-        .with_state(net.h, |c, _| {
-            let id = c.open_stream(true).expect("stream credit");
-            c.write(id, b"GET").unwrap();
-            id
-        })
-        .expect("client alive");
+    let mut net = hq_net();
+    let id = net.open_with(b"GET");
     net.run(Duration::from_millis(50), |_| false);
     let mut rest = b" /5\r\n".to_vec();
     rest.extend_from_slice(&[b'x'; 3000]);
-    net.client
-        .with_state(net.h, |c, _| c.write(id, &rest).unwrap())
-        .expect("client alive");
+    net.client_do(|c| c.write(id, &rest).unwrap());
     let answered = net.run(Duration::from_secs(5), |n| {
         n.log(|l| l.echo_fin).unwrap_or(true)
     });
     assert!(answered && net.log(|l| l.echoed_len) == Some(5));
-    net.client
-        .with_state(net.h, |c, _| c.finish(id).unwrap())
-        .expect("client alive");
+    net.client_do(|c| c.finish(id).unwrap());
     let reaped = net.run(Duration::from_secs(5), |n| {
         n.server_conn().stream_stats().open_streams == 0
     });
