@@ -246,11 +246,17 @@ pub fn run_client_on<D: crate::io::Datapath>(
     let mut report = ClientReport::default();
     let mut handshake_total = 0.0;
     let mut connected = 0usize;
+    // When the last connection's work was done: the report's time ends there, not after
+    // the closing connections have drained (3 PTO, which would understate throughput).
+    let mut work_done_at: Option<Instant> = None;
     let finished = drive_until(dp, &mut endpoint, &mut handler, deadline, |ep, _h, now| {
         let mut all_done = true;
+        let mut work_done = true;
         for &h in &handles {
             let alive = ep.with_state(h, |conn, st| {
-                if (st.app.is_done() || st.app.failure().is_some()) && !conn.is_closing() {
+                let done = st.app.is_done() || st.app.failure().is_some();
+                work_done &= done;
+                if done && !conn.is_closing() {
                     conn.close(now, 0, "done");
                 }
             });
@@ -261,9 +267,12 @@ pub fn run_client_on<D: crate::io::Datapath>(
                 all_done = false;
             }
         }
+        if work_done && work_done_at.is_none() {
+            work_done_at = Some(now);
+        }
         all_done
     })?;
-    let elapsed = start.elapsed();
+    let elapsed = work_done_at.map_or_else(|| start.elapsed(), |t| t.duration_since(start));
     report.max_datagram_size = endpoint.stats().max_datagram_size_peak;
     // Collect results from what the handler recorded.
     for st in endpoint.take_all_states() {
