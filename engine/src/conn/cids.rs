@@ -225,20 +225,29 @@ impl CidState {
         }
     }
 
+    /// Retires the CID at `i` (not the active one), unless too many retirements are
+    /// outstanding already.
     fn retire_remote_at(&mut self, i: usize) {
         if self.queue_retire(self.remote[i].seq).is_err() {
             return;
         }
         let active = self.remote[self.active_remote].cid;
-        let r = self.remote.swap_remove(i);
-        if let (true, Some(t)) = (r.used, r.reset_token) {
-            self.events.push_back(CidEvent::PeerResetTokenRetired(t));
-        }
+        self.forget_remote_at(i);
         self.active_remote = self
             .remote
             .iter()
             .position(|r| r.cid == active)
             .unwrap_or(0);
+    }
+
+    /// Removes the CID at `i` (indices move: the caller fixes `active_remote`); its reset
+    /// token stops counting. Returns its sequence number.
+    fn forget_remote_at(&mut self, i: usize) -> u64 {
+        let r = self.remote.swap_remove(i);
+        if let (true, Some(t)) = (r.used, r.reset_token) {
+            self.events.push_back(CidEvent::PeerResetTokenRetired(t));
+        }
+        r.seq
     }
 
     /// Client: the server's preferred_address parameter. Its CID is sequence 1 (RFC 9000
@@ -305,11 +314,8 @@ impl CidState {
             let mut i = 0;
             while i < self.remote.len() {
                 if self.remote[i].seq < retire_prior_to {
-                    let r = self.remote.swap_remove(i);
-                    if let (true, Some(t)) = (r.used, r.reset_token) {
-                        self.events.push_back(CidEvent::PeerResetTokenRetired(t));
-                    }
-                    self.queue_retire(r.seq)?;
+                    let seq = self.forget_remote_at(i);
+                    self.queue_retire(seq)?;
                 } else {
                     i += 1;
                 }

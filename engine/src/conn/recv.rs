@@ -517,24 +517,10 @@ impl Connection {
             self.old_path_challenge =
                 Some((challenge_data(), self.remote, self.cids.active_remote()));
         }
-        self.path_got_new_cid = false;
-        if peer_switched {
-            let probed = self.probe_cid.take().and_then(|(to, cid)| {
-                if to == remote {
-                    Some(cid)
-                } else {
-                    self.cids.retire_remote(cid);
-                    None
-                }
-            });
-            match probed.or_else(|| self.cids.claim_spare_remote()) {
-                Some(cid) => {
-                    self.cids.switch_active_remote(cid);
-                    self.path_got_new_cid = true;
-                }
-                // §9.5 leaves nothing better: the peer gave us no CID to spare.
-                None => tracing::debug!("no spare connection ID for the new path"),
-            }
+        self.path_got_new_cid = peer_switched && self.move_to_fresh_remote_cid(remote);
+        if peer_switched && !self.path_got_new_cid {
+            // §9.5 leaves nothing better: the peer gave us no CID to spare.
+            tracing::debug!("no spare connection ID for the new path");
         }
         self.send_to(now, remote);
         self.path_first_pn = self.recovery.next_packet_number(Epoch::Data);
@@ -554,6 +540,33 @@ impl Connection {
         let initial_pto = 3 * self.config.initial_rtt + self.config.max_ack_delay;
         let timeout = 3 * self.recovery.pto(Epoch::Data).max(initial_pto);
         self.path_validation_deadline = now.checked_add(timeout);
+    }
+
+    /// The peer's CID for `to`, a path other than the current one (RFC 9000 §9.5): the one
+    /// a probe from there was answered under, else a spare, which becomes that path's (a
+    /// previous probed path's is retired). None: the peer left us no spare.
+    pub(crate) fn remote_cid_for_path(&mut self, to: SocketAddr) -> Option<ConnectionId> {
+        if let Some((probed, cid)) = self.probe_cid {
+            if probed == to {
+                return Some(cid);
+            }
+        }
+        let cid = self.cids.claim_spare_remote()?;
+        if let Some((_, old)) = self.probe_cid.replace((to, cid)) {
+            self.cids.retire_remote(old);
+        }
+        Some(cid)
+    }
+
+    /// Sends under the peer's CID for `to` from now on, retiring the one used so far.
+    /// False if the peer left us no spare.
+    fn move_to_fresh_remote_cid(&mut self, to: SocketAddr) -> bool {
+        let Some(cid) = self.remote_cid_for_path(to) else {
+            return false;
+        };
+        self.probe_cid = None;
+        self.cids.switch_active_remote(cid);
+        true
     }
 
     /// Sends to `remote` from now on; the maximum datagram size belongs to a pair of
@@ -589,9 +602,7 @@ impl Connection {
                 tracing::debug!(failed = %self.remote, back_to = %prev, "path validation failed");
                 // The CID we used toward the failed address must not follow us back.
                 if std::mem::take(&mut self.path_got_new_cid) {
-                    if let Some(cid) = self.cids.claim_spare_remote() {
-                        self.cids.switch_active_remote(cid);
-                    }
+                    self.move_to_fresh_remote_cid(prev);
                 }
                 self.send_to(now, prev);
                 self.path_validated();

@@ -290,19 +290,11 @@ impl Connection {
         let dcid = if !r.new_dcid || active.is_empty() {
             active
         } else {
-            match self.probe_cid {
-                Some((to, cid)) if to == r.to => cid,
-                _ => {
-                    let Some(cid) = self.cids.claim_spare_remote() else {
-                        tracing::debug!(to = %r.to, "no spare connection ID to answer a probe");
-                        return None;
-                    };
-                    if let Some((_, old)) = self.probe_cid.replace((r.to, cid)) {
-                        self.cids.retire_remote(old);
-                    }
-                    cid
-                }
-            }
+            let Some(cid) = self.remote_cid_for_path(r.to) else {
+                tracing::debug!(to = %r.to, "no spare connection ID to answer a probe");
+                return None;
+            };
+            cid
         };
         let len = MIN_INITIAL_SIZE
             .min(3 * r.received)
