@@ -29,6 +29,8 @@ pub enum ServerError {
     Worker(usize, String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot create the workers' wake-up eventfds: {0}")]
+    Wakeup(std::io::Error),
     #[cfg(feature = "xdp")]
     #[error("AF_XDP datapath: {0}")]
     Xdp(#[from] crate::io::xdp::XdpError),
@@ -275,7 +277,7 @@ pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerErro
         addr = dp.local_addr();
         sockets.push(dp);
     }
-    let handoff = Handoff::new(workers);
+    let handoff = Handoff::new(workers).map_err(ServerError::Wakeup)?;
     if workers > 1 && opts.kernel_steering {
         let program = cid_steering_program(&base.endpoint.layout, workers as u32);
         match sockets[0].attach_reuseport_cbpf(&program) {
@@ -331,6 +333,14 @@ mod xdp_server {
     }
 
     impl Published {
+        fn maybe_publish(&mut self) {
+            let now = Instant::now();
+            if now >= self.next {
+                self.next = now + PUBLISH_EVERY;
+                self.publish();
+            }
+        }
+
         fn publish(&mut self) {
             let s = self.inner.stats();
             if let Ok(mut o) = self.out.lock() {
@@ -357,11 +367,15 @@ mod xdp_server {
             on_datagram: &mut dyn FnMut(RxMeta, &mut [u8]),
         ) -> std::io::Result<usize> {
             let n = self.inner.recv_batch(on_datagram)?;
-            let now = Instant::now();
-            if now >= self.next {
-                self.next = now + PUBLISH_EVERY;
-                self.publish();
-            }
+            self.maybe_publish();
+            Ok(n)
+        }
+        fn recv_batch_vouched(
+            &mut self,
+            on_datagram: &mut dyn FnMut(RxMeta, &mut [u8]) -> bool,
+        ) -> std::io::Result<usize> {
+            let n = self.inner.recv_batch_vouched(on_datagram)?;
+            self.maybe_publish();
             Ok(n)
         }
         fn push_tx(&mut self, write: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>) -> bool {

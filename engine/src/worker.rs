@@ -12,6 +12,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::app::{AppDispatcher, AppFactory, AppSlot};
 use crate::endpoint::{Endpoint, EndpointStats, EventHandler};
+use crate::io::wake::Wakers;
 use crate::io::{Datapath, RxMeta};
 use crate::wire::steer;
 
@@ -25,20 +26,23 @@ pub struct HandedOff {
     pub buf: Box<[u8; 2048]>,
 }
 
-/// Queues from every worker to every other (index = destination worker). Idle workers
-/// look at theirs every 2 ms: even with the kernel steering short headers by CID, long
-/// headers go by 4-tuple hash, and a client Initial whose DCID happens to have our CIDs'
-/// shape (1 in 32 of the right length) is handed to the worker its byte names.
+/// Queues from every worker to every other (index = destination worker), and the means to
+/// wake an idle owner (`io::wake`). Even with the kernel steering short headers by CID,
+/// long headers go by 4-tuple hash, and a client Initial whose DCID happens to have our
+/// CIDs' shape (1 in 32 of the right length) is handed to the worker its byte names: it
+/// must not wait for that worker's next timer.
 #[derive(Clone)]
 pub struct Handoff {
     pub queues: Arc<Vec<ArrayQueue<HandedOff>>>,
+    wakers: Arc<Wakers>,
 }
 
 impl Handoff {
-    pub fn new(workers: usize) -> Self {
-        Self {
+    pub fn new(workers: usize) -> std::io::Result<Self> {
+        Ok(Self {
             queues: Arc::new((0..workers).map(|_| ArrayQueue::new(1024)).collect()),
-        }
+            wakers: Arc::new(Wakers::new(workers)?),
+        })
     }
 
     /// Copies `buf` into a spare buffer and queues it for `owner`. A full queue drops it,
@@ -71,7 +75,10 @@ impl Handoff {
             buf: b,
         };
         match q.push(d) {
-            Ok(()) => counters.handed_off.fetch_add(1, Ordering::Relaxed),
+            Ok(()) => {
+                self.wakers.wake(owner as usize);
+                counters.handed_off.fetch_add(1, Ordering::Relaxed)
+            }
             Err(d) => {
                 spare.push(d.buf);
                 counters.handoff_dropped.fetch_add(1, Ordering::Relaxed)
@@ -135,7 +142,6 @@ impl<D: Datapath> Worker<D> {
         let caps = self.datapath.capabilities();
         let max_segments = caps.max_segments.max(1);
         let multi = self.handoff.as_ref().is_some_and(|h| h.queues.len() > 1);
-        let poll_handoffs = multi;
         let mut closing_since: Option<Instant> = None;
         let mut spare: Vec<Box<[u8; 2048]>> = Vec::new();
         // One handle for the whole loop: the dispatcher borrows it while `self` is borrowed mutably.
@@ -186,15 +192,16 @@ impl<D: Datapath> Worker<D> {
             let handoff = self.handoff.as_ref();
             let counters = &self.counters;
             let (me, n_workers) = (self.id as u32, handoff.map_or(1, |h| h.queues.len() as u32));
-            received += self.datapath.recv_batch(&mut |meta, buf| {
+            received += self.datapath.recv_batch_vouched(&mut |meta, buf| {
                 if let Some(h) = handoff.filter(|_| multi) {
                     let layout = &endpoint.config().layout;
                     if let Some(owner) = steer::foreign_owner(buf, layout, n_workers, me) {
                         h.pass(owner, meta, buf, &mut spare, counters);
-                        return;
+                        return false;
                     }
                 }
                 endpoint.handle_datagram(now, meta, buf, &mut dispatcher);
+                endpoint.source_authenticated()
             })?;
             self.counters
                 .datagrams_rx
@@ -215,15 +222,23 @@ impl<D: Datapath> Worker<D> {
                     .map(|t| t.saturating_duration_since(Instant::now()))
                     .unwrap_or(Duration::from_millis(100))
                     .min(Duration::from_millis(100));
-                if poll_handoffs {
-                    // Handed-off datagrams don't wake the socket: look again soon.
-                    timeout = timeout.min(Duration::from_millis(2));
-                }
                 if closing_since.is_some() {
                     timeout = timeout.min(Duration::from_millis(10));
                 }
                 if !timeout.is_zero() {
-                    self.datapath.wait(Some(timeout))?;
+                    match self.handoff.as_ref().filter(|_| multi) {
+                        // Handed-off datagrams don't wake the socket: their sender does.
+                        Some(h) => {
+                            let queue = &h.queues[self.id];
+                            let dp = &mut self.datapath;
+                            h.wakers.sleep_unless(
+                                self.id,
+                                || !queue.is_empty(),
+                                |wake| dp.wait_or_wake(Some(timeout), wake),
+                            )?
+                        }
+                        None => self.datapath.wait(Some(timeout))?,
+                    }
                 }
             }
         }
@@ -288,8 +303,9 @@ pub fn drive_until<D: Datapath, U: Default, H: EventHandler<U>>(
         if now >= deadline {
             return Ok(false);
         }
-        let received = dp.recv_batch(&mut |meta, buf| {
+        let received = dp.recv_batch_vouched(&mut |meta, buf| {
             endpoint.handle_datagram(now, meta, buf, handler);
+            endpoint.source_authenticated()
         })?;
         endpoint.handle_timeouts(now, handler);
         let sent = transmit(dp, endpoint, now, max_segments)?;
@@ -316,7 +332,7 @@ mod tests {
     /// would answer it with a valid stateless reset).
     #[test]
     fn hand_offs_that_do_not_fit_are_dropped_and_counted() {
-        let handoff = Handoff::new(2);
+        let handoff = Handoff::new(2).unwrap();
         let counters = WorkerCounters::default();
         let mut spare = Vec::new();
         let meta = RxMeta {

@@ -668,3 +668,122 @@ fn replies_go_back_on_the_vlan_the_peer_used() {
     assert_eq!(answer.0, Some(tci), "answered on the peer's VLAN");
     assert_eq!(check_payload(&rb[answer.1]), 7);
 }
+
+/// An Ethernet frame carrying `body` with the headers `h`.
+fn udp_frame(h: &quench::wire::net::FrameHeaders, body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8; h.header_len() + body.len()];
+    frame[h.header_len()..].copy_from_slice(body);
+    let len = h.emit(&mut frame, body.len()).unwrap();
+    frame.truncate(len);
+    frame
+}
+
+/// Anyone on the segment can send a datagram with a peer's IP from their own MAC. Once
+/// the engine has vouched for a peer's datagram (it authenticated), such a frame does not
+/// redirect the replies to that peer; a peer nothing vouched for is answered where its
+/// latest frame came from (a new client's first flight).
+#[test]
+fn a_spoofed_source_does_not_redirect_replies_to_an_authenticated_peer() {
+    use quench::wire::net::{parse_udp_frame, FrameHeaders};
+    let t = Topology::new("m");
+    let cli_if = "qtmc";
+    let srv_mac = mac_in(&t.srv, &t.srv_if);
+    let cli_mac = mac_in(&t.cli, cli_if);
+    let spoof_mac = [0x02, 0, 0, 0, 0, 0x66];
+    let raw = packet_socket_in(&t.cli, cli_if);
+    let server: SocketAddr = format!("10.99.0.1:{PORT}").parse().unwrap();
+    let vouched_peer: SocketAddr = "10.99.0.2:50020".parse().unwrap();
+    let new_peer: SocketAddr = "10.99.0.3:50021".parse().unwrap();
+    // (sequence, source, source MAC); the server vouches for sequence 1 alone.
+    let sends = [
+        (1, vouched_peer, cli_mac),
+        (2, vouched_peer, spoof_mac),
+        (3, new_peer, cli_mac),
+        (4, new_peer, spoof_mac),
+    ];
+    let (srv, srv_if) = (t.srv.clone(), t.srv_if.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server_thread = std::thread::spawn(move || {
+        enter_netns(&srv);
+        let (_prog, mut dp) = start(&srv_if);
+        ready_tx.send(()).unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < sends.len() && Instant::now() < deadline {
+            dp.recv_batch_vouched(&mut |meta, p| {
+                let seq = check_payload(p);
+                got.push((seq, meta.src));
+                seq == 1
+            })
+            .unwrap();
+            dp.wait(Some(Duration::from_millis(20))).unwrap();
+        }
+        assert_eq!(got.len(), sends.len(), "every frame arrived over AF_XDP");
+        // Answer both peers.
+        for (seq, dst) in [(10, vouched_peer), (11, new_peer)] {
+            let mut body = Vec::new();
+            payload(seq, &mut body);
+            assert!(dp.push_tx(&mut |out| {
+                out[..body.len()].copy_from_slice(&body);
+                Some(TxMeta {
+                    dst,
+                    src: None,
+                    len: body.len(),
+                    segment_size: None,
+                    ecn: 0,
+                })
+            }));
+        }
+        dp.flush().unwrap();
+    });
+    ready_rx.recv().expect("server failed to start");
+    for (seq, src, src_mac) in sends {
+        let mut body = Vec::new();
+        payload(seq, &mut body);
+        let h = FrameHeaders {
+            src_mac,
+            dst_mac: srv_mac,
+            vlan: None,
+            src,
+            dst: server,
+            ecn: 0,
+            hop_limit: 0,
+        };
+        let frame = udp_frame(&h, &body);
+        // SAFETY: a valid socket and a buffer of `frame.len()` bytes.
+        let n = unsafe { libc::send(raw.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    server_thread.join().unwrap();
+    // The answers as they appear on the client's wire (whatever MAC they were sent to).
+    let mut answered = std::collections::HashMap::new();
+    let mut rb = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while answered.len() < 2 {
+        assert!(Instant::now() < deadline, "answers missing: {answered:?}");
+        let Some((n, _)) = recv_frame(&raw, &mut rb) else {
+            continue;
+        };
+        if let Ok(f) = parse_udp_frame(&rb[..n]) {
+            if f.src == server {
+                let seq = check_payload(&rb[f.payload_range()]);
+                answered.insert(seq, (f.dst, f.dst_mac));
+            }
+        }
+    }
+    assert_eq!(
+        answered[&10],
+        (vouched_peer, cli_mac),
+        "the authenticated peer keeps its MAC"
+    );
+    assert_eq!(
+        answered[&11],
+        (new_peer, spoof_mac),
+        "an unauthenticated peer is answered where its latest frame came from"
+    );
+}

@@ -160,6 +160,9 @@ pub struct Endpoint<U> {
     /// connection again into this buffer: it must build nothing.
     #[cfg(debug_assertions)]
     drained_check: Vec<u8>,
+    /// Whether the last datagram handed to `handle_datagram` authenticated as a packet of
+    /// a connection whose peer is at its source address.
+    source_authenticated: bool,
 }
 
 impl<U: Default> Endpoint<U> {
@@ -183,6 +186,7 @@ impl<U: Default> Endpoint<U> {
             initial_scratch: Vec::with_capacity(1500),
             #[cfg(debug_assertions)]
             drained_check: vec![0; 1 << 16],
+            source_authenticated: false,
         }
     }
 
@@ -192,6 +196,14 @@ impl<U: Default> Endpoint<U> {
 
     pub fn stats(&self) -> EndpointStats {
         self.stats
+    }
+
+    /// Whether the datagram last handed to `handle_datagram` authenticated as a packet of
+    /// a connection whose peer is at the datagram's source address (a datapath may trust
+    /// link-layer facts learnt from it: see `Datapath::recv_batch_vouched`). A new
+    /// connection's first Initial does not count: anyone can seal one.
+    pub fn source_authenticated(&self) -> bool {
+        self.source_authenticated
     }
 
     pub fn connection_count(&self) -> usize {
@@ -281,6 +293,7 @@ impl<U: Default> Endpoint<U> {
         handler: &mut impl EventHandler<U>,
     ) -> Option<ConnHandle> {
         self.stats.datagrams_received += 1;
+        self.source_authenticated = false;
         let cid_len = self.config.layout.cid_len;
         // Unreadable headers go to `handle_unknown` too: a stateless reset is random bytes.
         let known = header::peek_dcid(buf, cid_len)
@@ -295,10 +308,9 @@ impl<U: Default> Endpoint<U> {
             // and came from its current address (junk with a known CID sent to another of
             // our addresses must not move it). Servers only: a client's own address may
             // change under it, and the kernel picks the right one.
-            if self.config.server_tls.is_some()
-                && e.conn.packets_received() > opened
-                && e.conn.remote_addr() == meta.src
-            {
+            self.source_authenticated =
+                e.conn.packets_received() > opened && e.conn.remote_addr() == meta.src;
+            if self.config.server_tls.is_some() && self.source_authenticated {
                 e.local = local_ip(&meta);
             }
             self.after_io(now, h, handler);

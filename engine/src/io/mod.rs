@@ -8,11 +8,16 @@
 
 pub mod mem;
 pub mod udp;
+pub mod wake;
 #[cfg(feature = "xdp")]
 pub mod xdp;
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
+
+/// Longest sleep of a datapath that cannot be woken by another worker (`wait_or_wake`).
+pub const WAKE_POLL: Duration = Duration::from_millis(2);
 
 /// What the datapath knows about a received datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +74,20 @@ pub trait Datapath {
         on_datagram: &mut dyn FnMut(RxMeta, &mut [u8]),
     ) -> std::io::Result<usize>;
 
+    /// `recv_batch` for the engine: `on_datagram` also answers whether the datagram
+    /// authenticated as a packet of a connection whose peer is at its source address.
+    /// A datapath that learns per-peer link state from what it receives (AF_XDP: the
+    /// MAC address replies go to) lets only such datagrams change what it learnt, so a
+    /// spoofed source cannot redirect an established peer's traffic.
+    fn recv_batch_vouched(
+        &mut self,
+        on_datagram: &mut dyn FnMut(RxMeta, &mut [u8]) -> bool,
+    ) -> std::io::Result<usize> {
+        self.recv_batch(&mut |meta, buf| {
+            on_datagram(meta, buf);
+        })
+    }
+
     /// Offers a transmit buffer of `capabilities().max_segments * max_datagram_size` bytes
     /// (at least) to `write`; if `write` returns `Some`, the datagram(s) are queued. Returns
     /// false without calling `write` when no buffer is free (back-pressure: flush and retry).
@@ -80,4 +99,16 @@ pub trait Datapath {
 
     /// Blocks until a datagram may be ready to receive or `timeout` passes.
     fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()>;
+
+    /// `wait` that also returns when `wake` (another worker's signal that it queued a
+    /// datagram for this one, see `wake::Wakers`) becomes readable. A datapath that cannot
+    /// watch a second descriptor sleeps at most [`WAKE_POLL`] instead.
+    fn wait_or_wake(
+        &mut self,
+        timeout: Option<Duration>,
+        wake: BorrowedFd<'_>,
+    ) -> std::io::Result<()> {
+        let _ = wake;
+        self.wait(Some(timeout.map_or(WAKE_POLL, |t| t.min(WAKE_POLL))))
+    }
 }

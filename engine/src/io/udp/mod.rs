@@ -469,6 +469,14 @@ impl Datapath for UdpDatapath {
         }
         sys::poll(&self.fd, events, timeout)
     }
+
+    fn wait_or_wake(&mut self, timeout: Option<Duration>, wake: BorrowedFd<'_>) -> io::Result<()> {
+        let mut events = libc::POLLIN;
+        if self.tx.queued() > 0 {
+            events |= libc::POLLOUT;
+        }
+        super::wake::poll_or_wake(self.fd.as_fd(), events, wake, timeout).map(drop)
+    }
 }
 
 impl AsFd for UdpDatapath {

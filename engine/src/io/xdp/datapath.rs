@@ -17,23 +17,25 @@
 //! on worker A's queue into A's socket. A recomputes the owner with the same
 //! `wire::steer` function, copies the datagram into B's hand-off queue (bounded, slots
 //! preallocated; this path is rare: a client whose flow hash moved), and B's next
-//! `recv_batch` delivers it as if B had received it, learning the peer's MAC for replies.
+//! `recv_batch` delivers it as if B had received it, learning the peer's MAC for replies
+//! (`peers`: only frames the engine authenticated may move a known peer).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
 use super::if_xdp::{self, xdp_desc};
+use super::peers::PeerTable;
 use super::socket::{BindMode, FillCompletion, XdpSocket};
 use super::stats::{DatapathCounters, SocketStats};
 use super::syscall;
 use super::umem::{FrameState, Umem};
+use crate::io::wake::{self, Wakers};
 use crate::io::{Capabilities, Datapath, RxMeta, TxMeta};
 use crate::wire::net::{self, FrameHeaders, MacAddr};
 use crate::wire::steer::{self, CidLayout};
@@ -63,17 +65,11 @@ pub struct Handoff {
     buf: [u8; HANDOFF_MAX],
 }
 
-/// Per-worker hand-off queues, indexed by worker, and the means to wake their owners.
-///
-/// A worker about to sleep in `wait` raises its `sleeping` flag, then looks at its queue
-/// once more; a worker that handed it datagrams clears the flag and, if it was raised,
-/// signals the owner's eventfd. (Both sides put a SeqCst fence between their write and
-/// their read, so one of them always sees the other: no lost wake-up, and no syscall
-/// while the owner is busy.)
+/// Per-worker hand-off queues, indexed by worker, and the means to wake their owners
+/// (`io::wake`: no lost wake-up, no syscall while the owner is busy).
 pub struct Handoffs {
     queues: Box<[ArrayQueue<Handoff>]>,
-    sleeping: Box<[AtomicBool]>,
-    wakers: Box<[OwnedFd]>,
+    wakers: Wakers,
 }
 
 /// Shared by every datapath of one setup.
@@ -84,27 +80,8 @@ pub fn handoff_queues(workers: usize) -> io::Result<HandoffQueues> {
         queues: (0..workers)
             .map(|_| ArrayQueue::new(HANDOFF_SLOTS))
             .collect(),
-        sleeping: (0..workers).map(|_| AtomicBool::new(false)).collect(),
-        wakers: (0..workers)
-            .map(|_| syscall::eventfd())
-            .collect::<io::Result<_>>()?,
+        wakers: Wakers::new(workers)?,
     }))
-}
-
-impl Handoffs {
-    /// Wakes `worker` if it is asleep in `wait` (call after pushing to its queue).
-    fn wake(&self, worker: usize) {
-        fence(Ordering::SeqCst);
-        if self
-            .sleeping
-            .get(worker)
-            .is_some_and(|s| s.swap(false, Ordering::Relaxed))
-        {
-            if let Some(w) = self.wakers.get(worker) {
-                syscall::eventfd_signal(w.as_raw_fd());
-            }
-        }
-    }
 }
 
 /// What the workers bound to one RX queue share.
@@ -161,10 +138,9 @@ pub struct XdpDatapath {
     to_wake: u64,
     iface: LocalIface,
     caps: Capabilities,
-    /// Peer IP → the MAC its packets came from (reply path).
     /// Each peer's MAC address and the VLAN tag (TCI) its frames arrived with: replies go
-    /// back on the same VLAN.
-    peers: HashMap<IpAddr, (MacAddr, Option<u16>)>,
+    /// back there, on the same VLAN.
+    peers: PeerTable,
     /// Failed kernel neighbour lookups, not retried before NEIGH_RETRY.
     neigh_misses: HashMap<IpAddr, Instant>,
     counters: DatapathCounters,
@@ -219,7 +195,7 @@ impl XdpDatapath {
                 max_receive_payload: by_rx_frame,
             },
             iface,
-            peers: HashMap::with_capacity(1024),
+            peers: PeerTable::new(MAX_PEERS),
             neigh_misses: HashMap::new(),
             counters: DatapathCounters::default(),
         }
@@ -242,7 +218,7 @@ impl XdpDatapath {
     /// Tells the datapath a peer's MAC address (static neighbour; the client role needs
     /// it unless the kernel's neighbour table already knows the peer).
     pub fn set_neighbor(&mut self, ip: IpAddr, mac: MacAddr) {
-        self.learn_peer(ip, mac, None);
+        self.peers.trust(ip, (mac, None));
     }
 
     /// The local interface this datapath sends from.
@@ -283,23 +259,10 @@ impl XdpDatapath {
         self.group.listed[self.member].store(self.local_free.len() as u32, Ordering::Relaxed);
     }
 
-    fn learn_peer(&mut self, ip: IpAddr, mac: MacAddr, vlan: Option<u16>) {
-        match self.peers.get_mut(&ip) {
-            Some(m) if *m == (mac, vlan) => {}
-            Some(m) => *m = (mac, vlan),
-            None => {
-                if self.peers.len() >= MAX_PEERS {
-                    self.peers.clear();
-                }
-                self.peers.insert(ip, (mac, vlan));
-            }
-        }
-    }
-
     /// The peer's MAC address and VLAN tag, from its frames or the kernel's table.
     fn peer_mac(&mut self, ip: IpAddr) -> Option<(MacAddr, Option<u16>)> {
-        if let Some(m) = self.peers.get(&ip) {
-            return Some(*m);
+        if let Some(link) = self.peers.get(ip) {
+            return Some(link);
         }
         if let Some(t) = self.neigh_misses.get(&ip) {
             if t.elapsed() < NEIGH_RETRY {
@@ -309,7 +272,7 @@ impl XdpDatapath {
         match super::neigh::lookup(ip) {
             Some(mac) => {
                 self.neigh_misses.remove(&ip);
-                self.learn_peer(ip, mac, None);
+                self.peers.trust(ip, (mac, None));
                 Some((mac, None))
             }
             None => {
@@ -423,7 +386,7 @@ impl XdpDatapath {
         }
     }
 
-    fn handle_rx(&mut self, d: xdp_desc, on: &mut dyn FnMut(RxMeta, &mut [u8])) -> bool {
+    fn handle_rx(&mut self, d: xdp_desc, on: &mut dyn FnMut(RxMeta, &mut [u8]) -> bool) -> bool {
         let group = Arc::clone(&self.group);
         let umem = &group.umem;
         let len = d.len as usize;
@@ -465,8 +428,8 @@ impl XdpDatapath {
                 match owner {
                     Some(w) => self.hand_off(w, meta, (f.src_mac, f.vlan), payload),
                     _ => {
-                        self.learn_peer(f.src.ip(), f.src_mac, f.vlan);
-                        on(meta, payload);
+                        let vouched = on(meta, payload);
+                        self.peers.observe(f.src.ip(), (f.src_mac, f.vlan), vouched);
                         self.counters.rx_packets += 1;
                         delivered = true;
                     }
@@ -511,13 +474,24 @@ impl Datapath for XdpDatapath {
     }
 
     fn recv_batch(&mut self, on: &mut dyn FnMut(RxMeta, &mut [u8])) -> io::Result<usize> {
+        self.recv_batch_vouched(&mut |meta, buf| {
+            on(meta, buf);
+            false
+        })
+    }
+
+    fn recv_batch_vouched(
+        &mut self,
+        on: &mut dyn FnMut(RxMeta, &mut [u8]) -> bool,
+    ) -> io::Result<usize> {
         let mut delivered = 0usize;
         let handoffs = Arc::clone(&self.handoffs);
         if let Some(q) = handoffs.queues.get(self.worker as usize) {
             for _ in 0..2 * RX_BATCH {
                 let Some(mut h) = q.pop() else { break };
-                self.learn_peer(h.meta.src.ip(), h.src_mac, h.vlan);
-                on(h.meta, &mut h.buf[..usize::from(h.len)]);
+                let vouched = on(h.meta, &mut h.buf[..usize::from(h.len)]);
+                self.peers
+                    .observe(h.meta.src.ip(), (h.src_mac, h.vlan), vouched);
                 self.counters.rx_packets += 1;
                 self.counters.rx_from_handoff += 1;
                 delivered += 1;
@@ -539,7 +513,7 @@ impl Datapath for XdpDatapath {
         while self.to_wake != 0 {
             let w = self.to_wake.trailing_zeros() as usize;
             self.to_wake &= self.to_wake - 1;
-            handoffs.wake(w);
+            handoffs.wakers.wake(w);
         }
         self.publish_listed();
         Ok(delivered)
@@ -629,28 +603,18 @@ impl Datapath for XdpDatapath {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let me = self.worker as usize;
         let h = Arc::clone(&self.handoffs);
-        let (Some(queue), Some(sleeping), Some(waker)) =
-            (h.queues.get(me), h.sleeping.get(me), h.wakers.get(me))
-        else {
+        let Some(queue) = h.queues.get(self.worker as usize) else {
             return Ok(());
         };
-        if !queue.is_empty() || self.socket.rx.available(1) > 0 {
+        if self.socket.rx.available(1) > 0 {
             return Ok(());
         }
-        sleeping.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if !queue.is_empty() {
-            sleeping.store(false, Ordering::Relaxed);
-            return Ok(());
-        }
-        // Round up so a sub-millisecond timeout sleeps rather than spins.
-        let ms = timeout.map_or(-1, |t| {
-            t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int
-        });
-        let r = syscall::poll_in_or_wake(self.socket.fd(), waker.as_raw_fd(), ms);
-        sleeping.store(false, Ordering::Relaxed);
-        r.map(drop)
+        let fd = self.socket.borrowed_fd();
+        h.wakers.sleep_unless(
+            self.worker as usize,
+            || !queue.is_empty(),
+            |wake| wake::poll_or_wake(fd, libc::POLLIN, wake, timeout).map(drop),
+        )
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! One kernel concept per file: `if_xdp` (ABI), `syscall` (thin wrappers), `mmap`,
 //! `umem` (frames and their ledger), `ring` (the four rings), `socket` (bind modes),
-//! `loader` (the BPF program and its maps), `neigh` (kernel neighbour table),
-//! `datapath` (the `Datapath` implementation), `stats`.
+//! `loader` (the BPF program and its maps), `neigh` (kernel neighbour table), `peers`
+//! (where replies go on the link, learnt from frames), `datapath` (the `Datapath` implementation), `stats`.
 //!
 //! Topology: worker `w` binds queue `queues[w % queues.len()]`. Queues with one worker
 //! get a UMEM each; queues with several share one UMEM among them (`XDP_SHARED_UMEM`),
@@ -18,6 +18,7 @@ pub mod if_xdp;
 pub mod loader;
 pub mod mmap;
 pub mod neigh;
+pub mod peers;
 pub mod ring;
 pub mod socket;
 pub mod stats;

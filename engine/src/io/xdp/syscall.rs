@@ -153,52 +153,6 @@ pub fn poll_in(fd: RawFd, timeout_ms: libc::c_int) -> io::Result<bool> {
     }
 }
 
-/// Waits for POLLIN on `fd` or on `wake` (an eventfd) up to `timeout_ms` (-1 = forever).
-/// Returns whether `wake` was signalled (its count is then reset).
-pub fn poll_in_or_wake(fd: RawFd, wake: RawFd, timeout_ms: libc::c_int) -> io::Result<bool> {
-    let mut p = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: two valid pollfds in a live array of that length.
-    match check(unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) }) {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    let woken = p[1].revents & libc::POLLIN != 0;
-    if woken {
-        let mut v = 0u64;
-        // SAFETY: reads 8 bytes into a live u64; the eventfd is non-blocking.
-        unsafe { libc::read(wake, (&mut v as *mut u64).cast(), 8) };
-    }
-    Ok(woken)
-}
-
-/// A non-blocking eventfd (used to wake a worker sleeping in `poll_in_or_wake`).
-pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the returned fd is owned by us.
-    let fd = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
-    // SAFETY: `fd` is a fresh, valid descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Adds one to an eventfd's counter (wakes its poller). Best effort: a full counter
-/// already means "wake up".
-pub fn eventfd_signal(fd: RawFd) {
-    let one = 1u64;
-    // SAFETY: writes 8 bytes from a live u64 to an eventfd.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-}
-
 pub fn if_nametoindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     // SAFETY: `c` is a NUL-terminated string alive for the call.
