@@ -548,17 +548,19 @@ mod xdp_server {
                     )))
                 }
             },
-            ip if Some(ip) == iface.v4.map(IpAddr::V4) || Some(ip) == iface.v6.map(IpAddr::V6) => {
-                opts.listen
-            }
+            ip if iface.addrs.contains(&ip) => opts.listen,
             ip => {
+                let has: Vec<String> = iface.addrs.iter().map(|a| a.to_string()).collect();
                 return Err(ServerError::Config(format!(
-                    "--listen {ip} is not the address of {} (it has {}{}); the XDP datapath \
-                     serves the interface's first IPv4 and first global IPv6 address",
+                    "--listen {ip} is not an address of {} (it has {}); the XDP datapath \
+                     serves the port on every address of the interface",
                     xdp.iface,
-                    iface.v4.map_or("no IPv4".to_string(), |a| a.to_string()),
-                    iface.v6.map_or(String::new(), |a| format!(", {a}")),
-                )))
+                    if has.is_empty() {
+                        "none".to_string()
+                    } else {
+                        has.join(", ")
+                    },
+                )));
             }
         };
         let queues = match xdp.queues.clone() {

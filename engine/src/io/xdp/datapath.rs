@@ -117,10 +117,31 @@ impl QueueGroup {
 #[derive(Clone, Debug)]
 pub struct LocalIface {
     pub mac: MacAddr,
+    /// First IPv4 and first global IPv6 address: the source of replies to a peer whose
+    /// datagrams did not say which address they were sent to.
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
+    /// Every address of the interface. The program serves the port on all of them, so a
+    /// reply leaves from whichever the peer wrote to (`TxMeta::src`).
+    pub addrs: Vec<IpAddr>,
     pub port: u16,
     pub mtu: u32,
+}
+
+impl LocalIface {
+    /// The source address of a datagram to `dst`: `wanted` if it is one of ours in the
+    /// same family, else the interface's first address of that family.
+    pub fn source_for(&self, dst: IpAddr, wanted: Option<IpAddr>) -> Option<IpAddr> {
+        if let Some(w) = wanted {
+            if w.is_ipv4() == dst.is_ipv4() && self.addrs.contains(&w) {
+                return Some(w);
+            }
+        }
+        match dst {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6),
+        }
+    }
 }
 
 /// One worker's AF_XDP datapath.
@@ -558,10 +579,7 @@ impl Datapath for XdpDatapath {
                 );
                 return None;
             }
-            let src_ip: IpAddr = match m.dst.ip() {
-                IpAddr::V4(_) => self.iface.v4?.into(),
-                IpAddr::V6(_) => self.iface.v6?.into(),
-            };
+            let src_ip = self.iface.source_for(m.dst.ip(), m.src)?;
             let Some((dst_mac, vlan)) = self.peer_mac(m.dst.ip()) else {
                 self.counters.tx_no_neighbor += 1;
                 return None;

@@ -263,7 +263,8 @@ fn bind_err(e: io::Error, iface: &str, queue: u32) -> XdpError {
     }
 }
 
-/// The interface's MAC, first IPv4 and first non-link-local IPv6 address, and MTU.
+/// The interface's MAC, addresses (and the first IPv4 and first non-link-local IPv6 of
+/// them), and MTU.
 pub fn local_iface(name: &str, port: u16) -> Result<LocalIface, XdpError> {
     let mac = syscall::if_hwaddr(name).map_err(io_err("SIOCGIFHWADDR"))?;
     let mtu = syscall::if_mtu(name).map_err(io_err("SIOCGIFMTU"))?;
@@ -280,6 +281,7 @@ pub fn local_iface(name: &str, port: u16) -> Result<LocalIface, XdpError> {
         mac,
         v4,
         v6,
+        addrs,
         port,
         mtu,
     })
