@@ -787,3 +787,41 @@ fn a_spoofed_source_does_not_redirect_replies_to_an_authenticated_peer() {
         "an unauthenticated peer is answered where its latest frame came from"
     );
 }
+
+/// The kernel's neighbour table, as the XDP datapath reads it (rtnetlink) when it must
+/// send to a peer it has no frame from: both families, in the caller's namespace.
+#[test]
+fn kernel_neighbour_entries_are_found_for_both_families() {
+    let t = Topology::new("n");
+    let cli_if = "qtnc";
+    for (addr, mac) in [
+        ("10.99.0.7", "02:00:00:00:07:04"),
+        ("fd99::7", "02:00:00:00:07:06"),
+    ] {
+        ip(&[
+            "-n",
+            &t.cli,
+            "neigh",
+            "add",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            cli_if,
+            "nud",
+            "permanent",
+        ]);
+    }
+    let ns = t.cli.clone();
+    let found = std::thread::spawn(move || {
+        enter_netns(&ns);
+        ["10.99.0.7", "fd99::7", "10.99.0.8"]
+            .map(|a| quench::io::xdp::neigh::lookup(a.parse().unwrap()))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        found,
+        [Some([2, 0, 0, 0, 7, 4]), Some([2, 0, 0, 0, 7, 6]), None]
+    );
+}

@@ -1,58 +1,182 @@
 //! The kernel's neighbour table, read when we must send to a peer whose MAC we have not
 //! seen (the client role's first packet). Lookups are rare and rate-limited by the
 //! caller, never on the per-packet path.
+//!
+//! One rtnetlink dump (RTM_GETNEIGH) for both families, in the calling thread's network
+//! namespace: no `/proc` text to parse and no `ip` child process on a worker thread.
 
+use std::io;
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 use crate::wire::net::MacAddr;
 
-fn parse_mac(s: &str) -> Option<MacAddr> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    (parts.next().is_none() && mac != [0; 6]).then_some(mac)
-}
+/// Longest wait for the kernel's answer (it answers at once; this bounds a stuck socket).
+const NETLINK_TIMEOUT: Duration = Duration::from_millis(200);
+/// Largest dump accepted: ~100 bytes an entry, so some 40,000 neighbours.
+const MAX_DUMP_BYTES: usize = 4 << 20;
 
-/// IPv4 via `/proc/thread-self/net/arp` (this thread's network namespace); IPv6 via
-/// `ip -6 neigh` (run in this thread's namespace, which the child inherits).
+// linux/netlink.h and linux/neighbour.h.
+const NLMSG_HDR_LEN: usize = 16;
+const NDMSG_LEN: usize = 12;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+/// States whose link-layer address can be used (NUD_VALID without NUD_NOARP's zeros).
+const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80; // REACHABLE STALE DELAY PROBE PERMANENT
+
+/// The MAC address the kernel has for `ip`, if it has a usable entry.
 pub fn lookup(ip: IpAddr) -> Option<MacAddr> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let table = std::fs::read_to_string("/proc/thread-self/net/arp").ok()?;
-            parse_arp(&table, &v4.to_string())
-        }
-        IpAddr::V6(v6) => {
-            let out = std::process::Command::new("ip")
-                .args(["-6", "neigh", "show", "to", &v6.to_string()])
-                .output()
-                .ok()?;
-            parse_ip_neigh(&String::from_utf8_lossy(&out.stdout))
+    match dump(ip) {
+        Ok(table) => find(&table, ip),
+        Err(e) => {
+            tracing::debug!(%ip, "neighbour table dump failed: {e}");
+            None
         }
     }
 }
 
-/// Finds a complete entry (flags 0x2) for `ip` in /proc/net/arp text.
-fn parse_arp(table: &str, ip: &str) -> Option<MacAddr> {
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let flags = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?;
-        (f.first() == Some(&ip) && flags & 0x2 != 0)
-            .then(|| parse_mac(f.get(3)?))
-            .flatten()
+/// Dumps the neighbour table of `ip`'s family: the raw netlink messages.
+fn dump(ip: IpAddr) -> io::Result<Vec<u8>> {
+    let family = match ip {
+        IpAddr::V4(_) => libc::AF_INET,
+        IpAddr::V6(_) => libc::AF_INET6,
+    } as u8;
+    let fd = netlink_socket()?;
+    let mut req = [0u8; NLMSG_HDR_LEN + NDMSG_LEN];
+    req[0..4].copy_from_slice(&((NLMSG_HDR_LEN + NDMSG_LEN) as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&libc::RTM_GETNEIGH.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
+    req[NLMSG_HDR_LEN] = family;
+    // SAFETY: a valid socket and a buffer of `req.len()` bytes; to the kernel (address
+    // implied by the unconnected netlink socket's default, pid 0).
+    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if n != req.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: a valid socket and a live buffer of `buf.len()` bytes.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let chunk = &buf[..n as usize];
+        match last_type(chunk) {
+            Some(NLMSG_DONE) | None => {
+                out.extend_from_slice(chunk);
+                return Ok(out);
+            }
+            Some(NLMSG_ERROR) => return Err(io::Error::other("netlink error answer")),
+            Some(_) => out.extend_from_slice(chunk),
+        }
+        if out.len() > MAX_DUMP_BYTES {
+            return Err(io::Error::other("neighbour table too large"));
+        }
+    }
+}
+
+fn netlink_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the fd is checked and then owned.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: NETLINK_TIMEOUT.as_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket and a timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    Ok(fd)
+}
+
+/// Netlink messages in `buf`: (type, payload after the header).
+fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let len = u32::from_ne_bytes(rest.get(0..4)?.try_into().ok()?) as usize;
+        if len < NLMSG_HDR_LEN || len > rest.len() {
+            return None;
+        }
+        let kind = u16::from_ne_bytes(rest[4..6].try_into().ok()?);
+        let body = &rest[NLMSG_HDR_LEN..len];
+        rest = rest.get(align4(len)..).unwrap_or(&[]);
+        Some((kind, body))
     })
 }
 
-/// Takes the `lladdr` of the first usable `ip neigh` line.
-fn parse_ip_neigh(text: &str) -> Option<MacAddr> {
-    text.lines().find_map(|line| {
-        if line.contains("FAILED") || line.contains("INCOMPLETE") {
+fn last_type(buf: &[u8]) -> Option<u16> {
+    messages(buf).last().map(|(kind, _)| kind)
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// The usable link-layer address for `ip` in a dump.
+fn find(dump: &[u8], ip: IpAddr) -> Option<MacAddr> {
+    let want: &[u8] = match &ip {
+        IpAddr::V4(v4) => &v4.octets(),
+        IpAddr::V6(v6) => &v6.octets(),
+    };
+    let want = want.to_vec();
+    messages(dump)
+        .filter(|(kind, _)| *kind == libc::RTM_NEWNEIGH)
+        .find_map(|(_, body)| {
+            let state = u16::from_ne_bytes(body.get(8..10)?.try_into().ok()?);
+            if state & NUD_USABLE == 0 {
+                return None;
+            }
+            let mut dst = None;
+            let mut lladdr = None;
+            for (kind, value) in attributes(body.get(NDMSG_LEN..)?) {
+                match kind {
+                    libc::NDA_DST => dst = Some(value),
+                    libc::NDA_LLADDR => lladdr = Some(value),
+                    _ => {}
+                }
+            }
+            if dst? != want.as_slice() {
+                return None;
+            }
+            let mac: MacAddr = lladdr?.try_into().ok()?;
+            (mac != [0; 6]).then_some(mac)
+        })
+}
+
+/// Route attributes (`struct rtattr`: u16 length, u16 type, value, padded to 4).
+fn attributes(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let len = usize::from(u16::from_ne_bytes(rest.get(0..2)?.try_into().ok()?));
+        if len < 4 || len > rest.len() {
             return None;
         }
-        let mut it = line.split_whitespace();
-        it.by_ref().find(|w| *w == "lladdr")?;
-        parse_mac(it.next()?)
+        let kind = u16::from_ne_bytes(rest[2..4].try_into().ok()?);
+        let value = &rest[4..len];
+        rest = rest.get(align4(len)..).unwrap_or(&[]);
+        Some((kind, value))
     })
 }
 
@@ -60,20 +184,67 @@ fn parse_ip_neigh(text: &str) -> Option<MacAddr> {
 mod tests {
     use super::*;
 
+    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(value);
+        a.resize(align4(a.len()), 0);
+        a
+    }
+
+    fn neigh(family: u8, state: u16, dst: &[u8], mac: &[u8]) -> Vec<u8> {
+        let mut body = vec![0u8; NDMSG_LEN];
+        body[0] = family;
+        body[8..10].copy_from_slice(&state.to_ne_bytes());
+        body.extend(attr(libc::NDA_DST, dst));
+        body.extend(attr(libc::NDA_LLADDR, mac));
+        message(libc::RTM_NEWNEIGH, &body)
+    }
+
+    fn message(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((NLMSG_HDR_LEN + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(body);
+        m.resize(align4(m.len()), 0);
+        m
+    }
+
     #[test]
-    fn parses_tables() {
-        let arp = "IP address       HW type     Flags       HW address            Mask     Device\n\
-                   10.99.0.2        0x1         0x2         02:aa:bb:cc:dd:ee     *        qn-veth-s\n\
-                   10.99.0.3        0x1         0x0         00:00:00:00:00:00     *        qn-veth-s\n";
-        assert_eq!(
-            parse_arp(arp, "10.99.0.2"),
-            Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee])
-        );
-        assert_eq!(parse_arp(arp, "10.99.0.3"), None);
-        assert_eq!(parse_arp(arp, "10.99.0.9"), None);
-        let n = "fd99::2 dev qn-veth-s lladdr 02:00:00:00:00:02 REACHABLE\n";
-        assert_eq!(parse_ip_neigh(n), Some([2, 0, 0, 0, 0, 2]));
-        assert_eq!(parse_ip_neigh("fd99::2 dev x FAILED\n"), None);
-        assert_eq!(parse_mac("zz:00:00:00:00:01"), None);
+    fn finds_usable_entries_of_a_dump() {
+        let v6: IpAddr = "fd99::2".parse().unwrap();
+        let v4: IpAddr = "10.99.0.2".parse().unwrap();
+        let IpAddr::V6(v6b) = v6 else { unreachable!() };
+        let mut dump = Vec::new();
+        // A failed entry for the same address first: skipped.
+        dump.extend(neigh(10, 0x20, &v6b.octets(), &[0; 6]));
+        dump.extend(neigh(10, 0x04, &v6b.octets(), &[2, 0, 0, 0, 0, 2]));
+        dump.extend(neigh(
+            2,
+            0x80,
+            &[10, 99, 0, 2],
+            &[2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee],
+        ));
+        dump.extend(message(NLMSG_DONE, &[0; 4]));
+        assert_eq!(find(&dump, v6), Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(find(&dump, v4), Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
+        assert_eq!(find(&dump, "10.99.0.9".parse().unwrap()), None);
+        assert_eq!(last_type(&dump), Some(NLMSG_DONE));
+        // Truncated or garbage input ends the walk instead of reading past it.
+        for cut in 0..dump.len() {
+            let _ = find(&dump[..cut], v4);
+        }
+        assert_eq!(find(&[0xff; 64], v4), None);
+    }
+
+    /// A real dump of this namespace's tables (no entries needed: it must just answer).
+    #[test]
+    fn the_kernel_answers_a_dump() {
+        for ip in ["127.0.0.1", "::1"] {
+            let table = dump(ip.parse().unwrap()).expect("RTM_GETNEIGH dump");
+            assert_eq!(last_type(&table), Some(NLMSG_DONE));
+        }
     }
 }
