@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -19,8 +20,11 @@ use rand::{Rng, RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
 use quench::app::{AppDispatcher, AppSlot, BuiltinApps};
-use quench::conn::{CloseReason, Connection, Event, StreamEvent, StreamId, TransportConfig};
+use quench::conn::{
+    CloseReason, Connection, ConnectionIdGenerator, Event, StreamEvent, StreamId, TransportConfig,
+};
 use quench::crypto::header_protection::{protect, unprotect};
+use quench::crypto::retry::retry_integrity_tag;
 use quench::crypto::secrets::initial_keys;
 use quench::endpoint::{ConnHandle, Endpoint, EndpointConfig, EventHandler};
 use quench::io::RxMeta;
@@ -2128,4 +2132,512 @@ fn a_silent_handshake_ends_even_with_idle_timeouts_disabled() {
         0,
         "the half-open handshake ended"
     );
+}
+
+// ---- Retry, Version Negotiation, closing and ALPN rules ----------------------------------
+
+/// The Destination and Source Connection IDs of the client's first Initial in `datagram`.
+fn initial_cids(datagram: &[u8]) -> (ConnectionId, ConnectionId) {
+    let Ok((
+        Header::Long {
+            ty: LongType::Initial,
+            dcid,
+            scid,
+            ..
+        },
+        _,
+    )) = header::parse(datagram, CID_LEN)
+    else {
+        panic!("not an Initial");
+    };
+    (dcid, scid)
+}
+
+/// (DCID, token) of every Initial packet in `datagrams`.
+fn initial_tokens(datagrams: &[Vec<u8>]) -> Vec<(ConnectionId, Vec<u8>)> {
+    let mut out = Vec::new();
+    for d in datagrams {
+        for p in split_packets(d) {
+            if let Ok((
+                Header::Long {
+                    ty: LongType::Initial,
+                    dcid,
+                    token,
+                    ..
+                },
+                _,
+            )) = header::parse(p, CID_LEN)
+            {
+                out.push((dcid, token.to_vec()));
+            }
+        }
+    }
+    out
+}
+
+/// Where each of `sent` went, and its size (for failure messages).
+fn destinations(sent: &[(SocketAddr, Vec<u8>)]) -> Vec<(SocketAddr, usize)> {
+    sent.iter().map(|(dst, d)| (*dst, d.len())).collect()
+}
+
+/// A Retry (RFC 9000 §17.2.5) to the client whose first Initial went from `client_scid`
+/// to `odcid`, choosing `scid`, with a valid Retry Integrity Tag (RFC 9001 §5.8): what a
+/// server (or anyone who saw that Initial) could send.
+fn craft_retry(
+    client_scid: &ConnectionId,
+    scid: &ConnectionId,
+    odcid: &ConnectionId,
+    token: &[u8],
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let n = header::write_retry_without_tag(&mut buf, VERSION_1, client_scid, scid, token, 0x5)
+        .unwrap();
+    buf.truncate(n);
+    let tag = retry_integrity_tag(VERSION_1, odcid, &buf);
+    buf.extend_from_slice(&tag);
+    buf
+}
+
+/// A Version Negotiation packet answering a client Initial from `client_scid` to `odcid`
+/// (the CIDs echoed, swapped, RFC 9000 §17.2.1) that offers only a version we lack.
+fn craft_version_negotiation(client_scid: &ConnectionId, odcid: &ConnectionId) -> Vec<u8> {
+    let mut buf = vec![0u8; 128];
+    let n = header::write_version_negotiation(&mut buf, client_scid, odcid, &[0x5a6b_7c8d], 0x21)
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// RFC 9000 §17.2.5.1: "A client MUST discard a Retry packet that contains a Source
+/// Connection ID field that is identical to the Destination Connection ID field of its
+/// Initial packet." A validly sealed Retry echoing the client's original DCID changes
+/// nothing: the client sends no Initial carrying its token, and the handshake completes
+/// as if it never came. Control: the same Retry under a fresh SCID is acted on.
+#[test]
+fn a_retry_whose_scid_echoes_the_original_dcid_is_discarded() {
+    let token = b"retry token from nowhere";
+    // Control: well formed and validly sealed, the Retry restarts the client.
+    let mut net = Net::new(TransportConfig::default());
+    let first = net.client_out();
+    let (odcid, client_scid) = initial_cids(&first[0]);
+    let fresh = cid(&[0x77; 8]);
+    net.deliver_to_client(&craft_retry(&client_scid, &fresh, &odcid, token));
+    let again = initial_tokens(&net.client_out());
+    assert!(
+        again.contains(&(fresh, token.to_vec())),
+        "control: the Retry was not acted on: {again:?}"
+    );
+
+    let mut net = Net::new(TransportConfig::default());
+    let first = net.client_out();
+    let (odcid, client_scid) = initial_cids(&first[0]);
+    net.deliver_to_client(&craft_retry(&client_scid, &odcid, &odcid, token));
+    let after = net.client_out();
+    let restarted: Vec<_> = initial_tokens(&after)
+        .into_iter()
+        .filter(|(_, t)| !t.is_empty())
+        .collect();
+    assert!(
+        restarted.is_empty(),
+        "the client restarted with the Retry's token: {restarted:?}"
+    );
+    for d in first.iter().chain(&after) {
+        net.deliver_to_server(d);
+    }
+    net.establish();
+    assert!(
+        initial_tokens(&net.c2s).iter().all(|(_, t)| t.is_empty()),
+        "an Initial carried a token"
+    );
+    assert_eq!(net.server.stats().invalid_tokens, 0);
+    net.assert_healthy();
+    net.echo_round_trip(1000, 1);
+}
+
+/// RFC 9000 §6.2: "A client MUST discard any Version Negotiation packet if it has received
+/// and successfully processed any other packet", a Retry included. A Version Negotiation
+/// that arrives after the server's Retry does not abort the connection attempt; the
+/// handshake completes. Control: the same packet before any server packet ends it.
+#[test]
+fn a_version_negotiation_after_a_retry_is_ignored() {
+    // Control: before anything else from the server, it ends the attempt.
+    let mut net = Net::new(TransportConfig::default());
+    let first = net.client_out();
+    let (odcid, client_scid) = initial_cids(&first[0]);
+    net.deliver_to_client(&craft_version_negotiation(&client_scid, &odcid));
+    assert!(
+        net.client.conn(net.h).is_none_or(|c| c.is_closing()),
+        "control: the Version Negotiation was not acted on"
+    );
+
+    let mut cfg = server_endpoint_config(TransportConfig::default());
+    cfg.require_retry = true;
+    let mut net = Net::with_server(cfg);
+    let first = net.client_out();
+    let (odcid, client_scid) = initial_cids(&first[0]);
+    for d in &first {
+        net.deliver_to_server(d);
+    }
+    let retry = net.server_out();
+    assert_eq!(retry.len(), 1);
+    assert_eq!(kind(&retry[0]), Some("retry"));
+    net.deliver_to_client(&retry[0]);
+    net.deliver_to_client(&craft_version_negotiation(&client_scid, &odcid));
+    assert_eq!(
+        net.log(|l| l.closed.clone()),
+        Some(None),
+        "the Version Negotiation after the Retry closed the connection"
+    );
+    assert!(!net.client_conn().is_closing());
+    net.establish();
+    assert_eq!(net.server.stats().retries_sent, 1);
+    net.assert_healthy();
+    net.echo_round_trip(1000, 1);
+}
+
+/// RFC 9001 §8.1: a server that cannot agree on an application protocol closes with the
+/// transport error 0x0178 (CRYPTO_ERROR 0x100 + TLS alert 120, no_application_protocol),
+/// in a transport CONNECTION_CLOSE (type 0x1c, which carries a frame type: `app: false`),
+/// not an application close (0x1d). Two ways the server's TLS can finish with no
+/// application for the connection: neither side offers ALPN, or the ALPN negotiated has
+/// no application behind it.
+#[test]
+fn a_server_with_no_application_for_the_alpn_closes_with_0x0178() {
+    // Neither side offers ALPN: rustls lets that through (nothing to agree on).
+    let cert = generate_self_signed(&["localhost".into()]).unwrap();
+    let stls = server_config(cert, &[]).unwrap();
+    let mut no_alpn = Net::with_server(EndpointConfig::new(TransportConfig::default(), Some(stls)));
+    no_alpn.client = Endpoint::new(EndpointConfig::new(TransportConfig::default(), None));
+    let ctls = client_config(ServerVerification::Insecure, &[]).unwrap();
+    no_alpn.h = no_alpn
+        .client
+        .connect(no_alpn.now, ctls, "localhost", no_alpn.saddr, VERSION_1)
+        .unwrap();
+    // TLS agrees on "echo", but the server's applications do not include it.
+    let mut no_app = Net::new(TransportConfig::default());
+    no_app.apps.alpns = vec![b"perf".to_vec()];
+    for (name, mut net) in [("no ALPN", no_alpn), ("no application", no_app)] {
+        let reason = net.wait_closed();
+        assert!(
+            matches!(
+                reason,
+                CloseReason::Peer {
+                    code: 0x0178,
+                    app: false,
+                    ..
+                }
+            ),
+            "{name}: {reason:?}"
+        );
+        assert!(net.server_conn().is_closing(), "{name}");
+    }
+}
+
+/// RFC 9001 §5.7: "A server MUST NOT process incoming 1-RTT protected packets before the
+/// TLS handshake is complete", and that holds while it closes, too. A STREAM frame in the
+/// client's first Handshake packet (ahead of its Finished) makes the server close before
+/// its handshake completed; the client's first 1-RTT packet (stream data) then reaching
+/// the closing server is not decrypted: not counted as received and, being nothing the
+/// connection processed, not answered with another CONNECTION_CLOSE (RFC 9000 §10.2.1).
+#[test]
+fn a_server_closing_before_the_handshake_completed_drops_1rtt_packets() {
+    let mut net = Net::new(TransportConfig::default());
+    net.queue_raw(Epoch::Handshake, &encode(&[stream(0, 0, b"early", true)]));
+    net.queue_raw(Epoch::Data, &encode(&[stream(4, 0, b"data", true)]));
+    let mut one_rtt = Vec::new();
+    for _ in 0..10 {
+        for d in net.client_out() {
+            one_rtt.extend(
+                split_packets(&d)
+                    .into_iter()
+                    .filter(|p| kind(p) == Some("1-rtt"))
+                    .map(|p| p.to_vec()),
+            );
+            net.deliver_to_server(&d);
+        }
+        if net.server.connection_count() == 1 && net.server_conn().is_closing() {
+            break;
+        }
+        for d in net.server_out() {
+            net.deliver_to_client(&d);
+        }
+    }
+    assert!(net.server_conn().is_closing(), "the server closed");
+    assert!(
+        !net.server_conn().is_established(),
+        "before its handshake completed"
+    );
+    assert!(
+        !one_rtt.is_empty(),
+        "the client sent 1-RTT packets with its Finished"
+    );
+    // The server's first CONNECTION_CLOSE goes out (and is lost).
+    assert!(!net.server_out().is_empty());
+    let received = net.server_conn().packets_received();
+    for p in &one_rtt {
+        net.deliver_to_server(p);
+    }
+    assert_eq!(
+        net.server_conn().packets_received(),
+        received,
+        "a 1-RTT packet was decrypted while closing before the handshake completed"
+    );
+    assert!(
+        net.server_out().is_empty(),
+        "a 1-RTT packet was processed (and answered)"
+    );
+    let st = net.server_conn().stream_stats();
+    assert_eq!((st.open_streams, st.data_received), (0, 0));
+}
+
+/// RFC 9000 §10.2.1: in the closing state only CONNECTION_CLOSE matters. A non-probing
+/// packet from a new address (the peer, unaware of the close, after a NAT rebinding) does
+/// not migrate the connection: its address stays, nothing goes to the new address (no
+/// PATH_CHALLENGE; §10.2.1 allows discarding packets from an unvalidated address), and
+/// all that answers it is the CONNECTION_CLOSE, once, to the validated address.
+#[test]
+fn a_closing_connection_does_not_follow_a_new_address() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    net.run(Duration::from_millis(200), |_| false);
+    net.server.close_all(net.now, 9, "server done");
+    // The close goes out and is lost: the client keeps sending.
+    assert!(!net.server_out().is_empty());
+    let moved: SocketAddr = "10.0.0.1:6003".parse().unwrap();
+    net.queue_raw(Epoch::Data, &[0x01]); // PING: a non-probing packet
+    let out = net.client_out();
+    assert!(!out.is_empty());
+    for d in &out {
+        let mut copy = d.clone();
+        let mut disp = AppDispatcher { factory: &net.apps };
+        net.server
+            .handle_datagram(net.now, rx("10.0.0.1:6003"), &mut copy, &mut disp);
+    }
+    assert_eq!(
+        net.server_conn().remote_addr(),
+        net.caddr,
+        "migrated while closing"
+    );
+    let sent = drain_to(&mut net.server, net.now);
+    assert!(
+        sent.iter().all(|(dst, _)| *dst != moved),
+        "sent to the new address while closing: {:?}",
+        destinations(&sent)
+    );
+    assert!(sent.len() <= 1, "{:?}", destinations(&sent));
+    // What went out is the close: the client learns the server's code from it.
+    for (_, d) in &sent {
+        net.deliver_to_client(d);
+    }
+    if !sent.is_empty() {
+        let reason = net.log(|l| l.closed.clone()).flatten();
+        assert!(
+            matches!(
+                reason,
+                Some(CloseReason::Peer {
+                    code: 9,
+                    app: true,
+                    ..
+                })
+            ),
+            "{reason:?}"
+        );
+    }
+}
+
+/// RFC 9000 §10.2.1: a closing endpoint sends nothing but CONNECTION_CLOSE, so path frames
+/// it owed elsewhere before closing stay unsent: the PATH_RESPONSE to a path the peer was
+/// probing, and the PATH_CHALLENGE to the path a migrating peer left (§9.3.3).
+#[test]
+fn a_closing_connection_sends_no_path_frames_elsewhere() {
+    // A probe from another address, answered on that path when the server is open (see
+    // path_response_goes_back_on_the_path_the_challenge_came_by); the server closes first.
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    net.run(Duration::from_millis(200), |_| false);
+    let probe_addr: SocketAddr = "10.0.0.1:6004".parse().unwrap();
+    net.client_do(|c| c.stop_acknowledging());
+    net.queue_raw(Epoch::Data, &[0x1a, 1, 2, 3, 4, 5, 6, 7, 8]); // PATH_CHALLENGE
+    let out = net.client_out();
+    assert_eq!(out.len(), 1, "the challenge alone");
+    let mut copy = out[0].clone();
+    let mut disp = AppDispatcher { factory: &net.apps };
+    net.server
+        .handle_datagram(net.now, rx("10.0.0.1:6004"), &mut copy, &mut disp);
+    net.server.close_all(net.now, 9, "server done");
+    let sent = drain_to(&mut net.server, net.now);
+    assert!(!sent.is_empty(), "the close goes out");
+    assert!(
+        sent.iter().all(|(dst, _)| *dst != probe_addr),
+        "a PATH_RESPONSE went to the probed path while closing: {:?}",
+        destinations(&sent)
+    );
+
+    // The client moves; the server follows and owes the path it left a PATH_CHALLENGE,
+    // but closes before sending it.
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    net.run(Duration::from_millis(200), |_| false);
+    let moved: SocketAddr = "10.0.0.1:6005".parse().unwrap();
+    net.queue_raw(Epoch::Data, &[0x01]); // PING: a non-probing packet
+    for d in net.client_out() {
+        let mut copy = d.clone();
+        let mut disp = AppDispatcher { factory: &net.apps };
+        net.server
+            .handle_datagram(net.now, rx("10.0.0.1:6005"), &mut copy, &mut disp);
+    }
+    assert_eq!(net.server_conn().remote_addr(), moved, "followed the move");
+    net.server.close_all(net.now, 9, "server done");
+    let sent = drain_to(&mut net.server, net.now);
+    assert!(!sent.is_empty(), "the close goes out");
+    assert!(
+        sent.iter().all(|(dst, _)| *dst == moved),
+        "a PATH_CHALLENGE went to the old path while closing: {:?}",
+        destinations(&sent)
+    );
+}
+
+/// Mints zero-length CIDs: a client that uses none (RFC 9000 §5.1).
+struct ZeroLengthCids;
+
+impl ConnectionIdGenerator for ZeroLengthCids {
+    fn generate(&mut self) -> ConnectionId {
+        ConnectionId::new(&[]).unwrap()
+    }
+    fn reset_token(&self, _: &ConnectionId) -> [u8; 16] {
+        [0; 16]
+    }
+    fn cid_len(&self) -> usize {
+        0
+    }
+}
+
+/// RFC 9000 §9.5: a probe under another of our CIDs is answered under another CID of the
+/// peer's, but a peer using zero-length CIDs has none to give (§5.1.1: it cannot be sent
+/// NEW_CONNECTION_ID), and an empty CID links nothing: the PATH_RESPONSE goes back on the
+/// probed path under the empty CID (it went unanswered).
+#[test]
+fn a_probe_from_a_peer_with_zero_length_cids_is_answered_under_the_empty_cid() {
+    let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+    let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+    let probe_addr: SocketAddr = "10.0.0.1:6006".parse().unwrap();
+    let apps = BuiltinApps {
+        alpns: vec![b"echo".to_vec()],
+        root: None,
+    };
+    let mut server: Endpoint<AppSlot> =
+        Endpoint::new(server_endpoint_config(TransportConfig::default()));
+    let mut now = Instant::now();
+    let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+    let mut client = Connection::new_client(
+        Arc::new(TransportConfig::default()),
+        ctls,
+        "localhost",
+        VERSION_1,
+        saddr,
+        cid(&[0x3c; 16]),
+        Box::new(ZeroLengthCids),
+        now,
+    )
+    .unwrap();
+    let deliver = |server: &mut Endpoint<AppSlot>, now: Instant, src: SocketAddr, d: &[u8]| {
+        let mut copy = d.to_vec();
+        let meta = RxMeta {
+            src,
+            dst: saddr,
+            ecn: 0,
+        };
+        let mut disp = AppDispatcher { factory: &apps };
+        server.handle_datagram(now, meta, &mut copy, &mut disp);
+    };
+    let client_out = |client: &mut Connection, now: Instant| {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        while let Some(t) = client.poll_transmit(now, &mut buf, 1) {
+            out.push(buf[..t.len].to_vec());
+        }
+        while client.poll_event().is_some() {}
+        while client.poll_cid_event().is_some() {}
+        out
+    };
+    // Handshake and some quiet after it (path MTU discovery settles), on a virtual clock.
+    let end = now + Duration::from_millis(300);
+    loop {
+        let mut moved = 0;
+        for d in client_out(&mut client, now) {
+            moved += 1;
+            deliver(&mut server, now, caddr, &d);
+        }
+        for (dst, mut d) in drain_to(&mut server, now) {
+            assert_eq!(dst, caddr);
+            moved += 1;
+            client.handle_datagram(now, saddr, 0, &mut d);
+        }
+        if now >= end {
+            break;
+        }
+        if moved > 0 {
+            now += Duration::from_micros(50);
+            continue;
+        }
+        now = match [client.poll_timeout(), server.next_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+        {
+            Some(t) if t > now => t.min(end),
+            Some(_) => now + Duration::from_micros(10),
+            None => end,
+        };
+        client.handle_timeout(now);
+        let mut disp = AppDispatcher { factory: &apps };
+        server.handle_timeouts(now, &mut disp);
+    }
+    let confirmed = client.is_handshake_confirmed()
+        && server
+            .handles()
+            .filter_map(|h| server.conn(h))
+            .any(|c| c.is_handshake_confirmed());
+    assert!(confirmed, "handshake did not complete");
+    let sh = server.handles().next().expect("server connection");
+    fn server_conn(server: &Endpoint<AppSlot>, h: ConnHandle) -> &Connection {
+        server.conn(h).expect("server connection")
+    }
+    assert!(
+        server_conn(&server, sh).active_remote_cid().is_empty(),
+        "the server sends to the client's zero-length CID"
+    );
+    // The probe: a PATH_CHALLENGE alone, from another address, under a spare CID of the
+    // server's.
+    client.stop_acknowledging();
+    assert!(
+        client.switch_to_spare_remote_cid(),
+        "the server issued spares"
+    );
+    client.queue_raw_frames(Epoch::Data, &[0x1a, 8, 7, 6, 5, 4, 3, 2, 1]);
+    let out = client_out(&mut client, now);
+    assert_eq!(out.len(), 1, "the challenge alone");
+    deliver(&mut server, now, probe_addr, &out[0]);
+    let sent = drain_to(&mut server, now);
+    let answers: Vec<&Vec<u8>> = sent
+        .iter()
+        .filter(|(dst, _)| *dst == probe_addr)
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(
+        answers.len(),
+        1,
+        "the probe went unanswered: {:?}",
+        destinations(&sent)
+    );
+    let Ok((Header::Short { dcid, .. }, _)) = header::parse(answers[0], 0) else {
+        panic!("a 1-RTT packet");
+    };
+    assert!(dcid.is_empty(), "answered under {dcid:?}");
+    assert_eq!(
+        server_conn(&server, sh).remote_addr(),
+        caddr,
+        "no migration"
+    );
+    assert!(!server_conn(&server, sh).is_closing());
 }
