@@ -9,13 +9,19 @@ use sha2::{Digest, Sha256};
 
 use quench::app::{dispatch_stream_event, AppDispatcher, AppSlot, Application, BuiltinApps};
 use quench::conn::{CloseReason, Connection, ConnectionStats, Event, StreamId, TransportConfig};
+use quench::crypto::header_protection::{protect, unprotect};
+use quench::crypto::secrets::initial_keys;
 use quench::endpoint::{Endpoint, EndpointConfig, EventHandler};
 use quench::io::mem::{pair, Impairments, MemDatapath};
-use quench::io::Datapath;
+use quench::io::{Datapath, RxMeta};
 use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{client_config, server_config, ServerVerification};
-use quench::wire::header::VERSION_1;
+use quench::wire::cid::ConnectionId;
+use quench::wire::frame::{Frame, FrameIter};
+use quench::wire::header::{self, Header, LongType, VERSION_1};
+use quench::wire::varint::Writer;
 use quench::worker::transmit;
+use quench::{Epoch, Side};
 
 /// Deterministic payload: byte i of stream s.
 fn pattern(seed: u64, offset: u64, out: &mut [u8]) {
@@ -30,6 +36,9 @@ fn pattern(seed: u64, offset: u64, out: &mut [u8]) {
 struct EchoCheck {
     streams: usize,
     size: u64,
+    /// Write no more than this many bytes of each stream so far (`None`: all `size`), so
+    /// a test can drip a stream out.
+    cap: Option<u64>,
     state: HashMap<StreamId, StreamCheck>,
     completed: usize,
     failure: Option<String>,
@@ -49,12 +58,13 @@ struct StreamCheck {
 impl EchoCheck {
     fn pump(&mut self, conn: &mut Connection, id: StreamId) {
         let size = self.size;
+        let upto = self.cap.map_or(size, |cap| cap.min(size));
         let Some(s) = self.state.get_mut(&id) else {
             return;
         };
         let mut chunk = [0u8; 8192];
-        while s.sent < size {
-            let n = ((size - s.sent) as usize).min(chunk.len());
+        while s.sent < upto {
+            let n = ((upto - s.sent) as usize).min(chunk.len());
             pattern(id.0, s.sent, &mut chunk[..n]);
             match conn.write(id, &chunk[..n]) {
                 Ok(0) | Err(_) => return,
@@ -63,6 +73,9 @@ impl EchoCheck {
                     s.sent += w as u64;
                 }
             }
+        }
+        if s.sent < size {
+            return;
         }
         if !s.fin_sent && conn.finish(id).is_ok() {
             s.fin_sent = true;
@@ -167,6 +180,9 @@ impl EventHandler<Option<EchoCheck>> for ClientHandler {
     }
 }
 
+const CLIENT_ADDR: &str = "10.0.0.1:5000";
+const SERVER_ADDR: &str = "10.0.0.2:4433";
+
 struct Sim {
     now: Instant,
     client: Endpoint<Option<EchoCheck>>,
@@ -219,8 +235,8 @@ impl Sim {
         let alpns = vec![b"echo".to_vec()];
         let stls = server_config(cert, &alpns).unwrap();
         let ctls = client_config(ServerVerification::Insecure, &alpns).unwrap();
-        let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+        let caddr: SocketAddr = CLIENT_ADDR.parse().unwrap();
+        let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
         let (cdp, sdp) = pair(caddr, saddr, o.impair);
         let mut scfg = EndpointConfig::new(o.transport.clone(), Some(stls));
         scfg.require_retry = o.require_retry;
@@ -271,6 +287,63 @@ impl Sim {
         );
     }
 
+    /// One round at `now`: both sides receive, run their timers and send. Returns how many
+    /// datagrams moved.
+    fn step(&mut self) -> usize {
+        let now = self.now;
+        let mut progressed = 0;
+        let (client, handler) = (&mut self.client, &mut self.handler);
+        progressed += self
+            .cdp
+            .recv_batch(&mut |m, b| {
+                client.handle_datagram(now, m, b, handler);
+            })
+            .unwrap();
+        let mut disp = AppDispatcher {
+            factory: &self.apps,
+        };
+        let server = &mut self.server;
+        progressed += self
+            .sdp
+            .recv_batch(&mut |m, b| {
+                server.handle_datagram(now, m, b, &mut disp);
+            })
+            .unwrap();
+        self.client.handle_timeouts(now, &mut self.handler);
+        self.server.handle_timeouts(now, &mut disp);
+        progressed += transmit(&mut self.cdp, &mut self.client, now, 1).unwrap();
+        progressed += transmit(&mut self.sdp, &mut self.server, now, 1).unwrap();
+        progressed
+    }
+
+    /// Hands `datagram` straight to the server endpoint, as if from the client, bypassing
+    /// the datapath (for tests that choose what crosses).
+    fn deliver_to_server(&mut self, datagram: &[u8]) {
+        let mut copy = datagram.to_vec();
+        let meta = RxMeta {
+            src: CLIENT_ADDR.parse().unwrap(),
+            dst: SERVER_ADDR.parse().unwrap(),
+            ecn: 0,
+        };
+        let mut disp = AppDispatcher {
+            factory: &self.apps,
+        };
+        self.server
+            .handle_datagram(self.now, meta, &mut copy, &mut disp);
+    }
+
+    /// The same towards the client.
+    fn deliver_to_client(&mut self, datagram: &[u8]) {
+        let mut copy = datagram.to_vec();
+        let meta = RxMeta {
+            src: SERVER_ADDR.parse().unwrap(),
+            dst: CLIENT_ADDR.parse().unwrap(),
+            ecn: 0,
+        };
+        self.client
+            .handle_datagram(self.now, meta, &mut copy, &mut self.handler);
+    }
+
     /// Runs until `done` or the virtual deadline; returns false on deadline.
     fn run(&mut self, limit: Duration, mut done: impl FnMut(&mut Self) -> bool) -> bool {
         let end = self.now + limit;
@@ -281,30 +354,7 @@ impl Sim {
             if done(self) {
                 return true;
             }
-            let now = self.now;
-            let mut progressed = 0;
-            let (client, handler) = (&mut self.client, &mut self.handler);
-            progressed += self
-                .cdp
-                .recv_batch(&mut |m, b| {
-                    client.handle_datagram(now, m, b, handler);
-                })
-                .unwrap();
-            let mut disp = AppDispatcher {
-                factory: &self.apps,
-            };
-            let server = &mut self.server;
-            progressed += self
-                .sdp
-                .recv_batch(&mut |m, b| {
-                    server.handle_datagram(now, m, b, &mut disp);
-                })
-                .unwrap();
-            self.client.handle_timeouts(now, &mut self.handler);
-            self.server.handle_timeouts(now, &mut disp);
-            progressed += transmit(&mut self.cdp, &mut self.client, now, 1).unwrap();
-            progressed += transmit(&mut self.sdp, &mut self.server, now, 1).unwrap();
-            if progressed == 0 {
+            if self.step() == 0 {
                 // Idle: jump the clock to the next timer (nothing is in the pipe).
                 let next = [self.client.next_timeout(), self.server.next_timeout()]
                     .into_iter()
@@ -688,8 +738,6 @@ fn connections_can_move_to_a_worker_thread() {
 
 #[test]
 fn version_negotiation_must_echo_our_connection_ids() {
-    use quench::io::RxMeta;
-    use quench::wire::header::{self, Header};
     let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 1024);
     let now = sim.now;
     // Capture the client's first Initial as the server would receive it.
@@ -845,4 +893,399 @@ fn the_aead_integrity_limit_closes_the_connection() {
         other => panic!("closed by {other:?}"),
     };
     assert_eq!(code, 0x0f, "AEAD_LIMIT_REACHED, got {reason:?}");
+}
+
+/// The server's one connection.
+fn server_handle(sim: &Sim) -> usize {
+    let mut hs = sim.server.handles();
+    let sh = hs.next().expect("a server connection");
+    assert!(hs.next().is_none(), "one server connection");
+    sh
+}
+
+/// A sender tracks every packet until it is acknowledged or lost (RFC 9002 §A.1); quench
+/// keeps at most 2^15 1-RTT packets on record and closes with PROTOCOL_VIOLATION past that,
+/// but new data waits once 3/4 of it (24,576) are tracked, so a peer that withholds
+/// acknowledgements for a while holds the transfer back instead of ending it. Reaching the
+/// limit with full packets would take some 35 MB in flight, so the client drips its stream
+/// out a byte a packet, under a congestion window (64 MiB, by the test hook) and flow
+/// control (1 MiB) that would let every byte go: only the tracked-packet limit can stop it.
+/// It must not reach the hard bound, which the drip would pass, and once ACKs flow again
+/// the echo completes byte-exact.
+#[test]
+fn new_data_waits_at_the_tracked_packet_limit_while_acks_are_withheld() {
+    const SEND_LIMIT: u64 = (1 << 15) / 4 * 3;
+    const HARD_BOUND: u64 = 1 << 15;
+    // More single-byte packets than the hard bound, had nothing stopped them.
+    let size = HARD_BOUND + 2_000;
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 0, size);
+    let up = sim.run(Duration::from_secs(10), |s| {
+        s.client_app(h).is_some()
+            && s.server
+                .handles()
+                .filter_map(|sh| s.server.conn(sh))
+                .any(|c| c.is_handshake_confirmed())
+    });
+    assert!(up, "handshake did not complete");
+    let sh = server_handle(&sim);
+    sim.server
+        .with_state(sh, |c, _| c.stop_acknowledging())
+        .expect("server connection alive");
+    let id = sim
+        .client
+        .with_state(h, |c, st| {
+            c.set_congestion_window(64 << 20);
+            let app = st.as_mut().expect("connected");
+            let id = c.open_stream(true).expect("stream credit");
+            app.streams = 1;
+            app.cap = Some(0);
+            app.state.insert(id, StreamCheck::default());
+            id
+        })
+        .expect("client connection alive");
+    let drip = |sim: &mut Sim, upto: Option<u64>| {
+        sim.client
+            .with_state(h, |c, st| {
+                let app = st.as_mut().expect("connected");
+                app.cap = upto;
+                app.pump(c, id);
+            })
+            .expect("client connection alive");
+    };
+
+    // One byte, one packet; the server (receiving, echoing, not acknowledging) catches up
+    // every 16 packets, 50 µs of virtual time apart.
+    let mut peak = 0;
+    let mut first_held = None;
+    for i in 1..=size {
+        drip(&mut sim, Some(i));
+        let sent = transmit(&mut sim.cdp, &mut sim.client, sim.now, 1).unwrap();
+        if sent == 0 && first_held.is_none() {
+            first_held = Some(i);
+        }
+        if i % 16 == 0 {
+            sim.step();
+            sim.now += Duration::from_micros(50);
+        }
+        let c = sim.client.conn(h).expect("client connection alive");
+        assert!(
+            !c.is_closing(),
+            "the client closed after {i} bytes, {} packets tracked",
+            c.tracked_packets()
+        );
+        peak = peak.max(c.tracked_packets());
+    }
+    // Let everything in the pipe land, and a few PTOs pass: their probes go out whatever
+    // the limit (like the congestion window, RFC 9002 §7.5) and carry new data (§6.2.4).
+    sim.run(Duration::from_millis(100), |_| false);
+    let client = sim.client.conn(h).expect("client connection alive");
+    peak = peak.max(client.tracked_packets());
+    let server = sim.server.conn(sh).expect("server connection alive");
+    let received = server.stream_stats().data_received;
+    eprintln!(
+        "held from byte {first_held:?}; peak {peak} tracked; server received {received} of \
+         {size}; client {:?}",
+        client.stats()
+    );
+    assert!(!client.is_closing() && !server.is_closing());
+    assert!(first_held.is_some(), "every byte went out at once");
+    assert!(
+        client.congestion_window() > client.stats().bytes_sent,
+        "the congestion window was never what held data back"
+    );
+    assert!(
+        peak >= SEND_LIMIT,
+        "the limit was reached: {peak} packets tracked"
+    );
+    assert!(
+        peak <= SEND_LIMIT + 16,
+        "new data stopped at the limit: {peak} packets tracked"
+    );
+    // A byte a packet up to the limit, then at most a packet's worth per probe.
+    assert!(
+        received < SEND_LIMIT + 16 * 1452,
+        "the client held the rest back: {received} of {size} bytes received"
+    );
+
+    // ACKs flow again: the rest goes out and the echo completes byte-exact.
+    sim.server
+        .with_state(sh, |c, _| c.resume_acknowledging())
+        .expect("server connection alive");
+    drip(&mut sim, None);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    let client = sim.client.conn(h).expect("client connection alive");
+    assert!(
+        client.tracked_packets() < 1000,
+        "the record emptied: {} packets tracked",
+        client.tracked_packets()
+    );
+}
+
+/// Every datagram `ep` has to send now, taken straight from the endpoint (no datapath).
+fn drain<U: Default>(ep: &mut Endpoint<U>, now: Instant) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Some(t) = ep.poll_transmit(now, &mut buf, 1) {
+        out.push(buf[..t.len].to_vec());
+    }
+    out
+}
+
+/// The long-header packets coalesced in `datagram`, with their parsed headers.
+fn long_packets(datagram: &[u8]) -> Vec<(Header<'_>, &[u8])> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while let Ok((h @ Header::Long { .. }, len)) = header::parse(rest, 0) {
+        out.push((h, &rest[..len]));
+        rest = &rest[len..];
+    }
+    out
+}
+
+/// A client Initial (RFC 9000 §17.2.2) with packet number `pn` carrying `frames`, padded
+/// so its datagram is 1200 bytes (§14.1), sealed with the Initial keys of the client's
+/// original DCID `odcid` (RFC 9001 §5.2) exactly as the client would.
+fn client_initial(
+    odcid: &ConnectionId,
+    dcid: &ConnectionId,
+    scid: &ConnectionId,
+    pn: u64,
+    frames: &[u8],
+) -> Vec<u8> {
+    let keys = initial_keys(VERSION_1, odcid, Side::Client);
+    let mut buf = vec![0u8; 1200];
+    let mut w = Writer::new(&mut buf);
+    let layout =
+        header::write_long(&mut w, LongType::Initial, VERSION_1, dcid, scid, &[], pn, 2).unwrap();
+    let header_len = w.len();
+    w.put_bytes(frames).unwrap();
+    // The rest is PADDING (zeros) and, last, room for the AEAD tag.
+    header::finish_long(&mut buf, &layout, 1200).unwrap();
+    keys.local
+        .packet
+        .seal_in_place(pn, &mut buf, header_len)
+        .unwrap();
+    protect(&keys.local.header, &mut buf, layout.pn_offset, 2).unwrap();
+    buf
+}
+
+/// The server's Initial packets in `datagram`, opened with the keys of the client's
+/// original DCID: (packet number, whether ack-eliciting, CONNECTION_CLOSE error codes).
+fn server_initials(odcid: &ConnectionId, datagram: &[u8]) -> Vec<(u64, bool, Vec<u64>)> {
+    let keys = initial_keys(VERSION_1, odcid, Side::Client);
+    let mut out = Vec::new();
+    for (h, p) in long_packets(datagram) {
+        let Header::Long {
+            ty: LongType::Initial,
+            pn_offset,
+            ..
+        } = h
+        else {
+            continue;
+        };
+        let mut p = p.to_vec();
+        let (pn_len, pn) = unprotect(&keys.remote.header, &mut p, pn_offset).unwrap();
+        let hl = pn_offset + pn_len;
+        let n = keys
+            .remote
+            .packet
+            .open_in_place(pn, &mut p, hl)
+            .expect("a server Initial opens with the client's keys");
+        let mut eliciting = false;
+        let mut closes = Vec::new();
+        for f in FrameIter::new(&p[hl..hl + n]) {
+            let f = f.expect("the server's frames parse");
+            eliciting |= f.is_ack_eliciting();
+            if let Frame::ConnectionClose { error_code, .. } = f {
+                closes.push(error_code);
+            }
+        }
+        out.push((pn, eliciting, closes));
+    }
+    out
+}
+
+/// The Initial and Handshake spaces keep at most 1024 packets on record. A client that
+/// never completes its handshake but keeps sending ack-eliciting Initials (PINGs, never
+/// acknowledging anything) earns an ACK-only Initial for each (RFC 9000 §13.2.1), and
+/// nothing makes it acknowledge those (we send no PINGs before 1-RTT); its own packets
+/// keep restarting the idle timer. Once the record would pass the bound the server closes
+/// with PROTOCOL_VIOLATION (0x0a) instead of tracking more; while open it never tracks
+/// more than 1024 (closing, it sends only CONNECTION_CLOSE, at a falling rate, RFC 9000
+/// §10.2.1, so the record stays there).
+#[test]
+fn a_client_eliciting_initial_acks_forever_is_closed_at_the_record_bound() {
+    const BOUND: u64 = 1024;
+    let (mut sim, _h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+    let now = sim.now;
+    // The client's ClientHello reaches the server; nothing the server sends reaches the
+    // client, which plays no further part.
+    let first = drain(&mut sim.client, now);
+    let (odcid, client_scid) = match long_packets(&first[0])[0].0 {
+        Header::Long { dcid, scid, .. } => (dcid, scid),
+        ref other => panic!("expected the client's Initial, got {other:?}"),
+    };
+    for d in &first {
+        sim.deliver_to_server(d);
+    }
+    let flight = drain(&mut sim.server, now);
+    let server_scid = match long_packets(&flight[0])[0].0 {
+        Header::Long { scid, .. } => scid,
+        ref other => panic!("expected the server's Initial, got {other:?}"),
+    };
+    let sh = server_handle(&sim);
+
+    let mut peak_open = 0;
+    let mut peak = 0;
+    let mut closed_after = None;
+    let mut acks = 0;
+    let mut close_codes = Vec::new();
+    for k in 0..BOUND + 200 {
+        // Packet numbers above the client's own (its ClientHello took 0).
+        let ping = client_initial(&odcid, &server_scid, &client_scid, 10 + k, &[0x01]);
+        sim.deliver_to_server(&ping);
+        for d in drain(&mut sim.server, now) {
+            for (_, eliciting, closes) in server_initials(&odcid, &d) {
+                assert!(!eliciting, "the server only acknowledges (or closes)");
+                if closes.is_empty() {
+                    acks += 1;
+                }
+                close_codes.extend(closes);
+            }
+        }
+        let c = sim.server.conn(sh).expect("server connection kept");
+        let tracked = c.tracked_packets_in(Epoch::Initial);
+        peak = peak.max(tracked);
+        if c.is_closing() {
+            closed_after.get_or_insert(k + 1);
+        } else {
+            peak_open = peak_open.max(tracked);
+        }
+    }
+    eprintln!(
+        "closed after {closed_after:?} PINGs, {acks} ACKs; peak {peak_open} open, {peak} \
+         overall; close codes {close_codes:?}"
+    );
+    let closed_after = closed_after.expect("the server closed the connection");
+    assert!(
+        closed_after > BOUND - 16,
+        "a handshake's worth of packets is no reason to close: closed after {closed_after}"
+    );
+    assert_eq!(
+        acks, closed_after,
+        "each PING earned one ACK until the close"
+    );
+    assert!(peak_open <= BOUND, "{peak_open} Initial packets on record");
+    assert!(
+        !close_codes.is_empty() && close_codes.iter().all(|&c| c == 0x0a),
+        "PROTOCOL_VIOLATION in the server's Initials: {close_codes:?}"
+    );
+    assert!(
+        peak <= BOUND + 1 + close_codes.len() as u64,
+        "closing, only CONNECTION_CLOSE packets joined the record: {peak}"
+    );
+}
+
+/// The same bound in the Handshake space, on the client. A server that never acknowledges
+/// (and so never completes the handshake: the client's Finished does not reach it) keeps
+/// sending ack-eliciting Handshake packets, PINGs; the client answers each with an
+/// ACK-only Handshake packet (RFC 9000 §13.2.1) that nothing makes the server acknowledge,
+/// and keeps its Handshake keys until the handshake is confirmed (RFC 9001 §4.9.2), which
+/// never happens. Past 1024 packets on record the client closes with PROTOCOL_VIOLATION.
+#[test]
+fn a_server_eliciting_handshake_acks_forever_is_closed_at_the_record_bound() {
+    const BOUND: u64 = 1024;
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 0, 0);
+    let now = sim.now;
+    // ClientHello, then the server's flight: the client has its Handshake keys and is
+    // established. Its answer (with Finished) is lost.
+    for d in drain(&mut sim.client, now) {
+        sim.deliver_to_server(&d);
+    }
+    for d in drain(&mut sim.server, now) {
+        sim.deliver_to_client(&d);
+    }
+    assert!(sim.client.conn(h).expect("client").is_established());
+    drop(drain(&mut sim.client, now));
+    let sh = server_handle(&sim);
+    sim.server
+        .with_state(sh, |c, _| c.stop_acknowledging())
+        .expect("server connection alive");
+
+    let mut peak_open = 0;
+    let mut peak = 0;
+    let mut closed_after = None;
+    for k in 0..BOUND + 200 {
+        // The server's PING; the client's ACK-only Handshake packets in reply (what else
+        // it sends, 1-RTT, the server could not read yet) acknowledge it.
+        let queued = sim
+            .server
+            .with_state(sh, |c, _| c.queue_raw_frames(Epoch::Handshake, &[0x01]));
+        let out = drain(&mut sim.server, now);
+        assert!(
+            closed_after.is_some() || (queued.is_some() && !out.is_empty()),
+            "the server sent PING {k}"
+        );
+        for d in out {
+            sim.deliver_to_client(&d);
+        }
+        for d in drain(&mut sim.client, now) {
+            let handshake: Vec<u8> = long_packets(&d)
+                .into_iter()
+                .filter(|(h, _)| {
+                    matches!(
+                        h,
+                        Header::Long {
+                            ty: LongType::Handshake,
+                            ..
+                        }
+                    )
+                })
+                .flat_map(|(_, p)| p.to_vec())
+                .collect();
+            if !handshake.is_empty() {
+                sim.deliver_to_server(&handshake);
+            }
+        }
+        let c = sim.client.conn(h).expect("client connection kept");
+        assert!(!c.is_handshake_confirmed());
+        let tracked = c.tracked_packets_in(Epoch::Handshake);
+        peak = peak.max(tracked);
+        if c.is_closing() {
+            closed_after.get_or_insert(k + 1);
+        } else {
+            peak_open = peak_open.max(tracked);
+        }
+    }
+    let reason = sim
+        .client
+        .with_state(h, |_, st| st.as_ref().and_then(|a| a.closed.clone()))
+        .expect("client connection kept");
+    eprintln!(
+        "closed after {closed_after:?} PINGs; peak {peak_open} open, {peak} overall; {reason:?}"
+    );
+    let closed_after = closed_after.expect("the client closed the connection");
+    assert!(
+        closed_after > BOUND - 16,
+        "a handshake's worth of packets is no reason to close: closed after {closed_after}"
+    );
+    assert!(
+        peak_open <= BOUND,
+        "{peak_open} Handshake packets on record"
+    );
+    assert!(
+        peak <= BOUND + 16,
+        "closing, only CONNECTION_CLOSE packets joined the record: {peak}"
+    );
+    assert!(
+        matches!(
+            reason,
+            Some(CloseReason::Local {
+                code: 0x0a,
+                app: false,
+                ..
+            })
+        ),
+        "PROTOCOL_VIOLATION: {reason:?}"
+    );
 }

@@ -36,6 +36,19 @@ impl Connection {
         self.recovery.tracked_span(Epoch::Data)
     }
 
+    /// Packet numbers of `epoch` still on record (see `Recovery::tracked_span`).
+    #[doc(hidden)]
+    pub fn tracked_packets_in(&self, epoch: Epoch) -> u64 {
+        self.recovery.tracked_span(epoch)
+    }
+
+    /// Restarts congestion control with an initial window of `bytes`, so that a test can
+    /// put far more in flight than slow start would allow in a short run.
+    #[doc(hidden)]
+    pub fn set_congestion_window(&mut self, bytes: u64) {
+        self.recovery.restart_congestion_control(bytes);
+    }
+
     /// Sends to a spare CID of the peer from now on, as an endpoint probing or moving to
     /// a new path must (RFC 9000 §9.5); the old one is kept, not retired. False if the peer
     /// gave us none to spare.

@@ -385,6 +385,13 @@ impl<T> Recovery<T> {
         self.set_timer(now);
     }
 
+    /// A fresh congestion controller whose initial window is `window` bytes. Only for the
+    /// test hook `Connection::set_congestion_window` (a window slow start would take many
+    /// round trips to open); nothing in the engine calls it.
+    pub(crate) fn restart_congestion_control(&mut self, window: u64) {
+        self.cc = Congestion::new(self.config.congestion, self.max_datagram_size, window);
+    }
+
     /// The path MTU changed (e.g. after DPLPMTUD).
     pub fn set_max_datagram_size(&mut self, size: usize) {
         self.max_datagram_size = size as u64;
