@@ -2641,3 +2641,70 @@ fn a_probe_from_a_peer_with_zero_length_cids_is_answered_under_the_empty_cid() {
     );
     assert!(!server_conn(&server, sh).is_closing());
 }
+
+// ---- what the endpoint vouches for to the datapath -----------------------------------------
+
+/// `Endpoint::source_authenticated` lets a datapath trust link-layer facts learnt from a
+/// datagram (the XDP path's peer MAC): only a packet of a connection that opened under its
+/// keys, from the connection's current peer address, counts. Not a first Initial (anyone
+/// can seal one), a replay, a forgery under a known CID, an unknown CID, or a probe from
+/// another address.
+#[test]
+fn only_fresh_authenticated_packets_from_the_peer_vouch_for_its_address() {
+    let mut net = Net::new(TransportConfig::default());
+    let first = net.client_out();
+    assert!(
+        net.deliver_to_server(&first[0]).is_some(),
+        "connection accepted"
+    );
+    assert!(!net.server.source_authenticated(), "a first Initial");
+    net.establish();
+
+    net.queue_raw(Epoch::Data, &[0x01]); // PING
+    let out = net.client_out();
+    net.deliver_to_server(&out[0]);
+    assert!(net.server.source_authenticated(), "a fresh 1-RTT packet");
+    net.deliver_to_server(&out[0]);
+    assert!(!net.server.source_authenticated(), "a replay");
+
+    net.queue_raw(Epoch::Data, &[0x01]);
+    let mut forged = net.client_out().remove(0);
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    net.deliver_to_server(&forged);
+    assert!(!net.server.source_authenticated(), "a bit-flipped packet");
+
+    let mut unknown = vec![0x40u8; 64];
+    unknown[1..9].copy_from_slice(&[0xee; 8]);
+    net.deliver_to_server(&unknown);
+    assert!(!net.server.source_authenticated(), "an unknown CID");
+    net.server_out(); // its stateless reset
+
+    // The client vouches for the server's packets the same way.
+    net.queue_raw(Epoch::Data, &[0x01]);
+    let ping = net.client_out().remove(0);
+    net.deliver_to_server(&ping);
+    let answer = net.server_out();
+    assert!(!answer.is_empty());
+    net.deliver_to_client(&answer[0]);
+    assert!(net.client.source_authenticated(), "the server's answer");
+    // A probe (PATH_CHALLENGE alone) from elsewhere authenticates but does not come from
+    // the peer's address: it vouches for nothing until the peer moves there.
+    let mut challenge = vec![0x1a];
+    challenge.extend_from_slice(&[7u8; 8]);
+    net.client_do(|c| c.stop_acknowledging()); // no ACK frame: it would make it non-probing
+    net.queue_raw(Epoch::Data, &challenge);
+    let probe = net.client_out().remove(0);
+    net.client_do(|c| c.resume_acknowledging());
+    let mut copy = probe.clone();
+    let mut disp = AppDispatcher { factory: &net.apps };
+    net.server
+        .handle_datagram(net.now, rx("10.0.0.1:6000"), &mut copy, &mut disp);
+    assert!(
+        !net.server.source_authenticated(),
+        "a probe from another address"
+    );
+    assert_eq!(net.server_conn().remote_addr(), net.caddr);
+
+    net.assert_healthy();
+}
