@@ -239,6 +239,29 @@ mod tests {
         assert_eq!(find(&[0xff; 64], v4), None);
     }
 
+    proptest::proptest! {
+        /// Any bytes, or a valid dump with bytes overwritten: never a panic, and a hit is
+        /// always an entry that names the address.
+        #[test]
+        fn arbitrary_dumps_are_walked_safely(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            flips in proptest::collection::vec((0usize..256, proptest::prelude::any::<u8>()), 0..8),
+        ) {
+            let v4: IpAddr = "10.99.0.2".parse().unwrap();
+            let _ = find(&bytes, v4);
+            let _ = last_type(&bytes);
+            let mut dump = neigh(2, 0x02, &[10, 99, 0, 2], &[2, 0, 0, 0, 0, 9]);
+            dump.extend(message(NLMSG_DONE, &[0; 4]));
+            for (at, b) in flips {
+                let n = dump.len();
+                dump[at % n] = b;
+            }
+            if let Some(mac) = find(&dump, v4) {
+                proptest::prop_assert_ne!(mac, [0; 6]);
+            }
+        }
+    }
+
     /// A real dump of this namespace's tables (no entries needed: it must just answer).
     #[test]
     fn the_kernel_answers_a_dump() {
