@@ -31,7 +31,8 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// Two namespaces joined by a veth pair; removed by name on Drop.
+/// Two namespaces joined by a veth pair; removed by name on Drop. Each test takes its own
+/// tag: tests run in parallel, and a shared name would delete another test's namespaces.
 struct Topology {
     srv: String,
     cli: String,
@@ -685,8 +686,8 @@ fn udp_frame(h: &quench::wire::net::FrameHeaders, body: &[u8]) -> Vec<u8> {
 #[test]
 fn a_spoofed_source_does_not_redirect_replies_to_an_authenticated_peer() {
     use quench::wire::net::{parse_udp_frame, FrameHeaders};
-    let t = Topology::new("m");
-    let cli_if = "qtmc";
+    let t = Topology::new("p");
+    let cli_if = "qtpc";
     let srv_mac = mac_in(&t.srv, &t.srv_if);
     let cli_mac = mac_in(&t.cli, cli_if);
     let spoof_mac = [0x02, 0, 0, 0, 0, 0x66];
