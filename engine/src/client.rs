@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::app::echo::DatagramEchoClient;
 use crate::app::hq::HqClient;
 use crate::app::perf::PerfClient;
 use crate::app::{dispatch_stream_event, Application};
@@ -18,8 +19,18 @@ use crate::worker::drive_until;
 
 #[derive(Clone, Debug)]
 pub enum ClientWorkload {
-    Perf { down: u64, up: u64, streams: u64 },
-    Hq { paths: Vec<String> },
+    Perf {
+        down: u64,
+        up: u64,
+        streams: u64,
+    },
+    Hq {
+        paths: Vec<String>,
+    },
+    /// `echo` over DATAGRAM frames (RFC 9221): this many numbered datagrams a connection.
+    Datagrams {
+        count: u32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -46,6 +57,9 @@ pub struct ClientReport {
     pub key_updates: u64,
     /// The largest maximum datagram size a connection used (path MTU discovery's result).
     pub max_datagram_size: u64,
+    /// `echo` datagram runs (RFC 9221): datagrams sent, and echoed back intact.
+    pub datagrams_sent: Option<u64>,
+    pub datagrams_echoed: Option<u64>,
 }
 
 impl ClientReport {
@@ -58,7 +72,7 @@ impl ClientReport {
     }
 
     pub fn to_json(&self) -> String {
-        json!({
+        let mut v = json!({
             "handshake_ms": self.handshake_ms,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
@@ -68,8 +82,12 @@ impl ClientReport {
             "sha256": self.sha256,
             "key_updates": self.key_updates,
             "max_datagram_size": self.max_datagram_size,
-        })
-        .to_string()
+        });
+        if let (Some(sent), Some(echoed)) = (self.datagrams_sent, self.datagrams_echoed) {
+            v["datagrams_sent"] = sent.into();
+            v["datagrams_echoed"] = echoed.into();
+        }
+        v.to_string()
     }
 }
 
@@ -92,6 +110,7 @@ pub enum ClientApp {
     Idle,
     Perf(PerfClient),
     Hq(HqClient),
+    Datagrams(DatagramEchoClient),
 }
 
 impl ClientApp {
@@ -100,14 +119,16 @@ impl ClientApp {
             ClientApp::Idle => None,
             ClientApp::Perf(p) => Some(p),
             ClientApp::Hq(h) => Some(h),
+            ClientApp::Datagrams(d) => Some(d),
         }
     }
 
-    fn is_done(&self) -> bool {
+    fn is_done(&self, now: Instant) -> bool {
         match self {
             ClientApp::Idle => false,
             ClientApp::Perf(p) => p.is_done(),
             ClientApp::Hq(h) => h.is_done(),
+            ClientApp::Datagrams(d) => d.is_done(now),
         }
     }
 
@@ -116,6 +137,7 @@ impl ClientApp {
             ClientApp::Idle => None,
             ClientApp::Perf(p) => p.failed.as_deref(),
             ClientApp::Hq(h) => h.failed.as_deref(),
+            ClientApp::Datagrams(d) => d.failed.as_deref(),
         }
     }
 
@@ -124,6 +146,7 @@ impl ClientApp {
             ClientApp::Idle => 0,
             ClientApp::Perf(p) => p.bytes_down,
             ClientApp::Hq(h) => h.bytes_down,
+            ClientApp::Datagrams(d) => d.bytes_down,
         }
     }
 }
@@ -172,6 +195,9 @@ impl EventHandler<ClientConnState> for ClientHandler {
                         ))
                     }
                     ClientWorkload::Hq { paths } => ClientApp::Hq(HqClient::new(paths.clone())),
+                    ClientWorkload::Datagrams { count } => {
+                        ClientApp::Datagrams(DatagramEchoClient::new(*count))
+                    }
                 };
                 if let Some(app) = st.app.app() {
                     app.on_connected(conn, now);
@@ -185,6 +211,11 @@ impl EventHandler<ClientConnState> for ClientHandler {
                     if st.app.bytes_down() >= limit && conn.force_key_update() {
                         st.key_update_done = true;
                     }
+                }
+            }
+            Event::Datagram => {
+                if let Some(app) = st.app.app() {
+                    app.on_datagram(conn, now);
                 }
             }
             Event::Closed(reason) => {
@@ -254,7 +285,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
         let mut work_done = true;
         for &h in &handles {
             let alive = ep.with_state(h, |conn, st| {
-                let done = st.app.is_done() || st.app.failure().is_some();
+                let done = st.app.is_done(now) || st.app.failure().is_some();
                 work_done &= done;
                 if done && !conn.is_closing() {
                     conn.close(now, 0, "done");
@@ -304,6 +335,12 @@ pub fn run_client_on<D: crate::io::Datapath>(
                     ));
                 }
                 report.sha256 = Some(digest);
+            }
+            ClientApp::Datagrams(d) => {
+                report.bytes_down += d.bytes_down;
+                report.bytes_up += d.bytes_up;
+                *report.datagrams_sent.get_or_insert(0) += d.sent();
+                *report.datagrams_echoed.get_or_insert(0) += d.echoed_count;
             }
             ClientApp::Idle => {
                 if let Some(reason) = &st.closed {

@@ -60,7 +60,7 @@ enum Command {
     /// Terminate QUIC connections and serve the built-in applications.
     Serve {
         /// Address to listen on. Default 127.0.0.1:4433; with `--datapath xdp` the IP must
-        /// be the interface's (or 0.0.0.0 / [::] for its first address), default port 4433.
+        /// be one of the interface's (or 0.0.0.0 / [::]), default port 4433.
         #[arg(long)]
         listen: Option<SocketAddr>,
         /// Where datagrams come from: kernel UDP sockets or AF_XDP.
@@ -118,6 +118,10 @@ enum Command {
         /// kernel (SO_REUSEPORT BPF); workers hand them over instead.
         #[arg(long)]
         no_kernel_steering: bool,
+        /// Largest DATAGRAM frame (RFC 9221) accepted from clients, advertised as
+        /// max_datagram_frame_size; 0 accepts none. `echo` sends datagrams back.
+        #[arg(long, default_value_t = 65535)]
+        max_datagram_frame_size: u64,
     },
     /// Connect to a server and run a workload; prints one JSON line with the results.
     Client {
@@ -140,6 +144,10 @@ enum Command {
         /// Paths to GET (hq-interop), in order.
         #[arg(long)]
         get: Vec<String>,
+        /// `--alpn echo`: DATAGRAM frames (RFC 9221) each connection sends and expects
+        /// back; the report counts the echoes that came back intact.
+        #[arg(long, default_value_t = 0)]
+        datagrams: u32,
         /// Trust this CA certificate (PEM).
         #[arg(long, conflicts_with = "insecure")]
         ca: Option<PathBuf>,
@@ -238,6 +246,7 @@ fn run(cli: Cli) -> Result<()> {
             path,
             no_pin,
             no_kernel_steering,
+            max_datagram_frame_size,
         } => {
             let certified = match (cert, key) {
                 (Some(c), Some(k)) => {
@@ -280,7 +289,11 @@ fn run(cli: Cli) -> Result<()> {
                 alpns,
                 root,
                 workers,
-                transport: transport(congestion, path),
+                transport: TransportConfig {
+                    max_datagram_frame_size: (max_datagram_frame_size > 0)
+                        .then_some(max_datagram_frame_size),
+                    ..transport(congestion, path)
+                },
                 require_retry: retry,
                 max_connections,
                 pin: !no_pin,
@@ -303,6 +316,7 @@ fn run(cli: Cli) -> Result<()> {
             streams,
             conns,
             get,
+            datagrams,
             ca,
             insecure,
             key_update_after,
@@ -329,8 +343,17 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     ClientWorkload::Hq { paths: get }
                 }
-                other => bail!("client ALPN {other:?} not supported (perf, hq-interop)"),
+                "echo" => {
+                    if datagrams == 0 {
+                        bail!("echo needs --datagrams N");
+                    }
+                    ClientWorkload::Datagrams { count: datagrams }
+                }
+                other => bail!("client ALPN {other:?} not supported (perf, hq-interop, echo)"),
             };
+            // Echoes come back as DATAGRAM frames: accept them.
+            let max_datagram_frame_size =
+                matches!(workload, ClientWorkload::Datagrams { .. }).then_some(65535);
             let tls = client_config(verify, &[alpn.as_bytes().to_vec()])?;
             let opts = ClientOptions {
                 connect,
@@ -340,7 +363,10 @@ fn run(cli: Cli) -> Result<()> {
                 conns,
                 key_update_after,
                 timeout: Duration::from_secs(timeout),
-                transport: transport(congestion, path),
+                transport: TransportConfig {
+                    max_datagram_frame_size,
+                    ..transport(congestion, path)
+                },
                 version: if quic_version == 2 {
                     VERSION_2
                 } else {

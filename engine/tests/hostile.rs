@@ -52,6 +52,8 @@ struct ClientLog {
     echo_fin: bool,
     /// The error code of a RESET_STREAM the server sent, if any.
     reset: Option<u64>,
+    /// Datagram events (RFC 9221) seen.
+    datagrams: usize,
 }
 
 struct ClientEvents;
@@ -77,6 +79,7 @@ impl EventHandler<ClientLog> for ClientEvents {
             }
             Event::Stream(StreamEvent::Reset { error_code, .. }) => log.reset = Some(error_code),
             Event::Stream(_) => {}
+            Event::Datagram => log.datagrams += 1,
         }
     }
 }
@@ -2707,4 +2710,89 @@ fn only_fresh_authenticated_packets_from_the_peer_vouch_for_its_address() {
     assert_eq!(net.server_conn().remote_addr(), net.caddr);
 
     net.assert_healthy();
+}
+
+// ---- DATAGRAM frames (RFC 9221) -------------------------------------------------------------
+
+/// RFC 9221 §3: a DATAGRAM frame larger than the max_datagram_frame_size we advertised is
+/// a PROTOCOL_VIOLATION; one at the limit (type, 2-byte length and payload: exactly 100
+/// bytes here) is delivered, and echoed by `echo`.
+#[test]
+fn a_datagram_frame_over_the_advertised_size_is_a_protocol_violation() {
+    let server = TransportConfig {
+        max_datagram_frame_size: Some(100),
+        ..TransportConfig::default()
+    };
+    let client = TransportConfig {
+        max_datagram_frame_size: Some(65535),
+        ..TransportConfig::default()
+    };
+    let payload = [0x5a; 97]; // 1 type byte + 2 length bytes + 97 = 100
+    let mut net = Net::with_configs(
+        server_endpoint_config(server.clone()),
+        b"echo",
+        client.clone(),
+    );
+    net.establish();
+    net.queue_raw(Epoch::Data, &encode(&[Frame::Datagram { data: &payload }]));
+    net.run(Duration::from_millis(200), |n| {
+        n.log(|l| l.datagrams).unwrap_or(0) > 0
+    });
+    net.assert_healthy();
+    let mut got = [0u8; 200];
+    let echoed = net.client_do(|c| c.recv_datagram(&mut got));
+    assert_eq!(echoed, Ok(Some(97)), "the datagram at the limit came back");
+    assert_eq!(&got[..97], &payload[..]);
+
+    // One byte more: 101 bytes with its length field, though type and payload alone fit.
+    let mut net = Net::with_configs(server_endpoint_config(server), b"echo", client);
+    net.establish();
+    let over = [0x5a; 98];
+    net.queue_raw(Epoch::Data, &encode(&[Frame::Datagram { data: &over }]));
+    match net.wait_closed() {
+        CloseReason::Peer {
+            code: 0x0a,
+            app: false,
+            ..
+        } => {}
+        other => panic!("wanted PROTOCOL_VIOLATION, got {other:?}"),
+    }
+}
+
+/// A peer that floods datagrams at an application that never reads them holds a bounded
+/// queue (the oldest go), not memory without bound.
+#[test]
+fn unread_datagrams_cannot_grow_the_receive_queue() {
+    let client = TransportConfig {
+        max_datagram_frame_size: Some(65535),
+        datagram_buffer: 4096,
+        ..TransportConfig::default()
+    };
+    let server = TransportConfig {
+        max_datagram_frame_size: Some(65535),
+        ..TransportConfig::default()
+    };
+    let mut net = Net::with_configs(server_endpoint_config(server), b"echo", client);
+    net.establish();
+    // The echo server sends each of these back; the client's log counts events but
+    // nobody reads: its 4 KiB queue keeps only the newest.
+    for i in 0..200u8 {
+        net.client_do(|c| c.send_datagram(&[i; 1000])).unwrap();
+        net.run(Duration::from_millis(2), |_| false);
+    }
+    net.run(Duration::from_millis(200), |_| false);
+    net.assert_healthy();
+    assert_eq!(net.server_conn().datagrams_dropped(), (0, 0), "all echoed");
+    let (dropped_in, _) = net.client_conn().datagrams_dropped();
+    assert!(dropped_in >= 190, "dropped only {dropped_in}");
+    let mut buf = [0u8; 2048];
+    let mut kept = Vec::new();
+    while let Ok(Some(n)) = net.client_do(|c| c.recv_datagram(&mut buf)) {
+        kept.push((n, buf[0]));
+    }
+    assert!(!kept.is_empty() && kept.len() <= 4, "{kept:?}");
+    assert!(
+        kept.iter().all(|&(n, first)| n == 1000 && first >= 190),
+        "{kept:?}"
+    );
 }

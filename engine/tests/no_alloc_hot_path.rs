@@ -158,6 +158,11 @@ impl EventHandler<()> for Bulk {
 /// Progress a handler reports to the driver.
 trait Progress: EventHandler<()> + Default {
     fn done(&self) -> u64;
+
+    /// Both sides' transport settings.
+    fn transport() -> TransportConfig {
+        TransportConfig::default()
+    }
 }
 
 impl Progress for Bulk {
@@ -185,7 +190,7 @@ impl<H: Progress> Sim<H> {
         let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
         let (cdp, sdp) = pair(caddr, saddr, impair);
-        let transport = TransportConfig::default();
+        let transport = H::transport();
         let server = Endpoint::new(EndpointConfig::new(transport.clone(), Some(stls)));
         let mut client = Endpoint::new(EndpointConfig::new(transport, None));
         let now = Instant::now();
@@ -510,5 +515,67 @@ fn the_perf_server_holds_no_state_for_finished_requests() {
         allocs, 0,
         "20,000 perf requests allocated {allocs} times ({bytes} bytes); \
          rerun with QUENCH_ALLOC_TRACE=5 for backtraces"
+    );
+}
+
+/// DATAGRAM frames (RFC 9221) both ways: the client keeps `DATAGRAMS_IN_FLIGHT` datagrams
+/// of 1,000 bytes awaiting their echo, the server echoes each; both count what they got.
+#[derive(Default)]
+struct DatagramEcho {
+    received: u64,
+}
+
+const DATAGRAMS_IN_FLIGHT: usize = 16;
+
+impl EventHandler<()> for DatagramEcho {
+    fn on_event(&mut self, _now: Instant, conn: &mut Connection, _: &mut (), event: Event) {
+        match event {
+            Event::Connected if conn.side() == quench::Side::Client => {
+                for _ in 0..DATAGRAMS_IN_FLIGHT {
+                    conn.send_datagram(&PATTERN[..1000])
+                        .expect("datagrams accepted");
+                }
+            }
+            Event::Datagram => {
+                let mut buf = [0u8; 2048];
+                while let Ok(Some(n)) = conn.recv_datagram(&mut buf) {
+                    assert_eq!(&buf[..n], &PATTERN[..1000], "datagram bytes");
+                    self.received += 1;
+                    // The server echoes; the client sends the next.
+                    conn.send_datagram(&buf[..n]).expect("datagram fits");
+                }
+            }
+            Event::Closed(reason) => panic!("connection closed: {reason:?}"),
+            _ => {}
+        }
+    }
+}
+
+impl Progress for DatagramEcho {
+    fn done(&self) -> u64 {
+        self.received
+    }
+
+    fn transport() -> TransportConfig {
+        TransportConfig {
+            max_datagram_frame_size: Some(65535),
+            ..TransportConfig::default()
+        }
+    }
+}
+
+#[test]
+fn steady_datagram_echo_allocates_nothing() {
+    let (allocs, bytes, sent, received) =
+        steady_state_of::<DatagramEcho>(Impairments::none(), 100, 20_000, 20_000);
+    eprintln!(
+        "datagram steady window: client sent {sent} and received {received} packets; \
+         {allocs} allocations, {bytes} bytes"
+    );
+    assert!(sent > 1_000 && received > 1_000, "{sent} / {received}");
+    assert_eq!(
+        allocs, 0,
+        "datagram echo allocated {allocs} times ({bytes} bytes) over {sent} + {received} \
+         packets; rerun with QUENCH_ALLOC_TRACE=5 for backtraces"
     );
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use quench::app::{dispatch_stream_event, AppDispatcher, AppSlot, Application, BuiltinApps};
-use quench::conn::{CloseReason, Connection, ConnectionStats, Event, StreamId, TransportConfig};
+use quench::conn::{
+    CloseReason, Connection, ConnectionStats, DatagramError, Event, StreamId, TransportConfig,
+};
 use quench::crypto::header_protection::{protect, unprotect};
 use quench::crypto::secrets::initial_keys;
 use quench::endpoint::{Endpoint, EndpointConfig, EventHandler};
@@ -146,6 +148,8 @@ impl Application for EchoCheck {
 struct ClientHandler {
     streams: usize,
     size: u64,
+    /// Datagrams (RFC 9221) the client received, in order.
+    datagrams: Vec<Vec<u8>>,
 }
 
 impl EventHandler<Option<EchoCheck>> for ClientHandler {
@@ -169,6 +173,12 @@ impl EventHandler<Option<EchoCheck>> for ClientHandler {
             Event::Stream(ev) => {
                 if let Some(app) = st.as_mut() {
                     dispatch_stream_event(app, conn, ev, now);
+                }
+            }
+            Event::Datagram => {
+                let mut buf = [0u8; 65536];
+                while let Ok(Some(n)) = conn.recv_datagram(&mut buf) {
+                    self.datagrams.push(buf[..n].to_vec());
                 }
             }
             Event::Closed(r) => {
@@ -203,6 +213,8 @@ struct SimOptions {
     max_connections: usize,
     /// `EndpointConfig::limit_receive_payload` for the server.
     server_receive_limit: Option<usize>,
+    /// The server's transport settings, if not `transport`.
+    server_transport: Option<TransportConfig>,
 }
 
 impl SimOptions {
@@ -216,6 +228,7 @@ impl SimOptions {
             require_retry: false,
             max_connections: 100_000,
             server_receive_limit: None,
+            server_transport: None,
         }
     }
 }
@@ -238,7 +251,8 @@ impl Sim {
         let caddr: SocketAddr = CLIENT_ADDR.parse().unwrap();
         let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
         let (cdp, sdp) = pair(caddr, saddr, o.impair);
-        let mut scfg = EndpointConfig::new(o.transport.clone(), Some(stls));
+        let server_transport = o.server_transport.unwrap_or_else(|| o.transport.clone());
+        let mut scfg = EndpointConfig::new(server_transport, Some(stls));
         scfg.require_retry = o.require_retry;
         scfg.max_connections = o.max_connections;
         if let Some(bytes) = o.server_receive_limit {
@@ -256,6 +270,7 @@ impl Sim {
         let handler = ClientHandler {
             streams: o.streams,
             size: o.size,
+            datagrams: Vec::new(),
         };
         (
             Sim {
@@ -371,6 +386,25 @@ impl Sim {
             }
         }
         done(self)
+    }
+
+    /// Runs for `span` of virtual time exactly: like `run`, but an idle wait never jumps
+    /// past the end.
+    fn advance(&mut self, span: Duration) {
+        let end = self.now + span;
+        while self.now < end {
+            if self.step() == 0 {
+                let next = [self.client.next_timeout(), self.server.next_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|&t| t > self.now)
+                    .min()
+                    .unwrap_or(end);
+                self.now = next.min(end);
+            } else {
+                self.now += Duration::from_micros(50);
+            }
+        }
     }
 
     fn client_app(&mut self, h: usize) -> Option<(usize, Option<String>)> {
@@ -1288,4 +1322,186 @@ fn a_server_eliciting_handshake_acks_forever_is_closed_at_the_record_bound() {
         ),
         "PROTOCOL_VIOLATION: {reason:?}"
     );
+}
+
+// ---- datagrams (RFC 9221) -------------------------------------------------------------------
+
+/// Both sides accept DATAGRAM frames up to 65535 bytes.
+fn datagram_transport() -> TransportConfig {
+    TransportConfig {
+        max_datagram_frame_size: Some(65535),
+        ..TransportConfig::default()
+    }
+}
+
+/// Datagram `i`: 1 to 1,100 bytes, its index in the first four, then a pattern.
+fn datagram(i: u32) -> Vec<u8> {
+    let len = 4 + (i as usize * 37) % 1097;
+    let mut d = vec![0u8; len];
+    d[..4].copy_from_slice(&i.to_be_bytes());
+    pattern(u64::from(i), 0, &mut d[4..]);
+    d
+}
+
+/// A connected sim with no streams; returns it and the client's handle.
+fn datagram_sim(impair: Impairments, server: TransportConfig) -> (Sim, usize) {
+    let mut o = SimOptions::new(impair, datagram_transport(), 0, 0);
+    o.server_transport = Some(server);
+    let (mut sim, h) = Sim::with(o);
+    assert!(
+        sim.run(Duration::from_secs(5), |s| s
+            .client
+            .conn(h)
+            .is_some_and(|c| c.is_handshake_confirmed())),
+        "handshake"
+    );
+    (sim, h)
+}
+
+/// Sends `count` datagrams from the client, `per_step` every `gap` of virtual time, and
+/// runs until the echoes stop coming; returns what came back.
+fn echo_datagrams(
+    sim: &mut Sim,
+    h: usize,
+    count: u32,
+    per_step: u32,
+    gap: Duration,
+) -> Vec<Vec<u8>> {
+    let mut next = 0;
+    while next < count {
+        sim.client.with_state(h, |c, _| {
+            for i in next..(next + per_step).min(count) {
+                c.send_datagram(&datagram(i)).expect("datagram accepted");
+            }
+        });
+        next = (next + per_step).min(count);
+        sim.advance(gap);
+    }
+    sim.advance(Duration::from_secs(1));
+    std::mem::take(&mut sim.handler.datagrams)
+}
+
+/// Every echoed datagram is one we sent, whole, and none arrives twice.
+fn assert_intact(echoed: &[Vec<u8>], count: u32) -> std::collections::BTreeSet<u32> {
+    let mut seen = std::collections::BTreeSet::new();
+    for d in echoed {
+        let i = u32::from_be_bytes(d[..4].try_into().unwrap());
+        assert!(i < count, "datagram {i} was never sent");
+        assert_eq!(d, &datagram(i), "datagram {i} changed on the way");
+        assert!(seen.insert(i), "datagram {i} delivered twice");
+    }
+    seen
+}
+
+#[test]
+fn datagrams_are_echoed_whole_and_in_order_on_a_clean_path() {
+    let (mut sim, h) = datagram_sim(Impairments::none(), datagram_transport());
+    let echoed = echo_datagrams(&mut sim, h, 500, 5, Duration::from_millis(1));
+    let seen = assert_intact(&echoed, 500);
+    assert_eq!(seen.len(), 500, "a clean path loses nothing");
+    let order: Vec<u32> = echoed
+        .iter()
+        .map(|d| u32::from_be_bytes(d[..4].try_into().unwrap()))
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "reordered: {order:?}"
+    );
+    let c = sim.client.conn(h).unwrap();
+    assert_eq!(c.datagrams_dropped(), (0, 0));
+}
+
+/// Lost datagrams stay lost (never retransmitted), the rest arrive whole and once, and
+/// the connection, which still retransmits its own frames, stays healthy. (No reordering
+/// here: the link model holds a packet back until later ones pass, which on this sparse
+/// flow inflates the RTT to tens of milliseconds and lets the pacer, not the wire, decide.)
+#[test]
+fn datagrams_under_loss_duplication_and_corruption_arrive_whole_or_not_at_all() {
+    let impair = Impairments {
+        loss: 0.1,
+        duplicate: 0.05,
+        corrupt: 0.01,
+        seed: 21,
+        ..Impairments::none()
+    };
+    let (mut sim, h) = datagram_sim(impair, datagram_transport());
+    // Well below what the lossy path carries, so the queues drop nothing: what is
+    // missing was lost on the wire.
+    let echoed = echo_datagrams(&mut sim, h, 1000, 4, Duration::from_millis(10));
+    let seen = assert_intact(&echoed, 1000);
+    let sh = server_handle(&sim);
+    assert_eq!(sim.client.conn(h).unwrap().datagrams_dropped(), (0, 0));
+    assert_eq!(sim.server.conn(sh).unwrap().datagrams_dropped(), (0, 0));
+    // About 0.9 * 0.9 survive both ways.
+    assert!(
+        (700..1000).contains(&seen.len()),
+        "{} of 1000 echoed",
+        seen.len()
+    );
+    let (cs, ss) = conn_stats(&sim, h);
+    assert!(cs.lost_packets > 0 && ss.lost_packets > 0);
+    assert!(sim.client.conn(h).unwrap().is_handshake_confirmed());
+}
+
+#[test]
+fn datagram_limits_follow_the_peer_and_the_path() {
+    // The server takes frames of up to 200 bytes: 200 - type - 2-byte length.
+    let server = TransportConfig {
+        max_datagram_frame_size: Some(200),
+        ..TransportConfig::default()
+    };
+    let (mut sim, h) = datagram_sim(Impairments::none(), server);
+    sim.client.with_state(h, |c, _| {
+        assert_eq!(c.max_datagram_payload(), Some(197));
+        assert_eq!(
+            c.send_datagram(&[0; 198]),
+            Err(DatagramError::TooLarge {
+                len: 198,
+                limit: 197
+            })
+        );
+        assert_eq!(c.send_datagram(&[7; 197]), Ok(()));
+    });
+    // The server's own limit is the path: 65535 from the client, a 1200..1452-byte packet.
+    let sh = server_handle(&sim);
+    let limit = sim.server.conn(sh).unwrap().max_datagram_payload().unwrap();
+    assert!((1100..1452).contains(&limit), "{limit}");
+    sim.run(Duration::from_millis(100), |_| false);
+    assert_eq!(sim.handler.datagrams, vec![vec![7u8; 197]], "echoed");
+
+    // A server that accepts none: the client may send none.
+    let plain = TransportConfig::default();
+    let (mut sim, h) = datagram_sim(Impairments::none(), plain);
+    sim.client.with_state(h, |c, _| {
+        assert_eq!(c.max_datagram_payload(), None);
+        assert_eq!(c.send_datagram(b"x"), Err(DatagramError::Unsupported));
+    });
+}
+
+/// An application that queues datagrams faster than they can leave holds a bounded queue
+/// (64 KiB here): the oldest go, the newest are sent (RFC 9221 §5 lets any be dropped).
+#[test]
+fn a_full_datagram_queue_drops_the_oldest_instead_of_growing() {
+    let (mut sim, h) = datagram_sim(Impairments::none(), datagram_transport());
+    let mut refused = 0;
+    sim.client.with_state(h, |c, _| {
+        for i in 0..2000 {
+            if c.send_datagram(&datagram(i)).is_err() {
+                refused += 1;
+            }
+        }
+        let (_, dropped_out) = c.datagrams_dropped();
+        assert!(
+            dropped_out > 1000,
+            "the send queue kept {dropped_out} too many"
+        );
+    });
+    assert_eq!(
+        refused, 0,
+        "a full queue drops the oldest, it does not refuse"
+    );
+    let echoed = echo_datagrams(&mut sim, h, 0, 1, Duration::from_millis(1));
+    let seen = assert_intact(&echoed, 2000);
+    // What survived is the newest: the queue (64 KiB) dropped from the front.
+    assert!(seen.iter().all(|&i| i >= 1000), "{seen:?}");
 }

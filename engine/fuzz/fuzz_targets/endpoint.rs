@@ -28,15 +28,32 @@ use quench::Epoch;
 
 const CID_LEN: usize = 12;
 
+/// Ignores everything but datagrams, which it echoes (so queued DATAGRAM frames go out).
 struct Ignore;
 impl EventHandler<()> for Ignore {
-    fn on_event(&mut self, _: Instant, _: &mut Connection, _: &mut (), _: Event) {}
+    fn on_event(&mut self, _: Instant, conn: &mut Connection, _: &mut (), ev: Event) {
+        if ev == Event::Datagram {
+            let mut buf = [0u8; 1500];
+            while let Ok(Some(n)) = conn.recv_datagram(&mut buf) {
+                let _ = conn.send_datagram(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// Both sides take DATAGRAM frames (RFC 9221) of up to 1200 bytes, through small queues.
+fn transport() -> TransportConfig {
+    TransportConfig {
+        max_datagram_frame_size: Some(1200),
+        datagram_buffer: 8192,
+        ..TransportConfig::default()
+    }
 }
 
 fn server_endpoint() -> Endpoint<()> {
     let cert = generate_self_signed(&["localhost".into()]).expect("certificate");
     let tls = server_config(cert, &[b"fuzz".to_vec()]).expect("server TLS");
-    Endpoint::new(EndpointConfig::new(TransportConfig::default(), Some(tls)))
+    Endpoint::new(EndpointConfig::new(transport(), Some(tls)))
 }
 
 fn drain(ep: &mut Endpoint<()>, now: Instant, buf: &mut [u8]) -> Vec<Vec<u8>> {
@@ -65,7 +82,7 @@ impl Pair {
         let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
         let ctls = client_config(ServerVerification::Insecure, &[b"fuzz".to_vec()]).unwrap();
-        let mut client = Endpoint::new(EndpointConfig::new(TransportConfig::default(), None));
+        let mut client = Endpoint::new(EndpointConfig::new(transport(), None));
         let now = Instant::now();
         let h = client
             .connect(now, ctls, "localhost", saddr, VERSION_1)

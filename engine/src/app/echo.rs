@@ -88,6 +88,23 @@ impl EchoServer {
 }
 
 impl Application for EchoServer {
+    /// Each datagram goes back as it came (RFC 9221), if the peer takes datagrams and it
+    /// fits what we may send; otherwise it is dropped, as an unreliable datagram may be.
+    fn on_datagram(&mut self, conn: &mut Connection, _now: Instant) {
+        let mut buf = [0u8; 65536];
+        loop {
+            match conn.recv_datagram(&mut buf) {
+                Ok(Some(n)) => {
+                    let _ = conn.send_datagram(&buf[..n]);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    conn.discard_datagram();
+                }
+            }
+        }
+    }
+
     fn on_stream_opened(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
         if id.is_bidi() {
             self.streams.insert(id, Pending::default());
@@ -133,5 +150,108 @@ impl Application for EchoServer {
             p.buf = Vec::new();
         }
         self.on_readable(conn, id, now);
+    }
+}
+
+/// Datagram `i` of an echo run: 5 to 1,100 bytes, its number (big-endian) in the first
+/// four, then a pattern of it. Written into `out`; returns the length.
+pub fn echo_datagram(i: u32, out: &mut [u8; 1100]) -> usize {
+    let len = 5 + (i as usize * 37) % 1096;
+    out[..4].copy_from_slice(&i.to_be_bytes());
+    for (j, b) in out[4..len].iter_mut().enumerate() {
+        *b = (i as usize * 31 + j * 7) as u8;
+    }
+    len
+}
+
+/// Client side of `echo` over DATAGRAM frames (RFC 9221): sends `count` numbered
+/// datagrams, at most `WINDOW` awaiting their echo, and checks each echo byte for byte.
+/// Datagrams are unreliable: the run ends when every echo came back, or when none came
+/// for `QUIET` after the last was sent (the rest count as lost).
+pub struct DatagramEchoClient {
+    count: u32,
+    next: u32,
+    echoed: Vec<bool>,
+    pub echoed_count: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    last_progress: Option<Instant>,
+    pub failed: Option<String>,
+}
+
+impl DatagramEchoClient {
+    /// Datagrams awaiting their echo: well inside the connection's 64 KiB send queue.
+    const WINDOW: u32 = 32;
+    const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+
+    pub fn new(count: u32) -> Self {
+        Self {
+            count,
+            next: 0,
+            echoed: vec![false; count as usize],
+            echoed_count: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            last_progress: None,
+            failed: None,
+        }
+    }
+
+    pub fn sent(&self) -> u64 {
+        u64::from(self.next)
+    }
+
+    pub fn is_done(&self, now: Instant) -> bool {
+        self.echoed_count == u64::from(self.count)
+            || (self.next == self.count
+                && self
+                    .last_progress
+                    .is_some_and(|t| now.duration_since(t) >= Self::QUIET))
+    }
+
+    /// Sends until `WINDOW` datagrams await their echo (lost ones keep their slot).
+    fn top_up(&mut self, conn: &mut Connection) {
+        let mut buf = [0u8; 1100];
+        while self.next < self.count && self.next - self.echoed_count as u32 <= Self::WINDOW {
+            let len = echo_datagram(self.next, &mut buf);
+            if let Err(e) = conn.send_datagram(&buf[..len]) {
+                self.failed = Some(format!("sending datagram {}: {e}", self.next));
+                return;
+            }
+            self.bytes_up += len as u64;
+            self.next += 1;
+        }
+    }
+}
+
+impl Application for DatagramEchoClient {
+    fn on_connected(&mut self, conn: &mut Connection, now: Instant) {
+        self.last_progress = Some(now);
+        self.top_up(conn);
+    }
+
+    fn on_datagram(&mut self, conn: &mut Connection, now: Instant) {
+        let mut got = [0u8; 2048];
+        let mut want = [0u8; 1100];
+        while let Ok(Some(n)) = conn.recv_datagram(&mut got) {
+            let i = (n >= 4).then(|| u32::from_be_bytes([got[0], got[1], got[2], got[3]]));
+            let fresh = match i {
+                Some(i) if i < self.count && !self.echoed[i as usize] => {
+                    let len = echo_datagram(i, &mut want);
+                    got[..n] == want[..len]
+                }
+                _ => false,
+            };
+            if !fresh {
+                self.failed = Some(format!("an echo of {n} bytes that was not sent, or twice"));
+                return;
+            }
+            self.echoed[i.unwrap_or_default() as usize] = true;
+            self.echoed_count += 1;
+            self.bytes_down += n as u64;
+            self.last_progress = Some(now);
+        }
+        // Receive-queue overflow (more than 64 KiB unread) would show up as echoes missing.
+        self.top_up(conn);
     }
 }

@@ -32,6 +32,11 @@ pub trait Application: Send {
     fn on_stopped(&mut self, _conn: &mut Connection, _id: StreamId, _code: u64, _now: Instant) {}
     /// The peer raised its stream limit: more streams can be opened.
     fn on_streams_available(&mut self, _conn: &mut Connection, _bidi: bool, _now: Instant) {}
+    /// Datagrams (RFC 9221) arrived: take them with `Connection::recv_datagram`. The
+    /// default drops them (the queue is bounded anyway, dropping its oldest).
+    fn on_datagram(&mut self, conn: &mut Connection, _now: Instant) {
+        while conn.discard_datagram() {}
+    }
     fn on_closed(&mut self, _reason: &CloseReason) {}
 }
 
@@ -76,6 +81,11 @@ impl EventHandler<AppSlot> for AppDispatcher<'_> {
             Event::Stream(ev) => {
                 if let Some(app) = slot.as_mut() {
                     dispatch_stream_event(app.as_mut(), conn, ev, now);
+                }
+            }
+            Event::Datagram => {
+                if let Some(app) = slot.as_mut() {
+                    app.on_datagram(conn, now);
                 }
             }
             Event::Closed(reason) => {

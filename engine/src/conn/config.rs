@@ -35,6 +35,13 @@ pub struct TransportConfig {
     /// Lowers the AEAD integrity limit (packets failing authentication per connection before
     /// it closes with AEAD_LIMIT_REACHED) below the suite's.
     pub aead_integrity_limit: Option<u64>,
+    /// RFC 9221: the largest DATAGRAM frame we accept, advertised as
+    /// max_datagram_frame_size. `None`: we accept none (a peer's DATAGRAM frame is then a
+    /// PROTOCOL_VIOLATION).
+    pub max_datagram_frame_size: Option<u64>,
+    /// Bytes of datagrams each way queued between the application and the wire; a full
+    /// queue drops its oldest datagram (RFC 9221 §5). Reserved when first used.
+    pub datagram_buffer: usize,
 }
 
 impl Default for TransportConfig {
@@ -54,6 +61,8 @@ impl Default for TransportConfig {
             key_update_interval: None,
             aead_confidentiality_limit: None,
             aead_integrity_limit: None,
+            max_datagram_frame_size: None,
+            datagram_buffer: 64 * 1024,
         }
     }
 }

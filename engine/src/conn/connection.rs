@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::conn::cids::{CidEvent, CidState, ConnectionIdGenerator};
 use crate::conn::config::TransportConfig;
+use crate::conn::datagrams::{DatagramQueue, MAX_QUEUED_DATAGRAMS};
 use crate::conn::pmtud::Pmtud;
 use crate::conn::recovery::Recovery;
 use crate::conn::sent::{FrameRecord, SentFrames, SentFramesPool};
@@ -63,6 +64,9 @@ pub enum Event {
     /// The handshake completed: streams can be used.
     Connected,
     Stream(StreamEvent),
+    /// Datagrams (RFC 9221) are waiting in `recv_datagram`. Raised again only for
+    /// datagrams that arrive after this event was taken.
+    Datagram,
     /// The connection is over; no more events follow.
     Closed(CloseReason),
 }
@@ -257,6 +261,13 @@ pub struct Connection {
     pub(crate) raw_frames: [Vec<u8>; 3],
     /// Test hook (`testing.rs`): never send ACK frames, as a hostile peer might.
     pub(crate) no_acks: bool,
+
+    // Datagrams (RFC 9221, `datagrams.rs`).
+    pub(crate) datagrams_in: DatagramQueue,
+    pub(crate) datagrams_out: DatagramQueue,
+    /// The last packet built left a queued datagram for the next one (it did not fit
+    /// whole): room left in that packet does not mean everything was sent.
+    pub(crate) datagram_deferred: bool,
 }
 
 /// Arguments for a server-side connection, gathered by the endpoint from the client's first Initial.
@@ -467,6 +478,9 @@ impl Connection {
             lost_scratch: Vec::with_capacity(64),
             raw_frames: Default::default(),
             no_acks: false,
+            datagrams_in: DatagramQueue::new(config.datagram_buffer, MAX_QUEUED_DATAGRAMS),
+            datagrams_out: DatagramQueue::new(config.datagram_buffer, MAX_QUEUED_DATAGRAMS),
+            datagram_deferred: false,
             config,
         }
     }
@@ -1032,6 +1046,7 @@ impl Connection {
                 FrameRecord::HandshakeDone
                 | FrameRecord::PathChallenge { .. }
                 | FrameRecord::Ping
+                | FrameRecord::Datagram
                 | FrameRecord::NewConnectionId { .. }
                 | FrameRecord::RetireConnectionId { .. } => {}
             }
@@ -1065,7 +1080,7 @@ impl Connection {
                     self.pmtud
                         .on_probe_lost(now, usize::from(frames.size), generation);
                 }
-                FrameRecord::Ack { .. } | FrameRecord::Ping => {}
+                FrameRecord::Ack { .. } | FrameRecord::Ping | FrameRecord::Datagram => {}
             }
         }
         self.sent_pool.give(frames);
@@ -1099,6 +1114,7 @@ fn local_params(
         ack_delay_exponent: config.ack_delay_exponent as u64,
         max_ack_delay: config.max_ack_delay.as_millis() as u64,
         active_connection_id_limit: config.active_connection_id_limit,
+        max_datagram_frame_size: config.max_datagram_frame_size,
         initial_source_connection_id: Some(local_cid),
         retry_source_connection_id: retry_scid,
         ..TransportParameters::default()

@@ -4,6 +4,7 @@ mod aead_limits;
 pub mod cids;
 pub mod config;
 pub mod connection;
+pub mod datagrams;
 pub mod pmtud;
 pub mod range_set;
 pub mod recovery;
@@ -21,4 +22,5 @@ pub use connection::{
     CloseReason, Connection, ConnectionStats, Event, ServerConnectionParams, Transmit,
     MIN_INITIAL_SIZE,
 };
+pub use datagrams::DatagramError;
 pub use streams::{StreamError, StreamEvent, StreamId};

@@ -644,7 +644,10 @@ impl Connection {
         let mut probing_only = true;
         let mut any = false;
         let mut crypto_received = false;
-        for frame in FrameIter::new(payload) {
+        let mut frames = FrameIter::new(payload);
+        loop {
+            let start = frames.offset();
+            let Some(frame) = frames.next() else { break };
             let frame = frame?;
             any = true;
             let ty = frame.ty();
@@ -669,14 +672,18 @@ impl Connection {
                 }
                 continue;
             }
-            self.process_frame(now, epoch, frame, dcid, &mut crypto_received)
-                .map_err(|e| {
-                    if e.frame_type == 0 {
-                        e.with_frame(ty)
-                    } else {
-                        e
-                    }
-                })?;
+            let processed = match frame {
+                // Its size on the wire decides (RFC 9221 §3), length field included.
+                Frame::Datagram { data } => self.on_datagram_frame(data, frames.offset() - start),
+                _ => self.process_frame(now, epoch, frame, dcid, &mut crypto_received),
+            };
+            processed.map_err(|e| {
+                if e.frame_type == 0 {
+                    e.with_frame(ty)
+                } else {
+                    e
+                }
+            })?;
             if matches!(self.state, State::Draining { .. } | State::Drained) {
                 return Ok((ack_eliciting, probing_only));
             }
@@ -855,13 +862,8 @@ impl Connection {
                 }
                 self.confirm_handshake(now);
             }
-            Frame::Datagram { .. } => {
-                // RFC 9221 §3: we did not advertise max_datagram_frame_size.
-                return Err(TransportError::new(
-                    Code::PROTOCOL_VIOLATION,
-                    "DATAGRAM not negotiated",
-                ));
-            }
+            // `process_frames` takes these: the check needs the frame's size on the wire.
+            Frame::Datagram { .. } => {}
         }
         Ok(())
     }

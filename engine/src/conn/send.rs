@@ -125,6 +125,7 @@ impl Connection {
                 }
                 cap = cap.min(allowed);
             }
+            self.datagram_deferred = false;
             let n = self.build_datagram(now, &mut buf[total..total + cap]);
             if n == 0 {
                 break;
@@ -136,11 +137,12 @@ impl Connection {
             if matches!(self.state, State::Closing { .. }) {
                 break;
             }
-            if n + MIN_PACKET_ROOM <= cap && !self.probes_pending() {
+            if n + MIN_PACKET_ROOM <= cap && !self.probes_pending() && !self.datagram_deferred {
                 // Room for another packet was left unused: the packets took everything
                 // they could (frames fill a packet to within a frame header, and congestion
                 // and pacing stop a packet rather than shorten it), so asking again now
-                // would build nothing. PTO probes go out one datagram each.
+                // would build nothing. PTO probes go out one datagram each; a DATAGRAM frame
+                // that did not fit whole waits for the next packet.
                 drained = true;
                 if self.state == State::Established && !self.send_blocked {
                     // What that empty pass would have said (RFC 9002 §7.8): nothing more
@@ -522,7 +524,9 @@ impl Connection {
                 || !self.path_responses.is_empty()
                 || self.path_challenge_pending
                 || (self.state == State::Established
-                    && (self.cids.pending_announcements() || self.streams.has_pending()));
+                    && (self.cids.pending_announcements()
+                        || self.streams.has_pending()
+                        || self.has_datagrams_to_send()));
         }
         if epoch == Epoch::Data && self.state == State::Established {
             // RFC 9002 §7.8: with nothing to send the window must not grow on ACKs.
@@ -591,6 +595,10 @@ impl Connection {
         if send_eliciting {
             if epoch == Epoch::Data {
                 pos = self.write_data_control_frames(&mut buf[..end], pos, &mut frames);
+                // Datagrams before stream data: they are the latency-sensitive kind.
+                if self.state == State::Established && self.has_datagrams_to_send() {
+                    pos = self.write_datagrams(&mut buf[..end], pos, header_len, &mut frames);
+                }
             }
             pos = self.write_raw_frames(epoch, &mut buf[..end], pos, &mut frames);
             let space = &mut self.spaces[idx];

@@ -28,6 +28,8 @@ pub enum FrameRecord {
         data: [u8; 8],
     },
     Ping,
+    /// A DATAGRAM frame (RFC 9221): acknowledged or lost, nothing follows (§5.2).
+    Datagram,
     /// A DPLPMTUD probe (PING + PADDING) sent in this search generation.
     PmtuProbe {
         generation: u32,

@@ -498,6 +498,11 @@ impl<'a> FrameIter<'a> {
         }
     }
 
+    /// Bytes of the payload parsed so far: where the next frame starts.
+    pub fn offset(&self) -> usize {
+        self.r.position()
+    }
+
     fn parse_frame(&mut self) -> Result<Frame<'a>, TransportError> {
         let (ty, ty_len) = self.r.varint_with_len().map_err(truncated)?;
         // RFC 9000 §12.4: frame types must use the shortest encoding.

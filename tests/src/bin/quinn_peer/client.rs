@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use crate::report::Report;
-use crate::{hq, perf, tls};
+use crate::{datagram, hq, perf, tls};
 
 /// How long to wait for our CONNECTION_CLOSE to go out before exiting.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,8 +27,12 @@ pub struct ClientArgs {
     /// Server address, `IP:PORT` or `HOST:PORT`.
     #[arg(long)]
     connect: String,
-    #[arg(long, default_value = "perf", value_parser = ["perf", "hq-interop"])]
+    #[arg(long, default_value = "perf", value_parser = ["perf", "hq-interop", "echo"])]
     alpn: String,
+    /// `--alpn echo`: DATAGRAM frames (RFC 9221) to send on each connection; the report
+    /// counts the echoes that came back intact.
+    #[arg(long, default_value_t = 0)]
+    datagrams: u32,
     /// Bytes to download in total.
     #[arg(long, default_value_t = 0)]
     down: u64,
@@ -192,6 +196,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
 
     let mut report = match args.alpn.as_str() {
         "perf" => run_perf(&args, &conns).await?,
+        "echo" => run_datagrams(&args, &conns).await?,
         _ => run_hq(&args, &conns).await?,
     };
     report.seconds = start.elapsed().as_secs_f64();
@@ -234,6 +239,27 @@ async fn run_perf(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<R
         report.bytes_down += transfer.down;
         report.bytes_up += transfer.up;
         report.streams += 1;
+    }
+    Ok(report)
+}
+
+async fn run_datagrams(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
+    let mut tasks = JoinSet::new();
+    for conn in conns {
+        let (conn, count) = (conn.clone(), args.datagrams);
+        tasks.spawn(async move { datagram::echo(&conn.conn, count).await });
+    }
+    let mut report = Report {
+        datagrams_sent: Some(0),
+        datagrams_echoed: Some(0),
+        ..Report::default()
+    };
+    while let Some(joined) = tasks.join_next().await {
+        let (echoed, down, up) = joined??;
+        report.bytes_down += down;
+        report.bytes_up += up;
+        *report.datagrams_sent.get_or_insert(0) += u64::from(args.datagrams);
+        *report.datagrams_echoed.get_or_insert(0) += u64::from(echoed);
     }
     Ok(report)
 }

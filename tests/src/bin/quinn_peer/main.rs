@@ -4,12 +4,14 @@
 //!
 //! ```text
 //! quinn-peer server [--listen ADDR] [--cert PEM --key PEM | --write-cert PEM] [--alpn perf,hq-interop] [--root DIR]
-//! quinn-peer client --connect ADDR --alpn perf|hq-interop [--down N] [--up N] [--streams N]
+//! quinn-peer client --connect ADDR --alpn perf|hq-interop|echo [--down N] [--up N] [--streams N]
 //!                   [--conns N] [--get PATH]... [--ca PEM | --insecure] [--key-update-after BYTES]
+//!                   [--datagrams N]
 //! ```
 //! The client prints one JSON line (see `report.rs`) and exits 0 on success.
 
 mod client;
+mod datagram;
 mod hq;
 mod perf;
 mod report;

@@ -16,6 +16,9 @@ pub struct Report {
     pub key_updates: u64,
     /// The largest path MTU (UDP payload) quinn's discovery reached on any connection.
     pub max_datagram_size: u64,
+    /// `--alpn echo --datagrams N`: DATAGRAM frames sent, and echoed back intact.
+    pub datagrams_sent: Option<u64>,
+    pub datagrams_echoed: Option<u64>,
 }
 
 impl Report {
@@ -25,7 +28,7 @@ impl Report {
         } else {
             0.0
         };
-        json!({
+        let mut v = json!({
             "handshake_ms": self.handshake_ms,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
@@ -35,8 +38,12 @@ impl Report {
             "sha256": self.sha256,
             "key_updates": self.key_updates,
             "max_datagram_size": self.max_datagram_size,
-        })
-        .to_string()
+        });
+        if let (Some(sent), Some(echoed)) = (self.datagrams_sent, self.datagrams_echoed) {
+            v["datagrams_sent"] = sent.into();
+            v["datagrams_echoed"] = echoed.into();
+        }
+        v.to_string()
     }
 }
 
@@ -55,6 +62,7 @@ mod tests {
             sha256: None,
             key_updates: 1,
             max_datagram_size: 1452,
+            ..Report::default()
         };
         let v: serde_json::Value = serde_json::from_str(&report.to_json_line()).unwrap();
         assert_eq!(v["bytes_down"], 1_000_000);

@@ -32,7 +32,7 @@ pub struct ServerArgs {
     #[arg(long, conflicts_with = "cert")]
     write_cert: Option<PathBuf>,
     /// Comma-separated ALPNs to offer.
-    #[arg(long, value_delimiter = ',', default_value = "perf,hq-interop")]
+    #[arg(long, value_delimiter = ',', default_value = "perf,hq-interop,echo")]
     alpn: Vec<String>,
     /// Directory hq-interop GETs are served from.
     #[arg(long)]
@@ -93,6 +93,7 @@ async fn handle_connection(incoming: quinn::Incoming, root: Option<Arc<PathBuf>>
     let protocol = match alpn.as_deref() {
         Some(b"perf") => Protocol::Perf,
         Some(b"hq-interop") => Protocol::HqInterop,
+        Some(b"echo") => return echo_datagrams(conn).await,
         other => {
             conn.close(VarInt::from_u32(0x1), b"unsupported ALPN");
             anyhow::bail!("unsupported ALPN {other:?}");
@@ -118,5 +119,22 @@ async fn handle_connection(incoming: quinn::Incoming, root: Option<Arc<PathBuf>>
                 eprintln!("quinn-peer server: stream: {e:#}");
             }
         });
+    }
+}
+
+/// `echo`: every DATAGRAM frame (RFC 9221) goes back as it came, until the peer closes.
+async fn echo_datagrams(conn: quinn::Connection) -> Result<()> {
+    loop {
+        match conn.read_datagram().await {
+            Ok(d) => {
+                // A datagram that cannot go back (too large, or the queue full) is dropped,
+                // as an unreliable datagram may be.
+                let _ = conn.send_datagram(d);
+            }
+            Err(ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed) => {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
