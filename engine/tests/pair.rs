@@ -1412,21 +1412,20 @@ fn datagrams_are_echoed_whole_and_in_order_on_a_clean_path() {
 }
 
 /// Lost datagrams stay lost (never retransmitted), the rest arrive whole and once, and
-/// the connection, which still retransmits its own frames, stays healthy. (No reordering
-/// here: the link model holds a packet back until later ones pass, which on this sparse
-/// flow inflates the RTT to tens of milliseconds and lets the pacer, not the wire, decide.)
+/// the connection, which still retransmits its own frames, stays healthy. The load is
+/// well below what the path carries, so the queues drop nothing: what is missing was
+/// lost on the wire. (Passes for seeds 1 to 7 as well.)
 #[test]
-fn datagrams_under_loss_duplication_and_corruption_arrive_whole_or_not_at_all() {
+fn datagrams_under_loss_reordering_duplication_and_corruption_arrive_whole_or_not_at_all() {
     let impair = Impairments {
         loss: 0.1,
         duplicate: 0.05,
+        reorder: 0.1,
         corrupt: 0.01,
         seed: 21,
         ..Impairments::none()
     };
     let (mut sim, h) = datagram_sim(impair, datagram_transport());
-    // Well below what the lossy path carries, so the queues drop nothing: what is
-    // missing was lost on the wire.
     let echoed = echo_datagrams(&mut sim, h, 1000, 4, Duration::from_millis(10));
     let seen = assert_intact(&echoed, 1000);
     let sh = server_handle(&sim);
