@@ -41,6 +41,9 @@ pub struct ClientOptions {
     pub workload: ClientWorkload,
     pub conns: usize,
     pub key_update_after: Option<u64>,
+    /// Once the connections have received this many bytes in all, move to a new local
+    /// port and migrate every connection there (RFC 9000 §9.2).
+    pub migrate_after: Option<u64>,
     pub timeout: Duration,
     pub transport: TransportConfig,
     pub version: u32,
@@ -60,6 +63,8 @@ pub struct ClientReport {
     /// `echo` datagram runs (RFC 9221): datagrams sent, and echoed back intact.
     pub datagrams_sent: Option<u64>,
     pub datagrams_echoed: Option<u64>,
+    /// Connections that migrated to a new local address (`migrate_after`).
+    pub migrations: u64,
 }
 
 impl ClientReport {
@@ -86,6 +91,9 @@ impl ClientReport {
         if let (Some(sent), Some(echoed)) = (self.datagrams_sent, self.datagrams_echoed) {
             v["datagrams_sent"] = sent.into();
             v["datagrams_echoed"] = echoed.into();
+        }
+        if self.migrations > 0 {
+            v["migrations"] = self.migrations.into();
         }
         v.to_string()
     }
@@ -158,6 +166,8 @@ pub struct ClientConnState {
     pub connected_at: Option<Instant>,
     pub closed: Option<CloseReason>,
     pub key_update_done: bool,
+    /// Copied from the connection's statistics when it closes.
+    pub migrations: u64,
 }
 
 struct ClientHandler {
@@ -223,6 +233,7 @@ impl EventHandler<ClientConnState> for ClientHandler {
                     app.on_closed(&reason);
                 }
                 st.closed = Some(reason);
+                st.migrations = conn.stats().migrations;
             }
         }
     }
@@ -280,29 +291,51 @@ pub fn run_client_on<D: crate::io::Datapath>(
     // When the last connection's work was done: the report's time ends there, not after
     // the closing connections have drained (3 PTO, which would understate throughput).
     let mut work_done_at: Option<Instant> = None;
-    let finished = drive_until(dp, &mut endpoint, &mut handler, deadline, |ep, _h, now| {
-        let mut all_done = true;
-        let mut work_done = true;
-        for &h in &handles {
-            let alive = ep.with_state(h, |conn, st| {
-                let done = st.app.is_done(now) || st.app.failure().is_some();
-                work_done &= done;
-                if done && !conn.is_closing() {
-                    conn.close(now, 0, "done");
+    let mut migrate_after = opts.migrate_after;
+    let finished = loop {
+        let mut migrate_now = false;
+        let finished = drive_until(dp, &mut endpoint, &mut handler, deadline, |ep, _h, now| {
+            let mut all_done = true;
+            let mut work_done = true;
+            let mut received = 0;
+            for &h in &handles {
+                let alive = ep.with_state(h, |conn, st| {
+                    received += st.app.bytes_down();
+                    let done = st.app.is_done(now) || st.app.failure().is_some();
+                    work_done &= done;
+                    if done && !conn.is_closing() {
+                        conn.close(now, 0, "done");
+                    }
+                });
+                // Done once gone from the endpoint: a closed connection stays until it has
+                // drained (RFC 9000 §10.2), so the server's packets still in flight meet a
+                // closing connection rather than a port nobody listens on.
+                if alive.is_some() {
+                    all_done = false;
                 }
-            });
-            // Done once gone from the endpoint: a closed connection stays until it has
-            // drained (RFC 9000 §10.2), so the server's packets still in flight meet a
-            // closing connection rather than a port nobody listens on.
-            if alive.is_some() {
-                all_done = false;
+            }
+            if work_done && work_done_at.is_none() {
+                work_done_at = Some(now);
+            }
+            if migrate_after.is_some_and(|t| received >= t) && !work_done {
+                migrate_now = true;
+                return true;
+            }
+            all_done
+        })?;
+        if !migrate_now {
+            break finished;
+        }
+        // Active migration (RFC 9000 §9.2): a new socket, then every connection follows.
+        migrate_after = None;
+        dp.rebind()?;
+        let now = Instant::now();
+        for &h in &handles {
+            if let Some(Err(e)) = endpoint.with_state(h, |conn, _| conn.migrate(now)) {
+                return Err(ClientError::Failed(format!("migration refused: {e}")));
             }
         }
-        if work_done && work_done_at.is_none() {
-            work_done_at = Some(now);
-        }
-        all_done
-    })?;
+    };
     let elapsed = work_done_at.map_or_else(|| start.elapsed(), |t| t.duration_since(start));
     report.max_datagram_size = endpoint.stats().max_datagram_size_peak;
     // Collect results from what the handler recorded.
@@ -317,6 +350,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
         if st.key_update_done {
             report.key_updates += 1;
         }
+        report.migrations += st.migrations;
         match &st.app {
             ClientApp::Perf(p) => {
                 report.bytes_down += p.bytes_down;

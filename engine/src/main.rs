@@ -157,6 +157,10 @@ enum Command {
         /// Start a key update after this many bytes were received.
         #[arg(long)]
         key_update_after: Option<u64>,
+        /// Once this many bytes were received in all, move to a new local port and migrate
+        /// every connection there (RFC 9000 §9.2; UDP datapath).
+        #[arg(long)]
+        migrate_after: Option<u64>,
         /// Name to send in SNI and verify; defaults to "localhost".
         #[arg(long, default_value = "localhost")]
         server_name: String,
@@ -320,6 +324,7 @@ fn run(cli: Cli) -> Result<()> {
             ca,
             insecure,
             key_update_after,
+            migrate_after,
             server_name,
             quic_version,
             timeout,
@@ -362,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
                 workload,
                 conns,
                 key_update_after,
+                migrate_after,
                 timeout: Duration::from_secs(timeout),
                 transport: TransportConfig {
                     max_datagram_frame_size,

@@ -96,6 +96,7 @@ fn perf_client(connect: SocketAddr, down: u64, up: u64, conns: usize) {
         },
         conns,
         key_update_after: None,
+        migrate_after: None,
         timeout: Duration::from_secs(60),
         transport: TransportConfig::default(),
         version: VERSION_1,

@@ -308,3 +308,34 @@ fn quench_client_datagrams_echoed_by_quinn() {
     let quinn = QuinnServer::start();
     assert_all_datagrams_echoed(quench_bin(), &quinn.server, &quinn.certs.ca);
 }
+
+/// Active migration (RFC 9000 §9.2) by quench's client: after 8 MiB of a 24 MiB download
+/// over two connections, it moves to a new socket (new port) and both connections follow
+/// under new connection IDs; the server validates the new address and the transfer
+/// completes (the old socket is closed, so the rest can only have come to the new one).
+/// Against quinn, then against quench's own server.
+#[test]
+fn quench_client_migrates_mid_transfer() {
+    let _serial = serial();
+    let transfer = Transfer::perf(24 * MIB, 2 * MIB).conns(2);
+    let migrate = |server: &Server, ca: &std::path::Path| {
+        let mut cmd = client_command(Peer::Quench, server.addr, ca, &transfer);
+        cmd.args(["--migrate-after", &(8 * MIB).to_string()]);
+        let out = run_process(cmd, transfer.timeout());
+        assert!(
+            out.status.success(),
+            "client failed:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let line = out.stdout.lines().last().unwrap_or_default().to_string();
+        assert_perf(&Report::parse(&line).expect("report line"), &transfer);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["migrations"], 2, "{line}");
+    };
+    let quinn = QuinnServer::start();
+    migrate(&quinn.server, &quinn.certs.ca);
+    drop(quinn);
+    let quench = QuenchServer::start();
+    migrate(&quench.server, &quench.certs.ca);
+}

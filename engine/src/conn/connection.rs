@@ -143,6 +143,8 @@ pub struct ConnectionStats {
     /// Validated moves of the peer to a new IP address, each restarting congestion control
     /// and RTT estimation (RFC 9000 §9.4).
     pub path_resets: u64,
+    /// Times this endpoint moved to a new local address (`migrate`).
+    pub migrations: u64,
 }
 
 pub struct Connection {

@@ -5,6 +5,7 @@ pub mod cids;
 pub mod config;
 pub mod connection;
 pub mod datagrams;
+pub mod local_migration;
 pub mod pmtud;
 pub mod range_set;
 pub mod recovery;
@@ -23,4 +24,5 @@ pub use connection::{
     MIN_INITIAL_SIZE,
 };
 pub use datagrams::DatagramError;
+pub use local_migration::MigrationError;
 pub use streams::{StreamError, StreamEvent, StreamId};

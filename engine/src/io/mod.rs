@@ -100,6 +100,15 @@ pub trait Datapath {
     /// Blocks until a datagram may be ready to receive or `timeout` passes.
     fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()>;
 
+    /// Moves to a new local address (a new socket on a new port), for a client migrating
+    /// on purpose (`Connection::migrate`). Datapaths that cannot say so.
+    fn rebind(&mut self) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this datapath cannot move to a new local address",
+        ))
+    }
+
     /// `wait` that also returns when `wake` (another worker's signal that it queued a
     /// datagram for this one, see `wake::Wakers`) becomes readable. A datapath that cannot
     /// watch a second descriptor sleeps at most [`WAKE_POLL`] instead.

@@ -117,6 +117,8 @@ pub struct UdpDatapath {
     /// Plan the next send as single datagrams (after a GSO message was too big).
     split_next: bool,
     stats: UdpStats,
+    /// How it was set up, for `rebind`.
+    opts: UdpOptions,
 }
 
 impl UdpDatapath {
@@ -204,6 +206,7 @@ impl UdpDatapath {
         let batch = opts.batch.clamp(1, MAX_BATCH);
         debug!(%local, gso, gro, max_segments, mds, batch, "UDP datapath bound");
         Ok(UdpDatapath {
+            opts,
             fd,
             local,
             v6,
@@ -468,6 +471,14 @@ impl Datapath for UdpDatapath {
             events |= libc::POLLOUT;
         }
         sys::poll(&self.fd, events, timeout)
+    }
+
+    /// A new socket on the same IP with a new ephemeral port, set up as this one was; the
+    /// old socket closes. What the client's side of an active migration needs.
+    fn rebind(&mut self) -> io::Result<()> {
+        let fresh = UdpDatapath::bind(SocketAddr::new(self.local.ip(), 0), self.opts)?;
+        *self = fresh;
+        Ok(())
     }
 
     fn wait_or_wake(&mut self, timeout: Option<Duration>, wake: BorrowedFd<'_>) -> io::Result<()> {
