@@ -2796,3 +2796,37 @@ fn unread_datagrams_cannot_grow_the_receive_queue() {
         "{kept:?}"
     );
 }
+
+/// Frames that go whole or not at all and do not fit the packet's remaining room (here the
+/// test hook's raw frames behind a large datagram) wait for the next packet: the packet
+/// must not claim everything was sent (the endpoint's debug check re-polls such claims;
+/// the endpoint fuzzer found this one).
+#[test]
+fn frames_left_for_the_next_packet_are_not_forgotten() {
+    let transport = TransportConfig {
+        max_datagram_frame_size: Some(65535),
+        ..TransportConfig::default()
+    };
+    let mut net = Net::with_configs(
+        server_endpoint_config(transport.clone()),
+        b"echo",
+        transport,
+    );
+    net.establish();
+    let before = net.server_conn().packets_received();
+    net.client_do(|c| c.send_datagram(&[7; 1000])).unwrap();
+    let mut raw = vec![0x01]; // PING, then PADDING: 401 bytes that no longer fit
+    raw.resize(401, 0);
+    net.queue_raw(Epoch::Data, &raw);
+    let out = net.client_out();
+    assert!(out.len() >= 2, "the datagram, then the raw frames: {}", out.len());
+    for d in &out {
+        net.deliver_to_server(d);
+    }
+    assert_eq!(
+        net.server_conn().packets_received(),
+        before + out.len() as u64
+    );
+    assert_eq!(net.client_conn().raw_frames_pending(Epoch::Data), 0);
+    net.assert_healthy();
+}

@@ -267,9 +267,10 @@ pub struct Connection {
     // Datagrams (RFC 9221, `datagrams.rs`).
     pub(crate) datagrams_in: DatagramQueue,
     pub(crate) datagrams_out: DatagramQueue,
-    /// The last packet built left a queued datagram for the next one (it did not fit
-    /// whole): room left in that packet does not mean everything was sent.
-    pub(crate) datagram_deferred: bool,
+    /// The last packet built left frames that go whole or not at all (a DATAGRAM, the
+    /// test hook's raw frames) for the next one: room left in that packet does not mean
+    /// everything was sent.
+    pub(crate) whole_frames_deferred: bool,
 }
 
 /// Arguments for a server-side connection, gathered by the endpoint from the client's first Initial.
@@ -482,7 +483,7 @@ impl Connection {
             no_acks: false,
             datagrams_in: DatagramQueue::new(config.datagram_buffer, MAX_QUEUED_DATAGRAMS),
             datagrams_out: DatagramQueue::new(config.datagram_buffer, MAX_QUEUED_DATAGRAMS),
-            datagram_deferred: false,
+            whole_frames_deferred: false,
             config,
         }
     }

@@ -126,7 +126,7 @@ impl Connection {
                 continue;
             }
             if frame_len > buf.len() - pos {
-                self.datagram_deferred = true;
+                self.whole_frames_deferred = true;
                 break;
             }
             let mut w = Writer::new(&mut buf[pos..]);

@@ -125,7 +125,7 @@ impl Connection {
                 }
                 cap = cap.min(allowed);
             }
-            self.datagram_deferred = false;
+            self.whole_frames_deferred = false;
             let n = self.build_datagram(now, &mut buf[total..total + cap]);
             if n == 0 {
                 break;
@@ -137,12 +137,12 @@ impl Connection {
             if matches!(self.state, State::Closing { .. }) {
                 break;
             }
-            if n + MIN_PACKET_ROOM <= cap && !self.probes_pending() && !self.datagram_deferred {
+            if n + MIN_PACKET_ROOM <= cap && !self.probes_pending() && !self.whole_frames_deferred {
                 // Room for another packet was left unused: the packets took everything
                 // they could (frames fill a packet to within a frame header, and congestion
                 // and pacing stop a packet rather than shorten it), so asking again now
-                // would build nothing. PTO probes go out one datagram each; a DATAGRAM frame
-                // that did not fit whole waits for the next packet.
+                // would build nothing. PTO probes go out one datagram each; frames that go
+                // whole (DATAGRAM) and did not fit wait for the next packet.
                 drained = true;
                 if self.state == State::Established && !self.send_blocked {
                     // What that empty pass would have said (RFC 9002 §7.8): nothing more

@@ -97,7 +97,11 @@ impl Connection {
         frames: &mut SentFrames,
     ) -> usize {
         let raw = &mut self.raw_frames[epoch.index()];
-        if raw.is_empty() || buf.len().saturating_sub(pos) < raw.len() {
+        if raw.is_empty() {
+            return pos;
+        }
+        if buf.len().saturating_sub(pos) < raw.len() {
+            self.whole_frames_deferred = true;
             return pos;
         }
         let end = pos + raw.len();
