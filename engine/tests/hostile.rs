@@ -2819,7 +2819,11 @@ fn frames_left_for_the_next_packet_are_not_forgotten() {
     raw.resize(401, 0);
     net.queue_raw(Epoch::Data, &raw);
     let out = net.client_out();
-    assert!(out.len() >= 2, "the datagram, then the raw frames: {}", out.len());
+    assert!(
+        out.len() >= 2,
+        "the datagram, then the raw frames: {}",
+        out.len()
+    );
     for d in &out {
         net.deliver_to_server(d);
     }
