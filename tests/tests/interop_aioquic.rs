@@ -1,5 +1,6 @@
-//! aioquic client → `quench serve`. Needs the release quench binary (or `QUENCH_BIN`) and the
-//! aioquic venv from scripts/deps.sh (or `AIOQUIC_PYTHON`).
+//! aioquic ↔ quench: the aioquic client against `quench serve`, and `quench client` against
+//! an aioquic server (tests/python/aioquic_server.py). Needs the release quench binary (or
+//! `QUENCH_BIN`) and the aioquic venv from scripts/deps.sh (or `AIOQUIC_PYTHON`).
 
 mod common;
 
@@ -25,6 +26,8 @@ impl QuenchServer {
 }
 
 // aioquic moves roughly 100-150 Mbit/s here (pure Python): sizes stay modest.
+
+// ---- aioquic client → quench server ---------------------------------------------------------
 
 #[test]
 fn aioquic_perf_down_and_up() {
@@ -153,4 +156,219 @@ fn aioquic_quic_v2_through_retry() {
         .map(|w| w["retries"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(retries, 2, "{stats}");
+}
+
+// ---- quench client → aioquic server ---------------------------------------------------------
+
+/// QUIC version 2's number on the wire (RFC 9369 §3.1), as the aioquic server logs it.
+const V2: &str = "0x6b3343cf";
+const V1: &str = "0x00000001";
+
+/// An aioquic server for `quench client` to talk to, with a CA-signed certificate and an
+/// hq-interop root in a temp dir.
+struct AioquicServer {
+    dir: tempfile::TempDir,
+    certs: Certs,
+    server: Server,
+}
+
+impl AioquicServer {
+    fn start(extra: &[&str]) -> AioquicServer {
+        let dir = temp_dir();
+        let certs = Certs::generate(dir.path());
+        let server = Server::aioquic(&certs, dir.path(), dir.path(), extra);
+        AioquicServer { dir, certs, server }
+    }
+
+    fn client(&self, transfer: &Transfer) -> std::process::Command {
+        client_command(Peer::Quench, self.server.addr, &self.certs.ca, transfer)
+    }
+
+    fn quench(&self, transfer: &Transfer) -> Report {
+        run_transfer(Peer::Quench, self.server.addr, &self.certs.ca, transfer)
+    }
+
+    /// Stops the server (SIGTERM must exit 0) and returns its per-connection summaries.
+    fn connections(self) -> Vec<serde_json::Value> {
+        aioquic_server_connections(&self.server.shutdown_stderr())
+    }
+}
+
+/// Checks the aioquic server's view of a perf run: one summary per connection, each in
+/// `version`, through a Retry iff `retry`, closed by the client with NO_ERROR, and the
+/// answers and bytes adding up to what the client asked for and uploaded.
+fn assert_server_saw(
+    connections: &[serde_json::Value],
+    transfer: &Transfer,
+    version: &str,
+    retry: bool,
+) {
+    assert_eq!(connections.len() as u64, transfer.conns, "{connections:#?}");
+    for c in connections {
+        assert_eq!(c["version"], version, "{c}");
+        assert_eq!(c["alpn"], transfer.alpn, "{c}");
+        assert_eq!(c["retry"], retry, "{c}");
+        let reason = c["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("error 0x0 "),
+            "closed by the client: {c}"
+        );
+    }
+    let total = |field: &str| -> u64 {
+        connections
+            .iter()
+            .map(|c| c[field].as_u64().expect("a count"))
+            .sum()
+    };
+    if transfer.alpn == "perf" {
+        assert_eq!(total("streams"), transfer.streams * transfer.conns);
+        assert_eq!(total("bytes_out"), transfer.down, "{connections:#?}");
+        assert_eq!(total("bytes_in"), transfer.up, "{connections:#?}");
+    }
+}
+
+#[test]
+fn quench_client_perf_download_from_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let transfer = Transfer::perf(16 * MIB, 0);
+    assert_perf(&aioquic.quench(&transfer), &transfer);
+    assert_server_saw(&aioquic.connections(), &transfer, V1, false);
+}
+
+#[test]
+fn quench_client_perf_upload_to_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let transfer = Transfer::perf(0, 8 * MIB);
+    assert_perf(&aioquic.quench(&transfer), &transfer);
+    assert_server_saw(&aioquic.connections(), &transfer, V1, false);
+}
+
+#[test]
+fn quench_client_perf_both_ways_concurrent_streams_with_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let transfer = Transfer::perf(8 * MIB + 5, 4 * MIB + 3).streams(8);
+    assert_perf(&aioquic.quench(&transfer), &transfer);
+    assert_server_saw(&aioquic.connections(), &transfer, V1, false);
+}
+
+#[test]
+fn quench_client_perf_two_connections_with_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let transfer = Transfer::perf(4 * MIB + 1, MIB + 1).streams(2).conns(2);
+    assert_perf(&aioquic.quench(&transfer), &transfer);
+    assert_server_saw(&aioquic.connections(), &transfer, V1, false);
+}
+
+/// hq-interop GETs of random files come back byte-exact; a GET of a missing file, which
+/// the aioquic server answers with RESET_STREAM, fails the client's run.
+#[test]
+fn quench_client_hq_get_random_files_from_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let dir = aioquic.dir.path();
+    random_file(dir, "one.bin", 3 * MIB as usize + 1);
+    random_file(dir, "two.bin", 4097);
+    let mut bodies = std::fs::read(dir.join("one.bin")).unwrap();
+    bodies.extend(std::fs::read(dir.join("two.bin")).unwrap());
+    let report = aioquic.quench(&Transfer::hq(&["/one.bin", "/two.bin"]));
+    assert_hq(&report, bodies.len() as u64, &sha256_hex(&bodies), 2);
+
+    let out = run_client_expect_failure(aioquic.client(&Transfer::hq(&["/missing.bin"])));
+    assert!(out.stderr.contains("reset by peer"), "{}", out.stderr);
+
+    let connections = aioquic.connections();
+    assert_eq!(connections.len(), 2, "{connections:#?}");
+    assert_eq!(connections[0]["streams"], 2, "{connections:#?}");
+    assert_eq!(
+        connections[0]["bytes_out"],
+        bodies.len(),
+        "{connections:#?}"
+    );
+}
+
+/// The quench client starts a key update after 4 MiB of a 16 MiB download; aioquic follows
+/// it (it counts one key update initiated by its peer) and the transfer completes.
+#[test]
+fn quench_client_forced_key_update_mid_transfer_with_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let transfer = Transfer::perf(16 * MIB, 0).key_update_after(4 * MIB);
+    let report = aioquic.quench(&transfer);
+    assert_perf(&report, &transfer);
+    assert_eq!(report.key_updates, 1, "{report:?}");
+    let connections = aioquic.connections();
+    assert_server_saw(&connections, &transfer, V1, false);
+    assert_eq!(connections[0]["peer_key_updates"], 1, "{connections:#?}");
+}
+
+/// aioquic's `serve(retry=True)` answers every first Initial with a Retry: the quench client
+/// follows it (token, new DCID, retry_source_connection_id checked) on all 3 connections.
+#[test]
+fn quench_client_through_aioquic_retry() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&["--retry"]);
+    let transfer = Transfer::perf(2 * MIB, MIB).conns(3);
+    assert_perf(&aioquic.quench(&transfer), &transfer);
+    assert_server_saw(&aioquic.connections(), &transfer, V1, true);
+}
+
+/// `quench client --quic-version 2` against aioquic (which accepts v1 and v2): both
+/// connections run in QUIC v2 (RFC 9369) as aioquic reports them.
+#[test]
+fn quench_client_quic_v2_with_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let transfer = Transfer::perf(4 * MIB, MIB).streams(2).conns(2);
+    let mut cmd = aioquic.client(&transfer);
+    cmd.args(["--quic-version", "2"]);
+    assert_perf(&run_client(cmd, transfer.timeout()), &transfer);
+    assert_server_saw(&aioquic.connections(), &transfer, V2, false);
+}
+
+/// v2 through aioquic's Retry: the Retry's integrity tag uses RFC 9369's key, the client's
+/// second Initial is v2 again, and both connections complete in v2.
+#[test]
+fn quench_client_quic_v2_through_aioquic_retry() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&["--retry"]);
+    let transfer = Transfer::perf(2 * MIB, MIB).conns(2);
+    let mut cmd = aioquic.client(&transfer);
+    cmd.args(["--quic-version", "2"]);
+    assert_perf(&run_client(cmd, transfer.timeout()), &transfer);
+    assert_server_saw(&aioquic.connections(), &transfer, V2, true);
+}
+
+/// An aioquic server that accepts only v1 answers a v2 Initial with Version Negotiation:
+/// the quench client stops with `VersionMismatch` (it does not retry in another version),
+/// and the same server then completes a v1 transfer.
+#[test]
+fn quench_client_version_negotiation_from_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&["--quic-versions", "1"]);
+    let transfer = Transfer::perf(MIB, MIB);
+    let mut cmd = aioquic.client(&transfer);
+    cmd.args(["--quic-version", "2"]);
+    let out = run_client_expect_failure(cmd);
+    assert!(out.stderr.contains("VersionMismatch"), "{}", out.stderr);
+    assert_perf(&aioquic.quench(&transfer), &transfer);
+    // The v2 attempt never became a connection.
+    assert_server_saw(&aioquic.connections(), &transfer, V1, false);
+}
+
+#[test]
+fn quench_client_rejects_untrusted_aioquic_server() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let other = temp_dir();
+    let stranger = Certs::generate(other.path());
+    run_client_expect_failure(client_command(
+        Peer::Quench,
+        aioquic.server.addr,
+        &stranger.ca,
+        &Transfer::perf(1000, 0),
+    ));
 }

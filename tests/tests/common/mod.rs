@@ -105,8 +105,12 @@ pub fn aioquic_python() -> PathBuf {
     path
 }
 
-pub fn aioquic_script() -> PathBuf {
+pub fn aioquic_client_script() -> PathBuf {
     workspace_root().join("tests/python/aioquic_client.py")
+}
+
+pub fn aioquic_server_script() -> PathBuf {
+    workspace_root().join("tests/python/aioquic_server.py")
 }
 
 // ---- files ------------------------------------------------------------------------------------
@@ -235,6 +239,17 @@ impl Server {
         Server::spawn("quinn-peer", &quinn_peer_bin(), &["server"], args, logs)
     }
 
+    /// `aioquic_server.py` (aioquic's asyncio server) with the given certificate and
+    /// hq-interop root, plus `extra` flags (`--retry`, `--quic-versions 1`, ...).
+    pub fn aioquic(certs: &Certs, root: &Path, logs: &Path, extra: &[&str]) -> Server {
+        let script = aioquic_server_script();
+        let script = script.to_str().expect("the workspace path is UTF-8");
+        let mut args = cert_args(certs);
+        args.extend(["--root".into(), root.into()]);
+        args.extend(extra.iter().map(OsString::from));
+        Server::spawn("aioquic", &aioquic_python(), &[script], args, logs)
+    }
+
     /// Starts `program subcommand.. --listen 127.0.0.1:PORT args..` on a free port and waits
     /// for its `listening on` line; retries on a new port if the process dies first.
     pub fn spawn(
@@ -358,6 +373,19 @@ impl Server {
         }
     }
 
+    /// `shutdown`, which must exit 0, then everything the server wrote to stderr.
+    pub fn shutdown_stderr(self) -> String {
+        let stderr_log = self.stderr_log.clone();
+        let name = self.name.clone();
+        let status = self.shutdown();
+        let stderr = fs::read_to_string(&stderr_log).unwrap_or_default();
+        assert!(
+            status.success(),
+            "{name} server exited with {status} on SIGTERM\n{stderr}"
+        );
+        stderr
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
@@ -442,6 +470,17 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The summary `aioquic_server.py` logs for each connection once it is over (or still open
+/// at shutdown), in order: `aioquic_server: closed {"version": "0x00000001", "retry": false,
+/// "peer_key_updates": 0, "streams": 2, "bytes_in": N, "bytes_out": N, ...}`.
+pub fn aioquic_server_connections(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("aioquic_server: closed "))
+        .map(|json| serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}")))
+        .collect()
 }
 
 // ---- clients ----------------------------------------------------------------------------------
@@ -548,7 +587,7 @@ pub fn client_command(peer: Peer, server: SocketAddr, ca: &Path, transfer: &Tran
         }
         Peer::Aioquic => {
             let mut c = Command::new(aioquic_python());
-            c.arg(aioquic_script());
+            c.arg(aioquic_client_script());
             c
         }
     };
