@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """aioquic client for quench interop tests: an independent QUIC stack (aioquic 1.x).
 
-Speaks `perf` and `hq-interop` with the same flags and the same one-line JSON report as
-`quench client` and `quinn-peer client`:
+Speaks `perf`, `hq-interop` and `echo` datagrams with the same flags and the same
+one-line JSON report as `quench client` and `quinn-peer client`:
 
-    aioquic_client.py --connect HOST:PORT [--alpn perf|hq-interop] [--down N] [--up N]
+    aioquic_client.py --connect HOST:PORT [--alpn perf|hq-interop|echo] [--down N] [--up N]
                       [--streams N] [--conns N] [--get PATH]... [--ca PEM | --insecure]
-                      [--key-update-after BYTES] [--server-name NAME]
+                      [--key-update-after BYTES] [--server-name NAME] [--datagrams N]
+
+--alpn echo --datagrams N sends N numbered DATAGRAM frames (RFC 9221) on each connection
+and checks every echo byte for byte; the report adds datagrams_sent / datagrams_echoed.
 
 --down/--up are totals for the run, split evenly over all streams of all connections.
 Exit status 0 on success; any failure prints a message to stderr and exits 1.
@@ -30,6 +33,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.quic.events import (
     ConnectionTerminated,
+    DatagramFrameReceived,
     QuicEvent,
     StopSendingReceived,
     StreamDataReceived,
@@ -71,6 +75,9 @@ class Client(QuicConnectionProtocol):
         self.key_updates = 0
         self.received = 0
         self.terminated: str | None = None
+        self.echoes: set[int] = set()
+        self.echo_bytes = 0
+        self.datagram_error: str | None = None
 
     # Events ---------------------------------------------------------------------------------
 
@@ -80,7 +87,16 @@ class Client(QuicConnectionProtocol):
         self._progress.set()
 
     def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived):
+        if isinstance(event, DatagramFrameReceived):
+            data = event.data
+            i = int.from_bytes(data[:4], "big") if len(data) >= 4 else -1
+            if i < 0 or data != echo_datagram(i) or i in self.echoes:
+                self.datagram_error = f"an echo of {len(data)} bytes that was not sent, or twice"
+            else:
+                self.echoes.add(i)
+                self.echo_bytes += len(data)
+            self._progress.set()
+        elif isinstance(event, StreamDataReceived):
             stream = self._streams.get(event.stream_id)
             if stream is None:
                 return
@@ -164,12 +180,50 @@ class Client(QuicConnectionProtocol):
             raise PeerError(f"perf: asked for {down} bytes, received {stream.received}")
         return stream.received, up
 
+    async def datagrams(self, count: int) -> tuple[int, int, int]:
+        """Sends `count` numbered datagrams, at most 32 awaiting their echo; waits until all
+        came back or none came for 2 s. Returns (echoed, bytes echoed, bytes sent)."""
+        sent = 0
+        for i in range(count):
+            while i - len(self.echoes) > 32:
+                if not await self._wait_echo():
+                    break
+            d = echo_datagram(i)
+            self._quic.send_datagram_frame(d)
+            sent += len(d)
+            self.transmit()
+        while len(self.echoes) < count and await self._wait_echo():
+            pass
+        if self.datagram_error:
+            raise PeerError(self.datagram_error)
+        return len(self.echoes), self.echo_bytes, sent
+
+    async def _wait_echo(self) -> bool:
+        """Waits up to 2 s for progress; False if none came (the rest count as lost)."""
+        if self.terminated:
+            raise PeerError(self.terminated)
+        self._progress.clear()
+        before = len(self.echoes)
+        try:
+            await asyncio.wait_for(self._progress.wait(), timeout=2.0)
+        except asyncio.TimeoutError:
+            return len(self.echoes) > before
+        return True
+
     async def get(self, path: str) -> bytes:
         stream_id, stream = self._open(keep_body=True)
         self._quic.send_stream_data(stream_id, f"GET {path}\r\n".encode(), end_stream=True)
         self.transmit()
         await stream.done
         return bytes(stream.body)
+
+
+def echo_datagram(i: int) -> bytes:
+    """Datagram i of an echo run, as quench and quinn-peer make it: 5 to 1,100 bytes, its
+    number (big-endian) in the first four, then a pattern of it."""
+    length = 5 + (i * 37) % 1096
+    body = bytes((i * 31 + j * 7) & 0xFF for j in range(length - 4))
+    return i.to_bytes(4, "big") + body
 
 
 def share(total: int, parts: int, index: int) -> int:
@@ -180,7 +234,8 @@ def share(total: int, parts: int, index: int) -> int:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--connect", required=True, help="HOST:PORT ([v6]:PORT for IPv6)")
-    p.add_argument("--alpn", default="perf", choices=["perf", "hq-interop"])
+    p.add_argument("--alpn", default="perf", choices=["perf", "hq-interop", "echo"])
+    p.add_argument("--datagrams", type=int, default=0, help="echo: datagrams per connection")
     p.add_argument("--down", type=int, default=0)
     p.add_argument("--up", type=int, default=0)
     p.add_argument("--streams", type=int, default=1)
@@ -219,6 +274,7 @@ def configuration(args: argparse.Namespace) -> QuicConfiguration:
         idle_timeout=IDLE_TIMEOUT_S,
         max_data=CONN_WINDOW,
         max_stream_data=STREAM_WINDOW,
+        max_datagram_frame_size=65536 if args.alpn == "echo" else None,
     )
     if args.quic_version == 2:
         config.original_version = QuicProtocolVersion.VERSION_2
@@ -250,6 +306,8 @@ async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[t
                 up = share(args.up, total_streams, index)
                 jobs.append(client.perf(down, up))
             results = await asyncio.gather(*jobs)
+        elif args.alpn == "echo":
+            results = [await client.datagrams(args.datagrams)]
         else:
             bodies = await asyncio.gather(*(client.get(path) for _, path in gets))
             results = list(zip((i for i, _ in gets), bodies))
@@ -279,7 +337,15 @@ async def run(args: argparse.Namespace) -> dict:
         "sha256": None,
         "key_updates": sum(o[2] for o in outcomes),
     }
-    if args.alpn == "perf":
+    if args.alpn == "echo":
+        report["datagrams_sent"] = args.datagrams * args.conns
+        report["datagrams_echoed"] = 0
+        for _, results, _ in outcomes:
+            for echoed, down, up in results:
+                report["datagrams_echoed"] += echoed
+                report["bytes_down"] += down
+                report["bytes_up"] += up
+    elif args.alpn == "perf":
         for _, results, _ in outcomes:
             for down, up in results:
                 report["bytes_down"] += down

@@ -13,6 +13,7 @@ can be tested against a peer it shares no code with:
               8 bytes gets an empty answer, as with quench).
   hq-interop  HTTP/0.9: `GET /path\\r\\n` and FIN; the answer is the file at --root/path,
               then FIN. A missing file (or a path out of --root) resets the stream.
+  echo        every DATAGRAM frame (RFC 9221) is sent back as it came.
 
 Prints `aioquic_server: listening on HOST:PORT` (the real port) on stdout when ready. On
 stderr, one line per connection when its handshake completes and one when it is over:
@@ -45,6 +46,7 @@ from aioquic.quic import crypto
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import (
     ConnectionTerminated,
+    DatagramFrameReceived,
     HandshakeCompleted,
     QuicEvent,
     StopSendingReceived,
@@ -54,7 +56,7 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.tls import Epoch
 
-ALPNS = ["perf", "hq-interop"]
+ALPNS = ["perf", "hq-interop", "echo"]
 VERSIONS = {1: QuicProtocolVersion.VERSION_1, 2: QuicProtocolVersion.VERSION_2}
 # Generous flow-control windows (aioquic doubles them as they fill) so a loopback transfer
 # is CPU-bound, not credit-bound.
@@ -151,6 +153,10 @@ class Connection(QuicConnectionProtocol):
                 f"connection from {self._peer}: QUIC version {self._quic._version:#010x}, "
                 f"ALPN {event.alpn_protocol}"
             )
+        elif isinstance(event, DatagramFrameReceived):
+            # echo: every DATAGRAM frame (RFC 9221) goes back as it came.
+            self._quic.send_datagram_frame(event.data)
+            self.transmit()
         elif isinstance(event, StreamDataReceived):
             self._on_data(event.stream_id, event.data, event.end_stream)
         elif isinstance(event, (StreamReset, StopSendingReceived)):
@@ -340,6 +346,7 @@ async def run(args: argparse.Namespace) -> None:
         max_data=CONN_WINDOW,
         max_stream_data=STREAM_WINDOW,
         max_datagram_size=args.max_datagram_size,
+        max_datagram_frame_size=65536,
     )
     config.supported_versions = args.versions
     config.load_cert_chain(args.cert, args.key)
