@@ -326,14 +326,30 @@ pub fn run_client_on<D: crate::io::Datapath>(
         if !migrate_now {
             break finished;
         }
-        // Active migration (RFC 9000 §9.2): a new socket, then every connection follows.
+        // Active migration (RFC 9000 §9.2): every live connection must be able to follow
+        // before the socket moves (a closing one stays behind and drains unanswered).
         migrate_after = None;
+        for &h in &handles {
+            let check = endpoint.with_state(h, |conn, _| {
+                if conn.is_closing() {
+                    Ok(())
+                } else {
+                    conn.can_migrate()
+                }
+            });
+            if let Some(Err(e)) = check {
+                return Err(ClientError::Failed(format!("cannot migrate: {e}")));
+            }
+        }
         dp.rebind()?;
         let now = Instant::now();
         for &h in &handles {
-            if let Some(Err(e)) = endpoint.with_state(h, |conn, _| conn.migrate(now)) {
-                return Err(ClientError::Failed(format!("migration refused: {e}")));
-            }
+            endpoint.with_state(h, |conn, _| {
+                if !conn.is_closing() {
+                    // Checked just above, on the same thread: nothing changed since.
+                    let _ = conn.migrate(now);
+                }
+            });
         }
     };
     let elapsed = work_done_at.map_or_else(|| start.elapsed(), |t| t.duration_since(start));

@@ -201,6 +201,8 @@ struct Sim {
     sdp: MemDatapath,
     apps: BuiltinApps,
     handler: ClientHandler,
+    /// Datagrams to this client address vanish (a socket the client closed).
+    closed_client_addr: Option<SocketAddr>,
 }
 
 struct SimOptions {
@@ -281,6 +283,7 @@ impl Sim {
                 sdp,
                 apps,
                 handler,
+                closed_client_addr: None,
             },
             h,
         )
@@ -308,10 +311,13 @@ impl Sim {
         let now = self.now;
         let mut progressed = 0;
         let (client, handler) = (&mut self.client, &mut self.handler);
+        let closed = self.closed_client_addr;
         progressed += self
             .cdp
             .recv_batch(&mut |m, b| {
-                client.handle_datagram(now, m, b, handler);
+                if Some(m.dst) != closed {
+                    client.handle_datagram(now, m, b, handler);
+                }
             })
             .unwrap();
         let mut disp = AppDispatcher {
@@ -616,6 +622,43 @@ fn a_client_that_migrates_on_purpose_keeps_its_connection() {
         !s.local_cids().any(|c| c == old_cid),
         "the CID used from the old address was retired"
     );
+}
+
+/// The same move with the old socket closed (what the client driver does): replies to
+/// the old address vanish, so only packets from the new path can move the server. The
+/// old path's full window in flight must not hold them back (RFC 9000 §9.4: it does not
+/// count against the new path), or nothing leaves until a PTO, a second or so later.
+#[test]
+fn a_migrating_client_is_followed_at_once_though_its_old_socket_is_gone() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 16 << 20);
+    let started = sim.run(Duration::from_secs(60), |s| {
+        s.client
+            .conn(h)
+            .is_some_and(|c| c.stats().bytes_received > 4 << 20)
+    });
+    assert!(started, "transfer never started");
+    let now = sim.now;
+    assert_eq!(
+        sim.client.with_state(h, |c, _| c.migrate(now)).unwrap(),
+        Ok(())
+    );
+    let new_addr: SocketAddr = "10.0.0.9:6000".parse().unwrap();
+    sim.closed_client_addr = Some(CLIENT_ADDR.parse().unwrap());
+    sim.cdp.set_local_addr(new_addr);
+    let moved_at = now;
+    let followed = sim.run(Duration::from_secs(5), |s| {
+        let sh = server_handle(s);
+        s.server
+            .conn(sh)
+            .is_some_and(|c| c.remote_addr() == new_addr)
+    });
+    assert!(followed, "the server never followed");
+    let took = sim.now - moved_at;
+    assert!(
+        took < Duration::from_millis(50),
+        "followed after {took:?} of virtual time"
+    );
+    sim.run_to_completion(h, 1, Duration::from_secs(120));
 }
 
 /// `migrate` refuses what RFC 9000 forbids: before the handshake is confirmed (§9), on a

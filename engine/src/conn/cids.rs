@@ -178,6 +178,11 @@ impl CidState {
         Ok(())
     }
 
+    /// Whether `claim_spare_remote` would find one.
+    pub fn has_spare_remote(&self) -> bool {
+        !self.remote[self.active_remote].cid.is_empty() && self.remote.iter().any(|r| !r.used)
+    }
+
     /// An unused remote CID for another path, now counted as used: RFC 9000 §9.5 forbids
     /// sending one CID to two addresses. `None` when the peer left us no spare (or uses
     /// zero-length CIDs, which link nothing).

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use crate::conn::connection::{Connection, State};
+use crate::conn::recv::challenge_data;
 use crate::Epoch;
 use crate::Side;
 
@@ -24,6 +25,10 @@ pub enum MigrationError {
     /// none to spare.
     #[error("the server left no spare connection ID")]
     NoSpareConnectionId,
+    /// §9.5: not with a peer that uses zero-length CIDs (it most likely tells its
+    /// connections apart by address, so it would lose this one).
+    #[error("the server uses zero-length connection IDs")]
+    ZeroLengthConnectionId,
 }
 
 impl Connection {
@@ -31,9 +36,42 @@ impl Connection {
     /// leaves from there. The connection sends under a CID of the server's not yet used
     /// (§9.5: a CID linking the two addresses would let observers follow the client; the
     /// old one is retired), restarts congestion control, RTT estimation and path MTU
-    /// discovery for the new path (§9.4), and sends at once, so the server sees the move
-    /// and validates the new address (§9.3).
+    /// discovery for the new path (§9.4; what the old path still has in flight no longer
+    /// counts against the window), validates the new path with a PATH_CHALLENGE (§9.2)
+    /// and sends at once, so the server sees the move and validates our address (§9.3).
     pub fn migrate(&mut self, now: Instant) -> Result<(), MigrationError> {
+        self.can_migrate()?;
+        let cid = self
+            .cids
+            .claim_spare_remote()
+            .ok_or(MigrationError::NoSpareConnectionId)?;
+        self.cids.switch_active_remote(cid);
+        // What belonged to the old path stays there: a CID claimed for a probe, PATH_RESPONSEs
+        // owed to challenges that came by it (§8.2.2), a challenge of a path left before.
+        if let Some((_, probed)) = self.probe_cid.take() {
+            self.cids.retire_remote(probed);
+        }
+        self.path_responses.clear();
+        self.old_path_challenge = None;
+        self.pmtud.on_path_change(now);
+        self.apply_path_mtu();
+        let first_pn = self.recovery.next_packet_number(Epoch::Data);
+        self.path_first_pn = first_pn;
+        self.recovery.reset_for_new_path(now, first_pn);
+        // §9.2: validate the new path; a non-probing packet from there (this PING and what
+        // follows) is what moves the server, which validates our address in turn (§9.3).
+        self.path_challenge = Some(challenge_data());
+        self.path_challenge_pending = true;
+        let initial_pto = 3 * self.config.initial_rtt + self.config.max_ack_delay;
+        self.path_validation_deadline =
+            now.checked_add(3 * self.recovery.pto(Epoch::Data).max(initial_pto));
+        self.ping_pending = true;
+        self.stats.migrations += 1;
+        Ok(())
+    }
+
+    /// Whether `migrate` would go ahead now.
+    pub fn can_migrate(&self) -> Result<(), MigrationError> {
         if self.side != Side::Client {
             return Err(MigrationError::NotClient);
         }
@@ -47,23 +85,12 @@ impl Connection {
         {
             return Err(MigrationError::Disabled);
         }
-        // A peer with zero-length CIDs has nothing to link: keep sending to it.
-        if !self.cids.active_remote().is_empty() {
-            let cid = self
-                .cids
-                .claim_spare_remote()
-                .ok_or(MigrationError::NoSpareConnectionId)?;
-            self.cids.switch_active_remote(cid);
+        if self.cids.active_remote().is_empty() {
+            return Err(MigrationError::ZeroLengthConnectionId);
         }
-        self.probe_cid = None;
-        self.pmtud.on_path_change(now);
-        self.apply_path_mtu();
-        let first_pn = self.recovery.next_packet_number(Epoch::Data);
-        self.path_first_pn = first_pn;
-        self.recovery.reset_for_new_path(now, first_pn);
-        // A non-probing packet from the new address is what moves the server (§9.2).
-        self.ping_pending = true;
-        self.stats.migrations += 1;
+        if !self.cids.has_spare_remote() {
+            return Err(MigrationError::NoSpareConnectionId);
+        }
         Ok(())
     }
 }

@@ -40,7 +40,12 @@ pub struct Recovery<T> {
     rtt: RttEstimator,
     cc: Congestion,
     pacer: Pacer,
+    /// Bytes in flight on the current path: what the congestion window limits.
     bytes_in_flight: u64,
+    /// Bytes still in flight from before the last path change: tracked for loss and
+    /// acknowledgement, but they do not count against the new path's window (RFC 9000
+    /// §9.4, RFC 9002 §9.4).
+    old_path_bytes_in_flight: u64,
     pto_count: u32,
     max_ack_delay: Duration,
     handshake_confirmed: bool,
@@ -80,6 +85,7 @@ impl<T> Recovery<T> {
             cc: Congestion::new(config.congestion, mds, initial_window),
             pacer: Pacer::new(),
             bytes_in_flight: 0,
+            old_path_bytes_in_flight: 0,
             pto_count: 0,
             max_ack_delay: DEFAULT_MAX_ACK_DELAY,
             handshake_confirmed: false,
@@ -177,7 +183,14 @@ impl<T> Recovery<T> {
                 let this_path = on_path(epoch, pn, self.path_first_pn);
                 if p.in_flight {
                     let size = u64::from(p.size);
-                    self.bytes_in_flight -= size;
+                    release_in_flight(
+                        (
+                            &mut self.bytes_in_flight,
+                            &mut self.old_path_bytes_in_flight,
+                        ),
+                        this_path,
+                        size,
+                    );
                     if this_path {
                         acked_bytes += size;
                         if !self.cc.in_recovery(p.time_sent) {
@@ -313,10 +326,19 @@ impl<T> Recovery<T> {
         on_discarded: &mut dyn FnMut(SentPacket<T>),
     ) {
         self.last_now = Some(now);
-        let bytes_in_flight = &mut self.bytes_in_flight;
+        let flights = (
+            &mut self.bytes_in_flight,
+            &mut self.old_path_bytes_in_flight,
+        );
+        let path_first_pn = self.path_first_pn;
         self.spaces[epoch.index()].drain(&mut |p| {
             if p.in_flight {
-                *bytes_in_flight -= u64::from(p.size);
+                let this_path = on_path(epoch, p.pn, path_first_pn);
+                release_in_flight(
+                    (&mut *flights.0, &mut *flights.1),
+                    this_path,
+                    u64::from(p.size),
+                );
             }
             on_discarded(p);
         });
@@ -373,6 +395,16 @@ impl<T> Recovery<T> {
     /// congestion controller and RTT estimator start over from their initial values.
     /// `first_pn`: the first 1-RTT packet number sent on the new path.
     pub fn reset_for_new_path(&mut self, now: Instant, first_pn: u64) {
+        // What the previous path still has in flight leaves the new path's window.
+        let space = &self.spaces[Epoch::Data.index()];
+        let moved: u64 = (self.path_first_pn.max(space.base())..first_pn.min(space.end()))
+            .filter_map(|pn| match space.slot(pn) {
+                Some(Slot::Sent(p)) if p.in_flight => Some(u64::from(p.size)),
+                _ => None,
+            })
+            .sum();
+        self.bytes_in_flight -= moved;
+        self.old_path_bytes_in_flight += moved;
         self.path_first_pn = first_pn;
         let mds = self.max_datagram_size;
         let initial_window = (self.config.initial_window_packets as u64).saturating_mul(mds);
@@ -412,8 +444,9 @@ impl<T> Recovery<T> {
         backoff(base, self.pto_count)
     }
 
+    /// Bytes in flight on every path.
     pub fn bytes_in_flight(&self) -> u64 {
-        self.bytes_in_flight
+        self.bytes_in_flight + self.old_path_bytes_in_flight
     }
 
     pub fn congestion_window(&self) -> u64 {
@@ -616,10 +649,18 @@ impl<T> Recovery<T> {
                     };
                     // RFC 9000 §14.4: a lost PMTU probe is no sign of congestion; §9.4: nor,
                     // for the current path, is a packet lost on the old one.
-                    let signals = !p.mtu_probe && on_path(epoch, pn, self.path_first_pn);
+                    let this_path = on_path(epoch, pn, self.path_first_pn);
+                    let signals = !p.mtu_probe && this_path;
                     if p.in_flight {
                         let size = u64::from(p.size);
-                        self.bytes_in_flight -= size;
+                        release_in_flight(
+                            (
+                                &mut self.bytes_in_flight,
+                                &mut self.old_path_bytes_in_flight,
+                            ),
+                            this_path,
+                            size,
+                        );
                         self.stats.lost_bytes += size;
                         if signals {
                             outcome.newest_lost_in_flight = Some(p.time_sent);
@@ -682,6 +723,17 @@ fn backoff(d: Duration, exp: u32) -> Duration {
     d.checked_mul(1u32 << exp.min(MAX_PTO_BACKOFF_EXP))
         .unwrap_or(Duration::MAX)
 }
+
+/// An acknowledged, lost or discarded packet of `size` leaves the flight of its path:
+/// (current path, older paths).
+fn release_in_flight((current, old): (&mut u64, &mut u64), this_path: bool, size: u64) {
+    if this_path {
+        *current -= size;
+    } else {
+        *old = old.saturating_sub(size);
+    }
+}
+
 /// Whether packet `pn` of `epoch` was sent on the current path: only 1-RTT packets change
 /// paths, and those from `path_first_pn` on went to the current one (RFC 9000 §9.4).
 fn on_path(epoch: Epoch, pn: u64, path_first_pn: u64) -> bool {

@@ -717,3 +717,46 @@ fn old_path_packets_do_not_feed_the_new_path() {
     assert_ne!(r.rtt().smoothed(), rtt);
     assert!(r.congestion_window() > window);
 }
+
+/// RFC 9000 §9.4: after a path change, what the old path still has in flight is tracked
+/// (acknowledged or lost as usual) but no longer counts against the new path's window, so
+/// the new path can send at once even when the old one left a full window in flight.
+#[test]
+fn the_old_paths_flight_does_not_block_the_new_path() {
+    let t0 = Instant::now();
+    let mut r = server();
+    let window = r.send_window();
+    let mut pn = 0;
+    while r.send_window() >= MDS {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+        pn += 1;
+    }
+    let old = pn;
+    r.reset_for_new_path(t0 + ms(1), old);
+    assert_eq!(r.send_window(), window, "a fresh window for the new path");
+    assert_eq!(
+        r.bytes_in_flight(),
+        old * MDS,
+        "the old flight is still tracked"
+    );
+    // New-path packets count against the new window...
+    r.on_packet_sent(t0 + ms(2), Epoch::Data, pkt(old, t0 + ms(2)));
+    assert_eq!(r.send_window(), window - MDS);
+    // ...old-path acknowledgements and losses leave the old flight only.
+    let (res, out) = ack(&mut r, t0 + ms(10), Epoch::Data, &[0..=1, old..=old]);
+    res.unwrap();
+    assert!(out.acked.contains(&0) && out.acked.contains(&old));
+    assert_eq!(
+        r.send_window(),
+        r.congestion_window(),
+        "the new path has nothing in flight: old-path ACKs did not count"
+    );
+    assert!(r.bytes_in_flight() < old * MDS);
+    // A second path change moves only what was sent since the first.
+    r.on_packet_sent(t0 + ms(11), Epoch::Data, pkt(old + 1, t0 + ms(11)));
+    r.reset_for_new_path(t0 + ms(12), old + 2);
+    assert_eq!(r.send_window(), window, "a fresh window again");
+    let total = r.bytes_in_flight();
+    r.discard_space(Epoch::Data, t0 + ms(13), &mut |_| {});
+    assert_eq!(r.bytes_in_flight(), 0, "{total} bytes all released");
+}
