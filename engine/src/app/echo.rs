@@ -212,7 +212,9 @@ impl DatagramEchoClient {
     /// Sends until `WINDOW` datagrams await their echo (lost ones keep their slot).
     fn top_up(&mut self, conn: &mut Connection) {
         let mut buf = [0u8; 1100];
-        while self.next < self.count && self.next - self.echoed_count as u32 <= Self::WINDOW {
+        while self.next < self.count
+            && u64::from(self.next).saturating_sub(self.echoed_count) <= u64::from(Self::WINDOW)
+        {
             let len = echo_datagram(self.next, &mut buf);
             if let Err(e) = conn.send_datagram(&buf[..len]) {
                 self.failed = Some(format!("sending datagram {}: {e}", self.next));
@@ -233,10 +235,20 @@ impl Application for DatagramEchoClient {
     fn on_datagram(&mut self, conn: &mut Connection, now: Instant) {
         let mut got = [0u8; 2048];
         let mut want = [0u8; 1100];
-        while let Ok(Some(n)) = conn.recv_datagram(&mut got) {
+        loop {
+            let n = match conn.recv_datagram(&mut got) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    conn.discard_datagram();
+                    self.failed = Some(format!("an echo we never sent: {e}"));
+                    return;
+                }
+            };
             let i = (n >= 4).then(|| u32::from_be_bytes([got[0], got[1], got[2], got[3]]));
+            // Only what was sent can come back, once.
             let fresh = match i {
-                Some(i) if i < self.count && !self.echoed[i as usize] => {
+                Some(i) if i < self.next && !self.echoed[i as usize] => {
                     let len = echo_datagram(i, &mut want);
                     got[..n] == want[..len]
                 }

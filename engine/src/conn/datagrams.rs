@@ -3,8 +3,9 @@
 //!
 //! DATAGRAM frames are never retransmitted and may be dropped (§5), so a full queue drops
 //! its oldest datagram rather than grow or refuse: the newest data is usually what a
-//! real-time application wants. Both queues hold their bytes in one ring of fixed
-//! capacity, reserved on first use, so queueing and delivering allocate nothing.
+//! real-time application wants. Each queue holds its bytes in one ring that grows as
+//! needed up to its cap and keeps its size, so a warm queue allocates nothing, and a peer
+//! that sends one small datagram does not make us reserve the whole cap.
 
 use std::collections::VecDeque;
 
@@ -31,9 +32,7 @@ impl Connection {
             return None;
         }
         let peer_max = self.peer_params.as_ref()?.max_datagram_frame_size?;
-        let by_frame = peer_max
-            .saturating_sub(1 + varint_len(peer_max) as u64)
-            .min(usize::MAX as u64) as usize;
+        let by_frame = usize::try_from(payload_within_frame(peer_max)?).unwrap_or(usize::MAX);
         let mtu = if self.handshake_confirmed {
             self.max_datagram_size
         } else {
@@ -108,23 +107,25 @@ impl Connection {
         !self.datagrams_out.is_empty()
     }
 
-    /// Writes queued datagrams into `buf[pos..]` (a 1-RTT packet whose payload starts at
-    /// `payload_start`) while they fit; returns the new position. One that could not fit
-    /// even an empty packet of this size is dropped.
+    /// Writes queued datagrams into `buf[pos..]` (a 1-RTT packet) while they fit; returns
+    /// the new position. One that does not fit waits for the next packet (this one may be
+    /// short: behind a Handshake packet, or under the anti-amplification limit); one the
+    /// path can no longer carry at all (its MTU shrank since it was queued) is dropped.
     pub(crate) fn write_datagrams(
         &mut self,
         buf: &mut [u8],
         mut pos: usize,
-        payload_start: usize,
         frames: &mut SentFrames,
     ) -> usize {
+        let limit = self.max_datagram_payload().unwrap_or(0);
+        let mut wrote = false;
         while let Some(len) = self.datagrams_out.front_len() {
-            let frame_len = 1 + varint_len(len as u64) + len;
-            if frame_len > buf.len() - payload_start {
+            if len > limit {
                 self.datagrams_out.pop_discard();
                 self.datagrams_out.dropped += 1;
                 continue;
             }
+            let frame_len = 1 + varint_len(len as u64) + len;
             if frame_len > buf.len() - pos {
                 self.whole_frames_deferred = true;
                 break;
@@ -139,6 +140,10 @@ impl Connection {
                 break;
             }
             pos += frame_len;
+            wrote = true;
+        }
+        if wrote {
+            // One record stands for all of them: nothing follows their loss or ACK.
             frames.records.push(FrameRecord::Datagram);
         }
         pos
@@ -157,6 +162,23 @@ pub enum DatagramError {
     /// `recv_datagram`'s buffer cannot hold the next datagram (it stays queued).
     #[error("buffer of {have} bytes for a datagram of {need}")]
     BufferTooSmall { need: usize, have: usize },
+}
+
+/// The largest payload of a DATAGRAM frame (type 0x31, with its length field) of at most
+/// `max` bytes in all; `None` if not even an empty one fits. RFC 9221 §3: `max` 0 means
+/// the peer takes none.
+fn payload_within_frame(max: u64) -> Option<u64> {
+    // For each size of the length field: the most the rest of the frame holds, and the
+    // most that field can express.
+    [
+        (1u64, (1u64 << 6) - 1),
+        (2, (1 << 14) - 1),
+        (4, (1 << 30) - 1),
+        (8, (1 << 62) - 1),
+    ]
+    .into_iter()
+    .filter_map(|(len_field, most)| Some(max.checked_sub(1 + len_field)?.min(most)))
+    .max()
 }
 
 /// Datagrams in arrival order, their bytes back to back in a ring.
@@ -203,11 +225,6 @@ impl DatagramQueue {
             self.dropped += 1;
             return false;
         }
-        if self.bytes.capacity() < self.capacity {
-            // Once per connection that uses datagrams at all.
-            self.bytes.reserve_exact(self.capacity - self.bytes.len());
-            self.lens.reserve_exact(self.max_count - self.lens.len());
-        }
         while self.bytes.len() + data.len() > self.capacity || self.lens.len() >= self.max_count {
             self.pop_discard();
             self.dropped += 1;
@@ -246,6 +263,29 @@ impl DatagramQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 9221 §3: the whole frame (type, length, payload) within the peer's limit, and
+    /// nothing at all for a limit of 0 (or 1, too small for even an empty frame).
+    #[test]
+    fn the_payload_limit_counts_the_type_and_length_fields() {
+        assert_eq!(payload_within_frame(0), None);
+        assert_eq!(payload_within_frame(1), None);
+        assert_eq!(payload_within_frame(2), Some(0));
+        assert_eq!(payload_within_frame(65), Some(63)); // 1-byte length
+        assert_eq!(payload_within_frame(66), Some(63)); // 64 needs a 2-byte length
+        assert_eq!(payload_within_frame(67), Some(64));
+        assert_eq!(payload_within_frame(65535), Some(65530)); // 4-byte length
+        let most = (1u64 << 62) - 1; // the largest varint a peer can send
+        assert_eq!(payload_within_frame(most), Some(most - 9));
+        for max in 2..20_000u64 {
+            let l = payload_within_frame(max).unwrap();
+            assert!(1 + varint_len(l) as u64 + l <= max);
+            assert!(
+                1 + varint_len(l + 1) as u64 + l + 1 > max,
+                "{max}: {l} is not the largest"
+            );
+        }
+    }
 
     #[test]
     fn datagrams_come_out_whole_and_in_order() {
@@ -286,15 +326,26 @@ mod tests {
     }
 
     #[test]
-    fn a_warm_queue_reuses_its_ring() {
-        let mut q = DatagramQueue::new(64, 8);
+    fn a_warm_queue_reuses_its_ring_and_a_cold_one_reserves_little() {
+        let mut q = DatagramQueue::new(64 * 1024, 1024);
         q.push(&[1; 10]);
-        let cap = q.bytes.capacity();
-        let mut out = [0u8; 64];
-        for i in 0..1000u32 {
-            q.push(&[i as u8; 37]);
-            q.pop_into(&mut out).unwrap();
-        }
-        assert_eq!(q.bytes.capacity(), cap);
+        assert!(
+            q.bytes.capacity() < 1024,
+            "one small datagram reserved {}",
+            q.bytes.capacity()
+        );
+        let mut out = [0u8; 2048];
+        let mut warm = |q: &mut DatagramQueue| {
+            for i in 0..1000u32 {
+                q.push(&[i as u8; 1037]);
+                q.push(&[i as u8; 37]);
+                q.pop_into(&mut out).unwrap();
+                q.pop_into(&mut out).unwrap();
+            }
+        };
+        warm(&mut q);
+        let cap = (q.bytes.capacity(), q.lens.capacity());
+        warm(&mut q);
+        assert_eq!((q.bytes.capacity(), q.lens.capacity()), cap);
     }
 }

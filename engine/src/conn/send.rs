@@ -595,9 +595,14 @@ impl Connection {
         if send_eliciting {
             if epoch == Epoch::Data {
                 pos = self.write_data_control_frames(&mut buf[..end], pos, &mut frames);
-                // Datagrams before stream data: they are the latency-sensitive kind.
+                // Datagrams before stream data: they are the latency-sensitive kind. But
+                // credit and resets first, or a full datagram queue could starve them.
                 if self.state == State::Established && self.has_datagrams_to_send() {
-                    pos = self.write_datagrams(&mut buf[..end], pos, header_len, &mut frames);
+                    let n = self.streams.write_control(&mut buf[pos..end], 0, &mut |r| {
+                        frames.records.push(FrameRecord::Stream(r))
+                    });
+                    pos += n;
+                    pos = self.write_datagrams(&mut buf[..end], pos, &mut frames);
                 }
             }
             pos = self.write_raw_frames(epoch, &mut buf[..end], pos, &mut frames);

@@ -58,7 +58,9 @@ impl Streams {
         }
     }
 
-    fn write_control(
+    /// Flow-control credit, blocked signals, RESET_STREAM and STOP_SENDING into `buf[pos..]`;
+    /// returns the new position.
+    pub(crate) fn write_control(
         &mut self,
         buf: &mut [u8],
         mut pos: usize,
