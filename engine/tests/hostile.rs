@@ -2834,3 +2834,36 @@ fn frames_left_for_the_next_packet_are_not_forgotten() {
     assert_eq!(net.client_conn().raw_frames_pending(Epoch::Data), 0);
     net.assert_healthy();
 }
+
+/// RFC 9000 §9: only clients move. A client discards packets from any address but its
+/// server's, however well they decrypt: a copy of a real server packet sent from elsewhere
+/// changes nothing, the same packet from the server's address is processed.
+#[test]
+fn a_client_ignores_its_servers_packets_from_another_address() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let sh = net.server.handles().next().unwrap();
+    net.server
+        .with_state(sh, |c, _| c.queue_raw_frames(Epoch::Data, &[0x01]));
+    let out = net.server_out();
+    assert!(!out.is_empty());
+    let before = net.client_conn().packets_received();
+    let mut copy = out[0].clone();
+    let meta = RxMeta {
+        src: "10.0.0.66:4433".parse().unwrap(),
+        dst: net.caddr,
+        ecn: 0,
+    };
+    net.client
+        .handle_datagram(net.now, meta, &mut copy, &mut ClientEvents);
+    assert_eq!(
+        net.client_conn().packets_received(),
+        before,
+        "from elsewhere: dropped"
+    );
+    assert!(!net.client.source_authenticated());
+    net.deliver_to_client(&out[0]);
+    assert_eq!(net.client_conn().packets_received(), before + 1);
+    assert!(net.client.source_authenticated());
+    net.assert_healthy();
+}

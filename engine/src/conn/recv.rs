@@ -55,6 +55,12 @@ impl Connection {
         if matches!(self.state, State::Draining { .. } | State::Drained) {
             return;
         }
+        // RFC 9000 §9 (§9.6 aside, which we do not use): a client discards packets from an
+        // address other than its server's; only clients move.
+        if self.side == Side::Client && !crate::wire::net::same_peer(remote, self.remote) {
+            self.stats.packets_dropped += 1;
+            return;
+        }
         self.stats.bytes_received += datagram.len() as u64;
         // Only what the current address sent counts toward what we may send it (RFC 9000
         // §8); a migration restarts the count on the new address.
@@ -870,7 +876,7 @@ impl Connection {
 }
 
 /// Fresh unpredictable PATH_CHALLENGE data (RFC 9000 §8.2.1).
-fn challenge_data() -> [u8; 8] {
+pub(crate) fn challenge_data() -> [u8; 8] {
     let mut data = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
     data
