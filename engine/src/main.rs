@@ -431,7 +431,7 @@ fn run_xdp_client(
 #[cfg(feature = "xdp")]
 fn prime_neighbor(remote: SocketAddr) -> Result<()> {
     use quench::io::xdp::neigh::lookup;
-    if lookup(remote.ip()).is_some() {
+    if lookup(remote.ip(), None).is_some() {
         return Ok(());
     }
     let bind: SocketAddr = if remote.is_ipv4() {
@@ -444,7 +444,7 @@ fn prime_neighbor(remote: SocketAddr) -> Result<()> {
     sock.send_to(&[], remote)
         .context("priming the neighbour table")?;
     for _ in 0..100 {
-        if lookup(remote.ip()).is_some() {
+        if lookup(remote.ip(), None).is_some() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -817,7 +817,7 @@ fn kernel_neighbour_entries_are_found_for_both_families() {
     let found = std::thread::spawn(move || {
         enter_netns(&ns);
         ["10.99.0.7", "fd99::7", "10.99.0.8"]
-            .map(|a| quench::io::xdp::neigh::lookup(a.parse().unwrap()))
+            .map(|a| quench::io::xdp::neigh::lookup(a.parse().unwrap(), None))
     })
     .join()
     .unwrap();

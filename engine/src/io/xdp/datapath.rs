@@ -126,6 +126,8 @@ pub struct LocalIface {
     pub addrs: Vec<IpAddr>,
     pub port: u16,
     pub mtu: u32,
+    /// The interface's index: neighbour lookups are made on it.
+    pub ifindex: u32,
 }
 
 impl LocalIface {
@@ -290,7 +292,7 @@ impl XdpDatapath {
                 return None;
             }
         }
-        match super::neigh::lookup(ip) {
+        match super::neigh::lookup(ip, Some(self.iface.ifindex)) {
             Some(mac) => {
                 self.neigh_misses.remove(&ip);
                 self.peers.trust(ip, (mac, None));

@@ -269,6 +269,8 @@ pub fn local_iface(name: &str, port: u16) -> Result<LocalIface, XdpError> {
     let mac = syscall::if_hwaddr(name).map_err(io_err("SIOCGIFHWADDR"))?;
     let mtu = syscall::if_mtu(name).map_err(io_err("SIOCGIFMTU"))?;
     let addrs = syscall::if_addrs(name).map_err(io_err("getifaddrs"))?;
+    let ifindex =
+        syscall::if_nametoindex(name).ok_or_else(|| XdpError::IfaceNotFound(name.to_string()))?;
     let v4 = addrs.iter().find_map(|a| match a {
         IpAddr::V4(v) => Some(*v),
         _ => None,
@@ -284,6 +286,7 @@ pub fn local_iface(name: &str, port: u16) -> Result<LocalIface, XdpError> {
         addrs,
         port,
         mtu,
+        ifindex,
     })
 }
 

@@ -27,10 +27,11 @@ const NLM_F_DUMP: u16 = 0x300;
 /// States whose link-layer address can be used (NUD_VALID without NUD_NOARP's zeros).
 const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80; // REACHABLE STALE DELAY PROBE PERMANENT
 
-/// The MAC address the kernel has for `ip`, if it has a usable entry.
-pub fn lookup(ip: IpAddr) -> Option<MacAddr> {
+/// The MAC address the kernel has for `ip`, if it has a usable entry (on interface
+/// `ifindex` only, if given: a link-local address names a different host on every link).
+pub fn lookup(ip: IpAddr, ifindex: Option<u32>) -> Option<MacAddr> {
     match dump(ip) {
-        Ok(table) => find(&table, ip),
+        Ok(table) => find(&table, ip, ifindex),
         Err(e) => {
             tracing::debug!(%ip, "neighbour table dump failed: {e}");
             None
@@ -134,8 +135,8 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// The usable link-layer address for `ip` in a dump.
-fn find(dump: &[u8], ip: IpAddr) -> Option<MacAddr> {
+/// The usable link-layer address for `ip` (on `ifindex`, if given) in a dump.
+fn find(dump: &[u8], ip: IpAddr, ifindex: Option<u32>) -> Option<MacAddr> {
     let want: &[u8] = match &ip {
         IpAddr::V4(v4) => &v4.octets(),
         IpAddr::V6(v6) => &v6.octets(),
@@ -146,6 +147,10 @@ fn find(dump: &[u8], ip: IpAddr) -> Option<MacAddr> {
         .find_map(|(_, body)| {
             let state = u16::from_ne_bytes(body.get(8..10)?.try_into().ok()?);
             if state & NUD_USABLE == 0 {
+                return None;
+            }
+            let index = u32::from_ne_bytes(body.get(4..8)?.try_into().ok()?);
+            if ifindex.is_some_and(|want| want != index) {
                 return None;
             }
             let mut dst = None;
@@ -228,15 +233,21 @@ mod tests {
             &[2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee],
         ));
         dump.extend(message(NLMSG_DONE, &[0; 4]));
-        assert_eq!(find(&dump, v6), Some([2, 0, 0, 0, 0, 2]));
-        assert_eq!(find(&dump, v4), Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
-        assert_eq!(find(&dump, "10.99.0.9".parse().unwrap()), None);
+        assert_eq!(find(&dump, v6, None), Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(
+            find(&dump, v4, None),
+            Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee])
+        );
+        assert_eq!(find(&dump, "10.99.0.9".parse().unwrap(), None), None);
+        // Entries of another interface do not count when one is named.
+        assert!(find(&dump, v4, Some(0)).is_some());
+        assert_eq!(find(&dump, v4, Some(3)), None);
         assert_eq!(last_type(&dump), Some(NLMSG_DONE));
         // Truncated or garbage input ends the walk instead of reading past it.
         for cut in 0..dump.len() {
-            let _ = find(&dump[..cut], v4);
+            let _ = find(&dump[..cut], v4, None);
         }
-        assert_eq!(find(&[0xff; 64], v4), None);
+        assert_eq!(find(&[0xff; 64], v4, None), None);
     }
 
     proptest::proptest! {
@@ -248,7 +259,7 @@ mod tests {
             flips in proptest::collection::vec((0usize..256, proptest::prelude::any::<u8>()), 0..8),
         ) {
             let v4: IpAddr = "10.99.0.2".parse().unwrap();
-            let _ = find(&bytes, v4);
+            let _ = find(&bytes, v4, Some(1));
             let _ = last_type(&bytes);
             let mut dump = neigh(2, 0x02, &[10, 99, 0, 2], &[2, 0, 0, 0, 0, 9]);
             dump.extend(message(NLMSG_DONE, &[0; 4]));
@@ -256,7 +267,7 @@ mod tests {
                 let n = dump.len();
                 dump[at % n] = b;
             }
-            if let Some(mac) = find(&dump, v4) {
+            if let Some(mac) = find(&dump, v4, None) {
                 proptest::prop_assert_ne!(mac, [0; 6]);
             }
         }
