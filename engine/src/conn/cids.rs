@@ -180,19 +180,24 @@ impl CidState {
 
     /// Whether `claim_spare_remote` would find one.
     pub fn has_spare_remote(&self) -> bool {
-        !self.remote[self.active_remote].cid.is_empty() && self.remote.iter().any(|r| !r.used)
+        self.spare_remote().is_some()
+    }
+
+    /// The unused remote CID `claim_spare_remote` takes: the lowest sequence number.
+    fn spare_remote(&self) -> Option<usize> {
+        if self.remote[self.active_remote].cid.is_empty() {
+            return None;
+        }
+        (0..self.remote.len())
+            .filter(|&i| !self.remote[i].used)
+            .min_by_key(|&i| self.remote[i].seq)
     }
 
     /// An unused remote CID for another path, now counted as used: RFC 9000 §9.5 forbids
     /// sending one CID to two addresses. `None` when the peer left us no spare (or uses
     /// zero-length CIDs, which link nothing).
     pub fn claim_spare_remote(&mut self) -> Option<ConnectionId> {
-        if self.remote[self.active_remote].cid.is_empty() {
-            return None;
-        }
-        let i = (0..self.remote.len())
-            .filter(|&i| !self.remote[i].used)
-            .min_by_key(|&i| self.remote[i].seq)?;
+        let i = self.spare_remote()?;
         let r = &mut self.remote[i];
         r.used = true;
         if let Some(t) = r.reset_token {

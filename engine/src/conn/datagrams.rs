@@ -121,8 +121,7 @@ impl Connection {
         let mut wrote = false;
         while let Some(len) = self.datagrams_out.front_len() {
             if len > limit {
-                self.datagrams_out.pop_discard();
-                self.datagrams_out.dropped += 1;
+                self.datagrams_out.drop_oldest();
                 continue;
             }
             let frame_len = 1 + varint_len(len as u64) + len;
@@ -226,8 +225,7 @@ impl DatagramQueue {
             return false;
         }
         while self.bytes.len() + data.len() > self.capacity || self.lens.len() >= self.max_count {
-            self.pop_discard();
-            self.dropped += 1;
+            self.drop_oldest();
         }
         self.bytes.extend(data.iter().copied());
         self.lens.push_back(data.len());
@@ -250,6 +248,12 @@ impl DatagramQueue {
         }
         self.lens.pop_front();
         Ok(Some(len))
+    }
+
+    /// Drops the oldest datagram undelivered, and counts it.
+    pub fn drop_oldest(&mut self) {
+        self.pop_discard();
+        self.dropped += 1;
     }
 
     /// Drops the oldest datagram.

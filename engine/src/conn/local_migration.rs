@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use crate::conn::connection::{Connection, State};
-use crate::conn::recv::challenge_data;
 use crate::Epoch;
 use crate::Side;
 
@@ -53,18 +52,13 @@ impl Connection {
         }
         self.path_responses.clear();
         self.old_path_challenge = None;
-        self.pmtud.on_path_change(now);
-        self.apply_path_mtu();
+        self.restart_path_mtu(now);
         let first_pn = self.recovery.next_packet_number(Epoch::Data);
         self.path_first_pn = first_pn;
         self.recovery.reset_for_new_path(now, first_pn);
         // §9.2: validate the new path; a non-probing packet from there (this PING and what
         // follows) is what moves the server, which validates our address in turn (§9.3).
-        self.path_challenge = Some(challenge_data());
-        self.path_challenge_pending = true;
-        let initial_pto = 3 * self.config.initial_rtt + self.config.max_ack_delay;
-        self.path_validation_deadline =
-            now.checked_add(3 * self.recovery.pto(Epoch::Data).max(initial_pto));
+        self.start_path_validation(now);
         self.ping_pending = true;
         self.stats.migrations += 1;
         Ok(())

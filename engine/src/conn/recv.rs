@@ -539,10 +539,15 @@ impl Connection {
         self.address_validated = false;
         self.amplification_received = received as u64;
         self.amplification_sent = 0;
+        self.start_path_validation(now);
+    }
+
+    /// Sends a PATH_CHALLENGE on the current path (RFC 9000 §8.2) and gives it until the
+    /// validation deadline: three times the larger of the current PTO and one from the
+    /// initial RTT, since the new path may be slower (§8.2.4).
+    pub(crate) fn start_path_validation(&mut self, now: Instant) {
         self.path_challenge = Some(challenge_data());
         self.path_challenge_pending = true;
-        // §8.2.4: three times the larger of the current PTO and one from the initial RTT,
-        // since the new path may be slower.
         let initial_pto = 3 * self.config.initial_rtt + self.config.max_ack_delay;
         let timeout = 3 * self.recovery.pto(Epoch::Data).max(initial_pto);
         self.path_validation_deadline = now.checked_add(timeout);
@@ -579,6 +584,11 @@ impl Connection {
     /// addresses (RFC 9000 §14), so path MTU discovery starts over.
     fn send_to(&mut self, now: Instant, remote: SocketAddr) {
         self.remote = remote;
+        self.restart_path_mtu(now);
+    }
+
+    /// A new pair of addresses: path MTU discovery starts over (RFC 9000 §14).
+    pub(crate) fn restart_path_mtu(&mut self, now: Instant) {
         self.pmtud.on_path_change(now);
         self.apply_path_mtu();
     }
@@ -876,7 +886,7 @@ impl Connection {
 }
 
 /// Fresh unpredictable PATH_CHALLENGE data (RFC 9000 §8.2.1).
-pub(crate) fn challenge_data() -> [u8; 8] {
+fn challenge_data() -> [u8; 8] {
     let mut data = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
     data

@@ -249,18 +249,17 @@ async fn run_datagrams(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Res
         let (conn, count) = (conn.clone(), args.datagrams);
         tasks.spawn(async move { datagram::echo(&conn.conn, count).await });
     }
-    let mut report = Report {
-        datagrams_sent: Some(0),
-        datagrams_echoed: Some(0),
-        ..Report::default()
-    };
+    let mut report = Report::default();
+    let (mut sent, mut echoed_total) = (0u64, 0u64);
     while let Some(joined) = tasks.join_next().await {
         let (echoed, down, up) = joined??;
         report.bytes_down += down;
         report.bytes_up += up;
-        *report.datagrams_sent.get_or_insert(0) += u64::from(args.datagrams);
-        *report.datagrams_echoed.get_or_insert(0) += u64::from(echoed);
+        sent += u64::from(args.datagrams);
+        echoed_total += u64::from(echoed);
     }
+    report.datagrams_sent = Some(sent);
+    report.datagrams_echoed = Some(echoed_total);
     Ok(report)
 }
 
