@@ -168,6 +168,9 @@ pub struct ClientConnState {
     pub key_update_done: bool,
     /// Copied from the connection's statistics when it closes.
     pub migrations: u64,
+    /// The path of our last move never answered (`Event::PathValidationFailed`): the
+    /// driver moves again, while it has moves left.
+    pub path_failed: bool,
 }
 
 struct ClientHandler {
@@ -228,6 +231,7 @@ impl EventHandler<ClientConnState> for ClientHandler {
                     app.on_datagram(conn, now);
                 }
             }
+            Event::PathValidationFailed => st.path_failed = true,
             Event::Closed(reason) => {
                 if let Some(app) = st.app.app() {
                     app.on_closed(&reason);
@@ -292,15 +296,21 @@ pub fn run_client_on<D: crate::io::Datapath>(
     // the closing connections have drained (3 PTO, which would understate throughput).
     let mut work_done_at: Option<Instant> = None;
     let mut migrate_after = opts.migrate_after;
-    let finished = loop {
+    // After a move whose new path never answered (§8.2.4), move again from a fresh port, a
+    // few times: the old socket is closed, so there is nothing else to fall back to.
+    let mut rescues_left = MIGRATION_RESCUES;
+    let finished = 'drive: loop {
         let mut migrate_now = false;
+        let mut rescue = false;
         let finished = drive_until(dp, &mut endpoint, &mut handler, deadline, |ep, _h, now| {
             let mut all_done = true;
             let mut work_done = true;
             let mut received = 0;
+            let mut path_failed = false;
             for &h in &handles {
                 let alive = ep.with_state(h, |conn, st| {
                     received += st.app.bytes_down();
+                    path_failed |= st.path_failed;
                     let done = st.app.is_done(now) || st.app.failure().is_some();
                     work_done &= done;
                     if done && !conn.is_closing() {
@@ -321,6 +331,12 @@ pub fn run_client_on<D: crate::io::Datapath>(
                 migrate_now = true;
                 return true;
             }
+            if path_failed && rescues_left > 0 && !work_done {
+                rescues_left -= 1;
+                migrate_now = true;
+                rescue = true;
+                return true;
+            }
             all_done
         })?;
         if !migrate_now {
@@ -330,6 +346,9 @@ pub fn run_client_on<D: crate::io::Datapath>(
         // before the socket moves (a closing one stays behind and drains unanswered).
         migrate_after = None;
         for &h in &handles {
+            endpoint.with_state(h, |_, st| st.path_failed = false);
+        }
+        for &h in &handles {
             let check = endpoint.with_state(h, |conn, _| {
                 if conn.is_closing() {
                     Ok(())
@@ -338,6 +357,11 @@ pub fn run_client_on<D: crate::io::Datapath>(
                 }
             });
             if let Some(Err(e)) = check {
+                if rescue {
+                    // No spare CID yet (say): stay, and let the idle timeout decide.
+                    tracing::warn!("cannot move again after a failed path: {e}");
+                    continue 'drive;
+                }
                 return Err(ClientError::Failed(format!("cannot migrate: {e}")));
             }
         }
@@ -416,3 +440,6 @@ pub fn run_client_on<D: crate::io::Datapath>(
 
 /// Default client version.
 pub const DEFAULT_VERSION: u32 = VERSION_1;
+
+/// Moves from a fresh port after a move whose new path never answered (RFC 9000 §8.2.4).
+const MIGRATION_RESCUES: u32 = 3;

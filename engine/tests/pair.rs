@@ -150,6 +150,8 @@ struct ClientHandler {
     size: u64,
     /// Datagrams (RFC 9221) the client received, in order.
     datagrams: Vec<Vec<u8>>,
+    /// `Event::PathValidationFailed`s seen.
+    path_failures: usize,
 }
 
 impl EventHandler<Option<EchoCheck>> for ClientHandler {
@@ -181,6 +183,7 @@ impl EventHandler<Option<EchoCheck>> for ClientHandler {
                     self.datagrams.push(buf[..n].to_vec());
                 }
             }
+            Event::PathValidationFailed => self.path_failures += 1,
             Event::Closed(r) => {
                 if let Some(app) = st.as_mut() {
                     app.on_closed(&r);
@@ -201,8 +204,9 @@ struct Sim {
     sdp: MemDatapath,
     apps: BuiltinApps,
     handler: ClientHandler,
-    /// Datagrams to this client address vanish (a socket the client closed).
-    closed_client_addr: Option<SocketAddr>,
+    /// Datagrams to and from these client addresses vanish (a socket the client closed, a
+    /// path that is dead).
+    dead_client_addrs: Vec<SocketAddr>,
 }
 
 struct SimOptions {
@@ -273,6 +277,7 @@ impl Sim {
             streams: o.streams,
             size: o.size,
             datagrams: Vec::new(),
+            path_failures: 0,
         };
         (
             Sim {
@@ -283,7 +288,7 @@ impl Sim {
                 sdp,
                 apps,
                 handler,
-                closed_client_addr: None,
+                dead_client_addrs: Vec::new(),
             },
             h,
         )
@@ -311,11 +316,11 @@ impl Sim {
         let now = self.now;
         let mut progressed = 0;
         let (client, handler) = (&mut self.client, &mut self.handler);
-        let closed = self.closed_client_addr;
+        let dead = &self.dead_client_addrs;
         progressed += self
             .cdp
             .recv_batch(&mut |m, b| {
-                if Some(m.dst) != closed {
+                if !dead.contains(&m.dst) {
                     client.handle_datagram(now, m, b, handler);
                 }
             })
@@ -327,7 +332,9 @@ impl Sim {
         progressed += self
             .sdp
             .recv_batch(&mut |m, b| {
-                server.handle_datagram(now, m, b, &mut disp);
+                if !dead.contains(&m.src) {
+                    server.handle_datagram(now, m, b, &mut disp);
+                }
             })
             .unwrap();
         self.client.handle_timeouts(now, &mut self.handler);
@@ -603,6 +610,14 @@ fn a_client_that_migrates_on_purpose_keeps_its_connection() {
     let (client, server) = conn_stats(&sim, h);
     assert_eq!(client.migrations, 1);
     assert_eq!(
+        client.path_challenges_answered, 1,
+        "the client validated its new path (§9.2)"
+    );
+    assert_eq!(
+        server.path_challenges_answered, 1,
+        "and the server the client's new address (§9.3)"
+    );
+    assert_eq!(
         client.path_resets, 1,
         "the client restarts for its new path"
     );
@@ -643,7 +658,7 @@ fn a_migrating_client_is_followed_at_once_though_its_old_socket_is_gone() {
         Ok(())
     );
     let new_addr: SocketAddr = "10.0.0.9:6000".parse().unwrap();
-    sim.closed_client_addr = Some(CLIENT_ADDR.parse().unwrap());
+    sim.dead_client_addrs = vec![CLIENT_ADDR.parse().unwrap()];
     sim.cdp.set_local_addr(new_addr);
     let moved_at = now;
     let followed = sim.run(Duration::from_secs(5), |s| {
@@ -659,6 +674,61 @@ fn a_migrating_client_is_followed_at_once_though_its_old_socket_is_gone() {
         "followed after {took:?} of virtual time"
     );
     sim.run_to_completion(h, 1, Duration::from_secs(120));
+}
+
+/// A move to a path that turns out dead (a firewall, say): the client's PATH_CHALLENGE is
+/// never answered, so at the validation deadline (RFC 9000 §8.2.4) it reports
+/// `Event::PathValidationFailed`. With the old socket gone there is no path to go back to;
+/// moving again from a working address (what the client driver does) saves the
+/// connection, and the echo completes byte-exact.
+#[test]
+fn a_client_whose_new_path_is_dead_moves_again_and_completes() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 4 << 20);
+    let started = sim.run(Duration::from_secs(60), |s| {
+        s.client
+            .conn(h)
+            .is_some_and(|c| c.stats().bytes_received > 512 << 10)
+    });
+    assert!(started, "transfer never started");
+    let now = sim.now;
+    assert_eq!(
+        sim.client.with_state(h, |c, _| c.migrate(now)).unwrap(),
+        Ok(())
+    );
+    let dead: SocketAddr = "10.0.0.9:6000".parse().unwrap();
+    sim.dead_client_addrs = vec![CLIENT_ADDR.parse().unwrap(), dead];
+    sim.cdp.set_local_addr(dead);
+    let moved_at = sim.now;
+    let failed = sim.run(Duration::from_secs(20), |s| s.handler.path_failures > 0);
+    assert!(failed, "no PathValidationFailed event");
+    let waited = sim.now - moved_at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "gave up after {waited:?}: three PTOs from the initial RTT are at least ~3 s"
+    );
+    let client = sim.client.conn(h).unwrap().stats();
+    assert_eq!(client.failed_path_validations, 1, "{client:?}");
+    assert_eq!(client.path_challenges_answered, 0, "{client:?}");
+
+    let now = sim.now;
+    assert_eq!(
+        sim.client.with_state(h, |c, _| c.migrate(now)).unwrap(),
+        Ok(()),
+        "a spare CID is left for a second move"
+    );
+    let fresh: SocketAddr = "10.0.0.10:7000".parse().unwrap();
+    sim.cdp.set_local_addr(fresh);
+    sim.run_to_completion(h, 1, Duration::from_secs(120));
+    let (client, _) = conn_stats(&sim, h);
+    assert_eq!(client.migrations, 2);
+    assert_eq!(client.failed_path_validations, 1);
+    assert_eq!(
+        client.path_challenges_answered, 1,
+        "the client's PATH_CHALLENGE on the second path was answered"
+    );
+    assert_eq!(sim.handler.path_failures, 1);
+    let sh = server_handle(&sim);
+    assert_eq!(sim.server.conn(sh).unwrap().remote_addr(), fresh);
 }
 
 /// `migrate` refuses what RFC 9000 forbids: before the handshake is confirmed (§9), on a

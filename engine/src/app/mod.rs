@@ -88,6 +88,8 @@ impl EventHandler<AppSlot> for AppDispatcher<'_> {
                     app.on_datagram(conn, now);
                 }
             }
+            // Moving again means a new socket: the driver's job, not an application's.
+            Event::PathValidationFailed => {}
             Event::Closed(reason) => {
                 if let Some(app) = slot.as_mut() {
                     app.on_closed(&reason);

@@ -67,6 +67,11 @@ pub enum Event {
     /// Datagrams (RFC 9221) are waiting in `recv_datagram`. Raised again only for
     /// datagrams that arrive after this event was taken.
     Datagram,
+    /// Client: the new path of our last move (`migrate`) never answered its PATH_CHALLENGE
+    /// (RFC 9000 §8.2.4), so it is unusable. There is no path to return to (the move left
+    /// the old address), so the connection waits for another move from a new local address
+    /// (§9.3.2 lets it wait for a new path) until its idle timeout ends it.
+    PathValidationFailed,
     /// The connection is over; no more events follow.
     Closed(CloseReason),
 }
@@ -145,6 +150,10 @@ pub struct ConnectionStats {
     pub path_resets: u64,
     /// Times this endpoint moved to a new local address (`migrate`).
     pub migrations: u64,
+    /// New paths this endpoint validated: its PATH_CHALLENGE was answered (RFC 9000 §8.2.3).
+    pub path_challenges_answered: u64,
+    /// Validations of a new path this endpoint gave up on (RFC 9000 §8.2.4).
+    pub failed_path_validations: u64,
 }
 
 pub struct Connection {

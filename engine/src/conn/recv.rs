@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::conn::aead_limits;
 use crate::conn::connection::{
-    CloseReason, Connection, PathResponse, State, HANDSHAKE_IDLE_TIMEOUT, MIN_INITIAL_SIZE,
+    CloseReason, Connection, Event, PathResponse, State, HANDSHAKE_IDLE_TIMEOUT, MIN_INITIAL_SIZE,
 };
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{remove_mask, sample, SAMPLE_LEN};
@@ -610,6 +610,16 @@ impl Connection {
     /// or, with none, discard the connection silently.
     pub(crate) fn abandon_path_validation(&mut self, now: Instant) {
         self.path_validation_deadline = None;
+        if self.side == Side::Client {
+            // Our own move (§9.2) found a dead path. The application may move again.
+            if self.path_challenge.take().is_some() {
+                tracing::debug!(server = %self.remote, "path validation failed after migrating");
+                self.path_challenge_pending = false;
+                self.stats.failed_path_validations += 1;
+                self.events.push_back(Event::PathValidationFailed);
+            }
+            return;
+        }
         if self.address_validated {
             return;
         }
@@ -850,6 +860,7 @@ impl Connection {
                     {
                         self.recovery.reset_for_new_path(now, self.path_first_pn);
                     }
+                    self.stats.path_challenges_answered += 1;
                     self.path_validated();
                 }
             }
