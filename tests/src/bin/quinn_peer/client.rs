@@ -5,60 +5,27 @@
 //! streams of all connections (the first streams take the remainder).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
+use quench_tests::report::Report;
+use quench_tests::{args, hq, perf, share};
 use quinn::VarInt;
-use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
-use crate::report::Report;
-use crate::{datagram, hq, perf, tls};
+use crate::{datagram, tls};
 
 /// How long to wait for our CONNECTION_CLOSE to go out before exiting.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The shared client contract plus quinn-only extras.
 #[derive(Args)]
-pub struct ClientArgs {
-    /// Server address, `IP:PORT` or `HOST:PORT`.
-    #[arg(long)]
-    connect: String,
-    #[arg(long, default_value = "perf", value_parser = ["perf", "hq-interop", "echo"])]
-    alpn: String,
-    /// `--alpn echo`: DATAGRAM frames (RFC 9221) to send on each connection; the report
-    /// counts the echoes that came back intact.
-    #[arg(long, default_value_t = 0)]
-    datagrams: u32,
-    /// Bytes to download in total.
-    #[arg(long, default_value_t = 0)]
-    down: u64,
-    /// Bytes to upload in total (perf only).
-    #[arg(long, default_value_t = 0)]
-    up: u64,
-    /// Concurrent streams per connection.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    streams: u64,
-    /// Concurrent connections.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    conns: u64,
-    /// hq-interop paths to GET, in order (spread round-robin over connections).
-    #[arg(long)]
-    get: Vec<String>,
-    /// PEM file of trust anchors for the server certificate.
-    #[arg(long, conflicts_with = "insecure")]
-    ca: Option<PathBuf>,
-    /// Accept any server certificate.
-    #[arg(long)]
-    insecure: bool,
-    /// Force one key update on each connection after it has received this many bytes.
-    #[arg(long)]
-    key_update_after: Option<u64>,
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
+pub struct QuinnClientArgs {
+    #[command(flatten)]
+    common: args::ClientArgs,
     /// One UDP socket (source port) per connection instead of one for all.
     #[arg(long)]
     socket_per_conn: bool,
@@ -128,18 +95,14 @@ impl ReceiveTriggers {
     }
 }
 
-/// The `index`-th of `parts` near-equal shares of `total`.
-fn share(total: u64, parts: u64, index: u64) -> u64 {
-    total / parts + u64::from(index < total % parts)
-}
-
-pub async fn run(args: ClientArgs) -> Result<()> {
-    let verify = match (&args.ca, args.insecure) {
-        (Some(ca), _) => tls::Verify::Ca(ca),
-        (None, true) => tls::Verify::Insecure,
-        (None, false) => bail!("pass --ca PEM or --insecure"),
-    };
-    let config = tls::client_config(verify, &args.alpn)?;
+pub async fn run(args: QuinnClientArgs) -> Result<()> {
+    let QuinnClientArgs {
+        common,
+        socket_per_conn,
+        rebind_after,
+    } = args;
+    let args = &common;
+    let config = tls::client_config(args.verify()?, &args.alpn)?;
     let server = tokio::net::lookup_host(&args.connect)
         .await
         .with_context(|| format!("resolving {}", args.connect))?
@@ -161,7 +124,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let start = Instant::now();
     let mut handshakes = JoinSet::new();
     for index in 0..args.conns {
-        let endpoint = if args.socket_per_conn && index > 0 {
+        let endpoint = if socket_per_conn && index > 0 {
             let e = new_endpoint()?;
             endpoints.push(e.clone());
             e
@@ -187,7 +150,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
                 endpoint,
                 bind,
                 args.key_update_after,
-                args.rebind_after,
+                rebind_after,
             )),
         ));
     }
@@ -195,9 +158,9 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let conns: Vec<Arc<ReceiveTriggers>> = conns.into_iter().map(|(_, c)| c).collect();
 
     let mut report = match args.alpn.as_str() {
-        "perf" => run_perf(&args, &conns).await?,
-        "echo" => run_datagrams(&args, &conns).await?,
-        _ => run_hq(&args, &conns).await?,
+        "perf" => run_perf(args, &conns).await?,
+        "echo" => run_datagrams(args, &conns).await?,
+        _ => run_hq(args, &conns).await?,
     };
     report.seconds = start.elapsed().as_secs_f64();
     report.handshake_ms = handshake_total.as_secs_f64() * 1e3 / conns.len() as f64;
@@ -205,8 +168,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     report.max_datagram_size = conns
         .iter()
         .map(|c| u64::from(c.conn.stats().path.current_mtu))
-        .max()
-        .unwrap_or(0);
+        .max();
 
     for c in &conns {
         c.conn.close(VarInt::from_u32(0), b"done");
@@ -221,7 +183,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_perf(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
+async fn run_perf(args: &args::ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
     let total_streams = args.conns * args.streams;
     let mut tasks = JoinSet::new();
     for (c, conn) in conns.iter().enumerate() {
@@ -230,7 +192,10 @@ async fn run_perf(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<R
             let down = share(args.down, total_streams, index);
             let up = share(args.up, total_streams, index);
             let conn = conn.clone();
-            tasks.spawn(async move { perf::request(&conn.conn, down, up, &conn).await });
+            tasks.spawn(async move {
+                let (send, recv) = conn.conn.open_bi().await.context("opening stream")?;
+                perf::request(send, recv, down, up, |n| conn.on_received(n)).await
+            });
         }
     }
     let mut report = Report::default();
@@ -243,7 +208,7 @@ async fn run_perf(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<R
     Ok(report)
 }
 
-async fn run_datagrams(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
+async fn run_datagrams(args: &args::ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
     let mut tasks = JoinSet::new();
     for conn in conns {
         let (conn, count) = (conn.clone(), args.datagrams);
@@ -263,21 +228,15 @@ async fn run_datagrams(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Res
     Ok(report)
 }
 
-async fn run_hq(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
-    let paths: Vec<String> = if args.get.is_empty() {
-        let total_streams = args.conns * args.streams;
-        (0..total_streams)
-            .map(|i| format!("/{}", share(args.down, total_streams, i)))
-            .collect()
-    } else {
-        args.get.clone()
-    };
+async fn run_hq(args: &args::ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
+    let paths = hq::paths(&args.get, args.down, args.conns * args.streams);
     let mut tasks = JoinSet::new();
     for (index, path) in paths.iter().enumerate() {
         let conn = conns[index % conns.len()].clone();
         let path = path.clone();
         tasks.spawn(async move {
-            let body = hq::get(&conn.conn, &path, &conn).await?;
+            let (send, recv) = conn.conn.open_bi().await.context("opening stream")?;
+            let body = hq::get(send, recv, &path, |n| conn.on_received(n)).await?;
             Ok::<_, anyhow::Error>((index, body))
         });
     }
@@ -286,29 +245,5 @@ async fn run_hq(args: &ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Rep
         let (index, body) = joined??;
         bodies[index] = body;
     }
-    let mut hasher = Sha256::new();
-    let mut report = Report::default();
-    for body in &bodies {
-        hasher.update(body);
-        report.bytes_down += body.len() as u64;
-    }
-    report.streams = bodies.len() as u64;
-    report.sha256 = Some(hex::encode(hasher.finalize()));
-    Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::share;
-
-    #[test]
-    fn shares_add_up_and_differ_by_at_most_one() {
-        for (total, parts) in [(0, 1), (10, 3), (100 << 20, 100), (7, 10), (u64::MAX, 7)] {
-            let shares: Vec<u64> = (0..parts).map(|i| share(total, parts, i)).collect();
-            let sum: u128 = shares.iter().map(|&s| u128::from(s)).sum();
-            assert_eq!(sum, u128::from(total));
-            let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
-            assert!(max - min <= 1);
-        }
-    }
+    Ok(hq::report(&bodies))
 }

@@ -8,13 +8,11 @@
 //!                   [--conns N] [--get PATH]... [--ca PEM | --insecure] [--key-update-after BYTES]
 //!                   [--datagrams N]
 //! ```
-//! The client prints one JSON line (see `report.rs`) and exits 0 on success.
+//! The client prints one JSON line (`quench_tests::report`) and exits 0 on success. The
+//! protocols, flags and TLS setup live in the `quench_tests` library, shared with `s2n-peer`.
 
 mod client;
 mod datagram;
-mod hq;
-mod perf;
-mod report;
 mod server;
 mod tls;
 
@@ -37,9 +35,9 @@ enum Command {
     /// Serve perf and hq-interop until SIGINT/SIGTERM. (`serve` as for `quench`, so this
     /// binary can stand in for quench's CLI when checking the harness itself.)
     #[command(alias = "serve")]
-    Server(server::ServerArgs),
+    Server(quench_tests::args::ServerArgs),
     /// Run one transfer and print a JSON report line.
-    Client(client::ClientArgs),
+    Client(client::QuinnClientArgs),
 }
 
 fn main() -> ExitCode {

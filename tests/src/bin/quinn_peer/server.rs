@@ -1,62 +1,30 @@
 //! Server role: accept connections, dispatch each bidirectional stream to the protocol the
 //! connection negotiated by ALPN, until SIGINT/SIGTERM.
 
-use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use quench_tests::args::ServerArgs;
+use quench_tests::{hq, perf, serve};
 use quinn::crypto::rustls::HandshakeData;
 use quinn::{ConnectionError, VarInt};
-use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{hq, perf, tls};
+use crate::tls;
 
 /// How long a graceful shutdown waits for connections to acknowledge the close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
-#[derive(Args)]
-pub struct ServerArgs {
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    listen: SocketAddr,
-    /// PEM certificate chain; without it a self-signed certificate is generated.
-    #[arg(long, requires = "key")]
-    cert: Option<PathBuf>,
-    /// PEM private key.
-    #[arg(long, requires = "cert")]
-    key: Option<PathBuf>,
-    /// Write the generated certificate here (PEM), for clients to pin as CA.
-    #[arg(long, conflicts_with = "cert")]
-    write_cert: Option<PathBuf>,
-    /// Comma-separated ALPNs to offer.
-    #[arg(long, value_delimiter = ',', default_value = "perf,hq-interop,echo")]
-    alpn: Vec<String>,
-    /// Directory hq-interop GETs are served from.
-    #[arg(long)]
-    root: Option<PathBuf>,
-}
-
 pub async fn run(args: ServerArgs) -> Result<()> {
-    let config = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => tls::server_config_from_files(cert, key, &args.alpn)?,
-        _ => tls::server_config_generated(args.write_cert.as_deref(), &args.alpn)?,
-    };
+    let config = tls::server_config(&args)?;
     let endpoint = quinn::Endpoint::server(config, args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
-    let local = endpoint.local_addr()?;
-    {
-        // The harness waits for this exact line.
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {local}")?;
-        out.flush()?;
-    }
+    serve::announce(endpoint.local_addr()?)?;
 
     let root: Option<Arc<PathBuf>> = args.root.map(Arc::new);
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let shutdown = serve::shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -68,8 +36,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
                     }
                 });
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            result = &mut shutdown => {
+                result?;
+                break;
+            }
         }
     }
     endpoint.close(VarInt::from_u32(0), b"server shutting down");

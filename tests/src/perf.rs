@@ -1,17 +1,19 @@
 //! The `perf` protocol: the client opens a bidirectional stream, sends the number of bytes it
 //! wants back as an 8-byte big-endian integer, then any amount of upload data and FIN; the
 //! server discards the upload, sends exactly the requested bytes, and FINs.
+//!
+//! Written over `AsyncRead` / [`QuicSend`] so every peer stack runs the same code.
 
 use anyhow::{bail, Context, Result};
-use quinn::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::client::ReceiveTriggers;
+use crate::stream::QuicSend;
 
 /// Payload source for both directions: content is irrelevant to perf, only the count matters.
 static FILL: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Writes `len` filler bytes.
-pub async fn write_fill(send: &mut SendStream, mut len: u64) -> Result<()> {
+pub async fn write_fill(send: &mut impl QuicSend, mut len: u64) -> Result<()> {
     while len > 0 {
         let n = usize::try_from(len).unwrap_or(usize::MAX).min(FILL.len());
         send.write_all(&FILL[..n]).await?;
@@ -20,19 +22,25 @@ pub async fn write_fill(send: &mut SendStream, mut len: u64) -> Result<()> {
     Ok(())
 }
 
-/// Reads to FIN without copying, returning the byte count; `on_data` sees every chunk length.
-pub async fn drain(recv: &mut RecvStream, mut on_data: impl FnMut(u64)) -> Result<u64> {
+/// Reads to FIN, returning the byte count; `on_data` sees every read's length.
+pub async fn drain(
+    recv: &mut (impl AsyncRead + Unpin),
+    mut on_data: impl FnMut(u64),
+) -> Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
-    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
-        let n = chunk.bytes.len() as u64;
+    loop {
+        let n = recv.read(&mut buf).await? as u64;
+        if n == 0 {
+            return Ok(total);
+        }
         total += n;
         on_data(n);
     }
-    Ok(total)
 }
 
 /// Server side of one stream.
-pub async fn serve(mut send: SendStream, mut recv: RecvStream) -> Result<()> {
+pub async fn serve(mut send: impl QuicSend, mut recv: impl AsyncRead + Unpin) -> Result<()> {
     let mut header = [0u8; 8];
     recv.read_exact(&mut header)
         .await
@@ -46,7 +54,8 @@ pub async fn serve(mut send: SendStream, mut recv: RecvStream) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     };
     let discard = async { drain(&mut recv, |_| {}).await.map(|_| ()) };
-    // quinn keeps retransmitting a finished stream after its handle is dropped.
+    // quinn keeps retransmitting a finished stream after its handle is dropped; s2n-quic
+    // does too (dropping a send stream finishes it).
     tokio::try_join!(respond, discard).map(|_| ())
 }
 
@@ -56,25 +65,23 @@ pub struct Transfer {
     pub up: u64,
 }
 
-/// Client side of one stream: ask for `down` bytes, upload `up` bytes.
+/// Client side of one freshly opened stream: ask for `down` bytes, upload `up` bytes;
+/// `on_data` sees every chunk of the download.
 pub async fn request(
-    conn: &quinn::Connection,
+    mut send: impl QuicSend,
+    mut recv: impl AsyncRead + Unpin,
     down: u64,
     up: u64,
-    triggers: &ReceiveTriggers,
+    on_data: impl FnMut(u64),
 ) -> Result<Transfer> {
-    let (mut send, mut recv) = conn.open_bi().await.context("opening stream")?;
     let upload = async {
         send.write_all(&down.to_be_bytes()).await?;
         write_fill(&mut send, up).await?;
         send.finish()?;
         // Count the upload only once the peer has acknowledged all of it.
-        if let Some(code) = send.stopped().await? {
-            bail!("server stopped the upload with code {code}");
-        }
-        Ok::<_, anyhow::Error>(())
+        send.acknowledged().await
     };
-    let download = drain(&mut recv, |n| triggers.on_received(n));
+    let download = drain(&mut recv, on_data);
     let ((), got) = tokio::try_join!(upload, download)?;
     if got != down {
         bail!("perf: asked for {down} bytes, received {got}");

@@ -1,15 +1,18 @@
 //! `hq-interop` (HTTP/0.9 over QUIC): `GET /path\r\n` + FIN on a bidirectional stream; the
 //! server answers with the raw body and FIN. A path that names no file but is `/N` (decimal)
 //! is answered with N bytes, so transfers need no fixture files.
+//!
+//! Written over `AsyncRead` / [`QuicSend`] so every peer stack runs the same code.
 
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use quinn::{RecvStream, SendStream, VarInt};
-use tokio::io::AsyncReadExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::client::ReceiveTriggers;
 use crate::perf;
+use crate::report::Report;
+use crate::stream::QuicSend;
 
 /// Longest request line we accept (`GET ` + path + CRLF).
 const MAX_REQUEST: usize = 4096;
@@ -43,16 +46,29 @@ fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
     }
 }
 
+/// Reads the whole request (to FIN), refusing one longer than [`MAX_REQUEST`].
+async fn read_request(recv: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>> {
+    let mut request = Vec::new();
+    recv.take(MAX_REQUEST as u64 + 1)
+        .read_to_end(&mut request)
+        .await?;
+    if request.len() > MAX_REQUEST {
+        bail!("request longer than {MAX_REQUEST} bytes");
+    }
+    Ok(request)
+}
+
 /// Server side of one stream.
-pub async fn serve(mut send: SendStream, mut recv: RecvStream, root: Option<&Path>) -> Result<()> {
-    let request = recv
-        .read_to_end(MAX_REQUEST)
-        .await
-        .context("reading request")?;
+pub async fn serve(
+    mut send: impl QuicSend,
+    mut recv: impl AsyncRead + Unpin,
+    root: Option<&Path>,
+) -> Result<()> {
+    let request = read_request(&mut recv).await.context("reading request")?;
     let path = match parse_request(&request) {
         Ok(path) => path,
         Err(e) => {
-            send.reset(VarInt::from_u32(REQUEST_REJECTED))?;
+            send.reset(REQUEST_REJECTED)?;
             return Err(e);
         }
     };
@@ -74,7 +90,7 @@ pub async fn serve(mut send: SendStream, mut recv: RecvStream, root: Option<&Pat
         _ => match path[1..].parse::<u64>() {
             Ok(len) => perf::write_fill(&mut send, len).await?,
             Err(_) => {
-                send.reset(VarInt::from_u32(REQUEST_REJECTED))?;
+                send.reset(REQUEST_REJECTED)?;
                 bail!("no such file: {path}");
             }
         },
@@ -83,25 +99,53 @@ pub async fn serve(mut send: SendStream, mut recv: RecvStream, root: Option<&Pat
     Ok(())
 }
 
-/// Client side: GET `path`, return the body.
+/// Client side on a freshly opened stream: GET `path`, return the body; `on_data` sees
+/// every chunk received.
 pub async fn get(
-    conn: &quinn::Connection,
+    mut send: impl QuicSend,
+    mut recv: impl AsyncRead + Unpin,
     path: &str,
-    triggers: &ReceiveTriggers,
+    mut on_data: impl FnMut(u64),
 ) -> Result<Vec<u8>> {
-    let (mut send, mut recv) = conn.open_bi().await.context("opening stream")?;
     send.write_all(format!("GET {path}\r\n").as_bytes()).await?;
     send.finish()?;
     let mut body = Vec::new();
-    while let Some(chunk) = recv
-        .read_chunk(usize::MAX, true)
-        .await
-        .with_context(|| format!("GET {path}"))?
-    {
-        triggers.on_received(chunk.bytes.len() as u64);
-        body.extend_from_slice(&chunk.bytes);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = recv
+            .read(&mut buf)
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        if n == 0 {
+            return Ok(body);
+        }
+        on_data(n as u64);
+        body.extend_from_slice(&buf[..n]);
     }
-    Ok(body)
+}
+
+/// The paths a client GETs: `--get` as given, else one `/N` per stream splitting `--down`.
+pub fn paths(gets: &[String], down: u64, total_streams: u64) -> Vec<String> {
+    if !gets.is_empty() {
+        return gets.to_vec();
+    }
+    (0..total_streams)
+        .map(|i| format!("/{}", crate::share(down, total_streams, i)))
+        .collect()
+}
+
+/// The report for bodies received in request order: total bytes, count, and the SHA-256 of
+/// their concatenation (what the tests compare against the files served).
+pub fn report(bodies: &[Vec<u8>]) -> Report {
+    let mut hasher = Sha256::new();
+    let mut report = Report::default();
+    for body in bodies {
+        hasher.update(body);
+        report.bytes_down += body.len() as u64;
+    }
+    report.streams = bodies.len() as u64;
+    report.sha256 = Some(hex::encode(hasher.finalize()));
+    report
 }
 
 #[cfg(test)]
@@ -131,5 +175,11 @@ mod tests {
         assert_eq!(resolve(root, "/../etc/passwd"), None);
         assert_eq!(resolve(root, "/a/../../x"), None);
         assert_eq!(resolve(root, "/./x"), None);
+    }
+
+    #[test]
+    fn default_paths_split_the_download() {
+        assert_eq!(paths(&[], 10, 3), ["/4", "/3", "/3"]);
+        assert_eq!(paths(&["/a".to_string()], 10, 3), ["/a"]);
     }
 }

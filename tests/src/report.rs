@@ -1,4 +1,4 @@
-//! The one JSON line a client prints when done (the same format `quench client` prints).
+//! The one JSON line a peer client prints when done (the same format `quench client` prints).
 
 use serde_json::json;
 
@@ -14,8 +14,9 @@ pub struct Report {
     /// Hex SHA-256 of all hq-interop bodies concatenated in request order.
     pub sha256: Option<String>,
     pub key_updates: u64,
-    /// The largest path MTU (UDP payload) quinn's discovery reached on any connection.
-    pub max_datagram_size: u64,
+    /// The largest path MTU (UDP payload) the stack's discovery reached on any connection;
+    /// `null` in the JSON when the stack does not expose it (s2n-quic).
+    pub max_datagram_size: Option<u64>,
     /// `--alpn echo --datagrams N`: DATAGRAM frames sent, and echoed back intact.
     pub datagrams_sent: Option<u64>,
     pub datagrams_echoed: Option<u64>,
@@ -61,7 +62,7 @@ mod tests {
             streams: 3,
             sha256: None,
             key_updates: 1,
-            max_datagram_size: 1452,
+            max_datagram_size: Some(1452),
             ..Report::default()
         };
         let v: serde_json::Value = serde_json::from_str(&report.to_json_line()).unwrap();
