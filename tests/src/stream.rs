@@ -35,3 +35,21 @@ impl QuicSend for quinn::SendStream {
         Ok(())
     }
 }
+
+impl QuicSend for s2n_quic::stream::SendStream {
+    fn finish(&mut self) -> Result<()> {
+        s2n_quic::stream::SendStream::finish(self)?;
+        Ok(())
+    }
+
+    fn reset(&mut self, code: u32) -> Result<()> {
+        s2n_quic::stream::SendStream::reset(self, s2n_quic::application::Error::from(code))?;
+        Ok(())
+    }
+
+    async fn acknowledged(&mut self) -> Result<()> {
+        // s2n-quic's `close` is finish + wait for the peer's ACK of everything.
+        self.close().await?;
+        Ok(())
+    }
+}
