@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that runs the whole suite: dependencies, formatting, lints, the release
-# build, every test in the workspace (unit, property, interop against quinn and aioquic),
+# build, every test in the workspace (unit, property, interop against quinn, s2n-quic and aioquic),
 # then the fuzz smoke run if present. Stops at the first failure; always prints a summary.
 set -euo pipefail
 

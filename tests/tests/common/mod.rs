@@ -92,6 +92,10 @@ pub fn quinn_peer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_quinn-peer"))
 }
 
+pub fn s2n_peer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_s2n-peer"))
+}
+
 /// Python interpreter with aioquic: `$AIOQUIC_PYTHON`, else the venv `scripts/deps.sh` makes.
 pub fn aioquic_python() -> PathBuf {
     let path = std::env::var_os("AIOQUIC_PYTHON")
@@ -200,6 +204,8 @@ fn tail(path: &Path, max_bytes: usize) -> String {
 pub enum Peer {
     Quench,
     Quinn,
+    /// `s2n-peer` (AWS s2n-quic).
+    S2n,
     Aioquic,
 }
 
@@ -237,6 +243,13 @@ impl Server {
         let mut args = cert_args(certs);
         args.extend(["--root".into(), root.into()]);
         Server::spawn("quinn-peer", &quinn_peer_bin(), &["server"], args, logs)
+    }
+
+    /// `s2n-peer server`.
+    pub fn s2n(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        let mut args = cert_args(certs);
+        args.extend(["--root".into(), root.into()]);
+        Server::spawn("s2n-peer", &s2n_peer_bin(), &["server"], args, logs)
     }
 
     /// `aioquic_server.py` (aioquic's asyncio server) with the given certificate and
@@ -371,6 +384,21 @@ impl Server {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `shutdown_stats`, summed over quench's workers: `field` of each worker's counters.
+    pub fn shutdown_worker_totals(self, fields: &[&str]) -> Vec<u64> {
+        let stats = self.shutdown_stats();
+        let workers = stats["workers"].as_array().expect("workers").clone();
+        fields
+            .iter()
+            .map(|field| {
+                workers
+                    .iter()
+                    .map(|w| w[*field].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .collect()
     }
 
     /// `shutdown`, which must exit 0, then everything the server wrote to stderr.
@@ -585,6 +613,11 @@ pub fn client_command(peer: Peer, server: SocketAddr, ca: &Path, transfer: &Tran
             c.arg("client");
             c
         }
+        Peer::S2n => {
+            let mut c = Command::new(s2n_peer_bin());
+            c.arg("client");
+            c
+        }
         Peer::Aioquic => {
             let mut c = Command::new(aioquic_python());
             c.arg(aioquic_client_script());
@@ -606,7 +639,8 @@ pub struct Report {
     pub streams: u64,
     pub sha256: Option<String>,
     pub key_updates: u64,
-    /// Largest maximum datagram size a connection reached (quench and quinn clients print it).
+    /// Largest maximum datagram size a connection reached (quench and quinn clients print it;
+    /// s2n-peer prints null).
     pub max_datagram_size: Option<u64>,
 }
 
