@@ -2,6 +2,7 @@
 //! picked by ALPN (`perf`, `hq-interop`, `echo`).
 
 pub mod echo;
+pub mod h3;
 pub mod hq;
 pub mod perf;
 
