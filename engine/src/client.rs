@@ -1,4 +1,4 @@
-//! `quench client`: N connections to one server running perf, hq-interop or echo, on one
+//! `quench client`: N connections to one server running perf, hq-interop, h3 or echo, on one
 //! thread over a UDP datapath; reports handshake time, bytes and throughput.
 
 use std::net::SocketAddr;
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::app::echo::DatagramEchoClient;
+use crate::app::h3::client::H3Client;
 use crate::app::hq::HqClient;
 use crate::app::perf::PerfClient;
 use crate::app::{dispatch_stream_event, Application};
@@ -25,6 +26,10 @@ pub enum ClientWorkload {
         streams: u64,
     },
     Hq {
+        paths: Vec<String>,
+    },
+    /// HTTP/3 GETs of these paths, one after another.
+    H3 {
         paths: Vec<String>,
     },
     /// `echo` over DATAGRAM frames (RFC 9221): this many numbered datagrams a connection.
@@ -68,6 +73,27 @@ pub struct ClientReport {
 }
 
 impl ClientReport {
+    /// Adds one connection's GETs (hq-interop, h3). Every connection fetches the same
+    /// paths, so their digests must agree; only whole runs compare (a timed-out one
+    /// reports `Timeout` instead).
+    fn add_fetches(
+        &mut self,
+        bytes_down: u64,
+        fetched: u64,
+        digest: String,
+        complete: bool,
+    ) -> Result<(), ClientError> {
+        self.bytes_down += bytes_down;
+        self.streams += fetched;
+        if complete && self.sha256.as_ref().is_some_and(|d| *d != digest) {
+            return Err(ClientError::Failed(
+                "connections received different bodies for the same paths".into(),
+            ));
+        }
+        self.sha256 = Some(digest);
+        Ok(())
+    }
+
     pub fn throughput_mbps(&self) -> f64 {
         if self.seconds <= 0.0 {
             0.0
@@ -118,6 +144,8 @@ pub enum ClientApp {
     Idle,
     Perf(PerfClient),
     Hq(HqClient),
+    /// Boxed: its session state makes it several times larger than the others.
+    H3(Box<H3Client>),
     Datagrams(DatagramEchoClient),
 }
 
@@ -127,6 +155,7 @@ impl ClientApp {
             ClientApp::Idle => None,
             ClientApp::Perf(p) => Some(p),
             ClientApp::Hq(h) => Some(h),
+            ClientApp::H3(h) => Some(h.as_mut()),
             ClientApp::Datagrams(d) => Some(d),
         }
     }
@@ -136,6 +165,7 @@ impl ClientApp {
             ClientApp::Idle => false,
             ClientApp::Perf(p) => p.is_done(),
             ClientApp::Hq(h) => h.is_done(),
+            ClientApp::H3(h) => h.is_done(),
             ClientApp::Datagrams(d) => d.is_done(now),
         }
     }
@@ -145,6 +175,7 @@ impl ClientApp {
             ClientApp::Idle => None,
             ClientApp::Perf(p) => p.failed.as_deref(),
             ClientApp::Hq(h) => h.failed.as_deref(),
+            ClientApp::H3(h) => h.failed.as_deref(),
             ClientApp::Datagrams(d) => d.failed.as_deref(),
         }
     }
@@ -154,6 +185,7 @@ impl ClientApp {
             ClientApp::Idle => 0,
             ClientApp::Perf(p) => p.bytes_down,
             ClientApp::Hq(h) => h.bytes_down,
+            ClientApp::H3(h) => h.bytes_down,
             ClientApp::Datagrams(d) => d.bytes_down,
         }
     }
@@ -175,6 +207,8 @@ pub struct ClientConnState {
 
 struct ClientHandler {
     workload: ClientWorkload,
+    /// The server name, for HTTP/3's :authority.
+    authority: String,
     key_update_after: Option<u64>,
     /// perf totals are split across connections; this counts the ones started.
     started: u64,
@@ -208,6 +242,10 @@ impl EventHandler<ClientConnState> for ClientHandler {
                         ))
                     }
                     ClientWorkload::Hq { paths } => ClientApp::Hq(HqClient::new(paths.clone())),
+                    ClientWorkload::H3 { paths } => ClientApp::H3(Box::new(H3Client::new(
+                        self.authority.clone(),
+                        paths.clone(),
+                    ))),
                     ClientWorkload::Datagrams { count } => {
                         ClientApp::Datagrams(DatagramEchoClient::new(*count))
                     }
@@ -270,6 +308,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
     let mut endpoint: Endpoint<ClientConnState> = Endpoint::new(cfg);
     let mut handler = ClientHandler {
         workload: opts.workload.clone(),
+        authority: opts.server_name.clone(),
         key_update_after: opts.key_update_after,
         started: 0,
         conns: opts.conns.max(1) as u64,
@@ -398,17 +437,10 @@ pub fn run_client_on<D: crate::io::Datapath>(
                 report.streams += p.completed;
             }
             ClientApp::Hq(h) => {
-                // Every connection fetches the same paths: their digests must agree.
-                report.bytes_down += h.bytes_down;
-                report.streams += h.fetched;
-                let digest = h.digest();
-                // Only whole runs compare (a timed-out one reports `Timeout` below).
-                if h.is_done() && report.sha256.as_ref().is_some_and(|d| *d != digest) {
-                    return Err(ClientError::Failed(
-                        "connections received different bodies for the same paths".into(),
-                    ));
-                }
-                report.sha256 = Some(digest);
+                report.add_fetches(h.bytes_down, h.fetched, h.digest(), h.is_done())?;
+            }
+            ClientApp::H3(h) => {
+                report.add_fetches(h.bytes_down, h.fetched, h.digest(), h.is_done())?;
             }
             ClientApp::Datagrams(d) => {
                 report.bytes_down += d.bytes_down;

@@ -93,9 +93,9 @@ enum Command {
         #[arg(long)]
         write_cert: Option<PathBuf>,
         /// Applications offered, by ALPN.
-        #[arg(long, value_delimiter = ',', default_value = "perf,hq-interop,echo")]
+        #[arg(long, value_delimiter = ',', default_value = "perf,hq-interop,echo,h3")]
         alpn: Vec<String>,
-        /// Directory served by hq-interop.
+        /// Directory served by hq-interop and h3.
         #[arg(long)]
         root: Option<PathBuf>,
         /// Worker threads (one socket and one pinned core each). Default: one per core.
@@ -275,9 +275,9 @@ fn run(cli: Cli) -> Result<()> {
                 .filter(|a| !a.is_empty())
                 .collect();
             for a in &alpns {
-                if ![&b"perf"[..], b"hq-interop", b"echo"].contains(&a.as_slice()) {
+                if ![&b"perf"[..], b"hq-interop", b"echo", b"h3"].contains(&a.as_slice()) {
                     bail!(
-                        "unknown ALPN {:?} (built-ins: perf, hq-interop, echo)",
+                        "unknown ALPN {:?} (built-ins: perf, hq-interop, echo, h3)",
                         String::from_utf8_lossy(a)
                     );
                 }
@@ -354,7 +354,13 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     ClientWorkload::Datagrams { count: datagrams }
                 }
-                other => bail!("client ALPN {other:?} not supported (perf, hq-interop, echo)"),
+                "h3" => {
+                    if get.is_empty() {
+                        bail!("h3 needs at least one --get PATH");
+                    }
+                    ClientWorkload::H3 { paths: get }
+                }
+                other => bail!("client ALPN {other:?} not supported (perf, hq-interop, echo, h3)"),
             };
             // Echoes come back as DATAGRAM frames: accept them.
             let max_datagram_frame_size =

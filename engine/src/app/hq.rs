@@ -186,7 +186,7 @@ fn parse_request(req: &[u8]) -> Option<String> {
 }
 
 /// Maps a request path under `root`, refusing anything that would escape it.
-fn resolve(root: Option<&Path>, path: &str) -> Option<PathBuf> {
+pub(crate) fn resolve(root: Option<&Path>, path: &str) -> Option<PathBuf> {
     let root = root?;
     let rel = Path::new(path.trim_start_matches('/'));
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {

@@ -1,5 +1,5 @@
 //! Applications over QUIC streams: the trait a library user implements, and the built-ins
-//! picked by ALPN (`perf`, `hq-interop`, `echo`).
+//! picked by ALPN (`perf`, `hq-interop`, `echo`, `h3`).
 
 pub mod echo;
 pub mod h3;
@@ -140,6 +140,7 @@ impl AppFactory for BuiltinApps {
             ALPN_PERF => Some(Box::new(perf::PerfServer::default())),
             ALPN_HQ => Some(Box::new(hq::HqServer::new(self.root.clone()))),
             ALPN_ECHO => Some(Box::new(echo::EchoServer::default())),
+            h3::ALPN_H3 => Some(Box::new(h3::server::H3Server::new(self.root.clone()))),
             _ => None,
         }
     }

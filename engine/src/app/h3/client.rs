@@ -1,0 +1,331 @@
+//! The HTTP/3 client application: GETs each path in turn, each on its own request stream,
+//! and hashes the bodies in request order (as the `hq-interop` client does).
+
+use sha2::{Digest, Sha256};
+use std::time::Instant;
+
+use crate::app::Application;
+use crate::conn::{CloseReason, Connection, StreamId};
+use crate::Side;
+
+use super::fields;
+use super::frame::{self, FrameReader, Item};
+use super::qpack::{self, Field};
+use super::session::Session;
+use super::{code, H3Error, MAX_FIELD_SECTION_SIZE};
+
+/// The response to the request in flight.
+struct Exchange {
+    id: StreamId,
+    path: String,
+    reader: FrameReader,
+    /// The final status, once its HEADERS arrived (1xx responses are skipped, §4.1).
+    status: Option<u16>,
+    content_length: Option<u64>,
+    received: u64,
+    trailers: bool,
+}
+
+pub struct H3Client {
+    authority: String,
+    paths: Vec<String>,
+    next: usize,
+    current: Option<Exchange>,
+    session: Session,
+    hasher: Sha256,
+    pub bytes_down: u64,
+    /// Bodies received whole.
+    pub fetched: u64,
+    pub failed: Option<String>,
+    done: bool,
+}
+
+impl H3Client {
+    /// `authority` goes in :authority (the server name the client connected to).
+    pub fn new(authority: String, paths: Vec<String>) -> Self {
+        Self {
+            authority,
+            paths,
+            next: 0,
+            current: None,
+            session: Session::new(Side::Client),
+            hasher: Sha256::new(),
+            bytes_down: 0,
+            fetched: 0,
+            failed: None,
+            done: false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done || self.failed.is_some()
+    }
+
+    /// Hex SHA-256 of every body, concatenated in request order.
+    pub fn digest(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+
+    fn request_next(&mut self, conn: &mut Connection) {
+        if self.next >= self.paths.len() || self.session.goaway.is_some() {
+            // A GOAWAY means no new requests on this connection (§5.2).
+            self.done = self.next >= self.paths.len();
+            if !self.done {
+                self.failed = Some("server sent GOAWAY before every path was fetched".into());
+            }
+            return;
+        }
+        let Some(id) = conn.open_stream(true) else {
+            return; // wait for MAX_STREAMS (`on_streams_available`)
+        };
+        let path = self.paths[self.next].clone();
+        self.next += 1;
+        let mut section = Vec::new();
+        qpack::encode_field_section(
+            &[
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", self.authority.as_bytes()),
+                (b":path", path.as_bytes()),
+                (b"user-agent", b"quench"),
+            ],
+            &mut section,
+        );
+        let mut request = Vec::new();
+        frame::put_frame(&mut request, frame::HEADERS, &section);
+        match conn.write(id, &request) {
+            Ok(n) if n == request.len() => {}
+            _ => {
+                self.failed = Some("request did not fit the stream window".into());
+                return;
+            }
+        }
+        let _ = conn.finish(id);
+        self.current = Some(Exchange {
+            id,
+            path,
+            reader: FrameReader::default(),
+            status: None,
+            content_length: None,
+            received: 0,
+            trailers: false,
+        });
+    }
+
+    fn read_response(
+        &mut self,
+        conn: &mut Connection,
+        id: StreamId,
+        now: Instant,
+    ) -> Result<(), String> {
+        let mut chunk = [0u8; 32 * 1024];
+        loop {
+            let Some(ex) = self.current.as_mut().filter(|e| e.id == id) else {
+                return Ok(());
+            };
+            let (n, fin) = conn
+                .read(id, &mut chunk, now)
+                .map_err(|e| format!("stream {id}: {e}"))?;
+            ex.reader.push(&chunk[..n]);
+            while let Some(item) = ex
+                .reader
+                .next(|ty| match ty {
+                    frame::HEADERS => MAX_FIELD_SECTION_SIZE,
+                    _ => 4096,
+                })
+                .map_err(|e| self_close(conn, now, e))?
+            {
+                match item {
+                    Item::Frame {
+                        ty: frame::HEADERS,
+                        payload,
+                    } => {
+                        let fields = qpack::decode_field_section(payload, MAX_FIELD_SECTION_SIZE)
+                            .map_err(|e| self_close(conn, now, e.into()))?;
+                        if ex.trailers {
+                            return Err(format!("{}: HEADERS after the trailers", ex.path));
+                        }
+                        if ex.status.is_some() {
+                            ex.trailers = true;
+                            fields::split(&fields, &[])
+                                .map_err(|e| format!("{}: trailers: {e}", ex.path))?;
+                            continue;
+                        }
+                        let (status, length) =
+                            parse_response(&fields).map_err(|e| format!("{}: {e}", ex.path))?;
+                        if (100..200).contains(&status) {
+                            continue; // interim
+                        }
+                        if status != 200 {
+                            return Err(format!("{}: status {status}", ex.path));
+                        }
+                        ex.status = Some(status);
+                        ex.content_length = length;
+                    }
+                    Item::Data(d) => {
+                        if ex.status.is_none() || ex.trailers {
+                            return Err(self_close(
+                                conn,
+                                now,
+                                H3Error::new(code::FRAME_UNEXPECTED, "DATA out of sequence"),
+                            ));
+                        }
+                        ex.received += d.len() as u64;
+                        self.hasher.update(d);
+                        self.bytes_down += d.len() as u64;
+                    }
+                    Item::Frame { ty, .. } => {
+                        if matches!(
+                            ty,
+                            frame::CANCEL_PUSH
+                                | frame::SETTINGS
+                                | frame::GOAWAY
+                                | frame::MAX_PUSH_ID
+                                | frame::PUSH_PROMISE
+                        ) || frame::is_http2_only(ty)
+                        {
+                            // PUSH_PROMISE too: we never allowed a push (no MAX_PUSH_ID).
+                            return Err(self_close(
+                                conn,
+                                now,
+                                H3Error::new(
+                                    code::FRAME_UNEXPECTED,
+                                    "frame not allowed on a request stream",
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            if fin {
+                if !ex.reader.at_boundary() {
+                    return Err(self_close(
+                        conn,
+                        now,
+                        H3Error::new(code::FRAME_ERROR, "response ended inside a frame"),
+                    ));
+                }
+                if ex.status.is_none() {
+                    return Err(format!(
+                        "{}: response ended without a final status",
+                        ex.path
+                    ));
+                }
+                if ex.content_length.is_some_and(|n| n != ex.received) {
+                    return Err(format!(
+                        "{}: content-length {:?} but {} bytes",
+                        ex.path, ex.content_length, ex.received
+                    ));
+                }
+                self.current = None;
+                self.fetched += 1;
+                self.request_next(conn);
+                return Ok(());
+            }
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Closes the connection for a connection error and describes it for the report.
+fn self_close(conn: &mut Connection, now: Instant, e: H3Error) -> String {
+    conn.close(now, e.code, e.reason);
+    e.to_string()
+}
+
+/// A response's :status (exactly one, three digits, §4.3.2) and content-length.
+fn parse_response(fields: &[Field]) -> Result<(u16, Option<u64>), &'static str> {
+    let (pseudo, regular) = fields::split(fields, &[b":status"])?;
+    let status = fields::pseudo(&pseudo, b":status").ok_or("no :status")?;
+    let status = std::str::from_utf8(status)
+        .ok()
+        .filter(|s| s.len() == 3 && s.bytes().all(|c| c.is_ascii_digit()))
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|s| (100..600).contains(s))
+        .ok_or("invalid :status")?;
+    Ok((status, fields::content_length(regular)?))
+}
+
+impl Application for H3Client {
+    fn on_connected(&mut self, conn: &mut Connection, now: Instant) {
+        self.session.open(conn, now);
+        self.request_next(conn);
+    }
+
+    fn on_streams_available(&mut self, conn: &mut Connection, bidi: bool, _now: Instant) {
+        if bidi && self.current.is_none() && !self.is_done() {
+            self.request_next(conn);
+        }
+    }
+
+    fn on_stream_opened(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        if id.is_bidi() {
+            // §6.1: HTTP/3 gives server-initiated bidirectional streams no meaning.
+            return self.session.fail(
+                conn,
+                now,
+                H3Error::new(
+                    code::STREAM_CREATION_ERROR,
+                    "server opened a bidirectional stream",
+                ),
+            );
+        }
+        self.on_readable(conn, id, now);
+    }
+
+    fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        if !id.is_bidi() {
+            self.session.on_uni_readable(conn, id, now);
+            if self.session.failed && self.failed.is_none() {
+                self.failed = Some("HTTP/3 connection error on a control stream".into());
+            }
+            return;
+        }
+        if let Err(e) = self.read_response(conn, id, now) {
+            let _ = conn.stop_sending(id, code::REQUEST_CANCELLED);
+            self.failed = Some(e);
+        }
+    }
+
+    fn on_writable(&mut self, conn: &mut Connection, id: StreamId, _now: Instant) {
+        if self.session.is_our_control(id) {
+            self.session.flush_control(conn);
+        }
+    }
+
+    fn on_reset(&mut self, conn: &mut Connection, id: StreamId, code: u64, now: Instant) {
+        if !id.is_bidi() {
+            return self.session.on_uni_reset(conn, id, now);
+        }
+        self.failed = Some(format!("stream {id} reset with code {code:#x}"));
+    }
+
+    fn on_closed(&mut self, reason: &CloseReason) {
+        if !self.is_done() {
+            self.failed = Some(format!("connection closed early: {reason:?}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_need_one_valid_status() {
+        let f = |n: &str, v: &str| Field {
+            name: n.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        };
+        assert_eq!(
+            parse_response(&[f(":status", "200"), f("content-length", "5")]),
+            Ok((200, Some(5)))
+        );
+        assert!(parse_response(&[f("content-length", "5")]).is_err());
+        assert!(parse_response(&[f(":status", "20")]).is_err());
+        assert!(parse_response(&[f(":status", "200"), f(":status", "200")]).is_err());
+        assert!(parse_response(&[f(":method", "GET"), f(":status", "200")]).is_err());
+    }
+}

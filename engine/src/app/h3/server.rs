@@ -1,0 +1,606 @@
+//! The HTTP/3 server application: GET and HEAD of the files under `--root` (and `/N` for N
+//! bytes, as `hq-interop`), every other method answered 405.
+
+use foldhash::{HashMap, HashMapExt};
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::app::hq::resolve;
+use crate::app::{Application, ZEROS};
+use crate::conn::{CloseReason, Connection, StreamId};
+use crate::Side;
+
+use super::fields::{self, Malformed};
+use super::frame::{self, FrameReader, Item};
+use super::qpack::{self, Field};
+use super::session::Session;
+use super::{code, H3Error, MAX_FIELD_SECTION_SIZE};
+
+/// DATA frames carry at most this much (one read of the file).
+const CHUNK: usize = 16 * 1024;
+
+const REQUEST_PSEUDO: &[&[u8]] = &[b":method", b":scheme", b":path", b":authority"];
+
+enum Body {
+    None,
+    File(File),
+    Synthetic(u64),
+}
+
+/// Where a request stream is in its frame sequence (§4.1).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Headers,
+    Content,
+    Trailers,
+}
+
+struct Request {
+    reader: FrameReader,
+    phase: Phase,
+    /// The request's content-length and the DATA bytes seen (§4.1.2).
+    content_length: Option<u64>,
+    content_seen: u64,
+    /// Framed response bytes the transport has not taken yet, and where they start.
+    out: Vec<u8>,
+    out_pos: usize,
+    body: Body,
+    responding: bool,
+    request_done: bool,
+    response_done: bool,
+}
+
+impl Request {
+    fn new() -> Self {
+        Self {
+            reader: FrameReader::default(),
+            phase: Phase::Headers,
+            content_length: None,
+            content_seen: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            body: Body::None,
+            responding: false,
+            request_done: false,
+            response_done: false,
+        }
+    }
+}
+
+/// What went wrong on one request stream.
+enum StreamFault {
+    /// A connection error (§8).
+    Connection(H3Error),
+    /// The request is malformed: a stream error H3_MESSAGE_ERROR (§4.1.2).
+    Malformed(Malformed),
+}
+
+impl From<H3Error> for StreamFault {
+    fn from(e: H3Error) -> Self {
+        StreamFault::Connection(e)
+    }
+}
+
+pub struct H3Server {
+    root: Option<PathBuf>,
+    session: Session,
+    requests: HashMap<StreamId, Request>,
+    /// Requests answered (for logs and tests).
+    pub responses: u64,
+}
+
+impl H3Server {
+    pub fn new(root: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            session: Session::new(Side::Server),
+            requests: HashMap::new(),
+            responses: 0,
+        }
+    }
+
+    fn read_request(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let Some(req) = self.requests.get_mut(&id) else {
+                return;
+            };
+            if req.request_done {
+                return;
+            }
+            let (n, fin) = match conn.read(id, &mut chunk, now) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            req.reader.push(&chunk[..n]);
+            if let Err(fault) = self.process(conn, id, fin) {
+                return self.fault(conn, id, now, fault);
+            }
+            if fin || n == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Takes the frames buffered on `id`; `fin`: the request side ended after them.
+    fn process(
+        &mut self,
+        conn: &mut Connection,
+        id: StreamId,
+        fin: bool,
+    ) -> Result<(), StreamFault> {
+        let root = self.root.as_deref();
+        let Some(req) = self.requests.get_mut(&id) else {
+            return Ok(());
+        };
+        while let Some(item) = req.reader.next(|ty| match ty {
+            frame::HEADERS => MAX_FIELD_SECTION_SIZE,
+            _ => 4096,
+        })? {
+            match (req.phase, item) {
+                (
+                    Phase::Headers,
+                    Item::Frame {
+                        ty: frame::HEADERS,
+                        payload,
+                    },
+                ) => {
+                    let fields = decode(payload)?;
+                    req.phase = Phase::Content;
+                    let head = parse_request(&fields).map_err(StreamFault::Malformed)?;
+                    req.content_length = head.content_length;
+                    start_response(req, root, &head);
+                }
+                (
+                    Phase::Content,
+                    Item::Frame {
+                        ty: frame::HEADERS,
+                        payload,
+                    },
+                ) => {
+                    // Trailers: checked, then ignored.
+                    let fields = decode(payload)?;
+                    fields::split(&fields, &[]).map_err(StreamFault::Malformed)?;
+                    req.phase = Phase::Trailers;
+                }
+                (Phase::Content, Item::Data(d)) => {
+                    req.content_seen += d.len() as u64;
+                    if req.content_length.is_some_and(|n| req.content_seen > n) {
+                        return Err(StreamFault::Malformed("more content than content-length"));
+                    }
+                }
+                (_, Item::Data(_))
+                | (
+                    _,
+                    Item::Frame {
+                        ty: frame::HEADERS, ..
+                    },
+                ) => {
+                    return Err(
+                        H3Error::new(code::FRAME_UNEXPECTED, "frame out of sequence").into(),
+                    );
+                }
+                (_, Item::Frame { ty, .. }) => check_request_stream_frame(ty)?,
+            }
+        }
+        if fin {
+            req.request_done = true;
+            if !req.reader.at_boundary() {
+                return Err(
+                    H3Error::new(code::FRAME_ERROR, "request stream ended inside a frame").into(),
+                );
+            }
+            if req.phase == Phase::Headers {
+                return Err(StreamFault::Malformed("request ended before its headers"));
+            }
+            if req.content_length.is_some_and(|n| n != req.content_seen) {
+                return Err(StreamFault::Malformed(
+                    "content shorter than content-length",
+                ));
+            }
+        }
+        self.pump(conn, id);
+        Ok(())
+    }
+
+    fn fault(&mut self, conn: &mut Connection, id: StreamId, now: Instant, fault: StreamFault) {
+        match fault {
+            StreamFault::Connection(e) => self.session.fail(conn, now, e),
+            StreamFault::Malformed(why) => {
+                tracing::debug!(stream = %id, why, "malformed request");
+                // An incomplete request (FIN before HEADERS) is H3_REQUEST_INCOMPLETE (§4.1).
+                let incomplete = self
+                    .requests
+                    .get(&id)
+                    .is_some_and(|r| r.phase == Phase::Headers && r.request_done);
+                let code = if incomplete {
+                    code::REQUEST_INCOMPLETE
+                } else {
+                    code::MESSAGE_ERROR
+                };
+                self.abandon(conn, id, code);
+            }
+        }
+    }
+
+    /// Ends both directions of `id` with `code` and forgets it.
+    fn abandon(&mut self, conn: &mut Connection, id: StreamId, code: u64) {
+        if let Some(req) = self.requests.remove(&id) {
+            if !req.response_done {
+                let _ = conn.reset_stream(id, code);
+            }
+            if !req.request_done {
+                let _ = conn.stop_sending(id, code);
+            }
+        }
+    }
+
+    /// Moves response bytes into the stream while it takes them.
+    fn pump(&mut self, conn: &mut Connection, id: StreamId) {
+        let Some(req) = self.requests.get_mut(&id) else {
+            return;
+        };
+        if !req.responding || req.response_done {
+            return;
+        }
+        loop {
+            if req.out_pos == req.out.len() {
+                req.out.clear();
+                req.out_pos = 0;
+                match next_chunk(&mut req.body, &mut req.out) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = conn.finish(id);
+                        req.response_done = true;
+                        break;
+                    }
+                    Err(()) => {
+                        // A body cut short must not look complete (§4.1.1).
+                        let _ = conn.reset_stream(id, code::INTERNAL_ERROR);
+                        req.response_done = true;
+                        break;
+                    }
+                }
+            }
+            match conn.write(id, &req.out[req.out_pos..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => req.out_pos += n,
+            }
+        }
+        if req.response_done {
+            self.responses += 1;
+            self.forget_if_done(id);
+        }
+    }
+
+    fn forget_if_done(&mut self, id: StreamId) {
+        if self
+            .requests
+            .get(&id)
+            .is_some_and(|r| r.request_done && r.response_done)
+        {
+            self.requests.remove(&id);
+        }
+    }
+}
+
+/// Decodes a request's field section: one over our limit is a malformed message, a
+/// stream error (RFC 9114 §4.2.2, §10.5.1); one that does not decode breaks QPACK, a
+/// connection error (RFC 9204 §2.2).
+fn decode(payload: &[u8]) -> Result<Vec<Field>, StreamFault> {
+    qpack::decode_field_section(payload, MAX_FIELD_SECTION_SIZE).map_err(|e| match e {
+        qpack::QpackError::TooLarge(_) => StreamFault::Malformed("field section too large"),
+        other => StreamFault::Connection(other.into()),
+    })
+}
+
+/// A frame type other than HEADERS and DATA on a request stream (§7.2): the control-stream
+/// frames and HTTP/2's reserved types are H3_FRAME_UNEXPECTED, as is PUSH_PROMISE from a
+/// client; unknown types are ignored.
+fn check_request_stream_frame(ty: u64) -> Result<(), H3Error> {
+    let unexpected = matches!(
+        ty,
+        frame::CANCEL_PUSH
+            | frame::SETTINGS
+            | frame::GOAWAY
+            | frame::MAX_PUSH_ID
+            | frame::PUSH_PROMISE
+    ) || frame::is_http2_only(ty);
+    if unexpected {
+        Err(H3Error::new(
+            code::FRAME_UNEXPECTED,
+            "frame not allowed on a request stream",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The parts of a request we act on.
+struct RequestHead {
+    method: Vec<u8>,
+    path: String,
+    content_length: Option<u64>,
+}
+
+/// Checks a request's fields (§4.3.1) and picks out what serving it needs.
+fn parse_request(fields: &[Field]) -> Result<RequestHead, Malformed> {
+    let (pseudo, regular) = fields::split(fields, REQUEST_PSEUDO)?;
+    let method = fields::pseudo(&pseudo, b":method").ok_or("no :method")?;
+    let content_length = fields::content_length(regular)?;
+    if method == b"CONNECT" {
+        // §4.4: :authority only. We do not tunnel; the caller answers 405.
+        if fields::pseudo(&pseudo, b":scheme").is_some()
+            || fields::pseudo(&pseudo, b":path").is_some()
+        {
+            return Err("CONNECT with :scheme or :path");
+        }
+        fields::pseudo(&pseudo, b":authority").ok_or("CONNECT without :authority")?;
+        return Ok(RequestHead {
+            method: method.to_vec(),
+            path: String::new(),
+            content_length,
+        });
+    }
+    let scheme = fields::pseudo(&pseudo, b":scheme").ok_or("no :scheme")?;
+    let path = fields::pseudo(&pseudo, b":path").ok_or("no :path")?;
+    if path.is_empty() {
+        return Err("empty :path");
+    }
+    if scheme == b"https" || scheme == b"http" {
+        // These schemes need an authority (§4.3.1): :authority or host, equal if both.
+        let authority = fields::pseudo(&pseudo, b":authority");
+        let host = regular
+            .iter()
+            .find(|f| f.name == b"host")
+            .map(|f| f.value.as_slice());
+        match (authority, host) {
+            (None, None) => return Err("no :authority or host"),
+            (Some(a), _) | (None, Some(a)) if a.is_empty() => return Err("empty authority"),
+            (Some(a), Some(h)) if a != h => return Err(":authority and host differ"),
+            _ => {}
+        }
+        if path[0] != b'/' && !(path == b"*" && method == b"OPTIONS") {
+            return Err(":path is not absolute");
+        }
+    }
+    let path = String::from_utf8(path.to_vec()).map_err(|_| "non-UTF-8 :path")?;
+    Ok(RequestHead {
+        method: method.to_vec(),
+        path,
+        content_length,
+    })
+}
+
+/// Frames the response head into `req.out` and picks the body.
+fn start_response(req: &mut Request, root: Option<&std::path::Path>, head: &RequestHead) {
+    req.responding = true;
+    let (status, body, length): (&[u8], Body, u64) = match head.method.as_slice() {
+        b"GET" | b"HEAD" => {
+            // The query plays no part in which file is served.
+            let path = head.path.split('?').next().unwrap_or("");
+            let file = resolve(root, path).and_then(|p| {
+                let f = File::open(p).ok()?;
+                let len = f.metadata().ok()?.len();
+                Some((f, len))
+            });
+            match file {
+                Some((f, len)) => (b"200", Body::File(f), len),
+                None => match path.strip_prefix('/').and_then(|n| n.parse::<u64>().ok()) {
+                    Some(n) => (b"200", Body::Synthetic(n), n),
+                    None => (b"404", Body::Synthetic(0), 0),
+                },
+            }
+        }
+        _ => (b"405", Body::Synthetic(0), 0),
+    };
+    let body = if head.method == b"HEAD" {
+        Body::None
+    } else {
+        body
+    };
+    let length = length.to_string();
+    let mut section = Vec::new();
+    let mut fields: Vec<(&[u8], &[u8])> = vec![
+        (b":status", status),
+        (b"content-length", length.as_bytes()),
+        (b"server", b"quench"),
+    ];
+    if status == b"405" {
+        fields.push((b"allow", b"GET, HEAD"));
+    }
+    qpack::encode_field_section(&fields, &mut section);
+    frame::put_frame(&mut req.out, frame::HEADERS, &section);
+    req.body = body;
+}
+
+/// Frames the next DATA chunk of `body` into `out`: Ok(false) once the body is complete,
+/// Err if the file failed.
+fn next_chunk(body: &mut Body, out: &mut Vec<u8>) -> Result<bool, ()> {
+    match body {
+        Body::None => Ok(false),
+        Body::Synthetic(0) => Ok(false),
+        Body::Synthetic(left) => {
+            let n = (*left).min(CHUNK as u64) as usize;
+            frame::put_frame(out, frame::DATA, &ZEROS[..n]);
+            *left -= n as u64;
+            Ok(true)
+        }
+        Body::File(f) => {
+            // Read straight after a maximal header, then write the real header in front.
+            let start = out.len();
+            out.resize(start + 9 + CHUNK, 0);
+            let n = loop {
+                match f.read(&mut out[start + 9..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Err(()),
+                }
+            };
+            if n == 0 {
+                out.truncate(start);
+                return Ok(false);
+            }
+            let mut header = Vec::with_capacity(9);
+            frame::put_header(&mut header, frame::DATA, n as u64);
+            let at = start + 9 - header.len();
+            out[at..start + 9].copy_from_slice(&header);
+            out.truncate(start + 9 + n);
+            out.drain(start..at);
+            Ok(true)
+        }
+    }
+}
+
+impl Application for H3Server {
+    fn on_connected(&mut self, conn: &mut Connection, now: Instant) {
+        self.session.open(conn, now);
+    }
+
+    fn on_stream_opened(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        if id.is_bidi() && !self.session.failed {
+            self.requests.insert(id, Request::new());
+        }
+        self.on_readable(conn, id, now);
+    }
+
+    fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        if !id.is_bidi() {
+            return self.session.on_uni_readable(conn, id, now);
+        }
+        if self.session.failed {
+            return;
+        }
+        self.read_request(conn, id, now);
+    }
+
+    fn on_writable(&mut self, conn: &mut Connection, id: StreamId, _now: Instant) {
+        if self.session.is_our_control(id) {
+            return self.session.flush_control(conn);
+        }
+        self.pump(conn, id);
+    }
+
+    fn on_stopped(&mut self, conn: &mut Connection, id: StreamId, _code: u64, now: Instant) {
+        if self.session.is_our_control(id) {
+            // §6.2.1: the receiver must not ask us to close the control stream.
+            return self.session.fail(
+                conn,
+                now,
+                H3Error::new(code::CLOSED_CRITICAL_STREAM, "control stream stopped"),
+            );
+        }
+        // The client no longer wants the response (the transport reset our side).
+        if let Some(req) = self.requests.get_mut(&id) {
+            req.response_done = true;
+        }
+        self.abandon(conn, id, code::REQUEST_CANCELLED);
+    }
+
+    fn on_reset(&mut self, conn: &mut Connection, id: StreamId, _code: u64, now: Instant) {
+        if !id.is_bidi() {
+            return self.session.on_uni_reset(conn, id, now);
+        }
+        let _ = conn.read(id, &mut [], now);
+        if let Some(req) = self.requests.get_mut(&id) {
+            req.request_done = true;
+            if req.phase == Phase::Headers {
+                // Cancelled before we did anything: rejected (§4.1.1).
+                self.abandon(conn, id, code::REQUEST_REJECTED);
+            } else {
+                // A response under way still finishes.
+                self.forget_if_done(id);
+            }
+        }
+    }
+
+    fn on_closed(&mut self, _reason: &CloseReason) {
+        self.requests.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str, value: &str) -> Field {
+        Field {
+            name: name.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn requests_must_carry_what_section_4_3_1_requires() {
+        let ok = parse_request(&[
+            f(":method", "GET"),
+            f(":scheme", "https"),
+            f(":authority", "a"),
+            f(":path", "/x"),
+        ])
+        .unwrap();
+        assert_eq!(ok.path, "/x");
+        let host = parse_request(&[
+            f(":method", "GET"),
+            f(":scheme", "https"),
+            f(":path", "/"),
+            f("host", "a"),
+        ]);
+        assert!(host.is_ok());
+        for bad in [
+            vec![f(":method", "GET"), f(":scheme", "https"), f(":path", "/")],
+            vec![
+                f(":method", "GET"),
+                f(":scheme", "https"),
+                f(":authority", "a"),
+            ],
+            vec![f(":scheme", "https"), f(":authority", "a"), f(":path", "/")],
+            vec![
+                f(":method", "GET"),
+                f(":scheme", "https"),
+                f(":authority", "a"),
+                f(":path", "x"),
+            ],
+            vec![
+                f(":method", "GET"),
+                f(":scheme", "https"),
+                f(":authority", "a"),
+                f(":path", "/"),
+                f("host", "b"),
+            ],
+            vec![
+                f(":method", "CONNECT"),
+                f(":authority", "a"),
+                f(":path", "/"),
+            ],
+        ] {
+            assert!(parse_request(&bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_request(&[f(":method", "CONNECT"), f(":authority", "a:443")]).is_ok());
+    }
+
+    #[test]
+    fn file_chunks_are_framed_as_data() {
+        let dir = std::env::temp_dir().join(format!("quench-h3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        let content: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let mut body = Body::File(File::open(&path).unwrap());
+        let mut wire = Vec::new();
+        while next_chunk(&mut body, &mut wire).unwrap() {}
+        let mut r = FrameReader::default();
+        r.push(&wire);
+        let mut got = Vec::new();
+        while let Some(item) = r.next(|_| 0).unwrap() {
+            match item {
+                Item::Data(d) => got.extend_from_slice(d),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, content);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
