@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::app::{AppDispatcher, AppFactory, AppSlot};
+use crate::app::{AppDispatcher, AppFactory, AppSlot, SHUTDOWN_REASON};
 use crate::endpoint::{Endpoint, EndpointStats, EventHandler};
 use crate::io::wake::Wakers;
 use crate::io::{Datapath, RxMeta};
@@ -154,7 +154,10 @@ impl<D: Datapath> Worker<D> {
                     connections = self.endpoint.connection_count(),
                     "closing connections"
                 );
-                self.endpoint.close_all(now, 0, "server shutting down");
+                self.endpoint.shut_down_all(|conn, app| match app {
+                    Some(app) => app.on_shutdown(conn, now),
+                    None => conn.close(now, 0, SHUTDOWN_REASON),
+                });
                 closing_since = Some(now);
             }
             if let Some(t) = closing_since {

@@ -508,3 +508,56 @@ fn a_malformed_request_is_a_stream_error_only() {
         assert_eq!(resets[0].1, want, "{misdeed:?}");
     }
 }
+
+/// Graceful shutdown (RFC 9114 §5.2): the server sends GOAWAY naming the first request it
+/// will not process, finishes the response under way, and closes with H3_NO_ERROR once
+/// it is acknowledged. The client makes no new request after the GOAWAY.
+#[test]
+fn shutdown_sends_goaway_finishes_the_response_under_way_then_closes() {
+    let (root, list) = files();
+    let mut sim = Sim::new(
+        Impairments::none(),
+        &root,
+        Box::new(|| {
+            ClientApp::Get(Box::new(H3Client::new(
+                "localhost".into(),
+                vec!["/big".into(), "/chunk".into()],
+            )))
+        }),
+    );
+    let h = sim.h;
+    let bytes = |s: &mut Sim| {
+        s.client
+            .with_state(h, |_, st| match st {
+                Some(ClientApp::Get(c)) => c.bytes_down,
+                _ => 0,
+            })
+            .unwrap_or(0)
+    };
+    assert!(sim.run(Duration::from_secs(10), |s| bytes(s) > 256 << 10));
+    let now = sim.now;
+    sim.server
+        .shut_down_all(|conn, app| app.as_mut().expect("h3 application").on_shutdown(conn, now));
+    assert!(sim.run(Duration::from_secs(10), |s| s.handler.closed.is_some()));
+    match &sim.handler.closed {
+        Some(CloseReason::Peer {
+            code, app: true, ..
+        }) => assert_eq!(*code, 0x100),
+        other => panic!("closed with {other:?}, want H3_NO_ERROR"),
+    }
+    let (fetched, got, digest, failed) = sim
+        .client
+        .with_state(h, |_, st| match st {
+            Some(ClientApp::Get(c)) => (c.fetched, c.bytes_down, c.digest(), c.failed.clone()),
+            _ => panic!("no client"),
+        })
+        .unwrap();
+    assert_eq!(
+        fetched, 1,
+        "the response under way completed, no later one began"
+    );
+    assert_eq!(got, list[4].1.len() as u64);
+    assert_eq!(digest, sha256_of(&[&list[4].1]));
+    let failed = failed.expect("the client reports the unfetched path");
+    assert!(failed.contains("GOAWAY"), "{failed}");
+}

@@ -39,7 +39,16 @@ pub trait Application: Send {
         while conn.discard_datagram() {}
     }
     fn on_closed(&mut self, _reason: &CloseReason) {}
+    /// The server is shutting down: end the connection. The default closes it at once;
+    /// a protocol with its own goodbye (HTTP/3's GOAWAY) may say it first and close once
+    /// its work is done. The worker stops waiting after its drain timeout either way.
+    fn on_shutdown(&mut self, conn: &mut Connection, now: Instant) {
+        conn.close(now, 0, SHUTDOWN_REASON);
+    }
 }
+
+/// The reason phrase of a close at server shutdown.
+pub const SHUTDOWN_REASON: &str = "server shutting down";
 
 /// Creates the application for a connection from its negotiated ALPN.
 pub trait AppFactory: Send + Sync {

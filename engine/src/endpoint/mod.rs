@@ -795,10 +795,17 @@ impl<U: Default> Endpoint<U> {
 
     /// Closes every connection (graceful shutdown).
     pub fn close_all(&mut self, now: Instant, code: u64, reason: &str) {
+        self.shut_down_all(|conn, _| conn.close(now, code, reason));
+    }
+
+    /// Graceful shutdown where the application decides how each connection ends (HTTP/3
+    /// sends GOAWAY and closes once its requests are answered): `f` runs on every live
+    /// connection, which is then scheduled for sending.
+    pub fn shut_down_all(&mut self, mut f: impl FnMut(&mut Connection, &mut U)) {
         let hs: Vec<ConnHandle> = self.conns.iter().map(|(h, _)| h).collect();
         for h in hs {
             if let Some(e) = self.conns.get_mut(h) {
-                e.conn.close(now, code, reason);
+                f(&mut e.conn, &mut e.state);
             }
             self.reschedule(h);
             self.mark_send(h);

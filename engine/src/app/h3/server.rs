@@ -1,7 +1,7 @@
 //! The HTTP/3 server application: GET and HEAD of the files under `--root` (and `/N` for N
 //! bytes, as `hq-interop`), every other method answered 405.
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
@@ -89,6 +89,14 @@ pub struct H3Server {
     requests: HashMap<StreamId, Request>,
     /// Requests answered (for logs and tests).
     pub responses: u64,
+    /// One past the highest request stream seen: what a GOAWAY names (§5.2).
+    next_request: u64,
+    /// We sent GOAWAY naming this stream: requests from it on are rejected, and the
+    /// connection closes once the others are answered.
+    goaway: Option<u64>,
+    /// Responses written whole (FIN) but not yet acknowledged: a shutdown waits for them,
+    /// since closing drops whatever the transport has not delivered.
+    unacked: HashSet<StreamId>,
 }
 
 impl H3Server {
@@ -98,6 +106,18 @@ impl H3Server {
             session: Session::new(Side::Server),
             requests: HashMap::new(),
             responses: 0,
+            next_request: 0,
+            goaway: None,
+            unacked: HashSet::new(),
+        }
+    }
+
+    /// After a GOAWAY, the connection closes once no request is left (§5.2, H3_NO_ERROR).
+    fn close_if_drained(&mut self, conn: &mut Connection, now: Instant) {
+        let drained = self.requests.is_empty() && self.unacked.is_empty();
+        if self.goaway.is_some() && drained && !self.session.failed {
+            self.session.failed = true;
+            conn.close(now, code::NO_ERROR, crate::app::SHUTDOWN_REASON);
         }
     }
 
@@ -252,7 +272,9 @@ impl H3Server {
                 match next_chunk(&mut req.body, &mut req.out) {
                     Ok(true) => {}
                     Ok(false) => {
-                        let _ = conn.finish(id);
+                        if conn.finish(id).is_ok() {
+                            self.unacked.insert(id);
+                        }
                         req.response_done = true;
                         break;
                     }
@@ -461,9 +483,32 @@ impl Application for H3Server {
 
     fn on_stream_opened(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
         if id.is_bidi() && !self.session.failed {
+            if self.goaway.is_some_and(|first| id.0 >= first) {
+                // After our GOAWAY: not processed, so rejected (§5.2, §4.1.1).
+                let _ = conn.stop_sending(id, code::REQUEST_REJECTED);
+                let _ = conn.reset_stream(id, code::REQUEST_REJECTED);
+                return;
+            }
+            self.next_request = self.next_request.max(id.0 + 4);
             self.requests.insert(id, Request::new());
         }
         self.on_readable(conn, id, now);
+    }
+
+    fn on_shutdown(&mut self, conn: &mut Connection, now: Instant) {
+        if self.session.failed {
+            return;
+        }
+        if self.goaway.is_none() {
+            self.goaway = Some(self.next_request);
+            self.session.send_goaway(conn, self.next_request);
+        }
+        self.close_if_drained(conn, now);
+    }
+
+    fn on_finished(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
+        self.unacked.remove(&id);
+        self.close_if_drained(conn, now);
     }
 
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
@@ -474,13 +519,15 @@ impl Application for H3Server {
             return;
         }
         self.read_request(conn, id, now);
+        self.close_if_drained(conn, now);
     }
 
-    fn on_writable(&mut self, conn: &mut Connection, id: StreamId, _now: Instant) {
+    fn on_writable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
         if self.session.is_our_control(id) {
             return self.session.flush_control(conn);
         }
         self.pump(conn, id);
+        self.close_if_drained(conn, now);
     }
 
     fn on_stopped(&mut self, conn: &mut Connection, id: StreamId, _code: u64, now: Instant) {
@@ -493,10 +540,12 @@ impl Application for H3Server {
             );
         }
         // The client no longer wants the response (the transport reset our side).
+        self.unacked.remove(&id);
         if let Some(req) = self.requests.get_mut(&id) {
             req.response_done = true;
         }
         self.abandon(conn, id, code::REQUEST_CANCELLED);
+        self.close_if_drained(conn, now);
     }
 
     fn on_reset(&mut self, conn: &mut Connection, id: StreamId, _code: u64, now: Instant) {
@@ -514,6 +563,7 @@ impl Application for H3Server {
                 self.forget_if_done(id);
             }
         }
+        self.close_if_drained(conn, now);
     }
 
     fn on_closed(&mut self, _reason: &CloseReason) {

@@ -99,6 +99,15 @@ impl Session {
         }
     }
 
+    /// Sends GOAWAY on our control stream (§5.2): `id` is the first request stream (server)
+    /// or push (client) we will not process.
+    pub fn send_goaway(&mut self, conn: &mut Connection, id: u64) {
+        let mut payload = Vec::with_capacity(8);
+        frame::put_varint(&mut payload, id);
+        frame::put_frame(&mut self.control_out, frame::GOAWAY, &payload);
+        self.flush_control(conn);
+    }
+
     /// Whether `id` is our control stream (for `on_writable`).
     pub fn is_our_control(&self, id: StreamId) -> bool {
         self.control == Some(id)
