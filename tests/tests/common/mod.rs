@@ -109,6 +109,33 @@ pub fn aioquic_python() -> PathBuf {
     path
 }
 
+/// One of ngtcp2's example programs (`gtlsclient`, `gtlsserver`: Debian's `ngtcp2-client` and
+/// `ngtcp2-server`, ngtcp2 + nghttp3 + GnuTLS), found on `PATH` or in /usr/bin, /usr/sbin
+/// (where Debian puts the server, often not on a user's `PATH`). Panics, naming the packages,
+/// when it is missing: the ngtcp2 interop tests must not pass by skipping.
+pub fn ngtcp2_bin(name: &str) -> PathBuf {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` not found on PATH or in /usr/bin, /usr/sbin: the ngtcp2 interop tests \
+                 need Debian's ngtcp2-client and ngtcp2-server packages \
+                 (`apt-get install ngtcp2-client ngtcp2-server`, or run scripts/deps.sh)"
+            )
+        })
+}
+
+/// The aioquic HTTP/3 client and server (`aioquic_h3.py client|server`).
+pub fn aioquic_h3_script() -> PathBuf {
+    workspace_root().join("tests/python/aioquic_h3.py")
+}
+
 pub fn aioquic_client_script() -> PathBuf {
     workspace_root().join("tests/python/aioquic_client.py")
 }
@@ -261,6 +288,93 @@ impl Server {
         args.extend(["--root".into(), root.into()]);
         args.extend(extra.iter().map(OsString::from));
         Server::spawn("aioquic", &aioquic_python(), &[script], args, logs)
+    }
+
+    /// `aioquic_h3.py server`: aioquic's HTTP/3 layer serving `root` to GET and HEAD.
+    pub fn aioquic_h3(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        let script = aioquic_h3_script();
+        let script = script.to_str().expect("the workspace path is UTF-8");
+        let mut args = cert_args(certs);
+        args.extend(["--root".into(), root.into()]);
+        Server::spawn(
+            "aioquic-h3",
+            &aioquic_python(),
+            &[script, "server"],
+            args,
+            logs,
+        )
+    }
+
+    /// ngtcp2's HTTP/3 example server, `gtlsserver -q -d ROOT 127.0.0.1 PORT KEY CERT`, on a
+    /// free port. It prints nothing when ready, so readiness is the port being taken: a probe
+    /// bind that fails with `AddrInUse`. (A probe that wins the race makes the server exit,
+    /// and the next attempt takes a fresh port.)
+    pub fn ngtcp2(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        let program = ngtcp2_bin("gtlsserver");
+        let mut failures = Vec::new();
+        for attempt in 0..PORT_ATTEMPTS {
+            let addr = free_udp_port();
+            let stderr_log = logs.join(format!("gtlsserver-{attempt}.stderr.log"));
+            let stdout_log = logs.join(format!("gtlsserver-{attempt}.stdout.log"));
+            let child = Command::new(&program)
+                .arg("-q")
+                .arg("-d")
+                .arg(root)
+                .arg(addr.ip().to_string())
+                .arg(addr.port().to_string())
+                .arg(&certs.key)
+                .arg(&certs.cert)
+                .stdin(Stdio::null())
+                .stdout(File::create(&stdout_log).expect("creating server log"))
+                .stderr(File::create(&stderr_log).expect("creating server log"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+            let mut server = Server {
+                child: Some(child),
+                addr,
+                name: "gtlsserver".to_string(),
+                stderr_log,
+                stdout_log,
+            };
+            match server.wait_bound() {
+                Ready::Yes => return server,
+                Ready::Exited(why) => {
+                    failures.push(format!(
+                        "attempt {attempt} on {addr}: {why}\n{}",
+                        tail(&server.stderr_log, 4000)
+                    ));
+                    server.stop();
+                }
+                Ready::TimedOut => {
+                    let log = server.stderr();
+                    server.stop();
+                    panic!("gtlsserver did not bind {addr} within {READY_TIMEOUT:?}\n{log}");
+                }
+            }
+        }
+        panic!("gtlsserver never became ready:\n{}", failures.join("\n"));
+    }
+
+    /// Waits until the server's UDP port is taken (see [`Server::ngtcp2`]).
+    fn wait_bound(&mut self) -> Ready {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Ready::Exited(format!("exited with {status} before binding"));
+            }
+            match UdpSocket::bind(self.addr) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Ready::Yes,
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Ready::TimedOut;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts `program subcommand.. --listen 127.0.0.1:PORT args..` on a free port and waits
@@ -546,6 +660,14 @@ impl Transfer {
         }
     }
 
+    /// HTTP/3 GETs (`--alpn h3 --get PATH..`).
+    pub fn h3(gets: &[&str]) -> Transfer {
+        Transfer {
+            alpn: "h3",
+            ..Transfer::hq(gets)
+        }
+    }
+
     pub fn streams(mut self, n: u64) -> Transfer {
         self.streams = n;
         self
@@ -563,8 +685,8 @@ impl Transfer {
 
     /// How long a client may take for this transfer before it counts as hung.
     pub fn timeout(&self) -> Duration {
-        // hq-interop sizes live in files the client does not know of: allow the maximum.
-        if self.alpn == "hq-interop" {
+        // hq-interop and h3 sizes live in files the client does not know of: allow the maximum.
+        if self.alpn == "hq-interop" || self.alpn == "h3" {
             return CLIENT_MAX_TIMEOUT;
         }
         let transfer = Duration::from_secs((self.down + self.up) / CLIENT_FLOOR_BYTES_PER_SEC);
