@@ -417,3 +417,227 @@ fn quench_client_datagrams_echoed_by_aioquic() {
         .arg(&aioquic.certs.ca);
     assert_all_datagrams_echoed(cmd);
 }
+
+// ---- HTTP/3 (ALPN h3), aioquic's own H3 layer, both directions ----------------------------
+
+/// Runs `aioquic_h3.py client` against `server` for `paths` (all requests at once, one
+/// stream each) plus `extra` flags; it must succeed. Returns the checked report and the
+/// raw JSON (with its per-request `responses`).
+fn aioquic_h3_client(
+    server: std::net::SocketAddr,
+    ca: &std::path::Path,
+    paths: &[&str],
+    extra: &[&str],
+) -> (Report, serde_json::Value) {
+    let mut cmd = std::process::Command::new(aioquic_python());
+    cmd.arg(aioquic_h3_script())
+        .arg("client")
+        .args(["--connect", &server.to_string()])
+        .arg("--ca")
+        .arg(ca)
+        .args(extra);
+    for path in paths {
+        cmd.args(["--get", path]);
+    }
+    let description = format!("{cmd:?}");
+    let out = run_process(cmd, CLIENT_MAX_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "aioquic h3 client failed ({}): {description}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    let line = out.stdout.lines().last().unwrap_or_default();
+    let report = Report::parse(line).unwrap_or_else(|e| panic!("{e}"));
+    (report, serde_json::from_str(line).unwrap())
+}
+
+/// Checks the aioquic h3 client's per-request view: (status, content-length, body bytes).
+fn assert_h3_responses(json: &serde_json::Value, expected: &[(u64, u64)]) {
+    let responses = json["responses"].as_array().expect("responses");
+    assert_eq!(responses.len(), expected.len(), "{json}");
+    for (r, &(status, len)) in responses.iter().zip(expected) {
+        assert_eq!(r["status"], status, "{r}");
+        assert_eq!(r["content_length"], len, "{r}");
+        assert_eq!(r["bytes"], len, "{r}");
+    }
+}
+
+/// aioquic's H3 client GETs files of 0, 1, 16 KiB, 16 KiB + 1 and 3 MiB + 1 bytes and a
+/// synthetic `/N` from `quench serve`, all at once on six streams: each response is 200 with
+/// its content-length (which aioquic checks against the DATA it got), and the bodies'
+/// SHA-256 in request order matches the sources.
+#[test]
+fn aioquic_h3_client_gets_files_from_quench() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let dir = quench.dir.path();
+    let files: &[(&str, usize)] = &[
+        ("empty.bin", 0),
+        ("one.bin", 1),
+        ("16k.bin", 16 * 1024),
+        ("16k1.bin", 16 * 1024 + 1),
+        ("big.bin", 3 * MIB as usize + 1),
+    ];
+    let mut bodies = Vec::new();
+    let mut expected = Vec::new();
+    for &(name, len) in files {
+        random_file(dir, name, len);
+        bodies.extend(std::fs::read(dir.join(name)).unwrap());
+        expected.push((200, len as u64));
+    }
+    bodies.extend(vec![0u8; 77_777]);
+    expected.push((200, 77_777));
+    let mut paths: Vec<String> = files.iter().map(|(n, _)| format!("/{n}")).collect();
+    paths.push("/77777".into());
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (report, json) = aioquic_h3_client(quench.server.addr, &quench.certs.ca, &paths, &[]);
+    assert_hq(
+        &report,
+        bodies.len() as u64,
+        &sha256_hex(&bodies),
+        paths.len(),
+    );
+    assert_h3_responses(&json, &expected);
+}
+
+/// 150 concurrent GETs of `/N` (N from 0 to ~100 KB) on one connection, more streams than
+/// quench allows at first: all answered 200, byte counts and hash exact.
+#[test]
+fn aioquic_h3_client_many_concurrent_gets_from_quench() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let sizes: Vec<u64> = (0..150u64).map(|i| (i * 7919) % 100_000).collect();
+    let paths: Vec<String> = sizes.iter().map(|n| format!("/{n}")).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let total: u64 = sizes.iter().sum();
+    let (report, json) = aioquic_h3_client(quench.server.addr, &quench.certs.ca, &paths, &[]);
+    assert_hq(
+        &report,
+        total,
+        &sha256_hex(&vec![0u8; total as usize]),
+        paths.len(),
+    );
+    let expected: Vec<(u64, u64)> = sizes.iter().map(|&n| (200, n)).collect();
+    assert_h3_responses(&json, &expected);
+}
+
+/// A missing file is 404 (with content-length 0) while its neighbour on the same
+/// connection is served; aioquic's client without `--any-status` fails on it.
+#[test]
+fn aioquic_h3_client_gets_404_from_quench() {
+    let _serial = serial();
+    let quench = QuenchServer::start();
+    let dir = quench.dir.path();
+    random_file(dir, "here.bin", 4097);
+    let (_report, json) = aioquic_h3_client(
+        quench.server.addr,
+        &quench.certs.ca,
+        &["/missing.bin", "/here.bin"],
+        &["--any-status"],
+    );
+    let responses = json["responses"].as_array().expect("responses");
+    assert_eq!(responses[0]["status"], 404, "{json}");
+    assert_eq!(responses[1]["status"], 200, "{json}");
+    assert_eq!(responses[1]["bytes"], 4097, "{json}");
+
+    let mut cmd = std::process::Command::new(aioquic_python());
+    cmd.arg(aioquic_h3_script())
+        .arg("client")
+        .args(["--connect", &quench.server.addr.to_string()])
+        .arg("--ca")
+        .arg(&quench.certs.ca)
+        .args(["--get", "/missing.bin"]);
+    let out = run_client_expect_failure(cmd);
+    assert!(out.stderr.contains("status 404"), "{}", out.stderr);
+}
+
+/// An aioquic H3 server (tests/python/aioquic_h3.py) serving a directory.
+struct AioquicH3Server {
+    dir: tempfile::TempDir,
+    certs: Certs,
+    server: Server,
+}
+
+impl AioquicH3Server {
+    fn start() -> AioquicH3Server {
+        let dir = temp_dir();
+        let certs = Certs::generate(dir.path());
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let server = Server::aioquic_h3(&certs, &root, dir.path());
+        AioquicH3Server { dir, certs, server }
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn client(&self, transfer: &Transfer) -> std::process::Command {
+        client_command(Peer::Quench, self.server.addr, &self.certs.ca, transfer)
+    }
+
+    /// Stops the server (SIGTERM must exit 0) and returns the requests it logged.
+    fn requests(self) -> Vec<serde_json::Value> {
+        self.server
+            .shutdown_stderr()
+            .lines()
+            .filter_map(|l| l.strip_prefix("aioquic_h3: request "))
+            .map(|j| serde_json::from_str(j).unwrap_or_else(|e| panic!("{e}: {j}")))
+            .collect()
+    }
+}
+
+/// `quench client --alpn h3` GETs files of 0, 1, 16 KiB, 16 KiB + 1 and 3 MiB + 1 bytes
+/// from aioquic's H3 server (bodies in DATA frames of up to 1 MiB, unlike quench's 16 KiB):
+/// `sha256` and `bytes_down` match, and the server answered each request once with 200.
+#[test]
+fn quench_client_h3_gets_files_from_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicH3Server::start();
+    let root = aioquic.root();
+    let files: &[(&str, usize)] = &[
+        ("empty.bin", 0),
+        ("one.bin", 1),
+        ("16k.bin", 16 * 1024),
+        ("16k1.bin", 16 * 1024 + 1),
+        ("big.bin", 3 * MIB as usize + 1),
+    ];
+    let mut bodies = Vec::new();
+    for &(name, len) in files {
+        random_file(&root, name, len);
+        bodies.extend(std::fs::read(root.join(name)).unwrap());
+    }
+    let paths: Vec<String> = files.iter().map(|(n, _)| format!("/{n}")).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let transfer = Transfer::h3(&paths);
+    let report = run_client(aioquic.client(&transfer), transfer.timeout());
+    assert_hq(
+        &report,
+        bodies.len() as u64,
+        &sha256_hex(&bodies),
+        files.len(),
+    );
+    let requests = aioquic.requests();
+    assert_eq!(requests.len(), files.len(), "{requests:#?}");
+    for (r, (name, len)) in requests.iter().zip(files) {
+        assert_eq!(r["method"], "GET", "{r}");
+        assert_eq!(r["path"], format!("/{name}"), "{r}");
+        assert_eq!(r["status"], 200, "{r}");
+        assert_eq!(r["bytes"], *len, "{r}");
+    }
+}
+
+/// A GET of a file the aioquic server does not have: the quench client exits non-zero and
+/// names the status.
+#[test]
+fn quench_client_h3_missing_file_from_aioquic_fails_with_404() {
+    let _serial = serial();
+    let aioquic = AioquicH3Server::start();
+    let out = run_client_expect_failure(aioquic.client(&Transfer::h3(&["/missing.bin"])));
+    assert!(out.stderr.contains("404"), "{}", out.stderr);
+    let requests = aioquic.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(requests[0]["status"], 404, "{requests:#?}");
+}
