@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::app::echo::DatagramEchoClient;
+use crate::app::fetches::Fetches;
 use crate::app::h3::client::H3Client;
 use crate::app::hq::HqClient;
 use crate::app::perf::PerfClient;
@@ -76,16 +77,11 @@ impl ClientReport {
     /// Adds one connection's GETs (hq-interop, h3). Every connection fetches the same
     /// paths, so their digests must agree; only whole runs compare (a timed-out one
     /// reports `Timeout` instead).
-    fn add_fetches(
-        &mut self,
-        bytes_down: u64,
-        fetched: u64,
-        digest: String,
-        complete: bool,
-    ) -> Result<(), ClientError> {
-        self.bytes_down += bytes_down;
-        self.streams += fetched;
-        if complete && self.sha256.as_ref().is_some_and(|d| *d != digest) {
+    fn add_fetches(&mut self, f: &Fetches) -> Result<(), ClientError> {
+        self.bytes_down += f.bytes_down;
+        self.streams += f.fetched;
+        let digest = f.digest();
+        if f.is_done() && self.sha256.as_ref().is_some_and(|d| *d != digest) {
             return Err(ClientError::Failed(
                 "connections received different bodies for the same paths".into(),
             ));
@@ -164,8 +160,8 @@ impl ClientApp {
         match self {
             ClientApp::Idle => false,
             ClientApp::Perf(p) => p.is_done(),
-            ClientApp::Hq(h) => h.is_done(),
-            ClientApp::H3(h) => h.is_done(),
+            ClientApp::Hq(h) => h.fetches.is_done(),
+            ClientApp::H3(h) => h.fetches.is_done(),
             ClientApp::Datagrams(d) => d.is_done(now),
         }
     }
@@ -174,8 +170,8 @@ impl ClientApp {
         match self {
             ClientApp::Idle => None,
             ClientApp::Perf(p) => p.failed.as_deref(),
-            ClientApp::Hq(h) => h.failed.as_deref(),
-            ClientApp::H3(h) => h.failed.as_deref(),
+            ClientApp::Hq(h) => h.fetches.failed.as_deref(),
+            ClientApp::H3(h) => h.fetches.failed.as_deref(),
             ClientApp::Datagrams(d) => d.failed.as_deref(),
         }
     }
@@ -184,8 +180,8 @@ impl ClientApp {
         match self {
             ClientApp::Idle => 0,
             ClientApp::Perf(p) => p.bytes_down,
-            ClientApp::Hq(h) => h.bytes_down,
-            ClientApp::H3(h) => h.bytes_down,
+            ClientApp::Hq(h) => h.fetches.bytes_down,
+            ClientApp::H3(h) => h.fetches.bytes_down,
             ClientApp::Datagrams(d) => d.bytes_down,
         }
     }
@@ -436,12 +432,8 @@ pub fn run_client_on<D: crate::io::Datapath>(
                 report.bytes_up += p.bytes_up;
                 report.streams += p.completed;
             }
-            ClientApp::Hq(h) => {
-                report.add_fetches(h.bytes_down, h.fetched, h.digest(), h.is_done())?;
-            }
-            ClientApp::H3(h) => {
-                report.add_fetches(h.bytes_down, h.fetched, h.digest(), h.is_done())?;
-            }
+            ClientApp::Hq(h) => report.add_fetches(&h.fetches)?,
+            ClientApp::H3(h) => report.add_fetches(&h.fetches)?,
             ClientApp::Datagrams(d) => {
                 report.bytes_down += d.bytes_down;
                 report.bytes_up += d.bytes_up;

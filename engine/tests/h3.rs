@@ -204,7 +204,7 @@ fn fetch(impair: Impairments, root: &Root, paths: &[&str]) -> (u64, u64, String,
     let finished = sim.run(Duration::from_secs(120), |s| {
         s.client
             .with_state(h, |_, st| match st {
-                Some(ClientApp::Get(c)) => c.is_done(),
+                Some(ClientApp::Get(c)) => c.fetches.is_done(),
                 _ => false,
             })
             .unwrap_or(true)
@@ -212,7 +212,12 @@ fn fetch(impair: Impairments, root: &Root, paths: &[&str]) -> (u64, u64, String,
     assert!(finished, "did not finish");
     sim.client
         .with_state(h, |_, st| match st {
-            Some(ClientApp::Get(c)) => (c.fetched, c.bytes_down, c.digest(), c.failed.clone()),
+            Some(ClientApp::Get(c)) => (
+                c.fetches.fetched,
+                c.fetches.bytes_down,
+                c.fetches.digest(),
+                c.fetches.failed.clone(),
+            ),
             _ => panic!("no client"),
         })
         .expect("client state")
@@ -529,7 +534,7 @@ fn shutdown_sends_goaway_finishes_the_response_under_way_then_closes() {
     let bytes = |s: &mut Sim| {
         s.client
             .with_state(h, |_, st| match st {
-                Some(ClientApp::Get(c)) => c.bytes_down,
+                Some(ClientApp::Get(c)) => c.fetches.bytes_down,
                 _ => 0,
             })
             .unwrap_or(0)
@@ -548,7 +553,12 @@ fn shutdown_sends_goaway_finishes_the_response_under_way_then_closes() {
     let (fetched, got, digest, failed) = sim
         .client
         .with_state(h, |_, st| match st {
-            Some(ClientApp::Get(c)) => (c.fetched, c.bytes_down, c.digest(), c.failed.clone()),
+            Some(ClientApp::Get(c)) => (
+                c.fetches.fetched,
+                c.fetches.bytes_down,
+                c.fetches.digest(),
+                c.fetches.failed.clone(),
+            ),
             _ => panic!("no client"),
         })
         .unwrap();

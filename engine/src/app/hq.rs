@@ -8,8 +8,7 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-
+use crate::app::fetches::Fetches;
 use crate::app::{discard_all, write_zeros, Application};
 use crate::conn::{CloseReason, Connection, StreamId};
 
@@ -267,43 +266,21 @@ impl Application for HqServer {
 
 /// Client side: GET each path in turn over its own stream, hashing the bodies in request order.
 pub struct HqClient {
-    paths: Vec<String>,
-    next: usize,
+    pub fetches: Fetches,
     current: Option<StreamId>,
-    hasher: Sha256,
-    pub bytes_down: u64,
-    /// Bodies received whole (FIN read).
-    pub fetched: u64,
-    pub failed: Option<String>,
-    done: bool,
 }
 
 impl HqClient {
     pub fn new(paths: Vec<String>) -> Self {
         Self {
-            paths,
-            next: 0,
+            fetches: Fetches::new(paths),
             current: None,
-            hasher: Sha256::new(),
-            bytes_down: 0,
-            fetched: 0,
-            failed: None,
-            done: false,
         }
     }
 
-    pub fn is_done(&self) -> bool {
-        self.done || self.failed.is_some()
-    }
-
-    /// Hex SHA-256 of every body, concatenated in request order.
-    pub fn digest(&self) -> String {
-        hex::encode(self.hasher.clone().finalize())
-    }
-
     fn request_next(&mut self, conn: &mut Connection) {
-        if self.next >= self.paths.len() {
-            self.done = true;
+        if !self.fetches.has_more() {
+            self.fetches.next_path();
             return;
         }
         let Some(id) = conn.open_stream(true) else {
@@ -311,12 +288,15 @@ impl HqClient {
             // its MAX_STREAMS (`on_streams_available`).
             return;
         };
-        let req = format!("GET {}\r\n", self.paths[self.next]);
-        self.next += 1;
+        let Some(path) = self.fetches.next_path() else {
+            return;
+        };
+        let req = format!("GET {path}\r\n");
         match conn.write(id, req.as_bytes()) {
             Ok(n) if n == req.len() => {}
             _ => {
-                self.failed = Some("request did not fit the stream window".into());
+                self.fetches
+                    .fail("request did not fit the stream window".into());
                 return;
             }
         }
@@ -331,7 +311,7 @@ impl Application for HqClient {
     }
 
     fn on_streams_available(&mut self, conn: &mut Connection, bidi: bool, _now: Instant) {
-        if bidi && self.current.is_none() && !self.is_done() {
+        if bidi && self.current.is_none() && !self.fetches.is_done() {
             self.request_next(conn);
         }
     }
@@ -344,11 +324,10 @@ impl Application for HqClient {
         loop {
             match conn.read(id, &mut chunk, now) {
                 Ok((n, fin)) => {
-                    self.hasher.update(&chunk[..n]);
-                    self.bytes_down += n as u64;
+                    self.fetches.body(&chunk[..n]);
                     if fin {
                         self.current = None;
-                        self.fetched += 1;
+                        self.fetches.complete();
                         self.request_next(conn);
                         return;
                     }
@@ -357,7 +336,7 @@ impl Application for HqClient {
                     }
                 }
                 Err(e) => {
-                    self.failed = Some(format!("stream {id}: {e}"));
+                    self.fetches.fail(format!("stream {id}: {e}"));
                     return;
                 }
             }
@@ -365,13 +344,12 @@ impl Application for HqClient {
     }
 
     fn on_reset(&mut self, _conn: &mut Connection, id: StreamId, code: u64, _now: Instant) {
-        self.failed = Some(format!("stream {id} reset with code {code}"));
+        self.fetches
+            .fail(format!("stream {id} reset with code {code}"));
     }
 
     fn on_closed(&mut self, reason: &CloseReason) {
-        if !self.is_done() {
-            self.failed = Some(format!("connection closed early: {reason:?}"));
-        }
+        self.fetches.on_closed(reason);
     }
 }
 

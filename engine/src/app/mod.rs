@@ -2,6 +2,7 @@
 //! picked by ALPN (`perf`, `hq-interop`, `echo`, `h3`).
 
 pub mod echo;
+pub mod fetches;
 pub mod h3;
 pub mod hq;
 pub mod perf;

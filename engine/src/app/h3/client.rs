@@ -1,9 +1,9 @@
 //! The HTTP/3 client application: GETs each path in turn, each on its own request stream,
 //! and hashes the bodies in request order (as the `hq-interop` client does).
 
-use sha2::{Digest, Sha256};
 use std::time::Instant;
 
+use crate::app::fetches::Fetches;
 use crate::app::Application;
 use crate::conn::{CloseReason, Connection, StreamId};
 use crate::Side;
@@ -28,16 +28,9 @@ struct Exchange {
 
 pub struct H3Client {
     authority: String,
-    paths: Vec<String>,
-    next: usize,
+    pub fetches: Fetches,
     current: Option<Exchange>,
     session: Session,
-    hasher: Sha256,
-    pub bytes_down: u64,
-    /// Bodies received whole.
-    pub fetched: u64,
-    pub failed: Option<String>,
-    done: bool,
 }
 
 impl H3Client {
@@ -45,41 +38,29 @@ impl H3Client {
     pub fn new(authority: String, paths: Vec<String>) -> Self {
         Self {
             authority,
-            paths,
-            next: 0,
+            fetches: Fetches::new(paths),
             current: None,
             session: Session::new(Side::Client),
-            hasher: Sha256::new(),
-            bytes_down: 0,
-            fetched: 0,
-            failed: None,
-            done: false,
         }
     }
 
-    pub fn is_done(&self) -> bool {
-        self.done || self.failed.is_some()
-    }
-
-    /// Hex SHA-256 of every body, concatenated in request order.
-    pub fn digest(&self) -> String {
-        hex::encode(self.hasher.clone().finalize())
-    }
-
     fn request_next(&mut self, conn: &mut Connection) {
-        if self.next >= self.paths.len() || self.session.goaway.is_some() {
-            // A GOAWAY means no new requests on this connection (§5.2).
-            self.done = self.next >= self.paths.len();
-            if !self.done {
-                self.failed = Some("server sent GOAWAY before every path was fetched".into());
-            }
+        if !self.fetches.has_more() {
+            self.fetches.next_path(); // marks the run done
             return;
+        }
+        if self.session.goaway.is_some() {
+            // No new request after a GOAWAY (§5.2).
+            return self
+                .fetches
+                .fail("server sent GOAWAY before every path was fetched".into());
         }
         let Some(id) = conn.open_stream(true) else {
             return; // wait for MAX_STREAMS (`on_streams_available`)
         };
-        let path = self.paths[self.next].clone();
-        self.next += 1;
+        let Some(path) = self.fetches.next_path() else {
+            return;
+        };
         let mut section = Vec::new();
         qpack::encode_field_section(
             &[
@@ -96,8 +77,9 @@ impl H3Client {
         match conn.write(id, &request) {
             Ok(n) if n == request.len() => {}
             _ => {
-                self.failed = Some("request did not fit the stream window".into());
-                return;
+                return self
+                    .fetches
+                    .fail("request did not fit the stream window".into());
             }
         }
         let _ = conn.finish(id);
@@ -171,29 +153,10 @@ impl H3Client {
                             ));
                         }
                         ex.received += d.len() as u64;
-                        self.hasher.update(d);
-                        self.bytes_down += d.len() as u64;
+                        self.fetches.body(d);
                     }
                     Item::Frame { ty, .. } => {
-                        if matches!(
-                            ty,
-                            frame::CANCEL_PUSH
-                                | frame::SETTINGS
-                                | frame::GOAWAY
-                                | frame::MAX_PUSH_ID
-                                | frame::PUSH_PROMISE
-                        ) || frame::is_http2_only(ty)
-                        {
-                            // PUSH_PROMISE too: we never allowed a push (no MAX_PUSH_ID).
-                            return Err(self_close(
-                                conn,
-                                now,
-                                H3Error::new(
-                                    code::FRAME_UNEXPECTED,
-                                    "frame not allowed on a request stream",
-                                ),
-                            ));
-                        }
+                        frame::check_on_request_stream(ty).map_err(|e| self_close(conn, now, e))?;
                     }
                 }
             }
@@ -218,7 +181,7 @@ impl H3Client {
                     ));
                 }
                 self.current = None;
-                self.fetched += 1;
+                self.fetches.complete();
                 self.request_next(conn);
                 return Ok(());
             }
@@ -255,7 +218,7 @@ impl Application for H3Client {
     }
 
     fn on_streams_available(&mut self, conn: &mut Connection, bidi: bool, _now: Instant) {
-        if bidi && self.current.is_none() && !self.is_done() {
+        if bidi && self.current.is_none() && !self.fetches.is_done() {
             self.request_next(conn);
         }
     }
@@ -278,14 +241,15 @@ impl Application for H3Client {
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
         if !id.is_bidi() {
             self.session.on_uni_readable(conn, id, now);
-            if self.session.failed && self.failed.is_none() {
-                self.failed = Some("HTTP/3 connection error on a control stream".into());
+            if self.session.failed {
+                self.fetches
+                    .fail("HTTP/3 connection error on a control stream".into());
             }
             return;
         }
         if let Err(e) = self.read_response(conn, id, now) {
             let _ = conn.stop_sending(id, code::REQUEST_CANCELLED);
-            self.failed = Some(e);
+            self.fetches.fail(e);
         }
     }
 
@@ -299,13 +263,12 @@ impl Application for H3Client {
         if !id.is_bidi() {
             return self.session.on_uni_reset(conn, id, now);
         }
-        self.failed = Some(format!("stream {id} reset with code {code:#x}"));
+        self.fetches
+            .fail(format!("stream {id} reset with code {code:#x}"));
     }
 
     fn on_closed(&mut self, reason: &CloseReason) {
-        if !self.is_done() {
-            self.failed = Some(format!("connection closed early: {reason:?}"));
-        }
+        self.fetches.on_closed(reason);
     }
 }
 
@@ -315,10 +278,7 @@ mod tests {
 
     #[test]
     fn responses_need_one_valid_status() {
-        let f = |n: &str, v: &str| Field {
-            name: n.as_bytes().to_vec(),
-            value: v.as_bytes().to_vec(),
-        };
+        use super::fields::f;
         assert_eq!(
             parse_response(&[f(":status", "200"), f("content-length", "5")]),
             Ok((200, Some(5)))

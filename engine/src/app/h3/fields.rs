@@ -98,16 +98,18 @@ pub fn content_length(regular: &[Field]) -> Result<Option<u64>, Malformed> {
     Ok(found)
 }
 
+/// A field from text, for tests.
+#[cfg(test)]
+pub fn f(name: &str, value: &str) -> Field {
+    Field {
+        name: name.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn f(name: &str, value: &str) -> Field {
-        Field {
-            name: name.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-        }
-    }
 
     const REQ: &[&[u8]] = &[b":method", b":scheme", b":path", b":authority"];
 

@@ -23,6 +23,25 @@ pub fn is_http2_only(ty: u64) -> bool {
     matches!(ty, 0x02 | 0x06 | 0x08 | 0x09)
 }
 
+/// A frame type other than HEADERS and DATA on a request stream (§7.2): the control-stream
+/// frames and HTTP/2's reserved types are H3_FRAME_UNEXPECTED, and so is PUSH_PROMISE,
+/// which a client may not send and quench's client never allows (it sends no MAX_PUSH_ID);
+/// unknown types are ignored.
+pub fn check_on_request_stream(ty: u64) -> Result<(), H3Error> {
+    let unexpected = matches!(
+        ty,
+        CANCEL_PUSH | SETTINGS | GOAWAY | MAX_PUSH_ID | PUSH_PROMISE
+    ) || is_http2_only(ty);
+    if unexpected {
+        Err(H3Error::new(
+            code::FRAME_UNEXPECTED,
+            "frame not allowed on a request stream",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// `0x1f * N + 0x21`: the reserved ("grease") code points of frame, stream, setting and
 /// error types (§7.2.8, §6.2.3, §7.2.4.1, §8.1).
 pub fn is_reserved(v: u64) -> bool {

@@ -202,7 +202,7 @@ impl H3Server {
                         H3Error::new(code::FRAME_UNEXPECTED, "frame out of sequence").into(),
                     );
                 }
-                (_, Item::Frame { ty, .. }) => check_request_stream_frame(ty)?,
+                (_, Item::Frame { ty, .. }) => frame::check_on_request_stream(ty)?,
             }
         }
         if fin {
@@ -316,28 +316,6 @@ fn decode(payload: &[u8]) -> Result<Vec<Field>, StreamFault> {
         qpack::QpackError::TooLarge(_) => StreamFault::Malformed("field section too large"),
         other => StreamFault::Connection(other.into()),
     })
-}
-
-/// A frame type other than HEADERS and DATA on a request stream (§7.2): the control-stream
-/// frames and HTTP/2's reserved types are H3_FRAME_UNEXPECTED, as is PUSH_PROMISE from a
-/// client; unknown types are ignored.
-fn check_request_stream_frame(ty: u64) -> Result<(), H3Error> {
-    let unexpected = matches!(
-        ty,
-        frame::CANCEL_PUSH
-            | frame::SETTINGS
-            | frame::GOAWAY
-            | frame::MAX_PUSH_ID
-            | frame::PUSH_PROMISE
-    ) || frame::is_http2_only(ty);
-    if unexpected {
-        Err(H3Error::new(
-            code::FRAME_UNEXPECTED,
-            "frame not allowed on a request stream",
-        ))
-    } else {
-        Ok(())
-    }
 }
 
 /// The parts of a request we act on.
@@ -573,14 +551,8 @@ impl Application for H3Server {
 
 #[cfg(test)]
 mod tests {
+    use super::fields::f;
     use super::*;
-
-    fn f(name: &str, value: &str) -> Field {
-        Field {
-            name: name.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-        }
-    }
 
     #[test]
     fn requests_must_carry_what_section_4_3_1_requires() {
