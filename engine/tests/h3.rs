@@ -319,6 +319,14 @@ enum Misdeed {
     UppercaseFieldName,
     /// A request stream that ends before its HEADERS (§4.1: H3_REQUEST_INCOMPLETE).
     FinBeforeHeaders,
+    /// A HEADERS frame longer than the field-section limit (a request with a 20 KB
+    /// cookie): malformed, a stream error; the frame is skipped, never buffered whole.
+    OversizedHeadersFrame,
+    /// Reserved frames of 10 KB on the control stream and before a request's HEADERS:
+    /// ignored whatever their size (§9), so the request is answered.
+    LargeUnknownFrames,
+    /// A POST whose body's FIN comes after the server's 405 (see the test).
+    PostWithoutFin,
     /// A request whose fields exceed our SETTINGS_MAX_FIELD_SECTION_SIZE once decoded,
     /// though its HEADERS frame is small: malformed (§4.2.2), H3_MESSAGE_ERROR.
     OversizedFieldSection,
@@ -328,6 +336,10 @@ struct RawPeer {
     misdeed: Misdeed,
     /// Stream resets the server sent us: (stream, code).
     resets: Vec<(StreamId, u64)>,
+    /// The request stream this peer opened, if any.
+    request: Option<StreamId>,
+    /// Bidirectional streams whose response ended with FIN.
+    responses: usize,
 }
 
 fn settings_frame() -> Vec<u8> {
@@ -369,6 +381,7 @@ impl Application for RawPeer {
             if fin {
                 conn.finish(id).unwrap();
             }
+            Some(id)
         };
         match self.misdeed {
             Misdeed::ControlWithoutSettings => {
@@ -386,13 +399,13 @@ impl Application for RawPeer {
                 let mut b = Vec::new();
                 put_frame(&mut b, DATA, b"body");
                 b.extend_from_slice(&request(GOOD_REQUEST));
-                send_bidi(conn, &b, true);
+                self.request = send_bidi(conn, &b, true);
             }
             Misdeed::SettingsOnRequestStream => {
                 control_stream(conn, &settings_frame(), false);
                 let mut b = request(GOOD_REQUEST);
                 b.extend_from_slice(&settings_frame());
-                send_bidi(conn, &b, true);
+                self.request = send_bidi(conn, &b, true);
             }
             Misdeed::PushStreamFromClient => {
                 control_stream(conn, &settings_frame(), false);
@@ -407,13 +420,13 @@ impl Application for RawPeer {
                 // Required Insert Count 5: a dynamic table we said we do not have.
                 let mut b = Vec::new();
                 put_frame(&mut b, HEADERS, &[0x05, 0x00, 0x80]);
-                send_bidi(conn, &b, true);
+                self.request = send_bidi(conn, &b, true);
             }
             Misdeed::UppercaseFieldName => {
                 control_stream(conn, &settings_frame(), false);
                 let mut fields = GOOD_REQUEST.to_vec();
                 fields.push((b"X-Upper", b"1"));
-                send_bidi(conn, &request(&fields), true);
+                self.request = send_bidi(conn, &request(&fields), true);
             }
             Misdeed::OversizedFieldSection => {
                 control_stream(conn, &settings_frame(), false);
@@ -422,7 +435,31 @@ impl Application for RawPeer {
                 fields.extend(std::iter::repeat_n((&b"x-a"[..], &b"1"[..]), 600));
                 let req = request(&fields);
                 assert!(req.len() < 4096, "{}", req.len());
-                send_bidi(conn, &req, true);
+                self.request = send_bidi(conn, &req, true);
+            }
+            Misdeed::OversizedHeadersFrame => {
+                control_stream(conn, &settings_frame(), false);
+                let cookie = vec![b'c'; 20_000];
+                let mut fields = GOOD_REQUEST.to_vec();
+                fields.push((b"cookie", &cookie));
+                self.request = send_bidi(conn, &request(&fields), true);
+            }
+            Misdeed::LargeUnknownFrames => {
+                let mut control = settings_frame();
+                put_frame(&mut control, 0x21, &[0u8; 10_000]);
+                control_stream(conn, &control, false);
+                let mut b = Vec::new();
+                put_frame(&mut b, 0x40, &[0u8; 10_000]);
+                b.extend_from_slice(&request(GOOD_REQUEST));
+                self.request = send_bidi(conn, &b, true);
+            }
+            Misdeed::PostWithoutFin => {
+                control_stream(conn, &settings_frame(), false);
+                let mut fields = GOOD_REQUEST.to_vec();
+                fields[0] = (b":method", b"POST");
+                let mut b = request(&fields);
+                put_frame(&mut b, DATA, b"body");
+                self.request = send_bidi(conn, &b, false);
             }
             Misdeed::FinBeforeHeaders => {
                 control_stream(conn, &settings_frame(), false);
@@ -436,6 +473,9 @@ impl Application for RawPeer {
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
         let mut buf = [0u8; 4096];
         while let Ok((n, fin)) = conn.read(id, &mut buf, now) {
+            if fin && id.is_bidi() {
+                self.responses += 1;
+            }
             if fin || n == 0 {
                 break;
             }
@@ -450,7 +490,7 @@ impl Application for RawPeer {
 
 /// Runs `misdeed` against the server; returns how the connection ended (if it did) and
 /// the stream resets the server sent.
-fn misbehave(misdeed: Misdeed) -> (Option<CloseReason>, Vec<(StreamId, u64)>) {
+fn misbehave(misdeed: Misdeed) -> (Option<CloseReason>, Vec<(StreamId, u64)>, usize) {
     let root = Root::new(&[("one", vec![b'x'])]);
     let mut sim = Sim::new(
         Impairments::none(),
@@ -459,23 +499,25 @@ fn misbehave(misdeed: Misdeed) -> (Option<CloseReason>, Vec<(StreamId, u64)>) {
             ClientApp::Raw(RawPeer {
                 misdeed,
                 resets: Vec::new(),
+                request: None,
+                responses: 0,
             })
         }),
     );
     let h = sim.h;
     sim.run(Duration::from_secs(5), |s| s.handler.closed.is_some());
-    let resets = sim
+    let (resets, responses) = sim
         .client
         .with_state(h, |_, st| match st {
-            Some(ClientApp::Raw(r)) => r.resets.clone(),
-            _ => Vec::new(),
+            Some(ClientApp::Raw(r)) => (r.resets.clone(), r.responses),
+            _ => (Vec::new(), 0),
         })
         .unwrap_or_default();
-    (sim.handler.closed.clone(), resets)
+    (sim.handler.closed.clone(), resets, responses)
 }
 
 fn closed_by_server_with(misdeed: Misdeed, want: u64) {
-    let (closed, _) = misbehave(misdeed);
+    let (closed, _, _) = misbehave(misdeed);
     match closed {
         Some(CloseReason::Peer {
             code, app: true, ..
@@ -506,8 +548,9 @@ fn a_malformed_request_is_a_stream_error_only() {
         (Misdeed::UppercaseFieldName, 0x10e),
         (Misdeed::FinBeforeHeaders, 0x10d),
         (Misdeed::OversizedFieldSection, 0x10e),
+        (Misdeed::OversizedHeadersFrame, 0x10e),
     ] {
-        let (closed, resets) = misbehave(misdeed);
+        let (closed, resets, _) = misbehave(misdeed);
         assert_eq!(closed, None, "{misdeed:?}: the connection stays up");
         assert_eq!(resets.len(), 1, "{misdeed:?}: {resets:?}");
         assert_eq!(resets[0].1, want, "{misdeed:?}");
@@ -570,4 +613,60 @@ fn shutdown_sends_goaway_finishes_the_response_under_way_then_closes() {
     assert_eq!(digest, sha256_of(&[&list[4].1]));
     let failed = failed.expect("the client reports the unfetched path");
     assert!(failed.contains("GOAWAY"), "{failed}");
+}
+
+/// §9: unknown frame types are ignored whatever their size, on the control stream and on
+/// a request stream alike.
+#[test]
+fn large_unknown_frames_are_ignored() {
+    let (closed, resets, responses) = misbehave(Misdeed::LargeUnknownFrames);
+    assert_eq!(closed, None);
+    assert!(resets.is_empty(), "{resets:?}");
+    assert_eq!(responses, 1, "the request behind the unknown frame was answered");
+}
+
+/// A request side that ends after its response was sent (a POST answered 405 before its
+/// body's FIN) must still end the exchange on the server: shown by a shutdown that
+/// completes at once, which waits for every request to be done.
+#[test]
+fn a_request_finished_after_its_response_is_forgotten() {
+    let root = Root::new(&[("one", vec![b'x'])]);
+    let mut sim = Sim::new(
+        Impairments::none(),
+        &root,
+        Box::new(|| {
+            ClientApp::Raw(RawPeer {
+                misdeed: Misdeed::PostWithoutFin,
+                resets: Vec::new(),
+                request: None,
+                responses: 0,
+            })
+        }),
+    );
+    let h = sim.h;
+    let raw = |s: &mut Sim| {
+        s.client
+            .with_state(h, |_, st| match st {
+                Some(ClientApp::Raw(r)) => (r.request, r.responses),
+                _ => (None, 0),
+            })
+            .unwrap_or((None, 0))
+    };
+    assert!(sim.run(Duration::from_secs(5), |s| raw(s).1 == 1), "no 405");
+    let id = raw(&mut sim).0.unwrap();
+    sim.client.with_state(h, |c, _| c.finish(id).unwrap());
+    sim.run(Duration::from_millis(200), |_| false);
+    let now = sim.now;
+    sim.server
+        .shut_down_all(|conn, app| app.as_mut().expect("h3").on_shutdown(conn, now));
+    assert!(
+        sim.run(Duration::from_secs(1), |s| s.handler.closed.is_some()),
+        "the server kept the request"
+    );
+    match &sim.handler.closed {
+        Some(CloseReason::Peer {
+            code, app: true, ..
+        }) => assert_eq!(*code, 0x100),
+        other => panic!("{other:?}"),
+    }
 }

@@ -190,7 +190,11 @@ fuzz_target!(|data: &[u8]| {
             ep.handle_datagram(*now, meta, &mut d, &mut Ignore);
             let mut buf = vec![0u8; 2048];
             for reply in drain(ep, *now, &mut buf) {
-                assert!(reply.len() <= 1500, "stateless reply of {} bytes", reply.len());
+                assert!(
+                    reply.len() <= 1500,
+                    "stateless reply of {} bytes",
+                    reply.len()
+                );
             }
             // Only a decryptable Initial can make state; random bytes never are.
             assert!(ep.connection_count() <= 1, "connections from garbage");

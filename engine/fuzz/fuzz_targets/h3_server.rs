@@ -94,7 +94,8 @@ fuzz_target!(|data: &[u8]| {
     let (mut cdp, mut sdp) = pair(caddr, saddr, Impairments::none());
     let mut server: Endpoint<AppSlot> =
         Endpoint::new(EndpointConfig::new(TransportConfig::default(), Some(stls)));
-    let mut client: Endpoint<()> = Endpoint::new(EndpointConfig::new(TransportConfig::default(), None));
+    let mut client: Endpoint<()> =
+        Endpoint::new(EndpointConfig::new(TransportConfig::default(), None));
     let mut now = Instant::now();
     client
         .connect(now, ctls, "localhost", saddr, VERSION_1)
@@ -122,7 +123,11 @@ fuzz_target!(|data: &[u8]| {
         moved += transmit(&mut cdp, &mut client, now, 1).unwrap();
         moved += transmit(&mut sdp, &mut server, now, 1).unwrap();
         if moved == 0 {
-            match [client.next_timeout(), server.next_timeout()].into_iter().flatten().min() {
+            match [client.next_timeout(), server.next_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+            {
                 Some(t) if t > now && t - now < Duration::from_secs(1) => now = t,
                 _ => break,
             }

@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let n_workers = u32::from(selector % 7) + 1;
     for me in 0..n_workers {
         if let Some(w) = foreign_owner(datagram, &layout, n_workers, me) {
-            assert!(w < n_workers && w != me, "steered to worker {w} of {n_workers}");
+            assert!(
+                w < n_workers && w != me,
+                "steered to worker {w} of {n_workers}"
+            );
         }
     }
     while !datagram.is_empty() {

@@ -10,7 +10,8 @@ use crate::Side;
 
 use super::fields;
 use super::frame::{self, FrameReader, Item};
-use super::qpack::{self, Field};
+use super::qpack::{self, Field, QpackError};
+use super::server::request_stream_limit;
 use super::session::Session;
 use super::{code, H3Error, MAX_FIELD_SECTION_SIZE};
 
@@ -99,7 +100,7 @@ impl H3Client {
         conn: &mut Connection,
         id: StreamId,
         now: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fault> {
         let mut chunk = [0u8; 32 * 1024];
         loop {
             let Some(ex) = self.current.as_mut().filter(|e| e.id == id) else {
@@ -107,78 +108,82 @@ impl H3Client {
             };
             let (n, fin) = conn
                 .read(id, &mut chunk, now)
-                .map_err(|e| format!("stream {id}: {e}"))?;
+                .map_err(|e| Fault::Failed(format!("stream {id}: {e}")))?;
             ex.reader.push(&chunk[..n]);
-            while let Some(item) = ex
-                .reader
-                .next(|ty| match ty {
-                    frame::HEADERS => MAX_FIELD_SECTION_SIZE,
-                    _ => 4096,
-                })
-                .map_err(|e| self_close(conn, now, e))?
-            {
+            let malformed = |path: &str, why: &str| Fault::Malformed(format!("{path}: {why}"));
+            while let Some(item) = ex.reader.next(request_stream_limit) {
                 match item {
+                    Item::Oversized {
+                        ty: frame::HEADERS, ..
+                    } => return Err(malformed(&ex.path, "field section too large")),
+                    Item::Oversized { ty, .. } => {
+                        frame::check_on_request_stream(ty, Side::Client)?;
+                    }
                     Item::Frame {
                         ty: frame::HEADERS,
                         payload,
                     } => {
-                        let fields = qpack::decode_field_section(payload, MAX_FIELD_SECTION_SIZE)
-                            .map_err(|e| self_close(conn, now, e.into()))?;
                         if ex.trailers {
-                            return Err(format!("{}: HEADERS after the trailers", ex.path));
+                            // §4.1: nothing may follow the trailers.
+                            return Err(H3Error::new(
+                                code::FRAME_UNEXPECTED,
+                                "HEADERS after the trailers",
+                            )
+                            .into());
                         }
+                        let fields =
+                            match qpack::decode_field_section(payload, MAX_FIELD_SECTION_SIZE) {
+                                Ok(f) => f,
+                                Err(QpackError::TooLarge(_)) => {
+                                    return Err(malformed(&ex.path, "field section too large"))
+                                }
+                                Err(e) => return Err(H3Error::from(e).into()),
+                            };
                         if ex.status.is_some() {
                             ex.trailers = true;
                             fields::split(&fields, &[])
-                                .map_err(|e| format!("{}: trailers: {e}", ex.path))?;
+                                .map_err(|e| malformed(&ex.path, &format!("trailers: {e}")))?;
                             continue;
                         }
                         let (status, length) =
-                            parse_response(&fields).map_err(|e| format!("{}: {e}", ex.path))?;
+                            parse_response(&fields).map_err(|e| malformed(&ex.path, e))?;
                         if (100..200).contains(&status) {
                             continue; // interim
                         }
                         if status != 200 {
-                            return Err(format!("{}: status {status}", ex.path));
+                            return Err(Fault::Failed(format!("{}: status {status}", ex.path)));
                         }
                         ex.status = Some(status);
                         ex.content_length = length;
                     }
                     Item::Data(d) => {
                         if ex.status.is_none() || ex.trailers {
-                            return Err(self_close(
-                                conn,
-                                now,
-                                H3Error::new(code::FRAME_UNEXPECTED, "DATA out of sequence"),
-                            ));
+                            return Err(H3Error::new(
+                                code::FRAME_UNEXPECTED,
+                                "DATA out of sequence",
+                            )
+                            .into());
                         }
                         ex.received += d.len() as u64;
+                        if ex.content_length.is_some_and(|n| ex.received > n) {
+                            return Err(malformed(&ex.path, "more content than content-length"));
+                        }
                         self.fetches.body(d);
                     }
-                    Item::Frame { ty, .. } => {
-                        frame::check_on_request_stream(ty).map_err(|e| self_close(conn, now, e))?;
-                    }
+                    Item::Frame { ty, .. } => frame::check_on_request_stream(ty, Side::Client)?,
                 }
             }
             if fin {
                 if !ex.reader.at_boundary() {
-                    return Err(self_close(
-                        conn,
-                        now,
-                        H3Error::new(code::FRAME_ERROR, "response ended inside a frame"),
-                    ));
+                    return Err(
+                        H3Error::new(code::FRAME_ERROR, "response ended inside a frame").into(),
+                    );
                 }
                 if ex.status.is_none() {
-                    return Err(format!(
-                        "{}: response ended without a final status",
-                        ex.path
-                    ));
+                    return Err(malformed(&ex.path, "ended without a final status"));
                 }
                 if ex.content_length.is_some_and(|n| n != ex.received) {
-                    return Err(format!(
-                        "{}: content-length {:?} but {} bytes",
-                        ex.path, ex.content_length, ex.received
-                    ));
+                    return Err(malformed(&ex.path, "content shorter than content-length"));
                 }
                 self.current = None;
                 self.fetches.complete();
@@ -192,10 +197,21 @@ impl H3Client {
     }
 }
 
-/// Closes the connection for a connection error and describes it for the report.
-fn self_close(conn: &mut Connection, now: Instant, e: H3Error) -> String {
-    conn.close(now, e.code, e.reason);
-    e.to_string()
+/// What went wrong with a response.
+enum Fault {
+    /// A connection error (§8).
+    Connection(H3Error),
+    /// A malformed response: a stream error H3_MESSAGE_ERROR (§4.1.2).
+    Malformed(String),
+    /// A well-formed response we did not want (a status other than 200), or a stream that
+    /// failed: the request is cancelled.
+    Failed(String),
+}
+
+impl From<H3Error> for Fault {
+    fn from(e: H3Error) -> Self {
+        Fault::Connection(e)
+    }
 }
 
 /// A response's :status (exactly one, three digits, §4.3.2) and content-length.
@@ -208,6 +224,9 @@ fn parse_response(fields: &[Field]) -> Result<(u16, Option<u64>), &'static str> 
         .and_then(|s| s.parse::<u16>().ok())
         .filter(|s| (100..600).contains(s))
         .ok_or("invalid :status")?;
+    if status == 101 {
+        return Err("101 (Switching Protocols) does not exist in HTTP/3 (§4.5)");
+    }
     Ok((status, fields::content_length(regular)?))
 }
 
@@ -247,9 +266,20 @@ impl Application for H3Client {
             }
             return;
         }
-        if let Err(e) = self.read_response(conn, id, now) {
-            let _ = conn.stop_sending(id, code::REQUEST_CANCELLED);
-            self.fetches.fail(e);
+        match self.read_response(conn, id, now) {
+            Ok(()) => {}
+            Err(Fault::Connection(e)) => {
+                self.session.fail(conn, now, e);
+                self.fetches.fail(e.to_string());
+            }
+            Err(Fault::Malformed(why)) => {
+                let _ = conn.stop_sending(id, code::MESSAGE_ERROR);
+                self.fetches.fail(format!("malformed response: {why}"));
+            }
+            Err(Fault::Failed(why)) => {
+                let _ = conn.stop_sending(id, code::REQUEST_CANCELLED);
+                self.fetches.fail(why);
+            }
         }
     }
 
@@ -285,6 +315,7 @@ mod tests {
         );
         assert!(parse_response(&[f("content-length", "5")]).is_err());
         assert!(parse_response(&[f(":status", "20")]).is_err());
+        assert!(parse_response(&[f(":status", "101")]).is_err());
         assert!(parse_response(&[f(":status", "200"), f(":status", "200")]).is_err());
         assert!(parse_response(&[f(":method", "GET"), f(":status", "200")]).is_err());
     }

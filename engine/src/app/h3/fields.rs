@@ -11,7 +11,7 @@ fn forbidden(f: &Field) -> bool {
     matches!(
         f.name.as_slice(),
         b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade"
-    ) || (f.name == b"te" && f.value != b"trailers")
+    ) || (f.name == b"te" && !f.value.eq_ignore_ascii_case(b"trailers"))
 }
 
 /// A field name: non-empty, lowercase token characters (RFC 9110 §5.1), or a pseudo-header

@@ -6,6 +6,7 @@
 //! cannot make a stream hold more than that.
 
 use crate::wire::varint::{varint_len, Reader, MAX_VARINT};
+use crate::Side;
 
 use super::{code, H3Error};
 
@@ -23,11 +24,18 @@ pub fn is_http2_only(ty: u64) -> bool {
     matches!(ty, 0x02 | 0x06 | 0x08 | 0x09)
 }
 
-/// A frame type other than HEADERS and DATA on a request stream (§7.2): the control-stream
-/// frames and HTTP/2's reserved types are H3_FRAME_UNEXPECTED, and so is PUSH_PROMISE,
-/// which a client may not send and quench's client never allows (it sends no MAX_PUSH_ID);
-/// unknown types are ignored.
-pub fn check_on_request_stream(ty: u64) -> Result<(), H3Error> {
+/// A frame type other than HEADERS and DATA on a request stream, as received by `side`
+/// (§7.2): the control-stream frames and HTTP/2's reserved types are H3_FRAME_UNEXPECTED.
+/// PUSH_PROMISE is too at a server (clients do not push); at quench's client, which never
+/// sends MAX_PUSH_ID, any promise exceeds the push IDs allowed: H3_ID_ERROR (§7.2.5).
+/// Unknown types are ignored.
+pub fn check_on_request_stream(ty: u64, side: Side) -> Result<(), H3Error> {
+    if ty == PUSH_PROMISE && side == Side::Client {
+        return Err(H3Error::new(
+            code::ID_ERROR,
+            "PUSH_PROMISE without MAX_PUSH_ID",
+        ));
+    }
     let unexpected = matches!(
         ty,
         CANCEL_PUSH | SETTINGS | GOAWAY | MAX_PUSH_ID | PUSH_PROMISE
@@ -40,6 +48,15 @@ pub fn check_on_request_stream(ty: u64) -> Result<(), H3Error> {
     } else {
         Ok(())
     }
+}
+
+/// Frame types HTTP/3 defines (§7.2, and HTTP/2's reserved ones): a reader buffers these
+/// (to act on them or to reject them); every other type is skipped unread (§9).
+pub fn is_defined(ty: u64) -> bool {
+    matches!(
+        ty,
+        HEADERS | CANCEL_PUSH | SETTINGS | PUSH_PROMISE | GOAWAY | MAX_PUSH_ID
+    ) || is_http2_only(ty)
 }
 
 /// `0x1f * N + 0x21`: the reserved ("grease") code points of frame, stream, setting and
@@ -164,10 +181,13 @@ pub fn single_varint(payload: &[u8]) -> Result<u64, H3Error> {
 /// One item out of a stream's bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Item<'a> {
-    /// A complete frame other than DATA.
+    /// A complete frame of a type the caller buffers (not DATA).
     Frame { ty: u64, payload: &'a [u8] },
     /// The next piece of a DATA frame's payload (possibly empty for an empty frame).
     Data(&'a [u8]),
+    /// A frame longer than the caller's limit for its type: its payload is skipped, and
+    /// the caller decides what that means (a malformed message, or a connection error).
+    Oversized { ty: u64, len: u64 },
 }
 
 /// Splits one stream's bytes into frames. Feed it what the stream delivers with `push`,
@@ -179,8 +199,8 @@ pub struct FrameReader {
     pos: usize,
     /// Bytes of the current DATA frame's payload still to come.
     data_left: u64,
-    /// An empty DATA frame was parsed and not yet reported.
-    empty_data: bool,
+    /// Payload bytes of a skipped frame (unknown type, or oversized) still to come.
+    skip_left: u64,
     /// Bytes handed out by the last `next`, consumed at the following call.
     pending: usize,
 }
@@ -197,64 +217,79 @@ impl FrameReader {
         self.buf.extend_from_slice(data);
     }
 
-    /// Bytes held that do not yet form an item.
-    pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos - self.pending
-    }
-
     /// Whether the stream ended at a frame boundary (nothing partial held).
     pub fn at_boundary(&self) -> bool {
-        self.buffered() == 0 && self.data_left == 0
+        self.buf.len() == self.pos + self.pending && self.data_left == 0 && self.skip_left == 0
     }
 
     fn consume_pending(&mut self) {
         self.pos += std::mem::take(&mut self.pending);
     }
 
-    /// The next item, if the bytes so far complete one. `max_frame` bounds the payload of
-    /// a non-DATA frame of type `ty`: larger is H3_EXCESSIVE_LOAD (§10.5: a frame we must
-    /// buffer whole may not grow without bound).
-    pub fn next(&mut self, max_frame: impl Fn(u64) -> u64) -> Result<Option<Item<'_>>, H3Error> {
+    /// The next item, if the bytes so far complete one. `limit(ty)` says how a frame of a
+    /// type other than DATA is read: `Some(n)`, buffered whole up to `n` bytes (longer is
+    /// `Item::Oversized`, skipped: a frame we buffer may not grow without bound, §10.5);
+    /// `None`, skipped unseen (unknown and reserved types carry nothing we use, and §9
+    /// says to ignore them whatever their size).
+    pub fn next(&mut self, limit: impl Fn(u64) -> Option<u64>) -> Option<Item<'_>> {
         self.consume_pending();
-        let avail = &self.buf[self.pos..];
-        if self.data_left > 0 {
-            if avail.is_empty() {
-                return Ok(None);
+        loop {
+            let avail = self.buf.len() - self.pos;
+            if self.skip_left > 0 {
+                let n = (avail as u64).min(self.skip_left) as usize;
+                if n == 0 {
+                    return None;
+                }
+                self.skip_left -= n as u64;
+                self.pos += n;
+                continue;
             }
-            let n = (avail.len() as u64).min(self.data_left) as usize;
-            self.data_left -= n as u64;
-            self.pending = n;
-            return Ok(Some(Item::Data(&self.buf[self.pos..self.pos + n])));
-        }
-        if std::mem::take(&mut self.empty_data) {
-            return Ok(Some(Item::Data(&[])));
-        }
-        let mut r = Reader::new(avail);
-        let (Ok(ty), Ok(len)) = (r.varint(), r.varint()) else {
-            return Ok(None); // the header is not complete yet
-        };
-        let header = r.position();
-        if ty == DATA {
-            self.pos += header;
-            self.data_left = len;
-            if len == 0 {
-                return Ok(Some(Item::Data(&[])));
+            if self.data_left > 0 {
+                if avail == 0 {
+                    return None;
+                }
+                let n = (avail as u64).min(self.data_left) as usize;
+                self.data_left -= n as u64;
+                self.pending = n;
+                return Some(Item::Data(&self.buf[self.pos..self.pos + n]));
             }
-            return self.next(max_frame);
+            let mut r = Reader::new(&self.buf[self.pos..]);
+            let (Ok(ty), Ok(len)) = (r.varint(), r.varint()) else {
+                return None; // the header is not complete yet
+            };
+            let header = r.position();
+            if ty == DATA {
+                self.pos += header;
+                self.data_left = len;
+                if len == 0 {
+                    return Some(Item::Data(&[]));
+                }
+                continue;
+            }
+            match limit(ty) {
+                None => {
+                    self.pos += header;
+                    self.skip_left = len;
+                }
+                Some(max) if len > max => {
+                    self.pos += header;
+                    self.skip_left = len;
+                    return Some(Item::Oversized { ty, len });
+                }
+                Some(_) => {
+                    let len = len as usize;
+                    if avail - header < len {
+                        return None;
+                    }
+                    let start = self.pos + header;
+                    self.pending = header + len;
+                    return Some(Item::Frame {
+                        ty,
+                        payload: &self.buf[start..start + len],
+                    });
+                }
+            }
         }
-        if len > max_frame(ty) {
-            return Err(H3Error::new(code::EXCESSIVE_LOAD, "frame too large"));
-        }
-        let len = len as usize;
-        if avail.len() - header < len {
-            return Ok(None);
-        }
-        let start = self.pos + header;
-        self.pending = header + len;
-        Ok(Some(Item::Frame {
-            ty,
-            payload: &self.buf[start..start + len],
-        }))
     }
 }
 
@@ -263,14 +298,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn frames(input: &[u8], chunk: usize) -> Result<Vec<(u64, Vec<u8>)>, H3Error> {
+    /// Frames as (type, payload); an oversized frame as (type, "oversized").
+    fn frames_with(
+        input: &[u8],
+        chunk: usize,
+        limit: impl Fn(u64) -> Option<u64> + Copy,
+    ) -> Vec<(u64, Vec<u8>)> {
         let mut r = FrameReader::default();
         let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
         for piece in input.chunks(chunk.max(1)) {
             r.push(piece);
-            while let Some(item) = r.next(|_| 1 << 16)? {
+            while let Some(item) = r.next(limit) {
                 match item {
                     Item::Frame { ty, payload } => out.push((ty, payload.to_vec())),
+                    Item::Oversized { ty, .. } => out.push((ty, b"oversized".to_vec())),
                     // Pieces of one DATA frame are merged so chunking does not show.
                     Item::Data(d) => match out.last_mut() {
                         Some((DATA, body)) if !d.is_empty() => body.extend_from_slice(d),
@@ -279,7 +320,11 @@ mod tests {
                 }
             }
         }
-        Ok(out)
+        out
+    }
+
+    fn frames(input: &[u8], chunk: usize) -> Vec<(u64, Vec<u8>)> {
+        frames_with(input, chunk, |_| Some(1 << 16))
     }
 
     #[test]
@@ -290,7 +335,7 @@ mod tests {
         put_frame(&mut wire, 0x21, b"grease");
         put_frame(&mut wire, HEADERS, b"trailers");
         for chunk in [1, 2, 3, 7, 64, 1000] {
-            let got = frames(&wire, chunk).unwrap();
+            let got = frames(&wire, chunk);
             assert_eq!(got.len(), 4, "chunk {chunk}: {got:?}");
             assert_eq!(got[0], (HEADERS, b"hdrs".to_vec()));
             assert_eq!(got[1], (DATA, vec![7u8; 300]));
@@ -304,18 +349,51 @@ mod tests {
         let mut wire = Vec::new();
         put_frame(&mut wire, DATA, b"");
         put_frame(&mut wire, HEADERS, b"x");
-        let got = frames(&wire, 1).unwrap();
+        let got = frames(&wire, 1);
         assert_eq!(got, vec![(DATA, vec![]), (HEADERS, b"x".to_vec())]);
     }
 
+    /// §9: unknown types are ignored whatever their size; they are never buffered.
     #[test]
-    fn an_oversized_frame_is_refused_before_it_is_buffered() {
+    fn unknown_frames_are_skipped_whatever_their_size() {
         let mut wire = Vec::new();
-        put_header(&mut wire, HEADERS, 1 << 20);
+        put_frame(&mut wire, 0x21, &vec![1u8; 100_000]);
+        put_frame(&mut wire, HEADERS, b"x");
+        let known = |ty| (ty == HEADERS).then_some(16);
+        for chunk in [1, 1000, 200_000] {
+            let got = frames_with(&wire, chunk, known);
+            assert_eq!(got, vec![(HEADERS, b"x".to_vec())], "chunk {chunk}");
+        }
+    }
+
+    /// A frame over its limit is reported once and skipped, never buffered; what follows
+    /// it still parses.
+    #[test]
+    fn an_oversized_frame_is_reported_and_skipped() {
+        let mut wire = Vec::new();
+        put_frame(&mut wire, HEADERS, &vec![0u8; 100_000]);
+        put_frame(&mut wire, HEADERS, b"small");
         let mut r = FrameReader::default();
-        r.push(&wire);
-        let err = r.next(|_| 1 << 16).unwrap_err();
-        assert_eq!(err.code, code::EXCESSIVE_LOAD);
+        r.push(&wire[..10]);
+        assert_eq!(
+            r.next(|_| Some(1 << 10)),
+            Some(Item::Oversized {
+                ty: HEADERS,
+                len: 100_000
+            })
+        );
+        assert_eq!(r.next(|_| Some(1 << 10)), None);
+        assert!(r.buf.len() <= 10, "nothing of the payload is kept");
+        r.push(&wire[10..]);
+        assert_eq!(
+            r.next(|_| Some(1 << 10)),
+            Some(Item::Frame {
+                ty: HEADERS,
+                payload: b"small"
+            })
+        );
+        assert_eq!(r.next(|_| Some(1 << 10)), None);
+        assert!(r.at_boundary());
     }
 
     #[test]
@@ -361,7 +439,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_bytes_any_chunking_never_panic(input in proptest::collection::vec(any::<u8>(), 0..512), chunk in 1usize..40) {
-            let _ = frames(&input, chunk);
+            let _ = frames_with(&input, chunk, |ty| (ty < 0x10).then_some(64));
         }
 
         #[test]
@@ -370,7 +448,7 @@ mod tests {
             for (ty, body) in &bodies {
                 put_frame(&mut wire, *ty, body);
             }
-            let got = frames(&wire, chunk).unwrap();
+            let got = frames(&wire, chunk);
             // Adjacent DATA frames merge in the helper; compare after merging the input too.
             let mut want: Vec<(u64, Vec<u8>)> = Vec::new();
             for (ty, body) in bodies {

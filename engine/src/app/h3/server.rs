@@ -155,11 +155,22 @@ impl H3Server {
         let Some(req) = self.requests.get_mut(&id) else {
             return Ok(());
         };
-        while let Some(item) = req.reader.next(|ty| match ty {
-            frame::HEADERS => MAX_FIELD_SECTION_SIZE,
-            _ => 4096,
-        })? {
+        while let Some(item) = req.reader.next(request_stream_limit) {
             match (req.phase, item) {
+                // §4.2.2, §10.5.1: a field section over our limit makes the message
+                // malformed; the frame is skipped, not buffered.
+                (
+                    Phase::Headers | Phase::Content,
+                    Item::Oversized {
+                        ty: frame::HEADERS, ..
+                    },
+                ) => return Err(StreamFault::Malformed("field section too large")),
+                (_, Item::Oversized { ty, .. }) => {
+                    frame::check_on_request_stream(ty, Side::Server)?;
+                    return Err(
+                        H3Error::new(code::FRAME_UNEXPECTED, "frame out of sequence").into(),
+                    );
+                }
                 (
                     Phase::Headers,
                     Item::Frame {
@@ -202,7 +213,7 @@ impl H3Server {
                         H3Error::new(code::FRAME_UNEXPECTED, "frame out of sequence").into(),
                     );
                 }
-                (_, Item::Frame { ty, .. }) => frame::check_on_request_stream(ty)?,
+                (_, Item::Frame { ty, .. }) => frame::check_on_request_stream(ty, Side::Server)?,
             }
         }
         if fin {
@@ -222,6 +233,8 @@ impl H3Server {
             }
         }
         self.pump(conn, id);
+        // A request side that ends after its response is complete ends the exchange here.
+        self.forget_if_done(id);
         Ok(())
     }
 
@@ -292,6 +305,9 @@ impl H3Server {
             }
         }
         if req.response_done {
+            // The file and the buffer go now, even if the request side is still open.
+            req.body = Body::None;
+            req.out = Vec::new();
             self.responses += 1;
             self.forget_if_done(id);
         }
@@ -305,6 +321,16 @@ impl H3Server {
         {
             self.requests.remove(&id);
         }
+    }
+}
+
+/// How frames on a request stream are read: HEADERS up to our field-section limit, the
+/// other defined types (all of them errors there) briefly, unknown types skipped (§9).
+pub(super) fn request_stream_limit(ty: u64) -> Option<u64> {
+    match ty {
+        frame::HEADERS => Some(MAX_FIELD_SECTION_SIZE),
+        t if frame::is_defined(t) => Some(64),
+        _ => None,
     }
 }
 
@@ -381,13 +407,15 @@ fn start_response(req: &mut Request, root: Option<&std::path::Path>, head: &Requ
         b"GET" | b"HEAD" => {
             // The query plays no part in which file is served.
             let path = head.path.split('?').next().unwrap_or("");
-            let file = resolve(root, path).and_then(|p| {
-                let f = File::open(p).ok()?;
-                let len = f.metadata().ok()?.len();
-                Some((f, len))
+            let file = resolve(root, path).map(|p| {
+                File::open(&p)
+                    .and_then(|f| Ok((f.metadata()?.len(), f)))
+                    .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "cannot serve"))
             });
             match file {
-                Some((f, len)) => (b"200", Body::File(f), len),
+                Some(Ok((len, f))) => (b"200", Body::File(f), len),
+                // Out of descriptors, say: not the client's fault, and not a 404.
+                Some(Err(())) => (b"500", Body::Synthetic(0), 0),
                 None => match path.strip_prefix('/').and_then(|n| n.parse::<u64>().ok()) {
                     Some(n) => (b"200", Body::Synthetic(n), n),
                     None => (b"404", Body::Synthetic(0), 0),
@@ -616,7 +644,7 @@ mod tests {
         let mut r = FrameReader::default();
         r.push(&wire);
         let mut got = Vec::new();
-        while let Some(item) = r.next(|_| 0).unwrap() {
+        while let Some(item) = r.next(|_| Some(0)) {
             match item {
                 Item::Data(d) => got.extend_from_slice(d),
                 other => panic!("{other:?}"),

@@ -145,11 +145,28 @@ impl Session {
         let mut chunk = [0u8; 4096];
         loop {
             if matches!(self.uni.get(&id), Some(Uni::Ignored)) {
-                return Ok(());
+                // We asked the peer to stop; whatever still comes is dropped, and the entry
+                // goes with the stream (a FIN here, or a reset).
+                loop {
+                    match conn.discard(id, usize::MAX, now) {
+                        Ok((_, true)) | Err(_) => {
+                            self.uni.remove(&id);
+                            return Ok(());
+                        }
+                        Ok((0, false)) => return Ok(()),
+                        Ok(_) => {}
+                    }
+                }
             }
             let (n, fin) = match conn.read(id, &mut chunk, now) {
                 Ok(r) => r,
-                Err(_) => return Ok(()),
+                Err(_) => {
+                    // The stream is gone: nothing more will come on it.
+                    if !self.is_critical(id) {
+                        self.uni.remove(&id);
+                    }
+                    return Ok(());
+                }
             };
             self.on_uni_bytes(conn, id, &chunk[..n])?;
             if fin {
@@ -197,7 +214,8 @@ impl Session {
                 settings_seen,
             }) => {
                 reader.push(data);
-                while let Some(item) = reader.next(|_| MAX_CONTROL_FRAME)? {
+                let limit = |ty| frame::is_defined(ty).then_some(MAX_CONTROL_FRAME);
+                while let Some(item) = reader.next(limit) {
                     let first = !*settings_seen;
                     match item {
                         Item::Frame {
@@ -211,6 +229,12 @@ impl Session {
                             return Err(H3Error::new(
                                 code::MISSING_SETTINGS,
                                 "control stream did not start with SETTINGS",
+                            ));
+                        }
+                        Item::Oversized { .. } => {
+                            return Err(H3Error::new(
+                                code::EXCESSIVE_LOAD,
+                                "control frame too large",
                             ));
                         }
                         Item::Data(_) => {
