@@ -622,7 +622,10 @@ fn large_unknown_frames_are_ignored() {
     let (closed, resets, responses) = misbehave(Misdeed::LargeUnknownFrames);
     assert_eq!(closed, None);
     assert!(resets.is_empty(), "{resets:?}");
-    assert_eq!(responses, 1, "the request behind the unknown frame was answered");
+    assert_eq!(
+        responses, 1,
+        "the request behind the unknown frame was answered"
+    );
 }
 
 /// A request side that ends after its response was sent (a POST answered 405 before its
