@@ -1,5 +1,5 @@
 //! What a client that GETs a list of paths one after another keeps (`hq-interop`, `h3`):
-//! the next path, the bodies hashed in request order, counts, and the first failure.
+//! the next path, the bodies hashed in request order, counts, and the latest failure.
 
 use sha2::{Digest, Sha256};
 
@@ -63,9 +63,10 @@ impl Fetches {
         self.fetched += 1;
     }
 
-    /// Records the first failure.
+    /// Records a failure; the latest is the one reported (a reset stream reports the read
+    /// that found it, "reset by peer", after the reset event's own line).
     pub fn fail(&mut self, why: String) {
-        self.failed.get_or_insert(why);
+        self.failed = Some(why);
     }
 
     /// The connection closed: a failure unless every path was fetched.
