@@ -141,7 +141,7 @@ enum Command {
         /// Connections.
         #[arg(long, default_value_t = 1)]
         conns: usize,
-        /// Paths to GET (hq-interop), in order.
+        /// Paths to GET (hq-interop, h3), in order.
         #[arg(long)]
         get: Vec<String>,
         /// `--alpn echo`: DATAGRAM frames (RFC 9221) each connection sends and expects
