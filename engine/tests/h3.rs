@@ -190,6 +190,23 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// The `H3Client`'s (fetched, bytes, digest, failure).
+    fn fetch_report(&mut self) -> (u64, u64, String, Option<String>) {
+        self.client
+            .with_state(self.h, |_, st| match st {
+                Some(ClientApp::Get(c)) => (
+                    c.fetches.fetched,
+                    c.fetches.bytes_down,
+                    c.fetches.digest(),
+                    c.fetches.failed.clone(),
+                ),
+                _ => panic!("no client"),
+            })
+            .expect("client state")
+    }
+}
+
 /// Runs `paths` through an H3Client; returns (fetched, bytes, digest, failure).
 fn fetch(impair: Impairments, root: &Root, paths: &[&str]) -> (u64, u64, String, Option<String>) {
     let owned: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
@@ -210,17 +227,7 @@ fn fetch(impair: Impairments, root: &Root, paths: &[&str]) -> (u64, u64, String,
             .unwrap_or(true)
     });
     assert!(finished, "did not finish");
-    sim.client
-        .with_state(h, |_, st| match st {
-            Some(ClientApp::Get(c)) => (
-                c.fetches.fetched,
-                c.fetches.bytes_down,
-                c.fetches.digest(),
-                c.fetches.failed.clone(),
-            ),
-            _ => panic!("no client"),
-        })
-        .expect("client state")
+    sim.fetch_report()
 }
 
 fn sha256_of(bodies: &[&[u8]]) -> String {
@@ -593,18 +600,7 @@ fn shutdown_sends_goaway_finishes_the_response_under_way_then_closes() {
         }) => assert_eq!(*code, 0x100),
         other => panic!("closed with {other:?}, want H3_NO_ERROR"),
     }
-    let (fetched, got, digest, failed) = sim
-        .client
-        .with_state(h, |_, st| match st {
-            Some(ClientApp::Get(c)) => (
-                c.fetches.fetched,
-                c.fetches.bytes_down,
-                c.fetches.digest(),
-                c.fetches.failed.clone(),
-            ),
-            _ => panic!("no client"),
-        })
-        .unwrap();
+    let (fetched, got, digest, failed) = sim.fetch_report();
     assert_eq!(
         fetched, 1,
         "the response under way completed, no later one began"

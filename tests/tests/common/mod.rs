@@ -311,9 +311,7 @@ impl Server {
     /// and the next attempt takes a fresh port.)
     pub fn ngtcp2(certs: &Certs, root: &Path, logs: &Path) -> Server {
         let program = ngtcp2_bin("gtlsserver");
-        let mut failures = Vec::new();
-        for attempt in 0..PORT_ATTEMPTS {
-            let addr = free_udp_port();
+        Server::on_free_port("gtlsserver", "a bound port", |attempt, addr| {
             let stderr_log = logs.join(format!("gtlsserver-{attempt}.stderr.log"));
             let stdout_log = logs.join(format!("gtlsserver-{attempt}.stdout.log"));
             let child = Command::new(&program)
@@ -336,7 +334,24 @@ impl Server {
                 stderr_log,
                 stdout_log,
             };
-            match server.wait_bound() {
+            let ready = server.wait_bound();
+            (server, ready)
+        })
+    }
+
+    /// Runs `start` on free ports until a server comes up; a process that dies first
+    /// possibly lost its port to another one, so the next attempt takes a fresh port.
+    /// `awaited` names the readiness sign, for the timeout message.
+    fn on_free_port(
+        name: &str,
+        awaited: &str,
+        mut start: impl FnMut(usize, SocketAddr) -> (Server, Ready),
+    ) -> Server {
+        let mut failures = Vec::new();
+        for attempt in 0..PORT_ATTEMPTS {
+            let addr = free_udp_port();
+            let (mut server, ready) = start(attempt, addr);
+            match ready {
                 Ready::Yes => return server,
                 Ready::Exited(why) => {
                     failures.push(format!(
@@ -348,11 +363,11 @@ impl Server {
                 Ready::TimedOut => {
                     let log = server.stderr();
                     server.stop();
-                    panic!("gtlsserver did not bind {addr} within {READY_TIMEOUT:?}\n{log}");
+                    panic!("{name} server showed no {awaited} on {addr} within {READY_TIMEOUT:?}\n{log}");
                 }
             }
         }
-        panic!("gtlsserver never became ready:\n{}", failures.join("\n"));
+        panic!("{name} server never became ready:\n{}", failures.join("\n"));
     }
 
     /// Waits until the server's UDP port is taken (see [`Server::ngtcp2`]).
@@ -386,9 +401,7 @@ impl Server {
         args: Vec<OsString>,
         logs: &Path,
     ) -> Server {
-        let mut failures = Vec::new();
-        for attempt in 0..PORT_ATTEMPTS {
-            let addr = free_udp_port();
+        Server::on_free_port(name, "`listening on` line", |attempt, addr| {
             let stderr_log = logs.join(format!("{name}-server-{attempt}.stderr.log"));
             let stderr = File::create(&stderr_log).expect("creating server log");
             let mut child = Command::new(program)
@@ -410,26 +423,9 @@ impl Server {
                 stderr_log,
                 stdout_log,
             };
-            match server.wait_ready(&ready) {
-                Ready::Yes => return server,
-                Ready::Exited(why) => {
-                    // Possibly lost the port to another process: try a fresh one.
-                    failures.push(format!(
-                        "attempt {attempt} on {addr}: {why}\n{}",
-                        tail(&server.stderr_log, 4000)
-                    ));
-                    server.stop();
-                }
-                Ready::TimedOut => {
-                    let log = server.stderr();
-                    server.stop();
-                    panic!(
-                        "{name} server printed no `listening on` within {READY_TIMEOUT:?}\n{log}"
-                    );
-                }
-            }
-        }
-        panic!("{name} server never became ready:\n{}", failures.join("\n"));
+            let state = server.wait_ready(&ready);
+            (server, state)
+        })
     }
 
     fn wait_ready(&mut self, ready: &mpsc::Receiver<()>) -> Ready {

@@ -65,8 +65,9 @@ pub fn is_reserved(v: u64) -> bool {
     v >= 0x21 && (v - 0x21).is_multiple_of(0x1f)
 }
 
-/// Appends a varint (RFC 9000 §16) to `out`. Values above 2^62-1 are a caller bug.
-pub fn put_varint(out: &mut Vec<u8>, v: u64) {
+/// A varint (RFC 9000 §16) as big-endian bytes: the last `len` of the array. Values above
+/// 2^62-1 are a caller bug.
+fn varint_bytes(v: u64) -> ([u8; 8], usize) {
     debug_assert!(v <= MAX_VARINT);
     let len = varint_len(v);
     let tag: u64 = match len {
@@ -75,7 +76,24 @@ pub fn put_varint(out: &mut Vec<u8>, v: u64) {
         4 => 0x8000_0000,
         _ => 0xc000_0000_0000_0000,
     };
-    out.extend_from_slice(&(v | tag).to_be_bytes()[8 - len..]);
+    ((v | tag).to_be_bytes(), len)
+}
+
+/// Appends a varint (RFC 9000 §16) to `out`.
+pub fn put_varint(out: &mut Vec<u8>, v: u64) {
+    let (bytes, len) = varint_bytes(v);
+    out.extend_from_slice(&bytes[8 - len..]);
+}
+
+/// Writes a DATA frame header for `len` bytes so that it ends exactly at `end` of `buf`
+/// (the payload already sits after it); returns where the header starts. `end` must leave
+/// room for 9 bytes.
+pub fn write_data_header_before(buf: &mut [u8], end: usize, len: u64) -> usize {
+    let (bytes, n) = varint_bytes(len);
+    let start = end - n - 1;
+    buf[start] = DATA as u8;
+    buf[start + 1..end].copy_from_slice(&bytes[8 - n..]);
+    start
 }
 
 /// Appends a frame header for a payload of `len` bytes.

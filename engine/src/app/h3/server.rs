@@ -283,8 +283,8 @@ impl H3Server {
                 req.out.clear();
                 req.out_pos = 0;
                 match next_chunk(&mut req.body, &mut req.out) {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(Some(first)) => req.out_pos = first,
+                    Ok(None) => {
                         if conn.finish(id).is_ok() {
                             self.unacked.insert(id);
                         }
@@ -444,40 +444,40 @@ fn start_response(req: &mut Request, root: Option<&std::path::Path>, head: &Requ
     req.body = body;
 }
 
-/// Frames the next DATA chunk of `body` into `out`: Ok(false) once the body is complete,
-/// Err if the file failed.
-fn next_chunk(body: &mut Body, out: &mut Vec<u8>) -> Result<bool, ()> {
+/// Appends the next DATA frame of `body` to `out` and returns where it starts (a file's
+/// frame may start a few bytes after the old end: its header is written in front of the
+/// payload once the read says how long it is, so the payload is never moved). `None` once
+/// the body is complete; Err if the file failed.
+fn next_chunk(body: &mut Body, out: &mut Vec<u8>) -> Result<Option<usize>, ()> {
+    /// Room for the longest DATA header: a type byte and an 8-byte length.
+    const HEADER_ROOM: usize = 9;
+    let start = out.len();
     match body {
-        Body::None => Ok(false),
-        Body::Synthetic(0) => Ok(false),
+        Body::None | Body::Synthetic(0) => Ok(None),
         Body::Synthetic(left) => {
             let n = (*left).min(CHUNK as u64) as usize;
             frame::put_frame(out, frame::DATA, &ZEROS[..n]);
             *left -= n as u64;
-            Ok(true)
+            Ok(Some(start))
         }
         Body::File(f) => {
-            // Read straight after a maximal header, then write the real header in front.
-            let start = out.len();
-            out.resize(start + 9 + CHUNK, 0);
+            let payload = start + HEADER_ROOM;
+            out.resize(payload + CHUNK, 0);
             let n = loop {
-                match f.read(&mut out[start + 9..]) {
+                match f.read(&mut out[payload..]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(_) => return Err(()),
                 }
             };
+            out.truncate(payload + n);
             if n == 0 {
                 out.truncate(start);
-                return Ok(false);
+                return Ok(None);
             }
-            let mut header = Vec::with_capacity(9);
-            frame::put_header(&mut header, frame::DATA, n as u64);
-            let at = start + 9 - header.len();
-            out[at..start + 9].copy_from_slice(&header);
-            out.truncate(start + 9 + n);
-            out.drain(start..at);
-            Ok(true)
+            Ok(Some(frame::write_data_header_before(
+                out, payload, n as u64,
+            )))
         }
     }
 }
@@ -640,7 +640,11 @@ mod tests {
         std::fs::write(&path, &content).unwrap();
         let mut body = Body::File(File::open(&path).unwrap());
         let mut wire = Vec::new();
-        while next_chunk(&mut body, &mut wire).unwrap() {}
+        let mut chunk = Vec::new();
+        while let Some(first) = next_chunk(&mut body, &mut chunk).unwrap() {
+            wire.extend_from_slice(&chunk[first..]);
+            chunk.clear();
+        }
         let mut r = FrameReader::default();
         r.push(&wire);
         let mut got = Vec::new();
