@@ -1,7 +1,11 @@
-//! AEAD packet protection (RFC 9001 §5.3) over aws-lc-rs, sealing and opening in place.
+//! AEAD packet protection (RFC 9001 §5.3), sealing and opening in place: aws-lc-rs, and
+//! for AES-GCM payloads of up to `SMALL_MAX` bytes our own code, which skips aws-lc's
+//! fixed per-call cost (`small_gcm`).
 use aws_lc_rs::aead::{
     Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305,
 };
+
+use super::small_gcm::{SmallGcm, SMALL_MAX};
 
 /// Length of the AEAD authentication tag for every QUIC suite.
 pub const TAG_LEN: usize = 16;
@@ -65,6 +69,9 @@ pub enum CryptoError {
 pub struct PacketKey {
     suite: Suite,
     key: LessSafeKey,
+    /// The same key for short AES-GCM payloads, where the CPU has AES-NI and PCLMULQDQ.
+    /// Boxed: its round keys and powers of H are ~400 bytes.
+    small: Option<Box<SmallGcm>>,
     iv: [u8; IV_LEN],
 }
 
@@ -90,9 +97,14 @@ impl PacketKey {
         let iv: [u8; IV_LEN] = iv.try_into().map_err(|_| CryptoError::InvalidKeyLength)?;
         let unbound =
             UnboundKey::new(suite.algorithm(), key).map_err(|_| CryptoError::InvalidKeyLength)?;
+        let small = match suite {
+            Suite::Aes128Gcm | Suite::Aes256Gcm => SmallGcm::new(key).map(Box::new),
+            Suite::ChaCha20Poly1305 => None,
+        };
         Ok(Self {
             suite,
             key: LessSafeKey::new(unbound),
+            small,
             iv,
         })
     }
@@ -103,12 +115,23 @@ impl PacketKey {
 
     /// RFC 9001 §5.3: the nonce is the IV XORed with the packet number, left-padded.
     #[inline]
-    fn nonce(&self, pn: u64) -> Nonce {
+    fn nonce_bytes(&self, pn: u64) -> [u8; IV_LEN] {
         let mut nonce = self.iv;
         for (n, p) in nonce[IV_LEN - 8..].iter_mut().zip(pn.to_be_bytes()) {
             *n ^= p;
         }
-        Nonce::assume_unique_for_key(nonce)
+        nonce
+    }
+
+    #[inline]
+    fn nonce(&self, pn: u64) -> Nonce {
+        Nonce::assume_unique_for_key(self.nonce_bytes(pn))
+    }
+
+    /// Our own AES-GCM when the payload is short enough for it to win.
+    #[inline]
+    fn small_for(&self, payload_len: usize) -> Option<&SmallGcm> {
+        self.small.as_deref().filter(|_| payload_len <= SMALL_MAX)
     }
 
     /// `packet` = header (AAD, `header_len` bytes) | plaintext | `TAG_LEN` bytes of room.
@@ -124,6 +147,10 @@ impl PacketKey {
             .checked_sub(TAG_LEN)
             .filter(|&end| end >= header_len)
             .ok_or(CryptoError::BufferTooSmall)?;
+        if let Some(small) = self.small_for(body_end - header_len) {
+            small.seal_in_place(&self.nonce_bytes(pn), packet, header_len);
+            return Ok(());
+        }
         let (header, rest) = packet.split_at_mut(header_len);
         let (payload, tag_out) = rest.split_at_mut(body_end - header_len);
         let tag = self
@@ -147,6 +174,14 @@ impl PacketKey {
             .is_none_or(|min| packet.len() < min)
         {
             return Err(CryptoError::DecryptFailed);
+        }
+        let payload_len = packet.len() - header_len - TAG_LEN;
+        if let Some(small) = self.small_for(payload_len) {
+            return if small.open_in_place(&self.nonce_bytes(pn), packet, header_len) {
+                Ok(payload_len)
+            } else {
+                Err(CryptoError::DecryptFailed)
+            };
         }
         let (header, body) = packet.split_at_mut(header_len);
         let plain = self
@@ -197,6 +232,30 @@ mod tests {
             let n = k.open_in_place(42, &mut pkt, header.len()).unwrap();
             assert_eq!(n, payload.len());
             assert_eq!(&pkt[4..4 + n], &payload[..]);
+        }
+    }
+
+    /// Both sides of `SMALL_MAX` (our AES-GCM below, aws-lc above) produce what aws-lc
+    /// alone produces, for every suite.
+    #[test]
+    fn every_payload_length_matches_aws_lc() {
+        for suite in Suite::ALL {
+            let k: Vec<u8> = (0..suite.key_len() as u8).collect();
+            let ours = PacketKey::new(suite, &k, &[7u8; 12]);
+            let theirs = LessSafeKey::new(UnboundKey::new(suite.algorithm(), &k).unwrap());
+            let header = [0x41u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+            for len in (0..=SMALL_MAX + 40).chain([1200, 1452 - 31]) {
+                let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                let mut pkt = [&header[..], &payload, &[0; TAG_LEN]].concat();
+                ours.seal_in_place(99, &mut pkt, header.len()).unwrap();
+                let mut body = payload.clone();
+                let tag = theirs
+                    .seal_in_place_separate_tag(ours.nonce(99), Aad::from(&header), &mut body)
+                    .unwrap();
+                assert_eq!(pkt[header.len()..], [&body[..], tag.as_ref()].concat());
+                assert_eq!(ours.open_in_place(99, &mut pkt, header.len()), Ok(len));
+                assert_eq!(&pkt[header.len()..header.len() + len], &payload[..]);
+            }
         }
     }
 

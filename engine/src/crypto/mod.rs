@@ -22,6 +22,7 @@ pub mod hmac;
 pub mod key_update;
 pub mod retry;
 pub mod secrets;
+pub mod small_gcm;
 pub mod tokens;
 
 #[cfg(test)]
