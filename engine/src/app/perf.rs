@@ -22,7 +22,8 @@ struct ServerStream {
 
 /// Server side: any number of concurrent perf streams per connection. A stream is tracked
 /// from its opening until both directions are over, so a long-lived connection holds
-/// state only for the requests in flight.
+/// state only for the requests in flight; a request that is read and answered whole when
+/// its stream opens (a small request in one packet) never enters the map.
 #[derive(Default)]
 pub struct PerfServer {
     streams: HashMap<StreamId, ServerStream>,
@@ -30,32 +31,70 @@ pub struct PerfServer {
     pub bytes_received: u64,
 }
 
-impl PerfServer {
-    fn pump(&mut self, conn: &mut Connection, id: StreamId) {
-        let Some(s) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if s.responding && !s.response_done {
-            if s.to_send > 0 {
-                s.to_send -= write_zeros(conn, id, s.to_send);
-            }
-            if s.to_send == 0 {
-                let _ = conn.finish(id);
-                s.response_done = true;
+impl ServerStream {
+    fn is_done(&self) -> bool {
+        self.upload_done && self.response_done
+    }
+
+    /// Reads what the request side has and, once the length is known (or the request
+    /// ended without one), starts the response.
+    fn read(&mut self, conn: &mut Connection, id: StreamId, now: Instant, received: &mut u64) {
+        while !self.upload_done {
+            let read = if self.header_len < 8 {
+                let mut tmp = [0u8; 8];
+                conn.read(id, &mut tmp[..8 - self.header_len], now)
+                    .inspect(|&(n, _)| {
+                        self.header[self.header_len..self.header_len + n]
+                            .copy_from_slice(&tmp[..n]);
+                        self.header_len += n;
+                    })
+            } else {
+                conn.discard(id, usize::MAX, now)
+                    .inspect(|&(n, _)| *received += n as u64)
+            };
+            match read {
+                Ok((_, true)) | Err(_) => self.upload_done = true,
+                Ok((0, false)) => break,
+                Ok(_) => {}
             }
         }
-        if s.upload_done && s.response_done {
-            self.streams.remove(&id);
+        if !self.responding && (self.header_len == 8 || self.upload_done) {
+            // A request that ended without a full length gets an empty answer.
+            self.responding = true;
+            self.to_send = if self.header_len == 8 {
+                u64::from_be_bytes(self.header)
+            } else {
+                0
+            };
+        }
+    }
+
+    /// Sends what the response still owes, as far as the stream takes it, then the FIN.
+    fn pump(&mut self, conn: &mut Connection, id: StreamId) {
+        if self.responding && !self.response_done {
+            if self.to_send > 0 {
+                self.to_send -= write_zeros(conn, id, self.to_send);
+            }
+            if self.to_send == 0 {
+                let _ = conn.finish(id);
+                self.response_done = true;
+            }
         }
     }
 }
 
 impl Application for PerfServer {
     fn on_stream_opened(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
-        if id.is_bidi() {
-            self.streams.insert(id, ServerStream::default());
+        if !id.is_bidi() {
+            return self.on_readable(conn, id, now);
         }
-        self.on_readable(conn, id, now);
+        // Served on the stack first: only a request still under way is tracked.
+        let mut s = ServerStream::default();
+        s.read(conn, id, now, &mut self.bytes_received);
+        s.pump(conn, id);
+        if !s.is_done() {
+            self.streams.insert(id, s);
+        }
     }
 
     fn on_readable(&mut self, conn: &mut Connection, id: StreamId, now: Instant) {
@@ -67,38 +106,21 @@ impl Application for PerfServer {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        while !s.upload_done {
-            let read = if s.header_len < 8 {
-                let mut tmp = [0u8; 8];
-                conn.read(id, &mut tmp[..8 - s.header_len], now)
-                    .inspect(|&(n, _)| {
-                        s.header[s.header_len..s.header_len + n].copy_from_slice(&tmp[..n]);
-                        s.header_len += n;
-                    })
-            } else {
-                conn.discard(id, usize::MAX, now)
-                    .inspect(|&(n, _)| self.bytes_received += n as u64)
-            };
-            match read {
-                Ok((_, true)) | Err(_) => s.upload_done = true,
-                Ok((0, false)) => break,
-                Ok(_) => {}
-            }
+        s.read(conn, id, now, &mut self.bytes_received);
+        s.pump(conn, id);
+        if s.is_done() {
+            self.streams.remove(&id);
         }
-        if !s.responding && (s.header_len == 8 || s.upload_done) {
-            // A request that ended without a full length gets an empty answer.
-            s.responding = true;
-            s.to_send = if s.header_len == 8 {
-                u64::from_be_bytes(s.header)
-            } else {
-                0
-            };
-        }
-        self.pump(conn, id);
     }
 
     fn on_writable(&mut self, conn: &mut Connection, id: StreamId, _now: Instant) {
-        self.pump(conn, id);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.pump(conn, id);
+        if s.is_done() {
+            self.streams.remove(&id);
+        }
     }
 
     fn on_reset(&mut self, conn: &mut Connection, id: StreamId, code: u64, now: Instant) {
