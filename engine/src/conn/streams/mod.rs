@@ -18,6 +18,7 @@ mod id;
 mod recv;
 mod send;
 mod send_buffer;
+mod table;
 #[cfg(test)]
 mod test_util;
 #[cfg(test)]
@@ -28,8 +29,6 @@ use crate::wire;
 
 use std::collections::VecDeque;
 
-// Keyed per map (peers choose stream ids) and far cheaper than SipHash per frame.
-use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant};
 
 use crate::Side;
@@ -42,6 +41,7 @@ use flow::{RecvWindow, SendCredit};
 use recv::{ConnRecv, RecvStream};
 use send::SendStream;
 use send_buffer::SendBuffer;
+use table::StreamTable;
 use wire::error::{TransportError, TransportErrorCode as Code};
 
 /// Largest stream count a MAX_STREAMS / STREAMS_BLOCKED may carry (§4.6).
@@ -186,6 +186,7 @@ pub struct StreamStats {
 
 #[derive(Debug)]
 struct Stream {
+    id: u64,
     send: Option<SendStream>,
     recv: Option<RecvStream>,
     in_send_queue: bool,
@@ -232,7 +233,7 @@ pub struct Streams {
     side: Side,
     config: StreamsConfig,
     peer: PeerLimits,
-    streams: HashMap<u64, Box<Stream>>,
+    streams: StreamTable,
     /// Per direction (0 bidi, 1 uni): next index we open and the peer's limit.
     next_local: [u64; 2],
     max_local: [u64; 2],
@@ -271,7 +272,7 @@ impl Streams {
         Self {
             side,
             peer: PeerLimits::default(),
-            streams: HashMap::new(),
+            streams: StreamTable::new(),
             next_local: [0; 2],
             max_local: [0; 2],
             streams_blocked_at: [None; 2],
@@ -320,8 +321,8 @@ impl Streams {
         self.raise_max_local(true, peer.initial_max_streams_bidi.min(MAX_STREAM_COUNT));
         self.raise_max_local(false, peer.initial_max_streams_uni.min(MAX_STREAM_COUNT));
         let side = self.side;
-        for (&id, s) in self.streams.iter_mut() {
-            let sid = StreamId(id);
+        for s in self.streams.values_mut() {
+            let (id, sid) = (s.id, StreamId(s.id));
             if let Some(send) = &mut s.send {
                 let max = match (sid.is_bidi(), sid.initiator() == side) {
                     (false, _) => peer.initial_max_stream_data_uni,
@@ -396,8 +397,8 @@ impl Streams {
             let send_credit = new
                 .is_bidi()
                 .then_some(self.peer.initial_max_stream_data_bidi_local);
-            let stream = self.new_stream(send_credit, true);
-            self.streams.insert(new.0, stream);
+            let stream = self.new_stream(new.0, send_credit, true);
+            self.streams.insert(stream);
             self.events.push_back(StreamEvent::Opened { id: new });
         }
         Ok(())
@@ -405,15 +406,17 @@ impl Streams {
 
     /// A stream with a send part (given the peer's credit for it) and/or a receive part,
     /// in the state of the last finished stream when there is one.
-    fn new_stream(&mut self, send_credit: Option<u64>, recv: bool) -> Box<Stream> {
+    fn new_stream(&mut self, id: u64, send_credit: Option<u64>, recv: bool) -> Box<Stream> {
         let mut stream = self.spare_streams.pop().unwrap_or_else(|| {
             Box::new(Stream {
+                id,
                 send: None,
                 recv: None,
                 in_send_queue: false,
                 in_ctrl_queue: false,
             })
         });
+        stream.id = id;
         stream.in_send_queue = false;
         stream.in_ctrl_queue = false;
         let max_buffer = self.config.send_buffer_per_stream;
@@ -503,7 +506,7 @@ impl Streams {
         _now: Instant,
     ) -> Result<(), TransportError> {
         self.check_incoming(id, Part::Recv)?;
-        let Some(stream) = self.streams.get_mut(&id) else {
+        let Some(stream) = self.streams.get_mut(id) else {
             return Ok(());
         };
         let Some(recv) = &mut stream.recv else {
@@ -531,7 +534,7 @@ impl Streams {
         final_size: u64,
     ) -> Result<(), TransportError> {
         self.check_incoming(id, Part::Recv)?;
-        let Some(stream) = self.streams.get_mut(&id) else {
+        let Some(stream) = self.streams.get_mut(id) else {
             return Ok(());
         };
         let Some(recv) = &mut stream.recv else {
@@ -559,7 +562,7 @@ impl Streams {
     /// A STOP_SENDING frame: we answer with RESET_STREAM (§3.5).
     pub fn on_stop_sending(&mut self, id: u64, error_code: u64) -> Result<(), TransportError> {
         self.check_incoming(id, Part::Send)?;
-        let Some(stream) = self.streams.get_mut(&id) else {
+        let Some(stream) = self.streams.get_mut(id) else {
             return Ok(());
         };
         let Some(send) = &mut stream.send else {
@@ -582,7 +585,7 @@ impl Streams {
 
     pub fn on_max_stream_data(&mut self, id: u64, max: u64) -> Result<(), TransportError> {
         self.check_incoming(id, Part::Send)?;
-        let Some(stream) = self.streams.get_mut(&id) else {
+        let Some(stream) = self.streams.get_mut(id) else {
             return Ok(());
         };
         let Some(send) = &mut stream.send else {
@@ -655,8 +658,8 @@ impl Streams {
         } else {
             self.peer.initial_max_stream_data_uni
         };
-        let stream = self.new_stream(Some(send_credit), bidi);
-        self.streams.insert(id.0, stream);
+        let stream = self.new_stream(id.0, Some(send_credit), bidi);
+        self.streams.insert(stream);
         Some(id)
     }
 
@@ -678,7 +681,7 @@ impl Streams {
 
     /// Buffers data for sending; returns how many bytes were accepted (Blocked if none).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        let Some(stream) = self.streams.get_mut(&id.0) else {
+        let Some(stream) = self.streams.get_mut(id.0) else {
             return Err(self.missing(id));
         };
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
@@ -701,7 +704,7 @@ impl Streams {
 
     /// Marks the end of the stream's data (FIN).
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
-        let Some(stream) = self.streams.get_mut(&id.0) else {
+        let Some(stream) = self.streams.get_mut(id.0) else {
             return Err(self.missing(id));
         };
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
@@ -742,7 +745,7 @@ impl Streams {
         now: Instant,
         rtt: Duration,
     ) -> Result<(usize, bool), StreamError> {
-        let Some(stream) = self.streams.get_mut(&id.0) else {
+        let Some(stream) = self.streams.get_mut(id.0) else {
             return Err(self.missing(id));
         };
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
@@ -771,7 +774,7 @@ impl Streams {
 
     /// Abandons sending (RESET_STREAM with `error_code`).
     pub fn reset(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
-        let Some(stream) = self.streams.get_mut(&id.0) else {
+        let Some(stream) = self.streams.get_mut(id.0) else {
             return Err(self.missing(id));
         };
         let send = stream.send.as_mut().ok_or(StreamError::WrongDirection)?;
@@ -786,7 +789,7 @@ impl Streams {
 
     /// Asks the peer to stop sending (STOP_SENDING); received data is dropped.
     pub fn stop_sending(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
-        let Some(stream) = self.streams.get_mut(&id.0) else {
+        let Some(stream) = self.streams.get_mut(id.0) else {
             return Err(self.missing(id));
         };
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
@@ -808,7 +811,7 @@ impl Streams {
     /// Bytes `write` would accept now (0 for unknown or closed streams).
     pub fn send_capacity(&self, id: StreamId) -> usize {
         self.streams
-            .get(&id.0)
+            .get(id.0)
             .and_then(|s| s.send.as_ref())
             .map_or(0, SendStream::capacity)
     }
@@ -841,7 +844,7 @@ impl Streams {
     /// for a peer's stream, lets it open another (§4.6).
     /// Forgets a stream in a terminal state; a peer's stream frees a slot for a new one.
     fn reap(&mut self, id: u64) {
-        let Some(stream) = self.streams.remove(&id) else {
+        let Some(stream) = self.streams.remove(id) else {
             return;
         };
         self.recycle(stream);

@@ -408,7 +408,7 @@ fn recycled_stream_states_change_shape_cleanly() {
     let mut ids = Vec::new();
     for _ in 0..spare {
         let id = pair.ends[0].open(false).expect("uni stream");
-        let s = pair.ends[0].streams.get(&id.0).expect("open");
+        let s = pair.ends[0].streams.get(id.0).expect("open");
         assert!(s.send.is_some() && s.recv.is_none());
         ids.push(id);
     }
@@ -716,7 +716,10 @@ fn auto_tuning_grows_the_receive_window() {
         }
     }
     assert_eq!(read, total);
-    let window = pair.ends[1].streams[&id.0]
+    let window = pair.ends[1]
+        .streams
+        .get(id.0)
+        .unwrap()
         .recv
         .as_ref()
         .unwrap()

@@ -18,14 +18,14 @@ impl Streams {
         if self
             .ctrl_queue
             .iter()
-            .any(|id| self.streams.get(id).is_some_and(|s| s.has_ctrl()))
+            .any(|id| self.streams.get(*id).is_some_and(|s| s.has_ctrl()))
         {
             return true;
         }
         let conn_avail = self.conn_send.max.saturating_sub(self.data_sent);
         self.send_queue.iter().any(|id| {
             self.streams
-                .get(id)
+                .get(*id)
                 .and_then(|s| s.send.as_ref())
                 .is_some_and(|s| s.can_send(conn_avail))
         })
@@ -112,7 +112,7 @@ impl Streams {
             let Some(id) = self.ctrl_queue.pop_front() else {
                 break;
             };
-            let Some(stream) = self.streams.get_mut(&id) else {
+            let Some(stream) = self.streams.get_mut(id) else {
                 continue;
             };
             let sid = StreamId(id);
@@ -205,7 +205,7 @@ impl Streams {
                 let Some(id) = self.send_queue.pop_front() else {
                     break;
                 };
-                let Some(stream) = self.streams.get_mut(&id) else {
+                let Some(stream) = self.streams.get_mut(id) else {
                     continue;
                 };
                 let Some(send) = &mut stream.send else {
@@ -260,7 +260,7 @@ impl Streams {
                 len,
                 fin,
             } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else {
+                let Some(stream) = self.streams.get_mut(id.0) else {
                     return;
                 };
                 let Some(send) = &mut stream.send else { return };
@@ -276,7 +276,7 @@ impl Streams {
                 }
             }
             StreamFrameRecord::ResetStream { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else {
+                let Some(stream) = self.streams.get_mut(id.0) else {
                     return;
                 };
                 if let Some(reset) = stream.send.as_mut().and_then(|s| s.reset.as_mut()) {
@@ -307,7 +307,7 @@ impl Streams {
                 len,
                 fin,
             } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else {
+                let Some(stream) = self.streams.get_mut(id.0) else {
                     return;
                 };
                 let Some(send) = &mut stream.send else { return };
@@ -328,7 +328,7 @@ impl Streams {
                 }
             }
             StreamFrameRecord::MaxStreamData { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else {
+                let Some(stream) = self.streams.get_mut(id.0) else {
                     return;
                 };
                 let Some(recv) = &mut stream.recv else { return };
@@ -338,7 +338,7 @@ impl Streams {
                 }
             }
             StreamFrameRecord::StreamDataBlocked { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else {
+                let Some(stream) = self.streams.get_mut(id.0) else {
                     return;
                 };
                 let Some(send) = &mut stream.send else { return };
@@ -349,7 +349,7 @@ impl Streams {
                 }
             }
             StreamFrameRecord::ResetStream { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else {
+                let Some(stream) = self.streams.get_mut(id.0) else {
                     return;
                 };
                 let Some(reset) = stream.send.as_mut().and_then(|s| s.reset.as_mut()) else {
@@ -361,7 +361,7 @@ impl Streams {
                 }
             }
             StreamFrameRecord::StopSending { id } => {
-                let Some(stream) = self.streams.get_mut(&id.0) else {
+                let Some(stream) = self.streams.get_mut(id.0) else {
                     return;
                 };
                 let Some(recv) = &mut stream.recv else { return };
