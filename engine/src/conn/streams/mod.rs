@@ -9,7 +9,7 @@
 //! Pieces: `id` (stream ids), `assembler` (reassembly), `send_buffer` (retransmission
 //! bookkeeping), `flow` (windows and credit), `send` / `recv` (per-direction stream
 //! states), `crypto_stream` (CRYPTO data per epoch), `transmit` (frame writing, acks and
-//! losses).
+//! losses), `table` (stream id → state: direct-mapped slots in front of a hash map).
 
 mod assembler;
 mod crypto_stream;

@@ -68,8 +68,19 @@ impl StreamTable {
     }
 
     /// Adds a stream whose id (`stream.id`) is not in the table.
+    #[inline]
     pub(super) fn insert(&mut self, stream: Box<Stream>) {
         debug_assert!(self.get(stream.id).is_none(), "stream id reused");
+        self.len += 1;
+        match self.slots.get_mut(slot_of(stream.id)) {
+            Some(free @ None) => *free = Some(stream),
+            _ => self.insert_slow(stream),
+        }
+    }
+
+    /// The first stream (which allocates the slots), or one whose slot is taken.
+    #[cold]
+    fn insert_slow(&mut self, stream: Box<Stream>) {
         if self.slots.is_empty() {
             self.slots.resize_with(SLOTS, || None);
         }
@@ -79,7 +90,6 @@ impl StreamTable {
                 self.overflow.insert(stream.id, stream);
             }
         }
-        self.len += 1;
     }
 
     pub(super) fn remove(&mut self, id: u64) -> Option<Box<Stream>> {
