@@ -130,6 +130,16 @@ impl Side {
             match ev {
                 StreamEvent::Opened { dir } => {
                     while let Some(id) = conn.streams().accept(dir) {
+                        if self.mode == AppMode::Perf {
+                            // As quench's PerfServer: served on the stack first, only a
+                            // request still under way is tracked.
+                            let mut s = PerfStream::default();
+                            serve_perf(conn, id, &mut s);
+                            if !s.is_done() {
+                                self.perf.insert((ch.0, id), s);
+                            }
+                            continue;
+                        }
                         on_readable(
                             self.mode,
                             conn,
@@ -248,38 +258,54 @@ fn on_readable(
         }
         AppMode::Sink => read_all(conn, id, sink_bytes, sink_fins),
         AppMode::Perf => {
-            let s = perf.entry((ch.0, id)).or_default();
-            if let Ok(mut chunks) = conn.recv_stream(id).read(true) {
-                loop {
-                    match chunks.next(usize::MAX) {
-                        Ok(Some(chunk)) => {
-                            let take = (8 - s.header_len).min(chunk.bytes.len());
-                            s.header[s.header_len..s.header_len + take]
-                                .copy_from_slice(&chunk.bytes[..take]);
-                            s.header_len += take;
-                        }
-                        Ok(None) => {
-                            s.upload_done = true;
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let _ = chunks.finalize();
-            }
-            if s.header_len == 8 && !s.responding {
-                s.responding = true;
-                let mut left = u64::from_be_bytes(s.header) as usize;
-                let mut send = conn.send_stream(id);
-                while left > 0 {
-                    match send.write(&ZEROS[..left.min(ZEROS.len())]) {
-                        Ok(n) if n > 0 => left -= n,
-                        _ => break,
-                    }
-                }
-                let _ = send.finish();
+            let Some(s) = perf.get_mut(&(ch.0, id)) else {
+                return;
+            };
+            serve_perf(conn, id, s);
+            if s.is_done() {
+                perf.remove(&(ch.0, id));
             }
         }
+    }
+}
+
+impl PerfStream {
+    fn is_done(&self) -> bool {
+        self.upload_done && self.responding
+    }
+}
+
+/// Reads what the request has; once its length is known, writes the response and the FIN.
+fn serve_perf(conn: &mut Connection, id: StreamId, s: &mut PerfStream) {
+    if let Ok(mut chunks) = conn.recv_stream(id).read(true) {
+        loop {
+            match chunks.next(usize::MAX) {
+                Ok(Some(chunk)) => {
+                    let take = (8 - s.header_len).min(chunk.bytes.len());
+                    s.header[s.header_len..s.header_len + take]
+                        .copy_from_slice(&chunk.bytes[..take]);
+                    s.header_len += take;
+                }
+                Ok(None) => {
+                    s.upload_done = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = chunks.finalize();
+    }
+    if s.header_len == 8 && !s.responding {
+        s.responding = true;
+        let mut left = u64::from_be_bytes(s.header) as usize;
+        let mut send = conn.send_stream(id);
+        while left > 0 {
+            match send.write(&ZEROS[..left.min(ZEROS.len())]) {
+                Ok(n) if n > 0 => left -= n,
+                _ => break,
+            }
+        }
+        let _ = send.finish();
     }
 }
 
