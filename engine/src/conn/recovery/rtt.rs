@@ -13,19 +13,31 @@ pub struct RttEstimator {
     rttvar: Duration,
     min: Duration,
     has_sample: bool,
+    /// smoothed + max(4 × rttvar, kGranularity), kept with them: read several times per
+    /// packet (PTO, idle deadline), changed once per RTT sample.
+    pto_base: Duration,
 }
 
 impl RttEstimator {
     /// Before the first sample, `smoothed = initial_rtt` and `rttvar = initial_rtt / 2`
     /// (RFC 9002 §5.3); `min` and `latest` report `initial_rtt` too.
     pub fn new(initial_rtt: Duration) -> Self {
-        Self {
+        let mut rtt = Self {
             latest: initial_rtt,
             smoothed: initial_rtt,
             rttvar: initial_rtt / 2,
             min: initial_rtt,
             has_sample: false,
-        }
+            pto_base: Duration::ZERO,
+        };
+        rtt.set_pto_base();
+        rtt
+    }
+
+    fn set_pto_base(&mut self) {
+        self.pto_base = self
+            .smoothed
+            .saturating_add(self.rttvar.saturating_mul(4).max(GRANULARITY));
     }
 
     /// Feeds one RTT sample. `ack_delay` is the peer-reported delay (zero where it is to be
@@ -45,6 +57,7 @@ impl RttEstimator {
             self.min = latest;
             self.smoothed = latest;
             self.rttvar = latest / 2;
+            self.set_pto_base();
             return;
         }
         // RFC 9002 §5.2: min_rtt ignores ack delay.
@@ -58,9 +71,18 @@ impl RttEstimator {
             Some(floor) if latest >= floor => latest - ack_delay,
             _ => latest,
         };
-        let sample_var = self.smoothed.abs_diff(adjusted);
-        self.rttvar = (self.rttvar * 3 + sample_var) / 4;
-        self.smoothed = (self.smoothed * 7 + adjusted) / 8;
+        // RFC 9002 §5.3 in whole nanoseconds: shifts, where `Duration`'s `/ 4` and `/ 8`
+        // are divisions on every acknowledgement.
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let (smoothed, adjusted) = (nanos(self.smoothed), nanos(adjusted));
+        let sample_var = smoothed.abs_diff(adjusted);
+        let rttvar = nanos(self.rttvar)
+            .saturating_mul(3)
+            .saturating_add(sample_var);
+        self.rttvar = Duration::from_nanos(rttvar >> 2);
+        self.smoothed =
+            Duration::from_nanos(smoothed.saturating_mul(7).saturating_add(adjusted) >> 3);
+        self.set_pto_base();
     }
 
     /// After persistent congestion, min_rtt starts again from the newest sample (RFC 9002
@@ -94,7 +116,7 @@ impl RttEstimator {
     /// `smoothed + max(4 * rttvar, kGranularity)` (RFC 9002 §6.2.1); the caller adds
     /// `max_ack_delay` for the application data space.
     pub fn pto_base(&self) -> Duration {
-        self.smoothed + (self.rttvar * 4).max(GRANULARITY)
+        self.pto_base
     }
 }
 
