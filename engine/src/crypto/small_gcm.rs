@@ -242,8 +242,9 @@ mod x86 {
         }
 
         /// `NR` is the number of AES rounds (10 or 14), a constant so the rounds unroll.
-        /// Every 16-byte window read or written starts before the tag, so it lies inside
-        /// `packet`; bytes past the payload are masked out of it.
+        /// Whole blocks are read and written as they are; a last partial block is a
+        /// 16-byte window that runs into the tag's room, with the bytes past the payload
+        /// masked out of it, so every window lies inside `packet`.
         #[target_feature(enable = "aes,pclmulqdq,ssse3,sse4.1")]
         fn seal_impl<const NR: usize>(
             &self,
@@ -253,28 +254,38 @@ mod x86 {
             len: usize,
         ) {
             let base = counter_base(nonce);
+            // First, so its rounds overlap everything else.
+            let ej0 = self.encrypt1::<NR>(j0(base));
             let mut ghash = Ghash::new(&self.h, aad_len.div_ceil(16) + len.div_ceil(16) + 1);
             hash_aad(&mut ghash, packet, aad_len);
+            let body = &mut packet[aad_len..];
+            let (whole, partial) = (len / 16, len % 16);
             let mut counter = 2u32;
-            let mut at = 0;
-            while at < len {
+            let mut block = 0;
+            while block < len.div_ceil(16) {
                 let ks = self.keystream::<NR>(base, counter);
                 counter += LANES as u32;
                 for k in ks {
-                    if at >= len {
+                    if block < whole {
+                        let window = window_mut(body, 16 * block);
+                        let c = _mm_xor_si128(from_bytes(window), k);
+                        *window = to_bytes(c);
+                        ghash.update(c);
+                    } else if block == whole && partial > 0 {
+                        let mask = byte_mask(partial);
+                        let window = window_mut(body, 16 * block);
+                        let c = _mm_xor_si128(from_bytes(window), _mm_and_si128(k, mask));
+                        *window = to_bytes(c);
+                        ghash.update(_mm_and_si128(c, mask));
+                    } else {
                         break;
                     }
-                    let mask = byte_mask(len - at);
-                    let window = window_mut(packet, aad_len + at);
-                    let c = _mm_xor_si128(from_bytes(window), _mm_and_si128(k, mask));
-                    *window = to_bytes(c);
-                    ghash.update(_mm_and_si128(c, mask));
-                    at += 16;
+                    block += 1;
                 }
             }
             ghash.update(length_block(aad_len, len));
-            let tag = _mm_xor_si128(ghash.finish(), self.encrypt1::<NR>(j0(base)));
-            *window_mut(packet, aad_len + len) = to_bytes(tag);
+            let tag = _mm_xor_si128(ghash.finish(), ej0);
+            *window_mut(body, len) = to_bytes(tag);
         }
 
         #[target_feature(enable = "aes,pclmulqdq,ssse3,sse4.1")]
@@ -286,39 +297,44 @@ mod x86 {
             len: usize,
         ) -> bool {
             let base = counter_base(nonce);
+            let ej0 = self.encrypt1::<NR>(j0(base));
             let mut ghash = Ghash::new(&self.h, aad_len.div_ceil(16) + len.div_ceil(16) + 1);
             hash_aad(&mut ghash, packet, aad_len);
+            let body = &mut packet[aad_len..];
+            let (whole, partial) = (len / 16, len % 16);
+            let blocks = len.div_ceil(16);
             // The keystream is made in the same pass as GHASH (independent work the CPU
             // overlaps) and applied only once the tag is known to be good.
             let mut keystream = [_mm_setzero_si128(); KEYSTREAM_BLOCKS];
             let mut counter = 2u32;
-            let mut at = 0;
-            let mut n = 0;
-            while at < len {
-                let ks = self.keystream::<NR>(base, counter);
+            for step in keystream
+                .chunks_exact_mut(LANES)
+                .take(blocks.div_ceil(LANES))
+            {
+                step.copy_from_slice(&self.keystream::<NR>(base, counter));
                 counter += LANES as u32;
-                keystream[n..n + LANES].copy_from_slice(&ks);
-                n += LANES;
-                for _ in 0..LANES {
-                    if at >= len {
-                        break;
-                    }
-                    let c = from_bytes(window(packet, aad_len + at));
-                    ghash.update(_mm_and_si128(c, byte_mask(len - at)));
-                    at += 16;
-                }
+            }
+            for block in 0..whole {
+                ghash.update(from_bytes(window(body, 16 * block)));
+            }
+            if partial > 0 {
+                let c = from_bytes(window(body, 16 * whole));
+                ghash.update(_mm_and_si128(c, byte_mask(partial)));
             }
             ghash.update(length_block(aad_len, len));
-            let expected = _mm_xor_si128(ghash.finish(), self.encrypt1::<NR>(j0(base)));
-            let diff = _mm_xor_si128(expected, from_bytes(window(packet, aad_len + len)));
+            let expected = _mm_xor_si128(ghash.finish(), ej0);
+            let diff = _mm_xor_si128(expected, from_bytes(window(body, len)));
             // Constant time: one test of all 128 bits, no early exit.
             if _mm_testz_si128(diff, diff) == 0 {
                 return false;
             }
-            for (i, k) in keystream.iter().enumerate().take(len.div_ceil(16)) {
-                let at = 16 * i;
-                let window = window_mut(packet, aad_len + at);
-                let k = _mm_and_si128(*k, byte_mask(len - at));
+            for (block, k) in keystream.iter().enumerate().take(whole) {
+                let window = window_mut(body, 16 * block);
+                *window = to_bytes(_mm_xor_si128(from_bytes(window), *k));
+            }
+            if partial > 0 {
+                let window = window_mut(body, 16 * whole);
+                let k = _mm_and_si128(keystream[whole], byte_mask(partial));
                 *window = to_bytes(_mm_xor_si128(from_bytes(window), k));
             }
             true
