@@ -503,6 +503,7 @@ impl<'a> FrameIter<'a> {
         self.r.position()
     }
 
+    #[inline]
     fn parse_frame(&mut self) -> Result<Frame<'a>, TransportError> {
         let (ty, ty_len) = self.r.varint_with_len().map_err(truncated)?;
         // RFC 9000 §12.4: frame types must use the shortest encoding.
@@ -520,6 +521,7 @@ impl<'a> FrameIter<'a> {
 impl<'a> Iterator for FrameIter<'a> {
     type Item = Result<Frame<'a>, TransportError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.r.is_empty() {
             return None;

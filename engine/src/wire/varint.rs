@@ -74,28 +74,45 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint (RFC 9000 §16): the two high bits of the first byte give its length.
+    #[inline]
     pub fn varint(&mut self) -> Result<u64, WireError> {
         self.varint_with_len().map(|(v, _)| v)
     }
 
     /// A varint and the number of bytes it used (to detect non-minimal encodings).
+    /// Each length reads its bytes as one big-endian word: no loop, one bounds check.
+    #[inline]
     pub fn varint_with_len(&mut self) -> Result<(u64, usize), WireError> {
-        let first = self.peek_u8()?;
-        let len = 1usize << (first >> 6);
-        let bytes = self.bytes(len)?;
-        let mut v = u64::from(first & 0x3f);
-        for &b in &bytes[1..] {
-            v = (v << 8) | u64::from(b);
-        }
+        // `pos` never passes the end, so `get` fails only on an empty rest.
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        let (v, len) = match rest.first() {
+            None => return Err(WireError::UnexpectedEnd),
+            Some(&b) if b < 0x40 => (u64::from(b), 1),
+            Some(&b) if b < 0x80 => match rest.first_chunk::<2>() {
+                Some(c) => (u64::from(u16::from_be_bytes(*c) & 0x3fff), 2),
+                None => return Err(WireError::UnexpectedEnd),
+            },
+            Some(&b) if b < 0xc0 => match rest.first_chunk::<4>() {
+                Some(c) => (u64::from(u32::from_be_bytes(*c) & 0x3fff_ffff), 4),
+                None => return Err(WireError::UnexpectedEnd),
+            },
+            Some(_) => match rest.first_chunk::<8>() {
+                Some(c) => (u64::from_be_bytes(*c) & MAX_VARINT, 8),
+                None => return Err(WireError::UnexpectedEnd),
+            },
+        };
+        self.pos += len;
         Ok((v, len))
     }
 
     /// The next `n` bytes, borrowed from the input.
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        if n > self.remaining() {
-            return Err(WireError::UnexpectedEnd);
-        }
-        let out = &self.buf[self.pos..self.pos + n];
+        let buf: &'a [u8] = self.buf;
+        let out = buf
+            .get(self.pos..)
+            .and_then(|rest| rest.get(..n))
+            .ok_or(WireError::UnexpectedEnd)?;
         self.pos += n;
         Ok(out)
     }
