@@ -106,6 +106,14 @@ impl RangeSet {
                 return added;
             }
         }
+        // Also common: the first range of a fresh set, or one beyond a gap above the top
+        // (neither overlapping nor touching anything).
+        if self.ranges.last().is_none_or(|last| range.start > last.end) {
+            let added = range.end - range.start;
+            self.ranges.push(range);
+            self.enforce_limit();
+            return added;
+        }
         let i = self.search(range.start);
         // Ranges i..j overlap or touch `range`.
         let mut j = i;

@@ -17,7 +17,7 @@ use crate::crypto::key_update::KeyGeneration;
 use crate::crypto::secrets::initial_keys;
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
-use crate::wire::frame::{Frame, FrameIter, PacketKind};
+use crate::wire::frame::{AckFrame, Frame, FrameIter, PacketKind};
 use crate::wire::header::{self, Header, LongType};
 use crate::wire::packet_number;
 use crate::{Epoch, Side};
@@ -698,7 +698,16 @@ impl Connection {
                 }
                 continue;
             }
+            // The frames of every request (STREAM, ACK) are handled here; the rest, rare,
+            // out of line, so their code does not weigh on this loop.
             let processed = match frame {
+                Frame::Stream {
+                    id,
+                    offset,
+                    data,
+                    fin,
+                } => self.streams.on_stream(id, offset, data, fin, now),
+                Frame::Ack(ack) => self.on_ack_frame(now, epoch, &ack),
                 // Its size on the wire decides (RFC 9221 §3), length field included.
                 Frame::Datagram { data } => self.on_datagram_frame(data, frames.offset() - start),
                 _ => self.process_frame(now, epoch, frame, dcid, &mut crypto_received),
@@ -727,6 +736,61 @@ impl Connection {
         Ok((ack_eliciting, probing_only))
     }
 
+    /// An ACK frame (RFC 9000 §19.3): loss recovery, then what the acknowledged and lost
+    /// packets carried.
+    #[inline(never)]
+    fn on_ack_frame(
+        &mut self,
+        now: Instant,
+        epoch: Epoch,
+        ack: &AckFrame<'_>,
+    ) -> Result<(), TransportError> {
+        let exponent = if epoch == Epoch::Data {
+            self.peer_ack_delay_exponent
+        } else {
+            3
+        };
+        let delay = decode_ack_delay(ack.delay, exponent);
+        let ecn = ack.ecn.map(|e| (e.ect0, e.ect1, e.ce));
+        let mut acked = std::mem::take(&mut self.acked_scratch);
+        let mut lost = std::mem::take(&mut self.lost_scratch);
+        let result = self.recovery.on_ack_received(
+            now,
+            epoch,
+            ack.iter(),
+            delay,
+            ecn,
+            &mut |p| acked.push(p.data),
+            &mut |p| lost.push(p.data),
+        );
+        for frames in acked.drain(..) {
+            self.on_frames_acked(now, frames);
+        }
+        for frames in lost.drain(..) {
+            self.on_frames_lost(now, frames);
+        }
+        self.acked_scratch = acked;
+        self.lost_scratch = lost;
+        self.end_loss_event(now);
+        if result.is_err() {
+            return Err(TransportError::new(
+                Code::PROTOCOL_VIOLATION,
+                "ACK of a packet never sent",
+            ));
+        }
+        if epoch == Epoch::Data
+            && self.side == Side::Client
+            && !self.handshake_confirmed
+            && self.state == State::Established
+        {
+            // RFC 9001 §4.1.2: an acknowledged 1-RTT packet confirms the handshake too.
+            self.confirm_handshake(now);
+        }
+        Ok(())
+    }
+
+    /// Every frame but STREAM, ACK and DATAGRAM, which `process_frames` takes itself.
+    #[inline(never)]
     fn process_frame(
         &mut self,
         now: Instant,
@@ -737,59 +801,17 @@ impl Connection {
     ) -> Result<(), TransportError> {
         match frame {
             Frame::Padding { .. } | Frame::Ping => {}
-            Frame::Ack(ack) => {
-                let exponent = if epoch == Epoch::Data {
-                    self.peer_ack_delay_exponent
-                } else {
-                    3
-                };
-                let delay = decode_ack_delay(ack.delay, exponent);
-                let ecn = ack.ecn.map(|e| (e.ect0, e.ect1, e.ce));
-                let mut acked = std::mem::take(&mut self.acked_scratch);
-                let mut lost = std::mem::take(&mut self.lost_scratch);
-                let result = self.recovery.on_ack_received(
-                    now,
-                    epoch,
-                    ack.iter(),
-                    delay,
-                    ecn,
-                    &mut |p| acked.push(p.data),
-                    &mut |p| lost.push(p.data),
-                );
-                for frames in acked.drain(..) {
-                    self.on_frames_acked(now, frames);
-                }
-                for frames in lost.drain(..) {
-                    self.on_frames_lost(now, frames);
-                }
-                self.acked_scratch = acked;
-                self.lost_scratch = lost;
-                self.end_loss_event(now);
-                if result.is_err() {
-                    return Err(TransportError::new(
-                        Code::PROTOCOL_VIOLATION,
-                        "ACK of a packet never sent",
-                    ));
-                }
-                if epoch == Epoch::Data
-                    && self.side == Side::Client
-                    && !self.handshake_confirmed
-                    && self.state == State::Established
-                {
-                    // RFC 9001 §4.1.2: an acknowledged 1-RTT packet confirms the handshake too.
-                    self.confirm_handshake(now);
-                }
-            }
-            Frame::Crypto { offset, data } => {
-                self.spaces[epoch.index()].crypto.on_crypto(offset, data)?;
-                *crypto_received = true;
-            }
+            Frame::Ack(ack) => self.on_ack_frame(now, epoch, &ack)?,
             Frame::Stream {
                 id,
                 offset,
                 data,
                 fin,
             } => self.streams.on_stream(id, offset, data, fin, now)?,
+            Frame::Crypto { offset, data } => {
+                self.spaces[epoch.index()].crypto.on_crypto(offset, data)?;
+                *crypto_received = true;
+            }
             Frame::ResetStream {
                 id,
                 error_code,

@@ -68,7 +68,15 @@ impl AckTracker {
     /// Already received, or below what we still track (RFC 9000 §13.2.3 lets us drop
     /// those rather than risk processing a duplicate).
     pub fn is_duplicate(&self, pn: u64) -> bool {
-        pn < self.floor || self.contains(pn)
+        if pn < self.floor {
+            return true;
+        }
+        // In-order arrival, the common case, is above every range: no search.
+        match self.ranges.last() {
+            Some(&(_, last)) if pn > last => false,
+            None => false,
+            Some(_) => self.contains(pn),
+        }
     }
 
     /// Records a processed packet and decides how soon it must be acknowledged.
