@@ -686,9 +686,8 @@ impl Connection {
             return;
         }
         // A connection that never got keys beyond Initial on the client side, or nothing to send on: just drop.
-        let pto = self.recovery.pto(self.highest_epoch());
         self.state = State::Closing {
-            deadline: now + 3 * pto,
+            deadline: now + self.recovery.three_ptos(self.highest_epoch()),
         };
         self.emit_closed(CloseReason::Local {
             code: frame.code,
@@ -712,9 +711,8 @@ impl Connection {
         if matches!(self.state, State::Draining { .. } | State::Drained) {
             return;
         }
-        let pto = self.recovery.pto(self.highest_epoch());
         self.state = State::Draining {
-            deadline: now + 3 * pto,
+            deadline: now + self.recovery.three_ptos(self.highest_epoch()),
         };
         self.close_pending = false;
         self.emit_closed(reason);

@@ -653,7 +653,7 @@ impl Connection {
 
     pub(crate) fn effective_idle_timeout(&self) -> Duration {
         // Never shorter than 3 PTOs (RFC 9000 §10.1).
-        self.idle_timeout.max(3 * self.recovery.pto(Epoch::Data))
+        self.idle_timeout.max(self.recovery.three_ptos(Epoch::Data))
     }
 
     /// Returns whether the packet was ack-eliciting.

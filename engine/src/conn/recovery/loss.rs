@@ -3,7 +3,7 @@
 
 use super::cc::{Congestion, Controller};
 use super::pacing::{Pacer, PacerInput};
-use super::rtt::{RttEstimator, GRANULARITY};
+use super::rtt::{Pto, RttEstimator};
 use super::sent::{SentPacket, SentSpace, Slot};
 use super::{
     AckResult, ProbeRequest, RecoveryConfig, RecoveryStats, UnsentPacketAcked,
@@ -17,12 +17,8 @@ use tracing::{debug, trace};
 
 /// RFC 9002 §6.1.1: kPacketThreshold.
 const PACKET_THRESHOLD: u64 = 3;
-/// RFC 9002 §7.6.1: kPersistentCongestionThreshold.
-const PERSISTENT_CONGESTION_THRESHOLD: u32 = 3;
 /// Outstanding ACK-only packets after which `needs_ack_eliciting` asks for a PING.
 const ACK_ONLY_BEFORE_PING: u64 = 16;
-/// PTO backoff stops doubling here (2^16 PTOs is hours; the idle timeout ends it first).
-const MAX_PTO_BACKOFF_EXP: u32 = 16;
 
 /// Sending-side recovery state of one connection. `T` is what the connection gets back
 /// for each acknowledged, lost or discarded packet.
@@ -37,7 +33,8 @@ pub struct Recovery<T> {
     pacing: bool,
     max_datagram_size: u64,
     spaces: [SentSpace<T>; 3],
-    rtt: RttEstimator,
+    /// The RTT estimate, max_ack_delay and PTO backoff, with the periods they give.
+    pto: Pto,
     cc: Congestion,
     pacer: Pacer,
     /// Bytes in flight on the current path: what the congestion window limits.
@@ -46,8 +43,6 @@ pub struct Recovery<T> {
     /// acknowledgement, but they do not count against the new path's window (RFC 9000
     /// §9.4, RFC 9002 §9.4).
     old_path_bytes_in_flight: u64,
-    pto_count: u32,
-    max_ack_delay: Duration,
     handshake_confirmed: bool,
     has_handshake_keys: bool,
     peer_validated_address: bool,
@@ -81,13 +76,11 @@ impl<T> Recovery<T> {
             pacing: config.pacing,
             max_datagram_size: mds,
             spaces: [SentSpace::new(), SentSpace::new(), SentSpace::new()],
-            rtt: RttEstimator::new(config.initial_rtt),
+            pto: Pto::new(config.initial_rtt, DEFAULT_MAX_ACK_DELAY),
             cc: Congestion::new(config.congestion, mds, initial_window),
             pacer: Pacer::new(),
             bytes_in_flight: 0,
             old_path_bytes_in_flight: 0,
-            pto_count: 0,
-            max_ack_delay: DEFAULT_MAX_ACK_DELAY,
             handshake_confirmed: false,
             has_handshake_keys: false,
             peer_validated_address: false,
@@ -224,10 +217,9 @@ impl<T> Recovery<T> {
             } else {
                 Duration::ZERO
             };
-            self.rtt
-                .update(latest, delay, self.max_ack_delay, self.handshake_confirmed);
+            self.pto.update_rtt(latest, delay, self.handshake_confirmed);
             self.first_rtt_sample.get_or_insert(now);
-            trace!(?latest, smoothed = ?self.rtt.smoothed(), "rtt sample");
+            trace!(?latest, smoothed = ?self.pto.rtt().smoothed(), "rtt sample");
         }
 
         let mut reduced = false;
@@ -257,13 +249,13 @@ impl<T> Recovery<T> {
             growth_bytes
         };
         if growth > 0 && !self.app_limited {
-            self.cc.on_ack(now, growth, &self.rtt);
+            self.cc.on_ack(now, growth, self.pto.rtt());
         }
 
         // §A.7: reset the PTO backoff, unless this is a client not yet sure the server
         // validated its address (§6.2.2.1).
         if self.peer_completed_address_validation() {
-            self.pto_count = 0;
+            self.pto.set_count(0);
         }
         self.set_timer(now);
         Ok(AckResult {
@@ -310,9 +302,9 @@ impl<T> Recovery<T> {
             };
             ProbeRequest { epoch, count: 1 }
         };
-        self.pto_count = self.pto_count.saturating_add(1);
+        self.pto.set_count(self.pto.count().saturating_add(1));
         self.stats.pto_count += 1;
-        debug!(pto_count = self.pto_count, ?probe, "PTO fired");
+        debug!(pto_count = self.pto.count(), ?probe, "PTO fired");
         self.set_timer(now);
         Some(probe)
     }
@@ -344,7 +336,7 @@ impl<T> Recovery<T> {
         });
         // Not a sign of Handshake keys: a client after a Retry drops its Initial packets
         // too, and its anti-deadlock probe must then stay an Initial (RFC 9002 §6.2.2.1).
-        self.pto_count = 0;
+        self.pto.set_count(0);
         self.set_timer(now);
     }
 
@@ -387,7 +379,7 @@ impl<T> Recovery<T> {
 
     /// The peer's max_ack_delay transport parameter.
     pub fn set_max_ack_delay(&mut self, delay: Duration) {
-        self.max_ack_delay = delay;
+        self.pto.set_max_ack_delay(delay);
         self.rearm();
     }
 
@@ -409,10 +401,9 @@ impl<T> Recovery<T> {
         let mds = self.max_datagram_size;
         let initial_window = (self.config.initial_window_packets as u64).saturating_mul(mds);
         self.cc = Congestion::new(self.config.congestion, mds, initial_window);
-        self.rtt = RttEstimator::new(self.config.initial_rtt);
+        self.pto.reset(self.config.initial_rtt);
         self.pacer = Pacer::new();
         self.first_rtt_sample = None;
-        self.pto_count = 0;
         self.stats.path_resets += 1;
         self.set_timer(now);
     }
@@ -431,17 +422,19 @@ impl<T> Recovery<T> {
     }
 
     pub fn rtt(&self) -> &RttEstimator {
-        &self.rtt
+        self.pto.rtt()
     }
 
     /// The PTO period of `epoch`, backoff included (RFC 9002 §6.2.1): also the unit for
     /// the idle timeout floor, key discard and the closing period.
     pub fn pto(&self, epoch: Epoch) -> Duration {
-        let mut base = self.rtt.pto_base();
-        if epoch == Epoch::Data {
-            base = base.saturating_add(self.max_ack_delay);
-        }
-        backoff(base, self.pto_count)
+        self.pto.period(epoch)
+    }
+
+    /// `3 * pto(epoch)`, saturated: the idle timeout's floor (RFC 9000 §10.1) and the
+    /// closing and draining periods (§10.2).
+    pub fn three_ptos(&self, epoch: Epoch) -> Duration {
+        self.pto.three_periods(epoch)
     }
 
     /// Bytes in flight on every path.
@@ -506,7 +499,7 @@ impl<T> Recovery<T> {
     }
 
     pub fn pto_count(&self) -> u32 {
-        self.pto_count
+        self.pto.count()
     }
 
     pub fn stats(&self) -> RecoveryStats {
@@ -516,7 +509,7 @@ impl<T> Recovery<T> {
     fn pacer_input(&self) -> PacerInput {
         PacerInput {
             window: self.cc.window(),
-            smoothed_rtt: self.rtt.smoothed(),
+            smoothed_rtt: self.pto.rtt().smoothed(),
             max_datagram_size: self.max_datagram_size,
         }
     }
@@ -552,7 +545,7 @@ impl<T> Recovery<T> {
 
     /// §A.8 GetPtoTimeAndSpace.
     fn pto_time_and_space(&self, now: Instant) -> Option<(Instant, Epoch)> {
-        let duration = backoff(self.rtt.pto_base(), self.pto_count);
+        let duration = self.pto.period(Epoch::Initial);
         if !self.any_ack_eliciting_in_flight() {
             // Anti-deadlock: arm from now (the caller only gets here for clients).
             let epoch = if self.has_handshake_keys {
@@ -574,7 +567,7 @@ impl<T> Recovery<T> {
                 if !self.handshake_confirmed {
                     break;
                 }
-                duration = duration.saturating_add(backoff(self.max_ack_delay, self.pto_count));
+                duration = self.pto.period(Epoch::Data);
             }
             let Some(t) = space
                 .time_of_last_ack_eliciting
@@ -621,13 +614,9 @@ impl<T> Recovery<T> {
         let Some(largest_acked) = space.largest_acked else {
             return outcome;
         };
-        // §6.1.2: 9/8 * max(smoothed_rtt, latest_rtt), at least kGranularity.
-        let loss_delay = (self.rtt.latest().max(self.rtt.smoothed()) / 8)
-            .saturating_mul(9)
-            .max(GRANULARITY);
+        let loss_delay = self.pto.rtt().loss_delay();
         let lost_send_time = now.checked_sub(loss_delay);
-        let pc_duration = (self.rtt.pto_base().saturating_add(self.max_ack_delay))
-            .saturating_mul(PERSISTENT_CONGESTION_THRESHOLD);
+        let pc_duration = self.pto.persistent_congestion_duration();
         // Send time of the first ack-eliciting packet of the current run of lost packets
         // with no acknowledged packet in between.
         let mut run_start: Option<Instant> = None;
@@ -703,7 +692,7 @@ impl<T> Recovery<T> {
             debug!("persistent congestion");
             self.stats.persistent_congestion_events += 1;
             self.cc.on_persistent_congestion();
-            self.rtt.reset_min_to_latest();
+            self.pto.reset_min_rtt_to_latest();
         }
         reduced
     }
@@ -716,12 +705,6 @@ impl<T> Recovery<T> {
         }
         reduced
     }
-}
-
-/// `d * 2^exp`, with the exponent capped and the product saturated.
-fn backoff(d: Duration, exp: u32) -> Duration {
-    d.checked_mul(1u32 << exp.min(MAX_PTO_BACKOFF_EXP))
-        .unwrap_or(Duration::MAX)
 }
 
 /// An acknowledged, lost or discarded packet of `size` leaves the flight of its path:

@@ -1,43 +1,49 @@
 //! Round-trip time estimation (RFC 9002 §5).
 
+use crate::Epoch;
 use std::time::Duration;
 
 /// Timer granularity assumed for the local clock and the peer's (RFC 9002 §6.1.2).
 pub const GRANULARITY: Duration = Duration::from_millis(1);
+/// RFC 9002 §7.6.1: kPersistentCongestionThreshold.
+const PERSISTENT_CONGESTION_THRESHOLD: u32 = 3;
+/// PTO backoff stops doubling here (2^16 PTOs is hours; the idle timeout ends it first).
+const MAX_PTO_BACKOFF_EXP: u32 = 16;
+
+/// `GRANULARITY` in nanoseconds.
+const GRANULARITY_NANOS: u64 = GRANULARITY.as_nanos() as u64;
+
+/// A duration in whole nanoseconds, saturated at `u64::MAX` (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// Smoothed RTT, RTT variation and minimum RTT of one path.
+///
+/// Kept in whole nanoseconds (saturated at 584 years): the smoothing is shifts, and what
+/// derives from the estimate (PTO periods, loss delay) is integer arithmetic, where
+/// `Duration`'s is checked multiplications and divisions with normalisation.
 #[derive(Clone, Debug)]
 pub struct RttEstimator {
-    latest: Duration,
-    smoothed: Duration,
-    rttvar: Duration,
-    min: Duration,
+    latest: u64,
+    smoothed: u64,
+    rttvar: u64,
+    min: u64,
     has_sample: bool,
-    /// smoothed + max(4 × rttvar, kGranularity), kept with them: read several times per
-    /// packet (PTO, idle deadline), changed once per RTT sample.
-    pto_base: Duration,
 }
 
 impl RttEstimator {
     /// Before the first sample, `smoothed = initial_rtt` and `rttvar = initial_rtt / 2`
     /// (RFC 9002 §5.3); `min` and `latest` report `initial_rtt` too.
     pub fn new(initial_rtt: Duration) -> Self {
-        let mut rtt = Self {
-            latest: initial_rtt,
-            smoothed: initial_rtt,
-            rttvar: initial_rtt / 2,
-            min: initial_rtt,
+        let initial = nanos(initial_rtt);
+        Self {
+            latest: initial,
+            smoothed: initial,
+            rttvar: initial / 2,
+            min: initial,
             has_sample: false,
-            pto_base: Duration::ZERO,
-        };
-        rtt.set_pto_base();
-        rtt
-    }
-
-    fn set_pto_base(&mut self) {
-        self.pto_base = self
-            .smoothed
-            .saturating_add(self.rttvar.saturating_mul(4).max(GRANULARITY));
+        }
     }
 
     /// Feeds one RTT sample. `ack_delay` is the peer-reported delay (zero where it is to be
@@ -50,6 +56,7 @@ impl RttEstimator {
         max_ack_delay: Duration,
         handshake_confirmed: bool,
     ) {
+        let latest = nanos(latest);
         self.latest = latest;
         if !self.has_sample {
             // RFC 9002 §5.3: the first sample initialises the estimator.
@@ -57,7 +64,6 @@ impl RttEstimator {
             self.min = latest;
             self.smoothed = latest;
             self.rttvar = latest / 2;
-            self.set_pto_base();
             return;
         }
         // RFC 9002 §5.2: min_rtt ignores ack delay.
@@ -67,22 +73,16 @@ impl RttEstimator {
         } else {
             ack_delay
         };
+        let ack_delay = nanos(ack_delay);
         let adjusted = match self.min.checked_add(ack_delay) {
             Some(floor) if latest >= floor => latest - ack_delay,
             _ => latest,
         };
-        // RFC 9002 §5.3 in whole nanoseconds: shifts, where `Duration`'s `/ 4` and `/ 8`
-        // are divisions on every acknowledgement.
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let (smoothed, adjusted) = (nanos(self.smoothed), nanos(adjusted));
-        let sample_var = smoothed.abs_diff(adjusted);
-        let rttvar = nanos(self.rttvar)
-            .saturating_mul(3)
-            .saturating_add(sample_var);
-        self.rttvar = Duration::from_nanos(rttvar >> 2);
-        self.smoothed =
-            Duration::from_nanos(smoothed.saturating_mul(7).saturating_add(adjusted) >> 3);
-        self.set_pto_base();
+        // RFC 9002 §5.3: rttvar = 3/4 rttvar + 1/4 |smoothed - adjusted|,
+        // smoothed = 7/8 smoothed + 1/8 adjusted.
+        let sample_var = self.smoothed.abs_diff(adjusted);
+        self.rttvar = self.rttvar.saturating_mul(3).saturating_add(sample_var) >> 2;
+        self.smoothed = self.smoothed.saturating_mul(7).saturating_add(adjusted) >> 3;
     }
 
     /// After persistent congestion, min_rtt starts again from the newest sample (RFC 9002
@@ -94,19 +94,19 @@ impl RttEstimator {
     }
 
     pub fn smoothed(&self) -> Duration {
-        self.smoothed
+        Duration::from_nanos(self.smoothed)
     }
 
     pub fn rttvar(&self) -> Duration {
-        self.rttvar
+        Duration::from_nanos(self.rttvar)
     }
 
     pub fn min(&self) -> Duration {
-        self.min
+        Duration::from_nanos(self.min)
     }
 
     pub fn latest(&self) -> Duration {
-        self.latest
+        Duration::from_nanos(self.latest)
     }
 
     pub fn has_sample(&self) -> bool {
@@ -116,7 +116,124 @@ impl RttEstimator {
     /// `smoothed + max(4 * rttvar, kGranularity)` (RFC 9002 §6.2.1); the caller adds
     /// `max_ack_delay` for the application data space.
     pub fn pto_base(&self) -> Duration {
-        self.pto_base
+        Duration::from_nanos(self.pto_base_nanos())
+    }
+
+    fn pto_base_nanos(&self) -> u64 {
+        self.smoothed
+            .saturating_add(self.rttvar.saturating_mul(4).max(GRANULARITY_NANOS))
+    }
+
+    /// The time threshold of loss detection: 9/8 × max(smoothed_rtt, latest_rtt), at least
+    /// kGranularity (RFC 9002 §6.1.2).
+    pub fn loss_delay(&self) -> Duration {
+        let rtt = self.latest.max(self.smoothed);
+        Duration::from_nanos(((rtt / 8).saturating_mul(9)).max(GRANULARITY_NANOS))
+    }
+}
+
+/// The inputs of the PTO period (RFC 9002 §6.2.1) — the RTT estimate, the peer's
+/// max_ack_delay and the backoff exponent (pto_count) — and the durations derived from them.
+///
+/// The derived durations are read several times per packet (loss detection timer, idle
+/// deadline) and their inputs change at most once per ACK or PTO, so they are computed when
+/// an input changes, in nanoseconds (saturated at 584 years). The inputs are private to
+/// this module and every method that changes one recomputes them: they cannot go stale.
+#[derive(Clone, Debug)]
+pub struct Pto {
+    rtt: RttEstimator,
+    max_ack_delay: Duration,
+    count: u32,
+    /// The PTO period, backoff included, of [Initial and Handshake, Data]; Data's includes
+    /// max_ack_delay.
+    period: [u64; 2],
+    /// Three times `period`: the idle timeout's floor (RFC 9000 §10.1), the closing and
+    /// draining periods (§10.2).
+    three_periods: [u64; 2],
+    /// (smoothed + max(4 × rttvar, kGranularity) + max_ack_delay) ×
+    /// kPersistentCongestionThreshold, without backoff (RFC 9002 §7.6.1).
+    persistent_congestion: u64,
+}
+
+impl Pto {
+    pub fn new(initial_rtt: Duration, max_ack_delay: Duration) -> Self {
+        let mut pto = Self {
+            rtt: RttEstimator::new(initial_rtt),
+            max_ack_delay,
+            count: 0,
+            period: [0; 2],
+            three_periods: [0; 2],
+            persistent_congestion: 0,
+        };
+        pto.derive();
+        pto
+    }
+
+    /// Recomputes what derives from the inputs: called by every method that changes one.
+    fn derive(&mut self) {
+        let base = self.rtt.pto_base_nanos();
+        let data = base.saturating_add(nanos(self.max_ack_delay));
+        // `d * 2^count`, with the exponent capped and the product saturated.
+        let factor = 1u64 << self.count.min(MAX_PTO_BACKOFF_EXP);
+        self.period = [base, data].map(|d| d.saturating_mul(factor));
+        self.three_periods = self.period.map(|p| p.saturating_mul(3));
+        self.persistent_congestion =
+            data.saturating_mul(u64::from(PERSISTENT_CONGESTION_THRESHOLD));
+    }
+
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    /// Feeds one RTT sample (see `RttEstimator::update`).
+    pub fn update_rtt(&mut self, latest: Duration, ack_delay: Duration, handshake_confirmed: bool) {
+        self.rtt
+            .update(latest, ack_delay, self.max_ack_delay, handshake_confirmed);
+        self.derive();
+    }
+
+    /// A new path: the estimate starts again from `initial_rtt` and the backoff from zero.
+    pub fn reset(&mut self, initial_rtt: Duration) {
+        self.rtt = RttEstimator::new(initial_rtt);
+        self.count = 0;
+        self.derive();
+    }
+
+    /// See `RttEstimator::reset_min_to_latest` (min_rtt is no input of the PTO).
+    pub fn reset_min_rtt_to_latest(&mut self) {
+        self.rtt.reset_min_to_latest();
+    }
+
+    pub fn set_max_ack_delay(&mut self, delay: Duration) {
+        self.max_ack_delay = delay;
+        self.derive();
+    }
+
+    /// The backoff exponent: PTOs fired since the last reset.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn set_count(&mut self, count: u32) {
+        if count != self.count {
+            self.count = count;
+            self.derive();
+        }
+    }
+
+    /// The PTO period of `epoch`, backoff included (RFC 9002 §6.2.1).
+    pub fn period(&self, epoch: Epoch) -> Duration {
+        Duration::from_nanos(self.period[usize::from(epoch == Epoch::Data)])
+    }
+
+    /// Three times `period(epoch)`.
+    pub fn three_periods(&self, epoch: Epoch) -> Duration {
+        Duration::from_nanos(self.three_periods[usize::from(epoch == Epoch::Data)])
+    }
+
+    /// The span of losses that declares persistent congestion (RFC 9002 §7.6.1).
+    pub fn persistent_congestion_duration(&self) -> Duration {
+        Duration::from_nanos(self.persistent_congestion)
     }
 }
 
@@ -192,5 +309,59 @@ mod tests {
         assert_eq!(rtt.min(), Duration::from_micros(40));
         assert!(rtt.rttvar() * 4 < GRANULARITY);
         assert_eq!(rtt.pto_base(), rtt.smoothed() + GRANULARITY);
+    }
+
+    /// The derived durations, as RFC 9002 §6.2.1 and §7.6.1 define them from the inputs.
+    fn check_derived(pto: &Pto, max_ack_delay: Duration) {
+        let base = pto.rtt().pto_base();
+        let factor = 1u32 << pto.count().min(MAX_PTO_BACKOFF_EXP);
+        assert_eq!(pto.period(Epoch::Initial), base * factor);
+        assert_eq!(pto.period(Epoch::Handshake), base * factor);
+        assert_eq!(pto.period(Epoch::Data), (base + max_ack_delay) * factor);
+        for e in Epoch::ALL {
+            assert_eq!(pto.three_periods(e), 3 * pto.period(e));
+        }
+        assert_eq!(
+            pto.persistent_congestion_duration(),
+            3 * (base + max_ack_delay)
+        );
+    }
+
+    #[test]
+    fn pto_periods_follow_every_input() {
+        let mut pto = Pto::new(MS(333), MS(25));
+        check_derived(&pto, MS(25));
+        // 999 ms before any sample; Data adds max_ack_delay.
+        assert_eq!(pto.period(Epoch::Handshake), MS(999));
+        assert_eq!(pto.period(Epoch::Data), MS(1024));
+        pto.update_rtt(MS(100), MS(0), false);
+        check_derived(&pto, MS(25));
+        pto.update_rtt(MS(140), MS(20), true);
+        check_derived(&pto, MS(25));
+        pto.set_max_ack_delay(MS(40));
+        check_derived(&pto, MS(40));
+        for count in [1, 2, 5, 16, 17, 40, 0] {
+            pto.set_count(count);
+            check_derived(&pto, MS(40));
+        }
+        pto.set_count(3);
+        pto.reset_min_rtt_to_latest();
+        check_derived(&pto, MS(40));
+        pto.reset(MS(50));
+        assert_eq!(pto.count(), 0);
+        assert!(!pto.rtt().has_sample());
+        check_derived(&pto, MS(40));
+    }
+
+    #[test]
+    fn loss_delay_is_nine_eighths_of_the_larger_rtt_at_least_granularity() {
+        let mut rtt = RttEstimator::new(MS(333));
+        rtt.update(MS(80), MS(0), MS(25), true);
+        rtt.update(MS(160), MS(0), MS(25), true);
+        // latest 160 > smoothed 90: 9/8 * 160 = 180.
+        assert_eq!(rtt.loss_delay(), MS(180));
+        let mut tiny = RttEstimator::new(MS(333));
+        tiny.update(Duration::from_micros(100), MS(0), MS(25), true);
+        assert_eq!(tiny.loss_delay(), GRANULARITY);
     }
 }
