@@ -126,7 +126,11 @@ struct Entry<U> {
     state: U,
     /// The client's original DCID (server side), so retransmitted Initials find us.
     initial_dcid: Option<ConnectionId>,
+    /// The deadline this connection has in `Endpoint::timers`.
     timer: Option<Instant>,
+    /// Its deadline may have changed since `timer` was set: the sending pass recomputes it
+    /// (see `Endpoint::queue_and_reschedule`). Only ever set while `queued`.
+    timer_stale: bool,
     queued: bool,
 }
 
@@ -147,6 +151,8 @@ pub struct Endpoint<U> {
     /// Connections that may have something to send, in round-robin order.
     send_queue: VecDeque<ConnHandle>,
     timers: TimerQueue,
+    /// Connections with `timer_stale` set (all of them in `send_queue`).
+    stale_timers: usize,
     stateless: VecDeque<StatelessPacket>,
     // Boxed so buffers move between the pool and the queue without copying 1.5 KB.
     #[allow(clippy::vec_box)]
@@ -178,6 +184,7 @@ impl<U: Default> Endpoint<U> {
             by_reset_token: HashMap::with_capacity(64),
             send_queue: VecDeque::with_capacity(16),
             timers: TimerQueue::with_capacity(16),
+            stale_timers: 0,
             stateless: VecDeque::new(),
             stateless_pool: Vec::new(),
             stats: EndpointStats::default(),
@@ -263,6 +270,7 @@ impl<U: Default> Endpoint<U> {
             state: U::default(),
             initial_dcid,
             timer: None,
+            timer_stale: false,
             queued: false,
         });
         for cid in cids {
@@ -625,7 +633,23 @@ impl<U: Default> Endpoint<U> {
             self.remove(h);
             return;
         }
-        self.reschedule(h);
+        self.queue_and_reschedule(h);
+    }
+
+    /// Queues `h` for sending, its deadline to be recomputed when the sending pass is done
+    /// with it. Input is mostly answered at once, and sending changes the deadline again
+    /// (loss detection, idle, ACK timers): recomputing it and moving the connection's heap
+    /// entry after both, not after each, halves that work. Until then `next_timeout` and
+    /// `handle_timeouts` see the connection's current deadline through `refresh_timers`
+    /// and `stale_timers_min`.
+    fn queue_and_reschedule(&mut self, h: ConnHandle) {
+        let Some(e) = self.conns.get_mut(h) else {
+            return;
+        };
+        if !e.timer_stale {
+            e.timer_stale = true;
+            self.stale_timers += 1;
+        }
         self.mark_send(h);
     }
 
@@ -633,6 +657,10 @@ impl<U: Default> Endpoint<U> {
         let Some(e) = self.conns.get_mut(h) else {
             return;
         };
+        if e.timer_stale {
+            e.timer_stale = false;
+            self.stale_timers -= 1;
+        }
         let t = e.conn.poll_timeout();
         if t != e.timer {
             e.timer = t;
@@ -640,8 +668,27 @@ impl<U: Default> Endpoint<U> {
         }
     }
 
+    /// Reschedules every connection whose deadline is stale (all are in the send queue).
+    fn refresh_timers(&mut self) {
+        let mut i = 0;
+        while self.stale_timers > 0 && i < self.send_queue.len() {
+            let h = self.send_queue[i];
+            if self.conns.get(h).is_some_and(|e| e.timer_stale) {
+                self.reschedule(h);
+            }
+            i += 1;
+        }
+        debug_assert_eq!(
+            self.stale_timers, 0,
+            "a stale deadline outside the send queue"
+        );
+    }
+
     fn remove(&mut self, h: ConnHandle) {
         let e = self.conns.remove(h);
+        if e.timer_stale {
+            self.stale_timers -= 1;
+        }
         // The handle will be reused: neither its deadline nor a cached route may outlive it.
         self.timers.set(h, None);
         self.routes.forget(h);
@@ -677,8 +724,7 @@ impl<U: Default> Endpoint<U> {
     ) -> Option<R> {
         let e = self.conns.get_mut(h)?;
         let r = f(&mut e.conn, &mut e.state);
-        self.reschedule(h);
-        self.mark_send(h);
+        self.queue_and_reschedule(h);
         Some(r)
     }
 
@@ -708,6 +754,7 @@ impl<U: Default> Endpoint<U> {
 
     /// Runs every expired connection timer.
     pub fn handle_timeouts(&mut self, now: Instant, handler: &mut impl EventHandler<U>) {
+        self.refresh_timers();
         // Take the expired entries first: a connection may re-arm a timer that is already due
         // (an ACK deadline only sending clears), which must wait for the next round.
         let mut expired = std::mem::take(&mut self.expired_scratch);
@@ -727,7 +774,22 @@ impl<U: Default> Endpoint<U> {
 
     /// Earliest connection timer.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|(t, _)| t)
+        if self.stale_timers == 0 {
+            return self.timers.peek().map(|(t, _)| t);
+        }
+        // Connections still to be polled for sending: their current deadlines, not the heap's.
+        let stale = |h: ConnHandle| self.conns.get(h).is_some_and(|e| e.timer_stale);
+        let in_heap = self
+            .timers
+            .iter()
+            .filter(|&(_, h)| !stale(h))
+            .map(|(t, _)| t);
+        let current = self
+            .send_queue
+            .iter()
+            .filter(|&&h| stale(h))
+            .filter_map(|&h| self.conns[h].conn.poll_timeout());
+        in_heap.chain(current).min()
     }
 
     /// Writes the next outgoing datagram(s) into `buf`: stateless packets first, then
@@ -807,8 +869,7 @@ impl<U: Default> Endpoint<U> {
             if let Some(e) = self.conns.get_mut(h) {
                 f(&mut e.conn, &mut e.state);
             }
-            self.reschedule(h);
-            self.mark_send(h);
+            self.queue_and_reschedule(h);
         }
     }
 }
@@ -822,6 +883,84 @@ fn local_ip(meta: &RxMeta) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::certs::generate_self_signed;
+    use crate::tls::session::{client_config, server_config, ServerVerification};
+    use crate::wire::header::VERSION_1;
+
+    struct Quiet;
+
+    impl EventHandler<()> for Quiet {
+        fn on_event(&mut self, _: Instant, _: &mut Connection, _: &mut (), _: Event) {}
+    }
+
+    /// What `next_timeout` says with deadlines still stale is what it says once they are
+    /// recomputed; past the sending pass the heap holds every connection's deadline.
+    fn check_timers(ep: &mut Endpoint<()>) {
+        let lazy = ep.next_timeout();
+        ep.refresh_timers();
+        assert_eq!(ep.stale_timers, 0);
+        assert_eq!(lazy, ep.next_timeout());
+        for (_, e) in ep.conns.iter() {
+            if !e.queued {
+                assert_eq!(e.timer, e.conn.poll_timeout());
+            }
+        }
+    }
+
+    #[test]
+    fn deadlines_recomputed_after_sending_are_seen_before_it() {
+        let cert = generate_self_signed(&["localhost".into()]).unwrap();
+        let alpns = vec![b"perf".to_vec()];
+        let stls = server_config(cert, &alpns).unwrap();
+        let ctls = client_config(ServerVerification::Insecure, &alpns).unwrap();
+        let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+        let transport = TransportConfig::default();
+        let mut server = Endpoint::<()>::new(EndpointConfig::new(transport.clone(), Some(stls)));
+        let mut client = Endpoint::<()>::new(EndpointConfig::new(transport, None));
+        let mut now = Instant::now();
+        let ch = client
+            .connect(now, ctls, "localhost", saddr, VERSION_1)
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut stale_seen = 0;
+        for round in 0..200 {
+            if round % 10 == 5 {
+                client.with_state(ch, |c, _| {
+                    if let Some(id) = c.open_stream(true) {
+                        c.write(id, &[7; 300]).unwrap();
+                        c.finish(id).unwrap();
+                    }
+                });
+                stale_seen += usize::from(client.stale_timers > 0);
+                check_timers(&mut client);
+            }
+            for client_sends in [true, false] {
+                let (from, to, src, dst) = if client_sends {
+                    (&mut client, &mut server, caddr, saddr)
+                } else {
+                    (&mut server, &mut client, saddr, caddr)
+                };
+                from.handle_timeouts(now, &mut Quiet);
+                let mut got = Vec::new();
+                while let Some(t) = from.poll_transmit(now, &mut buf, 1) {
+                    got.push(buf[..t.len].to_vec());
+                }
+                for mut d in got {
+                    let meta = RxMeta { src, dst, ecn: 0 };
+                    to.handle_datagram(now, meta, &mut d, &mut Quiet);
+                    stale_seen += usize::from(to.stale_timers > 0);
+                    check_timers(to);
+                }
+            }
+            now += Duration::from_millis(3);
+        }
+        assert!(client.conn(ch).unwrap().is_established());
+        assert!(
+            stale_seen > 100,
+            "only {stale_seen} checks with stale deadlines"
+        );
+    }
 
     #[test]
     fn the_receive_limit_lowers_the_advertised_payload_size_and_never_below_1200() {

@@ -66,6 +66,11 @@ impl TimerQueue {
         }
     }
 
+    /// Every (deadline, handle), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (Instant, usize)> + '_ {
+        self.heap.iter().copied()
+    }
+
     /// The earliest deadline and its handle.
     pub fn peek(&self) -> Option<(Instant, usize)> {
         self.heap.first().copied()
