@@ -614,6 +614,12 @@ impl<T> Recovery<T> {
         let Some(largest_acked) = space.largest_acked else {
             return outcome;
         };
+        if space.base() > largest_acked || space.base() >= space.end() {
+            // Everything up to the largest acknowledged is acknowledged or lost already:
+            // the usual case, with nothing to examine and no thresholds to compute.
+            space.trim_front();
+            return outcome;
+        }
         let loss_delay = self.pto.rtt().loss_delay();
         let lost_send_time = now.checked_sub(loss_delay);
         let pc_duration = self.pto.persistent_congestion_duration();
