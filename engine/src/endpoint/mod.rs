@@ -639,9 +639,13 @@ impl<U: Default> Endpoint<U> {
     /// Queues `h` for sending, its deadline to be recomputed when the sending pass is done
     /// with it. Input is mostly answered at once, and sending changes the deadline again
     /// (loss detection, idle, ACK timers): recomputing it and moving the connection's heap
-    /// entry after both, not after each, halves that work. Until then `next_timeout` and
-    /// `handle_timeouts` see the connection's current deadline through `refresh_timers`
-    /// and `stale_timers_min`.
+    /// entry after both, not after each, halves that work. Until then `next_timeout`
+    /// answers with the connection's current deadline, and `handle_timeouts` goes by its
+    /// heap entry: input does not make a deadline due at once except an immediate ACK,
+    /// which the sending pass sends anyway, or a PTO that an acknowledgement shortened
+    /// (backoff reset) to a time already past, which then fires on the next round, once
+    /// the sending pass has rescheduled the connection. A heap entry that input made
+    /// early is harmless: `Connection::handle_timeout` checks each deadline itself.
     fn queue_and_reschedule(&mut self, h: ConnHandle) {
         let Some(e) = self.conns.get_mut(h) else {
             return;
@@ -668,7 +672,9 @@ impl<U: Default> Endpoint<U> {
         }
     }
 
-    /// Reschedules every connection whose deadline is stale (all are in the send queue).
+    /// Reschedules every connection whose deadline is stale (all are in the send queue):
+    /// what the sending pass does, for tests comparing `next_timeout` before and after.
+    #[cfg(test)]
     fn refresh_timers(&mut self) {
         let mut i = 0;
         while self.stale_timers > 0 && i < self.send_queue.len() {
@@ -754,7 +760,9 @@ impl<U: Default> Endpoint<U> {
 
     /// Runs every expired connection timer.
     pub fn handle_timeouts(&mut self, now: Instant, handler: &mut impl EventHandler<U>) {
-        self.refresh_timers();
+        // Stale deadlines are left to the sending pass (see `queue_and_reschedule`): the
+        // worker receives, handles timeouts, then sends, and recomputing them here would
+        // do that work twice per round again.
         // Take the expired entries first: a connection may re-arm a timer that is already due
         // (an ACK deadline only sending clears), which must wait for the next round.
         let mut expired = std::mem::take(&mut self.expired_scratch);
