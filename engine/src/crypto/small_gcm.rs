@@ -241,6 +241,24 @@ mod x86 {
             }
         }
 
+        /// What sealing and opening share: the counter block, E_K(J0) (first, so its
+        /// rounds overlap everything else) and GHASH with the AAD already in.
+        #[inline]
+        #[target_feature(enable = "aes,pclmulqdq,ssse3,sse4.1")]
+        fn begin<const NR: usize>(
+            &self,
+            nonce: &[u8; 12],
+            packet: &[u8],
+            aad_len: usize,
+            len: usize,
+        ) -> (__m128i, __m128i, Ghash<'_>) {
+            let base = counter_base(nonce);
+            let ej0 = self.encrypt1::<NR>(j0(base));
+            let mut ghash = Ghash::new(&self.h, aad_len.div_ceil(16) + len.div_ceil(16) + 1);
+            hash_aad(&mut ghash, packet, aad_len);
+            (base, ej0, ghash)
+        }
+
         /// `NR` is the number of AES rounds (10 or 14), a constant so the rounds unroll.
         /// Whole blocks are read and written as they are; a last partial block is a
         /// 16-byte window that runs into the tag's room, with the bytes past the payload
@@ -253,11 +271,7 @@ mod x86 {
             aad_len: usize,
             len: usize,
         ) {
-            let base = counter_base(nonce);
-            // First, so its rounds overlap everything else.
-            let ej0 = self.encrypt1::<NR>(j0(base));
-            let mut ghash = Ghash::new(&self.h, aad_len.div_ceil(16) + len.div_ceil(16) + 1);
-            hash_aad(&mut ghash, packet, aad_len);
+            let (base, ej0, mut ghash) = self.begin::<NR>(nonce, packet, aad_len, len);
             let body = &mut packet[aad_len..];
             let (whole, partial) = (len / 16, len % 16);
             let mut counter = 2u32;
@@ -296,10 +310,7 @@ mod x86 {
             aad_len: usize,
             len: usize,
         ) -> bool {
-            let base = counter_base(nonce);
-            let ej0 = self.encrypt1::<NR>(j0(base));
-            let mut ghash = Ghash::new(&self.h, aad_len.div_ceil(16) + len.div_ceil(16) + 1);
-            hash_aad(&mut ghash, packet, aad_len);
+            let (base, ej0, mut ghash) = self.begin::<NR>(nonce, packet, aad_len, len);
             let body = &mut packet[aad_len..];
             let (whole, partial) = (len / 16, len % 16);
             let blocks = len.div_ceil(16);

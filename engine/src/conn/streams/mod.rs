@@ -194,6 +194,17 @@ struct Stream {
 }
 
 impl Stream {
+    /// A stream with neither part yet, queued nowhere.
+    fn empty(id: u64) -> Box<Self> {
+        Box::new(Stream {
+            id,
+            send: None,
+            recv: None,
+            in_send_queue: false,
+            in_ctrl_queue: false,
+        })
+    }
+
     fn has_ctrl(&self) -> bool {
         self.send
             .as_ref()
@@ -407,15 +418,10 @@ impl Streams {
     /// A stream with a send part (given the peer's credit for it) and/or a receive part,
     /// in the state of the last finished stream when there is one.
     fn new_stream(&mut self, id: u64, send_credit: Option<u64>, recv: bool) -> Box<Stream> {
-        let mut stream = self.spare_streams.pop().unwrap_or_else(|| {
-            Box::new(Stream {
-                id,
-                send: None,
-                recv: None,
-                in_send_queue: false,
-                in_ctrl_queue: false,
-            })
-        });
+        let mut stream = self
+            .spare_streams
+            .pop()
+            .unwrap_or_else(|| Stream::empty(id));
         stream.id = id;
         stream.in_send_queue = false;
         stream.in_ctrl_queue = false;

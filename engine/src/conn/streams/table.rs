@@ -125,13 +125,7 @@ mod tests {
     use super::*;
 
     fn stream(id: u64) -> Box<Stream> {
-        Box::new(Stream {
-            id,
-            send: None,
-            recv: None,
-            in_send_queue: false,
-            in_ctrl_queue: false,
-        })
+        Stream::empty(id)
     }
 
     fn ids(t: &StreamTable) -> Vec<u64> {
