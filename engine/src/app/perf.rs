@@ -69,6 +69,12 @@ impl ServerStream {
         }
     }
 
+    /// Reads, then sends what it can: one step of the request as any event brings it.
+    fn serve(&mut self, conn: &mut Connection, id: StreamId, now: Instant, received: &mut u64) {
+        self.read(conn, id, now, received);
+        self.pump(conn, id);
+    }
+
     /// Sends what the response still owes, as far as the stream takes it, then the FIN.
     fn pump(&mut self, conn: &mut Connection, id: StreamId) {
         if self.responding && !self.response_done {
@@ -90,8 +96,7 @@ impl Application for PerfServer {
         }
         // Served on the stack first: only a request still under way is tracked.
         let mut s = ServerStream::default();
-        s.read(conn, id, now, &mut self.bytes_received);
-        s.pump(conn, id);
+        s.serve(conn, id, now, &mut self.bytes_received);
         if !s.is_done() {
             self.streams.insert(id, s);
         }
@@ -106,8 +111,7 @@ impl Application for PerfServer {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        s.read(conn, id, now, &mut self.bytes_received);
-        s.pump(conn, id);
+        s.serve(conn, id, now, &mut self.bytes_received);
         if s.is_done() {
             self.streams.remove(&id);
         }

@@ -801,13 +801,6 @@ impl Connection {
     ) -> Result<(), TransportError> {
         match frame {
             Frame::Padding { .. } | Frame::Ping => {}
-            Frame::Ack(ack) => self.on_ack_frame(now, epoch, &ack)?,
-            Frame::Stream {
-                id,
-                offset,
-                data,
-                fin,
-            } => self.streams.on_stream(id, offset, data, fin, now)?,
             Frame::Crypto { offset, data } => {
                 self.spaces[epoch.index()].crypto.on_crypto(offset, data)?;
                 *crypto_received = true;
@@ -911,8 +904,9 @@ impl Connection {
                 }
                 self.confirm_handshake(now);
             }
-            // `process_frames` takes these: the check needs the frame's size on the wire.
-            Frame::Datagram { .. } => {}
+            // `process_frames` takes these: STREAM and ACK in its loop, DATAGRAM because
+            // its check needs the frame's size on the wire.
+            Frame::Stream { .. } | Frame::Ack(_) | Frame::Datagram { .. } => {}
         }
         Ok(())
     }

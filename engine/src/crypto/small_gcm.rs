@@ -23,8 +23,7 @@
 /// Longest payload (plaintext or ciphertext, tag excluded) sealed or opened here. Above it,
 /// aws-lc's wide stitched code is faster (`cargo bench -p quench-bench --bench aead`).
 pub const SMALL_MAX: usize = 256;
-/// Length of the authentication tag.
-pub const TAG_LEN: usize = 16;
+pub use super::aead::TAG_LEN;
 
 /// One AES-GCM key (128 or 256 bits) for payloads of up to [`SMALL_MAX`] bytes.
 /// Only built on x86-64 CPUs with AES-NI, PCLMULQDQ, SSSE3 and SSE4.1.
@@ -84,7 +83,7 @@ fn payload_len(packet: &[u8], aad_len: usize) -> usize {
 mod x86 {
     use core::arch::x86_64::*;
 
-    use super::{SMALL_MAX, TAG_LEN};
+    use super::SMALL_MAX;
 
     /// Counter blocks encrypted per step: enough to keep the AES unit busy.
     const LANES: usize = 4;
@@ -274,27 +273,24 @@ mod x86 {
             let (base, ej0, mut ghash) = self.begin::<NR>(nonce, packet, aad_len, len);
             let body = &mut packet[aad_len..];
             let (whole, partial) = (len / 16, len % 16);
-            let mut counter = 2u32;
-            let mut block = 0;
-            while block < len.div_ceil(16) {
-                let ks = self.keystream::<NR>(base, counter);
-                counter += LANES as u32;
-                for k in ks {
-                    if block < whole {
-                        let window = window_mut(body, 16 * block);
+            let blocks = len.div_ceil(16);
+            for first in (0..blocks).step_by(LANES) {
+                let ks = self.keystream::<NR>(base, counter_of(first));
+                for (block, k) in (first..blocks).zip(ks) {
+                    let window = window_mut(body, 16 * block);
+                    let c = if block < whole {
                         let c = _mm_xor_si128(from_bytes(window), k);
                         *window = to_bytes(c);
-                        ghash.update(c);
-                    } else if block == whole && partial > 0 {
+                        c
+                    } else {
+                        // The partial last block: the bytes past the payload stay as they
+                        // are, and GHASH sees zeros there.
                         let mask = byte_mask(partial);
-                        let window = window_mut(body, 16 * block);
                         let c = _mm_xor_si128(from_bytes(window), _mm_and_si128(k, mask));
                         *window = to_bytes(c);
-                        ghash.update(_mm_and_si128(c, mask));
-                    } else {
-                        break;
-                    }
-                    block += 1;
+                        _mm_and_si128(c, mask)
+                    };
+                    ghash.update(c);
                 }
             }
             ghash.update(length_block(aad_len, len));
@@ -317,13 +313,12 @@ mod x86 {
             // The keystream is made in the same pass as GHASH (independent work the CPU
             // overlaps) and applied only once the tag is known to be good.
             let mut keystream = [_mm_setzero_si128(); KEYSTREAM_BLOCKS];
-            let mut counter = 2u32;
-            for step in keystream
+            for (step, ks) in keystream
                 .chunks_exact_mut(LANES)
                 .take(blocks.div_ceil(LANES))
+                .enumerate()
             {
-                step.copy_from_slice(&self.keystream::<NR>(base, counter));
-                counter += LANES as u32;
+                ks.copy_from_slice(&self.keystream::<NR>(base, counter_of(step * LANES)));
             }
             for block in 0..whole {
                 ghash.update(from_bytes(window(body, 16 * block)));
@@ -404,6 +399,12 @@ mod x86 {
         from_bytes(&block)
     }
 
+    /// The counter of payload block `block`: J0's is 1, the payload's start at 2.
+    #[inline]
+    fn counter_of(block: usize) -> u32 {
+        2 + block as u32
+    }
+
     /// J0 = nonce || 1 for a 96-bit nonce (SP 800-38D §7.1).
     #[inline]
     #[target_feature(enable = "sse4.1")]
@@ -435,14 +436,12 @@ mod x86 {
     /// The 16 bytes at `at`; inside the packet for every offset before the tag.
     #[inline]
     fn window(packet: &[u8], at: usize) -> &[u8; 16] {
-        packet[at..at + TAG_LEN].try_into().expect("16 bytes")
+        packet[at..at + 16].try_into().expect("16 bytes")
     }
 
     #[inline]
     fn window_mut(packet: &mut [u8], at: usize) -> &mut [u8; 16] {
-        (&mut packet[at..at + TAG_LEN])
-            .try_into()
-            .expect("16 bytes")
+        (&mut packet[at..at + 16]).try_into().expect("16 bytes")
     }
 
     /// x^128 ≡ x^127 + x^126 + x^121 + 1 (POLYVAL's polynomial, RFC 8452 §3).

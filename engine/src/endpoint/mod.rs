@@ -129,7 +129,7 @@ struct Entry<U> {
     /// The deadline this connection has in `Endpoint::timers`.
     timer: Option<Instant>,
     /// Its deadline may have changed since `timer` was set: the sending pass recomputes it
-    /// (see `Endpoint::queue_and_reschedule`). Only ever set while `queued`.
+    /// (see `Endpoint::queue_with_stale_deadline`). Only ever set while `queued`.
     timer_stale: bool,
     queued: bool,
 }
@@ -633,7 +633,7 @@ impl<U: Default> Endpoint<U> {
             self.remove(h);
             return;
         }
-        self.queue_and_reschedule(h);
+        self.queue_with_stale_deadline(h);
     }
 
     /// Queues `h` for sending, its deadline to be recomputed when the sending pass is done
@@ -646,7 +646,7 @@ impl<U: Default> Endpoint<U> {
     /// (backoff reset) to a time already past, which then fires on the next round, once
     /// the sending pass has rescheduled the connection. A heap entry that input made
     /// early is harmless: `Connection::handle_timeout` checks each deadline itself.
-    fn queue_and_reschedule(&mut self, h: ConnHandle) {
+    fn queue_with_stale_deadline(&mut self, h: ConnHandle) {
         let Some(e) = self.conns.get_mut(h) else {
             return;
         };
@@ -730,7 +730,7 @@ impl<U: Default> Endpoint<U> {
     ) -> Option<R> {
         let e = self.conns.get_mut(h)?;
         let r = f(&mut e.conn, &mut e.state);
-        self.queue_and_reschedule(h);
+        self.queue_with_stale_deadline(h);
         Some(r)
     }
 
@@ -760,7 +760,7 @@ impl<U: Default> Endpoint<U> {
 
     /// Runs every expired connection timer.
     pub fn handle_timeouts(&mut self, now: Instant, handler: &mut impl EventHandler<U>) {
-        // Stale deadlines are left to the sending pass (see `queue_and_reschedule`): the
+        // Stale deadlines are left to the sending pass (see `queue_with_stale_deadline`): the
         // worker receives, handles timeouts, then sends, and recomputing them here would
         // do that work twice per round again.
         // Take the expired entries first: a connection may re-arm a timer that is already due
@@ -877,7 +877,7 @@ impl<U: Default> Endpoint<U> {
             if let Some(e) = self.conns.get_mut(h) {
                 f(&mut e.conn, &mut e.state);
             }
-            self.queue_and_reschedule(h);
+            self.queue_with_stale_deadline(h);
         }
     }
 }

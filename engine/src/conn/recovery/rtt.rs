@@ -147,12 +147,6 @@ pub struct Pto {
     /// The PTO period, backoff included, of [Initial and Handshake, Data]; Data's includes
     /// max_ack_delay.
     period: [u64; 2],
-    /// Three times `period`: the idle timeout's floor (RFC 9000 §10.1), the closing and
-    /// draining periods (§10.2).
-    three_periods: [u64; 2],
-    /// (smoothed + max(4 × rttvar, kGranularity) + max_ack_delay) ×
-    /// kPersistentCongestionThreshold, without backoff (RFC 9002 §7.6.1).
-    persistent_congestion: u64,
 }
 
 impl Pto {
@@ -162,8 +156,6 @@ impl Pto {
             max_ack_delay,
             count: 0,
             period: [0; 2],
-            three_periods: [0; 2],
-            persistent_congestion: 0,
         };
         pto.derive();
         pto
@@ -172,13 +164,16 @@ impl Pto {
     /// Recomputes what derives from the inputs: called by every method that changes one.
     fn derive(&mut self) {
         let base = self.rtt.pto_base_nanos();
-        let data = base.saturating_add(nanos(self.max_ack_delay));
         // `d * 2^count`, with the exponent capped and the product saturated.
         let factor = 1u64 << self.count.min(MAX_PTO_BACKOFF_EXP);
-        self.period = [base, data].map(|d| d.saturating_mul(factor));
-        self.three_periods = self.period.map(|p| p.saturating_mul(3));
-        self.persistent_congestion =
-            data.saturating_mul(u64::from(PERSISTENT_CONGESTION_THRESHOLD));
+        self.period = [base, self.data_base()].map(|d| d.saturating_mul(factor));
+    }
+
+    /// The Data space's PTO period without backoff: the base plus max_ack_delay.
+    fn data_base(&self) -> u64 {
+        self.rtt
+            .pto_base_nanos()
+            .saturating_add(nanos(self.max_ack_delay))
     }
 
     pub fn rtt(&self) -> &RttEstimator {
@@ -226,14 +221,19 @@ impl Pto {
         Duration::from_nanos(self.period[usize::from(epoch == Epoch::Data)])
     }
 
-    /// Three times `period(epoch)`.
+    /// Three times `period(epoch)`, saturated: the idle timeout's floor (RFC 9000 §10.1),
+    /// the closing and draining periods (§10.2).
     pub fn three_periods(&self, epoch: Epoch) -> Duration {
-        Duration::from_nanos(self.three_periods[usize::from(epoch == Epoch::Data)])
+        Duration::from_nanos(self.period[usize::from(epoch == Epoch::Data)].saturating_mul(3))
     }
 
-    /// The span of losses that declares persistent congestion (RFC 9002 §7.6.1).
+    /// The span of losses that declares persistent congestion: the Data PTO period without
+    /// backoff, times kPersistentCongestionThreshold (RFC 9002 §7.6.1).
     pub fn persistent_congestion_duration(&self) -> Duration {
-        Duration::from_nanos(self.persistent_congestion)
+        Duration::from_nanos(
+            self.data_base()
+                .saturating_mul(u64::from(PERSISTENT_CONGESTION_THRESHOLD)),
+        )
     }
 }
 

@@ -124,10 +124,6 @@ impl StreamTable {
 mod tests {
     use super::*;
 
-    fn stream(id: u64) -> Box<Stream> {
-        Stream::empty(id)
-    }
-
     fn ids(t: &StreamTable) -> Vec<u64> {
         let mut v: Vec<u64> = t.values().map(|s| s.id).collect();
         v.sort_unstable();
@@ -141,7 +137,7 @@ mod tests {
         assert!(t.remove(0).is_none());
         let same_slot = SLOTS as u64;
         for id in [0, same_slot, 4, 1, 2 * same_slot + 1] {
-            t.insert(stream(id));
+            t.insert(Stream::empty(id));
         }
         assert_eq!(t.len(), 5);
         assert_eq!(t.overflow.len(), 2);
@@ -155,7 +151,7 @@ mod tests {
         assert!(t.get(0).is_none() && t.remove(0).is_none());
         assert_eq!(t.get(same_slot).map(|s| s.id), Some(same_slot));
         // A new stream takes the freed slot.
-        t.insert(stream(2 * same_slot));
+        t.insert(Stream::empty(2 * same_slot));
         assert_eq!(t.overflow.len(), 2);
         assert_eq!(ids(&t), [1, 4, same_slot, 2 * same_slot, 2 * same_slot + 1]);
         for s in t.values_mut() {
@@ -172,9 +168,9 @@ mod tests {
     #[test]
     fn memory_follows_open_streams_not_ids() {
         let mut t = StreamTable::new();
-        t.insert(stream(0));
+        t.insert(Stream::empty(0));
         for i in 1..1_000_000u64 {
-            t.insert(stream(4 * i));
+            t.insert(Stream::empty(4 * i));
             if i > 8 {
                 assert!(t.remove(4 * (i - 8)).is_some());
             }
