@@ -40,18 +40,14 @@ impl ServerStream {
     /// ended without one), starts the response.
     fn read(&mut self, conn: &mut Connection, id: StreamId, now: Instant, received: &mut u64) {
         while !self.upload_done {
-            let read = if self.header_len < 8 {
-                let mut tmp = [0u8; 8];
-                conn.read(id, &mut tmp[..8 - self.header_len], now)
-                    .inspect(|&(n, _)| {
-                        self.header[self.header_len..self.header_len + n]
-                            .copy_from_slice(&tmp[..n]);
-                        self.header_len += n;
-                    })
-            } else {
-                conn.discard(id, usize::MAX, now)
-                    .inspect(|&(n, _)| *received += n as u64)
-            };
+            // The length header, then upload to discard, seen in place in one call.
+            let (header, header_len) = (&mut self.header, &mut self.header_len);
+            let read = conn.read_with(id, usize::MAX, now, |data| {
+                let n = (8 - *header_len).min(data.len());
+                header[*header_len..*header_len + n].copy_from_slice(&data[..n]);
+                *header_len += n;
+                *received += (data.len() - n) as u64;
+            });
             match read {
                 Ok((_, true)) | Err(_) => self.upload_done = true,
                 Ok((0, false)) => break,

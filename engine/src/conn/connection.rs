@@ -610,6 +610,20 @@ impl Connection {
         self.streams.read(id, buf, now, rtt)
     }
 
+    /// Hands up to `max` readable bytes to `f` in place, without copying them out, and
+    /// consumes them: one call for a request that arrived whole. Returns (bytes, FIN
+    /// reached) as `read` does; `f` sees an empty slice when nothing is readable.
+    pub fn read_with(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        now: Instant,
+        f: impl FnOnce(&[u8]),
+    ) -> Result<(usize, bool), StreamError> {
+        let rtt = self.recovery.rtt().smoothed();
+        self.streams.read_with(id, max, f, now, rtt)
+    }
+
     /// Consumes up to `max` readable bytes without copying them out.
     pub fn discard(
         &mut self,

@@ -81,18 +81,20 @@ impl Connection {
                     break;
                 }
             };
-            // RFC 9000 §12.2: every coalesced packet carries the same DCID.
-            let dcid = match hdr {
-                PacketHeader::Long { dcid, .. } | PacketHeader::Short { dcid, .. } => dcid,
+            // RFC 9000 §12.2: every coalesced packet carries the same DCID. A short-header
+            // packet runs to the end of its datagram, so one that comes first is alone.
+            let (dcid, long) = match hdr {
+                PacketHeader::Long { dcid, .. } => (dcid, true),
+                PacketHeader::Short { dcid, .. } => (dcid, false),
             };
-            match first_dcid {
-                None => first_dcid = Some(dcid),
-                Some(d) if d != dcid => {
-                    self.stats.packets_dropped += 1;
-                    offset += packet_len;
-                    continue;
+            if offset == 0 {
+                if long {
+                    first_dcid = Some(dcid);
                 }
-                _ => {}
+            } else if first_dcid != Some(dcid) {
+                self.stats.packets_dropped += 1;
+                offset += packet_len;
+                continue;
             }
             let packet = &mut rest[..packet_len];
             offset += packet_len;

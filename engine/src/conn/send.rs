@@ -176,7 +176,15 @@ impl Connection {
         let mut len = 0;
         let mut count = 0;
         let mut needs_padding = false;
-        for epoch in Epoch::ALL {
+        // After the handshake only 1-RTT is left: skip the spaces' checks.
+        let first = if self.spaces[Epoch::Initial.index()].discarded
+            && self.spaces[Epoch::Handshake.index()].discarded
+        {
+            Epoch::Data.index()
+        } else {
+            0
+        };
+        for &epoch in &Epoch::ALL[first..] {
             if buf.len() - len < MIN_PACKET_ROOM {
                 break;
             }
@@ -193,19 +201,8 @@ impl Connection {
         if count == 0 {
             return 0;
         }
-        // Path frames ride in datagrams of at least 1200 bytes where the amplification
-        // limit allows (RFC 9000 §8.2.1, §8.2.2); the caller already capped `buf` by it.
-        needs_padding |= std::mem::take(&mut self.pad_for_path);
-        if needs_padding && len < MIN_INITIAL_SIZE && buf.len() >= MIN_INITIAL_SIZE {
-            // Extend the last packet with PADDING frames (zeros) so the datagram reaches 1200.
-            let last = built[count - 1].as_mut().expect("count > 0");
-            let extra = MIN_INITIAL_SIZE - len;
-            let pad_from = last.start + last.header_len + last.payload_len;
-            buf[pad_from..pad_from + extra].fill(0);
-            last.payload_len += extra;
-            last.padded = true;
-            len = MIN_INITIAL_SIZE;
-        }
+        let last = built[count - 1].as_mut().expect("count > 0");
+        let len = self.pad_datagram(buf, last, needs_padding);
         let mut sent_handshake = false;
         for b in built.iter_mut().take(count) {
             let b = b.take().expect("built");
@@ -220,6 +217,25 @@ impl Connection {
             self.close_pending = false;
         }
         len
+    }
+
+    /// Pads the datagram ending with `last` to 1200 bytes if `needs_padding` or path frames
+    /// ride in it; returns the datagram's length. Path frames ride in datagrams of at least
+    /// 1200 bytes where the amplification limit allows (RFC 9000 §8.2.1, §8.2.2); the
+    /// caller already capped `buf` by it.
+    fn pad_datagram(&mut self, buf: &mut [u8], last: &mut Built, needs_padding: bool) -> usize {
+        let len = last.start + last.header_len + last.payload_len + TAG_LEN;
+        let needs_padding = needs_padding | std::mem::take(&mut self.pad_for_path);
+        if !needs_padding || len >= MIN_INITIAL_SIZE || buf.len() < MIN_INITIAL_SIZE {
+            return len;
+        }
+        // Extend the last packet with PADDING frames (zeros) so the datagram reaches 1200.
+        let extra = MIN_INITIAL_SIZE - len;
+        let pad_from = last.start + last.header_len + last.payload_len;
+        buf[pad_from..pad_from + extra].fill(0);
+        last.payload_len += extra;
+        last.padded = true;
+        MIN_INITIAL_SIZE
     }
 
     /// A DPLPMTUD probe (RFC 9000 §14.4) alone in its datagram, when one is due and the

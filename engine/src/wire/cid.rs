@@ -66,6 +66,11 @@ impl ConnectionId {
         self.len == 0
     }
 
+    /// All 20 stored bytes: the ID, then zeros.
+    pub fn padded(&self) -> &[u8; Self::MAX_LEN] {
+        &self.bytes
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len()]
     }

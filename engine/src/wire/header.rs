@@ -403,7 +403,7 @@ pub fn write_short(
     }
     let first = FIXED_BIT | (u8::from(spin) << 5) | (u8::from(key_phase) << 2) | (pn_len as u8 - 1);
     w.put_u8(first)?;
-    w.put_bytes(dcid)?;
+    w.put_cid(dcid)?;
     let pn_offset = w.len();
     packet_number::write(w, pn, pn_len)?;
     Ok(pn_offset)

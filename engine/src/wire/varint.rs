@@ -3,6 +3,7 @@
 //! [`Reader`] hands out sub-slices of its input (zero copy); [`Writer`] fills a caller's
 //! buffer. Neither panics: running off either end is an error.
 
+use super::cid::ConnectionId;
 use super::error::WireError;
 
 /// Largest value a varint can carry: 2^62 - 1.
@@ -202,9 +203,33 @@ impl<'a> Writer<'a> {
         self.put_bytes(&v.to_be_bytes())
     }
 
-    /// A minimally encoded varint; `InvalidValue` above [`MAX_VARINT`].
+    /// A minimally encoded varint; `InvalidValue` above [`MAX_VARINT`]. The length comes
+    /// from the value, so each size is one range test, one bounds check and one store
+    /// (nearly every frame field is a varint).
+    #[inline]
     pub fn put_varint(&mut self, v: u64) -> Result<(), WireError> {
-        self.put_varint_with_len(v, varint_len(v))
+        // `pos` never passes the end, so `get_mut` fails only on an empty rest.
+        let rest = self.buf.get_mut(self.pos..).unwrap_or_default();
+        let len = if v < 1 << 6 {
+            *rest.first_mut().ok_or(WireError::BufferTooSmall)? = v as u8;
+            1
+        } else if v < 1 << 14 {
+            *rest.first_chunk_mut().ok_or(WireError::BufferTooSmall)? =
+                (v as u16 | 0x4000).to_be_bytes();
+            2
+        } else if v < 1 << 30 {
+            *rest.first_chunk_mut().ok_or(WireError::BufferTooSmall)? =
+                (v as u32 | 0x8000_0000).to_be_bytes();
+            4
+        } else if v <= MAX_VARINT {
+            *rest.first_chunk_mut().ok_or(WireError::BufferTooSmall)? =
+                (v | 0xc000_0000_0000_0000).to_be_bytes();
+            8
+        } else {
+            return Err(WireError::InvalidValue);
+        };
+        self.pos += len;
+        Ok(())
     }
 
     /// A varint forced to `len` bytes (1, 2, 4 or 8), for length fields filled in later.
@@ -217,6 +242,23 @@ impl<'a> Writer<'a> {
     fn take_checked_varint(&mut self, v: u64, len: usize) -> Result<&mut [u8], WireError> {
         check_varint(v, len)?;
         self.take(len)
+    }
+
+    /// A connection ID's bytes. With room for the longest ID it copies all 20 stored bytes
+    /// as fixed-size moves and advances by the ID's length (every short header has one;
+    /// a variable-length copy is a memcpy call): bytes past the cursor are the writer's
+    /// to overwrite.
+    #[inline]
+    pub fn put_cid(&mut self, cid: &ConnectionId) -> Result<(), WireError> {
+        let rest = self.buf.get_mut(self.pos..).unwrap_or_default();
+        match rest.first_chunk_mut::<{ ConnectionId::MAX_LEN }>() {
+            Some(dst) => {
+                *dst = *cid.padded();
+                self.pos += cid.len();
+                Ok(())
+            }
+            None => self.put_bytes(cid),
+        }
     }
 
     pub fn put_bytes(&mut self, b: &[u8]) -> Result<(), WireError> {
@@ -380,6 +422,27 @@ mod tests {
     }
 
     #[test]
+    fn connection_ids_written_whole_or_not_at_all() {
+        let cid = ConnectionId::new(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        for room in 0..=24 {
+            let mut buf = [0xeeu8; 24];
+            let mut w = Writer::new(&mut buf[..room]);
+            let result = w.put_cid(&cid);
+            if room >= 8 {
+                assert_eq!(result, Ok(()));
+                assert_eq!(w.written(), &cid[..], "room {room}");
+            } else {
+                assert_eq!(result, Err(WireError::BufferTooSmall));
+                assert!(w.is_empty());
+            }
+        }
+        let mut buf = [0u8; 4];
+        let mut w = Writer::new(&mut buf);
+        w.put_cid(&ConnectionId::default()).unwrap();
+        assert!(w.is_empty());
+    }
+
+    #[test]
     fn reserved_length_filled_later() {
         let mut buf = [0u8; 16];
         let mut w = Writer::new(&mut buf);
@@ -449,6 +512,24 @@ mod tests {
             let n = w.len();
             prop_assert_eq!(n, varint_len(v));
             prop_assert_eq!(decode(&buf[..n]), (v, n));
+        }
+
+        #[test]
+        fn varint_short_buffer_writes_nothing(v in 0..=MAX_VARINT, room in 0usize..8, at in 0usize..3) {
+            let len = varint_len(v);
+            let mut buf = [0x55u8; 16];
+            let mut w = Writer::new(&mut buf[..at + room]);
+            w.put_zeros(at).unwrap();
+            let result = w.put_varint(v);
+            if room >= len {
+                prop_assert_eq!(result, Ok(()));
+                prop_assert_eq!(w.len(), at + len);
+                prop_assert_eq!(decode(&buf[at..at + len]), (v, len));
+            } else {
+                prop_assert_eq!(result, Err(WireError::BufferTooSmall));
+                prop_assert_eq!(w.len(), at);
+                prop_assert!(buf[at..].iter().all(|&b| b == 0x55));
+            }
         }
 
         #[test]

@@ -191,11 +191,20 @@ impl Assembler {
         }
     }
 
-    /// Copies readable bytes into `out`; returns how many.
+    /// Copies readable bytes into `out`; returns how many (tests read this way; streams
+    /// read through `read_with`).
+    #[cfg(test)]
     pub fn read(&mut self, out: &mut [u8]) -> usize {
-        let n = (self.readable() as usize).min(out.len());
+        let len = out.len();
+        self.read_with(len, |data| out[..data.len()].copy_from_slice(data))
+    }
+
+    /// Hands the readable bytes, at most `max`, to `f` where they lie (they are always
+    /// contiguous) and consumes them; returns how many.
+    pub fn read_with(&mut self, max: usize, f: impl FnOnce(&[u8])) -> usize {
+        let n = (self.readable() as usize).min(max);
         let start = (self.read_offset - self.buf_offset) as usize;
-        out[..n].copy_from_slice(&self.buf[start..start + n]);
+        f(&self.buf[start..start + n]);
         self.consume(n as u64);
         n
     }
@@ -214,6 +223,7 @@ impl Assembler {
     }
 
     /// Drops up to `max` readable bytes without copying; returns how many.
+    #[cfg(test)]
     pub fn discard(&mut self, max: u64) -> u64 {
         let n = self.readable().min(max);
         self.consume(n);

@@ -729,7 +729,13 @@ impl Streams {
         rtt: Duration,
     ) -> Result<(usize, bool), StreamError> {
         let len = buf.len();
-        self.read_inner(id, Some(buf), len, now, rtt)
+        self.read_with(
+            id,
+            len,
+            |data| buf[..data.len()].copy_from_slice(data),
+            now,
+            rtt,
+        )
     }
 
     /// Like `read` but drops up to `max` bytes without copying.
@@ -740,14 +746,16 @@ impl Streams {
         now: Instant,
         rtt: Duration,
     ) -> Result<(usize, bool), StreamError> {
-        self.read_inner(id, None, max, now, rtt)
+        self.read_with(id, max, |_| {}, now, rtt)
     }
 
-    fn read_inner(
+    /// Hands up to `max` received bytes to `f` where they lie (no copy) and consumes
+    /// them. Returns (bytes, FIN reached) as `read` does.
+    pub fn read_with(
         &mut self,
         id: StreamId,
-        buf: Option<&mut [u8]>,
         max: usize,
+        f: impl FnOnce(&[u8]),
         now: Instant,
         rtt: Duration,
     ) -> Result<(usize, bool), StreamError> {
@@ -755,7 +763,7 @@ impl Streams {
             return Err(self.missing(id));
         };
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
-        let result = recv.read(buf, max, now, rtt);
+        let result = recv.read(max, f, now, rtt);
         let stream_window = recv.window.window();
         if recv.max_data_pending {
             Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);

@@ -230,12 +230,12 @@ impl RecvStream {
         self.asm.buffered()
     }
 
-    /// Reads into `out` (or discards up to `out_len` bytes when `out` is None).
-    /// Returns (bytes, fin reached, bytes consumed for connection credit).
+    /// Hands up to `max` readable bytes to `f` in place and consumes them.
+    /// Returns (bytes, fin reached).
     pub fn read(
         &mut self,
-        out: Option<&mut [u8]>,
         max: usize,
+        f: impl FnOnce(&[u8]),
         now: Instant,
         rtt: Duration,
     ) -> Result<(usize, bool), StreamError> {
@@ -246,10 +246,7 @@ impl RecvStream {
         if self.stop.is_some() || self.closed_by_app {
             return Err(StreamError::ClosedStream);
         }
-        let n = match out {
-            Some(buf) => self.asm.read(buf),
-            None => self.asm.discard(max as u64) as usize,
-        };
+        let n = self.asm.read_with(max, f);
         self.window.consume(n as u64);
         let fin = self.final_size == Some(self.asm.read_offset());
         if fin {
@@ -388,12 +385,17 @@ mod tests {
         let now = Instant::now();
         let rtt = Duration::from_millis(1);
         assert!(s.on_data(0, &[1; 60], false, &mut c).unwrap().readable);
-        let mut buf = [0u8; 100];
-        assert_eq!(s.read(Some(&mut buf), 100, now, rtt).unwrap(), (60, false));
+        let mut got = Vec::new();
+        let mut keep = |d: &[u8]| got.extend_from_slice(d);
+        assert_eq!(s.read(100, &mut keep, now, rtt).unwrap(), (60, false));
+        assert_eq!(got, [1; 60]);
         assert!(s.max_data_pending);
         assert_eq!(s.window.limit(), 160);
         assert!(s.on_data(60, &[], true, &mut c).unwrap().readable);
-        assert_eq!(s.read(Some(&mut buf), 100, now, rtt).unwrap(), (0, true));
+        assert_eq!(
+            s.read(100, |d| assert!(d.is_empty()), now, rtt).unwrap(),
+            (0, true)
+        );
         assert!(s.is_terminal());
     }
 
@@ -406,10 +408,9 @@ mod tests {
         assert!(!s.on_reset(9, 40, &mut c).unwrap());
         // Unread bytes were returned to the connection window.
         assert_eq!(c.window.consumed(), 40);
-        let mut buf = [0u8; 10];
         let now = Instant::now();
         assert_eq!(
-            s.read(Some(&mut buf), 10, now, Duration::ZERO),
+            s.read(10, |_| panic!("no data after a reset"), now, Duration::ZERO),
             Err(StreamError::Reset(9))
         );
         assert!(s.is_terminal());

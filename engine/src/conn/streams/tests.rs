@@ -634,7 +634,48 @@ fn flow_control_violations() {
 
 #[test]
 fn windows_open_as_the_application_reads() {
-    // A 200 KB transfer through 10 KB stream / 15 KB connection windows.
+    windows_open_as_read(|s, id, now, rtt, got| {
+        let mut buf = [0u8; 3000];
+        let r = s.read(id, &mut buf, now, rtt);
+        if let Ok((n, _)) = r {
+            got.extend_from_slice(&buf[..n]);
+        }
+        r
+    });
+}
+
+#[test]
+fn windows_open_as_the_application_reads_in_place() {
+    windows_open_as_read(|s, id, now, rtt, got| {
+        let mut seen = 0;
+        let r = s.read_with(
+            id,
+            4000,
+            |data| {
+                seen = data.len();
+                got.extend_from_slice(data)
+            },
+            now,
+            rtt,
+        );
+        if let Ok((n, _)) = r {
+            assert_eq!(n, seen, "read_with reports what it handed over");
+        }
+        r
+    });
+}
+
+/// A 200 KB transfer through 10 KB stream / 15 KB connection windows, the receiver
+/// reading with `read`, which appends what it read to its last argument.
+fn windows_open_as_read(
+    mut read: impl FnMut(
+        &mut Streams,
+        StreamId,
+        Instant,
+        Duration,
+        &mut Vec<u8>,
+    ) -> Result<(usize, bool), StreamError>,
+) {
     let mut pair = Pair::new(small_config(), small_config(), 4);
     let id = pair.ends[0].open(false).unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -657,9 +698,7 @@ fn windows_open_as_the_application_reads() {
         while !pair.flight.is_empty() {
             pair.step_network();
         }
-        let mut buf = [0u8; 3000];
-        while let Ok((n, fin)) = pair.ends[1].read(id, &mut buf, pair.now, pair.rtt) {
-            got.extend_from_slice(&buf[..n]);
+        while let Ok((n, fin)) = read(&mut pair.ends[1], id, pair.now, pair.rtt, &mut got) {
             if fin || n == 0 {
                 break;
             }
