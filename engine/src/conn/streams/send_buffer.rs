@@ -128,6 +128,20 @@ impl SendBuffer {
         if range.is_empty() {
             return 0;
         }
+        if range.start == self.base && self.acked.is_empty() {
+            // In order, the usual case: drop the bytes, nothing to remember.
+            if !self.retransmit.is_empty() {
+                self.retransmit.remove(range.clone());
+            }
+            let n = (range.end - self.base) as usize;
+            if n == self.data.len() {
+                self.data.clear();
+            } else {
+                self.data.drain(..n);
+            }
+            self.base = range.end;
+            return n;
+        }
         self.acked.insert(range.clone());
         self.retransmit.remove(range);
         let mut freed = 0;

@@ -15,20 +15,22 @@ impl Streams {
         {
             return true;
         }
-        if self
-            .ctrl_queue
-            .iter()
-            .any(|id| self.streams.get(*id).is_some_and(|s| s.has_ctrl()))
+        let has_ctrl = |id: &u64| self.streams.get(*id).is_some_and(|s| s.has_ctrl());
+        // The front first: asked before every packet, and usually it decides.
+        if self.ctrl_queue.front().is_some_and(has_ctrl)
+            || (self.ctrl_queue.len() > 1 && self.ctrl_queue.iter().skip(1).any(has_ctrl))
         {
             return true;
         }
         let conn_avail = self.conn_send.max.saturating_sub(self.data_sent);
-        self.send_queue.iter().any(|id| {
+        let can_send = |id: &u64| {
             self.streams
                 .get(*id)
                 .and_then(|s| s.send.as_ref())
                 .is_some_and(|s| s.can_send(conn_avail))
-        })
+        };
+        self.send_queue.front().is_some_and(can_send)
+            || (self.send_queue.len() > 1 && self.send_queue.iter().skip(1).any(can_send))
     }
 
     /// Writes control frames, then stream data round-robin, into `buf` (the rest of a
