@@ -330,3 +330,38 @@ fn quench_client_migrates_mid_transfer() {
     let quench = QuenchServer::start();
     migrate(&quench.server, &quench.certs.ca);
 }
+
+/// A server may forbid active migration (RFC 9000 §18.2 disable_active_migration), and one
+/// using zero-length connection IDs tells connections apart by address, so a client must
+/// not move (§9.5). Against quinn configured each way, quench's client refuses to migrate
+/// with an error naming the reason, and the server saw no migration.
+#[test]
+fn quench_client_refuses_to_migrate_where_the_server_forbids_it() {
+    let _serial = serial();
+    let transfer = Transfer::perf(16 * MIB, 0);
+    for (flag, reason) in [
+        ("--no-migration", "the server disabled active migration"),
+        (
+            "--zero-length-cids",
+            "the server uses zero-length connection IDs",
+        ),
+    ] {
+        let dir = temp_dir();
+        let certs = Certs::generate(dir.path());
+        let server = Server::quinn_with(&certs, dir.path(), dir.path(), &[flag]);
+        let mut cmd = client_command(Peer::Quench, server.addr, &certs.ca, &transfer);
+        cmd.args(["--migrate-after", &MIB.to_string()]);
+        let out = run_process(cmd, transfer.timeout());
+        assert!(
+            !out.status.success(),
+            "{flag}: the client migrated anyway:\n{}",
+            out.stdout
+        );
+        assert!(
+            out.stderr.contains(&format!("cannot migrate: {reason}")),
+            "{flag}: not the expected refusal:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}

@@ -267,8 +267,15 @@ impl Server {
 
     /// `quinn-peer server`.
     pub fn quinn(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        Server::quinn_with(certs, root, logs, &[])
+    }
+
+    /// `quinn-peer server` as [`Server::quinn`], plus `extra` flags (`--no-migration`,
+    /// `--zero-length-cids`).
+    pub fn quinn_with(certs: &Certs, root: &Path, logs: &Path, extra: &[&str]) -> Server {
         let mut args = cert_args(certs);
         args.extend(["--root".into(), root.into()]);
+        args.extend(extra.iter().map(OsString::from));
         Server::spawn("quinn-peer", &quinn_peer_bin(), &["server"], args, logs)
     }
 

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! quinn-peer server [--listen ADDR] [--cert PEM --key PEM | --write-cert PEM] [--alpn perf,hq-interop] [--root DIR]
+//!                   [--no-migration] [--zero-length-cids]
 //! quinn-peer client --connect ADDR --alpn perf|hq-interop|echo [--down N] [--up N] [--streams N]
 //!                   [--conns N] [--get PATH]... [--ca PEM | --insecure] [--key-update-after BYTES]
 //!                   [--datagrams N]
@@ -35,7 +36,7 @@ enum Command {
     /// Serve perf and hq-interop until SIGINT/SIGTERM. (`serve` as for `quench`, so this
     /// binary can stand in for quench's CLI when checking the harness itself.)
     #[command(alias = "serve")]
-    Server(quench_tests::args::ServerArgs),
+    Server(server::QuinnServerArgs),
     /// Run one transfer and print a JSON report line.
     Client(client::QuinnClientArgs),
 }

@@ -16,10 +16,53 @@ use crate::tls;
 /// How long a graceful shutdown waits for connections to acknowledge the close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub async fn run(args: ServerArgs) -> Result<()> {
-    let config = tls::server_config(&args)?;
-    let endpoint = quinn::Endpoint::server(config, args.listen)
+/// The shared server flags, plus what only this peer can be asked to do: refuse client
+/// migration two ways, for the tests of quench's client that it gives up cleanly.
+#[derive(clap::Args)]
+pub struct QuinnServerArgs {
+    #[command(flatten)]
+    pub common: ServerArgs,
+    /// Send disable_active_migration (RFC 9000 §18.2): clients must not migrate.
+    #[arg(long)]
+    pub no_migration: bool,
+    /// Use zero-length connection IDs (RFC 9000 §5.1): connections are told apart by
+    /// address, so a client that moved would be lost (§9.5).
+    #[arg(long)]
+    pub zero_length_cids: bool,
+}
+
+/// Mints the empty connection ID.
+struct ZeroLengthCids;
+
+impl quinn::ConnectionIdGenerator for ZeroLengthCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&[])
+    }
+    fn cid_len(&self) -> usize {
+        0
+    }
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+pub async fn run(args: QuinnServerArgs) -> Result<()> {
+    let mut config = tls::server_config(&args.common)?;
+    config.migration(!args.no_migration);
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    if args.zero_length_cids {
+        endpoint_config.cid_generator(|| Box::new(ZeroLengthCids));
+    }
+    let args = args.common;
+    let socket = std::net::UdpSocket::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("starting the endpoint")?;
     serve::announce(endpoint.local_addr()?)?;
 
     let root: Option<Arc<PathBuf>> = args.root.map(Arc::new);
