@@ -15,7 +15,10 @@ const GRANULARITY_NANOS: u64 = GRANULARITY.as_nanos() as u64;
 
 /// A duration in whole nanoseconds, saturated at `u64::MAX` (584 years).
 fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    // 64-bit arithmetic: `as_nanos` multiplies in 128 bits.
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 /// Smoothed RTT, RTT variation and minimum RTT of one path.
@@ -56,7 +59,22 @@ impl RttEstimator {
         max_ack_delay: Duration,
         handshake_confirmed: bool,
     ) {
-        let latest = nanos(latest);
+        self.update_nanos(
+            nanos(latest),
+            nanos(ack_delay),
+            nanos(max_ack_delay),
+            handshake_confirmed,
+        );
+    }
+
+    /// `update` with every duration in nanoseconds.
+    fn update_nanos(
+        &mut self,
+        latest: u64,
+        ack_delay: u64,
+        max_ack_delay: u64,
+        handshake_confirmed: bool,
+    ) {
         self.latest = latest;
         if !self.has_sample {
             // RFC 9002 §5.3: the first sample initialises the estimator.
@@ -73,7 +91,6 @@ impl RttEstimator {
         } else {
             ack_delay
         };
-        let ack_delay = nanos(ack_delay);
         let adjusted = match self.min.checked_add(ack_delay) {
             Some(floor) if latest >= floor => latest - ack_delay,
             _ => latest,
@@ -142,7 +159,8 @@ impl RttEstimator {
 #[derive(Clone, Debug)]
 pub struct Pto {
     rtt: RttEstimator,
-    max_ack_delay: Duration,
+    /// The peer's max_ack_delay, in nanoseconds.
+    max_ack_delay: u64,
     count: u32,
     /// The PTO period, backoff included, of [Initial and Handshake, Data]; Data's includes
     /// max_ack_delay.
@@ -153,7 +171,7 @@ impl Pto {
     pub fn new(initial_rtt: Duration, max_ack_delay: Duration) -> Self {
         let mut pto = Self {
             rtt: RttEstimator::new(initial_rtt),
-            max_ack_delay,
+            max_ack_delay: nanos(max_ack_delay),
             count: 0,
             period: [0; 2],
         };
@@ -166,14 +184,13 @@ impl Pto {
         let base = self.rtt.pto_base_nanos();
         // `d * 2^count`, with the exponent capped and the product saturated.
         let factor = 1u64 << self.count.min(MAX_PTO_BACKOFF_EXP);
-        self.period = [base, self.data_base()].map(|d| d.saturating_mul(factor));
+        let data_base = base.saturating_add(self.max_ack_delay);
+        self.period = [base, data_base].map(|d| d.saturating_mul(factor));
     }
 
     /// The Data space's PTO period without backoff: the base plus max_ack_delay.
     fn data_base(&self) -> u64 {
-        self.rtt
-            .pto_base_nanos()
-            .saturating_add(nanos(self.max_ack_delay))
+        self.rtt.pto_base_nanos().saturating_add(self.max_ack_delay)
     }
 
     pub fn rtt(&self) -> &RttEstimator {
@@ -182,8 +199,12 @@ impl Pto {
 
     /// Feeds one RTT sample (see `RttEstimator::update`).
     pub fn update_rtt(&mut self, latest: Duration, ack_delay: Duration, handshake_confirmed: bool) {
-        self.rtt
-            .update(latest, ack_delay, self.max_ack_delay, handshake_confirmed);
+        self.rtt.update_nanos(
+            nanos(latest),
+            nanos(ack_delay),
+            self.max_ack_delay,
+            handshake_confirmed,
+        );
         self.derive();
     }
 
@@ -200,7 +221,7 @@ impl Pto {
     }
 
     pub fn set_max_ack_delay(&mut self, delay: Duration) {
-        self.max_ack_delay = delay;
+        self.max_ack_delay = nanos(delay);
         self.derive();
     }
 
@@ -242,6 +263,25 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn nanos_saturate_like_the_128_bit_conversion() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::new(1, 999_999_999),
+            Duration::from_nanos(u64::MAX),
+            Duration::from_nanos(u64::MAX) + Duration::from_nanos(1),
+            Duration::new(u64::MAX / 1_000_000_000, 999_999_999),
+            Duration::MAX,
+        ] {
+            assert_eq!(
+                nanos(d),
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+                "{d:?}"
+            );
+        }
+    }
 
     #[test]
     fn initial_values_before_any_sample() {
