@@ -285,7 +285,7 @@ impl Connection {
             return Ok(Outcome::Dropped);
         }
         // Packets from an unexpected address during the handshake are not ours to act on.
-        if remote != self.remote && epoch != Epoch::Data {
+        if epoch != Epoch::Data && remote != self.remote {
             return Ok(Outcome::Dropped);
         }
         // RFC 9000 §7.2: after the server's first packet, its SCID is fixed for the
@@ -483,7 +483,7 @@ impl Connection {
             let peer_switched = self.path_dcid.is_some_and(|d| d != dcid);
             self.migrate_to(now, remote, self.rx_path.1, peer_switched);
         }
-        if epoch == Epoch::Data && remote == self.remote && self.path_dcid != Some(dcid) {
+        if epoch == Epoch::Data && self.path_dcid.as_ref() != Some(&dcid) && remote == self.remote {
             self.path_dcid = Some(dcid);
         }
 
