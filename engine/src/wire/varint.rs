@@ -152,7 +152,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A write cursor over a caller-owned buffer.
+/// A write cursor over a caller-owned buffer. Bytes before the cursor are what was
+/// written; bytes after it are scratch (`put_cid` may fill them with zeros).
 #[derive(Debug)]
 pub struct Writer<'a> {
     buf: &'a mut [u8],
