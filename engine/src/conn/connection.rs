@@ -17,7 +17,7 @@ use crate::conn::pmtud::Pmtud;
 use crate::conn::recovery::Recovery;
 use crate::conn::sent::{FrameRecord, SentFrames, SentFramesPool};
 use crate::conn::space::PacketSpace;
-use crate::conn::streams::{PeerLimits, StreamError, StreamEvent, StreamId, Streams};
+use crate::conn::streams::{CryptoStream, PeerLimits, StreamError, StreamEvent, StreamId, Streams};
 use crate::crypto::key_update::OneRttKeys;
 use crate::crypto::secrets::{initial_keys, Keys};
 use crate::tls::session::{KeyChange, TlsSession};
@@ -486,8 +486,10 @@ impl Connection {
             closed_emitted: false,
             stats: ConnectionStats::default(),
             tls_buf: Vec::with_capacity(4096),
-            acked_scratch: Vec::with_capacity(64),
-            lost_scratch: Vec::with_capacity(64),
+            // Grown on first use and kept at their high-water mark: an idle connection that
+            // never saw more than a few packets acknowledged at once holds a few bytes.
+            acked_scratch: Vec::new(),
+            lost_scratch: Vec::new(),
             raw_frames: Default::default(),
             no_acks: false,
             datagrams_in: DatagramQueue::new(config.datagram_buffer, MAX_QUEUED_DATAGRAMS),
@@ -895,6 +897,11 @@ impl Connection {
                 }
             }
         }
+        if !self.tls.is_handshaking() && self.tls_buf.capacity() > 0 {
+            // The flights (certificates included) are written: post-handshake messages
+            // (tickets) are rare and small, so an idle connection need not hold 4 KiB for them.
+            self.tls_buf = Vec::new();
+        }
         // A resuming client's rustls reports the parameters remembered with the ticket until
         // the server's EncryptedExtensions arrive; those are only certain once 1-RTT keys exist.
         let params_final = self.side == Side::Server || self.one_rtt.is_some();
@@ -1036,6 +1043,9 @@ impl Connection {
         space.discarded = true;
         space.keys = None;
         space.probes = 0;
+        // Nothing is sent, received or acknowledged in it any more: free its buffers.
+        space.crypto = CryptoStream::new();
+        space.ack.release_memory();
         let pool = &mut self.sent_pool;
         self.recovery
             .discard_space(epoch, now, &mut |p| pool.give(p.data));

@@ -50,6 +50,12 @@ impl Default for AckTracker {
 }
 
 impl AckTracker {
+    /// For a discarded packet number space (RFC 9001 §4.9), which records nothing more:
+    /// frees the preallocated ranges.
+    pub fn release_memory(&mut self) {
+        self.ranges = Vec::new();
+    }
+
     pub fn new() -> Self {
         Self {
             ranges: Vec::with_capacity(MAX_ACK_RANGES + 1),
