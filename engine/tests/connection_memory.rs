@@ -2,8 +2,9 @@
 //! hundreds of thousands of them. A global allocator counts the bytes allocated and freed
 //! inside the server endpoint's calls only (its objects are made and dropped there, never in
 //! the client's), so the live total after 64 handshakes have settled, divided by 64, is one
-//! connection's share: the `Connection`, its TLS session, keys, stream and recovery state,
-//! the application's state, and the endpoint's routes to it.
+//! connection's share: the `Connection`, its keys, stream and recovery state, the
+//! application's state, and the endpoint's routes to it (what only the handshake needs,
+//! rustls's connection included, is gone by then).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

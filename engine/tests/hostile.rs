@@ -809,6 +809,25 @@ fn frames_at_every_limit_are_accepted() {
     assert!(s.open_streams >= 2, "{s:?}");
 }
 
+/// A QUIC client sends no TLS message after the handshake (RFC 9001 §6: no KeyUpdate).
+/// The server has let go of its TLS session by then (`TlsSession::finish_server`), and
+/// one arriving in a 1-RTT CRYPTO frame closes the connection with CRYPTO_ERROR for
+/// unexpected_message (0x0100 + 10), as rustls itself answers a KeyUpdate in QUIC.
+#[test]
+fn a_tls_message_after_the_handshake_is_an_unexpected_message() {
+    // KeyUpdate (type 24, length 1, update_not_requested).
+    let key_update = [24, 0, 0, 1, 0];
+    match close_reason_for(&encode(&[Frame::Crypto {
+        offset: 0,
+        data: &key_update,
+    }])) {
+        CloseReason::Peer {
+            code, app: false, ..
+        } => assert_eq!(code, 0x10a),
+        other => panic!("closed by {other:?}"),
+    }
+}
+
 #[test]
 fn stream_frame_in_a_handshake_packet_is_a_protocol_violation() {
     let mut net = Net::new(TransportConfig::default());

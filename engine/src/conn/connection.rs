@@ -914,6 +914,10 @@ impl Connection {
         if self.state == State::Handshake && !self.tls.is_handshaking() {
             self.on_handshake_complete(now)?;
         }
+        if self.peer_params.is_some() {
+            // A server's TLS is done once its last flight is out (see `finish_server`).
+            self.tls.finish_server();
+        }
         Ok(())
     }
 

@@ -22,6 +22,8 @@ use crate::{Epoch, Side};
 
 /// TLS alert `internal_error` (RFC 8446 §6.2), for failures with no alert of their own.
 const ALERT_INTERNAL_ERROR: u8 = 80;
+/// TLS alert 10 (RFC 8446 §6).
+const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
 /// CRYPTO_ERROR range start: the alert is added to it (RFC 9001 §4.8).
 const CRYPTO_ERROR_BASE: u64 = 0x100;
 
@@ -268,9 +270,20 @@ enum Staged {
     Change(Box<KeyChange>),
 }
 
+/// What a server's session is still asked once its handshake is over and rustls's
+/// connection is gone (`TlsSession::finish_server`).
+struct Finished {
+    alpn: Option<Vec<u8>>,
+    server_name: Option<String>,
+    suite: Option<Suite>,
+}
+
 /// One connection's handshake.
 pub struct TlsSession {
-    conn: quic::Connection,
+    /// rustls's connection, boxed (~1.5 KiB); `None` on a server once the handshake is over.
+    conn: Option<Box<quic::Connection>>,
+    /// Set when `conn` is dropped.
+    finished: Option<Box<Finished>>,
     side: Side,
     version: u32,
     /// Client only: the name we asked for.
@@ -297,7 +310,7 @@ impl std::fmt::Debug for TlsSession {
             .field("side", &self.side)
             .field("version", &self.version)
             .field("write_epoch", &self.write_epoch)
-            .field("handshaking", &self.conn.is_handshaking())
+            .field("handshaking", &self.is_handshaking())
             .finish_non_exhaustive()
     }
 }
@@ -332,7 +345,8 @@ impl TlsSession {
 
     fn with_conn(conn: quic::Connection, side: Side, version: u32, name: Option<String>) -> Self {
         Self {
-            conn,
+            conn: Some(Box::new(conn)),
+            finished: None,
             side,
             version,
             server_name: name,
@@ -359,7 +373,7 @@ impl TlsSession {
     /// epoch (beyond retransmissions of already-read bytes) is a PROTOCOL_VIOLATION
     /// (RFC 9001 §4.1.3); rustls cannot tell, so the caller checks this.
     pub fn read_epoch(&self) -> Epoch {
-        if !self.conn.is_handshaking() {
+        if !self.is_handshaking() {
             Epoch::Data
         } else if self.handshake_keys_ready {
             Epoch::Handshake
@@ -374,17 +388,29 @@ impl TlsSession {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
+        let Some(conn) = self.conn.as_deref_mut() else {
+            // A QUIC client sends no TLS message after the handshake (no KeyUpdate, RFC 9001
+            // §6; no post-handshake authentication is offered).
+            return Err(TlsAlertError {
+                alert: ALERT_UNEXPECTED_MESSAGE,
+                reason: "TLS message after the handshake".into(),
+            });
+        };
         if self.side == Side::Server {
             self.hello.feed(data);
         }
         keylog::clear();
-        let result = self.conn.read_hs(data);
+        let result = conn.read_hs(data);
         self.collect_secrets();
         if result.is_ok() {
             self.pump();
         }
         result.map_err(|e| {
-            let alert = self.conn.alert().map_or(ALERT_INTERNAL_ERROR, u8::from);
+            let alert = self
+                .conn
+                .as_ref()
+                .and_then(|c| c.alert())
+                .map_or(ALERT_INTERNAL_ERROR, u8::from);
             tracing::debug!(alert, error = %e, "TLS handshake failed");
             TlsAlertError {
                 alert,
@@ -418,10 +444,13 @@ impl TlsSession {
     /// key changes from the captured secrets.
     fn pump(&mut self) {
         loop {
+            let Some(conn) = self.conn.as_deref_mut() else {
+                return;
+            };
             let mut bytes = Vec::new();
             keylog::clear();
             key_capture::clear();
-            let change = self.conn.write_hs(&mut bytes);
+            let change = conn.write_hs(&mut bytes);
             let built = key_capture::take();
             if self.side == Side::Client && self.staging_epoch == Epoch::Initial {
                 self.hello.feed(&bytes);
@@ -520,29 +549,65 @@ impl TlsSession {
         });
     }
 
-    pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+    /// Server, once the handshake is over and its last flight (tickets included) has been
+    /// taken by `write_handshake`: drops rustls's connection, with its record-layer keys,
+    /// buffers and transcript (about 5 KiB an idle connection would otherwise hold for
+    /// nothing), keeping what is still asked of the session: ALPN, SNI and suite. Packet
+    /// protection and key updates use quench's own keys and secrets. Does nothing on a
+    /// client (it still receives tickets) or while anything is pending.
+    pub fn finish_server(&mut self) {
+        let Some(conn) = self.conn.as_deref() else {
+            return;
+        };
+        if self.side != Side::Server
+            || conn.is_handshaking()
+            || !self.staged.is_empty()
+            || self.failed.is_some()
+        {
+            return;
+        }
+        self.finished = Some(Box::new(Finished {
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+            server_name: self.server_name().map(str::to_string),
+            suite: self.negotiated_suite(),
+        }));
+        self.conn = None;
+        self.staged = VecDeque::new();
+        self.hello = HelloPrefix::new();
     }
 
-    /// Peer's encoded transport parameters, once received.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.is_handshaking())
+    }
+
+    /// Peer's encoded transport parameters, once received (until `finish_server`).
     pub fn peer_transport_parameters(&self) -> Option<&[u8]> {
-        self.conn.quic_transport_parameters()
+        self.conn.as_ref()?.quic_transport_parameters()
     }
 
     pub fn alpn(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
+        match (&self.conn, &self.finished) {
+            (Some(c), _) => c.alpn_protocol(),
+            (None, Some(f)) => f.alpn.as_deref(),
+            (None, None) => None,
+        }
     }
 
     /// Server: the SNI the client sent. Client: the name we asked for.
     pub fn server_name(&self) -> Option<&str> {
-        match &self.conn {
-            quic::Connection::Server(s) => s.server_name(),
-            quic::Connection::Client(_) => self.server_name.as_deref(),
+        match (self.conn.as_deref(), &self.finished) {
+            (Some(quic::Connection::Server(s)), _) => s.server_name(),
+            (Some(quic::Connection::Client(_)), _) => self.server_name.as_deref(),
+            (None, Some(f)) => f.server_name.as_deref(),
+            (None, None) => None,
         }
     }
 
     pub fn negotiated_suite(&self) -> Option<Suite> {
-        match self.conn.negotiated_cipher_suite()?.suite() {
+        let Some(conn) = self.conn.as_deref() else {
+            return self.finished.as_ref().and_then(|f| f.suite);
+        };
+        match conn.negotiated_cipher_suite()?.suite() {
             CipherSuite::TLS13_AES_128_GCM_SHA256 => Some(Suite::Aes128Gcm),
             CipherSuite::TLS13_AES_256_GCM_SHA384 => Some(Suite::Aes256Gcm),
             CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => Some(Suite::ChaCha20Poly1305),
@@ -714,6 +779,21 @@ mod tests {
         let random = client.tls.hello.client_random();
         assert!(random.is_some());
         assert_eq!(random, server.tls.hello.client_random());
+        // Once its handshake is over the server lets rustls go, keeping what is asked of it;
+        // the client keeps its session (tickets may still come).
+        server.tls.finish_server();
+        client.tls.finish_server();
+        assert!(server.tls.conn.is_none() && client.tls.conn.is_some());
+        for peer in [&client, &server] {
+            assert!(!peer.tls.is_handshaking());
+            assert_eq!(peer.tls.read_epoch(), Epoch::Data);
+            assert_eq!(peer.tls.negotiated_suite(), Some(expect));
+            assert_eq!(peer.tls.alpn(), Some(ALPN));
+            assert_eq!(peer.tls.server_name(), Some("localhost"));
+        }
+        assert!(server.flush().is_empty());
+        let late = server.tls.read_handshake(&[24, 0, 0, 1, 0]).unwrap_err();
+        assert_eq!(late.alert, ALERT_UNEXPECTED_MESSAGE);
 
         let (ch, sh) = (
             client.handshake.as_ref().unwrap(),
