@@ -22,7 +22,7 @@ use crate::{Epoch, Side};
 
 /// TLS alert `internal_error` (RFC 8446 §6.2), for failures with no alert of their own.
 const ALERT_INTERNAL_ERROR: u8 = 80;
-/// TLS alert 10 (RFC 8446 §6).
+/// TLS alert `unexpected_message` (RFC 8446 §6).
 const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
 /// CRYPTO_ERROR range start: the alert is added to it (RFC 9001 §4.8).
 const CRYPTO_ERROR_BASE: u64 = 0x100;
@@ -551,8 +551,9 @@ impl TlsSession {
 
     /// Server, once the handshake is over and its last flight (tickets included) has been
     /// taken by `write_handshake`: drops rustls's connection, with its record-layer keys,
-    /// buffers and transcript (about 5 KiB an idle connection would otherwise hold for
-    /// nothing), keeping what is still asked of the session: ALPN, SNI and suite. Packet
+    /// buffers and transcript (2.6 KiB of heap and the 1.5 KiB box an idle connection would
+    /// otherwise hold for nothing), keeping what is still asked of the session: ALPN, SNI
+    /// and suite. Packet
     /// protection and key updates use quench's own keys and secrets. Does nothing on a
     /// client (it still receives tickets) or while anything is pending.
     pub fn finish_server(&mut self) {
