@@ -752,6 +752,17 @@ mod tests {
         assert_eq!(&pkt[2..2 + n], b"one rtt");
     }
 
+    /// What both sides of a finished handshake report.
+    fn check_established(peers: &[&Peer], expect: Suite) {
+        for peer in peers {
+            assert!(!peer.tls.is_handshaking());
+            assert_eq!(peer.tls.read_epoch(), Epoch::Data);
+            assert_eq!(peer.tls.negotiated_suite(), Some(expect));
+            assert_eq!(peer.tls.alpn(), Some(ALPN));
+            assert_eq!(peer.tls.server_name(), Some("localhost"));
+        }
+    }
+
     fn full_handshake(suite: rustls::SupportedCipherSuite, expect: Suite, version: u32) {
         let (mut client, mut server) = session_pair(
             one_suite(suite),
@@ -761,13 +772,7 @@ mod tests {
         );
         handshake(&mut client, &mut server).unwrap();
 
-        for peer in [&client, &server] {
-            assert!(!peer.tls.is_handshaking());
-            assert_eq!(peer.tls.read_epoch(), Epoch::Data);
-            assert_eq!(peer.tls.negotiated_suite(), Some(expect));
-            assert_eq!(peer.tls.alpn(), Some(ALPN));
-            assert_eq!(peer.tls.server_name(), Some("localhost"));
-        }
+        check_established(&[&client, &server], expect);
         assert_eq!(server.tls.peer_transport_parameters(), Some(CLIENT_PARAMS));
         assert_eq!(client.tls.peer_transport_parameters(), Some(SERVER_PARAMS));
         // ClientHello and ServerHello at Initial, the rest of the flights at Handshake.
@@ -785,13 +790,7 @@ mod tests {
         server.tls.finish_server();
         client.tls.finish_server();
         assert!(server.tls.conn.is_none() && client.tls.conn.is_some());
-        for peer in [&client, &server] {
-            assert!(!peer.tls.is_handshaking());
-            assert_eq!(peer.tls.read_epoch(), Epoch::Data);
-            assert_eq!(peer.tls.negotiated_suite(), Some(expect));
-            assert_eq!(peer.tls.alpn(), Some(ALPN));
-            assert_eq!(peer.tls.server_name(), Some("localhost"));
-        }
+        check_established(&[&client, &server], expect);
         assert!(server.flush().is_empty());
         let late = server.tls.read_handshake(&[24, 0, 0, 1, 0]).unwrap_err();
         assert_eq!(late.alert, ALERT_UNEXPECTED_MESSAGE);
