@@ -915,7 +915,8 @@ impl Connection {
             self.on_handshake_complete(now)?;
         }
         if self.peer_params.is_some() {
-            // A server's TLS is done once its last flight is out (see `finish_server`).
+            // A server's TLS is done once its last flight is out and the client's transport
+            // parameters, which only rustls holds, are taken (see `finish_server`).
             self.tls.finish_server();
         }
         Ok(())

@@ -1,6 +1,8 @@
 //! The transmit side of `Streams`: choosing and writing frames, and reacting to
 //! their acknowledgement or loss.
 
+use std::collections::VecDeque;
+
 use super::wire::frame::Frame;
 use super::wire::varint::Writer;
 use super::{dir, SendStream, StreamEvent, StreamFrameRecord, StreamId, Streams};
@@ -16,21 +18,16 @@ impl Streams {
             return true;
         }
         let has_ctrl = |id: &u64| self.streams.get(*id).is_some_and(|s| s.has_ctrl());
-        // The front first: asked before every packet, and usually it decides.
-        if self.ctrl_queue.front().is_some_and(has_ctrl)
-            || (self.ctrl_queue.len() > 1 && self.ctrl_queue.iter().skip(1).any(has_ctrl))
-        {
+        if any_queued(&self.ctrl_queue, has_ctrl) {
             return true;
         }
         let conn_avail = self.conn_send.max.saturating_sub(self.data_sent);
-        let can_send = |id: &u64| {
+        any_queued(&self.send_queue, |id: &u64| {
             self.streams
                 .get(*id)
                 .and_then(|s| s.send.as_ref())
                 .is_some_and(|s| s.can_send(conn_avail))
-        };
-        self.send_queue.front().is_some_and(can_send)
-            || (self.send_queue.len() > 1 && self.send_queue.iter().skip(1).any(can_send))
+        })
     }
 
     /// Writes control frames, then stream data round-robin, into `buf` (the rest of a
@@ -376,4 +373,11 @@ impl Streams {
             }
         }
     }
+}
+
+/// Whether `f` holds for a stream in `queue`, the front one tried first: `has_pending` is
+/// asked before every packet and the front usually decides, without setting up a walk of
+/// the ring buffer.
+fn any_queued(queue: &VecDeque<u64>, f: impl Fn(&u64) -> bool) -> bool {
+    queue.front().is_some_and(&f) || (queue.len() > 1 && queue.iter().skip(1).any(f))
 }
