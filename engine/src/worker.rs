@@ -161,7 +161,8 @@ impl<D: Datapath> Worker<D> {
                 closing_since = Some(now);
             }
             if let Some(t) = closing_since {
-                if self.endpoint.connection_count() == 0
+                // Connections the peer closed send nothing more: not worth waiting for.
+                if self.endpoint.live_connection_count() == 0
                     || now.duration_since(t) > self.drain_timeout
                 {
                     break;

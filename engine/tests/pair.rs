@@ -964,6 +964,29 @@ fn application_close_reaches_the_peer_and_both_sides_finish() {
     assert_eq!(sim.server.stats().connections_closed, 1);
 }
 
+/// A connection the peer closed is draining (RFC 9000 §10.2.2): it will send nothing, so it
+/// no longer counts among the live connections a graceful shutdown waits for, though the
+/// endpoint keeps it until its draining period is over.
+#[test]
+fn a_connection_the_peer_closed_is_not_live() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+    sim.run_to_completion(h, 1, Duration::from_secs(30));
+    assert_eq!(sim.server.live_connection_count(), 1);
+    let now = sim.now;
+    sim.client
+        .with_state(h, |c, _| c.close(now, 42, "bye"))
+        .unwrap();
+    let draining = sim.run(Duration::from_secs(30), |s| {
+        s.server.live_connection_count() == 0
+    });
+    assert!(draining, "the close did not reach the server");
+    assert_eq!(sim.server.connection_count(), 1, "kept while draining");
+    let gone = sim.run(Duration::from_secs(30), |s| {
+        s.server.connection_count() == 0
+    });
+    assert!(gone, "the draining period did not end");
+}
+
 #[test]
 fn connections_can_move_to_a_worker_thread() {
     fn is_send<T: Send>() {}

@@ -525,6 +525,12 @@ impl Connection {
         )
     }
 
+    /// The peer closed it (RFC 9000 §10.2.2): it sends nothing again, and waits out the
+    /// draining period only so late packets find it.
+    pub fn is_draining(&self) -> bool {
+        matches!(self.state, State::Draining { .. } | State::Drained)
+    }
+
     /// Fully over: the endpoint can forget it.
     pub fn is_drained(&self) -> bool {
         self.state == State::Drained

@@ -217,6 +217,16 @@ impl<U: Default> Endpoint<U> {
         self.conns.len()
     }
 
+    /// Connections that may still send something: all but those the peer closed, which
+    /// only wait out their draining period (RFC 9000 §10.2.2). What a graceful shutdown
+    /// waits for.
+    pub fn live_connection_count(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, e)| !e.conn.is_draining())
+            .count()
+    }
+
     pub fn handles(&self) -> impl Iterator<Item = ConnHandle> + '_ {
         self.conns.iter().map(|(h, _)| h)
     }
