@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing quench needs on a fresh Debian machine, idempotently:
 # system packages (BPF toolchain, libbpf/libelf/zlib for libbpf-rs, iproute2 for netns topologies,
-# ngtcp2's HTTP/3 example client and server gtlsclient/gtlsserver for the interop tests)
+# ngtcp2's HTTP/3 example client and server gtlsclient/gtlsserver for the interop tests, cmake
+# for the BoringSSL that the quiche crate builds)
 # and a Python venv at .venv with a pinned aioquic (an independent QUIC peer for interop tests).
 # Quiet when there is nothing to do; says what it does otherwise; fails loudly.
 set -euo pipefail
 
 AIOQUIC_VERSION="1.7.2"
 APT_PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 python3-venv
-    ngtcp2-client ngtcp2-server)
+    ngtcp2-client ngtcp2-server cmake)
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv"

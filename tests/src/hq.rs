@@ -15,9 +15,9 @@ use crate::report::Report;
 use crate::stream::QuicSend;
 
 /// Longest request line we accept (`GET ` + path + CRLF).
-const MAX_REQUEST: usize = 4096;
+pub const MAX_REQUEST: usize = 4096;
 /// Stream error code for a request we cannot serve (no such file, bad request).
-const REQUEST_REJECTED: u32 = 0x1;
+pub const REQUEST_REJECTED: u32 = 0x1;
 
 /// Extracts the path from `GET /path\r\n`; tolerant of a bare `\n` and trailing spaces.
 pub fn parse_request(request: &[u8]) -> Result<&str> {
@@ -34,7 +34,7 @@ pub fn parse_request(request: &[u8]) -> Result<&str> {
 }
 
 /// Maps a request path under `root`, refusing anything that could escape it.
-fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
+pub fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
     let relative = Path::new(path.trim_start_matches('/'));
     if relative
         .components()

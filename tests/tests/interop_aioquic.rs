@@ -6,25 +6,6 @@ mod common;
 
 use common::*;
 
-struct QuenchServer {
-    dir: tempfile::TempDir,
-    certs: Certs,
-    server: Server,
-}
-
-impl QuenchServer {
-    fn start() -> QuenchServer {
-        let dir = temp_dir();
-        let certs = Certs::generate(dir.path());
-        let server = Server::quench(&certs, dir.path(), dir.path());
-        QuenchServer { dir, certs, server }
-    }
-
-    fn aioquic(&self, transfer: &Transfer) -> Report {
-        run_transfer(Peer::Aioquic, self.server.addr, &self.certs.ca, transfer)
-    }
-}
-
 // aioquic moves roughly 100-150 Mbit/s here (pure Python): sizes stay modest.
 
 // ---- aioquic client → quench server ---------------------------------------------------------
@@ -32,38 +13,38 @@ impl QuenchServer {
 #[test]
 fn aioquic_perf_down_and_up() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let transfer = Transfer::perf(16 * MIB, 8 * MIB).streams(4);
-    assert_perf(&quench.aioquic(&transfer), &transfer);
+    assert_perf(&quench.transfer(Peer::Aioquic, &transfer), &transfer);
 }
 
 #[test]
 fn aioquic_perf_two_connections() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let transfer = Transfer::perf(4 * MIB + 1, MIB + 1).streams(2).conns(2);
-    assert_perf(&quench.aioquic(&transfer), &transfer);
+    assert_perf(&quench.transfer(Peer::Aioquic, &transfer), &transfer);
 }
 
 #[test]
 fn aioquic_hq_get_random_files() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let dir = quench.dir.path();
     random_file(dir, "one.bin", 3 * MIB as usize + 1);
     random_file(dir, "two.bin", 4097);
     let mut bodies = std::fs::read(dir.join("one.bin")).unwrap();
     bodies.extend(std::fs::read(dir.join("two.bin")).unwrap());
-    let report = quench.aioquic(&Transfer::hq(&["/one.bin", "/two.bin"]));
+    let report = quench.transfer(Peer::Aioquic, &Transfer::hq(&["/one.bin", "/two.bin"]));
     assert_hq(&report, bodies.len() as u64, &sha256_hex(&bodies), 2);
 }
 
 #[test]
 fn aioquic_forced_key_update_mid_transfer() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let transfer = Transfer::perf(16 * MIB, 0).key_update_after(4 * MIB);
-    let report = quench.aioquic(&transfer);
+    let report = quench.transfer(Peer::Aioquic, &transfer);
     assert_perf(&report, &transfer);
     assert_eq!(report.key_updates, 1, "{report:?}");
 }
@@ -71,7 +52,7 @@ fn aioquic_forced_key_update_mid_transfer() {
 #[test]
 fn aioquic_rejects_quench_with_untrusted_certificate() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let other = temp_dir();
     let stranger = Certs::generate(other.path());
     run_client_expect_failure(client_command(
@@ -112,7 +93,7 @@ fn aioquic_through_retry() {
 #[test]
 fn aioquic_quic_v2() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let transfer = Transfer::perf(4 * MIB, MIB).streams(2).conns(2);
     let mut cmd = client_command(
         Peer::Aioquic,
@@ -397,7 +378,7 @@ fn assert_all_datagrams_echoed(mut cmd: std::process::Command) {
 #[test]
 fn aioquic_client_datagrams_echoed_by_quench() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let mut cmd = std::process::Command::new(aioquic_python());
     cmd.arg(aioquic_client_script())
         .args(["--connect", &quench.server.addr.to_string()])
@@ -471,7 +452,7 @@ fn assert_h3_responses(json: &serde_json::Value, expected: &[(u64, u64)]) {
 #[test]
 fn aioquic_h3_client_gets_files_from_quench() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let dir = quench.dir.path();
     let files: &[(&str, usize)] = &[
         ("empty.bin", 0),
@@ -507,7 +488,7 @@ fn aioquic_h3_client_gets_files_from_quench() {
 #[test]
 fn aioquic_h3_client_many_concurrent_gets_from_quench() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let sizes: Vec<u64> = (0..150u64).map(|i| (i * 7919) % 100_000).collect();
     let paths: Vec<String> = sizes.iter().map(|n| format!("/{n}")).collect();
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
@@ -528,7 +509,7 @@ fn aioquic_h3_client_many_concurrent_gets_from_quench() {
 #[test]
 fn aioquic_h3_client_gets_404_from_quench() {
     let _serial = serial();
-    let quench = QuenchServer::start();
+    let quench = Hosted::start(Server::quench);
     let dir = quench.dir.path();
     random_file(dir, "here.bin", 4097);
     let (_report, json) = aioquic_h3_client(

@@ -96,6 +96,43 @@ pub fn s2n_peer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_s2n-peer"))
 }
 
+pub fn quiche_peer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_quiche-peer"))
+}
+
+/// A server under test (quench or a peer stack) with a CA-signed certificate and an
+/// hq-interop root in its own temp dir, which also takes its logs.
+pub struct Hosted {
+    pub dir: tempfile::TempDir,
+    pub certs: Certs,
+    pub server: Server,
+}
+
+impl Hosted {
+    /// Starts the server `spawn` makes there (`Server::quench`, `Server::quinn`, ...).
+    pub fn start(spawn: fn(&Certs, &Path, &Path) -> Server) -> Hosted {
+        let dir = temp_dir();
+        let certs = Certs::generate(dir.path());
+        let server = spawn(&certs, dir.path(), dir.path());
+        Hosted { dir, certs, server }
+    }
+
+    /// Runs `transfer` with `client` against this server, trusting its CA.
+    pub fn transfer(&self, client: Peer, transfer: &Transfer) -> Report {
+        run_transfer(client, self.server.addr, &self.certs.ca, transfer)
+    }
+}
+
+/// Random files `big.bin` (odd size, spans many packets) and `small.bin` (1 byte) in `dir`;
+/// returns the bodies a GET of both, in that order, must produce.
+pub fn big_and_small_files(dir: &Path) -> Vec<u8> {
+    random_file(dir, "big.bin", 10 * MIB as usize + 123);
+    random_file(dir, "small.bin", 1);
+    let mut bodies = std::fs::read(dir.join("big.bin")).unwrap();
+    bodies.extend(std::fs::read(dir.join("small.bin")).unwrap());
+    bodies
+}
+
 /// Python interpreter with aioquic: `$AIOQUIC_PYTHON`, else the venv `scripts/deps.sh` makes.
 pub fn aioquic_python() -> PathBuf {
     let path = std::env::var_os("AIOQUIC_PYTHON")
@@ -233,6 +270,8 @@ pub enum Peer {
     Quinn,
     /// `s2n-peer` (AWS s2n-quic).
     S2n,
+    /// `quiche-peer` (Cloudflare quiche).
+    Quiche,
     Aioquic,
 }
 
@@ -284,6 +323,13 @@ impl Server {
         let mut args = cert_args(certs);
         args.extend(["--root".into(), root.into()]);
         Server::spawn("s2n-peer", &s2n_peer_bin(), &["server"], args, logs)
+    }
+
+    /// `quiche-peer server`.
+    pub fn quiche(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        let mut args = cert_args(certs);
+        args.extend(["--root".into(), root.into()]);
+        Server::spawn("quiche-peer", &quiche_peer_bin(), &["server"], args, logs)
     }
 
     /// `aioquic_server.py` (aioquic's asyncio server) with the given certificate and
@@ -743,6 +789,11 @@ pub fn client_command(peer: Peer, server: SocketAddr, ca: &Path, transfer: &Tran
             c.arg("client");
             c
         }
+        Peer::Quiche => {
+            let mut c = Command::new(quiche_peer_bin());
+            c.arg("client");
+            c
+        }
         Peer::Aioquic => {
             let mut c = Command::new(aioquic_python());
             c.arg(aioquic_client_script());
@@ -765,7 +816,7 @@ pub struct Report {
     pub sha256: Option<String>,
     pub key_updates: u64,
     /// Largest maximum datagram size a connection reached (quench and quinn clients print it;
-    /// s2n-peer prints null).
+    /// s2n-peer prints null; quiche-peer the size it sends, discovery being off).
     pub max_datagram_size: Option<u64>,
 }
 
