@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Side-by-side server cost per unit, quench against its peer, outside criterion: each round
-# runs every stack once in a fresh process (alternating, so drift on a shared machine hits
-# both), and the script prints each stack's median and minimum and the ratio of medians.
+# Side-by-side server cost per unit, quench against its peers (quinn-proto, quiche; rustls
+# alone for the handshake), outside criterion: each round runs every stack once in a fresh
+# process (alternating, so drift on a shared machine hits all), and the script prints each
+# stack's median and minimum and quench's ratio of medians to each.
 #
 #   scripts/bench-compare.sh [ROUNDS]        (default 5; needs a release build of quench-bench)
 #
@@ -25,21 +26,28 @@ stats() { # numbers on stdin -> "median min"
 }
 
 printf '%-10s %-12s %10s %10s\n' scenario stack median min
-for spec in "recv quinn-proto 200000" "send quinn-proto 200000" \
-            "handshake rustls 1000" "request quinn-proto 200000" \
-            "request16 quinn-proto 400000"; do
-    read -r scenario peer count <<<"$spec"
-    q=() p=()
+# scenario, count, then the stacks quench is compared with (the first is the issue's
+# reference: rustls alone for the handshake, quinn-proto otherwise).
+for spec in "recv 200000 quinn-proto quiche" "send 200000 quinn-proto quiche" \
+            "handshake 1000 rustls quinn-proto quiche" "request 200000 quinn-proto quiche" \
+            "request16 400000 quinn-proto quiche"; do
+    read -r scenario count peers <<<"$spec"
+    read -ra peers <<<"$peers"
+    declare -A runs=()
     for _ in $(seq "$ROUNDS"); do
-        q+=("$(run "$scenario" quench "$count")")
-        p+=("$(run "$scenario" "$peer" "$count")")
+        for stack in quench "${peers[@]}"; do
+            runs[$stack]+="$(run "$scenario" "$stack" "$count") "
+        done
     done
-    read -r qmed qmin < <(printf '%s\n' "${q[@]}" | stats)
-    read -r pmed pmin < <(printf '%s\n' "${p[@]}" | stats)
+    read -r qmed qmin < <(printf '%s\n' ${runs[quench]} | stats)
     printf '%-10s %-12s %10s %10s\n' "$scenario" quench "$qmed" "$qmin"
-    printf '%-10s %-12s %10s %10s\n' "$scenario" "$peer" "$pmed" "$pmin"
-    awk -v q="$qmed" -v p="$pmed" -v s="$scenario" -v n="$peer" \
-        'BEGIN {printf "%-10s quench/%s = %.2f\n", s, n, q / p}'
+    for peer in "${peers[@]}"; do
+        read -r pmed pmin < <(printf '%s\n' ${runs[$peer]} | stats)
+        printf '%-10s %-12s %10s %10s\n' "$scenario" "$peer" "$pmed" "$pmin"
+        awk -v q="$qmed" -v p="$pmed" -v s="$scenario" -v n="$peer" \
+            'BEGIN {printf "%-10s quench/%s = %.2f\n", s, n, q / p}'
+    done
+    unset runs
     if [[ $scenario == request* ]]; then
         # The two AEAD calls a request needs, alone, at the scenario's packet sizes.
         f=()

@@ -1,6 +1,6 @@
-//! quench against quinn-proto 0.11 (and rustls alone for the handshake floor), side by side
-//! in one run, on in-memory pairs driven on a virtual clock. Only the server's calls are
-//! timed. Run `cargo bench -p quench-bench`, then `quench-bench report` for the ratios.
+//! quench against quinn-proto 0.11 and quiche 0.24 (and rustls alone for the handshake
+//! floor), side by side in one run, on in-memory pairs (quench and quinn-proto on a
+//! virtual clock; quiche reads the real one itself). Only the server's calls are timed. Run `cargo bench -p quench-bench`, then `quench-bench report` for the ratios.
 //!
 //! - `recv_1rtt_packet`: one 1452-byte 1-RTT packet of stream data received by the server
 //!   (routing, header unprotect, AEAD open, frames, ACK bookkeeping, events).
@@ -24,6 +24,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Thro
 
 use quench_bench::aead_floor::AeadFloor;
 use quench_bench::quench_pair::{QuenchPair, ServerMode};
+use quench_bench::quiche_pair::{self, QuichePair};
 use quench_bench::quinn_pair::{AppMode, QuinnPair};
 use quench_bench::tls::TlsSetup;
 use quench_bench::{rustls_hs, Stopwatch};
@@ -87,6 +88,11 @@ fn recv(c: &mut Criterion, tls: &TlsSetup) {
     g.bench_function("quinn-proto", |b| {
         b.iter_custom(|iters| packets(iters, |m, sw| p.recv_round(m, sw)))
     });
+    let mut h = QuichePair::connected(tls, quiche_pair::AppMode::Deferred, 1);
+    warm(|m, sw| h.recv_round(m, sw));
+    g.bench_function("quiche", |b| {
+        b.iter_custom(|iters| packets(iters, |m, sw| h.recv_round(m, sw)))
+    });
     g.finish();
 }
 
@@ -101,6 +107,11 @@ fn send(c: &mut Criterion, tls: &TlsSetup) {
     warm(|m, sw| p.send_round(m, sw));
     g.bench_function("quinn-proto", |b| {
         b.iter_custom(|iters| packets(iters, |m, sw| p.send_round(m, sw)))
+    });
+    let mut h = QuichePair::connected(tls, quiche_pair::AppMode::Deferred, 1);
+    warm(|m, sw| h.send_round(m, sw));
+    g.bench_function("quiche", |b| {
+        b.iter_custom(|iters| packets(iters, |m, sw| h.send_round(m, sw)))
     });
     g.finish();
 }
@@ -127,6 +138,19 @@ fn handshake(c: &mut Criterion, tls: &TlsSetup) {
             for i in 0..iters {
                 if i > 0 && i % HANDSHAKES_PER_PAIR == 0 {
                     pair = QuinnPair::new(tls, AppMode::Perf);
+                }
+                pair.handshake(Some(&mut sw));
+            }
+            sw.elapsed
+        })
+    });
+    g.bench_function("quiche", |b| {
+        b.iter_custom(|iters| {
+            let mut sw = Stopwatch::default();
+            let mut pair = QuichePair::new(tls, quiche_pair::AppMode::Perf);
+            for i in 0..iters {
+                if i > 0 && i % HANDSHAKES_PER_PAIR == 0 {
+                    pair = pair.renew(quiche_pair::AppMode::Perf);
                 }
                 pair.handshake(Some(&mut sw));
             }
@@ -169,6 +193,12 @@ fn request(c: &mut Criterion, tls: &TlsSetup, name: &str, per_conn: usize) {
     let mut round = |sw: &mut Stopwatch| p.request_round(per_conn, REQUEST_SIZE, RESPONSE_SIZE, sw);
     requests(10_000, &mut round);
     g.bench_function("quinn-proto", |b| {
+        b.iter_custom(|iters| requests(iters, &mut round))
+    });
+    let mut h = QuichePair::connected(tls, quiche_pair::AppMode::Perf, REQUEST_CONNS);
+    let mut round = |sw: &mut Stopwatch| h.request_round(per_conn, REQUEST_SIZE, RESPONSE_SIZE, sw);
+    requests(10_000, &mut round);
+    g.bench_function("quiche", |b| {
         b.iter_custom(|iters| requests(iters, &mut round))
     });
     let mut floor = AeadFloor::new(tls, REQUEST_CONNS, per_conn);

@@ -1,4 +1,4 @@
-//! quench-bench: side-by-side microbenchmarks of quench, quinn-proto and rustls on
+//! quench-bench: side-by-side microbenchmarks of quench, quinn-proto, quiche and rustls on
 //! in-memory pairs (see `benches/engine.rs`), a load generator, and a report of the
 //! criterion results with ratios.
 
@@ -6,6 +6,7 @@ pub mod aead_floor;
 pub mod load;
 pub mod profile;
 pub mod quench_pair;
+pub mod quiche_pair;
 pub mod quinn_pair;
 pub mod report;
 pub mod rustls_hs;

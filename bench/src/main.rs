@@ -61,7 +61,7 @@ enum Cmd {
         /// recv, send, handshake, request or request16.
         #[arg(long)]
         scenario: String,
-        /// quench, quinn-proto or rustls (handshake only).
+        /// quench, quinn-proto, quiche, rustls (handshake only) or aead-floor (requests only).
         #[arg(long, default_value = "quench")]
         stack: String,
         /// Packets, handshakes or requests to run.

@@ -5,6 +5,7 @@ use anyhow::bail;
 
 use crate::aead_floor::AeadFloor;
 use crate::quench_pair::{QuenchPair, ServerMode};
+use crate::quiche_pair::{self, QuichePair};
 use crate::quinn_pair::{AppMode, QuinnPair};
 use crate::tls::TlsSetup;
 use crate::{rustls_hs, Stopwatch};
@@ -39,6 +40,16 @@ pub fn run(scenario: &str, stack: &str, count: u64) -> anyhow::Result<(u64, Stop
                 done += round_quinn(&mut p, scenario, &mut sw) as u64;
             }
         }
+        ("recv" | "send", "quiche") => {
+            let mut p = QuichePair::connected(&tls, quiche_pair::AppMode::Deferred, 1);
+            let mut warm = Stopwatch::default();
+            for _ in 0..2000 {
+                round_quiche(&mut p, scenario, &mut warm);
+            }
+            while done < count {
+                done += round_quiche(&mut p, scenario, &mut sw) as u64;
+            }
+        }
         ("handshake", "quench") => {
             let mut pair = QuenchPair::new(&tls, ServerMode::Apps);
             for i in 0..count {
@@ -54,6 +65,16 @@ pub fn run(scenario: &str, stack: &str, count: u64) -> anyhow::Result<(u64, Stop
             for i in 0..count {
                 if i > 0 && i % 32 == 0 {
                     pair = QuinnPair::new(&tls, AppMode::Perf);
+                }
+                pair.handshake(Some(&mut sw));
+            }
+            done = count;
+        }
+        ("handshake", "quiche") => {
+            let mut pair = QuichePair::new(&tls, quiche_pair::AppMode::Perf);
+            for i in 0..count {
+                if i > 0 && i % 32 == 0 {
+                    pair = pair.renew(quiche_pair::AppMode::Perf);
                 }
                 pair.handshake(Some(&mut sw));
             }
@@ -79,6 +100,17 @@ pub fn run(scenario: &str, stack: &str, count: u64) -> anyhow::Result<(u64, Stop
         ("request" | "request16", "quinn-proto") => {
             let per_conn = requests_per_conn(scenario);
             let mut p = QuinnPair::connected(&tls, AppMode::Perf, REQUEST_CONNS);
+            let mut warm = Stopwatch::default();
+            for _ in 0..1000 {
+                p.request_round(per_conn, 100, 100, &mut warm);
+            }
+            while done < count {
+                done += p.request_round(per_conn, 100, 100, &mut sw);
+            }
+        }
+        ("request" | "request16", "quiche") => {
+            let per_conn = requests_per_conn(scenario);
+            let mut p = QuichePair::connected(&tls, quiche_pair::AppMode::Perf, REQUEST_CONNS);
             let mut warm = Stopwatch::default();
             for _ in 0..1000 {
                 p.request_round(per_conn, 100, 100, &mut warm);
@@ -117,6 +149,14 @@ fn round(q: &mut QuenchPair, scenario: &str, sw: &mut Stopwatch) -> usize {
 }
 
 fn round_quinn(p: &mut QuinnPair, scenario: &str, sw: &mut Stopwatch) -> usize {
+    if scenario == "recv" {
+        p.recv_round(BATCH, sw).0
+    } else {
+        p.send_round(BATCH, sw).0
+    }
+}
+
+fn round_quiche(p: &mut QuichePair, scenario: &str, sw: &mut Stopwatch) -> usize {
     if scenario == "recv" {
         p.recv_round(BATCH, sw).0
     } else {

@@ -91,14 +91,19 @@ fn fmt_est(e: &Estimate) -> String {
 pub fn render(dir: &Path) -> anyhow::Result<String> {
     let mut out = String::new();
     out.push_str(
-        "| benchmark | quench | quinn-proto 0.11 | quinn-proto / quench | target | met |\n",
+        "| benchmark | quench | quinn-proto 0.11 | quinn-proto / quench | quiche 0.24 | quiche / quench | target | met |\n",
     );
-    out.push_str("|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
     let mut rustls = None;
     let mut quench_hs = None;
     for &(group, target, what) in GROUPS {
         let q = read_estimate(dir, group, "quench")?;
         let p = read_estimate(dir, group, "quinn-proto")?;
+        // Runs from before quiche was measured have no entry for it.
+        let (h, h_ratio) = match read_estimate(dir, group, "quiche") {
+            Ok(h) => (fmt_est(&h), format!("{:.2}", h.point / q.point)),
+            Err(_) => ("—".to_string(), "—".to_string()),
+        };
         let (target_s, met) = if group == "server_handshake" {
             let r = read_estimate(dir, group, "rustls-quic-only")?;
             rustls = Some(r);
@@ -115,7 +120,7 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
             )
         };
         out.push_str(&format!(
-            "| {group} ({what}) | {} | {} | {:.2} | {target_s} | {met} |\n",
+            "| {group} ({what}) | {} | {} | {:.2} | {h} | {h_ratio} | {target_s} | {met} |\n",
             fmt_est(&q),
             fmt_est(&p),
             p.point / q.point
