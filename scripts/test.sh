@@ -62,7 +62,9 @@ run_tests() {
 
 step "dependencies (scripts/deps.sh)" bash scripts/deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
-step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+# The ci profile, like the build and tests after it: the C libraries build scripts compile
+# (aws-lc, BoringSSL for quiche, libbpf) are then built once for all three steps.
+step "cargo clippy" cargo clippy --profile ci --workspace --all-targets -- -D warnings
 step "cargo build --profile ci -p quench" cargo build --profile ci -p quench
 step "cargo test --workspace" run_tests
 if [[ -f scripts/fuzz-smoke.sh ]]; then
