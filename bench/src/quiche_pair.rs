@@ -161,7 +161,10 @@ impl Side {
                     let scid = self.fresh_cid();
                     let conn = quiche::accept(&scid, None, to, from, &mut self.config)
                         .expect("quiche accepts the connection");
-                    self.add(scid, conn)
+                    let i = self.add(scid, conn);
+                    // A repeated Initial still carries the client's first DCID.
+                    self.by_cid.insert(hdr.dcid.into_owned(), i);
+                    i
                 }
                 None => continue,
             };
