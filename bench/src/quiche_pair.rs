@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use quiche::{Config, Connection, ConnectionId, Header, RecvInfo};
@@ -27,29 +26,28 @@ const CID_LEN: usize = 16;
 /// Stream and connection windows: ample for the bulk rounds, as for the other pairs.
 const WINDOW: u64 = 16 * 1024 * 1024;
 
-/// The benchmark certificate as PEM files, which is how quiche's BoringSSL loads them.
+/// The benchmark certificate as PEM files, which is how quiche's BoringSSL loads them, in a
+/// temp dir of their own (removed with it).
 struct PemFiles {
+    _dir: tempfile::TempDir,
     cert: PathBuf,
     key: PathBuf,
 }
 
 impl PemFiles {
     fn write(tls: &TlsSetup) -> Self {
-        // One directory per pair: pairs in the same process (tests) come and go independently.
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "quench-bench-quiche-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir for the quiche certificate");
-        let files = Self {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-        };
-        quench::tls::certs::write_pem(&tls.cert, &files.cert, &files.key)
+        let dir = tempfile::Builder::new()
+            .prefix("quench-bench-quiche-")
+            .tempdir()
+            .expect("temp dir for the quiche certificate");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        quench::tls::certs::write_pem(&tls.cert, &cert, &key)
             .expect("write the quiche certificate");
-        files
+        Self {
+            _dir: dir,
+            cert,
+            key,
+        }
     }
 }
 
@@ -488,16 +486,6 @@ impl QuichePair {
         sw.stop(t0);
         self.client.handle(SERVER_ADDR, CLIENT_ADDR, &mut self.s2c);
         self.client.sink_fins - before
-    }
-}
-
-impl Drop for PemFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.cert);
-        let _ = std::fs::remove_file(&self.key);
-        if let Some(dir) = self.cert.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use quench_tests::args::ServerArgs;
@@ -67,7 +67,11 @@ pub fn server(args: &ServerArgs, alpns: &[&str]) -> Result<quiche::Config> {
     match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => load_cert_and_key(&mut config, cert, key)?,
         _ => {
-            let dir = TempDir::new()?;
+            // Private (0700) and removed when dropped.
+            let dir = tempfile::Builder::new()
+                .prefix("quiche-peer-")
+                .tempdir()
+                .context("creating a temp dir for the generated certificate")?;
             let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
             let generated = rcgen::generate_simple_self_signed(names)?;
             if let Some(path) = &args.write_cert {
@@ -76,8 +80,8 @@ pub fn server(args: &ServerArgs, alpns: &[&str]) -> Result<quiche::Config> {
             }
             // BoringSSL loads certificates and keys from files only (without the `boring`
             // crate): hand it the generated pair through a private temp dir.
-            let cert = dir.0.join("cert.pem");
-            let key = dir.0.join("key.pem");
+            let cert = dir.path().join("cert.pem");
+            let key = dir.path().join("key.pem");
             fs::write(&cert, generated.cert.pem())?;
             fs::write(&key, generated.key_pair.serialize_pem())?;
             load_cert_and_key(&mut config, &cert, &key)?;
@@ -148,31 +152,5 @@ impl Cids {
             .read_exact(&mut cid)
             .context("reading /dev/urandom")?;
         Ok(cid)
-    }
-}
-
-/// A directory only we can read, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        use std::os::unix::fs::DirBuilderExt;
-
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("quiche-peer-{}-{nanos}", std::process::id()));
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
