@@ -1,6 +1,7 @@
 //! `hq-interop`: HTTP/0.9 over QUIC as used by the QUIC interop runner. The client sends
 //! `GET /path\r\n` and FIN; the server answers with the raw body and FIN.
-//! Files are served from `--root`; a path `/N` naming no file returns N bytes.
+//! Files are served from `--root`; a path `/N` naming no file returns N bytes; any other
+//! path naming no file gets its stream reset.
 
 use foldhash::{HashMap, HashMapExt};
 use std::fs::File;
@@ -14,6 +15,10 @@ use crate::conn::{CloseReason, Connection, StreamId};
 
 /// Longest request line we accept before giving up on a stream.
 const MAX_REQUEST: usize = 4096;
+/// RESET_STREAM / STOP_SENDING code for a request that gets no body: malformed, naming
+/// nothing, or its file failing mid-way. HTTP/0.9 has no status line, so a reset is the
+/// only way to tell the client (an empty body with FIN would read as an empty file).
+const REQUEST_FAILED: u64 = 0x10;
 
 enum Body {
     File {
@@ -58,7 +63,7 @@ impl HqServer {
         };
         s.answered = true;
         let Some(path) = parse_request(&s.request) else {
-            let _ = conn.reset_stream(id, 0x10);
+            let _ = conn.reset_stream(id, REQUEST_FAILED);
             self.abandon(conn, id);
             return;
         };
@@ -81,10 +86,10 @@ impl HqServer {
         match body {
             Some(b) => s.body = Some(b),
             None => {
-                // Not found: an empty body, FIN (HTTP/0.9 has no status line).
-                let _ = conn.finish(id);
-                s.response_done = true;
-                self.forget_if_done(id);
+                // Not found: the other hq-interop servers (quinn's, aioquic's, quiche's)
+                // reset the stream too.
+                let _ = conn.reset_stream(id, REQUEST_FAILED);
+                self.abandon(conn, id);
                 return;
             }
         }
@@ -125,7 +130,7 @@ impl HqServer {
             let _ = if complete {
                 conn.finish(id)
             } else {
-                conn.reset_stream(id, 0x10)
+                conn.reset_stream(id, REQUEST_FAILED)
             };
             s.body = None;
             s.response_done = true;
@@ -138,7 +143,7 @@ impl HqServer {
     fn abandon(&mut self, conn: &mut Connection, id: StreamId) {
         if let Some(s) = self.streams.remove(&id) {
             if !s.request_done {
-                let _ = conn.stop_sending(id, 0x10);
+                let _ = conn.stop_sending(id, REQUEST_FAILED);
             }
         }
     }
@@ -219,7 +224,7 @@ impl Application for HqServer {
                     s.request.extend_from_slice(&chunk[..n]);
                     s.request_done |= fin;
                     if s.request.len() > MAX_REQUEST {
-                        let _ = conn.reset_stream(id, 0x10);
+                        let _ = conn.reset_stream(id, REQUEST_FAILED);
                         self.abandon(conn, id);
                         return;
                     }

@@ -151,6 +151,20 @@ pub fn assert_hq_random_files(server: &Hosted, client: Peer, n: u64) {
     assert_hq(&report, bodies.len() as u64, &sha256_hex(&bodies), 2);
     let report = server.transfer(client, &Transfer::hq(&[&format!("/{n}")]));
     assert_eq!(report.bytes_down, n, "{report:?}");
+    hq_missing_file_is_reset(server, client);
+}
+
+/// A GET of a path that is neither a file nor `/N`: the server resets the stream (HTTP/0.9
+/// has no status line) and the client's run fails, rather than reporting an empty body.
+pub fn hq_missing_file_is_reset(server: &Hosted, client: Peer) {
+    let out = run_client_expect_failure(client_command(
+        client,
+        server.server.addr,
+        &server.certs.ca,
+        &Transfer::hq(&["/missing.bin"]),
+    ));
+    let said = format!("{}{}", out.stdout, out.stderr).to_lowercase();
+    assert!(said.contains("reset"), "{said}");
 }
 
 /// `quench serve --retry`: `client` follows each Retry (RFC 9000 §8.1.2) on 3 connections
