@@ -69,7 +69,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$quench" serve --listen 127.0.0.1:0 --workers 1 --max-datagram-frame-size 1200 >"$log" 2>&1 &
+"$quench" serve --listen 127.0.0.1:0 --workers 1 >"$log" 2>&1 &
 server=$!
 for _ in $(seq 100); do
     grep -q 'listening on' "$log" && break
