@@ -52,7 +52,9 @@ pub struct ClientOptions {
     pub migrate_after: Option<u64>,
     pub timeout: Duration,
     pub transport: TransportConfig,
-    pub version: u32,
+    /// Versions to offer, most preferred first: connections start in the first and fall
+    /// back to another the server lists in Version Negotiation (RFC 9368 §2.1).
+    pub versions: Vec<u32>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -71,6 +73,8 @@ pub struct ClientReport {
     pub datagrams_echoed: Option<u64>,
     /// Connections that migrated to a new local address (`migrate_after`).
     pub migrations: u64,
+    /// The QUIC version the connections used (after any Version Negotiation).
+    pub quic_version: Option<u32>,
 }
 
 impl ClientReport {
@@ -110,6 +114,9 @@ impl ClientReport {
             "key_updates": self.key_updates,
             "max_datagram_size": self.max_datagram_size,
         });
+        if let Some(version) = self.quic_version {
+            v["quic_version"] = format!("{version:#x}").into();
+        }
         if let (Some(sent), Some(echoed)) = (self.datagrams_sent, self.datagrams_echoed) {
             v["datagrams_sent"] = sent.into();
             v["datagrams_echoed"] = echoed.into();
@@ -192,6 +199,8 @@ impl ClientApp {
 pub struct ClientConnState {
     pub app: ClientApp,
     pub connected_at: Option<Instant>,
+    /// The QUIC version the connection settled on.
+    pub version: Option<u32>,
     pub closed: Option<CloseReason>,
     pub key_update_done: bool,
     /// Copied from the connection's statistics when it closes.
@@ -227,6 +236,7 @@ impl EventHandler<ClientConnState> for ClientHandler {
         match event {
             Event::Connected => {
                 st.connected_at = Some(now);
+                st.version = Some(conn.version());
                 st.app = match &self.workload {
                     ClientWorkload::Perf { down, up, streams } => {
                         let i = self.started;
@@ -313,12 +323,12 @@ pub fn run_client_on<D: crate::io::Datapath>(
     let mut handles = Vec::with_capacity(opts.conns);
     for _ in 0..opts.conns.max(1) {
         let h = endpoint
-            .connect(
+            .connect_with_versions(
                 start,
                 opts.tls.clone(),
                 &opts.server_name,
                 opts.connect,
-                opts.version,
+                &opts.versions,
             )
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         handles.push(h);
@@ -421,6 +431,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
         if let Some(at) = st.connected_at {
             handshake_total += (at - start).as_secs_f64() * 1000.0;
             connected += 1;
+            report.quic_version = st.version;
         }
         if st.key_update_done {
             report.key_updates += 1;

@@ -104,6 +104,11 @@ enum Command {
         /// Validate client addresses with Retry before accepting (RFC 9000 §8.1.2).
         #[arg(long)]
         retry: bool,
+        /// QUIC versions to accept: 1 (RFC 9000), 2 (RFC 9369). Clients in others get
+        /// Version Negotiation listing these.
+        #[arg(long, default_value = "1,2", value_delimiter = ',',
+              value_parser = clap::value_parser!(u8).range(1..=2))]
+        quic_version: Vec<u8>,
         /// Most connections per worker; beyond it new clients are refused (CONNECTION_REFUSED).
         #[arg(long, default_value_t = 100_000)]
         max_connections: usize,
@@ -164,9 +169,12 @@ enum Command {
         /// Name to send in SNI and verify; defaults to "localhost".
         #[arg(long, default_value = "localhost")]
         server_name: String,
-        /// QUIC version of every connection: 1 (RFC 9000) or 2 (RFC 9369).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
-        quic_version: u8,
+        /// QUIC versions to offer, most preferred first: 1 (RFC 9000), 2 (RFC 9369). Each
+        /// connection starts in the first; given more than one, it falls back to the next
+        /// one the server lists in Version Negotiation (RFC 9368 §2.1), e.g. `2,1`.
+        #[arg(long, default_value = "1", value_delimiter = ',',
+              value_parser = clap::value_parser!(u8).range(1..=2))]
+        quic_version: Vec<u8>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -216,6 +224,19 @@ struct PathArgs {
     no_pmtud: bool,
 }
 
+/// `--quic-version`'s list as wire versions, each once, in the order given.
+fn quic_versions(list: &[u8]) -> anyhow::Result<Vec<u32>> {
+    let mut versions = Vec::with_capacity(list.len());
+    for &v in list {
+        let version = if v == 2 { VERSION_2 } else { DEFAULT_VERSION };
+        if versions.contains(&version) {
+            anyhow::bail!("--quic-version lists version {v} twice");
+        }
+        versions.push(version);
+    }
+    Ok(versions)
+}
+
 fn transport(congestion: Congestion, path: PathArgs) -> TransportConfig {
     TransportConfig {
         congestion: match congestion {
@@ -245,6 +266,7 @@ fn run(cli: Cli) -> Result<()> {
             root,
             workers,
             retry,
+            quic_version,
             max_connections,
             congestion,
             path,
@@ -299,6 +321,7 @@ fn run(cli: Cli) -> Result<()> {
                     ..transport(congestion, path)
                 },
                 require_retry: retry,
+                versions: quic_versions(&quic_version)?,
                 max_connections,
                 pin: !no_pin,
                 kernel_steering: !no_kernel_steering,
@@ -379,11 +402,7 @@ fn run(cli: Cli) -> Result<()> {
                     max_datagram_frame_size,
                     ..transport(congestion, path)
                 },
-                version: if quic_version == 2 {
-                    VERSION_2
-                } else {
-                    DEFAULT_VERSION
-                },
+                versions: quic_versions(&quic_version)?,
             };
             let report = match datapath {
                 DatapathKind::Udp => run_client(opts)?,

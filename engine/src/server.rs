@@ -44,6 +44,8 @@ pub struct ServerOptions {
     pub workers: usize,
     pub transport: TransportConfig,
     pub require_retry: bool,
+    /// QUIC versions accepted (`EndpointConfig::versions`).
+    pub versions: Vec<u32>,
     /// Most connections per worker; beyond it new clients get CONNECTION_REFUSED.
     pub max_connections: usize,
     pub pin: bool,
@@ -123,6 +125,8 @@ pub struct WorkerStats {
     pub stateless_resets: u64,
     /// Retry packets sent (`--retry`).
     pub retries: u64,
+    /// Version Negotiation packets sent (to clients in a version not accepted).
+    pub version_negotiations: u64,
     /// Path MTU discovery, over connections closed so far.
     pub pmtu_probes_sent: u64,
     pub pmtu_probes_lost: u64,
@@ -142,6 +146,7 @@ impl WorkerStats {
             handoff_dropped: c.handoff_dropped.load(Ordering::Relaxed),
             stateless_resets: c.stateless_resets.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
+            version_negotiations: c.version_negotiations.load(Ordering::Relaxed),
             pmtu_probes_sent: c.pmtu_probes_sent.load(Ordering::Relaxed),
             pmtu_probes_lost: c.pmtu_probes_lost.load(Ordering::Relaxed),
             pmtu_black_holes: c.pmtu_black_holes.load(Ordering::Relaxed),
@@ -159,6 +164,7 @@ impl WorkerStats {
             "handoff_dropped": self.handoff_dropped,
             "stateless_resets": self.stateless_resets,
             "retries": self.retries,
+            "version_negotiations": self.version_negotiations,
             "pmtu_probes_sent": self.pmtu_probes_sent,
             "pmtu_probes_lost": self.pmtu_probes_lost,
             "pmtu_black_holes": self.pmtu_black_holes,
@@ -185,6 +191,7 @@ impl WorkerBase {
         });
         let mut endpoint = EndpointConfig::new(opts.transport.clone(), Some(tls));
         endpoint.require_retry = opts.require_retry;
+        endpoint.versions = opts.versions.clone();
         endpoint.max_connections = opts.max_connections.max(1);
         Ok(WorkerBase {
             endpoint,

@@ -99,6 +99,7 @@ pub struct WorkerCounters {
     pub handoff_dropped: AtomicU64,
     pub stateless_resets: AtomicU64,
     pub retries: AtomicU64,
+    pub version_negotiations: AtomicU64,
     pub pmtu_probes_sent: AtomicU64,
     pub pmtu_probes_lost: AtomicU64,
     pub pmtu_black_holes: AtomicU64,
@@ -113,6 +114,8 @@ impl WorkerCounters {
         self.stateless_resets
             .store(ep.stateless_resets_sent, Ordering::Relaxed);
         self.retries.store(ep.retries_sent, Ordering::Relaxed);
+        self.version_negotiations
+            .store(ep.version_negotiations_sent, Ordering::Relaxed);
         self.pmtu_probes_sent
             .store(ep.pmtu_probes_sent, Ordering::Relaxed);
         self.pmtu_probes_lost

@@ -2556,7 +2556,7 @@ fn a_probe_from_a_peer_with_zero_length_cids_is_answered_under_the_empty_cid() {
         Arc::new(TransportConfig::default()),
         ctls,
         "localhost",
-        VERSION_1,
+        &[VERSION_1],
         saddr,
         cid(&[0x3c; 16]),
         Box::new(ZeroLengthCids),

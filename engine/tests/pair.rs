@@ -20,7 +20,7 @@ use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{client_config, server_config, ServerVerification};
 use quench::wire::cid::ConnectionId;
 use quench::wire::frame::{Frame, FrameIter};
-use quench::wire::header::{self, Header, LongType, VERSION_1};
+use quench::wire::header::{self, Header, LongType, VERSION_1, VERSION_2};
 use quench::wire::varint::Writer;
 use quench::worker::transmit;
 use quench::{Epoch, Side};
@@ -152,6 +152,8 @@ struct ClientHandler {
     datagrams: Vec<Vec<u8>>,
     /// `Event::PathValidationFailed`s seen.
     path_failures: usize,
+    /// Why client connections ended, in order (also those that never had an app).
+    closes: Vec<CloseReason>,
 }
 
 impl EventHandler<Option<EchoCheck>> for ClientHandler {
@@ -185,6 +187,7 @@ impl EventHandler<Option<EchoCheck>> for ClientHandler {
             }
             Event::PathValidationFailed => self.path_failures += 1,
             Event::Closed(r) => {
+                self.closes.push(r.clone());
                 if let Some(app) = st.as_mut() {
                     app.on_closed(&r);
                 }
@@ -214,13 +217,16 @@ struct SimOptions {
     transport: TransportConfig,
     streams: usize,
     size: u64,
-    version: u32,
+    /// The client's versions, most preferred first.
+    versions: Vec<u32>,
     require_retry: bool,
     max_connections: usize,
     /// `EndpointConfig::limit_receive_payload` for the server.
     server_receive_limit: Option<usize>,
     /// The server's transport settings, if not `transport`.
     server_transport: Option<TransportConfig>,
+    /// The versions the server accepts, if not all.
+    server_versions: Option<Vec<u32>>,
 }
 
 impl SimOptions {
@@ -230,11 +236,12 @@ impl SimOptions {
             transport,
             streams,
             size,
-            version: VERSION_1,
+            versions: vec![VERSION_1],
             require_retry: false,
             max_connections: 100_000,
             server_receive_limit: None,
             server_transport: None,
+            server_versions: None,
         }
     }
 }
@@ -261,6 +268,9 @@ impl Sim {
         let mut scfg = EndpointConfig::new(server_transport, Some(stls));
         scfg.require_retry = o.require_retry;
         scfg.max_connections = o.max_connections;
+        if let Some(versions) = o.server_versions {
+            scfg.versions = versions;
+        }
         if let Some(bytes) = o.server_receive_limit {
             scfg.limit_receive_payload(bytes);
         }
@@ -270,7 +280,7 @@ impl Sim {
         let mut client: Endpoint<Option<EchoCheck>> = Endpoint::new(ccfg);
         let now = Instant::now();
         let h = client
-            .connect(now, ctls, "localhost", saddr, o.version)
+            .connect_with_versions(now, ctls, "localhost", saddr, &o.versions)
             .unwrap();
         let apps = BuiltinApps { alpns, root: None };
         let handler = ClientHandler {
@@ -278,6 +288,7 @@ impl Sim {
             size: o.size,
             datagrams: Vec::new(),
             path_failures: 0,
+            closes: Vec::new(),
         };
         (
             Sim {
@@ -511,7 +522,7 @@ fn quic_v2_handshake_and_transfer() {
         2,
         256 << 10,
     );
-    o.version = quench::wire::header::VERSION_2;
+    o.versions = vec![VERSION_2];
     let (mut sim, h) = Sim::with(o);
     sim.run_to_completion(h, 2, Duration::from_secs(60));
     assert_eq!(sim.server.stats().connections_accepted, 1);
@@ -1049,6 +1060,122 @@ fn version_negotiation_must_echo_our_connection_ids() {
         reason, None,
         "no app existed yet; the endpoint reaped the connection"
     );
+}
+
+/// The client's first Initial, taken off the wire before the server sees it: (version,
+/// DCID, SCID).
+fn intercept_first_initial(sim: &mut Sim) -> (u32, Vec<u8>, Vec<u8>) {
+    let now = sim.now;
+    transmit(&mut sim.cdp, &mut sim.client, now, 1).unwrap();
+    let mut first = Vec::new();
+    sim.sdp.recv_batch(&mut |_, b| first = b.to_vec()).unwrap();
+    match header::parse(&first, 0).unwrap().0 {
+        Header::Long {
+            version,
+            dcid,
+            scid,
+            ..
+        } => (version, dcid.to_vec(), scid.to_vec()),
+        other => panic!("expected an Initial, got {other:?}"),
+    }
+}
+
+/// Hands the client a Version Negotiation packet answering an Initial with these IDs.
+fn version_negotiation_to_client(sim: &mut Sim, dcid: &[u8], scid: &[u8], versions: &[u32]) {
+    let meta = RxMeta {
+        src: SERVER_ADDR.parse().unwrap(),
+        dst: CLIENT_ADDR.parse().unwrap(),
+        ecn: 0,
+    };
+    let mut vn = [0u8; 128];
+    let n = header::write_version_negotiation(&mut vn, scid, dcid, versions, 0).unwrap();
+    let now = sim.now;
+    sim.client
+        .handle_datagram(now, meta, &mut vn[..n], &mut sim.handler);
+}
+
+/// RFC 9368 §2.1: a client offering v2 then v1 whose v2 Initial meets Version Negotiation
+/// listing v1 starts over in v1 (new DCID, same SCID); a second Version Negotiation is
+/// ignored (§4).
+#[test]
+fn a_client_offering_two_versions_starts_over_in_the_one_offered() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+    o.versions = vec![VERSION_2, VERSION_1];
+    let (mut sim, h) = Sim::with(o);
+    let (version, dcid, scid) = intercept_first_initial(&mut sim);
+    assert_eq!(version, VERSION_2);
+    version_negotiation_to_client(&mut sim, &dcid, &scid, &[0x1a2a_3a4a, VERSION_1]);
+    let conn = sim.client.conn(h).expect("the connection goes on");
+    assert_eq!(conn.version(), VERSION_1);
+    let (version, new_dcid, new_scid) = intercept_first_initial(&mut sim);
+    assert_eq!(version, VERSION_1, "the new first flight is in version 1");
+    assert_eq!(new_scid, scid, "same local CID");
+    assert_ne!(new_dcid, dcid, "a new original DCID");
+    // Another round, say back to v2, is not taken.
+    version_negotiation_to_client(&mut sim, &new_dcid, &new_scid, &[VERSION_2]);
+    let conn = sim.client.conn(h).expect("ignored");
+    assert_eq!(conn.version(), VERSION_1);
+    assert!(!conn.is_closing());
+    assert!(sim.handler.closes.is_empty());
+}
+
+/// End to end against a server configured for v1 alone: its Version Negotiation lists
+/// v1, the client (offering v2 first) starts over in v1, the server's version_information
+/// (v1 available) passes the client's downgrade check, and the streams complete.
+#[test]
+fn version_negotiation_from_a_v1_only_server_falls_back_and_completes() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 2, 64 << 10);
+    o.versions = vec![VERSION_2, VERSION_1];
+    o.server_versions = Some(vec![VERSION_1]);
+    let (mut sim, h) = Sim::with(o);
+    sim.run_to_completion(h, 2, Duration::from_secs(60));
+    assert_eq!(sim.client.conn(h).map(|c| c.version()), Some(VERSION_1));
+    let stats = sim.server.stats();
+    assert_eq!(stats.version_negotiations_sent, 1);
+    assert_eq!(stats.connections_accepted, 1);
+}
+
+/// RFC 9368 §4, downgrade prevention: quench's server speaks v2, so a Version Negotiation
+/// offering only v1 to a client that prefers v2 must be forged. The client starts over in
+/// v1 as told, then finds v2 among the server's Available Versions and closes with
+/// VERSION_NEGOTIATION_ERROR; no application ever runs.
+#[test]
+fn a_forged_version_negotiation_cannot_downgrade_the_connection() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+    o.versions = vec![VERSION_2, VERSION_1];
+    let (mut sim, h) = Sim::with(o);
+    let (_, dcid, scid) = intercept_first_initial(&mut sim);
+    version_negotiation_to_client(&mut sim, &dcid, &scid, &[VERSION_1]);
+    let ended = sim.run(Duration::from_secs(30), |s| s.client.conn(h).is_none());
+    assert!(ended, "the client gives up");
+    assert_eq!(sim.handler.closes.len(), 1, "{:?}", sim.handler.closes);
+    assert!(
+        matches!(
+            &sim.handler.closes[0],
+            CloseReason::Local {
+                code: 0x11,
+                app: false,
+                ..
+            }
+        ),
+        "{:?}",
+        sim.handler.closes
+    );
+    assert_eq!(sim.client_app(h), None, "never connected");
+    // The server heard why.
+    assert_eq!(sim.server.stats().connections_accepted, 1);
+}
+
+/// Without a second version the same Version Negotiation ends the connection.
+#[test]
+fn a_client_offering_one_version_stops_at_version_negotiation() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+    o.versions = vec![VERSION_2];
+    let (mut sim, h) = Sim::with(o);
+    let (_, dcid, scid) = intercept_first_initial(&mut sim);
+    version_negotiation_to_client(&mut sim, &dcid, &scid, &[VERSION_1]);
+    assert!(sim.client.conn(h).is_none());
+    assert_eq!(sim.handler.closes, vec![CloseReason::VersionMismatch]);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use quench::conn::TransportConfig;
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{client_config, ServerVerification};
-use quench::wire::header::VERSION_1;
+use quench::wire::header::{SUPPORTED_VERSIONS, VERSION_1};
 use rand::{Rng, SeedableRng};
 
 const WORKERS: usize = 2;
@@ -28,6 +28,7 @@ fn server(kernel_steering: bool) -> RunningServer {
         workers: WORKERS,
         transport: TransportConfig::default(),
         require_retry: false,
+        versions: SUPPORTED_VERSIONS.to_vec(),
         max_connections: 64,
         pin: false,
         kernel_steering,
@@ -99,7 +100,7 @@ fn perf_client(connect: SocketAddr, down: u64, up: u64, conns: usize) {
         migrate_after: None,
         timeout: Duration::from_secs(60),
         transport: TransportConfig::default(),
-        version: VERSION_1,
+        versions: vec![VERSION_1],
     })
     .expect("client completes");
     assert_eq!((report.bytes_down, report.bytes_up), (down, up));

@@ -111,6 +111,39 @@ fn aioquic_quic_v2() {
     );
 }
 
+/// `quench serve --quic-version 1` accepts v1 alone: aioquic's v2 Initials get Version
+/// Negotiation listing v1, aioquic starts over in v1 (RFC 9368 §2.1) and accepts quench's
+/// version_information (v1 available) in its downgrade checks; both transfers complete in
+/// v1 after one Version Negotiation each.
+#[test]
+fn aioquic_falls_back_from_v2_to_a_v1_only_quench() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--quic-version", "1"]);
+    let transfer = Transfer::perf(2 * MIB, MIB).streams(2).conns(2);
+    let mut cmd = client_command(Peer::Aioquic, server.addr, &certs.ca, &transfer);
+    cmd.args(["--quic-version", "2"]);
+    let (report, stderr) = run_client_with_stderr(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(
+        stderr.matches("QUIC version 0x00000001").count(),
+        2,
+        "both connections in v1: {stderr}"
+    );
+    let stats = server.shutdown_stats();
+    let total = |field: &str| -> u64 {
+        stats["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(total("connections_accepted"), 2, "{stats}");
+    assert_eq!(total("version_negotiations"), 2, "{stats}");
+}
+
 /// v2 through `--retry`: the Retry carries RFC 9369's integrity tag key, the client's second
 /// Initial is v2 again, and the connections complete.
 #[test]
@@ -324,19 +357,23 @@ fn quench_client_quic_v2_through_aioquic_retry() {
 }
 
 /// An aioquic server that accepts only v1 answers a v2 Initial with Version Negotiation:
-/// the quench client stops with `VersionMismatch` (it does not retry in another version),
-/// and the same server then completes a v1 transfer.
+/// the quench client offering v2 alone stops with `VersionMismatch`; offering `2,1` it
+/// starts over in v1 (RFC 9368 §2.1) and completes, aioquic's version_information passing
+/// its downgrade checks. The v2 attempts never became connections.
 #[test]
 fn quench_client_version_negotiation_from_aioquic() {
     let _serial = serial();
     let aioquic = AioquicServer::start(&["--quic-versions", "1"]);
-    let transfer = Transfer::perf(MIB, MIB);
+    let transfer = Transfer::perf(MIB, MIB).conns(2);
     let mut cmd = aioquic.client(&transfer);
     cmd.args(["--quic-version", "2"]);
     let out = run_client_expect_failure(cmd);
     assert!(out.stderr.contains("VersionMismatch"), "{}", out.stderr);
-    assert_perf(&aioquic.quench(&transfer), &transfer);
-    // The v2 attempt never became a connection.
+    let mut cmd = aioquic.client(&transfer);
+    cmd.args(["--quic-version", "2,1"]);
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.quic_version.as_deref(), Some("0x1"));
     assert_server_saw(&aioquic.connections(), &transfer, V1, false);
 }
 

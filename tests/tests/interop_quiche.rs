@@ -120,8 +120,8 @@ fn quench_client_forced_key_update_mid_transfer_with_quiche() {
 }
 
 /// `quench client --quic-version 2`: quiche, which speaks only v1, answers the v2 Initial
-/// with Version Negotiation and the client stops with `VersionMismatch`; a v1 transfer to
-/// the same server then completes.
+/// with Version Negotiation and the client stops with `VersionMismatch`; with
+/// `--quic-version 2,1` it starts over in v1 (RFC 9368 §2.1) and the transfer completes.
 #[test]
 fn quench_client_version_negotiation_from_quiche() {
     let _serial = serial();
@@ -136,7 +136,16 @@ fn quench_client_version_negotiation_from_quiche() {
     cmd.args(["--quic-version", "2"]);
     let out = run_client_expect_failure(cmd);
     assert!(out.stderr.contains("VersionMismatch"), "{}", out.stderr);
-    assert_perf(&quiche.transfer(Peer::Quench, &transfer), &transfer);
+    let mut cmd = client_command(
+        Peer::Quench,
+        quiche.server.addr,
+        &quiche.certs.ca,
+        &transfer,
+    );
+    cmd.args(["--quic-version", "2,1"]);
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.quic_version.as_deref(), Some("0x1"));
 }
 
 #[test]

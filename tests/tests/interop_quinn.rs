@@ -228,8 +228,9 @@ fn quench_client_rejects_untrusted_server() {
 }
 
 /// `quench client --quic-version 2` speaks QUIC v2 (RFC 9369) for real: quinn, which knows
-/// only v1, answers with Version Negotiation and the client stops with a clear error, while
-/// quench's own server completes the same transfer in v2.
+/// only v1, answers with Version Negotiation and the client stops with a clear error; offered
+/// `2,1`, the client falls back to v1 with quinn, while quench's own server completes the
+/// same transfer in v2.
 #[test]
 fn quench_client_quic_v2() {
     let _serial = serial();
@@ -239,6 +240,13 @@ fn quench_client_quic_v2() {
     cmd.args(["--quic-version", "2"]);
     let out = run_client_expect_failure(cmd);
     assert!(out.stderr.contains("VersionMismatch"), "{}", out.stderr);
+    // Offering v1 as well, the client starts over in it (RFC 9368 §2.1); quinn sends no
+    // version_information, which §6 allows a v1 server.
+    let mut cmd = client_command(Peer::Quench, quinn.server.addr, &quinn.certs.ca, &transfer);
+    cmd.args(["--quic-version", "2,1"]);
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.quic_version.as_deref(), Some("0x1"));
     drop(quinn);
 
     let quench = Hosted::start(Server::quench);
@@ -248,9 +256,14 @@ fn quench_client_quic_v2() {
         &quench.certs.ca,
         &transfer,
     );
-    cmd.args(["--quic-version", "2"]);
+    cmd.args(["--quic-version", "2,1"]);
     let report = run_client(cmd, transfer.timeout());
     assert_perf(&report, &transfer);
+    assert_eq!(
+        report.quic_version.as_deref(),
+        Some("0x6b3343cf"),
+        "v2, first choice"
+    );
 }
 
 /// RFC 9221 the other way: `quench client` sends numbered DATAGRAM frames to quinn's echo.

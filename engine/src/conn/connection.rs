@@ -23,7 +23,7 @@ use crate::crypto::secrets::{initial_keys, Keys};
 use crate::tls::session::{KeyChange, TlsSession};
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
-use crate::wire::header::SUPPORTED_VERSIONS;
+use crate::wire::header::{SUPPORTED_VERSIONS, VERSION_1};
 use crate::wire::transport_params::{TransportParameters, VersionInformation};
 use crate::{Epoch, Side};
 
@@ -183,6 +183,9 @@ pub struct Connection {
     pub(crate) retry_scid: Option<ConnectionId>,
     /// Client: token from a Retry to echo in Initials.
     pub(crate) retry_token: Vec<u8>,
+    /// Client offering more than one version: what it takes to start over in another after
+    /// Version Negotiation (RFC 9368 §2.1), and whether it did.
+    pub(crate) version_fallback: Option<Box<VersionFallback>>,
     /// Client: a packet from the server was processed (no more Retry/VN accepted; DCID fixed).
     pub(crate) got_server_packet: bool,
     /// Client: the SCID of the server's first packet, fixed for the connection (RFC 9000 §7.2).
@@ -285,6 +288,8 @@ pub struct Connection {
 /// Arguments for a server-side connection, gathered by the endpoint from the client's first Initial.
 pub struct ServerConnectionParams {
     pub version: u32,
+    /// The versions the server accepts, for its version_information (RFC 9368 §3).
+    pub available_versions: Vec<u32>,
     pub remote: SocketAddr,
     /// DCID of the client's first Initial (its Initial keys derive from it).
     pub original_dcid: ConnectionId,
@@ -309,28 +314,29 @@ impl Connection {
         config: Arc<TransportConfig>,
         tls_config: Arc<rustls::ClientConfig>,
         server_name: &str,
-        version: u32,
+        versions: &[u32],
         remote: SocketAddr,
         initial_dcid: ConnectionId,
         mut cid_gen: Box<dyn ConnectionIdGenerator>,
         now: Instant,
     ) -> Result<Self, TransportError> {
+        let Some(&version) = versions.first() else {
+            return Err(TransportError::new(
+                Code::INTERNAL_ERROR,
+                "a client needs a QUIC version",
+            ));
+        };
         let local_cid = cid_gen.generate();
         let reset = cid_gen.reset_token(&local_cid);
         let streams = Streams::new(Side::Client, config.streams.clone());
-        let mut params = local_params(
+        let tls = client_tls(
             &config,
-            &streams.local_limits(),
+            &streams,
             local_cid,
-            None,
-            None,
-            None,
-        );
-        params.version_information = Some(local_version_information(Side::Client, version));
-        let mut encoded = Vec::with_capacity(128);
-        params.encode(&mut encoded);
-        let tls = TlsSession::client(tls_config, server_name, version, encoded)
-            .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS client setup failed"))?;
+            &tls_config,
+            server_name,
+            version,
+        )?;
         let mut conn = Self::new_common(
             Side::Client,
             version,
@@ -348,8 +354,62 @@ impl Connection {
         conn.spaces[Epoch::Initial.index()].keys =
             Some(initial_keys(version, &initial_dcid, Side::Client));
         conn.address_validated = true; // a client is never amplification-limited
+        if versions.len() > 1 {
+            conn.version_fallback = Some(Box::new(VersionFallback {
+                tls_config,
+                server_name: server_name.to_string(),
+                preference: versions.to_vec(),
+                original: None,
+            }));
+        }
         conn.drive_tls(now)?;
         Ok(conn)
+    }
+
+    /// Client, after a Version Negotiation packet offering `version` (RFC 9368 §2.1): a new
+    /// first flight in it, to a new DCID, with the same local CID. Nothing of the first
+    /// attempt carries over but the stream state the application may have set up (it
+    /// cannot have sent anything yet: there is no 0-RTT).
+    pub(crate) fn restart_in_version(
+        &mut self,
+        now: Instant,
+        version: u32,
+    ) -> Result<(), TransportError> {
+        let Some(fallback) = self.version_fallback.as_mut() else {
+            return Err(TransportError::new(
+                Code::INTERNAL_ERROR,
+                "no version to fall back to",
+            ));
+        };
+        fallback.original = Some(self.version);
+        self.tls = client_tls(
+            &self.config,
+            &self.streams,
+            self.handshake_scid,
+            &fallback.tls_config,
+            &fallback.server_name,
+            version,
+        )?;
+        tracing::debug!(
+            from = self.version,
+            to = version,
+            "version negotiation: starting over"
+        );
+        self.version = version;
+        let mut dcid = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut dcid);
+        let dcid = ConnectionId::new(&dcid).expect("16 bytes");
+        self.original_dcid = dcid;
+        self.cids.set_initial_remote(dcid);
+        // The first flight is void: forget its packets and its CRYPTO data.
+        let pool = &mut self.sent_pool;
+        self.recovery
+            .discard_space(Epoch::Initial, now, &mut |p| pool.give(p.data));
+        let initial = &mut self.spaces[Epoch::Initial.index()];
+        initial.crypto = CryptoStream::new();
+        initial.probes = 0;
+        initial.keys = Some(initial_keys(version, &dcid, Side::Client));
+        self.drive_tls(now)
     }
 
     /// A server connection for a client Initial the endpoint accepted.
@@ -370,7 +430,10 @@ impl Connection {
             p.retry_scid,
             Some(reset),
         );
-        params.version_information = Some(local_version_information(Side::Server, p.version));
+        params.version_information = Some(VersionInformation {
+            chosen: p.version,
+            available: p.available_versions.clone(),
+        });
         let mut encoded = Vec::with_capacity(160);
         params.encode(&mut encoded);
         let tls = TlsSession::server(tls_config, p.version, encoded)
@@ -437,6 +500,7 @@ impl Connection {
             original_dcid: ConnectionId::default(),
             retry_scid: None,
             retry_token: Vec::new(),
+            version_fallback: None,
             got_server_packet: false,
             server_scid: None,
             address_validated: false,
@@ -760,6 +824,11 @@ impl Connection {
     // ---- Timers -------------------------------------------------------------------------
 
     /// The earliest instant `handle_timeout` must be called.
+    /// The QUIC version in use (after any Version Negotiation).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Drained => return None,
@@ -931,6 +1000,16 @@ impl Connection {
     fn apply_peer_params(&mut self, p: TransportParameters) -> Result<(), TransportError> {
         let violation = |reason| TransportError::new(Code::TRANSPORT_PARAMETER_ERROR, reason);
         check_version_information(self.version, p.version_information.as_ref())?;
+        if let Some(f) = &self.version_fallback {
+            if let Some(original) = f.original {
+                check_negotiated_version(
+                    &f.preference,
+                    original,
+                    self.version,
+                    p.version_information.as_ref(),
+                )?;
+            }
+        }
         // RFC 9000 §7.3: authenticate the connection IDs used during the handshake.
         match self.side {
             Side::Client => {
@@ -1166,27 +1245,95 @@ fn local_params(
     }
 }
 
-/// RFC 9368 §3 (required of QUIC v2 endpoints by RFC 9369 §4): the version in use, and
-/// what goes with it. A client lists the versions its first flight is compatible with: we
-/// do not convert first flights, so only the one it was sent in. A server lists every
-/// version it supports.
-fn local_version_information(side: Side, version: u32) -> VersionInformation {
-    let available = match side {
-        Side::Client => vec![version],
-        Side::Server => SUPPORTED_VERSIONS.to_vec(),
-    };
+/// RFC 9368 §3 (required of QUIC v2 endpoints by RFC 9369 §4): a client's version
+/// information, the version in use and the versions its first flight is compatible with:
+/// we do not convert first flights, so only the one it was sent in (the versions it falls
+/// back to after Version Negotiation are another matter, see `VersionFallback`). A server
+/// lists the versions it accepts (`ServerConnectionParams::available_versions`).
+fn client_version_information(version: u32) -> VersionInformation {
     VersionInformation {
         chosen: version,
-        available,
+        available: vec![version],
     }
+}
+
+/// A client's TLS session for a first flight in `version`, its transport parameters
+/// announcing that version alone (see `client_version_information`).
+fn client_tls(
+    config: &TransportConfig,
+    streams: &Streams,
+    local_cid: ConnectionId,
+    tls_config: &Arc<rustls::ClientConfig>,
+    server_name: &str,
+    version: u32,
+) -> Result<TlsSession, TransportError> {
+    let mut params = local_params(config, &streams.local_limits(), local_cid, None, None, None);
+    params.version_information = Some(client_version_information(version));
+    let mut encoded = Vec::with_capacity(128);
+    params.encode(&mut encoded);
+    TlsSession::client(tls_config.clone(), server_name, version, encoded)
+        .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS client setup failed"))
+}
+
+/// A client that may use more than one version (RFC 9368 §2.1).
+pub(crate) struct VersionFallback {
+    tls_config: Arc<rustls::ClientConfig>,
+    server_name: String,
+    /// The versions it may use, most preferred first; the first attempt is in the first.
+    preference: Vec<u32>,
+    /// Set once a Version Negotiation packet made it start over: the first attempt's version.
+    pub(crate) original: Option<u32>,
+}
+
+impl VersionFallback {
+    /// The version to start over in after a Version Negotiation packet listing `offered`.
+    pub(crate) fn choose(&self, offered: &[u32]) -> Option<u32> {
+        self.preference
+            .iter()
+            .copied()
+            .find(|v| offered.contains(v) && SUPPORTED_VERSIONS.contains(v))
+    }
+}
+
+/// RFC 9368 §4, for a client that started over after Version Negotiation: the server's
+/// Available Versions must be such that the client would have picked the version in use from
+/// a genuine Version Negotiation packet listing them (and that one). A forged packet could
+/// otherwise push both ends down to a version neither prefers. A server listing the version
+/// first tried would not have sent Version Negotiation at all. §6: a version 1 server that
+/// sends no version_information counts as supporting version 1 only.
+fn check_negotiated_version(
+    preference: &[u32],
+    original: u32,
+    negotiated: u32,
+    server: Option<&VersionInformation>,
+) -> Result<(), TransportError> {
+    let error = |reason| Err(TransportError::new(Code::VERSION_NEGOTIATION_ERROR, reason));
+    let available: &[u32] = match server {
+        Some(vi) => &vi.available,
+        None if negotiated == VERSION_1 => &[VERSION_1],
+        None => return error("no version_information after Version Negotiation"),
+    };
+    if available.is_empty() {
+        return error("no Available Versions after Version Negotiation");
+    }
+    if available.contains(&original) {
+        return error("the server supports the version Version Negotiation refused");
+    }
+    let would_pick = preference
+        .iter()
+        .find(|&&v| v == negotiated || available.contains(&v));
+    if would_pick != Some(&negotiated) {
+        return error("Version Negotiation steered us off a version both support");
+    }
+    Ok(())
 }
 
 /// RFC 9368 §4, downgrade prevention: the peer's Chosen Version must be the version in use
 /// (a server checks the client's against the version of its first flight; a client checks
 /// that the server chose a version it offered, and it offers only the one in use). A
-/// missing `version_information` is allowed: our client never reacts to Version
-/// Negotiation, the one case where it would have to be present. Malformed values were
-/// already rejected when the parameters were decoded.
+/// missing `version_information` is allowed here; a client that reacted to Version
+/// Negotiation also applies `check_negotiated_version`. Malformed values were already
+/// rejected when the parameters were decoded.
 fn check_version_information(
     version: u32,
     peer: Option<&VersionInformation>,
@@ -1217,13 +1364,13 @@ mod version_information_tests {
     #[test]
     fn we_send_the_version_in_use_and_what_we_support() {
         for version in [VERSION_1, VERSION_2] {
-            let c = local_version_information(Side::Client, version);
+            let c = client_version_information(version);
             assert_eq!((c.chosen, &c.available), (version, &vec![version]));
-            let s = local_version_information(Side::Server, version);
-            assert_eq!(
-                (s.chosen, &s.available),
-                (version, &vec![VERSION_1, VERSION_2])
-            );
+            // A server's comes from its configuration (`ServerConnectionParams`).
+            let s = VersionInformation {
+                chosen: version,
+                available: SUPPORTED_VERSIONS.to_vec(),
+            };
             // Round trip through the encoding, as each side's peer decodes it.
             for (side, vi) in [(Side::Client, c), (Side::Server, s)] {
                 let cid = ConnectionId::new(&[1; 8]).unwrap();
@@ -1253,5 +1400,49 @@ mod version_information_tests {
         assert_eq!(e.code, Code::VERSION_NEGOTIATION_ERROR);
         let e = check_version_information(VERSION_1, Some(&vi(VERSION_2))).unwrap_err();
         assert_eq!(e.code, Code::VERSION_NEGOTIATION_ERROR);
+    }
+
+    /// RFC 9368 §4's checks after Version Negotiation, with its own example: a client
+    /// supporting 10, 12 and 14 (preferring higher) tried 12.
+    #[test]
+    fn after_version_negotiation_the_server_list_must_agree_with_our_choice() {
+        let check = |negotiated, available: Option<Vec<u32>>| {
+            let vi = available.map(|available| VersionInformation {
+                chosen: negotiated,
+                available,
+            });
+            check_negotiated_version(&[14, 12, 10], 12, negotiated, vi.as_ref())
+        };
+        // The server fully deploys 13 and 14: we would have picked 14 anyway.
+        assert!(check(14, Some(vec![13, 14])).is_ok());
+        // A forged VN listing 10 and 13 while the server fully deploys 10, 13 and 14.
+        let e = check(10, Some(vec![10, 13, 14])).unwrap_err();
+        assert_eq!(e.code, Code::VERSION_NEGOTIATION_ERROR);
+        // A server listing the version we first tried would not have refused it.
+        assert!(check(14, Some(vec![12, 14])).is_err());
+        // Empty or missing lists prove nothing.
+        assert!(check(14, Some(vec![])).is_err());
+        assert!(check(14, None).is_err());
+        // §6: a version 1 server without version_information speaks version 1 alone.
+        let v1 = check_negotiated_version(&[VERSION_2, VERSION_1], VERSION_2, VERSION_1, None);
+        assert!(v1.is_ok());
+    }
+
+    #[test]
+    fn the_fallback_is_our_first_preference_the_server_offers() {
+        let cfg = crate::tls::session::client_config(
+            crate::tls::session::ServerVerification::Insecure,
+            &[b"perf".to_vec()],
+        )
+        .unwrap();
+        let f = VersionFallback {
+            tls_config: cfg,
+            server_name: "localhost".into(),
+            preference: vec![VERSION_2, VERSION_1],
+            original: None,
+        };
+        assert_eq!(f.choose(&[VERSION_1, VERSION_2]), Some(VERSION_2));
+        assert_eq!(f.choose(&[0x0a0a_0a0a, VERSION_1]), Some(VERSION_1));
+        assert_eq!(f.choose(&[0x0a0a_0a0a, 0xff00_001d]), None);
     }
 }

@@ -172,7 +172,7 @@ impl Connection {
                 scid,
                 versions,
             } => {
-                self.handle_version_negotiation(dcid, scid, versions);
+                self.handle_version_negotiation(now, dcid, scid, versions);
                 return None;
             }
             Header::UnsupportedVersion { .. } => return None,
@@ -218,8 +218,16 @@ impl Connection {
         self.lost_scratch = lost;
     }
 
-    /// Client: Version Negotiation (RFC 9000 §6.2): only acted on before any other server packet.
-    fn handle_version_negotiation(&mut self, dcid: &[u8], scid: &[u8], versions: &[u8]) {
+    /// Client: Version Negotiation (RFC 9000 §6.2, RFC 9368 §2.1): only acted on before any
+    /// other server packet. A client offering another version the server lists starts over
+    /// in it; otherwise the connection ends.
+    fn handle_version_negotiation(
+        &mut self,
+        now: Instant,
+        dcid: &[u8],
+        scid: &[u8],
+        versions: &[u8],
+    ) {
         // §6.2: discarded once any other packet was processed, a Retry included.
         if self.side != Side::Client || self.got_server_packet || self.retry_scid.is_some() {
             return;
@@ -229,15 +237,26 @@ impl Connection {
         if dcid != self.handshake_scid.as_slice() || scid != self.original_dcid.as_slice() {
             return;
         }
-        let mut offered = versions
+        // Bounded by the datagram; Version Negotiation is rare enough to allocate for.
+        let offered: Vec<u32> = versions
             .chunks_exact(4)
             .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .peekable();
-        if offered.peek().is_none() {
-            return;
-        }
-        if offered.any(|v| v == self.version) {
+            .collect();
+        if offered.is_empty() || offered.contains(&self.version) {
             return; // §6.2: must ignore a VN listing our version
+        }
+        let next = match &self.version_fallback {
+            // RFC 9368 §4: no second round of Version Negotiation.
+            Some(f) if f.original.is_some() => return,
+            Some(f) => f.choose(&offered),
+            None => None,
+        };
+        if let Some(version) = next {
+            if let Err(e) = self.restart_in_version(now, version) {
+                tracing::debug!(%e, "cannot start over in another version");
+            } else {
+                return;
+            }
         }
         self.state = State::Drained;
         self.emit_closed(CloseReason::VersionMismatch);

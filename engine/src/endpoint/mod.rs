@@ -25,7 +25,7 @@ use crate::crypto::tokens::{self, PeerResetToken, ResetTokenKey, TokenKey, Valid
 use crate::io::{RxMeta, TxMeta};
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::TransportErrorCode as Code;
-use crate::wire::header::{self, Header, LongType};
+use crate::wire::header::{self, Header, LongType, SUPPORTED_VERSIONS};
 use crate::wire::net;
 use crate::wire::steer::CidLayout;
 
@@ -52,6 +52,10 @@ pub struct EndpointConfig {
     pub max_connections: usize,
     /// Answer first Initials with Retry to validate addresses (RFC 9000 §8.1.2).
     pub require_retry: bool,
+    /// The QUIC versions a server accepts, each of `SUPPORTED_VERSIONS`; clients in others
+    /// get Version Negotiation listing these, and the server's version_information names
+    /// them (RFC 9368 §3). Ignored by a client endpoint.
+    pub versions: Vec<u32>,
     pub retry_token_lifetime: Duration,
     /// Shared by every worker of a server so any of them can reset or validate for the others.
     pub reset_key: Arc<ResetTokenKey>,
@@ -75,6 +79,7 @@ impl EndpointConfig {
             worker_id: 0,
             max_connections: 100_000,
             require_retry: false,
+            versions: SUPPORTED_VERSIONS.to_vec(),
             retry_token_lifetime: Duration::from_secs(10),
             reset_key: Arc::new(ResetTokenKey::random()),
             token_key: Arc::new(TokenKey::random()),
@@ -245,7 +250,7 @@ impl<U: Default> Endpoint<U> {
         )
     }
 
-    /// Opens a client connection.
+    /// Opens a client connection in `version`.
     pub fn connect(
         &mut self,
         now: Instant,
@@ -254,6 +259,20 @@ impl<U: Default> Endpoint<U> {
         remote: SocketAddr,
         version: u32,
     ) -> Result<ConnHandle, crate::wire::error::TransportError> {
+        self.connect_with_versions(now, tls, server_name, remote, &[version])
+    }
+
+    /// Opens a client connection in the first of `versions`; if the server answers with
+    /// Version Negotiation, it starts over in the first of the others the server lists
+    /// (RFC 9368 §2.1, with its downgrade checks).
+    pub fn connect_with_versions(
+        &mut self,
+        now: Instant,
+        tls: Arc<rustls::ClientConfig>,
+        server_name: &str,
+        remote: SocketAddr,
+        versions: &[u32],
+    ) -> Result<ConnHandle, crate::wire::error::TransportError> {
         let mut dcid_bytes = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut dcid_bytes);
         let dcid = ConnectionId::new(&dcid_bytes).expect("16 bytes");
@@ -261,7 +280,7 @@ impl<U: Default> Endpoint<U> {
             self.config.transport.clone(),
             tls,
             server_name,
-            version,
+            versions,
             remote,
             dcid,
             Box::new(self.cid_generator()),
@@ -337,6 +356,25 @@ impl<U: Default> Endpoint<U> {
         self.handle_unknown(now, meta, buf, handler)
     }
 
+    /// RFC 9000 §6.1: Version Negotiation for a packet in a version we do not accept, only
+    /// for datagrams big enough to be a first Initial (no amplification).
+    fn negotiate_version(&mut self, meta: &RxMeta, len: usize, dcid: &[u8], scid: &[u8]) {
+        if len < crate::conn::MIN_INITIAL_SIZE {
+            self.stats.dropped_unroutable += 1;
+            return;
+        }
+        // A copy on the stack: the queue borrows the endpoint.
+        let mut offered = [0u32; SUPPORTED_VERSIONS.len()];
+        let n = self.config.versions.len().min(offered.len());
+        offered[..n].copy_from_slice(&self.config.versions[..n]);
+        let sent = self.queue_stateless(meta, |b| {
+            stateless::version_negotiation(b, dcid, scid, &offered[..n])
+        });
+        if sent {
+            self.stats.version_negotiations_sent += 1;
+        }
+    }
+
     /// RFC 9000 §5.2: a datagram for no connection we know.
     fn handle_unknown(
         &mut self,
@@ -377,15 +415,16 @@ impl<U: Default> Endpoint<U> {
         };
         match hdr {
             Header::UnsupportedVersion { dcid, scid, .. } => {
-                // §6.1: only for datagrams big enough to be a first Initial (no amplification).
-                if len >= crate::conn::MIN_INITIAL_SIZE {
-                    let (d, s) = (dcid.to_vec(), scid.to_vec());
-                    if self.queue_stateless(&meta, |b| stateless::version_negotiation(b, &d, &s)) {
-                        self.stats.version_negotiations_sent += 1;
-                    }
-                } else {
-                    self.stats.dropped_unroutable += 1;
-                }
+                self.negotiate_version(&meta, len, dcid, scid);
+                None
+            }
+            Header::Long {
+                version,
+                dcid,
+                scid,
+                ..
+            } if !self.config.versions.contains(&version) => {
+                self.negotiate_version(&meta, len, dcid.as_slice(), scid.as_slice());
                 None
             }
             Header::Long {
@@ -519,6 +558,7 @@ impl<U: Default> Endpoint<U> {
         let local_cid = crate::conn::ConnectionIdGenerator::generate(&mut gen);
         let params = ServerConnectionParams {
             version,
+            available_versions: self.config.versions.clone(),
             remote: meta.src,
             original_dcid,
             client_scid: scid,

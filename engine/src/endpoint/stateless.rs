@@ -13,18 +13,21 @@ use crate::wire::header::{self, LongType, SUPPORTED_VERSIONS};
 use crate::wire::varint::Writer;
 use crate::Side;
 
-/// Version Negotiation listing what we speak (RFC 9000 §17.2.1). IDs are echoed swapped.
+/// Version Negotiation listing the versions we accept, `offered` (at most
+/// `SUPPORTED_VERSIONS`; RFC 9000 §17.2.1). IDs are echoed swapped.
 pub fn version_negotiation(
     buf: &mut [u8],
     client_dcid: &[u8],
     client_scid: &[u8],
+    offered: &[u32],
 ) -> Option<usize> {
     let first = rand::thread_rng().gen::<u8>();
     // A greased version too, so clients don't ossify on the list (RFC 9000 §6.3).
     let grease = 0x0a0a_0a0a | (rand::thread_rng().gen::<u32>() & 0xf0f0_f0f0);
-    let [v1, v2] = SUPPORTED_VERSIONS;
-    let versions = [v1, v2, grease];
-    header::write_version_negotiation(buf, client_scid, client_dcid, &versions, first).ok()
+    let mut versions = [grease; SUPPORTED_VERSIONS.len() + 1];
+    let n = offered.len().min(SUPPORTED_VERSIONS.len());
+    versions[..n].copy_from_slice(&offered[..n]);
+    header::write_version_negotiation(buf, client_scid, client_dcid, &versions[..=n], first).ok()
 }
 
 /// Retry (RFC 9000 §17.2.5) with its integrity tag (RFC 9001 §5.8).

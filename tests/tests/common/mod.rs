@@ -890,6 +890,8 @@ pub struct Report {
     /// Largest maximum datagram size a connection reached (quench and quinn clients print it;
     /// s2n-peer prints null; quiche-peer the size it sends, discovery being off).
     pub max_datagram_size: Option<u64>,
+    /// The QUIC version the connections used, as `0x…` (quench's client prints it).
+    pub quic_version: Option<String>,
 }
 
 impl Report {
@@ -925,6 +927,10 @@ impl Report {
             sha256,
             key_updates: int("key_updates")?,
             max_datagram_size: obj.get("max_datagram_size").and_then(|x| x.as_u64()),
+            quic_version: obj
+                .get("quic_version")
+                .and_then(|x| x.as_str())
+                .map(String::from),
         })
     }
 }
