@@ -1,12 +1,16 @@
 //! Arbitrary input against live endpoints: the first byte picks where it goes.
 //!
-//! - `% 4 == 0`: the rest is a datagram for a standalone server endpoint (no connection
+//! - `% 5 == 0`: the rest is a datagram for a standalone server endpoint (no connection
 //!   yet: Initial acceptance, Version Negotiation, stateless reset, drops);
-//! - `% 4 == 1`: a datagram for the server side of an established pair, with its DCID set
+//! - `% 5 == 1`: a datagram for the server side of an established pair, with its DCID set
 //!   to the server connection's CID when there is room, so it reaches the connection;
-//! - `% 4 == 2`: the same towards the client side;
-//! - `% 4 == 3`: the rest is frames the client sends verbatim in a real 1-RTT packet
-//!   (`Connection::queue_raw_frames`), so the server's frame processing sees them decrypted.
+//! - `% 5 == 2`: the same towards the client side;
+//! - `% 5 == 3`: the rest is frames the client sends verbatim in a real 1-RTT packet
+//!   (`Connection::queue_raw_frames`), so the server's frame processing sees them decrypted;
+//! - `% 5 == 4`: a fresh client offering v2 then v1 gets a Version Negotiation packet that
+//!   echoes its connection IDs and lists the versions in the input (a count byte, then
+//!   4-byte versions), then the rest as a datagram; it may start over in another version
+//!   (RFC 9368 §2.1), but only in one it supports and only once.
 //!
 //! The pair lives across inputs (a handshake per input would dominate); when a frame input
 //! closes it, a new pair is built for the next one. Nothing may panic, and the server's
@@ -23,7 +27,7 @@ use quench::endpoint::{ConnHandle, Endpoint, EndpointConfig, EventHandler};
 use quench::io::RxMeta;
 use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{client_config, server_config, ServerVerification};
-use quench::wire::header::{self, VERSION_1};
+use quench::wire::header::{self, Header, SUPPORTED_VERSIONS, VERSION_1, VERSION_2};
 use quench::Epoch;
 
 const CID_LEN: usize = 12;
@@ -169,7 +173,67 @@ fn aim(d: &mut [u8], cid: &[u8]) {
     }
 }
 
+/// Mode 4: Version Negotiation with the input's versions to a client that just sent its
+/// first Initial, then the rest of the input as a datagram.
+fn version_negotiation_to_fresh_client(input: &[u8]) {
+    let Some((&count, rest)) = input.split_first() else {
+        return;
+    };
+    let n = (usize::from(count) % 8).min(rest.len() / 4);
+    let (versions, rest) = rest.split_at(n * 4);
+    let versions: Vec<u32> = versions
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if versions.is_empty() {
+        return; // not a Version Negotiation packet (RFC 8999 §6)
+    }
+    let caddr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+    let saddr: SocketAddr = "10.0.0.2:4433".parse().unwrap();
+    let ctls = CLIENT_TLS.with(|c| c.clone());
+    let mut client = Endpoint::new(EndpointConfig::new(transport(), None));
+    let now = Instant::now();
+    let h = client
+        .connect_with_versions(now, ctls, "localhost", saddr, &[VERSION_2, VERSION_1])
+        .expect("client connection");
+    let mut buf = vec![0u8; 2048];
+    let first = drain(&mut client, now, &mut buf);
+    let Some(Ok((Header::Long { dcid, scid, .. }, _))) =
+        first.first().map(|d| header::parse(d, CID_LEN))
+    else {
+        panic!("no first Initial");
+    };
+    let mut vn = vec![0u8; 64 + 4 * versions.len()];
+    let len =
+        header::write_version_negotiation(&mut vn, &scid, &dcid, &versions, 0).expect("VN fits");
+    let meta = RxMeta {
+        src: saddr,
+        dst: caddr,
+        ecn: 0,
+    };
+    client.handle_datagram(now, meta, &mut vn[..len], &mut Ignore);
+    let mut d = rest.to_vec();
+    client.handle_datagram(now, meta, &mut d, &mut Ignore);
+    // The same packet again: never a second restart.
+    client.handle_datagram(now, meta, &mut vn[..len], &mut Ignore);
+    let version = client.conn(h).map(|c| c.version());
+    if let Some(v) = version {
+        assert!(SUPPORTED_VERSIONS.contains(&v), "version {v:#x}");
+        assert!(
+            v == VERSION_2 || versions.contains(&v),
+            "{v:#x} was not offered"
+        );
+        for d in drain(&mut client, now, &mut buf) {
+            if let Ok((Header::Long { version, .. }, _)) = header::parse(&d, CID_LEN) {
+                assert_eq!(version, v, "packets in the version in use");
+            }
+        }
+    }
+}
+
 thread_local! {
+    static CLIENT_TLS: std::sync::Arc<rustls::ClientConfig> =
+        client_config(ServerVerification::Insecure, &[b"fuzz".to_vec()]).unwrap();
     static LONE: RefCell<(Endpoint<()>, Instant)> = RefCell::new((server_endpoint(), Instant::now()));
     static PAIR: RefCell<Option<Pair>> = const { RefCell::new(None) };
 }
@@ -178,7 +242,8 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    match mode % 4 {
+    match mode % 5 {
+        4 => version_negotiation_to_fresh_client(rest),
         0 => LONE.with(|l| {
             let (ep, now) = &mut *l.borrow_mut();
             let mut d = rest.to_vec();

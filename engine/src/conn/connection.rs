@@ -823,12 +823,12 @@ impl Connection {
 
     // ---- Timers -------------------------------------------------------------------------
 
-    /// The earliest instant `handle_timeout` must be called.
     /// The QUIC version in use (after any Version Negotiation).
     pub fn version(&self) -> u32 {
         self.version
     }
 
+    /// The earliest instant `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Drained => return None,
@@ -1288,11 +1288,17 @@ pub(crate) struct VersionFallback {
 impl VersionFallback {
     /// The version to start over in after a Version Negotiation packet listing `offered`.
     pub(crate) fn choose(&self, offered: &[u32]) -> Option<u32> {
-        self.preference
-            .iter()
-            .copied()
-            .find(|v| offered.contains(v) && SUPPORTED_VERSIONS.contains(v))
+        choose_version(&self.preference, offered)
     }
+}
+
+/// A client's pick from a Version Negotiation packet listing `offered`: its most preferred
+/// version that is listed and that it supports.
+fn choose_version(preference: &[u32], offered: &[u32]) -> Option<u32> {
+    preference
+        .iter()
+        .copied()
+        .find(|v| offered.contains(v) && SUPPORTED_VERSIONS.contains(v))
 }
 
 /// RFC 9368 §4, for a client that started over after Version Negotiation: the server's
@@ -1319,10 +1325,9 @@ fn check_negotiated_version(
     if available.contains(&original) {
         return error("the server supports the version Version Negotiation refused");
     }
-    let would_pick = preference
-        .iter()
-        .find(|&&v| v == negotiated || available.contains(&v));
-    if would_pick != Some(&negotiated) {
+    let mut listed = available.to_vec();
+    listed.push(negotiated);
+    if choose_version(preference, &listed) != Some(negotiated) {
         return error("Version Negotiation steered us off a version both support");
     }
     Ok(())
@@ -1402,30 +1407,36 @@ mod version_information_tests {
         assert_eq!(e.code, Code::VERSION_NEGOTIATION_ERROR);
     }
 
-    /// RFC 9368 §4's checks after Version Negotiation, with its own example: a client
-    /// supporting 10, 12 and 14 (preferring higher) tried 12.
+    /// RFC 9368 §4's checks after Version Negotiation, for a client preferring v2 that
+    /// tried v2 and was sent to v1, and for one preferring v1 sent to v2.
     #[test]
     fn after_version_negotiation_the_server_list_must_agree_with_our_choice() {
-        let check = |negotiated, available: Option<Vec<u32>>| {
-            let vi = available.map(|available| VersionInformation {
-                chosen: negotiated,
-                available,
-            });
-            check_negotiated_version(&[14, 12, 10], 12, negotiated, vi.as_ref())
+        let vi = |chosen, available: &[u32]| VersionInformation {
+            chosen,
+            available: available.to_vec(),
         };
-        // The server fully deploys 13 and 14: we would have picked 14 anyway.
-        assert!(check(14, Some(vec![13, 14])).is_ok());
-        // A forged VN listing 10 and 13 while the server fully deploys 10, 13 and 14.
-        let e = check(10, Some(vec![10, 13, 14])).unwrap_err();
-        assert_eq!(e.code, Code::VERSION_NEGOTIATION_ERROR);
-        // A server listing the version we first tried would not have refused it.
-        assert!(check(14, Some(vec![12, 14])).is_err());
-        // Empty or missing lists prove nothing.
-        assert!(check(14, Some(vec![])).is_err());
-        assert!(check(14, None).is_err());
+        let v2_first = [VERSION_2, VERSION_1];
+        let check = |negotiated, server: Option<&VersionInformation>| {
+            check_negotiated_version(&v2_first, VERSION_2, negotiated, server)
+        };
+        // A v1-only server: we would have picked v1 from its list too.
+        assert!(check(VERSION_1, Some(&vi(VERSION_1, &[VERSION_1]))).is_ok());
+        // Reserved versions in its list change nothing.
+        assert!(check(VERSION_1, Some(&vi(VERSION_1, &[0x1a2a_3a4a, VERSION_1]))).is_ok());
         // §6: a version 1 server without version_information speaks version 1 alone.
-        let v1 = check_negotiated_version(&[VERSION_2, VERSION_1], VERSION_2, VERSION_1, None);
-        assert!(v1.is_ok());
+        assert!(check(VERSION_1, None).is_ok());
+        // A server that speaks v2 would not have refused it: the packet was forged.
+        let e = check(VERSION_1, Some(&vi(VERSION_1, &[VERSION_1, VERSION_2]))).unwrap_err();
+        assert_eq!(e.code, Code::VERSION_NEGOTIATION_ERROR);
+        // An empty list proves nothing.
+        assert!(check(VERSION_1, Some(&vi(VERSION_1, &[]))).is_err());
+        // The other way round: a v2 server must say so; silence means v1 (§6).
+        let v1_first = [VERSION_1, VERSION_2];
+        let to_v2 = |server: Option<&VersionInformation>| {
+            check_negotiated_version(&v1_first, VERSION_1, VERSION_2, server)
+        };
+        assert!(to_v2(Some(&vi(VERSION_2, &[VERSION_2]))).is_ok());
+        assert!(to_v2(None).is_err());
     }
 
     #[test]
