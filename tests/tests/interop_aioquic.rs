@@ -37,6 +37,7 @@ fn aioquic_hq_get_random_files() {
     bodies.extend(std::fs::read(dir.join("two.bin")).unwrap());
     let report = quench.transfer(Peer::Aioquic, &Transfer::hq(&["/one.bin", "/two.bin"]));
     assert_hq(&report, bodies.len() as u64, &sha256_hex(&bodies), 2);
+    hq_missing_file_is_reset(&quench, Peer::Aioquic);
 }
 
 #[test]
