@@ -127,6 +127,8 @@ pub struct WorkerStats {
     pub retries: u64,
     /// Version Negotiation packets sent (to clients in a version not accepted).
     pub version_negotiations: u64,
+    /// NEW_TOKEN tokens handed to clients for their next connection (RFC 9000 §8.1.3).
+    pub new_tokens: u64,
     /// Path MTU discovery, over connections closed so far.
     pub pmtu_probes_sent: u64,
     pub pmtu_probes_lost: u64,
@@ -147,6 +149,7 @@ impl WorkerStats {
             stateless_resets: c.stateless_resets.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             version_negotiations: c.version_negotiations.load(Ordering::Relaxed),
+            new_tokens: c.new_tokens.load(Ordering::Relaxed),
             pmtu_probes_sent: c.pmtu_probes_sent.load(Ordering::Relaxed),
             pmtu_probes_lost: c.pmtu_probes_lost.load(Ordering::Relaxed),
             pmtu_black_holes: c.pmtu_black_holes.load(Ordering::Relaxed),
@@ -165,6 +168,7 @@ impl WorkerStats {
             "stateless_resets": self.stateless_resets,
             "retries": self.retries,
             "version_negotiations": self.version_negotiations,
+            "new_tokens": self.new_tokens,
             "pmtu_probes_sent": self.pmtu_probes_sent,
             "pmtu_probes_lost": self.pmtu_probes_lost,
             "pmtu_black_holes": self.pmtu_black_holes,

@@ -100,6 +100,7 @@ pub struct WorkerCounters {
     pub stateless_resets: AtomicU64,
     pub retries: AtomicU64,
     pub version_negotiations: AtomicU64,
+    pub new_tokens: AtomicU64,
     pub pmtu_probes_sent: AtomicU64,
     pub pmtu_probes_lost: AtomicU64,
     pub pmtu_black_holes: AtomicU64,
@@ -116,6 +117,7 @@ impl WorkerCounters {
         self.retries.store(ep.retries_sent, Ordering::Relaxed);
         self.version_negotiations
             .store(ep.version_negotiations_sent, Ordering::Relaxed);
+        self.new_tokens.store(ep.new_tokens_sent, Ordering::Relaxed);
         self.pmtu_probes_sent
             .store(ep.pmtu_probes_sent, Ordering::Relaxed);
         self.pmtu_probes_lost

@@ -540,6 +540,47 @@ fn retry_validates_the_address_then_the_connection_proceeds() {
     assert_eq!(stats.invalid_tokens, 0);
 }
 
+/// RFC 9000 §8.1.3: the server hands each client a NEW_TOKEN token once the handshake is
+/// confirmed; the client endpoint keeps it for the server's name, and its next connection
+/// there presents it in its Initials, so a server requiring Retry lets it straight in.
+/// Each token is used once: a third connection, with the second's token, skips Retry too,
+/// while a client endpoint without tokens goes through Retry.
+#[test]
+fn a_new_token_lets_the_next_connection_skip_retry() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 16 << 10);
+    o.require_retry = true;
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 1, Duration::from_secs(60));
+    // Give the server's NEW_TOKEN time to arrive and be acknowledged.
+    sim.advance(Duration::from_millis(100));
+    assert_eq!(sim.server.stats().retries_sent, 1);
+    assert_eq!(sim.server.stats().new_tokens_sent, 1);
+    let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+    let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
+    for round in 2..=3 {
+        let now = sim.now;
+        let h = sim
+            .client
+            .connect(now, ctls.clone(), "localhost", saddr, VERSION_1)
+            .unwrap();
+        sim.run_to_completion(h, 1, Duration::from_secs(60));
+        sim.advance(Duration::from_millis(100));
+        let stats = sim.server.stats();
+        assert_eq!(stats.retries_sent, 1, "connection {round} needed no Retry");
+        assert_eq!(stats.connections_accepted, round);
+        assert_eq!(stats.new_tokens_sent, round);
+        assert_eq!(sim.client.stats().new_tokens_used, round - 1);
+    }
+    // Another name has no token: Retry again.
+    let now = sim.now;
+    let h = sim
+        .client
+        .connect(now, ctls, "other.example", saddr, VERSION_1)
+        .unwrap();
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    assert_eq!(sim.server.stats().retries_sent, 2);
+}
+
 #[test]
 fn nat_rebinding_mid_transfer_is_followed() {
     let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 4 << 20);

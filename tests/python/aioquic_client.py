@@ -254,6 +254,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="version of the first Initial (2: RFC 9369); the one in use is printed to stderr",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    p.add_argument(
+        "--token-warm-up",
+        action="store_true",
+        help="first open one connection and wait for the server's NEW_TOKEN token (RFC 9000"
+        " §8.1.3), then close it; the transfer's first connection presents that token",
+    )
     args = p.parse_args(argv)
     if args.streams < 1 or args.conns < 1:
         p.error("--streams and --conns must be at least 1")
@@ -291,9 +297,10 @@ def configuration(args: argparse.Namespace) -> QuicConfiguration:
 async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[tuple[int, str]]):
     """Runs one connection's share of the work; returns (handshake_s, results, key_updates)."""
     begun = time.monotonic()
-    async with connect(
-        args.host, args.port, configuration=configuration(args), create_protocol=Client
-    ) as client:
+    config = configuration(args)
+    if conn_index == 0 and args.token:
+        config.token = args.token  # used once: later connections go without
+    async with connect(args.host, args.port, configuration=config, create_protocol=Client) as client:
         handshake = time.monotonic() - begun
         print(f"connection {conn_index}: QUIC version {client._quic._version:#010x}", file=sys.stderr)
         client.key_update_after = args.key_update_after
@@ -314,6 +321,25 @@ async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[t
         return handshake, results, client.key_updates
 
 
+async def warm_up_token(args: argparse.Namespace) -> bytes:
+    """One connection, kept until the server's NEW_TOKEN token arrives; returns the token."""
+    tokens: list[bytes] = []
+    async with connect(
+        args.host,
+        args.port,
+        configuration=configuration(args),
+        create_protocol=Client,
+        token_handler=tokens.append,
+    ):
+        deadline = time.monotonic() + 5
+        while not tokens:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no NEW_TOKEN from the server within 5 s")
+            await asyncio.sleep(0.005)
+    print(f"NEW_TOKEN token received: {len(tokens[-1])} bytes", file=sys.stderr)
+    return tokens[-1]
+
+
 async def run(args: argparse.Namespace) -> dict:
     gets: list[str] = args.get
     if args.alpn == "hq-interop" and not gets:
@@ -321,6 +347,9 @@ async def run(args: argparse.Namespace) -> dict:
         gets = [f"/{share(args.down, total_streams, i)}" for i in range(total_streams)]
     per_conn = [[(i, p) for i, p in enumerate(gets) if i % args.conns == c] for c in range(args.conns)]
 
+    args.token = b""
+    if args.token_warm_up:
+        args.token = await warm_up_token(args)
     start = time.monotonic()
     outcomes = await asyncio.gather(
         *(run_connection(args, c, per_conn[c]) for c in range(args.conns))

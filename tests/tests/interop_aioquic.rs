@@ -112,6 +112,29 @@ fn aioquic_quic_v2() {
     );
 }
 
+/// RFC 9000 §8.1.3 with aioquic: under `quench serve --retry`, a warm-up connection goes
+/// through Retry and aioquic's token handler receives quench's NEW_TOKEN token; the next
+/// connection presents it in `QuicConfiguration.token` and is accepted without a Retry.
+#[test]
+fn aioquic_skips_retry_with_a_new_token_from_quench() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--retry"]);
+    let transfer = Transfer::perf(2 * MIB, MIB);
+    let mut cmd = client_command(Peer::Aioquic, server.addr, &certs.ca, &transfer);
+    cmd.arg("--token-warm-up");
+    let (report, stderr) = run_client_with_stderr(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert!(stderr.contains("NEW_TOKEN token received"), "{stderr}");
+    let totals = server.shutdown_worker_totals(&["connections_accepted", "retries", "new_tokens"]);
+    assert_eq!(
+        totals,
+        [2, 1, 2],
+        "connections accepted, retries, tokens handed out"
+    );
+}
+
 /// `quench serve --quic-version 1` accepts v1 alone: aioquic's v2 Initials get Version
 /// Negotiation listing v1, aioquic starts over in v1 (RFC 9368 §2.1) and accepts quench's
 /// version_information (v1 available) in its downgrade checks; both transfers complete in

@@ -197,6 +197,12 @@ pub struct Connection {
     pub(crate) amplification_blocked: bool,
     pub(crate) handshake_confirmed: bool,
     pub(crate) handshake_done_pending: bool,
+    /// Server: a NEW_TOKEN token for the client's next connection (RFC 9000 §8.1.3), kept
+    /// until acknowledged; `new_token_pending` while it still needs (re)sending.
+    pub(crate) new_token: Option<Box<[u8]>>,
+    pub(crate) new_token_pending: bool,
+    /// Client: the latest NEW_TOKEN token, for the endpoint to keep for the next connection.
+    pub(crate) received_token: Option<Box<[u8]>>,
     pub(crate) peer_params: Option<TransportParameters>,
     pub(crate) peer_ack_delay_exponent: u8,
     /// Server: expected client SCID (checked against initial_source_connection_id).
@@ -509,6 +515,9 @@ impl Connection {
             amplification_blocked: false,
             handshake_confirmed: false,
             handshake_done_pending: false,
+            new_token: None,
+            new_token_pending: false,
+            received_token: None,
             peer_params: None,
             peer_ack_delay_exponent: 3,
             peer_initial_scid: ConnectionId::default(),
@@ -822,6 +831,33 @@ impl Connection {
     }
 
     // ---- Timers -------------------------------------------------------------------------
+
+    /// Server: hands the client `token` in a NEW_TOKEN frame (RFC 9000 §8.1.3), resent
+    /// until acknowledged. Only once the handshake is confirmed: the frame is 1-RTT only
+    /// and a client must not see it before (§19.7).
+    pub fn send_new_token(&mut self, token: Vec<u8>) {
+        if self.side == Side::Server && self.handshake_confirmed && !token.is_empty() {
+            self.new_token = Some(token.into_boxed_slice());
+            self.new_token_pending = true;
+        }
+    }
+
+    /// Client: a token from an earlier connection's NEW_TOKEN frame to put in our
+    /// Initials (RFC 9000 §8.1.3). Before the first packet goes out only, and not over a
+    /// Retry's token.
+    pub fn set_initial_token(&mut self, token: Vec<u8>) {
+        if self.side == Side::Client
+            && self.retry_scid.is_none()
+            && self.spaces[Epoch::Initial.index()].next_pn == 0
+        {
+            self.retry_token = token;
+        }
+    }
+
+    /// Client: the latest token the server gave for a future connection, once.
+    pub fn take_new_token(&mut self) -> Option<Vec<u8>> {
+        self.received_token.take().map(Vec::from)
+    }
 
     /// The QUIC version in use (after any Version Negotiation).
     pub fn version(&self) -> u32 {
@@ -1167,6 +1203,7 @@ impl Connection {
                         .on_probe_acked(now, usize::from(frames.size), generation);
                     self.apply_path_mtu();
                 }
+                FrameRecord::NewToken => self.new_token = None,
                 FrameRecord::HandshakeDone
                 | FrameRecord::PathChallenge { .. }
                 | FrameRecord::Ping
@@ -1193,6 +1230,7 @@ impl Connection {
                     }
                 }
                 FrameRecord::HandshakeDone => self.handshake_done_pending = true,
+                FrameRecord::NewToken => self.new_token_pending = self.new_token.is_some(),
                 FrameRecord::NewConnectionId { seq } => self.cids.on_new_cid_lost(seq),
                 FrameRecord::RetireConnectionId { seq } => self.cids.retire_queue.push_back(seq),
                 FrameRecord::PathChallenge { data } => {

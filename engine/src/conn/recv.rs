@@ -844,14 +844,16 @@ impl Connection {
             Frame::StreamsBlocked { bidi, limit } => {
                 self.streams.on_streams_blocked(bidi, limit)?
             }
-            Frame::NewToken { .. } => {
+            Frame::NewToken { token } => {
                 if self.side == Side::Server {
                     return Err(TransportError::new(
                         Code::PROTOCOL_VIOLATION,
                         "NEW_TOKEN from a client",
                     ));
                 }
-                // Tokens for future connections are not kept (no 0-RTT/resumption yet).
+                // For the endpoint to keep for a later connection to this server (§8.1.3);
+                // the latest wins, so a flood of them holds one.
+                self.received_token = Some(token.into());
             }
             Frame::NewConnectionId {
                 seq,

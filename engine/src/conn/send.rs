@@ -536,6 +536,7 @@ impl Connection {
             space.crypto.has_pending() || probing || self.has_raw_frames(epoch);
         if epoch == Epoch::Data {
             want_eliciting |= self.handshake_done_pending
+                || self.new_token_pending
                 || self.ping_pending
                 || !self.path_responses.is_empty()
                 || self.path_challenge_pending
@@ -736,6 +737,14 @@ impl Connection {
         if self.handshake_done_pending && put(buf, &mut pos, &Frame::HandshakeDone) {
             self.handshake_done_pending = false;
             frames.records.push(FrameRecord::HandshakeDone);
+        }
+        if self.new_token_pending {
+            if let Some(token) = &self.new_token {
+                if put(buf, &mut pos, &Frame::NewToken { token }) {
+                    self.new_token_pending = false;
+                    frames.records.push(FrameRecord::NewToken);
+                }
+            }
         }
         // Responses for another address go out alone (`send_path_response_elsewhere`).
         while let Some(&PathResponse { data, to, .. }) = self.path_responses.front() {

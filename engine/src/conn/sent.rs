@@ -18,6 +18,7 @@ pub enum FrameRecord {
         largest: u64,
     },
     HandshakeDone,
+    NewToken,
     NewConnectionId {
         seq: u64,
     },

@@ -129,6 +129,25 @@ pub enum ValidatedToken {
     NewToken,
 }
 
+/// How old a token of each kind may be when it comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenLifetimes {
+    /// Retry tokens come back within a round trip.
+    pub retry: Duration,
+    /// NEW_TOKEN tokens come back with a later connection, hours or days on.
+    pub new_token: Duration,
+}
+
+impl From<Duration> for TokenLifetimes {
+    /// The same bound for both kinds.
+    fn from(d: Duration) -> Self {
+        Self {
+            retry: d,
+            new_token: d,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 pub enum TokenError {
     /// Not sealed by our key, altered, or not a token of ours at all.
@@ -285,14 +304,15 @@ impl TokenKey {
         out.extend_from_slice(tag.as_ref());
     }
 
-    /// Validates a token from a client Initial at `client`; `lifetime` bounds its age.
+    /// Validates a token from a client Initial at `client`; `lifetimes` bound its age by kind.
     pub fn open(
         &self,
         token: &[u8],
         client: SocketAddr,
         now: SystemTime,
-        lifetime: Duration,
+        lifetimes: impl Into<TokenLifetimes>,
     ) -> Result<ValidatedToken, TokenError> {
+        let lifetimes = lifetimes.into();
         const CLEAR: usize = MAGIC.len() + 1;
         if token.len() < CLEAR + NONCE_LEN + TAG_LEN
             || token.len() > CLEAR + NONCE_LEN + MAX_PLAIN + TAG_LEN
@@ -347,6 +367,10 @@ impl TokenKey {
         if !r.0.is_empty() {
             return Err(TokenError::Invalid);
         }
+        let lifetime = match result {
+            ValidatedToken::Retry { .. } => lifetimes.retry,
+            ValidatedToken::NewToken => lifetimes.new_token,
+        };
         let now = unix_secs(now);
         if issued > now.saturating_add(FUTURE_SKEW.as_secs())
             || now.saturating_sub(issued) > lifetime.as_secs()
@@ -421,6 +445,36 @@ mod tests {
         );
         assert_eq!(
             key.open(&tok, client, now - Duration::from_secs(3600), life),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn each_kind_has_its_own_lifetime() {
+        let key = TokenKey::random();
+        let issued = SystemTime::now();
+        let client = addr("192.0.2.1:4433");
+        let mut new_token = Vec::new();
+        key.seal_new_token(client.ip(), issued, &mut new_token);
+        let mut retry = Vec::new();
+        let cid = [7u8; 8];
+        key.seal_retry(client, &cid, &cid, issued, &mut retry);
+        let lifetimes = TokenLifetimes {
+            retry: Duration::from_secs(10),
+            new_token: Duration::from_secs(86_400),
+        };
+        let an_hour_on = issued + Duration::from_secs(3600);
+        assert_eq!(
+            key.open(&new_token, client, an_hour_on, lifetimes),
+            Ok(ValidatedToken::NewToken)
+        );
+        assert_eq!(
+            key.open(&retry, client, an_hour_on, lifetimes),
+            Err(TokenError::Expired)
+        );
+        let two_days_on = issued + Duration::from_secs(2 * 86_400);
+        assert_eq!(
+            key.open(&new_token, client, two_days_on, lifetimes),
             Err(TokenError::Expired)
         );
     }

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 use slab::Slab;
 
 use crate::conn::{CidEvent, Connection, Event, ServerConnectionParams, TransportConfig};
-use crate::crypto::tokens::{self, PeerResetToken, ResetTokenKey, TokenKey, ValidatedToken};
+use crate::crypto::tokens::{
+    self, PeerResetToken, ResetTokenKey, TokenKey, TokenLifetimes, ValidatedToken,
+};
 use crate::io::{RxMeta, TxMeta};
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::TransportErrorCode as Code;
@@ -57,6 +59,9 @@ pub struct EndpointConfig {
     /// them (RFC 9368 §3). Ignored by a client endpoint.
     pub versions: Vec<u32>,
     pub retry_token_lifetime: Duration,
+    /// How long a NEW_TOKEN token a server hands out stays good for the client's later
+    /// connections (RFC 9000 §8.1.3); zero hands out none.
+    pub new_token_lifetime: Duration,
     /// Shared by every worker of a server so any of them can reset or validate for the others.
     pub reset_key: Arc<ResetTokenKey>,
     pub token_key: Arc<TokenKey>,
@@ -81,6 +86,7 @@ impl EndpointConfig {
             require_retry: false,
             versions: SUPPORTED_VERSIONS.to_vec(),
             retry_token_lifetime: Duration::from_secs(10),
+            new_token_lifetime: Duration::from_secs(24 * 3600),
             reset_key: Arc::new(ResetTokenKey::random()),
             token_key: Arc::new(TokenKey::random()),
             max_stateless_queue: 256,
@@ -106,6 +112,10 @@ pub struct EndpointStats {
     pub connections_refused: u64,
     pub connections_closed: u64,
     pub version_negotiations_sent: u64,
+    /// NEW_TOKEN tokens handed to clients (servers; one per connection).
+    pub new_tokens_sent: u64,
+    /// Client connections that started with a NEW_TOKEN token from an earlier one.
+    pub new_tokens_used: u64,
     pub retries_sent: u64,
     pub stateless_resets_sent: u64,
     pub stateless_resets_received: u64,
@@ -137,6 +147,47 @@ struct Entry<U> {
     /// (see `Endpoint::queue_with_stale_deadline`). Only ever set while `queued`.
     timer_stale: bool,
     queued: bool,
+    /// Server: a NEW_TOKEN token went to this connection.
+    token_issued: bool,
+    /// Client: the server name connected to, which keys the tokens it hands out.
+    server_name: Option<Box<str>>,
+}
+
+/// A client's NEW_TOKEN tokens by server name. Bounded: a few per server (the newest),
+/// a few hundred servers; each token is used once, so connections stay unlinkable by it
+/// (RFC 9000 §8.1.3).
+#[derive(Default)]
+struct TokenStore {
+    by_server: HashMap<Box<str>, VecDeque<Vec<u8>>>,
+}
+
+impl TokenStore {
+    const PER_SERVER: usize = 2;
+    const SERVERS: usize = 256;
+
+    fn insert(&mut self, server: &str, token: Vec<u8>) {
+        if !self.by_server.contains_key(server) && self.by_server.len() >= Self::SERVERS {
+            // Full: forget some other server's tokens rather than grow.
+            if let Some(victim) = self.by_server.keys().next().cloned() {
+                self.by_server.remove(&victim);
+            }
+        }
+        let queue = self.by_server.entry(server.into()).or_default();
+        if queue.len() >= Self::PER_SERVER {
+            queue.pop_front();
+        }
+        queue.push_back(token);
+    }
+
+    /// The newest token for `server`, taken out.
+    fn take(&mut self, server: &str) -> Option<Vec<u8>> {
+        let queue = self.by_server.get_mut(server)?;
+        let token = queue.pop_back();
+        if queue.is_empty() {
+            self.by_server.remove(server);
+        }
+        token
+    }
 }
 
 /// A packet queued without a connection.
@@ -174,6 +225,8 @@ pub struct Endpoint<U> {
     /// Whether the last datagram handed to `handle_datagram` authenticated as a packet of
     /// a connection whose peer is at its source address.
     source_authenticated: bool,
+    /// Client: NEW_TOKEN tokens by server name, for later connections (RFC 9000 §8.1.3).
+    tokens: TokenStore,
 }
 
 impl<U: Default> Endpoint<U> {
@@ -199,6 +252,7 @@ impl<U: Default> Endpoint<U> {
             #[cfg(debug_assertions)]
             drained_check: vec![0; 1 << 16],
             source_authenticated: false,
+            tokens: TokenStore::default(),
         }
     }
 
@@ -276,7 +330,7 @@ impl<U: Default> Endpoint<U> {
         let mut dcid_bytes = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut dcid_bytes);
         let dcid = ConnectionId::new(&dcid_bytes).expect("16 bytes");
-        let conn = Box::new(Connection::new_client(
+        let mut conn = Box::new(Connection::new_client(
             self.config.transport.clone(),
             tls,
             server_name,
@@ -286,7 +340,14 @@ impl<U: Default> Endpoint<U> {
             Box::new(self.cid_generator()),
             now,
         )?);
+        if let Some(token) = self.tokens.take(server_name) {
+            conn.set_initial_token(token);
+            self.stats.new_tokens_used += 1;
+        }
         let h = self.insert(conn, None);
+        if let Some(e) = self.conns.get_mut(h) {
+            e.server_name = Some(server_name.into());
+        }
         Ok(h)
     }
 
@@ -301,6 +362,8 @@ impl<U: Default> Endpoint<U> {
             timer: None,
             timer_stale: false,
             queued: false,
+            token_issued: false,
+            server_name: None,
         });
         for cid in cids {
             self.routes.insert_cid(cid, h);
@@ -512,7 +575,10 @@ impl<U: Default> Endpoint<U> {
                 token,
                 meta.src,
                 SystemTime::now(),
-                self.config.retry_token_lifetime,
+                TokenLifetimes {
+                    retry: self.config.retry_token_lifetime,
+                    new_token: self.config.new_token_lifetime,
+                },
             ) {
                 Ok(ValidatedToken::Retry {
                     original_dcid: odcid,
@@ -677,6 +743,25 @@ impl<U: Default> Endpoint<U> {
             // Past the handshake the client no longer uses its original DCID.
             if let Some(d) = e.initial_dcid.take() {
                 self.routes.remove_initial(&d);
+            }
+            if !e.token_issued && self.config.server_tls.is_some() {
+                // One token per connection, for the client's next one (RFC 9000 §8.1.3):
+                // bound to its IP, it lets that connection skip Retry and the 3× limit.
+                e.token_issued = true;
+                if !self.config.new_token_lifetime.is_zero() {
+                    let mut token = Vec::with_capacity(64);
+                    let ip = e.conn.remote_addr().ip();
+                    self.config
+                        .token_key
+                        .seal_new_token(ip, SystemTime::now(), &mut token);
+                    e.conn.send_new_token(token);
+                    self.stats.new_tokens_sent += 1;
+                }
+            }
+        }
+        if let Some(token) = e.conn.take_new_token() {
+            if let Some(name) = &e.server_name {
+                self.tokens.insert(name, token);
             }
         }
         if e.conn.is_drained() {

@@ -34,6 +34,34 @@ pub struct QuinnClientArgs {
     /// `--socket-per-conn` every connection moves on its own.
     #[arg(long)]
     rebind_after: Option<u64>,
+    /// Before the transfer, open one connection and wait until the server hands it a
+    /// NEW_TOKEN token (RFC 9000 §8.1.3), then close it: the transfer's first connection
+    /// presents that token. Prints the tokens received and used on stderr.
+    #[arg(long)]
+    token_warm_up: bool,
+}
+
+/// quinn's own token cache, counting what goes in and out.
+#[derive(Default)]
+struct CountingTokens {
+    cache: quinn::TokenMemoryCache,
+    received: AtomicU64,
+    used: AtomicU64,
+}
+
+impl quinn::TokenStore for CountingTokens {
+    fn insert(&self, server_name: &str, token: bytes::Bytes) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.cache.insert(server_name, token);
+    }
+
+    fn take(&self, server_name: &str) -> Option<bytes::Bytes> {
+        let token = self.cache.take(server_name);
+        if token.is_some() {
+            self.used.fetch_add(1, Ordering::Relaxed);
+        }
+        token
+    }
 }
 
 /// Watches a connection's received bytes: forces one key update, and rebinds its endpoint
@@ -100,9 +128,12 @@ pub async fn run(args: QuinnClientArgs) -> Result<()> {
         common,
         socket_per_conn,
         rebind_after,
+        token_warm_up,
     } = args;
     let args = &common;
-    let config = tls::client_config(args.verify()?, &args.alpn)?;
+    let mut config = tls::client_config(args.verify()?, &args.alpn)?;
+    let tokens = Arc::new(CountingTokens::default());
+    config.token_store(tokens.clone());
     let server = tokio::net::lookup_host(&args.connect)
         .await
         .with_context(|| format!("resolving {}", args.connect))?
@@ -120,6 +151,20 @@ pub async fn run(args: QuinnClientArgs) -> Result<()> {
     };
     let shared = new_endpoint()?;
     let mut endpoints = vec![shared.clone()];
+    if token_warm_up {
+        let conn = shared
+            .connect(server, &args.server_name)?
+            .await
+            .context("warm-up handshake")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tokens.received.load(Ordering::Relaxed) == 0 {
+            if Instant::now() > deadline {
+                return Err(anyhow!("no NEW_TOKEN from the server within 5 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        conn.close(VarInt::from_u32(0), b"warm-up done");
+    }
 
     let start = Instant::now();
     let mut handshakes = JoinSet::new();
@@ -179,6 +224,11 @@ pub async fn run(args: QuinnClientArgs) -> Result<()> {
         }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, idle).await;
+    eprintln!(
+        "NEW_TOKEN tokens received {}, used {}",
+        tokens.received.load(Ordering::Relaxed),
+        tokens.used.load(Ordering::Relaxed)
+    );
     println!("{}", report.to_json_line());
     Ok(())
 }
