@@ -101,25 +101,7 @@ fn quinn_client_through_retry() {
 /// presents it, is accepted without a Retry, and its transfer completes.
 #[test]
 fn quinn_client_skips_retry_with_a_new_token_from_quench() {
-    let _serial = serial();
-    let dir = temp_dir();
-    let certs = Certs::generate(dir.path());
-    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--retry"]);
-    let transfer = Transfer::perf(2 * MIB, MIB);
-    let mut cmd = client_command(Peer::Quinn, server.addr, &certs.ca, &transfer);
-    cmd.arg("--token-warm-up");
-    let (report, stderr) = run_client_with_stderr(cmd, transfer.timeout());
-    assert_perf(&report, &transfer);
-    assert!(
-        stderr.contains(", used 1"),
-        "quinn presented the token: {stderr}"
-    );
-    let totals = server.shutdown_worker_totals(&["connections_accepted", "retries", "new_tokens"]);
-    assert_eq!(
-        totals,
-        [2, 1, 2],
-        "connections accepted, retries, tokens handed out"
-    );
+    new_token_skips_quench_retry(Peer::Quinn, ", used 1");
 }
 
 #[test]

@@ -181,6 +181,29 @@ pub fn through_quench_retry(client: Peer) {
     assert_eq!(totals, [3, 3], "connections accepted, retries");
 }
 
+/// RFC 9000 §8.1.3 against `quench serve --retry`: `client`, run with `--token-warm-up`,
+/// first makes a connection that goes through Retry and keeps the NEW_TOKEN token quench
+/// hands it; the transfer's connection presents it and is let in without a Retry.
+/// `evidence` is what the client's stderr shows when it had the token.
+pub fn new_token_skips_quench_retry(client: Peer, evidence: &str) {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--retry"]);
+    let transfer = Transfer::perf(2 * MIB, MIB);
+    let mut cmd = client_command(client, server.addr, &certs.ca, &transfer);
+    cmd.arg("--token-warm-up");
+    let (report, stderr) = run_client_with_stderr(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert!(stderr.contains(evidence), "{stderr}");
+    let totals = server.shutdown_worker_totals(&["connections_accepted", "retries", "new_tokens"]);
+    assert_eq!(
+        totals,
+        [2, 1, 2],
+        "connections accepted, retries, tokens handed out"
+    );
+}
+
 /// `client`, trusting another CA, refuses the server `spawn` makes (its stderr naming
 /// `expected` if given); the server survives the failed handshake and serves `client` next.
 pub fn untrusted_server_refused(
