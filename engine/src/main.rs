@@ -11,14 +11,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use quench::client::{run_client, ClientOptions, ClientWorkload, DEFAULT_VERSION};
+use quench::client::{run_client, ClientOptions, ClientWorkload};
 use quench::conn::TransportConfig;
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
 #[cfg(feature = "xdp")]
 use quench::server::{start_xdp_server, RunningXdpServer, XdpOptions};
 use quench::tls::certs::{generate_self_signed, load_pem, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
-use quench::wire::header::VERSION_2;
+use quench::wire::header::{VERSION_1, VERSION_2};
 
 #[derive(Parser)]
 #[command(name = "quench", version, about = "Kernel-bypass QUIC packet engine")]
@@ -228,7 +228,7 @@ struct PathArgs {
 fn quic_versions(list: &[u8]) -> anyhow::Result<Vec<u32>> {
     let mut versions = Vec::with_capacity(list.len());
     for &v in list {
-        let version = if v == 2 { VERSION_2 } else { DEFAULT_VERSION };
+        let version = if v == 2 { VERSION_2 } else { VERSION_1 };
         if versions.contains(&version) {
             anyhow::bail!("--quic-version lists version {v} twice");
         }

@@ -181,8 +181,9 @@ pub struct Connection {
     pub(crate) original_dcid: ConnectionId,
     /// Set when a Retry was involved: the SCID of the Retry packet.
     pub(crate) retry_scid: Option<ConnectionId>,
-    /// Client: token from a Retry to echo in Initials.
-    pub(crate) retry_token: Vec<u8>,
+    /// Client: the token our Initials carry: a Retry's, or a NEW_TOKEN token from an
+    /// earlier connection (`set_initial_token`).
+    pub(crate) initial_token: Vec<u8>,
     /// Client offering more than one version: what it takes to start over in another after
     /// Version Negotiation (RFC 9368 §2.1), and whether it did.
     pub(crate) version_fallback: Option<Box<VersionFallback>>,
@@ -505,7 +506,7 @@ impl Connection {
             remote,
             original_dcid: ConnectionId::default(),
             retry_scid: None,
-            retry_token: Vec::new(),
+            initial_token: Vec::new(),
             version_fallback: None,
             got_server_packet: false,
             server_scid: None,
@@ -850,7 +851,7 @@ impl Connection {
             && self.retry_scid.is_none()
             && self.spaces[Epoch::Initial.index()].next_pn == 0
         {
-            self.retry_token = token;
+            self.initial_token = token;
         }
     }
 

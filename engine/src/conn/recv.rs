@@ -205,7 +205,7 @@ impl Connection {
         }
         tracing::debug!(%scid, "retry received");
         self.retry_scid = Some(scid);
-        self.retry_token = token;
+        self.initial_token = token;
         self.cids.set_initial_remote(scid);
         self.spaces[Epoch::Initial.index()].keys = Some(initial_keys(version, &scid, Side::Client));
         // Resend everything from the first Initial under the new keys; the old packets are gone.

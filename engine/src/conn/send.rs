@@ -704,7 +704,7 @@ impl Connection {
                     LongType::Handshake
                 };
                 let token: &[u8] = if self.side == Side::Client && epoch == Epoch::Initial {
-                    &self.retry_token
+                    &self.initial_token
                 } else {
                     &[]
                 };
