@@ -5,7 +5,8 @@
 # estimate CEst = Ir + 10 × L1 misses + 100 × last-level misses. Each figure is the
 # difference of a run with 2N units and one with N, over N, so set-up and warm-up cancel.
 #
-#   scripts/bench-callgrind.sh [SCENARIO...]    (default: request request16 recv send handshake)
+#   scripts/bench-callgrind.sh [SCENARIO...]    (default: request request16 recv send handshake
+#                                                handshake-resumed)
 #
 # STACKS="quench quinn-proto" limits the stacks. QUENCH_BENCH picks the binary (e.g. the PGO build from scripts/pgo.sh). Valgrind hides
 # SHA-NI and AVX-512 from the crypto libraries, so their share reads higher than natively;
@@ -16,7 +17,7 @@ BIN=${QUENCH_BENCH:-${CARGO_TARGET_DIR:-target}/release/quench-bench}
 [[ -x $BIN ]] || { echo "no $BIN: cargo build --release -p quench-bench" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(request request16 recv send handshake)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(request request16 recv send handshake handshake-resumed)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -31,6 +32,7 @@ printf '%-10s %-12s %10s %8s %8s %8s %10s\n' scenario stack Ir I1mr D1mr D1mw CE
 for scenario in "${scenarios[@]}"; do
     case $scenario in
         handshake) n=100 stacks=(quench rustls quinn-proto quiche) ;;
+        handshake-resumed) n=100 stacks=(quench rustls quinn-proto) ;;
         *) n=10000 stacks=(quench quinn-proto quiche) ;;
     esac
     for stack in "${stacks[@]}"; do

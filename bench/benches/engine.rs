@@ -9,6 +9,10 @@
 //! - `server_handshake`: the server's share of a full handshake until everything after it
 //!   (HANDSHAKE_DONE, tickets, CIDs, their ACKs) has settled; rustls alone in QUIC mode as
 //!   the floor.
+//! - `server_handshake_resumed`: the same for a handshake that resumes a session from a
+//!   ticket (RFC 8446 §2.2: no certificate, no signature), the client holding tickets
+//!   from the handshakes before it; quiche is left out (its client keeps no tickets unless
+//!   the application moves them itself).
 //! - `server_request_100B`: the server's time per perf request (100 bytes up, 100 bytes
 //!   back) on established connections: receive, application, response, timers. One
 //!   request in flight per connection, so one packet each way per request.
@@ -169,6 +173,52 @@ fn handshake(c: &mut Criterion, tls: &TlsSetup) {
     g.finish();
 }
 
+/// Handshakes resuming a session: each client's first handshake (untimed) brings the
+/// tickets, and every handshake after it resumes and brings more.
+fn handshake_resumed(c: &mut Criterion, tls: &TlsSetup) {
+    let tls = &tls.resuming();
+    let mut g = group(c, "server_handshake_resumed");
+    g.bench_function("quench", |b| {
+        b.iter_custom(|iters| {
+            let mut sw = Stopwatch::default();
+            let mut pair = QuenchPair::new(tls, ServerMode::Apps);
+            pair.handshake(None);
+            for i in 0..iters {
+                if i > 0 && i % HANDSHAKES_PER_PAIR == 0 {
+                    pair = QuenchPair::new(tls, ServerMode::Apps);
+                }
+                assert!(pair.handshake(Some(&mut sw)), "quench resumed");
+            }
+            sw.elapsed
+        })
+    });
+    g.bench_function("quinn-proto", |b| {
+        b.iter_custom(|iters| {
+            let mut sw = Stopwatch::default();
+            let mut pair = QuinnPair::new(tls, AppMode::Perf);
+            pair.handshake(None);
+            for i in 0..iters {
+                if i > 0 && i % HANDSHAKES_PER_PAIR == 0 {
+                    pair = QuinnPair::new(tls, AppMode::Perf);
+                }
+                pair.handshake(Some(&mut sw));
+            }
+            sw.elapsed
+        })
+    });
+    g.bench_function("rustls-quic-only", |b| {
+        b.iter_custom(|iters| {
+            let mut sw = Stopwatch::default();
+            rustls_hs::handshake(tls, &mut Stopwatch::default());
+            for _ in 0..iters {
+                assert!(rustls_hs::handshake(tls, &mut sw).1, "rustls resumed");
+            }
+            sw.elapsed
+        })
+    });
+    g.finish();
+}
+
 /// Request rounds until `iters` responses completed; the timed share scaled to `iters`.
 fn requests(iters: u64, round: &mut impl FnMut(&mut Stopwatch) -> u64) -> Duration {
     let mut sw = Stopwatch::default();
@@ -214,6 +264,7 @@ fn all(c: &mut Criterion) {
     recv(c, &tls);
     send(c, &tls);
     handshake(c, &tls);
+    handshake_resumed(c, &tls);
     request(c, &tls, "server_request_100B", 1);
     request(c, &tls, "server_request_100B_x16", 16);
 }

@@ -58,10 +58,10 @@ enum Cmd {
     /// Runs one benchmark scenario without criterion, for a profiler: only the server's
     /// calls run inside `server_span` (see `quench_bench::server_span`).
     Profile {
-        /// recv, send, handshake, request or request16.
+        /// recv, send, handshake, handshake-resumed, request or request16.
         #[arg(long)]
         scenario: String,
-        /// quench, quinn-proto, quiche, rustls (handshake only) or aead-floor (requests only).
+        /// quench, quinn-proto, quiche, rustls (handshakes only) or aead-floor (requests only).
         #[arg(long, default_value = "quench")]
         stack: String,
         /// Packets, handshakes or requests to run.

@@ -80,6 +80,38 @@ pub fn run(scenario: &str, stack: &str, count: u64) -> anyhow::Result<(u64, Stop
             }
             done = count;
         }
+        ("handshake-resumed", "quench") => {
+            let tls = tls.resuming();
+            let mut pair = QuenchPair::new(&tls, ServerMode::Apps);
+            pair.handshake(None);
+            for i in 0..count {
+                if i > 0 && i % 32 == 0 {
+                    pair = QuenchPair::new(&tls, ServerMode::Apps);
+                }
+                assert!(pair.handshake(Some(&mut sw)), "quench resumed");
+            }
+            done = count;
+        }
+        ("handshake-resumed", "quinn-proto") => {
+            let tls = tls.resuming();
+            let mut pair = QuinnPair::new(&tls, AppMode::Perf);
+            pair.handshake(None);
+            for i in 0..count {
+                if i > 0 && i % 32 == 0 {
+                    pair = QuinnPair::new(&tls, AppMode::Perf);
+                }
+                pair.handshake(Some(&mut sw));
+            }
+            done = count;
+        }
+        ("handshake-resumed", "rustls") => {
+            let tls = tls.resuming();
+            rustls_hs::handshake(&tls, &mut Stopwatch::default());
+            for _ in 0..count {
+                assert!(rustls_hs::handshake(&tls, &mut sw).1, "rustls resumed");
+            }
+            done = count;
+        }
         ("handshake", "rustls") => {
             for _ in 0..count {
                 rustls_hs::handshake(&tls, &mut sw);

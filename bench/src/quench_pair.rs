@@ -156,8 +156,9 @@ impl QuenchPair {
 
     /// Opens one client connection and drives both sides until the handshake is confirmed
     /// and everything that follows it (HANDSHAKE_DONE, NEW_CONNECTION_ID, tickets, their
-    /// ACKs) has settled; the server's calls are timed into `sw`.
-    pub fn handshake(&mut self, sw: Option<&mut Stopwatch>) {
+    /// ACKs) has settled; the server's calls are timed into `sw`. Returns whether the
+    /// handshake resumed a session (clients of `TlsSetup::resuming`).
+    pub fn handshake(&mut self, sw: Option<&mut Stopwatch>) -> bool {
         let h = self
             .client
             .connect(
@@ -175,6 +176,7 @@ impl QuenchPair {
             conn.is_handshake_confirmed(),
             "quench handshake did not complete"
         );
+        conn.resumed()
     }
 
     /// Exchanges datagrams (jumping the clock to timers when idle) until nothing is in

@@ -12,8 +12,9 @@ use crate::{server_span, Stopwatch};
 /// Transport parameters of about the size quench sends (rustls does not parse them).
 const PARAMS_LEN: usize = 80;
 
-/// One full handshake, tickets included; returns the handshake bytes both ways.
-pub fn handshake(tls: &TlsSetup, sw: &mut Stopwatch) -> usize {
+/// One handshake, tickets included (full, or resumed with `TlsSetup::resuming` once a
+/// ticket is in); returns the handshake bytes both ways and whether it resumed.
+pub fn handshake(tls: &TlsSetup, sw: &mut Stopwatch) -> (usize, bool) {
     let mut client = ClientConnection::new(
         tls.client.clone(),
         Version::V1,
@@ -60,7 +61,8 @@ pub fn handshake(tls: &TlsSetup, sw: &mut Stopwatch) -> usize {
             }
         }
         if !progress && !client.is_handshaking() && !server.is_handshaking() {
-            return moved;
+            let resumed = server.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            return (moved, resumed);
         }
     }
     panic!("rustls handshake did not finish");

@@ -30,7 +30,7 @@ pub struct TlsSetup {
     pub quench_server: Arc<rustls::ServerConfig>,
     pub quench_client: Arc<rustls::ClientConfig>,
     /// For quinn-proto and rustls alone: the same settings quench uses (TLS 1.3 only,
-    /// no early data, default session tickets).
+    /// no early data, stateless session tickets).
     pub server: Arc<rustls::ServerConfig>,
     pub client: Arc<rustls::ClientConfig>,
 }
@@ -39,8 +39,12 @@ impl TlsSetup {
     pub fn new() -> anyhow::Result<Self> {
         let cert = generate_self_signed(&[SERVER_NAME.to_string()])?;
         let alpns = vec![ALPN.to_vec()];
-        let quench_server =
-            quench::tls::session::server_config_with_provider(cert.clone(), &alpns, provider())?;
+        let quench_server = quench::tls::session::server_config_with_provider(
+            cert.clone(),
+            &alpns,
+            provider(),
+            None,
+        )?;
         let mut quench_client = (*quench::tls::session::client_config_with_provider(
             quench::tls::session::ServerVerification::Insecure,
             &alpns,
@@ -58,6 +62,9 @@ impl TlsSetup {
             .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
         server.alpn_protocols = alpns.clone();
         server.max_early_data_size = 0;
+        // Stateless tickets, as quench's server issues them (`server_config_with_provider`).
+        server.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.chain[0].clone())?;
@@ -76,6 +83,24 @@ impl TlsSetup {
             server: Arc::new(server),
             client: Arc::new(client),
         })
+    }
+
+    /// The same setup with clients that keep session tickets and resume (rustls's
+    /// in-memory store, fresh): after one full handshake, each handshake resumes a session
+    /// and brings new tickets for the next.
+    pub fn resuming(&self) -> TlsSetup {
+        let resume = |config: &Arc<rustls::ClientConfig>| {
+            let mut config = (**config).clone();
+            config.resumption = rustls::client::Resumption::in_memory_sessions(256);
+            Arc::new(config)
+        };
+        TlsSetup {
+            cert: self.cert.clone(),
+            quench_server: self.quench_server.clone(),
+            quench_client: resume(&self.quench_client),
+            server: self.server.clone(),
+            client: resume(&self.client),
+        }
     }
 
     pub fn server_name() -> ServerName<'static> {

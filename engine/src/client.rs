@@ -55,6 +55,10 @@ pub struct ClientOptions {
     /// Versions to offer, most preferred first: connections start in the first and fall
     /// back to another the server lists in Version Negotiation (RFC 9368 §2.1).
     pub versions: Vec<u32>,
+    /// Connect once first, wait for the server's session ticket and close, so that the
+    /// workload's connections resume that session (RFC 8446 §2.2) instead of doing a full
+    /// handshake.
+    pub resume: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -75,6 +79,8 @@ pub struct ClientReport {
     pub migrations: u64,
     /// The QUIC version the connections used (after any Version Negotiation).
     pub quic_version: Option<u32>,
+    /// Connections whose TLS handshake resumed a session from a ticket.
+    pub resumed: u64,
 }
 
 impl ClientReport {
@@ -113,6 +119,7 @@ impl ClientReport {
             "sha256": self.sha256,
             "key_updates": self.key_updates,
             "max_datagram_size": self.max_datagram_size,
+            "resumed": self.resumed,
         });
         if let Some(version) = self.quic_version {
             v["quic_version"] = format!("{version:#x}").into();
@@ -203,6 +210,8 @@ pub struct ClientConnState {
     pub version: Option<u32>,
     pub closed: Option<CloseReason>,
     pub key_update_done: bool,
+    /// The handshake resumed a TLS session.
+    pub resumed: bool,
     /// Copied from the connection's statistics when it closes.
     pub migrations: u64,
     /// The path of our last move never answered (`Event::PathValidationFailed`): the
@@ -237,6 +246,7 @@ impl EventHandler<ClientConnState> for ClientHandler {
             Event::Connected => {
                 st.connected_at = Some(now);
                 st.version = Some(conn.version());
+                st.resumed = conn.resumed();
                 st.app = match &self.workload {
                     ClientWorkload::Perf { down, up, streams } => {
                         let i = self.started;
@@ -304,9 +314,14 @@ pub fn run_client(opts: ClientOptions) -> Result<ClientReport, ClientError> {
 
 /// Runs the client over any datapath (an AF_XDP socket, the in-memory pair, ...).
 pub fn run_client_on<D: crate::io::Datapath>(
-    opts: ClientOptions,
+    mut opts: ClientOptions,
     dp: &mut D,
 ) -> Result<ClientReport, ClientError> {
+    if opts.resume {
+        let (tls, tickets) = resume::counting_tickets(&opts.tls);
+        opts.tls = tls;
+        resume::warm_up(&opts, dp, &tickets)?;
+    }
     let mut cfg = EndpointConfig::new(opts.transport.clone(), None);
     cfg.max_connections = opts.conns.max(1);
     cfg.keep_drained_states = true;
@@ -436,6 +451,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
         if st.key_update_done {
             report.key_updates += 1;
         }
+        report.resumed += u64::from(st.resumed);
         report.migrations += st.migrations;
         match &st.app {
             ClientApp::Perf(p) => {
@@ -478,3 +494,199 @@ pub const DEFAULT_VERSION: u32 = VERSION_1;
 
 /// Moves from a fresh port after a move whose new path never answered (RFC 9000 §8.2.4).
 const MIGRATION_RESCUES: u32 = 3;
+
+/// `--resume`: one connection first, to get a session ticket for the rest.
+mod resume {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
+    use rustls::client::{Tls12ClientSessionValue, Tls13ClientSessionValue};
+    use rustls::pki_types::ServerName;
+    use rustls::NamedGroup;
+
+    use super::{ClientError, ClientOptions};
+    use crate::conn::{Connection, Event};
+    use crate::endpoint::{Endpoint, EndpointConfig, EventHandler};
+    use crate::worker::drive_until;
+
+    /// How long the warm-up connection waits for a ticket once connected: servers send
+    /// theirs with their last handshake flight, so one round trip is plenty.
+    const TICKET_WAIT: Duration = Duration::from_secs(2);
+    /// Sessions the store keeps (rustls's default size).
+    const SESSIONS: usize = 256;
+
+    /// A copy of `tls` whose resumption store counts the tickets it is given.
+    pub(super) fn counting_tickets(
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> (Arc<rustls::ClientConfig>, Arc<CountingStore>) {
+        let store = Arc::new(CountingStore {
+            inner: ClientSessionMemoryCache::new(SESSIONS),
+            tickets: AtomicU64::new(0),
+            holding: AtomicBool::new(false),
+        });
+        let mut config = (**tls).clone();
+        config.resumption = Resumption::store(store.clone());
+        (Arc::new(config), store)
+    }
+
+    /// Gets a ticket for each of the workload's connections: servers hand out a few per
+    /// connection (two, typically) and each is good for one resumption (RFC 8446 §C.4), so
+    /// one connection first shows how many come per connection, then enough more connect
+    /// at once. No ticket is not an error: the workload then does full handshakes and
+    /// reports `resumed: 0`.
+    pub(super) fn warm_up<D: crate::io::Datapath>(
+        opts: &ClientOptions,
+        dp: &mut D,
+        tickets: &CountingStore,
+    ) -> Result<(), ClientError> {
+        let needed = opts.conns.max(1) as u64;
+        tickets.holding.store(true, Ordering::Relaxed);
+        let gathered = gather(opts, dp, tickets, needed);
+        tickets.holding.store(false, Ordering::Relaxed);
+        gathered?;
+        if tickets.count() < needed {
+            tracing::warn!(
+                tickets = tickets.count(),
+                needed,
+                "the server sent too few session tickets: some connections will not resume"
+            );
+        }
+        Ok(())
+    }
+
+    /// Warm-up batches until `needed` tickets are in, or a batch brings none.
+    fn gather<D: crate::io::Datapath>(
+        opts: &ClientOptions,
+        dp: &mut D,
+        tickets: &CountingStore,
+        needed: u64,
+    ) -> Result<(), ClientError> {
+        let mut connections = 0u64;
+        let mut batch = 1u64;
+        loop {
+            let before = tickets.count();
+            warm_up_batch(opts, dp, tickets, batch as usize)?;
+            connections += batch;
+            let got = tickets.count();
+            if got >= needed || got == before {
+                return Ok(());
+            }
+            let per_connection = (got / connections).max(1);
+            batch = (needed - got).div_ceil(per_connection);
+        }
+    }
+
+    /// `n` connections that each wait for a ticket (or [`TICKET_WAIT`]) and close; returns
+    /// once all have drained, so nothing of them reaches the workload's endpoint.
+    fn warm_up_batch<D: crate::io::Datapath>(
+        opts: &ClientOptions,
+        dp: &mut D,
+        tickets: &CountingStore,
+        n: usize,
+    ) -> Result<(), ClientError> {
+        let mut cfg = EndpointConfig::new(opts.transport.clone(), None);
+        cfg.max_connections = n;
+        cfg.limit_receive_payload(dp.capabilities().max_receive_payload);
+        let mut endpoint: Endpoint<WarmUp> = Endpoint::new(cfg);
+        let start = Instant::now();
+        let mut handles = Vec::with_capacity(n);
+        for _ in 0..n {
+            let h = endpoint
+                .connect_with_versions(
+                    start,
+                    opts.tls.clone(),
+                    &opts.server_name,
+                    opts.connect,
+                    &opts.versions,
+                )
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
+            handles.push(h);
+        }
+        let before = tickets.count();
+        let deadline = start + opts.timeout;
+        let finished = drive_until(dp, &mut endpoint, &mut Ignore, deadline, |ep, _, now| {
+            let mut all_gone = true;
+            for &h in &handles {
+                let alive = ep.with_state(h, |conn, st| {
+                    if st.connected_at.is_none() && conn.is_established() {
+                        st.connected_at = Some(now);
+                    }
+                    let waited = st.connected_at.is_some_and(|t| now - t >= TICKET_WAIT);
+                    // Every connection of the batch got its tickets (counted together).
+                    let ticket = st.connected_at.is_some() && tickets.count() - before >= n as u64;
+                    if (ticket || waited) && !conn.is_closing() {
+                        conn.close(now, 0, "warm-up done");
+                    }
+                });
+                all_gone &= alive.is_none();
+            }
+            all_gone
+        })?;
+        if !finished {
+            return Err(ClientError::Timeout(opts.timeout));
+        }
+        Ok(())
+    }
+
+    #[derive(Default)]
+    pub(super) struct WarmUp {
+        connected_at: Option<Instant>,
+    }
+
+    struct Ignore;
+
+    impl EventHandler<WarmUp> for Ignore {
+        fn on_event(&mut self, _: Instant, _: &mut Connection, _: &mut WarmUp, _: Event) {}
+    }
+
+    /// rustls's in-memory session store, counting the TLS 1.3 tickets put in it, and
+    /// keeping them from the warm-up's own connections (which would use them up).
+    #[derive(Debug)]
+    pub(super) struct CountingStore {
+        inner: ClientSessionMemoryCache,
+        tickets: AtomicU64,
+        holding: AtomicBool,
+    }
+
+    impl CountingStore {
+        pub(super) fn count(&self) -> u64 {
+            self.tickets.load(Ordering::Relaxed)
+        }
+    }
+
+    impl ClientSessionStore for CountingStore {
+        fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+            self.inner.set_kx_hint(server_name, group)
+        }
+
+        fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+            self.inner.kx_hint(server_name)
+        }
+
+        fn set_tls12_session(&self, name: ServerName<'static>, value: Tls12ClientSessionValue) {
+            self.inner.set_tls12_session(name, value)
+        }
+
+        fn tls12_session(&self, name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+            self.inner.tls12_session(name)
+        }
+
+        fn remove_tls12_session(&self, name: &ServerName<'static>) {
+            self.inner.remove_tls12_session(name)
+        }
+
+        fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
+            self.tickets.fetch_add(1, Ordering::Relaxed);
+            self.inner.insert_tls13_ticket(name, value)
+        }
+
+        fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+            if self.holding.load(Ordering::Relaxed) {
+                return None;
+            }
+            self.inner.take_tls13_ticket(name)
+        }
+    }
+}

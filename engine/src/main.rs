@@ -104,6 +104,11 @@ enum Command {
         /// Validate client addresses with Retry before accepting (RFC 9000 §8.1.2).
         #[arg(long)]
         retry: bool,
+        /// Session ticket keys shared by a fleet: 32-byte keys in hex, one a line, the
+        /// first sealing new tickets and all opening them; re-read when the file changes.
+        /// Without it, tickets use keys of this process alone, rolled every 6 hours.
+        #[arg(long)]
+        ticket_keys: Option<PathBuf>,
         /// QUIC versions to accept: 1 (RFC 9000), 2 (RFC 9369). Clients in others get
         /// Version Negotiation listing these.
         #[arg(long, default_value = "1,2", value_delimiter = ',',
@@ -169,6 +174,10 @@ enum Command {
         /// Name to send in SNI and verify; defaults to "localhost".
         #[arg(long, default_value = "localhost")]
         server_name: String,
+        /// Connect once first and keep the server's session ticket, so the connections
+        /// that run the workload resume that TLS session (the report counts `resumed`).
+        #[arg(long)]
+        resume: bool,
         /// QUIC versions to offer, most preferred first: 1 (RFC 9000), 2 (RFC 9369). Each
         /// connection starts in the first; given more than one, it falls back to the next
         /// one the server lists in Version Negotiation (RFC 9368 §2.1), e.g. `2,1`.
@@ -266,6 +275,7 @@ fn run(cli: Cli) -> Result<()> {
             root,
             workers,
             retry,
+            ticket_keys,
             quic_version,
             max_connections,
             congestion,
@@ -321,6 +331,7 @@ fn run(cli: Cli) -> Result<()> {
                     ..transport(congestion, path)
                 },
                 require_retry: retry,
+                ticket_keys,
                 versions: quic_versions(&quic_version)?,
                 max_connections,
                 pin: !no_pin,
@@ -349,6 +360,7 @@ fn run(cli: Cli) -> Result<()> {
             key_update_after,
             migrate_after,
             server_name,
+            resume,
             quic_version,
             timeout,
             congestion,
@@ -403,6 +415,7 @@ fn run(cli: Cli) -> Result<()> {
                     ..transport(congestion, path)
                 },
                 versions: quic_versions(&quic_version)?,
+                resume,
             };
             let report = match datapath {
                 DatapathKind::Udp => run_client(opts)?,

@@ -14,6 +14,7 @@ use crate::endpoint::{Endpoint, EndpointConfig};
 use crate::io::udp::{cid_steering_program, UdpDatapath, UdpOptions};
 use crate::io::Datapath;
 use crate::tls::certs::CertifiedKey;
+use crate::tls::tickets::TicketKeyFile;
 use crate::worker::{Handoff, Worker, WorkerCounters};
 
 #[derive(thiserror::Error, Debug)]
@@ -44,6 +45,9 @@ pub struct ServerOptions {
     pub workers: usize,
     pub transport: TransportConfig,
     pub require_retry: bool,
+    /// Session ticket key file shared by a fleet (`tls::tickets::TicketKeyFile`); `None`
+    /// uses keys of this process alone.
+    pub ticket_keys: Option<PathBuf>,
     /// QUIC versions accepted (`EndpointConfig::versions`).
     pub versions: Vec<u32>,
     /// Most connections per worker; beyond it new clients get CONNECTION_REFUSED.
@@ -129,6 +133,9 @@ pub struct WorkerStats {
     pub version_negotiations: u64,
     /// NEW_TOKEN tokens handed to clients for their next connection (RFC 9000 §8.1.3).
     pub new_tokens: u64,
+    /// Handshakes that resumed a session from a TLS ticket instead of signing with the
+    /// certificate.
+    pub resumed_handshakes: u64,
     /// Path MTU discovery, over connections closed so far.
     pub pmtu_probes_sent: u64,
     pub pmtu_probes_lost: u64,
@@ -150,6 +157,7 @@ impl WorkerStats {
             retries: c.retries.load(Ordering::Relaxed),
             version_negotiations: c.version_negotiations.load(Ordering::Relaxed),
             new_tokens: c.new_tokens.load(Ordering::Relaxed),
+            resumed_handshakes: c.resumed_handshakes.load(Ordering::Relaxed),
             pmtu_probes_sent: c.pmtu_probes_sent.load(Ordering::Relaxed),
             pmtu_probes_lost: c.pmtu_probes_lost.load(Ordering::Relaxed),
             pmtu_black_holes: c.pmtu_black_holes.load(Ordering::Relaxed),
@@ -169,6 +177,7 @@ impl WorkerStats {
             "retries": self.retries,
             "version_negotiations": self.version_negotiations,
             "new_tokens": self.new_tokens,
+            "resumed_handshakes": self.resumed_handshakes,
             "pmtu_probes_sent": self.pmtu_probes_sent,
             "pmtu_probes_lost": self.pmtu_probes_lost,
             "pmtu_black_holes": self.pmtu_black_holes,
@@ -187,8 +196,24 @@ struct WorkerBase {
 
 impl WorkerBase {
     fn new(opts: &ServerOptions) -> Result<WorkerBase, ServerError> {
-        let tls = crate::tls::session::server_config(opts.cert.clone(), &opts.alpns)
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let tickets = match &opts.ticket_keys {
+            Some(path) => {
+                let keys =
+                    TicketKeyFile::open(path).map_err(|e| ServerError::Tls(e.to_string()))?;
+                keys.watch(shutdown.clone())
+                    .map_err(|e| ServerError::Tls(format!("ticket key watcher: {e}")))?;
+                Some(keys as Arc<dyn rustls::server::ProducesTickets>)
+            }
+            None => None,
+        };
+        let tls = crate::tls::session::server_config_with_provider(
+            opts.cert.clone(),
+            &opts.alpns,
+            rustls::crypto::aws_lc_rs::default_provider(),
+            tickets,
+        )
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
         let factory: Arc<dyn AppFactory> = Arc::new(BuiltinApps {
             alpns: opts.alpns.clone(),
             root: opts.root.clone(),
@@ -200,7 +225,7 @@ impl WorkerBase {
         Ok(WorkerBase {
             endpoint,
             factory,
-            shutdown: Arc::new(AtomicBool::new(false)),
+            shutdown,
             pin: opts.pin,
         })
     }

@@ -101,6 +101,7 @@ pub struct WorkerCounters {
     pub retries: AtomicU64,
     pub version_negotiations: AtomicU64,
     pub new_tokens: AtomicU64,
+    pub resumed_handshakes: AtomicU64,
     pub pmtu_probes_sent: AtomicU64,
     pub pmtu_probes_lost: AtomicU64,
     pub pmtu_black_holes: AtomicU64,
@@ -118,6 +119,8 @@ impl WorkerCounters {
         self.version_negotiations
             .store(ep.version_negotiations_sent, Ordering::Relaxed);
         self.new_tokens.store(ep.new_tokens_sent, Ordering::Relaxed);
+        self.resumed_handshakes
+            .store(ep.resumed_handshakes, Ordering::Relaxed);
         self.pmtu_probes_sent
             .store(ep.pmtu_probes_sent, Ordering::Relaxed);
         self.pmtu_probes_lost

@@ -352,6 +352,25 @@ struct Requests {
     completed: u64,
     /// Client: streams currently open.
     in_flight: u64,
+    /// Bytes read so far per open stream (a message may arrive in pieces: a STREAM frame
+    /// can be split at a packet's end or a flow-control limit), by stream index modulo the
+    /// array's length, which exceeds the streams open at once; no map, so no allocation.
+    read: ReadOffsets,
+}
+
+/// Per-stream read offsets for the request tests, allocation-free.
+struct ReadOffsets([usize; 64]);
+
+impl Default for ReadOffsets {
+    fn default() -> Self {
+        Self([0; 64])
+    }
+}
+
+impl ReadOffsets {
+    fn at(&mut self, id: StreamId) -> &mut usize {
+        &mut self.0[(id.index() % 64) as usize]
+    }
 }
 
 const REQUESTS_IN_FLIGHT: u64 = 8;
@@ -370,13 +389,17 @@ impl Requests {
     }
 
     /// Reads what is readable; true once the FIN was read. Checks the bytes.
-    fn drain(conn: &mut Connection, id: StreamId, now: Instant) -> bool {
+    fn drain(&mut self, conn: &mut Connection, id: StreamId, now: Instant) -> bool {
         let mut buf = [0u8; 256];
         loop {
             match conn.read(id, &mut buf, now) {
                 Ok((n, fin)) => {
-                    assert_eq!(&buf[..n], &PATTERN[..n], "stream bytes");
+                    let at = self.read.at(id);
+                    assert_eq!(&buf[..n], &PATTERN[*at..*at + n], "stream bytes");
+                    *at += n;
                     if fin {
+                        assert_eq!(*at, MESSAGE, "message length");
+                        *at = 0;
                         return true;
                     }
                     if n == 0 {
@@ -396,7 +419,7 @@ impl EventHandler<()> for Requests {
             Event::Connected if client => self.top_up(conn),
             Event::Stream(StreamEvent::StreamsAvailable { .. }) if client => self.top_up(conn),
             Event::Stream(StreamEvent::Opened { id } | StreamEvent::Readable { id })
-                if Self::drain(conn, id, now) =>
+                if self.drain(conn, id, now) =>
             {
                 // The whole message and its FIN have arrived.
                 if client {
@@ -448,6 +471,8 @@ struct PerfRequests {
     /// Client: responses read whole. Server: responses acknowledged.
     completed: u64,
     in_flight: u64,
+    /// Client: response bytes read so far per open stream.
+    read: ReadOffsets,
 }
 
 impl PerfRequests {
@@ -479,11 +504,12 @@ impl EventHandler<()> for PerfRequests {
             Event::Stream(StreamEvent::StreamsAvailable { .. }) if client => self.top_up(conn),
             Event::Stream(StreamEvent::Readable { id }) if client => {
                 let mut buf = [0u8; 256];
-                let mut got = 0;
+                let got = self.read.at(id);
                 while let Ok((n, fin)) = conn.read(id, &mut buf, now) {
-                    got += n;
+                    *got += n;
                     if fin {
-                        assert_eq!(got, MESSAGE, "response length");
+                        assert_eq!(*got, MESSAGE, "response length");
+                        *got = 0;
                         self.completed += 1;
                         self.in_flight -= 1;
                         self.top_up(conn);

@@ -1,9 +1,11 @@
 //! The multi-worker UDP server (SO_REUSEPORT, one socket per worker) on loopback: hostile
 //! datagrams naming any worker byte leave every worker running; the kernel steers short
 //! headers to the worker their CID names, or, with that off, workers hand them over; a
-//! client behind a NAT that keeps rebinding completes its transfer either way.
+//! client behind a NAT that keeps rebinding completes its transfer either way; returning
+//! clients resume their TLS sessions on any worker, and on any server sharing the key file.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,6 +22,10 @@ use rand::{Rng, SeedableRng};
 const WORKERS: usize = 2;
 
 fn server(kernel_steering: bool) -> RunningServer {
+    server_with_tickets(kernel_steering, None)
+}
+
+fn server_with_tickets(kernel_steering: bool, ticket_keys: Option<PathBuf>) -> RunningServer {
     start_udp_server(ServerOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
@@ -28,6 +34,7 @@ fn server(kernel_steering: bool) -> RunningServer {
         workers: WORKERS,
         transport: TransportConfig::default(),
         require_retry: false,
+        ticket_keys,
         versions: SUPPORTED_VERSIONS.to_vec(),
         max_connections: 64,
         pin: false,
@@ -86,6 +93,19 @@ fn wait_until(server: &RunningServer, done: impl Fn(&RunningServer) -> bool) {
 
 fn perf_client(connect: SocketAddr, down: u64, up: u64, conns: usize) {
     let tls = client_config(ServerVerification::Insecure, &[b"perf".to_vec()]).expect("tls");
+    perf_client_with(connect, tls, down, up, conns, false);
+}
+
+/// Runs a perf transfer with `tls` (whose session store carries tickets from one run to
+/// the next); returns how many connections resumed a session.
+fn perf_client_with(
+    connect: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    down: u64,
+    up: u64,
+    conns: usize,
+    resume: bool,
+) -> u64 {
     let report = run_client(ClientOptions {
         connect,
         server_name: "localhost".into(),
@@ -101,9 +121,11 @@ fn perf_client(connect: SocketAddr, down: u64, up: u64, conns: usize) {
         timeout: Duration::from_secs(60),
         transport: TransportConfig::default(),
         versions: vec![VERSION_1],
+        resume,
     })
     .expect("client completes");
     assert_eq!((report.bytes_down, report.bytes_up), (down, up));
+    report.resumed
 }
 
 /// Kernel steering off: each source port reaches one socket, whose worker hands the short
@@ -272,4 +294,60 @@ fn nat_rebinding_reaches_the_owner() {
         handed_off > 0,
         "{rebinds} rebinds but nothing reached the other worker"
     );
+}
+
+/// `quench client --resume`: the warm-up connections gather a ticket for each of the
+/// transfer's connections, and every one of them resumes. Both sides count it.
+#[test]
+fn every_connection_of_a_returning_client_resumes() {
+    let mut server = server(true);
+    let tls = client_config(ServerVerification::Insecure, &[b"perf".to_vec()]).expect("tls");
+    let resumed = perf_client_with(server.local_addr, tls, 1 << 20, 1 << 18, 5, true);
+    assert_eq!(resumed, 5, "the client's view");
+    wait_until(&server, |s| sum(s, |w| w.resumed_handshakes) == 5);
+    assert!(
+        sum(&server, |w| w.connections_accepted) > 5,
+        "warm-up connections too"
+    );
+    server.request_shutdown();
+    server.join_workers().expect("workers end cleanly");
+}
+
+/// A fleet: two servers sharing a ticket key file resume each other's sessions; a server
+/// with another key file does a full handshake instead, and the transfer still completes.
+#[test]
+fn servers_sharing_a_ticket_key_file_resume_each_others_sessions() {
+    let dir = std::env::temp_dir().join(format!("quench-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shared = dir.join("shared.keys");
+    let other = dir.join("other.keys");
+    std::fs::write(&shared, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::write(&other, format!("{}\n", "cd".repeat(32))).unwrap();
+    let mut a = server_with_tickets(true, Some(shared.clone()));
+    let mut b = server_with_tickets(true, Some(shared));
+    let mut c = server_with_tickets(true, Some(other));
+    let tls = client_config(ServerVerification::Insecure, &[b"perf".to_vec()]).expect("tls");
+    // The same server name everywhere, so the client offers a's ticket to b and c.
+    assert_eq!(
+        perf_client_with(a.local_addr, tls.clone(), 1 << 16, 0, 1, false),
+        0
+    );
+    assert_eq!(
+        perf_client_with(b.local_addr, tls.clone(), 1 << 16, 0, 1, false),
+        1,
+        "b opens a's ticket"
+    );
+    assert_eq!(
+        perf_client_with(c.local_addr, tls.clone(), 1 << 16, 0, 1, false),
+        0,
+        "c cannot"
+    );
+    wait_until(&b, |s| sum(s, |w| w.resumed_handshakes) == 1);
+    wait_until(&c, |s| sum(s, |w| w.connections_accepted) == 1);
+    assert_eq!(sum(&c, |w| w.resumed_handshakes), 0);
+    for server in [&mut a, &mut b, &mut c] {
+        server.request_shutdown();
+        server.join_workers().expect("workers end cleanly");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -258,7 +258,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--token-warm-up",
         action="store_true",
         help="first open one connection and wait for the server's NEW_TOKEN token (RFC 9000"
-        " §8.1.3), then close it; the transfer's first connection presents that token",
+        " §8.1.3) and TLS session ticket, then close it; the transfer's first connection"
+        " presents that token and resumes that session (the report counts `resumed`)",
     )
     args = p.parse_args(argv)
     if args.streams < 1 or args.conns < 1:
@@ -300,6 +301,8 @@ async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[t
     config = configuration(args)
     if conn_index == 0 and args.token:
         config.token = args.token  # used once: later connections go without
+    if conn_index == 0 and args.session_ticket:
+        config.session_ticket = args.session_ticket
     async with connect(args.host, args.port, configuration=config, create_protocol=Client) as client:
         handshake = time.monotonic() - begun
         print(f"connection {conn_index}: QUIC version {client._quic._version:#010x}", file=sys.stderr)
@@ -318,26 +321,30 @@ async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[t
         else:
             bodies = await asyncio.gather(*(client.get(path) for _, path in gets))
             results = list(zip((i for i, _ in gets), bodies))
-        return handshake, results, client.key_updates
+        resumed = client._quic.tls.session_resumed
+        return handshake, results, client.key_updates, resumed
 
 
-async def warm_up_token(args: argparse.Namespace) -> bytes:
-    """One connection, kept until the server's NEW_TOKEN token arrives; returns the token."""
+async def warm_up_token(args: argparse.Namespace):
+    """One connection, kept until the server's NEW_TOKEN token and a session ticket arrive;
+    returns both."""
     tokens: list[bytes] = []
+    tickets: list = []
     async with connect(
         args.host,
         args.port,
         configuration=configuration(args),
         create_protocol=Client,
         token_handler=tokens.append,
+        session_ticket_handler=tickets.append,
     ):
         deadline = time.monotonic() + 5
-        while not tokens:
+        while not tokens or not tickets:
             if time.monotonic() > deadline:
-                raise RuntimeError("no NEW_TOKEN from the server within 5 s")
+                raise RuntimeError("no NEW_TOKEN or session ticket from the server within 5 s")
             await asyncio.sleep(0.005)
     print(f"NEW_TOKEN token received: {len(tokens[-1])} bytes", file=sys.stderr)
-    return tokens[-1]
+    return tokens[-1], tickets[-1]
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -348,8 +355,9 @@ async def run(args: argparse.Namespace) -> dict:
     per_conn = [[(i, p) for i, p in enumerate(gets) if i % args.conns == c] for c in range(args.conns)]
 
     args.token = b""
+    args.session_ticket = None
     if args.token_warm_up:
-        args.token = await warm_up_token(args)
+        args.token, args.session_ticket = await warm_up_token(args)
     start = time.monotonic()
     outcomes = await asyncio.gather(
         *(run_connection(args, c, per_conn[c]) for c in range(args.conns))
@@ -365,24 +373,25 @@ async def run(args: argparse.Namespace) -> dict:
         "streams": 0,
         "sha256": None,
         "key_updates": sum(o[2] for o in outcomes),
+        "resumed": sum(1 for o in outcomes if o[3]),
     }
     if args.alpn == "echo":
         report["datagrams_sent"] = args.datagrams * args.conns
         report["datagrams_echoed"] = 0
-        for _, results, _ in outcomes:
+        for _, results, _, _ in outcomes:
             for echoed, down, up in results:
                 report["datagrams_echoed"] += echoed
                 report["bytes_down"] += down
                 report["bytes_up"] += up
     elif args.alpn == "perf":
-        for _, results, _ in outcomes:
+        for _, results, _, _ in outcomes:
             for down, up in results:
                 report["bytes_down"] += down
                 report["bytes_up"] += up
                 report["streams"] += 1
     else:
         bodies: list[bytes] = [b""] * len(gets)
-        for _, results, _ in outcomes:
+        for _, results, _, _ in outcomes:
             for index, body in results:
                 bodies[index] = body
         digest = hashlib.sha256()

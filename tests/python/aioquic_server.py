@@ -286,6 +286,7 @@ class Connection(QuicConnectionProtocol):
             "version": f"{self._quic._version:#010x}",
             "alpn": self._alpn(),
             "retry": self._quic._retry_source_connection_id is not None,
+            "resumed": self._quic.tls.session_resumed,
             "peer_key_updates": getattr(one_rtt, "peer_key_updates", 0),
             "streams": self.streams,
             "bytes_in": self.bytes_in,
@@ -360,12 +361,16 @@ async def run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     live: set[Connection] = set()
+    # Session tickets (RFC 8446 §4.6.1), so clients can resume: kept in memory, single use.
+    tickets: dict = {}
     server = await serve(
         args.host,
         args.port,
         configuration=config,
         create_protocol=lambda *a, **kw: Connection(*a, root=args.root, registry=live, **kw),
         retry=args.retry,
+        session_ticket_fetcher=lambda label: tickets.pop(label, None),
+        session_ticket_handler=lambda ticket: tickets.__setitem__(ticket.ticket, ticket),
     )
     addr = format_addr(server._transport.get_extra_info("sockname"))
     print(f"aioquic_server: listening on {addr}", flush=True)

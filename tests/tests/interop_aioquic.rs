@@ -113,11 +113,12 @@ fn aioquic_quic_v2() {
 }
 
 /// RFC 9000 §8.1.3 with aioquic: under `quench serve --retry`, a warm-up connection goes
-/// through Retry and aioquic's token handler receives quench's NEW_TOKEN token; the next
-/// connection presents it in `QuicConfiguration.token` and is accepted without a Retry.
+/// through Retry and aioquic's handlers receive quench's NEW_TOKEN token and session
+/// ticket; the next connection presents the token in `QuicConfiguration.token`, is accepted
+/// without a Retry, and resumes the session (`session_ticket`; both sides count it).
 #[test]
-fn aioquic_skips_retry_with_a_new_token_from_quench() {
-    new_token_skips_quench_retry(Peer::Aioquic, "NEW_TOKEN token received");
+fn aioquic_skips_retry_and_resumes_with_token_and_ticket_from_quench() {
+    returning_client_skips_retry_and_resumes(Peer::Aioquic, "NEW_TOKEN token received");
 }
 
 /// `quench serve --quic-version 1` accepts v1 alone: aioquic's v2 Initials get Version
@@ -279,6 +280,38 @@ fn quench_client_perf_two_connections_with_aioquic() {
     let transfer = Transfer::perf(4 * MIB + 1, MIB + 1).streams(2).conns(2);
     assert_perf(&aioquic.quench(&transfer), &transfer);
     assert_server_saw(&aioquic.connections(), &transfer, V1, false);
+}
+
+/// TLS resumption the other way: `quench client --resume` takes aioquic's session tickets
+/// from warm-up connections, and both of the transfer's connections resume (RFC 8446 §2.2);
+/// the aioquic server agrees, connection by connection, and the bytes add up.
+#[test]
+fn quench_client_resumes_aioquic_sessions() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let transfer = Transfer::perf(2 * MIB, MIB).conns(2);
+    let mut cmd = aioquic.client(&transfer);
+    cmd.arg("--resume");
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.resumed, Some(2), "the client's view");
+    let connections = aioquic.connections();
+    let resumed: Vec<_> = connections
+        .iter()
+        .filter(|c| c["resumed"] == true)
+        .collect();
+    assert_eq!(resumed.len(), 2, "{connections:#?}");
+    let total = |field: &str| -> u64 { resumed.iter().map(|c| c[field].as_u64().unwrap()).sum() };
+    assert_eq!(
+        (total("bytes_out"), total("bytes_in")),
+        (transfer.down, transfer.up)
+    );
+    assert!(
+        connections
+            .iter()
+            .all(|c| c["resumed"] == true || c["streams"] == 0),
+        "only warm-up connections do full handshakes: {connections:#?}"
+    );
 }
 
 /// hq-interop GETs of random files come back byte-exact; a GET of a missing file, which

@@ -97,11 +97,12 @@ fn quinn_client_through_retry() {
 }
 
 /// RFC 9000 §8.1.3 with quinn's own token cache: under `quench serve --retry`, a warm-up
-/// connection goes through Retry and receives a NEW_TOKEN token; quinn's next connection
-/// presents it, is accepted without a Retry, and its transfer completes.
+/// connection goes through Retry and receives a NEW_TOKEN token and a session ticket;
+/// quinn's next connection presents the token, is accepted without a Retry, resumes the
+/// TLS session (quench's counter), and its transfer completes.
 #[test]
-fn quinn_client_skips_retry_with_a_new_token_from_quench() {
-    new_token_skips_quench_retry(Peer::Quinn, ", used 1");
+fn quinn_client_skips_retry_and_resumes_with_token_and_ticket_from_quench() {
+    returning_client_skips_retry_and_resumes(Peer::Quinn, ", used 1");
 }
 
 #[test]
@@ -272,6 +273,21 @@ fn quench_client_quic_v2() {
         Some("0x6b3343cf"),
         "v2, first choice"
     );
+}
+
+/// TLS resumption with quinn's server (rustls's stateful session cache): `quench client
+/// --resume` gets tickets from warm-up connections and all three of the transfer's
+/// connections resume their sessions.
+#[test]
+fn quench_client_resumes_quinn_sessions() {
+    let _serial = serial();
+    let quinn = Hosted::start(Server::quinn);
+    let transfer = Transfer::perf(3 * MIB, MIB).conns(3);
+    let mut cmd = client_command(Peer::Quench, quinn.server.addr, &quinn.certs.ca, &transfer);
+    cmd.arg("--resume");
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.resumed, Some(3));
 }
 
 /// RFC 9221 the other way: `quench client` sends numbered DATAGRAM frames to quinn's echo.

@@ -618,6 +618,12 @@ impl Connection {
         self.tls.server_name()
     }
 
+    /// The TLS handshake resumed an earlier session (a session ticket, RFC 8446 §2.2)
+    /// rather than authenticating with a certificate. False until the handshake is over.
+    pub fn resumed(&self) -> bool {
+        self.tls.resumed()
+    }
+
     /// Packets that opened and were processed (authenticated): cheaper than `stats()`.
     pub fn packets_received(&self) -> u64 {
         self.stats.packets_received

@@ -114,6 +114,9 @@ pub struct EndpointStats {
     pub version_negotiations_sent: u64,
     /// NEW_TOKEN tokens handed to clients (servers; one per connection).
     pub new_tokens_sent: u64,
+    /// Handshakes that resumed a session from a TLS ticket (both roles): no certificate
+    /// sent or verified.
+    pub resumed_handshakes: u64,
     /// Client connections that started with a NEW_TOKEN token from an earlier one.
     pub new_tokens_used: u64,
     pub retries_sent: u64,
@@ -149,6 +152,8 @@ struct Entry<U> {
     queued: bool,
     /// Server: a NEW_TOKEN token went to this connection.
     token_issued: bool,
+    /// The confirmed handshake was counted (`resumed_handshakes`).
+    handshake_counted: bool,
     /// Client: the server name connected to, which keys the tokens it hands out.
     server_name: Option<Box<str>>,
 }
@@ -363,6 +368,7 @@ impl<U: Default> Endpoint<U> {
             timer_stale: false,
             queued: false,
             token_issued: false,
+            handshake_counted: false,
             server_name: None,
         });
         for cid in cids {
@@ -740,6 +746,10 @@ impl<U: Default> Endpoint<U> {
             handler.on_event(now, &mut e.conn, &mut e.state, ev);
         }
         if e.conn.is_handshake_confirmed() {
+            if !e.handshake_counted {
+                e.handshake_counted = true;
+                self.stats.resumed_handshakes += u64::from(e.conn.resumed());
+            }
             // Past the handshake the client no longer uses its original DCID.
             if let Some(d) = e.initial_dcid.take() {
                 self.routes.remove_initial(&d);

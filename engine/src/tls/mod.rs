@@ -9,6 +9,7 @@ pub mod certs;
 pub mod key_capture;
 pub mod keylog;
 pub mod session;
+pub mod tickets;
 
 pub use certs::{generate_self_signed, load_pem, write_pem, CertifiedKey};
 pub use session::{

@@ -43,6 +43,8 @@ pub enum TlsError {
     InvalidServerName(String),
     #[error("unsupported QUIC version {0:#x}")]
     UnsupportedVersion(u32),
+    #[error("session ticket keys: {0}")]
+    TicketKeys(String),
 }
 
 /// A handshake failure, carrying the TLS alert to send in CONNECTION_CLOSE.
@@ -108,16 +110,28 @@ fn tls13_only(provider: CryptoProvider) -> CryptoProvider {
     }
 }
 
-/// A server config: TLS 1.3 only, no early data, our key log.
+/// A server config: TLS 1.3 only, no early data, our key log, stateless session tickets
+/// from rustls's rotating `Ticketer`.
 pub fn server_config(cert: CertifiedKey, alpns: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config_with_provider(cert, alpns, rustls::crypto::aws_lc_rs::default_provider())
+    server_config_with_provider(
+        cert,
+        alpns,
+        rustls::crypto::aws_lc_rs::default_provider(),
+        None,
+    )
 }
 
-/// `server_config` with a custom provider (e.g. restricted to one cipher suite).
+/// `server_config` with a custom provider (e.g. restricted to one cipher suite) and, if
+/// given, the ticket keys to use (`tickets::TicketKeyFile`) instead of rustls's own.
+///
+/// Resumption is stateless (RFC 8446 §4.6.1): the ticket carries the session, so every
+/// worker resumes every ticket with no shared session cache (rustls's default, a
+/// 256-entry cache behind a mutex, is neither share-nothing nor big enough for an edge).
 pub fn server_config_with_provider(
     cert: CertifiedKey,
     alpns: &[Vec<u8>],
     provider: CryptoProvider,
+    tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(tls13_only(provider)))
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -126,6 +140,11 @@ pub fn server_config_with_provider(
     config.alpn_protocols = alpns.to_vec();
     config.max_early_data_size = 0;
     config.key_log = QuicKeyLog::shared();
+    config.ticketer = match tickets {
+        Some(t) => t,
+        None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
+    };
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 
@@ -276,6 +295,7 @@ struct Finished {
     alpn: Option<Vec<u8>>,
     server_name: Option<String>,
     suite: Option<Suite>,
+    resumed: bool,
 }
 
 /// One connection's handshake.
@@ -571,6 +591,7 @@ impl TlsSession {
             alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
             server_name: self.server_name().map(str::to_string),
             suite: self.negotiated_suite(),
+            resumed: self.resumed(),
         }));
         self.conn = None;
         self.staged = VecDeque::new();
@@ -584,6 +605,16 @@ impl TlsSession {
     /// Peer's encoded transport parameters, once received (until `finish_server`).
     pub fn peer_transport_parameters(&self) -> Option<&[u8]> {
         self.conn.as_ref()?.quic_transport_parameters()
+    }
+
+    /// The handshake resumed an earlier session from a ticket (RFC 8446 §2.2): no
+    /// certificate was sent or checked. False until the handshake is over.
+    pub fn resumed(&self) -> bool {
+        match (self.conn.as_deref(), &self.finished) {
+            (Some(c), _) => c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            (None, Some(f)) => f.resumed,
+            (None, None) => false,
+        }
     }
 
     pub fn alpn(&self) -> Option<&[u8]> {
@@ -713,7 +744,8 @@ mod tests {
     ) -> (Peer, Peer) {
         let cert = generate_self_signed(&[]).unwrap();
         let server_cfg =
-            server_config_with_provider(cert, &[server_alpn.to_vec()], provider.clone()).unwrap();
+            server_config_with_provider(cert, &[server_alpn.to_vec()], provider.clone(), None)
+                .unwrap();
         let client_cfg = client_config_with_provider(verify, &[ALPN.to_vec()], provider).unwrap();
         let server = TlsSession::server(server_cfg, version, SERVER_PARAMS.to_vec()).unwrap();
         let client =
@@ -1002,7 +1034,7 @@ mod tests {
         write_pem(&cert, &ca, &key).unwrap();
         let provider = default_provider();
         let server_cfg =
-            server_config_with_provider(cert, &[ALPN.to_vec()], provider.clone()).unwrap();
+            server_config_with_provider(cert, &[ALPN.to_vec()], provider.clone(), None).unwrap();
         let client_cfg =
             client_config(ServerVerification::CaFile(ca.clone()), &[ALPN.to_vec()]).unwrap();
         let mut server = Peer::new(TlsSession::server(server_cfg, 1, vec![]).unwrap());

@@ -181,11 +181,12 @@ pub fn through_quench_retry(client: Peer) {
     assert_eq!(totals, [3, 3], "connections accepted, retries");
 }
 
-/// RFC 9000 §8.1.3 against `quench serve --retry`: `client`, run with `--token-warm-up`,
-/// first makes a connection that goes through Retry and keeps the NEW_TOKEN token quench
-/// hands it; the transfer's connection presents it and is let in without a Retry.
-/// `evidence` is what the client's stderr shows when it had the token.
-pub fn new_token_skips_quench_retry(client: Peer, evidence: &str) {
+/// A returning client against `quench serve --retry`: `client`, run with `--token-warm-up`,
+/// first makes a connection that goes through Retry and keeps the NEW_TOKEN token (RFC 9000
+/// §8.1.3) and the TLS session ticket quench hands it; the transfer's connection presents
+/// the token and is let in without a Retry, and resumes the session (RFC 8446 §2.2, no
+/// certificate). `evidence` is what the client's stderr shows when it had the token.
+pub fn returning_client_skips_retry_and_resumes(client: Peer, evidence: &str) {
     let _serial = serial();
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
@@ -196,11 +197,19 @@ pub fn new_token_skips_quench_retry(client: Peer, evidence: &str) {
     let (report, stderr) = run_client_with_stderr(cmd, transfer.timeout());
     assert_perf(&report, &transfer);
     assert!(stderr.contains(evidence), "{stderr}");
-    let totals = server.shutdown_worker_totals(&["connections_accepted", "retries", "new_tokens"]);
+    if let Some(resumed) = report.resumed {
+        assert_eq!(resumed, 1, "the client's view: its connection resumed");
+    }
+    let totals = server.shutdown_worker_totals(&[
+        "connections_accepted",
+        "retries",
+        "new_tokens",
+        "resumed_handshakes",
+    ]);
     assert_eq!(
         totals,
-        [2, 1, 2],
-        "connections accepted, retries, tokens handed out"
+        [2, 1, 2, 1],
+        "connections accepted, retries, tokens handed out, resumed handshakes"
     );
 }
 
@@ -915,6 +924,9 @@ pub struct Report {
     pub max_datagram_size: Option<u64>,
     /// The QUIC version the connections used, as `0x…` (quench's client prints it).
     pub quic_version: Option<String>,
+    /// Connections whose TLS handshake resumed a session (quench's and aioquic's clients
+    /// print it).
+    pub resumed: Option<u64>,
 }
 
 impl Report {
@@ -954,6 +966,7 @@ impl Report {
                 .get("quic_version")
                 .and_then(|x| x.as_str())
                 .map(String::from),
+            resumed: obj.get("resumed").and_then(|x| x.as_u64()),
         })
     }
 }
