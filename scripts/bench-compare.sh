@@ -5,10 +5,12 @@
 # stack's median and minimum and quench's ratio of medians to each.
 #
 #   scripts/bench-compare.sh [ROUNDS]        (default 5; needs a release build of quench-bench)
+#   SCENARIOS="handshake handshake-resumed" scripts/bench-compare.sh   (only those)
 #
 # Scenarios and units are those of `cargo bench -p quench-bench --bench engine`:
 # recv / send (ns per 1452-byte 1-RTT packet), handshake (ns per full server handshake,
-# against rustls alone), request (ns per 100-byte perf request, one in flight per
+# against rustls alone), handshake-resumed (the same for a handshake resuming a session
+# from a ticket), request (ns per 100-byte perf request, one in flight per
 # connection), request16 (the same, 16 in flight per connection).
 set -euo pipefail
 
@@ -29,9 +31,11 @@ printf '%-10s %-12s %10s %10s\n' scenario stack median min
 # scenario, count, then the stacks quench is compared with (the first is the issue's
 # reference: rustls alone for the handshake, quinn-proto otherwise).
 for spec in "recv 200000 quinn-proto quiche" "send 200000 quinn-proto quiche" \
-            "handshake 1000 rustls quinn-proto quiche" "request 200000 quinn-proto quiche" \
+            "handshake 1000 rustls quinn-proto quiche" "handshake-resumed 1000 rustls quinn-proto" \
+            "request 200000 quinn-proto quiche" \
             "request16 400000 quinn-proto quiche"; do
     read -r scenario count peers <<<"$spec"
+    [[ -z ${SCENARIOS:-} || " $SCENARIOS " == *" $scenario "* ]] || continue
     read -ra peers <<<"$peers"
     declare -A runs=()
     for _ in $(seq "$ROUNDS"); do

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Smoke-runs every fuzz target (engine/fuzz) for a few seconds each: the wire parsers, the
-# QPACK codec (`qpack`), HTTP/3 frame splitting (`h3_frames`), the HTTP/3 server behind a live connection (`h3_server`), the small-packet AES-GCM against aws-lc (`small_gcm`) and `endpoint` (arbitrary datagrams and frames against live
+# QPACK codec (`qpack`), HTTP/3 frame splitting (`h3_frames`), the HTTP/3 server behind a live connection (`h3_server`), the small-packet AES-GCM against aws-lc (`small_gcm`), session ticket keys and tickets (`tickets`) and `endpoint` (arbitrary datagrams and frames against live
 # server/client endpoints).
 #
 #   scripts/fuzz-smoke.sh [SECONDS]     default 20 seconds per target (or $FUZZ_SECONDS)
@@ -14,7 +14,7 @@ set -euo pipefail
 seconds="${1:-${FUZZ_SECONDS:-20}}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fuzz_dir="$root/engine/fuzz"
-targets="${FUZZ_TARGETS:-header frame transport_params endpoint qpack h3_frames h3_server small_gcm}"
+targets="${FUZZ_TARGETS:-header frame transport_params endpoint qpack h3_frames h3_server small_gcm tickets}"
 
 if ! cargo fuzz --help >/dev/null 2>&1; then
     echo "installing cargo-fuzz" >&2

@@ -128,9 +128,11 @@ impl KeySet {
     }
 }
 
-/// Ticket keys read from a file shared by a fleet, re-read when it changes.
+/// Ticket keys shared by a fleet: read from a file, re-read when it changes (or given as
+/// text, e.g. from a secret store, with [`TicketKeyFile::from_text`]).
 pub struct TicketKeyFile {
-    path: PathBuf,
+    /// `None` for keys given as text: nothing to re-read.
+    path: Option<PathBuf>,
     keys: ArcSwap<KeySet>,
     /// The file's modification time when last read.
     loaded: Mutex<Option<SystemTime>>,
@@ -152,26 +154,37 @@ impl TicketKeyFile {
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let keys = read_keys(path)?;
         Ok(Arc::new(Self {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             keys: ArcSwap::from_pointee(keys),
             loaded: Mutex::new(modified),
+        }))
+    }
+
+    /// Keys in the file's format, from wherever the caller keeps them; never re-read.
+    pub fn from_text(text: &str) -> Result<Arc<Self>, TlsError> {
+        let keys = KeySet::parse(text).map_err(TlsError::TicketKeys)?;
+        Ok(Arc::new(Self {
+            path: None,
+            keys: ArcSwap::from_pointee(keys),
+            loaded: Mutex::new(None),
         }))
     }
 
     /// Re-reads the file if its modification time moved. A file that no longer parses
     /// keeps the keys in use (logged). Returns whether new keys were taken.
     pub fn reload_if_changed(&self) -> bool {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        let Some(path) = &self.path else {
+            return false;
+        };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if modified == *loaded {
             return false;
         }
         *loaded = modified;
-        match read_keys(&self.path) {
+        match read_keys(path) {
             Ok(keys) => {
-                tracing::info!(path = %self.path.display(), keys = keys.keys.len(), "ticket keys reloaded");
+                tracing::info!(path = %path.display(), keys = keys.keys.len(), "ticket keys reloaded");
                 self.keys.store(Arc::new(keys));
                 true
             }
@@ -182,8 +195,12 @@ impl TicketKeyFile {
         }
     }
 
-    /// Re-reads the file every [`RELOAD_INTERVAL`] from a thread of its own, until `stop`.
+    /// Re-reads the file every [`RELOAD_INTERVAL`] from a thread of its own, until `stop`
+    /// (nothing to watch for keys given as text).
     pub fn watch(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+        if self.path.is_none() {
+            return Ok(());
+        }
         let keys = Arc::clone(self);
         std::thread::Builder::new()
             .name("ticket-keys".into())
