@@ -14,7 +14,7 @@ use crate::app::hq::HqClient;
 use crate::app::perf::PerfClient;
 use crate::app::{dispatch_stream_event, Application};
 use crate::conn::{CloseReason, Connection, Event, TransportConfig};
-use crate::endpoint::{Endpoint, EndpointConfig, EventHandler};
+use crate::endpoint::{ConnHandle, Endpoint, EndpointConfig, EventHandler};
 use crate::io::udp::{UdpDatapath, UdpOptions};
 use crate::wire::header::VERSION_1;
 use crate::worker::drive_until;
@@ -322,10 +322,8 @@ pub fn run_client_on<D: crate::io::Datapath>(
         opts.tls = tls;
         resume::warm_up(&opts, dp, &tickets)?;
     }
-    let mut cfg = EndpointConfig::new(opts.transport.clone(), None);
-    cfg.max_connections = opts.conns.max(1);
+    let mut cfg = endpoint_config(&opts, dp, opts.conns.max(1));
     cfg.keep_drained_states = true;
-    cfg.limit_receive_payload(dp.capabilities().max_receive_payload);
     let mut endpoint: Endpoint<ClientConnState> = Endpoint::new(cfg);
     let mut handler = ClientHandler {
         workload: opts.workload.clone(),
@@ -335,19 +333,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
         conns: opts.conns.max(1) as u64,
     };
     let start = Instant::now();
-    let mut handles = Vec::with_capacity(opts.conns);
-    for _ in 0..opts.conns.max(1) {
-        let h = endpoint
-            .connect_with_versions(
-                start,
-                opts.tls.clone(),
-                &opts.server_name,
-                opts.connect,
-                &opts.versions,
-            )
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        handles.push(h);
-    }
+    let handles = connect_all(&mut endpoint, &opts, opts.conns.max(1), start)?;
     let deadline = start + opts.timeout;
     let mut report = ClientReport::default();
     let mut handshake_total = 0.0;
@@ -489,6 +475,40 @@ pub fn run_client_on<D: crate::io::Datapath>(
     Ok(report)
 }
 
+/// A client endpoint for `n` connections on `dp`.
+fn endpoint_config<D: crate::io::Datapath>(
+    opts: &ClientOptions,
+    dp: &D,
+    n: usize,
+) -> EndpointConfig {
+    let mut cfg = EndpointConfig::new(opts.transport.clone(), None);
+    cfg.max_connections = n;
+    cfg.limit_receive_payload(dp.capabilities().max_receive_payload);
+    cfg
+}
+
+/// Starts `n` connections to the server, all at `now`.
+fn connect_all<U: Default>(
+    endpoint: &mut Endpoint<U>,
+    opts: &ClientOptions,
+    n: usize,
+    now: Instant,
+) -> Result<Vec<ConnHandle>, ClientError> {
+    (0..n)
+        .map(|_| {
+            endpoint
+                .connect_with_versions(
+                    now,
+                    opts.tls.clone(),
+                    &opts.server_name,
+                    opts.connect,
+                    &opts.versions,
+                )
+                .map_err(|e| ClientError::Connect(e.to_string()))
+        })
+        .collect()
+}
+
 /// Default client version.
 pub const DEFAULT_VERSION: u32 = VERSION_1;
 
@@ -508,7 +528,7 @@ mod resume {
 
     use super::{ClientError, ClientOptions};
     use crate::conn::{Connection, Event};
-    use crate::endpoint::{Endpoint, EndpointConfig, EventHandler};
+    use crate::endpoint::{Endpoint, EventHandler};
     use crate::worker::drive_until;
 
     /// How long the warm-up connection waits for a ticket once connected: servers send
@@ -586,24 +606,9 @@ mod resume {
         tickets: &CountingStore,
         n: usize,
     ) -> Result<(), ClientError> {
-        let mut cfg = EndpointConfig::new(opts.transport.clone(), None);
-        cfg.max_connections = n;
-        cfg.limit_receive_payload(dp.capabilities().max_receive_payload);
-        let mut endpoint: Endpoint<WarmUp> = Endpoint::new(cfg);
+        let mut endpoint: Endpoint<WarmUp> = Endpoint::new(super::endpoint_config(opts, dp, n));
         let start = Instant::now();
-        let mut handles = Vec::with_capacity(n);
-        for _ in 0..n {
-            let h = endpoint
-                .connect_with_versions(
-                    start,
-                    opts.tls.clone(),
-                    &opts.server_name,
-                    opts.connect,
-                    &opts.versions,
-                )
-                .map_err(|e| ClientError::Connect(e.to_string()))?;
-            handles.push(h);
-        }
+        let handles = super::connect_all(&mut endpoint, opts, n, start)?;
         let before = tickets.count();
         let deadline = start + opts.timeout;
         let finished = drive_until(dp, &mut endpoint, &mut Ignore, deadline, |ep, _, now| {
