@@ -55,9 +55,9 @@ pub struct ClientOptions {
     /// Versions to offer, most preferred first: connections start in the first and fall
     /// back to another the server lists in Version Negotiation (RFC 9368 §2.1).
     pub versions: Vec<u32>,
-    /// Connect once first, wait for the server's session ticket and close, so that the
-    /// workload's connections resume that session (RFC 8446 §2.2) instead of doing a full
-    /// handshake.
+    /// Warm-up connections first gather a session ticket for each connection, so that the
+    /// workload's connections resume those sessions (RFC 8446 §2.2) instead of doing full
+    /// handshakes.
     pub resume: bool,
 }
 
@@ -318,7 +318,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
     dp: &mut D,
 ) -> Result<ClientReport, ClientError> {
     if opts.resume {
-        let (tls, tickets) = resume::counting_tickets(&opts.tls);
+        let (tls, tickets) = resume::counting_tickets(&opts.tls, opts.conns.max(1));
         opts.tls = tls;
         resume::warm_up(&opts, dp, &tickets)?;
     }
@@ -515,10 +515,12 @@ pub const DEFAULT_VERSION: u32 = VERSION_1;
 /// Moves from a fresh port after a move whose new path never answered (RFC 9000 §8.2.4).
 const MIGRATION_RESCUES: u32 = 3;
 
-/// `--resume`: one connection first, to get a session ticket for the rest.
+/// `--resume`: warm-up connections first, to get a session ticket for each connection of
+/// the workload.
 mod resume {
+    use std::collections::VecDeque;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
@@ -534,15 +536,19 @@ mod resume {
     /// How long the warm-up connection waits for a ticket once connected: servers send
     /// theirs with their last handshake flight, so one round trip is plenty.
     const TICKET_WAIT: Duration = Duration::from_secs(2);
-    /// Sessions the store keeps (rustls's default size).
+    /// Servers the store keeps key-exchange hints for (rustls's default size).
     const SESSIONS: usize = 256;
 
-    /// A copy of `tls` whose resumption store counts the tickets it is given.
+    /// A copy of `tls` whose resumption store counts the tickets it is given and keeps up
+    /// to `capacity` of them (rustls's own store keeps 8 a server).
     pub(super) fn counting_tickets(
         tls: &Arc<rustls::ClientConfig>,
+        capacity: usize,
     ) -> (Arc<rustls::ClientConfig>, Arc<CountingStore>) {
         let store = Arc::new(CountingStore {
             inner: ClientSessionMemoryCache::new(SESSIONS),
+            tls13: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
             tickets: AtomicU64::new(0),
             holding: AtomicBool::new(false),
         });
@@ -646,11 +652,15 @@ mod resume {
         fn on_event(&mut self, _: Instant, _: &mut Connection, _: &mut WarmUp, _: Event) {}
     }
 
-    /// rustls's in-memory session store, counting the TLS 1.3 tickets put in it, and
-    /// keeping them from the warm-up's own connections (which would use them up).
+    /// A session store holding TLS 1.3 tickets for the workload, oldest dropped beyond
+    /// `capacity`, counting those put in it and keeping them from the warm-up's own
+    /// connections (which would use them up). Key-exchange hints and TLS 1.2 sessions go
+    /// to rustls's in-memory store.
     #[derive(Debug)]
     pub(super) struct CountingStore {
         inner: ClientSessionMemoryCache,
+        tls13: Mutex<VecDeque<(ServerName<'static>, Tls13ClientSessionValue)>>,
+        capacity: usize,
         tickets: AtomicU64,
         holding: AtomicBool,
     }
@@ -684,14 +694,21 @@ mod resume {
 
         fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
             self.tickets.fetch_add(1, Ordering::Relaxed);
-            self.inner.insert_tls13_ticket(name, value)
+            let mut tickets = self.tls13.lock().unwrap_or_else(|e| e.into_inner());
+            if tickets.len() == self.capacity {
+                tickets.pop_front();
+            }
+            tickets.push_back((name, value));
         }
 
         fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
             if self.holding.load(Ordering::Relaxed) {
                 return None;
             }
-            self.inner.take_tls13_ticket(name)
+            // Newest first, as rustls's own store hands them out.
+            let mut tickets = self.tls13.lock().unwrap_or_else(|e| e.into_inner());
+            let at = tickets.iter().rposition(|(n, _)| n == name)?;
+            tickets.remove(at).map(|(_, value)| value)
         }
     }
 }

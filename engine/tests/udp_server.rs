@@ -302,11 +302,12 @@ fn nat_rebinding_reaches_the_owner() {
 fn every_connection_of_a_returning_client_resumes() {
     let mut server = server(true);
     let tls = client_config(ServerVerification::Insecure, &[b"perf".to_vec()]).expect("tls");
-    let resumed = perf_client_with(server.local_addr, tls, 1 << 20, 1 << 18, 5, true);
-    assert_eq!(resumed, 5, "the client's view");
-    wait_until(&server, |s| sum(s, |w| w.resumed_handshakes) == 5);
+    // More connections than rustls's own store keeps tickets for one server (8).
+    let resumed = perf_client_with(server.local_addr, tls, 1 << 20, 1 << 18, 12, true);
+    assert_eq!(resumed, 12, "the client's view");
+    wait_until(&server, |s| sum(s, |w| w.resumed_handshakes) == 12);
     assert!(
-        sum(&server, |w| w.connections_accepted) > 5,
+        sum(&server, |w| w.connections_accepted) > 12,
         "warm-up connections too"
     );
     server.request_shutdown();
