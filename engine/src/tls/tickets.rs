@@ -134,8 +134,29 @@ pub struct TicketKeyFile {
     /// `None` for keys given as text: nothing to re-read.
     path: Option<PathBuf>,
     keys: ArcSwap<KeySet>,
-    /// The file's modification time when last read.
-    loaded: Mutex<Option<SystemTime>>,
+    /// The file as last read, to tell a change.
+    loaded: Mutex<Option<FileStamp>>,
+}
+
+/// What tells one version of the key file from the next: its modification time, and its
+/// inode and length, for a replacement that kept the time (`cp -p`, `rsync -t`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    modified: SystemTime,
+    inode: u64,
+    len: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: meta.modified().ok()?,
+            inode: meta.ino(),
+            len: meta.len(),
+        })
+    }
 }
 
 impl std::fmt::Debug for TicketKeyFile {
@@ -151,12 +172,12 @@ impl TicketKeyFile {
     /// Reads the file; an unreadable or malformed file is an error (the server should not
     /// start with resumption silently broken).
     pub fn open(path: &Path) -> Result<Arc<Self>, TlsError> {
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let stamp = FileStamp::of(path);
         let keys = read_keys(path)?;
         Ok(Arc::new(Self {
             path: Some(path.to_path_buf()),
             keys: ArcSwap::from_pointee(keys),
-            loaded: Mutex::new(modified),
+            loaded: Mutex::new(stamp),
         }))
     }
 
@@ -170,18 +191,19 @@ impl TicketKeyFile {
         }))
     }
 
-    /// Re-reads the file if its modification time moved. A file that no longer parses
-    /// keeps the keys in use (logged). Returns whether new keys were taken.
+    /// Re-reads the file if it changed (time, inode or length). A file that no longer
+    /// parses, or is gone, keeps the keys in use (logged). Returns whether new keys were
+    /// taken.
     pub fn reload_if_changed(&self) -> bool {
         let Some(path) = &self.path else {
             return false;
         };
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let stamp = FileStamp::of(path);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if modified == *loaded {
+        if stamp == *loaded {
             return false;
         }
-        *loaded = modified;
+        *loaded = stamp;
         match read_keys(path) {
             Ok(keys) => {
                 tracing::info!(path = %path.display(), keys = keys.keys.len(), "ticket keys reloaded");
@@ -348,6 +370,20 @@ mod tests {
             .unwrap();
         assert!(keys.reload_if_changed());
         assert!(keys.decrypt(&before).is_none(), "KEY_A is gone");
+        // Replaced by a rename with the same time and length (`cp -p` and `mv`): the
+        // inode tells.
+        let fresh = dir.path.join("tickets.keys.new");
+        std::fs::write(&fresh, KEY_A).unwrap();
+        let same_time = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&fresh)
+            .unwrap()
+            .set_modified(same_time)
+            .unwrap();
+        std::fs::rename(&fresh, &path).unwrap();
+        assert!(keys.reload_if_changed());
+        assert_eq!(keys.decrypt(&before).unwrap(), b"x", "KEY_A is back");
     }
 
     #[test]
