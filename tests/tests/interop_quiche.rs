@@ -80,6 +80,13 @@ fn quiche_client_refuses_what_quiche_cannot_do() {
 
 // ---- quench client → quiche server ----------------------------------------------------------
 
+/// TLS resumption with quiche's server (BoringSSL's session tickets): `quench client
+/// --resume`, and all three of the transfer's connections resume.
+#[test]
+fn quench_client_resumes_quiche_sessions() {
+    quench_client_resumes(Server::quiche, 3, 3);
+}
+
 #[test]
 fn quench_client_perf_download_50mib_from_quiche() {
     perf_through(Server::quiche, Peer::Quench, Transfer::perf(50 * MIB, 0));

@@ -280,14 +280,7 @@ fn quench_client_quic_v2() {
 /// connections resume their sessions.
 #[test]
 fn quench_client_resumes_quinn_sessions() {
-    let _serial = serial();
-    let quinn = Hosted::start(Server::quinn);
-    let transfer = Transfer::perf(3 * MIB, MIB).conns(3);
-    let mut cmd = client_command(Peer::Quench, quinn.server.addr, &quinn.certs.ca, &transfer);
-    cmd.arg("--resume");
-    let report = run_client(cmd, transfer.timeout());
-    assert_perf(&report, &transfer);
-    assert_eq!(report.resumed, Some(3));
+    quench_client_resumes(Server::quinn, 3, 3);
 }
 
 /// RFC 9221 the other way: `quench client` sends numbered DATAGRAM frames to quinn's echo.

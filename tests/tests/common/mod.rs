@@ -213,6 +213,26 @@ pub fn returning_client_skips_retry_and_resumes(client: Peer, evidence: &str) {
     );
 }
 
+/// TLS resumption with the server `spawn` makes: `quench client --resume` gathers its
+/// session tickets with warm-up connections, then `resumed` of the transfer's `conns`
+/// connections resume (the client's report; rustls only says so when the server accepted
+/// the ticket), and the transfer completes either way.
+pub fn quench_client_resumes(spawn: fn(&Certs, &Path, &Path) -> Server, conns: u64, resumed: u64) {
+    let _serial = serial();
+    let server = Hosted::start(spawn);
+    let transfer = Transfer::perf(conns * MIB, MIB).conns(conns);
+    let mut cmd = client_command(
+        Peer::Quench,
+        server.server.addr,
+        &server.certs.ca,
+        &transfer,
+    );
+    cmd.arg("--resume");
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.resumed, Some(resumed), "connections that resumed");
+}
+
 /// `client`, trusting another CA, refuses the server `spawn` makes (its stderr naming
 /// `expected` if given); the server survives the failed handshake and serves `client` next.
 pub fn untrusted_server_refused(
