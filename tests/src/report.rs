@@ -20,6 +20,8 @@ pub struct Report {
     /// `--alpn echo --datagrams N`: DATAGRAM frames sent, and echoed back intact.
     pub datagrams_sent: Option<u64>,
     pub datagrams_echoed: Option<u64>,
+    /// Connections whose TLS handshake resumed a session, where the client resumes.
+    pub resumed: Option<u64>,
 }
 
 impl Report {
@@ -43,6 +45,9 @@ impl Report {
         if let (Some(sent), Some(echoed)) = (self.datagrams_sent, self.datagrams_echoed) {
             v["datagrams_sent"] = sent.into();
             v["datagrams_echoed"] = echoed.into();
+        }
+        if let Some(resumed) = self.resumed {
+            v["resumed"] = resumed.into();
         }
         v.to_string()
     }

@@ -33,6 +33,29 @@ fn quiche_client_perf_many_connections() {
     perf_through(Server::quench, Peer::Quiche, transfer);
 }
 
+/// TLS resumption by quiche's client (BoringSSL): `quiche-peer client --resume` keeps the
+/// session of a warm-up connection's ticket and both of the transfer's connections resume
+/// it (quiche's `is_resumed`); quench counts the same two resumed handshakes.
+#[test]
+fn quiche_client_resumes_quench_sessions() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &[]);
+    let transfer = Transfer::perf(2 * MIB, MIB).conns(2);
+    let mut cmd = client_command(Peer::Quiche, server.addr, &certs.ca, &transfer);
+    cmd.arg("--resume");
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.resumed, Some(2), "quiche's view");
+    let totals = server.shutdown_worker_totals(&["connections_accepted", "resumed_handshakes"]);
+    assert_eq!(
+        totals,
+        [3, 2],
+        "connections accepted (warm-up included), resumed"
+    );
+}
+
 #[test]
 fn quiche_client_hq_get_random_files() {
     let _serial = serial();

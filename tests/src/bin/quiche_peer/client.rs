@@ -25,7 +25,7 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 const MAX_CONNS: u64 = 1024;
 const MAX_STREAMS: u64 = 100_000;
 
-pub fn run(args: ClientArgs) -> Result<()> {
+pub fn run(args: ClientArgs, resume: bool) -> Result<()> {
     if args.alpn == "echo" {
         bail!("quiche-peer does not speak `echo` (DATAGRAM): only perf and hq-interop");
     }
@@ -55,6 +55,17 @@ pub fn run(args: ClientArgs) -> Result<()> {
     let local = net.local();
     let mut config = config::client(args.verify()?, &args.alpn)?;
     let mut cids = Cids::open()?;
+    let session = if resume {
+        Some(warm_up(
+            &mut net,
+            &mut config,
+            &mut cids,
+            &args.server_name,
+            server,
+        )?)
+    } else {
+        None
+    };
 
     // What each connection will do, in stream order.
     let total_streams = args.conns * args.streams;
@@ -87,6 +98,10 @@ pub fn run(args: ClientArgs) -> Result<()> {
             &mut config,
         )
         .context("starting a connection")?;
+        if let Some(session) = &session {
+            quic.set_session(session)
+                .context("setting the session to resume")?;
+        }
         config::keylog(&mut quic);
         routes.insert(scid.to_vec(), index);
         conns.push(Conn {
@@ -128,9 +143,64 @@ pub fn run(args: ClientArgs) -> Result<()> {
         .map(|c| c.quic.max_send_udp_payload_size() as u64)
         .max();
 
+    report.resumed = session.map(|_| conns.iter().filter(|c| c.quic.is_resumed()).count() as u64);
+
     close_all(&mut net, &mut conns, NO_ERROR)?;
     println!("{}", report.to_json_line());
     Ok(())
+}
+
+/// `--resume`: one connection, driven until it is established and the server's session
+/// ticket has arrived (quiche then holds the serialized session), then closed.
+fn warm_up(
+    net: &mut Net,
+    config: &mut quiche::Config,
+    cids: &mut Cids,
+    server_name: &str,
+    server: SocketAddr,
+) -> Result<Vec<u8>> {
+    let local = net.local();
+    let scid = cids.next()?;
+    let mut quic = quiche::connect(
+        Some(server_name),
+        &quiche::ConnectionId::from_ref(&scid),
+        local,
+        server,
+        config,
+    )
+    .context("starting the warm-up connection")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        net.flush(&mut quic)?;
+        if quic.is_established() {
+            if let Some(session) = quic.session() {
+                let session = session.to_vec();
+                match quic.close(true, NO_ERROR, b"warm-up done") {
+                    Ok(()) | Err(quiche::Error::Done) => {}
+                    Err(e) => return Err(e).context("closing the warm-up connection"),
+                }
+                net.flush(&mut quic)?;
+                eprintln!(
+                    "session ticket received: {} bytes of session",
+                    session.len()
+                );
+                return Ok(session);
+            }
+        }
+        if quic.is_closed() {
+            bail!("warm-up connection ended: {:?}", quic.peer_error());
+        }
+        if Instant::now() > deadline {
+            bail!("no session ticket from the server within 5 s");
+        }
+        let wait = quic.timeout().unwrap_or(MAX_WAIT).min(MAX_WAIT);
+        net.recv(wait, |datagram, from| {
+            let _ = quic.recv(datagram, quiche::RecvInfo { from, to: local });
+        })?;
+        if quic.timeout_instant().is_some_and(|t| t <= Instant::now()) {
+            quic.on_timeout();
+        }
+    }
 }
 
 /// Runs every connection's streams to the end; the report counts streams and perf bytes.

@@ -45,14 +45,25 @@ enum Command {
     #[command(alias = "serve")]
     Server(ServerArgs),
     /// Run one transfer and print a JSON report line.
-    Client(ClientArgs),
+    Client(QuicheClientArgs),
+}
+
+#[derive(clap::Args)]
+struct QuicheClientArgs {
+    #[command(flatten)]
+    common: ClientArgs,
+    /// First open one connection and keep the TLS session its ticket brings, then close
+    /// it: every connection of the transfer resumes that session (the report counts
+    /// `resumed`).
+    #[arg(long)]
+    resume: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(args) => server::run(args),
-        Command::Client(args) => client::run(args),
+        Command::Client(args) => client::run(args.common, args.resume),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
