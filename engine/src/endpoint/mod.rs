@@ -152,8 +152,6 @@ struct Entry<U> {
     queued: bool,
     /// Server: a NEW_TOKEN token went to this connection.
     token_issued: bool,
-    /// The confirmed handshake was counted (`resumed_handshakes`).
-    handshake_counted: bool,
     /// Client: the server name connected to, which keys the tokens it hands out.
     server_name: Option<Box<str>>,
 }
@@ -368,7 +366,6 @@ impl<U: Default> Endpoint<U> {
             timer_stale: false,
             queued: false,
             token_issued: false,
-            handshake_counted: false,
             server_name: None,
         });
         for cid in cids {
@@ -743,13 +740,13 @@ impl<U: Default> Endpoint<U> {
             }
         }
         while let Some(ev) = e.conn.poll_event() {
+            if matches!(ev, Event::Connected) {
+                // Emitted once per connection, when the handshake is over.
+                self.stats.resumed_handshakes += u64::from(e.conn.resumed());
+            }
             handler.on_event(now, &mut e.conn, &mut e.state, ev);
         }
         if e.conn.is_handshake_confirmed() {
-            if !e.handshake_counted {
-                e.handshake_counted = true;
-                self.stats.resumed_handshakes += u64::from(e.conn.resumed());
-            }
             // Past the handshake the client no longer uses its original DCID.
             if let Some(d) = e.initial_dcid.take() {
                 self.routes.remove_initial(&d);
