@@ -14,7 +14,7 @@ set -euo pipefail
 seconds="${1:-${FUZZ_SECONDS:-20}}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fuzz_dir="$root/engine/fuzz"
-targets="${FUZZ_TARGETS:-header frame transport_params endpoint qpack h3_frames h3_server small_gcm tickets}"
+targets="${FUZZ_TARGETS:-header frame transport_params endpoint qpack h3_frames h3_server small_gcm tickets client_hello}"
 
 if ! cargo fuzz --help >/dev/null 2>&1; then
     echo "installing cargo-fuzz" >&2

@@ -13,7 +13,7 @@ use crate::app::h3::client::H3Client;
 use crate::app::hq::HqClient;
 use crate::app::perf::PerfClient;
 use crate::app::{dispatch_stream_event, Application};
-use crate::conn::{CloseReason, Connection, Event, TransportConfig};
+use crate::conn::{CloseReason, Connection, Event, TransportConfig, VersionOffer};
 use crate::endpoint::{ConnHandle, Endpoint, EndpointConfig, EventHandler};
 use crate::io::udp::{UdpDatapath, UdpOptions};
 use crate::wire::header::VERSION_1;
@@ -52,9 +52,14 @@ pub struct ClientOptions {
     pub migrate_after: Option<u64>,
     pub timeout: Duration,
     pub transport: TransportConfig,
-    /// Versions to offer, most preferred first: connections start in the first and fall
-    /// back to another the server lists in Version Negotiation (RFC 9368 §2.1).
+    /// Versions to offer, most preferred first: connections start in the first (or in
+    /// `original_version`), may be moved by the server to another their first flight
+    /// converts to (RFC 9368 §2.3), and fall back to another the server lists in Version
+    /// Negotiation (§2.1).
     pub versions: Vec<u32>,
+    /// The version of the first flight, if not the first of `versions` (RFC 9368 §2.4:
+    /// start in the version most servers parse, prefer a newer one).
+    pub original_version: Option<u32>,
     /// Warm-up connections first gather a session ticket for each connection, so that the
     /// workload's connections resume those sessions (RFC 8446 §2.2) instead of doing full
     /// handshakes.
@@ -81,6 +86,9 @@ pub struct ClientReport {
     pub quic_version: Option<u32>,
     /// Connections whose TLS handshake resumed a session from a ticket.
     pub resumed: u64,
+    /// Connections the server moved to another version than their first flight's
+    /// (compatible version negotiation, RFC 9368 §2.3).
+    pub version_switches: u64,
 }
 
 impl ClientReport {
@@ -120,6 +128,7 @@ impl ClientReport {
             "key_updates": self.key_updates,
             "max_datagram_size": self.max_datagram_size,
             "resumed": self.resumed,
+            "version_switches": self.version_switches,
         });
         if let Some(version) = self.quic_version {
             v["quic_version"] = format!("{version:#x}").into();
@@ -212,6 +221,8 @@ pub struct ClientConnState {
     pub key_update_done: bool,
     /// The handshake resumed a TLS session.
     pub resumed: bool,
+    /// The server moved the connection to another version during the handshake.
+    pub version_switched: bool,
     /// Copied from the connection's statistics when it closes.
     pub migrations: u64,
     /// The path of our last move never answered (`Event::PathValidationFailed`): the
@@ -247,6 +258,7 @@ impl EventHandler<ClientConnState> for ClientHandler {
                 st.connected_at = Some(now);
                 st.version = Some(conn.version());
                 st.resumed = conn.resumed();
+                st.version_switched = conn.stats().compatible_version_switch;
                 st.app = match &self.workload {
                     ClientWorkload::Perf { down, up, streams } => {
                         let i = self.started;
@@ -438,6 +450,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
             report.key_updates += 1;
         }
         report.resumed += u64::from(st.resumed);
+        report.version_switches += u64::from(st.version_switched);
         report.migrations += st.migrations;
         match &st.app {
             ClientApp::Perf(p) => {
@@ -494,15 +507,23 @@ fn connect_all<U: Default>(
     n: usize,
     now: Instant,
 ) -> Result<Vec<ConnHandle>, ClientError> {
+    let original = opts.original_version.or(opts.versions.first().copied());
+    let Some(original) = original else {
+        return Err(ClientError::Connect("no QUIC version to offer".into()));
+    };
+    let offer = VersionOffer {
+        original,
+        preference: opts.versions.clone(),
+    };
     (0..n)
         .map(|_| {
             endpoint
-                .connect_with_versions(
+                .connect_offering(
                     now,
                     opts.tls.clone(),
                     &opts.server_name,
                     opts.connect,
-                    &opts.versions,
+                    &offer,
                 )
                 .map_err(|e| ClientError::Connect(e.to_string()))
         })

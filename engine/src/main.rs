@@ -114,6 +114,13 @@ enum Command {
         #[arg(long, default_value = "1,2", value_delimiter = ',',
               value_parser = clap::value_parser!(u8).range(1..=2))]
         quic_version: Vec<u8>,
+        /// Versions to move a client to, most preferred first, when its first flight
+        /// converts to one and it lists it (compatible version negotiation, RFC 9368 §2.3:
+        /// v1 and v2 convert into each other), e.g. `2` to upgrade v1 clients that offer
+        /// v2 without a round trip. Each must be accepted (`--quic-version`). Default:
+        /// none, every connection stays in its first flight's version.
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=2))]
+        prefer_version: Vec<u8>,
         /// Most connections per worker; beyond it new clients are refused (CONNECTION_REFUSED).
         #[arg(long, default_value_t = 100_000)]
         max_connections: usize,
@@ -179,11 +186,17 @@ enum Command {
         #[arg(long)]
         resume: bool,
         /// QUIC versions to offer, most preferred first: 1 (RFC 9000), 2 (RFC 9369). Each
-        /// connection starts in the first; given more than one, it falls back to the next
-        /// one the server lists in Version Negotiation (RFC 9368 §2.1), e.g. `2,1`.
+        /// connection starts in the first (or `--original-version`); given more than one,
+        /// the server may move it to another without a round trip (RFC 9368 §2.3), or it
+        /// falls back to the next one the server lists in Version Negotiation (§2.1).
         #[arg(long, default_value = "1", value_delimiter = ',',
               value_parser = clap::value_parser!(u8).range(1..=2))]
         quic_version: Vec<u8>,
+        /// The version of the first flight, if not the first of `--quic-version`: e.g.
+        /// `--quic-version 2,1 --original-version 1` reaches v1-only servers at once and
+        /// lets servers that know v2 move to it (RFC 9368 §2.4).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+        original_version: Option<u8>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -246,6 +259,15 @@ fn quic_versions(list: &[u8]) -> anyhow::Result<Vec<u32>> {
     Ok(versions)
 }
 
+/// `--prefer-version`: wire versions, each of which the server accepts.
+fn preferred_versions(list: &[u8], accepted: &[u32]) -> anyhow::Result<Vec<u32>> {
+    let preferred = quic_versions(list)?;
+    if let Some(v) = preferred.iter().find(|v| !accepted.contains(v)) {
+        anyhow::bail!("--prefer-version {v:#x} is not among the accepted --quic-version");
+    }
+    Ok(preferred)
+}
+
 fn transport(congestion: Congestion, path: PathArgs) -> TransportConfig {
     TransportConfig {
         congestion: match congestion {
@@ -276,6 +298,7 @@ fn run(cli: Cli) -> Result<()> {
             workers,
             retry,
             ticket_keys,
+            prefer_version,
             quic_version,
             max_connections,
             congestion,
@@ -316,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let versions = quic_versions(&quic_version)?;
             let options = ServerOptions {
                 listen: listen.unwrap_or_else(|| match datapath {
                     DatapathKind::Udp => SocketAddr::from(([127, 0, 0, 1], 4433)),
@@ -332,7 +356,8 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 require_retry: retry,
                 ticket_keys,
-                versions: quic_versions(&quic_version)?,
+                preferred_versions: preferred_versions(&prefer_version, &versions)?,
+                versions,
                 max_connections,
                 pin: !no_pin,
                 kernel_steering: !no_kernel_steering,
@@ -362,6 +387,7 @@ fn run(cli: Cli) -> Result<()> {
             server_name,
             resume,
             quic_version,
+            original_version,
             timeout,
             congestion,
             path,
@@ -415,6 +441,10 @@ fn run(cli: Cli) -> Result<()> {
                     ..transport(congestion, path)
                 },
                 versions: quic_versions(&quic_version)?,
+                original_version: original_version
+                    .map(|v| quic_versions(&[v]))
+                    .transpose()?
+                    .map(|v| v[0]),
                 resume,
             };
             let report = match datapath {

@@ -50,6 +50,9 @@ pub struct ServerOptions {
     pub ticket_keys: Option<PathBuf>,
     /// QUIC versions accepted (`EndpointConfig::versions`).
     pub versions: Vec<u32>,
+    /// Versions clients are moved to when their first flight converts to one
+    /// (`EndpointConfig::preferred_versions`).
+    pub preferred_versions: Vec<u32>,
     /// Most connections per worker; beyond it new clients get CONNECTION_REFUSED.
     pub max_connections: usize,
     pub pin: bool,
@@ -136,6 +139,7 @@ pub struct WorkerStats {
     /// Handshakes that resumed a session from a TLS ticket instead of signing with the
     /// certificate.
     pub resumed_handshakes: u64,
+    pub compatible_version_switches: u64,
     /// Path MTU discovery, over connections closed so far.
     pub pmtu_probes_sent: u64,
     pub pmtu_probes_lost: u64,
@@ -158,6 +162,7 @@ impl WorkerStats {
             version_negotiations: c.version_negotiations.load(Ordering::Relaxed),
             new_tokens: c.new_tokens.load(Ordering::Relaxed),
             resumed_handshakes: c.resumed_handshakes.load(Ordering::Relaxed),
+            compatible_version_switches: c.compatible_version_switches.load(Ordering::Relaxed),
             pmtu_probes_sent: c.pmtu_probes_sent.load(Ordering::Relaxed),
             pmtu_probes_lost: c.pmtu_probes_lost.load(Ordering::Relaxed),
             pmtu_black_holes: c.pmtu_black_holes.load(Ordering::Relaxed),
@@ -178,6 +183,7 @@ impl WorkerStats {
             "version_negotiations": self.version_negotiations,
             "new_tokens": self.new_tokens,
             "resumed_handshakes": self.resumed_handshakes,
+            "compatible_version_switches": self.compatible_version_switches,
             "pmtu_probes_sent": self.pmtu_probes_sent,
             "pmtu_probes_lost": self.pmtu_probes_lost,
             "pmtu_black_holes": self.pmtu_black_holes,
@@ -221,6 +227,7 @@ impl WorkerBase {
         let mut endpoint = EndpointConfig::new(opts.transport.clone(), Some(tls));
         endpoint.require_retry = opts.require_retry;
         endpoint.versions = opts.versions.clone();
+        endpoint.preferred_versions = opts.preferred_versions.clone();
         endpoint.max_connections = opts.max_connections.max(1);
         Ok(WorkerBase {
             endpoint,

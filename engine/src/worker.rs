@@ -102,6 +102,7 @@ pub struct WorkerCounters {
     pub version_negotiations: AtomicU64,
     pub new_tokens: AtomicU64,
     pub resumed_handshakes: AtomicU64,
+    pub compatible_version_switches: AtomicU64,
     pub pmtu_probes_sent: AtomicU64,
     pub pmtu_probes_lost: AtomicU64,
     pub pmtu_black_holes: AtomicU64,
@@ -121,6 +122,8 @@ impl WorkerCounters {
         self.new_tokens.store(ep.new_tokens_sent, Ordering::Relaxed);
         self.resumed_handshakes
             .store(ep.resumed_handshakes, Ordering::Relaxed);
+        self.compatible_version_switches
+            .store(ep.compatible_version_switches, Ordering::Relaxed);
         self.pmtu_probes_sent
             .store(ep.pmtu_probes_sent, Ordering::Relaxed);
         self.pmtu_probes_lost

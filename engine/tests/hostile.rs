@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use quench::app::{AppDispatcher, AppSlot, BuiltinApps};
 use quench::conn::{
     CloseReason, Connection, ConnectionIdGenerator, Event, StreamEvent, StreamId, TransportConfig,
+    VersionOffer,
 };
 use quench::crypto::header_protection::{protect, unprotect};
 use quench::crypto::retry::retry_integrity_tag;
@@ -2556,7 +2557,7 @@ fn a_probe_from_a_peer_with_zero_length_cids_is_answered_under_the_empty_cid() {
         Arc::new(TransportConfig::default()),
         ctls,
         "localhost",
-        &[VERSION_1],
+        &VersionOffer::preferring(&[VERSION_1]).unwrap(),
         saddr,
         cid(&[0x3c; 16]),
         Box::new(ZeroLengthCids),

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use quench::app::{dispatch_stream_event, AppDispatcher, AppSlot, Application, BuiltinApps};
 use quench::conn::{
     CloseReason, Connection, ConnectionStats, DatagramError, Event, StreamId, TransportConfig,
+    VersionOffer,
 };
 use quench::crypto::header_protection::{protect, unprotect};
 use quench::crypto::secrets::initial_keys;
@@ -18,7 +19,9 @@ use quench::endpoint::{Endpoint, EndpointConfig, EventHandler};
 use quench::io::mem::{pair, Impairments, MemDatapath};
 use quench::io::{Datapath, RxMeta};
 use quench::tls::certs::generate_self_signed;
-use quench::tls::session::{client_config, server_config, ServerVerification};
+use quench::tls::session::{
+    client_config, client_config_with_provider, server_config, ServerVerification,
+};
 use quench::wire::cid::ConnectionId;
 use quench::wire::frame::{Frame, FrameIter};
 use quench::wire::header::{self, Header, LongType, VERSION_1, VERSION_2};
@@ -220,6 +223,10 @@ struct SimOptions {
     size: u64,
     /// The client's versions, most preferred first.
     versions: Vec<u32>,
+    /// The version of the client's first flight, if not the first of `versions`.
+    original_version: Option<u32>,
+    /// `EndpointConfig::preferred_versions` for the server.
+    server_preferred: Vec<u32>,
     require_retry: bool,
     max_connections: usize,
     /// `EndpointConfig::limit_receive_payload` for the server.
@@ -240,6 +247,8 @@ impl SimOptions {
             streams,
             size,
             versions: vec![VERSION_1],
+            original_version: None,
+            server_preferred: Vec::new(),
             require_retry: false,
             max_connections: 100_000,
             server_receive_limit: None,
@@ -274,6 +283,7 @@ impl Sim {
         let mut scfg = EndpointConfig::new(server_transport, Some(stls));
         scfg.require_retry = o.require_retry;
         scfg.max_connections = o.max_connections;
+        scfg.preferred_versions = o.server_preferred;
         if let Some(versions) = o.server_versions {
             scfg.versions = versions;
         }
@@ -285,8 +295,12 @@ impl Sim {
         ccfg.keep_drained_states = true;
         let mut client: Endpoint<Option<EchoCheck>> = Endpoint::new(ccfg);
         let now = Instant::now();
+        let offer = VersionOffer {
+            original: o.original_version.unwrap_or(o.versions[0]),
+            preference: o.versions,
+        };
         let h = client
-            .connect_with_versions(now, ctls, "localhost", saddr, &o.versions)
+            .connect_offering(now, ctls, "localhost", saddr, &offer)
             .unwrap();
         let apps = BuiltinApps { alpns, root: None };
         let handler = ClientHandler {
@@ -585,6 +599,95 @@ fn a_new_token_lets_the_next_connection_skip_retry() {
         .unwrap();
     sim.run_to_completion(h, 1, Duration::from_secs(60));
     assert_eq!(sim.server.stats().retries_sent, 2);
+}
+
+/// RFC 9369 §5: a NEW_TOKEN token belongs to the version its connection negotiated. A
+/// client that starts in v1 and is moved to v2 (server preferring v2, requiring Retry)
+/// keeps a v2 token: its next v1 first flight goes without it (through Retry again), a v2
+/// one uses it and skips Retry. Its session ticket, also v2's, resumes even from a v1
+/// first flight: the server moves the connection to v2 before TLS reads the ticket.
+#[test]
+fn a_new_token_is_used_only_in_its_version() {
+    let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 16 << 10);
+    o.client_tls = Some(ctls.clone());
+    o.require_retry = true;
+    o.versions = vec![VERSION_2, VERSION_1];
+    o.original_version = Some(VERSION_1);
+    o.server_preferred = vec![VERSION_2];
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 1, Duration::from_secs(60));
+    sim.advance(Duration::from_millis(100));
+    assert_eq!(sim.client.conn(h1).map(|c| c.version()), Some(VERSION_2));
+    assert_eq!(sim.server.stats().retries_sent, 1);
+    assert_eq!(sim.server.stats().new_tokens_sent, 1);
+    let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
+    let v1_first = VersionOffer {
+        original: VERSION_1,
+        preference: vec![VERSION_2, VERSION_1],
+    };
+    let now = sim.now;
+    let h = sim
+        .client
+        .connect_offering(now, ctls.clone(), "localhost", saddr, &v1_first)
+        .unwrap();
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    sim.advance(Duration::from_millis(100));
+    assert_eq!(sim.client.stats().new_tokens_used, 0, "no v1 token to use");
+    assert_eq!(sim.server.stats().retries_sent, 2);
+    assert_eq!(sim.client.conn(h).map(|c| c.version()), Some(VERSION_2));
+    assert_eq!(
+        sim.server.stats().resumed_handshakes,
+        1,
+        "the v2 ticket resumed"
+    );
+    let now = sim.now;
+    let h = sim
+        .client
+        .connect(now, ctls, "localhost", saddr, VERSION_2)
+        .unwrap();
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    assert_eq!(sim.client.stats().new_tokens_used, 1);
+    assert_eq!(
+        sim.server.stats().retries_sent,
+        2,
+        "the v2 token skipped Retry"
+    );
+    assert_eq!(sim.server.stats().invalid_tokens, 0);
+}
+
+/// RFC 9369 §5: a session ticket resumes only connections of its QUIC version. A client
+/// with a v1 connection's tickets offers one in a v2 connection: the server refuses it (a
+/// full handshake) and hands out v2 tickets, which the next v2 connection resumes with.
+#[test]
+fn a_session_ticket_resumes_only_its_version() {
+    let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 4096);
+    o.client_tls = Some(ctls.clone());
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 1, Duration::from_secs(60));
+    sim.advance(Duration::from_millis(100));
+    let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
+    for (round, resumed) in [(2, 0), (3, 1)] {
+        let now = sim.now;
+        let h = sim
+            .client
+            .connect(now, ctls.clone(), "localhost", saddr, VERSION_2)
+            .unwrap();
+        sim.run_to_completion(h, 1, Duration::from_secs(60));
+        sim.advance(Duration::from_millis(100));
+        assert_eq!(sim.client.conn(h).map(|c| c.version()), Some(VERSION_2));
+        assert_eq!(
+            sim.server.stats().resumed_handshakes,
+            resumed,
+            "round {round}"
+        );
+        assert_eq!(
+            sim.client.stats().resumed_handshakes,
+            resumed,
+            "round {round}"
+        );
+    }
 }
 
 /// TLS resumption (RFC 8446 §2.2) over a bad link (10% loss, duplication, reordering, 1%
@@ -1147,6 +1250,146 @@ fn version_negotiation_must_echo_our_connection_ids() {
         reason, None,
         "no app existed yet; the endpoint reaped the connection"
     );
+}
+
+/// Compatible version negotiation (RFC 9368 §2.3, RFC 9369 §4) over a bad link: a client
+/// whose first flight is v1 and which lists v2 first meets a server preferring v2. The
+/// server reads the whole ClientHello (two Initials with rustls's post-quantum key share),
+/// answers in v2, and the client follows without a round trip: both ends count one
+/// switch, no Version Negotiation is sent, and the echoed streams complete. With Retry, the
+/// Retry is in v1 and the switch happens after it. With a post-quantum key share the
+/// ClientHello spans two Initials, and the server waits for both before choosing.
+#[test]
+fn compatible_version_negotiation_moves_a_v1_first_flight_to_v2() {
+    for (retry, seed, post_quantum) in [(false, 31, false), (true, 37, false), (false, 41, true)] {
+        let impair = Impairments {
+            loss: 0.10,
+            duplicate: 0.05,
+            reorder: 0.05,
+            corrupt: 0.01,
+            seed,
+            ..Impairments::none()
+        };
+        let mut o = SimOptions::new(impair, TransportConfig::default(), 2, 64 << 10);
+        o.versions = vec![VERSION_2, VERSION_1];
+        o.original_version = Some(VERSION_1);
+        o.server_preferred = vec![VERSION_2];
+        o.require_retry = retry;
+        if post_quantum {
+            let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+            provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768];
+            let alpns = [b"echo".to_vec()];
+            let tls = client_config_with_provider(ServerVerification::Insecure, &alpns, provider);
+            o.client_tls = Some(tls.unwrap());
+        }
+        let (mut sim, h) = Sim::with(o);
+        if post_quantum {
+            let now = sim.now;
+            let sent = transmit(&mut sim.cdp, &mut sim.client, now, 1).unwrap();
+            assert_eq!(sent, 2, "the ClientHello takes two Initials");
+        }
+        sim.run_to_completion(h, 2, Duration::from_secs(600));
+        let conn = sim.client.conn(h).expect("client connection");
+        assert_eq!(conn.version(), VERSION_2, "seed {seed}");
+        assert!(conn.stats().compatible_version_switch);
+        let (c, s) = (sim.client.stats(), sim.server.stats());
+        assert_eq!(c.compatible_version_switches, 1, "seed {seed}");
+        assert_eq!(s.compatible_version_switches, 1, "seed {seed}");
+        assert_eq!(s.version_negotiations_sent, 0);
+        assert_eq!(s.connections_accepted, 1);
+        assert_eq!(s.retries_sent, u64::from(retry));
+    }
+}
+
+/// The other way (v2 converts to v1): a v2 first flight listing v1 meets a server that
+/// prefers v1.
+#[test]
+fn compatible_version_negotiation_moves_a_v2_first_flight_to_v1() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 16 << 10);
+    o.versions = vec![VERSION_2, VERSION_1];
+    o.server_preferred = vec![VERSION_1, VERSION_2];
+    let (mut sim, h) = Sim::with(o);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    assert_eq!(sim.client.conn(h).map(|c| c.version()), Some(VERSION_1));
+    assert_eq!(sim.server.stats().compatible_version_switches, 1);
+    assert_eq!(sim.client.stats().compatible_version_switches, 1);
+}
+
+/// No switch unless both want it: a server without a preference keeps a client that
+/// offers v2 in v1, a server preferring v2 keeps a client that does not list it in v1, and
+/// a server preferring v2 keeps a v2 client in v2.
+#[test]
+fn compatible_version_negotiation_needs_an_offer_and_a_preference() {
+    // (client's versions, its first flight's, the server's preference, the outcome)
+    let cases = [
+        (
+            vec![VERSION_2, VERSION_1],
+            Some(VERSION_1),
+            vec![],
+            VERSION_1,
+        ),
+        (vec![VERSION_1], None, vec![VERSION_2], VERSION_1),
+        (vec![VERSION_2, VERSION_1], None, vec![VERSION_2], VERSION_2),
+    ];
+    for (versions, original, preferred, expect) in cases {
+        let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 4096);
+        o.versions = versions;
+        o.original_version = original;
+        o.server_preferred = preferred;
+        let (mut sim, h) = Sim::with(o);
+        sim.run_to_completion(h, 1, Duration::from_secs(60));
+        assert_eq!(sim.client.conn(h).map(|c| c.version()), Some(expect));
+        assert_eq!(sim.server.stats().compatible_version_switches, 0);
+        assert_eq!(sim.client.stats().compatible_version_switches, 0);
+    }
+}
+
+/// A forged Initial in the other version (wrong keys: here, from another DCID) does not
+/// move the client: it is dropped, and the genuine server's answer settles the version.
+#[test]
+fn a_forged_other_version_initial_does_not_move_the_client() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 4096);
+    o.versions = vec![VERSION_2, VERSION_1];
+    o.original_version = Some(VERSION_1);
+    let (mut sim, h) = Sim::with(o);
+    let (_, _, scid) = intercept_first_initial(&mut sim);
+    // A v2 Initial (a PING) to the client, protected with keys of a DCID it never used.
+    let wrong = ConnectionId::new(&[9; 8]).unwrap();
+    let scid = ConnectionId::new(&scid).unwrap();
+    let keys = initial_keys(VERSION_2, &wrong, Side::Server);
+    let mut buf = vec![0u8; 1200];
+    let mut w = Writer::new(&mut buf);
+    let layout = header::write_long(
+        &mut w,
+        LongType::Initial,
+        VERSION_2,
+        &scid,
+        &wrong,
+        &[],
+        0,
+        2,
+    )
+    .unwrap();
+    let header_len = w.len();
+    w.put_bytes(&[0x01]).unwrap();
+    header::finish_long(&mut buf, &layout, 1200).unwrap();
+    keys.local
+        .packet
+        .seal_in_place(0, &mut buf, header_len)
+        .unwrap();
+    protect(&keys.local.header, &mut buf, layout.pn_offset, 2).unwrap();
+    sim.deliver_to_client(&buf);
+    let conn = sim.client.conn(h).expect("still connecting");
+    assert_eq!(conn.version(), VERSION_1);
+    assert!(!conn.stats().compatible_version_switch);
+    assert_eq!(
+        conn.stats().packets_received,
+        0,
+        "the forged Initial was dropped"
+    );
+    // The client's first flight was intercepted: its loss timer sends it again.
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    assert_eq!(sim.client.conn(h).map(|c| c.version()), Some(VERSION_1));
 }
 
 /// The client's first Initial, taken off the wire before the server sees it: (version,

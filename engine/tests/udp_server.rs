@@ -36,6 +36,7 @@ fn server_with_tickets(kernel_steering: bool, ticket_keys: Option<PathBuf>) -> R
         require_retry: false,
         ticket_keys,
         versions: SUPPORTED_VERSIONS.to_vec(),
+        preferred_versions: Vec::new(),
         max_connections: 64,
         pin: false,
         kernel_steering,
@@ -121,6 +122,7 @@ fn perf_client_with(
         timeout: Duration::from_secs(60),
         transport: TransportConfig::default(),
         versions: vec![VERSION_1],
+        original_version: None,
         resume,
     })
     .expect("client completes");

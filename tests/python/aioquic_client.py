@@ -253,6 +253,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1,
         help="version of the first Initial (2: RFC 9369); the one in use is printed to stderr",
     )
+    p.add_argument(
+        "--offer-versions",
+        help="comma-separated versions (1, 2) for version_information's Available Versions, "
+        "most preferred first: the server may move the connection to one (RFC 9368 §2.3)",
+    )
+    p.add_argument(
+        "--quantum-readiness",
+        action="store_true",
+        help="pad the transport parameters by 1200 bytes so the ClientHello spans two Initials",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     p.add_argument(
         "--token-warm-up",
@@ -285,6 +295,12 @@ def configuration(args: argparse.Namespace) -> QuicConfiguration:
     )
     if args.quic_version == 2:
         config.original_version = QuicProtocolVersion.VERSION_2
+    if args.offer_versions:
+        by_number = {"1": QuicProtocolVersion.VERSION_1, "2": QuicProtocolVersion.VERSION_2}
+        config.supported_versions = [by_number[v] for v in args.offer_versions.split(",")]
+        if args.quic_version == 1:
+            config.original_version = QuicProtocolVersion.VERSION_1
+    config.quantum_readiness_test = args.quantum_readiness
     if args.insecure:
         config.verify_mode = ssl.CERT_NONE
     else:

@@ -149,6 +149,46 @@ fn aioquic_falls_back_from_v2_to_a_v1_only_quench() {
     );
 }
 
+/// Compatible version negotiation (RFC 9368 §2.3): under `quench serve --prefer-version 2`,
+/// aioquic's v1 first flight lists v2 first among its Available Versions and is padded
+/// (aioquic's quantum-readiness parameter) so its ClientHello spans two Initials. quench
+/// waits for the whole ClientHello, answers in v2, and aioquic follows: both connections
+/// run in v2 with no Version Negotiation, and aioquic's check that quench's Chosen Version
+/// matches the packets' passes.
+#[test]
+fn aioquic_v1_first_flight_moves_to_v2_on_a_quench_server_preferring_it() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--prefer-version", "2"]);
+    let transfer = Transfer::perf(2 * MIB, MIB).streams(2).conns(2);
+    let mut cmd = client_command(Peer::Aioquic, server.addr, &certs.ca, &transfer);
+    cmd.args([
+        "--quic-version",
+        "1",
+        "--offer-versions",
+        "2,1",
+        "--quantum-readiness",
+    ]);
+    let (report, stderr) = run_client_with_stderr(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(
+        stderr.matches("QUIC version 0x6b3343cf").count(),
+        2,
+        "both connections in v2: {stderr}"
+    );
+    let totals = server.shutdown_worker_totals(&[
+        "connections_accepted",
+        "compatible_version_switches",
+        "version_negotiations",
+    ]);
+    assert_eq!(
+        totals,
+        [2, 2, 0],
+        "connections accepted, compatible switches, Version Negotiations sent"
+    );
+}
+
 /// v2 through `--retry`: the Retry carries RFC 9369's integrity tag key, the client's second
 /// Initial is v2 again, and the connections complete.
 #[test]
@@ -391,6 +431,28 @@ fn quench_client_quic_v2_through_aioquic_retry() {
     cmd.args(["--quic-version", "2"]);
     assert_perf(&run_client(cmd, transfer.timeout()), &transfer);
     assert_server_saw(&aioquic.connections(), &transfer, V2, true);
+}
+
+/// Compatible version negotiation, quench as the client: `--quic-version 2,1
+/// --original-version 1` sends a v1 first flight listing v2 first; aioquic's server moves
+/// the connection to v2 (RFC 9368 §2.3) and quench follows on the first v2 Initial. Both
+/// connections complete in v2 as both sides see it, without Version Negotiation.
+#[test]
+fn quench_client_follows_aioquic_to_v2_without_a_round_trip() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let transfer = Transfer::perf(2 * MIB, MIB).streams(2).conns(2);
+    let mut cmd = aioquic.client(&transfer);
+    cmd.args(["--quic-version", "2,1", "--original-version", "1"]);
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.quic_version.as_deref(), Some("0x6b3343cf"));
+    assert_eq!(
+        report.version_switches,
+        Some(2),
+        "both connections switched"
+    );
+    assert_server_saw(&aioquic.connections(), &transfer, V2, false);
 }
 
 /// An aioquic server that accepts only v1 answers a v2 Initial with Version Negotiation:

@@ -256,6 +256,14 @@ fn quench_client_quic_v2() {
     let report = run_client(cmd, transfer.timeout());
     assert_perf(&report, &transfer);
     assert_eq!(report.quic_version.as_deref(), Some("0x1"));
+    // Starting in v1 while preferring v2 (RFC 9368 §2.4) reaches quinn at once: it parses
+    // the v1 first flight, ignores the version_information listing v2, and stays in v1.
+    let mut cmd = client_command(Peer::Quench, quinn.server.addr, &quinn.certs.ca, &transfer);
+    cmd.args(["--quic-version", "2,1", "--original-version", "1"]);
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.quic_version.as_deref(), Some("0x1"));
+    assert_eq!(report.version_switches, Some(0));
     drop(quinn);
 
     let quench = Hosted::start(Server::quench);

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use quench::conn::{Connection, Event, TransportConfig};
+use quench::conn::{Connection, Event, TransportConfig, VersionOffer};
 use quench::endpoint::{ConnHandle, Endpoint, EndpointConfig, EventHandler};
 use quench::io::RxMeta;
 use quench::tls::certs::generate_self_signed;
@@ -57,7 +57,10 @@ fn transport() -> TransportConfig {
 fn server_endpoint() -> Endpoint<()> {
     let cert = generate_self_signed(&["localhost".into()]).expect("certificate");
     let tls = server_config(cert, &[b"fuzz".to_vec()]).expect("server TLS");
-    Endpoint::new(EndpointConfig::new(transport(), Some(tls)))
+    let mut config = EndpointConfig::new(transport(), Some(tls));
+    // Clients that list v2 are moved to it (RFC 9368 §2.3), the pair's included.
+    config.preferred_versions = vec![VERSION_2];
+    Endpoint::new(config)
 }
 
 fn drain(ep: &mut Endpoint<()>, now: Instant, buf: &mut [u8]) -> Vec<Vec<u8>> {
@@ -88,8 +91,13 @@ impl Pair {
         let ctls = client_config(ServerVerification::Insecure, &[b"fuzz".to_vec()]).unwrap();
         let mut client = Endpoint::new(EndpointConfig::new(transport(), None));
         let now = Instant::now();
+        // A v1 first flight listing v2: the pair runs in v2 after compatible negotiation.
+        let offer = VersionOffer {
+            original: VERSION_1,
+            preference: vec![VERSION_2, VERSION_1],
+        };
         let h = client
-            .connect(now, ctls, "localhost", saddr, VERSION_1)
+            .connect_offering(now, ctls, "localhost", saddr, &offer)
             .expect("client connection");
         let mut p = Pair {
             now,
@@ -110,6 +118,7 @@ impl Pair {
             }
         }
         assert!(p.alive(), "handshake failed");
+        assert_eq!(p.client.conn(h).map(|c| c.version()), Some(VERSION_2));
         p
     }
 

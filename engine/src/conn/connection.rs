@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::conn::cids::{CidEvent, CidState, ConnectionIdGenerator};
+use crate::conn::compatible_version::{self, CompatibleNegotiation, ServerPending};
 use crate::conn::config::TransportConfig;
 use crate::conn::datagrams::{DatagramQueue, MAX_QUEUED_DATAGRAMS};
 use crate::conn::pmtud::Pmtud;
@@ -154,6 +155,9 @@ pub struct ConnectionStats {
     pub path_challenges_answered: u64,
     /// Validations of a new path this endpoint gave up on (RFC 9000 §8.2.4).
     pub failed_path_validations: u64,
+    /// The connection moved to another version during its handshake (compatible version
+    /// negotiation, RFC 9368 §2.3): the server chose it, or the client followed.
+    pub compatible_version_switch: bool,
 }
 
 pub struct Connection {
@@ -187,6 +191,11 @@ pub struct Connection {
     /// Client offering more than one version: what it takes to start over in another after
     /// Version Negotiation (RFC 9368 §2.1), and whether it did.
     pub(crate) version_fallback: Option<Box<VersionFallback>>,
+    /// The version of the client's first flight (after any Version Negotiation): the
+    /// Chosen Version its version_information must name (RFC 9368 §4).
+    pub(crate) first_flight_version: u32,
+    /// Compatible version negotiation, while undecided (`compatible_version.rs`).
+    pub(crate) compatible: Option<CompatibleNegotiation>,
     /// Client: a packet from the server was processed (no more Retry/VN accepted; DCID fixed).
     pub(crate) got_server_packet: bool,
     /// Client: the SCID of the server's first packet, fixed for the connection (RFC 9000 §7.2).
@@ -297,6 +306,9 @@ pub struct ServerConnectionParams {
     pub version: u32,
     /// The versions the server accepts, for its version_information (RFC 9368 §3).
     pub available_versions: Vec<u32>,
+    /// The versions the server moves a client to when its first flight converts to one
+    /// (compatible version negotiation, RFC 9368 §2.3), most preferred first; empty: never.
+    pub preferred_versions: Vec<u32>,
     pub remote: SocketAddr,
     /// DCID of the client's first Initial (its Initial keys derive from it).
     pub original_dcid: ConnectionId,
@@ -317,25 +329,25 @@ pub struct ServerConnectionParams {
 impl Connection {
     /// A client connection to `remote`. `initial_dcid` should be random, at least 8 bytes (RFC 9000 §7.2).
     #[allow(clippy::too_many_arguments)]
+    ///
+    /// `offer`: the version of the first flight and the client's preference (see
+    /// [`VersionOffer`]).
     pub fn new_client(
         config: Arc<TransportConfig>,
         tls_config: Arc<rustls::ClientConfig>,
         server_name: &str,
-        versions: &[u32],
+        offer: &VersionOffer,
         remote: SocketAddr,
         initial_dcid: ConnectionId,
         mut cid_gen: Box<dyn ConnectionIdGenerator>,
         now: Instant,
     ) -> Result<Self, TransportError> {
-        let Some(&version) = versions.first() else {
-            return Err(TransportError::new(
-                Code::INTERNAL_ERROR,
-                "a client needs a QUIC version",
-            ));
-        };
+        let version = offer.original;
+        let versions = &offer.preference;
         let local_cid = cid_gen.generate();
         let reset = cid_gen.reset_token(&local_cid);
         let streams = Streams::new(Side::Client, config.streams.clone());
+        let available = compatible_version::client_available(version, versions);
         let tls = client_tls(
             &config,
             &streams,
@@ -343,6 +355,7 @@ impl Connection {
             &tls_config,
             server_name,
             version,
+            &available,
         )?;
         let mut conn = Self::new_common(
             Side::Client,
@@ -361,6 +374,12 @@ impl Connection {
         conn.spaces[Epoch::Initial.index()].keys =
             Some(initial_keys(version, &initial_dcid, Side::Client));
         conn.address_validated = true; // a client is never amplification-limited
+        if available.len() > 1 {
+            conn.compatible = Some(CompatibleNegotiation::Client {
+                available,
+                candidate: None,
+            });
+        }
         if versions.len() > 1 {
             conn.version_fallback = Some(Box::new(VersionFallback {
                 tls_config,
@@ -396,7 +415,11 @@ impl Connection {
             &fallback.tls_config,
             &fallback.server_name,
             version,
+            &[version],
         )?;
+        // The new first flight is in the version the server listed; no further switch.
+        self.compatible = None;
+        self.first_flight_version = version;
         tracing::debug!(
             from = self.version,
             to = version,
@@ -443,6 +466,11 @@ impl Connection {
         });
         let mut encoded = Vec::with_capacity(160);
         params.encode(&mut encoded);
+        let pending = p
+            .preferred_versions
+            .iter()
+            .any(|&v| compatible_version::compatible(p.version, v))
+            .then(|| ServerPending::new(tls_config.clone(), params, p.preferred_versions));
         let tls = TlsSession::server(tls_config, p.version, encoded)
             .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS server setup failed"))?;
         let mut conn = Self::new_common(
@@ -463,6 +491,7 @@ impl Connection {
         conn.peer_initial_scid = p.client_scid;
         conn.address_validated = p.address_validated;
         conn.spaces[Epoch::Initial.index()].keys = Some(p.initial_keys);
+        conn.compatible = pending.map(|p| CompatibleNegotiation::Server(Box::new(p)));
         Ok(conn)
     }
 
@@ -508,6 +537,8 @@ impl Connection {
             retry_scid: None,
             initial_token: Vec::new(),
             version_fallback: None,
+            first_flight_version: version,
+            compatible: None,
             got_server_packet: false,
             server_scid: None,
             address_validated: false,
@@ -976,6 +1007,9 @@ impl Connection {
                     ));
                 }
             }
+            if read_epoch == Epoch::Initial && !self.negotiate_from_client_hello()? {
+                break; // the ClientHello is not whole yet
+            }
             let mut fed = false;
             while let Some(chunk) = self.spaces[read_epoch.index()].crypto.read_chunk() {
                 fed = true;
@@ -1000,6 +1034,9 @@ impl Connection {
             }
             match change {
                 Some(KeyChange::Handshake(keys)) => {
+                    if self.side == Side::Client {
+                        self.settle_version();
+                    }
                     self.spaces[Epoch::Handshake.index()].keys = Some(keys);
                     self.recovery.set_has_handshake_keys();
                     self.tls_write_epoch = Epoch::Handshake;
@@ -1042,7 +1079,13 @@ impl Connection {
 
     fn apply_peer_params(&mut self, p: TransportParameters) -> Result<(), TransportError> {
         let violation = |reason| TransportError::new(Code::TRANSPORT_PARAMETER_ERROR, reason);
-        check_version_information(self.version, p.version_information.as_ref())?;
+        // A server checks the client's Chosen Version against its first flight's, a client
+        // the server's against the version in use (negotiated, RFC 9368 §4).
+        let in_use = match self.side {
+            Side::Server => self.first_flight_version,
+            Side::Client => self.version,
+        };
+        check_version_information(in_use, p.version_information.as_ref())?;
         if let Some(f) = &self.version_fallback {
             if let Some(original) = f.original {
                 check_negotiated_version(
@@ -1176,6 +1219,10 @@ impl Connection {
         space.discarded = true;
         space.keys = None;
         space.probes = 0;
+        if epoch == Epoch::Initial {
+            // A server's original-version Initial keys go with the space (RFC 9369 §4).
+            self.compatible = None;
+        }
         // Nothing is sent, received or acknowledged in it any more: free its buffers.
         space.crypto = CryptoStream::new();
         space.ack.release_memory();
@@ -1291,14 +1338,14 @@ fn local_params(
 }
 
 /// RFC 9368 §3 (required of QUIC v2 endpoints by RFC 9369 §4): a client's version
-/// information, the version in use and the versions its first flight is compatible with:
-/// we do not convert first flights, so only the one it was sent in (the versions it falls
-/// back to after Version Negotiation are another matter, see `VersionFallback`). A server
-/// lists the versions it accepts (`ServerConnectionParams::available_versions`).
-fn client_version_information(version: u32) -> VersionInformation {
+/// information, the version of its first flight and the versions that flight converts to
+/// (`compatible_version::client_available`); after Version Negotiation, the version it
+/// started over in alone. A server lists the versions it accepts
+/// (`ServerConnectionParams::available_versions`).
+fn client_version_information(version: u32, available: &[u32]) -> VersionInformation {
     VersionInformation {
         chosen: version,
-        available: vec![version],
+        available: available.to_vec(),
     }
 }
 
@@ -1311,13 +1358,36 @@ fn client_tls(
     tls_config: &Arc<rustls::ClientConfig>,
     server_name: &str,
     version: u32,
+    available: &[u32],
 ) -> Result<TlsSession, TransportError> {
     let mut params = local_params(config, &streams.local_limits(), local_cid, None, None, None);
-    params.version_information = Some(client_version_information(version));
+    params.version_information = Some(client_version_information(version, available));
     let mut encoded = Vec::with_capacity(128);
     params.encode(&mut encoded);
     TlsSession::client(tls_config.clone(), server_name, version, encoded)
         .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS client setup failed"))
+}
+
+/// The versions a client offers: the one its first flight is in, and every version it
+/// would use, most preferred first. The server may move the connection to one of the
+/// latter that the first flight converts to (compatible version negotiation, RFC 9368
+/// §2.3: v1 and v2), or answer with Version Negotiation, after which the client starts
+/// over in its most preferred version the server listed (§2.1). RFC 9368 §2.4 suggests
+/// starting in the version most servers parse (v1) while preferring a newer one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionOffer {
+    pub original: u32,
+    pub preference: Vec<u32>,
+}
+
+impl VersionOffer {
+    /// The first flight in the first of `preference` (which must not be empty).
+    pub fn preferring(preference: &[u32]) -> Option<Self> {
+        Some(Self {
+            original: *preference.first()?,
+            preference: preference.to_vec(),
+        })
+    }
 }
 
 /// A client that may use more than one version (RFC 9368 §2.1).
@@ -1414,8 +1484,13 @@ mod version_information_tests {
     #[test]
     fn we_send_the_version_in_use_and_what_we_support() {
         for version in [VERSION_1, VERSION_2] {
-            let c = client_version_information(version);
-            assert_eq!((c.chosen, &c.available), (version, &vec![version]));
+            let other = if version == VERSION_1 {
+                VERSION_2
+            } else {
+                VERSION_1
+            };
+            let c = client_version_information(version, &[other, version]);
+            assert_eq!((c.chosen, &c.available), (version, &vec![other, version]));
             // A server's comes from its configuration (`ServerConnectionParams`).
             let s = VersionInformation {
                 chosen: version,

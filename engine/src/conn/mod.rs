@@ -2,6 +2,7 @@
 //! always an argument, datagrams come in as `&mut [u8]` and go out into caller buffers.
 mod aead_limits;
 pub mod cids;
+mod compatible_version;
 pub mod config;
 pub mod connection;
 pub mod datagrams;
@@ -21,7 +22,7 @@ pub use cids::{CidEvent, ConnectionIdGenerator};
 pub use config::TransportConfig;
 pub use connection::{
     CloseReason, Connection, ConnectionStats, Event, ServerConnectionParams, Transmit,
-    MIN_INITIAL_SIZE,
+    VersionOffer, MIN_INITIAL_SIZE,
 };
 pub use datagrams::DatagramError;
 pub use local_migration::MigrationError;

@@ -262,6 +262,20 @@ impl Connection {
         self.emit_closed(CloseReason::VersionMismatch);
     }
 
+    /// The receive keys of a long-header packet at `epoch`: the space's, or for an Initial
+    /// in the other version of a compatible negotiation, that version's.
+    fn long_header_remote_keys(
+        &self,
+        epoch: Epoch,
+        other_version: bool,
+    ) -> Option<&crate::crypto::DirectionalKeys> {
+        if other_version {
+            self.other_version_initial_keys()
+        } else {
+            self.spaces[epoch.index()].keys.as_ref().map(|k| &k.remote)
+        }
+    }
+
     fn handle_packet(
         &mut self,
         now: Instant,
@@ -270,6 +284,9 @@ impl Connection {
         hdr: PacketHeader,
         packet: &mut [u8],
     ) -> Result<Outcome, TransportError> {
+        // An Initial in the other version of a compatible negotiation (RFC 9369 §4); every
+        // other packet in a version not the connection's is dropped.
+        let mut other_version = None;
         let (epoch, kind, pn_offset, long_scid) = match hdr {
             PacketHeader::Long {
                 ty,
@@ -279,7 +296,10 @@ impl Connection {
                 ..
             } => {
                 if version != self.version {
-                    return Ok(Outcome::Dropped);
+                    if ty != LongType::Initial || !self.accepts_initial_in(version) {
+                        return Ok(Outcome::Dropped);
+                    }
+                    other_version = Some(version);
                 }
                 match ty {
                     LongType::Initial => {
@@ -355,8 +375,8 @@ impl Connection {
                     return Ok(Outcome::Dropped);
                 }
             },
-            _ => match &self.spaces[epoch.index()].keys {
-                Some(k) => k.remote.header.mask(&sample_block),
+            _ => match self.long_header_remote_keys(epoch, other_version.is_some()) {
+                Some(k) => k.header.mask(&sample_block),
                 None => {
                     tracing::trace!(?epoch, "drop: no keys yet");
                     return Ok(Outcome::Dropped);
@@ -385,11 +405,10 @@ impl Connection {
                 key.open_in_place(pn, packet, header_len)
             }
             _ => {
-                let keys = self.spaces[epoch.index()]
-                    .keys
-                    .as_ref()
+                let keys = self
+                    .long_header_remote_keys(epoch, other_version.is_some())
                     .expect("checked above");
-                keys.remote.packet.open_in_place(pn, packet, header_len)
+                keys.packet.open_in_place(pn, packet, header_len)
             }
         };
         let Ok(payload_len) = opened else {
@@ -421,6 +440,10 @@ impl Connection {
             }
             return Ok(Outcome::Dropped);
         };
+
+        if let (Some(version), Side::Client) = (other_version, self.side) {
+            self.adopt_server_version(version)?;
+        }
 
         // Reserved bits must be zero once protection is removed (RFC 9000 §17.2, §17.3.1).
         let reserved = if epoch == Epoch::Data {

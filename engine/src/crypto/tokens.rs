@@ -12,8 +12,8 @@ use crate::wire::net::canonical_ip;
 /// Longest connection ID (RFC 9000 §17.2).
 pub const MAX_CID_LEN: usize = 20;
 const NONCE_LEN: usize = 12;
-/// Largest plaintext: kind, issued_at, IPv6, port, two length-prefixed CIDs.
-const MAX_PLAIN: usize = 1 + 8 + 1 + 16 + 2 + 1 + MAX_CID_LEN + 1 + MAX_CID_LEN;
+/// Largest plaintext: kind, issued_at, QUIC version, IPv6, port, two length-prefixed CIDs.
+const MAX_PLAIN: usize = 1 + 8 + 4 + 1 + 16 + 2 + 1 + MAX_CID_LEN + 1 + MAX_CID_LEN;
 /// Binds tokens to their purpose so the key cannot be confused with another use.
 const AAD: &[u8] = b"quench address token v2";
 /// In clear in front of every token, with its kind: a token of another deployment or
@@ -158,6 +158,9 @@ pub enum TokenError {
     WrongAddress,
     #[error("token expired")]
     Expired,
+    /// Issued on a connection of another QUIC version (RFC 9369 §5; a Retry's, §4).
+    #[error("token was issued for another QUIC version")]
+    WrongVersion,
 }
 
 /// Seals and opens address-validation tokens: AES-256-GCM with a random nonce,
@@ -252,6 +255,7 @@ impl TokenKey {
     pub fn seal_retry(
         &self,
         client: SocketAddr,
+        version: u32,
         original_dcid: &[u8],
         retry_scid: &[u8],
         now: SystemTime,
@@ -263,6 +267,7 @@ impl TokenKey {
         let scid = &retry_scid[..retry_scid.len().min(MAX_CID_LEN)];
         put(&mut plain, &mut at, &[KIND_RETRY]);
         put(&mut plain, &mut at, &unix_secs(now).to_be_bytes());
+        put(&mut plain, &mut at, &version.to_be_bytes());
         put_ip(&mut plain, &mut at, client.ip());
         put(&mut plain, &mut at, &client.port().to_be_bytes());
         put(&mut plain, &mut at, &[odcid.len() as u8]);
@@ -273,12 +278,13 @@ impl TokenKey {
     }
 
     /// A NEW_TOKEN token bound to the client's IP only: ports change across connections
-    /// through NATs (RFC 9000 §8.1.3).
-    pub fn seal_new_token(&self, client: IpAddr, now: SystemTime, out: &mut Vec<u8>) {
+    /// through NATs (RFC 9000 §8.1.3). `version`: the connection's (RFC 9369 §5).
+    pub fn seal_new_token(&self, client: IpAddr, version: u32, now: SystemTime, out: &mut Vec<u8>) {
         let mut plain = [0u8; MAX_PLAIN];
         let mut at = 0;
         put(&mut plain, &mut at, &[KIND_NEW_TOKEN]);
         put(&mut plain, &mut at, &unix_secs(now).to_be_bytes());
+        put(&mut plain, &mut at, &version.to_be_bytes());
         put_ip(&mut plain, &mut at, client);
         self.seal(&mut plain[..at], out);
     }
@@ -304,11 +310,13 @@ impl TokenKey {
         out.extend_from_slice(tag.as_ref());
     }
 
-    /// Validates a token from a client Initial at `client`; `lifetimes` bound its age by kind.
+    /// Validates a token from a client Initial at `client` in `version`; `lifetimes` bound
+    /// its age by kind.
     pub fn open(
         &self,
         token: &[u8],
         client: SocketAddr,
+        version: u32,
         now: SystemTime,
         lifetimes: impl Into<TokenLifetimes>,
     ) -> Result<ValidatedToken, TokenError> {
@@ -341,6 +349,9 @@ impl TokenKey {
         }
         let issued = r.take(8).ok_or(TokenError::Invalid)?;
         let issued = u64::from_be_bytes(issued.try_into().map_err(|_| TokenError::Invalid)?);
+        let issued_for = r.take(4).ok_or(TokenError::Invalid)?;
+        let issued_for =
+            u32::from_be_bytes(issued_for.try_into().map_err(|_| TokenError::Invalid)?);
         let ip = r.ip().ok_or(TokenError::Invalid)?;
         let result = match kind {
             KIND_RETRY => {
@@ -367,6 +378,9 @@ impl TokenKey {
         if !r.0.is_empty() {
             return Err(TokenError::Invalid);
         }
+        if issued_for != version {
+            return Err(TokenError::WrongVersion);
+        }
         let lifetime = match result {
             ValidatedToken::Retry { .. } => lifetimes.retry,
             ValidatedToken::NewToken => lifetimes.new_token,
@@ -383,6 +397,8 @@ impl TokenKey {
 
 #[cfg(test)]
 mod tests {
+    const V1: u32 = crate::wire::header::VERSION_1;
+    const V2: u32 = crate::wire::header::VERSION_2;
     use super::*;
 
     fn addr(s: &str) -> SocketAddr {
@@ -410,13 +426,14 @@ mod tests {
         let mut tok = Vec::new();
         key.seal_retry(
             client,
+            V1,
             &[1, 2, 3, 4, 5, 6, 7, 8],
             &[0xaa; 20],
             now,
             &mut tok,
         );
         let life = Duration::from_secs(10);
-        match key.open(&tok, client, now + Duration::from_secs(3), life) {
+        match key.open(&tok, client, V1, now + Duration::from_secs(3), life) {
             Ok(ValidatedToken::Retry {
                 original_dcid,
                 retry_scid,
@@ -428,23 +445,23 @@ mod tests {
         }
         // Same IP, other port: Retry tokens are bound to the port too.
         assert_eq!(
-            key.open(&tok, addr("192.0.2.1:4434"), now, life),
+            key.open(&tok, addr("192.0.2.1:4434"), V1, now, life),
             Err(TokenError::WrongAddress)
         );
         assert_eq!(
-            key.open(&tok, addr("192.0.2.2:4433"), now, life),
+            key.open(&tok, addr("192.0.2.2:4433"), V1, now, life),
             Err(TokenError::WrongAddress)
         );
         // A v4-mapped v6 peer address is the same client.
         assert!(key
-            .open(&tok, addr("[::ffff:192.0.2.1]:4433"), now, life)
+            .open(&tok, addr("[::ffff:192.0.2.1]:4433"), V1, now, life)
             .is_ok());
         assert_eq!(
-            key.open(&tok, client, now + Duration::from_secs(11), life),
+            key.open(&tok, client, V1, now + Duration::from_secs(11), life),
             Err(TokenError::Expired)
         );
         assert_eq!(
-            key.open(&tok, client, now - Duration::from_secs(3600), life),
+            key.open(&tok, client, V1, now - Duration::from_secs(3600), life),
             Err(TokenError::Expired)
         );
     }
@@ -455,26 +472,26 @@ mod tests {
         let issued = SystemTime::now();
         let client = addr("192.0.2.1:4433");
         let mut new_token = Vec::new();
-        key.seal_new_token(client.ip(), issued, &mut new_token);
+        key.seal_new_token(client.ip(), V1, issued, &mut new_token);
         let mut retry = Vec::new();
         let cid = [7u8; 8];
-        key.seal_retry(client, &cid, &cid, issued, &mut retry);
+        key.seal_retry(client, V1, &cid, &cid, issued, &mut retry);
         let lifetimes = TokenLifetimes {
             retry: Duration::from_secs(10),
             new_token: Duration::from_secs(86_400),
         };
         let an_hour_on = issued + Duration::from_secs(3600);
         assert_eq!(
-            key.open(&new_token, client, an_hour_on, lifetimes),
+            key.open(&new_token, client, V1, an_hour_on, lifetimes),
             Ok(ValidatedToken::NewToken)
         );
         assert_eq!(
-            key.open(&retry, client, an_hour_on, lifetimes),
+            key.open(&retry, client, V1, an_hour_on, lifetimes),
             Err(TokenError::Expired)
         );
         let two_days_on = issued + Duration::from_secs(2 * 86_400);
         assert_eq!(
-            key.open(&new_token, client, two_days_on, lifetimes),
+            key.open(&new_token, client, V1, two_days_on, lifetimes),
             Err(TokenError::Expired)
         );
     }
@@ -484,24 +501,52 @@ mod tests {
         let key = TokenKey::random();
         let now = SystemTime::now();
         let mut tok = Vec::new();
-        key.seal_new_token("2001:db8::1".parse().unwrap(), now, &mut tok);
+        key.seal_new_token("2001:db8::1".parse().unwrap(), V1, now, &mut tok);
         let life = Duration::from_secs(86400);
         assert_eq!(
-            key.open(&tok, addr("[2001:db8::1]:1"), now, life),
+            key.open(&tok, addr("[2001:db8::1]:1"), V1, now, life),
             Ok(ValidatedToken::NewToken)
         );
         assert_eq!(
-            key.open(&tok, addr("[2001:db8::2]:1"), now, life),
+            key.open(&tok, addr("[2001:db8::2]:1"), V1, now, life),
             Err(TokenError::WrongAddress)
         );
         assert_eq!(
             key.open(
                 &tok,
                 addr("[2001:db8::1]:1"),
+                V1,
                 now + Duration::from_secs(86401),
                 life
             ),
             Err(TokenError::Expired)
+        );
+    }
+
+    /// RFC 9369 §5: a token is good only for a connection in the version it was issued
+    /// for; a Retry token's client must not switch versions either (§4).
+    #[test]
+    fn tokens_are_bound_to_their_quic_version() {
+        let key = TokenKey::random();
+        let now = SystemTime::now();
+        let client = addr("192.0.2.1:4433");
+        let life = Duration::from_secs(60);
+        let mut new_token = Vec::new();
+        key.seal_new_token(client.ip(), V2, now, &mut new_token);
+        assert_eq!(
+            key.open(&new_token, client, V2, now, life),
+            Ok(ValidatedToken::NewToken)
+        );
+        assert_eq!(
+            key.open(&new_token, client, V1, now, life),
+            Err(TokenError::WrongVersion)
+        );
+        let mut retry = Vec::new();
+        key.seal_retry(client, V1, &[1; 8], &[2; 8], now, &mut retry);
+        assert!(key.open(&retry, client, V1, now, life).is_ok());
+        assert_eq!(
+            key.open(&retry, client, V2, now, life),
+            Err(TokenError::WrongVersion)
         );
     }
 
@@ -513,40 +558,43 @@ mod tests {
         let client = addr("10.0.0.1:1000");
         let life = Duration::from_secs(60);
         let mut tok = Vec::new();
-        key.seal_new_token(client.ip(), now, &mut tok);
+        key.seal_new_token(client.ip(), V1, now, &mut tok);
         assert_eq!(
-            other.open(&tok, client, now, life),
+            other.open(&tok, client, V1, now, life),
             Err(TokenError::Invalid)
         );
         for i in 0..tok.len() {
             let mut bad = tok.clone();
             bad[i] ^= 0x80;
-            assert_eq!(key.open(&bad, client, now, life), Err(TokenError::Invalid));
+            assert_eq!(
+                key.open(&bad, client, V1, now, life),
+                Err(TokenError::Invalid)
+            );
         }
         for len in 0..tok.len() {
             assert_eq!(
-                key.open(&tok[..len], client, now, life),
+                key.open(&tok[..len], client, V1, now, life),
                 Err(TokenError::Invalid)
             );
         }
         assert_eq!(
-            key.open(&[0; 500], client, now, life),
+            key.open(&[0; 500], client, V1, now, life),
             Err(TokenError::Invalid)
         );
         // The clear kind says how a token was given out, even one we cannot open.
         let mut retry = Vec::new();
-        key.seal_retry(client, &[1; 8], &[2; 8], now, &mut retry);
+        key.seal_retry(client, V1, &[1; 8], &[2; 8], now, &mut retry);
         assert!(claims_retry(&retry) && !claims_retry(&tok));
         let mut relabelled = tok.clone();
         relabelled[MAGIC.len()] = retry[MAGIC.len()];
         assert_eq!(
-            key.open(&relabelled, client, now, life),
+            key.open(&relabelled, client, V1, now, life),
             Err(TokenError::Invalid),
             "the kind is authenticated"
         );
         // Two seals of the same content differ (random nonce).
         let mut tok2 = Vec::new();
-        key.seal_new_token(client.ip(), now, &mut tok2);
+        key.seal_new_token(client.ip(), V1, now, &mut tok2);
         assert_ne!(tok, tok2);
     }
 
@@ -556,7 +604,7 @@ mod tests {
             let key = TokenKey::new(&[3; 32]);
             let client = addr("10.0.0.1:1");
             proptest::prop_assert_eq!(
-                key.open(&token, client, SystemTime::now(), Duration::from_secs(60)),
+                key.open(&token, client, V1, SystemTime::now(), Duration::from_secs(60)),
                 Err(TokenError::Invalid)
             );
         }

@@ -20,9 +20,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use slab::Slab;
 
-use crate::conn::{CidEvent, Connection, Event, ServerConnectionParams, TransportConfig};
+use crate::conn::{
+    CidEvent, Connection, Event, ServerConnectionParams, TransportConfig, VersionOffer,
+};
 use crate::crypto::tokens::{
-    self, PeerResetToken, ResetTokenKey, TokenKey, TokenLifetimes, ValidatedToken,
+    self, PeerResetToken, ResetTokenKey, TokenError, TokenKey, TokenLifetimes, ValidatedToken,
 };
 use crate::io::{RxMeta, TxMeta};
 use crate::wire::cid::ConnectionId;
@@ -58,6 +60,11 @@ pub struct EndpointConfig {
     /// get Version Negotiation listing these, and the server's version_information names
     /// them (RFC 9368 §3). Ignored by a client endpoint.
     pub versions: Vec<u32>,
+    /// Server: the versions it moves a client to when the client's first flight converts to
+    /// one and lists it (compatible version negotiation, RFC 9368 §2.3; v1 and v2 convert
+    /// into each other), most preferred first; each must be in `versions`. Empty: every
+    /// connection stays in the version of the client's first flight.
+    pub preferred_versions: Vec<u32>,
     pub retry_token_lifetime: Duration,
     /// How long a NEW_TOKEN token a server hands out stays good for the client's later
     /// connections (RFC 9000 §8.1.3); zero hands out none.
@@ -85,6 +92,7 @@ impl EndpointConfig {
             max_connections: 100_000,
             require_retry: false,
             versions: SUPPORTED_VERSIONS.to_vec(),
+            preferred_versions: Vec::new(),
             retry_token_lifetime: Duration::from_secs(10),
             new_token_lifetime: Duration::from_secs(24 * 3600),
             reset_key: Arc::new(ResetTokenKey::random()),
@@ -117,6 +125,9 @@ pub struct EndpointStats {
     /// Handshakes that resumed a session from a TLS ticket (both roles): no certificate
     /// sent or verified.
     pub resumed_handshakes: u64,
+    /// Handshakes that moved to another version than the client's first flight's
+    /// (compatible version negotiation, RFC 9368 §2.3; both roles).
+    pub compatible_version_switches: u64,
     /// Client connections that started with a NEW_TOKEN token from an earlier one.
     pub new_tokens_used: u64,
     pub retries_sent: u64,
@@ -156,19 +167,20 @@ struct Entry<U> {
     server_name: Option<Box<str>>,
 }
 
-/// A client's NEW_TOKEN tokens by server name. Bounded: a few per server (the newest),
-/// a few hundred servers; each token is used once, so connections stay unlinkable by it
-/// (RFC 9000 §8.1.3).
+/// A client's NEW_TOKEN tokens by server name, with the QUIC version of the connection
+/// that got each (RFC 9369 §5: a token is only for a connection starting in that version).
+/// Bounded: a few per server (the newest), a few hundred servers; each token is used once,
+/// so connections stay unlinkable by it (RFC 9000 §8.1.3).
 #[derive(Default)]
 struct TokenStore {
-    by_server: HashMap<Box<str>, VecDeque<Vec<u8>>>,
+    by_server: HashMap<Box<str>, VecDeque<(u32, Vec<u8>)>>,
 }
 
 impl TokenStore {
     const PER_SERVER: usize = 2;
     const SERVERS: usize = 256;
 
-    fn insert(&mut self, server: &str, token: Vec<u8>) {
+    fn insert(&mut self, server: &str, version: u32, token: Vec<u8>) {
         if !self.by_server.contains_key(server) && self.by_server.len() >= Self::SERVERS {
             // Full: forget some other server's tokens rather than grow.
             if let Some(victim) = self.by_server.keys().next().cloned() {
@@ -179,13 +191,14 @@ impl TokenStore {
         if queue.len() >= Self::PER_SERVER {
             queue.pop_front();
         }
-        queue.push_back(token);
+        queue.push_back((version, token));
     }
 
-    /// The newest token for `server`, taken out.
-    fn take(&mut self, server: &str) -> Option<Vec<u8>> {
+    /// The newest token for `server` from a connection in `version`, taken out.
+    fn take(&mut self, server: &str, version: u32) -> Option<Vec<u8>> {
         let queue = self.by_server.get_mut(server)?;
-        let token = queue.pop_back();
+        let at = queue.iter().rposition(|(v, _)| *v == version)?;
+        let token = queue.remove(at).map(|(_, t)| t);
         if queue.is_empty() {
             self.by_server.remove(server);
         }
@@ -330,6 +343,26 @@ impl<U: Default> Endpoint<U> {
         remote: SocketAddr,
         versions: &[u32],
     ) -> Result<ConnHandle, crate::wire::error::TransportError> {
+        let offer = VersionOffer::preferring(versions).ok_or_else(|| {
+            crate::wire::error::TransportError::new(
+                crate::wire::error::TransportErrorCode::INTERNAL_ERROR,
+                "a client needs a QUIC version",
+            )
+        })?;
+        self.connect_offering(now, tls, server_name, remote, &offer)
+    }
+
+    /// Opens a client connection whose first flight is in `offer.original`, listing the
+    /// versions of `offer.preference` it converts to so that the server may move it to one
+    /// (RFC 9368 §2.3), and falling back through them after Version Negotiation (§2.1).
+    pub fn connect_offering(
+        &mut self,
+        now: Instant,
+        tls: Arc<rustls::ClientConfig>,
+        server_name: &str,
+        remote: SocketAddr,
+        offer: &VersionOffer,
+    ) -> Result<ConnHandle, crate::wire::error::TransportError> {
         let mut dcid_bytes = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut dcid_bytes);
         let dcid = ConnectionId::new(&dcid_bytes).expect("16 bytes");
@@ -337,13 +370,13 @@ impl<U: Default> Endpoint<U> {
             self.config.transport.clone(),
             tls,
             server_name,
-            versions,
+            offer,
             remote,
             dcid,
             Box::new(self.cid_generator()),
             now,
         )?);
-        if let Some(token) = self.tokens.take(server_name) {
+        if let Some(token) = self.tokens.take(server_name, offer.original) {
             conn.set_initial_token(token);
             self.stats.new_tokens_used += 1;
         }
@@ -577,6 +610,7 @@ impl<U: Default> Endpoint<U> {
             match self.config.token_key.open(
                 token,
                 meta.src,
+                version,
                 SystemTime::now(),
                 TokenLifetimes {
                     retry: self.config.retry_token_lifetime,
@@ -595,6 +629,12 @@ impl<U: Default> Endpoint<U> {
                     validated = true;
                 }
                 Ok(ValidatedToken::NewToken) => validated = true,
+                Err(TokenError::WrongVersion) if tokens::claims_retry(token) => {
+                    // RFC 9369 §4: a client must not switch versions after Retry; its
+                    // Initial is dropped.
+                    self.stats.invalid_tokens += 1;
+                    return None;
+                }
                 Err(_) if tokens::claims_retry(token) => {
                     // §8.1.2: the client will not take another Retry; tell it at once.
                     return self.refuse_invalid_token(meta, version, dcid, scid);
@@ -611,6 +651,7 @@ impl<U: Default> Endpoint<U> {
             let mut token_buf = Vec::with_capacity(128);
             self.config.token_key.seal_retry(
                 meta.src,
+                version,
                 &dcid,
                 &new_scid,
                 SystemTime::now(),
@@ -628,6 +669,7 @@ impl<U: Default> Endpoint<U> {
         let params = ServerConnectionParams {
             version,
             available_versions: self.config.versions.clone(),
+            preferred_versions: self.config.preferred_versions.clone(),
             remote: meta.src,
             original_dcid,
             client_scid: scid,
@@ -743,14 +785,16 @@ impl<U: Default> Endpoint<U> {
             if matches!(ev, Event::Connected) {
                 // Emitted once per connection, when the handshake is over.
                 self.stats.resumed_handshakes += u64::from(e.conn.resumed());
+                self.stats.compatible_version_switches +=
+                    u64::from(e.conn.stats().compatible_version_switch);
             }
             handler.on_event(now, &mut e.conn, &mut e.state, ev);
         }
         if e.conn.is_handshake_confirmed() {
-            // Past the handshake the client no longer uses its original DCID.
-            if let Some(d) = e.initial_dcid.take() {
-                self.routes.remove_initial(&d);
-            }
+            // The original DCID keeps routing here until the connection ends: a late copy
+            // of the client's first flight (a multi-packet ClientHello, duplicated or
+            // reordered) reaches this connection, whose Initial keys are gone, instead of
+            // opening a second one.
             if !e.token_issued && self.config.server_tls.is_some() {
                 // One token per connection, for the client's next one (RFC 9000 §8.1.3):
                 // bound to its IP, it lets that connection skip Retry and the 3× limit.
@@ -758,9 +802,14 @@ impl<U: Default> Endpoint<U> {
                 if !self.config.new_token_lifetime.is_zero() {
                     let mut token = Vec::with_capacity(64);
                     let ip = e.conn.remote_addr().ip();
-                    self.config
-                        .token_key
-                        .seal_new_token(ip, SystemTime::now(), &mut token);
+                    // Tagged with the negotiated version (RFC 9369 §5).
+                    let version = e.conn.version();
+                    self.config.token_key.seal_new_token(
+                        ip,
+                        version,
+                        SystemTime::now(),
+                        &mut token,
+                    );
                     e.conn.send_new_token(token);
                     self.stats.new_tokens_sent += 1;
                 }
@@ -768,7 +817,7 @@ impl<U: Default> Endpoint<U> {
         }
         if let Some(token) = e.conn.take_new_token() {
             if let Some(name) = &e.server_name {
-                self.tokens.insert(name, token);
+                self.tokens.insert(name, e.conn.version(), token);
             }
         }
         if e.conn.is_drained() {

@@ -6,9 +6,11 @@
 //! hook ([`key_capture`]), so packet protection never goes through rustls and no key is
 //! derived twice. The secrets remain the root for key updates.
 pub mod certs;
+pub mod client_hello;
 pub mod key_capture;
 pub mod keylog;
 pub mod session;
+pub mod ticket_version;
 pub mod tickets;
 
 pub use certs::{generate_self_signed, load_pem, write_pem, CertifiedKey};

@@ -140,10 +140,11 @@ pub fn server_config_with_provider(
     config.alpn_protocols = alpns.to_vec();
     config.max_early_data_size = 0;
     config.key_log = QuicKeyLog::shared();
-    config.ticketer = match tickets {
+    // RFC 9369 §5: a ticket resumes only connections of the QUIC version it came from.
+    config.ticketer = super::ticket_version::VersionScoped::wrap(match tickets {
         Some(t) => t,
         None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
-    };
+    });
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
@@ -305,7 +306,10 @@ pub struct TlsSession {
     /// Set when `conn` is dropped.
     finished: Option<Box<Finished>>,
     side: Side,
+    /// The QUIC version whose labels our keys are derived with.
     version: u32,
+    /// The version rustls was made for: the labels of the keys it builds (`key_capture`).
+    rustls_version: u32,
     /// Client only: the name we asked for.
     server_name: Option<String>,
     hello: HelloPrefix,
@@ -369,6 +373,7 @@ impl TlsSession {
             finished: None,
             side,
             version,
+            rustls_version: version,
             server_name: name,
             hello: HelloPrefix::new(),
             secrets: [None, None, None, None],
@@ -382,6 +387,17 @@ impl TlsSession {
 
     pub fn side(&self) -> Side {
         self.side
+    }
+
+    /// Client, compatible version negotiation (RFC 9368 §2.3): the server answered in
+    /// `version` before any handshake key existed. rustls keeps the labels of the version it
+    /// was made for (the handshake messages are the same in both), so from here on every key
+    /// is derived by us from the captured secrets with `version`'s labels.
+    pub fn adopt_version(&mut self, version: u32) -> Result<(), TlsError> {
+        rustls_version(version)?;
+        debug_assert!(!self.handshake_keys_ready, "version fixed once keys exist");
+        self.version = version;
+        Ok(())
     }
 
     /// The epoch `write_handshake` currently writes at.
@@ -420,6 +436,7 @@ impl TlsSession {
             self.hello.feed(data);
         }
         keylog::clear();
+        let _version = super::ticket_version::enter(self.version);
         let result = conn.read_hs(data);
         self.collect_secrets();
         if result.is_ok() {
@@ -470,6 +487,7 @@ impl TlsSession {
             let mut bytes = Vec::new();
             keylog::clear();
             key_capture::clear();
+            let _version = super::ticket_version::enter(self.version);
             let change = conn.write_hs(&mut bytes);
             let built = key_capture::take();
             if self.side == Side::Client && self.staging_epoch == Epoch::Initial {
@@ -502,6 +520,8 @@ impl TlsSession {
     ) -> Option<KeyChange> {
         let version = self.version;
         let side = self.side;
+        // Keys rustls built carry its version's labels.
+        let built = built.filter(|_| version == self.rustls_version);
         let built = match change {
             quic::KeyChange::Handshake { .. } => self
                 .take_pair(SecretLabel::ClientHandshake, SecretLabel::ServerHandshake)

@@ -428,6 +428,23 @@ fn encode_preferred_address(pa: &PreferredAddress) -> Vec<u8> {
     out
 }
 
+/// A client's version_information (RFC 9368 §3) found without decoding the rest, for a
+/// server choosing the connection's version before its TLS session exists (compatible
+/// version negotiation, §2.3). `None` when it is absent or the parameters are malformed: the
+/// full `TransportParameters::decode` later closes the connection for the latter.
+pub fn peek_version_information(buf: &[u8]) -> Option<VersionInformation> {
+    let mut r = Reader::new(buf);
+    while !r.is_empty() {
+        let id = r.varint().ok()?;
+        let len = usize::try_from(r.varint().ok()?).ok()?;
+        let value = r.bytes(len).ok()?;
+        if id == ids::VERSION_INFORMATION {
+            return decode_version_information(value, Side::Client).ok();
+        }
+    }
+    None
+}
+
 /// RFC 9368 §3: Chosen Version then Available Versions, 4 bytes each, none zero; a
 /// client's chosen version must be among its available ones.
 fn decode_version_information(
@@ -531,6 +548,25 @@ mod tests {
         let mut out = encode(base);
         VecWriter(&mut out).param(id, value);
         out
+    }
+
+    #[test]
+    fn version_information_is_found_without_decoding_the_rest() {
+        let c = client_params();
+        let vi = [0, 0, 0, 1, 0x6b, 0x33, 0x43, 0xcf, 0, 0, 0, 1];
+        let found = peek_version_information(&with_param(&c, ids::VERSION_INFORMATION, &vi));
+        assert_eq!(
+            found,
+            Some(VersionInformation {
+                chosen: 1,
+                available: vec![0x6b33_43cf, 1]
+            })
+        );
+        assert_eq!(peek_version_information(&encode(&c)), None);
+        // Malformed: the chosen version not available; a value running past the end.
+        let bad = with_param(&c, ids::VERSION_INFORMATION, &[0, 0, 0, 1, 0, 0, 0, 2]);
+        assert_eq!(peek_version_information(&bad), None);
+        assert_eq!(peek_version_information(&[0x11, 9, 0, 0, 0, 1]), None);
     }
 
     #[test]

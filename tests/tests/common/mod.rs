@@ -947,6 +947,9 @@ pub struct Report {
     /// Connections whose TLS handshake resumed a session (quench's and aioquic's clients
     /// print it).
     pub resumed: Option<u64>,
+    /// Connections the server moved to another version than their first flight's
+    /// (compatible version negotiation; quench's client prints it).
+    pub version_switches: Option<u64>,
 }
 
 impl Report {
@@ -987,6 +990,7 @@ impl Report {
                 .and_then(|x| x.as_str())
                 .map(String::from),
             resumed: obj.get("resumed").and_then(|x| x.as_u64()),
+            version_switches: obj.get("version_switches").and_then(|x| x.as_u64()),
         })
     }
 }
