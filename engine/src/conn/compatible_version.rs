@@ -101,6 +101,8 @@ impl Connection {
     /// CRYPTO bytes until its ClientHello is whole, then picks the version, remakes the TLS
     /// session for it if it changed, and gives TLS the bytes. Returns whether TLS may read
     /// (false: still waiting for the rest of the ClientHello).
+    #[cold]
+    #[inline(never)]
     pub(crate) fn negotiate_from_client_hello(&mut self) -> Result<bool, TransportError> {
         let Some(CompatibleNegotiation::Server(pending)) = self.compatible.as_mut() else {
             return Ok(true);
@@ -168,6 +170,8 @@ impl Connection {
     /// Whether a long-header Initial in `version` (not the connection's) is one to open:
     /// a server's client still sending its original version, or a client's server that
     /// moved to a version we offered. For the latter the candidate keys are derived here.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn accepts_initial_in(&mut self, version: u32) -> bool {
         match self.compatible.as_mut() {
             Some(CompatibleNegotiation::OriginalInitial { version: v, .. }) => *v == version,
@@ -192,6 +196,8 @@ impl Connection {
     }
 
     /// The receive keys for an Initial in another version (`accepts_initial_in` said yes).
+    #[cold]
+    #[inline(never)]
     pub(crate) fn other_version_initial_keys(&self) -> Option<&DirectionalKeys> {
         match self.compatible.as_ref()? {
             CompatibleNegotiation::OriginalInitial { remote, .. } => Some(remote),
@@ -200,22 +206,24 @@ impl Connection {
         }
     }
 
-    /// Client: a server Initial in `version` decrypted: that is the negotiated version
-    /// (RFC 9369 §4). Initials are sent in it from now on, and TLS derives its keys with its
-    /// labels.
-    pub(crate) fn adopt_server_version(&mut self, version: u32) -> Result<(), TransportError> {
+    /// Client: a server Initial in the candidate version decrypted: that is the negotiated
+    /// version (RFC 9369 §4). Initials are sent in it from now on, and TLS derives its keys
+    /// with its labels.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn adopt_server_version(&mut self) {
         let Some(CompatibleNegotiation::Client {
             candidate: Some(candidate),
             ..
         }) = self.compatible.take()
         else {
-            return Ok(());
+            return;
         };
-        let (v, keys) = *candidate;
-        debug_assert_eq!(v, version);
-        self.tls
-            .adopt_version(version)
-            .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "unsupported version"))?;
+        let (version, keys) = *candidate;
+        // `accepts_initial_in` only lets supported versions through.
+        if self.tls.adopt_version(version).is_err() {
+            return;
+        }
         tracing::debug!(
             from = self.version,
             to = version,
@@ -224,7 +232,14 @@ impl Connection {
         self.spaces[Epoch::Initial.index()].keys = Some(keys);
         self.version = version;
         self.stats.compatible_version_switch = true;
-        Ok(())
+    }
+
+    /// Drops what is left of a negotiation (out of line: its drop code has no place on the
+    /// packet path that discards the Initial space).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn end_compatible_negotiation(&mut self) {
+        self.compatible = None;
     }
 
     /// Client: the version is settled once handshake keys exist (a server that answers in

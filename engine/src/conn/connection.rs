@@ -1007,7 +1007,11 @@ impl Connection {
                     ));
                 }
             }
-            if read_epoch == Epoch::Initial && !self.negotiate_from_client_hello()? {
+            let hello_pending = matches!(self.compatible, Some(CompatibleNegotiation::Server(_)));
+            if read_epoch == Epoch::Initial
+                && hello_pending
+                && !self.negotiate_from_client_hello()?
+            {
                 break; // the ClientHello is not whole yet
             }
             let mut fed = false;
@@ -1219,13 +1223,13 @@ impl Connection {
         space.discarded = true;
         space.keys = None;
         space.probes = 0;
-        if epoch == Epoch::Initial {
-            // A server's original-version Initial keys go with the space (RFC 9369 §4).
-            self.compatible = None;
-        }
         // Nothing is sent, received or acknowledged in it any more: free its buffers.
         space.crypto = CryptoStream::new();
         space.ack.release_memory();
+        if epoch == Epoch::Initial && self.compatible.is_some() {
+            // A server's original-version Initial keys go with the space (RFC 9369 §4).
+            self.end_compatible_negotiation();
+        }
         let pool = &mut self.sent_pool;
         self.recovery
             .discard_space(epoch, now, &mut |p| pool.give(p.data));

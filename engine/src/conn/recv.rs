@@ -286,7 +286,7 @@ impl Connection {
     ) -> Result<Outcome, TransportError> {
         // An Initial in the other version of a compatible negotiation (RFC 9369 §4); every
         // other packet in a version not the connection's is dropped.
-        let mut other_version = None;
+        let mut other_version = false;
         let (epoch, kind, pn_offset, long_scid) = match hdr {
             PacketHeader::Long {
                 ty,
@@ -299,7 +299,7 @@ impl Connection {
                     if ty != LongType::Initial || !self.accepts_initial_in(version) {
                         return Ok(Outcome::Dropped);
                     }
-                    other_version = Some(version);
+                    other_version = true;
                 }
                 match ty {
                     LongType::Initial => {
@@ -367,21 +367,24 @@ impl Connection {
             return Ok(Outcome::Dropped);
         };
         debug_assert_eq!(sample_block.len(), SAMPLE_LEN);
-        let mask = match epoch {
-            Epoch::Data => match &self.one_rtt {
-                Some(k) => k.remote_header().mask(&sample_block),
-                None => {
-                    tracing::trace!("drop: 1-RTT packet before 1-RTT keys");
-                    return Ok(Outcome::Dropped);
-                }
-            },
-            _ => match self.long_header_remote_keys(epoch, other_version.is_some()) {
-                Some(k) => k.header.mask(&sample_block),
+        // A long header's receive keys, found once for header and packet protection.
+        let long_keys = match epoch {
+            Epoch::Data => None,
+            _ => match self.long_header_remote_keys(epoch, other_version) {
+                Some(k) => Some(k),
                 None => {
                     tracing::trace!(?epoch, "drop: no keys yet");
                     return Ok(Outcome::Dropped);
                 }
             },
+        };
+        let mask = match (long_keys, &self.one_rtt) {
+            (Some(k), _) => k.header.mask(&sample_block),
+            (None, Some(k)) => k.remote_header().mask(&sample_block),
+            (None, None) => {
+                tracing::trace!("drop: 1-RTT packet before 1-RTT keys");
+                return Ok(Outcome::Dropped);
+            }
         };
         // Work on a copy of the first byte so a failed decryption leaves no trace we rely on.
         let Some((pn_len, truncated)) = remove_mask(packet, pn_offset, &mask) else {
@@ -396,19 +399,14 @@ impl Connection {
 
         // AEAD (RFC 9001 §5.3), with key phases for 1-RTT (§6).
         let mut generation = KeyGeneration::Current;
-        let opened = match epoch {
-            Epoch::Data => {
+        let opened = match long_keys {
+            Some(keys) => keys.packet.open_in_place(pn, packet, header_len),
+            None => {
                 let keys = self.one_rtt.as_ref().expect("checked above");
                 let phase = first & 0x04 != 0;
                 let (key, gen) = keys.remote_packet_for(phase, pn);
                 generation = gen;
                 key.open_in_place(pn, packet, header_len)
-            }
-            _ => {
-                let keys = self
-                    .long_header_remote_keys(epoch, other_version.is_some())
-                    .expect("checked above");
-                keys.packet.open_in_place(pn, packet, header_len)
             }
         };
         let Ok(payload_len) = opened else {
@@ -441,8 +439,8 @@ impl Connection {
             return Ok(Outcome::Dropped);
         };
 
-        if let (Some(version), Side::Client) = (other_version, self.side) {
-            self.adopt_server_version(version)?;
+        if other_version && self.side == Side::Client {
+            self.adopt_server_version();
         }
 
         // Reserved bits must be zero once protection is removed (RFC 9000 §17.2, §17.3.1).
