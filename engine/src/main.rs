@@ -691,3 +691,19 @@ fn serve(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result
     joined?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_lists_are_checked() {
+        assert_eq!(quic_versions(&[2, 1]).unwrap(), [VERSION_2, VERSION_1]);
+        assert!(quic_versions(&[1, 1]).is_err());
+        let accepted = [VERSION_1, VERSION_2];
+        assert_eq!(preferred_versions(&[2], &accepted).unwrap(), [VERSION_2]);
+        assert!(preferred_versions(&[], &accepted).unwrap().is_empty());
+        let e = preferred_versions(&[2], &[VERSION_1]).unwrap_err();
+        assert!(e.to_string().contains("not among the accepted"), "{e}");
+    }
+}
