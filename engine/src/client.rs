@@ -680,7 +680,8 @@ mod resume {
     #[derive(Debug)]
     pub(super) struct CountingStore {
         inner: ClientSessionMemoryCache,
-        tls13: Mutex<VecDeque<(ServerName<'static>, Tls13ClientSessionValue)>>,
+        /// Tickets with the QUIC version of the connection that got them (RFC 9369 §5).
+        tls13: Mutex<VecDeque<(u32, ServerName<'static>, Tls13ClientSessionValue)>>,
         capacity: usize,
         tickets: AtomicU64,
         holding: AtomicBool,
@@ -719,7 +720,8 @@ mod resume {
             if tickets.len() == self.capacity {
                 tickets.pop_front();
             }
-            tickets.push_back((name, value));
+            let version = crate::tls::ticket_version::current().unwrap_or(0);
+            tickets.push_back((version, name, value));
         }
 
         fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
@@ -728,8 +730,12 @@ mod resume {
             }
             // Newest first, as rustls's own store hands them out.
             let mut tickets = self.tls13.lock().unwrap_or_else(|e| e.into_inner());
-            let at = tickets.iter().rposition(|(n, _)| n == name)?;
-            tickets.remove(at).map(|(_, value)| value)
+            // Only a ticket of the version this connection starts in (RFC 9369 §5).
+            let version = crate::tls::ticket_version::current()?;
+            let at = tickets
+                .iter()
+                .rposition(|(v, n, _)| *v == version && n == name)?;
+            tickets.remove(at).map(|(_, _, value)| value)
         }
     }
 }

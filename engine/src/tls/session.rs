@@ -191,6 +191,11 @@ pub fn client_config_with_provider(
     config.alpn_protocols = alpns.to_vec();
     config.enable_early_data = false;
     config.key_log = QuicKeyLog::shared();
+    // RFC 9369 §5: tickets kept per QUIC version (rustls's default store in each).
+    config.resumption =
+        rustls::client::Resumption::store(super::ticket_version::VersionScopedSessions::new(
+            || Arc::new(rustls::client::ClientSessionMemoryCache::new(256)),
+        ));
     Ok(Arc::new(config))
 }
 
@@ -358,7 +363,11 @@ impl TlsSession {
     ) -> Result<Self, TlsError> {
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|_| TlsError::InvalidServerName(server_name.to_string()))?;
-        let conn = quic::ClientConnection::new(config, rustls_version(version)?, name, params)?;
+        // rustls takes a session ticket for the ClientHello here: one of this version's.
+        let conn = {
+            let _version = super::ticket_version::enter(version);
+            quic::ClientConnection::new(config, rustls_version(version)?, name, params)?
+        };
         Ok(Self::with_conn(
             conn.into(),
             Side::Client,

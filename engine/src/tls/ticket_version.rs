@@ -1,18 +1,28 @@
 //! Session tickets scoped to the QUIC version of the connection that got them (RFC 9369 §5:
-//! "Servers MUST validate the originating version of any session ticket ... and not accept
-//! one issued from a different version"; after compatible version negotiation, the
-//! negotiated one).
+//! clients must not use a ticket from one version to start a connection in another, and
+//! servers must not accept one; after compatible version negotiation, a ticket belongs to
+//! the negotiated version).
 //!
-//! rustls's ticketer knows nothing of QUIC versions and is shared by every connection of a
-//! config, so [`VersionScoped`] wraps whichever ticketer a server uses and puts the version
-//! in front of the sealed session; the version comes from the connection whose TLS call is
-//! running on this thread, which [`TlsSession`](super::TlsSession) sets for the length of
-//! each call into rustls ([`enter`]), as it does for the key log. A ticket of another
-//! version, or one opened outside such a call, does not open: a full handshake follows.
+//! rustls's ticketer and session store know nothing of QUIC versions and are shared by
+//! every connection of a config, so the version comes from the connection whose TLS call
+//! is running on this thread, which [`TlsSession`](super::TlsSession) sets for the length
+//! of each call into rustls ([`enter`]), as it does for the key log:
+//! - server: [`VersionScoped`] wraps whichever ticketer it uses and seals the version with
+//!   the session; a ticket of another version, or one opened outside such a call, does not
+//!   open, and a full handshake follows;
+//! - client: [`VersionScopedSessions`] keeps tickets apart by the version of the
+//!   connection that got them and hands a connection only those of its first flight's
+//!   version (a client moved from v1 to v2 thus keeps v2 tickets, which its next v1 first
+//!   flight does not use).
 use std::cell::Cell;
 use std::sync::Arc;
 
+use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::pki_types::ServerName;
 use rustls::server::ProducesTickets;
+use rustls::NamedGroup;
+
+use crate::wire::header::SUPPORTED_VERSIONS;
 
 thread_local! {
     static QUIC_VERSION: Cell<u32> = const { Cell::new(0) };
@@ -32,7 +42,7 @@ impl Drop for VersionGuard {
     }
 }
 
-fn current() -> Option<u32> {
+pub(crate) fn current() -> Option<u32> {
     Some(QUIC_VERSION.with(Cell::get)).filter(|&v| v != 0)
 }
 
@@ -77,6 +87,61 @@ impl ProducesTickets for VersionScoped {
     }
 }
 
+/// A client session store per QUIC version; key-exchange hints (not version-bound) go to
+/// the first. QUIC is TLS 1.3 only, so TLS 1.2 sessions are never kept.
+#[derive(Debug)]
+pub struct VersionScopedSessions {
+    by_version: Vec<(u32, Arc<dyn ClientSessionStore>)>,
+}
+
+impl VersionScopedSessions {
+    pub fn new(make: impl Fn() -> Arc<dyn ClientSessionStore>) -> Arc<Self> {
+        Arc::new(Self {
+            by_version: SUPPORTED_VERSIONS.iter().map(|&v| (v, make())).collect(),
+        })
+    }
+
+    fn for_current(&self) -> Option<&dyn ClientSessionStore> {
+        let version = current()?;
+        self.by_version
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, s)| s.as_ref())
+    }
+
+    fn hints(&self) -> &dyn ClientSessionStore {
+        self.by_version[0].1.as_ref()
+    }
+}
+
+impl ClientSessionStore for VersionScopedSessions {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.hints().set_kx_hint(server_name, group)
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.hints().kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, _: ServerName<'static>, _: Tls12ClientSessionValue) {}
+
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        None
+    }
+
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+
+    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        if let Some(store) = self.for_current() {
+            store.insert_tls13_ticket(name, value)
+        }
+    }
+
+    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.for_current()?.take_tls13_ticket(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +149,62 @@ mod tests {
 
     fn ticketer() -> Arc<dyn ProducesTickets> {
         VersionScoped::wrap(rustls::crypto::aws_lc_rs::Ticketer::new().unwrap())
+    }
+
+    /// Counts the ticket calls that reach it.
+    #[derive(Debug, Default)]
+    struct Recording {
+        inserts: std::sync::atomic::AtomicUsize,
+        takes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ClientSessionStore for Recording {
+        fn set_kx_hint(&self, _: ServerName<'static>, _: NamedGroup) {}
+        fn kx_hint(&self, _: &ServerName<'_>) -> Option<NamedGroup> {
+            None
+        }
+        fn set_tls12_session(&self, _: ServerName<'static>, _: Tls12ClientSessionValue) {}
+        fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+            None
+        }
+        fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+        fn insert_tls13_ticket(&self, _: ServerName<'static>, _: Tls13ClientSessionValue) {
+            self.inserts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+            self.takes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// A client asks for tickets only in the store of the version it starts in; outside a
+    /// connection's TLS call it gets none.
+    #[test]
+    fn a_client_looks_for_tickets_of_its_version_only() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let made: std::sync::Mutex<Vec<Arc<Recording>>> = Default::default();
+        let sessions = VersionScopedSessions::new(|| {
+            let r = Arc::new(Recording::default());
+            made.lock().unwrap().push(r.clone());
+            r
+        });
+        let made = made.into_inner().unwrap();
+        let name = ServerName::try_from("example.com").unwrap();
+        {
+            let _v = enter(VERSION_2);
+            assert!(sessions.take_tls13_ticket(&name).is_none());
+        }
+        assert!(sessions.take_tls13_ticket(&name).is_none());
+        let takes: Vec<usize> = made.iter().map(|r| r.takes.load(Relaxed)).collect();
+        let v2 = SUPPORTED_VERSIONS
+            .iter()
+            .position(|&v| v == VERSION_2)
+            .unwrap();
+        let mut want = vec![0; SUPPORTED_VERSIONS.len()];
+        want[v2] = 1;
+        assert_eq!(takes, want);
     }
 
     #[test]
