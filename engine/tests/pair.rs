@@ -603,11 +603,12 @@ fn a_new_token_lets_the_next_connection_skip_retry() {
 
 /// RFC 9369 §5: NEW_TOKEN tokens and session tickets belong to the version their
 /// connection negotiated. A client that starts in v1 and is moved to v2 (server preferring
-/// v2, requiring Retry) keeps a v2 token and v2 tickets: its next v1 first flight goes
-/// without either (through Retry again, a full handshake), a v2 one uses both: it skips
-/// Retry and resumes.
+/// v2, requiring Retry) keeps a v2 token and v2 tickets. A later v1-only connection goes
+/// without either (through Retry again, a full handshake). A later one that offers v2 again
+/// starts in v2 at once, as the endpoint learned (RFC 9368 §2.4): it uses both, skips
+/// Retry and resumes, with no switch needed.
 #[test]
-fn a_new_token_is_used_only_in_its_version() {
+fn tokens_and_tickets_follow_the_negotiated_version() {
     let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
     let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 16 << 10);
     o.client_tls = Some(ctls.clone());
@@ -622,43 +623,36 @@ fn a_new_token_is_used_only_in_its_version() {
     assert_eq!(sim.server.stats().retries_sent, 1);
     assert_eq!(sim.server.stats().new_tokens_sent, 1);
     let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
-    let v1_first = VersionOffer {
-        original: VERSION_1,
-        preference: vec![VERSION_2, VERSION_1],
+    let mut connect = |sim: &mut Sim, original: u32, preference: &[u32]| {
+        let offer = VersionOffer {
+            original,
+            preference: preference.to_vec(),
+        };
+        let now = sim.now;
+        let h = sim
+            .client
+            .connect_offering(now, ctls.clone(), "localhost", saddr, &offer)
+            .unwrap();
+        // Before any server packet, the version in use is the first flight's.
+        let version = sim.client.conn(h).map(|c| c.version()).unwrap();
+        sim.run_to_completion(h, 1, Duration::from_secs(60));
+        sim.advance(Duration::from_millis(100));
+        (version, sim.client.conn(h).map(|c| c.version()))
     };
-    let now = sim.now;
-    let h = sim
-        .client
-        .connect_offering(now, ctls.clone(), "localhost", saddr, &v1_first)
-        .unwrap();
-    sim.run_to_completion(h, 1, Duration::from_secs(60));
-    sim.advance(Duration::from_millis(100));
+    let first_flight = connect(&mut sim, VERSION_1, &[VERSION_1]);
+    assert_eq!(first_flight, (VERSION_1, Some(VERSION_1)));
     assert_eq!(sim.client.stats().new_tokens_used, 0, "no v1 token to use");
     assert_eq!(sim.server.stats().retries_sent, 2);
-    assert_eq!(sim.client.conn(h).map(|c| c.version()), Some(VERSION_2));
-    assert_eq!(
-        sim.server.stats().resumed_handshakes,
-        0,
-        "no v1 ticket to use"
-    );
-    let now = sim.now;
-    let h = sim
-        .client
-        .connect(now, ctls, "localhost", saddr, VERSION_2)
-        .unwrap();
-    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    let resumed = sim.server.stats().resumed_handshakes;
+    assert_eq!(resumed, 0, "no v1 ticket to use");
+    let first_flight = connect(&mut sim, VERSION_1, &[VERSION_2, VERSION_1]);
+    assert_eq!(first_flight, (VERSION_2, Some(VERSION_2)), "starts in v2");
     assert_eq!(sim.client.stats().new_tokens_used, 1);
-    assert_eq!(
-        sim.server.stats().retries_sent,
-        2,
-        "the v2 token skipped Retry"
-    );
-    assert_eq!(
-        sim.server.stats().resumed_handshakes,
-        1,
-        "a v2 ticket resumed"
-    );
-    assert_eq!(sim.server.stats().invalid_tokens, 0);
+    let stats = sim.server.stats();
+    assert_eq!(stats.retries_sent, 2, "the v2 token skipped Retry");
+    assert_eq!(stats.resumed_handshakes, 1, "a v2 ticket resumed");
+    assert_eq!(stats.compatible_version_switches, 1, "only the first moved");
+    assert_eq!(stats.invalid_tokens, 0);
 }
 
 /// RFC 9369 §5: a session ticket resumes only connections of its QUIC version. A client

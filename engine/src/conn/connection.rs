@@ -902,6 +902,14 @@ impl Connection {
         self.version
     }
 
+    /// Client: a Version Negotiation packet made this connection start over in another
+    /// version (RFC 9368 §2.1).
+    pub fn restarted_after_version_negotiation(&self) -> bool {
+        self.version_fallback
+            .as_ref()
+            .is_some_and(|f| f.original.is_some())
+    }
+
     /// The earliest instant `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {

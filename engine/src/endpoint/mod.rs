@@ -206,6 +206,23 @@ impl TokenStore {
     }
 }
 
+/// Client, at the end of a handshake with server `name`: remembers the version a
+/// compatible negotiation moved the connection to, and forgets it once a Version
+/// Negotiation sent the connection elsewhere (the server no longer speaks it).
+fn learn_version(learned: &mut HashMap<Box<str>, u32>, name: &str, conn: &Connection) {
+    const SERVERS: usize = 256;
+    if conn.stats().compatible_version_switch {
+        if !learned.contains_key(name) && learned.len() >= SERVERS {
+            if let Some(victim) = learned.keys().next().cloned() {
+                learned.remove(&victim);
+            }
+        }
+        learned.insert(name.into(), conn.version());
+    } else if conn.restarted_after_version_negotiation() {
+        learned.remove(name);
+    }
+}
+
 /// A packet queued without a connection.
 struct StatelessPacket {
     dst: SocketAddr,
@@ -243,6 +260,10 @@ pub struct Endpoint<U> {
     source_authenticated: bool,
     /// Client: NEW_TOKEN tokens by server name, for later connections (RFC 9000 §8.1.3).
     tokens: TokenStore,
+    /// Client: the version a server moved our last connection to by compatible version
+    /// negotiation, by server name: the next connection's first flight is in it (RFC 9368
+    /// §2.4), so that its tokens and tickets, which belong to it (RFC 9369 §5), apply.
+    learned_versions: HashMap<Box<str>, u32>,
 }
 
 impl<U: Default> Endpoint<U> {
@@ -269,6 +290,7 @@ impl<U: Default> Endpoint<U> {
             drained_check: vec![0; 1 << 16],
             source_authenticated: false,
             tokens: TokenStore::default(),
+            learned_versions: HashMap::new(),
         }
     }
 
@@ -363,6 +385,17 @@ impl<U: Default> Endpoint<U> {
         remote: SocketAddr,
         offer: &VersionOffer,
     ) -> Result<ConnHandle, crate::wire::error::TransportError> {
+        let learned;
+        let offer = match self.learned_versions.get(server_name) {
+            Some(&v) if v != offer.original && offer.preference.contains(&v) => {
+                learned = VersionOffer {
+                    original: v,
+                    preference: offer.preference.clone(),
+                };
+                &learned
+            }
+            _ => offer,
+        };
         let mut dcid_bytes = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut dcid_bytes);
         let dcid = ConnectionId::new(&dcid_bytes).expect("16 bytes");
@@ -787,6 +820,9 @@ impl<U: Default> Endpoint<U> {
                 self.stats.resumed_handshakes += u64::from(e.conn.resumed());
                 self.stats.compatible_version_switches +=
                     u64::from(e.conn.stats().compatible_version_switch);
+                if let Some(name) = &e.server_name {
+                    learn_version(&mut self.learned_versions, name, &e.conn);
+                }
             }
             handler.on_event(now, &mut e.conn, &mut e.state, ev);
         }
