@@ -623,7 +623,7 @@ fn tokens_and_tickets_follow_the_negotiated_version() {
     assert_eq!(sim.server.stats().retries_sent, 1);
     assert_eq!(sim.server.stats().new_tokens_sent, 1);
     let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
-    let mut connect = |sim: &mut Sim, original: u32, preference: &[u32]| {
+    let connect = |sim: &mut Sim, original: u32, preference: &[u32]| {
         let offer = VersionOffer {
             original,
             preference: preference.to_vec(),
