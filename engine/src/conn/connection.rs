@@ -328,10 +328,10 @@ pub struct ServerConnectionParams {
 
 impl Connection {
     /// A client connection to `remote`. `initial_dcid` should be random, at least 8 bytes (RFC 9000 §7.2).
-    #[allow(clippy::too_many_arguments)]
     ///
     /// `offer`: the version of the first flight and the client's preference (see
     /// [`VersionOffer`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new_client(
         config: Arc<TransportConfig>,
         tls_config: Arc<rustls::ClientConfig>,
@@ -1015,14 +1015,14 @@ impl Connection {
                     ));
                 }
             }
-            let hello_pending = matches!(self.compatible, Some(CompatibleNegotiation::Server(_)));
-            if read_epoch == Epoch::Initial
-                && hello_pending
-                && !self.negotiate_from_client_hello()?
-            {
-                break; // the ClientHello is not whole yet
-            }
             let mut fed = false;
+            let hello_pending = matches!(self.compatible, Some(CompatibleNegotiation::Server(_)));
+            if read_epoch == Epoch::Initial && hello_pending {
+                if !self.negotiate_from_client_hello()? {
+                    break; // the ClientHello is not whole yet
+                }
+                fed = true; // TLS has read it, in the version chosen
+            }
             while let Some(chunk) = self.spaces[read_epoch.index()].crypto.read_chunk() {
                 fed = true;
                 if let Err(alert) = self.tls.read_handshake(chunk) {

@@ -702,7 +702,15 @@ impl<U: Default> Endpoint<U> {
         let params = ServerConnectionParams {
             version,
             available_versions: self.config.versions.clone(),
-            preferred_versions: self.config.preferred_versions.clone(),
+            // Only versions the server accepts (`preferred_versions` documents it; a
+            // library user's config is not checked elsewhere).
+            preferred_versions: self
+                .config
+                .preferred_versions
+                .iter()
+                .copied()
+                .filter(|v| self.config.versions.contains(v))
+                .collect(),
             remote: meta.src,
             original_dcid,
             client_scid: scid,
