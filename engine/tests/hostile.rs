@@ -33,7 +33,7 @@ use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{client_config, server_config, ServerVerification};
 use quench::wire::cid::ConnectionId;
 use quench::wire::frame::{Frame, FrameIter};
-use quench::wire::header::{self, Header, LongType, VERSION_1};
+use quench::wire::header::{self, Header, LongType, VERSION_1, VERSION_2};
 use quench::wire::varint::Writer;
 use quench::{Epoch, Side};
 
@@ -1219,6 +1219,56 @@ fn frames_not_allowed_in_an_initial_are_a_protocol_violation() {
             "{name} in an Initial: server replied {codes:?}"
         );
     }
+}
+
+/// Compatible version negotiation makes a server hold the client's ClientHello until it
+/// is whole (RFC 9368 §2.3). A client that declares a 12 KiB ClientHello and sends a
+/// garbage body in Initials of 1,000 bytes gets only Initials back, none closing, while it
+/// is incomplete; once the declared length is in, the walk finds no transport parameters,
+/// TLS reads it in the client's version, and the connection closes with a TLS alert
+/// (CRYPTO_ERROR), without a switch. One connection throughout.
+#[test]
+fn a_server_holding_a_client_hello_answers_garbage_with_a_tls_alert() {
+    let now = Instant::now();
+    let mut config = server_endpoint_config(TransportConfig::default());
+    config.preferred_versions = vec![VERSION_2];
+    let mut server: Endpoint<AppSlot> = Endpoint::new(config);
+    let dcid = cid(&[0x5a; 8]);
+    let scid = cid(&[0x5b; 8]);
+    const DECLARED: usize = 12 * 1024;
+    let mut hello = vec![1, 0, (DECLARED >> 8) as u8, DECLARED as u8];
+    hello.extend(pattern(DECLARED, 3));
+    let chunks: Vec<&[u8]> = hello.chunks(1000).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let frame = encode(&[Frame::Crypto {
+            offset: (i * 1000) as u64,
+            data: chunk,
+        }]);
+        feed(
+            &mut server,
+            &mut NoEvents,
+            &craft_initial(&dcid, &scid, i as u64, &frame, 1200),
+            now,
+        );
+        let out = drain(&mut server, now);
+        let codes: Vec<u64> = out
+            .iter()
+            .flat_map(|d| server_initial_close_codes(&dcid, d))
+            .collect();
+        let last = i + 1 == chunks.len();
+        if last {
+            assert_eq!(codes.len(), 1, "closed once: {codes:x?}");
+            assert!(
+                (0x100..0x200).contains(&codes[0]),
+                "a TLS alert: {codes:x?}"
+            );
+        } else {
+            assert!(codes.is_empty(), "chunk {i}: {codes:x?}");
+            assert!(out.iter().all(|d| kind(d) == Some("initial")), "chunk {i}");
+        }
+        assert_eq!(server.stats().connections_accepted, 1);
+    }
+    assert_eq!(server.stats().compatible_version_switches, 0);
 }
 
 // ---- datagrams without a connection --------------------------------------------------------
