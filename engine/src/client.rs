@@ -332,7 +332,11 @@ pub fn run_client_on<D: crate::io::Datapath>(
     if opts.resume {
         let (tls, tickets) = resume::counting_tickets(&opts.tls, opts.conns.max(1));
         opts.tls = tls;
-        resume::warm_up(&opts, dp, &tickets)?;
+        // Tickets belong to the version a server moved the warm-ups to (RFC 9369 §5):
+        // the workload starts there, as the warm-ups' endpoint learned.
+        if let Some(version) = resume::warm_up(&opts, dp, &tickets)? {
+            opts.original_version = Some(version);
+        }
     }
     let mut cfg = endpoint_config(&opts, dp, opts.conns.max(1));
     cfg.keep_drained_states = true;
@@ -582,17 +586,18 @@ mod resume {
     /// connection (two, typically) and each is good for one resumption (RFC 8446 §C.4), so
     /// one connection first shows how many come per connection, then enough more connect
     /// at once. No ticket is not an error: the workload then does full handshakes and
-    /// reports `resumed: 0`.
+    /// reports `resumed: 0`. Returns the version the server moved the warm-ups to, if it
+    /// did (compatible version negotiation): their tickets are that version's.
     pub(super) fn warm_up<D: crate::io::Datapath>(
         opts: &ClientOptions,
         dp: &mut D,
         tickets: &CountingStore,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Option<u32>, ClientError> {
         let needed = opts.conns.max(1) as u64;
         tickets.holding.store(true, Ordering::Relaxed);
         let gathered = gather(opts, dp, tickets, needed);
         tickets.holding.store(false, Ordering::Relaxed);
-        gathered?;
+        let learned = gathered?;
         if tickets.count() < needed {
             tracing::warn!(
                 tickets = tickets.count(),
@@ -600,25 +605,27 @@ mod resume {
                 "the server sent too few session tickets: some connections will not resume"
             );
         }
-        Ok(())
+        Ok(learned)
     }
 
-    /// Warm-up batches until `needed` tickets are in, or a batch brings none.
+    /// Warm-up batches until `needed` tickets are in, or a batch brings none; returns the
+    /// version the server moved them to, if any.
     fn gather<D: crate::io::Datapath>(
         opts: &ClientOptions,
         dp: &mut D,
         tickets: &CountingStore,
         needed: u64,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Option<u32>, ClientError> {
         let mut connections = 0u64;
         let mut batch = 1u64;
+        let mut learned = None;
         loop {
             let before = tickets.count();
-            warm_up_batch(opts, dp, tickets, batch as usize)?;
+            learned = warm_up_batch(opts, dp, tickets, batch as usize)?.or(learned);
             connections += batch;
             let got = tickets.count();
             if got >= needed || got == before {
-                return Ok(());
+                return Ok(learned);
             }
             let per_connection = (got / connections).max(1);
             batch = (needed - got).div_ceil(per_connection);
@@ -626,13 +633,14 @@ mod resume {
     }
 
     /// `n` connections that each wait for a ticket (or [`TICKET_WAIT`]) and close; returns
-    /// once all have drained, so nothing of them reaches the workload's endpoint.
+    /// once all have drained, so nothing of them reaches the workload's endpoint, with the
+    /// version the server moved them to, if it did.
     fn warm_up_batch<D: crate::io::Datapath>(
         opts: &ClientOptions,
         dp: &mut D,
         tickets: &CountingStore,
         n: usize,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Option<u32>, ClientError> {
         let mut endpoint: Endpoint<WarmUp> = Endpoint::new(super::endpoint_config(opts, dp, n));
         let start = Instant::now();
         let handles = super::connect_all(&mut endpoint, opts, n, start)?;
@@ -659,7 +667,7 @@ mod resume {
         if !finished {
             return Err(ClientError::Timeout(opts.timeout));
         }
-        Ok(())
+        Ok(endpoint.learned_version(&opts.server_name))
     }
 
     #[derive(Default)]

@@ -16,7 +16,7 @@ use quench::conn::TransportConfig;
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{client_config, ServerVerification};
-use quench::wire::header::{SUPPORTED_VERSIONS, VERSION_1};
+use quench::wire::header::{SUPPORTED_VERSIONS, VERSION_1, VERSION_2};
 use rand::{Rng, SeedableRng};
 
 const WORKERS: usize = 2;
@@ -26,6 +26,14 @@ fn server(kernel_steering: bool) -> RunningServer {
 }
 
 fn server_with_tickets(kernel_steering: bool, ticket_keys: Option<PathBuf>) -> RunningServer {
+    server_with(kernel_steering, ticket_keys, Vec::new())
+}
+
+fn server_with(
+    kernel_steering: bool,
+    ticket_keys: Option<PathBuf>,
+    preferred_versions: Vec<u32>,
+) -> RunningServer {
     start_udp_server(ServerOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
@@ -36,7 +44,7 @@ fn server_with_tickets(kernel_steering: bool, ticket_keys: Option<PathBuf>) -> R
         require_retry: false,
         ticket_keys,
         versions: SUPPORTED_VERSIONS.to_vec(),
-        preferred_versions: Vec::new(),
+        preferred_versions,
         max_connections: 64,
         pin: false,
         kernel_steering,
@@ -311,6 +319,46 @@ fn every_connection_of_a_returning_client_resumes() {
     assert!(
         sum(&server, |w| w.connections_accepted) > 12,
         "warm-up connections too"
+    );
+    server.request_shutdown();
+    server.join_workers().expect("workers end cleanly");
+}
+
+/// `--resume` under compatible version negotiation: the client starts in v1 and prefers
+/// v2, the server moves it to v2, so the warm-ups' tickets are v2's (RFC 9369 §5); the
+/// workload's connections start in v2 as the warm-ups learned, and every one resumes
+/// without another switch.
+#[test]
+fn a_returning_client_moved_to_v2_resumes_in_v2() {
+    let mut server = server_with(true, None, vec![VERSION_2]);
+    let tls = client_config(ServerVerification::Insecure, &[b"perf".to_vec()]).expect("tls");
+    let report = run_client(ClientOptions {
+        connect: server.local_addr,
+        server_name: "localhost".into(),
+        tls,
+        workload: ClientWorkload::Perf {
+            down: 1 << 20,
+            up: 1 << 18,
+            streams: 2,
+        },
+        conns: 4,
+        key_update_after: None,
+        migrate_after: None,
+        timeout: Duration::from_secs(60),
+        transport: TransportConfig::default(),
+        versions: vec![VERSION_2, VERSION_1],
+        original_version: Some(VERSION_1),
+        resume: true,
+    })
+    .expect("client completes");
+    assert_eq!((report.bytes_down, report.bytes_up), (1 << 20, 1 << 18));
+    assert_eq!(report.quic_version, Some(VERSION_2));
+    assert_eq!(report.resumed, 4, "the client's view");
+    assert_eq!(report.version_switches, 0, "the workload started in v2");
+    wait_until(&server, |s| sum(s, |w| w.resumed_handshakes) == 4);
+    assert!(
+        sum(&server, |w| w.compatible_version_switches) >= 1,
+        "the warm-ups moved"
     );
     server.request_shutdown();
     server.join_workers().expect("workers end cleanly");

@@ -374,6 +374,12 @@ impl<U: Default> Endpoint<U> {
         self.connect_offering(now, tls, server_name, remote, &offer)
     }
 
+    /// Client: the version a server named `server_name` moved an earlier connection to by
+    /// compatible version negotiation, which later connections to it start in.
+    pub fn learned_version(&self, server_name: &str) -> Option<u32> {
+        self.learned_versions.get(server_name).copied()
+    }
+
     /// Opens a client connection whose first flight is in `offer.original`, listing the
     /// versions of `offer.preference` it converts to so that the server may move it to one
     /// (RFC 9368 §2.3), and falling back through them after Version Negotiation (§2.1).
