@@ -246,11 +246,20 @@ struct PathArgs {
     no_pmtud: bool,
 }
 
+/// A version as the flags name it (1 or 2, which clap enforces) on the wire.
+fn wire_version(v: u8) -> u32 {
+    if v == 2 {
+        VERSION_2
+    } else {
+        VERSION_1
+    }
+}
+
 /// `--quic-version`'s list as wire versions, each once, in the order given.
 fn quic_versions(list: &[u8]) -> anyhow::Result<Vec<u32>> {
     let mut versions = Vec::with_capacity(list.len());
     for &v in list {
-        let version = if v == 2 { VERSION_2 } else { VERSION_1 };
+        let version = wire_version(v);
         if versions.contains(&version) {
             anyhow::bail!("--quic-version lists version {v} twice");
         }
@@ -441,10 +450,7 @@ fn run(cli: Cli) -> Result<()> {
                     ..transport(congestion, path)
                 },
                 versions: quic_versions(&quic_version)?,
-                original_version: original_version
-                    .map(|v| quic_versions(&[v]))
-                    .transpose()?
-                    .map(|v| v[0]),
+                original_version: original_version.map(wire_version),
                 resume,
             };
             let report = match datapath {

@@ -7,12 +7,11 @@
 //! version that decrypts under that version's Initial keys. No round trip is spent.
 use std::sync::Arc;
 
-use super::connection::Connection;
+use super::connection::{server_tls, tls_failure, Connection};
 use crate::crypto::secrets::{initial_keys, Keys};
 use crate::crypto::DirectionalKeys;
 use crate::tls::client_hello::{self, HelloPeek};
-use crate::tls::TlsSession;
-use crate::wire::error::{TransportError, TransportErrorCode as Code};
+use crate::wire::error::TransportError;
 use crate::wire::header::SUPPORTED_VERSIONS;
 use crate::wire::transport_params::{peek_version_information, TransportParameters};
 use crate::{Epoch, Side};
@@ -104,15 +103,22 @@ impl Connection {
     #[cold]
     #[inline(never)]
     pub(crate) fn negotiate_from_client_hello(&mut self) -> Result<bool, TransportError> {
-        let Some(CompatibleNegotiation::Server(pending)) = self.compatible.as_mut() else {
-            return Ok(true);
+        let mut pending = match self.compatible.take() {
+            Some(CompatibleNegotiation::Server(pending)) => pending,
+            other => {
+                self.compatible = other;
+                return Ok(true);
+            }
         };
         let crypto = &mut self.spaces[Epoch::Initial.index()].crypto;
         while let Some(chunk) = crypto.read_chunk() {
             pending.hello.extend_from_slice(chunk);
         }
         let chosen = match client_hello::peek(&pending.hello) {
-            HelloPeek::Incomplete => return Ok(false),
+            HelloPeek::Incomplete => {
+                self.compatible = Some(CompatibleNegotiation::Server(pending));
+                return Ok(false);
+            }
             HelloPeek::Unusable => self.version,
             HelloPeek::Complete {
                 transport_parameters,
@@ -125,9 +131,6 @@ impl Connection {
                 choose_for_server(self.version, &pending.preferred, available)
             }
         };
-        let Some(CompatibleNegotiation::Server(pending)) = self.compatible.take() else {
-            unreachable!("matched above");
-        };
         let ServerPending {
             hello,
             tls_config,
@@ -138,11 +141,7 @@ impl Connection {
             if let Some(vi) = params.version_information.as_mut() {
                 vi.chosen = chosen;
             }
-            let mut encoded = Vec::with_capacity(160);
-            params.encode(&mut encoded);
-            self.tls = TlsSession::server(tls_config, chosen, encoded).map_err(|_| {
-                TransportError::new(Code::INTERNAL_ERROR, "TLS server setup failed")
-            })?;
+            self.tls = server_tls(&tls_config, chosen, &params)?;
             let dcid = self.retry_scid.unwrap_or(self.original_dcid);
             let keys = initial_keys(chosen, &dcid, Side::Server);
             let original = self.spaces[Epoch::Initial.index()].keys.replace(keys);
@@ -160,10 +159,7 @@ impl Connection {
             self.version = chosen;
             self.stats.compatible_version_switch = true;
         }
-        self.tls.read_handshake(&hello).map_err(|alert| {
-            tracing::debug!(?alert, "TLS alert");
-            TransportError::new(Code::crypto(alert.alert), "TLS handshake failed")
-        })?;
+        self.tls.read_handshake(&hello).map_err(tls_failure)?;
         Ok(true)
     }
 

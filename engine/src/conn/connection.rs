@@ -21,7 +21,7 @@ use crate::conn::space::PacketSpace;
 use crate::conn::streams::{CryptoStream, PeerLimits, StreamError, StreamEvent, StreamId, Streams};
 use crate::crypto::key_update::OneRttKeys;
 use crate::crypto::secrets::{initial_keys, Keys};
-use crate::tls::session::{KeyChange, TlsSession};
+use crate::tls::session::{KeyChange, TlsAlertError, TlsSession};
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
 use crate::wire::header::{SUPPORTED_VERSIONS, VERSION_1};
@@ -191,8 +191,8 @@ pub struct Connection {
     /// Client offering more than one version: what it takes to start over in another after
     /// Version Negotiation (RFC 9368 §2.1), and whether it did.
     pub(crate) version_fallback: Option<Box<VersionFallback>>,
-    /// The version of the client's first flight (after any Version Negotiation): the
-    /// Chosen Version its version_information must name (RFC 9368 §4).
+    /// Server: the version of the client's first flight, the Chosen Version its
+    /// version_information must name (RFC 9368 §4), whatever the connection moves to.
     pub(crate) first_flight_version: u32,
     /// Compatible version negotiation, while undecided (`compatible_version.rs`).
     pub(crate) compatible: Option<CompatibleNegotiation>,
@@ -419,7 +419,6 @@ impl Connection {
         )?;
         // The new first flight is in the version the server listed; no further switch.
         self.compatible = None;
-        self.first_flight_version = version;
         tracing::debug!(
             from = self.version,
             to = version,
@@ -464,15 +463,12 @@ impl Connection {
             chosen: p.version,
             available: p.available_versions.clone(),
         });
-        let mut encoded = Vec::with_capacity(160);
-        params.encode(&mut encoded);
+        let tls = server_tls(&tls_config, p.version, &params)?;
         let pending = p
             .preferred_versions
             .iter()
             .any(|&v| compatible_version::compatible(p.version, v))
-            .then(|| ServerPending::new(tls_config.clone(), params, p.preferred_versions));
-        let tls = TlsSession::server(tls_config, p.version, encoded)
-            .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS server setup failed"))?;
+            .then(|| ServerPending::new(tls_config, params, p.preferred_versions));
         let mut conn = Self::new_common(
             Side::Server,
             p.version,
@@ -1025,13 +1021,7 @@ impl Connection {
             }
             while let Some(chunk) = self.spaces[read_epoch.index()].crypto.read_chunk() {
                 fed = true;
-                if let Err(alert) = self.tls.read_handshake(chunk) {
-                    tracing::debug!(?alert, "TLS alert");
-                    return Err(TransportError::new(
-                        Code::crypto(alert.alert),
-                        "TLS handshake failed",
-                    ));
-                }
+                self.tls.read_handshake(chunk).map_err(tls_failure)?;
             }
             if !fed || self.tls.read_epoch() == read_epoch {
                 break;
@@ -1378,6 +1368,24 @@ fn client_tls(
     params.encode(&mut encoded);
     TlsSession::client(tls_config.clone(), server_name, version, encoded)
         .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS client setup failed"))
+}
+
+/// A server's TLS session in `version`, sending `params`.
+pub(crate) fn server_tls(
+    tls_config: &Arc<rustls::ServerConfig>,
+    version: u32,
+    params: &TransportParameters,
+) -> Result<TlsSession, TransportError> {
+    let mut encoded = Vec::with_capacity(160);
+    params.encode(&mut encoded);
+    TlsSession::server(tls_config.clone(), version, encoded)
+        .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS server setup failed"))
+}
+
+/// The connection error for a TLS alert: CRYPTO_ERROR plus the alert (RFC 9001 §4.8).
+pub(crate) fn tls_failure(alert: TlsAlertError) -> TransportError {
+    tracing::debug!(?alert, "TLS alert");
+    TransportError::new(Code::crypto(alert.alert), "TLS handshake failed")
 }
 
 /// The versions a client offers: the one its first flight is in, and every version it

@@ -62,8 +62,8 @@ pub struct EndpointConfig {
     pub versions: Vec<u32>,
     /// Server: the versions it moves a client to when the client's first flight converts to
     /// one and lists it (compatible version negotiation, RFC 9368 §2.3; v1 and v2 convert
-    /// into each other), most preferred first; each must be in `versions`. Empty: every
-    /// connection stays in the version of the client's first flight.
+    /// into each other), most preferred first; any not in `versions` is ignored. Empty:
+    /// every connection stays in the version of the client's first flight.
     pub preferred_versions: Vec<u32>,
     pub retry_token_lifetime: Duration,
     /// How long a NEW_TOKEN token a server hands out stays good for the client's later
@@ -181,12 +181,7 @@ impl TokenStore {
     const SERVERS: usize = 256;
 
     fn insert(&mut self, server: &str, version: u32, token: Vec<u8>) {
-        if !self.by_server.contains_key(server) && self.by_server.len() >= Self::SERVERS {
-            // Full: forget some other server's tokens rather than grow.
-            if let Some(victim) = self.by_server.keys().next().cloned() {
-                self.by_server.remove(&victim);
-            }
-        }
+        make_room(&mut self.by_server, server, Self::SERVERS);
         let queue = self.by_server.entry(server.into()).or_default();
         if queue.len() >= Self::PER_SERVER {
             queue.pop_front();
@@ -206,17 +201,22 @@ impl TokenStore {
     }
 }
 
+/// A client's memory of servers stays bounded: about to add `server` to a full map, it
+/// forgets some other server rather than grow.
+fn make_room<V>(by_server: &mut HashMap<Box<str>, V>, server: &str, limit: usize) {
+    if !by_server.contains_key(server) && by_server.len() >= limit {
+        if let Some(victim) = by_server.keys().next().cloned() {
+            by_server.remove(&victim);
+        }
+    }
+}
+
 /// Client, at the end of a handshake with server `name`: remembers the version a
 /// compatible negotiation moved the connection to, and forgets it once a Version
 /// Negotiation sent the connection elsewhere (the server no longer speaks it).
 fn learn_version(learned: &mut HashMap<Box<str>, u32>, name: &str, conn: &Connection) {
-    const SERVERS: usize = 256;
     if conn.stats().compatible_version_switch {
-        if !learned.contains_key(name) && learned.len() >= SERVERS {
-            if let Some(victim) = learned.keys().next().cloned() {
-                learned.remove(&victim);
-            }
-        }
+        make_room(learned, name, TokenStore::SERVERS);
         learned.insert(name.into(), conn.version());
     } else if conn.restarted_after_version_negotiation() {
         learned.remove(name);
@@ -267,7 +267,10 @@ pub struct Endpoint<U> {
 }
 
 impl<U: Default> Endpoint<U> {
-    pub fn new(config: EndpointConfig) -> Self {
+    pub fn new(mut config: EndpointConfig) -> Self {
+        // A preferred version the server does not accept is never one to move a client to.
+        let accepted = &config.versions;
+        config.preferred_versions.retain(|v| accepted.contains(v));
         Self {
             config,
             // Tables start small and grow with the connections (amortised). Reserving for
@@ -708,15 +711,7 @@ impl<U: Default> Endpoint<U> {
         let params = ServerConnectionParams {
             version,
             available_versions: self.config.versions.clone(),
-            // Only versions the server accepts (`preferred_versions` documents it; a
-            // library user's config is not checked elsewhere).
-            preferred_versions: self
-                .config
-                .preferred_versions
-                .iter()
-                .copied()
-                .filter(|v| self.config.versions.contains(v))
-                .collect(),
+            preferred_versions: self.config.preferred_versions.clone(),
             remote: meta.src,
             original_dcid,
             client_scid: scid,

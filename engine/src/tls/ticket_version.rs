@@ -28,17 +28,21 @@ thread_local! {
     static QUIC_VERSION: Cell<u32> = const { Cell::new(0) };
 }
 
-/// The QUIC version of the TLS call under way on this thread until the guard drops.
+/// The QUIC version of the TLS call under way on this thread until the guard drops (calls
+/// nest: `read_handshake` pumps the output too).
 pub fn enter(version: u32) -> VersionGuard {
-    QUIC_VERSION.with(|v| v.set(version));
-    VersionGuard(())
+    VersionGuard {
+        previous: QUIC_VERSION.with(|v| v.replace(version)),
+    }
 }
 
-pub struct VersionGuard(());
+pub struct VersionGuard {
+    previous: u32,
+}
 
 impl Drop for VersionGuard {
     fn drop(&mut self) {
-        QUIC_VERSION.with(|v| v.set(0));
+        QUIC_VERSION.with(|v| v.set(self.previous));
     }
 }
 
