@@ -2,14 +2,15 @@
 # Installs what building and testing quench needs on a fresh Debian machine, idempotently:
 # system packages (BPF toolchain, libbpf/libelf/zlib for libbpf-rs, iproute2 for netns topologies,
 # ngtcp2's HTTP/3 example client and server gtlsclient/gtlsserver for the interop tests, cmake
-# for the BoringSSL that the quiche crate builds)
+# for the BoringSSL that the quiche crate builds and for MsQuic and its quictls, which the msquic crate
+# builds with perl and links statically against libnuma)
 # and a Python venv at .venv with a pinned aioquic (an independent QUIC peer for interop tests).
 # Quiet when there is nothing to do; says what it does otherwise; fails loudly.
 set -euo pipefail
 
 AIOQUIC_VERSION="1.7.2"
 APT_PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 python3-venv
-    ngtcp2-client ngtcp2-server cmake)
+    ngtcp2-client ngtcp2-server cmake libnuma-dev perl)
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv"

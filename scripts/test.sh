@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs the whole suite: dependencies, formatting, lints, the release
 # build, every test in the workspace (unit, property, interop against quinn, s2n-quic,
-# quiche, aioquic and ngtcp2), then the fuzz smoke run if present. Stops at the first failure; always prints a summary.
+# quiche, MsQuic, aioquic and ngtcp2), then the fuzz smoke run if present. Stops at the first failure; always prints a summary.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

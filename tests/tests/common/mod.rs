@@ -96,6 +96,10 @@ pub fn s2n_peer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_s2n-peer"))
 }
 
+pub fn msquic_peer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_msquic-peer"))
+}
+
 pub fn quiche_peer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_quiche-peer"))
 }
@@ -396,6 +400,8 @@ pub enum Peer {
     S2n,
     /// `quiche-peer` (Cloudflare quiche).
     Quiche,
+    /// `msquic-peer` (Microsoft MsQuic).
+    Msquic,
     Aioquic,
 }
 
@@ -447,6 +453,13 @@ impl Server {
         let mut args = cert_args(certs);
         args.extend(["--root".into(), root.into()]);
         Server::spawn("s2n-peer", &s2n_peer_bin(), &["server"], args, logs)
+    }
+
+    /// `msquic-peer server`.
+    pub fn msquic(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        let mut args = cert_args(certs);
+        args.extend(["--root".into(), root.into()]);
+        Server::spawn("msquic-peer", &msquic_peer_bin(), &["server"], args, logs)
     }
 
     /// `quiche-peer server`.
@@ -915,6 +928,11 @@ pub fn client_command(peer: Peer, server: SocketAddr, ca: &Path, transfer: &Tran
         }
         Peer::Quiche => {
             let mut c = Command::new(quiche_peer_bin());
+            c.arg("client");
+            c
+        }
+        Peer::Msquic => {
+            let mut c = Command::new(msquic_peer_bin());
             c.arg("client");
             c
         }

@@ -1,0 +1,430 @@
+//! Client role: open `--conns` connections and run `--streams` perf streams (or the
+//! hq-interop GETs) on each at once, then print one JSON report line. `--down`/`--up` are
+//! totals split over all streams of all connections, as for every peer
+//! (`quench_tests::share`). MsQuic's callbacks report to this thread over a channel.
+
+use std::ffi::c_void;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use msquic::{
+    Addr, Api, Connection, ConnectionEvent, ConnectionRef, ConnectionShutdownFlags, SendFlags,
+    Status, Stream, StreamEvent, StreamOpenFlags, StreamRef, StreamStartFlags,
+};
+use quench_tests::args::ClientArgs;
+use quench_tests::report::Report;
+use quench_tests::{hq, share};
+
+use crate::config;
+use crate::send::{self, Fill};
+
+/// The whole run's limit, beyond which the client gives up rather than hang.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long to wait for the connections to close after the transfer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// MsQuic's private `QUIC_PARAM_CONN_FORCE_KEY_UPDATE` (msquicp.h): starts a key update.
+const PARAM_CONN_FORCE_KEY_UPDATE: u32 = 0x8500_0000;
+
+/// What one stream is for; its index orders hq bodies in the report.
+enum Job {
+    Perf { down: u64, up: u64 },
+    Get { path: String },
+}
+
+enum Outcome {
+    Perf { down: u64, up: u64 },
+    Body(Vec<u8>),
+}
+
+enum Msg {
+    Connected {
+        took: Duration,
+    },
+    Done {
+        index: usize,
+        outcome: Result<Outcome, String>,
+    },
+    Closed {
+        error: Option<String>,
+    },
+}
+
+pub fn run(args: ClientArgs) -> Result<()> {
+    if args.alpn == "echo" {
+        bail!("msquic-peer does not speak `echo` (DATAGRAM)");
+    }
+    let server: SocketAddr = args
+        .connect
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}", args.connect))?
+        .next()
+        .ok_or_else(|| anyhow!("{} resolves to no address", args.connect))?;
+    let reg = config::registration()?;
+    let configuration = config::client_configuration(&reg, &args.alpn, args.verify()?)?;
+
+    let mut jobs: Vec<Vec<(usize, Job)>> = (0..args.conns).map(|_| Vec::new()).collect();
+    let total_streams = args.conns * args.streams;
+    if args.alpn == "perf" {
+        for index in 0..total_streams {
+            let down = share(args.down, total_streams, index);
+            let up = share(args.up, total_streams, index);
+            jobs[(index / args.streams) as usize].push((index as usize, Job::Perf { down, up }));
+        }
+    } else {
+        for (index, path) in hq::paths(&args.get, args.down, total_streams)
+            .into_iter()
+            .enumerate()
+        {
+            jobs[index % args.conns as usize].push((index, Job::Get { path }));
+        }
+    }
+    let pending_total: usize = jobs.iter().map(Vec::len).sum();
+
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    let mut conns = Vec::with_capacity(jobs.len());
+    for jobs in jobs {
+        let trigger = args
+            .key_update_after
+            .map(KeyUpdateTrigger::new)
+            .map(Arc::new);
+        let handler = connection_handler(jobs, tx.clone(), trigger);
+        let conn =
+            Connection::open(&reg, handler).map_err(|e| anyhow!("opening a connection: {e}"))?;
+        let addr = Addr::from(server);
+        // SAFETY: `addr` is a valid QUIC_ADDR (the binding's `Addr` is its layout) that
+        // MsQuic copies during the call. Setting it before `start` makes MsQuic connect
+        // there and use `--server-name` only for SNI and certificate validation.
+        unsafe {
+            Api::set_param(
+                conn.as_raw(),
+                msquic::ffi::QUIC_PARAM_CONN_REMOTE_ADDRESS,
+                std::mem::size_of::<Addr>() as u32,
+                &addr as *const Addr as *const c_void,
+            )
+        }
+        .map_err(|e| anyhow!("setting the server address: {e}"))?;
+        conn.start(&configuration, &args.server_name, server.port())
+            .map_err(|e| anyhow!("starting a connection to {server}: {e}"))?;
+        conns.push(conn);
+    }
+
+    let deadline = start + RUN_TIMEOUT;
+    let mut pending = pending_total;
+    let mut handshakes = Vec::new();
+    let mut outcomes: Vec<Option<Outcome>> = (0..pending_total).map(|_| None).collect();
+    while pending > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Connected { took }) => handshakes.push(took),
+            Ok(Msg::Done { index, outcome }) => {
+                outcomes[index] = Some(outcome.map_err(|e| anyhow!("stream {index}: {e}"))?);
+                pending -= 1;
+            }
+            Ok(Msg::Closed { error }) => {
+                bail!(
+                    "connection closed with {pending} streams unfinished: {}",
+                    error.unwrap_or_else(|| "no error given".to_string())
+                );
+            }
+            Err(RecvTimeoutError::Timeout) => bail!("timed out with {pending} streams unfinished"),
+            Err(RecvTimeoutError::Disconnected) => unreachable!("this thread holds a sender"),
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+
+    let mut report = match args.alpn.as_str() {
+        "perf" => {
+            let mut report = Report::default();
+            for outcome in outcomes.into_iter().flatten() {
+                if let Outcome::Perf { down, up } = outcome {
+                    report.bytes_down += down;
+                    report.bytes_up += up;
+                    report.streams += 1;
+                }
+            }
+            report
+        }
+        _ => {
+            let bodies: Vec<Vec<u8>> = outcomes
+                .into_iter()
+                .flatten()
+                .map(|o| match o {
+                    Outcome::Body(body) => body,
+                    Outcome::Perf { .. } => Vec::new(),
+                })
+                .collect();
+            hq::report(&bodies)
+        }
+    };
+    report.seconds = seconds;
+    report.handshake_ms = handshakes.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3
+        / handshakes.len().max(1) as f64;
+    for conn in &conns {
+        let stats = conn
+            .get_stats_v2()
+            .map_err(|e| anyhow!("connection statistics: {e}"))?;
+        report.key_updates += u64::from(stats.KeyUpdateCount);
+        // MsQuic's path MTU counts the IP and UDP headers; the report wants the UDP payload.
+        let headers = if server.is_ipv4() { 28 } else { 48 };
+        let payload = u64::from(stats.SendPathMtu).saturating_sub(headers);
+        report.max_datagram_size = Some(report.max_datagram_size.unwrap_or(0).max(payload));
+    }
+
+    for conn in &conns {
+        conn.shutdown(ConnectionShutdownFlags::NONE, 0);
+    }
+    let close_deadline = Instant::now() + CLOSE_TIMEOUT;
+    let mut open = conns.len();
+    while open > 0 {
+        match rx.recv_timeout(close_deadline.saturating_duration_since(Instant::now())) {
+            Ok(Msg::Closed { .. }) => open -= 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    drop(conns);
+    println!("{}", report.to_json_line());
+    Ok(())
+}
+
+/// `--key-update-after`: once a connection has received that many stream bytes, it starts
+/// one key update (RFC 9001 §6).
+struct KeyUpdateTrigger {
+    after: u64,
+    received: AtomicU64,
+    fired: AtomicBool,
+    /// The connection's raw handle, set when it is connected.
+    conn: AtomicU64,
+}
+
+impl KeyUpdateTrigger {
+    fn new(after: u64) -> KeyUpdateTrigger {
+        KeyUpdateTrigger {
+            after,
+            received: AtomicU64::new(0),
+            fired: AtomicBool::new(false),
+            conn: AtomicU64::new(0),
+        }
+    }
+
+    fn on_received(&self, n: u64) {
+        let total = self.received.fetch_add(n, Ordering::Relaxed) + n;
+        let conn = self.conn.load(Ordering::Relaxed);
+        if total >= self.after && conn != 0 && !self.fired.swap(true, Ordering::Relaxed) {
+            // SAFETY: `conn` is the live handle of the connection whose stream is calling
+            // back (MsQuic closes a connection only after all its streams' last events);
+            // this parameter takes no payload.
+            let result = unsafe {
+                Api::set_param(
+                    conn as msquic::ffi::HQUIC,
+                    PARAM_CONN_FORCE_KEY_UPDATE,
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if let Err(e) = result {
+                eprintln!("msquic-peer client: forcing a key update: {e}");
+            }
+        }
+    }
+}
+
+fn connection_handler(
+    jobs: Vec<(usize, Job)>,
+    tx: Sender<Msg>,
+    trigger: Option<Arc<KeyUpdateTrigger>>,
+) -> impl FnMut(ConnectionRef, ConnectionEvent) -> Result<(), Status> + 'static {
+    let started = Instant::now();
+    let mut jobs = Some(jobs);
+    let mut error: Option<String> = None;
+    move |conn, event| {
+        match event {
+            ConnectionEvent::Connected { .. } => {
+                let _ = tx.send(Msg::Connected {
+                    took: started.elapsed(),
+                });
+                if let Some(trigger) = &trigger {
+                    // SAFETY: only the handle's value is read, to pass back to MsQuic.
+                    let raw = unsafe { conn.as_raw() };
+                    trigger.conn.store(raw as u64, Ordering::Relaxed);
+                }
+                for (index, job) in jobs.take().unwrap_or_default() {
+                    if let Err(e) = open_stream(&conn, index, job, tx.clone(), trigger.clone()) {
+                        let outcome = Err(format!("opening the stream: {e}"));
+                        let _ = tx.send(Msg::Done { index, outcome });
+                    }
+                }
+            }
+            ConnectionEvent::ShutdownInitiatedByTransport { status, error_code } => {
+                error.get_or_insert(format!(
+                    "closed by the transport: {status} (code {error_code:#x})"
+                ));
+            }
+            ConnectionEvent::ShutdownInitiatedByPeer { error_code } => {
+                error.get_or_insert(format!("closed by the peer with code {error_code:#x}"));
+            }
+            ConnectionEvent::ShutdownComplete {
+                handshake_completed,
+                ..
+            } => {
+                let mut error = error.take();
+                if !handshake_completed {
+                    let why = error.unwrap_or_else(|| "no reason given".to_string());
+                    error = Some(format!("handshake failed: {why}"));
+                }
+                // The handle is closed by `run`, which owns it.
+                let _ = tx.send(Msg::Closed { error });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn open_stream(
+    conn: &ConnectionRef,
+    index: usize,
+    job: Job,
+    tx: Sender<Msg>,
+    trigger: Option<Arc<KeyUpdateTrigger>>,
+) -> Result<(), Status> {
+    let stream = Stream::open(
+        conn,
+        StreamOpenFlags::NONE,
+        stream_handler(index, job, tx, trigger),
+    )?;
+    stream.start(StreamStartFlags::NONE)?;
+    // SAFETY: ownership passes to the stream's own handler, which closes the handle at
+    // SHUTDOWN_COMPLETE (`close_stream`).
+    let _ = unsafe { stream.into_raw() };
+    Ok(())
+}
+
+/// Closes a stream at its SHUTDOWN_COMPLETE, its last event.
+fn close_stream(stream: &StreamRef) {
+    // SAFETY: `open_stream` detached the handle for exactly this; SHUTDOWN_COMPLETE is the
+    // stream's last event, and the calling handler's state is not touched after.
+    drop(unsafe { Stream::from_raw(stream.as_raw()) });
+}
+
+/// One stream's whole life: on START_COMPLETE it sends its request (perf: the 8-byte count
+/// and the upload; hq: the GET line), then counts or keeps what arrives, and reports once
+/// the response's FIN is in and (perf) the peer has acknowledged the whole upload.
+fn stream_handler(
+    index: usize,
+    job: Job,
+    tx: Sender<Msg>,
+    trigger: Option<Arc<KeyUpdateTrigger>>,
+) -> impl FnMut(StreamRef, StreamEvent) -> Result<(), Status> + 'static {
+    let (want_down, up, request) = match &job {
+        Job::Perf { down, up } => (Some(*down), *up, down.to_be_bytes().to_vec()),
+        Job::Get { path } => (None, 0, format!("GET {path}\r\n").into_bytes()),
+    };
+    let mut request = Some(request);
+    // perf only: hq's request goes whole, with FIN, in one send.
+    let mut upload = want_down.map(|_| Fill::new(up));
+    let mut body = Vec::new();
+    let mut received = 0u64;
+    let mut fin = false;
+    // hq: the GET line goes with FIN, and its acknowledgement does not gate the report.
+    let mut acked = want_down.is_none();
+    let mut reported = false;
+    let report = move |outcome: Result<Outcome, String>, reported: &mut bool| {
+        if !std::mem::replace(reported, true) {
+            let _ = tx.send(Msg::Done { index, outcome });
+        }
+    };
+    move |stream, event| {
+        match event {
+            StreamEvent::StartComplete { status, .. } => {
+                let Some(request) = request.take() else {
+                    return Ok(());
+                };
+                let sent = if !status.is_ok() {
+                    Err(status)
+                } else if let Some(upload) = &mut upload {
+                    send::send_owned(&stream, request, SendFlags::NONE)
+                        .and_then(|()| upload.pump(&stream))
+                } else {
+                    send::send_owned(&stream, request, SendFlags::FIN)
+                };
+                if let Err(e) = sent {
+                    report(Err(format!("sending the request: {e}")), &mut reported);
+                }
+            }
+            StreamEvent::Receive {
+                buffers,
+                total_buffer_length,
+                ..
+            } => {
+                received += *total_buffer_length;
+                if want_down.is_none() {
+                    for buffer in buffers {
+                        body.extend_from_slice(buffer.as_bytes());
+                    }
+                }
+                if let Some(trigger) = &trigger {
+                    trigger.on_received(*total_buffer_length);
+                }
+            }
+            StreamEvent::SendComplete { client_context, .. } => match &mut upload {
+                Some(upload) => {
+                    if let Err(e) = upload.on_complete(&stream, client_context) {
+                        report(Err(format!("sending the upload: {e}")), &mut reported);
+                    }
+                }
+                None => {
+                    send::complete(client_context);
+                }
+            },
+            StreamEvent::PeerSendShutdown => fin = true,
+            StreamEvent::SendShutdownComplete { graceful } => {
+                if graceful {
+                    acked = true;
+                } else {
+                    report(
+                        Err("the upload was not acknowledged".to_string()),
+                        &mut reported,
+                    );
+                }
+            }
+            StreamEvent::PeerSendAborted { error_code } => report(
+                Err(format!(
+                    "stream reset by the peer (RESET_STREAM code {error_code:#x})"
+                )),
+                &mut reported,
+            ),
+            StreamEvent::PeerReceiveAborted { error_code } => report(
+                Err(format!(
+                    "the peer stopped reading (STOP_SENDING code {error_code:#x})"
+                )),
+                &mut reported,
+            ),
+            StreamEvent::ShutdownComplete { .. } => {
+                report(
+                    Err("the stream ended before its transfer did".to_string()),
+                    &mut reported,
+                );
+                close_stream(&stream);
+                return Ok(());
+            }
+            _ => {}
+        }
+        if fin && acked {
+            let outcome = match want_down {
+                Some(down) if received != down => {
+                    Err(format!("perf: asked for {down} bytes, received {received}"))
+                }
+                Some(_) => Ok(Outcome::Perf { down: received, up }),
+                None => Ok(Outcome::Body(std::mem::take(&mut body))),
+            };
+            report(outcome, &mut reported);
+        }
+        Ok(())
+    }
+}

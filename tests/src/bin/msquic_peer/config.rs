@@ -1,0 +1,117 @@
+//! MsQuic registration, settings and credentials for both roles, from the shared flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use msquic::{
+    BufferRef, CertificateFile, Configuration, Credential, CredentialConfig, CredentialFlags,
+    Registration, RegistrationConfig, Settings,
+};
+use quench_tests::args::ServerArgs;
+use quench_tests::tls::Verify;
+
+/// Idle timeout both roles advertise (the other peers use 30 s too).
+const IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Concurrent bidirectional streams a server lets each client open (the interop tests run
+/// up to 100 at once).
+const PEER_BIDI_STREAMS: u16 = 1000;
+
+pub fn registration() -> Result<Registration> {
+    let config = RegistrationConfig::new().set_app_name("msquic-peer".to_string());
+    Registration::new(&config).map_err(|e| anyhow!("opening the MsQuic registration: {e}"))
+}
+
+fn alpn_refs(alpns: &[String]) -> Vec<BufferRef> {
+    alpns.iter().map(|a| BufferRef::from(a.as_str())).collect()
+}
+
+/// Where the server's certificate and key live: `--cert/--key`, else a self-signed one
+/// (localhost, 127.0.0.1, ::1) written to a private temp dir, which the caller keeps alive.
+pub struct ServerCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl ServerCert {
+    pub fn from_args(args: &ServerArgs) -> Result<ServerCert> {
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            return Ok(ServerCert {
+                cert: cert.clone(),
+                key: key.clone(),
+                _dir: None,
+            });
+        }
+        let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+        let generated = rcgen::generate_simple_self_signed(names)?;
+        let dir = tempfile::tempdir().context("creating a temp dir for the certificate")?;
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, generated.cert.pem())?;
+        std::fs::write(&key, generated.key_pair.serialize_pem())?;
+        if let Some(out) = &args.write_cert {
+            std::fs::write(out, generated.cert.pem())
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Ok(ServerCert {
+            cert,
+            key,
+            _dir: Some(dir),
+        })
+    }
+}
+
+pub fn server_configuration(
+    reg: &Registration,
+    alpns: &[String],
+    cert: &ServerCert,
+) -> Result<Configuration> {
+    let settings = Settings::new()
+        .set_IdleTimeoutMs(IDLE_TIMEOUT_MS)
+        .set_PeerBidiStreamCount(PEER_BIDI_STREAMS)
+        .set_ServerResumptionLevel(msquic::ServerResumptionLevel::ResumeOnly);
+    let config = Configuration::open(reg, &alpn_refs(alpns), Some(&settings))
+        .map_err(|e| anyhow!("opening the server configuration: {e}"))?;
+    let credential = Credential::CertificateFile(CertificateFile::new(
+        path_string(&cert.key)?,
+        path_string(&cert.cert)?,
+    ));
+    config
+        .load_credential(&CredentialConfig::new().set_credential(credential))
+        .map_err(|e| {
+            anyhow!(
+                "loading certificate {} and key {}: {e}",
+                cert.cert.display(),
+                cert.key.display()
+            )
+        })?;
+    Ok(config)
+}
+
+pub fn client_configuration(
+    reg: &Registration,
+    alpn: &str,
+    verify: Verify<'_>,
+) -> Result<Configuration> {
+    let settings = Settings::new().set_IdleTimeoutMs(IDLE_TIMEOUT_MS);
+    let config = Configuration::open(reg, &alpn_refs(&[alpn.to_string()]), Some(&settings))
+        .map_err(|e| anyhow!("opening the client configuration: {e}"))?;
+    let credential = match verify {
+        Verify::Ca(path) => {
+            CredentialConfig::new_client().set_ca_certificate_file(path_string(path)?)
+        }
+        Verify::Insecure => CredentialConfig::new_client().set_credential_flags(
+            CredentialFlags::CLIENT | CredentialFlags::NO_CERTIFICATE_VALIDATION,
+        ),
+    };
+    config
+        .load_credential(&credential)
+        .map_err(|e| anyhow!("loading the client credential: {e}"))?;
+    Ok(config)
+}
+
+fn path_string(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))
+}
