@@ -22,6 +22,11 @@ pub struct Report {
     pub datagrams_echoed: Option<u64>,
     /// Connections whose TLS handshake resumed a session, where the client resumes.
     pub resumed: Option<u64>,
+    /// The QUIC version the connections ended in, where the client says (printed `0x…`).
+    pub quic_version: Option<u32>,
+    /// Connections that ended in another version than their first flight's (compatible
+    /// version negotiation, RFC 9368), where the client negotiates.
+    pub version_switches: Option<u64>,
 }
 
 impl Report {
@@ -48,6 +53,12 @@ impl Report {
         }
         if let Some(resumed) = self.resumed {
             v["resumed"] = resumed.into();
+        }
+        if let Some(version) = self.quic_version {
+            v["quic_version"] = format!("{version:#x}").into();
+        }
+        if let Some(switches) = self.version_switches {
+            v["version_switches"] = switches.into();
         }
         v.to_string()
     }
@@ -79,5 +90,14 @@ mod tests {
         assert_eq!(v["max_datagram_size"], 1452);
         assert_eq!(v["handshake_ms"], 1.5);
         assert!(!report.to_json_line().contains('\n'));
+        assert!(v.get("quic_version").is_none());
+        let v2 = Report {
+            quic_version: Some(0x6b33_43cf),
+            version_switches: Some(2),
+            ..Report::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&v2.to_json_line()).unwrap();
+        assert_eq!(v["quic_version"], "0x6b3343cf");
+        assert_eq!(v["version_switches"], 2);
     }
 }

@@ -120,3 +120,130 @@ fn msquic_server_shuts_down_on_sigterm() {
     let status = msquic.server.shutdown();
     assert!(status.success(), "SIGTERM must exit 0, got {status}");
 }
+
+// ---- versions, Retry and resumption ---------------------------------------------------------
+
+/// The `msquic-peer server: stats {…}` line the server prints to stderr when it stops.
+fn msquic_server_stats(server: Server) -> serde_json::Value {
+    let stderr = server.shutdown_stderr();
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("msquic-peer server: stats "))
+        .unwrap_or_else(|| panic!("no stats line in: {stderr}"));
+    serde_json::from_str(line).expect("stats are JSON")
+}
+
+/// QUIC v2 (RFC 9369) from MsQuic's first Initial on.
+#[test]
+fn msquic_client_quic_v2() {
+    let _serial = serial();
+    let quench = Hosted::start(Server::quench);
+    let transfer = Transfer::perf(4 * MIB, 2 * MIB).conns(2);
+    let mut cmd = client_command(
+        Peer::Msquic,
+        quench.server.addr,
+        &quench.certs.ca,
+        &transfer,
+    );
+    cmd.args(["--quic-version", "2"]);
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.quic_version.as_deref(), Some("0x6b3343cf"));
+    assert_eq!(report.version_switches, Some(0));
+}
+
+/// Compatible version negotiation (RFC 9368 §2.3) with a second independent stack:
+/// MsQuic's v1 first flight lists v2, `quench serve --prefer-version 2` answers in v2, and
+/// MsQuic follows, without Version Negotiation.
+#[test]
+fn msquic_client_moves_to_v2_on_a_quench_server_preferring_it() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--prefer-version", "2"]);
+    let transfer = Transfer::perf(2 * MIB, MIB).streams(2).conns(2);
+    let mut cmd = client_command(Peer::Msquic, server.addr, &certs.ca, &transfer);
+    cmd.args(["--quic-version", "1,2"]);
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.quic_version.as_deref(), Some("0x6b3343cf"));
+    assert_eq!(
+        report.version_switches,
+        Some(2),
+        "both connections switched"
+    );
+    let totals = server.shutdown_worker_totals(&[
+        "connections_accepted",
+        "compatible_version_switches",
+        "version_negotiations",
+    ]);
+    assert_eq!(
+        totals,
+        [2, 2, 0],
+        "connections accepted, compatible switches, Version Negotiations sent"
+    );
+}
+
+/// Compatible version negotiation, quench as the client: a v1 first flight listing v2
+/// first; MsQuic's server, preferring v2, moves both connections there and quench follows.
+#[test]
+fn quench_client_follows_msquic_to_v2_without_a_round_trip() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::msquic_with(&certs, dir.path(), dir.path(), &["--quic-version", "2,1"]);
+    let transfer = Transfer::perf(2 * MIB, MIB).streams(2).conns(2);
+    let mut cmd = client_command(Peer::Quench, server.addr, &certs.ca, &transfer);
+    cmd.args(["--quic-version", "2,1", "--original-version", "1"]);
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.quic_version.as_deref(), Some("0x6b3343cf"));
+    assert_eq!(
+        report.version_switches,
+        Some(2),
+        "both connections switched"
+    );
+    let stats = msquic_server_stats(server);
+    assert_eq!(stats["versions"]["0x6b3343cf"], 2, "{stats}");
+    assert_eq!(stats["versions"]["0x1"], 0, "{stats}");
+}
+
+/// `msquic-peer server --retry`: every connection of `quench client` goes through a Retry
+/// (RFC 9000 §8.1.2) and completes; MsQuic counted one Retry each.
+#[test]
+fn quench_client_through_msquic_retry() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::msquic_with(&certs, dir.path(), dir.path(), &["--retry"]);
+    let transfer = Transfer::perf(4 * MIB, 2 * MIB).conns(3);
+    let report = run_transfer(Peer::Quench, server.addr, &certs.ca, &transfer);
+    assert_perf(&report, &transfer);
+    let stats = msquic_server_stats(server);
+    assert_eq!(stats["retries"], 3, "{stats}");
+    assert_eq!(stats["connections"], 3, "{stats}");
+}
+
+/// MsQuic's client resumes quench's sessions: a warm-up connection keeps the session
+/// ticket, both of the transfer's connections present it and resume (MsQuic's view and
+/// quench's server counters agree).
+#[test]
+fn msquic_client_resumes_quench_sessions() {
+    let _serial = serial();
+    let quench = Hosted::start(Server::quench);
+    let transfer = Transfer::perf(2 * MIB, MIB).conns(2);
+    let mut cmd = client_command(
+        Peer::Msquic,
+        quench.server.addr,
+        &quench.certs.ca,
+        &transfer,
+    );
+    cmd.arg("--resume");
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.resumed, Some(2), "{report:?}");
+    let totals = quench
+        .server
+        .shutdown_worker_totals(&["connections_accepted", "resumed_handshakes"]);
+    assert_eq!(totals, [3, 2], "connections accepted, resumed handshakes");
+}

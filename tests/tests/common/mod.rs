@@ -457,8 +457,15 @@ impl Server {
 
     /// `msquic-peer server`.
     pub fn msquic(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        Server::msquic_with(certs, root, logs, &[])
+    }
+
+    /// `msquic-peer server` as [`Server::msquic`], plus `extra` flags (`--retry`,
+    /// `--quic-version 2,1`).
+    pub fn msquic_with(certs: &Certs, root: &Path, logs: &Path, extra: &[&str]) -> Server {
         let mut args = cert_args(certs);
         args.extend(["--root".into(), root.into()]);
+        args.extend(extra.iter().map(OsString::from));
         Server::spawn("msquic-peer", &msquic_peer_bin(), &["server"], args, logs)
     }
 

@@ -15,12 +15,13 @@ use msquic::{
     Addr, Api, Connection, ConnectionEvent, ConnectionRef, ConnectionShutdownFlags, SendFlags,
     Status, Stream, StreamEvent, StreamOpenFlags, StreamRef, StreamStartFlags,
 };
-use quench_tests::args::ClientArgs;
 use quench_tests::report::Report;
 use quench_tests::{hq, share};
 
 use crate::config;
 use crate::send::{self, Fill};
+use crate::versions::{self, VERSION_1};
+use crate::MsquicClientArgs;
 
 /// The whole run's limit, beyond which the client gives up rather than hang.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -43,7 +44,10 @@ enum Outcome {
 enum Msg {
     Connected {
         took: Duration,
+        resumed: bool,
     },
+    /// A session ticket the server sent (NewSessionTicket).
+    Ticket(Vec<u8>),
     Done {
         index: usize,
         outcome: Result<Outcome, String>,
@@ -53,7 +57,15 @@ enum Msg {
     },
 }
 
-pub fn run(args: ClientArgs) -> Result<()> {
+/// How long the warm-up connection of `--resume` waits for a session ticket.
+const TICKET_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn run(args: MsquicClientArgs) -> Result<()> {
+    let MsquicClientArgs {
+        common: args,
+        quic_version: offered,
+        resume,
+    } = args;
     if args.alpn == "echo" {
         bail!("msquic-peer does not speak `echo` (DATAGRAM)");
     }
@@ -64,7 +76,12 @@ pub fn run(args: ClientArgs) -> Result<()> {
         .next()
         .ok_or_else(|| anyhow!("{} resolves to no address", args.connect))?;
     let reg = config::registration()?;
-    let configuration = config::client_configuration(&reg, &args.alpn, args.verify()?)?;
+    let configuration = config::client_configuration(&reg, &args.alpn, args.verify()?, &offered)?;
+    let ticket = if resume {
+        Some(warm_up(&reg, &configuration, server, &args.server_name)?)
+    } else {
+        None
+    };
 
     let mut jobs: Vec<Vec<(usize, Job)>> = (0..args.conns).map(|_| Vec::new()).collect();
     let total_streams = args.conns * args.streams;
@@ -95,32 +112,35 @@ pub fn run(args: ClientArgs) -> Result<()> {
         let handler = connection_handler(jobs, tx.clone(), trigger);
         let conn =
             Connection::open(&reg, handler).map_err(|e| anyhow!("opening a connection: {e}"))?;
-        let addr = Addr::from(server);
-        // SAFETY: `addr` is a valid QUIC_ADDR (the binding's `Addr` is its layout) that
-        // MsQuic copies during the call. Setting it before `start` makes MsQuic connect
-        // there and use `--server-name` only for SNI and certificate validation.
-        unsafe {
-            Api::set_param(
-                conn.as_raw(),
-                msquic::ffi::QUIC_PARAM_CONN_REMOTE_ADDRESS,
-                std::mem::size_of::<Addr>() as u32,
-                &addr as *const Addr as *const c_void,
-            )
+        if let Some(ticket) = &ticket {
+            // SAFETY: the ticket bytes are valid for the call, which copies them.
+            unsafe {
+                Api::set_param(
+                    conn.as_raw(),
+                    msquic::ffi::QUIC_PARAM_CONN_RESUMPTION_TICKET,
+                    ticket.len() as u32,
+                    ticket.as_ptr() as *const c_void,
+                )
+            }
+            .map_err(|e| anyhow!("setting the session ticket: {e}"))?;
         }
-        .map_err(|e| anyhow!("setting the server address: {e}"))?;
-        conn.start(&configuration, &args.server_name, server.port())
-            .map_err(|e| anyhow!("starting a connection to {server}: {e}"))?;
+        start_connection(&conn, &configuration, server, &args.server_name)?;
         conns.push(conn);
     }
 
     let deadline = start + RUN_TIMEOUT;
     let mut pending = pending_total;
     let mut handshakes = Vec::new();
+    let mut resumed = 0;
     let mut outcomes: Vec<Option<Outcome>> = (0..pending_total).map(|_| None).collect();
     while pending > 0 {
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(Msg::Connected { took }) => handshakes.push(took),
+            Ok(Msg::Connected { took, resumed: r }) => {
+                handshakes.push(took);
+                resumed += u64::from(r);
+            }
+            Ok(Msg::Ticket(_)) => {}
             Ok(Msg::Done { index, outcome }) => {
                 outcomes[index] = Some(outcome.map_err(|e| anyhow!("stream {index}: {e}"))?);
                 pending -= 1;
@@ -164,6 +184,18 @@ pub fn run(args: ClientArgs) -> Result<()> {
     report.seconds = seconds;
     report.handshake_ms = handshakes.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3
         / handshakes.len().max(1) as f64;
+    if resume {
+        report.resumed = Some(resumed);
+    }
+    let first_flight = offered.first().copied().unwrap_or(VERSION_1);
+    let ended_in: Vec<Option<u32>> = conns.iter().map(versions::of_connection).collect();
+    report.version_switches = Some(
+        ended_in
+            .iter()
+            .filter(|v| **v != Some(first_flight))
+            .count() as u64,
+    );
+    report.quic_version = ended_in[0].filter(|v| ended_in.iter().all(|w| *w == Some(*v)));
     for conn in &conns {
         let stats = conn
             .get_stats_v2()
@@ -190,6 +222,58 @@ pub fn run(args: ClientArgs) -> Result<()> {
     drop(conns);
     println!("{}", report.to_json_line());
     Ok(())
+}
+
+/// Points `conn` at `server` and starts its handshake.
+fn start_connection(
+    conn: &Connection,
+    configuration: &msquic::Configuration,
+    server: SocketAddr,
+    server_name: &str,
+) -> Result<()> {
+    let addr = Addr::from(server);
+    // SAFETY: `addr` is a valid QUIC_ADDR (the binding's `Addr` is its layout) that MsQuic
+    // copies during the call. Setting it before `start` makes MsQuic connect there and use
+    // `--server-name` only for SNI and certificate validation.
+    unsafe {
+        Api::set_param(
+            conn.as_raw(),
+            msquic::ffi::QUIC_PARAM_CONN_REMOTE_ADDRESS,
+            std::mem::size_of::<Addr>() as u32,
+            &addr as *const Addr as *const c_void,
+        )
+    }
+    .map_err(|e| anyhow!("setting the server address: {e}"))?;
+    conn.start(configuration, server_name, server.port())
+        .map_err(|e| anyhow!("starting a connection to {server}: {e}"))
+}
+
+/// `--resume`: one connection that only waits for the server's session ticket, then closes.
+fn warm_up(
+    reg: &msquic::Registration,
+    configuration: &msquic::Configuration,
+    server: SocketAddr,
+    server_name: &str,
+) -> Result<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    let conn = Connection::open(reg, connection_handler(Vec::new(), tx, None))
+        .map_err(|e| anyhow!("opening the warm-up connection: {e}"))?;
+    start_connection(&conn, configuration, server, server_name)?;
+    let deadline = Instant::now() + TICKET_TIMEOUT;
+    let ticket = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Msg::Ticket(ticket)) => break ticket,
+            Ok(Msg::Closed { error }) => bail!(
+                "the warm-up connection closed without a session ticket: {}",
+                error.unwrap_or_else(|| "no error given".to_string())
+            ),
+            Ok(_) => {}
+            Err(_) => bail!("no session ticket within {TICKET_TIMEOUT:?}"),
+        }
+    };
+    conn.shutdown(ConnectionShutdownFlags::NONE, 0);
+    let _ = rx.recv_timeout(CLOSE_TIMEOUT);
+    Ok(ticket)
 }
 
 /// `--key-update-after`: once a connection has received that many stream bytes, it starts
@@ -244,9 +328,12 @@ fn connection_handler(
     let mut error: Option<String> = None;
     move |conn, event| {
         match event {
-            ConnectionEvent::Connected { .. } => {
+            ConnectionEvent::Connected {
+                session_resumed, ..
+            } => {
                 let _ = tx.send(Msg::Connected {
                     took: started.elapsed(),
+                    resumed: session_resumed,
                 });
                 if let Some(trigger) = &trigger {
                     // SAFETY: only the handle's value is read, to pass back to MsQuic.
@@ -259,6 +346,9 @@ fn connection_handler(
                         let _ = tx.send(Msg::Done { index, outcome });
                     }
                 }
+            }
+            ConnectionEvent::ResumptionTicketReceived { resumption_ticket } => {
+                let _ = tx.send(Msg::Ticket(resumption_ticket.to_vec()));
             }
             ConnectionEvent::ShutdownInitiatedByTransport { status, error_code } => {
                 error.get_or_insert(format!(

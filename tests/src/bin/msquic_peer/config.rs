@@ -65,6 +65,7 @@ pub fn server_configuration(
     reg: &Registration,
     alpns: &[String],
     cert: &ServerCert,
+    versions: &[u32],
 ) -> Result<Configuration> {
     let settings = Settings::new()
         .set_IdleTimeoutMs(IDLE_TIMEOUT_MS)
@@ -85,6 +86,7 @@ pub fn server_configuration(
                 cert.key.display()
             )
         })?;
+    crate::versions::apply(&config, versions)?;
     Ok(config)
 }
 
@@ -92,6 +94,7 @@ pub fn client_configuration(
     reg: &Registration,
     alpn: &str,
     verify: Verify<'_>,
+    versions: &[u32],
 ) -> Result<Configuration> {
     let settings = Settings::new().set_IdleTimeoutMs(IDLE_TIMEOUT_MS);
     let config = Configuration::open(reg, &alpn_refs(&[alpn.to_string()]), Some(&settings))
@@ -107,6 +110,7 @@ pub fn client_configuration(
     config
         .load_credential(&credential)
         .map_err(|e| anyhow!("loading the client credential: {e}"))?;
+    crate::versions::apply(&config, versions)?;
     Ok(config)
 }
 

@@ -5,12 +5,16 @@
 //!
 //! ```text
 //! msquic-peer server [--listen ADDR] [--cert PEM --key PEM | --write-cert PEM] [--alpn perf,hq-interop] [--root DIR]
+//!                    [--quic-version 2,1] [--retry]
 //! msquic-peer client --connect ADDR --alpn perf|hq-interop [--down N] [--up N] [--streams N]
 //!                    [--conns N] [--get PATH]... [--ca PEM | --insecure] [--key-update-after N]
+//!                    [--quic-version 1,2] [--resume]
 //! ```
-//! The client prints one JSON line (`quench_tests::report`) and exits 0 on success. Not
-//! supported: `--alpn echo` (DATAGRAM); asking for it fails the run instead of silently
-//! ignoring it.
+//! The client prints one JSON line (`quench_tests::report`, with `quic_version`,
+//! `version_switches` and `resumed`) and exits 0 on success. The server prints one
+//! `msquic-peer server: stats {…}` line to stderr when it stops (connections, resumed
+//! handshakes, Retries sent, connections per version). Not supported: `--alpn echo`
+//! (DATAGRAM); asking for it fails the run instead of silently ignoring it.
 //!
 //! MsQuic runs its own worker threads and calls back into closures here; its Rust binding
 //! leaves the lifetime of send buffers and of handles detached into callbacks to the caller,
@@ -21,10 +25,11 @@ mod client;
 mod config;
 mod send;
 mod server;
+mod versions;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use quench_tests::args::{ClientArgs, ServerArgs};
 
 #[derive(Parser)]
@@ -41,9 +46,36 @@ struct Cli {
 enum Command {
     /// Serve perf and hq-interop until SIGINT/SIGTERM (`serve` as for `quench`).
     #[command(alias = "serve")]
-    Server(ServerArgs),
+    Server(MsquicServerArgs),
     /// Run one transfer and print a JSON report line.
-    Client(ClientArgs),
+    Client(MsquicClientArgs),
+}
+
+#[derive(Args)]
+pub struct MsquicServerArgs {
+    #[command(flatten)]
+    pub common: ServerArgs,
+    /// QUIC versions to accept, most preferred first (`1`, `2`): with more than one, MsQuic
+    /// moves a client that lists a preferred one to it (compatible version negotiation).
+    #[arg(long, value_delimiter = ',', value_parser = versions::parse)]
+    pub quic_version: Vec<u32>,
+    /// Answer every first Initial with a Retry (address validation, RFC 9000 §8.1).
+    #[arg(long)]
+    pub retry: bool,
+}
+
+#[derive(Args)]
+pub struct MsquicClientArgs {
+    #[command(flatten)]
+    pub common: ClientArgs,
+    /// QUIC versions to offer: the first flight uses the first, and the server may move the
+    /// connection to another it prefers (compatible version negotiation).
+    #[arg(long, value_delimiter = ',', value_parser = versions::parse)]
+    pub quic_version: Vec<u32>,
+    /// First run one warm-up connection for a session ticket, then resume it on every
+    /// connection of the transfer (`resumed` counts those the server accepted).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 fn main() -> ExitCode {

@@ -3,7 +3,9 @@
 //! (no async bridge, so the end-to-end benchmark measures MsQuic, not an adapter), until
 //! SIGINT/SIGTERM.
 
+use std::ffi::c_void;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
@@ -11,12 +13,13 @@ use msquic::{
     Addr, Api, BufferRef, Connection, ConnectionEvent, ConnectionRef, Listener, ListenerEvent,
     Status, Stream, StreamEvent, StreamOpenFlags, StreamRef, StreamShutdownFlags,
 };
-use quench_tests::args::ServerArgs;
 use quench_tests::hq::{self, MAX_REQUEST, REQUEST_REJECTED};
 use quench_tests::serve;
 
 use crate::config::{self, ServerCert};
 use crate::send::{self, Fill};
+use crate::versions::{self, VERSION_1, VERSION_2};
+use crate::MsquicServerArgs;
 
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -26,14 +29,51 @@ enum Protocol {
 
 type StreamHandler = Box<dyn FnMut(StreamRef, StreamEvent) -> Result<(), Status>>;
 
-pub fn run(mut args: ServerArgs) -> Result<()> {
+/// What the server saw, printed when it stops.
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    resumed: AtomicU64,
+    version_1: AtomicU64,
+    version_2: AtomicU64,
+}
+
+pub fn run(args: MsquicServerArgs) -> Result<()> {
+    let MsquicServerArgs {
+        common: mut args,
+        quic_version,
+        retry,
+    } = args;
     // MsQuic's DATAGRAM API would serve `echo`, but this peer does not implement it: do not
     // offer it only to close every connection that picks it.
     args.alpn.retain(|a| a != "echo");
     let cert = ServerCert::from_args(&args)?;
     let reg = config::registration()?;
-    let configuration = Arc::new(config::server_configuration(&reg, &args.alpn, &cert)?);
+    versions::apply_globally(&quic_version)?;
+    if retry {
+        // MsQuic sends Retry once handshakes in progress hold this share of memory: 0%
+        // means always.
+        let percent: u16 = 0;
+        // SAFETY: the parameter is a u16, read during the call.
+        unsafe {
+            Api::set_param(
+                std::ptr::null_mut(),
+                msquic::ffi::QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT,
+                2,
+                &percent as *const u16 as *const c_void,
+            )
+        }
+        .map_err(|e| anyhow!("turning Retry on: {e}"))?;
+    }
+    let configuration = Arc::new(config::server_configuration(
+        &reg,
+        &args.alpn,
+        &cert,
+        &quic_version,
+    )?);
     let root: Arc<Option<PathBuf>> = Arc::new(args.root.clone());
+    let counters = Arc::new(Counters::default());
+    let seen = counters.clone();
 
     let listener = Listener::open(&reg, move |_, event| {
         if let ListenerEvent::NewConnection { info, connection } = event {
@@ -43,7 +83,11 @@ pub fn run(mut args: ServerArgs) -> Result<()> {
                 // The listener only offers those two.
                 _ => return Err(Status::new(msquic::StatusCode::QUIC_STATUS_INVALID_STATE)),
             };
-            connection.set_callback_handler(connection_handler(protocol, root.clone()));
+            connection.set_callback_handler(connection_handler(
+                protocol,
+                root.clone(),
+                seen.clone(),
+            ));
             connection.set_configuration(&configuration)?;
         }
         Ok(())
@@ -74,18 +118,47 @@ pub fn run(mut args: ServerArgs) -> Result<()> {
     // and dropping the registration waits for that.
     reg.shutdown();
     drop(listener);
+    let retries = Api::get_perf()
+        .map(|p| p.send_stateless_retry)
+        .unwrap_or(-1);
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let stats = serde_json::json!({
+        "connections": count(&counters.connections),
+        "resumed": count(&counters.resumed),
+        "retries": retries,
+        "versions": {
+            format!("{VERSION_1:#x}"): count(&counters.version_1),
+            format!("{VERSION_2:#x}"): count(&counters.version_2),
+        },
+    });
+    eprintln!("msquic-peer server: stats {stats}");
     Ok(())
 }
 
 fn connection_handler(
     protocol: Protocol,
     root: Arc<Option<PathBuf>>,
+    counters: Arc<Counters>,
 ) -> impl FnMut(ConnectionRef, ConnectionEvent) -> Result<(), Status> + 'static {
     move |conn, event| {
         match event {
-            // MsQuic servers issue session tickets only when asked (resumption is on in
-            // `config::server_configuration`): one per connection, as the other peers do.
-            ConnectionEvent::Connected { .. } => send_session_ticket(&conn),
+            ConnectionEvent::Connected {
+                session_resumed, ..
+            } => {
+                counters.connections.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .resumed
+                    .fetch_add(u64::from(session_resumed), Ordering::Relaxed);
+                match versions::of_connection(&conn) {
+                    Some(VERSION_1) => counters.version_1.fetch_add(1, Ordering::Relaxed),
+                    Some(VERSION_2) => counters.version_2.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+                // MsQuic servers issue session tickets only when asked (resumption is on
+                // in `config::server_configuration`): one per connection, as other
+                // servers do.
+                send_session_ticket(&conn);
+            }
             ConnectionEvent::PeerStreamStarted { stream, flags } => {
                 // A handler must be set before returning, whatever becomes of the stream.
                 let handler: StreamHandler = if flags.contains(StreamOpenFlags::UNIDIRECTIONAL) {
