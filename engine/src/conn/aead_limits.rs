@@ -20,9 +20,7 @@ pub(crate) enum SealLimit {
 /// `sealed`: packets sealed with the current key; `limit`: its confidentiality limit;
 /// `update_allowed`: whether a key update may start now (the previous one is confirmed).
 pub(crate) fn after_seal(sealed: u64, limit: u64, update_allowed: bool) -> SealLimit {
-    // Start updating at three quarters of the limit: an update must wait until the previous
-    // one is acknowledged (§6.1), which leaves many round trips of room.
-    let update_from = limit - limit / 4;
+    let update_from = update_from(limit);
     let close_at = limit.saturating_sub(CLOSE_RESERVE.min(limit / 8));
     if sealed < update_from {
         SealLimit::Continue
@@ -33,6 +31,21 @@ pub(crate) fn after_seal(sealed: u64, limit: u64, update_allowed: bool) -> SealL
     } else {
         SealLimit::Continue
     }
+}
+
+/// Start updating at three quarters of the limit: an update must wait until the previous
+/// one is acknowledged (§6.1), which leaves many round trips of room.
+fn update_from(limit: u64) -> u64 {
+    limit - limit / 4
+}
+
+/// Whether new ack-eliciting data must wait: the key is due for an update that may not
+/// start yet because none of its packets has been acknowledged. Without the wait a window
+/// larger than the rest of the key's allowance would use it up within one round trip and
+/// close the connection; with it, the acknowledgments of the packets already in flight
+/// (or a PTO probe, which does not wait) allow the update within about a round trip.
+pub(crate) fn must_wait(sealed: u64, limit: u64, update_allowed: bool) -> bool {
+    sealed >= update_from(limit) && !update_allowed
 }
 
 /// The suite's limit, lowered to the configured one if that is smaller.
@@ -58,6 +71,14 @@ mod tests {
         assert_eq!(after_seal(GCM * 3 / 4, GCM, true), SealLimit::Update);
         // Not yet allowed: keep going while there is room, retry on the next packet.
         assert_eq!(after_seal(GCM * 3 / 4, GCM, false), SealLimit::Continue);
+    }
+
+    #[test]
+    fn new_data_waits_only_for_an_update_that_is_due_and_not_yet_allowed() {
+        assert!(!must_wait(GCM * 3 / 4 - 1, GCM, false));
+        assert!(must_wait(GCM * 3 / 4, GCM, false));
+        assert!(!must_wait(GCM * 3 / 4, GCM, true));
+        assert!(!must_wait(1 << 40, u64::MAX, false));
     }
 
     #[test]

@@ -466,6 +466,20 @@ impl Connection {
         }
     }
 
+    /// The 1-RTT key is due for an update that cannot start yet (`aead_limits::must_wait`).
+    #[inline]
+    fn awaiting_key_update(&self) -> bool {
+        let Some(keys) = &self.one_rtt else {
+            return false;
+        };
+        let limit = aead_limits::capped(
+            keys.local_packet().confidentiality_limit(),
+            self.config.aead_confidentiality_limit,
+        );
+        let update_allowed = self.handshake_confirmed && keys.update_allowed();
+        aead_limits::must_wait(self.packets_in_phase, limit, update_allowed)
+    }
+
     /// RFC 9001 §6.6: update the 1-RTT keys well before the current one has sealed as many
     /// packets as the suite allows, and close if no update can happen in time.
     fn check_confidentiality_limit(&mut self, now: Instant) {
@@ -558,7 +572,9 @@ impl Connection {
         let mut send_eliciting = want_eliciting;
         if send_eliciting && !probing {
             if self.recovery.send_window() < buf.len().min(self.max_datagram_size) as u64
-                || (epoch == Epoch::Data && self.recovery.tracked_span(epoch) >= TRACKED_SEND_LIMIT)
+                || (epoch == Epoch::Data
+                    && (self.recovery.tracked_span(epoch) >= TRACKED_SEND_LIMIT
+                        || self.awaiting_key_update()))
             {
                 send_eliciting = false;
             } else if epoch == Epoch::Data {
