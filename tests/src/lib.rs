@@ -4,6 +4,7 @@
 //! QUIC stack (endpoints, connections, accepting streams), so a protocol fix lands in both.
 
 pub mod args;
+pub mod datagram;
 pub mod hq;
 pub mod perf;
 pub mod report;

@@ -247,3 +247,21 @@ fn msquic_client_resumes_quench_sessions() {
         .shutdown_worker_totals(&["connections_accepted", "resumed_handshakes"]);
     assert_eq!(totals, [3, 2], "connections accepted, resumed handshakes");
 }
+
+// ---- DATAGRAM (RFC 9221) --------------------------------------------------------------------
+
+/// MsQuic sends numbered DATAGRAM frames to quench's `echo`, which sends each back.
+#[test]
+fn msquic_client_datagrams_echoed() {
+    let _serial = serial();
+    let quench = Hosted::start(Server::quench);
+    assert_all_datagrams_echoed(msquic_peer_bin(), &quench.server, &quench.certs.ca);
+}
+
+/// The other way: `quench client` sends numbered DATAGRAM frames to MsQuic's echo.
+#[test]
+fn quench_client_datagrams_echoed_by_msquic() {
+    let _serial = serial();
+    let msquic = Hosted::start(Server::msquic);
+    assert_all_datagrams_echoed(quench_bin(), &msquic.server, &msquic.certs.ca);
+}

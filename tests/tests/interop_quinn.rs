@@ -144,31 +144,6 @@ fn quench_server_shuts_down_gracefully_on_sigterm() {
     assert!(status.success(), "SIGTERM must exit 0, got {status}");
 }
 
-/// Runs a datagram echo client (`--alpn echo --datagrams 2000 --conns 2`) and checks its
-/// report: every datagram came back, byte for byte (the client checks each, and that
-/// none comes twice). On loopback, with at most 32 (quench) or paced at ~5 MB/s (quinn)
-/// awaiting their echo, none is lost.
-fn assert_all_datagrams_echoed(program: std::path::PathBuf, server: &Server, ca: &std::path::Path) {
-    let mut cmd = std::process::Command::new(program);
-    cmd.arg("client")
-        .args(["--connect", &server.addr.to_string()])
-        .args(["--alpn", "echo", "--datagrams", "2000", "--conns", "2"])
-        .arg("--ca")
-        .arg(ca);
-    let out = run_process(cmd, std::time::Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "client failed:\n{}\n{}",
-        out.stdout,
-        out.stderr
-    );
-    let line = out.stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
-    assert_eq!(v["datagrams_sent"], 4000, "{line}");
-    assert_eq!(v["datagrams_echoed"], 4000, "{line}");
-    assert_eq!(v["bytes_down"], v["bytes_up"], "{line}");
-}
-
 /// RFC 9221: quinn sends numbered DATAGRAM frames to quench's `echo`, which sends each back.
 #[test]
 fn quinn_client_datagrams_echoed() {

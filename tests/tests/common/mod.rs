@@ -261,6 +261,35 @@ pub fn untrusted_server_refused(
     assert_perf(&server.transfer(client, &transfer), &transfer);
 }
 
+/// Runs a datagram echo client (`--alpn echo --datagrams 2000 --conns 2`) and checks its
+/// report: every datagram came back, byte for byte (the client checks each, and that
+/// none comes twice). On loopback, with at most 32 (quench) or paced at ~5 MB/s (quinn, MsQuic)
+/// awaiting their echo, none is lost.
+pub fn assert_all_datagrams_echoed(
+    program: std::path::PathBuf,
+    server: &Server,
+    ca: &std::path::Path,
+) {
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg("client")
+        .args(["--connect", &server.addr.to_string()])
+        .args(["--alpn", "echo", "--datagrams", "2000", "--conns", "2"])
+        .arg("--ca")
+        .arg(ca);
+    let out = run_process(cmd, std::time::Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "client failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let line = out.stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+    assert_eq!(v["datagrams_sent"], 4000, "{line}");
+    assert_eq!(v["datagrams_echoed"], 4000, "{line}");
+    assert_eq!(v["bytes_down"], v["bytes_up"], "{line}");
+}
+
 /// Python interpreter with aioquic: `$AIOQUIC_PYTHON`, else the venv `scripts/deps.sh` makes.
 pub fn aioquic_python() -> PathBuf {
     let path = std::env::var_os("AIOQUIC_PYTHON")

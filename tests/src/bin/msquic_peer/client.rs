@@ -3,6 +3,7 @@
 //! totals split over all streams of all connections, as for every peer
 //! (`quench_tests::share`). MsQuic's callbacks report to this thread over a channel.
 
+use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +17,7 @@ use msquic::{
     Status, Stream, StreamEvent, StreamOpenFlags, StreamRef, StreamStartFlags,
 };
 use quench_tests::report::Report;
-use quench_tests::{hq, share};
+use quench_tests::{datagram, hq, share};
 
 use crate::config;
 use crate::send::{self, Fill};
@@ -48,6 +49,11 @@ enum Msg {
     },
     /// A session ticket the server sent (NewSessionTicket).
     Ticket(Vec<u8>),
+    /// `echo`: a DATAGRAM frame came back on connection `conn`: its number and length.
+    Echo {
+        conn: usize,
+        echo: Result<(u32, usize), String>,
+    },
     Done {
         index: usize,
         outcome: Result<Outcome, String>,
@@ -66,9 +72,6 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
         quic_version: offered,
         resume,
     } = args;
-    if args.alpn == "echo" {
-        bail!("msquic-peer does not speak `echo` (DATAGRAM)");
-    }
     let server: SocketAddr = args
         .connect
         .to_socket_addrs()
@@ -104,12 +107,21 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
     let mut conns = Vec::with_capacity(jobs.len());
+    let mut echo_states: Vec<Arc<EchoState>> = Vec::new();
     for jobs in jobs {
         let trigger = args
             .key_update_after
             .map(KeyUpdateTrigger::new)
             .map(Arc::new);
-        let handler = connection_handler(jobs, tx.clone(), trigger);
+        let echo = (args.alpn == "echo").then(|| {
+            Arc::new(EchoState {
+                conn: echo_states.len(),
+                count: args.datagrams,
+                limit: AtomicU64::new(0),
+            })
+        });
+        echo_states.extend(echo.clone());
+        let handler = connection_handler(jobs, tx.clone(), trigger, echo);
         let conn =
             Connection::open(&reg, handler).map_err(|e| anyhow!("opening a connection: {e}"))?;
         if let Some(ticket) = &ticket {
@@ -133,14 +145,16 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
     let mut handshakes = Vec::new();
     let mut resumed = 0;
     let mut outcomes: Vec<Option<Outcome>> = (0..pending_total).map(|_| None).collect();
-    while pending > 0 {
+    // `echo` opens no streams: it waits for every handshake, then sends its datagrams.
+    let connections = conns.len();
+    while pending > 0 || (!echo_states.is_empty() && handshakes.len() < connections) {
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(Msg::Connected { took, resumed: r }) => {
                 handshakes.push(took);
                 resumed += u64::from(r);
             }
-            Ok(Msg::Ticket(_)) => {}
+            Ok(Msg::Ticket(_)) | Ok(Msg::Echo { .. }) => {}
             Ok(Msg::Done { index, outcome }) => {
                 outcomes[index] = Some(outcome.map_err(|e| anyhow!("stream {index}: {e}"))?);
                 pending -= 1;
@@ -155,9 +169,15 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
             Err(RecvTimeoutError::Disconnected) => unreachable!("this thread holds a sender"),
         }
     }
+    let echoed = if echo_states.is_empty() {
+        None
+    } else {
+        Some(echo_datagrams(&conns, &echo_states, &rx)?)
+    };
     let seconds = start.elapsed().as_secs_f64();
 
     let mut report = match args.alpn.as_str() {
+        "echo" => echoed.unwrap_or_default(),
         "perf" => {
             let mut report = Report::default();
             for outcome in outcomes.into_iter().flatten() {
@@ -256,7 +276,7 @@ fn warm_up(
     server_name: &str,
 ) -> Result<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
-    let conn = Connection::open(reg, connection_handler(Vec::new(), tx, None))
+    let conn = Connection::open(reg, connection_handler(Vec::new(), tx, None, None))
         .map_err(|e| anyhow!("opening the warm-up connection: {e}"))?;
     start_connection(&conn, configuration, server, server_name)?;
     let deadline = Instant::now() + TICKET_TIMEOUT;
@@ -318,10 +338,85 @@ impl KeyUpdateTrigger {
     }
 }
 
+/// `echo`: what a connection's callbacks need to check its echoes.
+struct EchoState {
+    conn: usize,
+    count: u32,
+    /// The largest DATAGRAM payload the server accepts (0 until MsQuic says).
+    limit: AtomicU64,
+}
+
+/// How long without an echo before the rest count as lost.
+const ECHO_QUIET: Duration = Duration::from_secs(2);
+/// How long to wait for MsQuic to say the server accepts DATAGRAM frames.
+const DATAGRAM_READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `--alpn echo --datagrams N`: sends each connection N numbered DATAGRAM frames
+/// (`quench_tests::datagram::pattern`), then collects the echoes, each checked byte for
+/// byte; a report with `datagrams_sent` / `datagrams_echoed`.
+fn echo_datagrams(
+    conns: &[Connection],
+    states: &[Arc<EchoState>],
+    rx: &mpsc::Receiver<Msg>,
+) -> Result<Report> {
+    let mut report = Report::default();
+    for (conn, state) in conns.iter().zip(states) {
+        let ready = Instant::now() + DATAGRAM_READY_TIMEOUT;
+        while state.limit.load(Ordering::Relaxed) == 0 {
+            if Instant::now() > ready {
+                bail!("the server does not accept DATAGRAM frames");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let limit = state.limit.load(Ordering::Relaxed);
+        for i in 0..state.count {
+            let datagram = datagram::pattern(i);
+            if datagram.len() as u64 > limit {
+                bail!(
+                    "datagram of {} bytes over the path's limit of {limit}",
+                    datagram.len()
+                );
+            }
+            report.bytes_up += datagram.len() as u64;
+            send::send_datagram(conn, datagram)
+                .map_err(|e| anyhow!("sending datagram {i}: {e}"))?;
+            if i % 10 == 9 {
+                // About 5 MB/s: well within loopback, so a lost echo is the server's doing.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    let count: u64 = states.iter().map(|s| u64::from(s.count)).sum();
+    let mut seen: Vec<BTreeSet<u32>> = states.iter().map(|_| BTreeSet::new()).collect();
+    let mut echoed = 0u64;
+    while echoed < count {
+        match rx.recv_timeout(ECHO_QUIET) {
+            Ok(Msg::Echo { conn, echo }) => {
+                let (i, len) = echo.map_err(|e| anyhow!("connection {conn}: {e}"))?;
+                if !seen[conn].insert(i) {
+                    bail!("connection {conn}: datagram {i} echoed twice");
+                }
+                echoed += 1;
+                report.bytes_down += len as u64;
+            }
+            Ok(Msg::Closed { error }) => bail!(
+                "a connection closed during the echo: {}",
+                error.unwrap_or_else(|| "no error given".to_string())
+            ),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    report.datagrams_sent = Some(count);
+    report.datagrams_echoed = Some(echoed);
+    Ok(report)
+}
+
 fn connection_handler(
     jobs: Vec<(usize, Job)>,
     tx: Sender<Msg>,
     trigger: Option<Arc<KeyUpdateTrigger>>,
+    echo: Option<Arc<EchoState>>,
 ) -> impl FnMut(ConnectionRef, ConnectionEvent) -> Result<(), Status> + 'static {
     let started = Instant::now();
     let mut jobs = Some(jobs);
@@ -346,6 +441,37 @@ fn connection_handler(
                         let _ = tx.send(Msg::Done { index, outcome });
                     }
                 }
+            }
+            ConnectionEvent::DatagramStateChanged {
+                send_enabled,
+                max_send_length,
+            } => {
+                if let Some(echo) = &echo {
+                    let limit = if send_enabled {
+                        u64::from(max_send_length)
+                    } else {
+                        0
+                    };
+                    echo.limit.store(limit, Ordering::Relaxed);
+                }
+            }
+            ConnectionEvent::DatagramReceived { buffer, .. } => {
+                if let Some(echo) = &echo {
+                    let bytes = buffer.as_bytes();
+                    let checked = datagram::check_echo(bytes, echo.count)
+                        .map(|i| (i, bytes.len()))
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Msg::Echo {
+                        conn: echo.conn,
+                        echo: checked,
+                    });
+                }
+            }
+            ConnectionEvent::DatagramSendStateChanged {
+                client_context,
+                state,
+            } if send::datagram_done(&state) => {
+                send::complete(client_context);
             }
             ConnectionEvent::ResumptionTicketReceived { resumption_ticket } => {
                 let _ = tx.send(Msg::Ticket(resumption_ticket.to_vec()));

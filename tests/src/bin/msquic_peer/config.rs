@@ -70,7 +70,8 @@ pub fn server_configuration(
     let settings = Settings::new()
         .set_IdleTimeoutMs(IDLE_TIMEOUT_MS)
         .set_PeerBidiStreamCount(PEER_BIDI_STREAMS)
-        .set_ServerResumptionLevel(msquic::ServerResumptionLevel::ResumeOnly);
+        .set_ServerResumptionLevel(msquic::ServerResumptionLevel::ResumeOnly)
+        .set_DatagramReceiveEnabled();
     let config = Configuration::open(reg, &alpn_refs(alpns), Some(&settings))
         .map_err(|e| anyhow!("opening the server configuration: {e}"))?;
     let credential = Credential::CertificateFile(CertificateFile::new(
@@ -96,7 +97,10 @@ pub fn client_configuration(
     verify: Verify<'_>,
     versions: &[u32],
 ) -> Result<Configuration> {
-    let settings = Settings::new().set_IdleTimeoutMs(IDLE_TIMEOUT_MS);
+    let mut settings = Settings::new().set_IdleTimeoutMs(IDLE_TIMEOUT_MS);
+    if alpn == "echo" {
+        settings = settings.set_DatagramReceiveEnabled();
+    }
     let config = Configuration::open(reg, &alpn_refs(&[alpn.to_string()]), Some(&settings))
         .map_err(|e| anyhow!("opening the client configuration: {e}"))?;
     let credential = match verify {

@@ -13,8 +13,8 @@
 //! The client prints one JSON line (`quench_tests::report`, with `quic_version`,
 //! `version_switches` and `resumed`) and exits 0 on success. The server prints one
 //! `msquic-peer server: stats {…}` line to stderr when it stops (connections, resumed
-//! handshakes, Retries sent, connections per version). Not supported: `--alpn echo`
-//! (DATAGRAM); asking for it fails the run instead of silently ignoring it.
+//! handshakes, Retries sent, connections per version). `echo` is DATAGRAM frames (RFC 9221)
+//! only: the server sends each back, the client checks every echo byte for byte.
 //!
 //! MsQuic runs its own worker threads and calls back into closures here; its Rust binding
 //! leaves the lifetime of send buffers and of handles detached into callbacks to the caller,

@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 
-use msquic::{BufferRef, SendFlags, Status, StreamRef};
+use msquic::{BufferRef, Connection, DatagramSendState, SendFlags, Status, StreamRef};
 
 /// Filler for perf payloads: only the count matters.
 static FILL: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -28,6 +28,41 @@ pub fn send_owned(stream: &StreamRef, bytes: Vec<u8>, flags: SendFlags) -> Resul
             owned: Some(bytes),
         },
         flags,
+    )
+}
+
+/// Queues `bytes` as one DATAGRAM frame (RFC 9221); its context is freed by `complete` once
+/// MsQuic reports a final state for it ([`datagram_done`]).
+pub fn send_datagram(conn: &Connection, bytes: Vec<u8>) -> Result<(), Status> {
+    let context = Box::into_raw(Box::new(SendContext {
+        buffers: [BufferRef::from(bytes.as_slice())],
+        owned: Some(bytes),
+    }));
+    // SAFETY: as in `submit`: the box lives until MsQuic returns it with a final
+    // DATAGRAM_SEND_STATE_CHANGED, or is freed here if the call fails.
+    let result = unsafe {
+        conn.datagram_send(
+            &(*context).buffers,
+            SendFlags::NONE,
+            context as *const c_void,
+        )
+    };
+    if result.is_err() {
+        // SAFETY: the send was refused, so MsQuic holds no reference to the box.
+        drop(unsafe { Box::from_raw(context) });
+    }
+    result
+}
+
+/// Whether MsQuic is done with a datagram in this state (msquic.h,
+/// `QUIC_DATAGRAM_SEND_STATE_IS_FINAL`).
+pub fn datagram_done(state: &DatagramSendState) -> bool {
+    matches!(
+        state,
+        DatagramSendState::LostDiscarded
+            | DatagramSendState::Acknowledged
+            | DatagramSendState::AcknowledgedSpurious
+            | DatagramSendState::Canceled
     )
 }
 

@@ -21,10 +21,12 @@ use crate::send::{self, Fill};
 use crate::versions::{self, VERSION_1, VERSION_2};
 use crate::MsquicServerArgs;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Protocol {
     Perf,
     HqInterop,
+    /// DATAGRAM frames (RFC 9221) sent back as they came; no streams.
+    Echo,
 }
 
 type StreamHandler = Box<dyn FnMut(StreamRef, StreamEvent) -> Result<(), Status>>;
@@ -40,13 +42,10 @@ struct Counters {
 
 pub fn run(args: MsquicServerArgs) -> Result<()> {
     let MsquicServerArgs {
-        common: mut args,
+        common: args,
         quic_version,
         retry,
     } = args;
-    // MsQuic's DATAGRAM API would serve `echo`, but this peer does not implement it: do not
-    // offer it only to close every connection that picks it.
-    args.alpn.retain(|a| a != "echo");
     let cert = ServerCert::from_args(&args)?;
     let reg = config::registration()?;
     versions::apply_globally(&quic_version)?;
@@ -80,7 +79,8 @@ pub fn run(args: MsquicServerArgs) -> Result<()> {
             let protocol = match info.negotiated_alpn {
                 b"perf" => Protocol::Perf,
                 b"hq-interop" => Protocol::HqInterop,
-                // The listener only offers those two.
+                b"echo" => Protocol::Echo,
+                // The listener only offers those three.
                 _ => return Err(Status::new(msquic::StatusCode::QUIC_STATUS_INVALID_STATE)),
             };
             connection.set_callback_handler(connection_handler(
@@ -161,18 +161,31 @@ fn connection_handler(
             }
             ConnectionEvent::PeerStreamStarted { stream, flags } => {
                 // A handler must be set before returning, whatever becomes of the stream.
-                let handler: StreamHandler = if flags.contains(StreamOpenFlags::UNIDIRECTIONAL) {
-                    Box::new(refused_stream())
-                } else {
-                    match protocol {
-                        Protocol::Perf => Box::new(perf_stream()),
-                        Protocol::HqInterop => Box::new(hq_stream(root.clone())),
-                    }
+                let handler: Option<StreamHandler> = match protocol {
+                    _ if flags.contains(StreamOpenFlags::UNIDIRECTIONAL) => None,
+                    Protocol::Perf => Some(Box::new(perf_stream())),
+                    Protocol::HqInterop => Some(Box::new(hq_stream(root.clone()))),
+                    // `echo` here is DATAGRAM frames only.
+                    Protocol::Echo => None,
                 };
-                stream.set_callback_handler(handler);
-                if flags.contains(StreamOpenFlags::UNIDIRECTIONAL) {
-                    abort(&stream, REQUEST_REJECTED);
+                match handler {
+                    Some(handler) => stream.set_callback_handler(handler),
+                    None => {
+                        stream.set_callback_handler(refused_stream());
+                        abort(&stream, REQUEST_REJECTED);
+                    }
                 }
+            }
+            ConnectionEvent::DatagramReceived { buffer, .. } if protocol == Protocol::Echo => {
+                if let Err(e) = send::send_datagram(&conn, buffer.as_bytes().to_vec()) {
+                    eprintln!("msquic-peer server: echoing a datagram: {e}");
+                }
+            }
+            ConnectionEvent::DatagramSendStateChanged {
+                client_context,
+                state,
+            } if send::datagram_done(&state) => {
+                send::complete(client_context);
             }
             ConnectionEvent::ShutdownComplete { .. } => {
                 // SAFETY: an accepted connection's handle is ours to close, and

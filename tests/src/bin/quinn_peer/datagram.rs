@@ -5,20 +5,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
+use quench_tests::datagram::{check_echo, pattern};
 
 /// How long without an echo before the rest count as lost.
 const QUIET: Duration = Duration::from_secs(2);
-
-/// Datagram `i`: 5 to 1,100 bytes, its number in the first four, then a pattern of it.
-pub fn datagram(i: u32) -> Vec<u8> {
-    let len = 5 + (i as usize * 37) % 1096;
-    let mut d = vec![0u8; len];
-    d[..4].copy_from_slice(&i.to_be_bytes());
-    for (j, b) in d[4..].iter_mut().enumerate() {
-        *b = (i as usize * 31 + j * 7) as u8;
-    }
-    d
-}
 
 /// What came back: (datagrams echoed, their bytes, bytes sent).
 pub async fn echo(conn: &quinn::Connection, count: u32) -> Result<(u32, u64, u64)> {
@@ -35,13 +25,7 @@ pub async fn echo(conn: &quinn::Connection, count: u32) -> Result<(u32, u64, u64
                     Ok(d) => d?,
                     Err(_) => break,
                 };
-                if d.len() < 4 {
-                    bail!("a {}-byte echo", d.len());
-                }
-                let i = u32::from_be_bytes(d[..4].try_into()?);
-                if i >= count || d[..] != datagram(i)[..] {
-                    bail!("echo of datagram {i} differs from what was sent");
-                }
+                let i = check_echo(&d, count)?;
                 if !seen.insert(i) {
                     bail!("datagram {i} echoed twice");
                 }
@@ -52,7 +36,7 @@ pub async fn echo(conn: &quinn::Connection, count: u32) -> Result<(u32, u64, u64
     };
     let mut sent = 0u64;
     for i in 0..count {
-        let d = datagram(i);
+        let d = pattern(i);
         if d.len() > limit {
             bail!(
                 "datagram of {} bytes over the path's limit of {limit}",
