@@ -1,6 +1,7 @@
-//! The harness proves itself without quench: quinn-peer client ↔ quinn-peer server and the
-//! aioquic client → quinn-peer server, over perf and hq-interop. If these fail, the interop
-//! results against quench mean nothing.
+//! The harness proves itself without quench: quinn-peer client ↔ quinn-peer server, the
+//! aioquic client → quinn-peer server, and msquic-peer client ↔ msquic-peer server, over
+//! perf, hq-interop and echo. If these fail, the interop results against quench mean
+//! nothing.
 
 mod common;
 
@@ -17,6 +18,13 @@ impl Setup {
         let dir = temp_dir();
         let certs = Certs::generate(dir.path());
         let server = Server::quinn(&certs, dir.path(), dir.path());
+        Setup { dir, certs, server }
+    }
+
+    fn msquic_server() -> Setup {
+        let dir = temp_dir();
+        let certs = Certs::generate(dir.path());
+        let server = Server::msquic(&certs, dir.path(), dir.path());
         Setup { dir, certs, server }
     }
 
@@ -143,4 +151,33 @@ fn quinn_server_shuts_down_gracefully() {
     assert_eq!(report.bytes_down, MIB);
     let status = setup.server.shutdown();
     assert!(status.success(), "SIGTERM must exit 0, got {status}");
+}
+
+/// msquic-peer against itself: perf both ways over many streams and connections with a key
+/// update on each, hq-interop with hashed files and a reset, and the DATAGRAM echo.
+#[test]
+fn msquic_peer_against_itself() {
+    let _serial = serial();
+    let setup = Setup::msquic_server();
+    let transfer = Transfer::perf(16 * MIB + 3, 8 * MIB + 1)
+        .streams(10)
+        .conns(2)
+        .key_update_after(MIB);
+    let report = setup.run(Peer::Msquic, &transfer);
+    assert_perf(&report, &transfer);
+    assert_eq!(
+        report.key_updates, 2,
+        "one forced update per connection: {report:?}"
+    );
+    assert_hq_random_files(
+        &Hosted {
+            dir: setup.dir,
+            certs: setup.certs,
+            server: setup.server,
+        },
+        Peer::Msquic,
+        1_000_003,
+    );
+    let setup = Setup::msquic_server();
+    assert_all_datagrams_echoed(msquic_peer_bin(), &setup.server, &setup.certs.ca);
 }

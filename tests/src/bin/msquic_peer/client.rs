@@ -94,7 +94,8 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
             let up = share(args.up, total_streams, index);
             jobs[(index / args.streams) as usize].push((index as usize, Job::Perf { down, up }));
         }
-    } else {
+    } else if args.alpn == "hq-interop" {
+        // (`echo` opens no streams.)
         for (index, path) in hq::paths(&args.get, args.down, total_streams)
             .into_iter()
             .enumerate()
