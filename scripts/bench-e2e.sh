@@ -14,11 +14,11 @@
 # the script prints every run, then per scenario each stack's median and quench's ratio.
 #
 #   scripts/bench-e2e.sh [ROUNDS]            (default 3)
-# Env: STACKS (default "quench quinn quiche s2n msquic"; quench first, the ratios are to
-#      it), SCENARIOS, RR1_REQUESTS and RR16_REQUESTS (per connection, default 20000 and
-#      200000: long enough that the CPU clock's 10 ms ticks do not matter), DOWN_BYTES
-#      (default 1 GiB), SERVER_CPU (0), CLIENT_CPU (1), BIN_DIR (default
-#      $CARGO_TARGET_DIR/release; built if missing).
+# Env: STACKS (default "quench quinn quiche s2n msquic"; ratios are to quench's cost),
+#      SCENARIOS, RR1_REQUESTS and RR16_REQUESTS (per connection, default 20000 and 200000:
+#      long enough that the CPU clock's 10 ms ticks do not matter), DOWN_BYTES (default
+#      1 GiB), SERVER_CPU (0), CLIENT_CPU (1), BIN_DIR (default $CARGO_TARGET_DIR/release;
+#      built if missing).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -141,22 +141,25 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+per_unit() { # scenario stack -> median over rounds of server CPU per unit: µs/request or ms/GiB
+    awk -v s="$1" -v k="$2" '$1 == s && $2 == k {
+            if (s ~ /^rr/) print $3 / $4 * 1e6; else print $3 / ($4 / 1073741824) * 1e3 }' "$RESULTS" |
+        sort -n | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'
+}
+
 echo
 printf '%-5s %-7s %22s %16s %8s\n' scenario stack "server cpu per unit" "client rate" "vs quench"
 for scenario in $SCENARIOS; do
+    base=$(per_unit "$scenario" quench)
     for stack in "${stacks[@]}"; do
-        # Median over rounds of the server CPU per unit: µs per request, or ms per GiB.
-        per_unit=$(awk -v s="$scenario" -v k="$stack" '$1 == s && $2 == k {
-                if (s ~ /^rr/) print $3 / $4 * 1e6; else print $3 / ($4 / 1073741824) * 1e3 }' "$RESULTS" |
-            sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
+        cost=$(per_unit "$scenario" "$stack")
         rate=$(awk -v s="$scenario" -v k="$stack" '$1 == s && $2 == k' "$RESULTS" |
             while read -r line; do rate <<<"$line"; echo; done |
             sort -n | awk '{v[NR] = $1} END {printf "%.0f", v[int((NR + 1) / 2)]}')
-        [[ $stack == quench ]] && base=$per_unit
         unit="us/request"
         [[ $scenario == rr* ]] || unit="ms/GiB"
-        ratio=$(awk -v a="$per_unit" -v b="${base:-0}" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')
-        printf '%-5s %-7s %11.1f %-10s %9s %-6s %8s\n' "$scenario" "$stack" "$per_unit" "$unit" "$rate" \
+        ratio=$(awk -v a="$cost" -v b="${base:-0}" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')
+        printf '%-5s %-7s %11.1f %-10s %9s %-6s %8s\n' "$scenario" "$stack" "$cost" "$unit" "$rate" \
             "$(rate_unit "$scenario")" "$ratio"
     done
 done
