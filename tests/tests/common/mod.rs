@@ -290,6 +290,22 @@ pub fn assert_all_datagrams_echoed(
     assert_eq!(v["bytes_down"], v["bytes_up"], "{line}");
 }
 
+/// Stops a `quench serve --prefer-version 2` that `conns` clients reached with a v1 first
+/// flight listing v2, and checks that it moved every one to v2 by compatible version
+/// negotiation (RFC 9368 §2.3), without a Version Negotiation packet.
+pub fn assert_quench_moved_all_to_v2(server: Server, conns: u64) {
+    let totals = server.shutdown_worker_totals(&[
+        "connections_accepted",
+        "compatible_version_switches",
+        "version_negotiations",
+    ]);
+    assert_eq!(
+        totals,
+        [conns, conns, 0],
+        "connections accepted, compatible switches, Version Negotiations sent"
+    );
+}
+
 /// Python interpreter with aioquic: `$AIOQUIC_PYTHON`, else the venv `scripts/deps.sh` makes.
 pub fn aioquic_python() -> PathBuf {
     let path = std::env::var_os("AIOQUIC_PYTHON")

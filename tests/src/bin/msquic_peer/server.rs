@@ -223,17 +223,27 @@ fn abort(stream: &StreamRef, code: u32) {
     let _ = stream.shutdown(StreamShutdownFlags::ABORT, u64::from(code));
 }
 
-/// SEND_COMPLETE on a server stream: frees the send and, for a filler body, sends more.
-fn sent(stream: &StreamRef, body: Option<&mut Fill>, client_context: *const std::ffi::c_void) {
-    let pumped = match body {
-        Some(fill) => fill.on_complete(stream, client_context),
-        None => {
-            send::complete(client_context);
-            Ok(())
+/// What perf and hq-interop streams do alike: a SEND_COMPLETE frees the send and, for a
+/// filler body, sends more; an abort by the peer aborts the rest; SHUTDOWN_COMPLETE closes.
+fn common_stream_event(stream: &StreamRef, body: Option<&mut Fill>, event: StreamEvent) {
+    match event {
+        StreamEvent::SendComplete { client_context, .. } => {
+            let pumped = match body {
+                Some(fill) => fill.on_complete(stream, client_context),
+                None => {
+                    send::complete(client_context);
+                    Ok(())
+                }
+            };
+            if pumped.is_err() {
+                abort(stream, REQUEST_REJECTED);
+            }
         }
-    };
-    if pumped.is_err() {
-        abort(stream, REQUEST_REJECTED);
+        StreamEvent::PeerSendAborted { .. } | StreamEvent::PeerReceiveAborted { .. } => {
+            abort(stream, REQUEST_REJECTED)
+        }
+        StreamEvent::ShutdownComplete { .. } => close_stream(stream),
+        _ => {}
     }
 }
 
@@ -281,14 +291,7 @@ fn perf_stream() -> impl FnMut(StreamRef, StreamEvent) -> Result<(), Status> + '
             }
             // FIN before the whole count: not a perf request.
             StreamEvent::PeerSendShutdown if body.is_none() => abort(&stream, REQUEST_REJECTED),
-            StreamEvent::SendComplete { client_context, .. } => {
-                sent(&stream, body.as_mut(), client_context)
-            }
-            StreamEvent::PeerSendAborted { .. } | StreamEvent::PeerReceiveAborted { .. } => {
-                abort(&stream, REQUEST_REJECTED)
-            }
-            StreamEvent::ShutdownComplete { .. } => close_stream(&stream),
-            _ => {}
+            other => common_stream_event(&stream, body.as_mut(), other),
         }
         Ok(())
     }
@@ -329,14 +332,7 @@ fn hq_stream(
                     abort(&stream, REQUEST_REJECTED);
                 }
             },
-            StreamEvent::SendComplete { client_context, .. } => {
-                sent(&stream, body.as_mut(), client_context)
-            }
-            StreamEvent::PeerSendAborted { .. } | StreamEvent::PeerReceiveAborted { .. } => {
-                abort(&stream, REQUEST_REJECTED)
-            }
-            StreamEvent::ShutdownComplete { .. } => close_stream(&stream),
-            _ => {}
+            other => common_stream_event(&stream, body.as_mut(), other),
         }
         Ok(())
     }
