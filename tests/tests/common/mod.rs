@@ -261,10 +261,8 @@ pub fn untrusted_server_refused(
     assert_perf(&server.transfer(client, &transfer), &transfer);
 }
 
-/// Runs a datagram echo client (`--alpn echo --datagrams 2000 --conns 2`) and checks its
-/// report: every datagram came back, byte for byte (the client checks each, and that
-/// none comes twice). On loopback, with at most 32 (quench) or paced at ~5 MB/s (quinn, MsQuic)
-/// awaiting their echo, none is lost.
+/// Runs `program`'s datagram echo client (`--alpn echo --datagrams 2000 --conns 2`)
+/// against `server` and checks its report (`assert_datagrams_echoed`).
 pub fn assert_all_datagrams_echoed(
     program: std::path::PathBuf,
     server: &Server,
@@ -273,10 +271,26 @@ pub fn assert_all_datagrams_echoed(
     let mut cmd = std::process::Command::new(program);
     cmd.arg("client")
         .args(["--connect", &server.addr.to_string()])
-        .args(["--alpn", "echo", "--datagrams", "2000", "--conns", "2"])
         .arg("--ca")
         .arg(ca);
-    let out = run_process(cmd, std::time::Duration::from_secs(60));
+    assert_datagrams_echoed(cmd, 2000);
+}
+
+/// Runs the client `cmd` with `--alpn echo --datagrams PER_CONN --conns 2` and checks its
+/// report: every datagram came back, byte for byte (the client checks each, and that none
+/// comes twice). On loopback, with at most 32 (quench) or paced at ~5 MB/s (quinn, MsQuic)
+/// awaiting their echo, none is lost.
+pub fn assert_datagrams_echoed(mut cmd: std::process::Command, per_conn: u32) {
+    let per_conn_arg = per_conn.to_string();
+    cmd.args([
+        "--alpn",
+        "echo",
+        "--datagrams",
+        &per_conn_arg,
+        "--conns",
+        "2",
+    ]);
+    let out = run_process(cmd, std::time::Duration::from_secs(120));
     assert!(
         out.status.success(),
         "client failed:\n{}\n{}",
@@ -285,8 +299,8 @@ pub fn assert_all_datagrams_echoed(
     );
     let line = out.stdout.lines().last().unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
-    assert_eq!(v["datagrams_sent"], 4000, "{line}");
-    assert_eq!(v["datagrams_echoed"], 4000, "{line}");
+    assert_eq!(v["datagrams_sent"], 2 * per_conn, "{line}");
+    assert_eq!(v["datagrams_echoed"], 2 * per_conn, "{line}");
     assert_eq!(v["bytes_down"], v["bytes_up"], "{line}");
 }
 
