@@ -3,7 +3,6 @@
 //! totals split over all streams of all connections, as for every peer
 //! (`quench_tests::share`). MsQuic's callbacks report to this thread over a channel.
 
-use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,10 +15,12 @@ use msquic::{
     Addr, Api, Connection, ConnectionEvent, ConnectionRef, ConnectionShutdownFlags, SendFlags,
     Status, Stream, StreamEvent, StreamOpenFlags, StreamRef, StreamStartFlags,
 };
+use quench_tests::args::ClientArgs;
 use quench_tests::report::Report;
 use quench_tests::{datagram, hq, share};
 
 use crate::config;
+use crate::echo::{echo_datagrams, EchoState};
 use crate::send::{self, Fill};
 use crate::versions::{self, VERSION_1};
 use crate::MsquicClientArgs;
@@ -37,12 +38,12 @@ enum Job {
     Get { path: String },
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     Perf { down: u64, up: u64 },
     Body(Vec<u8>),
 }
 
-enum Msg {
+pub(crate) enum Msg {
     Connected {
         took: Duration,
         resumed: bool,
@@ -86,23 +87,7 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
         None
     };
 
-    let mut jobs: Vec<Vec<(usize, Job)>> = (0..args.conns).map(|_| Vec::new()).collect();
-    let total_streams = args.conns * args.streams;
-    if args.alpn == "perf" {
-        for index in 0..total_streams {
-            let down = share(args.down, total_streams, index);
-            let up = share(args.up, total_streams, index);
-            jobs[(index / args.streams) as usize].push((index as usize, Job::Perf { down, up }));
-        }
-    } else if args.alpn == "hq-interop" {
-        // (`echo` opens no streams.)
-        for (index, path) in hq::paths(&args.get, args.down, total_streams)
-            .into_iter()
-            .enumerate()
-        {
-            jobs[index % args.conns as usize].push((index, Job::Get { path }));
-        }
-    }
+    let jobs = plan(&args);
     let pending_total: usize = jobs.iter().map(Vec::len).sum();
 
     let (tx, rx) = mpsc::channel();
@@ -177,30 +162,9 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
     };
     let seconds = start.elapsed().as_secs_f64();
 
-    let mut report = match args.alpn.as_str() {
-        "echo" => echoed.unwrap_or_default(),
-        "perf" => {
-            let mut report = Report::default();
-            for outcome in outcomes.into_iter().flatten() {
-                if let Outcome::Perf { down, up } = outcome {
-                    report.bytes_down += down;
-                    report.bytes_up += up;
-                    report.streams += 1;
-                }
-            }
-            report
-        }
-        _ => {
-            let bodies: Vec<Vec<u8>> = outcomes
-                .into_iter()
-                .flatten()
-                .map(|o| match o {
-                    Outcome::Body(body) => body,
-                    Outcome::Perf { .. } => Vec::new(),
-                })
-                .collect();
-            hq::report(&bodies)
-        }
+    let mut report = match echoed {
+        Some(report) => report,
+        None => streams_report(&args.alpn, outcomes),
     };
     report.seconds = seconds;
     report.handshake_ms = handshakes.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3
@@ -243,6 +207,51 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
     drop(conns);
     println!("{}", report.to_json_line());
     Ok(())
+}
+
+/// The streams each connection runs: perf shares of `--down`/`--up`, a connection's streams
+/// in a row, or the hq-interop GETs round-robin; `echo` opens none.
+fn plan(args: &ClientArgs) -> Vec<Vec<(usize, Job)>> {
+    let mut jobs: Vec<Vec<(usize, Job)>> = (0..args.conns).map(|_| Vec::new()).collect();
+    let total_streams = args.conns * args.streams;
+    if args.alpn == "perf" {
+        for index in 0..total_streams {
+            let down = share(args.down, total_streams, index);
+            let up = share(args.up, total_streams, index);
+            jobs[(index / args.streams) as usize].push((index as usize, Job::Perf { down, up }));
+        }
+    } else if args.alpn == "hq-interop" {
+        for (index, path) in hq::paths(&args.get, args.down, total_streams)
+            .into_iter()
+            .enumerate()
+        {
+            jobs[index % args.conns as usize].push((index, Job::Get { path }));
+        }
+    }
+    jobs
+}
+
+/// The report of a perf or hq-interop run from its streams' outcomes, in stream order.
+fn streams_report(alpn: &str, outcomes: Vec<Option<Outcome>>) -> Report {
+    let outcomes = outcomes.into_iter().flatten();
+    if alpn == "perf" {
+        let mut report = Report::default();
+        for outcome in outcomes {
+            if let Outcome::Perf { down, up } = outcome {
+                report.bytes_down += down;
+                report.bytes_up += up;
+                report.streams += 1;
+            }
+        }
+        return report;
+    }
+    let bodies: Vec<Vec<u8>> = outcomes
+        .filter_map(|o| match o {
+            Outcome::Body(body) => Some(body),
+            Outcome::Perf { .. } => None,
+        })
+        .collect();
+    hq::report(&bodies)
 }
 
 /// Points `conn` at `server` and starts its handshake.
@@ -337,80 +346,6 @@ impl KeyUpdateTrigger {
             }
         }
     }
-}
-
-/// `echo`: what a connection's callbacks need to check its echoes.
-struct EchoState {
-    conn: usize,
-    count: u32,
-    /// The largest DATAGRAM payload the server accepts (0 until MsQuic says).
-    limit: AtomicU64,
-}
-
-/// How long without an echo before the rest count as lost.
-const ECHO_QUIET: Duration = Duration::from_secs(2);
-/// How long to wait for MsQuic to say the server accepts DATAGRAM frames.
-const DATAGRAM_READY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// `--alpn echo --datagrams N`: sends each connection N numbered DATAGRAM frames
-/// (`quench_tests::datagram::pattern`), then collects the echoes, each checked byte for
-/// byte; a report with `datagrams_sent` / `datagrams_echoed`.
-fn echo_datagrams(
-    conns: &[Connection],
-    states: &[Arc<EchoState>],
-    rx: &mpsc::Receiver<Msg>,
-) -> Result<Report> {
-    let mut report = Report::default();
-    for (conn, state) in conns.iter().zip(states) {
-        let ready = Instant::now() + DATAGRAM_READY_TIMEOUT;
-        while state.limit.load(Ordering::Relaxed) == 0 {
-            if Instant::now() > ready {
-                bail!("the server does not accept DATAGRAM frames");
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let limit = state.limit.load(Ordering::Relaxed);
-        for i in 0..state.count {
-            let datagram = datagram::pattern(i);
-            if datagram.len() as u64 > limit {
-                bail!(
-                    "datagram of {} bytes over the path's limit of {limit}",
-                    datagram.len()
-                );
-            }
-            report.bytes_up += datagram.len() as u64;
-            send::send_datagram(conn, datagram)
-                .map_err(|e| anyhow!("sending datagram {i}: {e}"))?;
-            if i % 10 == 9 {
-                // About 5 MB/s: well within loopback, so a lost echo is the server's doing.
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-    let count: u64 = states.iter().map(|s| u64::from(s.count)).sum();
-    let mut seen: Vec<BTreeSet<u32>> = states.iter().map(|_| BTreeSet::new()).collect();
-    let mut echoed = 0u64;
-    while echoed < count {
-        match rx.recv_timeout(ECHO_QUIET) {
-            Ok(Msg::Echo { conn, echo }) => {
-                let (i, len) = echo.map_err(|e| anyhow!("connection {conn}: {e}"))?;
-                if !seen[conn].insert(i) {
-                    bail!("connection {conn}: datagram {i} echoed twice");
-                }
-                echoed += 1;
-                report.bytes_down += len as u64;
-            }
-            Ok(Msg::Closed { error }) => bail!(
-                "a connection closed during the echo: {}",
-                error.unwrap_or_else(|| "no error given".to_string())
-            ),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    report.datagrams_sent = Some(count);
-    report.datagrams_echoed = Some(echoed);
-    Ok(report)
 }
 
 fn connection_handler(

@@ -23,6 +23,7 @@
 
 mod client;
 mod config;
+mod echo;
 mod send;
 mod server;
 mod versions;
