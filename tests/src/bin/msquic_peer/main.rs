@@ -16,10 +16,11 @@
 //! handshakes, Retries sent, connections per version). `echo` is DATAGRAM frames (RFC 9221)
 //! only: the server sends each back, the client checks every echo byte for byte.
 //!
-//! MsQuic runs its own worker threads and calls back into closures here; its Rust binding
-//! leaves the lifetime of send buffers and of handles detached into callbacks to the caller,
-//! which is the reason for the few `unsafe` blocks (each with its `SAFETY:` note, all in
-//! `send.rs` and where a callback takes a handle back to close it).
+//! MsQuic runs its own worker threads and calls back into closures here. Its Rust binding
+//! leaves three things to the caller, which is why this peer has `unsafe` blocks, each with
+//! its `SAFETY:` note: the lifetime of send buffers (`send.rs`), closing handles at their
+//! last event, and parameters the binding does not wrap, set through MsQuic's raw API
+//! (versions, Retry, session tickets, key updates, the server address).
 
 mod client;
 mod config;
