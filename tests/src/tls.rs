@@ -1,7 +1,7 @@
 //! rustls configuration for both peer stacks (quinn and s2n-quic each wrap a plain rustls
 //! config): the server certificate from PEM files or generated, and the client's trust.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
@@ -51,15 +51,58 @@ pub fn server_config_generated(
     write_cert: Option<&Path>,
     alpns: &[String],
 ) -> Result<rustls::ServerConfig> {
+    let generated = generate(write_cert)?;
+    let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
+        .map_err(|e| anyhow!("generated key: {e}"))?;
+    server_config(vec![generated.cert.der().clone()], key, alpns)
+}
+
+/// A self-signed certificate for localhost, 127.0.0.1 and ::1, written to `write_cert` as
+/// PEM if given (for clients to pin as CA).
+fn generate(write_cert: Option<&Path>) -> Result<rcgen::CertifiedKey> {
     let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
     let generated = rcgen::generate_simple_self_signed(names)?;
     if let Some(path) = write_cert {
         std::fs::write(path, generated.cert.pem())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
-        .map_err(|e| anyhow!("generated key: {e}"))?;
-    server_config(vec![generated.cert.der().clone()], key, alpns)
+    Ok(generated)
+}
+
+/// A server's certificate chain and key as PEM files, for TLS libraries that load them only
+/// from files (BoringSSL in quiche, quictls in MsQuic): `--cert/--key`, else a generated
+/// pair (see [`server_config_generated`]) in a private (0700) temp dir that lives as long
+/// as this does.
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl CertFiles {
+    pub fn from_args(args: &ServerArgs, prefix: &str) -> Result<CertFiles> {
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            return Ok(CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                _dir: None,
+            });
+        }
+        let generated = generate(args.write_cert.as_deref())?;
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .context("creating a temp dir for the generated certificate")?;
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, generated.cert.pem())?;
+        std::fs::write(&key, generated.key_pair.serialize_pem())?;
+        Ok(CertFiles {
+            cert,
+            key,
+            _dir: Some(dir),
+        })
+    }
 }
 
 fn server_config(

@@ -466,31 +466,32 @@ impl Connection {
         }
     }
 
-    /// The 1-RTT key is due for an update that cannot start yet (`aead_limits::must_wait`).
+    /// The 1-RTT key's confidentiality limit (the configured one if lower) and whether a key
+    /// update may start now; `None` before 1-RTT keys.
     #[inline]
-    fn awaiting_key_update(&self) -> bool {
-        let Some(keys) = &self.one_rtt else {
-            return false;
-        };
+    fn key_use(&self) -> Option<(u64, bool)> {
+        let keys = self.one_rtt.as_ref()?;
         let limit = aead_limits::capped(
             keys.local_packet().confidentiality_limit(),
             self.config.aead_confidentiality_limit,
         );
-        let update_allowed = self.handshake_confirmed && keys.update_allowed();
-        aead_limits::must_wait(self.packets_in_phase, limit, update_allowed)
+        Some((limit, self.handshake_confirmed && keys.update_allowed()))
+    }
+
+    /// The 1-RTT key is due for an update that cannot start yet (`aead_limits::must_wait`).
+    #[inline]
+    fn awaiting_key_update(&self) -> bool {
+        self.key_use().is_some_and(|(limit, update_allowed)| {
+            aead_limits::must_wait(self.packets_in_phase, limit, update_allowed)
+        })
     }
 
     /// RFC 9001 §6.6: update the 1-RTT keys well before the current one has sealed as many
     /// packets as the suite allows, and close if no update can happen in time.
     fn check_confidentiality_limit(&mut self, now: Instant) {
-        let Some(keys) = &self.one_rtt else {
+        let Some((limit, update_allowed)) = self.key_use() else {
             return;
         };
-        let limit = aead_limits::capped(
-            keys.local_packet().confidentiality_limit(),
-            self.config.aead_confidentiality_limit,
-        );
-        let update_allowed = self.handshake_confirmed && keys.update_allowed();
         match aead_limits::after_seal(self.packets_in_phase, limit, update_allowed) {
             SealLimit::Continue => {}
             SealLimit::Update => {

@@ -3,12 +3,12 @@
 //! (`BURST_INTERVAL_NS`), between `BURST_DATAGRAMS` and `MAX_BURST_DATAGRAMS` datagrams.
 //!
 //! Below about 115 Mbit/s per connection (ten 1452-byte datagrams a millisecond) a burst
-//! is the initial window's ten datagrams, as RFC 9002 §7.7 recommends. Faster, a burst of ten is sent in well under a millisecond and
-//! the sender wakes, and makes a system call, every ten datagrams; end to end over loopback
-//! that cost a quarter more CPU per byte than MsQuic. So, as Linux TCP sizes its TSO bursts
-//! (about 1 ms of the pacing rate) and MsQuic (1 ms) and quinn (2 ms) size theirs, a burst
-//! is a millisecond of the pacing rate, which bounds the queue a burst can build to what
-//! the path drains in a millisecond.
+//! is the initial window's ten datagrams, as RFC 9002 §7.7 recommends. Faster, a burst of
+//! ten is sent in well under a millisecond and the sender wakes, and makes a system call,
+//! every ten datagrams; end to end over loopback that cost a quarter more CPU per byte than
+//! MsQuic. So, as Linux TCP sizes its TSO bursts (about 1 ms of the pacing rate) and MsQuic
+//! (1 ms) and quinn (2 ms) size theirs, a burst is a millisecond of the pacing rate, which
+//! bounds the queue a burst can build to what the path drains in a millisecond.
 
 use std::time::{Duration, Instant};
 
@@ -159,11 +159,10 @@ mod tests {
         let inp = input(100 * MDS, 50);
         let t0 = Instant::now();
         let mut pacer = Pacer::new();
-        let count_burst = |pacer: &mut Pacer, now: Instant| count_burst_with(pacer, now, &inp);
-        assert_eq!(count_burst(&mut pacer, t0), BURST_DATAGRAMS);
+        assert_eq!(count_burst_with(&mut pacer, t0, &inp), BURST_DATAGRAMS);
         // After a long idle period the bucket is full again, but no fuller.
         assert_eq!(
-            count_burst(&mut pacer, t0 + Duration::from_secs(30)),
+            count_burst_with(&mut pacer, t0 + Duration::from_secs(30), &inp),
             BURST_DATAGRAMS
         );
         // A fast path (a window of 4,000 datagrams over 1 ms: 6 GB/s) gets a millisecond's

@@ -457,13 +457,6 @@ fn open_stream(
     Ok(())
 }
 
-/// Closes a stream at its SHUTDOWN_COMPLETE, its last event.
-fn close_stream(stream: &StreamRef) {
-    // SAFETY: `open_stream` detached the handle for exactly this; SHUTDOWN_COMPLETE is the
-    // stream's last event, and the calling handler's state is not touched after.
-    drop(unsafe { Stream::from_raw(stream.as_raw()) });
-}
-
 /// One stream's whole life: on START_COMPLETE it sends its request (perf: the 8-byte count
 /// and the upload; hq: the GET line), then counts or keeps what arrives, and reports once
 /// the response's FIN is in and (perf) the peer has acknowledged the whole upload.
@@ -562,7 +555,7 @@ fn stream_handler(
                     Err("the stream ended before its transfer did".to_string()),
                     &mut reported,
                 );
-                close_stream(&stream);
+                crate::close_stream(&stream);
                 return Ok(());
             }
             _ => {}

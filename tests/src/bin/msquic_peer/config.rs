@@ -1,14 +1,13 @@
 //! MsQuic registration, settings and credentials for both roles, from the shared flags.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use msquic::{
     BufferRef, CertificateFile, Configuration, Credential, CredentialConfig, CredentialFlags,
     Registration, RegistrationConfig, Settings,
 };
-use quench_tests::args::ServerArgs;
-use quench_tests::tls::Verify;
+use quench_tests::tls::{CertFiles, Verify};
 
 /// Idle timeout both roles advertise (the other peers use 30 s too).
 const IDLE_TIMEOUT_MS: u64 = 30_000;
@@ -25,46 +24,10 @@ fn alpn_refs(alpns: &[String]) -> Vec<BufferRef> {
     alpns.iter().map(|a| BufferRef::from(a.as_str())).collect()
 }
 
-/// Where the server's certificate and key live: `--cert/--key`, else a self-signed one
-/// (localhost, 127.0.0.1, ::1) written to a private temp dir, which the caller keeps alive.
-pub struct ServerCert {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl ServerCert {
-    pub fn from_args(args: &ServerArgs) -> Result<ServerCert> {
-        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-            return Ok(ServerCert {
-                cert: cert.clone(),
-                key: key.clone(),
-                _dir: None,
-            });
-        }
-        let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
-        let generated = rcgen::generate_simple_self_signed(names)?;
-        let dir = tempfile::tempdir().context("creating a temp dir for the certificate")?;
-        let cert = dir.path().join("cert.pem");
-        let key = dir.path().join("key.pem");
-        std::fs::write(&cert, generated.cert.pem())?;
-        std::fs::write(&key, generated.key_pair.serialize_pem())?;
-        if let Some(out) = &args.write_cert {
-            std::fs::write(out, generated.cert.pem())
-                .with_context(|| format!("writing {}", out.display()))?;
-        }
-        Ok(ServerCert {
-            cert,
-            key,
-            _dir: Some(dir),
-        })
-    }
-}
-
 pub fn server_configuration(
     reg: &Registration,
     alpns: &[String],
-    cert: &ServerCert,
+    cert: &CertFiles,
     versions: &[u32],
 ) -> Result<Configuration> {
     let settings = Settings::new()

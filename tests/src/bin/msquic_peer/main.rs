@@ -80,6 +80,15 @@ pub struct MsquicClientArgs {
     pub resume: bool,
 }
 
+/// Closes a stream at its SHUTDOWN_COMPLETE, its last event: a stream the peer opened, or
+/// one `client::open_stream` detached into its handler.
+pub(crate) fn close_stream(stream: &msquic::StreamRef) {
+    // SAFETY: the handle is ours to close (accepted, or detached on opening for exactly
+    // this), SHUTDOWN_COMPLETE is the stream's last event, and the calling handler's state,
+    // freed with the handle, is not touched after.
+    drop(unsafe { msquic::Stream::from_raw(stream.as_raw()) });
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Server(args) => server::run(args),

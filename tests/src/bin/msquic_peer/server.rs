@@ -11,15 +11,16 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context, Result};
 use msquic::{
     Addr, Api, BufferRef, Connection, ConnectionEvent, ConnectionRef, Listener, ListenerEvent,
-    Status, Stream, StreamEvent, StreamOpenFlags, StreamRef, StreamShutdownFlags,
+    Status, StreamEvent, StreamOpenFlags, StreamRef, StreamShutdownFlags,
 };
 use quench_tests::hq::{self, MAX_REQUEST, REQUEST_REJECTED};
 use quench_tests::serve;
 
-use crate::config::{self, ServerCert};
+use crate::config;
 use crate::send::{self, Fill};
 use crate::versions::{self, VERSION_1, VERSION_2};
 use crate::MsquicServerArgs;
+use quench_tests::tls::CertFiles;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Protocol {
@@ -46,7 +47,7 @@ pub fn run(args: MsquicServerArgs) -> Result<()> {
         quic_version,
         retry,
     } = args;
-    let cert = ServerCert::from_args(&args)?;
+    let cert = CertFiles::from_args(&args, "msquic-peer-")?;
     let reg = config::registration()?;
     versions::apply_globally(&quic_version)?;
     if retry {
@@ -242,16 +243,9 @@ fn common_stream_event(stream: &StreamRef, body: Option<&mut Fill>, event: Strea
         StreamEvent::PeerSendAborted { .. } | StreamEvent::PeerReceiveAborted { .. } => {
             abort(stream, REQUEST_REJECTED)
         }
-        StreamEvent::ShutdownComplete { .. } => close_stream(stream),
+        StreamEvent::ShutdownComplete { .. } => crate::close_stream(stream),
         _ => {}
     }
-}
-
-/// Closes a peer-opened stream at its SHUTDOWN_COMPLETE, its last event.
-fn close_stream(stream: &StreamRef) {
-    // SAFETY: a peer-opened stream's handle is ours to close, and SHUTDOWN_COMPLETE is its
-    // last event; the calling handler's state is freed with it and not touched after.
-    drop(unsafe { Stream::from_raw(stream.as_raw()) });
 }
 
 fn refused_stream() -> impl FnMut(StreamRef, StreamEvent) -> Result<(), Status> + 'static {
@@ -260,7 +254,7 @@ fn refused_stream() -> impl FnMut(StreamRef, StreamEvent) -> Result<(), Status> 
             StreamEvent::SendComplete { client_context, .. } => {
                 send::complete(client_context);
             }
-            StreamEvent::ShutdownComplete { .. } => close_stream(&stream),
+            StreamEvent::ShutdownComplete { .. } => crate::close_stream(&stream),
             _ => {}
         }
         Ok(())

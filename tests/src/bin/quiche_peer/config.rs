@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use quench_tests::args::ServerArgs;
-use quench_tests::tls::Verify;
+use quench_tests::tls::{CertFiles, Verify};
 
 /// Per-stream and per-connection flow-control windows: large enough that a loopback
 /// transfer is bounded by CPU, not by window updates (as quinn-peer's and s2n-peer's).
@@ -64,29 +64,10 @@ fn path_str(path: &Path) -> Result<&str> {
 /// `--write-cert` if given); `alpns` offered in order.
 pub fn server(args: &ServerArgs, alpns: &[&str]) -> Result<quiche::Config> {
     let mut config = transport()?;
-    match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => load_cert_and_key(&mut config, cert, key)?,
-        _ => {
-            // Private (0700) and removed when dropped.
-            let dir = tempfile::Builder::new()
-                .prefix("quiche-peer-")
-                .tempdir()
-                .context("creating a temp dir for the generated certificate")?;
-            let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
-            let generated = rcgen::generate_simple_self_signed(names)?;
-            if let Some(path) = &args.write_cert {
-                fs::write(path, generated.cert.pem())
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            // BoringSSL loads certificates and keys from files only (without the `boring`
-            // crate): hand it the generated pair through a private temp dir.
-            let cert = dir.path().join("cert.pem");
-            let key = dir.path().join("key.pem");
-            fs::write(&cert, generated.cert.pem())?;
-            fs::write(&key, generated.key_pair.serialize_pem())?;
-            load_cert_and_key(&mut config, &cert, &key)?;
-        }
-    }
+    // BoringSSL loads certificates and keys from files only (without the `boring` crate):
+    // a generated pair goes through a private temp dir.
+    let files = CertFiles::from_args(args, "quiche-peer-")?;
+    load_cert_and_key(&mut config, &files.cert, &files.key)?;
     let protos: Vec<&[u8]> = alpns.iter().map(|a| a.as_bytes()).collect();
     config.set_application_protos(&protos)?;
     Ok(config)
