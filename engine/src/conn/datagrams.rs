@@ -111,6 +111,7 @@ impl Connection {
     /// the new position. One that does not fit waits for the next packet (this one may be
     /// short: behind a Handshake packet, or under the anti-amplification limit); one the
     /// path can no longer carry at all (its MTU shrank since it was queued) is dropped.
+    #[inline(never)]
     pub(crate) fn write_datagrams(
         &mut self,
         buf: &mut [u8],

@@ -3,7 +3,13 @@
 //!
 //! protected packet → header parse → header unprotect (sample at pn_offset + 4) →
 //! packet number expand → AEAD open in place → duplicate check → frames → ACK bookkeeping.
+//!
+//! `cold_path()` marks the branches a packet of an established connection does not take
+//! (errors, drops, migration, key updates, handshake-only steps), so LLVM lays their code
+//! out after the per-packet path and that path spans fewer instruction-cache lines: a
+//! small request refetches its whole path each time (docs/performance.md).
 
+use std::hint::cold_path;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -77,6 +83,7 @@ impl Connection {
             let (hdr, packet_len) = match self.parse_header(now, rest) {
                 Some(x) => x,
                 None => {
+                    cold_path();
                     self.stats.packets_dropped += 1;
                     break;
                 }
@@ -92,6 +99,7 @@ impl Connection {
                     first_dcid = Some(dcid);
                 }
             } else if first_dcid != Some(dcid) {
+                cold_path();
                 self.stats.packets_dropped += 1;
                 offset += packet_len;
                 continue;
@@ -103,6 +111,7 @@ impl Connection {
                 Ok(Outcome::Dropped) => self.stats.packets_dropped += 1,
                 Err(e) => {
                     self.close_with_error(now, e);
+                    cold_path();
                     return;
                 }
             }
@@ -111,6 +120,7 @@ impl Connection {
             }
         }
         if !processed_any {
+            cold_path();
             // RFC 9000 §10.3.1: an unprocessable datagram ending in a reset token of the peer's.
             if total_len >= 21 && self.cids.matches_reset_token(&datagram[total_len - 16..]) {
                 self.handle_stateless_reset(now);
@@ -118,6 +128,7 @@ impl Connection {
             return;
         }
         if let State::Closing { .. } = self.state {
+            cold_path();
             // RFC 9000 §10.2.1: answer with CONNECTION_CLOSE again, at a falling rate (the
             // 1st, 2nd, 4th, 8th... datagram), so a peer that keeps sending cannot make us
             // answer each of its packets.
@@ -296,6 +307,7 @@ impl Connection {
                 ..
             } => {
                 if version != self.version {
+                    cold_path();
                     if ty != LongType::Initial || !self.accepts_initial_in(version) {
                         return Ok(Outcome::Dropped);
                     }
@@ -320,11 +332,13 @@ impl Connection {
             }
         };
         if self.spaces[epoch.index()].discarded {
+            cold_path();
             tracing::trace!(?epoch, "drop: space discarded");
             return Ok(Outcome::Dropped);
         }
         // Packets from an unexpected address during the handshake are not ours to act on.
         if epoch != Epoch::Data && remote != self.remote {
+            cold_path();
             return Ok(Outcome::Dropped);
         }
         // RFC 9000 §7.2: after the server's first packet, its SCID is fixed for the
@@ -341,6 +355,7 @@ impl Connection {
         // (the endpoint checks the first; this covers every later one).
         if self.side == Side::Server && epoch == Epoch::Initial && self.rx_path.1 < MIN_INITIAL_SIZE
         {
+            cold_path();
             tracing::trace!(len = self.rx_path.1, "drop: Initial in a short datagram");
             return Ok(Outcome::Dropped);
         }
@@ -353,12 +368,14 @@ impl Connection {
             && (self.state == State::Handshake
                 || (matches!(self.state, State::Closing { .. }) && self.tls.is_handshaking()))
         {
+            cold_path();
             tracing::trace!("drop: 1-RTT packet before the handshake completed");
             return Ok(Outcome::Dropped);
         }
 
         // Header protection (RFC 9001 §5.4).
         let Some(sample_block) = sample(packet, pn_offset) else {
+            cold_path();
             tracing::trace!(
                 ?epoch,
                 len = packet.len(),
@@ -382,6 +399,7 @@ impl Connection {
             (Some(k), _) => k.header.mask(&sample_block),
             (None, Some(k)) => k.remote_header().mask(&sample_block),
             (None, None) => {
+                cold_path();
                 tracing::trace!("drop: 1-RTT packet before 1-RTT keys");
                 return Ok(Outcome::Dropped);
             }
@@ -410,6 +428,7 @@ impl Connection {
             }
         };
         let Ok(payload_len) = opened else {
+            cold_path();
             tracing::trace!(?epoch, pn, ?generation, "drop: decryption failed");
             if epoch != Epoch::Initial {
                 // RFC 9001 §6.6 (Initial keys are public: failures there prove nothing).
@@ -450,16 +469,19 @@ impl Connection {
             first & 0x0c
         };
         if reserved != 0 {
+            cold_path();
             return Err(TransportError::new(
                 Code::PROTOCOL_VIOLATION,
                 "reserved bits set",
             ));
         }
         if self.spaces[epoch.index()].ack.is_duplicate(pn) {
+            cold_path();
             self.stats.duplicate_packets += 1;
             return Ok(Outcome::Dropped);
         }
         if epoch == Epoch::Data && generation == KeyGeneration::Next {
+            cold_path();
             // The peer started a key update (RFC 9001 §6.2).
             if !self.handshake_confirmed && self.side == Side::Server {
                 return Err(TransportError::new(
@@ -484,6 +506,7 @@ impl Connection {
 
         self.stats.packets_received += 1;
         if self.side == Side::Client && !self.got_server_packet {
+            cold_path();
             self.got_server_packet = true;
             if let Some(scid) = long_scid {
                 // RFC 9000 §7.2: adopt the server's chosen CID.
@@ -492,6 +515,7 @@ impl Connection {
             }
         }
         if self.side == Side::Server && epoch == Epoch::Handshake {
+            cold_path();
             // RFC 9000 §8.1: a Handshake packet proves the client got our Initial.
             self.address_validated = true;
             if self.amplification_blocked {
@@ -520,6 +544,7 @@ impl Connection {
             self.process_frames(now, epoch, kind, payload, &dcid)?;
         // While closing only CONNECTION_CLOSE matters (§10.2.1): no migration.
         if new_path && !probing_only && !matches!(self.state, State::Closing { .. }) {
+            cold_path();
             let peer_switched = self.path_dcid.is_some_and(|d| d != dcid);
             self.migrate_to(now, remote, self.rx_path.1, peer_switched);
         }
@@ -720,6 +745,7 @@ impl Connection {
             any = true;
             let ty = frame.ty();
             if !frame.allowed_in(kind) {
+                cold_path();
                 return Err(TransportError::new(
                     Code::PROTOCOL_VIOLATION,
                     "frame not allowed in this packet type",
@@ -729,6 +755,7 @@ impl Connection {
             ack_eliciting |= frame.is_ack_eliciting();
             probing_only &= frame.is_probing();
             if matches!(self.state, State::Closing { .. }) {
+                cold_path();
                 // While closing only CONNECTION_CLOSE matters (RFC 9000 §10.2.1). It moves
                 // us to draining with the same end time (§10.2.2): we stay quiet, but the
                 // connection keeps absorbing the peer's late packets until then.
@@ -766,6 +793,7 @@ impl Connection {
             }
         }
         if !any {
+            cold_path();
             // RFC 9000 §12.4: a packet with no frames is a PROTOCOL_VIOLATION.
             return Err(TransportError::new(
                 Code::PROTOCOL_VIOLATION,
@@ -815,6 +843,7 @@ impl Connection {
         self.lost_scratch = lost;
         self.end_loss_event(now);
         if result.is_err() {
+            cold_path();
             return Err(TransportError::new(
                 Code::PROTOCOL_VIOLATION,
                 "ACK of a packet never sent",

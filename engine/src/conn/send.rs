@@ -3,7 +3,13 @@
 //! apply header protection (RFC 9000 §12.2, §13, §14; RFC 9001 §5).
 //!
 //! The caller's buffer may be a UMEM frame: nothing here copies a packet after writing it.
+//!
+//! `cold_path()` marks the branches a packet of an established connection does not take
+//! (errors, drops, migration, key updates, handshake-only steps), so LLVM lays their code
+//! out after the per-packet path and that path spans fewer instruction-cache lines: a
+//! small request refetches its whole path each time (docs/performance.md).
 
+use std::hint::cold_path;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -82,13 +88,16 @@ impl Connection {
             self.recovery.set_anti_amplification_blocked(blocked);
         }
         // Path frames elsewhere, alone in their datagrams; none while closing (§10.2.1).
-        let elsewhere = if matches!(self.state, State::Closing { .. }) {
+        let elsewhere = if matches!(self.state, State::Closing { .. })
+            || (self.old_path_challenge.is_none() && self.path_responses.is_empty())
+        {
             None
         } else {
             self.send_old_path_challenge(now, buf)
                 .or_else(|| self.send_path_response_elsewhere(now, buf))
         };
         if let Some((dst, len)) = elsewhere {
+            cold_path();
             return Some(Transmit {
                 dst,
                 len,
@@ -97,6 +106,7 @@ impl Connection {
             });
         }
         if let Some(len) = self.send_pmtu_probe(now, buf) {
+            cold_path();
             return Some(Transmit {
                 dst: self.remote,
                 len,
@@ -110,6 +120,7 @@ impl Connection {
         while segments < max_segments.max(1) && buf.len() - total >= mtu {
             let mut cap = mtu;
             if !self.address_validated {
+                cold_path();
                 // RFC 9000 §8.1: at most three times what we received until the address is validated.
                 let allowed = (3 * self.amplification_received)
                     .saturating_sub(self.amplification_sent) as usize;
@@ -210,6 +221,7 @@ impl Connection {
             self.seal_and_record(now, buf, b);
         }
         if self.side == Side::Client && sent_handshake {
+            cold_path();
             // RFC 9001 §4.9.1: the client drops Initial keys when it first sends a Handshake packet.
             self.discard_space(Epoch::Initial, now);
         }
@@ -229,6 +241,7 @@ impl Connection {
         if !needs_padding || len >= MIN_INITIAL_SIZE || buf.len() < MIN_INITIAL_SIZE {
             return len;
         }
+        cold_path();
         // Extend the last packet with PADDING frames (zeros) so the datagram reaches 1200.
         let extra = MIN_INITIAL_SIZE - len;
         let pad_from = last.start + last.header_len + last.payload_len;
@@ -241,6 +254,7 @@ impl Connection {
     /// A DPLPMTUD probe (RFC 9000 §14.4) alone in its datagram, when one is due and the
     /// congestion window has room for it: a 1-RTT packet of PING and PADDING exactly as
     /// large as the size under test. Returns the datagram's length.
+    #[inline(never)]
     fn send_pmtu_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         if self.state != State::Established || !self.handshake_confirmed {
             return None;
@@ -271,6 +285,7 @@ impl Connection {
 
     /// The PATH_CHALLENGE for the path the peer apparently left (RFC 9000 §9.3.3), alone
     /// and padded to 1200 bytes (that path was validated). Not retransmitted.
+    #[inline(never)]
     fn send_old_path_challenge(
         &mut self,
         now: Instant,
@@ -291,6 +306,7 @@ impl Connection {
     /// A PATH_RESPONSE for a challenge that arrived from another address than the peer's
     /// current one (a path it probes): sent back there alone (RFC 9000 §8.2.2), padded to
     /// 1200 bytes as far as three times the challenge's datagram allows.
+    #[inline(never)]
     fn send_path_response_elsewhere(
         &mut self,
         now: Instant,
@@ -376,6 +392,7 @@ impl Connection {
         b.frames.size = packet_len.min(usize::from(u16::MAX)) as u16;
         let packet = &mut buf[b.start..b.start + packet_len];
         if let Some(layout) = &b.layout {
+            cold_path();
             // Length covers packet number, payload and tag; the 2-byte field always fits a datagram.
             header::finish_long(packet, layout, packet_len).expect("length field reserved");
         }
@@ -439,6 +456,7 @@ impl Connection {
         );
         if let Some(interval) = self.config.key_update_interval {
             if self.packets_in_phase >= interval {
+                cold_path();
                 self.force_key_update();
             }
         }
@@ -456,6 +474,7 @@ impl Connection {
         if self.recovery.tracked_span(epoch) > limit
             && !matches!(self.state, State::Closing { .. } | State::Draining { .. })
         {
+            cold_path();
             self.close_with_error(
                 now,
                 TransportError::new(
@@ -495,6 +514,7 @@ impl Connection {
         match aead_limits::after_seal(self.packets_in_phase, limit, update_allowed) {
             SealLimit::Continue => {}
             SealLimit::Update => {
+                cold_path();
                 tracing::debug!(
                     sealed = self.packets_in_phase,
                     limit,
@@ -503,6 +523,7 @@ impl Connection {
                 self.force_key_update();
             }
             SealLimit::Close => {
+                cold_path();
                 if !matches!(self.state, State::Closing { .. } | State::Draining { .. }) {
                     self.close_with_error(
                         now,
@@ -537,6 +558,7 @@ impl Connection {
         }
         let closing = matches!(self.state, State::Closing { .. });
         if closing {
+            cold_path();
             return self.build_close_packet(epoch, buf, start);
         }
 
@@ -752,10 +774,12 @@ impl Connection {
             }
         };
         if self.handshake_done_pending && put(buf, &mut pos, &Frame::HandshakeDone) {
+            cold_path();
             self.handshake_done_pending = false;
             frames.records.push(FrameRecord::HandshakeDone);
         }
         if self.new_token_pending {
+            cold_path();
             if let Some(token) = &self.new_token {
                 if put(buf, &mut pos, &Frame::NewToken { token }) {
                     self.new_token_pending = false;
@@ -765,6 +789,7 @@ impl Connection {
         }
         // Responses for another address go out alone (`send_path_response_elsewhere`).
         while let Some(&PathResponse { data, to, .. }) = self.path_responses.front() {
+            cold_path();
             if to != self.remote || !put(buf, &mut pos, &Frame::PathResponse(data)) {
                 break;
             }
@@ -774,6 +799,7 @@ impl Connection {
             self.pad_for_path = true;
         }
         if self.path_challenge_pending {
+            cold_path();
             if let Some(data) = self.path_challenge {
                 if put(buf, &mut pos, &Frame::PathChallenge(data)) {
                     self.path_challenge_pending = false;
@@ -784,6 +810,7 @@ impl Connection {
         }
         if self.state == State::Established {
             while let Some(seq) = self.cids.retire_queue.front().copied() {
+                cold_path();
                 if !put(buf, &mut pos, &Frame::RetireConnectionId { seq }) {
                     break;
                 }
@@ -792,6 +819,7 @@ impl Connection {
             }
             let mut announced = None;
             for l in self.cids.local.iter_mut().filter(|l| l.announce) {
+                cold_path();
                 let f = Frame::NewConnectionId {
                     seq: l.seq,
                     retire_prior_to: 0,
@@ -808,10 +836,12 @@ impl Connection {
                     .push(FrameRecord::NewConnectionId { seq: l.seq });
             }
             if let Some(seq) = announced {
+                cold_path();
                 self.cids.on_announced(seq);
             }
         }
         if self.ping_pending && put(buf, &mut pos, &Frame::Ping) {
+            cold_path();
             self.ping_pending = false;
             frames.records.push(FrameRecord::Ping);
         }
@@ -819,6 +849,7 @@ impl Connection {
     }
 
     /// While closing, a packet holding only CONNECTION_CLOSE (RFC 9000 §10.2.1, §10.2.3).
+    #[inline(never)]
     fn build_close_packet(&mut self, epoch: Epoch, buf: &mut [u8], start: usize) -> Option<Built> {
         if !self.close_pending {
             return None;

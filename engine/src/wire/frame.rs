@@ -532,20 +532,55 @@ impl<'a> Iterator for FrameIter<'a> {
     }
 }
 
+/// The frames of every packet of a transfer or a request (STREAM, ACK, PADDING, PING) are
+/// parsed here, inline in the receive loop; the rest in `parse_other`, out of line, so
+/// their code does not spread the loop's hot instructions over more cache lines.
+#[inline]
 fn parse_body<'a>(r: &mut Reader<'a>, ty: u64) -> Result<Frame<'a>, TransportError> {
     use types::*;
-    let v = |r: &mut Reader<'a>| r.varint().map_err(truncated);
-    let blob = |r: &mut Reader<'a>| -> Result<&'a [u8], TransportError> {
-        let len = r.varint().map_err(truncated)?;
-        let len = usize::try_from(len).map_err(|_| truncated(WireError::UnexpectedEnd))?;
-        r.bytes(len).map_err(truncated)
-    };
-    let frame = match ty {
-        PADDING => Frame::Padding {
+    match ty {
+        0x08..=0x0f => {
+            let id = r.varint().map_err(truncated)?;
+            let offset = if ty & STREAM_OFF != 0 {
+                r.varint().map_err(truncated)?
+            } else {
+                0
+            };
+            let data = if ty & STREAM_LEN != 0 {
+                blob(r)?
+            } else {
+                r.rest()
+            };
+            check_stream_end(offset, data)?;
+            Ok(Frame::Stream {
+                id,
+                offset,
+                data,
+                fin: ty & STREAM_FIN != 0,
+            })
+        }
+        ACK | ACK_ECN => Ok(Frame::Ack(parse_ack(r, ty == ACK_ECN)?)),
+        PADDING => Ok(Frame::Padding {
             len: 1 + r.skip_zeros(),
-        },
-        PING => Frame::Ping,
-        ACK | ACK_ECN => Frame::Ack(parse_ack(r, ty == ACK_ECN)?),
+        }),
+        PING => Ok(Frame::Ping),
+        _ => parse_other(r, ty),
+    }
+}
+
+/// A varint length, then that many bytes.
+#[inline]
+fn blob<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], TransportError> {
+    let len = r.varint().map_err(truncated)?;
+    let len = usize::try_from(len).map_err(|_| truncated(WireError::UnexpectedEnd))?;
+    r.bytes(len).map_err(truncated)
+}
+
+#[inline(never)]
+fn parse_other<'a>(r: &mut Reader<'a>, ty: u64) -> Result<Frame<'a>, TransportError> {
+    use types::*;
+    let v = |r: &mut Reader<'a>| r.varint().map_err(truncated);
+    let frame = match ty {
         RESET_STREAM => Frame::ResetStream {
             id: v(r)?,
             error_code: v(r)?,
@@ -568,22 +603,6 @@ fn parse_body<'a>(r: &mut Reader<'a>, ty: u64) -> Result<Frame<'a>, TransportErr
                 return Err(TransportError::frame_encoding("empty NEW_TOKEN"));
             }
             Frame::NewToken { token }
-        }
-        0x08..=0x0f => {
-            let id = v(r)?;
-            let offset = if ty & STREAM_OFF != 0 { v(r)? } else { 0 };
-            let data = if ty & STREAM_LEN != 0 {
-                blob(r)?
-            } else {
-                r.rest()
-            };
-            check_stream_end(offset, data)?;
-            Frame::Stream {
-                id,
-                offset,
-                data,
-                fin: ty & STREAM_FIN != 0,
-            }
         }
         MAX_DATA => Frame::MaxData(v(r)?),
         MAX_STREAM_DATA => Frame::MaxStreamData {

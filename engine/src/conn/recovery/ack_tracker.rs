@@ -248,6 +248,13 @@ impl AckTracker {
             }
             Some(_) => {}
         }
+        self.insert_below_top(pn);
+    }
+
+    /// `insert` for a packet that arrived out of order, below the top range: rare, so out
+    /// of line, away from the per-packet path.
+    #[inline(never)]
+    fn insert_below_top(&mut self, pn: u64) {
         let i = self.ranges.partition_point(|&(_, last)| last < pn);
         let joins_prev = i > 0 && self.ranges[i - 1].1 + 1 == pn;
         let joins_next = i < self.ranges.len() && self.ranges[i].0 == pn + 1;

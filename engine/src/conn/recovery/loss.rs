@@ -229,6 +229,7 @@ impl<T> Recovery<T> {
         if let Some((_, _, ce)) = ecn.filter(|_| self.config.ect_marking) {
             let space = &mut self.spaces[epoch.index()];
             if ce > space.ecn_ce {
+                std::hint::cold_path();
                 space.ecn_ce = ce;
                 self.stats.ecn_ce_events += 1;
                 reduced |= self.congestion_event(now, newest_sent);
@@ -608,7 +609,7 @@ impl<T> Recovery<T> {
         now: Instant,
         on_lost: &mut dyn FnMut(SentPacket<T>),
     ) -> LossOutcome {
-        let mut outcome = LossOutcome::default();
+        let outcome = LossOutcome::default();
         let space = &mut self.spaces[epoch.index()];
         space.loss_time = None;
         let Some(largest_acked) = space.largest_acked else {
@@ -620,6 +621,21 @@ impl<T> Recovery<T> {
             space.trim_front();
             return outcome;
         }
+        self.declare_lost(epoch, now, largest_acked, on_lost)
+    }
+
+    /// The scan of `detect_lost` over packets that may be lost: out of line, since an ACK
+    /// that leaves nothing unacknowledged below its largest (the usual case) skips it.
+    #[inline(never)]
+    fn declare_lost(
+        &mut self,
+        epoch: Epoch,
+        now: Instant,
+        largest_acked: u64,
+        on_lost: &mut dyn FnMut(SentPacket<T>),
+    ) -> LossOutcome {
+        let mut outcome = LossOutcome::default();
+        let space = &mut self.spaces[epoch.index()];
         let loss_delay = self.pto.rtt().loss_delay();
         let lost_send_time = now.checked_sub(loss_delay);
         let pc_duration = self.pto.persistent_congestion_duration();
@@ -695,6 +711,7 @@ impl<T> Recovery<T> {
             reduced = self.congestion_event(now, sent);
         }
         if outcome.persistent_congestion {
+            std::hint::cold_path();
             debug!("persistent congestion");
             self.stats.persistent_congestion_events += 1;
             self.cc.on_persistent_congestion();
@@ -703,6 +720,7 @@ impl<T> Recovery<T> {
         reduced
     }
 
+    #[inline(never)]
     fn congestion_event(&mut self, now: Instant, sent_time: Instant) -> bool {
         let reduced = self.cc.on_congestion_event(now, sent_time);
         if reduced {

@@ -80,6 +80,38 @@ impl Cubic {
     fn min_window(&self) -> f64 {
         minimum_window(self.max_datagram_size) as f64
     }
+
+    /// Congestion avoidance (RFC 9438 §4.2–§4.5), out of line: slow start and
+    /// application-limited ACKs, the common cases, do not touch it.
+    #[inline(never)]
+    fn avoid_congestion(&mut self, now: Instant, bytes: f64, rtt: &RttEstimator) {
+        let epoch = match self.epoch_start {
+            Some(e) => e,
+            None => {
+                self.start_epoch(now);
+                now
+            }
+        };
+        let mds = self.max_datagram_size as f64;
+        let t = now.saturating_duration_since(epoch).as_secs_f64();
+        // RFC 9438 §4.2: aim for where the curve will be one RTT from now, bounded to
+        // [cwnd, 1.5 * cwnd].
+        let target = self
+            .w_cubic(t + rtt.smoothed().as_secs_f64())
+            .clamp(self.window, 1.5 * self.window);
+        // RFC 9438 §4.3: W_est grows like Reno with the same average rate; alpha becomes
+        // 1 once W_est reaches W_max.
+        let alpha = if self.w_est >= self.w_max { 1.0 } else { ALPHA };
+        self.w_est += alpha * bytes * mds / self.window;
+        if self.w_cubic(t) < self.w_est {
+            // Reno-friendly region.
+            self.window = self.window.max(self.w_est);
+        } else {
+            // Concave / convex regions (RFC 9438 §4.4, §4.5): (target - cwnd) / cwnd per
+            // segment acknowledged.
+            self.window += (target - self.window) * bytes / self.window;
+        }
+    }
 }
 
 impl Controller for Cubic {
@@ -110,34 +142,10 @@ impl Controller for Cubic {
             self.window += bytes;
             return;
         }
-        let epoch = match self.epoch_start {
-            Some(e) => e,
-            None => {
-                self.start_epoch(now);
-                now
-            }
-        };
-        let mds = self.max_datagram_size as f64;
-        let t = now.saturating_duration_since(epoch).as_secs_f64();
-        // RFC 9438 §4.2: aim for where the curve will be one RTT from now, bounded to
-        // [cwnd, 1.5 * cwnd].
-        let target = self
-            .w_cubic(t + rtt.smoothed().as_secs_f64())
-            .clamp(self.window, 1.5 * self.window);
-        // RFC 9438 §4.3: W_est grows like Reno with the same average rate; alpha becomes
-        // 1 once W_est reaches W_max.
-        let alpha = if self.w_est >= self.w_max { 1.0 } else { ALPHA };
-        self.w_est += alpha * bytes * mds / self.window;
-        if self.w_cubic(t) < self.w_est {
-            // Reno-friendly region.
-            self.window = self.window.max(self.w_est);
-        } else {
-            // Concave / convex regions (RFC 9438 §4.4, §4.5): (target - cwnd) / cwnd per
-            // segment acknowledged.
-            self.window += (target - self.window) * bytes / self.window;
-        }
+        self.avoid_congestion(now, bytes, rtt);
     }
 
+    #[inline(never)]
     fn on_congestion_event(&mut self, now: Instant, sent_time: Instant) -> bool {
         if self.in_recovery(sent_time) {
             return false;

@@ -56,6 +56,7 @@ impl Controller for NewReno {
         }
     }
 
+    #[inline(never)]
     fn on_congestion_event(&mut self, now: Instant, sent_time: Instant) -> bool {
         if self.in_recovery(sent_time) {
             return false;
