@@ -663,7 +663,7 @@ impl Connection {
             }
             pos = self.write_raw_frames(epoch, &mut buf[..end], pos, &mut frames);
             let space = &mut self.spaces[idx];
-            if end > pos {
+            if end > pos && space.crypto.has_pending() {
                 let n = space
                     .crypto
                     .write_frame(&mut buf[pos..end], &mut |offset, len| {

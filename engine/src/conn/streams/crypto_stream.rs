@@ -87,6 +87,7 @@ impl CryptoStream {
 
     /// Writes as many CRYPTO frames as fit (lost data first); calls `record` with the
     /// offset and length of each. Returns bytes written.
+    #[inline(never)]
     pub fn write_frame(&mut self, buf: &mut [u8], record: &mut dyn FnMut(u64, u16)) -> usize {
         let mut pos = 0;
         loop {
