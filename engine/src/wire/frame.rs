@@ -576,6 +576,7 @@ fn blob<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], TransportError> {
     r.bytes(len).map_err(truncated)
 }
 
+/// Every frame type but those `parse_body` takes itself.
 #[inline(never)]
 fn parse_other<'a>(r: &mut Reader<'a>, ty: u64) -> Result<Frame<'a>, TransportError> {
     use types::*;
