@@ -110,8 +110,8 @@ impl Connection {
                 Ok(Outcome::Processed) => processed_any = true,
                 Ok(Outcome::Dropped) => self.stats.packets_dropped += 1,
                 Err(e) => {
-                    self.close_with_error(now, e);
                     cold_path();
+                    self.close_with_error(now, e);
                     return;
                 }
             }

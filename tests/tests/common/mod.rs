@@ -320,6 +320,17 @@ pub fn assert_quench_moved_all_to_v2(server: Server, conns: u64) {
     );
 }
 
+/// A client report whose `conns` connections all ended in QUIC v2 after starting in
+/// v1: the server moved each by compatible version negotiation (RFC 9368 §2.3).
+pub fn assert_client_moved_all_to_v2(report: &Report, conns: u64) {
+    assert_eq!(report.quic_version.as_deref(), Some("0x6b3343cf"));
+    assert_eq!(
+        report.version_switches,
+        Some(conns),
+        "every connection switched"
+    );
+}
+
 /// Python interpreter with aioquic: `$AIOQUIC_PYTHON`, else the venv `scripts/deps.sh` makes.
 pub fn aioquic_python() -> PathBuf {
     let path = std::env::var_os("AIOQUIC_PYTHON")

@@ -609,17 +609,16 @@ impl<T> Recovery<T> {
         now: Instant,
         on_lost: &mut dyn FnMut(SentPacket<T>),
     ) -> LossOutcome {
-        let outcome = LossOutcome::default();
         let space = &mut self.spaces[epoch.index()];
         space.loss_time = None;
         let Some(largest_acked) = space.largest_acked else {
-            return outcome;
+            return LossOutcome::default();
         };
         if space.base() > largest_acked || space.base() >= space.end() {
             // Everything up to the largest acknowledged is acknowledged or lost already:
             // the usual case, with nothing to examine and no thresholds to compute.
             space.trim_front();
-            return outcome;
+            return LossOutcome::default();
         }
         self.declare_lost(epoch, now, largest_acked, on_lost)
     }
