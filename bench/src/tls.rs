@@ -43,7 +43,7 @@ impl TlsSetup {
             cert.clone(),
             &alpns,
             provider(),
-            None,
+            quench::tls::session::Resumption::Stateless(None),
         )?;
         let mut quench_client = (*quench::tls::session::client_config_with_provider(
             quench::tls::session::ServerVerification::Insecure,

@@ -64,6 +64,9 @@ pub struct ClientOptions {
     /// workload's connections resume those sessions (RFC 8446 §2.2) instead of doing full
     /// handshakes.
     pub resume: bool,
+    /// With `resume`: the workload's connections send their requests as early data
+    /// (0-RTT, RFC 9001 §4.6) where their tickets allow it.
+    pub early_data: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -86,6 +89,8 @@ pub struct ClientReport {
     pub quic_version: Option<u32>,
     /// Connections whose TLS handshake resumed a session from a ticket.
     pub resumed: u64,
+    /// With `early_data`: connections whose early data the server accepted.
+    pub early_data: Option<u64>,
     /// Connections the server moved to another version than their first flight's
     /// (compatible version negotiation, RFC 9368 §2.3).
     pub version_switches: u64,
@@ -132,6 +137,9 @@ impl ClientReport {
         });
         if let Some(version) = self.quic_version {
             v["quic_version"] = format!("{version:#x}").into();
+        }
+        if let Some(accepted) = self.early_data {
+            v["early_data"] = accepted.into();
         }
         if let (Some(sent), Some(echoed)) = (self.datagrams_sent, self.datagrams_echoed) {
             v["datagrams_sent"] = sent.into();
@@ -221,6 +229,10 @@ pub struct ClientConnState {
     pub key_update_done: bool,
     /// The handshake resumed a TLS session.
     pub resumed: bool,
+    /// Early data (0-RTT) was sent, and the server's verdict once the handshake completed.
+    pub early_data: Option<bool>,
+    /// Which share of the workload this connection's application runs.
+    pub share_index: u64,
     /// The server moved the connection to another version during the handshake.
     pub version_switched: bool,
     /// Copied from the connection's statistics when it closes.
@@ -228,6 +240,15 @@ pub struct ClientConnState {
     /// The path of our last move never answered (`Event::PathValidationFailed`): the
     /// driver moves again, while it has moves left.
     pub path_failed: bool,
+}
+
+impl ClientConnState {
+    /// What the completed handshake settled.
+    fn note_handshake(&mut self, conn: &Connection) {
+        self.version = Some(conn.version());
+        self.resumed = conn.resumed();
+        self.version_switched = conn.stats().compatible_version_switch;
+    }
 }
 
 struct ClientHandler {
@@ -238,6 +259,32 @@ struct ClientHandler {
     /// perf totals are split across connections; this counts the ones started.
     started: u64,
     conns: u64,
+}
+
+impl ClientHandler {
+    /// A new application for the connection's share of the workload, told streams can be
+    /// used.
+    fn start_app(&mut self, now: Instant, conn: &mut Connection, st: &mut ClientConnState) {
+        let i = st.share_index;
+        st.app = match &self.workload {
+            ClientWorkload::Perf { down, up, streams } => ClientApp::Perf(PerfClient::new(
+                *streams,
+                share(*down, self.conns, i),
+                share(*up, self.conns, i),
+            )),
+            ClientWorkload::Hq { paths } => ClientApp::Hq(HqClient::new(paths.clone())),
+            ClientWorkload::H3 { paths } => ClientApp::H3(Box::new(H3Client::new(
+                self.authority.clone(),
+                paths.clone(),
+            ))),
+            ClientWorkload::Datagrams { count } => {
+                ClientApp::Datagrams(DatagramEchoClient::new(*count))
+            }
+        };
+        if let Some(app) = st.app.app() {
+            app.on_connected(conn, now);
+        }
+    }
 }
 
 /// `total` split over `n` parts, the first parts taking the remainder.
@@ -255,31 +302,22 @@ impl EventHandler<ClientConnState> for ClientHandler {
     ) {
         match event {
             Event::Connected => {
+                if conn.is_established() {
+                    st.connected_at = Some(now);
+                    st.note_handshake(conn);
+                }
+                st.share_index = self.started;
+                self.started += 1;
+                self.start_app(now, conn, st);
+            }
+            Event::EarlyData { accepted } => {
+                // A 0-RTT connection's handshake ends here.
                 st.connected_at = Some(now);
-                st.version = Some(conn.version());
-                st.resumed = conn.resumed();
-                st.version_switched = conn.stats().compatible_version_switch;
-                st.app = match &self.workload {
-                    ClientWorkload::Perf { down, up, streams } => {
-                        let i = self.started;
-                        self.started += 1;
-                        ClientApp::Perf(PerfClient::new(
-                            *streams,
-                            share(*down, self.conns, i),
-                            share(*up, self.conns, i),
-                        ))
-                    }
-                    ClientWorkload::Hq { paths } => ClientApp::Hq(HqClient::new(paths.clone())),
-                    ClientWorkload::H3 { paths } => ClientApp::H3(Box::new(H3Client::new(
-                        self.authority.clone(),
-                        paths.clone(),
-                    ))),
-                    ClientWorkload::Datagrams { count } => {
-                        ClientApp::Datagrams(DatagramEchoClient::new(*count))
-                    }
-                };
-                if let Some(app) = st.app.app() {
-                    app.on_connected(conn, now);
+                st.note_handshake(conn);
+                st.early_data = Some(accepted);
+                if !accepted {
+                    // Every stream was voided: the workload starts over.
+                    self.start_app(now, conn, st);
                 }
             }
             Event::Stream(ev) => {
@@ -329,7 +367,12 @@ pub fn run_client_on<D: crate::io::Datapath>(
     mut opts: ClientOptions,
     dp: &mut D,
 ) -> Result<ClientReport, ClientError> {
-    if opts.resume {
+    if opts.early_data {
+        let mut tls = (*opts.tls).clone();
+        tls.enable_early_data = true;
+        opts.tls = Arc::new(tls);
+    }
+    if opts.resume || opts.early_data {
         let (tls, tickets) = resume::counting_tickets(&opts.tls, opts.conns.max(1));
         opts.tls = tls;
         // Tickets belong to the version a server moved the warm-ups to (RFC 9369 §5):
@@ -350,6 +393,11 @@ pub fn run_client_on<D: crate::io::Datapath>(
     };
     let start = Instant::now();
     let handles = connect_all(&mut endpoint, &opts, opts.conns.max(1), start)?;
+    for &h in &handles {
+        // A connection offering early data is usable now: its requests start before
+        // anything is sent, and go out as 0-RTT with its first flight.
+        endpoint.dispatch_events(start, h, &mut handler);
+    }
     let deadline = start + opts.timeout;
     let mut report = ClientReport::default();
     let mut handshake_total = 0.0;
@@ -454,6 +502,9 @@ pub fn run_client_on<D: crate::io::Datapath>(
             report.key_updates += 1;
         }
         report.resumed += u64::from(st.resumed);
+        if opts.early_data {
+            *report.early_data.get_or_insert(0) += u64::from(st.early_data == Some(true));
+        }
         report.version_switches += u64::from(st.version_switched);
         report.migrations += st.migrations;
         match &st.app {

@@ -109,6 +109,13 @@ enum Command {
         /// Without it, tickets use keys of this process alone, rolled every 6 hours.
         #[arg(long)]
         ticket_keys: Option<PathBuf>,
+        /// Accept 0-RTT (RFC 9001 §4.6) on resumed connections, up to this many kept
+        /// sessions (e.g. 65536). Tickets then name sessions kept in this process and are
+        /// single-use, so early data cannot be replayed to it; they do not resume on other
+        /// servers (hence not with --ticket-keys). Serve only requests that are safe to
+        /// replay from early data: a client repeats them if the server restarts.
+        #[arg(long, conflicts_with = "ticket_keys", value_name = "SESSIONS")]
+        early_data: Option<usize>,
         /// QUIC versions to accept: 1 (RFC 9000), 2 (RFC 9369). Clients in others get
         /// Version Negotiation listing these.
         #[arg(long, default_value = "1,2", value_delimiter = ',',
@@ -185,6 +192,12 @@ enum Command {
         /// that run the workload resume that TLS session (the report counts `resumed`).
         #[arg(long)]
         resume: bool,
+        /// 0-RTT (RFC 9001 §4.6): as --resume, and the workload's connections send their
+        /// requests as early data with those tickets, before their handshakes complete
+        /// (the report counts `early_data` the server accepted; refused early data is
+        /// voided and the requests made again once the handshake completes).
+        #[arg(long)]
+        early_data: bool,
         /// QUIC versions to offer, most preferred first: 1 (RFC 9000), 2 (RFC 9369). Each
         /// connection starts in the first (or `--original-version`); given more than one,
         /// the server may move it to another without a round trip (RFC 9368 §2.3), or it
@@ -307,6 +320,7 @@ fn run(cli: Cli) -> Result<()> {
             workers,
             retry,
             ticket_keys,
+            early_data,
             prefer_version,
             quic_version,
             max_connections,
@@ -365,6 +379,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 require_retry: retry,
                 ticket_keys,
+                early_data_sessions: early_data,
                 preferred_versions: preferred_versions(&prefer_version, &versions)?,
                 versions,
                 max_connections,
@@ -395,6 +410,7 @@ fn run(cli: Cli) -> Result<()> {
             migrate_after,
             server_name,
             resume,
+            early_data,
             quic_version,
             original_version,
             timeout,
@@ -451,7 +467,8 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 versions: quic_versions(&quic_version)?,
                 original_version: original_version.map(wire_version),
-                resume,
+                resume: resume || early_data,
+                early_data,
             };
             let report = match datapath {
                 DatapathKind::Udp => run_client(opts)?,

@@ -15,6 +15,7 @@ use crate::io::udp::{cid_steering_program, UdpDatapath, UdpOptions};
 use crate::io::Datapath;
 use crate::tls::certs::CertifiedKey;
 use crate::tls::tickets::TicketKeyFile;
+use crate::tls::Resumption;
 use crate::worker::{Handoff, Worker, WorkerCounters};
 
 #[derive(thiserror::Error, Debug)]
@@ -48,6 +49,9 @@ pub struct ServerOptions {
     /// Session ticket key file shared by a fleet (`tls::tickets::TicketKeyFile`); `None`
     /// uses keys of this process alone.
     pub ticket_keys: Option<PathBuf>,
+    /// Accept 0-RTT, keeping up to this many single-use sessions in memory
+    /// (`tls::Resumption::EarlyData`); exclusive with `ticket_keys`.
+    pub early_data_sessions: Option<usize>,
     /// QUIC versions accepted (`EndpointConfig::versions`).
     pub versions: Vec<u32>,
     /// Versions clients are moved to when their first flight converts to one
@@ -139,6 +143,10 @@ pub struct WorkerStats {
     /// Handshakes that resumed a session from a TLS ticket instead of signing with the
     /// certificate.
     pub resumed_handshakes: u64,
+    /// Connections whose 0-RTT data was accepted (`--early-data`).
+    pub early_data_accepted: u64,
+    /// 0-RTT packets processed, over connections closed so far.
+    pub zero_rtt_packets: u64,
     pub compatible_version_switches: u64,
     /// Path MTU discovery, over connections closed so far.
     pub pmtu_probes_sent: u64,
@@ -162,6 +170,8 @@ impl WorkerStats {
             version_negotiations: c.version_negotiations.load(Ordering::Relaxed),
             new_tokens: c.new_tokens.load(Ordering::Relaxed),
             resumed_handshakes: c.resumed_handshakes.load(Ordering::Relaxed),
+            early_data_accepted: c.early_data_accepted.load(Ordering::Relaxed),
+            zero_rtt_packets: c.zero_rtt_packets.load(Ordering::Relaxed),
             compatible_version_switches: c.compatible_version_switches.load(Ordering::Relaxed),
             pmtu_probes_sent: c.pmtu_probes_sent.load(Ordering::Relaxed),
             pmtu_probes_lost: c.pmtu_probes_lost.load(Ordering::Relaxed),
@@ -183,6 +193,8 @@ impl WorkerStats {
             "version_negotiations": self.version_negotiations,
             "new_tokens": self.new_tokens,
             "resumed_handshakes": self.resumed_handshakes,
+            "early_data_accepted": self.early_data_accepted,
+            "zero_rtt_packets": self.zero_rtt_packets,
             "compatible_version_switches": self.compatible_version_switches,
             "pmtu_probes_sent": self.pmtu_probes_sent,
             "pmtu_probes_lost": self.pmtu_probes_lost,
@@ -203,21 +215,26 @@ struct WorkerBase {
 impl WorkerBase {
     fn new(opts: &ServerOptions) -> Result<WorkerBase, ServerError> {
         let shutdown = Arc::new(AtomicBool::new(false));
-        let tickets = match &opts.ticket_keys {
-            Some(path) => {
+        let resumption = match (&opts.ticket_keys, opts.early_data_sessions) {
+            (Some(_), Some(_)) => return Err(ServerError::Config(
+                "0-RTT keeps sessions in this process; a fleet's ticket keys cannot resume them"
+                    .into(),
+            )),
+            (Some(path), None) => {
                 let keys =
                     TicketKeyFile::open(path).map_err(|e| ServerError::Tls(e.to_string()))?;
                 keys.watch(shutdown.clone())
                     .map_err(|e| ServerError::Tls(format!("ticket key watcher: {e}")))?;
-                Some(keys as Arc<dyn rustls::server::ProducesTickets>)
+                Resumption::Stateless(Some(keys as Arc<dyn rustls::server::ProducesTickets>))
             }
-            None => None,
+            (None, Some(sessions)) => Resumption::EarlyData { sessions },
+            (None, None) => Resumption::Stateless(None),
         };
         let tls = crate::tls::session::server_config_with_provider(
             opts.cert.clone(),
             &opts.alpns,
             rustls::crypto::aws_lc_rs::default_provider(),
-            tickets,
+            resumption,
         )
         .map_err(|e| ServerError::Tls(e.to_string()))?;
         let factory: Arc<dyn AppFactory> = Arc::new(BuiltinApps {

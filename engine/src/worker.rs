@@ -102,6 +102,8 @@ pub struct WorkerCounters {
     pub version_negotiations: AtomicU64,
     pub new_tokens: AtomicU64,
     pub resumed_handshakes: AtomicU64,
+    pub early_data_accepted: AtomicU64,
+    pub zero_rtt_packets: AtomicU64,
     pub compatible_version_switches: AtomicU64,
     pub pmtu_probes_sent: AtomicU64,
     pub pmtu_probes_lost: AtomicU64,
@@ -122,6 +124,10 @@ impl WorkerCounters {
         self.new_tokens.store(ep.new_tokens_sent, Ordering::Relaxed);
         self.resumed_handshakes
             .store(ep.resumed_handshakes, Ordering::Relaxed);
+        self.early_data_accepted
+            .store(ep.early_data_accepted, Ordering::Relaxed);
+        self.zero_rtt_packets
+            .store(ep.zero_rtt_packets, Ordering::Relaxed);
         self.compatible_version_switches
             .store(ep.compatible_version_switches, Ordering::Relaxed);
         self.pmtu_probes_sent

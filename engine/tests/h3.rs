@@ -75,7 +75,8 @@ impl EventHandler<Option<ClientApp>> for Handler {
         ev: Event,
     ) {
         match ev {
-            Event::Connected => {
+            // Refused early data voided the streams: the application starts over.
+            Event::Connected | Event::EarlyData { accepted: false } => {
                 let mut app = (self.make)();
                 app.app().on_connected(conn, now);
                 *st = Some(app);
@@ -91,7 +92,7 @@ impl EventHandler<Option<ClientApp>> for Handler {
                 }
                 self.closed = Some(r);
             }
-            Event::Datagram | Event::PathValidationFailed => {}
+            Event::Datagram | Event::PathValidationFailed | Event::EarlyData { .. } => {}
         }
     }
 }

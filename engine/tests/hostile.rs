@@ -81,7 +81,7 @@ impl EventHandler<ClientLog> for ClientEvents {
             Event::Stream(StreamEvent::Reset { error_code, .. }) => log.reset = Some(error_code),
             Event::Stream(_) => {}
             Event::Datagram => log.datagrams += 1,
-            Event::PathValidationFailed => {}
+            Event::PathValidationFailed | Event::EarlyData { .. } => {}
         }
     }
 }

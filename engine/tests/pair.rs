@@ -20,7 +20,8 @@ use quench::io::mem::{pair, Impairments, MemDatapath};
 use quench::io::{Datapath, RxMeta};
 use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{
-    client_config, client_config_with_provider, server_config, ServerVerification,
+    client_config, client_config_with_provider, server_config, server_config_with_provider,
+    Resumption, ServerVerification,
 };
 use quench::wire::cid::ConnectionId;
 use quench::wire::frame::{Frame, FrameIter};
@@ -169,7 +170,8 @@ impl EventHandler<Option<EchoCheck>> for ClientHandler {
         event: Event,
     ) {
         match event {
-            Event::Connected => {
+            // Refused early data voided the streams: the echoes start over.
+            Event::Connected | Event::EarlyData { accepted: false } => {
                 let mut app = EchoCheck {
                     streams: self.streams,
                     size: self.size,
@@ -178,6 +180,7 @@ impl EventHandler<Option<EchoCheck>> for ClientHandler {
                 app.on_connected(conn, now);
                 *st = Some(app);
             }
+            Event::EarlyData { accepted: true } => {}
             Event::Stream(ev) => {
                 if let Some(app) = st.as_mut() {
                     dispatch_stream_event(app, conn, ev, now);
@@ -237,6 +240,8 @@ struct SimOptions {
     server_versions: Option<Vec<u32>>,
     /// The client's TLS config (its session store), if not a fresh one.
     client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The server's TLS config, if not `server_config`'s (for the echo ALPN).
+    server_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl SimOptions {
@@ -255,6 +260,7 @@ impl SimOptions {
             server_transport: None,
             server_versions: None,
             client_tls: None,
+            server_tls: None,
         }
     }
 }
@@ -270,9 +276,11 @@ impl Sim {
     }
 
     fn with(o: SimOptions) -> (Self, usize) {
-        let cert = generate_self_signed(&["localhost".into()]).unwrap();
         let alpns = vec![b"echo".to_vec()];
-        let stls = server_config(cert, &alpns).unwrap();
+        let stls = o.server_tls.unwrap_or_else(|| {
+            let cert = generate_self_signed(&["localhost".into()]).unwrap();
+            server_config(cert, &alpns).unwrap()
+        });
         let ctls = o
             .client_tls
             .unwrap_or_else(|| client_config(ServerVerification::Insecure, &alpns).unwrap());
@@ -727,6 +735,126 @@ fn returning_connections_resume_their_tls_session_under_loss() {
         assert_eq!(sim.server.stats().resumed_handshakes, round);
         assert_eq!(sim.client.stats().resumed_handshakes, round);
     }
+}
+
+/// A server config for echo that accepts 0-RTT, and a client config that offers it.
+fn early_data_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let alpns = vec![b"echo".to_vec()];
+    let cert = generate_self_signed(&["localhost".into()]).unwrap();
+    let stls = server_config_with_provider(
+        cert,
+        &alpns,
+        rustls::crypto::aws_lc_rs::default_provider(),
+        Resumption::EarlyData { sessions: 64 },
+    )
+    .unwrap();
+    let mut ctls = (*client_config(ServerVerification::Insecure, &alpns).unwrap()).clone();
+    ctls.enable_early_data = true;
+    (stls, Arc::new(ctls))
+}
+
+/// A new client connection to the pair's server, its application started at once: with
+/// a ticket allowing it, its echo streams go out as 0-RTT with its first flight.
+fn connect_early(sim: &mut Sim, ctls: &Arc<rustls::ClientConfig>) -> usize {
+    let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
+    let now = sim.now;
+    let h = sim
+        .client
+        .connect(now, ctls.clone(), "localhost", saddr, VERSION_1)
+        .unwrap();
+    sim.client.dispatch_events(now, h, &mut sim.handler);
+    h
+}
+
+/// 0-RTT packets the pair's server processed, over its connections still held.
+fn server_zero_rtt_packets(sim: &Sim) -> u64 {
+    sim.server
+        .handles()
+        .filter_map(|sh| sim.server.conn(sh))
+        .map(|c| c.stats().zero_rtt_packets_received)
+        .sum::<u64>()
+        + sim.server.stats().zero_rtt_packets
+}
+
+/// 0-RTT (RFC 9001 §4.6) over a bad link (10% loss, duplication, reordering, 1%
+/// corruption): after a first connection leaves tickets, each returning connection sends
+/// its echo streams as early data with its first flight. The server accepts them, and
+/// the early bytes come back intact (the app checks every byte); lost 0-RTT packets are
+/// sent again, as 0-RTT or, once the keys exist, 1-RTT.
+#[test]
+fn early_data_is_accepted_and_echoed_under_loss() {
+    let impair = Impairments {
+        loss: 0.10,
+        duplicate: 0.05,
+        reorder: 0.05,
+        corrupt: 0.01,
+        seed: 29,
+        ..Impairments::none()
+    };
+    let (stls, ctls) = early_data_configs();
+    let mut o = SimOptions::new(impair, TransportConfig::default(), 2, 64 << 10);
+    o.client_tls = Some(ctls.clone());
+    o.server_tls = Some(stls);
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 2, Duration::from_secs(600));
+    sim.advance(Duration::from_secs(2));
+    assert!(
+        !conn_stats(&sim, h1).0.early_data_attempted,
+        "no ticket yet"
+    );
+    for round in 1..=3 {
+        let h = connect_early(&mut sim, &ctls);
+        assert!(sim.client.conn(h).unwrap().stats().early_data_attempted);
+        sim.run_to_completion(h, 2, Duration::from_secs(600));
+        let client = sim.client.conn(h).unwrap().stats();
+        assert!(client.early_data_accepted, "round {round}: {client:?}");
+        assert_eq!(sim.server.stats().early_data_accepted, round);
+        assert_eq!(sim.server.stats().resumed_handshakes, round);
+        sim.advance(Duration::from_secs(2));
+    }
+    assert!(
+        server_zero_rtt_packets(&sim) >= 3,
+        "0-RTT packets processed"
+    );
+}
+
+/// Early data the server refuses (RFC 9001 §4.6.2), over the same bad link: the ticket
+/// came from a server whose sessions are gone (a restart), so the new one does a full
+/// handshake and drops the 0-RTT packets. The client voids what it sent in 0-RTT, its
+/// application starts over once the handshake completes, and every echo still comes
+/// back intact.
+#[test]
+fn refused_early_data_is_sent_again_after_the_handshake() {
+    let (stls, ctls) = early_data_configs();
+    let impair = Impairments {
+        loss: 0.10,
+        duplicate: 0.05,
+        reorder: 0.05,
+        corrupt: 0.01,
+        seed: 31,
+        ..Impairments::none()
+    };
+    let mut o = SimOptions::new(impair, TransportConfig::default(), 3, 32 << 10);
+    o.client_tls = Some(ctls.clone());
+    o.server_tls = Some(stls);
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 3, Duration::from_secs(600));
+    sim.advance(Duration::from_secs(2));
+    // The server restarts: same certificate authority (none: the client trusts any), new
+    // session store.
+    let (restarted, _) = early_data_configs();
+    sim.server = Endpoint::new(EndpointConfig::new(
+        TransportConfig::default(),
+        Some(restarted),
+    ));
+    let h = connect_early(&mut sim, &ctls);
+    assert!(sim.client.conn(h).unwrap().stats().early_data_attempted);
+    sim.run_to_completion(h, 3, Duration::from_secs(600));
+    let client = sim.client.conn(h).unwrap().stats();
+    assert!(!client.early_data_accepted, "{client:?}");
+    assert_eq!(sim.server.stats().early_data_accepted, 0);
+    assert_eq!(sim.server.stats().resumed_handshakes, 0);
+    assert_eq!(server_zero_rtt_packets(&sim), 0, "dropped, not processed");
 }
 
 #[test]

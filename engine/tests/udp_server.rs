@@ -43,6 +43,7 @@ fn server_with(
         transport: TransportConfig::default(),
         require_retry: false,
         ticket_keys,
+        early_data_sessions: None,
         versions: SUPPORTED_VERSIONS.to_vec(),
         preferred_versions,
         max_connections: 64,
@@ -132,6 +133,7 @@ fn perf_client_with(
         versions: vec![VERSION_1],
         original_version: None,
         resume,
+        early_data: false,
     })
     .expect("client completes");
     assert_eq!((report.bytes_down, report.bytes_up), (down, up));
@@ -349,6 +351,7 @@ fn a_returning_client_moved_to_v2_resumes_in_v2() {
         versions: vec![VERSION_2, VERSION_1],
         original_version: Some(VERSION_1),
         resume: true,
+        early_data: false,
     })
     .expect("client completes");
     assert_eq!((report.bytes_down, report.bytes_up), (1 << 20, 1 << 18));

@@ -271,7 +271,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         " §8.1.3) and TLS session ticket, then close it; the transfer's first connection"
         " presents that token and resumes that session (the report counts `resumed`)",
     )
+    p.add_argument(
+        "--early-data",
+        action="store_true",
+        help="0-RTT (RFC 9001 §4.6): a warm-up connection makes one small perf request and"
+        " waits for a session ticket per transfer connection; each of those then sends its"
+        " requests as early data (the report counts `early_data` the server accepted)",
+    )
+    p.add_argument(
+        "--early-data-replay",
+        action="store_true",
+        help="with --early-data, every transfer connection presents the same ticket, as an"
+        " attacker replaying a client's first flight would: a server that keeps tickets"
+        " single-use accepts its early data once",
+    )
     args = p.parse_args(argv)
+    if args.early_data and args.alpn != "perf":
+        p.error("--early-data makes perf requests (--alpn perf)")
     if args.streams < 1 or args.conns < 1:
         p.error("--streams and --conns must be at least 1")
     if args.down < 0 or args.up < 0:
@@ -319,7 +335,19 @@ async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[t
         config.token = args.token  # used once: later connections go without
     if conn_index == 0 and args.session_ticket:
         config.session_ticket = args.session_ticket
-    async with connect(args.host, args.port, configuration=config, create_protocol=Client) as client:
+    if args.early_tickets:
+        # A ticket each: the server takes a session out when it is resumed (single use).
+        config.session_ticket = args.early_tickets[0 if args.early_data_replay else conn_index]
+    early = bool(args.early_tickets)
+    async with connect(
+        args.host,
+        args.port,
+        configuration=config,
+        create_protocol=Client,
+        # With early data, nothing is sent until the first requests are queued: the Initial
+        # and the 0-RTT packets carrying them leave together.
+        wait_connected=not early,
+    ) as client:
         handshake = time.monotonic() - begun
         print(f"connection {conn_index}: QUIC version {client._quic._version:#010x}", file=sys.stderr)
         client.key_update_after = args.key_update_after
@@ -338,6 +366,13 @@ async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[t
             bodies = await asyncio.gather(*(client.get(path) for _, path in gets))
             results = list(zip((i for i, _ in gets), bodies))
         resumed = client._quic.tls.session_resumed
+        if early:
+            print(
+                f"connection {conn_index}: early data accepted "
+                f"{client._quic.tls.early_data_accepted}",
+                file=sys.stderr,
+            )
+            resumed = (resumed, client._quic.tls.early_data_accepted)
         return handshake, results, client.key_updates, resumed
 
 
@@ -363,6 +398,28 @@ async def warm_up_token(args: argparse.Namespace):
     return tokens[-1], tickets[-1]
 
 
+async def warm_up_tickets(args: argparse.Namespace) -> list:
+    """One connection with one small perf request, kept until the server has handed out a
+    session ticket allowing early data for each transfer connection; returns them."""
+    tickets: list = []
+    async with connect(
+        args.host,
+        args.port,
+        configuration=configuration(args),
+        create_protocol=Client,
+        session_ticket_handler=tickets.append,
+    ) as client:
+        await client.perf(1, 0)
+        deadline = time.monotonic() + 5
+        while len(tickets) < (1 if args.early_data_replay else args.conns):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(tickets)} session tickets within 5 s, {args.conns} needed")
+            await asyncio.sleep(0.005)
+    if any(t.max_early_data_size is None for t in tickets):
+        print("session tickets without early data: 0-RTT will not be tried", file=sys.stderr)
+    return tickets
+
+
 async def run(args: argparse.Namespace) -> dict:
     gets: list[str] = args.get
     if args.alpn == "hq-interop" and not gets:
@@ -374,6 +431,7 @@ async def run(args: argparse.Namespace) -> dict:
     args.session_ticket = None
     if args.token_warm_up:
         args.token, args.session_ticket = await warm_up_token(args)
+    args.early_tickets = await warm_up_tickets(args) if args.early_data else []
     start = time.monotonic()
     outcomes = await asyncio.gather(
         *(run_connection(args, c, per_conn[c]) for c in range(args.conns))
@@ -389,8 +447,12 @@ async def run(args: argparse.Namespace) -> dict:
         "streams": 0,
         "sha256": None,
         "key_updates": sum(o[2] for o in outcomes),
-        "resumed": sum(1 for o in outcomes if o[3]),
     }
+    if args.early_data:
+        report["resumed"] = sum(1 for o in outcomes if o[3][0])
+        report["early_data"] = sum(1 for o in outcomes if o[3][1])
+    else:
+        report["resumed"] = sum(1 for o in outcomes if o[3])
     if args.alpn == "echo":
         report["datagrams_sent"] = args.datagrams * args.conns
         report["datagrams_echoed"] = 0

@@ -22,6 +22,9 @@ pub struct Report {
     pub datagrams_echoed: Option<u64>,
     /// Connections whose TLS handshake resumed a session, where the client resumes.
     pub resumed: Option<u64>,
+    /// Connections that sent early data (0-RTT) and had it accepted, where the client
+    /// tries 0-RTT.
+    pub early_data: Option<u64>,
     /// The QUIC version the connections ended in, where the client says (printed `0x…`).
     pub quic_version: Option<u32>,
     /// Connections that ended in another version than their first flight's (compatible
@@ -53,6 +56,9 @@ impl Report {
         }
         if let Some(resumed) = self.resumed {
             v["resumed"] = resumed.into();
+        }
+        if let Some(accepted) = self.early_data {
+            v["early_data"] = accepted.into();
         }
         if let Some(version) = self.quic_version {
             v["quic_version"] = format!("{version:#x}").into();

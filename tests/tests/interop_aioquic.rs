@@ -313,6 +313,20 @@ fn quench_client_perf_two_connections_with_aioquic() {
     assert_server_saw(&aioquic.connections(), &transfer, V1, false);
 }
 
+/// 0-RTT from aioquic's client: its early requests and uploads are accepted and answered
+/// (`client_early_data`).
+#[test]
+fn aioquic_early_data_accepted_by_quench() {
+    client_early_data(Peer::Aioquic, false);
+}
+
+/// A replayed ticket: quench accepts its early data once; the replay gets a full handshake
+/// and aioquic sends the refused 0-RTT data again (`client_early_data`).
+#[test]
+fn aioquic_replayed_early_data_accepted_once() {
+    client_early_data(Peer::Aioquic, true);
+}
+
 /// TLS resumption the other way: `quench client --resume` takes aioquic's session tickets
 /// from warm-up connections, and both of the transfer's connections resume (RFC 8446 §2.2);
 /// the aioquic server agrees, connection by connection, and the bytes add up.

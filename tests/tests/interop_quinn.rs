@@ -105,6 +105,13 @@ fn quinn_client_skips_retry_and_resumes_with_token_and_ticket_from_quench() {
     returning_client_skips_retry_and_resumes(Peer::Quinn, ", used 1");
 }
 
+/// 0-RTT from quinn's client: its early requests and uploads are accepted and answered
+/// (`client_early_data`).
+#[test]
+fn quinn_client_early_data_accepted_by_quench() {
+    client_early_data(Peer::Quinn, false);
+}
+
 #[test]
 fn quinn_client_trusts_quench_generated_certificate() {
     let _serial = serial();

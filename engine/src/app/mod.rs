@@ -65,30 +65,38 @@ pub struct AppDispatcher<'a> {
     pub factory: &'a dyn AppFactory,
 }
 
+impl AppDispatcher<'_> {
+    /// Makes the connection's application for its ALPN and tells it streams can be used.
+    fn start(&mut self, now: Instant, conn: &mut Connection, slot: &mut AppSlot) {
+        let alpn = conn.alpn().unwrap_or_default().to_vec();
+        match self.factory.create(&alpn) {
+            Some(mut app) => {
+                app.on_connected(conn, now);
+                *slot = Some(app);
+            }
+            None => {
+                // rustls already refused unknown ALPNs; this only happens for a client
+                // without one. A transport close with the TLS alert, as TLS itself
+                // would have sent (RFC 9001 §8.1: no_application_protocol, 0x0178).
+                conn.close_with_error(
+                    now,
+                    TransportError::new(TransportErrorCode::crypto(120), "no application for ALPN"),
+                );
+            }
+        }
+    }
+}
+
 impl EventHandler<AppSlot> for AppDispatcher<'_> {
     fn on_event(&mut self, now: Instant, conn: &mut Connection, slot: &mut AppSlot, event: Event) {
         match event {
-            Event::Connected => {
-                let alpn = conn.alpn().unwrap_or_default().to_vec();
-                match self.factory.create(&alpn) {
-                    Some(mut app) => {
-                        app.on_connected(conn, now);
-                        *slot = Some(app);
-                    }
-                    None => {
-                        // rustls already refused unknown ALPNs; this only happens for a client
-                        // without one. A transport close with the TLS alert, as TLS itself
-                        // would have sent (RFC 9001 §8.1: no_application_protocol, 0x0178).
-                        conn.close_with_error(
-                            now,
-                            TransportError::new(
-                                TransportErrorCode::crypto(120),
-                                "no application for ALPN",
-                            ),
-                        );
-                    }
-                }
+            Event::Connected => self.start(now, conn, slot),
+            // Refused early data voided every stream: the application starts over.
+            Event::EarlyData { accepted: false } => {
+                *slot = None;
+                self.start(now, conn, slot);
             }
+            Event::EarlyData { accepted: true } => {}
             Event::Stream(ev) => {
                 if let Some(app) = slot.as_mut() {
                     dispatch_stream_event(app.as_mut(), conn, ev, now);

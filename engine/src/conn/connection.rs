@@ -21,6 +21,7 @@ use crate::conn::space::PacketSpace;
 use crate::conn::streams::{CryptoStream, PeerLimits, StreamError, StreamEvent, StreamId, Streams};
 use crate::crypto::key_update::OneRttKeys;
 use crate::crypto::secrets::{initial_keys, Keys};
+use crate::crypto::DirectionalKeys;
 use crate::tls::session::{KeyChange, TlsAlertError, TlsSession};
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
@@ -62,8 +63,15 @@ pub enum CloseReason {
 /// What the application learns from a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The handshake completed: streams can be used.
+    /// Streams can be used: the handshake completed, or 0-RTT lets them be used before
+    /// (a client offering early data, a server that accepted it).
     Connected,
+    /// Client that offered early data: the handshake completed and the server accepted it
+    /// (`true`) or refused it (`false`). Refused, everything sent in 0-RTT is void and every
+    /// stream starts over (RFC 9001 §4.6.2): the application makes its requests again.
+    EarlyData {
+        accepted: bool,
+    },
     Stream(StreamEvent),
     /// Datagrams (RFC 9221) are waiting in `recv_datagram`. Raised again only for
     /// datagrams that arrive after this event was taken.
@@ -158,6 +166,12 @@ pub struct ConnectionStats {
     /// The connection moved to another version during its handshake (compatible version
     /// negotiation, RFC 9368 §2.3): the server chose it, or the client followed.
     pub compatible_version_switch: bool,
+    /// Client: early data (0-RTT, RFC 9001 §4.6) was sent.
+    pub early_data_attempted: bool,
+    /// Server: the client's early data was accepted. Client: ours was.
+    pub early_data_accepted: bool,
+    /// Server: 0-RTT packets decrypted and processed.
+    pub zero_rtt_packets_received: u64,
 }
 
 pub struct Connection {
@@ -168,6 +182,15 @@ pub struct Connection {
     pub(crate) tls: TlsSession,
     pub(crate) spaces: [PacketSpace; 3],
     pub(crate) one_rtt: Option<OneRttKeys>,
+    /// The 0-RTT keys (RFC 9001 §4.6). Server: to open the client's early data, once
+    /// accepted, until `zero_rtt_discard_at`. Client: to seal ours, until 1-RTT keys exist.
+    pub(crate) zero_rtt: Option<Box<DirectionalKeys>>,
+    /// Server: when the 0-RTT keys go: 3 PTO after the handshake completes, by which time
+    /// the client sends 1-RTT only and reordered 0-RTT packets are late (RFC 9001 §4.9.3).
+    pub(crate) zero_rtt_discard_at: Option<Instant>,
+    /// Client: the first packet number sealed with 1-RTT keys (earlier Data-space packets
+    /// were 0-RTT): only an ACK reaching it confirms the handshake (RFC 9001 §4.1.2).
+    pub(crate) first_one_rtt_pn: u64,
     /// Epoch TLS currently writes at.
     pub(crate) tls_write_epoch: Epoch,
     pub(crate) recovery: Recovery<SentFrames>,
@@ -295,10 +318,11 @@ pub struct Connection {
     // Datagrams (RFC 9221, `datagrams.rs`).
     pub(crate) datagrams_in: DatagramQueue,
     pub(crate) datagrams_out: DatagramQueue,
-    /// The last packet built left frames that go whole or not at all (a DATAGRAM, the
-    /// test hook's raw frames) for the next one: room left in that packet does not mean
-    /// everything was sent.
-    pub(crate) whole_frames_deferred: bool,
+    /// Room left in the last datagram does not mean everything was sent: its packets left
+    /// frames that go whole or not at all (a DATAGRAM, the test hook's raw frames) for the
+    /// next one, or its Handshake packet made the client drop its Initial space, whose
+    /// packets left the congestion window and so made room for more.
+    pub(crate) unsent_despite_room: bool,
 }
 
 /// Arguments for a server-side connection, gathered by the endpoint from the client's first Initial.
@@ -389,18 +413,72 @@ impl Connection {
             }));
         }
         conn.drive_tls(now)?;
+        if let Some(keys) = conn.tls.take_early_data_keys() {
+            conn.start_early_data(keys);
+        }
         Ok(conn)
+    }
+
+    /// Client with 0-RTT keys (a ticket allowing early data, RFC 9001 §4.6.1): streams open
+    /// at once, within the limits the server gave the ticket's connection (RFC 9000
+    /// §7.4.1), and the application may use them before the handshake completes.
+    fn start_early_data(&mut self, keys: DirectionalKeys) {
+        // rustls reports the remembered parameters until the server's arrive.
+        let Some(remembered) = self
+            .tls
+            .peer_transport_parameters()
+            .and_then(|raw| TransportParameters::decode(raw, Side::Server).ok())
+        else {
+            return;
+        };
+        self.streams.set_peer_limits(peer_limits(&remembered));
+        tracing::debug!("0-RTT: sending early data");
+        self.zero_rtt = Some(Box::new(keys));
+        self.stats.early_data_attempted = true;
+        self.connected_emitted = true;
+        self.events.push_back(Event::Connected);
+    }
+
+    /// Client at the end of a handshake that offered early data: what the server made of it.
+    fn settle_early_data(&mut self, now: Instant) {
+        let accepted = self.tls.early_data_accepted();
+        tracing::debug!(accepted, "0-RTT: the server's verdict");
+        self.stats.early_data_accepted = accepted;
+        if !accepted {
+            self.void_early_data(now);
+        }
+        self.events.push_back(Event::EarlyData { accepted });
+    }
+
+    /// Client: what was sent in 0-RTT never reached the peer (refused, or a Version
+    /// Negotiation answered it). Its packets leave the congestion window without counting
+    /// as lost, and as the connection's assumptions may have been wrong every stream starts
+    /// over (RFC 9001 §4.6.2: "MUST reset the state of all streams").
+    fn void_early_data(&mut self, now: Instant) {
+        let pool = &mut self.sent_pool;
+        self.recovery
+            .discard_space(Epoch::Data, now, &mut |p| pool.give(p.data));
+        self.streams = Streams::new(Side::Client, self.config.streams.clone());
+        if let Some(p) = &self.peer_params {
+            self.streams.set_peer_limits(peer_limits(p));
+        }
+        self.events.retain(|e| !matches!(e, Event::Stream(_)));
     }
 
     /// Client, after a Version Negotiation packet offering `version` (RFC 9368 §2.1): a new
     /// first flight in it, to a new DCID, with the same local CID. Nothing of the first
-    /// attempt carries over but the stream state the application may have set up (it
-    /// cannot have sent anything yet: there is no 0-RTT).
+    /// attempt carries over but the stream state the application may have set up, unless
+    /// it went out as early data: then that is void too, and the application starts over.
     pub(crate) fn restart_in_version(
         &mut self,
         now: Instant,
         version: u32,
     ) -> Result<(), TransportError> {
+        if self.version_fallback.is_some() && self.zero_rtt.take().is_some() {
+            // Tickets belong to their version (RFC 9369 §5): no 0-RTT in the new one.
+            self.void_early_data(now);
+            self.events.push_back(Event::EarlyData { accepted: false });
+        }
         let Some(fallback) = self.version_fallback.as_mut() else {
             return Err(TransportError::new(
                 Code::INTERNAL_ERROR,
@@ -521,6 +599,9 @@ impl Connection {
             tls,
             spaces: [PacketSpace::new(), PacketSpace::new(), PacketSpace::new()],
             one_rtt: None,
+            zero_rtt: None,
+            zero_rtt_discard_at: None,
+            first_one_rtt_pn: 0,
             tls_write_epoch: Epoch::Initial,
             recovery,
             sent_pool: SentFramesPool::default(),
@@ -595,7 +676,7 @@ impl Connection {
             no_acks: false,
             datagrams_in: DatagramQueue::new(config.datagram_buffer, MAX_QUEUED_DATAGRAMS),
             datagrams_out: DatagramQueue::new(config.datagram_buffer, MAX_QUEUED_DATAGRAMS),
-            whole_frames_deferred: false,
+            unsent_despite_room: false,
             config,
         }
     }
@@ -612,6 +693,35 @@ impl Connection {
 
     pub fn is_established(&self) -> bool {
         self.state == State::Established
+    }
+
+    /// Streams and datagrams can be used: the handshake is complete, or this server
+    /// accepted the client's early data and is still completing it. Its answers then go
+    /// out in 1-RTT packets before the handshake completes (RFC 9001 §4.1.1's 0.5-RTT
+    /// data), within the 3× limit of an unvalidated address.
+    pub fn app_data_open(&self) -> bool {
+        self.state == State::Established
+            || (self.state == State::Handshake
+                && (self.stats.early_data_accepted || self.sends_zero_rtt()))
+    }
+
+    /// Client: 0-RTT packets are what it sends in the Data space for now.
+    pub(crate) fn sends_zero_rtt(&self) -> bool {
+        self.side == Side::Client && self.zero_rtt.is_some()
+    }
+
+    /// Server: the client's 0-RTT keys are installed and not yet due for discarding;
+    /// past their time they are dropped here.
+    pub(crate) fn zero_rtt_usable(&mut self, now: Instant) -> bool {
+        if self.zero_rtt.is_none() {
+            return false;
+        }
+        if self.zero_rtt_discard_at.is_some_and(|t| now >= t) {
+            self.zero_rtt = None;
+            self.zero_rtt_discard_at = None;
+            return false;
+        }
+        true
     }
 
     pub fn is_handshake_confirmed(&self) -> bool {
@@ -698,7 +808,7 @@ impl Connection {
     // ---- Streams ------------------------------------------------------------------------
 
     pub fn open_stream(&mut self, bidi: bool) -> Option<StreamId> {
-        if self.state != State::Established {
+        if !self.app_data_open() {
             return None;
         }
         self.streams.open(bidi)
@@ -1046,6 +1156,11 @@ impl Connection {
                 Some(KeyChange::OneRtt(keys)) => {
                     self.one_rtt = Some(keys);
                     self.tls_write_epoch = Epoch::Data;
+                    if self.side == Side::Client {
+                        // RFC 9001 §4.9.3: no 0-RTT once 1-RTT keys exist.
+                        self.zero_rtt = None;
+                        self.first_one_rtt_pn = self.spaces[Epoch::Data.index()].next_pn;
+                    }
                 }
                 None => {
                     if self.tls_buf.is_empty() {
@@ -1068,6 +1183,9 @@ impl Connection {
                 self.apply_peer_params(params)?;
             }
         }
+        if self.side == Side::Server && self.state == State::Handshake && self.zero_rtt.is_none() {
+            self.accept_early_data();
+        }
         if self.state == State::Handshake && !self.tls.is_handshaking() {
             self.on_handshake_complete(now)?;
         }
@@ -1077,6 +1195,27 @@ impl Connection {
             self.tls.finish_server();
         }
         Ok(())
+    }
+
+    /// Server: installs the client's 0-RTT keys if rustls accepted its early data, and
+    /// opens the connection to the application at once, so the early requests are
+    /// answered before the handshake completes.
+    fn accept_early_data(&mut self) {
+        let Some(keys) = self.tls.take_early_data_keys() else {
+            return;
+        };
+        if self.version != self.first_flight_version {
+            // Moved to another version (RFC 9368): the client's 0-RTT packets are in the old
+            // one and are dropped; its loss recovery sends their frames again in 1-RTT.
+            return;
+        }
+        tracing::debug!("0-RTT: accepting early data");
+        self.zero_rtt = Some(Box::new(keys));
+        self.stats.early_data_accepted = true;
+        if !self.connected_emitted {
+            self.connected_emitted = true;
+            self.events.push_back(Event::Connected);
+        }
     }
 
     fn apply_peer_params(&mut self, p: TransportParameters) -> Result<(), TransportError> {
@@ -1130,14 +1269,7 @@ impl Connection {
         self.peer_ack_delay_exponent = p.ack_delay_exponent as u8;
         self.recovery
             .set_max_ack_delay(Duration::from_millis(p.max_ack_delay));
-        self.streams.set_peer_limits(PeerLimits {
-            initial_max_data: p.initial_max_data,
-            initial_max_stream_data_bidi_local: p.initial_max_stream_data_bidi_local,
-            initial_max_stream_data_bidi_remote: p.initial_max_stream_data_bidi_remote,
-            initial_max_stream_data_uni: p.initial_max_stream_data_uni,
-            initial_max_streams_bidi: p.initial_max_streams_bidi,
-            initial_max_streams_uni: p.initial_max_streams_uni,
-        });
+        self.streams.set_peer_limits(peer_limits(&p));
         self.peer_params = Some(p);
         Ok(())
     }
@@ -1155,12 +1287,18 @@ impl Connection {
             self.connected_emitted = true;
             self.events.push_back(Event::Connected);
         }
+        if self.side == Side::Client && self.stats.early_data_attempted {
+            self.settle_early_data(now);
+        }
         let limit = self
             .peer_params
             .as_ref()
             .map_or(2, |p| p.active_connection_id_limit);
         self.cids.set_peer_limit(limit, self.cid_gen.as_mut());
         if self.side == Side::Server {
+            if self.zero_rtt.is_some() {
+                self.zero_rtt_discard_at = Some(now + 3 * self.recovery.pto(Epoch::Data));
+            }
             // RFC 9001 §4.1.2: the server's handshake is confirmed on completion.
             self.handshake_done_pending = true;
             self.confirm_handshake(now);
@@ -1494,6 +1632,18 @@ fn truncate(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
+}
+
+/// The stream limits among transport parameters.
+fn peer_limits(p: &TransportParameters) -> PeerLimits {
+    PeerLimits {
+        initial_max_data: p.initial_max_data,
+        initial_max_stream_data_bidi_local: p.initial_max_stream_data_bidi_local,
+        initial_max_stream_data_bidi_remote: p.initial_max_stream_data_bidi_remote,
+        initial_max_stream_data_uni: p.initial_max_stream_data_uni,
+        initial_max_streams_bidi: p.initial_max_streams_bidi,
+        initial_max_streams_uni: p.initial_max_streams_uni,
+    }
 }
 
 #[cfg(test)]

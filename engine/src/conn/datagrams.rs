@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use crate::conn::connection::{Connection, Event, State};
+use crate::conn::connection::{Connection, Event};
 use crate::conn::sent::{FrameRecord, SentFrames};
 use crate::crypto::aead::TAG_LEN;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
@@ -25,10 +25,10 @@ const MAX_SHORT_HEADER: usize = 1 + 20 + 4;
 impl Connection {
     /// The largest datagram `send_datagram` accepts now: what the peer's
     /// max_datagram_frame_size leaves after the frame's type and length, and what fits in
-    /// a packet on the current path. `None` until the handshake is done, or if the peer
-    /// accepts no DATAGRAM frames.
+    /// a packet on the current path. `None` until the handshake is done (or 0-RTT
+    /// accepted, `app_data_open`), or if the peer accepts no DATAGRAM frames.
     pub fn max_datagram_payload(&self) -> Option<usize> {
-        if self.state != State::Established {
+        if !self.app_data_open() {
             return None;
         }
         let peer_max = self.peer_params.as_ref()?.max_datagram_frame_size?;
@@ -127,7 +127,7 @@ impl Connection {
             }
             let frame_len = 1 + varint_len(len as u64) + len;
             if frame_len > buf.len() - pos {
-                self.whole_frames_deferred = true;
+                self.unsent_despite_room = true;
                 break;
             }
             let mut w = Writer::new(&mut buf[pos..]);

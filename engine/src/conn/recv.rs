@@ -323,8 +323,18 @@ impl Connection {
                         pn_offset,
                         Some(scid),
                     ),
-                    // We do not accept 0-RTT; Retry was handled while parsing.
-                    LongType::ZeroRtt | LongType::Retry => return Ok(Outcome::Dropped),
+                    LongType::ZeroRtt => {
+                        cold_path();
+                        // Only a server that accepted the client's early data has keys, and
+                        // only from the address of its Initial (RFC 9001 §4.6.2, §4.9.3).
+                        if !self.zero_rtt_usable(now) || remote != self.remote {
+                            tracing::trace!("drop: 0-RTT packet without 0-RTT keys");
+                            return Ok(Outcome::Dropped);
+                        }
+                        (Epoch::Data, PacketKind::ZeroRtt, pn_offset, None)
+                    }
+                    // Retry was handled while parsing.
+                    LongType::Retry => return Ok(Outcome::Dropped),
                 }
             }
             PacketHeader::Short { pn_offset, .. } => {
@@ -362,8 +372,8 @@ impl Connection {
 
         // RFC 9001 §5.7: a server must not process 1-RTT packets before the handshake is
         // complete (the client's Finished verified); they are dropped, and an honest
-        // client's loss recovery sends their frames again.
-        if epoch == Epoch::Data
+        // client's loss recovery sends their frames again. 0-RTT packets are for then.
+        if kind == PacketKind::OneRtt
             && self.side == Side::Server
             && (self.state == State::Handshake
                 || (matches!(self.state, State::Closing { .. }) && self.tls.is_handshaking()))
@@ -385,8 +395,9 @@ impl Connection {
         };
         debug_assert_eq!(sample_block.len(), SAMPLE_LEN);
         // A long header's receive keys, found once for header and packet protection.
-        let long_keys = match epoch {
-            Epoch::Data => None,
+        let long_keys = match kind {
+            PacketKind::OneRtt => None,
+            PacketKind::ZeroRtt => self.zero_rtt.as_deref(),
             _ => match self.long_header_remote_keys(epoch, other_version) {
                 Some(k) => Some(k),
                 None => {
@@ -463,7 +474,7 @@ impl Connection {
         }
 
         // Reserved bits must be zero once protection is removed (RFC 9000 §17.2, §17.3.1).
-        let reserved = if epoch == Epoch::Data {
+        let reserved = if kind == PacketKind::OneRtt {
             first & 0x18
         } else {
             first & 0x0c
@@ -480,7 +491,11 @@ impl Connection {
             self.stats.duplicate_packets += 1;
             return Ok(Outcome::Dropped);
         }
-        if epoch == Epoch::Data && generation == KeyGeneration::Next {
+        if kind == PacketKind::ZeroRtt {
+            cold_path();
+            self.stats.zero_rtt_packets_received += 1;
+        }
+        if kind == PacketKind::OneRtt && generation == KeyGeneration::Next {
             cold_path();
             // The peer started a key update (RFC 9001 §6.2).
             if !self.handshake_confirmed && self.side == Side::Server {
@@ -495,7 +510,7 @@ impl Connection {
             }
             self.packets_in_phase = 0;
             self.stats.key_updates += 1;
-        } else if epoch == Epoch::Data {
+        } else if kind == PacketKind::OneRtt {
             if let Some(k) = self.one_rtt.as_mut() {
                 if k.on_packet_opened(generation, pn) {
                     // The peer follows our update: the old keys go 3 PTO from now (§6.5).
@@ -548,7 +563,10 @@ impl Connection {
             let peer_switched = self.path_dcid.is_some_and(|d| d != dcid);
             self.migrate_to(now, remote, self.rx_path.1, peer_switched);
         }
-        if epoch == Epoch::Data && self.path_dcid.as_ref() != Some(&dcid) && remote == self.remote {
+        if kind == PacketKind::OneRtt
+            && self.path_dcid.as_ref() != Some(&dcid)
+            && remote == self.remote
+        {
             self.path_dcid = Some(dcid);
         }
 
@@ -853,8 +871,10 @@ impl Connection {
             && self.side == Side::Client
             && !self.handshake_confirmed
             && self.state == State::Established
+            && ack.largest >= self.first_one_rtt_pn
         {
-            // RFC 9001 §4.1.2: an acknowledged 1-RTT packet confirms the handshake too.
+            // RFC 9001 §4.1.2: an acknowledged 1-RTT packet confirms the handshake too
+            // (an acknowledged 0-RTT packet does not).
             self.confirm_handshake(now);
         }
         Ok(())

@@ -136,7 +136,7 @@ impl Connection {
                 }
                 cap = cap.min(allowed);
             }
-            self.whole_frames_deferred = false;
+            self.unsent_despite_room = false;
             let n = self.build_datagram(now, &mut buf[total..total + cap]);
             if n == 0 {
                 break;
@@ -148,7 +148,7 @@ impl Connection {
             if matches!(self.state, State::Closing { .. }) {
                 break;
             }
-            if n + MIN_PACKET_ROOM <= cap && !self.probes_pending() && !self.whole_frames_deferred {
+            if n + MIN_PACKET_ROOM <= cap && !self.probes_pending() && !self.unsent_despite_room {
                 // Room for another packet was left unused: the packets took everything
                 // they could (frames fill a packet to within a frame header, and congestion
                 // and pacing stop a packet rather than shorten it), so asking again now
@@ -220,10 +220,14 @@ impl Connection {
             sent_handshake |= b.epoch == Epoch::Handshake;
             self.seal_and_record(now, buf, b);
         }
-        if self.side == Side::Client && sent_handshake {
+        if self.side == Side::Client
+            && sent_handshake
+            && !self.spaces[Epoch::Initial.index()].discarded
+        {
             cold_path();
             // RFC 9001 §4.9.1: the client drops Initial keys when it first sends a Handshake packet.
             self.discard_space(Epoch::Initial, now);
+            self.unsent_despite_room = true;
         }
         if matches!(self.state, State::Closing { .. }) {
             self.close_pending = false;
@@ -396,40 +400,29 @@ impl Connection {
             // Length covers packet number, payload and tag; the 2-byte field always fits a datagram.
             header::finish_long(packet, layout, packet_len).expect("length field reserved");
         }
-        let sealed = match b.epoch {
-            Epoch::Data => {
-                let keys = self.one_rtt.as_ref().expect("built with keys");
-                keys.local_packet()
-                    .seal_in_place(b.pn, packet, b.header_len)
+        let (packet_key, header_key) = match (b.epoch, &self.one_rtt) {
+            (Epoch::Data, Some(keys)) => (keys.local_packet(), keys.local_header()),
+            (Epoch::Data, None) => {
+                cold_path();
+                let keys = self.zero_rtt.as_deref().expect("built with 0-RTT keys");
+                (&keys.packet, &keys.header)
             }
-            e => {
-                let keys = self.spaces[e.index()]
+            (e, _) => {
+                let keys = &self.spaces[e.index()]
                     .keys
                     .as_ref()
-                    .expect("built with keys");
-                keys.local.packet.seal_in_place(b.pn, packet, b.header_len)
+                    .expect("built with keys")
+                    .local;
+                (&keys.packet, &keys.header)
             }
         };
+        let sealed = packet_key.seal_in_place(b.pn, packet, b.header_len);
         debug_assert!(
             sealed.is_ok(),
             "sealing into a correctly sized buffer cannot fail"
         );
         let sample = sample(packet, b.pn_offset).expect("payload padded for the sample");
-        let mask = match b.epoch {
-            Epoch::Data => self
-                .one_rtt
-                .as_ref()
-                .expect("keys")
-                .local_header()
-                .mask(&sample),
-            e => self.spaces[e.index()]
-                .keys
-                .as_ref()
-                .expect("keys")
-                .local
-                .header
-                .mask(&sample),
-        };
+        let mask = header_key.mask(&sample);
         apply_mask(packet, b.pn_offset, b.pn_len, &mask);
 
         self.stats.packets_sent += 1;
@@ -549,8 +542,9 @@ impl Connection {
         if self.spaces[idx].discarded {
             return None;
         }
+        // A client without 1-RTT keys sends its Data-space frames in 0-RTT packets.
         let has_keys = match epoch {
-            Epoch::Data => self.one_rtt.is_some(),
+            Epoch::Data => self.one_rtt.is_some() || self.sends_zero_rtt(),
             _ => self.spaces[idx].keys.is_some(),
         };
         if !has_keys {
@@ -563,6 +557,8 @@ impl Connection {
         }
 
         let space = &self.spaces[idx];
+        // 0-RTT packets carry no ACK (RFC 9000 §17.2.3); a client has nothing to
+        // acknowledge in the Data space before it has 1-RTT keys anyway.
         let ack_pending = space.ack.ack_pending() && !self.no_acks;
         // Initial and Handshake ACKs fall due at once, but only for ack-eliciting packets
         // (the tracker's deadline): an ACK-only packet never answers one (RFC 9000
@@ -577,7 +573,7 @@ impl Connection {
                 || self.ping_pending
                 || !self.path_responses.is_empty()
                 || self.path_challenge_pending
-                || (self.state == State::Established
+                || (self.app_data_open()
                     && (self.cids.pending_announcements()
                         || self.streams.has_pending()
                         || self.has_datagrams_to_send()));
@@ -593,19 +589,22 @@ impl Connection {
             }
         }
         let mut send_eliciting = want_eliciting;
-        if send_eliciting && !probing {
+        // Initial and Handshake packets are not held back by the congestion window (the
+        // server's 3× limit still applies). Data-space packets that filled it may have no
+        // way to be declared lost before the handshake is confirmed (0-RTT or 1-RTT packets
+        // whose ACKs went missing; RFC 9002 §6.2.1 arms no Data PTO until then), and a
+        // Finished waiting behind them would never go out: the deadlock ngtcp2 (#663) and
+        // MsQuic (#5899) met too.
+        if send_eliciting && !probing && epoch == Epoch::Data {
             if self.recovery.send_window() < buf.len().min(self.max_datagram_size) as u64
-                || (epoch == Epoch::Data
-                    && (self.recovery.tracked_span(epoch) >= TRACKED_SEND_LIMIT
-                        || self.awaiting_key_update()))
+                || self.recovery.tracked_span(epoch) >= TRACKED_SEND_LIMIT
+                || self.awaiting_key_update()
             {
                 send_eliciting = false;
-            } else if epoch == Epoch::Data {
-                if let Some(t) = self.recovery.pacing_next_send(now, buf.len() as u64) {
-                    if t > now {
-                        self.pacing_deadline = Some(t);
-                        send_eliciting = false;
-                    }
+            } else if let Some(t) = self.recovery.pacing_next_send(now, buf.len() as u64) {
+                if t > now {
+                    self.pacing_deadline = Some(t);
+                    send_eliciting = false;
                 }
             }
         }
@@ -653,7 +652,7 @@ impl Connection {
                 pos = self.write_data_control_frames(&mut buf[..end], pos, &mut frames);
                 // Datagrams before stream data: they are the latency-sensitive kind. But
                 // credit and resets first, or a full datagram queue could starve them.
-                if self.state == State::Established && self.has_datagrams_to_send() {
+                if self.app_data_open() && self.has_datagrams_to_send() {
                     let n = self.streams.write_control(&mut buf[pos..end], 0, &mut |r| {
                         frames.records.push(FrameRecord::Stream(r))
                     });
@@ -671,7 +670,7 @@ impl Connection {
                     });
                 pos += n;
             }
-            if epoch == Epoch::Data && self.state == State::Established && end > pos {
+            if epoch == Epoch::Data && self.app_data_open() && end > pos {
                 let n = self.streams.write_frames(&mut buf[pos..end], &mut |r| {
                     frames.records.push(FrameRecord::Stream(r))
                 });
@@ -729,18 +728,18 @@ impl Connection {
         let pn = self.spaces[epoch.index()].next_pn;
         let pn_len = packet_number::encoded_len(pn, self.recovery.largest_acked(epoch));
         let mut w = Writer::new(buf);
-        match epoch {
-            Epoch::Data => {
-                let phase = self.one_rtt.as_ref().is_some_and(|k| k.key_phase());
+        match (epoch, &self.one_rtt) {
+            (Epoch::Data, Some(keys)) => {
+                let phase = keys.key_phase();
                 let pn_offset =
                     header::write_short(&mut w, false, phase, &dcid, pn, pn_len).ok()?;
                 Some((pn, pn_offset, pn_len, w.len(), None))
             }
             _ => {
-                let ty = if epoch == Epoch::Initial {
-                    LongType::Initial
-                } else {
-                    LongType::Handshake
+                let ty = match epoch {
+                    Epoch::Initial => LongType::Initial,
+                    Epoch::Handshake => LongType::Handshake,
+                    Epoch::Data => LongType::ZeroRtt,
                 };
                 let token: &[u8] = if self.side == Side::Client && epoch == Epoch::Initial {
                     &self.initial_token

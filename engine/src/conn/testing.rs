@@ -101,7 +101,7 @@ impl Connection {
             return pos;
         }
         if buf.len().saturating_sub(pos) < raw.len() {
-            self.whole_frames_deferred = true;
+            self.unsent_despite_room = true;
             return pos;
         }
         let end = pos + raw.len();

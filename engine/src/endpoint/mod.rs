@@ -125,6 +125,10 @@ pub struct EndpointStats {
     /// Handshakes that resumed a session from a TLS ticket (both roles): no certificate
     /// sent or verified.
     pub resumed_handshakes: u64,
+    /// Server connections whose early data (0-RTT) was accepted.
+    pub early_data_accepted: u64,
+    /// 0-RTT packets processed, over the connections closed so far.
+    pub zero_rtt_packets: u64,
     /// Handshakes that moved to another version than the client's first flight's
     /// (compatible version negotiation, RFC 9368 §2.3; both roles).
     pub compatible_version_switches: u64,
@@ -793,6 +797,17 @@ impl<U: Default> Endpoint<U> {
         }
     }
 
+    /// Delivers connection `h`'s pending events without input: a client offering early
+    /// data can be used as soon as it is made (`Event::Connected`).
+    pub fn dispatch_events(
+        &mut self,
+        now: Instant,
+        h: ConnHandle,
+        handler: &mut impl EventHandler<U>,
+    ) {
+        self.after_io(now, h, handler);
+    }
+
     /// After input reached connection `h`: route CID changes, deliver events, reschedule, reap.
     fn after_io(&mut self, now: Instant, h: ConnHandle, handler: &mut impl EventHandler<U>) {
         let Some(e) = self.conns.get_mut(h) else {
@@ -827,6 +842,7 @@ impl<U: Default> Endpoint<U> {
             if matches!(ev, Event::Connected) {
                 // Emitted once per connection, when the handshake is over.
                 self.stats.resumed_handshakes += u64::from(e.conn.resumed());
+                self.stats.early_data_accepted += u64::from(e.conn.stats().early_data_accepted);
                 self.stats.compatible_version_switches +=
                     u64::from(e.conn.stats().compatible_version_switch);
                 if let Some(name) = &e.server_name {
@@ -948,6 +964,7 @@ impl<U: Default> Endpoint<U> {
         self.stats.connections_closed += 1;
         let cs = e.conn.stats();
         self.stats.pmtu_probes_sent += cs.pmtu_probes_sent;
+        self.stats.zero_rtt_packets += cs.zero_rtt_packets_received;
         self.stats.pmtu_probes_lost += cs.pmtu_probes_lost;
         self.stats.pmtu_black_holes += cs.pmtu_black_holes;
         self.stats.max_datagram_size_peak =

@@ -83,6 +83,27 @@ pub fn take() -> Option<(DirectionalKeys, DirectionalKeys)> {
     })
 }
 
+/// The one direction's keys captured since the last [`clear`] (rustls's 0-RTT keys), if
+/// exactly one header and one packet key were built; the capture is emptied either way.
+pub fn take_one() -> Option<DirectionalKeys> {
+    BUILT.with(|b| {
+        let mut built = b.borrow_mut();
+        let (mut header, mut packet) = (None, None);
+        let mut extra = false;
+        for key in built.drain(..) {
+            match key {
+                Built::Header(h) if header.is_none() => header = Some(h),
+                Built::Packet(p) if packet.is_none() => packet = Some(p),
+                _ => extra = true,
+            }
+        }
+        match (header, packet, extra) {
+            (Some(header), Some(packet), false) => Some(DirectionalKeys { packet, header }),
+            _ => None,
+        }
+    })
+}
+
 /// The `quic::Algorithm` of the suites in quench's configs; see the module docs.
 struct CaptureKeys {
     suite: Suite,

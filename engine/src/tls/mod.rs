@@ -16,5 +16,5 @@ pub mod tickets;
 pub use certs::{generate_self_signed, load_pem, write_pem, CertifiedKey};
 pub use session::{
     client_config, client_config_with_provider, server_config, server_config_with_provider,
-    KeyChange, ServerVerification, TlsAlertError, TlsError, TlsSession,
+    KeyChange, Resumption, ServerVerification, TlsAlertError, TlsError, TlsSession,
 };

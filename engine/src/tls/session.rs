@@ -117,36 +117,86 @@ pub fn server_config(cert: CertifiedKey, alpns: &[Vec<u8>]) -> Result<Arc<Server
         cert,
         alpns,
         rustls::crypto::aws_lc_rs::default_provider(),
-        None,
+        Resumption::Stateless(None),
     )
 }
 
-/// `server_config` with a custom provider (e.g. restricted to one cipher suite) and, if
-/// given, the ticket keys to use (`tickets::TicketKeyFile`) instead of rustls's own.
-///
-/// Resumption is stateless (RFC 8446 §4.6.1): the ticket carries the session, so every
-/// worker resumes every ticket with no shared session cache (rustls's default, a
-/// 256-entry cache behind a mutex, is neither share-nothing nor big enough for an edge).
+/// How a server resumes sessions (RFC 8446 §2.2).
+pub enum Resumption {
+    /// Stateless tickets (RFC 8446 §4.6.1): the ticket carries the session, sealed with
+    /// rustls's rotating keys or with the given ones (`tickets::TicketKeyFile`, a fleet's),
+    /// so every worker, and every server holding the keys, resumes it with no shared session
+    /// cache (rustls's default, a 256-entry cache behind a mutex, is neither share-nothing
+    /// nor big enough for an edge). No 0-RTT: nothing stops a stateless ticket's early data
+    /// from being replayed, and rustls accepts early data only with single-use tickets.
+    Stateless(Option<Arc<dyn rustls::server::ProducesTickets>>),
+    /// 0-RTT (RFC 9001 §4.6): tickets name sessions this process keeps, up to `sessions` of
+    /// them (the oldest are dropped first), and rustls takes a session out when its ticket
+    /// comes back, so each ticket's early data is accepted once (the single-use tickets of
+    /// RFC 8446 §8.1, the anti-replay this server has). The store is shared by the
+    /// workers: a client's next connection may land on any of them. Its lock is taken once
+    /// per handshake, never per packet. Tickets do not outlive the process or resume on
+    /// another server; the transport parameters a client remembers with one (RFC 9000
+    /// §7.4.1) are therefore always this process's own.
+    EarlyData { sessions: usize },
+}
+
+/// `server_config` with a custom provider (e.g. restricted to one cipher suite) and the
+/// given way to resume sessions.
 pub fn server_config_with_provider(
     cert: CertifiedKey,
     alpns: &[Vec<u8>],
     provider: CryptoProvider,
-    tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    resumption: Resumption,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(tls13_only(provider)))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(cert.chain, cert.key)?;
     config.alpn_protocols = alpns.to_vec();
-    config.max_early_data_size = 0;
     config.key_log = QuicKeyLog::shared();
-    // RFC 9369 §5: a ticket resumes only connections of the QUIC version it came from.
-    config.ticketer = super::ticket_version::VersionScoped::wrap(match tickets {
-        Some(t) => t,
-        None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
-    });
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    match resumption {
+        Resumption::Stateless(tickets) => {
+            config.max_early_data_size = 0;
+            // RFC 9369 §5: a ticket resumes only connections of the QUIC version it came from.
+            config.ticketer = super::ticket_version::VersionScoped::wrap(match tickets {
+                Some(t) => t,
+                None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            });
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        }
+        Resumption::EarlyData { sessions } => {
+            // RFC 9001 §4.6.1: a QUIC server allowing early data says 0xffffffff.
+            config.max_early_data_size = u32::MAX;
+            config.ticketer = Arc::new(NoTickets);
+            config.session_storage = super::ticket_version::VersionScopedStore::wrap(
+                rustls::server::ServerSessionMemoryCache::new(sessions.max(1)),
+            );
+        }
+    }
     Ok(Arc::new(config))
+}
+
+/// No stateless tickets: sessions are kept by the server (`Resumption::EarlyData`).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A client config: TLS 1.3 only, our key log, no early data.
@@ -331,6 +381,10 @@ pub struct TlsSession {
     handshake_keys_ready: bool,
     /// A local failure (secrets missing) reported by the next `read_handshake`.
     failed: Option<TlsAlertError>,
+    /// Server: the client's 0-RTT keys, once rustls accepted its early data
+    /// (`take_early_data_keys`); `early_checked` once that was asked of rustls.
+    early_keys: Option<Box<DirectionalKeys>>,
+    early_checked: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -368,12 +422,15 @@ impl TlsSession {
             let _version = super::ticket_version::enter(version);
             quic::ClientConnection::new(config, rustls_version(version)?, name, params)?
         };
-        Ok(Self::with_conn(
+        let mut session = Self::with_conn(
             conn.into(),
             Side::Client,
             version,
             Some(server_name.to_string()),
-        ))
+        );
+        // A ticket allowing early data (and a config enabling it) gives 0-RTT keys now.
+        session.check_early_data();
+        Ok(session)
     }
 
     fn with_conn(conn: quic::Connection, side: Side, version: u32, name: Option<String>) -> Self {
@@ -391,6 +448,8 @@ impl TlsSession {
             staging_epoch: Epoch::Initial,
             handshake_keys_ready: false,
             failed: None,
+            early_keys: None,
+            early_checked: false,
         }
     }
 
@@ -407,6 +466,46 @@ impl TlsSession {
         debug_assert!(!self.handshake_keys_ready, "version fixed once keys exist");
         self.version = version;
         Ok(())
+    }
+
+    /// The client's 0-RTT keys (RFC 9001 §5.1), if any. Server, once rustls has read the
+    /// ClientHello: if it accepted early data (a resumed session of a config with
+    /// `Resumption::EarlyData`, the client asking, its version, suite and ALPN unchanged;
+    /// RFC 8446 §4.2.10). Client, once its ClientHello is written: if it offers early data
+    /// (a config enabling it and a ticket allowing it).
+    fn check_early_data(&mut self) {
+        let Some(conn) = self.conn.as_deref() else {
+            return;
+        };
+        if self.side == Side::Server && conn.negotiated_cipher_suite().is_none() {
+            return; // the ClientHello is not whole yet
+        }
+        self.early_checked = true;
+        key_capture::clear();
+        if conn.zero_rtt_keys().is_none() {
+            return;
+        }
+        match key_capture::take_one() {
+            Some(keys) => self.early_keys = Some(Box::new(keys)),
+            // Server: rustls told the client its early data is accepted; without the keys
+            // its 0-RTT packets are dropped, and it sends their frames again as lost.
+            // Client: no 0-RTT is sent.
+            None => tracing::error!("0-RTT keys were not captured"),
+        }
+    }
+
+    /// The client's 0-RTT keys, once: a server's to open them if it accepted the early
+    /// data, a client's to seal them if it offers early data.
+    pub fn take_early_data_keys(&mut self) -> Option<DirectionalKeys> {
+        self.early_keys.take().map(|k| *k)
+    }
+
+    /// Client, once the handshake is over: the server accepted our early data.
+    pub fn early_data_accepted(&self) -> bool {
+        match self.conn.as_deref() {
+            Some(quic::Connection::Client(c)) => c.is_early_data_accepted(),
+            _ => false,
+        }
     }
 
     /// The epoch `write_handshake` currently writes at.
@@ -449,6 +548,9 @@ impl TlsSession {
         let result = conn.read_hs(data);
         self.collect_secrets();
         if result.is_ok() {
+            if self.side == Side::Server && !self.early_checked {
+                self.check_early_data();
+            }
             self.pump();
         }
         result.map_err(|e| {
@@ -772,9 +874,13 @@ mod tests {
         version: u32,
     ) -> (Peer, Peer) {
         let cert = generate_self_signed(&[]).unwrap();
-        let server_cfg =
-            server_config_with_provider(cert, &[server_alpn.to_vec()], provider.clone(), None)
-                .unwrap();
+        let server_cfg = server_config_with_provider(
+            cert,
+            &[server_alpn.to_vec()],
+            provider.clone(),
+            Resumption::Stateless(None),
+        )
+        .unwrap();
         let client_cfg = client_config_with_provider(verify, &[ALPN.to_vec()], provider).unwrap();
         let server = TlsSession::server(server_cfg, version, SERVER_PARAMS.to_vec()).unwrap();
         let client =
@@ -1062,8 +1168,13 @@ mod tests {
         let cert = generate_self_signed(&[]).unwrap();
         write_pem(&cert, &ca, &key).unwrap();
         let provider = default_provider();
-        let server_cfg =
-            server_config_with_provider(cert, &[ALPN.to_vec()], provider.clone(), None).unwrap();
+        let server_cfg = server_config_with_provider(
+            cert,
+            &[ALPN.to_vec()],
+            provider.clone(),
+            Resumption::Stateless(None),
+        )
+        .unwrap();
         let client_cfg =
             client_config(ServerVerification::CaFile(ca.clone()), &[ALPN.to_vec()]).unwrap();
         let mut server = Peer::new(TlsSession::server(server_cfg, 1, vec![]).unwrap());

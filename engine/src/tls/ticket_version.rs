@@ -10,6 +10,8 @@
 //! - server: [`VersionScoped`] wraps whichever ticketer it uses and seals the version with
 //!   the session; a ticket of another version, or one opened outside such a call, does not
 //!   open, and a full handshake follows;
+//! - server with 0-RTT: [`VersionScopedStore`] does the same for the sessions kept in
+//!   memory instead of sealed in tickets;
 //! - client: [`VersionScopedSessions`] keeps tickets apart by the version of the
 //!   connection that got them and hands a connection only those of its first flight's
 //!   version (a client moved from v1 to v2 thus keeps v2 tickets, which its next v1 first
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::ServerName;
-use rustls::server::ProducesTickets;
+use rustls::server::{ProducesTickets, StoresServerSessions};
 use rustls::NamedGroup;
 
 use crate::wire::header::SUPPORTED_VERSIONS;
@@ -88,6 +90,56 @@ impl ProducesTickets for VersionScoped {
         }
         plain.drain(..4);
         Some(plain)
+    }
+}
+
+/// A server's session store for 0-RTT, whose values carry the QUIC version (4 bytes,
+/// big-endian) they were stored under: a session resumes only in its own version. rustls
+/// takes a session out when its ticket comes back (`take`), so every ticket resumes, and
+/// carries early data, once.
+#[derive(Debug)]
+pub struct VersionScopedStore {
+    inner: Arc<dyn StoresServerSessions>,
+}
+
+impl VersionScopedStore {
+    pub fn wrap(inner: Arc<dyn StoresServerSessions>) -> Arc<dyn StoresServerSessions> {
+        Arc::new(Self { inner })
+    }
+
+    fn unwrap_value(mut value: Vec<u8>) -> Option<Vec<u8>> {
+        let version = current()?;
+        if value.get(..4)? != version.to_be_bytes() {
+            tracing::debug!("stored session from another QUIC version: full handshake");
+            return None;
+        }
+        value.drain(..4);
+        Some(value)
+    }
+}
+
+impl StoresServerSessions for VersionScopedStore {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let Some(version) = current() else {
+            return false;
+        };
+        let mut tagged = Vec::with_capacity(4 + value.len());
+        tagged.extend_from_slice(&version.to_be_bytes());
+        tagged.extend_from_slice(&value);
+        self.inner.put(key, tagged)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.get(key).and_then(Self::unwrap_value)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        // Taken whatever its version: a ticket is spent by its first presentation.
+        self.inner.take(key).and_then(Self::unwrap_value)
+    }
+
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
     }
 }
 
@@ -229,5 +281,33 @@ mod tests {
         // Outside a connection's TLS call: nothing is sealed or opened.
         assert_eq!(t.decrypt(&sealed), None);
         assert_eq!(t.encrypt(b"x"), None);
+    }
+
+    #[test]
+    fn a_stored_session_resumes_once_and_only_in_its_version() {
+        let store = VersionScopedStore::wrap(rustls::server::ServerSessionMemoryCache::new(16));
+        {
+            let _v = enter(VERSION_1);
+            assert!(store.put(b"id-1".to_vec(), b"session".to_vec()));
+            assert!(store.put(b"id-2".to_vec(), b"other".to_vec()));
+            assert_eq!(store.get(b"id-1").as_deref(), Some(&b"session"[..]));
+            assert_eq!(store.take(b"id-1").as_deref(), Some(&b"session"[..]));
+            assert_eq!(store.take(b"id-1"), None, "a ticket is single-use");
+        }
+        {
+            let _v = enter(VERSION_2);
+            assert_eq!(
+                store.take(b"id-2"),
+                None,
+                "a v1 session does not resume in v2"
+            );
+        }
+        let _v = enter(VERSION_1);
+        assert_eq!(store.take(b"id-2"), None, "and the attempt spent it");
+        drop(_v);
+        assert!(
+            !store.put(b"id-3".to_vec(), b"x".to_vec()),
+            "no version, nothing kept"
+        );
     }
 }

@@ -217,6 +217,54 @@ pub fn returning_client_skips_retry_and_resumes(client: Peer, evidence: &str) {
     );
 }
 
+/// 0-RTT (RFC 9001 §4.6) into `quench serve --early-data`: `client`, run with
+/// `--early-data`, takes session tickets from a warm-up connection, then each of the
+/// transfer's two connections sends its perf request, and its upload, as early data. Both
+/// views agree on what was accepted: the client's report, and the server's counters of
+/// accepted early data and of 0-RTT packets processed.
+///
+/// `replay`: both connections present the same ticket (`--early-data-replay`), as an
+/// attacker replaying a first flight would. The ticket is single-use, so the server
+/// accepts one connection's early data and resumes it; the other gets a full handshake,
+/// its 0-RTT packets are dropped, and the client sends their frames again in 1-RTT: both
+/// transfers complete.
+pub fn client_early_data(client: Peer, replay: bool) {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--early-data", "1024"]);
+    let transfer = Transfer::perf(2 * MIB, 256 * 1024).conns(2);
+    let mut cmd = client_command(client, server.addr, &certs.ca, &transfer);
+    cmd.arg("--early-data");
+    if replay {
+        cmd.arg("--early-data-replay");
+    }
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    let accepted = if replay { 1 } else { 2 };
+    assert_eq!(
+        report.early_data,
+        Some(accepted),
+        "the client's view of its early data"
+    );
+    let totals = server.shutdown_worker_totals(&[
+        "connections_accepted",
+        "resumed_handshakes",
+        "early_data_accepted",
+        "zero_rtt_packets",
+    ]);
+    assert_eq!(
+        totals[..3],
+        [3, accepted, accepted],
+        "connections accepted, resumed, with early data accepted"
+    );
+    assert!(
+        totals[3] >= 2 * accepted,
+        "0-RTT packets processed: {}",
+        totals[3]
+    );
+}
+
 /// TLS resumption with the server `spawn` makes: `quench client --resume` gathers its
 /// session tickets with warm-up connections, then `resumed` of the transfer's `conns`
 /// connections resume (the client's report; rustls only says so when the server accepted
@@ -1042,6 +1090,9 @@ pub struct Report {
     /// Connections whose TLS handshake resumed a session (quench's and aioquic's clients
     /// print it).
     pub resumed: Option<u64>,
+    /// Connections whose early data (0-RTT) the server accepted (clients run with
+    /// `--early-data` print it).
+    pub early_data: Option<u64>,
     /// Connections the server moved to another version than their first flight's
     /// (compatible version negotiation; quench's client prints it).
     pub version_switches: Option<u64>,
@@ -1085,6 +1136,7 @@ impl Report {
                 .and_then(|x| x.as_str())
                 .map(String::from),
             resumed: obj.get("resumed").and_then(|x| x.as_u64()),
+            early_data: obj.get("early_data").and_then(|x| x.as_u64()),
             version_switches: obj.get("version_switches").and_then(|x| x.as_u64()),
         })
     }

@@ -525,6 +525,14 @@ impl<T> Recovery<T> {
         self.spaces.iter().any(|s| s.ack_eliciting_in_flight > 0)
     }
 
+    /// Ack-eliciting packets are in flight in a space whose PTO may be armed.
+    fn probeable_in_flight(&self) -> bool {
+        let [initial, handshake, data] = &self.spaces;
+        initial.ack_eliciting_in_flight > 0
+            || handshake.ack_eliciting_in_flight > 0
+            || (self.handshake_confirmed && data.ack_eliciting_in_flight > 0)
+    }
+
     /// §A.7 PeerCompletedAddressValidation: servers assume it; clients know once the
     /// handshake is confirmed or a Handshake packet was acknowledged.
     fn peer_completed_address_validation(&self) -> bool {
@@ -547,8 +555,10 @@ impl<T> Recovery<T> {
     /// §A.8 GetPtoTimeAndSpace.
     fn pto_time_and_space(&self, now: Instant) -> Option<(Instant, Epoch)> {
         let duration = self.pto.period(Epoch::Initial);
-        if !self.any_ack_eliciting_in_flight() {
-            // Anti-deadlock: arm from now (the caller only gets here for clients).
+        if !self.probeable_in_flight() && !self.peer_completed_address_validation() {
+            // Anti-deadlock (§6.2.2.1), clients only: arm from now. 0-RTT packets in flight
+            // do not count: their space has no PTO before the handshake is confirmed, and
+            // they may fill the window the client's Finished then waits behind.
             let epoch = if self.has_handshake_keys {
                 Epoch::Handshake
             } else {

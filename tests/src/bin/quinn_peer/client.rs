@@ -39,6 +39,13 @@ pub struct QuinnClientArgs {
     /// presents that token. Prints the tokens received and used on stderr.
     #[arg(long)]
     token_warm_up: bool,
+    /// 0-RTT (RFC 9001 §4.6): a warm-up connection makes one small perf request, by whose
+    /// answer the server's session tickets have arrived, then every transfer connection
+    /// sends its requests as early data, before its handshake completes. The report's
+    /// `early_data` counts the connections whose early data the server accepted (quinn
+    /// sends the rest again in 1-RTT packets).
+    #[arg(long)]
+    early_data: bool,
 }
 
 /// quinn's own token cache, counting what goes in and out.
@@ -129,9 +136,13 @@ pub async fn run(args: QuinnClientArgs) -> Result<()> {
         socket_per_conn,
         rebind_after,
         token_warm_up,
+        early_data,
     } = args;
     let args = &common;
-    let mut config = tls::client_config(args.verify()?, &args.alpn)?;
+    if early_data && args.alpn != "perf" {
+        return Err(anyhow!("--early-data makes perf requests (--alpn perf)"));
+    }
+    let mut config = tls::client_config(args.verify()?, &args.alpn, early_data)?;
     let tokens = Arc::new(CountingTokens::default());
     config.token_store(tokens.clone());
     let server = tokio::net::lookup_host(&args.connect)
@@ -165,9 +176,23 @@ pub async fn run(args: QuinnClientArgs) -> Result<()> {
         }
         conn.close(VarInt::from_u32(0), b"warm-up done");
     }
+    if early_data {
+        let conn = shared
+            .connect(server, &args.server_name)?
+            .await
+            .context("warm-up handshake")?;
+        let (send, recv) = conn.open_bi().await.context("warm-up stream")?;
+        perf::request(send, recv, 1, 0, |_| {})
+            .await
+            .context("warm-up request")?;
+        conn.close(VarInt::from_u32(0), b"warm-up done");
+    }
 
     let start = Instant::now();
     let mut handshakes = JoinSet::new();
+    let mut conns = Vec::with_capacity(args.conns as usize);
+    let mut early = Vec::new();
+    let mut early_requests = JoinSet::new();
     for index in 0..args.conns {
         let endpoint = if socket_per_conn && index > 0 {
             let e = new_endpoint()?;
@@ -177,13 +202,34 @@ pub async fn run(args: QuinnClientArgs) -> Result<()> {
             shared.clone()
         };
         let connecting = endpoint.connect(server, &args.server_name)?;
+        if early_data {
+            // The connection is usable at once, and its requests start now, before its
+            // handshake can complete: they go out as early data.
+            let begun = Instant::now();
+            let (conn, accepted) = connecting
+                .into_0rtt()
+                .map_err(|_| anyhow!("no session ticket allowing 0-RTT for connection {index}"))?;
+            // Resolves when the handshake completes: the handshake time, and the verdict.
+            early.push(tokio::spawn(
+                async move { (accepted.await, begun.elapsed()) },
+            ));
+            let conn = Arc::new(ReceiveTriggers::new(
+                conn,
+                endpoint,
+                bind,
+                args.key_update_after,
+                rebind_after,
+            ));
+            spawn_perf_streams(&mut early_requests, args, index, &conn);
+            conns.push((index, conn));
+            continue;
+        }
         handshakes.spawn(async move {
             let begun = Instant::now();
             let conn = connecting.await.context("handshake")?;
             Ok::<_, anyhow::Error>((index, conn, endpoint, begun.elapsed()))
         });
     }
-    let mut conns = Vec::with_capacity(args.conns as usize);
     let mut handshake_total = Duration::ZERO;
     while let Some(joined) = handshakes.join_next().await {
         let (index, conn, endpoint, took) = joined??;
@@ -203,10 +249,20 @@ pub async fn run(args: QuinnClientArgs) -> Result<()> {
     let conns: Vec<Arc<ReceiveTriggers>> = conns.into_iter().map(|(_, c)| c).collect();
 
     let mut report = match args.alpn.as_str() {
+        "perf" if early_data => collect_perf(early_requests).await?,
         "perf" => run_perf(args, &conns).await?,
         "echo" => run_datagrams(args, &conns).await?,
         _ => run_hq(args, &conns).await?,
     };
+    if early_data {
+        let mut accepted = 0;
+        for verdict in early {
+            let (ok, took) = verdict.await?;
+            accepted += u64::from(ok);
+            handshake_total += took;
+        }
+        report.early_data = Some(accepted);
+    }
     report.seconds = start.elapsed().as_secs_f64();
     report.handshake_ms = handshake_total.as_secs_f64() * 1e3 / conns.len() as f64;
     report.key_updates = conns.iter().filter(|c| c.key_updated()).count() as u64;
@@ -234,20 +290,34 @@ pub async fn run(args: QuinnClientArgs) -> Result<()> {
 }
 
 async fn run_perf(args: &args::ClientArgs, conns: &[Arc<ReceiveTriggers>]) -> Result<Report> {
-    let total_streams = args.conns * args.streams;
     let mut tasks = JoinSet::new();
     for (c, conn) in conns.iter().enumerate() {
-        for s in 0..args.streams {
-            let index = c as u64 * args.streams + s;
-            let down = share(args.down, total_streams, index);
-            let up = share(args.up, total_streams, index);
-            let conn = conn.clone();
-            tasks.spawn(async move {
-                let (send, recv) = conn.conn.open_bi().await.context("opening stream")?;
-                perf::request(send, recv, down, up, |n| conn.on_received(n)).await
-            });
-        }
+        spawn_perf_streams(&mut tasks, args, c as u64, conn);
     }
+    collect_perf(tasks).await
+}
+
+/// Starts connection `c`'s share of the perf streams.
+fn spawn_perf_streams(
+    tasks: &mut JoinSet<Result<perf::Transfer>>,
+    args: &args::ClientArgs,
+    c: u64,
+    conn: &Arc<ReceiveTriggers>,
+) {
+    let total_streams = args.conns * args.streams;
+    for s in 0..args.streams {
+        let index = c * args.streams + s;
+        let down = share(args.down, total_streams, index);
+        let up = share(args.up, total_streams, index);
+        let conn = conn.clone();
+        tasks.spawn(async move {
+            let (send, recv) = conn.conn.open_bi().await.context("opening stream")?;
+            perf::request(send, recv, down, up, |n| conn.on_received(n)).await
+        });
+    }
+}
+
+async fn collect_perf(mut tasks: JoinSet<Result<perf::Transfer>>) -> Result<Report> {
     let mut report = Report::default();
     while let Some(joined) = tasks.join_next().await {
         let transfer = joined??;

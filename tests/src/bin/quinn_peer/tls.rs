@@ -37,8 +37,15 @@ pub fn server_config(args: &ServerArgs) -> Result<quinn::ServerConfig> {
     Ok(config)
 }
 
-pub fn client_config(verify: Verify<'_>, alpn: &str) -> Result<quinn::ClientConfig> {
-    let crypto = QuicClientConfig::try_from(shared::client_config(verify, alpn)?)?;
+/// `early_data`: offer 0-RTT with the session tickets the server hands out.
+pub fn client_config(
+    verify: Verify<'_>,
+    alpn: &str,
+    early_data: bool,
+) -> Result<quinn::ClientConfig> {
+    let mut tls = shared::client_config(verify, alpn)?;
+    tls.enable_early_data = early_data;
+    let crypto = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
     Ok(config)
