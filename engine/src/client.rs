@@ -89,8 +89,10 @@ pub struct ClientReport {
     pub quic_version: Option<u32>,
     /// Connections whose TLS handshake resumed a session from a ticket.
     pub resumed: u64,
-    /// With `early_data`: connections whose early data the server accepted.
+    /// With `early_data`: connections whose early data the server accepted, and the 0-RTT
+    /// packets all connections sent.
     pub early_data: Option<u64>,
+    pub zero_rtt_packets: Option<u64>,
     /// Connections the server moved to another version than their first flight's
     /// (compatible version negotiation, RFC 9368 §2.3).
     pub version_switches: u64,
@@ -140,6 +142,9 @@ impl ClientReport {
         }
         if let Some(accepted) = self.early_data {
             v["early_data"] = accepted.into();
+        }
+        if let Some(packets) = self.zero_rtt_packets {
+            v["zero_rtt_packets"] = packets.into();
         }
         if let (Some(sent), Some(echoed)) = (self.datagrams_sent, self.datagrams_echoed) {
             v["datagrams_sent"] = sent.into();
@@ -237,6 +242,8 @@ pub struct ClientConnState {
     pub version_switched: bool,
     /// Copied from the connection's statistics when it closes.
     pub migrations: u64,
+    /// 0-RTT packets sent, all there will be once the handshake completed.
+    pub zero_rtt_packets: u64,
     /// The path of our last move never answered (`Event::PathValidationFailed`): the
     /// driver moves again, while it has moves left.
     pub path_failed: bool,
@@ -315,6 +322,7 @@ impl EventHandler<ClientConnState> for ClientHandler {
                 st.connected_at = Some(now);
                 st.note_handshake(conn);
                 st.early_data = Some(accepted);
+                st.zero_rtt_packets = conn.stats().zero_rtt_packets_sent;
                 if !accepted {
                     // Every stream was voided: the workload starts over.
                     self.start_app(now, conn, st);
@@ -504,6 +512,7 @@ pub fn run_client_on<D: crate::io::Datapath>(
         report.resumed += u64::from(st.resumed);
         if opts.early_data {
             *report.early_data.get_or_insert(0) += u64::from(st.early_data == Some(true));
+            *report.zero_rtt_packets.get_or_insert(0) += st.zero_rtt_packets;
         }
         report.version_switches += u64::from(st.version_switched);
         report.migrations += st.migrations;

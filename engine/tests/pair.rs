@@ -857,6 +857,42 @@ fn refused_early_data_is_sent_again_after_the_handshake() {
     assert_eq!(server_zero_rtt_packets(&sim), 0, "dropped, not processed");
 }
 
+/// Early data answered by Version Negotiation: the server that gave the ticket (v1) came
+/// back speaking v2 only. The client's 0-RTT went out in v1 and reached nothing, so it is
+/// void; the client starts over in v2 (RFC 9368 §2.1) without early data (tickets belong
+/// to their version, RFC 9369 §5), its application starts over, and the echoes complete.
+#[test]
+fn early_data_answered_by_version_negotiation_is_made_again_in_the_new_version() {
+    let (stls, ctls) = early_data_configs();
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 2, 16 << 10);
+    o.client_tls = Some(ctls.clone());
+    o.server_tls = Some(stls.clone());
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 2, Duration::from_secs(60));
+    sim.advance(Duration::from_secs(2));
+    let mut cfg = EndpointConfig::new(TransportConfig::default(), Some(stls));
+    cfg.versions = vec![VERSION_2];
+    sim.server = Endpoint::new(cfg);
+    let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
+    let now = sim.now;
+    let offer = VersionOffer {
+        original: VERSION_1,
+        preference: vec![VERSION_1, VERSION_2],
+    };
+    let h = sim
+        .client
+        .connect_offering(now, ctls.clone(), "localhost", saddr, &offer)
+        .unwrap();
+    sim.client.dispatch_events(now, h, &mut sim.handler);
+    let early = sim.client.conn(h).unwrap().stats();
+    assert!(early.early_data_attempted, "0-RTT in v1 with the v1 ticket");
+    sim.run_to_completion(h, 2, Duration::from_secs(60));
+    let conn = sim.client.conn(h).unwrap();
+    assert_eq!(conn.version(), VERSION_2);
+    assert!(!conn.stats().early_data_accepted);
+    assert_eq!(sim.server.stats().early_data_accepted, 0);
+}
+
 #[test]
 fn nat_rebinding_mid_transfer_is_followed() {
     let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 4 << 20);

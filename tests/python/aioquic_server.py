@@ -287,6 +287,7 @@ class Connection(QuicConnectionProtocol):
             "alpn": self._alpn(),
             "retry": self._quic._retry_source_connection_id is not None,
             "resumed": self._quic.tls.session_resumed,
+            "early_data": self._quic.tls.early_data_accepted,
             "peer_key_updates": getattr(one_rtt, "peer_key_updates", 0),
             "streams": self.streams,
             "bytes_in": self.bytes_in,

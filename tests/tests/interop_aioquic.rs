@@ -327,6 +327,28 @@ fn aioquic_replayed_early_data_accepted_once() {
     client_early_data(Peer::Aioquic, true);
 }
 
+/// 0-RTT the other way: `quench client --early-data` takes aioquic's session tickets from
+/// warm-up connections, then both of the transfer's connections send their requests and
+/// uploads as 0-RTT packets. aioquic accepts the early data of both, and the bytes add up.
+#[test]
+fn quench_client_early_data_accepted_by_aioquic() {
+    let _serial = serial();
+    let aioquic = AioquicServer::start(&[]);
+    let transfer = Transfer::perf(2 * MIB, MIB).conns(2);
+    let mut cmd = aioquic.client(&transfer);
+    cmd.arg("--early-data");
+    let report = run_client(cmd, transfer.timeout());
+    assert_perf(&report, &transfer);
+    assert_eq!(report.early_data, Some(2), "the client's view");
+    assert!(report.zero_rtt_packets.unwrap_or(0) >= 2, "{report:?}");
+    let connections = aioquic.connections();
+    let early = connections
+        .iter()
+        .filter(|c| c["early_data"] == true)
+        .count();
+    assert_eq!(early, 2, "the server's view: {connections:#?}");
+}
+
 /// TLS resumption the other way: `quench client --resume` takes aioquic's session tickets
 /// from warm-up connections, and both of the transfer's connections resume (RFC 8446 §2.2);
 /// the aioquic server agrees, connection by connection, and the bytes add up.

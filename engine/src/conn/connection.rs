@@ -172,6 +172,8 @@ pub struct ConnectionStats {
     pub early_data_accepted: bool,
     /// Server: 0-RTT packets decrypted and processed.
     pub zero_rtt_packets_received: u64,
+    /// Client: 0-RTT packets sent.
+    pub zero_rtt_packets_sent: u64,
 }
 
 pub struct Connection {
@@ -188,6 +190,9 @@ pub struct Connection {
     /// Server: when the 0-RTT keys go: 3 PTO after the handshake completes, by which time
     /// the client sends 1-RTT only and reordered 0-RTT packets are late (RFC 9001 §4.9.3).
     pub(crate) zero_rtt_discard_at: Option<Instant>,
+    /// Client offering early data: the limits remembered with the ticket, which its 0-RTT
+    /// data relied on, and the active_connection_id_limit with them.
+    pub(crate) remembered_limits: Option<Box<(PeerLimits, u64)>>,
     /// Client: the first packet number sealed with 1-RTT keys (earlier Data-space packets
     /// were 0-RTT): only an ACK reaching it confirms the handshake (RFC 9001 §4.1.2).
     pub(crate) first_one_rtt_pn: u64,
@@ -431,7 +436,9 @@ impl Connection {
         else {
             return;
         };
-        self.streams.set_peer_limits(peer_limits(&remembered));
+        let limits = peer_limits(&remembered);
+        self.streams.set_peer_limits(limits);
+        self.remembered_limits = Some(Box::new((limits, remembered.active_connection_id_limit)));
         tracing::debug!("0-RTT: sending early data");
         self.zero_rtt = Some(Box::new(keys));
         self.stats.early_data_attempted = true;
@@ -440,14 +447,37 @@ impl Connection {
     }
 
     /// Client at the end of a handshake that offered early data: what the server made of it.
-    fn settle_early_data(&mut self, now: Instant) {
+    fn settle_early_data(&mut self, now: Instant) -> Result<(), TransportError> {
         let accepted = self.tls.early_data_accepted();
         tracing::debug!(accepted, "0-RTT: the server's verdict");
         self.stats.early_data_accepted = accepted;
-        if !accepted {
+        let remembered = self.remembered_limits.take();
+        if accepted {
+            // RFC 9000 §7.4.1: a server that accepts 0-RTT must not lower the limits the
+            // early data relied on.
+            if let (Some(r), Some(p)) = (remembered.as_deref(), &self.peer_params) {
+                let (old, new) = (&r.0, peer_limits(p));
+                let lowered = new.initial_max_data < old.initial_max_data
+                    || new.initial_max_stream_data_bidi_local
+                        < old.initial_max_stream_data_bidi_local
+                    || new.initial_max_stream_data_bidi_remote
+                        < old.initial_max_stream_data_bidi_remote
+                    || new.initial_max_stream_data_uni < old.initial_max_stream_data_uni
+                    || new.initial_max_streams_bidi < old.initial_max_streams_bidi
+                    || new.initial_max_streams_uni < old.initial_max_streams_uni
+                    || p.active_connection_id_limit < r.1;
+                if lowered {
+                    return Err(TransportError::new(
+                        Code::PROTOCOL_VIOLATION,
+                        "0-RTT accepted with lower limits than remembered",
+                    ));
+                }
+            }
+        } else {
             self.void_early_data(now);
         }
         self.events.push_back(Event::EarlyData { accepted });
+        Ok(())
     }
 
     /// Client: what was sent in 0-RTT never reached the peer (refused, or a Version
@@ -475,9 +505,11 @@ impl Connection {
         version: u32,
     ) -> Result<(), TransportError> {
         if self.version_fallback.is_some() && self.zero_rtt.take().is_some() {
-            // Tickets belong to their version (RFC 9369 §5): no 0-RTT in the new one.
+            // Void now; the application hears of it once the handshake in the new version
+            // completes and streams can be used again (`settle_early_data`, refused: tickets
+            // belong to their version, RFC 9369 §5, so the new one offers no early data).
             self.void_early_data(now);
-            self.events.push_back(Event::EarlyData { accepted: false });
+            self.remembered_limits = None;
         }
         let Some(fallback) = self.version_fallback.as_mut() else {
             return Err(TransportError::new(
@@ -602,6 +634,7 @@ impl Connection {
             zero_rtt: None,
             zero_rtt_discard_at: None,
             first_one_rtt_pn: 0,
+            remembered_limits: None,
             tls_write_epoch: Epoch::Initial,
             recovery,
             sent_pool: SentFramesPool::default(),
@@ -1288,7 +1321,7 @@ impl Connection {
             self.events.push_back(Event::Connected);
         }
         if self.side == Side::Client && self.stats.early_data_attempted {
-            self.settle_early_data(now);
+            self.settle_early_data(now)?;
         }
         let limit = self
             .peer_params

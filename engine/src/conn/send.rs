@@ -404,6 +404,7 @@ impl Connection {
             (Epoch::Data, Some(keys)) => (keys.local_packet(), keys.local_header()),
             (Epoch::Data, None) => {
                 cold_path();
+                self.stats.zero_rtt_packets_sent += 1;
                 let keys = self.zero_rtt.as_deref().expect("built with 0-RTT keys");
                 (&keys.packet, &keys.header)
             }

@@ -1091,8 +1091,9 @@ pub struct Report {
     /// print it).
     pub resumed: Option<u64>,
     /// Connections whose early data (0-RTT) the server accepted (clients run with
-    /// `--early-data` print it).
+    /// `--early-data` print it), and the 0-RTT packets they sent (quench's client).
     pub early_data: Option<u64>,
+    pub zero_rtt_packets: Option<u64>,
     /// Connections the server moved to another version than their first flight's
     /// (compatible version negotiation; quench's client prints it).
     pub version_switches: Option<u64>,
@@ -1137,6 +1138,7 @@ impl Report {
                 .map(String::from),
             resumed: obj.get("resumed").and_then(|x| x.as_u64()),
             early_data: obj.get("early_data").and_then(|x| x.as_u64()),
+            zero_rtt_packets: obj.get("zero_rtt_packets").and_then(|x| x.as_u64()),
             version_switches: obj.get("version_switches").and_then(|x| x.as_u64()),
         })
     }

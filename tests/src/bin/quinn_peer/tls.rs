@@ -30,8 +30,14 @@ pub fn transport() -> Arc<TransportConfig> {
     Arc::new(t)
 }
 
-pub fn server_config(args: &ServerArgs) -> Result<quinn::ServerConfig> {
-    let crypto = QuicServerConfig::try_from(shared::server_config_for(args)?)?;
+/// `early_data`: accept 0-RTT on resumed connections (rustls's in-memory session cache
+/// keeps tickets single-use).
+pub fn server_config(args: &ServerArgs, early_data: bool) -> Result<quinn::ServerConfig> {
+    let mut tls = shared::server_config_for(args)?;
+    if early_data {
+        tls.max_early_data_size = u32::MAX; // RFC 9001 §4.6.1
+    }
+    let crypto = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
     Ok(config)
