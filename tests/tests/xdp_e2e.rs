@@ -301,6 +301,46 @@ fn two_workers_share_one_queue() {
     assert_xdp_path(&stats, 10_000);
 }
 
+/// 0-RTT over AF_XDP, two workers on one queue: the program steers a client's 0-RTT
+/// packets by the DCID its Initial chose, so they reach the worker that accepted its
+/// early data. quinn's and quench's clients each take tickets on a warm-up connection,
+/// then send their requests and uploads as 0-RTT on 2 connections; every one's early
+/// data is accepted (both views), the server processed the 0-RTT packets, and the kernel
+/// UDP stack saw none of it.
+#[test]
+fn early_data_over_af_xdp() {
+    let _serial = serial();
+    let t = topology("z", 1);
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = start_xdp_server(
+        &t,
+        &certs,
+        dir.path(),
+        &["--workers", "2", "--queues", "0", "--early-data", "1024"],
+    );
+    let kernel_before = kernel_udp(server.pid());
+    let transfer = Transfer::perf(4 * MIB, MIB).conns(2);
+    for peer in [Peer::Quinn, Peer::Quench] {
+        let mut cmd = client_command(peer, server_addr(), &certs.ca, &transfer);
+        cmd.arg("--early-data");
+        let report = run_client(Topology::exec_in(&t.cli, &cmd), transfer.timeout());
+        assert_perf(&report, &transfer);
+        assert_eq!(report.early_data, Some(2), "{peer:?}: the client's view");
+    }
+    assert_eq!(
+        kernel_before,
+        kernel_udp(server.pid()),
+        "the kernel saw datagrams"
+    );
+    let stats = server.shutdown();
+    assert!(!xdp_attached(&t), "program left attached after shutdown");
+    assert_eq!(sum(&stats, "workers", "connections_accepted"), 6, "{stats}");
+    assert_eq!(sum(&stats, "workers", "early_data_accepted"), 4, "{stats}");
+    assert!(sum(&stats, "workers", "zero_rtt_packets") >= 8, "{stats}");
+    assert_xdp_path(&stats, 1_000);
+}
+
 /// A quinn client with one source port per connection (so RSS spreads them over both
 /// queues), plus `extra` arguments, running `transfer` in the client namespace.
 fn quinn_spread(cli_ns: &str, ca: &Path, transfer: &Transfer, extra: &[&str]) -> Report {

@@ -190,9 +190,9 @@ pub struct Connection {
     /// Server: when the 0-RTT keys go: 3 PTO after the handshake completes, by which time
     /// the client sends 1-RTT only and reordered 0-RTT packets are late (RFC 9001 §4.9.3).
     pub(crate) zero_rtt_discard_at: Option<Instant>,
-    /// Client offering early data: the limits remembered with the ticket, which its 0-RTT
-    /// data relied on, and the active_connection_id_limit with them.
-    pub(crate) remembered_limits: Option<Box<(PeerLimits, u64)>>,
+    /// Client offering early data: what it remembered of the server's transport
+    /// parameters with the ticket, and its 0-RTT data relies on.
+    pub(crate) remembered: Option<Box<Remembered>>,
     /// Client: the first packet number sealed with 1-RTT keys (earlier Data-space packets
     /// were 0-RTT): only an ACK reaching it confirms the handshake (RFC 9001 §4.1.2).
     pub(crate) first_one_rtt_pn: u64,
@@ -438,7 +438,11 @@ impl Connection {
         };
         let limits = peer_limits(&remembered);
         self.streams.set_peer_limits(limits);
-        self.remembered_limits = Some(Box::new((limits, remembered.active_connection_id_limit)));
+        self.remembered = Some(Box::new(Remembered {
+            limits,
+            active_connection_id_limit: remembered.active_connection_id_limit,
+            max_datagram_frame_size: remembered.max_datagram_frame_size,
+        }));
         tracing::debug!("0-RTT: sending early data");
         self.zero_rtt = Some(Box::new(keys));
         self.stats.early_data_attempted = true;
@@ -451,13 +455,17 @@ impl Connection {
         let accepted = self.tls.early_data_accepted();
         tracing::debug!(accepted, "0-RTT: the server's verdict");
         self.stats.early_data_accepted = accepted;
-        let remembered = self.remembered_limits.take();
+        let remembered = self.remembered.take();
         if accepted {
-            // RFC 9000 §7.4.1: a server that accepts 0-RTT must not lower the limits the
-            // early data relied on.
+            // RFC 9000 §7.4.1 and RFC 9221 §3: a server that accepts 0-RTT must not lower
+            // the limits the early data relied on.
             if let (Some(r), Some(p)) = (remembered.as_deref(), &self.peer_params) {
-                let (old, new) = (&r.0, peer_limits(p));
-                let lowered = new.initial_max_data < old.initial_max_data
+                let (old, new) = (&r.limits, peer_limits(p));
+                let datagrams_lowered = r
+                    .max_datagram_frame_size
+                    .is_some_and(|m| p.max_datagram_frame_size.is_none_or(|n| n < m));
+                let lowered = datagrams_lowered
+                    || new.initial_max_data < old.initial_max_data
                     || new.initial_max_stream_data_bidi_local
                         < old.initial_max_stream_data_bidi_local
                     || new.initial_max_stream_data_bidi_remote
@@ -465,7 +473,7 @@ impl Connection {
                     || new.initial_max_stream_data_uni < old.initial_max_stream_data_uni
                     || new.initial_max_streams_bidi < old.initial_max_streams_bidi
                     || new.initial_max_streams_uni < old.initial_max_streams_uni
-                    || p.active_connection_id_limit < r.1;
+                    || p.active_connection_id_limit < r.active_connection_id_limit;
                 if lowered {
                     return Err(TransportError::new(
                         Code::PROTOCOL_VIOLATION,
@@ -509,7 +517,7 @@ impl Connection {
             // completes and streams can be used again (`settle_early_data`, refused: tickets
             // belong to their version, RFC 9369 §5, so the new one offers no early data).
             self.void_early_data(now);
-            self.remembered_limits = None;
+            self.remembered = None;
         }
         let Some(fallback) = self.version_fallback.as_mut() else {
             return Err(TransportError::new(
@@ -634,7 +642,7 @@ impl Connection {
             zero_rtt: None,
             zero_rtt_discard_at: None,
             first_one_rtt_pn: 0,
-            remembered_limits: None,
+            remembered: None,
             tls_write_epoch: Epoch::Initial,
             recovery,
             sent_pool: SentFramesPool::default(),
@@ -1665,6 +1673,14 @@ fn truncate(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
+}
+
+/// What a client offering early data remembered of the server's transport parameters
+/// (RFC 9000 §7.4.1, RFC 9221 §3).
+pub(crate) struct Remembered {
+    pub limits: PeerLimits,
+    pub active_connection_id_limit: u64,
+    pub max_datagram_frame_size: Option<u64>,
 }
 
 /// The stream limits among transport parameters.

@@ -25,13 +25,18 @@ const MAX_SHORT_HEADER: usize = 1 + 20 + 4;
 impl Connection {
     /// The largest datagram `send_datagram` accepts now: what the peer's
     /// max_datagram_frame_size leaves after the frame's type and length, and what fits in
-    /// a packet on the current path. `None` until the handshake is done (or 0-RTT
-    /// accepted, `app_data_open`), or if the peer accepts no DATAGRAM frames.
+    /// a packet on the current path. `None` until the handshake is done (or 0-RTT is
+    /// under way, `app_data_open`), or if the peer accepts no DATAGRAM frames. A client
+    /// sending 0-RTT goes by the value remembered with its ticket (RFC 9221 §3).
     pub fn max_datagram_payload(&self) -> Option<usize> {
         if !self.app_data_open() {
             return None;
         }
-        let peer_max = self.peer_params.as_ref()?.max_datagram_frame_size?;
+        let peer_max = match (&self.peer_params, &self.remembered) {
+            (Some(p), _) => p.max_datagram_frame_size?,
+            (None, Some(r)) => r.max_datagram_frame_size?,
+            (None, None) => return None,
+        };
         let by_frame = usize::try_from(payload_within_frame(peer_max)?).unwrap_or(usize::MAX);
         let mtu = if self.handshake_confirmed {
             self.max_datagram_size
