@@ -857,6 +857,48 @@ fn refused_early_data_is_sent_again_after_the_handshake() {
     assert_eq!(server_zero_rtt_packets(&sim), 0, "dropped, not processed");
 }
 
+/// Frames 0-RTT packets may not carry (RFC 9000 §12.4, §17.2.3): a client that puts a
+/// CRYPTO frame, then a PATH_RESPONSE (both fine in 1-RTT), in its early data gets its
+/// connection closed by the server with PROTOCOL_VIOLATION (0x0a).
+#[test]
+fn frames_forbidden_in_0rtt_close_with_protocol_violation() {
+    let (stls, ctls) = early_data_configs();
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+    o.client_tls = Some(ctls.clone());
+    o.server_tls = Some(stls);
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 1, Duration::from_secs(60));
+    sim.advance(Duration::from_secs(2));
+    let crypto = [0x06, 0x00, 0x01, 0x00];
+    let path_response = [0x1b, 1, 2, 3, 4, 5, 6, 7, 8];
+    for frames in [&crypto[..], &path_response[..]] {
+        let before = sim.handler.closes.len();
+        let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
+        let now = sim.now;
+        let h = sim
+            .client
+            .connect(now, ctls.clone(), "localhost", saddr, VERSION_1)
+            .unwrap();
+        sim.client
+            .with_state(h, |c, _| c.queue_raw_frames(Epoch::Data, frames));
+        sim.client.dispatch_events(now, h, &mut sim.handler);
+        assert!(sim.client.conn(h).unwrap().stats().early_data_attempted);
+        sim.advance(Duration::from_secs(5));
+        let close = sim.handler.closes.get(before).cloned();
+        assert!(
+            matches!(
+                close,
+                Some(CloseReason::Peer {
+                    code: 0x0a,
+                    app: false,
+                    ..
+                })
+            ),
+            "{frames:02x?}: {close:?}"
+        );
+    }
+}
+
 /// Early data answered by Version Negotiation: the server that gave the ticket (v1) came
 /// back speaking v2 only. The client's 0-RTT went out in v1 and reached nothing, so it is
 /// void; the client starts over in v2 (RFC 9368 §2.1) without early data (tickets belong

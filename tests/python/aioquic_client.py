@@ -376,6 +376,15 @@ async def run_connection(args: argparse.Namespace, conn_index: int, gets: list[t
         return handshake, results, client.key_updates, resumed
 
 
+async def wait_until(done, failure: str, seconds: float = 5) -> None:
+    """Polls `done` until it holds; raises `failure` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{failure} from the server within {seconds:.0f} s")
+        await asyncio.sleep(0.005)
+
+
 async def warm_up_token(args: argparse.Namespace):
     """One connection, kept until the server's NEW_TOKEN token and a session ticket arrive;
     returns both."""
@@ -389,11 +398,7 @@ async def warm_up_token(args: argparse.Namespace):
         token_handler=tokens.append,
         session_ticket_handler=tickets.append,
     ):
-        deadline = time.monotonic() + 5
-        while not tokens or not tickets:
-            if time.monotonic() > deadline:
-                raise RuntimeError("no NEW_TOKEN or session ticket from the server within 5 s")
-            await asyncio.sleep(0.005)
+        await wait_until(lambda: tokens and tickets, "no NEW_TOKEN or session ticket")
     print(f"NEW_TOKEN token received: {len(tokens[-1])} bytes", file=sys.stderr)
     return tokens[-1], tickets[-1]
 
@@ -410,11 +415,8 @@ async def warm_up_tickets(args: argparse.Namespace) -> list:
         session_ticket_handler=tickets.append,
     ) as client:
         await client.perf(1, 0)
-        deadline = time.monotonic() + 5
-        while len(tickets) < (1 if args.early_data_replay else args.conns):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(tickets)} session tickets within 5 s, {args.conns} needed")
-            await asyncio.sleep(0.005)
+        needed = 1 if args.early_data_replay else args.conns
+        await wait_until(lambda: len(tickets) >= needed, f"fewer than {needed} session tickets")
     if any(t.max_early_data_size is None for t in tickets):
         print("session tickets without early data: 0-RTT will not be tried", file=sys.stderr)
     return tickets
