@@ -899,6 +899,53 @@ fn frames_forbidden_in_0rtt_close_with_protocol_violation() {
     }
 }
 
+/// Early data and transport parameters that changed (RFC 9000 §7.4.1): a returning client
+/// relies on the limits remembered with its ticket, so a server whose parameters are now
+/// lower (here fewer concurrent streams) must not accept its early data. quench's server
+/// keeps its sessions under a digest of those parameters: the session does not resume, the
+/// 0-RTT data is refused and made again. And should a server (here one whose session store
+/// lacks that guard) accept anyway, quench's client closes with PROTOCOL_VIOLATION once the
+/// handshake shows the lower limits.
+#[test]
+fn early_data_and_lowered_limits() {
+    let mut lowered = TransportConfig::default();
+    lowered.streams.max_concurrent_bidi /= 2;
+    let (stls, ctls) = early_data_configs();
+    let mut unguarded = (*stls).clone();
+    unguarded.session_storage = rustls::server::ServerSessionMemoryCache::new(64);
+    for (server_tls, guarded) in [(stls, true), (Arc::new(unguarded), false)] {
+        let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+        o.client_tls = Some(ctls.clone());
+        o.server_tls = Some(server_tls.clone());
+        let (mut sim, h1) = Sim::with(o);
+        sim.run_to_completion(h1, 1, Duration::from_secs(60));
+        sim.advance(Duration::from_secs(2));
+        sim.server = Endpoint::new(EndpointConfig::new(lowered.clone(), Some(server_tls)));
+        let before = sim.handler.closes.len();
+        let h = connect_early(&mut sim, &ctls);
+        assert!(sim.client.conn(h).unwrap().stats().early_data_attempted);
+        if guarded {
+            sim.run_to_completion(h, 1, Duration::from_secs(60));
+            assert!(!sim.client.conn(h).unwrap().stats().early_data_accepted);
+            assert_eq!(sim.server.stats().resumed_handshakes, 0);
+            continue;
+        }
+        sim.advance(Duration::from_secs(5));
+        let close = sim.handler.closes.get(before).cloned();
+        assert!(
+            matches!(
+                &close,
+                Some(CloseReason::Local {
+                    code: 0x0a,
+                    app: false,
+                    reason,
+                }) if reason.contains("lower limits than remembered")
+            ),
+            "{close:?}"
+        );
+    }
+}
+
 /// Early data answered by Version Negotiation: the server that gave the ticket (v1) came
 /// back speaking v2 only. The client's 0-RTT went out in v1 and reached nothing, so it is
 /// void; the client starts over in v2 (RFC 9368 §2.1) without early data (tickets belong

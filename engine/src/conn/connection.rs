@@ -1557,8 +1557,34 @@ pub(crate) fn server_tls(
 ) -> Result<TlsSession, TransportError> {
     let mut encoded = Vec::with_capacity(160);
     params.encode(&mut encoded);
-    TlsSession::server(tls_config.clone(), version, encoded)
-        .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS server setup failed"))
+    let mut tls = TlsSession::server(tls_config.clone(), version, encoded)
+        .map_err(|_| TransportError::new(Code::INTERNAL_ERROR, "TLS server setup failed"))?;
+    tls.set_early_data_terms(early_data_terms(params));
+    Ok(tls)
+}
+
+/// A digest of what a 0-RTT client remembers of a server's transport parameters and may
+/// rely on (RFC 9000 §7.4.1, RFC 9221 §3), plus the three a server may insist on keeping
+/// (max_idle_timeout, max_udp_payload_size, disable_active_migration). Only compared
+/// within one process (`Resumption::EarlyData` keeps sessions in memory).
+fn early_data_terms(p: &TransportParameters) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        p.initial_max_data,
+        p.initial_max_stream_data_bidi_local,
+        p.initial_max_stream_data_bidi_remote,
+        p.initial_max_stream_data_uni,
+        p.initial_max_streams_bidi,
+        p.initial_max_streams_uni,
+        p.active_connection_id_limit,
+        p.max_datagram_frame_size,
+        p.max_idle_timeout,
+        p.max_udp_payload_size,
+        p.disable_active_migration,
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 /// The connection error for a TLS alert: CRYPTO_ERROR plus the alert (RFC 9001 §4.8).

@@ -136,8 +136,9 @@ pub enum Resumption {
     /// RFC 8446 §8.1, the anti-replay this server has). The store is shared by the
     /// workers: a client's next connection may land on any of them. Its lock is taken once
     /// per handshake, never per packet. Tickets do not outlive the process or resume on
-    /// another server; the transport parameters a client remembers with one (RFC 9000
-    /// §7.4.1) are therefore always this process's own.
+    /// another server, and a session resumes only under the transport parameters it was
+    /// stored with (`TlsSession::set_early_data_terms`), those its client remembers and
+    /// relies on (RFC 9000 §7.4.1).
     EarlyData { sessions: usize },
 }
 
@@ -385,6 +386,9 @@ pub struct TlsSession {
     /// (`take_early_data_keys`); `early_checked` once that was asked of rustls.
     early_keys: Option<Box<DirectionalKeys>>,
     early_checked: bool,
+    /// Server: digest of the transport parameters 0-RTT clients rely on
+    /// (`set_early_data_terms`).
+    early_terms: u64,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -450,6 +454,7 @@ impl TlsSession {
             failed: None,
             early_keys: None,
             early_checked: false,
+            early_terms: 0,
         }
     }
 
@@ -492,6 +497,14 @@ impl TlsSession {
             // Client: no 0-RTT is sent.
             None => tracing::error!("0-RTT keys were not captured"),
         }
+    }
+
+    /// Server: `terms` digests the transport parameters a 0-RTT client relies on (RFC 9000
+    /// §7.4.1). Sessions this connection stores carry them, and one stored under other
+    /// terms does not resume here (`ticket_version::VersionScopedStore`), so early data
+    /// is only ever accepted under the parameters it was promised.
+    pub fn set_early_data_terms(&mut self, terms: u64) {
+        self.early_terms = terms;
     }
 
     /// The client's 0-RTT keys, once: a server's to open them if it accepted the early
@@ -544,7 +557,7 @@ impl TlsSession {
             self.hello.feed(data);
         }
         keylog::clear();
-        let _version = super::ticket_version::enter(self.version);
+        let _version = super::ticket_version::enter_with_terms(self.version, self.early_terms);
         let result = conn.read_hs(data);
         self.collect_secrets();
         if result.is_ok() {
@@ -598,7 +611,7 @@ impl TlsSession {
             let mut bytes = Vec::new();
             keylog::clear();
             key_capture::clear();
-            let _version = super::ticket_version::enter(self.version);
+            let _version = super::ticket_version::enter_with_terms(self.version, self.early_terms);
             let change = conn.write_hs(&mut bytes);
             let built = key_capture::take();
             if self.side == Side::Client && self.staging_epoch == Epoch::Initial {

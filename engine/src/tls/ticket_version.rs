@@ -27,29 +27,41 @@ use rustls::NamedGroup;
 use crate::wire::header::SUPPORTED_VERSIONS;
 
 thread_local! {
-    static QUIC_VERSION: Cell<u32> = const { Cell::new(0) };
+    /// (QUIC version, early-data terms) of the TLS call under way.
+    static SCOPE: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
 }
 
 /// The QUIC version of the TLS call under way on this thread until the guard drops (calls
 /// nest: `read_handshake` pumps the output too).
 pub fn enter(version: u32) -> VersionGuard {
+    enter_with_terms(version, 0)
+}
+
+/// `enter`, for a server whose sessions allow early data: `terms` digests the transport
+/// parameters its 0-RTT clients rely on (RFC 9000 §7.4.1), and a session stored under other
+/// terms does not resume (`VersionScopedStore`).
+pub fn enter_with_terms(version: u32, terms: u64) -> VersionGuard {
     VersionGuard {
-        previous: QUIC_VERSION.with(|v| v.replace(version)),
+        previous: SCOPE.with(|v| v.replace((version, terms))),
     }
 }
 
 pub struct VersionGuard {
-    previous: u32,
+    previous: (u32, u64),
 }
 
 impl Drop for VersionGuard {
     fn drop(&mut self) {
-        QUIC_VERSION.with(|v| v.set(self.previous));
+        SCOPE.with(|v| v.set(self.previous));
     }
 }
 
 pub(crate) fn current() -> Option<u32> {
-    Some(QUIC_VERSION.with(Cell::get)).filter(|&v| v != 0)
+    Some(SCOPE.with(Cell::get).0).filter(|&v| v != 0)
+}
+
+fn current_terms() -> u64 {
+    SCOPE.with(Cell::get).1
 }
 
 /// A ticketer whose tickets carry the QUIC version (4 bytes, big-endian) inside the seal.
@@ -94,7 +106,10 @@ impl ProducesTickets for VersionScoped {
 }
 
 /// A server's session store for 0-RTT, whose values carry the QUIC version (4 bytes,
-/// big-endian) they were stored under: a session resumes only in its own version. rustls
+/// big-endian) and the early-data terms (8 bytes, `enter_with_terms`) they were stored
+/// under: a session resumes only in its own version, and only where the transport
+/// parameters its client remembered still hold (RFC 9000 §7.4.1: a server accepting 0-RTT
+/// must not lower them; a session from other terms gets a full handshake instead). rustls
 /// takes a session out when its ticket comes back (`take`), so every ticket resumes, and
 /// carries early data, once.
 #[derive(Debug)]
@@ -107,24 +122,32 @@ impl VersionScopedStore {
         Arc::new(Self { inner })
     }
 
+    const PREFIX: usize = 12;
+
+    fn prefix() -> Option<[u8; Self::PREFIX]> {
+        let mut p = [0u8; Self::PREFIX];
+        p[..4].copy_from_slice(&current()?.to_be_bytes());
+        p[4..].copy_from_slice(&current_terms().to_be_bytes());
+        Some(p)
+    }
+
     fn unwrap_value(mut value: Vec<u8>) -> Option<Vec<u8>> {
-        let version = current()?;
-        if value.get(..4)? != version.to_be_bytes() {
-            tracing::debug!("stored session from another QUIC version: full handshake");
+        if value.get(..Self::PREFIX)? != Self::prefix()? {
+            tracing::debug!("stored session from another QUIC version or terms: full handshake");
             return None;
         }
-        value.drain(..4);
+        value.drain(..Self::PREFIX);
         Some(value)
     }
 }
 
 impl StoresServerSessions for VersionScopedStore {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        let Some(version) = current() else {
+        let Some(prefix) = Self::prefix() else {
             return false;
         };
-        let mut tagged = Vec::with_capacity(4 + value.len());
-        tagged.extend_from_slice(&version.to_be_bytes());
+        let mut tagged = Vec::with_capacity(prefix.len() + value.len());
+        tagged.extend_from_slice(&prefix);
         tagged.extend_from_slice(&value);
         self.inner.put(key, tagged)
     }
@@ -308,6 +331,16 @@ mod tests {
         assert!(
             !store.put(b"id-3".to_vec(), b"x".to_vec()),
             "no version, nothing kept"
+        );
+        {
+            let _v = enter_with_terms(VERSION_1, 7);
+            assert!(store.put(b"id-4".to_vec(), b"terms 7".to_vec()));
+        }
+        let _v = enter_with_terms(VERSION_1, 8);
+        assert_eq!(
+            store.take(b"id-4"),
+            None,
+            "stored under other transport parameters"
         );
     }
 }
