@@ -1246,8 +1246,10 @@ impl Connection {
             return;
         };
         if self.version != self.first_flight_version {
-            // Moved to another version (RFC 9368): the client's 0-RTT packets are in the old
-            // one and are dropped; its loss recovery sends their frames again in 1-RTT.
+            // Moved to another version (RFC 9368): its TLS session cannot resume a session
+            // of the first flight's version (`VersionScopedStore`), so this does not happen;
+            // should it, the 0-RTT packets (old version) are dropped and the client's loss
+            // recovery sends their frames again in 1-RTT.
             return;
         }
         tracing::debug!("0-RTT: accepting early data");

@@ -701,7 +701,9 @@ impl Connection {
         }
         let payload_len = pad_for_sample(buf, header_len, pos - header_len, pn_len);
         if epoch == Epoch::Data {
-            frames.key_generation = self.one_rtt.as_ref().map_or(0, |k| k.generation());
+            // 0-RTT packets belong to no key phase: their ACKs do not let a key update
+            // start (RFC 9001 §6.1 wants an ACK of a packet sent with the current keys).
+            frames.key_generation = self.one_rtt.as_ref().map_or(u64::MAX, |k| k.generation());
         }
         Some(Built {
             epoch,

@@ -382,8 +382,9 @@ pub struct TlsSession {
     handshake_keys_ready: bool,
     /// A local failure (secrets missing) reported by the next `read_handshake`.
     failed: Option<TlsAlertError>,
-    /// Server: the client's 0-RTT keys, once rustls accepted its early data
-    /// (`take_early_data_keys`); `early_checked` once that was asked of rustls.
+    /// The 0-RTT keys (`take_early_data_keys`): a server's once rustls accepted the
+    /// client's early data, a client's when it offers some; `early_checked` once a server
+    /// asked rustls.
     early_keys: Option<Box<DirectionalKeys>>,
     early_checked: bool,
     /// Server: digest of the transport parameters 0-RTT clients rely on
