@@ -227,6 +227,11 @@ impl WorkerBase {
                     .map_err(|e| ServerError::Tls(format!("ticket key watcher: {e}")))?;
                 Resumption::Stateless(Some(keys as Arc<dyn rustls::server::ProducesTickets>))
             }
+            (None, Some(0)) => {
+                return Err(ServerError::Config(
+                    "--early-data needs room for at least one session".into(),
+                ))
+            }
             (None, Some(sessions)) => Resumption::EarlyData { sessions },
             (None, None) => Resumption::Stateless(None),
         };

@@ -367,6 +367,37 @@ fn a_returning_client_moved_to_v2_resumes_in_v2() {
     server.join_workers().expect("workers end cleanly");
 }
 
+/// `--early-data` options that cannot work are refused with a clear error before anything
+/// is bound: room for no session, or together with a fleet's ticket keys (the sessions 0-RTT
+/// needs live in this process and cannot resume elsewhere).
+#[test]
+fn impossible_early_data_options_are_refused() {
+    let options = |sessions: usize, ticket_keys: Option<PathBuf>| ServerOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
+        alpns: vec![b"perf".to_vec()],
+        root: None,
+        workers: 1,
+        transport: TransportConfig::default(),
+        require_retry: false,
+        ticket_keys,
+        early_data_sessions: Some(sessions),
+        versions: SUPPORTED_VERSIONS.to_vec(),
+        preferred_versions: Vec::new(),
+        max_connections: 64,
+        pin: false,
+        kernel_steering: false,
+    };
+    let refused = |o: ServerOptions| match start_udp_server(o) {
+        Ok(_) => panic!("started with impossible options"),
+        Err(e) => e.to_string(),
+    };
+    let none = refused(options(0, None));
+    assert!(none.contains("at least one session"), "{none}");
+    let fleet = refused(options(16, Some(PathBuf::from("/nonexistent/keys"))));
+    assert!(fleet.contains("ticket keys cannot resume them"), "{fleet}");
+}
+
 /// A fleet: two servers sharing a ticket key file resume each other's sessions; a server
 /// with another key file does a full handshake instead, and the transfer still completes.
 #[test]

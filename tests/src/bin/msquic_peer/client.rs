@@ -72,7 +72,9 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
         common: args,
         quic_version: offered,
         resume,
+        early_data,
     } = args;
+    let resume = resume || early_data;
     let server: SocketAddr = args
         .connect
         .to_socket_addrs()
@@ -107,7 +109,13 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
             })
         });
         echo_states.extend(echo.clone());
-        let handler = connection_handler(jobs, tx.clone(), trigger, echo);
+        // Early data: the streams open right after the start, not once connected.
+        let (early_jobs, jobs) = if early_data {
+            (jobs, Vec::new())
+        } else {
+            (Vec::new(), jobs)
+        };
+        let handler = connection_handler(jobs, tx.clone(), trigger.clone(), echo);
         let conn =
             Connection::open(&reg, handler).map_err(|e| anyhow!("opening a connection: {e}"))?;
         if let Some(ticket) = &ticket {
@@ -121,6 +129,14 @@ pub fn run(args: MsquicClientArgs) -> Result<()> {
                 )
             }
             .map_err(|e| anyhow!("setting the session ticket: {e}"))?;
+        }
+        // Early data: each stream starts with its request, queued with ALLOW_0_RTT before
+        // the connection starts, so the request leaves in 0-RTT with the first flight.
+        for (index, job) in early_jobs {
+            if let Err(e) = open_stream(&conn, index, job, tx.clone(), trigger.clone(), true) {
+                let outcome = Err(format!("opening the stream: {e}"));
+                let _ = tx.send(Msg::Done { index, outcome });
+            }
         }
         start_connection(&conn, &configuration, server, &args.server_name)?;
         conns.push(conn);
@@ -372,7 +388,9 @@ fn connection_handler(
                     trigger.conn.store(raw as u64, Ordering::Relaxed);
                 }
                 for (index, job) in jobs.take().unwrap_or_default() {
-                    if let Err(e) = open_stream(&conn, index, job, tx.clone(), trigger.clone()) {
+                    if let Err(e) =
+                        open_stream(&conn, index, job, tx.clone(), trigger.clone(), false)
+                    {
                         let outcome = Err(format!("opening the stream: {e}"));
                         let _ = tx.send(Msg::Done { index, outcome });
                     }
@@ -438,19 +456,31 @@ fn connection_handler(
     }
 }
 
+/// `early`: the stream starts with its request, sent with `ALLOW_0_RTT` (before the
+/// connection starts); otherwise the request goes once the stream has started.
 fn open_stream(
-    conn: &ConnectionRef,
+    conn: &Connection,
     index: usize,
     job: Job,
     tx: Sender<Msg>,
     trigger: Option<Arc<KeyUpdateTrigger>>,
+    early: bool,
 ) -> Result<(), Status> {
+    let (request, fin) = request_of(&job);
     let stream = Stream::open(
         conn,
         StreamOpenFlags::NONE,
-        stream_handler(index, job, tx, trigger),
+        stream_handler(index, job, tx, trigger, !early),
     )?;
-    stream.start(StreamStartFlags::NONE)?;
+    if early {
+        let mut flags = SendFlags::START | SendFlags::ALLOW_0_RTT;
+        if fin {
+            flags |= SendFlags::FIN;
+        }
+        send::send_owned(&stream, request, flags)?;
+    } else {
+        stream.start(StreamStartFlags::NONE)?;
+    }
     // SAFETY: ownership passes to the stream's own handler, which closes the handle at
     // SHUTDOWN_COMPLETE (`close_stream`).
     let _ = unsafe { stream.into_raw() };
@@ -460,17 +490,27 @@ fn open_stream(
 /// One stream's whole life: on START_COMPLETE it sends its request (perf: the 8-byte count
 /// and the upload; hq: the GET line), then counts or keeps what arrives, and reports once
 /// the response's FIN is in and (perf) the peer has acknowledged the whole upload.
+/// A job's request, and whether it ends the stream (hq: the GET line goes whole, with FIN).
+fn request_of(job: &Job) -> (Vec<u8>, bool) {
+    match job {
+        Job::Perf { down, .. } => (down.to_be_bytes().to_vec(), false),
+        Job::Get { path } => (format!("GET {path}\r\n").into_bytes(), true),
+    }
+}
+
+/// `send_request`: the request is sent at START_COMPLETE (else it went with the start).
 fn stream_handler(
     index: usize,
     job: Job,
     tx: Sender<Msg>,
     trigger: Option<Arc<KeyUpdateTrigger>>,
+    send_request: bool,
 ) -> impl FnMut(StreamRef, StreamEvent) -> Result<(), Status> + 'static {
-    let (want_down, up, request) = match &job {
-        Job::Perf { down, up } => (Some(*down), *up, down.to_be_bytes().to_vec()),
-        Job::Get { path } => (None, 0, format!("GET {path}\r\n").into_bytes()),
+    let (want_down, up) = match &job {
+        Job::Perf { down, up } => (Some(*down), *up),
+        Job::Get { .. } => (None, 0),
     };
-    let mut request = Some(request);
+    let mut request = send_request.then(|| request_of(&job).0);
     // perf only: hq's request goes whole, with FIN, in one send.
     let mut upload = want_down.map(|_| Fill::new(up));
     let mut body = Vec::new();
@@ -487,16 +527,20 @@ fn stream_handler(
     move |stream, event| {
         match event {
             StreamEvent::StartComplete { status, .. } => {
-                let Some(request) = request.take() else {
-                    return Ok(());
-                };
+                let request = request.take();
                 let sent = if !status.is_ok() {
                     Err(status)
                 } else if let Some(upload) = &mut upload {
-                    send::send_owned(&stream, request, SendFlags::NONE)
-                        .and_then(|()| upload.pump(&stream))
+                    match request {
+                        Some(r) => send::send_owned(&stream, r, SendFlags::NONE),
+                        None => Ok(()),
+                    }
+                    .and_then(|()| upload.pump(&stream))
                 } else {
-                    send::send_owned(&stream, request, SendFlags::FIN)
+                    match request {
+                        Some(r) => send::send_owned(&stream, r, SendFlags::FIN),
+                        None => Ok(()),
+                    }
                 };
                 if let Err(e) = sent {
                     report(Err(format!("sending the request: {e}")), &mut reported);

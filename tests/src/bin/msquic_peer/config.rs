@@ -24,16 +24,23 @@ fn alpn_refs(alpns: &[String]) -> Vec<BufferRef> {
     alpns.iter().map(|a| BufferRef::from(a.as_str())).collect()
 }
 
+/// `early_data`: tickets allow 0-RTT and early data is accepted.
 pub fn server_configuration(
     reg: &Registration,
     alpns: &[String],
     cert: &CertFiles,
     versions: &[u32],
+    early_data: bool,
 ) -> Result<Configuration> {
+    let resumption = if early_data {
+        msquic::ServerResumptionLevel::ResumeAndZerortt
+    } else {
+        msquic::ServerResumptionLevel::ResumeOnly
+    };
     let settings = Settings::new()
         .set_IdleTimeoutMs(IDLE_TIMEOUT_MS)
         .set_PeerBidiStreamCount(PEER_BIDI_STREAMS)
-        .set_ServerResumptionLevel(msquic::ServerResumptionLevel::ResumeOnly)
+        .set_ServerResumptionLevel(resumption)
         .set_DatagramReceiveEnabled();
     let config = Configuration::open(reg, &alpn_refs(alpns), Some(&settings))
         .map_err(|e| anyhow!("opening the server configuration: {e}"))?;

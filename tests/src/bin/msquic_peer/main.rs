@@ -64,6 +64,10 @@ pub struct MsquicServerArgs {
     /// Answer every first Initial with a Retry (address validation, RFC 9000 §8.1).
     #[arg(long)]
     pub retry: bool,
+    /// Hand out session tickets that allow 0-RTT, and accept early data
+    /// (`QUIC_SERVER_RESUME_AND_ZERORTT`).
+    #[arg(long)]
+    pub early_data: bool,
 }
 
 #[derive(Args)]
@@ -78,6 +82,12 @@ pub struct MsquicClientArgs {
     /// connection of the transfer (`resumed` counts those the server accepted).
     #[arg(long)]
     pub resume: bool,
+    /// As `--resume`, and every connection opens its streams and sends its requests with
+    /// `QUIC_SEND_FLAG_ALLOW_0_RTT` as soon as it starts, so they go out as 0-RTT where
+    /// the ticket allows (uploads follow in 1-RTT). MsQuic tells the client nothing of the
+    /// server's verdict; the server's counters do.
+    #[arg(long)]
+    pub early_data: bool,
 }
 
 /// Closes a stream at its SHUTDOWN_COMPLETE, its last event: a stream the peer opened, or

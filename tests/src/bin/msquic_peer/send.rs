@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 
-use msquic::{BufferRef, Connection, DatagramSendState, SendFlags, Status, StreamRef};
+use msquic::{BufferRef, Connection, DatagramSendState, SendFlags, Status, Stream, StreamRef};
 
 /// Filler for perf payloads: only the count matters.
 static FILL: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -19,7 +19,7 @@ struct SendContext {
 }
 
 /// Queues `bytes` (kept alive until MsQuic is done with them) with `flags`.
-pub fn send_owned(stream: &StreamRef, bytes: Vec<u8>, flags: SendFlags) -> Result<(), Status> {
+pub fn send_owned(stream: &Stream, bytes: Vec<u8>, flags: SendFlags) -> Result<(), Status> {
     let buffers = [BufferRef::from(bytes.as_slice())];
     submit(
         stream,
@@ -67,7 +67,7 @@ pub fn datagram_done(state: &DatagramSendState) -> bool {
 }
 
 /// Queues a static slice with `flags`.
-fn send_static(stream: &StreamRef, bytes: &'static [u8], flags: SendFlags) -> Result<(), Status> {
+fn send_static(stream: &Stream, bytes: &'static [u8], flags: SendFlags) -> Result<(), Status> {
     submit(
         stream,
         SendContext {
@@ -78,7 +78,7 @@ fn send_static(stream: &StreamRef, bytes: &'static [u8], flags: SendFlags) -> Re
     )
 }
 
-fn submit(stream: &StreamRef, context: SendContext, flags: SendFlags) -> Result<(), Status> {
+fn submit(stream: &Stream, context: SendContext, flags: SendFlags) -> Result<(), Status> {
     let context = Box::into_raw(Box::new(context));
     // SAFETY: `context` is a live heap allocation; the descriptor and the bytes it names
     // (static, or owned by the same box) stay valid until MsQuic returns the pointer in

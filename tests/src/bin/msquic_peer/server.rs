@@ -46,6 +46,7 @@ pub fn run(args: MsquicServerArgs) -> Result<()> {
         common: args,
         quic_version,
         retry,
+        early_data,
     } = args;
     let cert = CertFiles::from_args(&args, "msquic-peer-")?;
     let reg = config::registration()?;
@@ -70,6 +71,7 @@ pub fn run(args: MsquicServerArgs) -> Result<()> {
         &args.alpn,
         &cert,
         &quic_version,
+        early_data,
     )?);
     let root: Arc<Option<PathBuf>> = Arc::new(args.root.clone());
     let counters = Arc::new(Counters::default());
