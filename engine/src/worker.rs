@@ -264,6 +264,10 @@ impl<D: Datapath> Worker<D> {
             }
         }
         self.transmit(Instant::now(), max_segments)?;
+        // Connections still closing or draining count in the final figures too.
+        self.endpoint.release_all();
+        self.counters
+            .publish(&self.endpoint.stats(), self.endpoint.connection_count());
         Ok(())
     }
 

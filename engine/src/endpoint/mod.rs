@@ -942,6 +942,15 @@ impl<U: Default> Endpoint<U> {
         );
     }
 
+    /// Lets go of every connection still held (closing or draining ones at shutdown),
+    /// counting their statistics in as if each had ended.
+    pub fn release_all(&mut self) {
+        let held: Vec<ConnHandle> = self.handles().collect();
+        for h in held {
+            self.remove(h);
+        }
+    }
+
     fn remove(&mut self, h: ConnHandle) {
         let e = self.conns.remove(h);
         if e.timer_stale {

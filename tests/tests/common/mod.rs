@@ -589,8 +589,14 @@ impl Server {
 
     /// `quiche-peer server`.
     pub fn quiche(certs: &Certs, root: &Path, logs: &Path) -> Server {
+        Server::quiche_with(certs, root, logs, &[])
+    }
+
+    /// `quiche-peer server` plus `extra` flags (`--early-data`).
+    pub fn quiche_with(certs: &Certs, root: &Path, logs: &Path, extra: &[&str]) -> Server {
         let mut args = cert_args(certs);
         args.extend(["--root".into(), root.into()]);
+        args.extend(extra.iter().map(OsString::from));
         Server::spawn("quiche-peer", &quiche_peer_bin(), &["server"], args, logs)
     }
 

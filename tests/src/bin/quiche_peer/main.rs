@@ -43,7 +43,7 @@ struct Cli {
 enum Command {
     /// Serve perf and hq-interop until SIGINT/SIGTERM (`serve` as for `quench`).
     #[command(alias = "serve")]
-    Server(ServerArgs),
+    Server(QuicheServerArgs),
     /// Run one transfer and print a JSON report line.
     Client(QuicheClientArgs),
 }
@@ -57,13 +57,30 @@ struct QuicheClientArgs {
     /// `resumed`).
     #[arg(long)]
     resume: bool,
+    /// As `--resume`, and every connection sends its requests as early data (0-RTT)
+    /// where the ticket allows, before its handshake completes. quiche reports no verdict
+    /// on it; the server's counters do.
+    #[arg(long)]
+    early_data: bool,
+}
+
+#[derive(clap::Args)]
+struct QuicheServerArgs {
+    #[command(flatten)]
+    common: ServerArgs,
+    /// Hand out tickets that allow early data, and accept it (0-RTT): streams are served
+    /// before the handshake completes.
+    #[arg(long)]
+    early_data: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(args) => server::run(args),
-        Command::Client(args) => client::run(args.common, args.resume),
+        Command::Server(args) => server::run(args.common, args.early_data),
+        Command::Client(args) => {
+            client::run(args.common, args.resume || args.early_data, args.early_data)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

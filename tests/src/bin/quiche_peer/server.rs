@@ -31,7 +31,7 @@ const NO_APPLICATION_PROTOCOL: u64 = 0x100 + 120;
 /// not Initials get no answer at all).
 const MAX_REPLIES: usize = 64;
 
-pub fn run(args: ServerArgs) -> Result<()> {
+pub fn run(args: ServerArgs, early_data: bool) -> Result<()> {
     // Offer only what this peer speaks (as s2n-peer, no `echo`: see main.rs).
     let alpns: Vec<&str> = args
         .alpn
@@ -46,7 +46,10 @@ pub fn run(args: ServerArgs) -> Result<()> {
             config::ALPNS
         );
     }
-    let config = config::server(&args, &alpns)?;
+    let mut config = config::server(&args, &alpns)?;
+    if early_data {
+        config.enable_early_data();
+    }
     let mut net = Net::bind(args.listen)?;
     let stop = shutdown_flag()?;
     serve::announce(net.local())?;
@@ -296,7 +299,8 @@ impl Server {
 impl Conn {
     /// Reads every readable stream, writes every stream with something to send.
     fn serve(&mut self, root: Option<&std::path::Path>, buf: &mut [u8]) {
-        if !self.quic.is_established() || self.quic.is_closed() || self.quic.is_draining() {
+        let usable = self.quic.is_established() || self.quic.is_in_early_data();
+        if !usable || self.quic.is_closed() || self.quic.is_draining() {
             return;
         }
         let protocol = match self.protocol {
