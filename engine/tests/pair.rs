@@ -756,12 +756,22 @@ fn early_data_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>
 /// A new client connection to the pair's server, its application started at once: with
 /// a ticket allowing it, its echo streams go out as 0-RTT with its first flight.
 fn connect_early(sim: &mut Sim, ctls: &Arc<rustls::ClientConfig>) -> usize {
+    connect_early_with(sim, ctls, |_| {})
+}
+
+/// `connect_early`, with `prepare` run on the connection before anything is sent.
+fn connect_early_with(
+    sim: &mut Sim,
+    ctls: &Arc<rustls::ClientConfig>,
+    prepare: impl FnOnce(&mut Connection),
+) -> usize {
     let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
     let now = sim.now;
     let h = sim
         .client
         .connect(now, ctls.clone(), "localhost", saddr, VERSION_1)
         .unwrap();
+    sim.client.with_state(h, |c, _| prepare(c));
     sim.client.dispatch_events(now, h, &mut sim.handler);
     h
 }
@@ -873,15 +883,7 @@ fn frames_forbidden_in_0rtt_close_with_protocol_violation() {
     let path_response = [0x1b, 1, 2, 3, 4, 5, 6, 7, 8];
     for frames in [&crypto[..], &path_response[..]] {
         let before = sim.handler.closes.len();
-        let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
-        let now = sim.now;
-        let h = sim
-            .client
-            .connect(now, ctls.clone(), "localhost", saddr, VERSION_1)
-            .unwrap();
-        sim.client
-            .with_state(h, |c, _| c.queue_raw_frames(Epoch::Data, frames));
-        sim.client.dispatch_events(now, h, &mut sim.handler);
+        let h = connect_early_with(&mut sim, &ctls, |c| c.queue_raw_frames(Epoch::Data, frames));
         assert!(sim.client.conn(h).unwrap().stats().early_data_attempted);
         sim.advance(Duration::from_secs(5));
         let close = sim.handler.closes.get(before).cloned();

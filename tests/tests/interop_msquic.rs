@@ -100,28 +100,12 @@ fn quench_client_forced_key_update_mid_transfer_with_msquic() {
 }
 
 /// 0-RTT into MsQuic: `msquic-peer server --early-data` (resumption with 0-RTT) hands out
-/// tickets that allow early data; `quench client --early-data` gathers them on warm-up
-/// connections, then its 3 connections send their requests and uploads as 0-RTT packets.
-/// MsQuic accepts every one's early data (its EncryptedExtensions say so, which the client
-/// reports), and the transfer completes.
+/// tickets that allow early data (`quench_client_early_data`).
 #[test]
 fn quench_client_early_data_accepted_by_msquic() {
-    let _serial = serial();
-    let server = Hosted::start(|certs, root, logs| {
+    quench_client_early_data(|certs, root, logs| {
         Server::msquic_with(certs, root, logs, &["--early-data"])
     });
-    let transfer = Transfer::perf(3 * MIB, MIB).conns(3);
-    let mut cmd = client_command(
-        Peer::Quench,
-        server.server.addr,
-        &server.certs.ca,
-        &transfer,
-    );
-    cmd.arg("--early-data");
-    let report = run_client(cmd, transfer.timeout());
-    assert_perf(&report, &transfer);
-    assert_eq!(report.early_data, Some(3), "the client's view");
-    assert!(report.zero_rtt_packets.unwrap_or(0) >= 3, "{report:?}");
 }
 
 /// `quench client --resume` against MsQuic (server resumption on): the warm-up collects
@@ -254,41 +238,11 @@ fn msquic_client_resumes_quench_sessions() {
     assert_eq!(totals, [3, 2], "connections accepted, resumed handshakes");
 }
 
-/// 0-RTT from MsQuic's client into `quench serve --early-data`: a warm-up connection keeps
-/// one session ticket, and both of the transfer's connections present it and send their
-/// perf requests as early data (MsQuic reuses a ticket). quench's sessions are single-use,
-/// so one connection resumes with its early data accepted and the other, a replay of the
-/// same ticket, gets a full handshake: its 0-RTT packets are dropped and MsQuic sends the
-/// request again. Both transfers complete (quench's counters tell the two apart).
+/// 0-RTT from MsQuic's client, which sends each perf request with `ALLOW_0_RTT` before
+/// the connection starts and reuses one ticket (`client_early_data_reusing_one_ticket`).
 #[test]
 fn msquic_client_early_data_accepted_once_per_ticket() {
-    let _serial = serial();
-    let quench = Hosted::start(|certs, root, logs| {
-        Server::quench_with(certs, root, logs, &["--early-data", "1024"])
-    });
-    let transfer = Transfer::perf(2 * MIB, MIB).conns(2);
-    let mut cmd = client_command(
-        Peer::Msquic,
-        quench.server.addr,
-        &quench.certs.ca,
-        &transfer,
-    );
-    cmd.arg("--early-data");
-    let report = run_client(cmd, transfer.timeout());
-    assert_perf(&report, &transfer);
-    assert_eq!(report.resumed, Some(1), "{report:?}");
-    let totals = quench.server.shutdown_worker_totals(&[
-        "connections_accepted",
-        "resumed_handshakes",
-        "early_data_accepted",
-        "zero_rtt_packets",
-    ]);
-    assert_eq!(
-        totals[..3],
-        [3, 1, 1],
-        "connections accepted, resumed, with early data accepted"
-    );
-    assert!(totals[3] >= 1, "0-RTT packets processed: {}", totals[3]);
+    client_early_data_reusing_one_ticket(Peer::Msquic);
 }
 
 // ---- DATAGRAM (RFC 9221) --------------------------------------------------------------------

@@ -56,58 +56,20 @@ fn quiche_client_resumes_quench_sessions() {
     );
 }
 
-/// 0-RTT from quiche's client into `quench serve --early-data`: a warm-up connection keeps
-/// one session, and both of the transfer's connections resume it and send their perf
-/// requests as early data (quiche reuses a session). quench's sessions are single-use:
-/// one connection's early data is accepted, the other (a replay of the same ticket) gets
-/// a full handshake, its 0-RTT packets dropped and sent again. Both complete.
+/// 0-RTT from quiche's client, which writes its perf requests while `is_in_early_data`
+/// and reuses one session (`client_early_data_reusing_one_ticket`).
 #[test]
 fn quiche_client_early_data_accepted_once_per_ticket() {
-    let _serial = serial();
-    let dir = temp_dir();
-    let certs = Certs::generate(dir.path());
-    let server = Server::quench_with(&certs, dir.path(), dir.path(), &["--early-data", "1024"]);
-    let transfer = Transfer::perf(2 * MIB, MIB).conns(2);
-    let mut cmd = client_command(Peer::Quiche, server.addr, &certs.ca, &transfer);
-    cmd.arg("--early-data");
-    let report = run_client(cmd, transfer.timeout());
-    assert_perf(&report, &transfer);
-    assert_eq!(report.resumed, Some(1), "quiche's view");
-    let totals = server.shutdown_worker_totals(&[
-        "connections_accepted",
-        "resumed_handshakes",
-        "early_data_accepted",
-        "zero_rtt_packets",
-    ]);
-    assert_eq!(
-        totals[..3],
-        [3, 1, 1],
-        "connections accepted, resumed, with early data accepted"
-    );
-    assert!(totals[3] >= 1, "0-RTT packets processed: {}", totals[3]);
+    client_early_data_reusing_one_ticket(Peer::Quiche);
 }
 
-/// 0-RTT the other way: `quiche-peer server --early-data` hands out tickets allowing it;
-/// `quench client --early-data` gathers them, then all 3 connections' early data is
-/// accepted (client report, 0-RTT packets counted) and the transfer completes.
+/// 0-RTT the other way: `quiche-peer server --early-data` (BoringSSL's early data on)
+/// hands out tickets allowing it (`quench_client_early_data`).
 #[test]
 fn quench_client_early_data_accepted_by_quiche() {
-    let _serial = serial();
-    let server = Hosted::start(|certs, root, logs| {
+    quench_client_early_data(|certs, root, logs| {
         Server::quiche_with(certs, root, logs, &["--early-data"])
     });
-    let transfer = Transfer::perf(3 * MIB, MIB).conns(3);
-    let mut cmd = client_command(
-        Peer::Quench,
-        server.server.addr,
-        &server.certs.ca,
-        &transfer,
-    );
-    cmd.arg("--early-data");
-    let report = run_client(cmd, transfer.timeout());
-    assert_perf(&report, &transfer);
-    assert_eq!(report.early_data, Some(3), "the client's view");
-    assert!(report.zero_rtt_packets.unwrap_or(0) >= 3, "{report:?}");
 }
 
 #[test]
