@@ -64,8 +64,8 @@ pub struct ClientOptions {
     /// workload's connections resume those sessions (RFC 8446 §2.2) instead of doing full
     /// handshakes.
     pub resume: bool,
-    /// With `resume`: the workload's connections send their requests as early data
-    /// (0-RTT, RFC 9001 §4.6) where their tickets allow it.
+    /// As `resume` (implied), and the workload's connections send their requests as early
+    /// data (0-RTT, RFC 9001 §4.6) where their tickets allow it.
     pub early_data: bool,
 }
 

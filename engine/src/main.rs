@@ -467,7 +467,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 versions: quic_versions(&quic_version)?,
                 original_version: original_version.map(wire_version),
-                resume: resume || early_data,
+                resume,
                 early_data,
             };
             let report = match datapath {

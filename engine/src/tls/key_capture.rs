@@ -42,65 +42,48 @@ pub fn clear() {
 /// one header and one packet key per direction (one key change); `None` otherwise, and the
 /// capture is emptied either way.
 pub fn take() -> Option<(DirectionalKeys, DirectionalKeys)> {
+    let [local, remote] = take_directions::<2>()?;
+    Some((local, remote))
+}
+
+/// The one direction's keys captured since the last [`clear`] (rustls's 0-RTT keys), if
+/// exactly one header and one packet key were built; the capture is emptied either way.
+pub fn take_one() -> Option<DirectionalKeys> {
+    let [keys] = take_directions::<1>()?;
+    Some(keys)
+}
+
+/// The captured keys of `N` directions, in the order rustls built them, if it built
+/// exactly `N` header and `N` packet keys; the capture is emptied either way.
+fn take_directions<const N: usize>() -> Option<[DirectionalKeys; N]> {
     BUILT.with(|b| {
         let mut built = b.borrow_mut();
-        let mut headers = [None, None];
-        let mut packets = [None, None];
+        let mut headers: [Option<HeaderKey>; N] = std::array::from_fn(|_| None);
+        let mut packets: [Option<PacketKey>; N] = std::array::from_fn(|_| None);
         let (mut nh, mut np) = (0, 0);
         let mut extra = false;
         for key in built.drain(..) {
             match key {
-                Built::Header(h) if nh < 2 => {
+                Built::Header(h) if nh < N => {
                     headers[nh] = Some(h);
                     nh += 1;
                 }
-                Built::Packet(p) if np < 2 => {
+                Built::Packet(p) if np < N => {
                     packets[np] = Some(p);
                     np += 1;
                 }
                 _ => extra = true,
             }
         }
-        if extra {
+        if extra || nh < N || np < N {
             return None;
         }
-        let [Some(local_header), Some(remote_header)] = headers else {
-            return None;
-        };
-        let [Some(local_packet), Some(remote_packet)] = packets else {
-            return None;
-        };
-        Some((
-            DirectionalKeys {
-                packet: local_packet,
-                header: local_header,
-            },
-            DirectionalKeys {
-                packet: remote_packet,
-                header: remote_header,
-            },
-        ))
-    })
-}
-
-/// The one direction's keys captured since the last [`clear`] (rustls's 0-RTT keys), if
-/// exactly one header and one packet key were built; the capture is emptied either way.
-pub fn take_one() -> Option<DirectionalKeys> {
-    BUILT.with(|b| {
-        let mut built = b.borrow_mut();
-        let (mut header, mut packet) = (None, None);
-        let mut extra = false;
-        for key in built.drain(..) {
-            match key {
-                Built::Header(h) if header.is_none() => header = Some(h),
-                Built::Packet(p) if packet.is_none() => packet = Some(p),
-                _ => extra = true,
-            }
-        }
-        match (header, packet, extra) {
-            (Some(header), Some(packet), false) => Some(DirectionalKeys { packet, header }),
-            _ => None,
-        }
+        let mut headers = headers.into_iter().flatten();
+        let mut packets = packets.into_iter().flatten();
+        Some(std::array::from_fn(|_| DirectionalKeys {
+            header: headers.next().expect("N headers"),
+            packet: packets.next().expect("N packets"),
+        }))
     })
 }
 
