@@ -147,6 +147,9 @@ pub struct WorkerStats {
     pub early_data_accepted: u64,
     /// 0-RTT packets processed, over connections closed so far.
     pub zero_rtt_packets: u64,
+    /// 0-RTT datagrams that came before their Initial: kept, and handed to the connection.
+    pub early_packets_buffered: u64,
+    pub early_packets_delivered: u64,
     pub compatible_version_switches: u64,
     /// Path MTU discovery, over connections closed so far.
     pub pmtu_probes_sent: u64,
@@ -172,6 +175,8 @@ impl WorkerStats {
             resumed_handshakes: c.resumed_handshakes.load(Ordering::Relaxed),
             early_data_accepted: c.early_data_accepted.load(Ordering::Relaxed),
             zero_rtt_packets: c.zero_rtt_packets.load(Ordering::Relaxed),
+            early_packets_buffered: c.early_packets_buffered.load(Ordering::Relaxed),
+            early_packets_delivered: c.early_packets_delivered.load(Ordering::Relaxed),
             compatible_version_switches: c.compatible_version_switches.load(Ordering::Relaxed),
             pmtu_probes_sent: c.pmtu_probes_sent.load(Ordering::Relaxed),
             pmtu_probes_lost: c.pmtu_probes_lost.load(Ordering::Relaxed),
@@ -195,6 +200,8 @@ impl WorkerStats {
             "resumed_handshakes": self.resumed_handshakes,
             "early_data_accepted": self.early_data_accepted,
             "zero_rtt_packets": self.zero_rtt_packets,
+            "early_packets_buffered": self.early_packets_buffered,
+            "early_packets_delivered": self.early_packets_delivered,
             "compatible_version_switches": self.compatible_version_switches,
             "pmtu_probes_sent": self.pmtu_probes_sent,
             "pmtu_probes_lost": self.pmtu_probes_lost,

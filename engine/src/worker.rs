@@ -104,6 +104,8 @@ pub struct WorkerCounters {
     pub resumed_handshakes: AtomicU64,
     pub early_data_accepted: AtomicU64,
     pub zero_rtt_packets: AtomicU64,
+    pub early_packets_buffered: AtomicU64,
+    pub early_packets_delivered: AtomicU64,
     pub compatible_version_switches: AtomicU64,
     pub pmtu_probes_sent: AtomicU64,
     pub pmtu_probes_lost: AtomicU64,
@@ -128,6 +130,10 @@ impl WorkerCounters {
             .store(ep.early_data_accepted, Ordering::Relaxed);
         self.zero_rtt_packets
             .store(ep.zero_rtt_packets, Ordering::Relaxed);
+        self.early_packets_buffered
+            .store(ep.early_packets_buffered, Ordering::Relaxed);
+        self.early_packets_delivered
+            .store(ep.early_packets_delivered, Ordering::Relaxed);
         self.compatible_version_switches
             .store(ep.compatible_version_switches, Ordering::Relaxed);
         self.pmtu_probes_sent

@@ -867,6 +867,64 @@ fn refused_early_data_is_sent_again_after_the_handshake() {
     assert_eq!(server_zero_rtt_packets(&sim), 0, "dropped, not processed");
 }
 
+/// 0-RTT datagrams that overtake their Initial (RFC 9001 §4.6.1): the server keeps them
+/// until the Initial creates the connection, then hands them over, so none of the early
+/// data has to be sent again. The client's first flight crosses in reverse order.
+#[test]
+fn early_data_that_overtakes_its_initial_is_kept_for_it() {
+    let (stls, ctls) = early_data_configs();
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 2, 6 << 10);
+    o.client_tls = Some(ctls.clone());
+    o.server_tls = Some(stls);
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 2, Duration::from_secs(60));
+    sim.advance(Duration::from_secs(2));
+
+    let h = connect_early(&mut sim, &ctls);
+    let mut flight = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while let Some(t) = sim.client.poll_transmit(sim.now, &mut buf, 1) {
+        flight.push(buf[..t.len].to_vec());
+    }
+    // A long header's type bits (v1): 0 Initial, 1 0-RTT.
+    let (zero_rtt, initial): (Vec<_>, Vec<_>) = flight
+        .into_iter()
+        .partition(|d| d[0] & 0x80 != 0 && (d[0] >> 4) & 3 == 1);
+    assert!(
+        zero_rtt.len() >= 2,
+        "0-RTT datagrams of their own: {}",
+        zero_rtt.len()
+    );
+    assert!(!initial.is_empty());
+
+    let accepted = sim.server.stats().connections_accepted;
+    for d in zero_rtt.iter().rev() {
+        sim.deliver_to_server(d);
+    }
+    let stats = sim.server.stats();
+    assert_eq!(stats.connections_accepted, accepted, "no connection yet");
+    assert_eq!(stats.early_packets_buffered, zero_rtt.len() as u64);
+    for d in &initial {
+        sim.deliver_to_server(d);
+    }
+    let stats = sim.server.stats();
+    assert_eq!(stats.connections_accepted, accepted + 1);
+    assert_eq!(stats.early_packets_delivered, zero_rtt.len() as u64);
+    assert!(
+        server_zero_rtt_packets(&sim) >= zero_rtt.len() as u64,
+        "the kept datagrams were opened: {}",
+        server_zero_rtt_packets(&sim)
+    );
+
+    sim.run_to_completion(h, 2, Duration::from_secs(60));
+    let client = sim.client.conn(h).unwrap().stats();
+    assert!(client.early_data_accepted, "{client:?}");
+    assert_eq!(
+        client.lost_packets, 0,
+        "nothing needed sending again: {client:?}"
+    );
+}
+
 /// Frames 0-RTT packets may not carry (RFC 9000 §12.4, §17.2.3): a client that puts a
 /// CRYPTO frame, then a PATH_RESPONSE (both fine in 1-RTT), in its early data gets its
 /// connection closed by the server with PROTOCOL_VIOLATION (0x0a).

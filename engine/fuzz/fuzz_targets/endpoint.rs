@@ -12,6 +12,10 @@
 //!   4-byte versions), then the rest as a datagram; it may start over in another version
 //!   (RFC 9368 §2.1), but only in one it supports and only once.
 //!
+//! The server accepts early data (`Resumption::EarlyData`), so 0-RTT datagrams for no
+//! connection are kept for one their Initial may create (bounded; see
+//! `endpoint::early_packets`).
+//!
 //! The pair lives across inputs (a handshake per input would dominate); when a frame input
 //! closes it, a new pair is built for the next one. Nothing may panic, and the server's
 //! connection table stays bounded.
@@ -26,7 +30,9 @@ use quench::conn::{Connection, Event, TransportConfig, VersionOffer};
 use quench::endpoint::{ConnHandle, Endpoint, EndpointConfig, EventHandler};
 use quench::io::RxMeta;
 use quench::tls::certs::generate_self_signed;
-use quench::tls::session::{client_config, server_config, ServerVerification};
+use quench::tls::session::{
+    client_config, server_config_with_provider, Resumption, ServerVerification,
+};
 use quench::wire::header::{self, Header, SUPPORTED_VERSIONS, VERSION_1, VERSION_2};
 use quench::Epoch;
 
@@ -56,7 +62,13 @@ fn transport() -> TransportConfig {
 
 fn server_endpoint() -> Endpoint<()> {
     let cert = generate_self_signed(&["localhost".into()]).expect("certificate");
-    let tls = server_config(cert, &[b"fuzz".to_vec()]).expect("server TLS");
+    let tls = server_config_with_provider(
+        cert,
+        &[b"fuzz".to_vec()],
+        rustls::crypto::aws_lc_rs::default_provider(),
+        Resumption::EarlyData { sessions: 64 },
+    )
+    .expect("server TLS");
     let mut config = EndpointConfig::new(transport(), Some(tls));
     // Clients that list v2 are moved to it (RFC 9368 §2.3), the pair's included.
     config.preferred_versions = vec![VERSION_2];

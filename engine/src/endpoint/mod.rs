@@ -6,6 +6,7 @@
 //! sees every connection event right after the input that caused it.
 
 pub mod cid;
+mod early_packets;
 mod routes;
 pub mod stateless;
 mod timers;
@@ -34,6 +35,7 @@ use crate::wire::net;
 use crate::wire::steer::CidLayout;
 
 pub use cid::CidGenerator;
+use early_packets::EarlyPackets;
 use routes::Routes;
 use timers::TimerQueue;
 
@@ -129,6 +131,10 @@ pub struct EndpointStats {
     pub early_data_accepted: u64,
     /// 0-RTT packets processed, over the connections closed so far.
     pub zero_rtt_packets: u64,
+    /// 0-RTT datagrams that arrived before their connection's first Initial and were kept
+    /// for it (RFC 9001 §4.6.1), and those of them the connection then got.
+    pub early_packets_buffered: u64,
+    pub early_packets_delivered: u64,
     /// Handshakes that moved to another version than the client's first flight's
     /// (compatible version negotiation, RFC 9368 §2.3; both roles).
     pub compatible_version_switches: u64,
@@ -255,6 +261,8 @@ pub struct Endpoint<U> {
     expired_scratch: Vec<ConnHandle>,
     /// Copy of a first Initial being checked for authenticity.
     initial_scratch: Vec<u8>,
+    /// Server with early data: 0-RTT datagrams that overtook their Initial.
+    early_packets: EarlyPackets,
     /// Debug builds (tests, CI) check every `Transmit::more == false` claim by asking the
     /// connection again into this buffer: it must build nothing.
     #[cfg(debug_assertions)]
@@ -293,6 +301,7 @@ impl<U: Default> Endpoint<U> {
             drained_states: Vec::new(),
             expired_scratch: Vec::new(),
             initial_scratch: Vec::with_capacity(1500),
+            early_packets: EarlyPackets::default(),
             #[cfg(debug_assertions)]
             drained_check: vec![0; 1 << 16],
             source_authenticated: false,
@@ -483,22 +492,35 @@ impl<U: Default> Endpoint<U> {
             .and_then(|dcid| ConnectionId::new(dcid).ok())
             .and_then(|d| self.routes.lookup(&d));
         if let Some(h) = known {
-            let e = &mut self.conns[h];
-            let opened = e.conn.packets_received();
-            e.conn.handle_datagram(now, meta.src, meta.ecn, buf);
-            // Answer from where the peer writes, as learnt from packets that authenticated
-            // and came from its current address (junk with a known CID sent to another of
-            // our addresses must not move it). Servers only: a client's own address may
-            // change under it, and the kernel picks the right one.
-            self.source_authenticated =
-                e.conn.packets_received() > opened && e.conn.remote_addr() == meta.src;
-            if self.config.server_tls.is_some() && self.source_authenticated {
-                e.local = local_ip(&meta);
-            }
-            self.after_io(now, h, handler);
+            self.source_authenticated = self.deliver(now, h, meta, buf, handler);
             return Some(h);
         }
         self.handle_unknown(now, meta, buf, handler)
+    }
+
+    /// Hands a datagram to connection `h`; returns whether it authenticated as from the
+    /// connection's peer at its current address.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        h: ConnHandle,
+        meta: RxMeta,
+        buf: &mut [u8],
+        handler: &mut impl EventHandler<U>,
+    ) -> bool {
+        let e = &mut self.conns[h];
+        let opened = e.conn.packets_received();
+        e.conn.handle_datagram(now, meta.src, meta.ecn, buf);
+        // Answer from where the peer writes, as learnt from packets that authenticated
+        // and came from its current address (junk with a known CID sent to another of
+        // our addresses must not move it). Servers only: a client's own address may
+        // change under it, and the kernel picks the right one.
+        let authenticated = e.conn.packets_received() > opened && e.conn.remote_addr() == meta.src;
+        if self.config.server_tls.is_some() && authenticated {
+            e.local = local_ip(&meta);
+        }
+        self.after_io(now, h, handler);
+        authenticated
     }
 
     /// RFC 9000 §6.1: Version Negotiation for a packet in a version we do not accept, only
@@ -592,6 +614,19 @@ impl<U: Default> Endpoint<U> {
                 }
                 let token = token.to_vec();
                 self.accept_initial(now, meta, buf, version, dcid, scid, &token, tls, handler)
+            }
+            Header::Long {
+                ty: LongType::ZeroRtt,
+                dcid,
+                ..
+            } if dcid.len() >= 8 && tls.max_early_data_size != 0 => {
+                // Overtook its Initial, perhaps: kept for the connection it may create.
+                if self.early_packets.keep(dcid, meta, now, buf) {
+                    self.stats.early_packets_buffered += 1;
+                } else {
+                    self.stats.dropped_unroutable += 1;
+                }
+                None
             }
             Header::Short { dcid, .. } => {
                 // §10.3: tell the peer this connection is gone (it may have lost state on our side).
@@ -749,7 +784,27 @@ impl<U: Default> Endpoint<U> {
         // The first Initial decrypted (checked above).
         self.conns[h].local = local_ip(&meta);
         self.after_io(now, h, handler);
+        self.deliver_early_packets(now, h, &dcid, handler);
         Some(h)
+    }
+
+    /// Gives a new connection the 0-RTT datagrams that came before its first Initial.
+    fn deliver_early_packets(
+        &mut self,
+        now: Instant,
+        h: ConnHandle,
+        dcid: &ConnectionId,
+        handler: &mut impl EventHandler<U>,
+    ) {
+        // Out of `self` while it delivers (a move of the table, not of the datagrams).
+        let mut early = std::mem::take(&mut self.early_packets);
+        let delivered = early.take(dcid, now, |meta, buf| {
+            if self.conns.contains(h) {
+                self.deliver(now, h, meta, buf, handler);
+            }
+        });
+        self.early_packets = early;
+        self.stats.early_packets_delivered += delivered as u64;
     }
 
     fn refuse_invalid_token(
