@@ -925,6 +925,53 @@ fn early_data_that_overtakes_its_initial_is_kept_for_it() {
     );
 }
 
+/// What 0-RTT is for: the echo of a request sent as early data comes back after one round
+/// trip, where a resumed connection without early data needs two (one for the handshake,
+/// one for the request). Counted on the pair's virtual clock: each exchange of the pair
+/// (`Sim::step`: both sides receive what the last one sent, then send) takes 50 µs and
+/// nothing waits on a timer, so the elapsed time counts exchanges: the first sends the
+/// first flight, and each crossing of the wire after it takes one more.
+#[test]
+fn early_data_saves_a_round_trip() {
+    let (stls, ctls) = early_data_configs();
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 1000);
+    o.client_tls = Some(ctls.clone());
+    o.server_tls = Some(stls);
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 1, Duration::from_secs(60));
+    sim.advance(Duration::from_secs(2));
+    let exchange = Duration::from_micros(50);
+
+    let start = sim.now;
+    let h = connect_early(&mut sim, &ctls);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    let early = sim.now - start;
+    assert!(sim.client.conn(h).unwrap().stats().early_data_accepted);
+    sim.advance(Duration::from_secs(2));
+
+    // The same session store, without early data: resumption alone.
+    let mut no_early = (*ctls).clone();
+    no_early.enable_early_data = false;
+    let no_early = Arc::new(no_early);
+    let start = sim.now;
+    let h = connect_early(&mut sim, &no_early);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    let resumed = sim.now - start;
+    let stats = sim.client.conn(h).unwrap().stats();
+    assert!(sim.client.conn(h).unwrap().resumed() && !stats.early_data_attempted);
+
+    assert_eq!(
+        early,
+        (1 + 2) * exchange,
+        "request and echo: one round trip"
+    );
+    assert_eq!(
+        resumed,
+        (1 + 4) * exchange,
+        "handshake, then request and echo"
+    );
+}
+
 /// Frames 0-RTT packets may not carry (RFC 9000 §12.4, §17.2.3): a client that puts a
 /// CRYPTO frame, then a PATH_RESPONSE (both fine in 1-RTT), in its early data gets its
 /// connection closed by the server with PROTOCOL_VIOLATION (0x0a).

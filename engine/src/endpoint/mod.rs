@@ -500,6 +500,7 @@ impl<U: Default> Endpoint<U> {
 
     /// Hands a datagram to connection `h`; returns whether it authenticated as from the
     /// connection's peer at its current address.
+    #[inline(always)] // the per-datagram path: a call here cost 28 instructions a packet
     fn deliver(
         &mut self,
         now: Instant,
