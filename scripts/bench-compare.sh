@@ -6,6 +6,8 @@
 #
 #   scripts/bench-compare.sh [ROUNDS]        (default 5; needs a release build of quench-bench)
 #   SCENARIOS="handshake handshake-resumed" scripts/bench-compare.sh   (only those)
+#   SAVE=runs.txt scripts/bench-compare.sh   (also keeps every run: "scenario stack ns",
+#                                              for scripts/plot.py)
 #
 # Scenarios and units are those of `cargo bench -p quench-bench --bench engine`:
 # recv / send (ns per 1452-byte 1-RTT packet), handshake (ns per full server handshake,
@@ -18,9 +20,13 @@ ROUNDS=${1:-5}
 BIN=${QUENCH_BENCH:-${CARGO_TARGET_DIR:-target}/release/quench-bench}
 [[ -x $BIN ]] || { echo "no $BIN: cargo build --release -p quench-bench" >&2; exit 1; }
 
+[[ -z ${SAVE:-} ]] || : >"$SAVE"
 run() { # scenario stack count -> ns per unit
-    "$BIN" profile --scenario "$1" --stack "$2" --count "$3" |
-        sed -E 's/.* ([0-9]+) ns each.*/\1/'
+    local ns
+    ns=$("$BIN" profile --scenario "$1" --stack "$2" --count "$3" |
+        sed -E 's/.* ([0-9]+) ns each.*/\1/')
+    [[ -z ${SAVE:-} ]] || echo "$1 $2 $ns" >>"$SAVE"
+    echo "$ns"
 }
 
 stats() { # numbers on stdin -> "median min"

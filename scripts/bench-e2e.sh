@@ -18,7 +18,8 @@
 #      SCENARIOS, RR1_REQUESTS and RR16_REQUESTS (per connection, default 20000 and 200000:
 #      long enough that the CPU clock's 10 ms ticks do not matter), DOWN_BYTES (default
 #      1 GiB), SERVER_CPU (0), CLIENT_CPU (1), BIN_DIR (default $CARGO_TARGET_DIR/release;
-#      built if missing).
+#      built if missing), SAVE (a file to keep every run's line in, for scripts/plot.py:
+#      "scenario stack server_cpu_s units client_json").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -146,6 +147,8 @@ per_unit() { # scenario stack -> median over rounds of server CPU per unit: µs/
             if (s ~ /^rr/) print $3 / $4 * 1e6; else print $3 / ($4 / 1073741824) * 1e3 }' "$RESULTS" |
         sort -n | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'
 }
+
+[[ -z ${SAVE:-} ]] || cp "$RESULTS" "$SAVE"
 
 echo
 printf '%-5s %-7s %22s %16s %8s\n' scenario stack "server cpu per unit" "client rate" "vs quench"

@@ -73,6 +73,7 @@ impl LoadReport {
                 "max": self.latency.max(),
                 "mean": self.latency.mean(),
             },
+            "latency_distribution_us": distribution(&self.latency),
             "handshake_us": {
                 "p50": q(&self.handshake, 0.5),
                 "p99": q(&self.handshake, 0.99),
@@ -81,6 +82,20 @@ impl LoadReport {
         })
         .to_string()
     }
+}
+
+/// The latency at quantiles spaced evenly on a log scale of 1/(1 - q) (eight a decade:
+/// 0, 0.25, 0.44, ..., 0.99, ..., 0.9999), then the maximum: `[quantile, µs]` pairs, what
+/// a percentile plot (`scripts/plot.py`) draws.
+fn distribution(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    let mut points: Vec<(f64, u64)> = (0..=32)
+        .map(|k| {
+            let q = 1.0 - 10f64.powf(-f64::from(k) / 8.0);
+            (q, h.value_at_quantile(q))
+        })
+        .collect();
+    points.push((1.0, h.max()));
+    points
 }
 
 /// One connection's requests.
@@ -275,4 +290,25 @@ pub fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         latency: handler.latency,
         handshake: handler.handshake,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distribution_rises_to_the_maximum() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for us in 1..=10_000u64 {
+            h.record(us).unwrap();
+        }
+        let d = distribution(&h);
+        assert_eq!(d.len(), 34);
+        assert_eq!(d[0].0, 0.0);
+        assert!((d[8].0 - 0.9).abs() < 1e-12 && (d[16].0 - 0.99).abs() < 1e-12);
+        assert!(d.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        assert_eq!(*d.last().unwrap(), (1.0, h.max()));
+        let median = d.iter().find(|(q, _)| (*q - 0.5).abs() < 0.07).unwrap().1;
+        assert!((4_000..=6_000).contains(&median), "{median}");
+    }
 }
