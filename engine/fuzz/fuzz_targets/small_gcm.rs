@@ -1,13 +1,14 @@
-//! Differential: quench's small-packet AES-GCM against aws-lc. Input: a selector byte (AES-128
-//! or AES-256), 32 key bytes, a 12-byte nonce, an AAD length byte, then a packet
-//! (AAD | payload | 16 tag bytes). Opening those bytes must give aws-lc's verdict, aws-lc's
+//! Differential: quench's own AES-GCM against aws-lc, through both of its code paths (the
+//! AVX-512 VAES one where the CPU has it, and the 128-bit one, up to `SMALL_MAX`). Input: a
+//! selector byte (AES-128 or AES-256), 32 key bytes, a 12-byte nonce, an AAD length byte,
+//! then a packet (AAD | payload | 16 tag bytes). Opening those bytes must give aws-lc's verdict, aws-lc's
 //! plaintext when they authenticate and an untouched packet when they do not; sealing the
 //! payload must give aws-lc's ciphertext and tag, and open again.
 #![no_main]
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
 use libfuzzer_sys::fuzz_target;
-use quench::crypto::small_gcm::{SmallGcm, SMALL_MAX, TAG_LEN};
+use quench::crypto::small_gcm::{SmallGcm, TAG_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let Some((head, packet)) = data.split_at_checked(1 + 32 + 12 + 1) else {
@@ -23,12 +24,26 @@ fuzz_target!(|data: &[u8]| {
     let Some(len) = packet.len().checked_sub(aad_len + TAG_LEN) else {
         return;
     };
-    if len > SMALL_MAX {
-        return;
-    }
-    let Some(ours) = SmallGcm::new(key) else {
+    let Some(full) = SmallGcm::new(key) else {
         return; // no AES-NI/PCLMULQDQ: the engine uses aws-lc alone there
     };
+    let narrow = SmallGcm::new(key).expect("as above").without_wide();
+    for ours in [full, narrow] {
+        if len <= ours.max_payload() {
+            check(&ours, alg, key, nonce, packet, aad_len, len);
+        }
+    }
+});
+
+fn check(
+    ours: &SmallGcm,
+    alg: &'static aws_lc_rs::aead::Algorithm,
+    key: &[u8],
+    nonce: [u8; 12],
+    packet: &[u8],
+    aad_len: usize,
+    len: usize,
+) {
     let theirs = LessSafeKey::new(UnboundKey::new(alg, key).unwrap());
     let aad = &packet[..aad_len];
     let nonce_for = || Nonce::assume_unique_for_key(nonce);
@@ -55,4 +70,4 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(&sealed[aad_len + len..], tag.as_ref());
     assert!(ours.open_in_place(&nonce, &mut sealed, aad_len));
     assert_eq!(&sealed[..aad_len + len], &packet[..aad_len + len]);
-});
+}

@@ -1,6 +1,6 @@
 //! AEAD packet protection (RFC 9001 §5.3), sealing and opening in place: aws-lc-rs, and
-//! for AES-GCM payloads of up to `SMALL_MAX` bytes our own code, which skips aws-lc's
-//! fixed per-call cost (`small_gcm`).
+//! for AES-GCM our own code, which skips aws-lc's fixed per-call cost (`small_gcm`): for
+//! payloads of up to `SMALL_MAX` bytes, and of any length on CPUs with AVX-512 VAES.
 use aws_lc_rs::aead::{
     Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305,
 };
@@ -70,7 +70,7 @@ pub struct PacketKey {
     suite: Suite,
     key: LessSafeKey,
     /// The same key for short AES-GCM payloads, where the CPU has AES-NI and PCLMULQDQ.
-    /// Boxed: its round keys and powers of H are ~400 bytes.
+    /// Boxed: its round keys and powers of H are ~700 bytes.
     small: Option<Box<SmallGcm>>,
     iv: [u8; IV_LEN],
 }
@@ -128,10 +128,13 @@ impl PacketKey {
         Nonce::assume_unique_for_key(self.nonce_bytes(pn))
     }
 
-    /// Our own AES-GCM when the payload is short enough for it to win.
+    /// Our own AES-GCM where it takes the payload: up to `SMALL_MAX` bytes, or any length
+    /// on CPUs with AVX-512 VAES (`small_gcm::wide`).
     #[inline]
     fn small_for(&self, payload_len: usize) -> Option<&SmallGcm> {
-        self.small.as_deref().filter(|_| payload_len <= SMALL_MAX)
+        self.small
+            .as_deref()
+            .filter(|s| payload_len <= SMALL_MAX || payload_len <= s.max_payload())
     }
 
     /// `packet` = header (AAD, `header_len` bytes) | plaintext | `TAG_LEN` bytes of room.
