@@ -1,9 +1,9 @@
 //! Differential: quench's own AES-GCM against aws-lc, through both of its code paths (the
 //! AVX-512 VAES one where the CPU has it, and the 128-bit one, up to `SMALL_MAX`). Input: a
 //! selector byte (AES-128 or AES-256), 32 key bytes, a 12-byte nonce, an AAD length byte,
-//! then a packet (AAD | payload | 16 tag bytes). Opening those bytes must give aws-lc's verdict, aws-lc's
-//! plaintext when they authenticate and an untouched packet when they do not; sealing the
-//! payload must give aws-lc's ciphertext and tag, and open again.
+//! then a packet (AAD | payload | 16 tag bytes). Opening those bytes must give aws-lc's
+//! verdict, aws-lc's plaintext when they authenticate and an untouched packet when they do
+//! not; sealing the payload must give aws-lc's ciphertext and tag, and open again.
 #![no_main]
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
