@@ -68,8 +68,12 @@ pub enum CryptoError {
 /// One direction's AEAD key and IV for one key phase.
 pub struct PacketKey {
     suite: Suite,
-    key: LessSafeKey,
-    /// The same key for short AES-GCM payloads, where the CPU has AES-NI and PCLMULQDQ.
+    /// aws-lc's key, for what our own code does not take: ChaCha20-Poly1305, and long
+    /// AES-GCM payloads on CPUs without AVX-512 VAES. None where our code takes every
+    /// length: setting it up cost about a microsecond per key, in every handshake.
+    key: Option<LessSafeKey>,
+    /// The same key for AES-GCM payloads our own code takes (`SmallGcm::max_payload`),
+    /// where the CPU has AES-NI and PCLMULQDQ.
     /// Boxed: its round keys and powers of H are ~700 bytes.
     small: Option<Box<SmallGcm>>,
     iv: [u8; IV_LEN],
@@ -95,15 +99,20 @@ impl PacketKey {
             return Err(CryptoError::InvalidKeyLength);
         }
         let iv: [u8; IV_LEN] = iv.try_into().map_err(|_| CryptoError::InvalidKeyLength)?;
-        let unbound =
-            UnboundKey::new(suite.algorithm(), key).map_err(|_| CryptoError::InvalidKeyLength)?;
         let small = match suite {
             Suite::Aes128Gcm | Suite::Aes256Gcm => SmallGcm::new(key).map(Box::new),
             Suite::ChaCha20Poly1305 => None,
         };
+        let key = match &small {
+            Some(s) if s.max_payload() == usize::MAX => None,
+            _ => Some(LessSafeKey::new(
+                UnboundKey::new(suite.algorithm(), key)
+                    .map_err(|_| CryptoError::InvalidKeyLength)?,
+            )),
+        };
         Ok(Self {
             suite,
-            key: LessSafeKey::new(unbound),
+            key,
             small,
             iv,
         })
@@ -137,6 +146,15 @@ impl PacketKey {
             .filter(|s| payload_len <= s.max_payload())
     }
 
+    /// aws-lc's key, for a payload our own code does not take: it exists whenever there
+    /// is such a payload (`try_new`).
+    #[inline]
+    fn aws_lc(&self) -> &LessSafeKey {
+        self.key
+            .as_ref()
+            .expect("an aws-lc key where our own AES-GCM does not reach")
+    }
+
     /// `packet` = header (AAD, `header_len` bytes) | plaintext | `TAG_LEN` bytes of room.
     /// Writes ciphertext and tag in place.
     pub fn seal_in_place(
@@ -157,7 +175,7 @@ impl PacketKey {
         let (header, rest) = packet.split_at_mut(header_len);
         let (payload, tag_out) = rest.split_at_mut(body_end - header_len);
         let tag = self
-            .key
+            .aws_lc()
             .seal_in_place_separate_tag(self.nonce(pn), Aad::from(&*header), payload)
             .map_err(|_| CryptoError::BufferTooSmall)?;
         tag_out.copy_from_slice(tag.as_ref());
@@ -188,7 +206,7 @@ impl PacketKey {
         }
         let (header, body) = packet.split_at_mut(header_len);
         let plain = self
-            .key
+            .aws_lc()
             .open_in_place(self.nonce(pn), Aad::from(&*header), body)
             .map_err(|_| CryptoError::DecryptFailed)?;
         Ok(plain.len())
@@ -261,6 +279,20 @@ mod tests {
                 assert_eq!(&pkt[header.len()..header.len() + len], &payload[..]);
             }
         }
+    }
+
+    /// aws-lc's key is set up only where our own code leaves lengths to it.
+    #[test]
+    fn aws_lc_key_only_where_needed() {
+        for suite in Suite::ALL {
+            let k = key(suite);
+            let ours_takes_all = k
+                .small
+                .as_ref()
+                .is_some_and(|s| s.max_payload() == usize::MAX);
+            assert_eq!(k.key.is_none(), ours_takes_all, "{suite:?}");
+        }
+        assert!(key(Suite::ChaCha20Poly1305).key.is_some());
     }
 
     #[test]

@@ -251,10 +251,12 @@ mod x86 {
                 k.h[i] = dot(k.h[i - 1], h1);
             }
             if k.wide {
-                let mut power = h1;
-                for i in (0..16).rev() {
-                    k.powers_desc[i] = power;
-                    power = dot(power, h1);
+                // H^k at index 16 - k: H^1..H^8 are `h`'s, H^9..H^16 follow.
+                for (i, p) in k.h.iter().enumerate() {
+                    k.powers_desc[15 - i] = *p;
+                }
+                for i in (0..8).rev() {
+                    k.powers_desc[i] = dot(k.powers_desc[i + 1], h1);
                 }
             }
             k
