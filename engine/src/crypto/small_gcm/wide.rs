@@ -48,29 +48,9 @@ pub(super) unsafe fn seal<const NR: usize>(
     aad_len: usize,
     len: usize,
 ) {
-    let rk = round_keys::<NR>(key);
-    let ctr = Counters::new(nonce);
-    let ej0 = key.encrypt1::<NR>(x86::j0(x86::counter_base(nonce)));
-    let mut ghash = Ghash::new(key);
-    ghash.absorb_bytes(&packet[..aad_len]);
-    let body = &mut packet[aad_len..];
-    for (chunk, at) in (0..len).step_by(CHUNK_BYTES).enumerate() {
-        let n = (len - at).min(CHUNK_BYTES);
-        let ks = keystream::<NR>(&rk, ctr.chunk(chunk));
-        let mut c = [_mm512_setzero_si512(); 4];
-        for (i, (ci, k)) in c.iter_mut().zip(ks).enumerate() {
-            let (from, mask) = lane_window(at, n, i);
-            // Bytes past the payload load as zeros, and are masked to zeros after the XOR
-            // so GHASH sees the partial block zero-padded; they are never stored.
-            let p = load_masked(body, from, mask);
-            *ci = _mm512_maskz_mov_epi8(mask, _mm512_xor_si512(p, k));
-            store_masked(body, from, mask, *ci);
-        }
-        ghash.absorb(c, n.div_ceil(16));
-    }
-    ghash.absorb_one(x86::length_block(aad_len, len));
-    let tag = _mm_xor_si128(ghash.finish(), ej0);
-    body[len..len + 16].copy_from_slice(&x86::to_bytes(tag));
+    let tag = crypt::<NR, true>(key, nonce, packet, aad_len, len);
+    let at = aad_len + len;
+    packet[at..at + 16].copy_from_slice(&x86::to_bytes(tag));
 }
 
 /// Opens `packet` = AAD | ciphertext (`len` bytes) | tag in place; false (and the packet
@@ -86,6 +66,31 @@ pub(super) unsafe fn open<const NR: usize>(
     aad_len: usize,
     len: usize,
 ) -> bool {
+    let expected = crypt::<NR, false>(key, nonce, packet, aad_len, len);
+    let at = aad_len + len;
+    let got = x86::from_bytes(packet[at..at + 16].try_into().expect("16 bytes"));
+    let diff = _mm_xor_si128(expected, got);
+    // Constant time: one test of all 128 bits, no early exit.
+    if _mm_testz_si128(diff, diff) != 0 {
+        return true;
+    }
+    // Forged or corrupted: the same pass again puts the ciphertext back.
+    crypt::<NR, false>(key, nonce, packet, aad_len, len);
+    false
+}
+
+/// One pass over the payload: XORs the keystream into it in place, and hashes the
+/// ciphertext (what comes out when `SEAL`, what was there when opening) after the AAD.
+/// Returns the tag: GHASH, then the length block, XOR E_K(J0).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,vaes,vpclmulqdq,aes,pclmulqdq,ssse3,sse4.1")]
+fn crypt<const NR: usize, const SEAL: bool>(
+    key: &Key,
+    nonce: &[u8; 12],
+    packet: &mut [u8],
+    aad_len: usize,
+    len: usize,
+) -> __m128i {
     let rk = round_keys::<NR>(key);
     let ctr = Counters::new(nonce);
     let ej0 = key.encrypt1::<NR>(x86::j0(x86::counter_base(nonce)));
@@ -98,30 +103,21 @@ pub(super) unsafe fn open<const NR: usize>(
         let mut c = [_mm512_setzero_si512(); 4];
         for (i, (ci, k)) in c.iter_mut().zip(ks).enumerate() {
             let (from, mask) = lane_window(at, n, i);
-            *ci = load_masked(body, from, mask);
-            store_masked(body, from, mask, _mm512_xor_si512(*ci, k));
+            // Bytes past the payload load as zeros and are never stored; sealed, they
+            // are masked back to zeros so GHASH sees the last block zero-padded.
+            let p = load_masked(body, from, mask);
+            let out = _mm512_xor_si512(p, k);
+            store_masked(body, from, mask, out);
+            *ci = if SEAL {
+                _mm512_maskz_mov_epi8(mask, out)
+            } else {
+                p
+            };
         }
         ghash.absorb(c, n.div_ceil(16));
     }
     ghash.absorb_one(x86::length_block(aad_len, len));
-    let expected = _mm_xor_si128(ghash.finish(), ej0);
-    let got = x86::from_bytes(body[len..len + 16].try_into().expect("16 bytes"));
-    let diff = _mm_xor_si128(expected, got);
-    // Constant time: one test of all 128 bits, no early exit.
-    if _mm_testz_si128(diff, diff) != 0 {
-        return true;
-    }
-    // Forged or corrupted: put the ciphertext back.
-    for (chunk, at) in (0..len).step_by(CHUNK_BYTES).enumerate() {
-        let n = (len - at).min(CHUNK_BYTES);
-        let ks = keystream::<NR>(&rk, ctr.chunk(chunk));
-        for (i, k) in ks.into_iter().enumerate() {
-            let (from, mask) = lane_window(at, n, i);
-            let p = load_masked(body, from, mask);
-            store_masked(body, from, mask, _mm512_xor_si512(p, k));
-        }
-    }
-    false
+    _mm_xor_si128(ghash.finish(), ej0)
 }
 
 /// Register `i` of a chunk of `n` bytes at `at`: where its 64 bytes start, and which of
