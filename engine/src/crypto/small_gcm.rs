@@ -130,12 +130,11 @@ mod x86 {
         /// AES round keys; 11 used for AES-128, 15 for AES-256.
         round_keys: [__m128i; 15],
         aes256: bool,
-        /// `h[k - 1]` = H^k · x^(-128(k-1)) in the POLYVAL domain, for k = 1..=8, so that
-        /// `dot(a, h[k - 1])` multiplies `a` by the k-th power of the hash key.
-        h: [__m128i; POWERS],
-        /// The same for k = 16 down to 1, then four zeros (`wide`'s groups of sixteen
-        /// blocks read four at a time from any offset); filled only where `wide` runs.
-        powers_desc: [__m128i; 20],
+        /// `powers[16 - k]` = H^k · x^(-128(k-1)) in the POLYVAL domain, so that
+        /// `dot(a, powers[16 - k])` multiplies `a` by the k-th power of the hash key: k = 1..=8
+        /// for the 128-bit code, up to 16 where `wide` runs; then four zeros (`wide` reads
+        /// four at a time from any offset). Descending, so a group's powers are contiguous.
+        powers: [__m128i; 20],
         /// The CPU runs `wide` (AVX-512 with VAES and VPCLMULQDQ).
         wide: bool,
     }
@@ -151,7 +150,7 @@ mod x86 {
     /// in groups of up to eight, each multiplied by the power of H that Horner's rule would
     /// give it inside its group, and the sums reduced once per group.
     struct Ghash<'k> {
-        h: &'k [__m128i; POWERS],
+        powers: &'k [__m128i; 20],
         /// Blocks still to come, this one included.
         left: usize,
         /// Blocks left in the current group.
@@ -166,10 +165,10 @@ mod x86 {
     impl<'k> Ghash<'k> {
         #[inline]
         #[target_feature(enable = "pclmulqdq,ssse3")]
-        fn new(h: &'k [__m128i; POWERS], blocks: usize) -> Self {
+        fn new(powers: &'k [__m128i; 20], blocks: usize) -> Self {
             let zero = _mm_setzero_si128();
             Ghash {
-                h,
+                powers,
                 left: blocks,
                 group_left: 0,
                 acc: zero,
@@ -193,7 +192,7 @@ mod x86 {
                 self.group_left = self.left.min(POWERS);
                 x = _mm_xor_si128(x, self.acc);
             }
-            let h = self.h[self.group_left - 1];
+            let h = self.powers[16 - self.group_left];
             self.lo = _mm_xor_si128(self.lo, _mm_clmulepi64_si128::<0x00>(x, h));
             self.hi = _mm_xor_si128(self.hi, _mm_clmulepi64_si128::<0x11>(x, h));
             self.mid = _mm_xor_si128(self.mid, _mm_clmulepi64_si128::<0x01>(x, h));
@@ -233,8 +232,7 @@ mod x86 {
             let mut k = Key {
                 round_keys,
                 aes256,
-                h: [_mm_setzero_si128(); POWERS],
-                powers_desc: [_mm_setzero_si128(); 20],
+                powers: [_mm_setzero_si128(); 20],
                 wide: super::wide::cpu_has_instructions(),
             };
             // H = E_K(0^128) (SP 800-38D §6.4); POLYVAL's key is mulX(ByteReverse(H)).
@@ -246,18 +244,10 @@ mod x86 {
             let v = u128::from_be_bytes(h);
             let v = (v << 1) ^ ((v >> 127) * POLY);
             let h1 = from_bytes(&v.to_le_bytes());
-            k.h[0] = h1;
-            for i in 1..POWERS {
-                k.h[i] = dot(k.h[i - 1], h1);
-            }
-            if k.wide {
-                // H^k at index 16 - k: H^1..H^8 are `h`'s, H^9..H^16 follow.
-                for (i, p) in k.h.iter().enumerate() {
-                    k.powers_desc[15 - i] = *p;
-                }
-                for i in (0..8).rev() {
-                    k.powers_desc[i] = dot(k.powers_desc[i + 1], h1);
-                }
+            k.powers[15] = h1;
+            let highest = if k.wide { 16 } else { POWERS };
+            for at in (16 - highest..15).rev() {
+                k.powers[at] = dot(k.powers[at + 1], h1);
             }
             k
         }
@@ -266,8 +256,8 @@ mod x86 {
             &self.round_keys
         }
 
-        pub(super) fn powers_desc(&self) -> &[__m128i; 20] {
-            &self.powers_desc
+        pub(super) fn powers(&self) -> &[__m128i; 20] {
+            &self.powers
         }
 
         #[cfg(any(test, fuzzing))]
@@ -355,7 +345,7 @@ mod x86 {
         ) -> (__m128i, __m128i, Ghash<'_>) {
             let base = counter_base(nonce);
             let ej0 = self.encrypt1::<NR>(j0(base));
-            let mut ghash = Ghash::new(&self.h, aad_len.div_ceil(16) + len.div_ceil(16) + 1);
+            let mut ghash = Ghash::new(&self.powers, aad_len.div_ceil(16) + len.div_ceil(16) + 1);
             hash_aad(&mut ghash, packet, aad_len);
             (base, ej0, ghash)
         }

@@ -10,7 +10,7 @@
 //! Layout of the work: the payload goes in chunks of 256 bytes, four 512-bit registers of
 //! four blocks each. Each chunk's sixteen counter blocks go through AES together, and its
 //! sixteen ciphertext blocks are hashed as one GHASH group: each block multiplied by the
-//! power of H that Horner's rule would give it within the group (`Key::powers_desc`), the
+//! power of H that Horner's rule would give it within the group (`Key::powers`), the
 //! products summed, and one reduction. The header and the length block are groups of
 //! their own. Partial blocks are read and written under byte masks (AVX-512 masked loads
 //! and stores touch no byte outside the mask), so a packet's tail needs no copying.
@@ -227,7 +227,7 @@ fn keystream<const NR: usize>(rk: &[__m512i; 15], blocks: [__m512i; 4]) -> [__m5
 
 /// GHASH in the POLYVAL domain (as `x86::Ghash`), a group of up to sixteen blocks at a time.
 struct Ghash<'k> {
-    /// H^16 .. H^1 (`Key::powers_desc`), then zeros.
+    /// H^16 .. H^1 (`Key::powers`), then zeros.
     powers: &'k [__m128i; 20],
     acc: __m128i,
     reverse: __m512i,
@@ -238,7 +238,7 @@ impl<'k> Ghash<'k> {
     #[target_feature(enable = "avx512f,avx512bw")]
     fn new(key: &'k Key) -> Self {
         Ghash {
-            powers: key.powers_desc(),
+            powers: key.powers(),
             acc: _mm_setzero_si128(),
             reverse: _mm512_broadcast_i32x4(x86::byte_reverse()),
         }
