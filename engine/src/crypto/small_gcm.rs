@@ -25,17 +25,14 @@
 //! nonces, headers and lengths (`tests`); the packet keys built on it against RFC 9001
 //! Appendix A.
 
-/// Longest payload (plaintext or ciphertext, tag excluded) the 128-bit code seals or opens.
-/// Above it, aws-lc's stitched code is faster than that code (`cargo bench -p quench-bench
-/// --bench aead`); `wide`, where the CPU has it, is faster than both.
+/// Longest payload (plaintext or ciphertext, tag excluded) the 128-bit code seals or opens;
+/// longer ones go to `wide` where the CPU has it. Above it, aws-lc's stitched code is faster
+/// than the 128-bit code (`cargo bench -p quench-bench --bench aead`), and `wide` faster
+/// than both. Below it the 128-bit code is as fast in the engine: alone, seal + open of 150
+/// bytes took 98 ns wide against 129 ns, but the request benchmark's AEAD floor (141-byte
+/// packets of eight connections, among the rest of the packet path) read 114–115 ns with
+/// the 128-bit code and 118–202 ns wide.
 pub const SMALL_MAX: usize = 256;
-
-/// Payloads longer than this go to the wide code where the CPU has it. Below it the 128-bit
-/// code is as fast in the engine: alone, seal + open of 150 bytes took 98 ns wide against
-/// 129 ns (`cargo bench -p quench-bench --bench aead`), but the request benchmark's AEAD
-/// floor (141-byte packets of eight connections, among the rest of the packet path) read
-/// 114–115 ns with the 128-bit code and 118–202 ns wide.
-const WIDE_ABOVE: usize = SMALL_MAX;
 pub use super::aead::TAG_LEN;
 
 /// One AES-GCM key (128 or 256 bits) for payloads of up to [`SMALL_MAX`] bytes.
@@ -117,7 +114,7 @@ mod wide;
 mod x86 {
     use core::arch::x86_64::*;
 
-    use super::{SMALL_MAX, WIDE_ABOVE};
+    use super::SMALL_MAX;
 
     /// Counter blocks encrypted per step: enough to keep the AES unit busy.
     const LANES: usize = 4;
@@ -275,11 +272,8 @@ mod x86 {
         }
 
         pub fn seal(&self, nonce: &[u8; 12], packet: &mut [u8], aad_len: usize, len: usize) {
-            assert!(
-                len <= self.max_payload(),
-                "small AES-GCM used on a long payload"
-            );
-            if self.wide && len > WIDE_ABOVE {
+            if len > SMALL_MAX {
+                assert!(self.wide, "small AES-GCM used on a long payload");
                 // SAFETY: `wide` is set only where the CPU has its instructions, and a
                 // `Key` only where it has the rest (`Key::new`).
                 unsafe {
@@ -308,11 +302,8 @@ mod x86 {
             aad_len: usize,
             len: usize,
         ) -> bool {
-            assert!(
-                len <= self.max_payload(),
-                "small AES-GCM used on a long payload"
-            );
-            if self.wide && len > WIDE_ABOVE {
+            if len > SMALL_MAX {
+                assert!(self.wide, "small AES-GCM used on a long payload");
                 // SAFETY: as in `seal`.
                 return unsafe {
                     if self.aes256 {
