@@ -522,6 +522,31 @@ fn twenty_mebibytes_both_ways_survive_loss_reordering_duplication_and_corruption
     );
 }
 
+/// A link that reorders but never drops: RFC 9002's thresholds (§6.1) still declare
+/// overtaken packets lost and cut the window; their late acknowledgements prove the cuts
+/// spurious, and each is undone.
+#[test]
+fn reordering_without_loss_undoes_the_window_cuts_it_caused() {
+    let impair = Impairments {
+        reorder: 0.05,
+        seed: 21,
+        ..Impairments::none()
+    };
+    let (mut sim, h) = Sim::new(impair, TransportConfig::default(), 1, 4 << 20);
+    let ok = sim.run(Duration::from_secs(600), |s| {
+        matches!(s.client_app(h), Some((1, None)))
+    });
+    assert!(ok, "echo did not finish: {:?}", sim.client_app(h));
+    let stats = sim.client.conn(h).unwrap().stats();
+    eprintln!("client stats: {stats:?}");
+    assert!(stats.lost_packets > 0, "nothing declared lost: {stats:?}");
+    assert!(stats.congestion_events > 0, "{stats:?}");
+    assert_eq!(
+        stats.spurious_congestion_events, stats.congestion_events,
+        "no packet was lost, so every cut was spurious: {stats:?}"
+    );
+}
+
 #[test]
 fn a_thousand_concurrent_streams_on_one_connection() {
     let mut t = TransportConfig::default();

@@ -15,6 +15,8 @@ use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 use tracing::{debug, trace};
 
+use super::undo::{Undo, UndoState, TRACKED_LOSSES};
+
 /// RFC 9002 §6.1.1: kPacketThreshold.
 const PACKET_THRESHOLD: u64 = 3;
 /// Outstanding ACK-only packets after which `needs_ack_eliciting` asks for a PING.
@@ -57,6 +59,9 @@ pub struct Recovery<T> {
     /// next read: a burst of sends re-arms it once, not once per packet.
     timer_stale: Cell<Option<Instant>>,
     stats: RecoveryStats,
+    /// The latest congestion event, while later ACKs may still prove it spurious
+    /// (`undo.rs`); allocated at the first loss.
+    undo: Option<Box<UndoState<Congestion>>>,
 }
 
 /// What a loss detection pass found.
@@ -65,6 +70,8 @@ struct LossOutcome {
     /// Send time of the newest lost in-flight packet.
     newest_lost_in_flight: Option<Instant>,
     persistent_congestion: bool,
+    /// Lost packets that count as a congestion signal.
+    signalling_losses: usize,
 }
 
 impl<T> Recovery<T> {
@@ -91,6 +98,7 @@ impl<T> Recovery<T> {
             timer: Cell::new(None),
             timer_stale: Cell::new(None),
             stats: RecoveryStats::default(),
+            undo: None,
             config,
             path_first_pn: 0,
         }
@@ -155,10 +163,15 @@ impl<T> Recovery<T> {
         let mut acked_bytes = 0u64;
         // In-flight bytes of packets sent after the current recovery period began.
         let mut growth_bytes = 0u64;
+        let mut spurious = false;
         for range in ranges {
             let (first, last) = (*range.start(), *range.end());
             if last >= space.next_pn {
                 return Err(UnsentPacketAcked { epoch, pn: last });
+            }
+            let record = self.undo.as_mut().and_then(|u| u.record.as_mut());
+            if let Some(undo) = record.filter(|_| epoch == Epoch::Data) {
+                spurious |= undo.on_acked(first, last);
             }
             // Only the window of packets still held can hold anything new.
             let lo = first.max(space.base());
@@ -200,6 +213,9 @@ impl<T> Recovery<T> {
             }
         }
         space.trim_front();
+        if spurious {
+            self.undo_congestion_event();
+        }
         let Some((newest_pn, newest_sent)) = newest else {
             return Ok(AckResult::default());
         };
@@ -232,12 +248,16 @@ impl<T> Recovery<T> {
                 std::hint::cold_path();
                 space.ecn_ce = ce;
                 self.stats.ecn_ce_events += 1;
-                reduced |= self.congestion_event(now, newest_sent);
+                if self.congestion_event(now, newest_sent) {
+                    // A mark is congestion whatever the ACKs say later.
+                    self.forget_undo();
+                    reduced = true;
+                }
             }
         }
 
         let outcome = self.detect_lost(epoch, now, on_lost);
-        reduced |= self.on_packets_lost(now, &outcome);
+        reduced |= self.on_packets_lost(now, epoch, &outcome);
 
         // §A.8 OnPacketsAcked with the recovery period as it stands after this frame's
         // losses: a new reduction covers everything sent until now; persistent congestion
@@ -287,7 +307,7 @@ impl<T> Recovery<T> {
         }
         if let Some((_, epoch)) = self.earliest_loss_time() {
             let outcome = self.detect_lost(epoch, now, on_lost);
-            self.on_packets_lost(now, &outcome);
+            self.on_packets_lost(now, epoch, &outcome);
             self.set_timer(now);
             return None;
         }
@@ -402,6 +422,7 @@ impl<T> Recovery<T> {
         let mds = self.max_datagram_size;
         let initial_window = (self.config.initial_window_packets as u64).saturating_mul(mds);
         self.cc = Congestion::new(self.config.congestion, mds, initial_window);
+        self.forget_undo();
         self.pto.reset(self.config.initial_rtt);
         self.pacer = Pacer::new();
         self.first_rtt_sample = None;
@@ -414,12 +435,16 @@ impl<T> Recovery<T> {
     /// round trips to open); nothing in the engine calls it.
     pub(crate) fn restart_congestion_control(&mut self, window: u64) {
         self.cc = Congestion::new(self.config.congestion, self.max_datagram_size, window);
+        self.forget_undo();
     }
 
     /// The path MTU changed (e.g. after DPLPMTUD).
     pub fn set_max_datagram_size(&mut self, size: usize) {
         self.max_datagram_size = size as u64;
         self.cc.set_max_datagram_size(size as u64);
+        if let Some(undo) = self.undo.as_mut().and_then(|u| u.record.as_mut()) {
+            undo.before_mut().set_max_datagram_size(size as u64);
+        }
     }
 
     pub fn rtt(&self) -> &RttEstimator {
@@ -441,6 +466,11 @@ impl<T> Recovery<T> {
     /// Bytes in flight on every path.
     pub fn bytes_in_flight(&self) -> u64 {
         self.bytes_in_flight + self.old_path_bytes_in_flight
+    }
+
+    #[cfg(test)]
+    pub fn ssthresh(&self) -> u64 {
+        self.cc.ssthresh()
     }
 
     pub fn congestion_window(&self) -> u64 {
@@ -684,6 +714,12 @@ impl<T> Recovery<T> {
                         self.stats.lost_bytes += size;
                         if signals {
                             outcome.newest_lost_in_flight = Some(p.time_sent);
+                            let undo = self.undo.get_or_insert_with(UndoState::new);
+                            if let Some(slot) = undo.pass_losses.get_mut(outcome.signalling_losses)
+                            {
+                                *slot = pn;
+                            }
+                            outcome.signalling_losses += 1;
                         }
                     }
                     if p.ack_eliciting
@@ -714,19 +750,66 @@ impl<T> Recovery<T> {
     }
 
     /// §A.10 OnPacketsLost. Returns whether the window was reduced.
-    fn on_packets_lost(&mut self, now: Instant, outcome: &LossOutcome) -> bool {
+    fn on_packets_lost(&mut self, now: Instant, epoch: Epoch, outcome: &LossOutcome) -> bool {
         let mut reduced = false;
         if let Some(sent) = outcome.newest_lost_in_flight {
+            let before = self.cc.clone();
             reduced = self.congestion_event(now, sent);
+            self.follow_losses(epoch, reduced, before, outcome.signalling_losses);
         }
         if outcome.persistent_congestion {
             std::hint::cold_path();
+            self.forget_undo();
             debug!("persistent congestion");
             self.stats.persistent_congestion_events += 1;
             self.cc.on_persistent_congestion();
             self.pto.reset_min_rtt_to_latest();
         }
         reduced
+    }
+
+    /// Keeps what `undo` needs of a pass that declared `losses` packets lost: a reduction
+    /// starts a new record (with the controller as it was `before`), and losses within its
+    /// recovery period join it. Only 1-RTT losses can be undone: reordering there is what
+    /// a long transfer meets, and the other spaces are over in a few round trips.
+    fn follow_losses(&mut self, epoch: Epoch, reduced: bool, before: Congestion, losses: usize) {
+        if epoch != Epoch::Data {
+            if reduced {
+                self.forget_undo();
+            }
+            return;
+        }
+        let state = self.undo.get_or_insert_with(UndoState::new);
+        if reduced {
+            state.record = Some(Undo::new(before));
+        }
+        let lost = &state.pass_losses[..losses.min(TRACKED_LOSSES)];
+        if let Some(undo) = state.record.as_mut() {
+            if losses > TRACKED_LOSSES || !undo.add(lost) {
+                state.record = None;
+            }
+        }
+    }
+
+    /// No congestion event can be undone any more.
+    fn forget_undo(&mut self) {
+        if let Some(state) = self.undo.as_mut() {
+            state.record = None;
+        }
+    }
+
+    /// Every packet the latest congestion event counted as lost has been acknowledged:
+    /// the path reordered them, and the window goes back to where it was.
+    #[cold]
+    fn undo_congestion_event(&mut self) {
+        if let Some(undo) = self.undo.as_mut().and_then(|u| u.record.take()) {
+            self.cc = undo.into_before();
+            self.stats.spurious_congestion_events += 1;
+            debug!(
+                window = self.cc.window(),
+                "spurious congestion event undone"
+            );
+        }
     }
 
     #[inline(never)]

@@ -14,6 +14,7 @@ mod loss;
 pub mod pacing;
 pub mod rtt;
 mod sent;
+mod undo;
 
 pub use ack_tracker::AckTracker;
 pub use cc::{Congestion, CongestionAlgorithm, Controller};
@@ -99,6 +100,9 @@ pub struct RecoveryStats {
     /// Window reductions (loss or ECN-CE), at most one per round trip.
     pub congestion_events: u64,
     pub persistent_congestion_events: u64,
+    /// Congestion events undone: every packet they counted as lost was acknowledged after
+    /// all (reordered, not lost).
+    pub spurious_congestion_events: u64,
     pub ecn_ce_events: u64,
     /// Congestion controller and RTT estimator restarted for a new path (RFC 9000 §9.4).
     pub path_resets: u64,

@@ -405,6 +405,120 @@ fn no_growth_for_packets_sent_during_recovery_or_when_app_limited() {
 }
 
 #[test]
+fn a_reduction_for_packets_that_were_only_reordered_is_undone() {
+    for algorithm in [CongestionAlgorithm::NewReno, CongestionAlgorithm::Cubic] {
+        let t0 = Instant::now();
+        let mut r = Recovery::new(config(Side::Server, algorithm));
+        r.set_max_ack_delay(ms(25));
+        r.set_handshake_confirmed();
+        for pn in 0..10 {
+            r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+        }
+        // 1 and 2 are overtaken by 3 later packets: declared lost, the window cut.
+        let t1 = t0 + ms(100);
+        let (_, out) = ack(&mut r, t1, Epoch::Data, &[3..=5, 0..=0]);
+        assert_eq!(out.lost, vec![1, 2], "{algorithm:?}");
+        let cut = r.congestion_window();
+        assert!(cut < 10 * MDS, "{algorithm:?}: {cut}");
+        // Their acknowledgement arrives: one of them, then the other.
+        ack(&mut r, t1 + ms(1), Epoch::Data, &[1..=1]).0.unwrap();
+        assert_eq!(r.congestion_window(), cut, "{algorithm:?}: 2 not yet");
+        assert_eq!(r.stats().spurious_congestion_events, 0);
+        ack(&mut r, t1 + ms(2), Epoch::Data, &[6..=6, 2..=2])
+            .0
+            .unwrap();
+        assert_eq!(r.congestion_window(), 10 * MDS, "{algorithm:?}: undone");
+        assert_eq!(r.ssthresh(), u64::MAX, "{algorithm:?}: back in slow start");
+        let stats = r.stats();
+        assert_eq!(
+            (stats.congestion_events, stats.spurious_congestion_events),
+            (1, 1),
+            "{algorithm:?}"
+        );
+        // An undone event is over: a later ACK of the same packets changes nothing.
+        ack(&mut r, t1 + ms(3), Epoch::Data, &[7..=7, 0..=2])
+            .0
+            .unwrap();
+        assert_eq!(r.stats().spurious_congestion_events, 1, "{algorithm:?}");
+    }
+}
+
+#[test]
+fn a_reduction_stands_while_any_of_its_losses_stays_unacknowledged() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..12 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    let t1 = t0 + ms(100);
+    let (_, out) = ack(&mut r, t1, Epoch::Data, &[4..=6, 0..=0]);
+    assert_eq!(out.lost, vec![1, 2, 3]);
+    let cut = r.congestion_window();
+    // 1 and 3 arrived late; 2 was really lost.
+    ack(&mut r, t1 + ms(1), Epoch::Data, &[7..=11, 3..=3, 1..=1])
+        .0
+        .unwrap();
+    assert_eq!(r.congestion_window(), cut);
+    assert_eq!(r.stats().spurious_congestion_events, 0);
+}
+
+#[test]
+fn a_later_reduction_replaces_the_record_of_the_earlier_one() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..6 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    let t1 = t0 + ms(100);
+    ack(&mut r, t1, Epoch::Data, &[4..=5]).0.unwrap();
+    let first_cut = r.congestion_window();
+    assert_eq!(r.stats().congestion_events, 1);
+    // A new round trip, and a new loss in it.
+    let t1 = t1 + ms(1);
+    for pn in 6..12 {
+        r.on_packet_sent(t1, Epoch::Data, pkt(pn, t1));
+    }
+    let t2 = t1 + ms(100);
+    ack(&mut r, t2, Epoch::Data, &[8..=11]).0.unwrap();
+    assert_eq!(r.stats().congestion_events, 2);
+    // Acknowledging the first event's losses undoes nothing: the second cut stands.
+    let second_cut = r.congestion_window();
+    assert!(second_cut < first_cut);
+    ack(&mut r, t2 + ms(1), Epoch::Data, &[0..=3]).0.unwrap();
+    assert_eq!(r.congestion_window(), second_cut);
+    // The second event's own losses, acknowledged, take it back to the first cut.
+    ack(&mut r, t2 + ms(2), Epoch::Data, &[6..=7]).0.unwrap();
+    assert_eq!(r.congestion_window(), first_cut);
+    assert_eq!(r.stats().spurious_congestion_events, 1);
+}
+
+#[test]
+fn an_ecn_mark_is_never_undone() {
+    let t0 = Instant::now();
+    let mut r = Recovery::new(RecoveryConfig {
+        ect_marking: true,
+        ..config(Side::Server, CongestionAlgorithm::NewReno)
+    });
+    r.set_max_ack_delay(ms(25));
+    r.set_handshake_confirmed();
+    for pn in 0..8 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    let t1 = t0 + ms(100);
+    ack_ecn(&mut r, t1, Epoch::Data, &[4..=4, 0..=0], Some((2, 0, 1)))
+        .0
+        .unwrap();
+    let cut = r.congestion_window();
+    assert!(cut < 10 * MDS);
+    // The packets declared lost with the mark arrive: the mark still stands.
+    ack_ecn(&mut r, t1 + ms(1), Epoch::Data, &[0..=4], Some((5, 0, 1)))
+        .0
+        .unwrap();
+    assert_eq!(r.congestion_window(), cut);
+    assert_eq!(r.stats().spurious_congestion_events, 0);
+}
+
+#[test]
 fn persistent_congestion_collapses_window() {
     for (ranges, persistent) in [(vec![11..=11], true), (vec![11..=11, 5..=5], false)] {
         let t0 = Instant::now();
