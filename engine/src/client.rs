@@ -80,6 +80,10 @@ pub struct ClientReport {
     pub key_updates: u64,
     /// The largest maximum datagram size a connection used (path MTU discovery's result).
     pub max_datagram_size: u64,
+    /// Over all connections: packets declared lost (RFC 9002 §6), and packets received
+    /// that failed authentication (RFC 9001 §6.6: corrupted on the path, or forged).
+    pub packets_lost: u64,
+    pub authentication_failures: u64,
     /// `echo` datagram runs (RFC 9221): datagrams sent, and echoed back intact.
     pub datagrams_sent: Option<u64>,
     pub datagrams_echoed: Option<u64>,
@@ -134,6 +138,8 @@ impl ClientReport {
             "sha256": self.sha256,
             "key_updates": self.key_updates,
             "max_datagram_size": self.max_datagram_size,
+            "packets_lost": self.packets_lost,
+            "authentication_failures": self.authentication_failures,
             "resumed": self.resumed,
             "version_switches": self.version_switches,
         });
@@ -495,7 +501,10 @@ pub fn run_client_on<D: crate::io::Datapath>(
         }
     };
     let elapsed = work_done_at.map_or_else(|| start.elapsed(), |t| t.duration_since(start));
-    report.max_datagram_size = endpoint.stats().max_datagram_size_peak;
+    let stats = endpoint.stats();
+    report.max_datagram_size = stats.max_datagram_size_peak;
+    report.packets_lost = stats.packets_lost;
+    report.authentication_failures = stats.authentication_failures;
     // Collect results from what the handler recorded.
     for st in endpoint.take_all_states() {
         if let Some(f) = st.app.failure() {

@@ -157,6 +157,16 @@ pub struct WorkerStats {
     pub pmtu_black_holes: u64,
     /// Largest maximum datagram size a closed connection used.
     pub max_datagram_size_peak: u64,
+    /// Over connections closed so far: packets sent, declared lost, discarded on receipt
+    /// (for any reason), received twice, and failing authentication (RFC 9001 §6.6).
+    pub packets_sent: u64,
+    pub packets_lost: u64,
+    pub packets_dropped: u64,
+    pub duplicate_packets: u64,
+    pub authentication_failures: u64,
+    /// Congestion window reductions, and those undone as spurious (reordering, not loss).
+    pub congestion_events: u64,
+    pub spurious_congestion_events: u64,
 }
 
 impl WorkerStats {
@@ -182,6 +192,13 @@ impl WorkerStats {
             pmtu_probes_lost: c.pmtu_probes_lost.load(Ordering::Relaxed),
             pmtu_black_holes: c.pmtu_black_holes.load(Ordering::Relaxed),
             max_datagram_size_peak: c.max_datagram_size_peak.load(Ordering::Relaxed),
+            packets_sent: c.packets_sent.load(Ordering::Relaxed),
+            packets_lost: c.packets_lost.load(Ordering::Relaxed),
+            packets_dropped: c.packets_dropped.load(Ordering::Relaxed),
+            duplicate_packets: c.duplicate_packets.load(Ordering::Relaxed),
+            authentication_failures: c.authentication_failures.load(Ordering::Relaxed),
+            congestion_events: c.congestion_events.load(Ordering::Relaxed),
+            spurious_congestion_events: c.spurious_congestion_events.load(Ordering::Relaxed),
         }
     }
 
@@ -207,6 +224,13 @@ impl WorkerStats {
             "pmtu_probes_lost": self.pmtu_probes_lost,
             "pmtu_black_holes": self.pmtu_black_holes,
             "max_datagram_size_peak": self.max_datagram_size_peak,
+            "packets_sent": self.packets_sent,
+            "packets_lost": self.packets_lost,
+            "packets_dropped": self.packets_dropped,
+            "duplicate_packets": self.duplicate_packets,
+            "authentication_failures": self.authentication_failures,
+            "congestion_events": self.congestion_events,
+            "spurious_congestion_events": self.spurious_congestion_events,
         })
     }
 }

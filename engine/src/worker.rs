@@ -111,6 +111,13 @@ pub struct WorkerCounters {
     pub pmtu_probes_lost: AtomicU64,
     pub pmtu_black_holes: AtomicU64,
     pub max_datagram_size_peak: AtomicU64,
+    pub packets_sent: AtomicU64,
+    pub packets_lost: AtomicU64,
+    pub packets_dropped: AtomicU64,
+    pub duplicate_packets: AtomicU64,
+    pub authentication_failures: AtomicU64,
+    pub congestion_events: AtomicU64,
+    pub spurious_congestion_events: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -144,6 +151,18 @@ impl WorkerCounters {
             .store(ep.pmtu_black_holes, Ordering::Relaxed);
         self.max_datagram_size_peak
             .store(ep.max_datagram_size_peak, Ordering::Relaxed);
+        self.packets_sent.store(ep.packets_sent, Ordering::Relaxed);
+        self.packets_lost.store(ep.packets_lost, Ordering::Relaxed);
+        self.packets_dropped
+            .store(ep.packets_dropped, Ordering::Relaxed);
+        self.duplicate_packets
+            .store(ep.duplicate_packets, Ordering::Relaxed);
+        self.authentication_failures
+            .store(ep.authentication_failures, Ordering::Relaxed);
+        self.congestion_events
+            .store(ep.congestion_events, Ordering::Relaxed);
+        self.spurious_congestion_events
+            .store(ep.spurious_congestion_events, Ordering::Relaxed);
     }
 }
 

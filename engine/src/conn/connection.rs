@@ -146,6 +146,10 @@ pub struct ConnectionStats {
     pub duplicate_packets: u64,
     pub key_updates: u64,
     pub lost_packets: u64,
+    /// Congestion window reductions (RFC 9002 §7.3.2), and those later undone because every
+    /// packet they counted as lost was acknowledged after all (reordering, not loss).
+    pub congestion_events: u64,
+    pub spurious_congestion_events: u64,
     /// Handshake and 1-RTT packets that failed authentication (RFC 9001 §6.6 counts them).
     pub authentication_failures: u64,
     /// The maximum datagram size in use (path MTU discovery's, once the handshake is confirmed).
@@ -809,7 +813,10 @@ impl Connection {
 
     pub fn stats(&self) -> ConnectionStats {
         let mut s = self.stats;
-        s.lost_packets = self.recovery.stats().lost_packets;
+        let r = self.recovery.stats();
+        s.lost_packets = r.lost_packets;
+        s.congestion_events = r.congestion_events;
+        s.spurious_congestion_events = r.spurious_congestion_events;
         let p = self.pmtud.stats();
         s.max_datagram_size = self.max_datagram_size as u64;
         s.pmtu_probes_sent = p.probes_sent;

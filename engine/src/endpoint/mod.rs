@@ -153,6 +153,18 @@ pub struct EndpointStats {
     pub pmtu_black_holes: u64,
     /// The largest maximum datagram size a closed connection was using at its end.
     pub max_datagram_size_peak: u64,
+    /// Over the connections closed so far: packets sent; declared lost (RFC 9002 §6);
+    /// received and discarded for any reason (duplicates, undecryptable, for a discarded
+    /// packet number space, ...); received twice; and failing authentication in the
+    /// Handshake or 1-RTT space (RFC 9001 §6.6: corruption on the path, or forgery).
+    pub packets_sent: u64,
+    pub packets_lost: u64,
+    pub packets_dropped: u64,
+    pub duplicate_packets: u64,
+    pub authentication_failures: u64,
+    /// Congestion window reductions, and those undone as spurious (reordering, not loss).
+    pub congestion_events: u64,
+    pub spurious_congestion_events: u64,
 }
 
 struct Entry<U> {
@@ -1032,6 +1044,13 @@ impl<U: Default> Endpoint<U> {
         self.stats.zero_rtt_packets += cs.zero_rtt_packets_received;
         self.stats.pmtu_probes_lost += cs.pmtu_probes_lost;
         self.stats.pmtu_black_holes += cs.pmtu_black_holes;
+        self.stats.packets_sent += cs.packets_sent;
+        self.stats.packets_lost += cs.lost_packets;
+        self.stats.packets_dropped += cs.packets_dropped;
+        self.stats.duplicate_packets += cs.duplicate_packets;
+        self.stats.authentication_failures += cs.authentication_failures;
+        self.stats.congestion_events += cs.congestion_events;
+        self.stats.spurious_congestion_events += cs.spurious_congestion_events;
         self.stats.max_datagram_size_peak =
             self.stats.max_datagram_size_peak.max(cs.max_datagram_size);
         if self.config.keep_drained_states {

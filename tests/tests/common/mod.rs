@@ -5,6 +5,7 @@
 // Each test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod lossy;
 pub mod netns;
 
 use std::ffi::OsString;
@@ -1150,6 +1151,10 @@ pub struct Report {
     /// Connections the server moved to another version than their first flight's
     /// (compatible version negotiation; quench's client prints it).
     pub version_switches: Option<u64>,
+    /// Packets the client declared lost, and received packets that failed authentication
+    /// (quench's client prints them).
+    pub packets_lost: Option<u64>,
+    pub authentication_failures: Option<u64>,
 }
 
 impl Report {
@@ -1193,6 +1198,8 @@ impl Report {
             early_data: obj.get("early_data").and_then(|x| x.as_u64()),
             zero_rtt_packets: obj.get("zero_rtt_packets").and_then(|x| x.as_u64()),
             version_switches: obj.get("version_switches").and_then(|x| x.as_u64()),
+            packets_lost: obj.get("packets_lost").and_then(|x| x.as_u64()),
+            authentication_failures: obj.get("authentication_failures").and_then(|x| x.as_u64()),
         })
     }
 }
