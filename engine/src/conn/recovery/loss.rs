@@ -17,8 +17,12 @@ use tracing::{debug, trace};
 
 use super::undo::{Undo, UndoState, TRACKED_LOSSES};
 
-/// RFC 9002 §6.1.1: kPacketThreshold.
+/// RFC 9002 §6.1.1: kPacketThreshold, where every connection starts.
 const PACKET_THRESHOLD: u64 = 3;
+/// The most the packet threshold grows to after spurious losses (§6.1: "increase the packet
+/// or time reordering threshold"). Above it the time threshold alone finds losses, as TCP's
+/// RACK does (RFC 8985).
+const MAX_PACKET_THRESHOLD: u64 = 32;
 /// Outstanding ACK-only packets after which `needs_ack_eliciting` asks for a PING.
 const ACK_ONLY_BEFORE_PING: u64 = 16;
 
@@ -62,6 +66,9 @@ pub struct Recovery<T> {
     /// The latest congestion event, while later ACKs may still prove it spurious
     /// (`undo.rs`); allocated at the first loss.
     undo: Option<Box<UndoState<Congestion>>>,
+    /// Packets that must be acknowledged after one before it counts as lost: 3, raised to
+    /// the reordering seen when a packet declared lost is acknowledged after all.
+    packet_threshold: u64,
 }
 
 /// What a loss detection pass found.
@@ -99,6 +106,7 @@ impl<T> Recovery<T> {
             timer_stale: Cell::new(None),
             stats: RecoveryStats::default(),
             undo: None,
+            packet_threshold: PACKET_THRESHOLD,
             config,
             path_first_pn: 0,
         }
@@ -171,7 +179,15 @@ impl<T> Recovery<T> {
             }
             let record = self.undo.as_mut().and_then(|u| u.record.as_mut());
             if let Some(undo) = record.filter(|_| epoch == Epoch::Data) {
-                spurious |= undo.on_acked(first, last);
+                let found = undo.on_acked(first, last);
+                spurious |= found.all;
+                if let Some(pn) = found.lowest {
+                    // It was overtaken by up to `largest - pn` packets and still arrived:
+                    // tolerate that much reordering from now on.
+                    let seen = largest.saturating_sub(pn).saturating_add(1);
+                    self.packet_threshold =
+                        self.packet_threshold.max(seen.min(MAX_PACKET_THRESHOLD));
+                }
             }
             // Only the window of packets still held can hold anything new.
             let lo = first.max(space.base());
@@ -423,6 +439,7 @@ impl<T> Recovery<T> {
         let initial_window = (self.config.initial_window_packets as u64).saturating_mul(mds);
         self.cc = Congestion::new(self.config.congestion, mds, initial_window);
         self.forget_undo();
+        self.packet_threshold = PACKET_THRESHOLD;
         self.pto.reset(self.config.initial_rtt);
         self.pacer = Pacer::new();
         self.first_rtt_sample = None;
@@ -466,6 +483,11 @@ impl<T> Recovery<T> {
     /// Bytes in flight on every path.
     pub fn bytes_in_flight(&self) -> u64 {
         self.bytes_in_flight + self.old_path_bytes_in_flight
+    }
+
+    #[cfg(test)]
+    pub fn packet_threshold(&self) -> u64 {
+        self.packet_threshold
     }
 
     #[cfg(test)]
@@ -687,7 +709,7 @@ impl<T> Recovery<T> {
             match space.slot(pn) {
                 Some(Slot::Sent(p)) => {
                     let lost = lost_send_time.is_some_and(|t| p.time_sent <= t)
-                        || largest_acked >= pn + PACKET_THRESHOLD;
+                        || largest_acked >= pn + self.packet_threshold;
                     if !lost {
                         // Packets are sent in order, so every later one is younger and
                         // within the packet threshold too.

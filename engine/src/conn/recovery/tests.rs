@@ -444,6 +444,47 @@ fn a_reduction_for_packets_that_were_only_reordered_is_undone() {
 }
 
 #[test]
+fn the_packet_threshold_grows_to_the_reordering_seen() {
+    let t0 = Instant::now();
+    let mut r = server();
+    assert_eq!(r.packet_threshold(), 3);
+    for pn in 0..20 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    let t1 = t0 + ms(100);
+    let (_, out) = ack(&mut r, t1, Epoch::Data, &[4..=12, 0..=0]);
+    assert_eq!(out.lost, vec![1, 2, 3]);
+    // 1 to 3 arrive late, overtaken by up to 13 packets (4..=16 acknowledged by then).
+    ack(&mut r, t1 + ms(1), Epoch::Data, &[13..=16, 1..=3])
+        .0
+        .unwrap();
+    assert_eq!(r.packet_threshold(), 16);
+    assert_eq!(r.stats().spurious_congestion_events, 1);
+    // Now 17 may be overtaken by 2 (its loss waits for the time threshold instead).
+    let (_, out) = ack(&mut r, t1 + ms(2), Epoch::Data, &[18..=19]);
+    assert!(out.lost.is_empty(), "{:?}", out.lost);
+    // A new path starts from RFC 9002's threshold again.
+    r.reset_for_new_path(t1 + ms(3), 20);
+    assert_eq!(r.packet_threshold(), 3);
+}
+
+#[test]
+fn the_packet_threshold_stops_at_its_cap() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..200 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    let t1 = t0 + ms(100);
+    let (_, out) = ack(&mut r, t1, Epoch::Data, &[4..=4, 0..=0]);
+    assert_eq!(out.lost, vec![1]);
+    ack(&mut r, t1 + ms(1), Epoch::Data, &[5..=150, 1..=1])
+        .0
+        .unwrap();
+    assert_eq!(r.packet_threshold(), 32);
+}
+
+#[test]
 fn a_reduction_stands_while_any_of_its_losses_stays_unacknowledged() {
     let t0 = Instant::now();
     let mut r = server();

@@ -15,6 +15,15 @@
 /// Lost packets one record follows; an event that lost more is real loss.
 pub(super) const TRACKED_LOSSES: usize = 16;
 
+/// What an ACK range proved about a record's losses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Spurious {
+    /// The lowest packet number it acknowledged that had been declared lost.
+    pub lowest: Option<u64>,
+    /// Every packet the record counted as lost has now been acknowledged.
+    pub all: bool,
+}
+
 /// What `Recovery` keeps for undoing: the live record, and the losses of the detection pass
 /// under way. `Recovery` boxes it at a connection's first loss, so the many connections
 /// that never lose a packet pay only a pointer.
@@ -76,11 +85,13 @@ impl<C> Undo<C> {
         true
     }
 
-    /// An ACK range `first..=last` arrived. True once every lost packet has been
-    /// acknowledged: the event was spurious.
-    pub fn on_acked(&mut self, first: u64, last: u64) -> bool {
+    /// An ACK range `first..=last` arrived. Returns the lowest packet it proves was not
+    /// lost after all, if any, and whether every lost packet has now been acknowledged
+    /// (the event was spurious).
+    pub fn on_acked(&mut self, first: u64, last: u64) -> Spurious {
+        let mut found = Spurious::default();
         if last < self.low || first > self.high || self.len == 0 {
-            return false;
+            return found;
         }
         let (mut low, mut high) = (u64::MAX, 0);
         for (i, &pn) in self.lost[..self.len].iter().enumerate() {
@@ -89,13 +100,15 @@ impl<C> Undo<C> {
             }
             if (first..=last).contains(&pn) {
                 self.acked |= 1 << i;
+                found.lowest = Some(found.lowest.map_or(pn, |l: u64| l.min(pn)));
             } else {
                 low = low.min(pn);
                 high = high.max(pn);
             }
         }
         (self.low, self.high) = (low, high);
-        self.acked.count_ones() as usize == self.len
+        found.all = self.acked.count_ones() as usize == self.len;
+        found
     }
 
     /// The controller as it was before the event, to follow changes that are not the
@@ -119,12 +132,17 @@ mod tests {
         let mut u = Undo::new("before");
         assert!(u.add(&[10, 12]));
         assert!(u.add(&[15]));
-        assert!(!u.on_acked(20, 30), "above every lost packet");
-        assert!(!u.on_acked(0, 9), "below every lost packet");
-        assert!(!u.on_acked(11, 12));
-        assert!(!u.on_acked(12, 12), "already counted");
-        assert!(!u.on_acked(14, 16));
-        assert!(u.on_acked(10, 10));
+        let none = Spurious::default();
+        assert_eq!(u.on_acked(20, 30), none, "above every lost packet");
+        assert_eq!(u.on_acked(0, 9), none, "below every lost packet");
+        let found = |pn, all| Spurious {
+            lowest: Some(pn),
+            all,
+        };
+        assert_eq!(u.on_acked(11, 12), found(12, false));
+        assert_eq!(u.on_acked(12, 12), none, "already counted");
+        assert_eq!(u.on_acked(14, 16), found(15, false));
+        assert_eq!(u.on_acked(10, 10), found(10, true));
         assert_eq!(u.into_before(), "before");
     }
 
@@ -139,6 +157,6 @@ mod tests {
     #[test]
     fn an_empty_record_is_never_spurious() {
         let mut u = Undo::new(());
-        assert!(!u.on_acked(0, u64::MAX));
+        assert_eq!(u.on_acked(0, u64::MAX), Spurious::default());
     }
 }
