@@ -67,7 +67,9 @@ pub struct Recovery<T> {
     /// (`undo.rs`); allocated at the first loss.
     undo: Option<Box<UndoState<Congestion>>>,
     /// Packets that must be acknowledged after one before it counts as lost: 3, raised to
-    /// the reordering seen when a packet declared lost is acknowledged after all.
+    /// the reordering seen when a packet declared lost is acknowledged after all. It stays
+    /// raised for the path: past 3, a real loss waits for more later packets or for the
+    /// time threshold, a fraction of an RTT at most.
     packet_threshold: u64,
 }
 
@@ -77,7 +79,7 @@ struct LossOutcome {
     /// Send time of the newest lost in-flight packet.
     newest_lost_in_flight: Option<Instant>,
     persistent_congestion: bool,
-    /// Lost packets that count as a congestion signal.
+    /// 1-RTT packets lost that count as a congestion signal.
     signalling_losses: usize,
 }
 
@@ -736,12 +738,15 @@ impl<T> Recovery<T> {
                         self.stats.lost_bytes += size;
                         if signals {
                             outcome.newest_lost_in_flight = Some(p.time_sent);
-                            let undo = self.undo.get_or_insert_with(UndoState::new);
-                            if let Some(slot) = undo.pass_losses.get_mut(outcome.signalling_losses)
-                            {
-                                *slot = pn;
+                            if epoch == Epoch::Data {
+                                let undo = self.undo.get_or_insert_with(UndoState::new);
+                                if let Some(slot) =
+                                    undo.pass_losses.get_mut(outcome.signalling_losses)
+                                {
+                                    *slot = pn;
+                                }
+                                outcome.signalling_losses += 1;
                             }
-                            outcome.signalling_losses += 1;
                         }
                     }
                     if p.ack_eliciting
