@@ -8,8 +8,13 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::lossy::{Impairment, LossyRelay, Tally};
 use common::*;
+
+/// Starts a server (`Server::quench`, `Server::quinn`, ...).
+type Spawn = fn(&Certs, &Path, &Path) -> Server;
 
 /// The file fetched, and the perf transfer, through the bad path: enough datagrams for
 /// every impairment to happen many times, little enough for a lossy path on 2 cores.
@@ -35,7 +40,7 @@ struct Outcome {
 /// `client` fetches a random file from the server `spawn` makes, then runs perf, both
 /// through a relay impairing the path with `seed`. Bodies and byte counts are checked.
 fn through_bad_path(
-    spawn: fn(&Certs, &std::path::Path, &std::path::Path) -> Server,
+    spawn: Spawn,
     client: Peer,
     seed: u64,
     file_bytes: usize,
@@ -82,11 +87,13 @@ fn quench_server_through_bad_path(client: Peer, seed: u64, file_bytes: usize, pe
     ];
     let totals = outcome.server.shutdown_worker_totals(&fields);
     let (up, down) = (outcome.up, outcome.down);
-    eprintln!("{client:?} client, seed {seed}: quench server {fields:?} = {totals:?}; relay up {up:?}, down {down:?}; {:?}", outcome.reports.each_ref().map(|r| r.seconds));
+    let seconds = outcome.reports.each_ref().map(|r| r.seconds);
+    eprintln!("{client:?} client, seed {seed}: {fields:?} = {totals:?} in {seconds:?} s");
+    eprintln!("relay up {up:?}\nrelay down {down:?}");
     for (field, total) in fields.iter().zip(&totals) {
         assert!(
             *total > 0,
-            "quench server's {field} is 0 ({client:?} client, seed {seed}); relay: up {up:?}, down {down:?}"
+            "quench server's {field} is 0 ({client:?}, seed {seed})"
         );
     }
     // No more declared lost than the path dropped or held back (RFC 9002's thresholds
@@ -102,12 +109,7 @@ fn quench_server_through_bad_path(client: Peer, seed: u64, file_bytes: usize, pe
 }
 
 /// quench's client through the bad path: its reports show it met loss and corruption.
-fn quench_client_through_bad_path(
-    spawn: fn(&Certs, &std::path::Path, &std::path::Path) -> Server,
-    seed: u64,
-    file_bytes: usize,
-    perf: (u64, u64),
-) {
+fn quench_client_through_bad_path(spawn: Spawn, seed: u64, file_bytes: usize, perf: (u64, u64)) {
     let _serial = serial();
     let outcome = through_bad_path(spawn, Peer::Quench, seed, file_bytes, perf);
     let lost: u64 = outcome
@@ -121,7 +123,12 @@ fn quench_client_through_bad_path(
         .map(|r| r.authentication_failures.unwrap())
         .sum();
     let up = outcome.up;
-    eprintln!("quench client, seed {seed}: lost {lost}, authentication failures {failed}; relay up {up:?}, down {:?}; {:?}", outcome.down, outcome.reports.each_ref().map(|r| r.seconds));
+    let seconds = outcome.reports.each_ref().map(|r| r.seconds);
+    eprintln!("quench client, seed {seed}: lost {lost}, failed authentication {failed}");
+    eprintln!(
+        "in {seconds:?} s; relay up {up:?}\nrelay down {:?}",
+        outcome.down
+    );
     assert!(
         lost > 0,
         "quench client declared nothing lost; relay up: {up:?}"
@@ -156,7 +163,7 @@ fn aioquic_client_to_quench_over_a_bad_path() {
 
 #[test]
 fn quench_client_to_aioquic_over_a_bad_path() {
-    fn aioquic(certs: &Certs, root: &std::path::Path, logs: &std::path::Path) -> Server {
+    fn aioquic(certs: &Certs, root: &Path, logs: &Path) -> Server {
         Server::aioquic(certs, root, logs, &[])
     }
     quench_client_through_bad_path(aioquic, 4, SMALL_FILE_BYTES, SMALL_PERF);
