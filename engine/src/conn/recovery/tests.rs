@@ -20,10 +20,23 @@ fn config(side: Side, congestion: CongestionAlgorithm) -> RecoveryConfig {
 }
 
 fn server() -> Recovery<u64> {
-    let mut r = Recovery::new(config(Side::Server, CongestionAlgorithm::NewReno));
+    confirmed(config(Side::Server, CongestionAlgorithm::NewReno))
+}
+
+/// Recovery on `config`, max_ack_delay 25 ms, the handshake confirmed.
+fn confirmed(config: RecoveryConfig) -> Recovery<u64> {
+    let mut r = Recovery::new(config);
     r.set_max_ack_delay(ms(25));
     r.set_handshake_confirmed();
     r
+}
+
+/// A NewReno server whose packets are ECT(0)-marked, so CE counts are congestion signals.
+fn ecn_server() -> Recovery<u64> {
+    confirmed(RecoveryConfig {
+        ect_marking: true,
+        ..config(Side::Server, CongestionAlgorithm::NewReno)
+    })
 }
 
 fn pkt(pn: u64, t: Instant) -> SentPacket<u64> {
@@ -408,9 +421,7 @@ fn no_growth_for_packets_sent_during_recovery_or_when_app_limited() {
 fn a_reduction_for_packets_that_were_only_reordered_is_undone() {
     for algorithm in [CongestionAlgorithm::NewReno, CongestionAlgorithm::Cubic] {
         let t0 = Instant::now();
-        let mut r = Recovery::new(config(Side::Server, algorithm));
-        r.set_max_ack_delay(ms(25));
-        r.set_handshake_confirmed();
+        let mut r = confirmed(config(Side::Server, algorithm));
         for pn in 0..10 {
             r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
         }
@@ -536,12 +547,7 @@ fn a_later_reduction_replaces_the_record_of_the_earlier_one() {
 #[test]
 fn an_ecn_mark_is_never_undone() {
     let t0 = Instant::now();
-    let mut r = Recovery::new(RecoveryConfig {
-        ect_marking: true,
-        ..config(Side::Server, CongestionAlgorithm::NewReno)
-    });
-    r.set_max_ack_delay(ms(25));
-    r.set_handshake_confirmed();
+    let mut r = ecn_server();
     for pn in 0..8 {
         r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
     }
@@ -597,12 +603,7 @@ fn persistent_congestion_collapses_window() {
 #[test]
 fn ecn_ce_increase_is_a_congestion_event() {
     let t0 = Instant::now();
-    let mut r = Recovery::new(RecoveryConfig {
-        ect_marking: true,
-        ..config(Side::Server, CongestionAlgorithm::NewReno)
-    });
-    r.set_max_ack_delay(ms(25));
-    r.set_handshake_confirmed();
+    let mut r = ecn_server();
     for pn in 0..4 {
         r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
     }
