@@ -158,11 +158,13 @@ pub struct WorkerStats {
     /// Largest maximum datagram size a closed connection used.
     pub max_datagram_size_peak: u64,
     /// Over connections closed so far: packets sent, declared lost, discarded on receipt
-    /// (for any reason), received twice, and failing authentication (RFC 9001 §6.6).
+    /// (for any reason), received twice, too late to tell from a duplicate, and failing
+    /// authentication (RFC 9001 §6.6).
     pub packets_sent: u64,
     pub packets_lost: u64,
     pub packets_dropped: u64,
     pub duplicate_packets: u64,
+    pub late_packets: u64,
     pub authentication_failures: u64,
     /// Congestion window reductions, and those undone as spurious (reordering, not loss).
     pub congestion_events: u64,
@@ -196,6 +198,7 @@ impl WorkerStats {
             packets_lost: c.packets_lost.load(Ordering::Relaxed),
             packets_dropped: c.packets_dropped.load(Ordering::Relaxed),
             duplicate_packets: c.duplicate_packets.load(Ordering::Relaxed),
+            late_packets: c.late_packets.load(Ordering::Relaxed),
             authentication_failures: c.authentication_failures.load(Ordering::Relaxed),
             congestion_events: c.congestion_events.load(Ordering::Relaxed),
             spurious_congestion_events: c.spurious_congestion_events.load(Ordering::Relaxed),
@@ -228,6 +231,7 @@ impl WorkerStats {
             "packets_lost": self.packets_lost,
             "packets_dropped": self.packets_dropped,
             "duplicate_packets": self.duplicate_packets,
+            "late_packets": self.late_packets,
             "authentication_failures": self.authentication_failures,
             "congestion_events": self.congestion_events,
             "spurious_congestion_events": self.spurious_congestion_events,

@@ -115,6 +115,7 @@ pub struct WorkerCounters {
     pub packets_lost: AtomicU64,
     pub packets_dropped: AtomicU64,
     pub duplicate_packets: AtomicU64,
+    pub late_packets: AtomicU64,
     pub authentication_failures: AtomicU64,
     pub congestion_events: AtomicU64,
     pub spurious_congestion_events: AtomicU64,
@@ -157,6 +158,7 @@ impl WorkerCounters {
             .store(ep.packets_dropped, Ordering::Relaxed);
         self.duplicate_packets
             .store(ep.duplicate_packets, Ordering::Relaxed);
+        self.late_packets.store(ep.late_packets, Ordering::Relaxed);
         self.authentication_failures
             .store(ep.authentication_failures, Ordering::Relaxed);
         self.congestion_events

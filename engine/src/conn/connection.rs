@@ -144,6 +144,10 @@ pub struct ConnectionStats {
     /// Packets that failed decryption or header checks and were dropped.
     pub packets_dropped: u64,
     pub duplicate_packets: u64,
+    /// Packets numbered below the ranges still tracked for ACKs: dropped unread, as they
+    /// cannot be told apart from duplicates (RFC 9000 §13.2.3); a path that reorders by
+    /// more than a round trip produces them.
+    pub late_packets: u64,
     pub key_updates: u64,
     pub lost_packets: u64,
     /// Congestion window reductions (RFC 9002 §7.3.2), and those later undone because every

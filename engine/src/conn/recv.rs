@@ -486,9 +486,14 @@ impl Connection {
                 "reserved bits set",
             ));
         }
-        if self.spaces[epoch.index()].ack.is_duplicate(pn) {
+        let ack = &self.spaces[epoch.index()].ack;
+        if ack.is_duplicate(pn) {
             cold_path();
-            self.stats.duplicate_packets += 1;
+            if ack.is_below_floor(pn) {
+                self.stats.late_packets += 1;
+            } else {
+                self.stats.duplicate_packets += 1;
+            }
             return Ok(Outcome::Dropped);
         }
         if kind == PacketKind::ZeroRtt {

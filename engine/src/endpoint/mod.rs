@@ -155,12 +155,14 @@ pub struct EndpointStats {
     pub max_datagram_size_peak: u64,
     /// Over the connections closed so far: packets sent; declared lost (RFC 9002 §6);
     /// received and discarded for any reason (duplicates, undecryptable, for a discarded
-    /// packet number space, ...); received twice; and failing authentication in the
-    /// Handshake or 1-RTT space (RFC 9001 §6.6: corruption on the path, or forgery).
+    /// packet number space, ...); received twice; too late to tell from a duplicate (RFC
+    /// 9000 §13.2.3); and failing authentication in the Handshake or 1-RTT space (RFC 9001
+    /// §6.6: corruption on the path, or forgery).
     pub packets_sent: u64,
     pub packets_lost: u64,
     pub packets_dropped: u64,
     pub duplicate_packets: u64,
+    pub late_packets: u64,
     pub authentication_failures: u64,
     /// Congestion window reductions, and those undone as spurious (reordering, not loss).
     pub congestion_events: u64,
@@ -1048,6 +1050,7 @@ impl<U: Default> Endpoint<U> {
         self.stats.packets_lost += cs.lost_packets;
         self.stats.packets_dropped += cs.packets_dropped;
         self.stats.duplicate_packets += cs.duplicate_packets;
+        self.stats.late_packets += cs.late_packets;
         self.stats.authentication_failures += cs.authentication_failures;
         self.stats.congestion_events += cs.congestion_events;
         self.stats.spurious_congestion_events += cs.spurious_congestion_events;

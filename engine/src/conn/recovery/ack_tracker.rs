@@ -71,6 +71,12 @@ impl AckTracker {
         }
     }
 
+    /// Below what we still track: possibly new, but too late to tell apart from a duplicate
+    /// (RFC 9000 §13.2.3 lets us drop those rather than risk processing one twice).
+    pub fn is_below_floor(&self, pn: u64) -> bool {
+        pn < self.floor
+    }
+
     /// Already received, or below what we still track (RFC 9000 §13.2.3 lets us drop
     /// those rather than risk processing a duplicate).
     pub fn is_duplicate(&self, pn: u64) -> bool {
@@ -428,8 +434,16 @@ mod tests {
         t.on_ack_of_ack(4);
         assert_eq!(ranges(&t), vec![7..=7, 5..=5]);
         assert!(
-            t.is_duplicate(3),
-            "below the acked ACK: dropped as duplicate"
+            t.is_duplicate(3) && t.is_below_floor(3),
+            "below the acked ACK: dropped as a possible duplicate"
+        );
+        assert!(
+            t.is_duplicate(5) && !t.is_below_floor(5),
+            "a real duplicate"
+        );
+        assert!(
+            !t.is_duplicate(6) && !t.is_below_floor(6),
+            "a gap still tracked"
         );
         assert_eq!(t.largest(), Some(7));
         t.on_ack_of_ack(9);
