@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 /// Most ranges remembered; older ones are forgotten (RFC 9000 §13.2.3 allows limiting ACK
 /// ranges). 64 ranges encode in well under 400 bytes.
 pub const MAX_ACK_RANGES: usize = 64;
+/// Packet numbers below the largest received that stay tracked (and reported) after the
+/// peer has seen our ACK of them: reordering of up to this many packets is absorbed.
+pub const REORDER_MARGIN: u64 = 128;
 
 /// Ack-eliciting packets received before an ACK is sent without waiting (RFC 9000 §13.2.2).
 const ACK_ELICITING_THRESHOLD: u32 = 2;
@@ -203,9 +206,16 @@ impl AckTracker {
 
     /// Our packet carrying an ACK whose Largest Acknowledged was `largest_acked` has been
     /// acknowledged: the peer knows about everything at or below it, so stop reporting it
-    /// (RFC 9000 §13.2.4). Later arrivals at or below it are treated as duplicates.
+    /// (RFC 9000 §13.2.4), except the last `REORDER_MARGIN` packet numbers. Later arrivals
+    /// below what is kept are treated as duplicates.
     pub fn on_ack_of_ack(&mut self, largest_acked: u64) {
-        let new_floor = largest_acked.saturating_add(1);
+        // Keep the recent past: a packet overtaken by fewer than REORDER_MARGIN others is
+        // then read and acknowledged when it comes, rather than dropped as a possible
+        // duplicate, which would waste it and hide from its sender that it was not lost.
+        let recent = self
+            .largest
+            .map_or(0, |l| l.saturating_sub(REORDER_MARGIN - 1));
+        let new_floor = largest_acked.saturating_add(1).min(recent);
         if new_floor <= self.floor {
             return;
         }
@@ -425,14 +435,27 @@ mod tests {
     }
 
     #[test]
-    fn ack_of_ack_forgets_acknowledged_ranges() {
+    fn ack_of_ack_keeps_the_recent_past() {
         let now = Instant::now();
         let mut t = AckTracker::new();
         for pn in [0, 1, 2, 4, 5, 7] {
             t.on_packet_received(pn, true, 0, now, false, MAD);
         }
         t.on_ack_of_ack(4);
-        assert_eq!(ranges(&t), vec![7..=7, 5..=5]);
+        assert_eq!(ranges(&t), vec![7..=7, 4..=5, 0..=2], "within the margin");
+        assert!(!t.is_duplicate(3), "a late packet there is still read");
+    }
+
+    #[test]
+    fn ack_of_ack_forgets_acknowledged_ranges() {
+        let now = Instant::now();
+        let mut t = AckTracker::new();
+        let m = REORDER_MARGIN;
+        for pn in [0, 1, 2, 4, 5, 7, m + 10] {
+            t.on_packet_received(pn, true, 0, now, false, MAD);
+        }
+        t.on_ack_of_ack(4);
+        assert_eq!(ranges(&t), vec![m + 10..=m + 10, 7..=7, 5..=5]);
         assert!(
             t.is_duplicate(3) && t.is_below_floor(3),
             "below the acked ACK: dropped as a possible duplicate"
@@ -445,10 +468,13 @@ mod tests {
             !t.is_duplicate(6) && !t.is_below_floor(6),
             "a gap still tracked"
         );
-        assert_eq!(t.largest(), Some(7));
-        t.on_ack_of_ack(9);
-        assert_eq!(ranges(&t), vec![]);
-        assert!(!t.ack_pending() && !t.ack_due(now));
+        assert_eq!(t.largest(), Some(m + 10));
+        t.on_ack_of_ack(m + 10);
+        assert_eq!(
+            ranges(&t),
+            vec![m + 10..=m + 10],
+            "only the recent past is kept"
+        );
     }
 
     proptest! {
