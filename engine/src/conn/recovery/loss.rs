@@ -23,6 +23,10 @@ const PACKET_THRESHOLD: u64 = 3;
 /// or time reordering threshold"). Above it the time threshold alone finds losses, as TCP's
 /// RACK does (RFC 8985).
 const MAX_PACKET_THRESHOLD: u64 = 32;
+/// Window cuts, none of them proven spurious, after which a raised packet threshold goes
+/// back to 3: the reordering has stopped (RFC 8985 §6.2 keeps its reordering window for 16
+/// recoveries the same way).
+const THRESHOLD_PERSISTENCE: u8 = 16;
 /// Outstanding ACK-only packets after which `needs_ack_eliciting` asks for a PING.
 const ACK_ONLY_BEFORE_PING: u64 = 16;
 
@@ -67,10 +71,13 @@ pub struct Recovery<T> {
     /// (`undo.rs`); allocated at the first loss.
     undo: Option<Box<UndoState<Congestion>>>,
     /// Packets that must be acknowledged after one before it counts as lost: 3, raised to
-    /// the reordering seen when a packet declared lost is acknowledged after all. It stays
-    /// raised for the path: past 3, a real loss waits for more later packets or for the
-    /// time threshold, a fraction of an RTT at most.
+    /// the reordering seen when a packet declared lost is acknowledged after all. Past 3, a
+    /// real loss waits for more later packets or for the time threshold, a fraction of an
+    /// RTT at most.
     packet_threshold: u64,
+    /// Cuts left before a raised `packet_threshold` returns to 3; each spurious loss seen
+    /// starts the count again.
+    threshold_persistence: u8,
 }
 
 /// What a loss detection pass found.
@@ -109,6 +116,7 @@ impl<T> Recovery<T> {
             stats: RecoveryStats::default(),
             undo: None,
             packet_threshold: PACKET_THRESHOLD,
+            threshold_persistence: 0,
             config,
             path_first_pn: 0,
         }
@@ -189,6 +197,7 @@ impl<T> Recovery<T> {
                     let seen = largest.saturating_sub(pn).saturating_add(1);
                     self.packet_threshold =
                         self.packet_threshold.max(seen.min(MAX_PACKET_THRESHOLD));
+                    self.threshold_persistence = THRESHOLD_PERSISTENCE;
                 }
             }
             // Only the window of packets still held can hold anything new.
@@ -442,6 +451,7 @@ impl<T> Recovery<T> {
         self.cc = Congestion::new(self.config.congestion, mds, initial_window);
         self.forget_undo();
         self.packet_threshold = PACKET_THRESHOLD;
+        self.threshold_persistence = 0;
         self.pto.reset(self.config.initial_rtt);
         self.pacer = Pacer::new();
         self.first_rtt_sample = None;
@@ -805,6 +815,14 @@ impl<T> Recovery<T> {
                 self.forget_undo();
             }
             return;
+        }
+        if reduced && self.packet_threshold > PACKET_THRESHOLD {
+            // One cut fewer before the threshold returns to 3, unless a late acknowledgement
+            // shows reordering again and restarts the count.
+            self.threshold_persistence = self.threshold_persistence.saturating_sub(1);
+            if self.threshold_persistence == 0 {
+                self.packet_threshold = PACKET_THRESHOLD;
+            }
         }
         let state = self.undo.get_or_insert_with(UndoState::new);
         if reduced {

@@ -480,6 +480,38 @@ fn the_packet_threshold_grows_to_the_reordering_seen() {
 }
 
 #[test]
+fn a_raised_packet_threshold_returns_to_3_after_16_real_cuts() {
+    let t0 = Instant::now();
+    let mut r = server();
+    for pn in 0..20 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+    }
+    let t1 = t0 + ms(100);
+    ack(&mut r, t1, Epoch::Data, &[4..=12, 0..=0]).0.unwrap();
+    ack(&mut r, t1 + ms(1), Epoch::Data, &[13..=19, 1..=3])
+        .0
+        .unwrap();
+    assert_eq!(r.packet_threshold(), 19);
+    // Round after round, one packet really lost (a hole the next ACKs never fill).
+    let mut pn = 20;
+    let mut t = t1 + ms(2);
+    for round in 1..=16 {
+        let first = pn;
+        for _ in 0..40 {
+            r.on_packet_sent(t, Epoch::Data, pkt(pn, t));
+            pn += 1;
+        }
+        t += ms(100);
+        let (_, out) = ack(&mut r, t, Epoch::Data, &[first + 1..=pn - 1]);
+        assert_eq!(out.lost, vec![first], "round {round}");
+        let expect = if round < 16 { 19 } else { 3 };
+        assert_eq!(r.packet_threshold(), expect, "round {round}");
+        t += ms(1);
+    }
+    assert_eq!(r.stats().congestion_events, 17);
+}
+
+#[test]
 fn the_packet_threshold_stops_at_its_cap() {
     let t0 = Instant::now();
     let mut r = server();
