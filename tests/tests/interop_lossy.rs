@@ -88,12 +88,7 @@ fn quench_server_through_bad_path(client: Peer, seed: u64, file_bytes: usize, pe
         "duplicate_packets",
         "late_packets",
     ];
-    let stats = outcome.server.shutdown_stats();
-    let total = |field: &str| -> u64 {
-        let workers = stats["workers"].as_array().expect("workers");
-        workers.iter().map(|w| w[field].as_u64().unwrap_or(0)).sum()
-    };
-    let totals = fields.map(total);
+    let totals = outcome.server.shutdown_worker_totals(&fields);
     let (up, down) = (outcome.up, outcome.down);
     let seconds = outcome.reports.each_ref().map(|r| r.seconds);
     eprintln!("{client:?} client, seed {seed}: {fields:?} = {totals:?} in {seconds:?} s");

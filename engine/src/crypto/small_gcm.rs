@@ -116,6 +116,11 @@ mod x86 {
 
     use super::SMALL_MAX;
 
+    /// Slots of a key's table of powers of H (`Key::powers`): sixteen, then four zeros.
+    const POWER_SLOTS: usize = 20;
+    /// A key's powers of H, highest first (`Key::powers`).
+    pub(super) type Powers = [__m128i; POWER_SLOTS];
+
     /// Counter blocks encrypted per step: enough to keep the AES unit busy.
     const LANES: usize = 4;
     /// Blocks hashed per reduction; as many powers of H are kept.
@@ -131,7 +136,7 @@ mod x86 {
         /// `dot(a, powers[16 - k])` multiplies `a` by the k-th power of the hash key: k = 1..=8
         /// for the 128-bit code, up to 16 where `wide` runs; then four zeros (`wide` reads
         /// four at a time from any offset). Descending, so a group's powers are contiguous.
-        powers: [__m128i; 20],
+        powers: Powers,
         /// The CPU runs `wide` (AVX-512 with VAES and VPCLMULQDQ).
         wide: bool,
     }
@@ -147,7 +152,7 @@ mod x86 {
     /// in groups of up to eight, each multiplied by the power of H that Horner's rule would
     /// give it inside its group, and the sums reduced once per group.
     struct Ghash<'k> {
-        powers: &'k [__m128i; 20],
+        powers: &'k Powers,
         /// Blocks still to come, this one included.
         left: usize,
         /// Blocks left in the current group.
@@ -162,7 +167,7 @@ mod x86 {
     impl<'k> Ghash<'k> {
         #[inline]
         #[target_feature(enable = "pclmulqdq,ssse3")]
-        fn new(powers: &'k [__m128i; 20], blocks: usize) -> Self {
+        fn new(powers: &'k Powers, blocks: usize) -> Self {
             let zero = _mm_setzero_si128();
             Ghash {
                 powers,
@@ -229,7 +234,7 @@ mod x86 {
             let mut k = Key {
                 round_keys,
                 aes256,
-                powers: [_mm_setzero_si128(); 20],
+                powers: [_mm_setzero_si128(); POWER_SLOTS],
                 wide: super::wide::cpu_has_instructions(),
             };
             // H = E_K(0^128) (SP 800-38D §6.4); POLYVAL's key is mulX(ByteReverse(H)).
@@ -253,7 +258,7 @@ mod x86 {
             &self.round_keys
         }
 
-        pub(super) fn powers(&self) -> &[__m128i; 20] {
+        pub(super) fn powers(&self) -> &Powers {
             &self.powers
         }
 

@@ -790,7 +790,10 @@ impl<T> Recovery<T> {
     fn on_packets_lost(&mut self, now: Instant, epoch: Epoch, outcome: &LossOutcome) -> bool {
         let mut reduced = false;
         if let Some(sent) = outcome.newest_lost_in_flight {
-            let before = self.cc.clone();
+            // The controller as it is, for undoing the cut: only a 1-RTT pass that cuts
+            // (a loss sent after the recovery period began) needs a copy.
+            let before =
+                (epoch == Epoch::Data && !self.cc.in_recovery(sent)).then(|| self.cc.clone());
             reduced = self.congestion_event(now, sent);
             self.follow_losses(epoch, reduced, before, outcome.signalling_losses);
         }
@@ -809,7 +812,13 @@ impl<T> Recovery<T> {
     /// starts a new record (with the controller as it was `before`), and losses within its
     /// recovery period join it. Only 1-RTT losses can be undone: reordering there is what
     /// a long transfer meets, and the other spaces are over in a few round trips.
-    fn follow_losses(&mut self, epoch: Epoch, reduced: bool, before: Congestion, losses: usize) {
+    fn follow_losses(
+        &mut self,
+        epoch: Epoch,
+        reduced: bool,
+        before: Option<Congestion>,
+        losses: usize,
+    ) {
         if epoch != Epoch::Data {
             if reduced {
                 self.forget_undo();
@@ -826,7 +835,7 @@ impl<T> Recovery<T> {
         }
         let state = self.undo.get_or_insert_with(UndoState::new);
         if reduced {
-            state.record = Some(Undo::new(before));
+            state.record = before.map(Undo::new);
         }
         let lost = &state.pass_losses[..losses.min(TRACKED_LOSSES)];
         if let Some(undo) = state.record.as_mut() {

@@ -228,7 +228,7 @@ fn keystream<const NR: usize>(rk: &[__m512i; 15], blocks: [__m512i; 4]) -> [__m5
 /// GHASH in the POLYVAL domain (as `x86::Ghash`), a group of up to sixteen blocks at a time.
 struct Ghash<'k> {
     /// H^16 .. H^1 (`Key::powers`), then zeros.
-    powers: &'k [__m128i; 20],
+    powers: &'k x86::Powers,
     acc: __m128i,
     reverse: __m512i,
 }
@@ -303,7 +303,7 @@ impl<'k> Ghash<'k> {
 /// `powers[at..at + 4]` in one register.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn load_powers(powers: &[__m128i; 20], at: usize) -> __m512i {
+fn load_powers(powers: &x86::Powers, at: usize) -> __m512i {
     let four: &[__m128i; 4] = powers[at..at + 4].try_into().expect("four powers");
     // SAFETY: `four` is 64 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm512_loadu_si512(four.as_ptr().cast()) }
