@@ -395,8 +395,9 @@ impl Streams {
             }
             return Ok(());
         }
-        if index >= self.max_remote[d] {
-            // §4.6
+        // §4.6: against the limit the peer was told. `max_remote` runs ahead of it by the
+        // credit `reap` holds back for the next MAX_STREAMS.
+        if index >= self.max_remote_sent[d] {
             return Err(TransportError::new(
                 Code::STREAM_LIMIT_ERROR,
                 "peer exceeded the stream limit",

@@ -463,12 +463,21 @@ fn the_stream_limit_grows_in_steps_and_at_once_when_the_peer_is_blocked() {
         pair.ends[0].max_local[0], 100,
         "no MAX_STREAMS below a step"
     );
+    // The credit held back is not the peer's yet: a stream past the announced limit is
+    // still an error (§4.6).
+    let now = pair.now;
+    let past = StreamId::new(Side::Client, true, 100).0;
+    let err = pair.ends[1]
+        .on_stream(past, 0, b"x", false, now)
+        .unwrap_err();
+    assert_eq!(err.code, Code::STREAM_LIMIT_ERROR);
     pair.ends[1].on_streams_blocked(true, 100).unwrap();
     pair.transmit(1, 8);
     while !pair.flight.is_empty() {
         pair.step_network();
     }
     assert_eq!(pair.ends[0].max_local[0], 111);
+    pair.ends[1].on_stream(past, 0, b"x", false, now).unwrap();
 }
 
 #[test]
