@@ -6,9 +6,13 @@
 
 use std::collections::VecDeque;
 
+use crate::conn::range_set::RangeSet;
 use crate::crypto::constant_time_eq;
 use crate::wire::cid::ConnectionId;
 use crate::wire::error::{TransportError, TransportErrorCode as Code};
+
+/// Disjoint runs of retired remote sequence numbers we remember (see `queue_retire`).
+const RETIRED_RANGES: usize = 8;
 
 /// Mints CIDs for one connection; implemented by the endpoint.
 pub trait ConnectionIdGenerator: Send {
@@ -61,6 +65,10 @@ pub struct CidState {
     /// Index into `remote` of the CID we send to.
     active_remote: usize,
     remote_retire_prior_to: u64,
+    /// Sequence numbers of remote CIDs we retired (a RETIRE_CONNECTION_ID was queued), so a
+    /// late copy of their NEW_CONNECTION_ID neither brings them back nor is retired twice
+    /// (§19.15: receiving a frame again is no error and has no other effect).
+    retired_remote: RangeSet,
     /// Our limit on stored remote CIDs (active_connection_id_limit we advertised).
     local_limit: u64,
     /// RETIRE_CONNECTION_ID frames to send.
@@ -93,6 +101,7 @@ impl CidState {
             }],
             active_remote: 0,
             remote_retire_prior_to: 0,
+            retired_remote: RangeSet::new(),
             local_limit,
             retire_queue: VecDeque::new(),
             events: VecDeque::new(),
@@ -307,6 +316,9 @@ impl CidState {
             }
             return Ok(());
         }
+        if self.retired_remote.contains(seq) {
+            return Ok(());
+        }
         if seq < self.remote_retire_prior_to {
             // Already retired by an earlier retire_prior_to: retire this one at once (§19.15).
             self.queue_retire(seq)?;
@@ -378,6 +390,16 @@ impl CidState {
             ));
         }
         self.retire_queue.push_back(seq);
+        self.retired_remote.insert_one(seq);
+        if self.retired_remote.len() > RETIRED_RANGES {
+            // A peer issues sequence numbers in order (§5.1.1), so this takes a peer that
+            // skips them. Fill the lowest gap: a CID in it never sent yet would be ignored
+            // rather than retired, which costs that peer one of its own CIDs, and us nothing.
+            let (low, next) = (self.retired_remote.pop_min(), self.retired_remote.pop_min());
+            if let (Some(low), Some(next)) = (low, next) {
+                self.retired_remote.insert(low.start..next.end);
+            }
+        }
         Ok(())
     }
 
@@ -433,6 +455,51 @@ mod tests {
         assert!(s.matches_reset_token(&[30; 16]));
         assert!(!s.matches_reset_token(&[20; 16]), "retired");
         assert!(!s.matches_reset_token(&[40; 16]), "unused");
+    }
+
+    /// §19.15 and §12.4: a NEW_CONNECTION_ID received again has no effect. A copy for a CID
+    /// we retired ourselves (a path change) does not bring it back, and one below
+    /// retire_prior_to is retired once, not once per copy.
+    #[test]
+    fn a_repeated_new_connection_id_changes_nothing() {
+        let mut s = CidState::new(cid(1), [1; 16], cid(2), 2);
+        s.on_new_cid(1, 0, cid(3), [30; 16]).unwrap();
+        let spare = s.claim_spare_remote().unwrap();
+        s.switch_active_remote(spare);
+        assert_eq!(s.retire_queue.drain(..).collect::<Vec<_>>(), vec![0]);
+        s.on_new_cid(2, 0, cid(4), [40; 16]).unwrap();
+        events(&mut s);
+        // Seq 1 is in use and seq 2 spare. We move to seq 2, retiring seq 1, and then a
+        // late copy of seq 1's frame arrives.
+        let spare = s.claim_spare_remote().unwrap();
+        s.switch_active_remote(spare);
+        assert_eq!(s.retire_queue.drain(..).collect::<Vec<_>>(), vec![1]);
+        s.on_new_cid(1, 0, cid(3), [30; 16]).unwrap();
+        assert_eq!(s.remote.len(), 1, "seq 1 stays retired");
+        assert!(!s.has_spare_remote());
+        assert!(!s.matches_reset_token(&[30; 16]));
+        assert!(s.retire_queue.is_empty(), "and is not retired again");
+        // Below retire_prior_to: a seq never seen is retired once, however often it comes.
+        s.on_new_cid(5, 4, cid(7), [70; 16]).unwrap();
+        assert_eq!(s.retire_queue.drain(..).collect::<Vec<_>>(), vec![2]);
+        for _ in 0..3 {
+            s.on_new_cid(3, 0, cid(5), [50; 16]).unwrap();
+        }
+        assert_eq!(s.retire_queue.drain(..).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(s.active_remote(), cid(7));
+    }
+
+    /// The record of retired sequence numbers stays small against a peer that skips them.
+    #[test]
+    fn retired_sequence_numbers_stay_bounded() {
+        let mut s = CidState::new(cid(1), [1; 16], cid(2), 2);
+        s.on_new_cid(1000, 1000, cid(3), [30; 16]).unwrap();
+        for seq in (1..1000).step_by(2) {
+            s.on_new_cid(seq, 0, cid(4), [40; 16]).unwrap();
+            s.retire_queue.clear();
+        }
+        assert!(s.retired_remote.len() <= RETIRED_RANGES);
+        assert!(s.retired_remote.contains(999) && s.retired_remote.contains(0));
     }
 
     struct Counter(u8);
