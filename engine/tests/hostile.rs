@@ -1914,6 +1914,45 @@ fn stateless_resets_are_recognised_in_any_form_but_only_from_the_peer() {
     assert!(net.client.conn(net.h).is_none());
 }
 
+/// RFC 9000 §10.3.1 at a server connection: a datagram routed to it by CID and ending in
+/// the client's reset token is a reset only from the client's address.
+#[test]
+fn a_server_connection_takes_a_stateless_reset_only_from_the_client() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    net.echo_round_trip(1000, 1);
+    // The client's handshake CID comes with no reset token; one it issued later does.
+    let moved = net
+        .client
+        .with_state(net.h, |c, _| c.switch_to_spare_remote_cid())
+        .expect("client alive");
+    assert!(moved);
+    net.caddr = "10.0.0.3:7000".parse().unwrap();
+    net.echo_round_trip(1000, 2);
+    let client_cid = net.server_conn().active_remote_cid();
+    let token = net.client.config().reset_key.token(client_cid.as_slice());
+    let server_cid = net.client_conn().active_remote_cid();
+    let mut datagram = vec![0x40];
+    datagram.extend_from_slice(server_cid.as_slice());
+    datagram.extend_from_slice(&[0x5a; 24]);
+    datagram.extend_from_slice(&token);
+    let mut copy = datagram.clone();
+    let elsewhere = RxMeta {
+        src: "10.9.9.9:7000".parse().unwrap(),
+        dst: net.saddr,
+        ecn: 0,
+    };
+    let mut disp = AppDispatcher { factory: &net.apps };
+    net.server
+        .handle_datagram(net.now, elsewhere, &mut copy, &mut disp);
+    assert_eq!(net.server.connection_count(), 1);
+    assert!(!net.server_conn().is_closing(), "not from the client");
+    net.echo_round_trip(1000, 3);
+    // From the client's address, the same bytes end the connection.
+    net.deliver_to_server(&datagram);
+    assert_eq!(net.server.connection_count(), 0, "reset by the client");
+}
+
 /// RFC 9000 §9.5: one CID is never sent to two addresses. A peer that moves under a new
 /// CID of ours gets a new CID of its own back on the new path (and the old one retired);
 /// a NAT rebinding (same CID, new port) keeps the CID, as §9.5 allows.

@@ -50,6 +50,15 @@ enum Outcome {
 }
 
 impl Connection {
+    /// Whether `addr` is one the peer is known at: the current path, the last validated
+    /// one while a new one is checked, or the one a migration left.
+    fn is_peer_address(&self, addr: SocketAddr) -> bool {
+        let same = |a: SocketAddr| crate::wire::net::same_peer(a, addr);
+        same(self.remote)
+            || self.validated_remote.is_some_and(same)
+            || self.old_path_challenge.is_some_and(|(_, a, _)| same(a))
+    }
+
     /// Handles one received UDP datagram (possibly several coalesced packets), decrypting in place.
     pub fn handle_datagram(
         &mut self,
@@ -121,8 +130,12 @@ impl Connection {
         }
         if !processed_any {
             cold_path();
-            // RFC 9000 §10.3.1: an unprocessable datagram ending in a reset token of the peer's.
-            if total_len >= 21 && self.cids.matches_reset_token(&datagram[total_len - 16..]) {
+            // RFC 9000 §10.3.1: an unprocessable datagram ending in a reset token of the peer's,
+            // from an address of the peer's.
+            if total_len >= 21
+                && self.is_peer_address(remote)
+                && self.cids.matches_reset_token(&datagram[total_len - 16..])
+            {
                 self.handle_stateless_reset(now);
             }
             return;
