@@ -108,6 +108,29 @@ impl Assembler {
         self.buf.len()
     }
 
+    /// Bytes allocated for the buffer, used or not.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives memory back when at least half the allocation holds nothing unread: moves
+    /// the unread bytes (holes included) to the front and shrinks to fit them, keeping
+    /// at least a small buffer. The move is paid for by the memory it frees, so calling
+    /// this after every read stays linear. A reader that drains a stream keeps the
+    /// allocation its window once needed; the caller decides when that is too much.
+    pub fn shrink(&mut self) {
+        let consumed =
+            (self.read_offset.saturating_sub(self.buf_offset) as usize).min(self.buf.len());
+        let unread = self.buf.len() - consumed;
+        let keep = unread.max(super::RECYCLE_BUFFER_BYTES);
+        if self.buf.capacity() <= keep || self.buf.capacity() - unread < unread {
+            return;
+        }
+        self.buf.drain(..consumed);
+        self.buf_offset += consumed as u64;
+        self.buf.shrink_to(keep);
+    }
+
     /// True if every byte in `0..end` has been received.
     pub fn is_complete(&self, end: u64) -> bool {
         self.contiguous_end() >= end
@@ -282,6 +305,39 @@ mod tests {
         assert_eq!(a.read(&mut out), 3);
         assert_eq!(&out[..3], b"klm");
         assert_eq!(a.highest(), 13);
+    }
+
+    /// `shrink` keeps what is unread, holes and offsets included, and gives back the rest
+    /// only when at least half the allocation is waste.
+    #[test]
+    fn shrink_keeps_unread_bytes_and_frees_the_rest() {
+        let mut a = Assembler::new(16);
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        a.insert(1, &big[1..150_000]).unwrap();
+        a.insert(160_000, &big[160_000..]).unwrap();
+        a.insert(0, &big[..1]).unwrap();
+        let mut out = vec![0; 149_000];
+        assert_eq!(a.read(&mut out), 149_000);
+        let before = a.capacity();
+        a.shrink();
+        assert!(a.capacity() < before / 2, "{} -> {}", before, a.capacity());
+        // 1,000 bytes, a hole of 10,000, then 40,000 bytes: unchanged by the move.
+        let mut rest = vec![0; 2000];
+        assert_eq!(a.read(&mut rest), 1000);
+        assert_eq!(rest[..1000], big[149_000..150_000]);
+        a.insert(150_000, &big[150_000..160_000]).unwrap();
+        let mut tail = vec![0; 60_000];
+        assert_eq!(a.read(&mut tail), 50_000);
+        assert_eq!(tail[..50_000], big[150_000..]);
+        // Mostly unread: nothing to give back.
+        a.insert(200_000, &[9; 50_000]).unwrap();
+        let cap = a.capacity();
+        a.shrink();
+        assert_eq!(a.capacity(), cap);
+        // Drained: down to the small buffer a recycled stream keeps.
+        a.discard(50_000);
+        a.shrink();
+        assert!(a.capacity() <= super::super::RECYCLE_BUFFER_BYTES);
     }
 
     #[test]

@@ -298,6 +298,7 @@ impl Streams {
             conn_recv: ConnRecv {
                 window: RecvWindow::new(config.conn_recv_window, config.max_conn_recv_window),
                 received: 0,
+                buffers: 0,
             },
             max_data_pending: false,
             send_queue: VecDeque::new(),
@@ -764,7 +765,7 @@ impl Streams {
             return Err(self.missing(id));
         };
         let recv = stream.recv.as_mut().ok_or(StreamError::WrongDirection)?;
-        let result = recv.read(max, f, now, rtt);
+        let result = recv.read(max, f, now, rtt, &mut self.conn_recv);
         let stream_window = recv.window.window();
         if recv.max_data_pending {
             Self::enqueue_ctrl(&mut self.ctrl_queue, id.0, stream);
@@ -857,11 +858,13 @@ impl Streams {
 
     /// Frees a stream once both parts are finished (§3: ids are never reused) and,
     /// for a peer's stream, lets it open another (§4.6).
-    /// Forgets a stream in a terminal state; a peer's stream frees a slot for a new one.
     fn reap(&mut self, id: u64) {
-        let Some(stream) = self.streams.remove(id) else {
+        let Some(mut stream) = self.streams.remove(id) else {
             return;
         };
+        if let Some(recv) = &mut stream.recv {
+            recv.uncount_buffer(&mut self.conn_recv);
+        }
         self.recycle(stream);
         self.reaped += 1;
         let sid = StreamId(id);

@@ -17,6 +17,18 @@ pub struct ConnRecv {
     pub window: RecvWindow,
     /// Sum over streams of the highest offset received (or final size).
     pub received: u64,
+    /// Bytes allocated for the reassembly buffers of open streams. A buffer keeps the
+    /// allocation its window once needed after it is read; when they add up to more than
+    /// twice the connection window, which bounds what all of them hold unread, a read
+    /// gives the excess back (`RecvStream::read`). Otherwise a peer could fill and have
+    /// us drain stream after stream and leave each holding a window's worth.
+    pub buffers: usize,
+}
+
+impl ConnRecv {
+    fn buffers_over_budget(&self) -> bool {
+        self.buffers as u64 > self.window.window().saturating_mul(2)
+    }
 }
 
 /// Our STOP_SENDING for this stream.
@@ -42,6 +54,8 @@ pub struct RecvStream {
     pub max_data_pending: bool,
     /// A Readable event was emitted and the application has not drained the stream.
     pub readable_signalled: bool,
+    /// The assembler's allocation as last counted in `ConnRecv::buffers`.
+    counted: usize,
 }
 
 /// What a STREAM frame changed, for the caller's events.
@@ -77,7 +91,23 @@ impl RecvStream {
             stop: None,
             max_data_pending: false,
             readable_signalled: false,
+            counted: 0,
         }
+    }
+
+    /// Brings `conn.buffers` up to date with the assembler's allocation.
+    fn count_buffer(&mut self, conn: &mut ConnRecv) {
+        let now = self.asm.capacity();
+        if now != self.counted {
+            conn.buffers = conn.buffers - self.counted + now;
+            self.counted = now;
+        }
+    }
+
+    /// The stream leaves the connection: its buffer no longer counts.
+    pub fn uncount_buffer(&mut self, conn: &mut ConnRecv) {
+        conn.buffers -= self.counted;
+        self.counted = 0;
     }
 
     /// The reassembly buffer, for reuse by a later stream.
@@ -175,6 +205,7 @@ impl RecvStream {
         let mut readable = self.asm.insert(offset, data).map_err(|_| {
             TransportError::new(Code::PROTOCOL_VIOLATION, "excessive stream fragmentation")
         })?;
+        self.count_buffer(conn);
         // A FIN completing the stream is news even without new bytes (e.g. empty FIN).
         readable |= !had_final && self.final_size.is_some() && self.is_all_received();
         Ok(DataOutcome { readable })
@@ -213,6 +244,7 @@ impl RecvStream {
             self.window.consume(unread);
         }
         self.asm.release();
+        self.count_buffer(conn);
         self.reset = Some(error_code);
         self.max_data_pending = false;
         if let Some(stop) = &mut self.stop {
@@ -230,6 +262,12 @@ impl RecvStream {
         self.asm.buffered()
     }
 
+    /// Bytes allocated for the reassembly buffer.
+    #[cfg(test)]
+    pub fn allocation(&self) -> usize {
+        self.asm.capacity()
+    }
+
     /// Hands up to `max` readable bytes to `f` in place and consumes them.
     /// Returns (bytes, fin reached).
     pub fn read(
@@ -238,6 +276,7 @@ impl RecvStream {
         f: impl FnOnce(&[u8]),
         now: Instant,
         rtt: Duration,
+        conn: &mut ConnRecv,
     ) -> Result<(usize, bool), StreamError> {
         if let Some(code) = self.reset {
             self.closed_by_app = true;
@@ -252,7 +291,10 @@ impl RecvStream {
         if fin {
             self.closed_by_app = true;
             self.asm.release();
+        } else if conn.buffers_over_budget() {
+            self.asm.shrink();
         }
+        self.count_buffer(conn);
         if self.asm.readable() == 0 {
             self.readable_signalled = false;
         }
@@ -277,6 +319,7 @@ impl RecvStream {
             self.window.consume(unread);
         }
         self.asm.release();
+        self.count_buffer(conn);
         self.max_data_pending = false;
         // No STOP_SENDING once the peer's sending is over (§3.5).
         let send_frame = self.reset.is_none() && !self.is_all_received();
@@ -318,6 +361,7 @@ mod tests {
         ConnRecv {
             window: RecvWindow::new(limit, limit),
             received: 0,
+            buffers: 0,
         }
     }
 
@@ -387,13 +431,17 @@ mod tests {
         assert!(s.on_data(0, &[1; 60], false, &mut c).unwrap().readable);
         let mut got = Vec::new();
         let mut keep = |d: &[u8]| got.extend_from_slice(d);
-        assert_eq!(s.read(100, &mut keep, now, rtt).unwrap(), (60, false));
+        assert_eq!(
+            s.read(100, &mut keep, now, rtt, &mut c).unwrap(),
+            (60, false)
+        );
         assert_eq!(got, [1; 60]);
         assert!(s.max_data_pending);
         assert_eq!(s.window.limit(), 160);
         assert!(s.on_data(60, &[], true, &mut c).unwrap().readable);
         assert_eq!(
-            s.read(100, |d| assert!(d.is_empty()), now, rtt).unwrap(),
+            s.read(100, |d| assert!(d.is_empty()), now, rtt, &mut c)
+                .unwrap(),
             (0, true)
         );
         assert!(s.is_terminal());
@@ -410,7 +458,13 @@ mod tests {
         assert_eq!(c.window.consumed(), 40);
         let now = Instant::now();
         assert_eq!(
-            s.read(10, |_| panic!("no data after a reset"), now, Duration::ZERO),
+            s.read(
+                10,
+                |_| panic!("no data after a reset"),
+                now,
+                Duration::ZERO,
+                &mut c
+            ),
             Err(StreamError::Reset(9))
         );
         assert!(s.is_terminal());

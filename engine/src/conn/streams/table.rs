@@ -51,6 +51,13 @@ impl StreamTable {
         self.len
     }
 
+    /// Every stream, in no particular order.
+    #[cfg(test)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Stream> {
+        let slots = self.slots.iter().flatten().map(|s| &**s);
+        slots.chain(self.overflow.values().map(|s| &**s))
+    }
+
     #[inline]
     pub(super) fn get(&self, id: u64) -> Option<&Stream> {
         match self.slots.get(slot_of(id)) {

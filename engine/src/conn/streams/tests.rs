@@ -1076,3 +1076,65 @@ proptest! {
         }
     }
 }
+
+/// Sum of the reassembly buffers' allocations over open streams, from the streams
+/// themselves (what `ConnRecv::buffers` must agree with).
+fn recv_allocations(s: &Streams) -> usize {
+    s.streams
+        .iter()
+        .filter_map(|st| st.recv.as_ref())
+        .map(|r| r.allocation())
+        .sum()
+}
+
+/// A peer that fills each stream's window out of order, lets us read it all and never
+/// finishes the stream cannot leave every stream holding a window's worth of memory: the
+/// reassembly buffers of a connection stay within twice its window (plus a small buffer
+/// per stream), whatever the streams once needed.
+#[test]
+fn drained_streams_do_not_keep_their_windows_allocated() {
+    let config = StreamsConfig::default();
+    let window = config.stream_recv_window as usize;
+    let mut s = Streams::new(Side::Server, config);
+    let mut now = Instant::now();
+    let rtt = Duration::from_millis(10);
+    let chunk = vec![7u8; 1200];
+    let mut sink = vec![0u8; 64 * 1024];
+    for i in 0..40 {
+        let id = StreamId::new(Side::Client, true, i).0;
+        // Everything but the first byte, then the first byte: all readable at once.
+        let mut offset = 1;
+        while offset < window {
+            let n = chunk.len().min(window - offset);
+            s.on_stream(id, offset as u64, &chunk[..n], false, now)
+                .unwrap();
+            offset += n;
+        }
+        s.on_stream(id, 0, &chunk[..1], false, now).unwrap();
+        let mut read = 0;
+        while read < window {
+            let (n, fin) = s.read(StreamId(id), &mut sink, now, rtt).unwrap();
+            assert!(n > 0 && !fin);
+            read += n;
+        }
+        now += rtt;
+    }
+    let total = recv_allocations(&s);
+    assert_eq!(
+        s.conn_recv.buffers, total,
+        "the count matches the allocations"
+    );
+    let bound = 2 * s.conn_recv.window.window() as usize + 40 * RECYCLE_BUFFER_BYTES;
+    assert!(
+        total <= bound,
+        "40 drained streams hold {total} bytes (bound {bound})"
+    );
+    // Reaped streams stop counting.
+    for i in 0..40 {
+        let id = StreamId::new(Side::Client, true, i);
+        s.on_stream(id.0, window as u64, &[], true, now).unwrap();
+        assert_eq!(s.read(id, &mut sink, now, rtt).unwrap(), (0, true));
+        s.finish(id).unwrap();
+    }
+    assert_eq!(s.conn_recv.buffers, recv_allocations(&s));
+}
