@@ -1074,6 +1074,56 @@ fn path_response_goes_back_on_the_path_the_challenge_came_by() {
     net.assert_healthy();
 }
 
+/// RFC 9000 §8 and §8.2.2: every PATH_CHALLENGE is answered, but a datagram full of them
+/// from an unvalidated address earns one datagram back there, within three times its size,
+/// not a padded answer per challenge.
+#[test]
+fn challenges_sharing_a_datagram_share_its_amplification_budget() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let probe_addr: SocketAddr = "10.0.0.1:6003".parse().unwrap();
+    net.run(Duration::from_millis(200), |_| false);
+    net.client
+        .with_state(net.h, |c, _| c.stop_acknowledging())
+        .expect("client alive");
+    let mut frames = Vec::new();
+    for i in 0..8u8 {
+        frames.push(0x1a); // PATH_CHALLENGE
+        frames.extend_from_slice(&[i; 8]);
+    }
+    net.queue_raw(Epoch::Data, &frames);
+    let out = net.client_out();
+    assert_eq!(out.len(), 1, "the challenges in one datagram");
+    let received = out[0].len();
+    let before = net.server_conn().stats().path_responses_sent;
+    let mut copy = out[0].clone();
+    let mut disp = AppDispatcher { factory: &net.apps };
+    net.server
+        .handle_datagram(net.now, rx("10.0.0.1:6003"), &mut copy, &mut disp);
+    let sent = drain_to(&mut net.server, net.now);
+    let to_probe: Vec<usize> = sent
+        .iter()
+        .filter(|(dst, _)| *dst == probe_addr)
+        .map(|(_, d)| d.len())
+        .collect();
+    assert_eq!(
+        to_probe,
+        vec![1200.min(3 * received)],
+        "datagram sizes to the probed path"
+    );
+    assert_eq!(
+        net.server_conn().stats().path_responses_sent - before,
+        8,
+        "each challenge answered"
+    );
+    assert_eq!(net.server_conn().remote_addr(), net.caddr, "no migration");
+    net.client
+        .with_state(net.h, |c, _| c.resume_acknowledging())
+        .expect("client alive");
+    net.echo_round_trip(10_000, 5);
+    net.assert_healthy();
+}
+
 /// A client keeps the server's first SCID for the connection (RFC 9000 §7.2) and takes no
 /// token from a server's Initial (§17.2.2): validly sealed server Initials that break
 /// either rule are discarded; the same packet within the rules is processed.

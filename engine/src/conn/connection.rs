@@ -122,12 +122,19 @@ pub(crate) struct CloseFrame {
     pub reason: String,
 }
 
+/// PATH_RESPONSEs queued at most: challenges beyond are dropped (RFC 9000 §8.2.2 expects
+/// a peer to send more as needed).
+pub(crate) const MAX_PATH_RESPONSES: usize = 8;
+
 /// A PATH_RESPONSE to send: the challenge data, the address the challenge came from, and
 /// the size of the datagram that carried it (bounds how much we may send there unvalidated).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PathResponse {
     pub data: [u8; 8],
     pub to: SocketAddr,
+    /// Size of the challenge's datagram; 0 for a later challenge of the same datagram,
+    /// answered in the same packet as the first (three times a datagram's size is what may
+    /// go back to an unvalidated address, RFC 9000 §8, however many challenges it holds).
     pub received: usize,
     /// The challenge came under another of our CIDs than the current path uses: the answer
     /// must go under another of the peer's (RFC 9000 §9.5).
@@ -169,6 +176,8 @@ pub struct ConnectionStats {
     pub migrations: u64,
     /// New paths this endpoint validated: its PATH_CHALLENGE was answered (RFC 9000 §8.2.3).
     pub path_challenges_answered: u64,
+    /// PATH_RESPONSE frames sent: the peer's challenges answered.
+    pub path_responses_sent: u64,
     /// Validations of a new path this endpoint gave up on (RFC 9000 §8.2.4).
     pub failed_path_validations: u64,
     /// The connection moved to another version during its handshake (compatible version
@@ -259,6 +268,9 @@ pub struct Connection {
     /// Where the packet being processed came from and its datagram's size (PATH_RESPONSE
     /// goes back on the path its challenge arrived on, RFC 9000 §8.2.2).
     pub(crate) rx_path: (SocketAddr, usize),
+    /// A PATH_CHALLENGE of the datagram being processed was queued for an answer: later
+    /// ones in it share that answer's budget (`PathResponse::received`).
+    pub(crate) rx_path_answered: bool,
     /// The last validated peer address, while validation of a new one is under way: the
     /// connection returns to it if that validation fails (RFC 9000 §9.3.2).
     pub(crate) validated_remote: Option<SocketAddr>,
@@ -681,6 +693,7 @@ impl Connection {
             peer_initial_scid: ConnectionId::default(),
             path_responses: VecDeque::new(),
             rx_path: (remote, 0),
+            rx_path_answered: false,
             validated_remote: None,
             path_validation_deadline: None,
             old_path_challenge: None,

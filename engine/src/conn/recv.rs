@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::conn::aead_limits;
 use crate::conn::connection::{
-    CloseReason, Connection, Event, PathResponse, State, HANDSHAKE_IDLE_TIMEOUT, MIN_INITIAL_SIZE,
+    CloseReason, Connection, Event, PathResponse, State, HANDSHAKE_IDLE_TIMEOUT,
+    MAX_PATH_RESPONSES, MIN_INITIAL_SIZE,
 };
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{remove_mask, sample, SAMPLE_LEN};
@@ -83,6 +84,7 @@ impl Connection {
             self.amplification_received += datagram.len() as u64;
         }
         self.rx_path = (remote, datagram.len());
+        self.rx_path_answered = false;
         let total_len = datagram.len();
         let mut processed_any = false;
         let mut first_dcid: Option<ConnectionId> = None;
@@ -958,8 +960,10 @@ impl Connection {
             Frame::PathChallenge(data) => {
                 // Answer each challenge on the path it came by; bound the queue against a
                 // flood (RFC 9000 §8.2.2 allows dropping).
-                if self.path_responses.len() < 8 {
+                if self.path_responses.len() < MAX_PATH_RESPONSES {
                     let (to, received) = self.rx_path;
+                    let received = if self.rx_path_answered { 0 } else { received };
+                    self.rx_path_answered = true;
                     let new_dcid = self.path_dcid.is_some_and(|d| d != *dcid);
                     self.path_responses.push_back(PathResponse {
                         data,

@@ -14,7 +14,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::conn::aead_limits::{self, SealLimit};
-use crate::conn::connection::{Connection, PathResponse, State, Transmit, MIN_INITIAL_SIZE};
+use crate::conn::connection::{
+    Connection, PathResponse, State, Transmit, MAX_PATH_RESPONSES, MIN_INITIAL_SIZE,
+};
 use crate::conn::recovery::SentPacket;
 use crate::conn::sent::{FrameRecord, SentFrames};
 use crate::crypto::aead::TAG_LEN;
@@ -281,7 +283,8 @@ impl Connection {
             generation: self.pmtud.generation(),
         };
         let dcid = self.cids.active_remote();
-        let len = self.send_lone_packet(now, &mut buf[..size], &Frame::Ping, record, true, dcid)?;
+        let len =
+            self.send_lone_packet(now, &mut buf[..size], &[Frame::Ping], record, true, dcid)?;
         self.pmtud.on_probe_sent();
         tracing::trace!(size, "PMTU probe");
         Some(len)
@@ -301,8 +304,14 @@ impl Connection {
         }
         let len = MIN_INITIAL_SIZE.min(buf.len());
         let frame = Frame::PathChallenge(data);
-        let len =
-            self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false, dcid)?;
+        let len = self.send_lone_packet(
+            now,
+            &mut buf[..len],
+            &[frame],
+            FrameRecord::Ping,
+            false,
+            dcid,
+        )?;
         tracing::debug!(%to, "PATH_CHALLENGE on the path the peer left");
         Some((to, len))
     }
@@ -334,24 +343,48 @@ impl Connection {
             };
             cid
         };
+        // The other challenges of the same datagram are answered in the same packet, within
+        // the one budget of three times that datagram (RFC 9000 §8).
+        let mut data = [r.data; MAX_PATH_RESPONSES];
+        let mut count = 1;
+        while let Some(next) = self.path_responses.front() {
+            if count == MAX_PATH_RESPONSES
+                || next.received != 0
+                || next.to != r.to
+                || next.new_dcid != r.new_dcid
+            {
+                break;
+            }
+            data[count] = next.data;
+            count += 1;
+            self.path_responses.pop_front();
+        }
         let len = MIN_INITIAL_SIZE
             .min(3 * r.received)
             .max(MIN_PACKET_ROOM)
             .min(buf.len());
         // Never retransmitted (RFC 9000 §13.3), but ack-eliciting.
-        let frame = Frame::PathResponse(r.data);
-        let len =
-            self.send_lone_packet(now, &mut buf[..len], &frame, FrameRecord::Ping, false, dcid)?;
-        tracing::debug!(to = %r.to, len, "PATH_RESPONSE on the challenge's path");
+        let frames = data.map(Frame::PathResponse);
+        let len = self.send_lone_packet(
+            now,
+            &mut buf[..len],
+            &frames[..count],
+            FrameRecord::Ping,
+            false,
+            dcid,
+        )?;
+        self.stats.path_responses_sent += count as u64;
+        tracing::debug!(to = %r.to, len, count, "PATH_RESPONSE on the challenges' path");
         Some((r.to, len))
     }
 
-    /// Seals one 1-RTT packet filling `buf` exactly: `frame`, then PADDING. Returns its length.
+    /// Seals one 1-RTT packet filling `buf` exactly: `frames`, then PADDING. Returns its
+    /// length.
     fn send_lone_packet(
         &mut self,
         now: Instant,
         buf: &mut [u8],
-        frame: &Frame<'_>,
+        frames_out: &[Frame<'_>],
         record: FrameRecord,
         mtu_probe: bool,
         dcid: ConnectionId,
@@ -361,7 +394,9 @@ impl Connection {
         let payload_len = size.checked_sub(header_len + TAG_LEN)?;
         // Callers pass at least MIN_PACKET_ROOM bytes: room for the header-protection sample.
         let mut w = Writer::new(&mut buf[header_len..header_len + payload_len]);
-        frame.encode(&mut w).ok()?;
+        for frame in frames_out {
+            frame.encode(&mut w).ok()?;
+        }
         let frame_len = w.len();
         buf[header_len + frame_len..header_len + payload_len].fill(0); // PADDING
         let mut frames = self.sent_pool.take(Epoch::Data);
@@ -796,6 +831,7 @@ impl Connection {
                 break;
             }
             self.path_responses.pop_front();
+            self.stats.path_responses_sent += 1;
             // PATH_RESPONSE is never retransmitted (RFC 9000 §13.3), but it is ack-eliciting.
             frames.records.push(FrameRecord::Ping);
             self.pad_for_path = true;
