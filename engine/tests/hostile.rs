@@ -891,6 +891,48 @@ fn a_peer_that_never_acknowledges_cannot_grow_the_sent_record_without_bound() {
     assert!(peak <= (1 << 15) + 4, "bounded: {peak}");
 }
 
+/// RFC 9001 §6.2: a peer that updates its keys again before we acknowledged its last
+/// update (each update costs us a key derivation) is closed with KEY_UPDATE_ERROR; the
+/// same two updates with our ACK between them are fine.
+#[test]
+fn consecutive_key_updates_without_acknowledgment_close_the_connection() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    net.echo_round_trip(1000, 1);
+    // Update, let the server acknowledge it, update again: allowed.
+    assert!(net.client_do(|c| c.force_key_update_unconfirmed()));
+    net.echo_round_trip(1000, 2);
+    assert!(net.client_do(|c| c.force_key_update_unconfirmed()));
+    net.echo_round_trip(1000, 3);
+    assert_eq!(net.server_conn().stats().key_updates, 2);
+    net.assert_healthy();
+    // Two updates in a row, the second before the server has sent anything.
+    assert!(net.client_do(|c| c.force_key_update_unconfirmed()));
+    let first = net.client_out();
+    assert!(net.client_do(|c| c.force_key_update_unconfirmed()));
+    let second = net.client_out();
+    assert!(!first.is_empty() && !second.is_empty());
+    for d in first.iter().chain(&second) {
+        net.deliver_to_server(d);
+    }
+    assert!(net.server_conn().is_closing());
+    net.run(Duration::from_secs(1), |n| {
+        n.log(|l| l.closed.is_some()) == Some(true)
+    });
+    let closed = net.log(|l| l.closed.clone()).flatten();
+    assert!(
+        matches!(
+            closed,
+            Some(CloseReason::Peer {
+                code: 0x0e,
+                app: false,
+                ..
+            })
+        ),
+        "{closed:?}"
+    );
+}
+
 /// One-byte STREAM frames at descending offsets make every frame a new range at the
 /// front of the receive bookkeeping (a shift of all the others): the server refuses the
 /// flood with PROTOCOL_VIOLATION after a handful of ranges instead of doing quadratic

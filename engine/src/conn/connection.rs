@@ -324,6 +324,9 @@ pub struct Connection {
 
     // Key update.
     pub(crate) packets_in_phase: u64,
+    /// The peer updated its keys and we have not yet sent an ACK under the new ones: a
+    /// second update now is one it made without awaiting confirmation (RFC 9001 §6.2).
+    pub(crate) peer_update_unacked: bool,
     pub(crate) ping_pending: bool,
 
     pub(crate) events: VecDeque<Event>,
@@ -724,6 +727,7 @@ impl Connection {
             close_pending: false,
             closing_received: 0,
             packets_in_phase: 0,
+            peer_update_unacked: false,
             ping_pending: false,
             events: VecDeque::new(),
             connected_emitted: false,

@@ -524,6 +524,15 @@ impl Connection {
                     "key update before handshake confirmed",
                 ));
             }
+            // §6.2 lets us refuse consecutive updates: each one costs us a key derivation,
+            // which a peer updating on every packet could otherwise make us do per packet.
+            if self.peer_update_unacked {
+                return Err(TransportError::new(
+                    Code::KEY_UPDATE_ERROR,
+                    "key updated again before the last update was acknowledged",
+                ));
+            }
+            self.peer_update_unacked = true;
             let discard_at = now + 3 * self.recovery.pto(Epoch::Data);
             if let Some(k) = self.one_rtt.as_mut() {
                 k.commit_peer_update(pn, discard_at);

@@ -680,6 +680,8 @@ impl Connection {
                 pos += w.len();
                 frames.records.push(FrameRecord::Ack { largest });
                 space.ack.on_ack_sent();
+                // Under the current keys, so a peer's key update is now acknowledged.
+                self.peer_update_unacked &= epoch != Epoch::Data;
             }
         }
 

@@ -18,6 +18,18 @@ impl Connection {
         self.raw_frames[epoch.index()].extend_from_slice(frames);
     }
 
+    /// Starts a 1-RTT key update even if the peer has not acknowledged the last one (RFC
+    /// 9001 §6.1 forbids it). False before 1-RTT keys.
+    #[doc(hidden)]
+    pub fn force_key_update_unconfirmed(&mut self) -> bool {
+        let Some(keys) = self.one_rtt.as_mut() else {
+            return false;
+        };
+        keys.initiate_update_unconfirmed();
+        self.ping_pending = true;
+        true
+    }
+
     /// From now on sends no ACK frames at all (a peer that never acknowledges).
     #[doc(hidden)]
     pub fn stop_acknowledging(&mut self) {

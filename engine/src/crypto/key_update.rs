@@ -187,6 +187,13 @@ impl OneRttKeys {
         Ok(())
     }
 
+    /// Test hook: an update whatever became of the last one (a peer breaking §6.1).
+    #[doc(hidden)]
+    pub fn initiate_update_unconfirmed(&mut self) {
+        self.rotate(None);
+        self.first_pn_current = None;
+    }
+
     fn rotate(&mut self, discard_previous_at: Option<Instant>) {
         let v = self.version;
         self.local_secret = self.local_secret.next(v);
