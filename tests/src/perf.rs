@@ -69,13 +69,30 @@ pub struct Transfer {
 /// `on_data` sees every chunk of the download.
 pub async fn request(
     mut send: impl QuicSend,
+    recv: impl AsyncRead + Unpin,
+    down: u64,
+    up: u64,
+    on_data: impl FnMut(u64),
+) -> Result<Transfer> {
+    send_request_header(&mut send, down).await?;
+    request_after_header(send, recv, down, up, on_data).await
+}
+
+/// The request's header: the size of the download asked for.
+pub async fn send_request_header(send: &mut impl QuicSend, down: u64) -> Result<()> {
+    send.write_all(&down.to_be_bytes()).await?;
+    Ok(())
+}
+
+/// `request` once `send_request_header` has gone out: upload, and take the download.
+pub async fn request_after_header(
+    mut send: impl QuicSend,
     mut recv: impl AsyncRead + Unpin,
     down: u64,
     up: u64,
     on_data: impl FnMut(u64),
 ) -> Result<Transfer> {
     let upload = async {
-        send.write_all(&down.to_be_bytes()).await?;
         write_fill(&mut send, up).await?;
         send.finish()?;
         // Count the upload only once the peer has acknowledged all of it.

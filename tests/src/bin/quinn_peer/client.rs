@@ -220,7 +220,7 @@ pub async fn run(args: QuinnClientArgs) -> Result<()> {
                 args.key_update_after,
                 rebind_after,
             ));
-            spawn_perf_streams(&mut early_requests, args, index, &conn);
+            spawn_early_perf_streams(&mut early_requests, args, index, &conn).await?;
             conns.push((index, conn));
             continue;
         }
@@ -315,6 +315,31 @@ fn spawn_perf_streams(
             perf::request(send, recv, down, up, |n| conn.on_received(n)).await
         });
     }
+}
+
+/// `spawn_perf_streams` for a connection still in its handshake: each stream is opened and
+/// its request header written here, before anything else runs, so the requests go out as
+/// early data however late the spawned tasks get to run (on a loaded host they could
+/// otherwise start after the handshake, and send nothing as 0-RTT).
+async fn spawn_early_perf_streams(
+    tasks: &mut JoinSet<Result<perf::Transfer>>,
+    args: &args::ClientArgs,
+    c: u64,
+    conn: &Arc<ReceiveTriggers>,
+) -> Result<()> {
+    let total_streams = args.conns * args.streams;
+    for s in 0..args.streams {
+        let index = c * args.streams + s;
+        let down = share(args.down, total_streams, index);
+        let up = share(args.up, total_streams, index);
+        let (mut send, recv) = conn.conn.open_bi().await.context("opening stream")?;
+        perf::send_request_header(&mut send, down).await?;
+        let conn = conn.clone();
+        tasks.spawn(async move {
+            perf::request_after_header(send, recv, down, up, |n| conn.on_received(n)).await
+        });
+    }
+    Ok(())
 }
 
 async fn collect_perf(mut tasks: JoinSet<Result<perf::Transfer>>) -> Result<Report> {
