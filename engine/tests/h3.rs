@@ -21,6 +21,7 @@ use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{client_config, server_config, ServerVerification};
 use quench::wire::header::VERSION_1;
 use quench::worker::transmit;
+use quench::Side;
 
 /// A temporary document root, removed on drop.
 struct Root(PathBuf);
@@ -302,6 +303,55 @@ fn a_missing_file_is_a_404_the_client_reports() {
     assert!(failed.contains("status 404"), "{failed}");
 }
 
+/// RFC 9114 §6.2.1: a server asking our client to close its control stream is a connection
+/// error, H3_CLOSED_CRITICAL_STREAM, and the client's run fails.
+#[test]
+fn the_client_fails_when_the_server_stops_its_control_stream() {
+    let (root, _) = files();
+    let paths = vec!["/big".to_string()];
+    let mut sim = Sim::new(
+        Impairments::none(),
+        &root,
+        Box::new(move || {
+            ClientApp::Get(Box::new(H3Client::new("localhost".into(), paths.clone())))
+        }),
+    );
+    // Up to the client's first request: its control stream (client uni stream 0) is open.
+    sim.run(Duration::from_secs(5), |s| {
+        s.client
+            .with_state(
+                s.h,
+                |_, st| matches!(st, Some(ClientApp::Get(c)) if c.fetches.bytes_down > 0),
+            )
+            .unwrap_or(true)
+    });
+    let server = sim
+        .server
+        .handles()
+        .next()
+        .expect("the server's connection");
+    let control = StreamId::new(Side::Client, false, 0);
+    sim.server
+        .with_state(server, |conn, _| conn.stop_sending(control, 0x100))
+        .expect("server connection")
+        .expect("the client's control stream is open at the server");
+    sim.run(Duration::from_secs(5), |s| s.handler.closed.is_some());
+    let (_, _, _, failed) = sim.fetch_report();
+    assert!(failed.is_some(), "the run failed");
+    assert!(
+        matches!(
+            sim.handler.closed,
+            Some(CloseReason::Local {
+                code: 0x104,
+                app: true,
+                ..
+            })
+        ),
+        "{:?}",
+        sim.handler.closed
+    );
+}
+
 // ---- a peer that breaks the rules ------------------------------------------------------------
 
 /// What a `RawPeer` does once connected.
@@ -309,6 +359,12 @@ fn a_missing_file_is_a_404_the_client_reports() {
 enum Misdeed {
     /// A control stream whose first frame is not SETTINGS (§6.2.1: H3_MISSING_SETTINGS).
     ControlWithoutSettings,
+    /// A control stream that starts with a reserved frame type, SETTINGS after it: the
+    /// first frame is still not SETTINGS (§6.2.1: H3_MISSING_SETTINGS).
+    ControlStartingWithReservedFrame,
+    /// A 5 KB HEADERS frame on the control stream, longer than we read there: a type
+    /// never allowed there (§7.2.2: H3_FRAME_UNEXPECTED), not merely a large frame.
+    LargeHeadersOnControlStream,
     /// Two control streams (§6.2.1: H3_STREAM_CREATION_ERROR).
     SecondControlStream,
     /// The control stream closed (§6.2.1: H3_CLOSED_CRITICAL_STREAM).
@@ -396,6 +452,17 @@ impl Application for RawPeer {
                 let mut goaway = Vec::new();
                 put_frame(&mut goaway, 0x07, &[0x00]);
                 control_stream(conn, &goaway, false);
+            }
+            Misdeed::ControlStartingWithReservedFrame => {
+                let mut control = Vec::new();
+                put_frame(&mut control, 0x21, b"grease");
+                control.extend_from_slice(&settings_frame());
+                control_stream(conn, &control, false);
+            }
+            Misdeed::LargeHeadersOnControlStream => {
+                let mut control = settings_frame();
+                put_frame(&mut control, 0x01, &[0u8; 5000]);
+                control_stream(conn, &control, false);
             }
             Misdeed::SecondControlStream => {
                 control_stream(conn, &settings_frame(), false);
@@ -542,6 +609,8 @@ fn closed_by_server_with(misdeed: Misdeed, want: u64) {
 #[test]
 fn rule_breakers_get_the_connection_error_rfc_9114_names() {
     closed_by_server_with(Misdeed::ControlWithoutSettings, 0x10a);
+    closed_by_server_with(Misdeed::ControlStartingWithReservedFrame, 0x10a);
+    closed_by_server_with(Misdeed::LargeHeadersOnControlStream, 0x105);
     closed_by_server_with(Misdeed::SecondControlStream, 0x103);
     closed_by_server_with(Misdeed::ControlStreamClosed, 0x104);
     closed_by_server_with(Misdeed::DataBeforeHeaders, 0x105);

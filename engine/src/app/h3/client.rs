@@ -289,6 +289,16 @@ impl Application for H3Client {
         }
     }
 
+    fn on_stopped(&mut self, conn: &mut Connection, id: StreamId, _code: u64, now: Instant) {
+        // §6.2.1: the receiver must not ask us to close the control stream. A request
+        // stream the server stops reading is no failure: its response still comes (§4.1.1).
+        if self.session.is_our_control(id) {
+            let e = H3Error::new(code::CLOSED_CRITICAL_STREAM, "control stream stopped");
+            self.session.fail(conn, now, e);
+            self.fetches.fail(e.to_string());
+        }
+    }
+
     fn on_reset(&mut self, conn: &mut Connection, id: StreamId, code: u64, now: Instant) {
         if !id.is_bidi() {
             return self.session.on_uni_reset(conn, id, now);

@@ -24,9 +24,11 @@ fn valid_name(name: &[u8]) -> bool {
         })
 }
 
-/// A field value: no NUL, CR or LF, and no leading or trailing whitespace (RFC 9110 §5.5).
+/// A field value: RFC 9110 §5.5's field-content (visible ASCII, obs-text, and SP or HTAB
+/// only between them), which RFC 9114 §10.3 requires; so no control character at all.
 fn valid_value(v: &[u8]) -> bool {
-    !v.iter().any(|&c| c == 0 || c == b'\r' || c == b'\n')
+    v.iter()
+        .all(|&c| c == b' ' || c == b'\t' || (0x21..=0x7e).contains(&c) || c >= 0x80)
         && !v.first().is_some_and(|c| *c == b' ' || *c == b'\t')
         && !v.last().is_some_and(|c| *c == b' ' || *c == b'\t')
 }
@@ -133,11 +135,18 @@ mod tests {
             &[f("x", "a\r\nb")],
             &[f("x", " padded")],
             &[f("", "v")],
+            // RFC 9114 §10.3: no control character in a value, not only NUL, CR and LF.
+            &[f("x", "a\x01b")],
+            &[f("x", "a\x0bb")],
+            &[f("x", "a\x7fb")],
+            &[f(":method", "G\x1bT")],
         ];
         for fields in bad {
             assert!(split(fields, REQ).is_err(), "{fields:?}");
         }
         assert!(split(&[f("te", "trailers")], REQ).is_ok());
+        // Inner SP and HTAB, and obs-text, are field-content.
+        assert!(split(&[f("x", "a b\tc caf\u{e9}")], REQ).is_ok());
     }
 
     #[test]

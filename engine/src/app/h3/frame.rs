@@ -136,9 +136,11 @@ impl Default for Settings {
 
 impl Settings {
     /// Parses a SETTINGS payload. Duplicates and the HTTP/2 settings with no HTTP/3
-    /// meaning are H3_SETTINGS_ERROR (§7.2.4, §7.2.4.1); unknown ones are ignored.
+    /// meaning are H3_SETTINGS_ERROR (§7.2.4, §7.2.4.1); unknown ones are ignored. A
+    /// payload that ends inside a setting is H3_FRAME_ERROR (§7.1).
     pub fn decode(payload: &[u8]) -> Result<Settings, H3Error> {
         let bad = |reason| H3Error::new(code::SETTINGS_ERROR, reason);
+        let truncated = |_| H3Error::new(code::FRAME_ERROR, "SETTINGS ends inside a setting");
         let mut s = Settings::default();
         let mut r = Reader::new(payload);
         // Identifiers seen, to refuse duplicates without allocating: a payload is bounded
@@ -146,8 +148,8 @@ impl Settings {
         let mut seen: [u64; 32] = [0; 32];
         let mut n = 0usize;
         while !r.is_empty() {
-            let id = r.varint().map_err(|_| bad("truncated setting"))?;
-            let value = r.varint().map_err(|_| bad("truncated setting"))?;
+            let id = r.varint().map_err(truncated)?;
+            let value = r.varint().map_err(truncated)?;
             if seen[..n.min(seen.len())].contains(&id) {
                 return Err(bad("duplicate setting"));
             }
@@ -437,10 +439,13 @@ mod tests {
             Settings::decode(&h2).unwrap_err().code,
             code::SETTINGS_ERROR
         );
-        assert_eq!(
-            Settings::decode(&[0x06]).unwrap_err().code,
-            code::SETTINGS_ERROR
-        );
+        // An identifier without its value, a value cut short: H3_FRAME_ERROR (§7.1).
+        for truncated in [&[0x06][..], &[0x06, 0x40]] {
+            assert_eq!(
+                Settings::decode(truncated).unwrap_err().code,
+                code::FRAME_ERROR
+            );
+        }
         assert!(is_reserved(0x21) && is_reserved(0x40) && !is_reserved(0x22));
     }
 

@@ -386,6 +386,7 @@ fn parse_request(fields: &[Field]) -> Result<RequestHead, Malformed> {
             (None, None) => return Err("no :authority or host"),
             (Some(a), _) | (None, Some(a)) if a.is_empty() => return Err("empty authority"),
             (Some(a), Some(h)) if a != h => return Err(":authority and host differ"),
+            (Some(a), _) if a.contains(&b'@') => return Err("userinfo in :authority"),
             _ => {}
         }
         if path[0] != b'/' && !(path == b"*" && method == b"OPTIONS") {
@@ -619,6 +620,13 @@ mod tests {
                 f(":authority", "a"),
                 f(":path", "/"),
                 f("host", "b"),
+            ],
+            // §4.3.1: no userinfo in the authority of an http(s) URI.
+            vec![
+                f(":method", "GET"),
+                f(":scheme", "https"),
+                f(":authority", "user@a"),
+                f(":path", "/"),
             ],
             vec![
                 f(":method", "CONNECT"),

@@ -214,9 +214,15 @@ impl Session {
                 settings_seen,
             }) => {
                 reader.push(data);
-                let limit = |ty| frame::is_defined(ty).then_some(MAX_CONTROL_FRAME);
-                while let Some(item) = reader.next(limit) {
+                loop {
                     let first = !*settings_seen;
+                    // §6.2.1: the first frame must be SETTINGS, so until it has come every
+                    // frame is read, unknown and reserved types included; after it, those
+                    // are skipped unread (§9).
+                    let limit = |ty| (first || frame::is_defined(ty)).then_some(MAX_CONTROL_FRAME);
+                    let Some(item) = reader.next(limit) else {
+                        break;
+                    };
                     match item {
                         Item::Frame {
                             ty: frame::SETTINGS,
@@ -225,17 +231,23 @@ impl Session {
                             *settings_seen = true;
                             self.peer_settings = Some(Settings::decode(payload)?);
                         }
+                        Item::Oversized {
+                            ty: frame::SETTINGS,
+                            ..
+                        } if first => {
+                            return Err(H3Error::new(
+                                code::EXCESSIVE_LOAD,
+                                "SETTINGS frame too large",
+                            ));
+                        }
                         _ if first => {
                             return Err(H3Error::new(
                                 code::MISSING_SETTINGS,
                                 "control stream did not start with SETTINGS",
                             ));
                         }
-                        Item::Oversized { .. } => {
-                            return Err(H3Error::new(
-                                code::EXCESSIVE_LOAD,
-                                "control frame too large",
-                            ));
+                        Item::Oversized { ty, .. } => {
+                            return Err(oversized_control_frame(ty));
                         }
                         Item::Data(_) => {
                             return Err(H3Error::new(
@@ -416,5 +428,26 @@ fn control_frame(
             ))
         }
         _ => Ok(()), // unknown and reserved frame types are ignored (§9)
+    }
+}
+
+/// The error for a control-stream frame longer than we read (`MAX_CONTROL_FRAME`): a type
+/// never allowed there is unexpected whatever its size (§7.2.8); a frame of one varint
+/// cannot be that long unless it carries extra bytes (§7.1); anything else is more than we
+/// are willing to buffer.
+fn oversized_control_frame(ty: u64) -> H3Error {
+    match ty {
+        frame::HEADERS | frame::PUSH_PROMISE => H3Error::new(
+            code::FRAME_UNEXPECTED,
+            "request frame on the control stream",
+        ),
+        t if frame::is_http2_only(t) => H3Error::new(
+            code::FRAME_UNEXPECTED,
+            "HTTP/2 frame type on the control stream",
+        ),
+        frame::GOAWAY | frame::MAX_PUSH_ID | frame::CANCEL_PUSH => {
+            H3Error::new(code::FRAME_ERROR, "control frame longer than its field")
+        }
+        _ => H3Error::new(code::EXCESSIVE_LOAD, "control frame too large"),
     }
 }
