@@ -90,10 +90,20 @@ struct LossOutcome {
     signalling_losses: usize,
 }
 
+/// RFC 9002 §7.2: `packets` datagrams of the maximum size, but no more than `packets`
+/// datagrams of 1472 bytes (14,720 bytes for the default ten) unless that is under two
+/// datagrams: a path that allows jumbo datagrams gets no larger first burst.
+pub(super) fn initial_window(packets: usize, mds: u64) -> u64 {
+    let packets = packets as u64;
+    packets
+        .saturating_mul(mds)
+        .min(packets.saturating_mul(1472).max(2 * mds))
+}
+
 impl<T> Recovery<T> {
     pub fn new(config: RecoveryConfig) -> Self {
         let mds = config.max_datagram_size as u64;
-        let initial_window = (config.initial_window_packets as u64).saturating_mul(mds);
+        let initial_window = initial_window(config.initial_window_packets, mds);
         Self {
             side: config.side,
             pacing: config.pacing,
@@ -254,11 +264,13 @@ impl<T> Recovery<T> {
         let rtt_sampled = largest_newly_acked && any_ack_eliciting && on_this_path;
         if rtt_sampled {
             let latest = now.saturating_duration_since(newest_sent);
-            // §5.3: ack delay is meaningless for Initial/Handshake (acked immediately).
-            let delay = if epoch == Epoch::Data {
-                ack_delay
-            } else {
+            // §5.3: Initial packets are acknowledged at once, so their ACK's delay may be
+            // ignored; a Handshake ACK's is kept, as it counts the time the peer held our
+            // packets waiting for keys (RFC 9000 §13.2.5).
+            let delay = if epoch == Epoch::Initial {
                 Duration::ZERO
+            } else {
+                ack_delay
             };
             self.pto.update_rtt(latest, delay, self.handshake_confirmed);
             self.first_rtt_sample.get_or_insert(now);
@@ -447,7 +459,7 @@ impl<T> Recovery<T> {
         self.old_path_bytes_in_flight += moved;
         self.path_first_pn = first_pn;
         let mds = self.max_datagram_size;
-        let initial_window = (self.config.initial_window_packets as u64).saturating_mul(mds);
+        let initial_window = initial_window(self.config.initial_window_packets, mds);
         self.cc = Congestion::new(self.config.congestion, mds, initial_window);
         self.forget_undo();
         self.packet_threshold = PACKET_THRESHOLD;

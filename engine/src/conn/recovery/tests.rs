@@ -948,3 +948,56 @@ fn the_old_paths_flight_does_not_block_the_new_path() {
     r.discard_space(Epoch::Data, t0 + ms(13), &mut |_| {});
     assert_eq!(r.bytes_in_flight(), 0, "{total} bytes all released");
 }
+
+/// RFC 9002 §7.2: ten datagrams, but no more than 14,720 bytes unless that is under two
+/// datagrams; a configured count scales the byte cap with it.
+#[test]
+fn the_initial_window_is_capped_in_bytes() {
+    use super::loss::initial_window;
+    assert_eq!(initial_window(10, 1200), 12_000);
+    assert_eq!(initial_window(10, 1452), 14_520);
+    assert_eq!(initial_window(10, 1472), 14_720);
+    assert_eq!(initial_window(10, 9000), 18_000);
+    assert_eq!(initial_window(10, 65_527), 131_054);
+    assert_eq!(initial_window(32, 1200), 38_400);
+    // After a path change at a jumbo size the controller starts from the capped window.
+    let mut r: Recovery<u64> = Recovery::new(RecoveryConfig {
+        max_datagram_size: 9000,
+        ..config(Side::Server, CongestionAlgorithm::NewReno)
+    });
+    r.reset_for_new_path(Instant::now(), 0);
+    assert_eq!(r.congestion_window(), 18_000);
+}
+
+/// RFC 9002 §5.3: the ACK delay of an Initial ACK may be ignored (Initials are acknowledged
+/// at once), but a Handshake ACK's counts: the peer may have held our packets waiting for
+/// keys (RFC 9000 §13.2.5). Before the handshake is confirmed it is not capped by
+/// max_ack_delay.
+#[test]
+fn handshake_acks_report_their_delay_and_initial_acks_do_not() {
+    let t0 = Instant::now();
+    for (epoch, want) in [(Epoch::Initial, ms(50)), (Epoch::Handshake, ms(10))] {
+        let mut r: Recovery<u64> =
+            Recovery::new(config(Side::Client, CongestionAlgorithm::NewReno));
+        r.set_max_ack_delay(ms(25));
+        // A first sample of 10 ms, so the next one may be adjusted down to it.
+        r.on_packet_sent(t0, epoch, pkt(0, t0));
+        let sample = |r: &mut Recovery<u64>, pn: u64, now, delay| {
+            let acked = [pn..=pn].into_iter();
+            r.on_ack_received(now, epoch, acked, delay, None, &mut |_| {}, &mut |_| {})
+                .unwrap();
+        };
+        sample(&mut r, 0, t0 + ms(10), Duration::ZERO);
+        let t1 = t0 + ms(20);
+        r.on_packet_sent(t1, epoch, pkt(1, t1));
+        // 50 ms, of which the peer says 40 ms were its own (more than max_ack_delay).
+        sample(&mut r, 1, t1 + ms(50), ms(40));
+        assert_eq!(r.rtt().latest(), ms(50));
+        // smoothed = 7/8 * 10 + 1/8 * adjusted
+        let adjusted = (r.rtt().smoothed().as_nanos() as f64 - 8.75e6) * 8.0;
+        assert!(
+            (adjusted - want.as_nanos() as f64).abs() < 1e3,
+            "{epoch:?}: adjusted sample {adjusted} ns"
+        );
+    }
+}

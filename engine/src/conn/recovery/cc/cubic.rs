@@ -29,6 +29,8 @@ pub struct Cubic {
     epoch_start: Option<Instant>,
     /// W_est in bytes: the Reno-friendly estimate (RFC 9438 §4.3).
     w_est: f64,
+    /// cwnd_prior in bytes: the window when ssthresh was last set (RFC 9438 §4.3).
+    cwnd_prior: f64,
     last_sent: Option<Instant>,
 }
 
@@ -43,6 +45,7 @@ impl Cubic {
             k: 0.0,
             epoch_start: None,
             w_est: 0.0,
+            cwnd_prior: 0.0,
             last_sent: None,
         }
     }
@@ -100,8 +103,12 @@ impl Cubic {
             .w_cubic(t + rtt.smoothed().as_secs_f64())
             .clamp(self.window, 1.5 * self.window);
         // RFC 9438 §4.3: W_est grows like Reno with the same average rate; alpha becomes
-        // 1 once W_est reaches W_max.
-        let alpha = if self.w_est >= self.w_max { 1.0 } else { ALPHA };
+        // 1 once W_est reaches cwnd_prior (not W_max, which fast convergence lowers).
+        let alpha = if self.w_est >= self.cwnd_prior {
+            1.0
+        } else {
+            ALPHA
+        };
         self.w_est += alpha * bytes * mds / self.window;
         if self.w_cubic(t) < self.w_est {
             // Reno-friendly region.
@@ -136,11 +143,16 @@ impl Controller for Cubic {
     }
 
     fn on_ack(&mut self, now: Instant, bytes: u64, rtt: &RttEstimator) {
-        let bytes = bytes as f64;
+        let mut bytes = bytes as f64;
         if (self.window as u64) < self.ssthresh {
-            // Slow start (RFC 9438 §4.10 defers to RFC 9002 §7.3.1).
-            self.window += bytes;
-            return;
+            // Slow start (RFC 9438 §4.10 defers to RFC 9002 §7.3.1) up to ssthresh; the
+            // rest of a large ACK counts in congestion avoidance.
+            let grow = bytes.min(self.ssthresh as f64 - self.window).max(0.0);
+            self.window += grow;
+            bytes -= grow;
+            if bytes <= 0.0 {
+                return;
+            }
         }
         self.avoid_congestion(now, bytes, rtt);
     }
@@ -152,6 +164,7 @@ impl Controller for Cubic {
         }
         self.recovery_start = Some(now);
         self.epoch_start = None;
+        self.cwnd_prior = self.window;
         // RFC 9438 §4.7 fast convergence: release bandwidth to new flows when the window
         // did not recover to its previous maximum.
         self.w_max = if self.window < self.w_max {
@@ -167,10 +180,13 @@ impl Controller for Cubic {
     }
 
     fn on_persistent_congestion(&mut self) {
-        // RFC 9002 §7.6.2 and RFC 9438 §4.8: back to the minimum window, a fresh epoch.
+        // RFC 9002 §7.6.2 and RFC 9438 §4.8: back to the minimum window, and the first
+        // congestion avoidance stage after it starts with K = 0 and W_max at the window it
+        // starts from (`start_epoch`), not climbing back toward the old W_max.
         self.window = self.min_window();
         self.recovery_start = None;
         self.epoch_start = None;
+        self.w_max = 0.0;
     }
 
     fn in_recovery(&self, sent_time: Instant) -> bool {
@@ -319,6 +335,58 @@ mod tests {
         // Slow start again from the minimum window (ssthresh is still unset).
         cc.on_ack(t0, 2 * MDS, &rtt(100));
         assert_eq!(cc.window(), 4 * MDS);
+    }
+
+    /// RFC 9438 §4.8: after persistent congestion, slow start runs to ssthresh and the
+    /// congestion avoidance stage that follows starts on the curve's plateau (K = 0, W_max
+    /// the window it starts from), not below the W_max from before the collapse. And one
+    /// large ACK does not carry slow start past ssthresh.
+    #[test]
+    fn after_persistent_congestion_the_curve_starts_where_slow_start_ended() {
+        let t0 = Instant::now();
+        let r = rtt(100);
+        let mut cc = Cubic::new(MDS, 100 * MDS);
+        assert!(cc.on_congestion_event(t0, t0));
+        assert_eq!((cc.w_max(), cc.ssthresh()), (100 * MDS, 70 * MDS));
+        cc.on_persistent_congestion();
+        assert_eq!(cc.window(), 2 * MDS);
+        let t1 = t0 + Duration::from_secs(1);
+        cc.on_ack(t1, 100 * MDS, &r);
+        assert!(
+            cc.window() < 72 * MDS,
+            "slow start stopped near ssthresh: {} segments",
+            cc.window() / MDS
+        );
+        assert_eq!(cc.k(), 0.0);
+        assert!(cc.w_max().abs_diff(70 * MDS) <= 1, "W_max {}", cc.w_max());
+    }
+
+    /// RFC 9438 §4.3: after fast convergence lowered W_max, the Reno-friendly estimate keeps
+    /// alpha below 1 until it reaches cwnd_prior, the window before the reduction.
+    #[test]
+    fn reno_friendly_alpha_waits_for_cwnd_prior() {
+        let t0 = Instant::now();
+        let r = rtt(10);
+        let mut cc = Cubic::new(MDS, 100 * MDS);
+        cc.on_congestion_event(t0, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        // A second reduction below W_max: W_max = 0.85 * 70, cwnd_prior = 70 segments.
+        cc.on_congestion_event(t1, t1);
+        assert!(cc.w_max() < cc.cwnd_prior as u64);
+        // Round trips of ACKs until W_est has passed W_max...
+        let mut now = t1 + Duration::from_millis(1);
+        while cc.w_est < cc.w_max + MDS as f64 {
+            now = run(&mut cc, now, &r, 1);
+        }
+        assert!(cc.w_est < cc.cwnd_prior - MDS as f64);
+        // ...and still, a window's worth of ACKs grows W_est by alpha (0.53) segments, not 1.
+        let before = cc.w_est;
+        let acks = cc.window() / MDS;
+        for _ in 0..acks {
+            cc.on_ack(now, MDS, &r);
+        }
+        let grown = (cc.w_est - before) / MDS as f64;
+        assert!((grown - ALPHA).abs() < 0.06, "W_est grew {grown} segments");
     }
 
     #[test]

@@ -41,11 +41,17 @@ impl Controller for NewReno {
 
     fn on_packet_sent(&mut self, _now: Instant, _bytes_in_flight: u64) {}
 
-    fn on_ack(&mut self, _now: Instant, bytes: u64, _rtt: &RttEstimator) {
+    fn on_ack(&mut self, _now: Instant, mut bytes: u64, _rtt: &RttEstimator) {
         if self.window < self.ssthresh {
-            // Slow start (RFC 9002 §7.3.1).
-            self.window += bytes;
-            return;
+            // Slow start (RFC 9002 §7.3.1) up to ssthresh; what one ACK acknowledged beyond
+            // that counts in congestion avoidance (§7.3.3), or a large ACK after persistent
+            // congestion would carry the window far past ssthresh.
+            let grow = bytes.min(self.ssthresh - self.window);
+            self.window += grow;
+            bytes -= grow;
+            if bytes == 0 {
+                return;
+            }
         }
         // Congestion avoidance: one datagram per window acknowledged (§7.3.3), counted
         // exactly instead of with a per-ack fraction.
@@ -102,6 +108,21 @@ mod tests {
         cc.on_ack(t, 10 * MDS, &rtt());
         assert_eq!(cc.window(), 20 * MDS);
         assert_eq!(cc.ssthresh(), u64::MAX);
+    }
+
+    /// RFC 9002 §7.3.3: slow start ends at ssthresh. One large ACK after persistent
+    /// congestion grows the window to ssthresh, and the rest of it counts in congestion
+    /// avoidance: one datagram per window acknowledged.
+    #[test]
+    fn slow_start_stops_at_ssthresh_within_one_ack() {
+        let t = Instant::now();
+        let mut cc = NewReno::new(MDS, 10 * MDS);
+        cc.on_congestion_event(t, t);
+        cc.on_persistent_congestion();
+        assert_eq!((cc.window(), cc.ssthresh()), (2 * MDS, 5 * MDS));
+        // 3 datagrams' worth reach ssthresh; the other 7 are more than one window of 5.
+        cc.on_ack(t, 10 * MDS, &rtt());
+        assert_eq!(cc.window(), 6 * MDS);
     }
 
     #[test]
