@@ -431,6 +431,63 @@ fn kind(p: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// The types of the long-header packets coalesced in `datagram`, in order.
+fn coalesced_kinds(datagram: &[u8]) -> Vec<&'static str> {
+    let mut kinds = Vec::new();
+    let mut rest = datagram;
+    while let Ok((
+        Header::Long {
+            pn_offset, length, ..
+        },
+        _,
+    )) = header::parse(rest, CID_LEN)
+    {
+        kinds.extend(kind(rest));
+        let Some(next) = rest.get(pn_offset + length..) else {
+            break;
+        };
+        rest = next;
+    }
+    kinds
+}
+
+/// RFC 9002 §6.2.4: when the PTO fires in one handshake space, the other one with
+/// ack-eliciting data in flight probes too. A server whose first flight (Initial and
+/// Handshake) was lost resends both on its first PTO.
+#[test]
+fn one_pto_resends_both_lost_handshake_flights() {
+    let mut net = Net::new(TransportConfig::default());
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    let lost: Vec<&str> = net
+        .server_out()
+        .iter()
+        .flat_map(|d| coalesced_kinds(d))
+        .collect();
+    assert!(
+        lost.contains(&"initial") && lost.contains(&"handshake"),
+        "first flight: {lost:?}"
+    );
+    let pto = net.server.next_timeout().expect("the server armed its PTO");
+    net.now = pto;
+    let mut disp = AppDispatcher { factory: &net.apps };
+    net.server.handle_timeouts(net.now, &mut disp);
+    let probes: Vec<&str> = net
+        .server_out()
+        .iter()
+        .flat_map(|d| coalesced_kinds(d))
+        .collect();
+    assert!(
+        probes.contains(&"initial") && probes.contains(&"handshake"),
+        "one PTO's probes: {probes:?}"
+    );
+    // And the handshake completes from them.
+    net.run(Duration::from_secs(5), |n| n.client_conn().is_established());
+    net.echo_round_trip(1000, 1);
+    net.assert_healthy();
+}
+
 // ---- hand-made Initials ------------------------------------------------------------------
 
 /// A client Initial (RFC 9000 §17.2.2) carrying `frames`, padded so the datagram is

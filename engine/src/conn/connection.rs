@@ -1158,16 +1158,33 @@ impl Connection {
         self.lost_scratch = lost;
         self.end_loss_event(now);
         if let Some(req) = probe {
-            let space = &mut self.spaces[req.epoch.index()];
-            space.probes = space.probes.max(req.count);
-            // RFC 9002 §6.2.4: probes should carry data; for the handshake spaces resend
-            // unacknowledged CRYPTO data.
-            if req.epoch != Epoch::Data {
-                for p in self.recovery.outstanding(req.epoch) {
-                    for r in &p.data.records {
-                        if let FrameRecord::Crypto { offset, len } = *r {
-                            space.crypto.on_lost(offset, len);
-                        }
+            self.queue_probe(req.epoch, req.count);
+            // RFC 9002 §6.2.4: the other handshake space with ack-eliciting data in flight
+            // probes too (coalesced into the same datagram), so a server whose Initial and
+            // Handshake flights were both lost gets both resent by one PTO, not the second
+            // a PTO later.
+            for other in [Epoch::Initial, Epoch::Handshake] {
+                if other != req.epoch
+                    && req.epoch != Epoch::Data
+                    && !self.spaces[other.index()].discarded
+                    && self.recovery.in_flight_ack_eliciting(other)
+                {
+                    self.queue_probe(other, 1);
+                }
+            }
+        }
+    }
+
+    /// Sends `count` probes in `epoch`; for a handshake space they resend its
+    /// unacknowledged CRYPTO data (RFC 9002 §6.2.4: probes should carry data).
+    fn queue_probe(&mut self, epoch: Epoch, count: u8) {
+        let space = &mut self.spaces[epoch.index()];
+        space.probes = space.probes.max(count);
+        if epoch != Epoch::Data {
+            for p in self.recovery.outstanding(epoch) {
+                for r in &p.data.records {
+                    if let FrameRecord::Crypto { offset, len } = *r {
+                        space.crypto.on_lost(offset, len);
                     }
                 }
             }
