@@ -26,6 +26,7 @@ use quench::tls::session::{
 use quench::wire::cid::ConnectionId;
 use quench::wire::frame::{Frame, FrameIter};
 use quench::wire::header::{self, Header, LongType, VERSION_1, VERSION_2};
+use quench::wire::steer::CidLayout;
 use quench::wire::varint::Writer;
 use quench::worker::transmit;
 use quench::{Epoch, Side};
@@ -242,6 +243,8 @@ struct SimOptions {
     client_tls: Option<Arc<rustls::ClientConfig>>,
     /// The server's TLS config, if not `server_config`'s (for the echo ALPN).
     server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The server's CID layout and server id, if not the default.
+    server_cids: Option<(CidLayout, Vec<u8>)>,
 }
 
 impl SimOptions {
@@ -260,6 +263,7 @@ impl SimOptions {
             server_transport: None,
             server_versions: None,
             client_tls: None,
+            server_cids: None,
             server_tls: None,
         }
     }
@@ -290,6 +294,10 @@ impl Sim {
         let server_transport = o.server_transport.unwrap_or_else(|| o.transport.clone());
         let mut scfg = EndpointConfig::new(server_transport, Some(stls));
         scfg.require_retry = o.require_retry;
+        if let Some((layout, server_id)) = o.server_cids {
+            scfg.layout = layout;
+            scfg.server_id = server_id;
+        }
         scfg.max_connections = o.max_connections;
         scfg.preferred_versions = o.server_preferred;
         if let Some(versions) = o.server_versions {
@@ -579,6 +587,25 @@ fn quic_v2_handshake_and_transfer() {
     let (mut sim, h) = Sim::with(o);
     sim.run_to_completion(h, 2, Duration::from_secs(60));
     assert_eq!(sim.server.stats().connections_accepted, 1);
+}
+
+/// RFC 9000 §7.2: only a client's first DCID must be 8 bytes or more. After a Retry it is
+/// the Retry's SCID, one of the server's CIDs, which a 7-byte layout makes shorter: those
+/// Initials are accepted, and the connection completes.
+#[test]
+fn retry_works_with_a_server_whose_cids_are_shorter_than_8_bytes() {
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 64 << 10);
+    o.require_retry = true;
+    let layout = CidLayout {
+        cid_len: 7,
+        server_id_len: 0,
+    };
+    assert!(layout.is_valid());
+    o.server_cids = Some((layout, Vec::new()));
+    let (mut sim, h) = Sim::with(o);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    let stats = sim.server.stats();
+    assert_eq!((stats.retries_sent, stats.connections_accepted), (1, 1));
 }
 
 #[test]
@@ -1107,6 +1134,55 @@ fn early_data_answered_by_version_negotiation_is_made_again_in_the_new_version()
     sim.client.dispatch_events(now, h, &mut sim.handler);
     let early = sim.client.conn(h).unwrap().stats();
     assert!(early.early_data_attempted, "0-RTT in v1 with the v1 ticket");
+    sim.run_to_completion(h, 2, Duration::from_secs(60));
+    let conn = sim.client.conn(h).unwrap();
+    assert_eq!(conn.version(), VERSION_2);
+    assert!(!conn.stats().early_data_accepted);
+    assert_eq!(sim.server.stats().early_data_accepted, 0);
+}
+
+/// The same with a ticket of the new version too: the restart in v2 could resume with it
+/// and offer early data, which a server would accept though none was ever sent in v2. The
+/// restart offers none (RFC 9369 §5), so the client hears its early data was refused and
+/// sends its requests again in 1-RTT; the transfer completes.
+#[test]
+fn early_data_voided_by_version_negotiation_is_never_reported_accepted() {
+    let (stls, ctls) = early_data_configs();
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 2, 16 << 10);
+    o.client_tls = Some(ctls.clone());
+    o.server_tls = Some(stls.clone());
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 2, Duration::from_secs(60));
+    let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
+    // A v2 connection, for a v2 ticket.
+    sim.advance(Duration::from_secs(2));
+    let v2_only = VersionOffer {
+        original: VERSION_2,
+        preference: vec![VERSION_2],
+    };
+    let now = sim.now;
+    let h2 = sim
+        .client
+        .connect_offering(now, ctls.clone(), "localhost", saddr, &v2_only)
+        .unwrap();
+    sim.client.dispatch_events(now, h2, &mut sim.handler);
+    sim.run_to_completion(h2, 2, Duration::from_secs(60));
+    assert_eq!(sim.client.conn(h2).unwrap().version(), VERSION_2);
+    sim.advance(Duration::from_secs(2));
+    let mut cfg = EndpointConfig::new(TransportConfig::default(), Some(stls));
+    cfg.versions = vec![VERSION_2];
+    sim.server = Endpoint::new(cfg);
+    let offer = VersionOffer {
+        original: VERSION_1,
+        preference: vec![VERSION_1, VERSION_2],
+    };
+    let now = sim.now;
+    let h = sim
+        .client
+        .connect_offering(now, ctls, "localhost", saddr, &offer)
+        .unwrap();
+    sim.client.dispatch_events(now, h, &mut sim.handler);
+    assert!(sim.client.conn(h).unwrap().stats().early_data_attempted);
     sim.run_to_completion(h, 2, Duration::from_secs(60));
     let conn = sim.client.conn(h).unwrap();
     assert_eq!(conn.version(), VERSION_2);

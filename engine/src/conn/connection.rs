@@ -236,8 +236,9 @@ pub struct Connection {
     /// Client offering more than one version: what it takes to start over in another after
     /// Version Negotiation (RFC 9368 §2.1), and whether it did.
     pub(crate) version_fallback: Option<Box<VersionFallback>>,
-    /// Server: the version of the client's first flight, the Chosen Version its
+    /// The version of the client's first flight. Server: the Chosen Version the client's
     /// version_information must name (RFC 9368 §4), whatever the connection moves to.
+    /// Client: the version its 0-RTT packets keep (RFC 9369 §4).
     pub(crate) first_flight_version: u32,
     /// Compatible version negotiation, while undecided (`compatible_version.rs`).
     pub(crate) compatible: Option<CompatibleNegotiation>,
@@ -549,15 +550,24 @@ impl Connection {
             ));
         };
         fallback.original = Some(self.version);
+        // No early data in the new version: what the application queued as early data was
+        // voided above and goes again in 1-RTT once told so (`settle_early_data`), which
+        // it would not be if a ticket of the new version had the server accept early data
+        // we never sent. Tickets belong to their version (RFC 9369 §5), so resuming with
+        // one is fine; offering its early data is what the restart must not do.
+        let mut tls_config = (*fallback.tls_config).clone();
+        tls_config.enable_early_data = false;
         self.tls = client_tls(
             &self.config,
             &self.streams,
             self.handshake_scid,
-            &fallback.tls_config,
+            &Arc::new(tls_config),
             &fallback.server_name,
             version,
             &[version],
         )?;
+        // RFC 9369 §5: nor a token of the first version's connection.
+        self.initial_token.clear();
         // The new first flight is in the version the server listed; no further switch.
         self.compatible = None;
         tracing::debug!(

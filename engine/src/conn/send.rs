@@ -787,8 +787,15 @@ impl Connection {
                     &[]
                 };
                 let scid = self.handshake_scid;
+                // RFC 9369 §4: 0-RTT stays in the version of the first flight, whose keys
+                // sealed it, even once the server has moved the connection to another.
+                let version = if ty == LongType::ZeroRtt {
+                    self.first_flight_version
+                } else {
+                    self.version
+                };
                 let layout =
-                    header::write_long(&mut w, ty, self.version, &dcid, &scid, token, pn, pn_len)
+                    header::write_long(&mut w, ty, version, &dcid, &scid, token, pn, pn_len)
                         .ok()?;
                 let pn_offset = layout.pn_offset;
                 Some((pn, pn_offset, pn_len, w.len(), Some(layout)))
