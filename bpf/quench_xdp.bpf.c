@@ -201,6 +201,10 @@ int quench_xdp(struct xdp_md *ctx)
 		ihl = ip->ihl * 4;
 		if (ihl < sizeof(*ip))
 			return verdict(QUENCH_STAT_PASS_MALFORMED, XDP_PASS);
+		/* Multicast and broadcast are nothing a server answers: the kernel's. */
+		if ((ip->daddr & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000) ||
+		    ip->daddr == 0xffffffff)
+			return verdict(QUENCH_STAT_PASS_MALFORMED, XDP_PASS);
 		udp = (void *)ip + ihl;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data;
@@ -209,7 +213,14 @@ int quench_xdp(struct xdp_md *ctx)
 			return verdict(QUENCH_STAT_PASS_MALFORMED, XDP_PASS);
 		if (ip6->nexthdr != IPPROTO_UDP)
 			return verdict(QUENCH_STAT_PASS_NOT_UDP, XDP_PASS);
+		if (ip6->daddr.in6_u.u6_addr8[0] == 0xff)
+			return verdict(QUENCH_STAT_PASS_MALFORMED, XDP_PASS);
 		udp = (void *)(ip6 + 1);
+		/* RFC 8200 §8.1: a zero UDP checksum is invalid over IPv6; the kernel drops
+		 * it. (A partial checksum from a veth peer is the folded pseudo-header sum,
+		 * never zero.) */
+		if ((void *)(udp + 1) <= data_end && udp->check == 0)
+			return verdict(QUENCH_STAT_PASS_MALFORMED, XDP_PASS);
 	} else {
 		return verdict(QUENCH_STAT_PASS_NOT_IP, XDP_PASS);
 	}
@@ -219,6 +230,9 @@ int quench_xdp(struct xdp_md *ctx)
 	dport = bpf_ntohs(udp->dest);
 	if (!bpf_map_lookup_elem(&ports, &dport))
 		return verdict(QUENCH_STAT_PASS_OTHER_PORT, XDP_PASS);
+	/* No reply can go to port 0. */
+	if (udp->source == 0)
+		return verdict(QUENCH_STAT_PASS_MALFORMED, XDP_PASS);
 	/* Packet pointers stay valid across map lookups; only helpers that change packet
 	 * data (adjust_head, ...) invalidate them, and this program calls none. */
 
@@ -236,7 +250,7 @@ int quench_xdp(struct xdp_md *ctx)
 	n_workers = cfg.n_workers ? cfg.n_workers : 1;
 	first = quic[0];
 	if (first & 0x80) {
-		__u32 version, dcid_len, hash = FNV_BASIS;
+		__u32 version, dcid_len, known, hash = FNV_BASIS;
 		__u8 *dcid;
 		int i;
 
@@ -245,14 +259,25 @@ int quench_xdp(struct xdp_md *ctx)
 			return verdict(QUENCH_STAT_DROP_BAD_LONG, XDP_DROP);
 		version = ((__u32)quic[1] << 24) | ((__u32)quic[2] << 16) |
 			  ((__u32)quic[3] << 8) | quic[4];
-		/* RFC 9000 §17.2: the fixed bit is 1 in all but Version Negotiation. */
-		if (version != 0 && !(first & 0x40))
+		known = version == QUIC_V1 || version == QUIC_V2;
+		/* RFC 9000 §17.2, RFC 9369 §3: the fixed bit is 1 in v1 and v2. Other versions
+		 * define their own bits (RFC 8999): not ours to judge. */
+		if (known && !(first & 0x40))
 			return verdict(QUENCH_STAT_DROP_FIXED_BIT, XDP_DROP);
 		dcid_len = quic[5];
-		/* RFC 9000 §17.2: v1 DCIDs are at most 20 bytes; longer ones (other versions)
-		 * are dropped here rather than steered inconsistently. */
-		if (dcid_len > QUENCH_MAX_CID_LEN || 6 + dcid_len > plen)
+		if (6 + dcid_len > plen)
 			return verdict(QUENCH_STAT_DROP_BAD_LONG, XDP_DROP);
+		if (version != 0 && !known) {
+			/* A version we do not speak: RFC 9000 §5.2.2 drops it under 1200 bytes;
+			 * at 1200 or more userspace answers with Version Negotiation, whatever the
+			 * DCID's length (RFC 8999 allows 255), so it is hashed on at most its first
+			 * 20 bytes below. */
+			if (cfg.drop_small_initial && plen < QUENCH_MIN_INITIAL_DATAGRAM)
+				return verdict(QUENCH_STAT_DROP_SHORT_INITIAL, XDP_DROP);
+		} else if (dcid_len > QUENCH_MAX_CID_LEN) {
+			/* RFC 9000 §17.2: v1 and v2 DCIDs are at most 20 bytes. */
+			return verdict(QUENCH_STAT_DROP_BAD_LONG, XDP_DROP);
+		}
 		/* RFC 9000 §14.1: a server MUST discard an Initial packet carried in a UDP
 		 * datagram whose payload is smaller than 1200 bytes. */
 		if (cfg.drop_small_initial && is_initial(version, first) &&

@@ -149,6 +149,18 @@ fn verdicts_without_sockets() {
     let mut lying = v4(&short(&server_cid(1), 60));
     lying[38..40].copy_from_slice(&2000u16.to_be_bytes());
     assert_eq!(run(&p, &lying).1.pass_malformed, 1);
+    // To multicast or broadcast, from port 0: left to the kernel.
+    for dst in ["224.0.0.251:4433", "255.255.255.255:4433", "[ff02::1]:4433"] {
+        let f = frame(dst, &short(&server_cid(1), 60), None);
+        assert_eq!(run(&p, &f).1.pass_malformed, 1, "{dst}");
+    }
+    let mut port0 = v4(&short(&server_cid(1), 60));
+    port0[34..36].fill(0);
+    assert_eq!(run(&p, &port0).1.pass_malformed, 1);
+    // RFC 8200 §8.1: UDP over IPv6 with a zero checksum is invalid; the kernel drops it.
+    let mut zero_sum = frame("[fd99::1]:4433", &short(&server_cid(1), 60), None);
+    zero_sum[14 + 40 + 6..14 + 40 + 8].fill(0);
+    assert_eq!(run(&p, &zero_sum).1.pass_malformed, 1);
 }
 
 #[test]
@@ -236,6 +248,22 @@ fn verdicts_with_sockets() {
     assert_eq!(dropped(v4(&bad)).drop_fixed_bit, 1);
     // DCID longer than 20, and a DCID running past the datagram.
     assert_eq!(dropped(v4(&long(V1, 2, &[1; 21], 100))).drop_bad_long, 1);
+    // A version we do not speak gets to userspace for Version Negotiation at 1200 bytes,
+    // whatever its fixed bit and DCID length (RFC 8999); under 1200 it is dropped (RFC
+    // 9000 §5.2.2).
+    let grease = 0x1a2a_3a4a;
+    let long_dcid = [7u8; 40];
+    ok(
+        v4(&long(grease, 0, &long_dcid, 1200)),
+        fnv1a32(&long_dcid[..20]) % WORKERS,
+    );
+    let mut no_fixed_bit = long(grease, 0, &cdcid, 1200);
+    no_fixed_bit[0] &= !0x40;
+    ok(v4(&no_fixed_bit), hw);
+    assert_eq!(
+        dropped(v4(&long(grease, 0, &cdcid, 1199))).drop_short_initial,
+        1
+    );
     let mut trunc = vec![0xe0u8, 0, 0, 0, 1, 20];
     trunc.extend_from_slice(&[9; 10]);
     assert_eq!(dropped(v4(&trunc)).drop_bad_long, 1);

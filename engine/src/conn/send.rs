@@ -736,7 +736,8 @@ impl Connection {
         if ack_eliciting && space.probes > 0 {
             space.probes -= 1;
         }
-        let payload_len = pad_for_sample(buf, header_len, pos - header_len, pn_len);
+        let min_packet = self.min_packet_len(&layout);
+        let payload_len = pad_for_sample(buf, header_len, pos - header_len, pn_len, min_packet);
         if epoch == Epoch::Data {
             // 0-RTT packets belong to no key phase: their ACKs do not let a key update
             // start (RFC 9001 §6.1 wants an ACK of a packet sent with the current keys).
@@ -800,6 +801,19 @@ impl Connection {
                 let pn_offset = layout.pn_offset;
                 Some((pn, pn_offset, pn_len, w.len(), Some(layout)))
             }
+        }
+    }
+
+    /// The least a packet of this layout may be: a short header one carries at least 22
+    /// bytes more than our CIDs (RFC 9000 §10.3), so a peer's stateless reset in answer,
+    /// one byte shorter, is still long enough to be told from a packet of ours (and to
+    /// pass the XDP program's short-header check). Long headers are larger anyway.
+    #[inline]
+    fn min_packet_len(&self, layout: &Option<header::LongHeaderLayout>) -> usize {
+        if layout.is_some() {
+            0
+        } else {
+            self.handshake_scid.len() + 22
         }
     }
 
@@ -933,7 +947,8 @@ impl Connection {
         let mut w = Writer::new(&mut buf[header_len..end]);
         frame.encode(&mut w).ok()?;
         let written = w.len();
-        let payload_len = pad_for_sample(buf, header_len, written, pn_len);
+        let min_packet = self.min_packet_len(&layout);
+        let payload_len = pad_for_sample(buf, header_len, written, pn_len, min_packet);
         let taken = self.spaces[epoch.index()].take_pn();
         debug_assert_eq!(taken, pn);
         let frames = self.sent_pool.take(epoch);
@@ -955,9 +970,20 @@ impl Connection {
 }
 
 /// The header-protection sample starts 4 bytes after the packet number (RFC 9001 §5.4.2):
-/// pads a short payload with PADDING (zeros) so the sample fits. Returns the payload length.
-fn pad_for_sample(buf: &mut [u8], header_len: usize, payload_len: usize, pn_len: usize) -> usize {
-    let min_payload = 4usize.saturating_sub(pn_len);
+/// pads a short payload with PADDING (zeros) so the sample fits, and the whole packet to
+/// `min_packet` bytes where `buf` allows. Returns the payload length.
+fn pad_for_sample(
+    buf: &mut [u8],
+    header_len: usize,
+    payload_len: usize,
+    pn_len: usize,
+    min_packet: usize,
+) -> usize {
+    let room = buf.len().saturating_sub(header_len + TAG_LEN);
+    let min_payload = min_packet
+        .saturating_sub(header_len + TAG_LEN)
+        .min(room)
+        .max(4usize.saturating_sub(pn_len));
     if payload_len < min_payload {
         buf[header_len + payload_len..header_len + min_payload].fill(0);
         return min_payload;

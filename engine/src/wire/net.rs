@@ -57,6 +57,10 @@ pub enum NetError {
     Fragmented,
     #[error("UDP length disagrees with the IP length")]
     BadUdpLength,
+    #[error("UDP over IPv6 without a checksum")]
+    MissingUdpChecksum,
+    #[error("not from a unicast address and port, or not to a unicast address")]
+    NotUnicast,
     #[error("source and destination address families differ")]
     FamilyMismatch,
     #[error("buffer too small for headers and payload")]
@@ -102,7 +106,10 @@ fn mac_at(b: &[u8], at: usize) -> Result<MacAddr, NetError> {
 
 /// Parses Ethernet (+ one VLAN tag) / IPv4 or IPv6 / UDP. IPv6 extension headers and IPv4
 /// fragments are rejected (QUIC never needs them). The UDP checksum is not verified: veth
-/// peers hand over partial checksums and the AEAD protects the payload anyway.
+/// peers hand over partial checksums and the AEAD protects the payload anyway; but over
+/// IPv6 a zero one is invalid (RFC 8200 §8.1). Datagrams to multicast or broadcast
+/// addresses, or from port 0 or a multicast, broadcast or unspecified address, are
+/// rejected: nothing a server should answer.
 pub fn parse_udp_frame(frame: &[u8]) -> Result<UdpFrame, NetError> {
     let dst_mac = mac_at(frame, 0)?;
     let src_mac = mac_at(frame, 6)?;
@@ -125,6 +132,12 @@ pub fn parse_udp_frame(frame: &[u8]) -> Result<UdpFrame, NetError> {
     if udp_len < UDP_HDR_LEN || udp_len > l4_len {
         return Err(NetError::BadUdpLength);
     }
+    if ethertype == ETHERTYPE_IPV6 && be16(frame, l4_off + 6)? == 0 {
+        return Err(NetError::MissingUdpChecksum);
+    }
+    if src_port == 0 || !is_unicast(src_ip) || !is_unicast(dst_ip) {
+        return Err(NetError::NotUnicast);
+    }
     Ok(UdpFrame {
         dst_mac,
         src_mac,
@@ -135,6 +148,14 @@ pub fn parse_udp_frame(frame: &[u8]) -> Result<UdpFrame, NetError> {
         payload_offset: l4_off + UDP_HDR_LEN,
         payload_len: udp_len - UDP_HDR_LEN,
     })
+}
+
+/// Neither multicast, broadcast nor unspecified.
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !(a.is_multicast() || a.is_broadcast() || a.is_unspecified()),
+        IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified()),
+    }
 }
 
 /// Returns (src, dst, ecn, l4 offset, l4 length).
@@ -458,6 +479,32 @@ mod tests {
         let mut b = buf.clone();
         b[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert_eq!(parse_udp_frame(&b[..n]), Err(NetError::NotIp(0x0806)));
+        // From port 0, from or to a multicast or broadcast address.
+        for (src, dst) in [
+            ("10.99.0.1:0", "10.99.0.2:4433"),
+            ("224.0.0.1:5000", "10.99.0.2:4433"),
+            ("10.99.0.1:5000", "255.255.255.255:4433"),
+            ("10.99.0.1:5000", "239.1.2.3:4433"),
+            ("[fd99::1]:5000", "[ff02::1]:4433"),
+            ("[::]:5000", "[fd99::2]:4433"),
+        ] {
+            let n = hdrs(src, dst, None).emit(&mut buf, 50).unwrap();
+            assert_eq!(
+                parse_udp_frame(&buf[..n]),
+                Err(NetError::NotUnicast),
+                "{src} -> {dst}"
+            );
+        }
+        // RFC 8200 §8.1: UDP over IPv6 must carry a checksum.
+        let n = hdrs("[fd99::1]:5000", "[fd99::2]:4433", None)
+            .emit(&mut buf, 50)
+            .unwrap();
+        assert!(parse_udp_frame(&buf[..n]).is_ok());
+        buf[14 + 40 + 6..14 + 40 + 8].fill(0);
+        assert_eq!(
+            parse_udp_frame(&buf[..n]),
+            Err(NetError::MissingUdpChecksum)
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! same queue, and the worker byte in our CIDs then names a worker already there: no
 //! hand-off between workers until the client migrates.
 
+use crate::wire::header::{VERSION_1, VERSION_2};
+
 /// Where the worker id sits inside server-issued connection IDs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CidLayout {
@@ -160,12 +162,32 @@ pub fn dcid_of_datagram(payload: &[u8], cid_len: usize) -> Option<&[u8]> {
 /// Who handles a datagram, as the XDP program steers it; `None` when no DCID can be read
 /// (the program drops those).
 pub fn owner_of_datagram(payload: &[u8], layout: &CidLayout, n_workers: u32) -> Option<Owner> {
+    if let Some(dcid) = long_dcid_of_unknown_version(payload) {
+        // Version Negotiation material, steered on at most the first 20 bytes.
+        return Some(Owner::Arrival {
+            hash: fnv1a32(&dcid[..dcid.len().min(MAX_CID_LEN)]),
+        });
+    }
     let dcid = dcid_of_datagram(payload, layout.cid_len)?;
     if payload[0] & 0x80 != 0 {
         Some(owner_of_long_dcid(dcid, layout, n_workers))
     } else {
         worker_in_cid(dcid, layout, n_workers).map(Owner::Worker)
     }
+}
+
+/// The DCID of a long header of a version neither v1 nor v2 (nor Version Negotiation),
+/// which may be up to 255 bytes (RFC 8999 §5.1).
+fn long_dcid_of_unknown_version(payload: &[u8]) -> Option<&[u8]> {
+    if payload.first()? & 0x80 == 0 {
+        return None;
+    }
+    let version = u32::from_be_bytes(payload.get(1..5)?.try_into().ok()?);
+    if matches!(version, 0 | VERSION_1 | VERSION_2) {
+        return None;
+    }
+    let len = usize::from(*payload.get(5)?);
+    payload.get(6..6 + len)
 }
 
 /// The worker another worker must hand a datagram to: `Some` only for one of our CIDs

@@ -360,8 +360,14 @@ impl XdpDatapath {
         let mut room = fc.fill.free(fsize);
         while room > 0 {
             let Some(base) = self.take_frame() else { break };
-            umem.ledger()
-                .move_frame(base, FrameState::Free, FrameState::Fill);
+            if !umem
+                .ledger()
+                .move_frame(base, FrameState::Free, FrameState::Fill)
+            {
+                // Listed free but owned elsewhere (logged and counted as a violation):
+                // quarantined, never handed to the kernel while someone may write it.
+                continue;
+            }
             if !fc.fill.push(base) {
                 // Unreachable given `room`, but never lose a frame.
                 umem.ledger()
@@ -459,9 +465,14 @@ impl XdpDatapath {
                 }
             }
         }
-        umem.ledger()
-            .move_frame(base, FrameState::Rx, FrameState::Free);
-        self.free_frame(base);
+        // A frame the ledger did not have in Rx is not ours to list free (a violation,
+        // logged and counted); it is left out of circulation.
+        if umem
+            .ledger()
+            .move_frame(base, FrameState::Rx, FrameState::Free)
+        {
+            self.free_frame(base);
+        }
         delivered
     }
 
@@ -475,7 +486,9 @@ impl XdpDatapath {
                 syscall::kick_tx(self.socket.fd())?;
                 rounds -= 1;
             }
-        } else if n > 0 && self.socket.tx.needs_wakeup() {
+        } else if self.socket.tx.outstanding() > 0 && self.socket.tx.needs_wakeup() {
+            // Whenever entries wait, not only when this call published some: the driver
+            // may have set NEED_WAKEUP after an earlier publish read the flag clear.
             syscall::kick_tx(self.socket.fd())?;
         }
         Ok(n)
@@ -563,8 +576,14 @@ impl Datapath for XdpDatapath {
         };
         let group = Arc::clone(&self.group);
         let umem = &group.umem;
-        umem.ledger()
-            .move_frame(base, FrameState::Free, FrameState::Tx);
+        if !umem
+            .ledger()
+            .move_frame(base, FrameState::Free, FrameState::Tx)
+        {
+            // Listed free but owned elsewhere (logged and counted as a violation): never
+            // written, left out of circulation; this datagram is dropped.
+            return false;
+        }
         let frame_size = umem.frame_size() as usize;
         // SAFETY: the whole frame is inside the UMEM and ours: taken from a free list and
         // moved to Tx in the ledger; the kernel sees it only after we publish its

@@ -242,15 +242,17 @@ impl<T: Copy> ConsumerRing<T> {
     }
 
     /// The `i`-th ready entry; `i` must be below what [`available`](Self::available)
-    /// returned.
+    /// returned. Checked in release builds too: `read`'s safety rests on it (a slot past
+    /// the producer may be under the kernel's pen), and it costs one compare.
     pub fn get(&self, i: u32) -> T {
-        debug_assert!(i < self.cached_prod.wrapping_sub(self.cached_cons));
+        assert!(i < self.cached_prod.wrapping_sub(self.cached_cons));
         self.mem.read(self.cached_cons.wrapping_add(i))
     }
 
-    /// Hands `n` read entries back to the producer.
+    /// Hands `n` read entries back to the producer. Checked in release builds too: a
+    /// consumer index past the producer's would corrupt the kernel's view of the ring.
     pub fn release(&mut self, n: u32) {
-        debug_assert!(n <= self.cached_prod.wrapping_sub(self.cached_cons));
+        assert!(n <= self.cached_prod.wrapping_sub(self.cached_cons));
         self.cached_cons = self.cached_cons.wrapping_add(n);
         self.mem
             .consumer()
