@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
@@ -2019,6 +2019,38 @@ fn tokens_we_cannot_open_earn_a_retry_unless_they_claim_to_be_one() {
     let out = drain(&mut server, now);
     assert_eq!(out.len(), 1);
     assert_eq!(kind(&out[0]), Some("retry"));
+}
+
+/// RFC 9000 §8.1.4: a NEW_TOKEN token validates an address once. Replayed (by anyone who
+/// saw it in the clear Initial), it counts as no token: a server requiring Retry sends one.
+#[test]
+fn a_new_token_token_is_accepted_once() {
+    let mut cfg = server_endpoint_config(TransportConfig::default());
+    cfg.require_retry = true;
+    let mut token = Vec::new();
+    let client_ip = "10.0.0.9".parse().unwrap();
+    cfg.token_key
+        .seal_new_token(client_ip, VERSION_1, SystemTime::now(), &mut token);
+    let mut server: Endpoint<AppSlot> = Endpoint::new(cfg);
+    let now = Instant::now();
+    let ping = [0x01];
+    let first = craft_initial_with_token(&cid(&[9; 8]), &cid(&[8; 8]), 0, &ping, 1200, &token);
+    feed(&mut server, &mut NoEvents, &first, now);
+    assert!(
+        drain(&mut server, now)
+            .iter()
+            .all(|d| kind(d) != Some("retry")),
+        "the token validated the address"
+    );
+    assert_eq!(server.connection_count(), 1);
+    let again = craft_initial_with_token(&cid(&[7; 8]), &cid(&[6; 8]), 0, &ping, 1200, &token);
+    feed(&mut server, &mut NoEvents, &again, now);
+    let out = drain(&mut server, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(kind(&out[0]), Some("retry"), "a replay proves nothing");
+    assert_eq!(server.connection_count(), 1);
+    let stats = server.stats();
+    assert_eq!((stats.replayed_tokens, stats.retries_sent), (1, 1));
 }
 
 /// RFC 9000 §10.3.1: a datagram ending in the peer's reset token is a stateless reset

@@ -178,6 +178,15 @@ fn aad(kind: u8) -> [u8; AAD.len() + 1] {
     aad
 }
 
+/// A token's nonce: random, unique per token, and authenticated with it.
+pub type TokenNonce = [u8; NONCE_LEN];
+
+/// The nonce of a token that has our shape (valid or not: check with `open` first).
+pub fn nonce_of(token: &[u8]) -> Option<TokenNonce> {
+    let at = MAGIC.len() + 1;
+    token.get(at..at + NONCE_LEN)?.try_into().ok()
+}
+
 /// True if `token` says it came from a Retry (its clear kind byte), whether or not it is
 /// valid: a client that used one will not accept another Retry (RFC 9000 §8.1.2).
 pub fn claims_retry(token: &[u8]) -> bool {

@@ -7,6 +7,12 @@
 
 pub mod cid;
 mod early_packets;
+mod redeemed_tokens;
+
+use redeemed_tokens::RedeemedTokens;
+
+/// NEW_TOKEN tokens a worker remembers as redeemed (about 40 bytes each).
+const REDEEMED_TOKENS: usize = 32 * 1024;
 mod routes;
 pub mod stateless;
 mod timers;
@@ -144,6 +150,8 @@ pub struct EndpointStats {
     pub stateless_resets_sent: u64,
     pub stateless_resets_received: u64,
     pub invalid_tokens: u64,
+    /// Valid NEW_TOKEN tokens presented again: taken as no token (RFC 9000 §8.1.4).
+    pub replayed_tokens: u64,
     /// Datagrams matching no connection and not worth answering.
     pub dropped_unroutable: u64,
     pub stateless_dropped: u64,
@@ -277,6 +285,8 @@ pub struct Endpoint<U> {
     initial_scratch: Vec<u8>,
     /// Server with early data: 0-RTT datagrams that overtook their Initial.
     early_packets: EarlyPackets,
+    /// NEW_TOKEN tokens already used to skip address validation.
+    redeemed_tokens: RedeemedTokens,
     /// Debug builds (tests, CI) check every `Transmit::more == false` claim by asking the
     /// connection again into this buffer: it must build nothing.
     #[cfg(debug_assertions)]
@@ -316,6 +326,7 @@ impl<U: Default> Endpoint<U> {
             expired_scratch: Vec::new(),
             initial_scratch: Vec::with_capacity(1500),
             early_packets: EarlyPackets::default(),
+            redeemed_tokens: RedeemedTokens::new(REDEEMED_TOKENS),
             #[cfg(debug_assertions)]
             drained_check: vec![0; 1 << 16],
             source_authenticated: false,
@@ -726,7 +737,20 @@ impl<U: Default> Endpoint<U> {
                     retry_scid = Some(dcid);
                     validated = true;
                 }
-                Ok(ValidatedToken::NewToken) => validated = true,
+                Ok(ValidatedToken::NewToken) => {
+                    let nonce = tokens::nonce_of(token)?;
+                    let lifetime = self.config.new_token_lifetime;
+                    if self
+                        .redeemed_tokens
+                        .redeem(nonce, SystemTime::now(), lifetime)
+                    {
+                        validated = true;
+                    } else {
+                        // §8.1.4: seen before, so perhaps someone else's copy: no proof
+                        // that this address is the client's.
+                        self.stats.replayed_tokens += 1;
+                    }
+                }
                 Err(TokenError::WrongVersion) if tokens::claims_retry(token) => {
                     // RFC 9369 §4: a client must not switch versions after Retry; its
                     // Initial is dropped.
