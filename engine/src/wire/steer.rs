@@ -160,7 +160,10 @@ pub fn dcid_of_datagram(payload: &[u8], cid_len: usize) -> Option<&[u8]> {
 }
 
 /// Who handles a datagram, as the XDP program steers it; `None` when no DCID can be read
-/// (the program drops those).
+/// (the program drops those). The program also drops some datagrams whose DCID can be
+/// read (a v1 or v2 header with the fixed bit clear, a short header too short for a
+/// sample, an Initial or unknown version under 1200 bytes): for those this still names
+/// the owner, so compare the two only on datagrams the program redirects.
 pub fn owner_of_datagram(payload: &[u8], layout: &CidLayout, n_workers: u32) -> Option<Owner> {
     if let Some(dcid) = long_dcid_of_unknown_version(payload) {
         // Version Negotiation material, steered on at most the first 20 bytes.
