@@ -1113,6 +1113,29 @@ fn a_forged_migration_is_undone_by_the_challenge_on_the_old_path() {
     net.assert_healthy();
 }
 
+/// Has the client send `frames` alone in one datagram, delivered to the server as if from
+/// `from` (a path the client probes); returns that datagram's size and what the server
+/// sent in answer.
+fn probe_from(net: &mut Net, from: &str, frames: &[u8]) -> (usize, Vec<(SocketAddr, Vec<u8>)>) {
+    net.queue_raw(Epoch::Data, frames);
+    let out = net.client_out();
+    let sizes: Vec<usize> = out.iter().map(Vec::len).collect();
+    assert_eq!(sizes.len(), 1, "the probe alone: {sizes:?}");
+    let mut copy = out[0].clone();
+    let mut disp = AppDispatcher { factory: &net.apps };
+    net.server
+        .handle_datagram(net.now, rx(from), &mut copy, &mut disp);
+    (sizes[0], drain_to(&mut net.server, net.now))
+}
+
+/// Sizes of the datagrams in `sent` that go to `to`.
+fn sizes_to(sent: &[(SocketAddr, Vec<u8>)], to: SocketAddr) -> Vec<usize> {
+    sent.iter()
+        .filter(|(dst, _)| *dst == to)
+        .map(|(_, d)| d.len())
+        .collect()
+}
+
 /// A client probing a new path sends PATH_CHALLENGE alone from its new address: the
 /// PATH_RESPONSE goes back on that path (RFC 9000 §8.2.2), padded within three times what
 /// arrived there, and the connection stays where it was (probing packets never migrate it).
@@ -1123,33 +1146,14 @@ fn path_response_goes_back_on_the_path_the_challenge_came_by() {
     let probe_addr: SocketAddr = "10.0.0.1:6001".parse().unwrap();
     // Let path MTU discovery's probes settle first, so the next datagram is ours alone.
     net.run(Duration::from_millis(200), |_| false);
-    let challenge = [0x1a, 1, 2, 3, 4, 5, 6, 7, 8]; // PATH_CHALLENGE
-                                                    // Alone in its packet (an ACK would make it non-probing, and so a migration).
+    // A PATH_CHALLENGE alone in its packet (an ACK would make it non-probing, and so a
+    // migration).
+    let challenge = [0x1a, 1, 2, 3, 4, 5, 6, 7, 8];
     net.client
         .with_state(net.h, |c, _| c.stop_acknowledging())
         .expect("client alive");
-    net.queue_raw(Epoch::Data, &challenge);
-    let out = net.client_out();
-    assert_eq!(
-        out.len(),
-        1,
-        "the challenge alone: {:?}",
-        out.iter().map(|d| d.len()).collect::<Vec<_>>()
-    );
-    let mut received = 0;
-    for d in &out {
-        received = d.len();
-        let mut copy = d.clone();
-        let mut disp = AppDispatcher { factory: &net.apps };
-        net.server
-            .handle_datagram(net.now, rx("10.0.0.1:6001"), &mut copy, &mut disp);
-    }
-    let sent = drain_to(&mut net.server, net.now);
-    let to_probe: Vec<usize> = sent
-        .iter()
-        .filter(|(dst, _)| *dst == probe_addr)
-        .map(|(_, d)| d.len())
-        .collect();
+    let (received, sent) = probe_from(&mut net, "10.0.0.1:6001", &challenge);
+    let to_probe = sizes_to(&sent, probe_addr);
     assert_eq!(
         to_probe.len(),
         1,
@@ -1190,23 +1194,10 @@ fn challenges_sharing_a_datagram_share_its_amplification_budget() {
         frames.push(0x1a); // PATH_CHALLENGE
         frames.extend_from_slice(&[i; 8]);
     }
-    net.queue_raw(Epoch::Data, &frames);
-    let out = net.client_out();
-    assert_eq!(out.len(), 1, "the challenges in one datagram");
-    let received = out[0].len();
     let before = net.server_conn().stats().path_responses_sent;
-    let mut copy = out[0].clone();
-    let mut disp = AppDispatcher { factory: &net.apps };
-    net.server
-        .handle_datagram(net.now, rx("10.0.0.1:6003"), &mut copy, &mut disp);
-    let sent = drain_to(&mut net.server, net.now);
-    let to_probe: Vec<usize> = sent
-        .iter()
-        .filter(|(dst, _)| *dst == probe_addr)
-        .map(|(_, d)| d.len())
-        .collect();
+    let (received, sent) = probe_from(&mut net, "10.0.0.1:6003", &frames);
     assert_eq!(
-        to_probe,
+        sizes_to(&sent, probe_addr),
         vec![1200.min(3 * received)],
         "datagram sizes to the probed path"
     );
@@ -2756,6 +2747,7 @@ fn a_closing_connection_sends_no_path_frames_elsewhere() {
     assert_eq!(out.len(), 1, "the challenge alone");
     let mut copy = out[0].clone();
     let mut disp = AppDispatcher { factory: &net.apps };
+    // Delivered, not answered yet: the server closes before it sends anything.
     net.server
         .handle_datagram(net.now, rx("10.0.0.1:6004"), &mut copy, &mut disp);
     net.server.close_all(net.now, 9, "server done");
