@@ -1173,13 +1173,14 @@ impl Connection {
             // probes too (coalesced into the same datagram), so a server whose Initial and
             // Handshake flights were both lost gets both resent by one PTO, not the second
             // a PTO later.
-            for other in [Epoch::Initial, Epoch::Handshake] {
-                if other != req.epoch
-                    && req.epoch != Epoch::Data
-                    && !self.spaces[other.index()].discarded
-                    && self.recovery.in_flight_ack_eliciting(other)
-                {
-                    self.queue_probe(other, 1);
+            if req.epoch != Epoch::Data {
+                for other in [Epoch::Initial, Epoch::Handshake] {
+                    if other != req.epoch
+                        && !self.spaces[other.index()].discarded
+                        && self.recovery.in_flight_ack_eliciting(other)
+                    {
+                        self.queue_probe(other, 1);
+                    }
                 }
             }
         }

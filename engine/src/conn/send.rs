@@ -680,8 +680,10 @@ impl Connection {
                 pos += w.len();
                 frames.records.push(FrameRecord::Ack { largest });
                 space.ack.on_ack_sent();
-                // Under the current keys, so a peer's key update is now acknowledged.
-                self.peer_update_unacked &= epoch != Epoch::Data;
+                if epoch == Epoch::Data {
+                    // Under the current keys: a peer's key update is now acknowledged.
+                    self.peer_update_unacked = false;
+                }
             }
         }
 
@@ -737,7 +739,7 @@ impl Connection {
             space.probes -= 1;
         }
         let min_packet = self.min_packet_len(&layout);
-        let payload_len = pad_for_sample(buf, header_len, pos - header_len, pn_len, min_packet);
+        let payload_len = pad_payload(buf, header_len, pos - header_len, pn_len, min_packet);
         if epoch == Epoch::Data {
             // 0-RTT packets belong to no key phase: their ACKs do not let a key update
             // start (RFC 9001 §6.1 wants an ACK of a packet sent with the current keys).
@@ -948,7 +950,7 @@ impl Connection {
         frame.encode(&mut w).ok()?;
         let written = w.len();
         let min_packet = self.min_packet_len(&layout);
-        let payload_len = pad_for_sample(buf, header_len, written, pn_len, min_packet);
+        let payload_len = pad_payload(buf, header_len, written, pn_len, min_packet);
         let taken = self.spaces[epoch.index()].take_pn();
         debug_assert_eq!(taken, pn);
         let frames = self.sent_pool.take(epoch);
@@ -969,10 +971,10 @@ impl Connection {
     }
 }
 
-/// The header-protection sample starts 4 bytes after the packet number (RFC 9001 §5.4.2):
-/// pads a short payload with PADDING (zeros) so the sample fits, and the whole packet to
-/// `min_packet` bytes where `buf` allows. Returns the payload length.
-fn pad_for_sample(
+/// Pads a short payload with PADDING (zeros): so the header-protection sample, 4 bytes
+/// after the packet number, fits (RFC 9001 §5.4.2), and the whole packet to `min_packet`
+/// bytes where `buf` allows. Returns the payload length.
+fn pad_payload(
     buf: &mut [u8],
     header_len: usize,
     payload_len: usize,

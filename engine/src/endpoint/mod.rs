@@ -633,7 +633,7 @@ impl<U: Default> Endpoint<U> {
                     self.stats.dropped_unroutable += 1;
                     return None;
                 }
-                if dcid.len() < 8 && !crate::crypto::tokens::claims_retry(token) {
+                if dcid.len() < 8 && !tokens::claims_retry(token) {
                     // §7.2: a client's first DCID is at least 8 bytes. After a Retry it is
                     // the Retry's SCID, one of ours, which a layout may make shorter; the
                     // token (checked when the Initial is accepted) says which it is.

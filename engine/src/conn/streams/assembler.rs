@@ -119,15 +119,12 @@ impl Assembler {
     /// this after every read stays linear. A reader that drains a stream keeps the
     /// allocation its window once needed; the caller decides when that is too much.
     pub fn shrink(&mut self) {
-        let consumed =
-            (self.read_offset.saturating_sub(self.buf_offset) as usize).min(self.buf.len());
-        let unread = self.buf.len() - consumed;
+        let unread = self.buf.len() - self.consumed_in_buffer();
         let keep = unread.max(super::RECYCLE_BUFFER_BYTES);
         if self.buf.capacity() <= keep || self.buf.capacity() - unread < unread {
             return;
         }
-        self.buf.drain(..consumed);
-        self.buf_offset += consumed as u64;
+        self.drop_read_bytes();
         self.buf.shrink_to(keep);
     }
 
@@ -204,14 +201,24 @@ impl Assembler {
         if needed <= self.buf.capacity() || self.read_offset <= self.buf_offset {
             return;
         }
-        let consumed = (self.read_offset - self.buf_offset) as usize;
-        self.buf.drain(..consumed);
-        self.buf_offset = self.read_offset;
+        self.drop_read_bytes();
         // Keep at least half the allocation free so that compaction stays amortized
         // O(1) per byte instead of moving a nearly full buffer on every insert.
         if self.buf.len() > self.buf.capacity() / 2 {
             self.buf.reserve(self.buf.len());
         }
+    }
+
+    /// Bytes at the front of the buffer already handed to the reader.
+    fn consumed_in_buffer(&self) -> usize {
+        (self.read_offset.saturating_sub(self.buf_offset) as usize).min(self.buf.len())
+    }
+
+    /// Moves the unread bytes (holes included) to the front of the buffer.
+    fn drop_read_bytes(&mut self) {
+        let consumed = self.consumed_in_buffer();
+        self.buf.drain(..consumed);
+        self.buf_offset += consumed as u64;
     }
 
     /// Copies readable bytes into `out`; returns how many (tests read this way; streams
