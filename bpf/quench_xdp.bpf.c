@@ -76,6 +76,16 @@ struct {
 	__type(value, __u8);
 } ports SEC(".maps");
 
+/* Destination addresses we serve. A forwarding or bridging box
+ * sees datagrams for other hosts on our port too: those stay the kernel's. Empty means
+ * nothing is ours (the loader always fills it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, QUENCH_MAX_LOCAL_ADDRS);
+	__type(key, struct quench_local_addr);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
 /* One counter per outcome (QUENCH_STAT_*). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -171,6 +181,7 @@ int quench_xdp(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct udphdr *udp;
 	__u8 *quic;
+	struct quench_local_addr dst = {};
 	__u16 proto, dport, udp_len;
 	__u32 plen, n_workers, worker;
 	__u8 first;
@@ -205,6 +216,8 @@ int quench_xdp(struct xdp_md *ctx)
 		if ((ip->daddr & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000) ||
 		    ip->daddr == 0xffffffff)
 			return verdict(QUENCH_STAT_PASS_MALFORMED, XDP_PASS);
+		dst.family = 4;
+		__builtin_memcpy(dst.addr, &ip->daddr, 4);
 		udp = (void *)ip + ihl;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data;
@@ -215,6 +228,8 @@ int quench_xdp(struct xdp_md *ctx)
 			return verdict(QUENCH_STAT_PASS_NOT_UDP, XDP_PASS);
 		if (ip6->daddr.in6_u.u6_addr8[0] == 0xff)
 			return verdict(QUENCH_STAT_PASS_MALFORMED, XDP_PASS);
+		dst.family = 6;
+		__builtin_memcpy(dst.addr, ip6->daddr.in6_u.u6_addr8, 16);
 		udp = (void *)(ip6 + 1);
 		/* RFC 8200 §8.1: a zero UDP checksum is invalid over IPv6; the kernel drops
 		 * it. (A partial checksum from a veth peer is the folded pseudo-header sum,
@@ -230,6 +245,8 @@ int quench_xdp(struct xdp_md *ctx)
 	dport = bpf_ntohs(udp->dest);
 	if (!bpf_map_lookup_elem(&ports, &dport))
 		return verdict(QUENCH_STAT_PASS_OTHER_PORT, XDP_PASS);
+	if (!bpf_map_lookup_elem(&local_addrs, &dst))
+		return verdict(QUENCH_STAT_PASS_NOT_LOCAL, XDP_PASS);
 	/* No reply can go to port 0. */
 	if (udp->source == 0)
 		return verdict(QUENCH_STAT_PASS_MALFORMED, XDP_PASS);

@@ -9,6 +9,7 @@
 #define QUENCH_MAX_WORKERS 64
 #define QUENCH_MAX_QUEUES 256
 #define QUENCH_MAX_PORTS 16
+#define QUENCH_MAX_LOCAL_ADDRS 256
 
 /* QUIC constants the program needs. */
 #define QUENCH_MAX_CID_LEN 20
@@ -30,7 +31,8 @@
 #define QUENCH_STAT_REDIRECT_MISSTEERED 9
 #define QUENCH_STAT_REDIRECT_FAILED 10
 #define QUENCH_STAT_PASS_NO_SOCKET 11
-#define QUENCH_STAT_COUNT 12
+#define QUENCH_STAT_PASS_NOT_LOCAL 12
+#define QUENCH_STAT_COUNT 13
 
 /* worker_map[worker]: where that worker's socket is bound. Its XSK sits in
  * xsks_map[worker]. */
@@ -52,6 +54,13 @@ struct quench_queue_owner {
 struct quench_queue_workers {
 	__u32 count;
 	__u32 workers[QUENCH_MAX_WORKERS];
+};
+
+/* local_addrs key: an address we serve. An IPv4 address fills addr[0..4], the rest
+ * zero; the family keeps an IPv6 packet to ::ffff:a.b.c.d from matching a.b.c.d. */
+struct quench_local_addr {
+	__u32 family; /* 4 or 6 */
+	__u8 addr[16];
 };
 
 /* Settings fixed before load (the program's only `const volatile` global, so it is the

@@ -583,6 +583,7 @@ mod xdp_server {
                         "redirect_missteered": p.redirect_missteered,
                         "redirect_failed": p.redirect_failed,
                         "pass_no_socket": p.pass_no_socket,
+                        "pass_not_local": p.pass_not_local,
                         "pass_not_ip": p.pass_not_ip,
                         "pass_not_udp": p.pass_not_udp,
                         "pass_other_port": p.pass_other_port,
@@ -652,8 +653,8 @@ mod xdp_server {
             ip => {
                 let has: Vec<String> = iface.addrs.iter().map(|a| a.to_string()).collect();
                 return Err(ServerError::Config(format!(
-                    "--listen {ip} is not an address of {} (it has {}); the XDP datapath \
-                     serves the port on every address of the interface",
+                    "--listen {ip} is not an address of {} (it has {}); give one of them, \
+                     or an unspecified address to serve them all",
                     xdp.iface,
                     if has.is_empty() {
                         "none".to_string()
@@ -677,6 +678,7 @@ mod xdp_server {
             workers,
             mode: xdp.mode,
             ports: vec![port],
+            listen_ip: Some(opts.listen.ip()),
             layout: base.endpoint.layout,
             zero_copy: xdp.zero_copy,
             side: Side::Server,

@@ -29,6 +29,8 @@ fn load(n_workers: u32) -> XdpProgram {
         panic!("cannot load the XDP program (this test needs root / CAP_BPF): {e}")
     });
     p.set_ports(&[PORT, 8443]).unwrap();
+    p.set_local_addrs(&["10.99.0.1".parse().unwrap(), "fd99::1".parse().unwrap()])
+        .unwrap();
     for w in 0..n_workers {
         p.set_worker(w, 0, true).unwrap();
     }
@@ -118,6 +120,7 @@ fn run(p: &XdpProgram, f: &[u8]) -> (u32, ProgramStats, Option<u32>) {
         redirect_missteered: after.redirect_missteered - before.redirect_missteered,
         redirect_failed: after.redirect_failed - before.redirect_failed,
         pass_no_socket: after.pass_no_socket - before.pass_no_socket,
+        pass_not_local: after.pass_not_local - before.pass_not_local,
     };
     assert_eq!(d.total(), 1, "exactly one counter per packet: {d:?}");
     (v, d, chosen)
@@ -157,6 +160,29 @@ fn verdicts_without_sockets() {
     let mut port0 = v4(&short(&server_cid(1), 60));
     port0[34..36].fill(0);
     assert_eq!(run(&p, &port0).1.pass_malformed, 1);
+    // To our port on another host (a forwarding box's transit traffic): the kernel's.
+    // An IPv6 packet to our IPv4 address mapped is not to that address.
+    for dst in [
+        "10.99.0.7:4433",
+        "[fd99::7]:4433",
+        "[::ffff:10.99.0.1]:4433",
+    ] {
+        let f = frame(dst, &short(&server_cid(1), 60), None);
+        let (v, d, w) = run(&p, &f);
+        assert_eq!(
+            (v, d.pass_not_local, d.total(), w),
+            (XDP_PASS, 1, 1, None),
+            "{dst}"
+        );
+    }
+    // The set is replaceable while loaded: an added address is served at once, a removed
+    // one no longer.
+    p.set_local_addrs(&["10.99.0.7".parse().unwrap()]).unwrap();
+    let f = frame("10.99.0.7:4433", &short(&server_cid(1), 60), None);
+    assert_eq!(run(&p, &f).1.redirect_failed, 1);
+    assert_eq!(run(&p, &v4(&short(&server_cid(1), 60))).1.pass_not_local, 1);
+    p.set_local_addrs(&["10.99.0.1".parse().unwrap(), "fd99::1".parse().unwrap()])
+        .unwrap();
     // RFC 8200 §8.1: UDP over IPv6 with a zero checksum is invalid; the kernel drops it.
     let mut zero_sum = frame("[fd99::1]:4433", &short(&server_cid(1), 60), None);
     zero_sum[14 + 40 + 6..14 + 40 + 8].fill(0);

@@ -98,10 +98,22 @@ fn parse_kernel_udp(text: &str) -> KernelUdp {
 
 /// `quench serve --datapath xdp` inside the server namespace, ready to serve.
 fn start_xdp_server(t: &Topology, certs: &Certs, root: &Path, extra: &[&str]) -> NsServer {
+    start_xdp_server_on(t, server_addr(), certs, root, extra)
+}
+
+/// `start_xdp_server` with `--listen listen`; an unspecified address serves every address
+/// of the interface, and the server names the first IPv4 one as its own.
+fn start_xdp_server_on(
+    t: &Topology,
+    listen: SocketAddr,
+    certs: &Certs,
+    root: &Path,
+    extra: &[&str],
+) -> NsServer {
     let mut serve = Command::new(quench_bin());
     serve
         .args(["serve", "--datapath", "xdp", "--iface", &t.srv_if])
-        .args(["--listen", &server_addr().to_string()])
+        .args(["--listen", &listen.to_string()])
         .arg("--cert")
         .arg(&certs.cert)
         .arg("--key")
@@ -624,7 +636,8 @@ fn replies_leave_from_the_address_the_client_wrote_to() {
     ]);
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
-    let server = start_xdp_server(&t, &certs, dir.path(), &["--workers", "1"]);
+    let every: SocketAddr = format!("0.0.0.0:{PORT}").parse().unwrap();
+    let server = start_xdp_server_on(&t, every, &certs, dir.path(), &["--workers", "1"]);
     let transfer = Transfer::perf(4 * MIB, MIB).conns(2);
     for (peer, to) in [
         (Peer::Quinn, second),
@@ -638,4 +651,29 @@ fn replies_leave_from_the_address_the_client_wrote_to() {
     let stats = server.shutdown();
     assert_eq!(sum(&stats, "workers", "connections_accepted"), 6, "{stats}");
     assert_xdp_path(&stats, 1_000);
+    assert_eq!(
+        u(&stats, &["xdp", "program", "pass_not_local"]),
+        0,
+        "{stats}"
+    );
+
+    // Listening on one address, the program leaves datagrams to the other to the kernel,
+    // as a socket bound to that address would never see them.
+    let server = start_xdp_server(&t, &certs, dir.path(), &["--workers", "1"]);
+    let send = format!(
+        "for i in 1 2 3; do printf 'not quic' > /dev/udp/{}/{PORT}; done",
+        second.ip()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &send]);
+    let out = run_process(Topology::exec_in(&t.cli, &cmd), Duration::from_secs(10));
+    assert!(out.status.success(), "sending to {second}: {}", out.stderr);
+    let stats = server.shutdown();
+    assert_eq!(
+        u(&stats, &["xdp", "program", "pass_not_local"]),
+        3,
+        "{stats}"
+    );
+    assert_eq!(u(&stats, &["xdp", "program", "redirect"]), 0, "{stats}");
+    assert_eq!(sum(&stats, "workers", "datagrams_rx"), 0, "{stats}");
 }

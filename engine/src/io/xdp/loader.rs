@@ -7,6 +7,7 @@
 //! (logged), so a stale run never blocks a new one.
 
 use std::mem::size_of;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use libbpf_rs::libbpf_sys;
@@ -23,6 +24,7 @@ pub static PROGRAM_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/que
 pub const MAX_WORKERS: u32 = 64;
 pub const MAX_QUEUES: u32 = 256;
 pub const MAX_PORTS: u32 = 16;
+pub const MAX_LOCAL_ADDRS: u32 = 256;
 pub const MAX_CID_LEN: u32 = 20;
 pub const MIN_INITIAL_DATAGRAM: u32 = 1200;
 pub const SHORT_TAIL_MIN: u32 = 20;
@@ -58,6 +60,23 @@ struct QuenchConfig {
     drop_small_initial: u32,
 }
 
+/// `struct quench_local_addr`: the family (4 or 6, native endian), then the address,
+/// an IPv4 one zero-padded.
+fn local_addr_key(addr: IpAddr) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    match addr {
+        IpAddr::V4(v4) => {
+            k[..4].copy_from_slice(&4u32.to_ne_bytes());
+            k[4..8].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            k[..4].copy_from_slice(&6u32.to_ne_bytes());
+            k[4..].copy_from_slice(&v6.octets());
+        }
+    }
+    k
+}
+
 /// `struct quench_worker_info` / `struct quench_queue_owner`: two u32, the second the
 /// "active" flag.
 fn pair(a: u32, active: bool) -> [u8; 8] {
@@ -85,6 +104,7 @@ pub struct XdpProgram {
     queue_map: MapHandle,
     queue_workers: MapHandle,
     ports: MapHandle,
+    local_addrs: MapHandle,
     stats: MapHandle,
     worker_hits: MapHandle,
     link: Option<(OwnedFd, u32, &'static str)>,
@@ -165,6 +185,7 @@ impl XdpProgram {
             queue_map: handle("queue_map")?,
             queue_workers: handle("queue_workers")?,
             ports: handle("ports")?,
+            local_addrs: handle("local_addrs")?,
             stats: handle("stats")?,
             worker_hits: handle("worker_hits")?,
             object,
@@ -294,6 +315,33 @@ impl XdpProgram {
             self.ports
                 .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
                 .map_err(bpf_err("ports update"))?;
+        }
+        Ok(())
+    }
+
+    /// The destination addresses to steer (replaces the set): datagrams to our ports but
+    /// other addresses stay the kernel's, so a box that forwards or bridges keeps passing
+    /// other hosts' traffic. An empty set steers nothing.
+    pub fn set_local_addrs(&self, addrs: &[IpAddr]) -> Result<(), XdpError> {
+        let keys: Vec<[u8; 20]> = addrs.iter().map(|a| local_addr_key(*a)).collect();
+        if keys.len() > MAX_LOCAL_ADDRS as usize {
+            return Err(XdpError::Config(format!(
+                "{} local addresses; at most {MAX_LOCAL_ADDRS}",
+                keys.len()
+            )));
+        }
+        let old: Vec<Vec<u8>> = self.local_addrs.keys().collect();
+        for k in old {
+            if !keys.iter().any(|n| n[..] == k[..]) {
+                self.local_addrs
+                    .delete(&k)
+                    .map_err(bpf_err("local_addrs delete"))?;
+            }
+        }
+        for k in &keys {
+            self.local_addrs
+                .update(k, &[1], MapFlags::ANY)
+                .map_err(bpf_err("local_addrs update"))?;
         }
         Ok(())
     }

@@ -89,6 +89,10 @@ pub struct XdpConfig {
     pub mode: XdpMode,
     /// UDP ports to steer (the first is the local port we send from).
     pub ports: Vec<u16>,
+    /// The one interface address to steer datagrams to; `None` or an unspecified
+    /// address: every address the interface has at start. Datagrams to our ports but
+    /// another address (a forwarding box's transit traffic) stay the kernel's.
+    pub listen_ip: Option<IpAddr>,
     pub layout: CidLayout,
     pub zero_copy: ZeroCopy,
     /// Bytes per UMEM frame: 2048 or 4096.
@@ -109,6 +113,7 @@ impl Default for XdpConfig {
             workers: 1,
             mode: XdpMode::Auto,
             ports: vec![4433],
+            listen_ip: None,
             layout: CidLayout::default(),
             zero_copy: ZeroCopy::Auto,
             frame_size: 4096,
@@ -183,6 +188,7 @@ impl XdpSetup {
             drop_small_initial: cfg.side == Side::Server,
         })?;
         prog.set_ports(&cfg.ports)?;
+        prog.set_local_addrs(&served_addrs(cfg, &iface)?)?;
 
         let ring = cfg.frames / 2;
         let sizes = RingSizes {
@@ -263,6 +269,30 @@ fn bind_err(e: io::Error, iface: &str, queue: u32) -> XdpError {
     }
 }
 
+/// The destination addresses the program steers: the configured one, which must be the
+/// interface's, or all of the interface's.
+fn served_addrs(cfg: &XdpConfig, iface: &LocalIface) -> Result<Vec<IpAddr>, XdpError> {
+    let served = match cfg.listen_ip {
+        Some(ip) if !ip.is_unspecified() => {
+            if !iface.addrs.contains(&ip) {
+                return Err(XdpError::Config(format!(
+                    "{ip} is not an address of {}",
+                    cfg.iface
+                )));
+            }
+            vec![ip]
+        }
+        _ => iface.addrs.clone(),
+    };
+    if served.is_empty() {
+        return Err(XdpError::Config(format!(
+            "interface {} has no IP address to serve",
+            cfg.iface
+        )));
+    }
+    Ok(served)
+}
+
 /// The interface's MAC, addresses (and the first IPv4 and first non-link-local IPv6 of
 /// them), and MTU.
 pub fn local_iface(name: &str, port: u16) -> Result<LocalIface, XdpError> {
@@ -319,6 +349,7 @@ mod tests {
             ("QUENCH_MAX_WORKERS", loader::MAX_WORKERS.into()),
             ("QUENCH_MAX_QUEUES", loader::MAX_QUEUES.into()),
             ("QUENCH_MAX_PORTS", loader::MAX_PORTS.into()),
+            ("QUENCH_MAX_LOCAL_ADDRS", loader::MAX_LOCAL_ADDRS.into()),
             ("QUENCH_MAX_CID_LEN", loader::MAX_CID_LEN.into()),
             (
                 "QUENCH_MIN_INITIAL_DATAGRAM",
@@ -364,6 +395,10 @@ mod tests {
                 "QUENCH_STAT_PASS_NO_SOCKET",
                 stats::STAT_PASS_NO_SOCKET.into(),
             ),
+            (
+                "QUENCH_STAT_PASS_NOT_LOCAL",
+                stats::STAT_PASS_NOT_LOCAL.into(),
+            ),
             ("QUENCH_STAT_COUNT", stats::STAT_COUNT.into()),
         ];
         for (name, v) in want {
@@ -380,6 +415,39 @@ mod tests {
             "a QUENCH_ constant in the header has no Rust twin"
         );
         assert_eq!(crate::wire::steer::MAX_CID_LEN as u32, loader::MAX_CID_LEN);
+    }
+
+    #[test]
+    fn served_addresses_follow_the_listen_address() {
+        let iface = LocalIface {
+            mac: [2, 0, 0, 0, 0, 1],
+            v4: Some("10.0.0.1".parse().unwrap()),
+            v6: Some("fd00::1".parse().unwrap()),
+            addrs: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            port: 4433,
+            mtu: 1500,
+            ifindex: 1,
+        };
+        let cfg = |ip: Option<&str>| XdpConfig {
+            iface: "eth9".into(),
+            listen_ip: ip.map(|s| s.parse().unwrap()),
+            ..Default::default()
+        };
+        for all in [None, Some("0.0.0.0"), Some("::")] {
+            assert_eq!(served_addrs(&cfg(all), &iface).unwrap(), iface.addrs);
+        }
+        let one = served_addrs(&cfg(Some("fd00::1")), &iface).unwrap();
+        assert_eq!(one, vec!["fd00::1".parse::<IpAddr>().unwrap()]);
+        let foreign = served_addrs(&cfg(Some("10.0.0.2")), &iface);
+        assert!(matches!(foreign, Err(XdpError::Config(m)) if m.contains("10.0.0.2")));
+        let bare = LocalIface {
+            addrs: vec![],
+            ..iface
+        };
+        assert!(matches!(
+            served_addrs(&cfg(None), &bare),
+            Err(XdpError::Config(m)) if m.contains("no IP address")
+        ));
     }
 
     #[test]

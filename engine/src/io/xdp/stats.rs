@@ -18,7 +18,8 @@ pub const STAT_REDIRECT: u32 = 8;
 pub const STAT_REDIRECT_MISSTEERED: u32 = 9;
 pub const STAT_REDIRECT_FAILED: u32 = 10;
 pub const STAT_PASS_NO_SOCKET: u32 = 11;
-pub const STAT_COUNT: u32 = 12;
+pub const STAT_PASS_NOT_LOCAL: u32 = 12;
+pub const STAT_COUNT: u32 = 13;
 
 /// What the XDP program did with packets, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,6 +48,9 @@ pub struct ProgramStats {
     pub redirect_failed: u64,
     /// No socket bound on the arrival queue: passed to the kernel.
     pub pass_no_socket: u64,
+    /// To our port but not to one of our addresses (a forwarding or bridging box sees
+    /// other hosts' traffic): passed to the kernel.
+    pub pass_not_local: u64,
 }
 
 impl ProgramStats {
@@ -64,6 +68,7 @@ impl ProgramStats {
             redirect_missteered: c[STAT_REDIRECT_MISSTEERED as usize],
             redirect_failed: c[STAT_REDIRECT_FAILED as usize],
             pass_no_socket: c[STAT_PASS_NO_SOCKET as usize],
+            pass_not_local: c[STAT_PASS_NOT_LOCAL as usize],
         }
     }
 
@@ -81,6 +86,7 @@ impl ProgramStats {
             + self.redirect_missteered
             + self.redirect_failed
             + self.pass_no_socket
+            + self.pass_not_local
     }
 }
 
