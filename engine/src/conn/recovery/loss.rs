@@ -308,8 +308,12 @@ impl<T> Recovery<T> {
         } else {
             growth_bytes
         };
-        if growth > 0 && !self.app_limited {
-            self.cc.on_ack(now, growth, self.pto.rtt());
+        if growth > 0 {
+            if self.app_limited {
+                self.cc.on_app_limited_ack(now);
+            } else {
+                self.cc.on_ack(now, growth, self.pto.rtt());
+            }
         }
 
         // §A.7: reset the PTO backoff, unless this is a client not yet sure the server

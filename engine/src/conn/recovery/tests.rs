@@ -385,6 +385,54 @@ fn one_window_reduction_per_round_trip() {
     assert_eq!(r.congestion_window(), 2 * MDS + MDS / 2);
 }
 
+/// RFC 9438 §5.8: CUBIC's clock stops while the sender is application limited, even with
+/// data in flight (a request/response connection), so the first ACK after such a stretch
+/// grows the window as if it had not passed: never the 1.5× jump ten seconds on the curve
+/// would give.
+#[test]
+fn cubic_clock_stops_while_application_limited() {
+    let growth_after = |limited: bool| {
+        let t0 = Instant::now();
+        let mut r = confirmed(config(Side::Server, CongestionAlgorithm::Cubic));
+        for pn in 0..5 {
+            r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+        }
+        // 0 and 1 lost: a reduction, and the next ACK starts congestion avoidance.
+        ack(&mut r, t0 + ms(100), Epoch::Data, &[4..=4]).0.unwrap();
+        ack(&mut r, t0 + ms(101), Epoch::Data, &[2..=4]).0.unwrap();
+        let mut now = t0 + ms(200);
+        let mut pn = 5;
+        r.on_packet_sent(now, Epoch::Data, pkt(pn, now));
+        now += ms(100);
+        pn += 1;
+        r.on_packet_sent(now, Epoch::Data, pkt(pn, now));
+        ack(&mut r, now, Epoch::Data, &[pn - 1..=pn - 1]).0.unwrap();
+        // Ten seconds of one packet in flight at a time, each acknowledged; `limited`
+        // says whether the application had more to send.
+        r.set_app_limited(limited);
+        for _ in 0..100 {
+            now += ms(100);
+            pn += 1;
+            r.on_packet_sent(now, Epoch::Data, pkt(pn, now));
+            ack(&mut r, now, Epoch::Data, &[pn - 1..=pn - 1]).0.unwrap();
+        }
+        r.set_app_limited(false);
+        let before = r.congestion_window();
+        now += ms(100);
+        ack(&mut r, now, Epoch::Data, &[pn..=pn]).0.unwrap();
+        (before, r.congestion_window() - before)
+    };
+    let (window, limited) = growth_after(true);
+    // Just after the reduction the curve is concave: under half a datagram per datagram.
+    assert!(
+        limited > 0 && limited < MDS / 4,
+        "grew {limited} at {window}"
+    );
+    // The same ten seconds not application limited are time on the curve.
+    let (_, unlimited) = growth_after(false);
+    assert!(unlimited > MDS / 4, "grew {unlimited}");
+}
+
 #[test]
 fn no_growth_for_packets_sent_during_recovery_or_when_app_limited() {
     let t0 = Instant::now();

@@ -32,6 +32,9 @@ pub struct Cubic {
     /// cwnd_prior in bytes: the window when ssthresh was last set (RFC 9438 §4.3).
     cwnd_prior: f64,
     last_sent: Option<Instant>,
+    /// The first ACK that found the sender application limited since the last `on_ack`:
+    /// the time from there to the next `on_ack` is not time on the curve (RFC 9438 §5.8).
+    app_limited_since: Option<Instant>,
 }
 
 impl Cubic {
@@ -47,6 +50,7 @@ impl Cubic {
             w_est: 0.0,
             cwnd_prior: 0.0,
             last_sent: None,
+            app_limited_since: None,
         }
     }
 
@@ -78,6 +82,11 @@ impl Cubic {
             self.w_max = self.window;
         }
         self.w_est = self.window;
+    }
+
+    /// Moves t_epoch later by `by`: the curve keeps its shape, later in time.
+    fn shift_epoch(&mut self, epoch: Instant, by: std::time::Duration) {
+        self.epoch_start = epoch.checked_add(by).or(Some(epoch));
     }
 
     fn min_window(&self) -> f64 {
@@ -132,17 +141,33 @@ impl Controller for Cubic {
 
     fn on_packet_sent(&mut self, now: Instant, bytes_in_flight: u64) {
         // RFC 9438 §5.8: an idle period must not count as time on the curve, or the first
-        // ACK after it would jump the window. Shift the epoch by the idle time.
+        // ACK after it would jump the window. Shift the epoch by the idle time, and by the
+        // application-limited time before it; an application-limited period still open
+        // is counted from now on.
         if bytes_in_flight == 0 {
             if let (Some(last), Some(epoch)) = (self.last_sent, self.epoch_start) {
-                let idle = now.saturating_duration_since(last);
-                self.epoch_start = epoch.checked_add(idle).or(Some(epoch));
+                let from = self.app_limited_since.map_or(last, |s| s.min(last));
+                self.shift_epoch(epoch, now.saturating_duration_since(from));
+                if self.app_limited_since.is_some() {
+                    self.app_limited_since = Some(now);
+                }
             }
         }
         self.last_sent = Some(now);
     }
 
+    fn on_app_limited_ack(&mut self, now: Instant) {
+        self.app_limited_since.get_or_insert(now);
+    }
+
     fn on_ack(&mut self, now: Instant, bytes: u64, rtt: &RttEstimator) {
+        if let Some(since) = self.app_limited_since.take() {
+            // RFC 9438 §5.8: the window did not grow while the sender was application
+            // limited, so neither may the curve's clock.
+            if let Some(epoch) = self.epoch_start {
+                self.shift_epoch(epoch, now.saturating_duration_since(since));
+            }
+        }
         let mut bytes = bytes as f64;
         if (self.window as u64) < self.ssthresh {
             // Slow start (RFC 9438 §4.10 defers to RFC 9002 §7.3.1) up to ssthresh; the
@@ -164,6 +189,7 @@ impl Controller for Cubic {
         }
         self.recovery_start = Some(now);
         self.epoch_start = None;
+        self.app_limited_since = None;
         self.cwnd_prior = self.window;
         // RFC 9438 §4.7 fast convergence: release bandwidth to new flows when the window
         // did not recover to its previous maximum.
@@ -387,6 +413,37 @@ mod tests {
         }
         let grown = (cc.w_est - before) / MDS as f64;
         assert!((grown - ALPHA).abs() < 0.06, "W_est grew {grown} segments");
+    }
+
+    /// `a` acknowledges at 0 and 0.5 s, is application limited from 1 s, idle from 5 s
+    /// and acknowledges again at 8 s: 0.5 s on the curve, as `b`, which acknowledges at
+    /// 0, 0.5 and 0.5 s. Counting the overlap of the two pauses twice would give 0 s.
+    #[test]
+    fn application_limited_and_idle_time_are_not_on_the_curve() {
+        let t0 = Instant::now();
+        let r = rtt(100);
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut a = Cubic::new(MDS, 100 * MDS);
+        a.on_congestion_event(t0, t0);
+        let mut b = a.clone();
+        for cc in [&mut a, &mut b] {
+            cc.on_packet_sent(t0, 1);
+            cc.on_ack(t0, MDS, &r);
+            cc.on_packet_sent(s(500), 1);
+            cc.on_ack(s(500), MDS, &r);
+        }
+        a.on_app_limited_ack(s(1000));
+        a.on_app_limited_ack(s(2000));
+        a.on_packet_sent(s(5000), 0);
+        a.on_ack(s(8000), MDS, &r);
+        b.on_ack(s(500), MDS, &r);
+        assert_eq!(a.window(), b.window());
+        assert_eq!(a.w_est, b.w_est);
+        // An application-limited stretch with no idle in it.
+        a.on_app_limited_ack(s(9000));
+        a.on_ack(s(19_000), MDS, &r);
+        b.on_ack(s(1500), MDS, &r);
+        assert_eq!(a.window(), b.window());
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub trait Controller {
     /// `bytes` of in-flight packets sent after the recovery period started were
     /// acknowledged, and the sender was not application limited (RFC 9002 §7.8).
     fn on_ack(&mut self, now: Instant, bytes: u64, rtt: &RttEstimator);
+    /// An ACK arrived while the sender was application limited, so it did not grow the
+    /// window (RFC 9002 §7.8). Controllers whose growth follows the clock (CUBIC) must
+    /// not count the time until the next `on_ack` (RFC 9438 §5.8).
+    fn on_app_limited_ack(&mut self, _now: Instant) {}
     /// A loss or ECN-CE signal about a packet sent at `sent_time`. Returns true if it
     /// started a new recovery period (one reduction per round trip, RFC 9002 §7.3.2).
     fn on_congestion_event(&mut self, now: Instant, sent_time: Instant) -> bool;
@@ -94,6 +98,9 @@ impl Controller for Congestion {
     }
     fn on_ack(&mut self, now: Instant, bytes: u64, rtt: &RttEstimator) {
         dispatch!(self, c => c.on_ack(now, bytes, rtt))
+    }
+    fn on_app_limited_ack(&mut self, now: Instant) {
+        dispatch!(self, c => c.on_app_limited_ack(now))
     }
     fn on_congestion_event(&mut self, now: Instant, sent_time: Instant) -> bool {
         dispatch!(self, c => c.on_congestion_event(now, sent_time))
