@@ -143,8 +143,8 @@ impl Settings {
         let truncated = |_| H3Error::new(code::FRAME_ERROR, "SETTINGS ends inside a setting");
         let mut s = Settings::default();
         let mut r = Reader::new(payload);
-        // Identifiers seen, to refuse duplicates without allocating: a payload is bounded
-        // by the control-frame limit, so a quadratic scan stays small.
+        // Identifiers seen, to refuse duplicates without allocating in the usual case; a
+        // payload with more settings is checked whole at the end.
         let mut seen: [u64; 32] = [0; 32];
         let mut n = 0usize;
         while !r.is_empty() {
@@ -165,6 +165,9 @@ impl Settings {
                 _ => {}
             }
         }
+        if n > seen.len() && has_duplicate_ids(payload) {
+            return Err(bad("duplicate setting"));
+        }
         Ok(s)
     }
 
@@ -180,6 +183,20 @@ impl Settings {
         put_varint(out, 0x1f * grease + 0x21);
         put_varint(out, grease);
     }
+}
+
+/// Whether a SETTINGS payload (already parsed whole) names an identifier twice. Its
+/// size is bounded by the control-frame limit, so sorting a copy of the identifiers costs
+/// little, once per connection.
+#[cold]
+fn has_duplicate_ids(payload: &[u8]) -> bool {
+    let mut ids = Vec::with_capacity(payload.len() / 2);
+    let mut r = Reader::new(payload);
+    while let (Ok(id), Ok(_)) = (r.varint(), r.varint()) {
+        ids.push(id);
+    }
+    ids.sort_unstable();
+    ids.windows(2).any(|w| w[0] == w[1])
 }
 
 /// The one varint a GOAWAY, CANCEL_PUSH or MAX_PUSH_ID frame carries: it must fill the
@@ -447,6 +464,30 @@ mod tests {
             );
         }
         assert!(is_reserved(0x21) && is_reserved(0x40) && !is_reserved(0x22));
+    }
+
+    /// Duplicates are found however many settings precede them: 40 distinct unknown ones
+    /// pass, and repeating the first or the 35th after them is H3_SETTINGS_ERROR.
+    #[test]
+    fn duplicate_settings_past_the_first_32_are_found() {
+        let many = |ids: &mut dyn Iterator<Item = u64>| {
+            let mut p = Vec::new();
+            for id in ids {
+                put_varint(&mut p, id);
+                put_varint(&mut p, 7);
+            }
+            p
+        };
+        let ids = || (0..40u64).map(|i| 0x1000 + i);
+        assert!(Settings::decode(&many(&mut ids())).is_ok());
+        for again in [0x1000, 0x1000 + 34] {
+            let payload = many(&mut ids().chain([again]));
+            assert_eq!(
+                Settings::decode(&payload).unwrap_err().code,
+                code::SETTINGS_ERROR,
+                "{again:#x}"
+            );
+        }
     }
 
     #[test]

@@ -378,10 +378,13 @@ fn parse_request(fields: &[Field]) -> Result<RequestHead, Malformed> {
     if scheme == b"https" || scheme == b"http" {
         // These schemes need an authority (§4.3.1): :authority or host, equal if both.
         let authority = fields::pseudo(&pseudo, b":authority");
-        let host = regular
-            .iter()
-            .find(|f| f.name == b"host")
-            .map(|f| f.value.as_slice());
+        let mut hosts = regular.iter().filter(|f| f.name == b"host");
+        let host = hosts.next().map(|f| f.value.as_slice());
+        if hosts.next().is_some() {
+            // Host is a singleton field (RFC 9110 §5.3; RFC 9112 §3.2 refuses several):
+            // which of several to compare with :authority would be a guess.
+            return Err("several host fields");
+        }
         match (authority, host) {
             (None, None) => return Err("no :authority or host"),
             (Some(a), _) | (None, Some(a)) if a.is_empty() => return Err("empty authority"),
@@ -620,6 +623,21 @@ mod tests {
                 f(":authority", "a"),
                 f(":path", "/"),
                 f("host", "b"),
+            ],
+            vec![
+                f(":method", "GET"),
+                f(":scheme", "https"),
+                f(":authority", "a"),
+                f(":path", "/"),
+                f("host", "a"),
+                f("host", "b"),
+            ],
+            vec![
+                f(":method", "GET"),
+                f(":scheme", "https"),
+                f(":path", "/"),
+                f("host", "a"),
+                f("host", "a"),
             ],
             // §4.3.1: no userinfo in the authority of an http(s) URI.
             vec![
