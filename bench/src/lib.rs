@@ -54,6 +54,9 @@ pub struct Slot {
     pub buf: Vec<u8>,
     pub len: usize,
     pub dst: SocketAddr,
+    /// The ECN codepoint the sender set: carried to the receiver, as a path that keeps
+    /// the marks would, so each stack's ECN validation and marking run as deployed.
+    pub ecn: u8,
 }
 
 /// Datagrams in flight in one direction, in reused buffers.
@@ -81,6 +84,7 @@ impl Wire {
             buf: vec![0; Self::DATAGRAM],
             len: 0,
             dst: SERVER_ADDR,
+            ecn: 0,
         });
     }
 

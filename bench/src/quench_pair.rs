@@ -376,6 +376,7 @@ pub fn collect<U: Default>(
             Some(meta) => {
                 slot.len = meta.len;
                 slot.dst = meta.dst;
+                slot.ecn = meta.ecn;
                 wire.len += 1;
             }
             None => break,
@@ -397,7 +398,11 @@ pub fn deliver<U: Default>(
         (SERVER_ADDR, CLIENT_ADDR)
     };
     for slot in &mut wire.slots[..wire.len] {
-        let meta = RxMeta { src, dst, ecn: 0 };
+        let meta = RxMeta {
+            src,
+            dst,
+            ecn: slot.ecn,
+        };
         ep.handle_datagram(now, meta, &mut slot.buf[..slot.len], handler);
     }
     wire.len = 0;

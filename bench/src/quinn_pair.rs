@@ -82,11 +82,12 @@ impl Side {
 
     /// Feeds datagrams to the endpoint and on to their connections, then runs the
     /// connections' endpoint events and application events. Stateless responses go to `out`.
-    fn handle(&mut self, now: Instant, from: std::net::SocketAddr, data: Vec<BytesMut>) {
-        for d in data {
+    fn handle(&mut self, now: Instant, from: std::net::SocketAddr, data: Vec<(BytesMut, u8)>) {
+        for (d, ecn) in data {
+            let ecn = quinn_proto::EcnCodepoint::from_bits(ecn);
             match self
                 .endpoint
-                .handle(now, from, None, None, d, &mut self.scratch)
+                .handle(now, from, None, ecn, d, &mut self.scratch)
             {
                 Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                     self.conn(ch).handle_event(ev);
@@ -218,6 +219,7 @@ impl Side {
                     Some(t) => {
                         slot.len = t.size;
                         slot.dst = t.destination;
+                        slot.ecn = t.ecn.map_or(0, |e| e as u8);
                         wire.len += 1;
                     }
                     None => break,
@@ -329,10 +331,10 @@ fn read_all(conn: &mut Connection, id: StreamId, bytes: &mut u64, fins: &mut u64
 
 /// Copies the datagrams in `wire` into the owned buffers quinn-proto takes (outside any
 /// timed span) and empties it.
-fn take(wire: &mut Wire) -> Vec<BytesMut> {
+fn take(wire: &mut Wire) -> Vec<(BytesMut, u8)> {
     let v = wire.slots[..wire.len]
         .iter()
-        .map(|s| BytesMut::from(&s.buf[..s.len]))
+        .map(|s| (BytesMut::from(&s.buf[..s.len]), s.ecn))
         .collect();
     wire.len = 0;
     v

@@ -257,6 +257,11 @@ struct PathArgs {
     /// to carry it: a smaller link then drops every full-sized packet).
     #[arg(long)]
     no_pmtud: bool,
+    /// Send unmarked: no ECN (RFC 9000 §13.4). By default each path is tested and, while
+    /// the peer's counts validate, 1-RTT packets leave ECT(0)-marked and CE marks count as
+    /// congestion. The ECN marks received are reported either way.
+    #[arg(long)]
+    no_ecn: bool,
 }
 
 /// A version as the flags name it (1 or 2, which clap enforces) on the wire.
@@ -298,6 +303,7 @@ fn transport(congestion: Congestion, path: PathArgs) -> TransportConfig {
         },
         max_datagram_size: usize::from(path.max_datagram_size),
         pmtud: !path.no_pmtud,
+        ecn: !path.no_ecn,
         ..TransportConfig::default()
     }
 }

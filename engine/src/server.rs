@@ -169,6 +169,12 @@ pub struct WorkerStats {
     /// Congestion window reductions, and those undone as spurious (reordering, not loss).
     pub congestion_events: u64,
     pub spurious_congestion_events: u64,
+    /// ECN over connections closed so far (see `EndpointStats`).
+    pub ecn_capable_connections: u64,
+    pub ecn_failures: u64,
+    pub ecn_marked_sent: u64,
+    pub ecn_ect0_received: u64,
+    pub ecn_ce_events: u64,
 }
 
 impl WorkerStats {
@@ -202,6 +208,11 @@ impl WorkerStats {
             authentication_failures: c.authentication_failures.load(Ordering::Relaxed),
             congestion_events: c.congestion_events.load(Ordering::Relaxed),
             spurious_congestion_events: c.spurious_congestion_events.load(Ordering::Relaxed),
+            ecn_capable_connections: c.ecn_capable_connections.load(Ordering::Relaxed),
+            ecn_failures: c.ecn_failures.load(Ordering::Relaxed),
+            ecn_marked_sent: c.ecn_marked_sent.load(Ordering::Relaxed),
+            ecn_ect0_received: c.ecn_ect0_received.load(Ordering::Relaxed),
+            ecn_ce_events: c.ecn_ce_events.load(Ordering::Relaxed),
         }
     }
 
@@ -235,6 +246,11 @@ impl WorkerStats {
             "authentication_failures": self.authentication_failures,
             "congestion_events": self.congestion_events,
             "spurious_congestion_events": self.spurious_congestion_events,
+            "ecn_capable_connections": self.ecn_capable_connections,
+            "ecn_failures": self.ecn_failures,
+            "ecn_marked_sent": self.ecn_marked_sent,
+            "ecn_ect0_received": self.ecn_ect0_received,
+            "ecn_ce_events": self.ecn_ce_events,
         })
     }
 }

@@ -119,6 +119,11 @@ pub struct WorkerCounters {
     pub authentication_failures: AtomicU64,
     pub congestion_events: AtomicU64,
     pub spurious_congestion_events: AtomicU64,
+    pub ecn_capable_connections: AtomicU64,
+    pub ecn_failures: AtomicU64,
+    pub ecn_marked_sent: AtomicU64,
+    pub ecn_ect0_received: AtomicU64,
+    pub ecn_ce_events: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -165,6 +170,15 @@ impl WorkerCounters {
             .store(ep.congestion_events, Ordering::Relaxed);
         self.spurious_congestion_events
             .store(ep.spurious_congestion_events, Ordering::Relaxed);
+        self.ecn_capable_connections
+            .store(ep.ecn_capable_connections, Ordering::Relaxed);
+        self.ecn_failures.store(ep.ecn_failures, Ordering::Relaxed);
+        self.ecn_marked_sent
+            .store(ep.ecn_marked_sent, Ordering::Relaxed);
+        self.ecn_ect0_received
+            .store(ep.ecn_ect0_received, Ordering::Relaxed);
+        self.ecn_ce_events
+            .store(ep.ecn_ce_events, Ordering::Relaxed);
     }
 }
 

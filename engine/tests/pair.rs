@@ -16,7 +16,7 @@ use quench::conn::{
 use quench::crypto::header_protection::{protect, unprotect};
 use quench::crypto::secrets::initial_keys;
 use quench::endpoint::{Endpoint, EndpointConfig, EventHandler};
-use quench::io::mem::{pair, Impairments, MemDatapath};
+use quench::io::mem::{pair, EcnPath, Impairments, MemDatapath};
 use quench::io::{Datapath, RxMeta};
 use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{
@@ -1445,6 +1445,80 @@ fn conn_stats(sim: &Sim, h: usize) -> (ConnectionStats, ConnectionStats) {
         .collect();
     assert_eq!(server.len(), 1, "one server connection");
     (client, server[0])
+}
+
+/// ECN on a path that carries the marks (RFC 9000 §13.4): once the handshake is
+/// confirmed each side's packets leave ECT(0)-marked, the peer counts every one in its
+/// ACK frames, and validation passes. A side with ECN off marks nothing but still counts
+/// and reports what it receives (§13.4.1).
+#[test]
+fn ecn_is_validated_on_a_path_that_keeps_the_marks() {
+    for client_ecn in [true, false] {
+        let transport = TransportConfig {
+            ecn: client_ecn,
+            ..TransportConfig::default()
+        };
+        let o = SimOptions {
+            server_transport: Some(TransportConfig::default()),
+            ..SimOptions::new(Impairments::none(), transport, 2, 1 << 20)
+        };
+        let (mut sim, h) = Sim::with(o);
+        sim.run_to_completion(h, 2, Duration::from_secs(60));
+        sim.advance(Duration::from_millis(200));
+        let (c, s) = conn_stats(&sim, h);
+        assert!(s.ecn_capable && s.ecn_failures == 0, "server: {s:?}");
+        assert!(s.ecn_marked_sent > 500, "server: {s:?}");
+        assert_eq!(c.ecn_ect0_received, s.ecn_marked_sent, "client counted all");
+        assert_eq!((c.ecn_ce_received, s.ecn_ce_events), (0, 0));
+        if client_ecn {
+            assert!(c.ecn_capable && c.ecn_failures == 0, "client: {c:?}");
+            assert!(c.ecn_marked_sent > 500, "client: {c:?}");
+            assert_eq!(s.ecn_ect0_received, c.ecn_marked_sent, "server counted all");
+        } else {
+            assert!(!c.ecn_capable, "client: {c:?}");
+            assert_eq!((c.ecn_marked_sent, s.ecn_ect0_received), (0, 0));
+        }
+    }
+}
+
+/// A middlebox that clears the ECN field on the server's way out: the client's ACKs
+/// carry no counts for the server's marked packets, so the server's validation fails
+/// after the test's ten packets and it sends unmarked from then on. The transfer is
+/// untouched, and the other direction keeps ECN.
+#[test]
+fn ecn_validation_fails_on_a_path_that_clears_the_marks() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 1 << 20);
+    sim.sdp.set_ecn_path(EcnPath::Clear);
+    sim.run_to_completion(h, 1, Duration::from_secs(60));
+    let (c, s) = conn_stats(&sim, h);
+    assert!(!s.ecn_capable, "server: {s:?}");
+    assert_eq!(s.ecn_failures, 1, "server: {s:?}");
+    assert!(
+        (1..=10).contains(&s.ecn_marked_sent),
+        "only the test's packets were marked: {s:?}"
+    );
+    assert_eq!(c.ecn_ect0_received, 0);
+    assert!(c.ecn_capable && c.ecn_failures == 0, "client: {c:?}");
+}
+
+/// An AQM queue on the server's way out marks every 25th datagram CE instead of dropping
+/// it: the server reduces its window on the client's CE counts (RFC 9002 §7.1) without a
+/// single packet lost, and its path stays ECN-capable.
+#[test]
+fn ce_marks_reduce_the_window_without_loss() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 4 << 20);
+    sim.sdp.set_ecn_path(EcnPath::CeEvery(25));
+    sim.run_to_completion(h, 1, Duration::from_secs(120));
+    let (c, s) = conn_stats(&sim, h);
+    assert!(c.ecn_ce_received > 0, "client: {c:?}");
+    assert!(
+        s.ecn_ce_events > 0 && s.congestion_events > 0,
+        "server: {s:?}"
+    );
+    assert!(s.ecn_capable && s.ecn_failures == 0, "server: {s:?}");
+    assert_eq!(s.lost_packets, 0, "server: {s:?}");
+    // The client's direction is unmarked by the path: no CE, no cuts from it.
+    assert_eq!((s.ecn_ce_received, c.ecn_ce_events), (0, 0));
 }
 
 #[test]

@@ -26,6 +26,20 @@ fn aioquic_perf_two_connections() {
     assert_perf(&quench.transfer(Peer::Aioquic, &transfer), &transfer);
 }
 
+/// aioquic reads no ECN marks, so its ACK frames carry no counts (RFC 9000 §13.4.1): quench's
+/// validation fails after the test's ten marked packets (§13.4.2.1), it sends unmarked
+/// from then on, and the transfer is untouched.
+#[test]
+fn aioquic_without_ecn_counts_fails_quench_validation_harmlessly() {
+    let _serial = serial();
+    let ecn = ecn_against(Peer::Aioquic);
+    assert_eq!((ecn.capable, ecn.failures), (0, 1), "{ecn:?}");
+    assert!(
+        (1..=10).contains(&ecn.marked),
+        "only the test's packets: {ecn:?}"
+    );
+}
+
 #[test]
 fn aioquic_hq_get_random_files() {
     let _serial = serial();

@@ -9,6 +9,16 @@ use common::*;
 
 // ---- MsQuic client → quench server ----------------------------------------------------------
 
+/// ECN (RFC 9000 §13.4): MsQuic reports the ECT(0) marks of quench's packets in its ACK
+/// frames and quench's validation passes. MsQuic does not mark its own by default.
+#[test]
+fn msquic_client_validates_quench_ecn() {
+    let _serial = serial();
+    let ecn = ecn_against(Peer::Msquic);
+    assert_eq!((ecn.capable, ecn.failures), (1, 0), "{ecn:?}");
+    assert!(ecn.marked > 1000, "{ecn:?}");
+}
+
 #[test]
 fn msquic_client_perf_100mib_down_50mib_up() {
     perf_through(

@@ -96,6 +96,18 @@ fn quinn_client_through_retry() {
     assert_eq!(totals, [3, 3], "connections accepted, retries");
 }
 
+/// ECN both ways over loopback (RFC 9000 §13.4): quench marks its 1-RTT packets ECT(0),
+/// quinn counts them in its ACK frames and quench's validation passes; quinn marks its own,
+/// and quench reads the marks from the IP header (IP_RECVTOS) and counts them.
+#[test]
+fn quinn_client_and_quench_server_validate_ecn() {
+    let _serial = serial();
+    let ecn = ecn_against(Peer::Quinn);
+    assert_eq!((ecn.capable, ecn.failures), (1, 0), "{ecn:?}");
+    assert!(ecn.marked > 1000, "{ecn:?}");
+    assert!(ecn.ect0_received > 1000, "quinn's marks counted: {ecn:?}");
+}
+
 /// RFC 9000 §8.1.3 with quinn's own token cache: under `quench serve --retry`, a warm-up
 /// connection goes through Retry and receives a NEW_TOKEN token and a session ticket;
 /// quinn's next connection presents the token, is accepted without a Retry, resumes the

@@ -26,6 +26,10 @@ pub struct TransportConfig {
     /// How many CIDs we are willing to store from the peer.
     pub active_connection_id_limit: u64,
     pub pacing: bool,
+    /// ECN (RFC 9000 §13.4): test each path, and while it passes validation send 1-RTT
+    /// packets marked ECT(0) and answer CE marks as congestion. The counts of what we
+    /// receive are reported either way.
+    pub ecn: bool,
     /// Initiate a key update after this many packets sent in one key phase (for tests and long transfers;
     /// AEAD limits force one much later anyway).
     pub key_update_interval: Option<u64>,
@@ -58,6 +62,7 @@ impl Default for TransportConfig {
             max_ack_delay: Duration::from_millis(25),
             active_connection_id_limit: 4,
             pacing: true,
+            ecn: true,
             key_update_interval: None,
             aead_confidentiality_limit: None,
             aead_integrity_limit: None,
@@ -76,8 +81,7 @@ impl TransportConfig {
             congestion: self.congestion,
             initial_window_packets: 10,
             pacing: self.pacing,
-            // The datapaths send with ECN bits clear (Not-ECT).
-            ect_marking: false,
+            ecn: self.ecn,
         }
     }
 }

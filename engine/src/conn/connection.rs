@@ -15,6 +15,7 @@ use crate::conn::compatible_version::{self, CompatibleNegotiation, ServerPending
 use crate::conn::config::TransportConfig;
 use crate::conn::datagrams::{DatagramQueue, MAX_QUEUED_DATAGRAMS};
 use crate::conn::pmtud::Pmtud;
+use crate::conn::recovery::ecn::EcnState;
 use crate::conn::recovery::Recovery;
 use crate::conn::sent::{FrameRecord, SentFrames, SentFramesPool};
 use crate::conn::space::PacketSpace;
@@ -91,6 +92,8 @@ pub struct Transmit {
     pub dst: SocketAddr,
     pub len: usize,
     pub segment_size: Option<usize>,
+    /// The ECN codepoint for the IP header (0b10: ECT(0); 0: Not-ECT).
+    pub ecn: u8,
     /// Another call may have more to send now. `false` when the last datagram left room
     /// for another packet unused and no PTO probe is pending, so nothing but the lack of
     /// data stopped it: asking again would build nothing, and the endpoint moves on (and
@@ -189,6 +192,16 @@ pub struct ConnectionStats {
     pub early_data_accepted: bool,
     /// Server: 0-RTT packets decrypted and processed.
     pub zero_rtt_packets_received: u64,
+    /// ECN (RFC 9000 §13.4): the current path passed validation, so our 1-RTT packets
+    /// leave marked ECT(0); validations failed (marking stopped on those paths); 1-RTT
+    /// packets sent marked; ACKs whose CE count rose, answered as congestion.
+    pub ecn_capable: bool,
+    pub ecn_failures: u64,
+    pub ecn_marked_sent: u64,
+    pub ecn_ce_events: u64,
+    /// 1-RTT packets received marked ECT(0) and CE: what our ACK frames report.
+    pub ecn_ect0_received: u64,
+    pub ecn_ce_received: u64,
     /// Client: 0-RTT packets sent.
     pub zero_rtt_packets_sent: u64,
 }
@@ -352,6 +365,8 @@ pub struct Connection {
     /// next one, or its Handshake packet made the client drop its Initial space, whose
     /// packets left the congestion window and so made room for more.
     pub(crate) unsent_despite_room: bool,
+    /// The datagrams `poll_transmit` is building leave marked ECT(0) (RFC 9000 §13.4).
+    pub(crate) ect0_now: bool,
 }
 
 /// Arguments for a server-side connection, gathered by the endpoint from the client's first Initial.
@@ -753,6 +768,7 @@ impl Connection {
             datagrams_in: DatagramQueue::new(config.datagram_buffer, MAX_QUEUED_DATAGRAMS),
             datagrams_out: DatagramQueue::new(config.datagram_buffer, MAX_QUEUED_DATAGRAMS),
             unsent_despite_room: false,
+            ect0_now: false,
             config,
         }
     }
@@ -848,6 +864,14 @@ impl Connection {
         s.lost_packets = r.lost_packets;
         s.congestion_events = r.congestion_events;
         s.spurious_congestion_events = r.spurious_congestion_events;
+        s.ecn_capable = self.recovery.ecn().state() == EcnState::Capable;
+        s.ecn_failures = r.ecn_failures;
+        s.ecn_marked_sent = self.recovery.ecn().marked_sent();
+        s.ecn_ce_events = r.ecn_ce_events;
+        if let Some((ect0, _, ce)) = self.spaces[Epoch::Data.index()].ack.ecn_counts() {
+            s.ecn_ect0_received = ect0;
+            s.ecn_ce_received = ce;
+        }
         let p = self.pmtud.stats();
         s.max_datagram_size = self.max_datagram_size as u64;
         s.pmtu_probes_sent = p.probes_sent;

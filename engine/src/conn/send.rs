@@ -17,7 +17,7 @@ use crate::conn::aead_limits::{self, SealLimit};
 use crate::conn::connection::{
     Connection, PathResponse, State, Transmit, MAX_PATH_RESPONSES, MIN_INITIAL_SIZE,
 };
-use crate::conn::recovery::SentPacket;
+use crate::conn::recovery::{ack_tracker, SentPacket};
 use crate::conn::sent::{FrameRecord, SentFrames};
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{apply_mask, sample};
@@ -75,6 +75,8 @@ impl Connection {
         if matches!(self.state, State::Draining { .. } | State::Drained) {
             return None;
         }
+        // Path probes and PMTU probes go unmarked: their loss must not fail ECN.
+        self.ect0_now = false;
         let mtu = if self.handshake_confirmed {
             self.max_datagram_size
         } else {
@@ -104,6 +106,7 @@ impl Connection {
                 dst,
                 len,
                 segment_size: None,
+                ecn: 0,
                 more: true,
             });
         }
@@ -113,9 +116,13 @@ impl Connection {
                 dst: self.remote,
                 len,
                 segment_size: None,
+                ecn: 0,
                 more: true,
             });
         }
+        // RFC 9000 §13.4.2: ECT(0) on this path while it is tested or validated. Only once
+        // the handshake is confirmed, so only 1-RTT packets carry it (`recovery::ecn`).
+        self.ect0_now = self.handshake_confirmed && self.recovery.ecn_marking(now);
         let mut total = 0;
         let mut segments = 0;
         let mut drained = false;
@@ -176,6 +183,11 @@ impl Connection {
             dst: self.remote,
             len: total,
             segment_size: (segments > 1).then_some(mtu),
+            ecn: if self.ect0_now {
+                ack_tracker::ECN_ECT0
+            } else {
+                0
+            },
             more: !drained,
         })
     }
@@ -480,6 +492,7 @@ impl Connection {
                 ack_eliciting: b.ack_eliciting,
                 in_flight: b.ack_eliciting || b.padded,
                 mtu_probe: b.mtu_probe,
+                ecn: self.ect0_now,
                 data: b.frames,
             },
         );

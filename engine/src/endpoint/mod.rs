@@ -175,6 +175,14 @@ pub struct EndpointStats {
     /// Congestion window reductions, and those undone as spurious (reordering, not loss).
     pub congestion_events: u64,
     pub spurious_congestion_events: u64,
+    /// ECN (RFC 9000 §13.4) over connections closed so far: those whose path had passed
+    /// validation, validations failed, 1-RTT packets sent marked ECT(0), ECT(0)-marked
+    /// packets received, and ACKs whose CE count rose (answered as congestion).
+    pub ecn_capable_connections: u64,
+    pub ecn_failures: u64,
+    pub ecn_marked_sent: u64,
+    pub ecn_ect0_received: u64,
+    pub ecn_ce_events: u64,
 }
 
 struct Entry<U> {
@@ -1080,6 +1088,11 @@ impl<U: Default> Endpoint<U> {
         self.stats.authentication_failures += cs.authentication_failures;
         self.stats.congestion_events += cs.congestion_events;
         self.stats.spurious_congestion_events += cs.spurious_congestion_events;
+        self.stats.ecn_capable_connections += u64::from(cs.ecn_capable);
+        self.stats.ecn_failures += cs.ecn_failures;
+        self.stats.ecn_marked_sent += cs.ecn_marked_sent;
+        self.stats.ecn_ect0_received += cs.ecn_ect0_received;
+        self.stats.ecn_ce_events += cs.ecn_ce_events;
         self.stats.max_datagram_size_peak =
             self.stats.max_datagram_size_peak.max(cs.max_datagram_size);
         if self.config.keep_drained_states {
@@ -1216,7 +1229,7 @@ impl<U: Default> Endpoint<U> {
                         src,
                         len: t.len,
                         segment_size: t.segment_size,
-                        ecn: 0,
+                        ecn: t.ecn,
                     });
                 }
                 None => {

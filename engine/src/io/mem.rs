@@ -121,6 +121,17 @@ pub struct MemStats {
     pub dropped_mtu: u64,
 }
 
+/// What a path does to the ECN field (RFC 3168) of the datagrams crossing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EcnPath {
+    /// Carried as sent.
+    Keep,
+    /// Cleared to Not-ECT, as some middleboxes do.
+    Clear,
+    /// Every `n`th ECT-marked buffer arrives CE-marked, as from a congested AQM queue.
+    CeEvery(u64),
+}
+
 /// One buffer in flight: `len` bytes, cut into datagrams of `segment` bytes.
 struct Packet {
     buf: Box<[u8]>,
@@ -234,6 +245,9 @@ pub struct MemDatapath {
     impair: Impairments,
     /// Largest UDP payload the path carries from this end, if limited.
     path_mtu: Option<usize>,
+    ecn_path: EcnPath,
+    /// ECT-marked buffers sent, for `EcnPath::CeEvery`.
+    ect_sent: u64,
     rng: StdRng,
     stats: MemStats,
 }
@@ -275,6 +289,8 @@ pub fn pair_with(
         split: Vec::with_capacity(max_segments),
         impair,
         path_mtu: None,
+        ecn_path: EcnPath::Keep,
+        ect_sent: 0,
         rng: StdRng::seed_from_u64(seed),
         stats: MemStats::default(),
     };
@@ -300,6 +316,11 @@ impl MemDatapath {
     /// filtered. `None` lifts the limit. May change at any time, like a route.
     pub fn set_path_mtu(&mut self, max_payload: Option<usize>) {
         self.path_mtu = max_payload;
+    }
+
+    /// What the path does to the ECN field of what this end sends from now on.
+    pub fn set_ecn_path(&mut self, path: EcnPath) {
+        self.ecn_path = path;
     }
 
     /// Datagrams currently held back for reordering.
@@ -463,13 +484,28 @@ impl Datapath for MemDatapath {
             return true;
         }
         let segment = meta.segment_size.unwrap_or(meta.len).min(meta.len);
+        let mut ecn = meta.ecn & 0b11;
+        if ecn != 0 {
+            ecn = match self.ecn_path {
+                EcnPath::Keep => ecn,
+                EcnPath::Clear => 0,
+                EcnPath::CeEvery(n) => {
+                    self.ect_sent += 1;
+                    if n > 0 && self.ect_sent.is_multiple_of(n) {
+                        0b11
+                    } else {
+                        ecn
+                    }
+                }
+            };
+        }
         self.pending.push_back(Packet {
             buf,
             len: meta.len,
             segment,
             src: self.local,
             dst: meta.dst,
-            ecn: meta.ecn & 0b11,
+            ecn,
         });
         true
     }

@@ -1246,6 +1246,42 @@ fn read_all_in_background(mut pipe: impl Read + Send + 'static) -> thread::JoinH
     })
 }
 
+/// The ECN counters of a `quench serve` over its connections (RFC 9000 §13.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcnTotals {
+    /// Connections whose path passed validation.
+    pub capable: u64,
+    pub failures: u64,
+    /// 1-RTT packets quench sent marked ECT(0).
+    pub marked: u64,
+    /// ECT(0)-marked packets quench received from the peer.
+    pub ect0_received: u64,
+}
+
+/// Runs `peer`'s client for an 8 MiB down, 4 MiB up perf transfer against a fresh
+/// `quench serve`, then reads the server's ECN counters.
+#[allow(dead_code)]
+pub fn ecn_against(peer: Peer) -> EcnTotals {
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(&certs, dir.path(), dir.path(), &[]);
+    let transfer = Transfer::perf(8 * MIB, 4 * MIB);
+    let report = run_transfer(peer, server.addr, &certs.ca, &transfer);
+    assert_perf(&report, &transfer);
+    let t = server.shutdown_worker_totals(&[
+        "ecn_capable_connections",
+        "ecn_failures",
+        "ecn_marked_sent",
+        "ecn_ect0_received",
+    ]);
+    EcnTotals {
+        capable: t[0],
+        failures: t[1],
+        marked: t[2],
+        ect0_received: t[3],
+    }
+}
+
 /// Runs `peer`'s client for `transfer` against `server`, which must succeed; returns its report.
 pub fn run_transfer(peer: Peer, server: SocketAddr, ca: &Path, transfer: &Transfer) -> Report {
     run_client(

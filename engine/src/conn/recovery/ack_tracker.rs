@@ -23,7 +23,7 @@ const MAX_PACKET_NUMBER: u64 = (1 << 62) - 1;
 
 /// ECN codepoints as they appear in the two low bits of the IP TOS / traffic class.
 const ECN_ECT1: u8 = 0b01;
-const ECN_ECT0: u8 = 0b10;
+pub const ECN_ECT0: u8 = 0b10;
 const ECN_CE: u8 = 0b11;
 
 #[derive(Clone, Debug)]

@@ -2,6 +2,7 @@
 //! Appendix A), feeding the congestion controller and the pacer.
 
 use super::cc::{Congestion, Controller};
+use super::ecn::{Ecn, EcnCounts, EcnState};
 use super::pacing::{Pacer, PacerInput};
 use super::rtt::{Pto, RttEstimator};
 use super::sent::{SentPacket, SentSpace, Slot};
@@ -78,6 +79,8 @@ pub struct Recovery<T> {
     /// Cuts left before a raised `packet_threshold` returns to 3; each spurious loss seen
     /// starts the count again.
     threshold_persistence: u8,
+    /// ECN marking and validation on the current path.
+    ecn: Ecn,
 }
 
 /// What a loss detection pass found.
@@ -127,6 +130,7 @@ impl<T> Recovery<T> {
             undo: None,
             packet_threshold: PACKET_THRESHOLD,
             threshold_persistence: 0,
+            ecn: Ecn::new(config.ecn),
             config,
             path_first_pn: 0,
         }
@@ -140,6 +144,9 @@ impl<T> Recovery<T> {
             self.has_handshake_keys = true;
         }
         let (in_flight, size) = (packet.in_flight, u64::from(packet.size));
+        if packet.ecn && epoch == Epoch::Data {
+            self.ecn.on_marked_sent(now);
+        }
         if let Err(p) = self.spaces[epoch.index()].insert(packet) {
             tracing::error!(pn = p.pn, ?epoch, "packet number reused; not tracked");
             debug_assert!(false, "packet number {} reused in {epoch:?}", p.pn);
@@ -170,7 +177,7 @@ impl<T> Recovery<T> {
         epoch: Epoch,
         ranges: impl Iterator<Item = RangeInclusive<u64>>,
         ack_delay: Duration,
-        ecn: Option<(u64, u64, u64)>,
+        ecn: Option<EcnCounts>,
         on_acked: &mut dyn FnMut(SentPacket<T>),
         on_lost: &mut dyn FnMut(SentPacket<T>),
     ) -> Result<AckResult, UnsentPacketAcked> {
@@ -183,6 +190,7 @@ impl<T> Recovery<T> {
         if largest >= space.next_pn {
             return Err(UnsentPacketAcked { epoch, pn: largest });
         }
+        let raises_largest = space.largest_acked.is_none_or(|l| largest > l);
         space.largest_acked = Some(space.largest_acked.map_or(largest, |l| l.max(largest)));
 
         // Detect and remove acknowledged packets (§A.7 DetectAndRemoveAckedPackets).
@@ -192,6 +200,8 @@ impl<T> Recovery<T> {
         // In-flight bytes of packets sent after the current recovery period began.
         let mut growth_bytes = 0u64;
         let mut spurious = false;
+        // Newly acknowledged packets sent marked ECT(0): all, and the current path's.
+        let (mut marked, mut marked_on_path) = (0u64, 0u64);
         for range in ranges {
             let (first, last) = (*range.start(), *range.end());
             if last >= space.next_pn {
@@ -224,6 +234,10 @@ impl<T> Recovery<T> {
                     continue;
                 };
                 let this_path = on_path(epoch, pn, self.path_first_pn);
+                if p.ecn {
+                    marked += 1;
+                    marked_on_path += u64::from(this_path);
+                }
                 if p.in_flight {
                     let size = u64::from(p.size);
                     release_in_flight(
@@ -278,14 +292,13 @@ impl<T> Recovery<T> {
         }
 
         let mut reduced = false;
-        // §A.7 ProcessECN: a higher CE count is a congestion signal, but only for packets
-        // we marked; unmarked, any count fails validation (RFC 9000 §13.4.2.1) and a peer
-        // could otherwise shrink our window at will.
-        if let Some((_, _, ce)) = ecn.filter(|_| self.config.ect_marking) {
-            let space = &mut self.spaces[epoch.index()];
-            if ce > space.ecn_ce {
+        // §A.7 ProcessECN: a higher CE count is a congestion signal once the counts pass
+        // validation (RFC 9000 §13.4.2.1); a peer cannot shrink our window with counts
+        // for marks we never applied. Only the Data space is marked (`ecn`).
+        if epoch == Epoch::Data && self.ecn.state() != EcnState::Failed {
+            let ce = self.ecn.on_ack(raises_largest, marked, ecn, marked_on_path);
+            if ce > 0 {
                 std::hint::cold_path();
-                space.ecn_ce = ce;
                 self.stats.ecn_ce_events += 1;
                 if self.congestion_event(now, newest_sent) {
                     // A mark is congestion whatever the ACKs say later.
@@ -436,6 +449,17 @@ impl<T> Recovery<T> {
         self.app_limited = limited;
     }
 
+    /// Whether the next datagram leaves marked ECT(0) (RFC 9000 §13.4.2). Ends a path's
+    /// ECN test when its time is up, so call it once per datagram sent.
+    pub fn ecn_marking(&mut self, now: Instant) -> bool {
+        self.ecn.marking(now, self.pto.period(Epoch::Data))
+    }
+
+    /// ECN on the current path.
+    pub fn ecn(&self) -> &Ecn {
+        &self.ecn
+    }
+
     /// Whether ACKs currently leave the window as it is (RFC 9002 §7.8).
     pub fn is_app_limited(&self) -> bool {
         self.app_limited
@@ -471,6 +495,7 @@ impl<T> Recovery<T> {
         self.pto.reset(self.config.initial_rtt);
         self.pacer = Pacer::new();
         self.first_rtt_sample = None;
+        self.ecn.on_new_path(self.config.ecn);
         self.stats.path_resets += 1;
         self.set_timer(now);
     }
@@ -584,7 +609,10 @@ impl<T> Recovery<T> {
     }
 
     pub fn stats(&self) -> RecoveryStats {
-        self.stats
+        RecoveryStats {
+            ecn_failures: self.ecn.failures(),
+            ..self.stats
+        }
     }
 
     fn pacer_input(&self) -> PacerInput {
@@ -750,6 +778,9 @@ impl<T> Recovery<T> {
                     // RFC 9000 §14.4: a lost PMTU probe is no sign of congestion; §9.4: nor,
                     // for the current path, is a packet lost on the old one.
                     let this_path = on_path(epoch, pn, self.path_first_pn);
+                    if p.ecn && this_path {
+                        self.ecn.on_marked_lost();
+                    }
                     let signals = !p.mtu_probe && this_path;
                     if p.in_flight {
                         let size = u64::from(p.size);

@@ -10,6 +10,7 @@
 
 pub mod ack_tracker;
 pub mod cc;
+pub mod ecn;
 mod loss;
 pub mod pacing;
 pub mod rtt;
@@ -40,10 +41,10 @@ pub struct RecoveryConfig {
     /// Initial window in datagrams (RFC 9002 §7.2 recommends 10).
     pub initial_window_packets: usize,
     pub pacing: bool,
-    /// Our packets leave marked ECT(0). Only then can a peer's ECN counts pass validation
-    /// (RFC 9000 §13.4.2.1: counts may not exceed the packets sent with those marks) and
-    /// its CE count be a congestion signal (RFC 9002 §7.1). No datapath marks yet.
-    pub ect_marking: bool,
+    /// Test each path for ECN and, while it passes validation, send 1-RTT packets
+    /// marked ECT(0) and take the peer's CE count as congestion (RFC 9000 §13.4,
+    /// RFC 9002 §7.1; see `ecn`).
+    pub ecn: bool,
 }
 
 impl RecoveryConfig {
@@ -55,7 +56,7 @@ impl RecoveryConfig {
             congestion: CongestionAlgorithm::Cubic,
             initial_window_packets: 10,
             pacing: true,
-            ect_marking: false,
+            ecn: true,
         }
     }
 }
@@ -104,6 +105,8 @@ pub struct RecoveryStats {
     /// all (reordered, not lost).
     pub spurious_congestion_events: u64,
     pub ecn_ce_events: u64,
+    /// Paths whose ECN validation failed (`ecn::EcnFailure`): marking stopped there.
+    pub ecn_failures: u64,
     /// Congestion controller and RTT estimator restarted for a new path (RFC 9000 §9.4).
     pub path_resets: u64,
 }

@@ -21,6 +21,8 @@ pub struct SentPacket<T> {
     pub in_flight: bool,
     /// A PMTU probe: its loss says nothing about congestion (RFC 9000 §14.4).
     pub mtu_probe: bool,
+    /// Left marked ECT(0) (RFC 9000 §13.4).
+    pub ecn: bool,
     pub data: T,
 }
 
@@ -52,8 +54,6 @@ pub(crate) struct SentSpace<T> {
     pub time_of_last_ack_eliciting: Option<Instant>,
     /// Ack-eliciting in-flight packets outstanding.
     pub ack_eliciting_in_flight: usize,
-    /// Highest ECN-CE count the peer reported for this space.
-    pub ecn_ce: u64,
 }
 
 impl<T> SentSpace<T> {
@@ -66,7 +66,6 @@ impl<T> SentSpace<T> {
             loss_time: None,
             time_of_last_ack_eliciting: None,
             ack_eliciting_in_flight: 0,
-            ecn_ce: 0,
         }
     }
 
@@ -169,6 +168,7 @@ mod tests {
             ack_eliciting: true,
             in_flight: true,
             mtu_probe: false,
+            ecn: false,
             data: (),
         }
     }

@@ -34,7 +34,7 @@ fn confirmed(config: RecoveryConfig) -> Recovery<u64> {
 /// A NewReno server whose packets are ECT(0)-marked, so CE counts are congestion signals.
 fn ecn_server() -> Recovery<u64> {
     confirmed(RecoveryConfig {
-        ect_marking: true,
+        ecn: true,
         ..config(Side::Server, CongestionAlgorithm::NewReno)
     })
 }
@@ -47,7 +47,16 @@ fn pkt(pn: u64, t: Instant) -> SentPacket<u64> {
         ack_eliciting: true,
         in_flight: true,
         mtu_probe: false,
+        ecn: false,
         data: pn,
+    }
+}
+
+/// `pkt`, sent marked ECT(0).
+fn marked(pn: u64, t: Instant) -> SentPacket<u64> {
+    SentPacket {
+        ecn: true,
+        ..pkt(pn, t)
     }
 }
 
@@ -629,7 +638,7 @@ fn an_ecn_mark_is_never_undone() {
     let t0 = Instant::now();
     let mut r = ecn_server();
     for pn in 0..8 {
-        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+        r.on_packet_sent(t0, Epoch::Data, marked(pn, t0));
     }
     let t1 = t0 + ms(100);
     ack_ecn(&mut r, t1, Epoch::Data, &[4..=4, 0..=0], Some((2, 0, 1)))
@@ -685,7 +694,7 @@ fn ecn_ce_increase_is_a_congestion_event() {
     let t0 = Instant::now();
     let mut r = ecn_server();
     for pn in 0..4 {
-        r.on_packet_sent(t0, Epoch::Data, pkt(pn, t0));
+        r.on_packet_sent(t0, Epoch::Data, marked(pn, t0));
     }
     ack_ecn(&mut r, t0 + ms(50), Epoch::Data, &[0..=0], Some((1, 0, 0)))
         .0
@@ -698,10 +707,11 @@ fn ecn_ce_increase_is_a_congestion_event() {
     assert_eq!(r.stats().ecn_ce_events, 1);
     // 11 datagrams after the first ACK in slow start, then halved.
     assert_eq!(r.congestion_window(), 11 * MDS / 2);
-    ack_ecn(&mut r, t0 + ms(52), Epoch::Data, &[0..=2], Some((1, 0, 1)))
+    ack_ecn(&mut r, t0 + ms(52), Epoch::Data, &[0..=2], Some((2, 0, 1)))
         .0
         .unwrap();
     assert_eq!(r.stats().ecn_ce_events, 1, "same count: no new signal");
+    assert_eq!(r.ecn().state(), ecn::EcnState::Capable);
 }
 
 /// Without ECT marks on our packets no ECN count can be validated: CE reports are ignored.
@@ -718,6 +728,60 @@ fn ecn_counts_for_unmarked_packets_are_ignored() {
     assert_eq!(r.stats().congestion_events, 0);
     assert_eq!(r.stats().ecn_ce_events, 0);
     assert_eq!(r.congestion_window(), 12 * MDS, "slow start went on");
+}
+
+/// A path that clears the marks: the ACK of marked packets has no counts, so validation
+/// fails (RFC 9000 §13.4.2.1), marking stops and later CE counts are no congestion. A new
+/// path is tested again, and marked packets all lost there fail it too.
+#[test]
+fn ecn_validation_failure_stops_marking_until_a_new_path() {
+    let t0 = Instant::now();
+    let mut r = ecn_server();
+    assert!(r.ecn_marking(t0));
+    for pn in 0..4 {
+        r.on_packet_sent(t0, Epoch::Data, marked(pn, t0));
+    }
+    ack_ecn(&mut r, t0 + ms(50), Epoch::Data, &[0..=1], None)
+        .0
+        .unwrap();
+    assert_eq!(r.ecn().failure(), Some(ecn::EcnFailure::NoCounts));
+    assert!(!r.ecn_marking(t0 + ms(50)));
+    ack_ecn(&mut r, t0 + ms(51), Epoch::Data, &[0..=3], Some((0, 0, 2)))
+        .0
+        .unwrap();
+    assert_eq!(r.stats().congestion_events, 0);
+    assert_eq!(r.stats().ecn_failures, 1);
+
+    let t1 = t0 + ms(100);
+    r.reset_for_new_path(t1, 4);
+    assert_eq!(
+        r.ecn().state(),
+        ecn::EcnState::Testing {
+            marked: 0,
+            since: None
+        }
+    );
+    let mut pn = 4;
+    while r.ecn_marking(t1) {
+        r.on_packet_sent(t1, Epoch::Data, marked(pn, t1));
+        pn += 1;
+    }
+    assert_eq!(pn - 4, ecn::TESTING_PACKETS);
+    // Unmarked packets after the test get through; every marked one is lost.
+    for p in pn..pn + 4 {
+        r.on_packet_sent(t1, Epoch::Data, pkt(p, t1));
+    }
+    ack_ecn(
+        &mut r,
+        t1 + ms(50),
+        Epoch::Data,
+        &[pn..=pn + 3],
+        Some((0, 0, 0)),
+    )
+    .0
+    .unwrap();
+    assert_eq!(r.ecn().failure(), Some(ecn::EcnFailure::MarkedLost));
+    assert_eq!(r.stats().ecn_failures, 2);
 }
 
 #[test]
@@ -864,7 +928,7 @@ proptest! {
                     let pn = next_pn[epoch];
                     next_pn[epoch] += 1;
                     r.on_packet_sent(now, Epoch::ALL[epoch], SentPacket {
-                        pn, time_sent: now, size, ack_eliciting: eliciting, in_flight, mtu_probe: false, data: (epoch, pn),
+                        pn, time_sent: now, size, ack_eliciting: eliciting, in_flight, mtu_probe: false, ecn: false, data: (epoch, pn),
                     });
                     model.insert((epoch, pn), (u64::from(size), in_flight, eliciting));
                     if epoch == 2 && !discarded[0] && next_pn[2] > 3 {

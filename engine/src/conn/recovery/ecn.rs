@@ -1,0 +1,331 @@
+//! ECN on the current path (RFC 9000 §13.4, Appendix A.4): whether our 1-RTT packets
+//! leave ECT(0)-marked, and validation of the peer's ECN counts before its CE count is
+//! taken as congestion (RFC 9002 §7.1).
+//!
+//! Only the application data space is marked, and only once the handshake is confirmed:
+//! a path that drops marked packets then costs a few 1-RTT retransmissions, never the
+//! handshake. The other spaces' counts are ignored.
+
+use std::time::{Duration, Instant};
+
+/// Marked packets a new path's test sends before waiting for their acknowledgements
+/// (RFC 9000 §13.4.2: "the first ten outgoing packets on a path").
+pub const TESTING_PACKETS: u64 = 10;
+
+/// ECN counts in an ACK frame: ECT(0), ECT(1), ECN-CE.
+pub type EcnCounts = (u64, u64, u64);
+
+/// Where the current path stands (RFC 9000 Appendix A.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EcnState {
+    /// Marking the path's first packets; `since` is when the first went out.
+    Testing { marked: u64, since: Option<Instant> },
+    /// The test is over: unmarked until an ACK shows marked packets arrived intact.
+    Unknown,
+    /// Validated: every packet is marked.
+    Capable,
+    /// Validation failed (or ECN is off): nothing is marked, CE counts are ignored.
+    Failed,
+}
+
+/// Why validation failed, for logs and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EcnFailure {
+    /// Marked packets acknowledged by an ACK frame without counts: the marks were
+    /// cleared on the way, or the peer does not report them.
+    NoCounts,
+    /// A count went down.
+    Decreased,
+    /// Fewer ECT(0) and CE marks than the marked packets newly acknowledged: the path
+    /// cleared marks, or turned CE back into ECT.
+    TooFewMarks,
+    /// More ECT marks than we ever applied (any ECT(1) at all): the path adds marks.
+    TooManyMarks,
+    /// Every packet marked on this path was declared lost.
+    MarkedLost,
+}
+
+#[derive(Clone, Debug)]
+pub struct Ecn {
+    state: EcnState,
+    /// Data-space packets ever sent marked ECT(0): no count may exceed it.
+    sent_marked: u64,
+    /// Of the packets marked on the current path: sent, acknowledged, declared lost.
+    path_sent: u64,
+    path_acked: u64,
+    path_lost: u64,
+    /// The peer's counts as of the last ACK frame that passed validation.
+    counts: EcnCounts,
+    failure: Option<EcnFailure>,
+    /// Validations failed, over all paths.
+    failures: u64,
+}
+
+impl Ecn {
+    /// `enabled`: test new paths for ECN; off, the state is `Failed` for good.
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            state: if enabled {
+                EcnState::Testing {
+                    marked: 0,
+                    since: None,
+                }
+            } else {
+                EcnState::Failed
+            },
+            sent_marked: 0,
+            path_sent: 0,
+            path_acked: 0,
+            path_lost: 0,
+            counts: (0, 0, 0),
+            failure: None,
+            failures: 0,
+        }
+    }
+
+    pub fn state(&self) -> EcnState {
+        self.state
+    }
+
+    /// Why the current path failed validation, if it did.
+    pub fn failure(&self) -> Option<EcnFailure> {
+        self.failure
+    }
+
+    /// Validations failed, over all paths.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// 1-RTT packets sent marked ECT(0), over all paths.
+    pub fn marked_sent(&self) -> u64 {
+        self.sent_marked
+    }
+
+    /// Whether the next datagram leaves marked ECT(0). A test ends after
+    /// [`TESTING_PACKETS`] marked packets or three PTOs (RFC 9000 §13.4.2).
+    pub fn marking(&mut self, now: Instant, pto: Duration) -> bool {
+        match self.state {
+            EcnState::Capable => true,
+            EcnState::Testing { marked, since } => {
+                let expired = since.is_some_and(|s| now.saturating_duration_since(s) >= 3 * pto);
+                if marked < TESTING_PACKETS && !expired {
+                    return true;
+                }
+                self.state = EcnState::Unknown;
+                self.check_all_lost();
+                false
+            }
+            EcnState::Unknown | EcnState::Failed => false,
+        }
+    }
+
+    /// A Data-space packet left marked at `now`.
+    pub fn on_marked_sent(&mut self, now: Instant) {
+        self.sent_marked += 1;
+        self.path_sent += 1;
+        if let EcnState::Testing { marked, since } = &mut self.state {
+            *marked += 1;
+            since.get_or_insert(now);
+        }
+    }
+
+    /// A marked packet of the current path was declared lost.
+    pub fn on_marked_lost(&mut self) {
+        self.path_lost += 1;
+        self.check_all_lost();
+    }
+
+    fn check_all_lost(&mut self) {
+        // Only once the test is over: while it runs, more marked packets may yet arrive.
+        if self.state == EcnState::Unknown
+            && self.path_acked == 0
+            && self.path_sent > 0
+            && self.path_lost >= self.path_sent
+        {
+            self.fail(EcnFailure::MarkedLost);
+        }
+    }
+
+    /// Validates a Data-space ACK frame (RFC 9000 §13.4.2.1) that newly acknowledged
+    /// `marked` packets we sent marked. Returns how much the CE count rose: congestion
+    /// to respond to, 0 unless the counts passed.
+    ///
+    /// A frame that does not raise the largest acknowledged may be reordered, so it
+    /// neither fails validation nor counts (the RFC's MUST NOT).
+    pub fn on_ack(
+        &mut self,
+        raises_largest: bool,
+        marked: u64,
+        counts: Option<EcnCounts>,
+        marked_on_path: u64,
+    ) -> u64 {
+        if self.state == EcnState::Failed || !raises_largest {
+            return 0;
+        }
+        let Some((ect0, ect1, ce)) = counts else {
+            if marked > 0 {
+                self.fail(EcnFailure::NoCounts);
+            }
+            return 0;
+        };
+        let (last0, last1, last_ce) = self.counts;
+        if ect0 < last0 || ect1 < last1 || ce < last_ce {
+            self.fail(EcnFailure::Decreased);
+            return 0;
+        }
+        // ECT(0) and CE counts cover every marked packet newly acknowledged (a lost ACK
+        // frame may make them cover more).
+        if (ect0 - last0) + (ce - last_ce) < marked {
+            tracing::debug!(
+                marked,
+                ect0_rise = ect0 - last0,
+                ce_rise = ce - last_ce,
+                "fewer ECN marks than marked packets acknowledged"
+            );
+            self.fail(EcnFailure::TooFewMarks);
+            return 0;
+        }
+        if ect1 > 0 || ect0.saturating_add(ce) > self.sent_marked {
+            self.fail(EcnFailure::TooManyMarks);
+            return 0;
+        }
+        self.counts = (ect0, ect1, ce);
+        self.path_acked += marked_on_path;
+        if marked_on_path > 0 && matches!(self.state, EcnState::Testing { .. } | EcnState::Unknown)
+        {
+            self.state = EcnState::Capable;
+        }
+        ce - last_ce
+    }
+
+    fn fail(&mut self, why: EcnFailure) {
+        tracing::debug!(?why, "ECN validation failed; not marking on this path");
+        self.state = EcnState::Failed;
+        self.failure = Some(why);
+        self.failures += 1;
+    }
+
+    /// A new path (RFC 9000 §13.4.2: validate on every new path): test it afresh, from
+    /// the counts seen so far. ECN turned off stays off.
+    pub fn on_new_path(&mut self, enabled: bool) {
+        if !enabled {
+            return;
+        }
+        self.state = EcnState::Testing {
+            marked: 0,
+            since: None,
+        };
+        self.failure = None;
+        self.path_sent = 0;
+        self.path_acked = 0;
+        self.path_lost = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PTO: Duration = Duration::from_millis(100);
+
+    fn send(e: &mut Ecn, now: Instant, n: u64) -> u64 {
+        let mut marked = 0;
+        for _ in 0..n {
+            if e.marking(now, PTO) {
+                e.on_marked_sent(now);
+                marked += 1;
+            }
+        }
+        marked
+    }
+
+    #[test]
+    fn a_path_that_keeps_marks_is_tested_then_capable() {
+        let t = Instant::now();
+        let mut e = Ecn::new(true);
+        assert_eq!(send(&mut e, t, 15), TESTING_PACKETS);
+        assert_eq!(e.state(), EcnState::Unknown);
+        // The ACK for the first five: ECT(0) counts them.
+        assert_eq!(e.on_ack(true, 5, Some((5, 0, 0)), 5), 0);
+        assert_eq!(e.state(), EcnState::Capable);
+        assert_eq!(send(&mut e, t, 3), 3);
+        // Five more arrive with two CE-marked: 2 congestion signals.
+        assert_eq!(e.on_ack(true, 5, Some((8, 0, 2)), 5), 2);
+        assert_eq!(e.state(), EcnState::Capable);
+    }
+
+    #[test]
+    fn the_test_also_ends_after_three_ptos() {
+        let t = Instant::now();
+        let mut e = Ecn::new(true);
+        assert_eq!(send(&mut e, t, 2), 2);
+        assert_eq!(send(&mut e, t + 3 * PTO, 1), 0);
+        assert_eq!(e.state(), EcnState::Unknown);
+    }
+
+    #[test]
+    fn each_way_a_path_or_peer_can_break_ecn_fails_validation() {
+        let t = Instant::now();
+        let cases: [(Option<EcnCounts>, EcnFailure); 4] = [
+            (None, EcnFailure::NoCounts),
+            (Some((3, 0, 0)), EcnFailure::TooFewMarks),
+            (Some((4, 1, 0)), EcnFailure::TooManyMarks),
+            (Some((11, 0, 0)), EcnFailure::TooManyMarks),
+        ];
+        for (counts, why) in cases {
+            let mut e = Ecn::new(true);
+            send(&mut e, t, 10);
+            assert_eq!(e.on_ack(true, 4, counts, 4), 0, "{counts:?}");
+            assert_eq!((e.state(), e.failure()), (EcnState::Failed, Some(why)));
+            assert_eq!(send(&mut e, t, 5), 0, "failed paths are not marked");
+            // Nor are later CE counts congestion.
+            assert_eq!(e.on_ack(true, 0, Some((4, 0, 5)), 0), 0);
+        }
+        let mut e = Ecn::new(true);
+        send(&mut e, t, 10);
+        assert_eq!(e.on_ack(true, 4, Some((4, 0, 0)), 4), 0);
+        assert_eq!(e.on_ack(true, 2, Some((3, 0, 0)), 2), 0);
+        assert_eq!(e.failure(), Some(EcnFailure::Decreased));
+    }
+
+    #[test]
+    fn reordered_acks_neither_fail_nor_count() {
+        let t = Instant::now();
+        let mut e = Ecn::new(true);
+        send(&mut e, t, 10);
+        assert_eq!(e.on_ack(true, 4, Some((2, 0, 2)), 4), 2);
+        // An older frame, overtaken: lower counts, no largest raised.
+        assert_eq!(e.on_ack(false, 1, Some((1, 0, 0)), 1), 0);
+        assert_eq!(e.on_ack(false, 1, None, 1), 0);
+        assert_eq!(e.state(), EcnState::Capable);
+    }
+
+    #[test]
+    fn a_path_that_drops_marked_packets_fails_once_the_test_is_over() {
+        let t = Instant::now();
+        let mut e = Ecn::new(true);
+        send(&mut e, t, 11);
+        for _ in 0..9 {
+            e.on_marked_lost();
+        }
+        assert_eq!(e.state(), EcnState::Unknown);
+        e.on_marked_lost();
+        assert_eq!(e.failure(), Some(EcnFailure::MarkedLost));
+        // Validation repeats on a new path.
+        e.on_new_path(true);
+        assert_eq!(send(&mut e, t, 12), TESTING_PACKETS);
+        // An ACK of marked packets from the old path passes, but proves nothing here.
+        assert_eq!(e.on_ack(true, 3, Some((3, 0, 0)), 0), 0);
+        assert_eq!(e.state(), EcnState::Unknown);
+    }
+
+    #[test]
+    fn disabled_never_marks() {
+        let mut e = Ecn::new(false);
+        assert_eq!(send(&mut e, Instant::now(), 20), 0);
+        e.on_new_path(false);
+        assert_eq!(e.state(), EcnState::Failed);
+        assert_eq!(e.failure(), None);
+    }
+}
