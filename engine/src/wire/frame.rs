@@ -473,6 +473,7 @@ fn ecn_len(ecn: EcnCounts) -> usize {
     varint_len(ecn.ect0) + varint_len(ecn.ect1) + varint_len(ecn.ce)
 }
 
+#[inline]
 fn put_ecn(w: &mut Writer, ecn: EcnCounts) -> Result<(), WireError> {
     w.put_varint(ecn.ect0)?;
     w.put_varint(ecn.ect1)?;

@@ -82,7 +82,7 @@ impl<'a> Reader<'a> {
 
     /// A varint and the number of bytes it used (to detect non-minimal encodings).
     /// Each length reads its bytes as one big-endian word: no loop, one bounds check.
-    #[inline]
+    #[inline(always)]
     pub fn varint_with_len(&mut self) -> Result<(u64, usize), WireError> {
         // `pos` never passes the end, so `get` fails only on an empty rest.
         let rest = self.buf.get(self.pos..).unwrap_or_default();
