@@ -653,7 +653,7 @@ mod xdp_server {
             return Err(xdp::XdpError::IfaceNotFound(xdp.iface.clone()).into());
         }
         let iface = xdp::local_iface(&xdp.iface, port)?;
-        let local_addr = match opts.listen.ip() {
+        let local_addr = match opts.listen.ip().to_canonical() {
             ip if ip.is_unspecified() => match (iface.v4, iface.v6) {
                 (Some(v4), _) if ip.is_ipv4() => SocketAddr::new(IpAddr::V4(v4), port),
                 (_, Some(v6)) => SocketAddr::new(IpAddr::V6(v6), port),
@@ -665,13 +665,12 @@ mod xdp_server {
                     )))
                 }
             },
-            ip if iface.addrs.contains(&ip) => opts.listen,
+            ip if iface.addrs.contains(&ip) => SocketAddr::new(ip, port),
             ip => {
                 let has: Vec<String> = iface.addrs.iter().map(|a| a.to_string()).collect();
                 return Err(ServerError::Config(format!(
-                    "--listen {ip} is not an address of {} (it has {}); give one of them, \
-                     or an unspecified address to serve them all",
-                    xdp.iface,
+                    "--listen {ip} is not an address of this host (it has {}); give one of \
+                     them, or an unspecified address to serve them all",
                     if has.is_empty() {
                         "none".to_string()
                     } else {

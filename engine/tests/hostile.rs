@@ -2359,8 +2359,45 @@ fn an_ack_sent_alone_with_a_full_window_is_not_app_limited() {
             (t.len, t.more, c.is_app_limited())
         })
         .expect("client alive");
-    assert!(len < 100 && !more, "an ACK alone: {len} bytes");
+    assert!(len < 100 && !more, "an ACK alone: {len} bytes, more {more}");
     assert!(!limited, "still window-limited");
+}
+
+/// RFC 9000 §13.4.2: a path's ECN test marks its first ten packets, not a whole GSO
+/// batch: the batch that reaches the tenth stops there, and the next goes unmarked.
+#[test]
+fn an_ecn_test_marks_ten_packets_even_in_a_large_gso_batch() {
+    let mut net = Net::new(TransportConfig::default());
+    net.establish();
+    let now = net.now;
+    let (batches, before, after) = net
+        .client
+        .with_state(net.h, |c, _| {
+            let before = c.stats().ecn_marked_sent;
+            // Room for several full batches.
+            c.set_congestion_window(1 << 20);
+            let id = c.open_stream(false).expect("stream credit");
+            let _ = c.write(id, &[7u8; 256 * 1024]).unwrap();
+            let mut buf = vec![0u8; 64 * 1500];
+            // (codepoint, datagrams) of each batch; a PMTU probe may come first.
+            let batches: Vec<(u8, usize)> = (0..4)
+                .filter_map(|_| c.poll_transmit(now, &mut buf, 64))
+                .map(|t| (t.ecn, t.segment_size.map_or(1, |s| t.len.div_ceil(s))))
+                .collect();
+            (batches, before, c.stats().ecn_marked_sent)
+        })
+        .expect("client alive");
+    assert!(before < 10, "the test still runs: {before} marked");
+    let marked: usize = batches.iter().filter(|b| b.0 == 0b10).map(|b| b.1).sum();
+    assert_eq!(marked as u64, 10 - before, "{batches:?}");
+    assert_eq!(after, 10, "{batches:?}");
+    let last_marked = batches
+        .iter()
+        .rposition(|b| b.0 == 0b10)
+        .expect("a marked batch");
+    let next = batches.get(last_marked + 1).expect("a batch after it");
+    assert_eq!(next.0, 0, "unmarked until validated: {batches:?}");
+    assert!(next.1 > 1, "the window still has room: {batches:?}");
 }
 
 /// hq-interop: bytes after the request line (more than one read's worth) and a FIN that

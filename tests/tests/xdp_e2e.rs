@@ -617,9 +617,11 @@ fn quench_client_over_af_xdp() {
     assert_eq!(sum(&stats, "workers", "connections_accepted"), 4, "{stats}");
 }
 
-/// The program serves the port on every address of the interface, so replies must leave
-/// from the address each client wrote to: a client of a secondary address (a second VIP)
-/// drops answers from the first one as not its server's.
+/// With an unspecified --listen the program serves the port on every address of the host,
+/// so replies must leave from the address each client wrote to: a client of a secondary
+/// address (a second VIP), or of a VIP on the loopback device (direct server return),
+/// drops answers from the interface's first address as not its server's. With --listen
+/// on one address, datagrams to the others stay the kernel's.
 #[test]
 fn replies_leave_from_the_address_the_client_wrote_to() {
     let _serial = serial();
@@ -634,6 +636,19 @@ fn replies_leave_from_the_address_the_client_wrote_to() {
         "dev",
         &t.srv_if,
     ]);
+    // A VIP on the server's loopback device, routed to it (direct server return): it
+    // arrives through the XDP interface though no address of that interface is it.
+    let vip: SocketAddr = format!("10.97.0.5:{PORT}").parse().unwrap();
+    ip(&["-n", &t.srv, "addr", "add", "10.97.0.5/32", "dev", "lo"]);
+    ip(&[
+        "-n",
+        &t.cli,
+        "route",
+        "add",
+        "10.97.0.5/32",
+        "via",
+        SERVER_IP,
+    ]);
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
     let every: SocketAddr = format!("0.0.0.0:{PORT}").parse().unwrap();
@@ -643,13 +658,14 @@ fn replies_leave_from_the_address_the_client_wrote_to() {
         (Peer::Quinn, second),
         (Peer::Quench, second),
         (Peer::Quinn, server_addr()),
+        (Peer::Quinn, vip),
     ] {
         let cmd = client_command(peer, to, &certs.ca, &transfer);
         let report = run_client(Topology::exec_in(&t.cli, &cmd), transfer.timeout());
         assert_perf(&report, &transfer);
     }
     let stats = server.shutdown();
-    assert_eq!(sum(&stats, "workers", "connections_accepted"), 6, "{stats}");
+    assert_eq!(sum(&stats, "workers", "connections_accepted"), 8, "{stats}");
     assert_xdp_path(&stats, 1_000);
     assert_eq!(
         u(&stats, &["xdp", "program", "pass_not_local"]),

@@ -56,6 +56,7 @@ impl Connection {
         let first_pn = self.recovery.next_packet_number(Epoch::Data);
         self.path_first_pn = first_pn;
         self.recovery.reset_for_new_path(now, first_pn);
+        self.recovery.restart_ecn(first_pn);
         // §9.2: validate the new path; a non-probing packet from there (this PING and what
         // follows) is what moves the server, which validates our address in turn (§9.3).
         self.start_path_validation(now);

@@ -644,6 +644,7 @@ impl Connection {
         }
         self.send_to(now, remote);
         self.path_first_pn = self.recovery.next_packet_number(Epoch::Data);
+        self.recovery.restart_ecn(self.path_first_pn);
         if self.validated_remote == Some(remote) {
             // Back on the last validated address (its packets overtook a spurious
             // migration's, §9.3.2): nothing to validate.

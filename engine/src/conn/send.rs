@@ -175,6 +175,12 @@ impl Connection {
             if n < mtu {
                 break;
             }
+            if self.ect0_now && !self.recovery.ecn_may_mark_more() {
+                // The path's ECN test has marked its packets: the rest go unmarked, in
+                // the next call's batch.
+                cold_path();
+                break;
+            }
         }
         if total == 0 {
             return None;

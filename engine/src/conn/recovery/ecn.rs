@@ -50,6 +50,8 @@ pub struct Ecn {
     state: EcnState,
     /// Data-space packets ever sent marked ECT(0): no count may exceed it.
     sent_marked: u64,
+    /// The first packet number of the current path: packets from it on are this path's.
+    first_pn: u64,
     /// Of the packets marked on the current path: sent, acknowledged, declared lost.
     path_sent: u64,
     path_acked: u64,
@@ -74,6 +76,7 @@ impl Ecn {
                 EcnState::Failed
             },
             sent_marked: 0,
+            first_pn: 0,
             path_sent: 0,
             path_acked: 0,
             path_lost: 0,
@@ -120,6 +123,17 @@ impl Ecn {
         }
     }
 
+    /// Whether a packet numbered `pn` was sent on the current path.
+    pub fn on_path(&self, pn: u64) -> bool {
+        pn >= self.first_pn
+    }
+
+    /// Whether a datagram after the one just marked may be marked too: not once a test
+    /// has marked its [`TESTING_PACKETS`], so a GSO batch stops there.
+    pub fn may_mark_more(&self) -> bool {
+        !matches!(self.state, EcnState::Testing { marked, .. } if marked >= TESTING_PACKETS)
+    }
+
     /// A Data-space packet left marked at `now`.
     pub fn on_marked_sent(&mut self, now: Instant) {
         self.sent_marked += 1;
@@ -136,6 +150,13 @@ impl Ecn {
         self.check_all_lost();
     }
 
+    /// A marked packet of the current path declared lost was acknowledged after all: it
+    /// arrived, so it no longer counts as lost (its marks may have been counted by an
+    /// earlier ACK frame, so it is not among `on_ack`'s `marked`).
+    pub fn on_lost_marked_acked(&mut self) {
+        self.path_lost = self.path_lost.saturating_sub(1);
+    }
+
     fn check_all_lost(&mut self) {
         // Only once the test is over: while it runs, more marked packets may yet arrive.
         if self.state == EcnState::Unknown
@@ -148,11 +169,13 @@ impl Ecn {
     }
 
     /// Validates a Data-space ACK frame (RFC 9000 §13.4.2.1) that newly acknowledged
-    /// `marked` packets we sent marked. Returns how much the CE count rose: congestion
-    /// to respond to, 0 unless the counts passed.
+    /// `marked` packets we sent marked (`marked_on_path` of them, and of those acknowledged
+    /// after being declared lost, on the current path). Returns how much the CE count
+    /// rose: congestion to respond to, 0 unless the counts passed.
     ///
-    /// A frame that does not raise the largest acknowledged may be reordered, so it
-    /// neither fails validation nor counts (the RFC's MUST NOT).
+    /// A frame that does not raise the largest acknowledged may have been overtaken by a
+    /// later one, so it never fails validation (the RFC's MUST NOT); counts it carries
+    /// that pass are still used (RFC 9002 Appendix A.7 processes ECN on every ACK).
     pub fn on_ack(
         &mut self,
         raises_largest: bool,
@@ -160,19 +183,42 @@ impl Ecn {
         counts: Option<EcnCounts>,
         marked_on_path: u64,
     ) -> u64 {
-        if self.state == EcnState::Failed || !raises_largest {
+        if self.state == EcnState::Failed {
             return 0;
         }
-        let Some((ect0, ect1, ce)) = counts else {
-            if marked > 0 {
-                self.fail(EcnFailure::NoCounts);
+        match self.check(marked, counts) {
+            Ok(()) => {}
+            Err(why) if raises_largest => {
+                self.fail(why);
+                return 0;
             }
+            Err(_) => return 0,
+        }
+        let Some((ect0, ect1, ce)) = counts else {
             return 0;
+        };
+        let last_ce = self.counts.2;
+        self.counts = (ect0, ect1, ce);
+        self.path_acked += marked_on_path;
+        if marked_on_path > 0 && matches!(self.state, EcnState::Testing { .. } | EcnState::Unknown)
+        {
+            self.state = EcnState::Capable;
+        }
+        ce - last_ce
+    }
+
+    /// The checks of RFC 9000 §13.4.2.1 on a frame's counts against the last that passed.
+    fn check(&self, marked: u64, counts: Option<EcnCounts>) -> Result<(), EcnFailure> {
+        let Some((ect0, ect1, ce)) = counts else {
+            return if marked > 0 {
+                Err(EcnFailure::NoCounts)
+            } else {
+                Ok(())
+            };
         };
         let (last0, last1, last_ce) = self.counts;
         if ect0 < last0 || ect1 < last1 || ce < last_ce {
-            self.fail(EcnFailure::Decreased);
-            return 0;
+            return Err(EcnFailure::Decreased);
         }
         // ECT(0) and CE counts cover every marked packet newly acknowledged (a lost ACK
         // frame may make them cover more).
@@ -183,20 +229,12 @@ impl Ecn {
                 ce_rise = ce - last_ce,
                 "fewer ECN marks than marked packets acknowledged"
             );
-            self.fail(EcnFailure::TooFewMarks);
-            return 0;
+            return Err(EcnFailure::TooFewMarks);
         }
         if ect1 > 0 || ect0.saturating_add(ce) > self.sent_marked {
-            self.fail(EcnFailure::TooManyMarks);
-            return 0;
+            return Err(EcnFailure::TooManyMarks);
         }
-        self.counts = (ect0, ect1, ce);
-        self.path_acked += marked_on_path;
-        if marked_on_path > 0 && matches!(self.state, EcnState::Testing { .. } | EcnState::Unknown)
-        {
-            self.state = EcnState::Capable;
-        }
-        ce - last_ce
+        Ok(())
     }
 
     fn fail(&mut self, why: EcnFailure) {
@@ -206,9 +244,11 @@ impl Ecn {
         self.failures += 1;
     }
 
-    /// A new path (RFC 9000 §13.4.2: validate on every new path): test it afresh, from
-    /// the counts seen so far. ECN turned off stays off.
-    pub fn on_new_path(&mut self, enabled: bool) {
+    /// A new path from packet `first_pn` on (RFC 9000 §13.4.2: validate on every new
+    /// path, a new port included): test it afresh, from the counts seen so far. ECN
+    /// turned off stays off.
+    pub fn on_new_path(&mut self, enabled: bool, first_pn: u64) {
+        self.first_pn = first_pn;
         if !enabled {
             return;
         }
@@ -299,6 +339,40 @@ mod tests {
         assert_eq!(e.on_ack(false, 1, Some((1, 0, 0)), 1), 0);
         assert_eq!(e.on_ack(false, 1, None, 1), 0);
         assert_eq!(e.state(), EcnState::Capable);
+        // An overtaken frame whose counts pass is used: its CE rise is congestion.
+        assert_eq!(e.on_ack(false, 1, Some((2, 0, 3)), 1), 1);
+        assert_eq!(e.on_ack(true, 1, Some((3, 0, 3)), 1), 0);
+        assert_eq!(e.failure(), None);
+    }
+
+    #[test]
+    fn a_test_stops_marking_a_batch_at_its_tenth_packet() {
+        let t = Instant::now();
+        let mut e = Ecn::new(true);
+        assert!(e.marking(t, PTO));
+        for _ in 0..TESTING_PACKETS - 1 {
+            e.on_marked_sent(t);
+            assert!(e.may_mark_more());
+        }
+        e.on_marked_sent(t);
+        assert!(!e.may_mark_more());
+        assert!(!e.marking(t, PTO));
+    }
+
+    #[test]
+    fn marked_packets_acknowledged_after_being_declared_lost_count_as_arrived() {
+        let t = Instant::now();
+        let mut e = Ecn::new(true);
+        send(&mut e, t, 11);
+        for _ in 0..9 {
+            e.on_marked_lost();
+        }
+        // One of them arrives after all, and the tenth is lost: not all were lost.
+        e.on_lost_marked_acked();
+        e.on_marked_lost();
+        assert_eq!(e.state(), EcnState::Unknown);
+        assert_eq!(e.on_ack(true, 0, Some((1, 0, 0)), 1), 0);
+        assert_eq!(e.state(), EcnState::Capable);
     }
 
     #[test]
@@ -313,7 +387,8 @@ mod tests {
         e.on_marked_lost();
         assert_eq!(e.failure(), Some(EcnFailure::MarkedLost));
         // Validation repeats on a new path.
-        e.on_new_path(true);
+        e.on_new_path(true, 100);
+        assert!(!e.on_path(99) && e.on_path(100));
         assert_eq!(send(&mut e, t, 12), TESTING_PACKETS);
         // An ACK of marked packets from the old path passes, but proves nothing here.
         assert_eq!(e.on_ack(true, 3, Some((3, 0, 0)), 0), 0);
@@ -324,7 +399,7 @@ mod tests {
     fn disabled_never_marks() {
         let mut e = Ecn::new(false);
         assert_eq!(send(&mut e, Instant::now(), 20), 0);
-        e.on_new_path(false);
+        e.on_new_path(false, 7);
         assert_eq!(e.state(), EcnState::Failed);
         assert_eq!(e.failure(), None);
     }

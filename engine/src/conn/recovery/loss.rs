@@ -227,8 +227,18 @@ impl<T> Recovery<T> {
                 continue;
             }
             for pn in lo..=hi {
-                if matches!(space.slot(pn), Some(Slot::Skipped)) {
-                    return Err(UnsentPacketAcked { epoch, pn });
+                match space.slot(pn) {
+                    Some(Slot::Skipped) => return Err(UnsentPacketAcked { epoch, pn }),
+                    Some(Slot::LostMarked) => {
+                        std::hint::cold_path();
+                        space.take_lost_marked(pn);
+                        if self.ecn.on_path(pn) {
+                            self.ecn.on_lost_marked_acked();
+                            marked_on_path += 1;
+                        }
+                        continue;
+                    }
+                    _ => {}
                 }
                 let Some(p) = space.take(pn, Slot::Acked) else {
                     continue;
@@ -236,7 +246,7 @@ impl<T> Recovery<T> {
                 let this_path = on_path(epoch, pn, self.path_first_pn);
                 if p.ecn {
                     marked += 1;
-                    marked_on_path += u64::from(this_path);
+                    marked_on_path += u64::from(self.ecn.on_path(pn));
                 }
                 if p.in_flight {
                     let size = u64::from(p.size);
@@ -297,7 +307,8 @@ impl<T> Recovery<T> {
         // for marks we never applied. Only the Data space is marked (`ecn`).
         if epoch == Epoch::Data && self.ecn.state() != EcnState::Failed {
             let ce = self.ecn.on_ack(raises_largest, marked, ecn, marked_on_path);
-            if ce > 0 {
+            // A mark on the old path says nothing about the new one (RFC 9000 §9.4).
+            if ce > 0 && on_path(epoch, newest_pn, self.path_first_pn) {
                 std::hint::cold_path();
                 self.stats.ecn_ce_events += 1;
                 if self.congestion_event(now, newest_sent) {
@@ -450,9 +461,21 @@ impl<T> Recovery<T> {
     }
 
     /// Whether the next datagram leaves marked ECT(0) (RFC 9000 §13.4.2). Ends a path's
-    /// ECN test when its time is up, so call it once per datagram sent.
+    /// ECN test when its time is up, so call it before each marked batch.
     pub fn ecn_marking(&mut self, now: Instant) -> bool {
         self.ecn.marking(now, self.pto.period(Epoch::Data))
+    }
+
+    /// Whether the batch being built may mark another datagram: a path's test marks only
+    /// its first packets (`ecn::TESTING_PACKETS`).
+    pub fn ecn_may_mark_more(&self) -> bool {
+        self.ecn.may_mark_more()
+    }
+
+    /// Packets from `first_pn` on go to a new path, a new port alone included: test it
+    /// for ECN afresh (RFC 9000 §13.4.2).
+    pub fn restart_ecn(&mut self, first_pn: u64) {
+        self.ecn.on_new_path(self.config.ecn, first_pn);
     }
 
     /// ECN on the current path.
@@ -495,7 +518,6 @@ impl<T> Recovery<T> {
         self.pto.reset(self.config.initial_rtt);
         self.pacer = Pacer::new();
         self.first_rtt_sample = None;
-        self.ecn.on_new_path(self.config.ecn);
         self.stats.path_resets += 1;
         self.set_timer(now);
     }
@@ -772,13 +794,14 @@ impl<T> Recovery<T> {
                         space.loss_time = p.time_sent.checked_add(loss_delay);
                         break;
                     }
-                    let Some(p) = space.take(pn, Slot::Lost) else {
+                    let mark = if p.ecn { Slot::LostMarked } else { Slot::Lost };
+                    let Some(p) = space.take(pn, mark) else {
                         break;
                     };
                     // RFC 9000 §14.4: a lost PMTU probe is no sign of congestion; §9.4: nor,
                     // for the current path, is a packet lost on the old one.
                     let this_path = on_path(epoch, pn, self.path_first_pn);
-                    if p.ecn && this_path {
+                    if p.ecn && self.ecn.on_path(pn) {
                         self.ecn.on_marked_lost();
                     }
                     let signals = !p.mtu_probe && this_path;
@@ -825,7 +848,7 @@ impl<T> Recovery<T> {
                     on_lost(p);
                 }
                 Some(Slot::Acked) => run_start = None,
-                Some(Slot::Skipped | Slot::Lost) | None => {}
+                Some(Slot::Skipped | Slot::Lost | Slot::LostMarked) | None => {}
             }
             pn += 1;
         }

@@ -754,6 +754,7 @@ fn ecn_validation_failure_stops_marking_until_a_new_path() {
 
     let t1 = t0 + ms(100);
     r.reset_for_new_path(t1, 4);
+    r.restart_ecn(4);
     assert_eq!(
         r.ecn().state(),
         ecn::EcnState::Testing {
@@ -782,6 +783,34 @@ fn ecn_validation_failure_stops_marking_until_a_new_path() {
     .unwrap();
     assert_eq!(r.ecn().failure(), Some(ecn::EcnFailure::MarkedLost));
     assert_eq!(r.stats().ecn_failures, 2);
+}
+
+/// RFC 9000 §9.4: a CE mark on a packet of the old path is no congestion on the new one
+/// (the counts still pass and stay the baseline); one on the new path is.
+#[test]
+fn ce_marks_on_the_old_path_do_not_cut_the_new_paths_window() {
+    let t0 = Instant::now();
+    let mut r = ecn_server();
+    for pn in 0..4 {
+        r.on_packet_sent(t0, Epoch::Data, marked(pn, t0));
+    }
+    let t1 = t0 + ms(10);
+    r.reset_for_new_path(t1, 4);
+    r.restart_ecn(4);
+    for pn in 4..8 {
+        r.on_packet_sent(t1, Epoch::Data, marked(pn, t1));
+    }
+    let window = r.congestion_window();
+    ack_ecn(&mut r, t1 + ms(50), Epoch::Data, &[0..=3], Some((3, 0, 1)))
+        .0
+        .unwrap();
+    assert_eq!(r.stats().congestion_events, 0);
+    assert_eq!(r.congestion_window(), window);
+    ack_ecn(&mut r, t1 + ms(60), Epoch::Data, &[0..=5], Some((4, 0, 2)))
+        .0
+        .unwrap();
+    assert_eq!(r.stats().congestion_events, 1);
+    assert_eq!(r.ecn().failure(), None);
 }
 
 #[test]

@@ -121,8 +121,9 @@ pub struct LocalIface {
     /// datagrams did not say which address they were sent to.
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
-    /// Every address of the interface. The program serves the port on all of them, so a
-    /// reply leaves from whichever the peer wrote to (`TxMeta::src`).
+    /// Every address of the host (a VIP on `lo`, a VLAN device's, the interface's own).
+    /// The program serves the port on these (or on the one `--listen` names), so a reply
+    /// leaves from whichever the peer wrote to (`TxMeta::src`).
     pub addrs: Vec<IpAddr>,
     pub port: u16,
     pub mtu: u32,

@@ -323,7 +323,9 @@ impl XdpProgram {
     /// other addresses stay the kernel's, so a box that forwards or bridges keeps passing
     /// other hosts' traffic. An empty set steers nothing.
     pub fn set_local_addrs(&self, addrs: &[IpAddr]) -> Result<(), XdpError> {
-        let keys: Vec<[u8; 20]> = addrs.iter().map(|a| local_addr_key(*a)).collect();
+        let mut keys: Vec<[u8; 20]> = addrs.iter().map(|a| local_addr_key(*a)).collect();
+        keys.sort_unstable();
+        keys.dedup();
         if keys.len() > MAX_LOCAL_ADDRS as usize {
             return Err(XdpError::Config(format!(
                 "{} local addresses; at most {MAX_LOCAL_ADDRS}",

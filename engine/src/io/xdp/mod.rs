@@ -270,14 +270,14 @@ fn bind_err(e: io::Error, iface: &str, queue: u32) -> XdpError {
 }
 
 /// The destination addresses the program steers: the configured one, which must be the
-/// interface's, or all of the interface's.
+/// host's, or all of the host's (IPv4 and IPv6 alike, whichever family the unspecified
+/// address names).
 fn served_addrs(cfg: &XdpConfig, iface: &LocalIface) -> Result<Vec<IpAddr>, XdpError> {
-    let served = match cfg.listen_ip {
+    let served = match cfg.listen_ip.map(|ip| ip.to_canonical()) {
         Some(ip) if !ip.is_unspecified() => {
             if !iface.addrs.contains(&ip) {
                 return Err(XdpError::Config(format!(
-                    "{ip} is not an address of {}",
-                    cfg.iface
+                    "{ip} is not an address of this host"
                 )));
             }
             vec![ip]
@@ -286,26 +286,28 @@ fn served_addrs(cfg: &XdpConfig, iface: &LocalIface) -> Result<Vec<IpAddr>, XdpE
     };
     if served.is_empty() {
         return Err(XdpError::Config(format!(
-            "interface {} has no IP address to serve",
+            "no IP address to serve on {}",
             cfg.iface
         )));
     }
     Ok(served)
 }
 
-/// The interface's MAC, addresses (and the first IPv4 and first non-link-local IPv6 of
-/// them), and MTU.
+/// The interface's MAC, the first IPv4 and first non-link-local IPv6 of its addresses,
+/// its MTU, and the host's addresses (all interfaces': VIPs on `lo`, VLAN devices above
+/// the interface and bridge or bond masters receive through it too).
 pub fn local_iface(name: &str, port: u16) -> Result<LocalIface, XdpError> {
     let mac = syscall::if_hwaddr(name).map_err(io_err("SIOCGIFHWADDR"))?;
     let mtu = syscall::if_mtu(name).map_err(io_err("SIOCGIFMTU"))?;
-    let addrs = syscall::if_addrs(name).map_err(io_err("getifaddrs"))?;
+    let own = syscall::if_addrs(Some(name)).map_err(io_err("getifaddrs"))?;
+    let addrs = syscall::if_addrs(None).map_err(io_err("getifaddrs"))?;
     let ifindex =
         syscall::if_nametoindex(name).ok_or_else(|| XdpError::IfaceNotFound(name.to_string()))?;
-    let v4 = addrs.iter().find_map(|a| match a {
+    let v4 = own.iter().find_map(|a| match a {
         IpAddr::V4(v) => Some(*v),
         _ => None,
     });
-    let v6 = addrs.iter().find_map(|a| match a {
+    let v6 = own.iter().find_map(|a| match a {
         IpAddr::V6(v) if (v.segments()[0] & 0xffc0) != 0xfe80 => Some(*v),
         _ => None,
     });
@@ -440,6 +442,8 @@ mod tests {
         assert_eq!(one, vec!["fd00::1".parse::<IpAddr>().unwrap()]);
         let foreign = served_addrs(&cfg(Some("10.0.0.2")), &iface);
         assert!(matches!(foreign, Err(XdpError::Config(m)) if m.contains("10.0.0.2")));
+        let mapped = served_addrs(&cfg(Some("::ffff:10.0.0.1")), &iface).unwrap();
+        assert_eq!(mapped, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
         let bare = LocalIface {
             addrs: vec![],
             ..iface

@@ -240,8 +240,9 @@ pub fn if_rx_queues(name: &str) -> Option<u32> {
     (n > 0).then_some(n)
 }
 
-/// Addresses configured on an interface (via getifaddrs, in the calling thread's netns).
-pub fn if_addrs(name: &str) -> io::Result<Vec<std::net::IpAddr>> {
+/// Addresses configured on interface `name`, or on every interface for `None` (via
+/// getifaddrs, in the calling thread's netns), each once.
+pub fn if_addrs(name: Option<&str>) -> io::Result<Vec<std::net::IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free below.
     check(unsafe { libc::getifaddrs(&mut head) })?;
@@ -256,7 +257,7 @@ pub fn if_addrs(name: &str) -> io::Result<Vec<std::net::IpAddr>> {
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
         let n = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if n.to_bytes() != name.as_bytes() {
+        if name.is_some_and(|name| n.to_bytes() != name.as_bytes()) {
             continue;
         }
         // SAFETY: ifa_addr is non-null and at least a sockaddr; the family says which.
@@ -273,5 +274,7 @@ pub fn if_addrs(name: &str) -> io::Result<Vec<std::net::IpAddr>> {
     }
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|a| seen.insert(*a));
     Ok(out)
 }
