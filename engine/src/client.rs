@@ -100,6 +100,12 @@ pub struct ClientReport {
     /// Connections the server moved to another version than their first flight's
     /// (compatible version negotiation, RFC 9368 §2.3).
     pub version_switches: u64,
+    /// ECN (RFC 9000 §13.4) over all connections: those whose path passed validation,
+    /// validations failed, 1-RTT packets sent marked ECT(0), ECT(0) packets received.
+    pub ecn_capable: u64,
+    pub ecn_failures: u64,
+    pub ecn_marked_sent: u64,
+    pub ecn_ect0_received: u64,
 }
 
 impl ClientReport {
@@ -142,6 +148,12 @@ impl ClientReport {
             "authentication_failures": self.authentication_failures,
             "resumed": self.resumed,
             "version_switches": self.version_switches,
+            "ecn": {
+                "capable": self.ecn_capable,
+                "failures": self.ecn_failures,
+                "marked_sent": self.ecn_marked_sent,
+                "ect0_received": self.ecn_ect0_received,
+            },
         });
         if let Some(version) = self.quic_version {
             v["quic_version"] = format!("{version:#x}").into();
@@ -505,6 +517,10 @@ pub fn run_client_on<D: crate::io::Datapath>(
     report.max_datagram_size = stats.max_datagram_size_peak;
     report.packets_lost = stats.packets_lost;
     report.authentication_failures = stats.authentication_failures;
+    report.ecn_capable = stats.ecn_capable_connections;
+    report.ecn_failures = stats.ecn_failures;
+    report.ecn_marked_sent = stats.ecn_marked_sent;
+    report.ecn_ect0_received = stats.ecn_ect0_received;
     // Collect results from what the handler recorded.
     for st in endpoint.take_all_states() {
         if let Some(f) = st.app.failure() {

@@ -191,6 +191,22 @@ fn quench_client_perf_download_100mib() {
     assert_perf(&quinn.transfer(Peer::Quench, &transfer), &transfer);
 }
 
+/// ECN the other way: quench's client marks its packets, quinn's server counts them in
+/// its ACK frames and the client's validation passes; quinn's server marks its own
+/// packets, which the client counts.
+#[test]
+fn quench_client_validates_ecn_with_quinn() {
+    let _serial = serial();
+    let quinn = Hosted::start(Server::quinn);
+    let transfer = Transfer::perf(8 * MIB, 4 * MIB).conns(2);
+    let report = quinn.transfer(Peer::Quench, &transfer);
+    assert_perf(&report, &transfer);
+    let ecn = report.ecn.expect("quench's client reports ECN");
+    assert_eq!((ecn.capable, ecn.failures), (2, 0), "{ecn:?}");
+    assert!(ecn.marked_sent > 1000, "{ecn:?}");
+    assert!(ecn.ect0_received > 1000, "quinn's marks counted: {ecn:?}");
+}
+
 #[test]
 fn quench_client_perf_upload_50mib() {
     let _serial = serial();

@@ -1155,6 +1155,17 @@ pub struct Report {
     /// (quench's client prints them).
     pub packets_lost: Option<u64>,
     pub authentication_failures: Option<u64>,
+    /// quench's client: its ECN outcome over its connections (`ClientReport`).
+    pub ecn: Option<ClientEcn>,
+}
+
+/// The `ecn` object of quench's client report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientEcn {
+    pub capable: u64,
+    pub failures: u64,
+    pub marked_sent: u64,
+    pub ect0_received: u64,
 }
 
 impl Report {
@@ -1200,6 +1211,15 @@ impl Report {
             version_switches: obj.get("version_switches").and_then(|x| x.as_u64()),
             packets_lost: obj.get("packets_lost").and_then(|x| x.as_u64()),
             authentication_failures: obj.get("authentication_failures").and_then(|x| x.as_u64()),
+            ecn: obj.get("ecn").and_then(|e| {
+                let n = |k: &str| e.get(k).and_then(|x| x.as_u64());
+                Some(ClientEcn {
+                    capable: n("capable")?,
+                    failures: n("failures")?,
+                    marked_sent: n("marked_sent")?,
+                    ect0_received: n("ect0_received")?,
+                })
+            }),
         })
     }
 }
