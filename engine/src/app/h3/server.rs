@@ -390,6 +390,7 @@ fn parse_request(fields: &[Field]) -> Result<RequestHead, Malformed> {
             (Some(a), _) | (None, Some(a)) if a.is_empty() => return Err("empty authority"),
             (Some(a), Some(h)) if a != h => return Err(":authority and host differ"),
             (Some(a), _) if a.contains(&b'@') => return Err("userinfo in :authority"),
+            (None, Some(h)) if h.contains(&b'@') => return Err("userinfo in host"),
             _ => {}
         }
         if path[0] != b'/' && !(path == b"*" && method == b"OPTIONS") {
@@ -639,12 +640,18 @@ mod tests {
                 f("host", "a"),
                 f("host", "a"),
             ],
-            // §4.3.1: no userinfo in the authority of an http(s) URI.
+            // §4.3.1: no userinfo in the authority of an http(s) URI, wherever it is.
             vec![
                 f(":method", "GET"),
                 f(":scheme", "https"),
                 f(":authority", "user@a"),
                 f(":path", "/"),
+            ],
+            vec![
+                f(":method", "GET"),
+                f(":scheme", "https"),
+                f(":path", "/"),
+                f("host", "user@a"),
             ],
             vec![
                 f(":method", "CONNECT"),
