@@ -746,6 +746,9 @@ impl Connection {
                     self.move_to_fresh_remote_cid(prev);
                 }
                 self.send_to(now, prev);
+                // Back on the old path: its ECN test starts over with our next packet.
+                let next = self.recovery.next_packet_number(Epoch::Data);
+                self.recovery.restart_ecn(next);
                 self.path_validated();
             }
             None => {

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// (RFC 9000 §13.4.2: "the first ten outgoing packets on a path").
 pub const TESTING_PACKETS: u64 = 10;
 
+/// Lost marked packets remembered per path (`Ecn::lost_pns`).
+const LOST_RECORD: usize = 2 * TESTING_PACKETS as usize;
+
 /// ECN counts in an ACK frame: ECT(0), ECT(1), ECN-CE.
 pub type EcnCounts = (u64, u64, u64);
 
@@ -56,6 +59,12 @@ pub struct Ecn {
     path_sent: u64,
     path_acked: u64,
     path_lost: u64,
+    /// The numbers of the path's marked packets declared lost while none had been
+    /// acknowledged (the only time their loss can fail the path): one acknowledged after
+    /// all no longer counts as lost. Bounded by the test's packets, plus room for the
+    /// batch that ends a test.
+    lost_pns: [u64; LOST_RECORD],
+    lost_len: usize,
     /// The peer's counts as of the last ACK frame that passed validation.
     counts: EcnCounts,
     failure: Option<EcnFailure>,
@@ -80,6 +89,8 @@ impl Ecn {
             path_sent: 0,
             path_acked: 0,
             path_lost: 0,
+            lost_pns: [0; LOST_RECORD],
+            lost_len: 0,
             counts: (0, 0, 0),
             failure: None,
             failures: 0,
@@ -144,17 +155,35 @@ impl Ecn {
         }
     }
 
-    /// A marked packet of the current path was declared lost.
-    pub fn on_marked_lost(&mut self) {
+    /// Marked packet `pn` of the current path was declared lost.
+    pub fn on_marked_lost(&mut self, pn: u64) {
         self.path_lost += 1;
+        if self.path_acked == 0 && self.state != EcnState::Failed && self.lost_len < LOST_RECORD {
+            self.lost_pns[self.lost_len] = pn;
+            self.lost_len += 1;
+        }
         self.check_all_lost();
     }
 
-    /// A marked packet of the current path declared lost was acknowledged after all: it
-    /// arrived, so it no longer counts as lost (its marks may have been counted by an
-    /// earlier ACK frame, so it is not among `on_ack`'s `marked`).
-    pub fn on_lost_marked_acked(&mut self) {
-        self.path_lost = self.path_lost.saturating_sub(1);
+    /// Whether `on_acked_range` has lost packets to look for.
+    pub fn tracks_losses(&self) -> bool {
+        self.lost_len > 0
+    }
+
+    /// An ACK range `first..=last`: remembered lost marked packets in it arrived after
+    /// all, so they no longer count as lost. Their marks may have been counted by an
+    /// earlier frame, so they prove nothing for validation.
+    pub fn on_acked_range(&mut self, first: u64, last: u64) {
+        let mut i = 0;
+        while i < self.lost_len {
+            if (first..=last).contains(&self.lost_pns[i]) {
+                self.path_lost = self.path_lost.saturating_sub(1);
+                self.lost_len -= 1;
+                self.lost_pns[i] = self.lost_pns[self.lost_len];
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn check_all_lost(&mut self) {
@@ -200,6 +229,10 @@ impl Ecn {
         let last_ce = self.counts.2;
         self.counts = (ect0, ect1, ce);
         self.path_acked += marked_on_path;
+        if marked_on_path > 0 {
+            // Marks arrive: losses can no longer fail the path.
+            self.lost_len = 0;
+        }
         if marked_on_path > 0 && matches!(self.state, EcnState::Testing { .. } | EcnState::Unknown)
         {
             self.state = EcnState::Capable;
@@ -260,6 +293,7 @@ impl Ecn {
         self.path_sent = 0;
         self.path_acked = 0;
         self.path_lost = 0;
+        self.lost_len = 0;
     }
 }
 
@@ -364,15 +398,18 @@ mod tests {
         let t = Instant::now();
         let mut e = Ecn::new(true);
         send(&mut e, t, 11);
-        for _ in 0..9 {
-            e.on_marked_lost();
+        for pn in 0..9 {
+            e.on_marked_lost(pn);
         }
-        // One of them arrives after all, and the tenth is lost: not all were lost.
-        e.on_lost_marked_acked();
-        e.on_marked_lost();
+        // Packet 4 arrives after all, and the tenth is lost: not all were lost.
+        assert!(e.tracks_losses());
+        e.on_acked_range(4, 4);
+        e.on_marked_lost(9);
         assert_eq!(e.state(), EcnState::Unknown);
-        assert_eq!(e.on_ack(true, 0, Some((1, 0, 0)), 1), 0);
-        assert_eq!(e.state(), EcnState::Capable);
+        assert_eq!(e.failure(), None);
+        // That late packet proves nothing for validation: the path stays unknown.
+        assert_eq!(e.on_ack(true, 0, Some((1, 0, 0)), 0), 0);
+        assert_eq!(e.state(), EcnState::Unknown);
     }
 
     #[test]
@@ -380,11 +417,11 @@ mod tests {
         let t = Instant::now();
         let mut e = Ecn::new(true);
         send(&mut e, t, 11);
-        for _ in 0..9 {
-            e.on_marked_lost();
+        for pn in 0..9 {
+            e.on_marked_lost(pn);
         }
         assert_eq!(e.state(), EcnState::Unknown);
-        e.on_marked_lost();
+        e.on_marked_lost(9);
         assert_eq!(e.failure(), Some(EcnFailure::MarkedLost));
         // Validation repeats on a new path.
         e.on_new_path(true, 100);

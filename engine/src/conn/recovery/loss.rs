@@ -207,6 +207,12 @@ impl<T> Recovery<T> {
             if last >= space.next_pn {
                 return Err(UnsentPacketAcked { epoch, pn: last });
             }
+            if epoch == Epoch::Data && self.ecn.tracks_losses() {
+                // Marked packets declared lost that arrived after all (their slots are
+                // gone by now).
+                std::hint::cold_path();
+                self.ecn.on_acked_range(first, last);
+            }
             let record = self.undo.as_mut().and_then(|u| u.record.as_mut());
             if let Some(undo) = record.filter(|_| epoch == Epoch::Data) {
                 let found = undo.on_acked(first, last);
@@ -227,18 +233,8 @@ impl<T> Recovery<T> {
                 continue;
             }
             for pn in lo..=hi {
-                match space.slot(pn) {
-                    Some(Slot::Skipped) => return Err(UnsentPacketAcked { epoch, pn }),
-                    Some(Slot::LostMarked) => {
-                        std::hint::cold_path();
-                        space.take_lost_marked(pn);
-                        if self.ecn.on_path(pn) {
-                            self.ecn.on_lost_marked_acked();
-                            marked_on_path += 1;
-                        }
-                        continue;
-                    }
-                    _ => {}
+                if matches!(space.slot(pn), Some(Slot::Skipped)) {
+                    return Err(UnsentPacketAcked { epoch, pn });
                 }
                 let Some(p) = space.take(pn, Slot::Acked) else {
                     continue;
@@ -794,15 +790,14 @@ impl<T> Recovery<T> {
                         space.loss_time = p.time_sent.checked_add(loss_delay);
                         break;
                     }
-                    let mark = if p.ecn { Slot::LostMarked } else { Slot::Lost };
-                    let Some(p) = space.take(pn, mark) else {
+                    let Some(p) = space.take(pn, Slot::Lost) else {
                         break;
                     };
                     // RFC 9000 §14.4: a lost PMTU probe is no sign of congestion; §9.4: nor,
                     // for the current path, is a packet lost on the old one.
                     let this_path = on_path(epoch, pn, self.path_first_pn);
                     if p.ecn && self.ecn.on_path(pn) {
-                        self.ecn.on_marked_lost();
+                        self.ecn.on_marked_lost(pn);
                     }
                     let signals = !p.mtu_probe && this_path;
                     if p.in_flight {
@@ -848,7 +843,7 @@ impl<T> Recovery<T> {
                     on_lost(p);
                 }
                 Some(Slot::Acked) => run_start = None,
-                Some(Slot::Skipped | Slot::Lost | Slot::LostMarked) | None => {}
+                Some(Slot::Skipped | Slot::Lost) | None => {}
             }
             pn += 1;
         }

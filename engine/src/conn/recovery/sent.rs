@@ -40,9 +40,6 @@ pub(crate) enum Slot<T> {
     Skipped,
     Acked,
     Lost,
-    /// Lost, and it was sent marked ECT(0): if it is acknowledged after all, ECN learns
-    /// that it arrived.
-    LostMarked,
 }
 
 /// Per-space sending state (RFC 9002 Appendix A.2 variables, per space).
@@ -109,21 +106,6 @@ impl<T> SentSpace<T> {
         pn.checked_sub(self.base)
             .and_then(|i| usize::try_from(i).ok())
             .and_then(|i| self.slots.get(i))
-    }
-
-    /// A lost marked packet was acknowledged after all: it is plain `Lost` from now on, so
-    /// it is reported once. Returns whether `pn` was such a packet.
-    pub fn take_lost_marked(&mut self, pn: u64) -> bool {
-        let i = pn
-            .checked_sub(self.base)
-            .and_then(|i| usize::try_from(i).ok());
-        match i.and_then(|i| self.slots.get_mut(i)) {
-            Some(slot @ Slot::LostMarked) => {
-                *slot = Slot::Lost;
-                true
-            }
-            _ => false,
-        }
     }
 
     /// Takes the packet out of its slot, leaving `mark` (Acked or Lost) behind.

@@ -785,6 +785,53 @@ fn ecn_validation_failure_stops_marking_until_a_new_path() {
     assert_eq!(r.stats().ecn_failures, 2);
 }
 
+/// A marked packet declared lost and then acknowledged after all arrived: once the test's
+/// other nine are lost too, not every marked packet was, so ECN does not fail.
+#[test]
+fn a_late_acknowledged_marked_packet_is_not_lost_for_ecn() {
+    let t0 = Instant::now();
+    let mut r = ecn_server();
+    let mut pn = 0;
+    while r.ecn_marking(t0) {
+        r.on_packet_sent(t0, Epoch::Data, marked(pn, t0));
+        pn += 1;
+    }
+    assert_eq!(pn, ecn::TESTING_PACKETS);
+    for p in pn..pn + 10 {
+        r.on_packet_sent(t0, Epoch::Data, pkt(p, t0));
+    }
+    // Unmarked 10 arrives: 0..=7 are lost (packet threshold).
+    ack_ecn(
+        &mut r,
+        t0 + ms(50),
+        Epoch::Data,
+        &[10..=10],
+        Some((0, 0, 0)),
+    )
+    .0
+    .unwrap();
+    // 3 arrives late (which raises the packet threshold to 8); then 19 makes 8 and 9 lost.
+    ack_ecn(
+        &mut r,
+        t0 + ms(51),
+        Epoch::Data,
+        &[10..=10, 3..=3],
+        Some((1, 0, 0)),
+    )
+    .0
+    .unwrap();
+    let (_, out) = ack_ecn(
+        &mut r,
+        t0 + ms(52),
+        Epoch::Data,
+        &[19..=19, 10..=10, 3..=3],
+        Some((1, 0, 0)),
+    );
+    assert!(out.lost.starts_with(&[8, 9]), "{:?}", out.lost);
+    assert_eq!(r.ecn().failure(), None, "{:?}", r.ecn().state());
+    assert_eq!(r.ecn().state(), ecn::EcnState::Unknown);
+}
+
 /// RFC 9000 §9.4: a CE mark on a packet of the old path is no congestion on the new one
 /// (the counts still pass and stay the baseline); one on the new path is.
 #[test]

@@ -121,9 +121,9 @@ pub struct LocalIface {
     /// datagrams did not say which address they were sent to.
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
-    /// Every address of the host (a VIP on `lo`, a VLAN device's, the interface's own).
-    /// The program serves the port on these (or on the one `--listen` names), so a reply
-    /// leaves from whichever the peer wrote to (`TxMeta::src`).
+    /// The addresses served, sorted: the one `--listen` names, or every address of the
+    /// host (a VIP on `lo`, a VLAN device's, the interface's own). A reply leaves from
+    /// whichever the peer wrote to (`TxMeta::src`).
     pub addrs: Vec<IpAddr>,
     pub port: u16,
     pub mtu: u32,
@@ -136,7 +136,7 @@ impl LocalIface {
     /// same family, else the interface's first address of that family.
     pub fn source_for(&self, dst: IpAddr, wanted: Option<IpAddr>) -> Option<IpAddr> {
         if let Some(w) = wanted {
-            if w.is_ipv4() == dst.is_ipv4() && self.addrs.contains(&w) {
+            if w.is_ipv4() == dst.is_ipv4() && self.addrs.binary_search(&w).is_ok() {
                 return Some(w);
             }
         }

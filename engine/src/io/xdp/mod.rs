@@ -178,7 +178,7 @@ impl XdpSetup {
                 });
             }
         }
-        let iface = local_iface(&cfg.iface, cfg.ports[0])?;
+        let mut iface = local_iface(&cfg.iface, cfg.ports[0])?;
         // Probe AF_XDP before loading anything, for a clear error.
         drop(syscall::xdp_socket().map_err(io_err("socket(AF_XDP)"))?);
 
@@ -188,7 +188,10 @@ impl XdpSetup {
             drop_small_initial: cfg.side == Side::Server,
         })?;
         prog.set_ports(&cfg.ports)?;
-        prog.set_local_addrs(&served_addrs(cfg, &iface)?)?;
+        // Replies leave from the served address their peer wrote to (`source_for`).
+        iface.addrs = served_addrs(cfg, &iface)?;
+        iface.addrs.sort_unstable();
+        prog.set_local_addrs(&iface.addrs)?;
 
         let ring = cfg.frames / 2;
         let sizes = RingSizes {
@@ -269,6 +272,22 @@ fn bind_err(e: io::Error, iface: &str, queue: u32) -> XdpError {
     }
 }
 
+/// Of the host's addresses, those a datagram arriving on an interface with `own` may be
+/// to: loopback addresses never arrive on a NIC (the kernel drops them as martians), nor
+/// do other interfaces' link-local ones, so only the interface's own of those stay.
+fn reachable_through(own: &[IpAddr], host: Vec<IpAddr>) -> Vec<IpAddr> {
+    host.into_iter()
+        .filter(|a| !(a.is_loopback() || is_link_local(a)) || own.contains(a))
+        .collect()
+}
+
+fn is_link_local(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => v.is_link_local(),
+        IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 /// The destination addresses the program steers: the configured one, which must be the
 /// host's, or all of the host's (IPv4 and IPv6 alike, whichever family the unspecified
 /// address names).
@@ -300,17 +319,25 @@ pub fn local_iface(name: &str, port: u16) -> Result<LocalIface, XdpError> {
     let mac = syscall::if_hwaddr(name).map_err(io_err("SIOCGIFHWADDR"))?;
     let mtu = syscall::if_mtu(name).map_err(io_err("SIOCGIFMTU"))?;
     let own = syscall::if_addrs(Some(name)).map_err(io_err("getifaddrs"))?;
-    let addrs = syscall::if_addrs(None).map_err(io_err("getifaddrs"))?;
+    let addrs = reachable_through(&own, syscall::if_addrs(None).map_err(io_err("getifaddrs"))?);
     let ifindex =
         syscall::if_nametoindex(name).ok_or_else(|| XdpError::IfaceNotFound(name.to_string()))?;
-    let v4 = own.iter().find_map(|a| match a {
-        IpAddr::V4(v) => Some(*v),
-        _ => None,
-    });
-    let v6 = own.iter().find_map(|a| match a {
-        IpAddr::V6(v) if (v.segments()[0] & 0xffc0) != 0xfe80 => Some(*v),
-        _ => None,
-    });
+    // The defaults: the interface's own first, else the host's (a bond or bridge port, or
+    // a VLAN's lower device, may have none of its own).
+    let first_v4 = |list: &[IpAddr]| {
+        list.iter().find_map(|a| match a {
+            IpAddr::V4(v) => Some(*v),
+            _ => None,
+        })
+    };
+    let first_v6 = |list: &[IpAddr]| {
+        list.iter().find_map(|a| match a {
+            IpAddr::V6(v) if !is_link_local(a) => Some(*v),
+            _ => None,
+        })
+    };
+    let v4 = first_v4(&own).or_else(|| first_v4(&addrs));
+    let v6 = first_v6(&own).or_else(|| first_v6(&addrs));
     Ok(LocalIface {
         mac,
         v4,
@@ -417,6 +444,26 @@ mod tests {
             "a QUENCH_ constant in the header has no Rust twin"
         );
         assert_eq!(crate::wire::steer::MAX_CID_LEN as u32, loader::MAX_CID_LEN);
+    }
+
+    #[test]
+    fn the_hosts_addresses_a_nic_can_receive_for() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let own = [ip("10.0.0.1"), ip("fe80::1")];
+        let host = [
+            "127.0.0.1",
+            "::1",
+            "10.0.0.1",
+            "fe80::1",
+            "fe80::2",
+            "169.254.0.9",
+            "192.0.2.80",
+            "2001:db8::80",
+        ]
+        .map(ip)
+        .to_vec();
+        let want = ["10.0.0.1", "fe80::1", "192.0.2.80", "2001:db8::80"].map(ip);
+        assert_eq!(reachable_through(&own, host), want);
     }
 
     #[test]
