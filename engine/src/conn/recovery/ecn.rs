@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 /// (RFC 9000 §13.4.2: "the first ten outgoing packets on a path").
 pub const TESTING_PACKETS: u64 = 10;
 
-/// Lost marked packets remembered per path (`Ecn::lost_pns`).
-const LOST_RECORD: usize = 2 * TESTING_PACKETS as usize;
+/// Lost marked packets remembered per path (`Ecn::lost_pns`): a path marks no more
+/// before one is acknowledged.
+const LOST_RECORD: usize = TESTING_PACKETS as usize;
 
 /// ECN counts in an ACK frame: ECT(0), ECT(1), ECN-CE.
 pub type EcnCounts = (u64, u64, u64);
@@ -61,8 +62,7 @@ pub struct Ecn {
     path_lost: u64,
     /// The numbers of the path's marked packets declared lost while none had been
     /// acknowledged (the only time their loss can fail the path): one acknowledged after
-    /// all no longer counts as lost. Bounded by the test's packets, plus room for the
-    /// batch that ends a test.
+    /// all no longer counts as lost. Bounded by the test's packets.
     lost_pns: [u64; LOST_RECORD],
     lost_len: usize,
     /// The peer's counts as of the last ACK frame that passed validation.
