@@ -2014,6 +2014,7 @@ fn tokens_we_cannot_open_earn_a_retry_unless_they_claim_to_be_one() {
 
 /// RFC 9000 §8.1.4: a NEW_TOKEN token validates an address once. Replayed (by anyone who
 /// saw it in the clear Initial), it counts as no token: a server requiring Retry sends one.
+/// The record is the server's, not a worker's: a copy sent to another worker is caught.
 #[test]
 fn a_new_token_token_is_accepted_once() {
     let mut cfg = server_endpoint_config(TransportConfig::default());
@@ -2022,6 +2023,10 @@ fn a_new_token_token_is_accepted_once() {
     let client_ip = "10.0.0.9".parse().unwrap();
     cfg.token_key
         .seal_new_token(client_ip, VERSION_1, SystemTime::now(), &mut token);
+    let mut other_worker: Endpoint<AppSlot> = Endpoint::new(EndpointConfig {
+        worker_id: 1,
+        ..cfg.clone()
+    });
     let mut server: Endpoint<AppSlot> = Endpoint::new(cfg);
     let now = Instant::now();
     let ping = [0x01];
@@ -2042,6 +2047,13 @@ fn a_new_token_token_is_accepted_once() {
     assert_eq!(server.connection_count(), 1);
     let stats = server.stats();
     assert_eq!((stats.replayed_tokens, stats.retries_sent), (1, 1));
+    let third = craft_initial_with_token(&cid(&[5; 8]), &cid(&[4; 8]), 0, &ping, 1200, &token);
+    feed(&mut other_worker, &mut NoEvents, &third, now);
+    let out = drain(&mut other_worker, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(kind(&out[0]), Some("retry"), "replayed to another worker");
+    assert_eq!(other_worker.connection_count(), 0);
+    assert_eq!(other_worker.stats().replayed_tokens, 1);
 }
 
 /// RFC 9000 §10.3.1: a datagram ending in the peer's reset token is a stateless reset

@@ -7,12 +7,13 @@
 
 pub mod cid;
 mod early_packets;
-mod redeemed_tokens;
+pub mod redeemed_tokens;
 
 use redeemed_tokens::RedeemedTokens;
 
-/// NEW_TOKEN tokens a worker remembers as redeemed (about 40 bytes each).
-const REDEEMED_TOKENS: usize = 32 * 1024;
+/// Slots of the record of redeemed NEW_TOKEN tokens, over all of a server's workers: 1 MiB,
+/// which catches every replay of the last 32,768 tokens redeemed.
+const REDEEMED_TOKENS: usize = 128 * 1024;
 mod routes;
 pub mod stateless;
 mod timers;
@@ -80,6 +81,9 @@ pub struct EndpointConfig {
     /// Shared by every worker of a server so any of them can reset or validate for the others.
     pub reset_key: Arc<ResetTokenKey>,
     pub token_key: Arc<TokenKey>,
+    /// NEW_TOKEN tokens already used to skip address validation, shared by every worker
+    /// so that a copy sent to another worker is caught too (RFC 9000 §8.1.4).
+    pub redeemed_tokens: Arc<RedeemedTokens>,
     /// Most stateless packets (VN, Retry, reset, refusals) queued at once; beyond it they are dropped.
     pub max_stateless_queue: usize,
     /// Keep the application state of drained connections for `take_all_states` (clients reading results).
@@ -105,6 +109,7 @@ impl EndpointConfig {
             new_token_lifetime: Duration::from_secs(24 * 3600),
             reset_key: Arc::new(ResetTokenKey::random()),
             token_key: Arc::new(TokenKey::random()),
+            redeemed_tokens: Arc::new(RedeemedTokens::new(REDEEMED_TOKENS)),
             max_stateless_queue: 256,
             keep_drained_states: false,
         }
@@ -293,8 +298,6 @@ pub struct Endpoint<U> {
     initial_scratch: Vec<u8>,
     /// Server with early data: 0-RTT datagrams that overtook their Initial.
     early_packets: EarlyPackets,
-    /// NEW_TOKEN tokens already used to skip address validation.
-    redeemed_tokens: RedeemedTokens,
     /// Debug builds (tests, CI) check every `Transmit::more == false` claim by asking the
     /// connection again into this buffer: it must build nothing.
     #[cfg(debug_assertions)]
@@ -334,7 +337,6 @@ impl<U: Default> Endpoint<U> {
             expired_scratch: Vec::new(),
             initial_scratch: Vec::with_capacity(1500),
             early_packets: EarlyPackets::default(),
-            redeemed_tokens: RedeemedTokens::new(REDEEMED_TOKENS),
             #[cfg(debug_assertions)]
             drained_check: vec![0; 1 << 16],
             source_authenticated: false,
@@ -747,11 +749,7 @@ impl<U: Default> Endpoint<U> {
                 }
                 Ok(ValidatedToken::NewToken) => {
                     let nonce = tokens::nonce_of(token)?;
-                    let lifetime = self.config.new_token_lifetime;
-                    if self
-                        .redeemed_tokens
-                        .redeem(nonce, SystemTime::now(), lifetime)
-                    {
+                    if self.config.redeemed_tokens.redeem(&nonce) {
                         validated = true;
                     } else {
                         // §8.1.4: seen before, so perhaps someone else's copy: no proof
