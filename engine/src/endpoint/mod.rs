@@ -12,7 +12,7 @@ pub mod redeemed_tokens;
 use redeemed_tokens::RedeemedTokens;
 
 /// Slots of the record of redeemed NEW_TOKEN tokens, over all of a server's workers: 1 MiB,
-/// which catches every replay of the last 32,768 tokens redeemed.
+/// which catches the replays of (about) the last 32,768 tokens redeemed.
 const REDEEMED_TOKENS: usize = 128 * 1024;
 mod routes;
 pub mod stateless;
