@@ -1521,6 +1521,33 @@ fn ce_marks_reduce_the_window_without_loss() {
     assert_eq!((s.ecn_ce_received, c.ecn_ce_events), (0, 0));
 }
 
+/// RFC 9000 §13.4.2: ECN is validated per path, and a new port is a new path. After a NAT
+/// rebinding the server tests the path again (unmarked-until-validated for a moment, ten
+/// more test packets) and it validates again; congestion control is kept (§9.4).
+#[test]
+fn ecn_is_tested_again_after_a_nat_rebinding() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 4 << 20);
+    let validated = sim.run(Duration::from_secs(60), |s| {
+        s.client
+            .conn(h)
+            .is_some_and(|c| c.stats().bytes_received > 512 << 10)
+            && conn_stats(s, h).1.ecn_capable
+    });
+    assert!(validated, "the first path validated");
+    sim.cdp.set_local_addr("10.0.0.1:6001".parse().unwrap());
+    let retested = sim.run(Duration::from_secs(60), |s| {
+        s.client.conn(h).is_some() && !conn_stats(s, h).1.ecn_capable
+    });
+    assert!(retested, "the server tests the new path");
+    sim.run_to_completion(h, 1, Duration::from_secs(120));
+    let s = conn_stats(&sim, h).1;
+    assert!(
+        s.ecn_capable && s.ecn_failures == 0,
+        "validated again: {s:?}"
+    );
+    assert_eq!(s.path_resets, 0);
+}
+
 #[test]
 fn path_mtu_discovery_reaches_the_configured_size_on_a_clean_path() {
     let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 1 << 20);
