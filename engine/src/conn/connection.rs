@@ -877,7 +877,7 @@ impl Connection {
         s.pmtu_probes_sent = p.probes_sent;
         s.pmtu_probes_lost = p.probes_lost;
         s.pmtu_black_holes = p.black_holes;
-        s.path_resets = self.recovery.stats().path_resets;
+        s.path_resets = r.path_resets;
         s
     }
 
