@@ -60,6 +60,24 @@ struct QuenchConfig {
     drop_small_initial: u32,
 }
 
+/// Makes the hash map `map` (key → 1, a set) hold exactly `keys`.
+fn replace_set<const N: usize>(
+    map: &MapHandle,
+    keys: &[[u8; N]],
+    name: &'static str,
+) -> Result<(), XdpError> {
+    let old: Vec<Vec<u8>> = map.keys().collect();
+    for k in old {
+        if !keys.iter().any(|n| n[..] == k[..]) {
+            map.delete(&k).map_err(bpf_err(name))?;
+        }
+    }
+    for k in keys {
+        map.update(k, &[1], MapFlags::ANY).map_err(bpf_err(name))?;
+    }
+    Ok(())
+}
+
 /// `struct quench_local_addr`: the family (4 or 6, native endian), then the address,
 /// an IPv4 one zero-padded.
 fn local_addr_key(addr: IpAddr) -> [u8; 20] {
@@ -305,18 +323,8 @@ impl XdpProgram {
         if ports.len() > MAX_PORTS as usize {
             return Err(XdpError::Config(format!("at most {MAX_PORTS} ports")));
         }
-        let old: Vec<Vec<u8>> = self.ports.keys().collect();
-        for k in old {
-            if !ports.iter().any(|p| p.to_ne_bytes()[..] == k[..]) {
-                self.ports.delete(&k).map_err(bpf_err("ports delete"))?;
-            }
-        }
-        for p in ports {
-            self.ports
-                .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
-                .map_err(bpf_err("ports update"))?;
-        }
-        Ok(())
+        let keys: Vec<[u8; 2]> = ports.iter().map(|p| p.to_ne_bytes()).collect();
+        replace_set(&self.ports, &keys, "ports")
     }
 
     /// The destination addresses to steer (replaces the set): datagrams to our ports but
@@ -332,20 +340,7 @@ impl XdpProgram {
                 keys.len()
             )));
         }
-        let old: Vec<Vec<u8>> = self.local_addrs.keys().collect();
-        for k in old {
-            if !keys.iter().any(|n| n[..] == k[..]) {
-                self.local_addrs
-                    .delete(&k)
-                    .map_err(bpf_err("local_addrs delete"))?;
-            }
-        }
-        for k in &keys {
-            self.local_addrs
-                .update(k, &[1], MapFlags::ANY)
-                .map_err(bpf_err("local_addrs update"))?;
-        }
-        Ok(())
+        replace_set(&self.local_addrs, &keys, "local_addrs")
     }
 
     /// Records that `worker`'s socket is bound to `queue`.

@@ -89,9 +89,10 @@ pub struct XdpConfig {
     pub mode: XdpMode,
     /// UDP ports to steer (the first is the local port we send from).
     pub ports: Vec<u16>,
-    /// The one interface address to steer datagrams to; `None` or an unspecified
-    /// address: every address the interface has at start. Datagrams to our ports but
-    /// another address (a forwarding box's transit traffic) stay the kernel's.
+    /// The one address of the host to steer datagrams to; `None` or an unspecified
+    /// address: every address the host has at start that can arrive through `iface`.
+    /// Datagrams to our ports but another address (a forwarding box's transit traffic)
+    /// stay the kernel's.
     pub listen_ip: Option<IpAddr>,
     pub layout: CidLayout,
     pub zero_copy: ZeroCopy,
