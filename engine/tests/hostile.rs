@@ -103,6 +103,8 @@ struct Net {
     h: ConnHandle,
     caddr: SocketAddr,
     saddr: SocketAddr,
+    /// Datagrams the server sends to these client addresses vanish (a NAT mapping gone).
+    dead_client_addrs: Vec<SocketAddr>,
     /// Every datagram each side sent, as it went on the wire (protected).
     c2s: Vec<Vec<u8>>,
     s2c: Vec<Vec<u8>>,
@@ -157,6 +159,7 @@ impl Net {
             h,
             caddr,
             saddr,
+            dead_client_addrs: Vec::new(),
             c2s: Vec::new(),
             s2c: Vec::new(),
         }
@@ -203,10 +206,12 @@ impl Net {
             self.c2s.push(d.clone());
             self.deliver_to_server(d);
         }
-        let back = self.server_out();
-        for d in &back {
+        let back = drain_to(&mut self.server, self.now);
+        for (dst, d) in &back {
             self.s2c.push(d.clone());
-            self.deliver_to_client(d);
+            if !self.dead_client_addrs.contains(dst) {
+                self.deliver_to_client(d);
+            }
         }
         let mut disp = AppDispatcher {
             factory: &self.apps,
@@ -2135,6 +2140,137 @@ fn a_server_connection_takes_a_stateless_reset_only_from_the_client() {
     // From the client's address, the same bytes end the connection.
     net.deliver_to_server(&datagram);
     assert_eq!(net.server.connection_count(), 0, "reset by the client");
+}
+
+/// A NAT that rebinds mid-handshake: the client's second flight (its Initial ACK and
+/// Finished) comes from a new port. The server completes the handshake on it, answers the
+/// handshake's address until then (RFC 9000 §9: no migration before confirmation), and
+/// moves with the first 1-RTT packet from the new port afterwards.
+#[test]
+fn a_nat_rebinding_mid_handshake_does_not_stall_it() {
+    let mut net = Net::new(TransportConfig::default());
+    let first = net.caddr;
+    // The client's Initial, and the server's whole flight back.
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    for (dst, d) in drain_to(&mut net.server, net.now) {
+        assert_eq!(dst, first);
+        net.deliver_to_client(&d);
+    }
+    assert!(
+        net.client_conn().is_established(),
+        "the client has the server's flight"
+    );
+    net.caddr = "10.0.0.1:5001".parse().unwrap();
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    assert!(
+        net.server_conn().is_handshake_confirmed(),
+        "the Finished from the new port completed the handshake"
+    );
+    let replies = drain_to(&mut net.server, net.now);
+    assert!(!replies.is_empty(), "HANDSHAKE_DONE at least");
+    assert!(
+        replies.iter().all(|(dst, _)| *dst == first),
+        "nothing to an unvalidated address before confirmation"
+    );
+    for (_, d) in &replies {
+        net.deliver_to_client(d);
+    }
+    net.establish();
+    net.echo_round_trip(1000, 1);
+    assert_eq!(net.server_conn().remote_addr(), net.caddr, "the path moved");
+    net.assert_healthy();
+}
+
+/// A NAT rebinding whose old mapping died with the server's window in flight, the client
+/// a pure receiver by then (nothing of its own unacknowledged). The server must still get
+/// its PATH_CHALLENGE out: past the full window (the packet carries control frames only),
+/// and, when that one is lost too, again from its PTO, armed because a packet still fits
+/// the new port's 3× budget (RFC 9000 §8.1). Waiting for the validation deadline instead
+/// (≥ 3 s) ends by falling back to the dead port, where a silent client is never heard of
+/// again.
+fn rebinding_behind_a_full_window(lose_first_challenge: bool) {
+    let mut net = hq_net();
+    let id = net.open_with(b"GET /4000000\r\n");
+    net.client_do(|c| c.finish(id).unwrap());
+    let downloading = net.run(Duration::from_secs(5), |n| {
+        n.log(|l| l.echoed_len > 256 << 10).unwrap_or(false)
+            && n.client_conn().bytes_in_flight() == 0
+    });
+    assert!(
+        downloading,
+        "the download is under way, the request acknowledged"
+    );
+    let sh = net.server.handles().next().expect("server connection");
+    // The client's ACKs reach the server, and the window they open is filled; then the NAT
+    // rebinds, and all that is lost with the old port.
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    let old = net.caddr;
+    net.dead_client_addrs.push(old);
+    let lost = drain_to(&mut net.server, net.now);
+    assert!(lost.iter().all(|(dst, _)| *dst == old) && !lost.is_empty());
+    net.caddr = "10.0.0.1:5001".parse().unwrap();
+    net.queue_raw(Epoch::Data, &[0x01]); // the client's next packet, say a PING
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    // Its window is full of packets lost on the old port.
+    net.server
+        .with_state(sh, |c, _| {
+            let in_flight = c.bytes_in_flight();
+            assert!(in_flight > 0, "the server has packets in flight");
+            c.set_congestion_window(in_flight);
+        })
+        .expect("server connection alive");
+    assert_eq!(net.server_conn().send_window(), 0, "the window is full");
+    let to_new: Vec<Vec<u8>> = drain_to(&mut net.server, net.now)
+        .into_iter()
+        .filter(|(dst, _)| *dst == net.caddr)
+        .map(|(_, d)| d)
+        .collect();
+    assert!(!to_new.is_empty(), "nothing went to the new port at once");
+    let moved_at = net.now;
+    if !lose_first_challenge {
+        for d in &to_new {
+            net.deliver_to_client(d);
+        }
+    }
+    let validated = net.run(Duration::from_secs(1), |n| {
+        n.server_conn().stats().path_challenges_answered >= 1
+    });
+    assert!(
+        validated,
+        "not validated {:?} after the rebinding",
+        net.now - moved_at
+    );
+    assert_eq!(net.server_conn().remote_addr(), net.caddr);
+    if !lose_first_challenge {
+        assert!(
+            net.now - moved_at < Duration::from_millis(1),
+            "answered within a round trip, no timer"
+        );
+    }
+    let done = net.run(Duration::from_secs(60), |n| {
+        n.log(|l| l.echo_fin).unwrap_or(true)
+    });
+    assert!(done, "the download completes");
+    assert_eq!(net.log(|l| l.echoed_len), Some(4_000_000));
+    net.assert_healthy();
+}
+
+#[test]
+fn a_rebinding_behind_a_full_window_gets_its_challenge_out_at_once() {
+    rebinding_behind_a_full_window(false);
+}
+
+#[test]
+fn a_rebinding_whose_challenge_is_lost_is_challenged_again_before_the_deadline() {
+    rebinding_behind_a_full_window(true);
 }
 
 /// RFC 9000 §9.5: one CID is never sent to two addresses. A peer that moves under a new

@@ -1337,6 +1337,46 @@ fn a_migrating_client_is_followed_at_once_though_its_old_socket_is_gone() {
     sim.run_to_completion(h, 1, Duration::from_secs(120));
 }
 
+/// A NAT rebinding whose old mapping is gone at once: the server's window in flight to the
+/// old port is lost, and the client, a pure receiver, sends only ACKs, each a few dozen
+/// bytes, so the new port's amplification budget (RFC 9000 §8.1) starts small. The server
+/// must still get its PATH_CHALLENGE out past that window and follow, and the transfer
+/// completes; repeatedly, as a NAT that keeps rebinding does.
+#[test]
+fn a_nat_rebinding_that_loses_the_window_in_flight_is_followed() {
+    let (mut sim, h) = Sim::new(Impairments::none(), TransportConfig::default(), 1, 16 << 20);
+    let mut dead: Vec<SocketAddr> = vec![CLIENT_ADDR.parse().unwrap()];
+    for (i, at) in [2u64 << 20, 5 << 20, 9 << 20].into_iter().enumerate() {
+        let started = sim.run(Duration::from_secs(60), |s| {
+            s.client
+                .conn(h)
+                .is_some_and(|c| c.stats().bytes_received > at)
+        });
+        assert!(started, "transfer stalled before rebinding {i}");
+        let new_addr: SocketAddr = format!("10.0.0.1:{}", 6000 + i).parse().unwrap();
+        sim.dead_client_addrs = dead.clone();
+        sim.cdp.set_local_addr(new_addr);
+        let moved_at = sim.now;
+        let validated = sim.run(Duration::from_secs(5), |s| {
+            let sh = server_handle(s);
+            s.server.conn(sh).is_some_and(|c| {
+                c.remote_addr() == new_addr && c.stats().path_challenges_answered > i as u64
+            })
+        });
+        assert!(
+            validated,
+            "rebinding {i}: the server never validated the new port"
+        );
+        let took = sim.now - moved_at;
+        assert!(
+            took < Duration::from_millis(200),
+            "rebinding {i}: validated after {took:?} of virtual time"
+        );
+        dead.push(new_addr);
+    }
+    sim.run_to_completion(h, 1, Duration::from_secs(120));
+}
+
 /// A move to a path that turns out dead (a firewall, say): the client's PATH_CHALLENGE is
 /// never answered, so at the validation deadline (RFC 9000 §8.2.4) it reports
 /// `Event::PathValidationFailed`. With the old socket gone there is no path to go back to;

@@ -361,11 +361,12 @@ impl Connection {
             tracing::trace!(?epoch, "drop: space discarded");
             return Ok(Outcome::Dropped);
         }
-        // Packets from an unexpected address during the handshake are not ours to act on.
-        if epoch != Epoch::Data && remote != self.remote {
-            cold_path();
-            return Ok(Outcome::Dropped);
-        }
+        // A server takes Initial and Handshake packets from any address (a client only
+        // its server's, checked per datagram): a NAT may rebind mid-handshake, and
+        // dropping the client's Finished from its new port would stall the handshake for
+        // good. They are authenticated, and replies still go to the handshake's address:
+        // the path moves only on a 1-RTT packet once the handshake is confirmed (RFC 9000
+        // §9), and bytes from elsewhere add nothing to the amplification budget (§8.1).
         // RFC 9000 §7.2: after the server's first packet, its SCID is fixed for the
         // connection; long-header packets with another one are discarded.
         if self.side == Side::Client && self.got_server_packet {

@@ -83,10 +83,19 @@ impl Connection {
             MIN_INITIAL_SIZE
         };
         let mtu = mtu.min(buf.len());
-        // RFC 9002 §6.2.2.1: a server blocked by the amplification limit must not arm its PTO.
+        // During the handshake a server needs room for a padded Initial; on a migrated path
+        // any packet that fits will do (the PATH_CHALLENGE must get out).
+        let room_floor = if self.handshake_confirmed {
+            MIN_PACKET_ROOM
+        } else {
+            MIN_INITIAL_SIZE
+        };
+        // RFC 9002 §6.2.2.1: a server blocked by the amplification limit must not arm its
+        // PTO. Blocked means no packet fits: on a migrated path a PTO that can still send
+        // is what gets a lost PATH_CHALLENGE out again when the peer has nothing to say.
         let blocked = !self.address_validated
             && (3 * self.amplification_received).saturating_sub(self.amplification_sent)
-                < MIN_INITIAL_SIZE as u64;
+                < room_floor as u64;
         if blocked != self.amplification_blocked {
             self.amplification_blocked = blocked;
             self.recovery.set_anti_amplification_blocked(blocked);
@@ -133,14 +142,7 @@ impl Connection {
                 // RFC 9000 §8.1: at most three times what we received until the address is validated.
                 let allowed = (3 * self.amplification_received)
                     .saturating_sub(self.amplification_sent) as usize;
-                // During the handshake a server needs room for a padded Initial; on a migrated
-                // path any packet that fits will do (the PATH_CHALLENGE must get out).
-                let floor = if self.handshake_confirmed {
-                    MIN_PACKET_ROOM
-                } else {
-                    MIN_INITIAL_SIZE
-                };
-                if allowed < floor {
+                if allowed < room_floor {
                     break;
                 }
                 cap = cap.min(allowed);
@@ -663,6 +665,26 @@ impl Connection {
                 }
             }
         }
+        // Path validation is not held back by the window either (nor by pacing): after a
+        // NAT rebinding the window may be full of packets lost on the old port, and only a
+        // validated path lets them be declared lost quickly. Such a packet carries the
+        // control frames alone, no stream data, so it costs the window a few dozen bytes.
+        let path_frames_only = epoch == Epoch::Data
+            && want_eliciting
+            && !send_eliciting
+            && !probing
+            // The record's bound still holds: a peer that never acknowledges could
+            // otherwise grow it one PATH_RESPONSE at a time.
+            && self.recovery.tracked_span(epoch) < TRACKED_SEND_LIMIT
+            && (self.path_challenge_pending
+                || self
+                    .path_responses
+                    .front()
+                    .is_some_and(|r| r.to == self.remote));
+        if path_frames_only {
+            cold_path();
+            send_eliciting = true;
+        }
         if epoch == Epoch::Data {
             self.send_blocked = want_eliciting && !send_eliciting;
         }
@@ -706,7 +728,13 @@ impl Connection {
             }
         }
 
-        if send_eliciting {
+        if send_eliciting && path_frames_only {
+            pos = self.write_data_control_frames(&mut buf[..end], pos, &mut frames);
+            ack_eliciting = frames
+                .records
+                .iter()
+                .any(|r| !matches!(r, FrameRecord::Ack { .. }));
+        } else if send_eliciting {
             if epoch == Epoch::Data {
                 pos = self.write_data_control_frames(&mut buf[..end], pos, &mut frames);
                 // Datagrams before stream data: they are the latency-sensitive kind. But

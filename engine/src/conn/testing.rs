@@ -61,6 +61,18 @@ impl Connection {
         self.recovery.restart_congestion_control(bytes);
     }
 
+    /// Bytes of ack-eliciting packets in flight (RFC 9002 §B.2).
+    #[doc(hidden)]
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.recovery.bytes_in_flight()
+    }
+
+    /// Bytes the congestion window lets out now.
+    #[doc(hidden)]
+    pub fn send_window(&self) -> u64 {
+        self.recovery.send_window()
+    }
+
     /// Sends to a spare CID of the peer from now on, as an endpoint probing or moving to
     /// a new path must (RFC 9000 §9.5); the old one is kept, not retired. False if the peer
     /// gave us none to spare.
