@@ -201,14 +201,24 @@ fn hostile_worker_bytes_are_steered_by_the_kernel() {
     server.join_workers().expect("workers end cleanly");
 }
 
-/// A NAT between client and server: forwards both ways, and every `rebind_every`
-/// datagrams from the client moves to a fresh outside port (what the server sees as a
-/// NAT rebinding, RFC 9000 §9.3). Replies reaching recent old ports still get through.
+/// A NAT between clients and a server: forwards both ways, one mapping per client
+/// socket, and every `rebind_every` datagrams from a client moves its mapping to a fresh
+/// outside port (what the server sees as a NAT rebinding, RFC 9000 §9.3). Replies reaching
+/// a mapping's last three ports get through. A mapping moves on its own client's traffic
+/// only: a client that has nothing to send (a download's receiver between ACKs) keeps its
+/// port, as with a real NAT, whose mapping changes after idling, never under another flow.
 struct Nat {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     rebinds: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A client socket's outside ports, newest first, and how many datagrams it sent.
+struct Mapping {
+    client: SocketAddr,
+    ports: Vec<UdpSocket>,
+    forwarded: u64,
 }
 
 impl Nat {
@@ -226,27 +236,39 @@ impl Nat {
         };
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
-            let mut ports = vec![outside()];
-            let (mut client, mut forwarded) = (None, 0u64);
+            let mut mappings: Vec<Mapping> = Vec::new();
             while !stop2.load(Ordering::Relaxed) {
                 let mut moved = false;
                 while let Ok((n, from)) = inside.recv_from(&mut buf) {
-                    client = Some(from);
-                    let _ = ports[0].send_to(&buf[..n], server);
-                    forwarded += 1;
-                    moved = true;
-                    if forwarded % rebind_every == 0 {
-                        ports.insert(0, outside());
-                        ports.truncate(3);
+                    let i = match mappings.iter().position(|m| m.client == from) {
+                        Some(i) => i,
+                        None => {
+                            mappings.push(Mapping {
+                                client: from,
+                                ports: vec![outside()],
+                                forwarded: 0,
+                            });
+                            mappings.len() - 1
+                        }
+                    };
+                    let m = &mut mappings[i];
+                    // Lazily, as a NAT does: the next datagram after the mapping's time
+                    // is up gets a new port; until then the last one still answers.
+                    if m.forwarded > 0 && m.forwarded.is_multiple_of(rebind_every) {
+                        m.ports.insert(0, outside());
+                        m.ports.truncate(3);
                         rebinds2.fetch_add(1, Ordering::Relaxed);
                     }
+                    let _ = m.ports[0].send_to(&buf[..n], server);
+                    m.forwarded += 1;
+                    moved = true;
                 }
-                for port in &ports {
-                    while let Ok((n, _)) = port.recv_from(&mut buf) {
-                        if let Some(c) = client {
-                            let _ = inside.send_to(&buf[..n], c);
+                for m in &mappings {
+                    for port in &m.ports {
+                        while let Ok((n, _)) = port.recv_from(&mut buf) {
+                            let _ = inside.send_to(&buf[..n], m.client);
+                            moved = true;
                         }
-                        moved = true;
                     }
                 }
                 if !moved {
@@ -272,12 +294,17 @@ impl Drop for Nat {
     }
 }
 
-/// Runs a transfer through a NAT that rebinds every 100 client datagrams; returns
-/// (rebinds, datagrams handed off between workers).
+/// Runs two clients' transfers through a NAT that rebinds each every 100 of its
+/// datagrams; returns (rebinds, datagrams handed off between workers).
 fn transfer_through_rebinding_nat(kernel_steering: bool) -> (u64, u64) {
     let mut server = server(kernel_steering);
     let nat = Nat::start(server.local_addr, 100);
-    perf_client(nat.addr, 4 << 20, 2 << 20, 2);
+    // Two clients, each behind its own mapping.
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| perf_client(nat.addr, 2 << 20, 1 << 20, 1));
+        }
+    });
     let rebinds = nat.rebinds.load(Ordering::Relaxed);
     drop(nat);
     assert!(!server.any_worker_finished());
@@ -296,7 +323,7 @@ fn transfer_through_rebinding_nat(kernel_steering: bool) -> (u64, u64) {
 fn nat_rebinding_reaches_the_owner() {
     let (rebinds, handed_off) = transfer_through_rebinding_nat(true);
     // 2 MiB up in ~1,800 datagrams plus ACKs: well over 10 rebinds, so both sockets saw
-    // the client (all on one: 2^-10).
+    // the clients (all on one: 2^-10).
     assert!(rebinds >= 10, "only {rebinds} rebinds");
     assert_eq!(handed_off, 0, "the kernel should have steered by CID");
 
