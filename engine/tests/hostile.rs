@@ -2174,7 +2174,7 @@ fn a_nat_rebinding_mid_handshake_does_not_stall_it() {
     assert!(!replies.is_empty(), "HANDSHAKE_DONE at least");
     assert!(
         replies.iter().all(|(dst, _)| *dst == first),
-        "nothing to an unvalidated address before confirmation"
+        "the handshake's replies went to its own address"
     );
     for (_, d) in &replies {
         net.deliver_to_client(d);
@@ -2183,6 +2183,40 @@ fn a_nat_rebinding_mid_handshake_does_not_stall_it() {
     net.echo_round_trip(1000, 1);
     assert_eq!(net.server_conn().remote_addr(), net.caddr, "the path moved");
     net.assert_healthy();
+}
+
+/// Initial packets stay tied to the handshake's address: anyone who saw the client's first
+/// Initial can seal them, so one from elsewhere (a CONNECTION_CLOSE here) is dropped. The
+/// same bytes from the client's address do close the connection.
+#[test]
+fn an_initial_from_another_address_is_dropped() {
+    let mut net = Net::new(TransportConfig::default());
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    drain_to(&mut net.server, net.now);
+    // CONNECTION_CLOSE (PROTOCOL_VIOLATION, frame type 0, no reason).
+    net.queue_raw(Epoch::Initial, &[0x1c, 0x0a, 0x00, 0x00]);
+    let forged = net.client_out();
+    assert!(!forged.is_empty());
+    let client = net.caddr;
+    net.caddr = "10.0.0.66:5000".parse().unwrap();
+    for d in &forged {
+        net.deliver_to_server(d);
+    }
+    assert_eq!(net.server.connection_count(), 1);
+    assert!(
+        !net.server_conn().is_closing(),
+        "closed from another address"
+    );
+    net.caddr = client;
+    for d in &forged {
+        net.deliver_to_server(d);
+    }
+    assert!(
+        net.server.connection_count() == 0 || net.server_conn().is_closing(),
+        "the same packet from the client's address closes it"
+    );
 }
 
 /// A NAT rebinding whose old mapping died with the server's window in flight, the client

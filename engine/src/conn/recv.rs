@@ -361,12 +361,18 @@ impl Connection {
             tracing::trace!(?epoch, "drop: space discarded");
             return Ok(Outcome::Dropped);
         }
-        // A server takes Initial and Handshake packets from any address (a client only
-        // its server's, checked per datagram): a NAT may rebind mid-handshake, and
-        // dropping the client's Finished from its new port would stall the handshake for
-        // good. They are authenticated, and replies still go to the handshake's address:
-        // the path moves only on a 1-RTT packet once the handshake is confirmed (RFC 9000
-        // §9), and bytes from elsewhere add nothing to the amplification budget (§8.1).
+        // A server takes Handshake packets from any address (a client only its server's,
+        // checked per datagram): a NAT may rebind mid-handshake, and dropping the client's
+        // Finished from its new port would stall the handshake for good. Only the client
+        // can seal them, and replies still go to the handshake's address: the path moves
+        // only on a 1-RTT packet once the handshake is confirmed (RFC 9000 §9), and bytes
+        // from elsewhere add nothing to the amplification budget (§8.1). Initial packets
+        // stay tied to that address: anyone who saw the client's first Initial can seal
+        // them, so from elsewhere they could forge ACKs or a close.
+        if epoch == Epoch::Initial && remote != self.remote {
+            cold_path();
+            return Ok(Outcome::Dropped);
+        }
         // RFC 9000 §7.2: after the server's first packet, its SCID is fixed for the
         // connection; long-header packets with another one are discarded.
         if self.side == Side::Client && self.got_server_packet {

@@ -665,28 +665,26 @@ impl Connection {
                 }
             }
         }
-        // Path validation is not held back by the window either (nor by pacing): after a
-        // NAT rebinding the window may be full of packets lost on the old port, and only a
-        // validated path lets them be declared lost quickly. Such a packet carries the
-        // control frames alone, no stream data, so it costs the window a few dozen bytes.
+        if epoch == Epoch::Data {
+            self.send_blocked = want_eliciting && !send_eliciting;
+        }
+        // A server validating a peer's new address is not held back by the window (nor
+        // by pacing): after a NAT rebinding it may be full of packets lost on the old
+        // port, and only the validated path gets them declared lost quickly. The packet
+        // carries control frames alone, so it costs the window a few dozen bytes; it is
+        // bounded by the new address's 3× budget, and by the sent record, which a peer
+        // that never acknowledges must not grow. Once validated, path frames queue like
+        // any others (RFC 9002 §7), so a peer's challenges cannot buy packets past it.
         let path_frames_only = epoch == Epoch::Data
-            && want_eliciting
-            && !send_eliciting
+            && self.send_blocked
             && !probing
-            // The record's bound still holds: a peer that never acknowledges could
-            // otherwise grow it one PATH_RESPONSE at a time.
+            && !self.address_validated
+            && self.path_challenge_pending
             && self.recovery.tracked_span(epoch) < TRACKED_SEND_LIMIT
-            && (self.path_challenge_pending
-                || self
-                    .path_responses
-                    .front()
-                    .is_some_and(|r| r.to == self.remote));
+            && !self.awaiting_key_update();
         if path_frames_only {
             cold_path();
             send_eliciting = true;
-        }
-        if epoch == Epoch::Data {
-            self.send_blocked = want_eliciting && !send_eliciting;
         }
         // Once we send anything in Data, piggyback a pending ACK even if not yet due.
         let send_ack = ack_due || (ack_pending && send_eliciting);
