@@ -591,10 +591,23 @@ impl Connection {
         let dcid = match hdr {
             PacketHeader::Long { dcid, .. } | PacketHeader::Short { dcid, .. } => dcid,
         };
+        let was_confirmed = self.handshake_confirmed;
         let (ack_eliciting, probing_only) =
             self.process_frames(now, epoch, kind, payload, &dcid)?;
+        // A server whose handshake this packet completed, from a new address (a NAT that
+        // rebound mid-handshake), follows it as it would a 1-RTT packet: a client with
+        // nothing more to send would otherwise never be heard from there again (its
+        // Handshake probes meet a discarded space, and it arms no 1-RTT PTO until
+        // confirmed, RFC 9002 §6.2.1).
+        let confirmed_from_elsewhere = epoch == Epoch::Handshake
+            && !was_confirmed
+            && self.handshake_confirmed
+            && self.side == Side::Server
+            && remote != self.remote;
         // While closing only CONNECTION_CLOSE matters (§10.2.1): no migration.
-        if new_path && !probing_only && !matches!(self.state, State::Closing { .. }) {
+        if ((new_path && !probing_only) || confirmed_from_elsewhere)
+            && !matches!(self.state, State::Closing { .. })
+        {
             cold_path();
             let peer_switched = self.path_dcid.is_some_and(|d| d != dcid);
             self.migrate_to(now, remote, self.rx_path.1, peer_switched);
