@@ -2185,6 +2185,51 @@ fn a_nat_rebinding_mid_handshake_does_not_stall_it() {
     net.assert_healthy();
 }
 
+/// A NAT rebinding right after the client's Finished, the old mapping gone: the server's
+/// HANDSHAKE_DONE and ACKs are lost, and it has discarded its Handshake keys, so the
+/// client's Handshake probes from the new port reach nothing. The client's 1-RTT data in
+/// flight is probed along with them (RFC 9002 §6.2.4), and that 1-RTT packet moves the
+/// server to the new port, where the HANDSHAKE_DONE gets through.
+#[test]
+fn a_client_whose_handshake_done_was_lost_to_a_rebinding_probes_in_1_rtt_too() {
+    let mut net = Net::new(TransportConfig::default());
+    let first = net.caddr;
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    for d in net.server_out() {
+        net.deliver_to_client(&d);
+    }
+    assert!(net.client_conn().is_established());
+    // The Finished goes out with 1-RTT data, from the handshake's port.
+    let id = net.open_with(&pattern(3000, 7));
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    assert!(net.server_conn().is_handshake_confirmed());
+    // Everything the server answers is lost with the old mapping.
+    let lost = drain_to(&mut net.server, net.now);
+    assert!(lost.iter().all(|(dst, _)| *dst == first) && !lost.is_empty());
+    net.dead_client_addrs.push(first);
+    net.caddr = "10.0.0.1:5001".parse().unwrap();
+    let confirmed = net.run(Duration::from_secs(5), |n| {
+        n.client_conn().is_handshake_confirmed()
+    });
+    assert!(confirmed, "the client never confirmed the handshake");
+    assert_eq!(
+        net.server_conn().remote_addr(),
+        net.caddr,
+        "the server moved"
+    );
+    net.client_do(|c| c.finish(id).unwrap());
+    let echoed = net.run(Duration::from_secs(10), |n| {
+        n.log(|l| l.echo_fin).unwrap_or(true)
+    });
+    assert!(echoed, "the stream's echo completes");
+    assert_eq!(net.log(|l| l.echoed_len), Some(3000));
+    net.assert_healthy();
+}
+
 /// Initial packets stay tied to the handshake's address: anyone who saw the client's first
 /// Initial can seal them, so one from elsewhere (a CONNECTION_CLOSE here) is dropped. The
 /// same bytes from the client's address do close the connection.
