@@ -2174,6 +2174,17 @@ fn a_nat_rebinding_mid_handshake_does_not_stall_it() {
         "the Finished from the new port completed the handshake"
     );
     assert_eq!(net.server_conn().remote_addr(), net.caddr, "the path moved");
+    let replies = drain_to(&mut net.server, net.now);
+    assert_eq!(
+        net.server.stats().new_tokens_sent,
+        0,
+        "no NEW_TOKEN for an address nobody has answered from yet"
+    );
+    for (dst, d) in &replies {
+        if *dst == net.caddr {
+            net.deliver_to_client(d);
+        }
+    }
     net.establish();
     net.echo_round_trip(1000, 1);
     assert_eq!(
@@ -2182,6 +2193,11 @@ fn a_nat_rebinding_mid_handshake_does_not_stall_it() {
         "the new port was validated"
     );
     assert_eq!(net.server_conn().remote_addr(), net.caddr);
+    assert_eq!(
+        net.server.stats().new_tokens_sent,
+        1,
+        "a token once validated"
+    );
     net.assert_healthy();
 }
 
@@ -2190,8 +2206,7 @@ fn a_nat_rebinding_mid_handshake_does_not_stall_it() {
 /// client's Handshake probes from the new port reach nothing. The client's 1-RTT data in
 /// flight is probed along with them (RFC 9002 §6.2.4), and that 1-RTT packet moves the
 /// server to the new port, where the HANDSHAKE_DONE gets through.
-#[test]
-fn a_client_whose_handshake_done_was_lost_to_a_rebinding_probes_in_1_rtt_too() {
+fn handshake_done_lost_to_a_rebinding(with_data: bool) {
     let mut net = Net::new(TransportConfig::default());
     let first = net.caddr;
     for d in net.client_out() {
@@ -2201,8 +2216,8 @@ fn a_client_whose_handshake_done_was_lost_to_a_rebinding_probes_in_1_rtt_too() {
         net.deliver_to_client(&d);
     }
     assert!(net.client_conn().is_established());
-    // The Finished goes out with 1-RTT data, from the handshake's port.
-    let id = net.open_with(&pattern(3000, 7));
+    // The Finished goes out from the handshake's port, with 1-RTT data or alone.
+    let id = with_data.then(|| net.open_with(&pattern(3000, 7)));
     for d in net.client_out() {
         net.deliver_to_server(&d);
     }
@@ -2221,13 +2236,30 @@ fn a_client_whose_handshake_done_was_lost_to_a_rebinding_probes_in_1_rtt_too() {
         net.caddr,
         "the server moved"
     );
-    net.client_do(|c| c.finish(id).unwrap());
-    let echoed = net.run(Duration::from_secs(10), |n| {
-        n.log(|l| l.echo_fin).unwrap_or(true)
-    });
-    assert!(echoed, "the stream's echo completes");
-    assert_eq!(net.log(|l| l.echoed_len), Some(3000));
+    match id {
+        Some(id) => {
+            net.client_do(|c| c.finish(id).unwrap());
+            let echoed = net.run(Duration::from_secs(10), |n| {
+                n.log(|l| l.echo_fin).unwrap_or(true)
+            });
+            assert!(echoed, "the stream's echo completes");
+            assert_eq!(net.log(|l| l.echoed_len), Some(3000));
+        }
+        None => net.echo_round_trip(1000, 1),
+    }
     net.assert_healthy();
+}
+
+#[test]
+fn a_client_whose_handshake_done_was_lost_to_a_rebinding_probes_in_1_rtt_too() {
+    handshake_done_lost_to_a_rebinding(true);
+}
+
+/// The same with nothing of the client's in flight in 1-RTT: its handshake PTO sends a
+/// 1-RTT PING along.
+#[test]
+fn a_silent_client_whose_handshake_done_was_lost_to_a_rebinding_probes_in_1_rtt_too() {
+    handshake_done_lost_to_a_rebinding(false);
 }
 
 /// Initial packets stay tied to the handshake's address: anyone who saw the client's first

@@ -1193,25 +1193,28 @@ impl Connection {
         self.end_loss_event(now);
         if let Some(req) = probe {
             self.queue_probe(req.epoch, req.count);
-            // RFC 9002 §6.2.4: the other spaces with ack-eliciting data in flight probe too
-            // (coalesced into the same datagram), so a server whose Initial and Handshake
-            // flights were both lost gets both resent by one PTO, not the second a PTO
-            // later. A client whose HANDSHAKE_DONE went astray (after a NAT rebinding, say)
-            // probes its 1-RTT space along with the Handshake one: the server has discarded
-            // its Handshake keys by then, and only a 1-RTT packet moves it to the client's
-            // new address; the client arms no 1-RTT PTO of its own before confirmation.
+            // RFC 9002 §6.2.4: the other handshake space with ack-eliciting data in flight
+            // probes too (coalesced into the same datagram), so a server whose Initial and
+            // Handshake flights were both lost gets both resent by one PTO, not the second
+            // a PTO later.
             if req.epoch != Epoch::Data {
-                for other in [Epoch::Initial, Epoch::Handshake, Epoch::Data] {
-                    let has_keys = match other {
-                        Epoch::Data => self.one_rtt.is_some(),
-                        _ => !self.spaces[other.index()].discarded,
-                    };
+                for other in [Epoch::Initial, Epoch::Handshake] {
                     if other != req.epoch
-                        && has_keys
+                        && !self.spaces[other.index()].discarded
                         && self.recovery.in_flight_ack_eliciting(other)
                     {
                         self.queue_probe(other, 1);
                     }
+                }
+                // A client with 1-RTT keys whose handshake is not confirmed may have lost
+                // the HANDSHAKE_DONE (after a NAT rebinding, say): the server has dropped
+                // its Handshake keys by then, and only a 1-RTT packet reaches it, or moves
+                // it to the client's new address. The client arms no 1-RTT PTO of its own
+                // before confirmation (§6.2.1), so its handshake PTO probes that space too,
+                // with data in flight or a PING.
+                if self.side == Side::Client && self.one_rtt.is_some() && !self.handshake_confirmed
+                {
+                    self.queue_probe(Epoch::Data, 1);
                 }
             }
         }

@@ -958,9 +958,11 @@ impl<U: Default> Endpoint<U> {
             // of the client's first flight (a multi-packet ClientHello, duplicated or
             // reordered) reaches this connection, whose Initial keys are gone, instead of
             // opening a second one.
-            if !e.token_issued && self.config.server_tls.is_some() {
+            if !e.token_issued && self.config.server_tls.is_some() && e.conn.address_validated {
                 // One token per connection, for the client's next one (RFC 9000 §8.1.3):
-                // bound to its IP, it lets that connection skip Retry and the 3× limit.
+                // bound to its IP, it lets that connection skip Retry and the 3× limit. So
+                // only once the current address is validated: the handshake can end by
+                // moving to an address nobody has answered from yet.
                 e.token_issued = true;
                 if !self.config.new_token_lifetime.is_zero() {
                     let mut token = Vec::with_capacity(64);
