@@ -726,40 +726,37 @@ impl Connection {
             }
         }
 
-        if send_eliciting && path_frames_only {
-            pos = self.write_data_control_frames(&mut buf[..end], pos, &mut frames);
-            ack_eliciting = frames
-                .records
-                .iter()
-                .any(|r| !matches!(r, FrameRecord::Ack { .. }));
-        } else if send_eliciting {
+        if send_eliciting {
             if epoch == Epoch::Data {
                 pos = self.write_data_control_frames(&mut buf[..end], pos, &mut frames);
+            }
+            // A path-validation packet past the window carries the control frames alone.
+            if !path_frames_only {
                 // Datagrams before stream data: they are the latency-sensitive kind. But
                 // credit and resets first, or a full datagram queue could starve them.
-                if self.app_data_open() && self.has_datagrams_to_send() {
+                if epoch == Epoch::Data && self.app_data_open() && self.has_datagrams_to_send() {
                     let n = self.streams.write_control(&mut buf[pos..end], 0, &mut |r| {
                         frames.records.push(FrameRecord::Stream(r))
                     });
                     pos += n;
                     pos = self.write_datagrams(&mut buf[..end], pos, &mut frames);
                 }
-            }
-            pos = self.write_raw_frames(epoch, &mut buf[..end], pos, &mut frames);
-            let space = &mut self.spaces[idx];
-            if end > pos && space.crypto.has_pending() {
-                let n = space
-                    .crypto
-                    .write_frame(&mut buf[pos..end], &mut |offset, len| {
-                        frames.records.push(FrameRecord::Crypto { offset, len })
+                pos = self.write_raw_frames(epoch, &mut buf[..end], pos, &mut frames);
+                let space = &mut self.spaces[idx];
+                if end > pos && space.crypto.has_pending() {
+                    let n = space
+                        .crypto
+                        .write_frame(&mut buf[pos..end], &mut |offset, len| {
+                            frames.records.push(FrameRecord::Crypto { offset, len })
+                        });
+                    pos += n;
+                }
+                if epoch == Epoch::Data && self.app_data_open() && end > pos {
+                    let n = self.streams.write_frames(&mut buf[pos..end], &mut |r| {
+                        frames.records.push(FrameRecord::Stream(r))
                     });
-                pos += n;
-            }
-            if epoch == Epoch::Data && self.app_data_open() && end > pos {
-                let n = self.streams.write_frames(&mut buf[pos..end], &mut |r| {
-                    frames.records.push(FrameRecord::Stream(r))
-                });
-                pos += n;
+                    pos += n;
+                }
             }
             ack_eliciting = frames
                 .records
