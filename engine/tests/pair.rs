@@ -1105,6 +1105,206 @@ fn early_data_and_lowered_limits() {
     }
 }
 
+/// Has the client send what it has; returns the datagrams, which the server has not read.
+fn client_datagrams(sim: &mut Sim) -> Vec<Vec<u8>> {
+    let now = sim.now;
+    transmit(&mut sim.cdp, &mut sim.client, now, 1).unwrap();
+    let mut out = Vec::new();
+    sim.sdp
+        .recv_batch(&mut |_, b| out.push(b.to_vec()))
+        .unwrap();
+    out
+}
+
+/// (version, type) of each long-header packet coalesced in `datagram`.
+fn packet_kinds(datagram: &[u8]) -> Vec<(u32, LongType)> {
+    long_packets(datagram)
+        .iter()
+        .filter_map(|(h, _)| match *h {
+            Header::Long { version, ty, .. } => Some((version, ty)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// RFC 9369 §4: a client's 0-RTT packets stay in the version of its first flight (their
+/// keys are that version's) once the connection has moved to another; its other packets
+/// take the negotiated version. A quench server never accepts early data across a switch
+/// (see the next test), so the move is simulated on the client alone.
+#[test]
+fn zero_rtt_keeps_the_first_flight_version_after_a_switch() {
+    let (stls, ctls) = early_data_configs();
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 1024);
+    o.client_tls = Some(ctls.clone());
+    o.server_tls = Some(stls);
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 1, Duration::from_secs(60));
+    sim.advance(Duration::from_secs(2));
+    let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
+    let offer = VersionOffer {
+        original: VERSION_1,
+        preference: vec![VERSION_2, VERSION_1],
+    };
+    let now = sim.now;
+    let h = sim
+        .client
+        .connect_offering(now, ctls, "localhost", saddr, &offer)
+        .unwrap();
+    sim.client
+        .with_state(h, |c, _| c.assume_negotiated_version(VERSION_2));
+    sim.client.dispatch_events(now, h, &mut sim.handler);
+    assert!(sim.client.conn(h).unwrap().stats().early_data_attempted);
+    let kinds: Vec<_> = client_datagrams(&mut sim)
+        .iter()
+        .flat_map(|d| packet_kinds(d))
+        .collect();
+    assert!(
+        kinds.contains(&(VERSION_2, LongType::Initial)),
+        "{kinds:x?}"
+    );
+    assert!(
+        kinds.contains(&(VERSION_1, LongType::ZeroRtt)),
+        "{kinds:x?}"
+    );
+    for (version, ty) in kinds {
+        let expect = if ty == LongType::ZeroRtt {
+            VERSION_1
+        } else {
+            VERSION_2
+        };
+        assert_eq!(version, expect, "{ty:?}");
+    }
+}
+
+/// Early data across a compatible version switch. The client resumes a v1 session: its
+/// first flight (Initial and 0-RTT) is v1, and it lists v2 first; the server prefers v2
+/// and moves the connection there.
+/// - The server does not resume a v1 ticket in a connection that became v2 (RFC 9369 §5,
+///   `tls::ticket_version`; §4 allows a server to accept, and quench does not): a full
+///   handshake, early data refused.
+/// - The client stops sending 0-RTT when it reads that, everything after is v2, and it
+///   sends its requests again in 1-RTT; the echoes complete.
+/// - The session this connection yields is a v2 one: a v2 connection then resumes with
+///   its early data accepted.
+#[test]
+fn early_data_across_a_compatible_switch_to_v2() {
+    let (stls, ctls) = early_data_configs();
+    let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 2, 64 << 10);
+    o.client_tls = Some(ctls.clone());
+    o.server_tls = Some(stls.clone());
+    o.server_preferred = vec![VERSION_2];
+    let (mut sim, h1) = Sim::with(o);
+    sim.run_to_completion(h1, 2, Duration::from_secs(60));
+    assert_eq!(sim.client.conn(h1).unwrap().version(), VERSION_1);
+    sim.advance(Duration::from_secs(2));
+    let saddr: SocketAddr = SERVER_ADDR.parse().unwrap();
+    let offer = VersionOffer {
+        original: VERSION_1,
+        preference: vec![VERSION_2, VERSION_1],
+    };
+    let now = sim.now;
+    let h = sim
+        .client
+        .connect_offering(now, ctls.clone(), "localhost", saddr, &offer)
+        .unwrap();
+    sim.client.dispatch_events(now, h, &mut sim.handler);
+    assert!(sim.client.conn(h).unwrap().stats().early_data_attempted);
+
+    // The first flight: an Initial and 0-RTT, all v1.
+    let first = client_datagrams(&mut sim);
+    let first_packets: Vec<_> = first.iter().flat_map(|d| packet_kinds(d)).collect();
+    assert!(
+        first_packets.contains(&(VERSION_1, LongType::ZeroRtt)),
+        "{first_packets:x?}"
+    );
+    assert!(
+        first_packets.iter().all(|&(v, _)| v == VERSION_1),
+        "{first_packets:x?}"
+    );
+    for d in &first {
+        sim.deliver_to_server(d);
+    }
+    // The server answers in v2, refusing the v1 ticket in what is now a v2 connection.
+    // The client reads only the packet with the server's Initial: it has moved to v2, and
+    // the ServerHello without a PSK ends its early data, so what it sends from then on
+    // (probes, while the Handshake packets are held back) is v2 and never 0-RTT.
+    let now = sim.now;
+    transmit(&mut sim.sdp, &mut sim.server, now, 1).unwrap();
+    let mut answer = Vec::new();
+    sim.cdp
+        .recv_batch(&mut |_, b| answer.push(b.to_vec()))
+        .unwrap();
+    let (initial, rest) = {
+        let packets = long_packets(&answer[0]);
+        assert_eq!(
+            packet_kinds(packets[0].1)[0],
+            (VERSION_2, LongType::Initial)
+        );
+        let n = packets[0].1.len();
+        (answer[0][..n].to_vec(), answer[0][n..].to_vec())
+    };
+    assert!(
+        !rest.is_empty() || answer.len() > 1,
+        "the Handshake packets come after"
+    );
+    sim.deliver_to_client(&initial);
+    assert_eq!(sim.client.conn(h).unwrap().version(), VERSION_2);
+    let zero_rtt_sent = sim.client.conn(h).unwrap().stats().zero_rtt_packets_sent;
+    let mut next = Vec::new();
+    for _ in 0..100 {
+        sim.now += Duration::from_millis(1);
+        let now = sim.now;
+        sim.client.handle_timeouts(now, &mut sim.handler);
+        next.extend(client_datagrams(&mut sim));
+    }
+    let next_packets: Vec<_> = next.iter().flat_map(|d| packet_kinds(d)).collect();
+    assert!(
+        next_packets.contains(&(VERSION_2, LongType::Handshake)),
+        "{next_packets:x?}"
+    );
+    assert!(
+        next_packets.iter().all(|&(v, _)| v == VERSION_2),
+        "{next_packets:x?}"
+    );
+    let conn = sim.client.conn(h).unwrap();
+    assert_eq!(conn.stats().zero_rtt_packets_sent, zero_rtt_sent);
+    for d in &next {
+        sim.deliver_to_server(d);
+    }
+    for d in std::iter::once(&rest).chain(&answer[1..]) {
+        if !d.is_empty() {
+            sim.deliver_to_client(d);
+        }
+    }
+
+    sim.run_to_completion(h, 2, Duration::from_secs(60));
+    let conn = sim.client.conn(h).unwrap();
+    assert_eq!(conn.version(), VERSION_2);
+    assert!(conn.stats().compatible_version_switch);
+    assert!(!conn.stats().early_data_accepted);
+    assert!(!conn.resumed());
+    assert_eq!(sim.server.stats().early_data_accepted, 0);
+
+    // Its ticket is a v2 one: a v2 first flight resumes, early data accepted.
+    sim.advance(Duration::from_secs(2));
+    let v2 = VersionOffer {
+        original: VERSION_2,
+        preference: vec![VERSION_2],
+    };
+    let now = sim.now;
+    let h3 = sim
+        .client
+        .connect_offering(now, ctls, "localhost", saddr, &v2)
+        .unwrap();
+    sim.client.dispatch_events(now, h3, &mut sim.handler);
+    sim.run_to_completion(h3, 2, Duration::from_secs(60));
+    let conn = sim.client.conn(h3).unwrap();
+    assert_eq!(conn.version(), VERSION_2);
+    assert!(conn.resumed());
+    assert!(conn.stats().early_data_accepted);
+    assert_eq!(sim.server.stats().early_data_accepted, 1);
+}
+
 /// Early data answered by Version Negotiation: the server that gave the ticket (v1) came
 /// back speaking v2 only. The client's 0-RTT went out in v1 and reached nothing, so it is
 /// void; the client starts over in v2 (RFC 9368 §2.1) without early data (tickets belong
