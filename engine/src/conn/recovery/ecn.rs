@@ -67,6 +67,14 @@ pub struct Ecn {
     lost_len: usize,
     /// The peer's counts as of the last ACK frame that passed validation.
     counts: EcnCounts,
+    /// Marks counted before their packets were newly acknowledged here: a frame may leave
+    /// out ranges whose marks its counts include (a peer bounds its ranges, and need not
+    /// repeat ones it sent before), or acknowledge packets already declared lost, whose
+    /// slots are gone. A later frame acknowledging such packets brings no rise; this
+    /// surplus covers it (RFC 9000 §13.4.2.1 compares per frame, which would fail the
+    /// path). Only the peer's counting creates it, never a path clearing marks, and a new
+    /// path starts from none.
+    surplus: u64,
     failure: Option<EcnFailure>,
     /// Validations failed, over all paths.
     failures: u64,
@@ -92,6 +100,7 @@ impl Ecn {
             lost_pns: [0; LOST_RECORD],
             lost_len: 0,
             counts: (0, 0, 0),
+            surplus: 0,
             failure: None,
             failures: 0,
         }
@@ -226,7 +235,9 @@ impl Ecn {
         let Some((ect0, ect1, ce)) = counts else {
             return 0;
         };
-        let last_ce = self.counts.2;
+        let (last0, _, last_ce) = self.counts;
+        // `check` passed: the rise, with the surplus, covers what was newly acknowledged.
+        self.surplus = (self.surplus + (ect0 - last0) + (ce - last_ce)).saturating_sub(marked);
         self.counts = (ect0, ect1, ce);
         self.path_acked += marked_on_path;
         if marked_on_path > 0 {
@@ -254,12 +265,13 @@ impl Ecn {
             return Err(EcnFailure::Decreased);
         }
         // ECT(0) and CE counts cover every marked packet newly acknowledged (a lost ACK
-        // frame may make them cover more).
-        if (ect0 - last0) + (ce - last_ce) < marked {
+        // frame may make them cover more), with what earlier frames counted beyond theirs.
+        if (ect0 - last0) + (ce - last_ce) + self.surplus < marked {
             tracing::debug!(
                 marked,
                 ect0_rise = ect0 - last0,
                 ce_rise = ce - last_ce,
+                surplus = self.surplus,
                 "fewer ECN marks than marked packets acknowledged"
             );
             return Err(EcnFailure::TooFewMarks);
@@ -294,6 +306,7 @@ impl Ecn {
         self.path_acked = 0;
         self.path_lost = 0;
         self.lost_len = 0;
+        self.surplus = 0;
     }
 }
 
@@ -361,6 +374,33 @@ mod tests {
         assert_eq!(e.on_ack(true, 4, Some((4, 0, 0)), 4), 0);
         assert_eq!(e.on_ack(true, 2, Some((3, 0, 0)), 2), 0);
         assert_eq!(e.failure(), Some(EcnFailure::Decreased));
+    }
+
+    /// A frame whose counts include packets it leaves out (ranges bounded, or sent
+    /// before), then a frame acknowledging those: no rise, and no failure. A path that
+    /// clears marks afterwards still fails, and a new path starts without the surplus.
+    #[test]
+    fn marks_counted_before_their_packets_are_acknowledged_are_not_short() {
+        let t = Instant::now();
+        let mut e = Ecn::new(true);
+        send(&mut e, t, 10);
+        // Six counted, four acknowledged: two left out.
+        assert_eq!(e.on_ack(true, 4, Some((6, 0, 0)), 4), 0);
+        // The two, acknowledged now, were counted then.
+        assert_eq!(e.on_ack(true, 2, Some((6, 0, 0)), 2), 0);
+        assert_eq!((e.state(), e.failure()), (EcnState::Capable, None));
+        // Two more, one mark: the surplus is spent, so this is short.
+        assert_eq!(e.on_ack(true, 2, Some((7, 0, 0)), 2), 0);
+        assert_eq!(e.failure(), Some(EcnFailure::TooFewMarks));
+
+        let mut e = Ecn::new(true);
+        send(&mut e, t, 10);
+        assert_eq!(e.on_ack(true, 4, Some((6, 0, 0)), 4), 0);
+        e.on_new_path(true, 10);
+        send(&mut e, t, 10);
+        // The old path's surplus does not hide a new path that clears marks.
+        assert_eq!(e.on_ack(true, 2, Some((6, 0, 0)), 2), 0);
+        assert_eq!(e.failure(), Some(EcnFailure::TooFewMarks));
     }
 
     #[test]
