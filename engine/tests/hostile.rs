@@ -1072,9 +1072,14 @@ fn a_spurious_migration_reverts_to_the_validated_address() {
         net.caddr,
         "back on the validated address after validation was abandoned"
     );
-    // And the connection still works there.
+    // And the connection still works there. Its ECN is tested afresh (RFC 9000 §13.4.2),
+    // not left where the spoofed path's test ended (there, nothing more is marked): marked
+    // packets go out again, until the first ACK (this client sends no counts).
+    let marked = net.server_conn().stats().ecn_marked_sent;
     net.echo_round_trip(50_000, 3);
     net.assert_healthy();
+    let stats = net.server_conn().stats();
+    assert!(stats.ecn_marked_sent > marked, "{stats:?}");
 }
 
 /// The same forged migration, undone at once (RFC 9000 §9.3.3): the server challenges the
