@@ -502,6 +502,40 @@ mod tests {
         ));
     }
 
+    /// A reply leaves from the served address its peer wrote to; with none named (a
+    /// client's connection), or one that is not ours or not of the peer's family, from the
+    /// interface's first address of the peer's family, and with none of that family it
+    /// cannot be sent.
+    #[test]
+    fn replies_leave_from_the_address_written_to_else_the_interface_default() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let iface = LocalIface {
+            mac: [2, 0, 0, 0, 0, 1],
+            v4: Some("10.0.0.1".parse().unwrap()),
+            v6: None,
+            addrs: vec![ip("10.0.0.1"), ip("192.0.2.80")],
+            port: 4433,
+            mtu: 1500,
+            ifindex: 1,
+        };
+        let peer4 = ip("10.0.0.9");
+        assert_eq!(
+            iface.source_for(peer4, Some(ip("192.0.2.80"))),
+            Some(ip("192.0.2.80"))
+        );
+        assert_eq!(iface.source_for(peer4, None), Some(ip("10.0.0.1")));
+        assert_eq!(
+            iface.source_for(peer4, Some(ip("192.0.2.81"))),
+            Some(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            iface.source_for(peer4, Some(ip("fd00::1"))),
+            Some(ip("10.0.0.1"))
+        );
+        assert_eq!(iface.source_for(ip("fd00::9"), Some(ip("10.0.0.1"))), None);
+        assert_eq!(iface.source_for(ip("fd00::9"), None), None);
+    }
+
     #[test]
     fn datapath_is_send() {
         fn send<T: Send>() {}
