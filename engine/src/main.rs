@@ -104,6 +104,11 @@ enum Command {
         /// Validate client addresses with Retry before accepting (RFC 9000 §8.1.2).
         #[arg(long)]
         retry: bool,
+        /// Validate with Retry only while this many handshakes per worker or more wait for
+        /// their client's address to be validated (forged sources never are): a flood of
+        /// spoofed Initials then costs a stateless packet each, not a handshake.
+        #[arg(long, value_name = "N", default_value_t = quench::endpoint::DEFAULT_RETRY_ABOVE_UNVALIDATED)]
+        retry_above: usize,
         /// Session ticket keys shared by a fleet: 32-byte keys in hex, one a line, the
         /// first sealing new tickets and all opening them; re-read when the file changes.
         /// Without it, tickets use keys of this process alone, rolled every 6 hours.
@@ -325,6 +330,7 @@ fn run(cli: Cli) -> Result<()> {
             root,
             workers,
             retry,
+            retry_above,
             ticket_keys,
             early_data,
             prefer_version,
@@ -384,6 +390,7 @@ fn run(cli: Cli) -> Result<()> {
                     ..transport(congestion, path)
                 },
                 require_retry: retry,
+                retry_above_unvalidated: Some(retry_above),
                 ticket_keys,
                 early_data_sessions: early_data,
                 preferred_versions: preferred_versions(&prefer_version, &versions)?,

@@ -46,6 +46,9 @@ pub struct ServerOptions {
     pub workers: usize,
     pub transport: TransportConfig,
     pub require_retry: bool,
+    /// Retry while this many handshakes per worker wait for address validation
+    /// (`EndpointConfig::retry_above_unvalidated`).
+    pub retry_above_unvalidated: Option<usize>,
     /// Session ticket key file shared by a fleet (`tls::tickets::TicketKeyFile`); `None`
     /// uses keys of this process alone.
     pub ticket_keys: Option<PathBuf>,
@@ -134,7 +137,7 @@ pub struct WorkerStats {
     /// Hand-offs dropped because the owner's queue was full (UDP datapath).
     pub handoff_dropped: u64,
     pub stateless_resets: u64,
-    /// Retry packets sent (`--retry`).
+    /// Retry packets sent (`--retry`, or past `--retry-above`).
     pub retries: u64,
     /// Version Negotiation packets sent (to clients in a version not accepted).
     pub version_negotiations: u64,
@@ -299,6 +302,7 @@ impl WorkerBase {
         });
         let mut endpoint = EndpointConfig::new(opts.transport.clone(), Some(tls));
         endpoint.require_retry = opts.require_retry;
+        endpoint.retry_above_unvalidated = opts.retry_above_unvalidated;
         endpoint.versions = opts.versions.clone();
         endpoint.preferred_versions = opts.preferred_versions.clone();
         endpoint.max_connections = opts.max_connections.max(1);

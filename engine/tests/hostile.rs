@@ -3461,3 +3461,93 @@ fn a_client_ignores_its_servers_packets_from_another_address() {
     assert!(net.client.source_authenticated());
     net.assert_healthy();
 }
+
+/// A first flight from a client that will never answer: what a forged source looks like.
+fn forged_first_flight(now: Instant) -> Vec<Vec<u8>> {
+    let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+    let mut forger: Endpoint<ClientLog> =
+        Endpoint::new(EndpointConfig::new(TransportConfig::default(), None));
+    forger
+        .connect(
+            now,
+            ctls,
+            "localhost",
+            "10.0.0.2:4433".parse().unwrap(),
+            VERSION_1,
+        )
+        .unwrap();
+    drain(&mut forger, now)
+}
+
+/// RFC 9000 §8.1: a flood of Initials from forged sources. Each opens a connection that
+/// waits for an address validation that never comes (a genuine client's is validated by
+/// its first Handshake packet); past `EndpointConfig::retry_above_unvalidated` of them
+/// the server answers further first Initials with a stateless Retry and keeps no state for
+/// them. A genuine client then completes through the Retry (its Retry token validates it,
+/// so it is not counted), and once the forged connections have timed out, first Initials
+/// are accepted directly again.
+#[test]
+fn a_flood_of_forged_initials_is_answered_with_retry_past_the_limit() {
+    let mut cfg = server_endpoint_config(TransportConfig::default());
+    cfg.retry_above_unvalidated = Some(4);
+    // No NEW_TOKEN tokens: one would let the second client skip the Retry (as it should,
+    // `pair::a_new_token_lets_the_next_connection_skip_retry`).
+    cfg.new_token_lifetime = Duration::ZERO;
+    let mut net = Net::with_server(cfg);
+    net.establish();
+    assert_eq!(net.server.unvalidated_connection_count(), 0, "validated");
+    let forge = |net: &mut Net, i: usize| {
+        let src = format!("192.0.2.{}:{}", 10 + i, 40_000 + i);
+        for d in forged_first_flight(net.now) {
+            let mut copy = d.clone();
+            let mut disp = AppDispatcher { factory: &net.apps };
+            net.server
+                .handle_datagram(net.now, rx(&src), &mut copy, &mut disp);
+        }
+        // What the server sends goes to the forged address: nobody answers.
+        drain(&mut net.server, net.now);
+    };
+    for i in 0..4 {
+        forge(&mut net, i);
+    }
+    let s = net.server.stats();
+    assert_eq!((s.connections_accepted, s.retries_sent), (5, 0), "{s:?}");
+    assert_eq!(net.server.unvalidated_connection_count(), 4);
+    for i in 4..20 {
+        forge(&mut net, i);
+    }
+    let s = net.server.stats();
+    assert_eq!((s.connections_accepted, s.retries_sent), (5, 16), "{s:?}");
+    assert_eq!(net.server.connection_count(), 5, "no state for the retried");
+
+    // A second genuine client goes through the Retry.
+    let ctls = client_config(ServerVerification::Insecure, &[b"echo".to_vec()]).unwrap();
+    let h2 = net
+        .client
+        .connect(net.now, ctls, "localhost", net.saddr, VERSION_1)
+        .unwrap();
+    let ok = net.run(Duration::from_secs(10), |n| {
+        n.client
+            .conn(h2)
+            .is_some_and(|c| c.is_handshake_confirmed())
+    });
+    assert!(ok, "the genuine client's handshake did not complete");
+    let s = net.server.stats();
+    assert_eq!((s.connections_accepted, s.retries_sent), (6, 17), "{s:?}");
+    assert_eq!(net.server.unvalidated_connection_count(), 4);
+    net.echo_round_trip(10_000, 5);
+
+    // The forged connections time out; then a first Initial is accepted without Retry.
+    let cleared = net.run(Duration::from_secs(120), |n| {
+        n.server.unvalidated_connection_count() == 0
+    });
+    assert!(
+        cleared,
+        "{} still waiting",
+        net.server.unvalidated_connection_count()
+    );
+    forge(&mut net, 20);
+    let s = net.server.stats();
+    assert_eq!((s.connections_accepted, s.retries_sent), (7, 17), "{s:?}");
+    assert_eq!(net.server.unvalidated_connection_count(), 1);
+}

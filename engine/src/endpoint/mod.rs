@@ -14,6 +14,14 @@ use redeemed_tokens::RedeemedTokens;
 /// Slots of the record of redeemed NEW_TOKEN tokens, over all of a server's workers: 1 MiB,
 /// which catches the replays of (about) the last 32,768 tokens redeemed.
 const REDEEMED_TOKENS: usize = 128 * 1024;
+
+/// The default of `EndpointConfig::retry_above_unvalidated`, per worker. A genuine
+/// connection waits about a round trip for validation (until the client's first Handshake
+/// packet), so 1024 at once is some 10,000 new connections a second at 100 ms, about what
+/// one core can sign (a full handshake costs ~100 µs of server time): Retry only starts
+/// where the worker could not keep up anyway, or under forged Initials, which never
+/// validate and wait out the idle timeout.
+pub const DEFAULT_RETRY_ABOVE_UNVALIDATED: usize = 1024;
 mod routes;
 pub mod stateless;
 mod timers;
@@ -65,6 +73,13 @@ pub struct EndpointConfig {
     pub max_connections: usize,
     /// Answer first Initials with Retry to validate addresses (RFC 9000 §8.1.2).
     pub require_retry: bool,
+    /// Server: answer first Initials without a valid token with Retry, as `require_retry`
+    /// does, while at least this many connections wait for their client's address to be
+    /// validated (RFC 9000 §8.1). Each Initial from a forged source opens such a connection,
+    /// which costs a TLS handshake and a table entry until it times out; past this many,
+    /// one costs a stateless Retry instead, and genuine clients pay a round trip. `None`:
+    /// only `require_retry` decides.
+    pub retry_above_unvalidated: Option<usize>,
     /// The QUIC versions a server accepts, each of `SUPPORTED_VERSIONS`; clients in others
     /// get Version Negotiation listing these, and the server's version_information names
     /// them (RFC 9368 §3). Ignored by a client endpoint.
@@ -103,6 +118,7 @@ impl EndpointConfig {
             worker_id: 0,
             max_connections: 100_000,
             require_retry: false,
+            retry_above_unvalidated: Some(DEFAULT_RETRY_ABOVE_UNVALIDATED),
             versions: SUPPORTED_VERSIONS.to_vec(),
             preferred_versions: Vec::new(),
             retry_token_lifetime: Duration::from_secs(10),
@@ -208,6 +224,9 @@ struct Entry<U> {
     queued: bool,
     /// Server: a NEW_TOKEN token went to this connection.
     token_issued: bool,
+    /// Server: opened by an Initial from an address not yet validated, and still waiting
+    /// for its validation (counted in `Endpoint::unvalidated`).
+    unvalidated: bool,
     /// Client: the server name connected to, which keys the tokens it hands out.
     server_name: Option<Box<str>>,
 }
@@ -311,6 +330,8 @@ pub struct Endpoint<U> {
     /// negotiation, by server name: the next connection's first flight is in it (RFC 9368
     /// §2.4), so that its tokens and tickets, which belong to it (RFC 9369 §5), apply.
     learned_versions: HashMap<Box<str>, u32>,
+    /// Server: connections whose client address is not validated yet (`Entry::unvalidated`).
+    unvalidated: usize,
 }
 
 impl<U: Default> Endpoint<U> {
@@ -342,6 +363,7 @@ impl<U: Default> Endpoint<U> {
             source_authenticated: false,
             tokens: TokenStore::default(),
             learned_versions: HashMap::new(),
+            unvalidated: 0,
         }
     }
 
@@ -363,6 +385,12 @@ impl<U: Default> Endpoint<U> {
 
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Server: connections still waiting for their client's address to be validated
+    /// (`EndpointConfig::retry_above_unvalidated`).
+    pub fn unvalidated_connection_count(&self) -> usize {
+        self.unvalidated
     }
 
     /// Connections that may still send something: all but those the peer closed, which
@@ -489,6 +517,7 @@ impl<U: Default> Endpoint<U> {
             timer_stale: false,
             queued: false,
             token_issued: false,
+            unvalidated: false,
             server_name: None,
         });
         for cid in cids {
@@ -773,7 +802,12 @@ impl<U: Default> Endpoint<U> {
                 }
             }
         }
-        if self.config.require_retry && !validated {
+        let retrying = self.config.require_retry
+            || self
+                .config
+                .retry_above_unvalidated
+                .is_some_and(|limit| self.unvalidated >= limit);
+        if retrying && !validated {
             let mut gen = self.cid_generator();
             let new_scid = crate::conn::ConnectionIdGenerator::generate(&mut gen);
             let mut token_buf = Vec::with_capacity(128);
@@ -830,6 +864,10 @@ impl<U: Default> Endpoint<U> {
         let h = self.insert(conn, Some(dcid));
         // The first Initial decrypted (checked above).
         self.conns[h].local = local_ip(&meta);
+        if !validated {
+            self.conns[h].unvalidated = true;
+            self.unvalidated += 1;
+        }
         self.after_io(now, h, handler);
         self.deliver_early_packets(now, h, &dcid, handler);
         Some(h)
@@ -953,6 +991,10 @@ impl<U: Default> Endpoint<U> {
             }
             handler.on_event(now, &mut e.conn, &mut e.state, ev);
         }
+        if e.unvalidated && e.conn.address_validated {
+            e.unvalidated = false;
+            self.unvalidated -= 1;
+        }
         if e.conn.is_handshake_confirmed() {
             // The original DCID keeps routing here until the connection ends: a late copy
             // of the client's first flight (a multi-packet ClientHello, duplicated or
@@ -1059,6 +1101,9 @@ impl<U: Default> Endpoint<U> {
         let e = self.conns.remove(h);
         if e.timer_stale {
             self.stale_timers -= 1;
+        }
+        if e.unvalidated {
+            self.unvalidated -= 1;
         }
         // The handle will be reused: neither its deadline nor a cached route may outlive it.
         self.timers.set(h, None);
