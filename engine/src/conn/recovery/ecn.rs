@@ -69,12 +69,17 @@ pub struct Ecn {
     counts: EcnCounts,
     /// Marks counted before their packets were newly acknowledged here: a frame may leave
     /// out ranges whose marks its counts include (a peer bounds its ranges, and need not
-    /// repeat ones it sent before), or acknowledge packets already declared lost, whose
-    /// slots are gone. A later frame acknowledging such packets brings no rise; this
-    /// surplus covers it (RFC 9000 §13.4.2.1 compares per frame, which would fail the
-    /// path). Only the peer's counting creates it, never a path clearing marks, and a new
-    /// path starts from none.
+    /// repeat ones it sent before). A later frame acknowledging such packets brings no
+    /// rise; this surplus covers it (RFC 9000 §13.4.2.1 compares per frame, which would
+    /// fail the path). Only the peer's counting creates it, never a path clearing marks.
+    /// It never exceeds the marked packets still unacknowledged and not declared lost,
+    /// the only ones it can be for (marks of packets acknowledged after being declared
+    /// lost, or by a frame that was overtaken, are spent or dropped), and a new path
+    /// starts from none.
     surplus: u64,
+    /// Data-space packets sent marked that were newly acknowledged, or declared lost.
+    marked_acked: u64,
+    marked_lost: u64,
     failure: Option<EcnFailure>,
     /// Validations failed, over all paths.
     failures: u64,
@@ -101,6 +106,8 @@ impl Ecn {
             lost_len: 0,
             counts: (0, 0, 0),
             surplus: 0,
+            marked_acked: 0,
+            marked_lost: 0,
             failure: None,
             failures: 0,
         }
@@ -164,8 +171,12 @@ impl Ecn {
         }
     }
 
-    /// Marked packet `pn` of the current path was declared lost.
+    /// Marked packet `pn` was declared lost.
     pub fn on_marked_lost(&mut self, pn: u64) {
+        self.marked_lost += 1;
+        if !self.on_path(pn) {
+            return;
+        }
         self.path_lost += 1;
         if self.path_acked == 0 && self.state != EcnState::Failed && self.lost_len < LOST_RECORD {
             self.lost_pns[self.lost_len] = pn;
@@ -214,6 +225,8 @@ impl Ecn {
     /// A frame that does not raise the largest acknowledged may have been overtaken by a
     /// later one, so it never fails validation (the RFC's MUST NOT); counts it carries
     /// that pass are still used (RFC 9002 Appendix A.7 processes ECN on every ACK).
+    /// Called for every Data-space frame that newly acknowledges something, whatever the
+    /// state: a failed path's counts stay the baseline a new path is validated from.
     pub fn on_ack(
         &mut self,
         raises_largest: bool,
@@ -221,7 +234,13 @@ impl Ecn {
         counts: Option<EcnCounts>,
         marked_on_path: u64,
     ) -> u64 {
+        self.marked_acked += marked;
         if self.state == EcnState::Failed {
+            let (l0, l1, lce) = self.counts;
+            if let Some(c) = counts.filter(|&(e0, e1, ce)| e0 >= l0 && e1 >= l1 && ce >= lce) {
+                self.counts = c;
+            }
+            self.surplus = 0;
             return 0;
         }
         match self.check(marked, counts) {
@@ -230,14 +249,23 @@ impl Ecn {
                 self.fail(why);
                 return 0;
             }
-            Err(_) => return 0,
+            Err(_) => {
+                // Overtaken: the later frame's counts already covered these packets.
+                self.surplus = self.surplus.saturating_sub(marked);
+                return 0;
+            }
         }
         let Some((ect0, ect1, ce)) = counts else {
             return 0;
         };
         let (last0, _, last_ce) = self.counts;
         // `check` passed: the rise, with the surplus, covers what was newly acknowledged.
-        self.surplus = (self.surplus + (ect0 - last0) + (ce - last_ce)).saturating_sub(marked);
+        let outstanding = self
+            .sent_marked
+            .saturating_sub(self.marked_acked + self.marked_lost);
+        self.surplus = (self.surplus + (ect0 - last0) + (ce - last_ce))
+            .saturating_sub(marked)
+            .min(outstanding);
         self.counts = (ect0, ect1, ce);
         self.path_acked += marked_on_path;
         if marked_on_path > 0 {
@@ -401,6 +429,57 @@ mod tests {
         // The old path's surplus does not hide a new path that clears marks.
         assert_eq!(e.on_ack(true, 2, Some((6, 0, 0)), 2), 0);
         assert_eq!(e.failure(), Some(EcnFailure::TooFewMarks));
+    }
+
+    /// The surplus is only for marked packets still awaiting their acknowledgement:
+    /// marks of packets declared lost (their late acknowledgements are never new) and of
+    /// packets an overtaken frame acknowledges do not pile up to hide a path that starts
+    /// clearing marks later.
+    #[test]
+    fn the_surplus_is_only_for_packets_still_outstanding() {
+        let t = Instant::now();
+        // Four declared lost that arrived after all: their marks are counted, but they
+        // are never newly acknowledged, so nothing is owed to them.
+        let mut e = Ecn::new(true);
+        send(&mut e, t, 10);
+        for pn in 0..4 {
+            e.on_marked_lost(pn);
+        }
+        assert_eq!(e.on_ack(true, 6, Some((10, 0, 0)), 6), 0);
+        assert_eq!(e.state(), EcnState::Capable);
+        assert_eq!(send(&mut e, t, 2), 2);
+        assert_eq!(e.on_ack(true, 2, Some((10, 0, 0)), 2), 0);
+        assert_eq!(e.failure(), Some(EcnFailure::TooFewMarks));
+
+        // A frame acknowledging 5..=10 counts 1..=4 too; the overtaken frame for 1..=4
+        // then arrives, with lower counts: its packets take their share of the surplus.
+        let mut e = Ecn::new(true);
+        send(&mut e, t, 10);
+        assert_eq!(e.on_ack(true, 6, Some((10, 0, 0)), 6), 0);
+        assert_eq!(e.on_ack(false, 4, Some((4, 0, 0)), 4), 0);
+        assert_eq!(e.failure(), None);
+        assert_eq!(send(&mut e, t, 2), 2);
+        assert_eq!(e.on_ack(true, 2, Some((10, 0, 0)), 2), 0);
+        assert_eq!(e.failure(), Some(EcnFailure::TooFewMarks));
+    }
+
+    /// While a path is failed, the peer's counts keep moving the baseline: marks that
+    /// arrived then are not credited to the next path, which is validated on its own.
+    #[test]
+    fn a_failed_paths_counts_stay_the_baseline_for_the_next() {
+        let t = Instant::now();
+        let mut e = Ecn::new(true);
+        send(&mut e, t, 10);
+        assert_eq!(e.on_ack(true, 2, Some((1, 0, 0)), 2), 0);
+        assert_eq!(e.failure(), Some(EcnFailure::TooFewMarks));
+        // The rest arrive marked after all, counted while the path is failed.
+        assert_eq!(e.on_ack(true, 8, Some((9, 0, 0)), 8), 0);
+        e.on_new_path(true, 10);
+        send(&mut e, t, 10);
+        // The new path clears every mark: no rise since the baseline.
+        assert_eq!(e.on_ack(true, 3, Some((9, 0, 0)), 3), 0);
+        assert_eq!(e.failure(), Some(EcnFailure::TooFewMarks));
+        assert_eq!(e.failures(), 2);
     }
 
     #[test]

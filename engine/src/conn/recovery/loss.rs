@@ -2,7 +2,7 @@
 //! Appendix A), feeding the congestion controller and the pacer.
 
 use super::cc::{Congestion, Controller};
-use super::ecn::{Ecn, EcnCounts, EcnState};
+use super::ecn::{Ecn, EcnCounts};
 use super::pacing::{Pacer, PacerInput};
 use super::rtt::{Pto, RttEstimator};
 use super::sent::{SentPacket, SentSpace, Slot};
@@ -301,7 +301,7 @@ impl<T> Recovery<T> {
         // §A.7 ProcessECN: a higher CE count is a congestion signal once the counts pass
         // validation (RFC 9000 §13.4.2.1); a peer cannot shrink our window with counts
         // for marks we never applied. Only the Data space is marked (`ecn`).
-        if epoch == Epoch::Data && self.ecn.state() != EcnState::Failed {
+        if epoch == Epoch::Data {
             let ce = self.ecn.on_ack(raises_largest, marked, ecn, marked_on_path);
             // A mark on the old path says nothing about the new one (RFC 9000 §9.4).
             if ce > 0 && on_path(epoch, newest_pn, self.path_first_pn) {
@@ -796,7 +796,7 @@ impl<T> Recovery<T> {
                     // RFC 9000 §14.4: a lost PMTU probe is no sign of congestion; §9.4: nor,
                     // for the current path, is a packet lost on the old one.
                     let this_path = on_path(epoch, pn, self.path_first_pn);
-                    if p.ecn && self.ecn.on_path(pn) {
+                    if p.ecn {
                         self.ecn.on_marked_lost(pn);
                     }
                     let signals = !p.mtu_probe && this_path;

@@ -504,8 +504,8 @@ mod tests {
 
     /// A reply leaves from the served address its peer wrote to; with none named (a
     /// client's connection), or one that is not ours or not of the peer's family, from the
-    /// interface's first address of the peer's family, and with none of that family it
-    /// cannot be sent.
+    /// interface's first address of the peer's family, and with no such default it cannot
+    /// be sent.
     #[test]
     fn replies_leave_from_the_address_written_to_else_the_interface_default() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
@@ -513,7 +513,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
             v4: Some("10.0.0.1".parse().unwrap()),
             v6: None,
-            addrs: vec![ip("10.0.0.1"), ip("192.0.2.80")],
+            addrs: vec![ip("10.0.0.1"), ip("192.0.2.80"), ip("fd00::1")],
             port: 4433,
             mtu: 1500,
             ifindex: 1,
@@ -531,6 +531,11 @@ mod tests {
         assert_eq!(
             iface.source_for(peer4, Some(ip("fd00::1"))),
             Some(ip("10.0.0.1"))
+        );
+        // A served address of the peer's family is used even without an interface default.
+        assert_eq!(
+            iface.source_for(ip("fd00::9"), Some(ip("fd00::1"))),
+            Some(ip("fd00::1"))
         );
         assert_eq!(iface.source_for(ip("fd00::9"), Some(ip("10.0.0.1"))), None);
         assert_eq!(iface.source_for(ip("fd00::9"), None), None);
