@@ -73,14 +73,6 @@ impl Connection {
         self.recovery.send_window()
     }
 
-    /// Client: marks the connection as moved to `version` by compatible version
-    /// negotiation, as reading the server's first packet in it would, without touching
-    /// keys or TLS: what is sent next shows which version each packet type is written in.
-    #[doc(hidden)]
-    pub fn assume_negotiated_version(&mut self, version: u32) {
-        self.version = version;
-    }
-
     /// Sends to a spare CID of the peer from now on, as an endpoint probing or moving to
     /// a new path must (RFC 9000 §9.5); the old one is kept, not retired. False if the peer
     /// gave us none to spare.
