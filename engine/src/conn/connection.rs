@@ -34,6 +34,12 @@ use crate::{Epoch, Side};
 /// that never complete must not live for ever.
 pub(crate) const HANDSHAKE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a server keeps a handshake whose client has not proved its address (RFC 9000
+/// §8.1) with nothing received: a genuine client answers within a round trip or two, a
+/// forged source never. Shorter than the idle timeout, so a flood of forged Initials
+/// holds state (and keeps Retry on, `EndpointConfig::retry_above_unvalidated`) for less.
+pub(crate) const UNVALIDATED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Smallest datagram carrying a client Initial (RFC 9000 §14.1).
 pub const MIN_INITIAL_SIZE: usize = 1200;
 
@@ -652,6 +658,7 @@ impl Connection {
         conn.retry_scid = p.retry_scid;
         conn.peer_initial_scid = p.client_scid;
         conn.address_validated = p.address_validated;
+        conn.idle_deadline = conn.idle_deadline_from(now);
         conn.spaces[Epoch::Initial.index()].keys = Some(p.initial_keys);
         conn.compatible = pending.map(|p| CompatibleNegotiation::Server(Box::new(p)));
         Ok(conn)

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::conn::aead_limits;
 use crate::conn::connection::{
     CloseReason, Connection, Event, PathResponse, State, HANDSHAKE_IDLE_TIMEOUT,
-    MAX_PATH_RESPONSES, MIN_INITIAL_SIZE,
+    MAX_PATH_RESPONSES, MIN_INITIAL_SIZE, UNVALIDATED_HANDSHAKE_TIMEOUT,
 };
 use crate::crypto::aead::TAG_LEN;
 use crate::crypto::header_protection::{remove_mask, sample, SAMPLE_LEN};
@@ -782,11 +782,25 @@ impl Connection {
     /// When the connection goes idle if nothing happens from `now` on (None: disabled,
     /// both ends advertised 0, RFC 9000 §18.2).
     pub(crate) fn idle_deadline_from(&self, now: Instant) -> Option<Instant> {
+        if self.awaits_first_validation() {
+            let idle = if self.idle_timeout.is_zero() {
+                HANDSHAKE_IDLE_TIMEOUT
+            } else {
+                self.effective_idle_timeout()
+            };
+            return Some(now + idle.min(UNVALIDATED_HANDSHAKE_TIMEOUT));
+        }
         if self.idle_timeout.is_zero() {
             // Disabled, but a handshake that never completes still ends.
             return (!self.handshake_confirmed).then(|| now + HANDSHAKE_IDLE_TIMEOUT);
         }
         Some(now + self.effective_idle_timeout())
+    }
+
+    /// Server: the client has not proved its address yet (no Handshake packet, token or
+    /// PATH_RESPONSE): a forged source looks like this for good.
+    pub(crate) fn awaits_first_validation(&self) -> bool {
+        self.side == Side::Server && !self.address_validated && !self.handshake_confirmed
     }
 
     pub(crate) fn effective_idle_timeout(&self) -> Duration {
