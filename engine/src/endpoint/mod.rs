@@ -20,8 +20,9 @@ const REDEEMED_TOKENS: usize = 128 * 1024;
 /// packet), so 1024 at once is some 10,000 new connections a second at 100 ms, about what
 /// one core can sign (a full handshake costs ~100 µs of server time): Retry only starts
 /// where the worker could not keep up anyway, or under forged Initials, which never
-/// validate and wait out the idle timeout.
+/// validate and are dropped only after 10 s of silence (`UNVALIDATED_HANDSHAKE_TIMEOUT`).
 pub const DEFAULT_RETRY_ABOVE_UNVALIDATED: usize = 1024;
+
 mod routes;
 pub mod stateless;
 mod timers;
