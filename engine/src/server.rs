@@ -130,6 +130,9 @@ pub struct WorkerStats {
     pub datagrams_tx: u64,
     /// Connections open now.
     pub connections: u64,
+    /// Of those, connections whose client has not proved its address yet (forged
+    /// Initials stay here until they time out): Retry starts at `--retry-above` of them.
+    pub unvalidated_handshakes: u64,
     pub connections_accepted: u64,
     /// Datagrams this worker's UDP socket received for another worker (UDP datapath; the
     /// XDP datapath counts its hand-offs per socket).
@@ -186,6 +189,7 @@ impl WorkerStats {
             datagrams_rx: c.datagrams_rx.load(Ordering::Relaxed),
             datagrams_tx: c.datagrams_tx.load(Ordering::Relaxed),
             connections: c.connections.load(Ordering::Relaxed),
+            unvalidated_handshakes: c.unvalidated_handshakes.load(Ordering::Relaxed),
             connections_accepted: c.connections_accepted.load(Ordering::Relaxed),
             handed_off: c.handed_off.load(Ordering::Relaxed),
             handoff_dropped: c.handoff_dropped.load(Ordering::Relaxed),
@@ -224,6 +228,7 @@ impl WorkerStats {
             "datagrams_rx": self.datagrams_rx,
             "datagrams_tx": self.datagrams_tx,
             "connections": self.connections,
+            "unvalidated_handshakes": self.unvalidated_handshakes,
             "connections_accepted": self.connections_accepted,
             "handed_off": self.handed_off,
             "handoff_dropped": self.handoff_dropped,

@@ -93,6 +93,8 @@ pub struct WorkerCounters {
     pub datagrams_rx: AtomicU64,
     pub datagrams_tx: AtomicU64,
     pub connections: AtomicU64,
+    /// Connections whose client address is not validated yet (a gauge, like `connections`).
+    pub unvalidated_handshakes: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub handed_off: AtomicU64,
     /// Hand-offs dropped: the owner's queue was full, or the datagram exceeds a slot.
@@ -127,8 +129,10 @@ pub struct WorkerCounters {
 }
 
 impl WorkerCounters {
-    fn publish(&self, ep: &EndpointStats, conns: usize) {
+    fn publish(&self, ep: &EndpointStats, conns: usize, unvalidated: usize) {
         self.connections.store(conns as u64, Ordering::Relaxed);
+        self.unvalidated_handshakes
+            .store(unvalidated as u64, Ordering::Relaxed);
         self.connections_accepted
             .store(ep.connections_accepted, Ordering::Relaxed);
         self.stateless_resets
@@ -274,8 +278,7 @@ impl<D: Datapath> Worker<D> {
             self.counters
                 .datagrams_tx
                 .fetch_add(sent as u64, Ordering::Relaxed);
-            self.counters
-                .publish(&self.endpoint.stats(), self.endpoint.connection_count());
+            self.publish();
 
             if received == 0 && sent == 0 {
                 let mut timeout = self
@@ -307,9 +310,16 @@ impl<D: Datapath> Worker<D> {
         self.transmit(Instant::now(), max_segments)?;
         // Connections still closing or draining count in the final figures too.
         self.endpoint.release_all();
-        self.counters
-            .publish(&self.endpoint.stats(), self.endpoint.connection_count());
+        self.publish();
         Ok(())
+    }
+
+    fn publish(&self) {
+        self.counters.publish(
+            &self.endpoint.stats(),
+            self.endpoint.connection_count(),
+            self.endpoint.unvalidated_connection_count(),
+        );
     }
 
     /// Drains the endpoint's outgoing datagrams into the datapath; returns how many buffers were queued.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use quench::client::{run_client, ClientOptions, ClientWorkload};
 use quench::conn::TransportConfig;
+use quench::endpoint::{Endpoint, EndpointConfig};
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::tls::certs::generate_self_signed;
 use quench::tls::session::{client_config, ServerVerification};
@@ -464,4 +465,70 @@ fn servers_sharing_a_ticket_key_file_resume_each_others_sessions() {
         server.join_workers().expect("workers end cleanly");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Forged first flights over real UDP: a genuine client's Initials, each from a socket
+/// that never answers. Each worker accepts up to `retry_above_unvalidated` of them (the
+/// stats show them waiting for validation), then answers further ones with Retry and
+/// keeps nothing. A genuine client still completes its transfer, and is not counted.
+#[test]
+fn forged_initials_past_the_limit_get_retry_over_udp() {
+    let mut server = start_udp_server(ServerOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
+        alpns: vec![b"perf".to_vec()],
+        root: None,
+        workers: WORKERS,
+        transport: TransportConfig::default(),
+        require_retry: false,
+        retry_above_unvalidated: Some(2),
+        ticket_keys: None,
+        early_data_sessions: None,
+        versions: SUPPORTED_VERSIONS.to_vec(),
+        preferred_versions: Vec::new(),
+        max_connections: 64,
+        pin: false,
+        kernel_steering: true,
+    })
+    .expect("server starts");
+    let forged = 12u64;
+    let mut silent = Vec::new();
+    for _ in 0..forged {
+        let tls = client_config(ServerVerification::Insecure, &[b"perf".to_vec()]).expect("tls");
+        let mut forger: Endpoint<()> =
+            Endpoint::new(EndpointConfig::new(TransportConfig::default(), None));
+        let now = Instant::now();
+        forger
+            .connect(now, tls, "localhost", server.local_addr, VERSION_1)
+            .expect("connect");
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut buf = vec![0u8; 2048];
+        while let Some(t) = forger.poll_transmit(now, &mut buf, 1) {
+            sock.send_to(&buf[..t.len], server.local_addr)
+                .expect("send");
+        }
+        silent.push(sock); // kept open, never read: what comes back goes nowhere
+    }
+    wait_until(&server, |s| {
+        sum(s, |w| w.connections_accepted) + sum(s, |w| w.retries) >= forged
+    });
+    let accepted = sum(&server, |w| w.connections_accepted);
+    assert!(
+        (2..=2 * WORKERS as u64).contains(&accepted),
+        "{}",
+        server.stats_json()
+    );
+    assert_eq!(sum(&server, |w| w.retries), forged - accepted);
+    assert_eq!(sum(&server, |w| w.unvalidated_handshakes), accepted);
+
+    perf_client(server.local_addr, 1 << 20, 1 << 18, 1);
+    assert_eq!(sum(&server, |w| w.connections_accepted), accepted + 1);
+    assert_eq!(
+        sum(&server, |w| w.unvalidated_handshakes),
+        accepted,
+        "{}",
+        server.stats_json()
+    );
+    server.request_shutdown();
+    server.join_workers().expect("workers end cleanly");
 }
