@@ -3548,3 +3548,74 @@ fn a_flood_of_forged_initials_is_answered_with_retry_past_the_limit() {
     assert_eq!((s.connections_accepted, s.retries_sent), (7, 17), "{s:?}");
     assert_eq!(net.server.unvalidated_connection_count(), 1);
 }
+
+/// RFC 9000 §10.1: an idle timeout is never shorter than 3 PTOs, and that holds for the
+/// shorter limit of a handshake whose client has not proved its address too. A client
+/// 3 s away (its Initial ACK shows the server that round trip) whose Handshake packets are
+/// all lost is kept for 3 PTOs of silence (tens of seconds here), not cut off after 10 s.
+#[test]
+fn an_unvalidated_handshake_on_a_slow_path_gets_three_ptos() {
+    let mut net = Net::new(TransportConfig::default());
+    for d in net.client_out() {
+        net.deliver_to_server(&d);
+    }
+    for d in net.server_out() {
+        net.deliver_to_client(&d);
+    }
+    // The client's answer arrives 3 s later, without its Handshake packets: only the
+    // Initial (an ACK) gets through.
+    net.now += Duration::from_secs(3);
+    let answer = net.client_out();
+    let initial_only: Vec<Vec<u8>> = answer
+        .iter()
+        .filter_map(|d| {
+            let (h, len) = header::parse(d, 0).ok()?;
+            matches!(
+                h,
+                Header::Long {
+                    ty: LongType::Initial,
+                    ..
+                }
+            )
+            .then(|| {
+                // Padded to 1200 bytes after the packet, as a server requires of a
+                // datagram with an Initial (RFC 9000 §14.1).
+                let mut p = d[..len].to_vec();
+                p.resize(1200, 0);
+                p
+            })
+        })
+        .collect();
+    assert!(
+        !initial_only.is_empty(),
+        "the client acknowledged our Initial"
+    );
+    for d in &initial_only {
+        net.deliver_to_server(d);
+    }
+    assert_eq!(net.server.unvalidated_connection_count(), 1);
+    assert!(
+        net.server_conn().rtt() > Duration::from_secs(2),
+        "a 3 s sample"
+    );
+    // 20 s of silence from the client: past the 10 s limit, even counted from the
+    // server's own probe, which restarts the timer once (§10.1); within 3 PTOs.
+    let end = net.now + Duration::from_secs(20);
+    while net.now < end {
+        let mut disp = AppDispatcher { factory: &net.apps };
+        net.server.handle_timeouts(net.now, &mut disp);
+        drain(&mut net.server, net.now);
+        net.now += Duration::from_millis(100);
+    }
+    assert_eq!(net.server.connection_count(), 1, "kept for 3 PTOs");
+    // And it does end.
+    let end = net.now + Duration::from_secs(60);
+    while net.now < end && net.server.connection_count() > 0 {
+        let mut disp = AppDispatcher { factory: &net.apps };
+        net.server.handle_timeouts(net.now, &mut disp);
+        drain(&mut net.server, net.now);
+        net.now += Duration::from_millis(100);
+    }
+    assert_eq!(net.server.connection_count(), 0);
+    assert_eq!(net.server.unvalidated_connection_count(), 0);
+}

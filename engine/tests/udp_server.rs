@@ -512,14 +512,14 @@ fn forged_initials_past_the_limit_get_retry_over_udp() {
     wait_until(&server, |s| {
         sum(s, |w| w.connections_accepted) + sum(s, |w| w.retries) >= forged
     });
+    // Each first flight is one datagram (an X25519 ClientHello): one accept or one Retry.
     let accepted = sum(&server, |w| w.connections_accepted);
-    assert!(
-        (2..=2 * WORKERS as u64).contains(&accepted),
-        "{}",
-        server.stats_json()
-    );
     assert_eq!(sum(&server, |w| w.retries), forged - accepted);
-    assert_eq!(sum(&server, |w| w.unvalidated_handshakes), accepted);
+    for w in server.worker_stats() {
+        assert!(w.connections_accepted <= 2, "{}", server.stats_json());
+        assert_eq!(w.unvalidated_handshakes, w.connections_accepted);
+    }
+    assert!(accepted >= 2, "{}", server.stats_json());
 
     perf_client(server.local_addr, 1 << 20, 1 << 18, 1);
     assert_eq!(sum(&server, |w| w.connections_accepted), accepted + 1);

@@ -35,9 +35,11 @@ use crate::{Epoch, Side};
 pub(crate) const HANDSHAKE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a server keeps a handshake whose client has not proved its address (RFC 9000
-/// §8.1) with nothing received: a genuine client answers within a round trip or two, a
-/// forged source never. Shorter than the idle timeout, so a flood of forged Initials
-/// holds state (and keeps Retry on, `EndpointConfig::retry_above_unvalidated`) for less.
+/// §8.1) with nothing received (but never less than 3 PTOs, §10.1): a genuine client
+/// answers within a round trip or two, a forged source never. Shorter than the idle
+/// timeout, so a flood of forged Initials holds state (and keeps Retry on,
+/// `EndpointConfig::retry_above_unvalidated`) for less. Such a connection ends silently,
+/// as at its idle timeout: there is nobody proven to tell.
 pub(crate) const UNVALIDATED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Smallest datagram carrying a client Initial (RFC 9000 §14.1).

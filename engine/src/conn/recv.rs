@@ -568,6 +568,11 @@ impl Connection {
         if self.side == Side::Server && epoch == Epoch::Handshake {
             cold_path();
             // RFC 9000 §8.1: a Handshake packet proves the client got our Initial.
+            if !self.address_validated {
+                // The idle timer restarts below for this packet too, even if an Initial of
+                // the same datagram restarted it under the unvalidated handshake's limit.
+                self.idle_restarted_at = None;
+            }
             self.address_validated = true;
             if self.amplification_blocked {
                 self.amplification_blocked = false;
@@ -786,9 +791,13 @@ impl Connection {
             let idle = if self.idle_timeout.is_zero() {
                 HANDSHAKE_IDLE_TIMEOUT
             } else {
-                self.effective_idle_timeout()
+                self.idle_timeout
             };
-            return Some(now + idle.min(UNVALIDATED_HANDSHAKE_TIMEOUT));
+            // Never shorter than 3 PTOs (RFC 9000 §10.1), whatever the limit.
+            let limit = idle
+                .min(UNVALIDATED_HANDSHAKE_TIMEOUT)
+                .max(self.recovery.three_ptos(Epoch::Data));
+            return Some(now + limit);
         }
         if self.idle_timeout.is_zero() {
             // Disabled, but a handshake that never completes still ends.
