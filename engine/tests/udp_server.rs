@@ -36,6 +36,16 @@ fn server_with(
     preferred_versions: Vec<u32>,
 ) -> RunningServer {
     start_udp_server(ServerOptions {
+        ticket_keys,
+        preferred_versions,
+        ..options(kernel_steering)
+    })
+    .expect("server starts")
+}
+
+/// The test servers' options: perf on loopback, `WORKERS` workers, the CLI's defaults.
+fn options(kernel_steering: bool) -> ServerOptions {
+    ServerOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
         alpns: vec![b"perf".to_vec()],
@@ -44,15 +54,14 @@ fn server_with(
         transport: TransportConfig::default(),
         require_retry: false,
         retry_above_unvalidated: Some(quench::endpoint::DEFAULT_RETRY_ABOVE_UNVALIDATED),
-        ticket_keys,
+        ticket_keys: None,
         early_data_sessions: None,
         versions: SUPPORTED_VERSIONS.to_vec(),
-        preferred_versions,
+        preferred_versions: Vec::new(),
         max_connections: 64,
         pin: false,
         kernel_steering,
-    })
-    .expect("server starts")
+    }
 }
 
 fn sum(server: &RunningServer, field: impl Fn(&quench::server::WorkerStats) -> u64) -> u64 {
@@ -402,21 +411,10 @@ fn a_returning_client_moved_to_v2_resumes_in_v2() {
 #[test]
 fn impossible_early_data_options_are_refused() {
     let options = |sessions: usize, ticket_keys: Option<PathBuf>| ServerOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
-        alpns: vec![b"perf".to_vec()],
-        root: None,
         workers: 1,
-        transport: TransportConfig::default(),
-        require_retry: false,
-        retry_above_unvalidated: Some(quench::endpoint::DEFAULT_RETRY_ABOVE_UNVALIDATED),
         ticket_keys,
         early_data_sessions: Some(sessions),
-        versions: SUPPORTED_VERSIONS.to_vec(),
-        preferred_versions: Vec::new(),
-        max_connections: 64,
-        pin: false,
-        kernel_steering: false,
+        ..options(false)
     };
     let refused = |o: ServerOptions| match start_udp_server(o) {
         Ok(_) => panic!("started with impossible options"),
@@ -474,21 +472,8 @@ fn servers_sharing_a_ticket_key_file_resume_each_others_sessions() {
 #[test]
 fn forged_initials_past_the_limit_get_retry_over_udp() {
     let mut server = start_udp_server(ServerOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
-        alpns: vec![b"perf".to_vec()],
-        root: None,
-        workers: WORKERS,
-        transport: TransportConfig::default(),
-        require_retry: false,
         retry_above_unvalidated: Some(2),
-        ticket_keys: None,
-        early_data_sessions: None,
-        versions: SUPPORTED_VERSIONS.to_vec(),
-        preferred_versions: Vec::new(),
-        max_connections: 64,
-        pin: false,
-        kernel_steering: true,
+        ..options(true)
     })
     .expect("server starts");
     let forged = 12u64;

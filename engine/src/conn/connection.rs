@@ -660,7 +660,6 @@ impl Connection {
         conn.retry_scid = p.retry_scid;
         conn.peer_initial_scid = p.client_scid;
         conn.address_validated = p.address_validated;
-        conn.idle_deadline = conn.idle_deadline_from(now);
         conn.spaces[Epoch::Initial.index()].keys = Some(p.initial_keys);
         conn.compatible = pending.map(|p| CompatibleNegotiation::Server(Box::new(p)));
         Ok(conn)

@@ -788,16 +788,13 @@ impl Connection {
     /// both ends advertised 0, RFC 9000 §18.2).
     pub(crate) fn idle_deadline_from(&self, now: Instant) -> Option<Instant> {
         if self.awaits_first_validation() {
-            let idle = if self.idle_timeout.is_zero() {
-                HANDSHAKE_IDLE_TIMEOUT
-            } else {
-                self.idle_timeout
+            // A disabled (zero) idle timeout does not lift the limit. Never shorter than
+            // 3 PTOs (RFC 9000 §10.1), whatever the limit.
+            let limit = match self.idle_timeout {
+                Duration::ZERO => UNVALIDATED_HANDSHAKE_TIMEOUT,
+                idle => idle.min(UNVALIDATED_HANDSHAKE_TIMEOUT),
             };
-            // Never shorter than 3 PTOs (RFC 9000 §10.1), whatever the limit.
-            let limit = idle
-                .min(UNVALIDATED_HANDSHAKE_TIMEOUT)
-                .max(self.recovery.three_ptos(Epoch::Data));
-            return Some(now + limit);
+            return Some(now + limit.max(self.recovery.three_ptos(Epoch::Data)));
         }
         if self.idle_timeout.is_zero() {
             // Disabled, but a handshake that never completes still ends.

@@ -77,9 +77,8 @@ pub struct Ecn {
     /// lost, or by a frame that was overtaken, are spent or dropped), and a new path
     /// starts from none.
     surplus: u64,
-    /// Data-space packets sent marked that were newly acknowledged, or declared lost.
-    marked_acked: u64,
-    marked_lost: u64,
+    /// Data-space packets sent marked, not yet newly acknowledged nor declared lost.
+    marked_outstanding: u64,
     failure: Option<EcnFailure>,
     /// Validations failed, over all paths.
     failures: u64,
@@ -106,8 +105,7 @@ impl Ecn {
             lost_len: 0,
             counts: (0, 0, 0),
             surplus: 0,
-            marked_acked: 0,
-            marked_lost: 0,
+            marked_outstanding: 0,
             failure: None,
             failures: 0,
         }
@@ -164,6 +162,7 @@ impl Ecn {
     /// A Data-space packet left marked at `now`.
     pub fn on_marked_sent(&mut self, now: Instant) {
         self.sent_marked += 1;
+        self.marked_outstanding += 1;
         self.path_sent += 1;
         if let EcnState::Testing { marked, since } = &mut self.state {
             *marked += 1;
@@ -173,7 +172,7 @@ impl Ecn {
 
     /// Marked packet `pn` was declared lost.
     pub fn on_marked_lost(&mut self, pn: u64) {
-        self.marked_lost += 1;
+        self.marked_outstanding = self.marked_outstanding.saturating_sub(1);
         if !self.on_path(pn) {
             return;
         }
@@ -234,10 +233,9 @@ impl Ecn {
         counts: Option<EcnCounts>,
         marked_on_path: u64,
     ) -> u64 {
-        self.marked_acked += marked;
+        self.marked_outstanding = self.marked_outstanding.saturating_sub(marked);
         if self.state == EcnState::Failed {
-            let (l0, l1, lce) = self.counts;
-            if let Some(c) = counts.filter(|&(e0, e1, ce)| e0 >= l0 && e1 >= l1 && ce >= lce) {
+            if let Some(c) = counts.filter(|&c| !self.decreased(c)) {
                 self.counts = c;
             }
             self.surplus = 0;
@@ -260,12 +258,9 @@ impl Ecn {
         };
         let (last0, _, last_ce) = self.counts;
         // `check` passed: the rise, with the surplus, covers what was newly acknowledged.
-        let outstanding = self
-            .sent_marked
-            .saturating_sub(self.marked_acked + self.marked_lost);
         self.surplus = (self.surplus + (ect0 - last0) + (ce - last_ce))
             .saturating_sub(marked)
-            .min(outstanding);
+            .min(self.marked_outstanding);
         self.counts = (ect0, ect1, ce);
         self.path_acked += marked_on_path;
         if marked_on_path > 0 {
@@ -279,6 +274,12 @@ impl Ecn {
         ce - last_ce
     }
 
+    /// Whether any of `counts` is below the last that passed (no peer's count goes down).
+    fn decreased(&self, (ect0, ect1, ce): EcnCounts) -> bool {
+        let (last0, last1, last_ce) = self.counts;
+        ect0 < last0 || ect1 < last1 || ce < last_ce
+    }
+
     /// The checks of RFC 9000 §13.4.2.1 on a frame's counts against the last that passed.
     fn check(&self, marked: u64, counts: Option<EcnCounts>) -> Result<(), EcnFailure> {
         let Some((ect0, ect1, ce)) = counts else {
@@ -288,10 +289,10 @@ impl Ecn {
                 Ok(())
             };
         };
-        let (last0, last1, last_ce) = self.counts;
-        if ect0 < last0 || ect1 < last1 || ce < last_ce {
+        if self.decreased((ect0, ect1, ce)) {
             return Err(EcnFailure::Decreased);
         }
+        let (last0, _, last_ce) = self.counts;
         // ECT(0) and CE counts cover every marked packet newly acknowledged (a lost ACK
         // frame may make them cover more), with what earlier frames counted beyond theirs.
         if (ect0 - last0) + (ce - last_ce) + self.surplus < marked {
