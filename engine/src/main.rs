@@ -610,6 +610,28 @@ impl Running {
         }
     }
 
+    /// Serving every address over XDP: follows the host's address changes.
+    #[cfg_attr(not(feature = "xdp"), allow(unused_variables))]
+    fn refresh_addresses(&mut self, failing: &mut bool) {
+        match self {
+            Running::Udp(_) => {}
+            #[cfg(feature = "xdp")]
+            Running::Xdp(s) => match s.refresh_addresses() {
+                Ok(Some(change)) => {
+                    *failing = false;
+                    tracing::info!(added = ?change.added, removed = ?change.removed, "served addresses changed");
+                }
+                Ok(None) => *failing = false,
+                Err(e) => {
+                    // Once per failure, not every second: the old addresses stay served.
+                    if !std::mem::replace(failing, true) {
+                        tracing::warn!(%e, "cannot follow the host's addresses; serving the previous ones");
+                    }
+                }
+            },
+        }
+    }
+
     fn join_workers(&mut self) -> Result<(), quench::server::ServerError> {
         match self {
             Running::Udp(s) => s.join_workers(),
@@ -618,6 +640,12 @@ impl Running {
         }
     }
 }
+
+/// How often a server on every address looks for the host's address changes.
+#[cfg(feature = "xdp")]
+const ADDRESS_REFRESH_EVERY: Duration = quench::io::xdp::served::REFRESH_EVERY;
+#[cfg(not(feature = "xdp"))]
+const ADDRESS_REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// Prints the stats line: one JSON object `{"quench_stats": {...}}` on stdout.
 fn print_stats(running: &Running) -> Result<()> {
@@ -688,9 +716,16 @@ fn serve(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result
         running.describe()
     );
     std::io::stdout().flush()?;
+    let mut next_refresh = std::time::Instant::now();
+    let mut refresh_failing = false;
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        let now = std::time::Instant::now();
+        if now >= next_refresh {
+            next_refresh = now + ADDRESS_REFRESH_EVERY;
+            running.refresh_addresses(&mut refresh_failing);
         }
         if usr1.swap(false, Ordering::Relaxed) {
             print_stats(&running)?;

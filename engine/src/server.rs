@@ -426,8 +426,8 @@ mod xdp_server {
 
     use super::{RunningServer, ServerError, ServerOptions, WorkerBase, WorkerStats};
     use crate::io::xdp::{
-        self, BindMode, ProgramStats, SocketStats, XdpConfig, XdpDatapath, XdpMode, XdpProgram,
-        XdpSetup, ZeroCopy,
+        self, AddrWatch, BindMode, ProgramStats, ServedChange, SocketStats, XdpConfig, XdpDatapath,
+        XdpError, XdpMode, XdpProgram, XdpSetup, ZeroCopy,
     };
     use crate::io::{Capabilities, Datapath, RxMeta, TxMeta};
     use crate::Side;
@@ -523,6 +523,10 @@ mod xdp_server {
         queues: Vec<u32>,
         bind_modes: Vec<BindMode>,
         iface: String,
+        /// Serving every address of the host: keeps them current (`refresh_addresses`).
+        watch: Option<AddrWatch>,
+        /// Changes `refresh_addresses` applied.
+        address_changes: u64,
     }
 
     impl RunningXdpServer {
@@ -560,6 +564,29 @@ mod xdp_server {
 
         pub fn is_attached(&self) -> bool {
             self.program.is_attached()
+        }
+
+        /// Serving every address of the host: re-reads them and, if they changed, steers
+        /// and answers on the new list (see `io::xdp::served`). Call it every
+        /// [`xdp::served::REFRESH_EVERY`] or so; `None` when nothing changed or one address
+        /// is served. On an error the addresses served stay as they were.
+        pub fn refresh_addresses(&mut self) -> Result<Option<ServedChange>, XdpError> {
+            let Some(watch) = self.watch.as_mut() else {
+                return Ok(None);
+            };
+            let change = watch.refresh(&self.program)?;
+            if change.is_some() {
+                self.address_changes += 1;
+            }
+            Ok(change)
+        }
+
+        /// The addresses the program steers now, sorted.
+        pub fn served_addresses(&self) -> Vec<std::net::IpAddr> {
+            match &self.watch {
+                Some(w) => w.served().to_vec(),
+                None => vec![self.server.local_addr.ip()],
+            }
         }
 
         /// The stats line: workers, program counters, per-socket counters.
@@ -619,6 +646,8 @@ mod xdp_server {
                         "drop_bad_long": p.drop_bad_long,
                     },
                     "worker_hits": self.worker_hits(),
+                    "served_addresses": self.served_addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "served_address_changes": self.address_changes,
                     "sockets": sockets,
                 },
             })
@@ -709,7 +738,7 @@ mod xdp_server {
             huge_pages: xdp.huge_pages,
             ..XdpConfig::default()
         };
-        let (program, paths) = XdpSetup::start(&cfg)?;
+        let (program, paths, watch) = XdpSetup::start_watching(&cfg)?;
         let bind_modes: Vec<BindMode> = paths.iter().map(|p| p.bind_mode()).collect();
         let mut sockets = Vec::with_capacity(paths.len());
         let published: Vec<Published> = paths
@@ -734,6 +763,8 @@ mod xdp_server {
             queues,
             bind_modes,
             iface: xdp.iface,
+            watch,
+            address_changes: 0,
         })
     }
 }

@@ -693,3 +693,102 @@ fn replies_leave_from_the_address_the_client_wrote_to() {
     assert_eq!(u(&stats, &["xdp", "program", "redirect"]), 0, "{stats}");
     assert_eq!(sum(&stats, "workers", "datagrams_rx"), 0, "{stats}");
 }
+
+/// The served addresses as the stats line lists them.
+fn served(stats: &Value) -> Vec<String> {
+    stats["xdp"]["served_addresses"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no served_addresses: {stats}"))
+        .iter()
+        .map(|a| a.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Asks for stats lines until `want` holds for the served addresses (up to 10 s).
+fn await_served(server: &NsServer, what: &str, want: impl Fn(&[String]) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = server.stats();
+        if want(&served(&stats)) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "served addresses never {what}: {stats}\n{}",
+            server.stderr()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Serving every address, the server follows the host's as they change: an address added
+/// after start is steered and answered from (before, the program's list was fixed at start
+/// and datagrams to it went to the kernel, which has no socket for them), and one removed
+/// goes back to the kernel.
+#[test]
+fn served_addresses_follow_the_host() {
+    let _serial = serial();
+    let t = topology("w", 1);
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let every: SocketAddr = format!("0.0.0.0:{PORT}").parse().unwrap();
+    let server = start_xdp_server_on(&t, every, &certs, dir.path(), &["--workers", "1"]);
+    let added: SocketAddr = format!("10.98.0.7:{PORT}").parse().unwrap();
+    let added_ip = added.ip().to_string();
+    let stats = server.stats();
+    let at_start = served(&stats);
+    assert!(at_start.contains(&SERVER_IP.to_string()), "{stats}");
+    assert!(!at_start.contains(&added_ip), "{stats}");
+    // The veth's IPv6 link-local address is served too, so changes are counted from here.
+    let changes_at_start = u(&stats, &["xdp", "served_address_changes"]);
+
+    ip(&[
+        "-n",
+        &t.srv,
+        "addr",
+        "add",
+        "10.98.0.7/24",
+        "dev",
+        &t.srv_if,
+    ]);
+    await_served(&server, "took the new address", |s| s.contains(&added_ip));
+    let transfer = Transfer::perf(2 * MIB, MIB);
+    for peer in [Peer::Quinn, Peer::Quench] {
+        let cmd = client_command(peer, added, &certs.ca, &transfer);
+        let report = run_client(Topology::exec_in(&t.cli, &cmd), transfer.timeout());
+        assert_perf(&report, &transfer);
+    }
+
+    ip(&[
+        "-n",
+        &t.srv,
+        "addr",
+        "del",
+        "10.98.0.7/24",
+        "dev",
+        &t.srv_if,
+    ]);
+    let stats = await_served(&server, "let the address go", |s| !s.contains(&added_ip));
+    assert_eq!(served(&stats), at_start, "{stats}");
+    // The client still knows the address's MAC; the program leaves the datagrams to the
+    // kernel now, which no longer owns the address.
+    let send = format!("for i in 1 2 3; do printf 'not quic' > /dev/udp/{added_ip}/{PORT}; done");
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &send]);
+    let out = run_process(Topology::exec_in(&t.cli, &cmd), Duration::from_secs(10));
+    assert!(out.status.success(), "sending to {added}: {}", out.stderr);
+
+    let stats = server.shutdown();
+    assert_eq!(sum(&stats, "workers", "connections_accepted"), 2, "{stats}");
+    assert_xdp_path(&stats, 1_000);
+    assert_eq!(
+        u(&stats, &["xdp", "served_address_changes"]),
+        changes_at_start + 2,
+        "{stats}"
+    );
+    assert_eq!(
+        u(&stats, &["xdp", "program", "pass_not_local"]),
+        3,
+        "{stats}"
+    );
+}

@@ -31,6 +31,7 @@ use crossbeam_queue::ArrayQueue;
 
 use super::if_xdp::{self, xdp_desc};
 use super::peers::PeerTable;
+use super::served::SharedServed;
 use super::socket::{BindMode, FillCompletion, XdpSocket};
 use super::stats::{DatapathCounters, SocketStats};
 use super::syscall;
@@ -161,6 +162,9 @@ pub struct XdpDatapath {
     /// Workers handed datagrams in this `recv_batch` (bit per worker), woken at its end.
     to_wake: u64,
     iface: LocalIface,
+    /// The served addresses as the host changes them, and the generation `iface` holds
+    /// (`served`); `None` when one address is served.
+    served: Option<(Arc<SharedServed>, u64)>,
     caps: Capabilities,
     /// Each peer's MAC address and the VLAN tag (TCI) its frames arrived with: replies go
     /// back there, on the same VLAN.
@@ -181,6 +185,7 @@ impl XdpDatapath {
         member: usize,
         handoffs: HandoffQueues,
         iface: LocalIface,
+        served: Option<Arc<SharedServed>>,
     ) -> XdpDatapath {
         let frames = group.umem.frames() as usize;
         let spill_above = if group.listed.len() == 1 {
@@ -219,6 +224,7 @@ impl XdpDatapath {
                 max_receive_payload: by_rx_frame,
             },
             iface,
+            served: served.map(|s| (s, 0)),
             peers: PeerTable::new(MAX_PEERS),
             neigh_misses: HashMap::new(),
             counters: DatapathCounters::default(),
@@ -243,6 +249,18 @@ impl XdpDatapath {
     /// it unless the kernel's neighbour table already knows the peer).
     pub fn set_neighbor(&mut self, ip: IpAddr, mac: MacAddr) {
         self.peers.trust(ip, (mac, None));
+    }
+
+    /// Takes up a served-address change (`served`) before a receive batch, so a datagram
+    /// the program has started to steer here is answered from the address it was sent to.
+    fn follow_served(&mut self) {
+        if let Some((shared, seen)) = &mut self.served {
+            if let Some(set) = shared.newer_than(seen) {
+                self.iface.v4 = set.v4;
+                self.iface.v6 = set.v6;
+                self.iface.addrs = set.addrs;
+            }
+        }
     }
 
     /// The local interface this datapath sends from.
@@ -522,6 +540,7 @@ impl Datapath for XdpDatapath {
         on: &mut dyn FnMut(RxMeta, &mut [u8]) -> bool,
     ) -> io::Result<usize> {
         let mut delivered = 0usize;
+        self.follow_served();
         let handoffs = Arc::clone(&self.handoffs);
         if let Some(q) = handoffs.queues.get(self.worker as usize) {
             for _ in 0..2 * RX_BATCH {

@@ -20,6 +20,7 @@ pub mod mmap;
 pub mod neigh;
 pub mod peers;
 pub mod ring;
+pub mod served;
 pub mod socket;
 pub mod stats;
 pub mod syscall;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 
 pub use datapath::{LocalIface, XdpDatapath};
 pub use loader::{ProgramSettings, XdpMode, XdpProgram};
+pub use served::{AddrWatch, ServedChange, ServedSet};
 pub use socket::{BindMode, RingSizes, XdpSocket, ZeroCopy};
 pub use stats::{KernelSocketStats, ProgramStats, SocketStats};
 pub use umem::{FrameCensus, FrameState, Umem};
@@ -167,6 +169,16 @@ impl XdpSetup {
     /// program must be kept alive (it detaches on Drop); the datapaths are `Send` and go
     /// to their workers' threads.
     pub fn start(cfg: &XdpConfig) -> Result<(XdpProgram, Vec<XdpDatapath>), XdpError> {
+        let (program, paths, _) = Self::start_watching(cfg)?;
+        Ok((program, paths))
+    }
+
+    /// `start`, plus, when the configuration serves every address of the host (no
+    /// `listen_ip`, or an unspecified one), the watch that keeps the served addresses equal
+    /// to the host's as they change (`AddrWatch::refresh`). The datapaths follow it.
+    pub fn start_watching(
+        cfg: &XdpConfig,
+    ) -> Result<(XdpProgram, Vec<XdpDatapath>, Option<AddrWatch>), XdpError> {
         cfg.validate()?;
         let ifindex = syscall::if_nametoindex(&cfg.iface)
             .ok_or_else(|| XdpError::IfaceNotFound(cfg.iface.clone()))?;
@@ -193,6 +205,20 @@ impl XdpSetup {
         iface.addrs = served_addrs(cfg, &iface)?;
         iface.addrs.sort_unstable();
         prog.set_local_addrs(&iface.addrs)?;
+        let every_address = cfg
+            .listen_ip
+            .is_none_or(|ip| ip.to_canonical().is_unspecified());
+        let watch = every_address.then(|| {
+            AddrWatch::new(
+                &cfg.iface,
+                cfg.ports[0],
+                ServedSet {
+                    v4: iface.v4,
+                    v6: iface.v6,
+                    addrs: iface.addrs.clone(),
+                },
+            )
+        });
 
         let ring = cfg.frames / 2;
         let sizes = RingSizes {
@@ -244,6 +270,7 @@ impl XdpSetup {
                     member,
                     Arc::clone(&handoffs),
                     iface.clone(),
+                    watch.as_ref().map(AddrWatch::shared),
                 ));
             }
         }
@@ -256,7 +283,7 @@ impl XdpSetup {
             let _ = crate::io::Datapath::flush(p);
         }
         prog.attach(ifindex, cfg.mode)?;
-        Ok((prog, paths))
+        Ok((prog, paths, watch))
     }
 }
 
