@@ -617,11 +617,14 @@ impl Running {
             Running::Udp(_) => {}
             #[cfg(feature = "xdp")]
             Running::Xdp(s) => match s.refresh_addresses() {
-                Ok(Some(change)) => {
-                    *failing = false;
-                    tracing::info!(added = ?change.added, removed = ?change.removed, "served addresses changed");
+                Ok(change) => {
+                    if std::mem::replace(failing, false) {
+                        tracing::info!("following the host's addresses again");
+                    }
+                    if let Some(change) = change {
+                        tracing::info!(added = ?change.added, removed = ?change.removed, "served addresses changed");
+                    }
                 }
-                Ok(None) => *failing = false,
                 Err(e) => {
                     // Once per failure, not every second: the old addresses stay served.
                     if !std::mem::replace(failing, true) {

@@ -585,7 +585,7 @@ mod xdp_server {
         pub fn served_addresses(&self) -> Vec<std::net::IpAddr> {
             match &self.watch {
                 Some(w) => w.served().to_vec(),
-                None => vec![self.server.local_addr.ip()],
+                None => vec![self.server.local_addr.ip().to_canonical()],
             }
         }
 

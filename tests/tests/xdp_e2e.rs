@@ -732,7 +732,7 @@ fn served_addresses_follow_the_host() {
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
     let every: SocketAddr = format!("0.0.0.0:{PORT}").parse().unwrap();
-    let server = start_xdp_server_on(&t, every, &certs, dir.path(), &["--workers", "1"]);
+    let server = start_xdp_server_on(&t, every, &certs, dir.path(), &["--workers", "2"]);
     let added: SocketAddr = format!("10.98.0.7:{PORT}").parse().unwrap();
     let added_ip = added.ip().to_string();
     let stats = server.stats();

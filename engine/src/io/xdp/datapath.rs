@@ -163,7 +163,7 @@ pub struct XdpDatapath {
     to_wake: u64,
     iface: LocalIface,
     /// The served addresses as the host changes them, and the generation `iface` holds
-    /// (`served`); `None` when one address is served.
+    /// (`served`); `None` unless a server serves every address.
     served: Option<(Arc<SharedServed>, u64)>,
     caps: Capabilities,
     /// Each peer's MAC address and the VLAN tag (TCI) its frames arrived with: replies go
@@ -258,7 +258,7 @@ impl XdpDatapath {
             if let Some(set) = shared.newer_than(seen) {
                 self.iface.v4 = set.v4;
                 self.iface.v6 = set.v6;
-                self.iface.addrs = set.addrs;
+                self.iface.addrs.clone_from(&set.addrs);
             }
         }
     }
@@ -620,7 +620,14 @@ impl Datapath for XdpDatapath {
                 );
                 return None;
             }
-            let src_ip = self.iface.source_for(m.dst.ip(), m.src)?;
+            let mut src_ip = self.iface.source_for(m.dst.ip(), m.src)?;
+            if m.src.is_some_and(|w| w != src_ip) && self.served.is_some() {
+                // The datagram answered may be to an address the program began to steer
+                // after this batch took up the list (`served`): look again.
+                std::hint::cold_path();
+                self.follow_served();
+                src_ip = self.iface.source_for(m.dst.ip(), m.src)?;
+            }
             let Some((dst_mac, vlan)) = self.peer_mac(m.dst.ip()) else {
                 self.counters.tx_no_neighbor += 1;
                 return None;

@@ -92,7 +92,8 @@ pub struct XdpConfig {
     /// UDP ports to steer (the first is the local port we send from).
     pub ports: Vec<u16>,
     /// The one address of the host to steer datagrams to; `None` or an unspecified
-    /// address: every address the host has at start that can arrive through `iface`.
+    /// address: every address of the host that can arrive through `iface` (for a server,
+    /// kept current as the host's change: `XdpSetup::start_watching`).
     /// Datagrams to our ports but another address (a forwarding box's transit traffic)
     /// stay the kernel's.
     pub listen_ip: Option<IpAddr>,
@@ -173,8 +174,8 @@ impl XdpSetup {
         Ok((program, paths))
     }
 
-    /// `start`, plus, when the configuration serves every address of the host (no
-    /// `listen_ip`, or an unspecified one), the watch that keeps the served addresses equal
+    /// `start`, plus, when a server serves every address of the host (no `listen_ip`, or
+    /// an unspecified one), the watch that keeps the served addresses equal
     /// to the host's as they change (`AddrWatch::refresh`). The datapaths follow it.
     pub fn start_watching(
         cfg: &XdpConfig,
@@ -204,10 +205,12 @@ impl XdpSetup {
         // Replies leave from the served address their peer wrote to (`source_for`).
         iface.addrs = served_addrs(cfg, &iface)?;
         iface.addrs.sort_unstable();
+        iface.addrs.dedup();
         prog.set_local_addrs(&iface.addrs)?;
-        let every_address = cfg
-            .listen_ip
-            .is_none_or(|ip| ip.to_canonical().is_unspecified());
+        let every_address = cfg.side == Side::Server
+            && cfg
+                .listen_ip
+                .is_none_or(|ip| ip.to_canonical().is_unspecified());
         let watch = every_address.then(|| {
             AddrWatch::new(
                 &cfg.iface,

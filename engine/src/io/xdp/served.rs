@@ -5,14 +5,15 @@
 //!
 //! Whoever holds the program calls [`AddrWatch::refresh`] now and then (the `quench serve`
 //! loop: every [`REFRESH_EVERY`]). It re-reads the host's addresses and, when they changed,
-//! hands the new list to the workers first and then to the program, so no datagram to a new
-//! address reaches a worker that would answer it from another one. Workers pick the list
-//! up at their next receive batch: one atomic load per batch while nothing changes, and a
-//! `try_lock` (never a wait) when something did.
+//! hands the new list to the workers first and then to the program. Workers pick the list
+//! up at each receive batch (one atomic load while nothing changes), and again when a reply
+//! is to leave from an address their list lacks: the datagram it answers may have been
+//! steered by the new map after the batch began. So a client of a new address is answered
+//! from it from its first datagram on.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{loader, local_iface, XdpError, XdpProgram};
@@ -34,35 +35,34 @@ pub struct ServedSet {
 pub struct SharedServed {
     /// Bumped after each new set is stored; workers compare it with the one they hold.
     generation: AtomicU64,
-    current: Mutex<ServedSet>,
+    /// Held only to swap or clone the `Arc`, and only after `generation` moved: a worker
+    /// never waits while the addresses stay as they are.
+    current: Mutex<Arc<ServedSet>>,
 }
 
 impl SharedServed {
     pub fn new(set: ServedSet) -> Arc<SharedServed> {
         Arc::new(SharedServed {
             generation: AtomicU64::new(0),
-            current: Mutex::new(set),
+            current: Mutex::new(Arc::new(set)),
         })
     }
 
     fn publish(&self, set: ServedSet) {
-        if let Ok(mut cur) = self.current.lock() {
-            *cur = set;
-        }
+        // Nothing panics while holding the lock; a poisoned one still holds a whole `Arc`.
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The current set if it is newer than `seen` (which is then advanced), else `None`.
-    /// Never blocks: while the watcher holds the lock the caller keeps what it has and
-    /// looks again next time.
-    pub fn newer_than(&self, seen: &mut u64) -> Option<ServedSet> {
+    pub fn newer_than(&self, seen: &mut u64) -> Option<Arc<ServedSet>> {
         let generation = self.generation.load(Ordering::Acquire);
         if generation == *seen {
             return None;
         }
-        let cur = self.current.try_lock().ok()?;
+        let cur = Arc::clone(&self.current.lock().unwrap_or_else(PoisonError::into_inner));
         *seen = generation;
-        Some(cur.clone())
+        Some(cur)
     }
 }
 
@@ -142,9 +142,13 @@ impl AddrWatch {
         // already able to answer from it.
         self.shared.publish(set.clone());
         if let Err(e) = steer(&set.addrs) {
-            // The program keeps its old list; so do the workers, for the source addresses
-            // they pick to agree with what is steered to them.
-            self.shared.publish(self.steered.clone());
+            // The map may hold part of the new list: let the workers answer from either
+            // list, and try again at the next refresh (`steered` is still the old one).
+            let mut either = set;
+            either.addrs.extend_from_slice(&self.steered.addrs);
+            either.addrs.sort_unstable();
+            either.addrs.dedup();
+            self.shared.publish(either);
             return Err(e);
         }
         self.steered = set;
@@ -175,25 +179,20 @@ mod tests {
     }
 
     #[test]
-    fn workers_see_each_change_once_and_never_wait() {
+    fn workers_see_each_change_once() {
         let shared = SharedServed::new(set(&["10.0.0.1"]));
         let mut seen = 0;
         assert_eq!(shared.newer_than(&mut seen), None, "nothing new yet");
         shared.publish(set(&["10.0.0.1", "10.0.0.9"]));
         assert_eq!(
-            shared.newer_than(&mut seen),
-            Some(set(&["10.0.0.1", "10.0.0.9"]))
+            shared.newer_than(&mut seen).as_deref(),
+            Some(&set(&["10.0.0.1", "10.0.0.9"]))
         );
         assert_eq!(shared.newer_than(&mut seen), None, "taken once");
-
         shared.publish(set(&["10.0.0.9"]));
-        let held = shared.current.lock().unwrap();
-        assert_eq!(shared.newer_than(&mut seen), None, "locked: no wait");
-        drop(held);
         assert_eq!(
-            shared.newer_than(&mut seen),
-            Some(set(&["10.0.0.9"])),
-            "picked up the next time"
+            shared.newer_than(&mut seen).as_deref(),
+            Some(&set(&["10.0.0.9"]))
         );
     }
 
@@ -238,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn a_list_the_program_refuses_changes_nothing() {
+    fn a_list_the_program_refuses_is_tried_again() {
         let before = set(&["10.0.0.1"]);
         let mut watch = AddrWatch::new("eth0", 443, before.clone());
         let shared = watch.shared();
@@ -249,10 +248,12 @@ mod tests {
         assert_eq!(watch.served(), &before.addrs[..]);
         let mut seen = 0;
         assert_eq!(
-            shared.newer_than(&mut seen),
-            Some(before),
-            "the workers are back on the old list"
+            shared.newer_than(&mut seen).map(|s| s.addrs.clone()),
+            Some(set(&["10.0.0.1", "10.0.0.2"]).addrs),
+            "the map may hold either list: the workers answer from both"
         );
+        let again = watch.apply(set(&["10.0.0.1", "10.0.0.2"]), |_| Ok(()));
+        assert!(again.unwrap().is_some(), "tried again at the next refresh");
 
         let many: Vec<String> = (0..=loader::MAX_LOCAL_ADDRS)
             .map(|i| format!("10.1.{}.{}", i / 256, i % 256))
