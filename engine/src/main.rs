@@ -18,6 +18,7 @@ use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::server::{start_xdp_server, RunningXdpServer, XdpOptions};
 use quench::tls::certs::{generate_self_signed, load_pem, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
+use quench::tls::CertFiles;
 use quench::wire::header::{VERSION_1, VERSION_2};
 
 #[derive(Parser)]
@@ -83,7 +84,8 @@ enum Command {
         /// Back the AF_XDP frames (UMEM) with 2 MiB huge pages when available.
         #[arg(long)]
         xdp_hugepages: bool,
-        /// Certificate chain (PEM). Without it a self-signed certificate is generated.
+        /// Certificate chain (PEM). Without it a self-signed certificate is generated. The
+        /// files are re-read when they change (checked every 10 s): renew without a restart.
         #[arg(long, requires = "key")]
         cert: Option<PathBuf>,
         /// Private key (PEM).
@@ -342,12 +344,17 @@ fn run(cli: Cli) -> Result<()> {
             no_kernel_steering,
             max_datagram_frame_size,
         } => {
-            let certified = match (cert, key) {
-                (Some(c), Some(k)) => {
-                    load_pem(&c, &k).with_context(|| format!("loading {}", c.display()))?
+            let cert_files = match (cert, key) {
+                (Some(cert), Some(key)) => Some(CertFiles { cert, key }),
+                _ => None,
+            };
+            let certified = match &cert_files {
+                Some(f) => load_pem(&f.cert, &f.key)
+                    .with_context(|| format!("loading {}", f.cert.display()))?,
+                None => {
+                    generate_self_signed(&["localhost".into(), "127.0.0.1".into(), "::1".into()])
+                        .context("generating a certificate")?
                 }
-                _ => generate_self_signed(&["localhost".into(), "127.0.0.1".into(), "::1".into()])
-                    .context("generating a certificate")?,
             };
             if let Some(path) = write_cert {
                 let key_path = path.with_extension("key.pem");
@@ -381,6 +388,7 @@ fn run(cli: Cli) -> Result<()> {
                     DatapathKind::Xdp => SocketAddr::from(([0, 0, 0, 0], 4433)),
                 }),
                 cert: certified,
+                cert_files,
                 alpns,
                 root,
                 workers,

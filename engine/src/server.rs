@@ -13,7 +13,9 @@ use crate::conn::TransportConfig;
 use crate::endpoint::{Endpoint, EndpointConfig};
 use crate::io::udp::{cid_steering_program, UdpDatapath, UdpOptions};
 use crate::io::Datapath;
+use crate::tls::cert_reload::{CertFiles, ReloadingCert};
 use crate::tls::certs::CertifiedKey;
+use crate::tls::session::ServerCert;
 use crate::tls::tickets::TicketKeyFile;
 use crate::tls::Resumption;
 use crate::worker::{Handoff, Worker, WorkerCounters};
@@ -40,7 +42,11 @@ pub enum ServerError {
 
 pub struct ServerOptions {
     pub listen: SocketAddr,
+    /// The certificate at start.
     pub cert: CertifiedKey,
+    /// The files `cert` came from, when it came from files: the server re-reads them when
+    /// they change (`tls::cert_reload`), so a renewal needs no restart.
+    pub cert_files: Option<CertFiles>,
     pub alpns: Vec<Vec<u8>>,
     pub root: Option<PathBuf>,
     pub workers: usize,
@@ -294,8 +300,20 @@ impl WorkerBase {
             (None, Some(sessions)) => Resumption::EarlyData { sessions },
             (None, None) => Resumption::Stateless(None),
         };
+        let cert = match &opts.cert_files {
+            Some(files) => {
+                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                let reloading = ReloadingCert::open(files.clone(), provider)
+                    .map_err(|e| ServerError::Tls(e.to_string()))?;
+                reloading
+                    .watch(shutdown.clone())
+                    .map_err(|e| ServerError::Tls(format!("certificate watcher: {e}")))?;
+                ServerCert::Reloading(reloading)
+            }
+            None => ServerCert::Fixed(opts.cert.clone()),
+        };
         let tls = crate::tls::session::server_config_with_provider(
-            opts.cert.clone(),
+            cert,
             &opts.alpns,
             rustls::crypto::aws_lc_rs::default_provider(),
             resumption,

@@ -15,8 +15,10 @@ use quench::client::{run_client, ClientOptions, ClientWorkload};
 use quench::conn::TransportConfig;
 use quench::endpoint::{Endpoint, EndpointConfig};
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
-use quench::tls::certs::generate_self_signed;
+use quench::tls::certs::{generate_self_signed, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
+use quench::tls::tickets::RELOAD_INTERVAL;
+use quench::tls::CertFiles;
 use quench::wire::header::{SUPPORTED_VERSIONS, VERSION_1, VERSION_2};
 use rand::{Rng, SeedableRng};
 
@@ -48,6 +50,7 @@ fn options(kernel_steering: bool) -> ServerOptions {
     ServerOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
+        cert_files: None,
         alpns: vec![b"perf".to_vec()],
         root: None,
         workers: WORKERS,
@@ -514,6 +517,93 @@ fn forged_initials_past_the_limit_get_retry_over_udp() {
         "{}",
         server.stats_json()
     );
+    server.request_shutdown();
+    server.join_workers().expect("workers end cleanly");
+}
+
+/// One perf connection trusting only the CA in `ca`; whether it completed.
+fn connects_trusting(connect: SocketAddr, ca: &std::path::Path) -> bool {
+    let tls = client_config(
+        ServerVerification::CaFile(ca.to_path_buf()),
+        &[b"perf".to_vec()],
+    )
+    .expect("tls");
+    run_client(ClientOptions {
+        connect,
+        server_name: "localhost".into(),
+        tls,
+        workload: ClientWorkload::Perf {
+            down: 64 << 10,
+            up: 0,
+            streams: 1,
+        },
+        conns: 1,
+        key_update_after: None,
+        migrate_after: None,
+        timeout: Duration::from_secs(5),
+        transport: TransportConfig::default(),
+        versions: vec![VERSION_1],
+        original_version: None,
+        resume: false,
+        early_data: false,
+    })
+    .is_ok_and(|r| r.bytes_down == 64 << 10)
+}
+
+/// A certificate renewed on disk is what new handshakes get, with no restart: within the
+/// reload interval of the files changing, a client trusting only the new certificate
+/// connects and one trusting only the old one is refused. A renewal caught half-written
+/// (the new chain beside the old key) is not taken meanwhile.
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = CertFiles {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    };
+    // Each certificate is self-signed, so its PEM is its own CA file.
+    let ca = |name: &str, cert: &quench::tls::CertifiedKey| {
+        let path = dir.path().join(format!("{name}-ca.pem"));
+        write_pem(cert, &path, &dir.path().join(format!("{name}-ca.key"))).expect("write CA");
+        path
+    };
+    let old = generate_self_signed(&["localhost".into()]).expect("certificate");
+    let new = generate_self_signed(&["localhost".into()]).expect("certificate");
+    let (old_ca, new_ca) = (ca("old", &old), ca("new", &new));
+    write_pem(&old, &files.cert, &files.key).expect("write pair");
+    let mut server = start_udp_server(ServerOptions {
+        cert: old.clone(),
+        cert_files: Some(files.clone()),
+        workers: 1,
+        ..options(false)
+    })
+    .expect("server starts");
+    assert!(connects_trusting(server.local_addr, &old_ca));
+    assert!(!connects_trusting(server.local_addr, &new_ca));
+
+    // Half-written: the new chain, the old key. The server keeps the old pair.
+    let half = quench::tls::CertifiedKey {
+        chain: new.chain.clone(),
+        key: old.key.clone_key(),
+    };
+    write_pem(&half, &files.cert, &files.key).expect("write pair");
+    std::thread::sleep(RELOAD_INTERVAL + Duration::from_secs(1));
+    assert!(
+        connects_trusting(server.local_addr, &old_ca),
+        "a mismatched pair was taken"
+    );
+
+    write_pem(&new, &files.cert, &files.key).expect("write pair");
+    let written = Instant::now();
+    while !connects_trusting(server.local_addr, &new_ca) {
+        assert!(
+            written.elapsed() < RELOAD_INTERVAL + Duration::from_secs(5),
+            "the renewed certificate was not taken"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!connects_trusting(server.local_addr, &old_ca));
+    assert!(!server.any_worker_finished());
     server.request_shutdown();
     server.join_workers().expect("workers end cleanly");
 }

@@ -142,18 +142,35 @@ pub enum Resumption {
     EarlyData { sessions: usize },
 }
 
+/// Where a server's certificate comes from.
+pub enum ServerCert {
+    /// Fixed for the server's life (generated, or given in memory).
+    Fixed(CertifiedKey),
+    /// Read from files and re-read when they change (`cert_reload`).
+    Reloading(Arc<super::cert_reload::ReloadingCert>),
+}
+
+impl From<CertifiedKey> for ServerCert {
+    fn from(cert: CertifiedKey) -> Self {
+        ServerCert::Fixed(cert)
+    }
+}
+
 /// `server_config` with a custom provider (e.g. restricted to one cipher suite) and the
 /// given way to resume sessions.
 pub fn server_config_with_provider(
-    cert: CertifiedKey,
+    cert: impl Into<ServerCert>,
     alpns: &[Vec<u8>],
     provider: CryptoProvider,
     resumption: Resumption,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(tls13_only(provider)))
+    let builder = ServerConfig::builder_with_provider(Arc::new(tls13_only(provider)))
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(cert.chain, cert.key)?;
+        .with_no_client_auth();
+    let mut config = match cert.into() {
+        ServerCert::Fixed(cert) => builder.with_single_cert(cert.chain, cert.key)?,
+        ServerCert::Reloading(files) => builder.with_cert_resolver(files),
+    };
     config.alpn_protocols = alpns.to_vec();
     config.key_log = QuicKeyLog::shared();
     match resumption {

@@ -15,9 +15,9 @@
 //! Ticket layout: key id (4 bytes, from SHA-256 of the key) | nonce (12) | AES-256-GCM
 //! ciphertext | tag (16), with the key id as associated data.
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -25,6 +25,7 @@ use aws_lc_rs::digest::{digest, SHA256};
 use rustls::server::ProducesTickets;
 
 use super::session::TlsError;
+use super::watched_file::{self, FileStamp};
 
 const KEY_LEN: usize = 32;
 const ID_LEN: usize = 4;
@@ -34,8 +35,7 @@ const MAX_KEYS: usize = 16;
 /// The lifetime clients are told (RFC 8446 §4.6.1 caps it at 7 days). Rotating the file at
 /// least this often is what bounds how long a stolen key decrypts old sessions.
 pub const FILE_TICKET_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
-/// How often the key file is checked for changes.
-pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+pub use super::watched_file::RELOAD_INTERVAL;
 
 /// One ticket key: its id and the AEAD key.
 struct TicketKey {
@@ -138,27 +138,6 @@ pub struct TicketKeyFile {
     loaded: Mutex<Option<FileStamp>>,
 }
 
-/// What tells one version of the key file from the next: its modification time, and its
-/// inode and length, for a replacement that kept the time (`cp -p`, `rsync -t`).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct FileStamp {
-    modified: SystemTime,
-    inode: u64,
-    len: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            modified: meta.modified().ok()?,
-            inode: meta.ino(),
-            len: meta.len(),
-        })
-    }
-}
-
 impl std::fmt::Debug for TicketKeyFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TicketKeyFile")
@@ -224,21 +203,9 @@ impl TicketKeyFile {
             return Ok(());
         }
         let keys = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("ticket-keys".into())
-            .spawn(move || {
-                let tick = Duration::from_millis(250);
-                let mut waited = Duration::ZERO;
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    waited += tick;
-                    if waited >= RELOAD_INTERVAL {
-                        waited = Duration::ZERO;
-                        keys.reload_if_changed();
-                    }
-                }
-            })?;
-        Ok(())
+        watched_file::watch("ticket-keys", stop, move || {
+            keys.reload_if_changed();
+        })
     }
 }
 

@@ -1,0 +1,211 @@
+//! A server certificate read from PEM files and re-read when they change, so an operator
+//! renews it (ACME every 60–90 days, say) with no restart: handshakes that start after the
+//! change present the new chain, and established connections are untouched (TLS is done
+//! with the certificate once the handshake ends).
+//!
+//! rustls asks [`ReloadingCert`] for the certificate once per handshake (never per packet);
+//! the answer is an `Arc` loaded from an `ArcSwap`, no lock. A change is taken only whole:
+//! a chain that does not parse, or a key that is not the leaf's (a renewal caught between
+//! writing the two files), is logged and the certificate in use kept; the next change of
+//! either file is tried again.
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign;
+
+use super::certs::load_pem;
+use super::session::TlsError;
+use super::watched_file::{self, FileStamp};
+
+/// The certificate and key files of a server, as `--cert` and `--key` name them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The certificate of [`CertFiles`], kept current.
+pub struct ReloadingCert {
+    files: CertFiles,
+    provider: Arc<CryptoProvider>,
+    current: ArcSwap<sign::CertifiedKey>,
+    /// Both files as last read, to tell a change.
+    loaded: Mutex<(Option<FileStamp>, Option<FileStamp>)>,
+}
+
+impl std::fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCert")
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl ReloadingCert {
+    /// Reads both files; an unusable pair is an error (a server must not start without a
+    /// certificate).
+    pub fn open(files: CertFiles, provider: Arc<CryptoProvider>) -> Result<Arc<Self>, TlsError> {
+        let stamps = stamps(&files);
+        let key = certified(&files, &provider)?;
+        Ok(Arc::new(Self {
+            files,
+            provider,
+            current: ArcSwap::from_pointee(key),
+            loaded: Mutex::new(stamps),
+        }))
+    }
+
+    /// The chain handshakes present now, leaf first.
+    pub fn chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        self.current.load().cert.clone()
+    }
+
+    /// Re-reads the files if either changed (time, inode or length). A pair that does not
+    /// load keeps the certificate in use (logged). Returns whether a new one was taken.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = stamps(&self.files);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if now == *loaded {
+            return false;
+        }
+        *loaded = now;
+        match certified(&self.files, &self.provider) {
+            Ok(key) => {
+                tracing::info!(
+                    cert = %self.files.cert.display(),
+                    chain = key.cert.len(),
+                    "certificate reloaded"
+                );
+                self.current.store(Arc::new(key));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "certificate files unusable; keeping the certificate in use");
+                false
+            }
+        }
+    }
+
+    /// Re-reads the files every [`watched_file::RELOAD_INTERVAL`] from a thread of its own,
+    /// until `stop`.
+    pub fn watch(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+        let cert = Arc::clone(self);
+        watched_file::watch("cert-files", stop, move || {
+            cert.reload_if_changed();
+        })
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<sign::CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn stamps(files: &CertFiles) -> (Option<FileStamp>, Option<FileStamp>) {
+    (FileStamp::of(&files.cert), FileStamp::of(&files.key))
+}
+
+/// The pair loaded and checked: the key must be the leaf certificate's.
+fn certified(files: &CertFiles, provider: &CryptoProvider) -> Result<sign::CertifiedKey, TlsError> {
+    let pem = load_pem(&files.cert, &files.key)?;
+    sign::CertifiedKey::from_der(pem.chain, pem.key, provider).map_err(|e| {
+        TlsError::Pem(format!(
+            "{} and {}: {e}",
+            files.cert.display(),
+            files.key.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::certs::{generate_self_signed, write_pem};
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    fn leaf(c: &ReloadingCert) -> Vec<u8> {
+        c.chain()[0].as_ref().to_vec()
+    }
+
+    /// Writes a pair and moves its mtime a little, as a later write would.
+    fn write(files: &CertFiles, cert: &crate::tls::CertifiedKey, age: u64) {
+        write_pem(cert, &files.cert, &files.key).unwrap();
+        let t = std::time::SystemTime::now() + std::time::Duration::from_secs(age);
+        for p in [&files.cert, &files.key] {
+            std::fs::File::options()
+                .append(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_renewed_pair_is_taken_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = CertFiles {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        };
+        let first = generate_self_signed(&["localhost".into()]).unwrap();
+        write(&files, &first, 0);
+        let c = ReloadingCert::open(files.clone(), provider()).unwrap();
+        assert_eq!(leaf(&c), first.chain[0].as_ref());
+        assert!(!c.reload_if_changed(), "unchanged");
+
+        let second = generate_self_signed(&["localhost".into()]).unwrap();
+        write(&files, &second, 2);
+        assert!(c.reload_if_changed());
+        assert_eq!(leaf(&c), second.chain[0].as_ref());
+
+        // A renewal caught half-written: the new chain with the old key. Kept out, and
+        // taken once the key file follows.
+        let third = generate_self_signed(&["localhost".into()]).unwrap();
+        let mixed = crate::tls::CertifiedKey {
+            chain: third.chain.clone(),
+            key: second.key.clone_key(),
+        };
+        write(&files, &mixed, 4);
+        assert!(!c.reload_if_changed(), "a key that is not the leaf's");
+        assert_eq!(leaf(&c), second.chain[0].as_ref());
+        write(&files, &third, 6);
+        assert!(c.reload_if_changed());
+        assert_eq!(leaf(&c), third.chain[0].as_ref());
+
+        std::fs::write(&files.cert, "not PEM").unwrap();
+        assert!(!c.reload_if_changed(), "garbage");
+        std::fs::remove_file(&files.key).unwrap();
+        assert!(!c.reload_if_changed(), "gone");
+        assert_eq!(leaf(&c), third.chain[0].as_ref(), "still the last good one");
+    }
+
+    #[test]
+    fn an_unusable_pair_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = CertFiles {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        };
+        let a = generate_self_signed(&["localhost".into()]).unwrap();
+        let b = generate_self_signed(&["localhost".into()]).unwrap();
+        write(
+            &files,
+            &crate::tls::CertifiedKey {
+                chain: a.chain,
+                key: b.key,
+            },
+            0,
+        );
+        let e = ReloadingCert::open(files, provider()).unwrap_err();
+        assert!(e.to_string().contains("cert.pem"), "{e}");
+    }
+}
