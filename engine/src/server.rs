@@ -275,6 +275,18 @@ struct WorkerBase {
     factory: Arc<dyn AppFactory>,
     shutdown: Arc<AtomicBool>,
     pin: bool,
+    /// Set once the workers run: until then `shutdown` is ours to raise on Drop, which
+    /// stops the file watchers `new` started (certificate, ticket keys) when a later
+    /// step of the start fails.
+    started: std::cell::Cell<bool>,
+}
+
+impl Drop for WorkerBase {
+    fn drop(&mut self) {
+        if !self.started.get() {
+            self.shutdown.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl WorkerBase {
@@ -334,6 +346,7 @@ impl WorkerBase {
             factory,
             shutdown,
             pin: opts.pin,
+            started: std::cell::Cell::new(false),
         })
     }
 
@@ -397,6 +410,7 @@ impl WorkerBase {
             let _ = server.join();
             return Err(e);
         }
+        self.started.set(true);
         Ok(server)
     }
 }

@@ -19,7 +19,7 @@ use rustls::sign;
 
 use super::certs::load_pem;
 use super::session::TlsError;
-use super::watched_file::{self, FileStamp};
+use super::watched_file::{self, FileStamp, Reloads};
 
 /// The certificate and key files of a server, as `--cert` and `--key` name them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +33,8 @@ pub struct ReloadingCert {
     files: CertFiles,
     provider: Arc<CryptoProvider>,
     current: ArcSwap<sign::CertifiedKey>,
-    /// Both files as last read, to tell a change.
-    loaded: Mutex<(Option<FileStamp>, Option<FileStamp>)>,
+    /// Both files as last taken, to tell a change.
+    loaded: Mutex<Reloads<(Option<FileStamp>, Option<FileStamp>)>>,
 }
 
 impl std::fmt::Debug for ReloadingCert {
@@ -55,7 +55,7 @@ impl ReloadingCert {
             files,
             provider,
             current: ArcSwap::from_pointee(key),
-            loaded: Mutex::new(stamps),
+            loaded: Mutex::new(Reloads::new(stamps)),
         }))
     }
 
@@ -64,17 +64,18 @@ impl ReloadingCert {
         self.current.load().cert.clone()
     }
 
-    /// Re-reads the files if either changed (time, inode or length). A pair that does not
-    /// load keeps the certificate in use (logged). Returns whether a new one was taken.
+    /// Re-reads the files if either changed (time, inode or length) or the last read
+    /// failed. A pair that does not load keeps the certificate in use (logged once per
+    /// version of the files). Returns whether a new one was taken.
     pub fn reload_if_changed(&self) -> bool {
         let now = stamps(&self.files);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if now == *loaded {
+        if !loaded.wants(now) {
             return false;
         }
-        *loaded = now;
         match certified(&self.files, &self.provider) {
             Ok(key) => {
+                loaded.took(now);
                 tracing::info!(
                     cert = %self.files.cert.display(),
                     chain = key.cert.len(),
@@ -84,7 +85,9 @@ impl ReloadingCert {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "certificate files unusable; keeping the certificate in use");
+                if loaded.failed(now) {
+                    tracing::error!(error = %e, "certificate files unusable; keeping the certificate in use");
+                }
                 false
             }
         }
@@ -181,11 +184,38 @@ mod tests {
         assert!(c.reload_if_changed());
         assert_eq!(leaf(&c), third.chain[0].as_ref());
 
+        // A read that fails, then the same files readable again with stamps no different
+        // (as after a chown or chmod): taken at the next check all the same.
+        let fourth = generate_self_signed(&["localhost".into()]).unwrap();
+        write(&files, &fourth, 8);
+        let key = std::fs::read(&files.key).unwrap();
+        let at = std::fs::metadata(&files.key).unwrap().modified().unwrap();
+        let put = |bytes: &[u8]| {
+            std::fs::write(&files.key, bytes).unwrap();
+            std::fs::File::options()
+                .append(true)
+                .open(&files.key)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        put(&vec![b' '; key.len()]);
+        let failing = FileStamp::of(&files.key);
+        assert!(!c.reload_if_changed(), "no key in the file");
+        put(&key);
+        assert_eq!(FileStamp::of(&files.key), failing, "nothing the stamps see");
+        assert!(c.reload_if_changed(), "retried after a failure");
+        assert_eq!(leaf(&c), fourth.chain[0].as_ref());
+
         std::fs::write(&files.cert, "not PEM").unwrap();
         assert!(!c.reload_if_changed(), "garbage");
         std::fs::remove_file(&files.key).unwrap();
         assert!(!c.reload_if_changed(), "gone");
-        assert_eq!(leaf(&c), third.chain[0].as_ref(), "still the last good one");
+        assert_eq!(
+            leaf(&c),
+            fourth.chain[0].as_ref(),
+            "still the last good one"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use aws_lc_rs::digest::{digest, SHA256};
 use rustls::server::ProducesTickets;
 
 use super::session::TlsError;
-use super::watched_file::{self, FileStamp};
+use super::watched_file::{self, FileStamp, Reloads};
 
 const KEY_LEN: usize = 32;
 const ID_LEN: usize = 4;
@@ -134,8 +134,8 @@ pub struct TicketKeyFile {
     /// `None` for keys given as text: nothing to re-read.
     path: Option<PathBuf>,
     keys: ArcSwap<KeySet>,
-    /// The file as last read, to tell a change.
-    loaded: Mutex<Option<FileStamp>>,
+    /// The file as last taken, to tell a change.
+    loaded: Mutex<Reloads<Option<FileStamp>>>,
 }
 
 impl std::fmt::Debug for TicketKeyFile {
@@ -156,7 +156,7 @@ impl TicketKeyFile {
         Ok(Arc::new(Self {
             path: Some(path.to_path_buf()),
             keys: ArcSwap::from_pointee(keys),
-            loaded: Mutex::new(stamp),
+            loaded: Mutex::new(Reloads::new(stamp)),
         }))
     }
 
@@ -166,31 +166,33 @@ impl TicketKeyFile {
         Ok(Arc::new(Self {
             path: None,
             keys: ArcSwap::from_pointee(keys),
-            loaded: Mutex::new(None),
+            loaded: Mutex::new(Reloads::new(None)),
         }))
     }
 
-    /// Re-reads the file if it changed (time, inode or length). A file that no longer
-    /// parses, or is gone, keeps the keys in use (logged). Returns whether new keys were
-    /// taken.
+    /// Re-reads the file if it changed (time, inode or length) or the last read failed. A
+    /// file that no longer parses, or is gone, keeps the keys in use (logged once per
+    /// version of the file). Returns whether new keys were taken.
     pub fn reload_if_changed(&self) -> bool {
         let Some(path) = &self.path else {
             return false;
         };
         let stamp = FileStamp::of(path);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if stamp == *loaded {
+        if !loaded.wants(stamp) {
             return false;
         }
-        *loaded = stamp;
         match read_keys(path) {
             Ok(keys) => {
+                loaded.took(stamp);
                 tracing::info!(path = %path.display(), keys = keys.keys.len(), "ticket keys reloaded");
                 self.keys.store(Arc::new(keys));
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "ticket key file unusable; keeping the keys in use");
+                if loaded.failed(stamp) {
+                    tracing::error!(error = %e, "ticket key file unusable; keeping the keys in use");
+                }
                 false
             }
         }

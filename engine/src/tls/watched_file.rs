@@ -30,6 +30,42 @@ impl FileStamp {
     }
 }
 
+/// What a watched file was when it was last taken, and when a read of it last failed.
+///
+/// Files whose read failed are read again at every check, not only after they change: the
+/// failure may be the reader's (a permission, a descriptor limit) and its fix changes no
+/// stamp. Only a new failure is worth logging.
+#[derive(Debug)]
+pub struct Reloads<S> {
+    taken: S,
+    failed: Option<S>,
+}
+
+impl<S: Copy + PartialEq> Reloads<S> {
+    pub fn new(taken: S) -> Self {
+        Self {
+            taken,
+            failed: None,
+        }
+    }
+
+    /// Whether files stamped `now` are to be read: not what was last taken.
+    pub fn wants(&self, now: S) -> bool {
+        now != self.taken
+    }
+
+    pub fn took(&mut self, now: S) {
+        self.taken = now;
+        self.failed = None;
+    }
+
+    /// Records a failed read of files stamped `now`; true unless the last check failed on
+    /// the same files.
+    pub fn failed(&mut self, now: S) -> bool {
+        self.failed.replace(now) != Some(now)
+    }
+}
+
 /// Calls `check` every [`RELOAD_INTERVAL`] from a thread named `name`, until `stop`. The
 /// thread wakes every 250 ms to see `stop`, so a server shuts down without waiting for it.
 pub fn watch(
@@ -52,4 +88,23 @@ pub fn watch(
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_read_is_retried_and_logged_once() {
+        let mut r = Reloads::new(1);
+        assert!(!r.wants(1));
+        assert!(r.wants(2));
+        assert!(r.failed(2), "a new failure");
+        assert!(r.wants(2), "retried though nothing changed");
+        assert!(!r.failed(2), "the same failure again");
+        assert!(r.failed(3), "another version of the files");
+        r.took(3);
+        assert!(!r.wants(3));
+        assert!(r.failed(4), "after a success, a failure is new again");
+    }
 }
