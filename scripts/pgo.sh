@@ -9,7 +9,8 @@
 # instruction-cache misses, not instructions. With a profile LLVM lays hot blocks out
 # together and inlines by call frequency: under callgrind's cache model the lone small
 # request goes from 250 to 62 L1i misses and 7,497 to 6,452 instructions, and its time
-# drops by a quarter to a third (docs/performance.md, "Twelfth session").
+# drops by 12% to 29%, by how much the CPU's front end hides those misses
+# (docs/performance.md).
 #
 # Training (all over loopback, bounded): an instrumented `quench serve` answers an
 # instrumented `quench client` (perf bulk both ways, many small streams, hq-interop, h3,
