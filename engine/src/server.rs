@@ -276,8 +276,8 @@ struct WorkerBase {
     shutdown: Arc<AtomicBool>,
     pin: bool,
     /// Set once the workers run: until then `shutdown` is ours to raise on Drop, which
-    /// stops the file watchers `new` started (certificate, ticket keys) when a later
-    /// step of the start fails.
+    /// stops the file watchers `new` started (certificate, ticket keys) when a step of the
+    /// start fails.
     started: std::cell::Cell<bool>,
 }
 
@@ -292,6 +292,9 @@ impl Drop for WorkerBase {
 impl WorkerBase {
     fn new(opts: &ServerOptions) -> Result<WorkerBase, ServerError> {
         let shutdown = Arc::new(AtomicBool::new(false));
+        // Watched once the base exists, whose Drop stops them if the start fails later.
+        let mut ticket_keys = None;
+        let mut cert_files = None;
         let resumption = match (&opts.ticket_keys, opts.early_data_sessions) {
             (Some(_), Some(_)) => return Err(ServerError::Config(
                 "0-RTT keeps sessions in this process; a fleet's ticket keys cannot resume them"
@@ -300,8 +303,7 @@ impl WorkerBase {
             (Some(path), None) => {
                 let keys =
                     TicketKeyFile::open(path).map_err(|e| ServerError::Tls(e.to_string()))?;
-                keys.watch(shutdown.clone())
-                    .map_err(|e| ServerError::Tls(format!("ticket key watcher: {e}")))?;
+                ticket_keys = Some(Arc::clone(&keys));
                 Resumption::Stateless(Some(keys as Arc<dyn rustls::server::ProducesTickets>))
             }
             (None, Some(0)) => {
@@ -317,9 +319,7 @@ impl WorkerBase {
                 let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
                 let reloading = ReloadingCert::open(files.clone(), provider)
                     .map_err(|e| ServerError::Tls(e.to_string()))?;
-                reloading
-                    .watch(shutdown.clone())
-                    .map_err(|e| ServerError::Tls(format!("certificate watcher: {e}")))?;
+                cert_files = Some(Arc::clone(&reloading));
                 ServerCert::Reloading(reloading)
             }
             None => ServerCert::Fixed(opts.cert.clone()),
@@ -341,13 +341,22 @@ impl WorkerBase {
         endpoint.versions = opts.versions.clone();
         endpoint.preferred_versions = opts.preferred_versions.clone();
         endpoint.max_connections = opts.max_connections.max(1);
-        Ok(WorkerBase {
+        let base = WorkerBase {
             endpoint,
             factory,
             shutdown,
             pin: opts.pin,
             started: std::cell::Cell::new(false),
-        })
+        };
+        if let Some(keys) = ticket_keys {
+            keys.watch(base.shutdown.clone())
+                .map_err(|e| ServerError::Tls(format!("ticket key watcher: {e}")))?;
+        }
+        if let Some(cert) = cert_files {
+            cert.watch(base.shutdown.clone())
+                .map_err(|e| ServerError::Tls(format!("certificate watcher: {e}")))?;
+        }
+        Ok(base)
     }
 
     /// Starts one pinned worker thread per datapath (worker id = index).
