@@ -18,7 +18,7 @@ use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::server::{start_xdp_server, RunningXdpServer, XdpOptions};
 use quench::tls::certs::{generate_self_signed, load_pem, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
-use quench::tls::CertFiles;
+use quench::tls::{CertFiles, CertifiedKey, ReloadingCert, ServerCert};
 use quench::wire::header::{VERSION_1, VERSION_2};
 
 #[derive(Parser)]
@@ -344,23 +344,35 @@ fn run(cli: Cli) -> Result<()> {
             no_kernel_steering,
             max_datagram_frame_size,
         } => {
-            let cert_files = match (cert, key) {
-                (Some(cert), Some(key)) => Some(CertFiles { cert, key }),
-                _ => None,
+            let write = |certified: &CertifiedKey| -> Result<()> {
+                if let Some(path) = &write_cert {
+                    let key_path = path.with_extension("key.pem");
+                    write_pem(certified, path, &key_path)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                Ok(())
             };
-            let certified = match &cert_files {
-                Some(f) => load_pem(&f.cert, &f.key)
-                    .with_context(|| format!("loading {}", f.cert.display()))?,
-                None => {
-                    generate_self_signed(&["localhost".into(), "127.0.0.1".into(), "::1".into()])
-                        .context("generating a certificate")?
+            let cert = match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    let context = format!("loading {}", cert.display());
+                    let files = CertFiles { cert, key };
+                    if write_cert.is_some() {
+                        write(&load_pem(&files.cert, &files.key).context(context.clone())?)?;
+                    }
+                    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                    ServerCert::Reloading(ReloadingCert::open(files, provider).context(context)?)
+                }
+                _ => {
+                    let certified = generate_self_signed(&[
+                        "localhost".into(),
+                        "127.0.0.1".into(),
+                        "::1".into(),
+                    ])
+                    .context("generating a certificate")?;
+                    write(&certified)?;
+                    ServerCert::Fixed(certified)
                 }
             };
-            if let Some(path) = write_cert {
-                let key_path = path.with_extension("key.pem");
-                write_pem(&certified, &path, &key_path)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
             if let Some(r) = &root {
                 if !r.is_dir() {
                     bail!("--root {} is not a directory", r.display());
@@ -387,8 +399,7 @@ fn run(cli: Cli) -> Result<()> {
                     DatapathKind::Udp => SocketAddr::from(([127, 0, 0, 1], 4433)),
                     DatapathKind::Xdp => SocketAddr::from(([0, 0, 0, 0], 4433)),
                 }),
-                cert: certified,
-                cert_files,
+                cert,
                 alpns,
                 root,
                 workers,

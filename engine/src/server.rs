@@ -13,8 +13,6 @@ use crate::conn::TransportConfig;
 use crate::endpoint::{Endpoint, EndpointConfig};
 use crate::io::udp::{cid_steering_program, UdpDatapath, UdpOptions};
 use crate::io::Datapath;
-use crate::tls::cert_reload::{CertFiles, ReloadingCert};
-use crate::tls::certs::CertifiedKey;
 use crate::tls::session::ServerCert;
 use crate::tls::tickets::TicketKeyFile;
 use crate::tls::Resumption;
@@ -42,11 +40,9 @@ pub enum ServerError {
 
 pub struct ServerOptions {
     pub listen: SocketAddr,
-    /// The certificate at start.
-    pub cert: CertifiedKey,
-    /// The files `cert` came from, when it came from files: the server re-reads them when
-    /// they change (`tls::cert_reload`), so a renewal needs no restart.
-    pub cert_files: Option<CertFiles>,
+    /// The certificate: fixed, or read from files and re-read when they change
+    /// (`tls::cert_reload`, watched while the server runs), so a renewal needs no restart.
+    pub cert: ServerCert,
     pub alpns: Vec<Vec<u8>>,
     pub root: Option<PathBuf>,
     pub workers: usize,
@@ -294,7 +290,6 @@ impl WorkerBase {
         let shutdown = Arc::new(AtomicBool::new(false));
         // Watched once the base exists, whose Drop stops them if the start fails later.
         let mut ticket_keys = None;
-        let mut cert_files = None;
         let resumption = match (&opts.ticket_keys, opts.early_data_sessions) {
             (Some(_), Some(_)) => return Err(ServerError::Config(
                 "0-RTT keeps sessions in this process; a fleet's ticket keys cannot resume them"
@@ -314,18 +309,8 @@ impl WorkerBase {
             (None, Some(sessions)) => Resumption::EarlyData { sessions },
             (None, None) => Resumption::Stateless(None),
         };
-        let cert = match &opts.cert_files {
-            Some(files) => {
-                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-                let reloading = ReloadingCert::open(files.clone(), provider)
-                    .map_err(|e| ServerError::Tls(e.to_string()))?;
-                cert_files = Some(Arc::clone(&reloading));
-                ServerCert::Reloading(reloading)
-            }
-            None => ServerCert::Fixed(opts.cert.clone()),
-        };
         let tls = crate::tls::session::server_config_with_provider(
-            cert,
+            opts.cert.clone(),
             &opts.alpns,
             rustls::crypto::aws_lc_rs::default_provider(),
             resumption,
@@ -352,7 +337,7 @@ impl WorkerBase {
             keys.watch(base.shutdown.clone())
                 .map_err(|e| ServerError::Tls(format!("ticket key watcher: {e}")))?;
         }
-        if let Some(cert) = cert_files {
+        if let ServerCert::Reloading(cert) = &opts.cert {
             cert.watch(base.shutdown.clone())
                 .map_err(|e| ServerError::Tls(format!("certificate watcher: {e}")))?;
         }
@@ -566,8 +551,6 @@ mod xdp_server {
         iface: String,
         /// Serving every address of the host: keeps them current (`refresh_addresses`).
         watch: Option<AddrWatch>,
-        /// Changes `refresh_addresses` applied.
-        address_changes: u64,
     }
 
     impl RunningXdpServer {
@@ -612,14 +595,10 @@ mod xdp_server {
         /// [`xdp::served::REFRESH_EVERY`] or so; `None` when nothing changed or one address
         /// is served. On an error the addresses served stay as they were.
         pub fn refresh_addresses(&mut self) -> Result<Option<ServedChange>, XdpError> {
-            let Some(watch) = self.watch.as_mut() else {
-                return Ok(None);
-            };
-            let change = watch.refresh(&self.program)?;
-            if change.is_some() {
-                self.address_changes += 1;
+            match self.watch.as_mut() {
+                Some(watch) => watch.refresh(&self.program),
+                None => Ok(None),
             }
-            Ok(change)
         }
 
         /// The addresses the program steers now, sorted.
@@ -688,7 +667,7 @@ mod xdp_server {
                     },
                     "worker_hits": self.worker_hits(),
                     "served_addresses": self.served_addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                    "served_address_changes": self.address_changes,
+                    "served_address_changes": self.watch.as_ref().map_or(0, AddrWatch::changes),
                     "sockets": sockets,
                 },
             })
@@ -805,7 +784,6 @@ mod xdp_server {
             bind_modes,
             iface: xdp.iface,
             watch,
-            address_changes: 0,
         })
     }
 }

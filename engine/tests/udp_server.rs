@@ -18,7 +18,7 @@ use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::tls::certs::{generate_self_signed, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
 use quench::tls::tickets::RELOAD_INTERVAL;
-use quench::tls::CertFiles;
+use quench::tls::{CertFiles, ReloadingCert, ServerCert};
 use quench::wire::header::{SUPPORTED_VERSIONS, VERSION_1, VERSION_2};
 use rand::{Rng, SeedableRng};
 
@@ -49,8 +49,9 @@ fn server_with(
 fn options(kernel_steering: bool) -> ServerOptions {
     ServerOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        cert: generate_self_signed(&["localhost".into()]).expect("certificate"),
-        cert_files: None,
+        cert: generate_self_signed(&["localhost".into()])
+            .expect("certificate")
+            .into(),
         alpns: vec![b"perf".to_vec()],
         root: None,
         workers: WORKERS,
@@ -572,8 +573,13 @@ fn a_renewed_certificate_is_served_without_a_restart() {
     let (old_ca, new_ca) = (ca("old", &old), ca("new", &new));
     write_pem(&old, &files.cert, &files.key).expect("write pair");
     let mut server = start_udp_server(ServerOptions {
-        cert: old.clone(),
-        cert_files: Some(files.clone()),
+        cert: ServerCert::Reloading(
+            ReloadingCert::open(
+                files.clone(),
+                Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            )
+            .expect("the pair loads"),
+        ),
         workers: 1,
         ..options(false)
     })

@@ -70,27 +70,18 @@ impl ReloadingCert {
     pub fn reload_if_changed(&self) -> bool {
         let now = stamps(&self.files);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if !loaded.wants(now) {
+        let Some(key) = loaded.check(now, "certificate files", || {
+            certified(&self.files, &self.provider)
+        }) else {
             return false;
-        }
-        match certified(&self.files, &self.provider) {
-            Ok(key) => {
-                loaded.took(now);
-                tracing::info!(
-                    cert = %self.files.cert.display(),
-                    chain = key.cert.len(),
-                    "certificate reloaded"
-                );
-                self.current.store(Arc::new(key));
-                true
-            }
-            Err(e) => {
-                if loaded.failed(now) {
-                    tracing::error!(error = %e, "certificate files unusable; keeping the certificate in use");
-                }
-                false
-            }
-        }
+        };
+        tracing::info!(
+            cert = %self.files.cert.display(),
+            chain = key.cert.len(),
+            "certificate reloaded"
+        );
+        self.current.store(Arc::new(key));
+        true
     }
 
     /// Re-reads the files every [`watched_file::RELOAD_INTERVAL`] from a thread of its own,

@@ -143,6 +143,7 @@ pub enum Resumption {
 }
 
 /// Where a server's certificate comes from.
+#[derive(Clone)]
 pub enum ServerCert {
     /// Fixed for the server's life (generated, or given in memory).
     Fixed(CertifiedKey),

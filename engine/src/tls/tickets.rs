@@ -179,23 +179,12 @@ impl TicketKeyFile {
         };
         let stamp = FileStamp::of(path);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if !loaded.wants(stamp) {
+        let Some(keys) = loaded.check(stamp, "ticket key file", || read_keys(path)) else {
             return false;
-        }
-        match read_keys(path) {
-            Ok(keys) => {
-                loaded.took(stamp);
-                tracing::info!(path = %path.display(), keys = keys.keys.len(), "ticket keys reloaded");
-                self.keys.store(Arc::new(keys));
-                true
-            }
-            Err(e) => {
-                if loaded.failed(stamp) {
-                    tracing::error!(error = %e, "ticket key file unusable; keeping the keys in use");
-                }
-                false
-            }
-        }
+        };
+        tracing::info!(path = %path.display(), keys = keys.keys.len(), "ticket keys reloaded");
+        self.keys.store(Arc::new(keys));
+        true
     }
 
     /// Re-reads the file every [`RELOAD_INTERVAL`] from a thread of its own, until `stop`

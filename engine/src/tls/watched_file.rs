@@ -49,19 +49,45 @@ impl<S: Copy + PartialEq> Reloads<S> {
         }
     }
 
+    /// Loads files stamped `now` unless they are what was last taken. Returns what was
+    /// loaded; `None` if nothing changed or the load failed (logged, once per version of
+    /// the files, as `what` being unusable: whatever is in use stays).
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        now: S,
+        what: &str,
+        load: impl FnOnce() -> Result<T, E>,
+    ) -> Option<T> {
+        if !self.wants(now) {
+            return None;
+        }
+        match load() {
+            Ok(loaded) => {
+                self.took(now);
+                Some(loaded)
+            }
+            Err(e) => {
+                if self.failed(now) {
+                    tracing::error!(error = %e, "{what} unusable; keeping what is in use");
+                }
+                None
+            }
+        }
+    }
+
     /// Whether files stamped `now` are to be read: not what was last taken.
-    pub fn wants(&self, now: S) -> bool {
+    fn wants(&self, now: S) -> bool {
         now != self.taken
     }
 
-    pub fn took(&mut self, now: S) {
+    fn took(&mut self, now: S) {
         self.taken = now;
         self.failed = None;
     }
 
     /// Records a failed read of files stamped `now`; true unless the last check failed on
     /// the same files.
-    pub fn failed(&mut self, now: S) -> bool {
+    fn failed(&mut self, now: S) -> bool {
         self.failed.replace(now) != Some(now)
     }
 }

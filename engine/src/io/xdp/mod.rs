@@ -204,24 +204,14 @@ impl XdpSetup {
         prog.set_ports(&cfg.ports)?;
         // Replies leave from the served address their peer wrote to (`source_for`).
         iface.addrs = served_addrs(cfg, &iface)?;
-        iface.addrs.sort_unstable();
-        iface.addrs.dedup();
-        prog.set_local_addrs(&iface.addrs)?;
+        let served = ServedSet::of(&iface);
+        iface.addrs.clone_from(&served.addrs);
+        prog.set_local_addrs(&served.addrs)?;
         let every_address = cfg.side == Side::Server
             && cfg
                 .listen_ip
                 .is_none_or(|ip| ip.to_canonical().is_unspecified());
-        let watch = every_address.then(|| {
-            AddrWatch::new(
-                &cfg.iface,
-                cfg.ports[0],
-                ServedSet {
-                    v4: iface.v4,
-                    v6: iface.v6,
-                    addrs: iface.addrs.clone(),
-                },
-            )
-        });
+        let watch = every_address.then(|| AddrWatch::new(&cfg.iface, cfg.ports[0], served));
 
         let ring = cfg.frames / 2;
         let sizes = RingSizes {

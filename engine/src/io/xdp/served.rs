@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::{loader, local_iface, XdpError, XdpProgram};
+use super::{loader, local_iface, LocalIface, XdpError, XdpProgram};
 
 /// How often `quench serve` looks for changed addresses.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -28,6 +28,20 @@ pub struct ServedSet {
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
     pub addrs: Vec<IpAddr>,
+}
+
+impl ServedSet {
+    /// An interface's served addresses (sorted, each once) and reply defaults.
+    pub fn of(iface: &LocalIface) -> ServedSet {
+        let mut addrs = iface.addrs.clone();
+        addrs.sort_unstable();
+        addrs.dedup();
+        ServedSet {
+            v4: iface.v4,
+            v6: iface.v6,
+            addrs,
+        }
+    }
 }
 
 /// The latest [`ServedSet`], shared by the watcher and the workers.
@@ -81,6 +95,8 @@ pub struct AddrWatch {
     shared: Arc<SharedServed>,
     /// What the program steers now.
     steered: ServedSet,
+    /// Changes applied since start.
+    changes: u64,
 }
 
 impl AddrWatch {
@@ -90,6 +106,7 @@ impl AddrWatch {
             port,
             shared: SharedServed::new(set.clone()),
             steered: set,
+            changes: 0,
         }
     }
 
@@ -103,17 +120,15 @@ impl AddrWatch {
         &self.steered.addrs
     }
 
+    /// Changes of the host's addresses applied since start.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// Re-reads the host's addresses and applies a change, if any: to the workers, then to
     /// `program`. On an error nothing changes.
     pub fn refresh(&mut self, program: &XdpProgram) -> Result<Option<ServedChange>, XdpError> {
-        let iface = local_iface(&self.iface, self.port)?;
-        let mut set = ServedSet {
-            v4: iface.v4,
-            v6: iface.v6,
-            addrs: iface.addrs,
-        };
-        set.addrs.sort_unstable();
-        set.addrs.dedup();
+        let set = ServedSet::of(&local_iface(&self.iface, self.port)?);
         self.apply(set, |addrs| program.set_local_addrs(addrs))
     }
 
@@ -152,6 +167,7 @@ impl AddrWatch {
             return Err(e);
         }
         self.steered = set;
+        self.changes += 1;
         Ok(Some(change))
     }
 }
