@@ -18,7 +18,7 @@ use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::server::{start_xdp_server, RunningXdpServer, XdpOptions};
 use quench::tls::certs::{generate_self_signed, load_pem, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
-use quench::tls::{CertFiles, CertifiedKey, ReloadingCert, ServerCert};
+use quench::tls::{CertFiles, CertStore, CertifiedKey, ServerCert};
 use quench::wire::header::{VERSION_1, VERSION_2};
 
 #[derive(Parser)]
@@ -86,12 +86,15 @@ enum Command {
         xdp_hugepages: bool,
         /// Certificate chain (PEM). Without it a self-signed certificate is generated. The
         /// files are re-read when they change (checked every 10 s): renew without a restart.
+        /// Repeat `--cert` and `--key` for several certificates: each handshake gets the
+        /// one whose names (wildcards included) match the name the client asks for (SNI),
+        /// the first given when none does or the client names none.
         #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        /// Private key (PEM).
+        cert: Vec<PathBuf>,
+        /// Private key (PEM) of the `--cert` in the same position.
         #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
-        /// Write the generated certificate (PEM) here, for clients to trust.
+        key: Vec<PathBuf>,
+        /// Write the certificate (PEM; the first, with several) here, for clients to trust.
         #[arg(long)]
         write_cert: Option<PathBuf>,
         /// Applications offered, by ALPN.
@@ -352,17 +355,21 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             };
-            let cert = match (cert, key) {
-                (Some(cert), Some(key)) => {
-                    let context = format!("loading {}", cert.display());
-                    let files = CertFiles { cert, key };
+            let files = cert_files(cert, key)?;
+            let cert = match files.first() {
+                Some(first) => {
                     if write_cert.is_some() {
-                        write(&load_pem(&files.cert, &files.key).context(context.clone())?)?;
+                        write(
+                            &load_pem(&first.cert, &first.key)
+                                .with_context(|| format!("loading {}", first.cert.display()))?,
+                        )?;
                     }
                     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-                    ServerCert::Reloading(ReloadingCert::open(files, provider).context(context)?)
+                    ServerCert::Files(
+                        CertStore::open(files, provider).context("loading the certificates")?,
+                    )
                 }
-                _ => {
+                None => {
                     let certified = generate_self_signed(&[
                         "localhost".into(),
                         "127.0.0.1".into(),
@@ -785,9 +792,52 @@ fn serve(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result
     Ok(())
 }
 
+/// `--cert` and `--key` paired in the order given.
+fn cert_files(cert: Vec<PathBuf>, key: Vec<PathBuf>) -> Result<Vec<CertFiles>> {
+    if cert.len() != key.len() {
+        bail!(
+            "--cert and --key pair up in order: {} certificates, {} keys",
+            cert.len(),
+            key.len()
+        );
+    }
+    Ok(cert
+        .into_iter()
+        .zip(key)
+        .map(|(cert, key)| CertFiles { cert, key })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_and_keys_pair_up_in_order() {
+        let serve =
+            |args: &[&str]| match Cli::try_parse_from(["quench", "serve"].iter().chain(args))
+                .map(|c| c.command)
+            {
+                Ok(Command::Serve { cert, key, .. }) => cert_files(cert, key),
+                Ok(_) => unreachable!("parsed as serve"),
+                Err(e) => Err(e.into()),
+            };
+        let files = serve(&[
+            "--cert", "a.pem", "--key", "a.key", "--cert", "b.pem", "--key", "b.key",
+        ])
+        .unwrap();
+        assert_eq!(
+            files
+                .iter()
+                .map(|f| (f.cert.to_str().unwrap(), f.key.to_str().unwrap()))
+                .collect::<Vec<_>>(),
+            [("a.pem", "a.key"), ("b.pem", "b.key")]
+        );
+        assert!(serve(&[]).unwrap().is_empty(), "a generated certificate");
+        let e = serve(&["--cert", "a.pem", "--key", "a.key", "--cert", "b.pem"]).unwrap_err();
+        assert!(e.to_string().contains("2 certificates, 1 keys"), "{e}");
+        assert!(serve(&["--cert", "a.pem"]).is_err(), "no key at all");
+    }
 
     #[test]
     fn version_lists_are_checked() {

@@ -337,8 +337,9 @@ impl WorkerBase {
             keys.watch(base.shutdown.clone())
                 .map_err(|e| ServerError::Tls(format!("ticket key watcher: {e}")))?;
         }
-        if let ServerCert::Reloading(cert) = &opts.cert {
-            cert.watch(base.shutdown.clone())
+        if let ServerCert::Files(certs) = &opts.cert {
+            certs
+                .watch(base.shutdown.clone())
                 .map_err(|e| ServerError::Tls(format!("certificate watcher: {e}")))?;
         }
         Ok(base)

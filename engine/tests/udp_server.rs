@@ -18,7 +18,7 @@ use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::tls::certs::{generate_self_signed, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
 use quench::tls::tickets::RELOAD_INTERVAL;
-use quench::tls::{CertFiles, ReloadingCert, ServerCert};
+use quench::tls::{CertFiles, CertStore, ServerCert};
 use quench::wire::header::{SUPPORTED_VERSIONS, VERSION_1, VERSION_2};
 use rand::{Rng, SeedableRng};
 
@@ -573,9 +573,9 @@ fn a_renewed_certificate_is_served_without_a_restart() {
     let (old_ca, new_ca) = (ca("old", &old), ca("new", &new));
     write_pem(&old, &files.cert, &files.key).expect("write pair");
     let mut server = start_udp_server(ServerOptions {
-        cert: ServerCert::Reloading(
-            ReloadingCert::open(
-                files.clone(),
+        cert: ServerCert::Files(
+            CertStore::open(
+                vec![files.clone()],
                 Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             )
             .expect("the pair loads"),

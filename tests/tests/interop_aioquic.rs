@@ -222,6 +222,12 @@ fn aioquic_quic_v2_through_retry() {
     assert_eq!(retries, 2, "{stats}");
 }
 
+/// SNI: quench picks among its certificates by the name aioquic asks for.
+#[test]
+fn aioquic_client_gets_the_certificate_for_the_name_it_asks_for() {
+    certificate_chosen_by_server_name(Peer::Aioquic);
+}
+
 // ---- quench client → aioquic server ---------------------------------------------------------
 
 /// QUIC version 2's number on the wire (RFC 9369 §3.1), as the aioquic server logs it.

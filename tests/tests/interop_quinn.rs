@@ -163,6 +163,12 @@ fn quinn_client_rejects_quench_with_untrusted_certificate() {
     assert_perf(&quench.transfer(Peer::Quinn, &transfer), &transfer);
 }
 
+/// SNI: quench picks among its certificates by the name quinn asks for.
+#[test]
+fn quinn_client_gets_the_certificate_for_the_name_it_asks_for() {
+    certificate_chosen_by_server_name(Peer::Quinn);
+}
+
 #[test]
 fn quench_server_shuts_down_gracefully_on_sigterm() {
     let _serial = serial();

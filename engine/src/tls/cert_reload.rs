@@ -8,18 +8,20 @@
 //! a chain that does not parse, or a key that is not the leaf's (a renewal caught between
 //! writing the two files), is logged and the certificate in use kept; the next change of
 //! either file is tried again.
+//!
+//! Each pair also knows the DNS names its leaf is for, which [`super::cert_select`] uses
+//! to pick among several pairs by the name a client asks for.
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::pki_types::CertificateDer;
 use rustls::sign;
 
 use super::certs::load_pem;
 use super::session::TlsError;
-use super::watched_file::{self, FileStamp, Reloads};
+use super::watched_file::{FileStamp, Reloads};
 
 /// The certificate and key files of a server, as `--cert` and `--key` name them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +34,7 @@ pub struct CertFiles {
 pub struct ReloadingCert {
     files: CertFiles,
     provider: Arc<CryptoProvider>,
-    current: ArcSwap<sign::CertifiedKey>,
+    current: ArcSwap<Loaded>,
     /// Both files as last taken, to tell a change.
     loaded: Mutex<Reloads<(Option<FileStamp>, Option<FileStamp>)>>,
 }
@@ -45,23 +47,44 @@ impl std::fmt::Debug for ReloadingCert {
     }
 }
 
+/// A pair as loaded: the signing key with its chain, and the leaf's names.
+struct Loaded {
+    key: Arc<sign::CertifiedKey>,
+    names: Vec<String>,
+}
+
 impl ReloadingCert {
     /// Reads both files; an unusable pair is an error (a server must not start without a
     /// certificate).
-    pub fn open(files: CertFiles, provider: Arc<CryptoProvider>) -> Result<Arc<Self>, TlsError> {
+    pub fn open(files: CertFiles, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
         let stamps = stamps(&files);
-        let key = certified(&files, &provider)?;
-        Ok(Arc::new(Self {
+        let loaded = certified(&files, &provider)?;
+        Ok(Self {
             files,
             provider,
-            current: ArcSwap::from_pointee(key),
+            current: ArcSwap::from_pointee(loaded),
             loaded: Mutex::new(Reloads::new(stamps)),
-        }))
+        })
+    }
+
+    pub fn files(&self) -> &CertFiles {
+        &self.files
     }
 
     /// The chain handshakes present now, leaf first.
     pub fn chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-        self.current.load().cert.clone()
+        self.current.load().key.cert.clone()
+    }
+
+    /// What a handshake given this pair presents now.
+    pub fn certified_key(&self) -> Arc<sign::CertifiedKey> {
+        Arc::clone(&self.current.load().key)
+    }
+
+    /// The DNS names (subjectAltName) the current leaf is for, lower-case, wildcards as
+    /// `*.example.com`.
+    pub fn names(&self) -> Vec<String> {
+        self.current.load().names.clone()
     }
 
     /// Re-reads the files if either changed (time, inode or length) or the last read
@@ -70,33 +93,18 @@ impl ReloadingCert {
     pub fn reload_if_changed(&self) -> bool {
         let now = stamps(&self.files);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(key) = loaded.check(now, "certificate files", || {
-            certified(&self.files, &self.provider)
-        }) else {
+        let what = format!("certificate files {}", self.files.cert.display());
+        let Some(pair) = loaded.check(now, &what, || certified(&self.files, &self.provider)) else {
             return false;
         };
         tracing::info!(
             cert = %self.files.cert.display(),
-            chain = key.cert.len(),
+            chain = pair.key.cert.len(),
+            names = ?pair.names,
             "certificate reloaded"
         );
-        self.current.store(Arc::new(key));
+        self.current.store(Arc::new(pair));
         true
-    }
-
-    /// Re-reads the files every [`watched_file::RELOAD_INTERVAL`] from a thread of its own,
-    /// until `stop`.
-    pub fn watch(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-        let cert = Arc::clone(self);
-        watched_file::watch("cert-files", stop, move || {
-            cert.reload_if_changed();
-        })
-    }
-}
-
-impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<sign::CertifiedKey>> {
-        Some(self.current.load_full())
     }
 }
 
@@ -104,16 +112,36 @@ fn stamps(files: &CertFiles) -> (Option<FileStamp>, Option<FileStamp>) {
     (FileStamp::of(&files.cert), FileStamp::of(&files.key))
 }
 
-/// The pair loaded and checked: the key must be the leaf certificate's.
-fn certified(files: &CertFiles, provider: &CryptoProvider) -> Result<sign::CertifiedKey, TlsError> {
+/// The pair loaded and checked: the key must be the leaf certificate's, and the leaf must
+/// parse as X.509 (its names are read from it).
+fn certified(files: &CertFiles, provider: &CryptoProvider) -> Result<Loaded, TlsError> {
     let pem = load_pem(&files.cert, &files.key)?;
-    sign::CertifiedKey::from_der(pem.chain, pem.key, provider).map_err(|e| {
+    let names = leaf_names(&pem.chain[0])
+        .map_err(|e| TlsError::Pem(format!("{}: leaf certificate: {e}", files.cert.display())))?;
+    let key = sign::CertifiedKey::from_der(pem.chain, pem.key, provider).map_err(|e| {
         TlsError::Pem(format!(
             "{} and {}: {e}",
             files.cert.display(),
             files.key.display()
         ))
+    })?;
+    Ok(Loaded {
+        key: Arc::new(key),
+        names,
     })
+}
+
+/// The DNS names of a leaf's subjectAltName extension, lower-case and without a final dot,
+/// as clients match them (RFC 6125 §6.4). IP addresses and other name types are left out:
+/// clients send no SNI for an address (RFC 6066 §3).
+pub fn leaf_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, webpki::Error> {
+    let cert = webpki::EndEntityCert::try_from(leaf)?;
+    let mut names: Vec<String> = cert
+        .valid_dns_names()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    names.dedup();
+    Ok(names)
 }
 
 #[cfg(test)]

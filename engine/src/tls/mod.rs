@@ -6,6 +6,7 @@
 //! hook ([`key_capture`]), so packet protection never goes through rustls and no key is
 //! derived twice. The secrets remain the root for key updates.
 pub mod cert_reload;
+pub mod cert_select;
 pub mod certs;
 pub mod client_hello;
 pub mod key_capture;
@@ -16,6 +17,7 @@ pub mod tickets;
 pub mod watched_file;
 
 pub use cert_reload::{CertFiles, ReloadingCert};
+pub use cert_select::CertStore;
 pub use certs::{generate_self_signed, load_pem, write_pem, CertifiedKey};
 pub use session::{
     client_config, client_config_with_provider, server_config, server_config_with_provider,

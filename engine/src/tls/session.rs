@@ -147,8 +147,9 @@ pub enum Resumption {
 pub enum ServerCert {
     /// Fixed for the server's life (generated, or given in memory).
     Fixed(CertifiedKey),
-    /// Read from files and re-read when they change (`cert_reload`).
-    Reloading(Arc<super::cert_reload::ReloadingCert>),
+    /// Read from files and re-read when they change, one pair or several chosen by the
+    /// name the client asks for (`cert_select`).
+    Files(Arc<super::cert_select::CertStore>),
 }
 
 impl From<CertifiedKey> for ServerCert {
@@ -170,7 +171,7 @@ pub fn server_config_with_provider(
         .with_no_client_auth();
     let mut config = match cert.into() {
         ServerCert::Fixed(cert) => builder.with_single_cert(cert.chain, cert.key)?,
-        ServerCert::Reloading(files) => builder.with_cert_resolver(files),
+        ServerCert::Files(store) => builder.with_cert_resolver(store),
     };
     config.alpn_protocols = alpns.to_vec();
     config.key_log = QuicKeyLog::shared();

@@ -357,6 +357,32 @@ pub fn untrusted_server_refused(
     assert_perf(&server.transfer(client, &transfer), &transfer);
 }
 
+/// quench given two certificates (`--cert`/`--key` twice) presents to `client` the one for
+/// the name it asks for (SNI): a client trusting only that certificate's CA completes and
+/// one trusting only the other's is refused, for an exact name, a name under a wildcard,
+/// and no name at all (an IP address, which clients send no SNI for: the first pair).
+pub fn certificate_chosen_by_server_name(client: Peer) {
+    let _serial = serial();
+    let dir = temp_dir();
+    let a = Certs::generate_named(dir.path(), "a-", &["a.example", "127.0.0.1"]);
+    let b = Certs::generate_named(dir.path(), "b-", &["*.b.example"]);
+    let mut args = cert_args(&a);
+    args.extend(cert_args(&b));
+    let server = Server::spawn("quench", &quench_bin(), &["serve"], args, dir.path());
+    for (name, served, other) in [
+        ("a.example", &a, &b),
+        ("x.b.example", &b, &a),
+        ("127.0.0.1", &a, &b),
+    ] {
+        let transfer = Transfer::perf(64 << 10, 1000).server_name(name);
+        assert_perf(
+            &run_transfer(client, server.addr, &served.ca, &transfer),
+            &transfer,
+        );
+        run_client_expect_failure(client_command(client, server.addr, &other.ca, &transfer));
+    }
+}
+
 /// Runs `program`'s datagram echo client (`--alpn echo --datagrams 2000 --conns 2`)
 /// against `server` and checks its report (`assert_datagrams_echoed`).
 pub fn assert_all_datagrams_echoed(
@@ -495,6 +521,12 @@ pub struct Certs {
 
 impl Certs {
     pub fn generate(dir: &Path) -> Certs {
+        Certs::generate_named(dir, "", &["localhost", "127.0.0.1", "::1"])
+    }
+
+    /// A CA of its own and a leaf it signed for `names` (DNS names or IP addresses), as
+    /// `{tag}ca.pem`, `{tag}cert.pem` and `{tag}key.pem` in `dir`.
+    pub fn generate_named(dir: &Path, tag: &str, names: &[&str]) -> Certs {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
         let ca_key = KeyPair::generate().expect("CA key");
@@ -506,23 +538,20 @@ impl Certs {
         let ca = ca_params.self_signed(&ca_key).expect("self-signing CA");
 
         let leaf_key = KeyPair::generate().expect("leaf key");
-        let mut leaf_params = CertificateParams::new(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ])
-        .expect("leaf params");
+        let mut leaf_params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
         leaf_params
             .distinguished_name
-            .push(DnType::CommonName, "localhost");
+            .push(DnType::CommonName, names[0]);
         let leaf = leaf_params
             .signed_by(&leaf_key, &ca, &ca_key)
             .expect("signing leaf");
 
         let certs = Certs {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
+            ca: dir.join(format!("{tag}ca.pem")),
+            cert: dir.join(format!("{tag}cert.pem")),
+            key: dir.join(format!("{tag}key.pem")),
         };
         fs::write(&certs.ca, ca.pem()).expect("writing ca.pem");
         fs::write(&certs.cert, format!("{}{}", leaf.pem(), ca.pem())).expect("writing cert.pem");
@@ -1002,6 +1031,8 @@ pub struct Transfer {
     pub conns: u64,
     pub gets: Vec<String>,
     pub key_update_after: Option<u64>,
+    /// The name the client asks for (SNI) and checks the certificate against.
+    pub server_name: &'static str,
 }
 
 impl Transfer {
@@ -1014,6 +1045,7 @@ impl Transfer {
             conns: 1,
             gets: Vec::new(),
             key_update_after: None,
+            server_name: "localhost",
         }
     }
 
@@ -1031,6 +1063,11 @@ impl Transfer {
             alpn: "h3",
             ..Transfer::hq(gets)
         }
+    }
+
+    pub fn server_name(mut self, name: &'static str) -> Transfer {
+        self.server_name = name;
+        self
     }
 
     pub fn streams(mut self, n: u64) -> Transfer {
@@ -1075,7 +1112,7 @@ impl Transfer {
             "--ca".into(),
             ca.into(),
             "--server-name".into(),
-            "localhost".into(),
+            self.server_name.into(),
         ];
         for path in &self.gets {
             args.extend(["--get".into(), path.into()]);
