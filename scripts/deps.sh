@@ -4,11 +4,13 @@
 # ngtcp2's HTTP/3 example client and server gtlsclient/gtlsserver for the interop tests, cmake
 # for the BoringSSL that the quiche crate builds and for MsQuic and its quictls, which the msquic crate
 # builds with perl and links statically against libnuma)
-# and a Python venv at .venv with a pinned aioquic (an independent QUIC peer for interop tests).
+# and a Python venv at .venv with a pinned aioquic (an independent QUIC peer for interop tests)
+# and prometheus-client (whose parser checks what `quench serve --metrics` exports).
 # Quiet when there is nothing to do; says what it does otherwise; fails loudly.
 set -euo pipefail
 
 AIOQUIC_VERSION="1.7.2"
+PROMETHEUS_CLIENT_VERSION="0.26.0"
 APT_PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 python3-venv
     ngtcp2-client ngtcp2-server cmake libnuma-dev perl)
 
@@ -51,7 +53,8 @@ fi
 # --- Python venv with aioquic ----------------------------------------------------------------
 venv_ok() {
     [[ -x "$venv/bin/python" ]] &&
-        "$venv/bin/python" -c "import aioquic, sys; sys.exit(aioquic.__version__ != '$AIOQUIC_VERSION')" 2>/dev/null
+        "$venv/bin/python" -c "import aioquic, sys; sys.exit(aioquic.__version__ != '$AIOQUIC_VERSION')" 2>/dev/null &&
+        "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus-client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null
 }
 
 if ! venv_ok; then
@@ -66,18 +69,18 @@ if ! venv_ok; then
     done
     [[ -n "$python" ]] || die "no python3 with the venv module (install python3-venv)"
 
-    log "creating $venv with aioquic==$AIOQUIC_VERSION ($python)"
+    log "creating $venv with aioquic==$AIOQUIC_VERSION, prometheus-client==$PROMETHEUS_CLIENT_VERSION ($python)"
     rm -rf "$venv"
     "$python" -m venv "$venv" || die "python -m venv failed"
     pip_log="$(mktemp)"
     if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "aioquic==$AIOQUIC_VERSION" >"$pip_log" 2>&1; then
+        "aioquic==$AIOQUIC_VERSION" "prometheus-client==$PROMETHEUS_CLIENT_VERSION" >"$pip_log" 2>&1; then
         cat "$pip_log" >&2
         rm -f "$pip_log"
-        die "pip install aioquic==$AIOQUIC_VERSION failed"
+        die "pip install aioquic==$AIOQUIC_VERSION prometheus-client==$PROMETHEUS_CLIENT_VERSION failed"
     fi
     rm -f "$pip_log"
-    venv_ok || die "aioquic $AIOQUIC_VERSION not importable from $venv after install"
+    venv_ok || die "aioquic $AIOQUIC_VERSION or prometheus-client $PROMETHEUS_CLIENT_VERSION not importable from $venv after install"
 fi
 
 # --- Rust toolchain components the test script uses ------------------------------------------

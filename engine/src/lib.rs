@@ -47,6 +47,7 @@ pub mod conn;
 pub mod crypto;
 pub mod endpoint;
 pub mod io;
+pub mod metrics;
 pub mod server;
 pub mod tls;
 pub mod wire;

@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use quench::client::{run_client, ClientOptions, ClientWorkload};
 use quench::conn::TransportConfig;
+use quench::metrics::MetricsEndpoint;
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
 #[cfg(feature = "xdp")]
 use quench::server::{start_xdp_server, RunningXdpServer, XdpOptions};
@@ -156,6 +157,10 @@ enum Command {
         /// max_datagram_frame_size; 0 accepts none. `echo` sends datagrams back.
         #[arg(long, default_value_t = 65535)]
         max_datagram_frame_size: u64,
+        /// Serve the stats in the Prometheus text format at http://ADDR/metrics (e.g.
+        /// 127.0.0.1:9464). Unauthenticated: bind it where only the scraper reaches.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<SocketAddr>,
     },
     /// Connect to a server and run a workload; prints one JSON line with the results.
     Client {
@@ -346,6 +351,7 @@ fn run(cli: Cli) -> Result<()> {
             no_pin,
             no_kernel_steering,
             max_datagram_frame_size,
+            metrics,
         } => {
             let write = |certified: &CertifiedKey| -> Result<()> {
                 if let Some(path) = &write_cert {
@@ -432,7 +438,7 @@ fn run(cli: Cli) -> Result<()> {
                 zero_copy: xdp_zero_copy,
                 huge_pages: xdp_hugepages,
             };
-            serve(datapath, options, xdp)
+            serve(datapath, options, xdp, metrics)
         }
         Command::Client {
             connect,
@@ -722,7 +728,12 @@ fn start(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result
 /// stats line on SIGUSR1 and once more on exit. With XDP the program is detached on every
 /// way out: here by Drop (also on errors and panics), and by the kernel closing the BPF
 /// link if the process is killed.
-fn serve(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result<()> {
+fn serve(
+    datapath: DatapathKind,
+    options: ServerOptions,
+    xdp: XdpArgs,
+    metrics: Option<SocketAddr>,
+) -> Result<()> {
     let workers = options.workers;
     // Handlers first, so a signal during setup still ends in an orderly shutdown.
     let stop = Arc::new(AtomicBool::new(false));
@@ -737,7 +748,17 @@ fn serve(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result
     }
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())?;
 
+    let metrics = match metrics {
+        Some(addr) => Some(
+            MetricsEndpoint::start(addr)
+                .with_context(|| format!("starting the metrics endpoint on {addr}"))?,
+        ),
+        None => None,
+    };
     let mut running = start(datapath, options, xdp)?;
+    if let Some(m) = &metrics {
+        println!("quench: metrics on http://{}/metrics", m.local_addr());
+    }
     println!(
         "quench: listening on {} ({} workers, {})",
         running.server().local_addr,
@@ -758,6 +779,9 @@ fn serve(datapath: DatapathKind, options: ServerOptions, xdp: XdpArgs) -> Result
         }
         if usr1.swap(false, Ordering::Relaxed) {
             print_stats(&running)?;
+        }
+        if let Some(m) = &metrics {
+            m.serve_pending(|| quench::metrics::render(&running.stats_json()));
         }
         if running.server().any_worker_finished() {
             tracing::error!("a worker stopped unexpectedly; shutting down");

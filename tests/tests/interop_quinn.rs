@@ -169,6 +169,86 @@ fn quinn_client_gets_the_certificate_for_the_name_it_asks_for() {
     certificate_chosen_by_server_name(Peer::Quinn);
 }
 
+/// `quench serve --metrics`: after quinn's connections, a scrape (parsed by Prometheus's
+/// own client library) counts them, types counters and gauges, and agrees with the stats
+/// line printed at exit; the endpoint answers nothing but `/metrics`.
+#[test]
+fn quench_metrics_are_scraped_after_quinn_connections() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(
+        &certs,
+        dir.path(),
+        dir.path(),
+        &["--metrics", "127.0.0.1:0", "--workers", "2"],
+    );
+    let stdout = server.stdout();
+    let addr = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("quench: metrics on http://"))
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics line in\n{stdout}"))
+        .to_string();
+    let transfer = Transfer::perf(MIB, 64 << 10).conns(3);
+    assert_perf(
+        &run_transfer(Peer::Quinn, server.addr, &certs.ca, &transfer),
+        &transfer,
+    );
+
+    let (head, body) = http_get(&addr, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let scraped = Scraped::parse(&body);
+    assert_eq!(
+        scraped.types["quench_worker_connections_accepted"],
+        "counter"
+    );
+    assert_eq!(scraped.types["quench_worker_connections"], "gauge");
+    assert_eq!(
+        scraped.sum("quench_worker_connections_accepted_total"),
+        3.0,
+        "{body}"
+    );
+    assert!(
+        scraped.sum("quench_worker_datagrams_rx_total") > 0.0,
+        "{body}"
+    );
+    assert!(
+        head.contains(&format!("Content-Length: {}", body.len())),
+        "{head}"
+    );
+    assert!(http_get(&addr, "/").0.starts_with("HTTP/1.1 404"));
+
+    let stats = server.shutdown_stats();
+    for (w, worker) in stats["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .enumerate()
+    {
+        let at_scrape = scraped
+            .get(
+                "quench_worker_connections_accepted_total",
+                "worker",
+                &w.to_string(),
+            )
+            .expect("every worker is scraped");
+        assert_eq!(
+            worker["connections_accepted"].as_u64(),
+            Some(at_scrape as u64),
+            "no connection came after the scrape"
+        );
+        let rx = scraped
+            .get("quench_worker_datagrams_rx_total", "worker", &w.to_string())
+            .expect("every worker is scraped");
+        assert!(
+            worker["datagrams_rx"].as_u64() >= Some(rx as u64),
+            "{worker}"
+        );
+    }
+}
+
 #[test]
 fn quench_server_shuts_down_gracefully_on_sigterm() {
     let _serial = serial();

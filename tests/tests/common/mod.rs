@@ -383,6 +383,84 @@ pub fn certificate_chosen_by_server_name(client: Peer) {
     }
 }
 
+/// One HTTP/1.1 GET of `path` from `addr`: the response's head and body.
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting for HTTP");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("sending GET");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    (head.to_string(), body.to_string())
+}
+
+/// Prometheus text parsed by Prometheus's own Python client (`prometheus_client.parser`,
+/// in the test venv), which fails on anything malformed: each family's type, and every
+/// sample as (name, labels, value).
+pub struct Scraped {
+    pub types: std::collections::HashMap<String, String>,
+    pub samples: Vec<(String, std::collections::HashMap<String, String>, f64)>,
+}
+
+impl Scraped {
+    pub fn parse(text: &str) -> Scraped {
+        const SCRIPT: &str = "\
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {'types': {}, 'samples': []}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out['types'][f.name] = f.type
+    out['samples'] += [[s.name, s.labels, s.value] for s in f.samples]
+print(json.dumps(out))
+";
+        let mut child = Command::new(aioquic_python())
+            .args(["-c", SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the venv python");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("writing the scrape");
+        let out = child.wait_with_output().expect("python runs");
+        assert!(
+            out.status.success(),
+            "prometheus_client refused the scrape: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("parser JSON");
+        Scraped {
+            types: serde_json::from_value(v["types"].clone()).expect("types"),
+            samples: serde_json::from_value(v["samples"].clone()).expect("samples"),
+        }
+    }
+
+    /// The samples named `name`, summed over their labels.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// The sample named `name` whose `label` is `value`.
+    pub fn get(&self, name: &str, label: &str, value: &str) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|(n, l, _)| n == name && l.get(label).map(String::as_str) == Some(value))
+            .map(|(_, _, v)| *v)
+    }
+}
+
 /// Runs `program`'s datagram echo client (`--alpn echo --datagrams 2000 --conns 2`)
 /// against `server` and checks its report (`assert_datagrams_echoed`).
 pub fn assert_all_datagrams_echoed(
@@ -935,6 +1013,11 @@ impl Server {
     /// The server's stderr so far (for failure messages).
     pub fn stderr(&self) -> String {
         tail(&self.stderr_log, 8000)
+    }
+
+    /// Everything the server has printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_log).unwrap_or_default()
     }
 }
 
