@@ -654,7 +654,12 @@ impl Running {
                         tracing::info!("following the host's addresses again");
                     }
                     if let Some(change) = change {
-                        tracing::info!(added = ?change.added, removed = ?change.removed, "served addresses changed");
+                        tracing::info!(
+                            added = ?change.added,
+                            removed = ?change.removed,
+                            reply_defaults = ?change.defaults,
+                            "served addresses changed"
+                        );
                     }
                 }
                 Err(e) => {

@@ -85,6 +85,9 @@ impl SharedServed {
 pub struct ServedChange {
     pub added: Vec<IpAddr>,
     pub removed: Vec<IpAddr>,
+    /// The new reply defaults (IPv4, IPv6), if either changed: the host's first address
+    /// of a family can change with no address coming or going (a reorder).
+    pub defaults: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
 }
 
 /// Keeps a server's served addresses equal to the host's.
@@ -152,6 +155,8 @@ impl AddrWatch {
         let change = ServedChange {
             added: difference(&set.addrs, &self.steered.addrs),
             removed: difference(&self.steered.addrs, &set.addrs),
+            defaults: ((set.v4, set.v6) != (self.steered.v4, self.steered.v6))
+                .then_some((set.v4, set.v6)),
         };
         // Workers first: a datagram the program steers to a new address finds its worker
         // already able to answer from it.
@@ -231,7 +236,7 @@ mod tests {
             change,
             Some(ServedChange {
                 added: vec!["10.0.0.7".parse().unwrap()],
-                removed: vec![],
+                ..ServedChange::default()
             })
         );
         assert_eq!(steered.len(), 2);
@@ -246,8 +251,20 @@ mod tests {
         assert_eq!(
             change,
             Some(ServedChange {
-                added: vec![],
                 removed: vec!["10.0.0.1".parse().unwrap()],
+                ..ServedChange::default()
+            })
+        );
+
+        // Only the reply default moved: applied, and said so.
+        let mut moved = set(&["10.0.0.7"]);
+        moved.v4 = Some("10.0.0.7".parse().unwrap());
+        let change = watch.apply(moved.clone(), |_| Ok(())).unwrap();
+        assert_eq!(
+            change,
+            Some(ServedChange {
+                defaults: Some((moved.v4, None)),
+                ..ServedChange::default()
             })
         );
     }
