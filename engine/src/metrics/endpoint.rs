@@ -1,14 +1,14 @@
 //! `quench serve --metrics ADDR`: plain HTTP answering `GET /metrics` with the stats in the
 //! Prometheus text format, for a scraper.
 //!
-//! The stats belong to the thread running the server, so the endpoint's thread hands each
-//! scrape over a channel and that thread answers it ([`MetricsEndpoint::serve_pending`]),
-//! at its next tick. Written here rather than with a server crate: one route, one
-//! connection at a time, every read bounded in size and time, no thread per connection
-//! for a hostile client to multiply; a crate would bring more surface than it saves.
+//! The stats belong to the thread running the server, so the endpoint hands each scrape
+//! over a channel and that thread answers it ([`MetricsEndpoint::serve_pending`]), at its
+//! next tick. Written here rather than with a server crate: one route, a few connections
+//! at a time, each held at most twice [`CLIENT_DEADLINE`] from accept to close whatever
+//! the client does; a crate would bring more surface than it saves.
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,9 +17,13 @@ use super::prometheus::CONTENT_TYPE;
 
 /// The most a request head may take; a scraper's is a few hundred bytes.
 const MAX_REQUEST: usize = 8 * 1024;
-/// How long a client has to send its request, and the server's thread to render the
-/// stats: a client that dawdles holds up the next scrape no longer than this.
+/// How long reading the request and waiting for the server's thread may take, and then
+/// again writing the response and draining what the client still sends: a connection
+/// lasts at most twice this, whatever the client does.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections handled at once; more are closed at accept. A client that can reach the
+/// endpoint can hold these slots (bind it where only the scraper can).
+const MAX_CONNECTIONS: usize = 4;
 /// Scrapes handed over and not yet answered; beyond them the server's thread is not
 /// keeping up, and a scrape gets 503 at once.
 const PENDING: usize = 4;
@@ -78,11 +82,27 @@ impl Drop for MetricsEndpoint {
 }
 
 fn accept_loop(listener: TcpListener, scrapes: SyncSender<Scrape>, stop: Arc<AtomicBool>) {
+    let busy = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                if let Err(e) = answer(stream, &scrapes) {
-                    tracing::debug!(%peer, %e, "metrics request failed");
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    tracing::debug!(%peer, "metrics endpoint busy; connection closed");
+                    continue;
+                }
+                let (scrapes, done) = (scrapes.clone(), Arc::clone(&busy));
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = answer(stream, &scrapes) {
+                            tracing::debug!(%peer, %e, "metrics request failed");
+                        }
+                        done.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if let Err(e) = spawned {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!(%e, "metrics endpoint: no thread for a connection");
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
@@ -108,18 +128,16 @@ fn answer(mut stream: TcpStream, scrapes: &SyncSender<Scrape>) -> io::Result<()>
     stream.set_nonblocking(false)?;
     let deadline = Instant::now() + CLIENT_DEADLINE;
     let head = read_head(&mut stream, deadline)?;
-    let (status, body, head_only) = match parse(&head) {
-        Request::Metrics { head_only } => match scrape(scrapes) {
-            Some(text) => ("200 OK", text, head_only),
-            None => (
-                "503 Service Unavailable",
-                "stats unavailable\n".into(),
-                false,
-            ),
+    let request = parse(&head);
+    let head_only = matches!(request, Request::Metrics { head_only: true });
+    let (status, body) = match request {
+        Request::Metrics { .. } => match scrape(scrapes, deadline) {
+            Some(text) => ("200 OK", text),
+            None => ("503 Service Unavailable", "stats unavailable\n".into()),
         },
-        Request::NotFound => ("404 Not Found", "try /metrics\n".into(), false),
-        Request::MethodNotAllowed => ("405 Method Not Allowed", String::new(), false),
-        Request::Bad => ("400 Bad Request", String::new(), false),
+        Request::NotFound => ("404 Not Found", "try /metrics\n".into()),
+        Request::MethodNotAllowed => ("405 Method Not Allowed", String::new()),
+        Request::Bad => ("400 Bad Request", String::new()),
     };
     let content_type = if status.starts_with("200") {
         CONTENT_TYPE
@@ -134,29 +152,51 @@ fn answer(mut stream: TcpStream, scrapes: &SyncSender<Scrape>) -> io::Result<()>
         response.push_str("Allow: GET, HEAD\r\n");
     }
     response.push_str("\r\n");
+    // RFC 9110 §9.3.2: no content in a response to HEAD, whatever the status.
     if !head_only {
         response.push_str(&body);
     }
-    stream.set_write_timeout(Some(CLIENT_DEADLINE))?;
-    stream.write_all(response.as_bytes())?;
-    linger_close(stream)
+    // A budget of its own: a request that used all of its own still gets its answer.
+    let deadline = Instant::now() + CLIENT_DEADLINE;
+    write_by(&mut stream, response.as_bytes(), deadline)?;
+    linger_close(stream, deadline)
 }
 
-/// Ends the response, then reads what the client may still be sending (briefly, and a
-/// bounded amount) before closing: closing with unread input makes the kernel reset the
-/// connection, which can destroy the response before the client reads it.
-fn linger_close(mut stream: TcpStream) -> io::Result<()> {
-    stream.shutdown(std::net::Shutdown::Write)?;
-    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let mut chunk = [0u8; 4096];
-    let mut drained = 0;
-    while drained < 16 * MAX_REQUEST {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
+/// `write_all`, given up at `deadline`: a client reading slowly cannot stretch it.
+fn write_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Ends the response, then reads what the client may still be sending, until `deadline`
+/// at the latest, before closing: closing with unread input makes the kernel reset the
+/// connection, which can destroy the response before the client reads it.
+fn linger_close(mut stream: TcpStream, deadline: Instant) -> io::Result<()> {
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        stream.set_read_timeout(Some(left.min(Duration::from_millis(200))))?;
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Reads up to the blank line ending the head, within `deadline` and [`MAX_REQUEST`]
@@ -217,11 +257,12 @@ fn parse(head: &[u8]) -> Request {
     }
 }
 
-/// The stats from the server's thread, or `None` if it does not answer in time.
-fn scrape(scrapes: &SyncSender<Scrape>) -> Option<String> {
+/// The stats from the server's thread, or `None` if it does not answer by `deadline`.
+fn scrape(scrapes: &SyncSender<Scrape>, deadline: Instant) -> Option<String> {
     let (tx, rx) = mpsc::sync_channel(1);
     scrapes.try_send(tx).ok()?;
-    rx.recv_timeout(CLIENT_DEADLINE).ok()
+    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .ok()
 }
 
 #[cfg(test)]
@@ -306,6 +347,22 @@ mod tests {
         let mut rest = String::new();
         silent.read_to_string(&mut rest).unwrap();
         assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
+        drop(silent);
+        std::thread::sleep(Duration::from_millis(300));
+        // Clients holding every slot: one more is closed unanswered, and once they time
+        // out scrapes are answered again.
+        let holders: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut extra = TcpStream::connect(addr).unwrap();
+        let mut got = Vec::new();
+        let _ = extra.read_to_end(&mut got);
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        std::thread::sleep(CLIENT_DEADLINE);
+        let ok = request(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(ok.ends_with("quench_scrapes_total 4\n"), "{ok}");
+        drop(holders);
         stop.store(true, Ordering::Relaxed);
         owner.join().unwrap();
     }
@@ -315,6 +372,9 @@ mod tests {
         let endpoint = MetricsEndpoint::start("127.0.0.1:0".parse().unwrap()).unwrap();
         let out = request(endpoint.local_addr(), b"GET /metrics HTTP/1.1\r\n\r\n");
         assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        let head = request(endpoint.local_addr(), b"HEAD /metrics HTTP/1.1\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "no body for HEAD: {head}");
         drop(endpoint);
     }
 }

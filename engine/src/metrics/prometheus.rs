@@ -1,18 +1,20 @@
 //! The stats line (`{"quench_stats": ...}`, see docs/operations.md "Stats") in the
 //! Prometheus text exposition format (version 0.0.4), so a scraper reads the same counters.
 //!
-//! The mapping is structural, so a counter added to the stats line is exported with no
-//! change here:
-//! - a string at the top level or in `xdp` (`datapath`, `attached`) is a label of
-//!   `quench_info 1`;
-//! - `workers[i].f` is `quench_worker_f{worker="i"}`;
-//! - `xdp.program.f` is `quench_xdp_program_f`;
-//! - `xdp.worker_hits[w]` is `quench_xdp_worker_hits{worker="w"}`;
-//! - `xdp.sockets[i]`: `worker`, `queue` and `bind` are labels, every other field `f` is
-//!   `quench_xdp_socket_f{...}`;
-//! - `xdp.served_addresses` is a gauge of how many there are, plus
-//!   `quench_xdp_served_address{address="..."} 1` for each;
-//! - any other number `a.b` is `quench_a_b`.
+//! The mapping follows the JSON's structure, so a field added to the stats line is exported
+//! with no change here, and no shape of JSON can produce invalid output (duplicate label
+//! names, a family split in two, a series twice):
+//! - a string outside arrays is a label of `quench_info 1`, named by its path
+//!   (`datapath`, `xdp_attached`);
+//! - a number `a.b` is `quench_a_b`; `true`/`false` are gauges of 1/0; `null` is skipped;
+//! - the elements of an array of objects (`workers`, `xdp.sockets`) are one series each,
+//!   named by the singular (`quench_worker_f`, `quench_xdp_socket_f`) and labelled by
+//!   their `worker`, `queue` and `bind` fields, or by their position (`worker="i"` for
+//!   `workers`, `index="i"` otherwise);
+//! - an array of numbers (`xdp.worker_hits`) is one series per element, labelled by
+//!   position (`worker` for `worker_hits`, `index` otherwise);
+//! - an array of strings (`xdp.served_addresses`) is a gauge of its length, plus
+//!   `quench_xdp_served_address{address="…"} 1` per element (`value` for other lists).
 //!
 //! Counters get the `_total` suffix; the few values that go down are gauges ([`GAUGES`]).
 use std::fmt::Write;
@@ -28,7 +30,6 @@ const GAUGES: &[&str] = &[
     "frames_fill",
     "frames_rx",
     "frames_tx",
-    "served_addresses",
 ];
 
 /// Fields of an array element that name it rather than count anything.
@@ -39,24 +40,23 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders a stats object (the value of `quench_stats`).
 pub fn render(stats: &Value) -> String {
-    let mut families = Families::default();
-    let mut info = Vec::new();
+    let mut out = Output::default();
     if let Value::Object(top) = stats {
-        walk(top, "quench", &[], &mut families, &mut info);
+        out.object(top, "quench", "", &[]);
     }
-    let mut out = String::new();
-    if !info.is_empty() {
-        out.push_str("# TYPE quench_info gauge\n");
-        let _ = writeln!(out, "quench_info{} 1", labels(&info));
+    let mut text = String::new();
+    if !out.info.is_empty() {
+        text.push_str("# TYPE quench_info gauge\n");
+        let _ = writeln!(text, "quench_info{} 1", labels(&out.info));
     }
-    for f in &families.list {
+    for f in &out.families {
         let kind = if f.gauge { "gauge" } else { "counter" };
-        let _ = writeln!(out, "# TYPE {} {kind}", f.name);
+        let _ = writeln!(text, "# TYPE {} {kind}", f.name);
         for (l, v) in &f.samples {
-            let _ = writeln!(out, "{}{} {v}", f.name, labels(l));
+            let _ = writeln!(text, "{}{} {v}", f.name, labels(l));
         }
     }
-    out
+    text
 }
 
 type Labels = Vec<(String, String)>;
@@ -67,116 +67,155 @@ struct Family {
     samples: Vec<(Labels, String)>,
 }
 
-/// Families in the order first seen; every sample of one family goes under its one TYPE
-/// line, as the format requires.
+/// Families in the order first seen, each with all its samples (the format wants every
+/// sample of a family under its one TYPE line), and the info labels.
 #[derive(Default)]
-struct Families {
-    list: Vec<Family>,
+struct Output {
+    families: Vec<Family>,
+    info: Labels,
 }
 
-impl Families {
-    fn add(&mut self, base: &str, field: &str, labels: &[(String, String)], value: String) {
-        let gauge = GAUGES.contains(&field);
+impl Output {
+    fn sample(&mut self, name: &str, gauge: bool, labels: &[(String, String)], value: String) {
         let name = if gauge {
-            base.to_string()
+            name.to_string()
         } else {
-            format!("{base}_total")
+            format!("{name}_total")
         };
-        let i = match self.list.iter().position(|f| f.name == name) {
+        let i = match self.families.iter().position(|f| f.name == name) {
             Some(i) => i,
             None => {
-                self.list.push(Family {
+                self.families.push(Family {
                     name,
                     gauge,
                     samples: Vec::new(),
                 });
-                self.list.len() - 1
+                self.families.len() - 1
             }
         };
-        self.list[i].samples.push((labels.to_vec(), value));
-    }
-}
-
-fn walk(
-    obj: &Map<String, Value>,
-    prefix: &str,
-    labels: &[(String, String)],
-    families: &mut Families,
-    info: &mut Labels,
-) {
-    for (key, value) in obj {
-        let name = format!("{prefix}_{}", metric_name(key));
-        match value {
-            Value::Number(n) => families.add(&name, key, labels, n.to_string()),
-            Value::String(s) if labels.is_empty() => info.push((metric_name(key), s.clone())),
-            Value::Object(inner) => walk(inner, &name, labels, families, info),
-            Value::Array(items) => walk_array(key, &name, items, labels, families, info),
-            _ => {}
+        let family = &mut self.families[i];
+        // A name reached by two paths (`a_b.c` and `a.b_c`) keeps its first series.
+        if !family.samples.iter().any(|(l, _)| l == labels) {
+            family.samples.push((labels.to_vec(), value));
         }
     }
-}
 
-fn walk_array(
-    key: &str,
-    name: &str,
-    items: &[Value],
-    labels: &[(String, String)],
-    families: &mut Families,
-    info: &mut Labels,
-) {
-    // `workers` → `worker`, `sockets` → `socket`: one element per sample.
-    let element = singular(name);
-    for (i, item) in items.iter().enumerate() {
-        match item {
-            Value::Object(fields) => {
-                let mut l = labels.to_vec();
-                if !fields.contains_key("worker") && key == "workers" {
-                    l.push(("worker".into(), i.to_string()));
+    /// `obj`'s fields under metric name `prefix`; `path` names info labels.
+    fn object(
+        &mut self,
+        obj: &Map<String, Value>,
+        prefix: &str,
+        path: &str,
+        labels: &[(String, String)],
+    ) {
+        for (key, value) in obj {
+            let key = metric_name(key);
+            let name = format!("{prefix}_{key}");
+            let path = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}_{key}")
+            };
+            match value {
+                Value::Number(n) => {
+                    self.sample(&name, GAUGES.contains(&key.as_str()), labels, n.to_string())
                 }
-                let mut rest = Map::new();
-                for (k, v) in fields {
-                    if LABELS.contains(&k.as_str()) {
-                        l.push((metric_name(k), scalar(v)));
-                    } else {
-                        rest.insert(k.clone(), v.clone());
+                Value::Bool(b) => self.sample(&name, true, labels, u8::from(*b).to_string()),
+                // Keys that differ only in characters names cannot hold keep the first.
+                Value::String(s)
+                    if labels.is_empty() && !self.info.iter().any(|(k, _)| *k == path) =>
+                {
+                    self.info.push((path, s.clone()));
+                }
+                Value::Object(inner) => self.object(inner, &name, &path, labels),
+                Value::Array(items) => self.array(&key, &name, &path, items, labels),
+                _ => {}
+            }
+        }
+    }
+
+    fn array(
+        &mut self,
+        key: &str,
+        name: &str,
+        path: &str,
+        items: &[Value],
+        labels: &[(String, String)],
+    ) {
+        let element = singular(name);
+        let position = if key == "workers" || key == "worker_hits" {
+            "worker"
+        } else {
+            "index"
+        };
+        let with = |labels: &[(String, String)], k: &str, v: String| -> Labels {
+            let mut l = labels.to_vec();
+            if !l.iter().any(|(have, _)| have == k) {
+                l.push((k.to_string(), v));
+            }
+            l
+        };
+        match items.first() {
+            Some(Value::Object(_)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let Value::Object(fields) = item else {
+                        continue;
+                    };
+                    let mut l = labels.to_vec();
+                    let mut rest = Map::new();
+                    for (k, v) in fields {
+                        match v {
+                            Value::String(_) | Value::Number(_) if LABELS.contains(&k.as_str()) => {
+                                l = with(&l, k, scalar(v));
+                            }
+                            _ => {
+                                rest.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                    if !LABELS.iter().any(|k| fields.contains_key(*k)) {
+                        l = with(&l, position, i.to_string());
+                    }
+                    self.object(&rest, element, path, &l);
+                }
+            }
+            Some(Value::String(_)) => {
+                let label = if key.ends_with("addresses") {
+                    "address"
+                } else {
+                    "value"
+                };
+                // The count and the elements are two families.
+                let each = format!("{name}_item");
+                let element = if element == name { &each } else { element };
+                for item in items {
+                    if let Value::String(s) = item {
+                        self.sample(element, true, &with(labels, label, s.clone()), "1".into());
                     }
                 }
-                walk(&rest, element, &l, families, info);
+                self.sample(name, true, labels, items.len().to_string());
             }
-            Value::Number(n) => {
-                // An array of counts is indexed by worker (`worker_hits`).
-                let mut l = labels.to_vec();
-                l.push(("worker".into(), i.to_string()));
-                families.add(name, key, &l, n.to_string());
+            Some(_) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::Number(n) => self.sample(
+                            name,
+                            GAUGES.contains(&key),
+                            &with(labels, position, i.to_string()),
+                            n.to_string(),
+                        ),
+                        Value::Bool(b) => self.sample(
+                            name,
+                            true,
+                            &with(labels, position, i.to_string()),
+                            u8::from(*b).to_string(),
+                        ),
+                        _ => {}
+                    }
+                }
             }
-            Value::String(s) => {
-                let mut l = labels.to_vec();
-                l.push(("address".into(), s.clone()));
-                families.add_gauge(element, &l);
-            }
-            _ => {}
+            None => {}
         }
-    }
-    if items.iter().all(Value::is_string) {
-        families.add(name, key, labels, items.len().to_string());
-    }
-}
-
-impl Families {
-    /// A `1` sample of an info-style gauge (one per listed value).
-    fn add_gauge(&mut self, name: &str, labels: &[(String, String)]) {
-        let i = match self.list.iter().position(|f| f.name == name) {
-            Some(i) => i,
-            None => {
-                self.list.push(Family {
-                    name: name.to_string(),
-                    gauge: true,
-                    samples: Vec::new(),
-                });
-                self.list.len() - 1
-            }
-        };
-        self.list[i].samples.push((labels.to_vec(), "1".into()));
     }
 }
 
@@ -278,7 +317,7 @@ quench_worker_datagrams_rx_total{worker=\"1\"} 7
         });
         let text = render(&stats);
         for line in [
-            "quench_info{datapath=\"xdp\",attached=\"native\"} 1",
+            "quench_info{datapath=\"xdp\",xdp_attached=\"native\"} 1",
             "# TYPE quench_xdp_program_redirect_total counter",
             "quench_xdp_program_redirect_total 42",
             "quench_xdp_program_pass_not_local_total 3",
@@ -296,18 +335,7 @@ quench_worker_datagrams_rx_total{worker=\"1\"} 7
                 "{line} missing from\n{text}"
             );
         }
-        // One TYPE line per family, all of its samples right after it.
-        let mut seen = std::collections::HashSet::new();
-        let mut current = String::new();
-        for l in text.lines() {
-            if let Some(rest) = l.strip_prefix("# TYPE ") {
-                current = rest.split(' ').next().unwrap().to_string();
-                assert!(seen.insert(current.clone()), "{current} typed twice");
-            } else {
-                let name = l.split(['{', ' ']).next().unwrap();
-                assert_eq!(name, current, "{l} outside its family");
-            }
-        }
+        validate(&text).unwrap();
     }
 
     #[test]
@@ -317,5 +345,104 @@ quench_worker_datagrams_rx_total{worker=\"1\"} 7
             text.contains(r#"quench_info{datapath="a\"b\\c\nd"} 1"#),
             "{text}"
         );
+    }
+
+    /// The format's rules that lenient parsers (Prometheus's Python client among them) do
+    /// not check: one TYPE line per family, before all of its samples, which follow each
+    /// other; each series once; each label name once per series; valid names.
+    fn validate(text: &str) -> Result<(), String> {
+        let valid = |n: &str| {
+            !n.is_empty()
+                && !n.starts_with(|c: char| c.is_ascii_digit())
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let mut typed = std::collections::HashSet::new();
+        let mut series = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').ok_or(line)?;
+                if !typed.insert(name.to_string()) {
+                    return Err(format!("{name} typed twice"));
+                }
+                if !["counter", "gauge"].contains(&kind) || !valid(name) {
+                    return Err(line.into());
+                }
+                current = name.to_string();
+                continue;
+            }
+            let (id, value) = line.rsplit_once(' ').ok_or(line)?;
+            value.parse::<f64>().map_err(|_| line.to_string())?;
+            let name = id.split('{').next().unwrap_or_default();
+            if name != current {
+                return Err(format!("{line}: outside its family {current}"));
+            }
+            if let Some(l) = id.strip_prefix(name) {
+                let inner = l.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
+                let mut names = std::collections::HashSet::new();
+                for pair in inner
+                    .unwrap_or_default()
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                {
+                    let (k, _) = pair.split_once("=\"").ok_or(line)?;
+                    if !valid(k) || !names.insert(k) {
+                        return Err(format!("{line}: label {k}"));
+                    }
+                }
+            }
+            if !series.insert(id.to_string()) {
+                return Err(format!("{id} twice"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn any_shape_of_json_renders_valid_text() {
+        let stats = json!({
+            "datapath": "x",
+            "workers": [
+                {"n": 1, "hits": [1, 2], "names": ["a"], "on": true, "gone": null, "worker": 7},
+                {"n": 2, "hits": [], "names": [], "on": false, "deep": {"m": 3, "bind": "b"}},
+            ],
+            "xdp": {
+                "datapath": "y",
+                "attached": "native",
+                "worker_hits": [],
+                "sockets": [{"queue": 1, "worker": 0, "bind": "copy", "x": 1, "inner": [{"worker": 3, "y": 2}]}],
+                "served_addresses": [],
+                "weird key-name": 5,
+                "list": ["1", "2"],
+                "mixed": [1, "a", {"b": 2}],
+            },
+            "a_b": {"c": 1},
+            "a": {"b_c": 2},
+        });
+        let text = render(&stats);
+        validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        for bad in [
+            "# TYPE a counter\na 1\n# TYPE a counter\n",
+            "# TYPE a gauge\na{x=\"1\",x=\"2\"} 1\n",
+            "# TYPE a gauge\na 1\n# TYPE b gauge\na 2\n",
+            "# TYPE a gauge\na 1\na 2\n",
+        ] {
+            assert!(validate(bad).is_err(), "the check itself: {bad}");
+        }
+        for line in [
+            "quench_info{datapath=\"x\",xdp_attached=\"native\",xdp_datapath=\"y\"} 1",
+            "quench_worker_n_total{worker=\"7\"} 1",
+            "quench_worker_n_total{worker=\"1\"} 2",
+            "quench_worker_hits_total{worker=\"7\",index=\"1\"} 2",
+            "quench_worker_on{worker=\"1\"} 0",
+            "quench_xdp_weird_key_name_total 5",
+            "quench_xdp_list 2",
+            "quench_xdp_list_item{value=\"2\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }

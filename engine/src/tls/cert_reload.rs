@@ -112,12 +112,9 @@ fn stamps(files: &CertFiles) -> (Option<FileStamp>, Option<FileStamp>) {
     (FileStamp::of(&files.cert), FileStamp::of(&files.key))
 }
 
-/// The pair loaded and checked: the key must be the leaf certificate's, and the leaf must
-/// parse as X.509 (its names are read from it).
+/// The pair loaded and checked: the key must be the leaf certificate's.
 fn certified(files: &CertFiles, provider: &CryptoProvider) -> Result<Loaded, TlsError> {
     let pem = load_pem(&files.cert, &files.key)?;
-    let names = leaf_names(&pem.chain[0])
-        .map_err(|e| TlsError::Pem(format!("{}: leaf certificate: {e}", files.cert.display())))?;
     let key = sign::CertifiedKey::from_der(pem.chain, pem.key, provider).map_err(|e| {
         TlsError::Pem(format!(
             "{} and {}: {e}",
@@ -125,6 +122,8 @@ fn certified(files: &CertFiles, provider: &CryptoProvider) -> Result<Loaded, Tls
             files.key.display()
         ))
     })?;
+    // `from_der` has parsed the leaf with this same parser (webpki), so this cannot fail.
+    let names = leaf_names(&key.cert[0]).unwrap_or_default();
     Ok(Loaded {
         key: Arc::new(key),
         names,

@@ -28,11 +28,30 @@ use super::watched_file;
 
 /// The certificates of a server, each from its own files and kept current.
 pub struct CertStore {
-    /// In the order given; the first is the default.
+    /// In the order given; the first is the default. Reloaded only through the store, so
+    /// the snapshot follows every change.
     pairs: Vec<ReloadingCert>,
-    index: ArcSwap<NameIndex>,
+    /// What handshakes choose from: every pair's key and the name index, swapped as one,
+    /// so a handshake never pairs a new index with an old key or the other way round.
+    current: ArcSwap<Snapshot>,
     /// One reload pass at a time (the watcher, or a caller of `reload_if_changed`).
     reloading: Mutex<()>,
+}
+
+/// The pairs as of one reload pass.
+struct Snapshot {
+    keys: Vec<Arc<sign::CertifiedKey>>,
+    names: Vec<Vec<String>>,
+    index: NameIndex,
+}
+
+impl Snapshot {
+    fn of(pairs: &[ReloadingCert]) -> Snapshot {
+        let keys = pairs.iter().map(ReloadingCert::certified_key).collect();
+        let names: Vec<Vec<String>> = pairs.iter().map(ReloadingCert::names).collect();
+        let index = NameIndex::build(pairs, &names);
+        Snapshot { keys, names, index }
+    }
 }
 
 impl std::fmt::Debug for CertStore {
@@ -60,28 +79,26 @@ impl CertStore {
         for p in &pairs {
             tracing::info!(cert = %p.files().cert.display(), names = ?p.names(), "certificate");
         }
-        let index = NameIndex::build(&pairs);
+        let snapshot = Snapshot::of(&pairs);
         Ok(Arc::new(Self {
             pairs,
-            index: ArcSwap::from_pointee(index),
+            current: ArcSwap::from_pointee(snapshot),
             reloading: Mutex::new(()),
         }))
     }
 
-    /// The pairs in the order given; the first is the default.
-    pub fn pairs(&self) -> &[ReloadingCert] {
-        &self.pairs
+    /// Each pair's DNS names, in the order given.
+    pub fn names(&self) -> Vec<Vec<String>> {
+        self.current.load().names.clone()
     }
 
     /// Which pair serves a client asking for `server_name` (its SNI, if it sent one).
     pub fn select(&self, server_name: Option<&str>) -> usize {
-        server_name
-            .and_then(|n| self.index.load().select(n))
-            .unwrap_or(0)
+        self.current.load().select(server_name)
     }
 
-    /// Re-reads every pair whose files changed (or whose last read failed), then the name
-    /// index if any was taken. Returns whether one was.
+    /// Re-reads every pair whose files changed (or whose last read failed), then swaps in
+    /// a new snapshot if any was taken. Returns whether one was.
     pub fn reload_if_changed(&self) -> bool {
         let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let mut taken = false;
@@ -89,7 +106,7 @@ impl CertStore {
             taken |= p.reload_if_changed();
         }
         if taken {
-            self.index.store(Arc::new(NameIndex::build(&self.pairs)));
+            self.current.store(Arc::new(Snapshot::of(&self.pairs)));
         }
         taken
     }
@@ -104,9 +121,18 @@ impl CertStore {
     }
 }
 
+impl Snapshot {
+    fn select(&self, server_name: Option<&str>) -> usize {
+        server_name.and_then(|n| self.index.select(n)).unwrap_or(0)
+    }
+}
+
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<sign::CertifiedKey>> {
-        Some(self.pairs[self.select(hello.server_name())].certified_key())
+        let snapshot = self.current.load();
+        Some(Arc::clone(
+            &snapshot.keys[snapshot.select(hello.server_name())],
+        ))
     }
 }
 
@@ -122,14 +148,14 @@ impl NameIndex {
     /// Indexes the pairs' current names, the first pair listing a name keeping it. Warns
     /// of each name shadowed that way and of each pair past the first that no name leads
     /// to (it is never presented).
-    fn build(pairs: &[ReloadingCert]) -> Self {
+    fn build(pairs: &[ReloadingCert], names: &[Vec<String>]) -> Self {
         let mut index = NameIndex::default();
-        for (i, p) in pairs.iter().enumerate() {
+        for (i, (p, names)) in pairs.iter().zip(names).enumerate() {
             let mut reachable = i == 0;
-            for name in p.names() {
+            for name in names {
                 let (map, key) = match name.strip_prefix("*.") {
                     Some(parent) => (&mut index.wildcard, parent.to_string()),
-                    None => (&mut index.exact, name.clone()),
+                    None => (&mut index.exact, name.to_string()),
                 };
                 let owner = *map.entry(key).or_insert(i);
                 if owner == i {
@@ -222,7 +248,7 @@ mod tests {
         );
         let store = CertStore::open(vec![a, b], provider()).unwrap();
         assert_eq!(
-            store.pairs()[1].names(),
+            store.names()[1],
             ["*.b.example", "shared.example", "upper.example"],
             "DNS names only, lower-case"
         );
@@ -267,6 +293,28 @@ mod tests {
         std::fs::write(&b.cert, "not PEM").unwrap();
         assert!(!store.reload_if_changed());
         assert_eq!(store.select(Some("c.example")), 1);
+    }
+
+    #[test]
+    fn a_leaf_the_tls_library_cannot_read_stops_the_start() {
+        // An unknown critical extension: refused (by rustls, which reads the leaf with
+        // webpki as `leaf_names` does), with the file named.
+        let mut params = rcgen::CertificateParams::new(vec!["odd.example".into()]).unwrap();
+        let mut ext =
+            rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, 1], vec![5, 0]);
+        ext.set_criticality(true);
+        params.custom_extensions.push(ext);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let odd = CertFiles {
+            cert: dir.path().join("odd.pem"),
+            key: dir.path().join("odd.key.pem"),
+        };
+        std::fs::write(&odd.cert, cert.pem()).unwrap();
+        std::fs::write(&odd.key, key.serialize_pem()).unwrap();
+        let e = CertStore::open(vec![odd], provider()).unwrap_err();
+        assert!(e.to_string().contains("odd.pem"), "{e}");
     }
 
     #[test]

@@ -399,8 +399,9 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
 }
 
 /// Prometheus text parsed by Prometheus's own Python client (`prometheus_client.parser`,
-/// in the test venv), which fails on anything malformed: each family's type, and every
-/// sample as (name, labels, value).
+/// in the test venv), which fails on lines it cannot read: each family's type, and every
+/// sample as (name, labels, value). That parser lets a repeated TYPE line or series pass,
+/// so `parse` checks those itself.
 pub struct Scraped {
     pub types: std::collections::HashMap<String, String>,
     pub samples: Vec<(String, std::collections::HashMap<String, String>, f64)>,
@@ -408,6 +409,17 @@ pub struct Scraped {
 
 impl Scraped {
     pub fn parse(text: &str) -> Scraped {
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            let id = match line.strip_prefix("# TYPE ") {
+                Some(typed) => typed.split(' ').next().unwrap_or_default(),
+                None => line.rsplit_once(' ').map_or(line, |(id, _)| id),
+            };
+            assert!(
+                seen.insert((line.starts_with('#'), id)),
+                "{id} twice in\n{text}"
+            );
+        }
         const SCRIPT: &str = "\
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families
