@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use quench::client::{run_client, ClientOptions, ClientWorkload};
 use quench::conn::TransportConfig;
+use quench::endpoint::QuicLbConfig;
 use quench::metrics::MetricsEndpoint;
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
 #[cfg(feature = "xdp")]
@@ -157,6 +158,19 @@ enum Command {
         /// max_datagram_frame_size; 0 accepts none. `echo` sends datagrams back.
         #[arg(long, default_value_t = 65535)]
         max_datagram_frame_size: u64,
+        /// QUIC-LB server id (hex, 1 to 15 bytes; draft-ietf-quic-load-balancers): every CID
+        /// this server issues carries it, unencrypted, after the first octet, so a load
+        /// balancer in front can route a connection here by CID, through client address
+        /// changes. Give each server behind one load balancer its own.
+        #[arg(long, value_name = "HEX", default_value = "0001", value_parser = parse_server_id)]
+        quic_lb_server_id: ServerId,
+        /// QUIC-LB nonce length in bytes (the worker byte and at least 4 random): CIDs are
+        /// 1 + server id + nonce bytes long, at most 20.
+        #[arg(long, value_name = "BYTES", default_value_t = 9)]
+        quic_lb_nonce_len: usize,
+        /// QUIC-LB config rotation codepoint (0..=6), the top 3 bits of every CID.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        quic_lb_config_rotation: u8,
         /// Serve the stats in the Prometheus text format at http://ADDR/metrics (e.g.
         /// 127.0.0.1:9464). Unauthenticated: bind it where only the scraper reaches.
         #[arg(long, value_name = "ADDR:PORT")]
@@ -352,6 +366,9 @@ fn run(cli: Cli) -> Result<()> {
             no_kernel_steering,
             max_datagram_frame_size,
             metrics,
+            quic_lb_server_id,
+            quic_lb_nonce_len,
+            quic_lb_config_rotation,
         } => {
             let write = |certified: &CertifiedKey| -> Result<()> {
                 if let Some(path) = &write_cert {
@@ -430,6 +447,11 @@ fn run(cli: Cli) -> Result<()> {
                 max_connections,
                 pin: !no_pin,
                 kernel_steering: !no_kernel_steering,
+                quic_lb: QuicLbConfig {
+                    config_rotation: quic_lb_config_rotation,
+                    server_id: quic_lb_server_id.0,
+                    nonce_len: quic_lb_nonce_len,
+                },
             };
             let xdp = XdpArgs {
                 iface,
@@ -821,6 +843,20 @@ fn serve(
     Ok(())
 }
 
+/// A QUIC-LB server id (a type of its own: clap reads a bare `Vec` as repeated values).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ServerId(Vec<u8>);
+
+/// `--quic-lb-server-id`: hex, 1 to 15 bytes (the draft's limits; the nonce is checked
+/// with the rest of the configuration).
+fn parse_server_id(s: &str) -> Result<ServerId, String> {
+    let id = hex::decode(s.strip_prefix("0x").unwrap_or(s)).map_err(|e| format!("{s}: {e}"))?;
+    if !(1..=15).contains(&id.len()) {
+        return Err(format!("{s}: {} bytes; 1 to 15", id.len()));
+    }
+    Ok(ServerId(id))
+}
+
 /// `--cert` and `--key` paired in the order given.
 fn cert_files(cert: Vec<PathBuf>, key: Vec<PathBuf>) -> Result<Vec<CertFiles>> {
     if cert.len() != key.len() {
@@ -866,6 +902,18 @@ mod tests {
         let e = serve(&["--cert", "a.pem", "--key", "a.key", "--cert", "b.pem"]).unwrap_err();
         assert!(e.to_string().contains("2 certificates, 1 keys"), "{e}");
         assert!(serve(&["--cert", "a.pem"]).is_err(), "no key at all");
+    }
+
+    #[test]
+    fn server_ids_are_hex_bytes() {
+        assert_eq!(
+            parse_server_id("c4605e"),
+            Ok(ServerId(vec![0xc4, 0x60, 0x5e]))
+        );
+        assert_eq!(parse_server_id("0x0A"), Ok(ServerId(vec![0x0a])));
+        for bad in ["", "abc", "zz", "0x", &"00".repeat(16)] {
+            assert!(parse_server_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::app::{AppFactory, BuiltinApps};
 use crate::conn::TransportConfig;
-use crate::endpoint::{Endpoint, EndpointConfig};
+use crate::endpoint::{Endpoint, EndpointConfig, QuicLbConfig};
 use crate::io::udp::{cid_steering_program, UdpDatapath, UdpOptions};
 use crate::io::Datapath;
 use crate::tls::session::ServerCert;
@@ -70,6 +70,9 @@ pub struct ServerOptions {
     /// that change address reach their connection without a hand-off between workers.
     /// Off (or where the kernel refuses the program), workers hand such datagrams over.
     pub kernel_steering: bool,
+    /// The CIDs' QUIC-LB layout: config rotation, this server's id, nonce length, for a
+    /// load balancer in front that routes by CID.
+    pub quic_lb: QuicLbConfig,
 }
 
 /// A running server: its bound address, counters, and the threads to join.
@@ -326,6 +329,10 @@ impl WorkerBase {
         endpoint.versions = opts.versions.clone();
         endpoint.preferred_versions = opts.preferred_versions.clone();
         endpoint.max_connections = opts.max_connections.max(1);
+        opts.quic_lb
+            .check()
+            .map_err(|e| ServerError::Config(format!("QUIC-LB: {e}")))?;
+        endpoint.set_quic_lb(&opts.quic_lb);
         let base = WorkerBase {
             endpoint,
             factory,

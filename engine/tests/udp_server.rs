@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use quench::client::{run_client, ClientOptions, ClientWorkload};
 use quench::conn::TransportConfig;
-use quench::endpoint::{Endpoint, EndpointConfig};
+use quench::endpoint::{Endpoint, EndpointConfig, QuicLbConfig};
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::tls::certs::{generate_self_signed, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
@@ -65,6 +65,7 @@ fn options(kernel_steering: bool) -> ServerOptions {
         max_connections: 64,
         pin: false,
         kernel_steering,
+        quic_lb: QuicLbConfig::default(),
     }
 }
 

@@ -249,6 +249,72 @@ fn quench_metrics_are_scraped_after_quinn_connections() {
     }
 }
 
+/// QUIC-LB (draft-ietf-quic-load-balancers, plaintext CIDs): `quench serve` given a server
+/// id, nonce length and config rotation issues CIDs a load balancer in front decodes to
+/// this server. A relay on the path reads every DCID quinn sends on the server's CIDs
+/// (Handshake and 1-RTT packets) the way such a load balancer does, from the draft alone:
+/// the first octet's top 3 bits are the config rotation, its low 5 the CID length less one,
+/// then the server id. Transfers over 4 connections and 2 workers complete.
+#[test]
+fn quinn_client_uses_cids_a_quic_lb_load_balancer_routes_to_quench() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let certs = Certs::generate(dir.path());
+    let server = Server::quench_with(
+        &certs,
+        dir.path(),
+        dir.path(),
+        &[
+            "--quic-lb-server-id",
+            "c4605e",
+            "--quic-lb-nonce-len",
+            "12",
+            "--quic-lb-config-rotation",
+            "2",
+            "--workers",
+            "2",
+        ],
+    );
+    let relay = common::lossy::LossyRelay::start(server.addr, common::lossy::Impairment::none(1));
+    let transfer = Transfer::perf(MIB, 64 << 10).conns(4);
+    assert_perf(
+        &run_transfer(Peer::Quinn, relay.addr, &certs.ca, &transfer),
+        &transfer,
+    );
+    let cid_len = 1 + 3 + 12;
+    let routes_here = |cid: &[u8]| {
+        assert_eq!(cid[0] >> 5, 2, "config rotation: {cid:02x?}");
+        assert_eq!(
+            usize::from(cid[0] & 0x1f) + 1,
+            cid_len,
+            "length: {cid:02x?}"
+        );
+        assert_eq!(&cid[1..4], &[0xc4, 0x60, 0x5e], "server id: {cid:02x?}");
+    };
+    // What quinn sends once it has the server's CIDs: short headers, whose DCID the load
+    // balancer reads knowing only the configuration.
+    let up = relay.up.heads.lock().expect("heads").clone();
+    let short: Vec<&Vec<u8>> = up.iter().filter(|h| h[0] & 0x80 == 0).collect();
+    for h in &short {
+        routes_here(&h[1..1 + cid_len]);
+    }
+    // Where quinn got them: the SCID of the server's long-header packets (first octet,
+    // version, DCID length and DCID, SCID length and SCID).
+    let down = relay.down.heads.lock().expect("heads").clone();
+    let mut long = 0;
+    for h in down.iter().filter(|h| h[0] & 0x80 != 0) {
+        let at = 6 + usize::from(h[5]);
+        assert_eq!(usize::from(h[at]), cid_len, "{h:02x?}");
+        routes_here(&h[at + 1..at + 1 + cid_len]);
+        long += 1;
+    }
+    assert!(
+        short.len() > 100 && long >= 4,
+        "{} short, {long} long",
+        short.len()
+    );
+}
+
 #[test]
 fn quench_server_shuts_down_gracefully_on_sigterm() {
     let _serial = serial();

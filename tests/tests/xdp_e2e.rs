@@ -286,14 +286,30 @@ fn assert_two_workers(stats: &Value, conns: u64) {
 }
 
 /// Two workers sharing one queue (XDP_SHARED_UMEM): the program picks the socket by CID,
-/// connections spread over both workers, every transfer completes.
+/// connections spread over both workers, every transfer completes. The CIDs have a QUIC-LB
+/// layout other than the default (3-byte server id, 16-byte CIDs), so the program finds
+/// the worker byte where the configuration puts it.
 #[test]
 fn two_workers_share_one_queue() {
     let _serial = serial();
     let t = topology("q1", 1);
     let dir = temp_dir();
     let certs = Certs::generate(dir.path());
-    let server = start_xdp_server(&t, &certs, dir.path(), &["--workers", "2", "--queues", "0"]);
+    let server = start_xdp_server(
+        &t,
+        &certs,
+        dir.path(),
+        &[
+            "--workers",
+            "2",
+            "--queues",
+            "0",
+            "--quic-lb-server-id",
+            "c4605e",
+            "--quic-lb-nonce-len",
+            "12",
+        ],
+    );
     let transfer = Transfer::perf(24 * MIB, 8 * MIB).streams(2).conns(16);
     transfer_in(&t, Peer::Quench, &certs.ca, &transfer);
     transfer_in(&t, Peer::Quinn, &certs.ca, &transfer);

@@ -9,7 +9,77 @@ use rand::RngCore;
 use crate::conn::ConnectionIdGenerator;
 use crate::crypto::tokens::ResetTokenKey;
 use crate::wire::cid::ConnectionId;
-use crate::wire::steer::CidLayout;
+use crate::wire::steer::{CidLayout, MAX_CID_LEN, MIN_NONCE_LEN};
+
+/// What a QUIC-LB configuration agent gives a server (draft-ietf-quic-load-balancers §3,
+/// plaintext CIDs: no key): the config rotation codepoint, this server's id, and the nonce
+/// length. A load balancer in front routes every CID the server issues by its server id,
+/// so a client that migrates or is rebound by a NAT still reaches this node.
+///
+/// The worker id is the nonce's first byte, the rest random: to the load balancer it is
+/// nonce. It is the same in every CID of one worker, so observers can link CIDs to a
+/// worker, as they can to the server id with any plaintext configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuicLbConfig {
+    /// 0..=6: 0b111 marks unroutable CIDs (§2.3.1).
+    pub config_rotation: u8,
+    pub server_id: Vec<u8>,
+    /// The worker byte and the random bytes after it.
+    pub nonce_len: usize,
+}
+
+impl Default for QuicLbConfig {
+    /// A 2-byte server id and a 9-byte nonce: 12-byte CIDs.
+    fn default() -> Self {
+        QuicLbConfig {
+            config_rotation: 0,
+            server_id: vec![0, 1],
+            nonce_len: 9,
+        }
+    }
+}
+
+impl QuicLbConfig {
+    /// The CIDs this configuration makes: first octet, server id, nonce.
+    pub fn layout(&self) -> CidLayout {
+        CidLayout {
+            cid_len: 1 + self.server_id.len() + self.nonce_len,
+            server_id_len: self.server_id.len(),
+        }
+    }
+
+    /// The draft's limits (§3.1: a server id of at least 1 byte, a nonce of at least 4,
+    /// 19 bytes together) and ours (the nonce holds the worker byte and at least
+    /// [`MIN_NONCE_LEN`] random bytes).
+    pub fn check(&self) -> Result<(), String> {
+        if self.config_rotation > 6 {
+            return Err(format!(
+                "config rotation {} is not 0..=6 (7 marks unroutable CIDs)",
+                self.config_rotation
+            ));
+        }
+        if self.server_id.is_empty() {
+            return Err("the server id needs at least one byte".into());
+        }
+        if self.nonce_len < 1 + MIN_NONCE_LEN {
+            return Err(format!(
+                "a nonce of {} bytes: at least {} (the worker byte and {MIN_NONCE_LEN} random)",
+                self.nonce_len,
+                1 + MIN_NONCE_LEN
+            ));
+        }
+        if self.server_id.len() + self.nonce_len > MAX_CID_LEN - 1 {
+            return Err(format!(
+                "a {}-byte server id and a {}-byte nonce: together at most {} bytes",
+                self.server_id.len(),
+                self.nonce_len,
+                MAX_CID_LEN - 1
+            ));
+        }
+        debug_assert!(self.layout().is_valid());
+        Ok(())
+    }
+}
 
 #[derive(Clone)]
 pub struct CidGenerator {
@@ -114,6 +184,65 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// draft-ietf-quic-load-balancers Appendix B, "Unencrypted CIDs": config rotation 0,
+    /// server id c4605e, nonce 4504cc4f (its first byte standing for our worker byte).
+    #[test]
+    fn plaintext_cids_match_the_draft_vector() {
+        let lb = QuicLbConfig {
+            config_rotation: 0,
+            server_id: vec![0xc4, 0x60, 0x5e],
+            nonce_len: 4,
+        };
+        let g = CidGenerator::new(
+            lb.layout(),
+            lb.config_rotation,
+            &lb.server_id,
+            0x45,
+            Arc::new(ResetTokenKey::random()),
+        );
+        assert_eq!(
+            &g.encode(&[0x04, 0xcc, 0x4f])[..],
+            &[0x07, 0xc4, 0x60, 0x5e, 0x45, 0x04, 0xcc, 0x4f]
+        );
+        assert!(
+            lb.check().is_err(),
+            "too short a nonce for a worker byte and 4 random"
+        );
+    }
+
+    #[test]
+    fn quic_lb_limits_are_checked() {
+        let ok = QuicLbConfig {
+            config_rotation: 6,
+            server_id: vec![1; 14],
+            nonce_len: 5,
+        };
+        assert_eq!(ok.check(), Ok(()));
+        assert_eq!(ok.layout().cid_len, 20);
+        for bad in [
+            QuicLbConfig {
+                config_rotation: 7,
+                ..QuicLbConfig::default()
+            },
+            QuicLbConfig {
+                server_id: vec![],
+                ..QuicLbConfig::default()
+            },
+            QuicLbConfig {
+                nonce_len: 4,
+                ..QuicLbConfig::default()
+            },
+            QuicLbConfig {
+                server_id: vec![1; 15],
+                nonce_len: 5,
+                ..QuicLbConfig::default()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        assert_eq!(QuicLbConfig::default().layout(), CidLayout::default());
     }
 
     #[test]

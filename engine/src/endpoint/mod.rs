@@ -50,7 +50,7 @@ use crate::wire::header::{self, Header, LongType, SUPPORTED_VERSIONS};
 use crate::wire::net;
 use crate::wire::steer::CidLayout;
 
-pub use cid::CidGenerator;
+pub use cid::{CidGenerator, QuicLbConfig};
 use early_packets::EarlyPackets;
 use routes::Routes;
 use timers::TimerQueue;
@@ -70,6 +70,8 @@ pub struct EndpointConfig {
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     pub layout: CidLayout,
     pub server_id: Vec<u8>,
+    /// QUIC-LB config rotation codepoint in every CID's first octet (`QuicLbConfig`).
+    pub config_rotation: u8,
     pub worker_id: u8,
     pub max_connections: usize,
     /// Answer first Initials with Retry to validate addresses (RFC 9000 §8.1.2).
@@ -107,6 +109,13 @@ pub struct EndpointConfig {
 }
 
 impl EndpointConfig {
+    /// Issues CIDs as `lb` says (checked with `QuicLbConfig::check` first).
+    pub fn set_quic_lb(&mut self, lb: &QuicLbConfig) {
+        self.layout = lb.layout();
+        self.server_id = lb.server_id.clone();
+        self.config_rotation = lb.config_rotation;
+    }
+
     pub fn new(transport: TransportConfig, server_tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         Self {
             transport: Arc::new(transport),
@@ -116,6 +125,7 @@ impl EndpointConfig {
                 server_id_len: 2,
             },
             server_id: vec![0, 1],
+            config_rotation: 0,
             worker_id: 0,
             max_connections: 100_000,
             require_retry: false,
@@ -415,7 +425,7 @@ impl<U: Default> Endpoint<U> {
     fn cid_generator(&self) -> CidGenerator {
         CidGenerator::new(
             self.config.layout,
-            0,
+            self.config.config_rotation,
             &self.config.server_id,
             self.config.worker_id,
             self.config.reset_key.clone(),

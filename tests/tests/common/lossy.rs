@@ -52,6 +52,17 @@ impl Impairment {
 
 impl Impairment {
     /// A path that reorders 10% of the datagrams by up to 3 ms and loses none.
+    /// A clean path: every datagram forwarded at once, in order.
+    pub fn none(seed: u64) -> Impairment {
+        Impairment {
+            loss: 0.0,
+            reorder: 0.0,
+            duplicate: 0.0,
+            corrupt: 0.0,
+            ..Impairment::bad_path(seed)
+        }
+    }
+
     pub fn reordering_only(seed: u64) -> Impairment {
         Impairment {
             loss: 0.0,
@@ -72,7 +83,14 @@ pub struct Counts {
     pub delayed: AtomicU64,
     pub duplicated: AtomicU64,
     pub corrupted: AtomicU64,
+    /// The first [`HEAD_BYTES`] of the first [`HEADS_KEPT`] datagrams received, for tests
+    /// that read headers (connection IDs) off the path.
+    pub heads: Mutex<Vec<Vec<u8>>>,
 }
+
+/// How much of each datagram, and how many, [`Counts::heads`] keeps.
+pub const HEAD_BYTES: usize = 64;
+pub const HEADS_KEPT: usize = 8192;
 
 /// A snapshot of [`Counts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +250,12 @@ impl Pump {
                 *self.client.lock().expect("client address") = Some(src);
             }
             self.counts.received.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut heads = self.counts.heads.lock().expect("heads");
+                if heads.len() < HEADS_KEPT {
+                    heads.push(buf[..len.min(HEAD_BYTES)].to_vec());
+                }
+            }
             let imp = &self.impairment;
             if rng.gen_bool(imp.loss) {
                 self.counts.dropped.fetch_add(1, Ordering::Relaxed);
