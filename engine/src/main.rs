@@ -158,16 +158,18 @@ enum Command {
         /// max_datagram_frame_size; 0 accepts none. `echo` sends datagrams back.
         #[arg(long, default_value_t = 65535)]
         max_datagram_frame_size: u64,
-        /// QUIC-LB server id (hex, 1 to 15 bytes; draft-ietf-quic-load-balancers): every CID
-        /// this server issues carries it, unencrypted, after the first octet, so a load
-        /// balancer in front can route a connection here by CID, through client address
-        /// changes. Give each server behind one load balancer its own.
+        /// QUIC-LB server id (hex, 1 to 10 bytes with the shortest nonce;
+        /// draft-ietf-quic-load-balancers): every CID this server issues carries it,
+        /// unencrypted, after the first octet, then the worker's byte, so a load balancer
+        /// in front can route a connection here by CID, through client address changes.
+        /// Give each server behind one load balancer its own.
         #[arg(long, value_name = "HEX", default_value = "0001", value_parser = parse_server_id)]
         quic_lb_server_id: ServerId,
-        /// QUIC-LB nonce length in bytes (the worker byte and at least 4 random): CIDs are
+        /// QUIC-LB nonce length in bytes (the worker byte and at least 8 random): CIDs are
         /// 1 + server id + nonce bytes long, at most 20.
-        #[arg(long, value_name = "BYTES", default_value_t = 9)]
-        quic_lb_nonce_len: usize,
+        #[arg(long, value_name = "BYTES", default_value_t = 9,
+              value_parser = clap::value_parser!(u8).range(9..=18))]
+        quic_lb_nonce_len: u8,
         /// QUIC-LB config rotation codepoint (0..=6), the top 3 bits of every CID.
         #[arg(long, value_name = "N", default_value_t = 0)]
         quic_lb_config_rotation: u8,
@@ -450,7 +452,7 @@ fn run(cli: Cli) -> Result<()> {
                 quic_lb: QuicLbConfig {
                     config_rotation: quic_lb_config_rotation,
                     server_id: quic_lb_server_id.0,
-                    nonce_len: quic_lb_nonce_len,
+                    nonce_len: quic_lb_nonce_len.into(),
                 },
             };
             let xdp = XdpArgs {

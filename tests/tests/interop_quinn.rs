@@ -251,10 +251,10 @@ fn quench_metrics_are_scraped_after_quinn_connections() {
 
 /// QUIC-LB (draft-ietf-quic-load-balancers, plaintext CIDs): `quench serve` given a server
 /// id, nonce length and config rotation issues CIDs a load balancer in front decodes to
-/// this server. A relay on the path reads every DCID quinn sends on the server's CIDs
-/// (Handshake and 1-RTT packets) the way such a load balancer does, from the draft alone:
-/// the first octet's top 3 bits are the config rotation, its low 5 the CID length less one,
-/// then the server id. Transfers over 4 connections and 2 workers complete.
+/// this server. A relay on the path reads the CIDs the way such a load balancer does,
+/// from the draft alone: the first octet's top 3 bits are the config rotation, its low 5
+/// the CID length less one, then the server id (quench's id and a worker byte, as the
+/// load balancer is configured). Transfers over 4 connections and 2 workers complete.
 #[test]
 fn quinn_client_uses_cids_a_quic_lb_load_balancer_routes_to_quench() {
     let _serial = serial();
@@ -289,7 +289,9 @@ fn quinn_client_uses_cids_a_quic_lb_load_balancer_routes_to_quench() {
             cid_len,
             "length: {cid:02x?}"
         );
+        // The load balancer's server id: quench's, then the worker's byte (2 workers).
         assert_eq!(&cid[1..4], &[0xc4, 0x60, 0x5e], "server id: {cid:02x?}");
+        assert!(cid[4] < 2, "worker: {cid:02x?}");
     };
     // What quinn sends once it has the server's CIDs: short headers, whose DCID the load
     // balancer reads knowing only the configuration.

@@ -9,16 +9,18 @@ use rand::RngCore;
 use crate::conn::ConnectionIdGenerator;
 use crate::crypto::tokens::ResetTokenKey;
 use crate::wire::cid::ConnectionId;
-use crate::wire::steer::{CidLayout, MAX_CID_LEN, MIN_NONCE_LEN};
+use crate::wire::steer::{CidLayout, MAX_CID_LEN};
 
 /// What a QUIC-LB configuration agent gives a server (draft-ietf-quic-load-balancers §3,
 /// plaintext CIDs: no key): the config rotation codepoint, this server's id, and the nonce
 /// length. A load balancer in front routes every CID the server issues by its server id,
 /// so a client that migrates or is rebound by a NAT still reaches this node.
 ///
-/// The worker id is the nonce's first byte, the rest random: to the load balancer it is
-/// nonce. It is the same in every CID of one worker, so observers can link CIDs to a
-/// worker, as they can to the server id with any plaintext configuration.
+/// The nonce's first byte is the worker id, the rest random. The load balancer is to be
+/// configured with a server id one byte longer than this one: this server's id followed
+/// by each worker's byte, every one mapped to this node (the draft's server id allocation
+/// leaves a node free to hold several ids). The nonce it sees is then random throughout,
+/// as the draft requires of plaintext nonces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuicLbConfig {
     /// 0..=6: 0b111 marks unroutable CIDs (§2.3.1).
@@ -27,6 +29,11 @@ pub struct QuicLbConfig {
     /// The worker byte and the random bytes after it.
     pub nonce_len: usize,
 }
+
+/// Random bytes after the worker byte, at least: with fewer, two CIDs of one worker (up to
+/// 8 for each of 100,000 connections) would collide too often. The draft's minimum nonce,
+/// 4 bytes, assumes a load balancer that does not care; the server's CID table does.
+pub const MIN_RANDOM_LEN: usize = 8;
 
 impl Default for QuicLbConfig {
     /// A 2-byte server id and a 9-byte nonce: 12-byte CIDs.
@@ -48,9 +55,9 @@ impl QuicLbConfig {
         }
     }
 
-    /// The draft's limits (§3.1: a server id of at least 1 byte, a nonce of at least 4,
-    /// 19 bytes together) and ours (the nonce holds the worker byte and at least
-    /// [`MIN_NONCE_LEN`] random bytes).
+    /// The draft's limits (a server id of at least 1 byte, 19 bytes of server id and nonce
+    /// together) and ours (the nonce holds the worker byte and [`MIN_RANDOM_LEN`] random
+    /// bytes, which also meets the draft's 4-byte minimum for the load balancer's nonce).
     pub fn check(&self) -> Result<(), String> {
         if self.config_rotation > 6 {
             return Err(format!(
@@ -61,14 +68,19 @@ impl QuicLbConfig {
         if self.server_id.is_empty() {
             return Err("the server id needs at least one byte".into());
         }
-        if self.nonce_len < 1 + MIN_NONCE_LEN {
+        if self.nonce_len < 1 + MIN_RANDOM_LEN {
             return Err(format!(
-                "a nonce of {} bytes: at least {} (the worker byte and {MIN_NONCE_LEN} random)",
+                "a nonce of {} bytes: at least {} (the worker byte and {MIN_RANDOM_LEN} random)",
                 self.nonce_len,
-                1 + MIN_NONCE_LEN
+                1 + MIN_RANDOM_LEN
             ));
         }
-        if self.server_id.len() + self.nonce_len > MAX_CID_LEN - 1 {
+        if self
+            .server_id
+            .len()
+            .checked_add(self.nonce_len)
+            .is_none_or(|n| n > MAX_CID_LEN - 1)
+        {
             return Err(format!(
                 "a {}-byte server id and a {}-byte nonce: together at most {} bytes",
                 self.server_id.len(),
@@ -216,8 +228,8 @@ mod tests {
     fn quic_lb_limits_are_checked() {
         let ok = QuicLbConfig {
             config_rotation: 6,
-            server_id: vec![1; 14],
-            nonce_len: 5,
+            server_id: vec![1; 10],
+            nonce_len: 9,
         };
         assert_eq!(ok.check(), Ok(()));
         assert_eq!(ok.layout().cid_len, 20);
@@ -231,12 +243,15 @@ mod tests {
                 ..QuicLbConfig::default()
             },
             QuicLbConfig {
-                nonce_len: 4,
+                nonce_len: 8,
                 ..QuicLbConfig::default()
             },
             QuicLbConfig {
-                server_id: vec![1; 15],
-                nonce_len: 5,
+                server_id: vec![1; 11],
+                ..QuicLbConfig::default()
+            },
+            QuicLbConfig {
+                nonce_len: usize::MAX,
                 ..QuicLbConfig::default()
             },
         ] {

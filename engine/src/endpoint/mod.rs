@@ -120,12 +120,9 @@ impl EndpointConfig {
         Self {
             transport: Arc::new(transport),
             server_tls,
-            layout: CidLayout {
-                cid_len: 12,
-                server_id_len: 2,
-            },
-            server_id: vec![0, 1],
-            config_rotation: 0,
+            layout: QuicLbConfig::default().layout(),
+            server_id: QuicLbConfig::default().server_id,
+            config_rotation: QuicLbConfig::default().config_rotation,
             worker_id: 0,
             max_connections: 100_000,
             require_retry: false,
@@ -970,7 +967,9 @@ impl<U: Default> Endpoint<U> {
                     self.routes.insert_cid(cid, h);
                 }
                 CidEvent::Retired(cid) => {
-                    self.routes.remove_cid(&cid, None);
+                    // Only our own route: should another connection's CID ever be equal,
+                    // its route stays.
+                    self.routes.remove_cid(&cid, Some(h));
                 }
                 CidEvent::PeerResetToken(token) => {
                     // Bounded: the peer can't hold more CIDs with us than our limit allows.

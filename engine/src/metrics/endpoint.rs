@@ -91,17 +91,18 @@ fn accept_loop(listener: TcpListener, scrapes: SyncSender<Scrape>, stop: Arc<Ato
                     tracing::debug!(%peer, "metrics endpoint busy; connection closed");
                     continue;
                 }
-                let (scrapes, done) = (scrapes.clone(), Arc::clone(&busy));
+                let slot = Slot(Arc::clone(&busy));
+                let scrapes = scrapes.clone();
                 let spawned = std::thread::Builder::new()
                     .name("metrics-conn".into())
                     .spawn(move || {
+                        let _slot = slot;
                         if let Err(e) = answer(stream, &scrapes) {
                             tracing::debug!(%peer, %e, "metrics request failed");
                         }
-                        done.fetch_sub(1, Ordering::AcqRel);
                     });
+                // On failure the closure, and the slot in it, is dropped: the slot is free.
                 if let Err(e) = spawned {
-                    busy.fetch_sub(1, Ordering::AcqRel);
                     tracing::warn!(%e, "metrics endpoint: no thread for a connection");
                 }
             }
@@ -112,6 +113,16 @@ fn accept_loop(listener: TcpListener, scrapes: SyncSender<Scrape>, stop: Arc<Ato
                 std::thread::sleep(POLL);
             }
         }
+    }
+}
+
+/// A connection's place among the [`MAX_CONNECTIONS`], given back when dropped (also if
+/// its thread panics).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -359,7 +370,7 @@ mod tests {
         let mut got = Vec::new();
         let _ = extra.read_to_end(&mut got);
         assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
-        std::thread::sleep(CLIENT_DEADLINE);
+        std::thread::sleep(CLIENT_DEADLINE + Duration::from_secs(1));
         let ok = request(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
         assert!(ok.ends_with("quench_scrapes_total 4\n"), "{ok}");
         drop(holders);

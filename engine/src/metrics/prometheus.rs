@@ -3,7 +3,7 @@
 //!
 //! The mapping follows the JSON's structure, so a field added to the stats line is exported
 //! with no change here, and no shape of JSON can produce invalid output (duplicate label
-//! names, a family split in two, a series twice):
+//! names, invalid or reserved ones, a family split in two or typed twice, a series twice):
 //! - a string outside arrays is a label of `quench_info 1`, named by its path
 //!   (`datapath`, `xdp_attached`);
 //! - a number `a.b` is `quench_a_b`; `true`/`false` are gauges of 1/0; `null` is skipped;
@@ -77,10 +77,16 @@ struct Output {
 
 impl Output {
     fn sample(&mut self, name: &str, gauge: bool, labels: &[(String, String)], value: String) {
-        let name = if gauge {
-            name.to_string()
+        // `quench_info` is the info family's (a counter's `_total` is a suffix to parsers).
+        let base = if name == "quench_info" {
+            "quench_info_value"
         } else {
-            format!("{name}_total")
+            name
+        };
+        let name = if gauge {
+            base.to_string()
+        } else {
+            format!("{base}_total")
         };
         let i = match self.families.iter().position(|f| f.name == name) {
             Some(i) => i,
@@ -123,9 +129,10 @@ impl Output {
                 Value::Bool(b) => self.sample(&name, true, labels, u8::from(*b).to_string()),
                 // Keys that differ only in characters names cannot hold keep the first.
                 Value::String(s)
-                    if labels.is_empty() && !self.info.iter().any(|(k, _)| *k == path) =>
+                    if labels.is_empty()
+                        && !self.info.iter().any(|(k, _)| *k == label_name(&path)) =>
                 {
-                    self.info.push((path, s.clone()));
+                    self.info.push((label_name(&path), s.clone()));
                 }
                 Value::Object(inner) => self.object(inner, &name, &path, labels),
                 Value::Array(items) => self.array(&key, &name, &path, items, labels),
@@ -225,6 +232,16 @@ fn singular(name: &str) -> &str {
         &name[..stem.len() + 2]
     } else {
         name.strip_suffix('s').unwrap_or(name)
+    }
+}
+
+/// A label name from a path: a letter or `_` first, and not the `__` prefix Prometheus
+/// keeps for itself.
+fn label_name(path: &str) -> String {
+    if path.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') && !path.starts_with("__") {
+        path.to_string()
+    } else {
+        format!("k{path}")
     }
 }
 
@@ -418,6 +435,10 @@ quench_worker_datagrams_rx_total{worker=\"1\"} 7
             },
             "a_b": {"c": 1},
             "a": {"b_c": 2},
+            "info": 3,
+            "": "empty",
+            "1x": "digit",
+            "__name__": "reserved",
         });
         let text = render(&stats);
         validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -430,7 +451,8 @@ quench_worker_datagrams_rx_total{worker=\"1\"} 7
             assert!(validate(bad).is_err(), "the check itself: {bad}");
         }
         for line in [
-            "quench_info{datapath=\"x\",xdp_attached=\"native\",xdp_datapath=\"y\"} 1",
+            "quench_info{k=\"empty\",k1x=\"digit\",k__name__=\"reserved\",datapath=\"x\",xdp_attached=\"native\",xdp_datapath=\"y\"} 1",
+            "quench_info_value_total 3",
             "quench_worker_n_total{worker=\"7\"} 1",
             "quench_worker_n_total{worker=\"1\"} 2",
             "quench_worker_hits_total{worker=\"7\",index=\"1\"} 2",

@@ -122,8 +122,8 @@ fn certified(files: &CertFiles, provider: &CryptoProvider) -> Result<Loaded, Tls
             files.key.display()
         ))
     })?;
-    // `from_der` has parsed the leaf with this same parser (webpki), so this cannot fail.
-    let names = leaf_names(&key.cert[0]).unwrap_or_default();
+    let names = leaf_names(&key.cert[0])
+        .map_err(|e| TlsError::Pem(format!("{}: leaf certificate: {e:?}", files.cert.display())))?;
     Ok(Loaded {
         key: Arc::new(key),
         names,

@@ -51,7 +51,6 @@ impl Impairment {
 }
 
 impl Impairment {
-    /// A path that reorders 10% of the datagrams by up to 3 ms and loses none.
     /// A clean path: every datagram forwarded at once, in order.
     pub fn none(seed: u64) -> Impairment {
         Impairment {
@@ -63,6 +62,7 @@ impl Impairment {
         }
     }
 
+    /// A path that reorders 10% of the datagrams by up to 3 ms and loses none.
     pub fn reordering_only(seed: u64) -> Impairment {
         Impairment {
             loss: 0.0,
