@@ -389,8 +389,8 @@ enum Misdeed {
     /// Reserved frames of 10 KB on the control stream and before a request's HEADERS:
     /// ignored whatever their size (§9), so the request is answered.
     LargeUnknownFrames,
-    /// A POST whose body's FIN comes after the server's 405 (see the test).
-    PostWithoutFin,
+    /// A PATCH whose body's FIN comes after the server's 405 (see the test).
+    PatchWithoutFin,
     /// A request whose fields exceed our SETTINGS_MAX_FIELD_SECTION_SIZE once decoded,
     /// though its HEADERS frame is small: malformed (§4.2.2), H3_MESSAGE_ERROR.
     OversizedFieldSection,
@@ -528,10 +528,10 @@ impl Application for RawPeer {
                 b.extend_from_slice(&request(GOOD_REQUEST));
                 self.request = send_bidi(conn, &b, true);
             }
-            Misdeed::PostWithoutFin => {
+            Misdeed::PatchWithoutFin => {
                 control_stream(conn, &settings_frame(), false);
                 let mut fields = GOOD_REQUEST.to_vec();
-                fields[0] = (b":method", b"POST");
+                fields[0] = (b":method", b"PATCH");
                 let mut b = request(&fields);
                 put_frame(&mut b, DATA, b"body");
                 self.request = send_bidi(conn, &b, false);
@@ -694,7 +694,7 @@ fn large_unknown_frames_are_ignored() {
     );
 }
 
-/// A request side that ends after its response was sent (a POST answered 405 before its
+/// A request side that ends after its response was sent (a PATCH answered 405 before its
 /// body's FIN) must still end the exchange on the server: shown by a shutdown that
 /// completes at once, which waits for every request to be done.
 #[test]
@@ -705,7 +705,7 @@ fn a_request_finished_after_its_response_is_forgotten() {
         &root,
         Box::new(|| {
             ClientApp::Raw(RawPeer {
-                misdeed: Misdeed::PostWithoutFin,
+                misdeed: Misdeed::PatchWithoutFin,
                 resets: Vec::new(),
                 request: None,
                 responses: 0,

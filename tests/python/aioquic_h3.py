@@ -2,15 +2,18 @@
 """aioquic HTTP/3 client and server for quench interop tests (aioquic 1.x, its own H3 layer
 `aioquic.h3.connection.H3Connection` with QPACK from pylsqpack: nothing shared with quench).
 
-    aioquic_h3.py client --connect HOST:PORT --get PATH... [--ca PEM | --insecure]
-                         [--server-name NAME] [--any-status]
+    aioquic_h3.py client --connect HOST:PORT [--get PATH]... [--post PATH=BYTES]...
+                         [--ca PEM | --insecure] [--server-name NAME] [--any-status]
     aioquic_h3.py server --listen HOST:PORT --cert PEM --key PEM --root DIR
 
 client  sends every request at once, each on its own stream, on one connection; checks that
         each response's body length matches its content-length, then prints one JSON line like the other clients (`bytes_down`, `streams`,
         `sha256` of the bodies concatenated in --get order, ...) plus `responses`, a list
         of {"path", "status", "content_length", "bytes"} in --get order. Exits 1 on any
-        failure, a non-200 status included unless --any-status.
+        failure, a non-200 status included unless --any-status. Each --post sends BYTES
+        random bytes as a POST body (on its own stream, with the GETs); `uploads` lists
+        {"path", "status", "bytes", "sha256", "response"} for them in order, `response`
+        being the response body as text, and `bytes_up` their total.
 server  answers GET and HEAD with the file at --root/PATH (status 200, content-length, the
         body as DATA frames of up to 1 MiB; the query is ignored), a missing file or a path
         outside --root with 404, any other method with 405. Prints `aioquic_h3: listening on
@@ -107,21 +110,25 @@ class Client(QuicConnectionProtocol):
         if response is not None and not response.done.done():
             response.done.set_exception(PeerError(reason))
 
-    async def request(self, method: str, authority: str, path: str) -> Response:
+    async def request(
+        self, method: str, authority: str, path: str, body: bytes | None = None
+    ) -> Response:
         stream_id = self._quic.get_next_available_stream_id()
         response = Response(self._loop.create_future())
         self._responses[stream_id] = response
-        self._http.send_headers(
-            stream_id,
-            [
-                (b":method", method.encode()),
-                (b":scheme", b"https"),
-                (b":authority", authority.encode()),
-                (b":path", path.encode()),
-                (b"user-agent", b"aioquic_h3.py"),
-            ],
-            end_stream=True,
-        )
+        fields = [
+            (b":method", method.encode()),
+            (b":scheme", b"https"),
+            (b":authority", authority.encode()),
+            (b":path", path.encode()),
+            (b"user-agent", b"aioquic_h3.py"),
+        ]
+        if body is not None:
+            fields.append((b"content-length", str(len(body)).encode()))
+        self._http.send_headers(stream_id, fields, end_stream=body is None)
+        if body is not None:
+            # aioquic queues it all and sends as flow control allows.
+            self._http.send_data(stream_id, body, end_stream=True)
         self.transmit()
         await response.done
         return response
@@ -144,9 +151,12 @@ async def run_client(args: argparse.Namespace) -> dict:
     async with connect(args.host, args.port, configuration=config, create_protocol=Client) as c:
         handshake = time.monotonic() - start
         authority = f"{args.server_name}:{args.port}"
-        responses = await asyncio.gather(
-            *(c.request("GET", authority, path) for path in args.get)
+        posts = [(path, os.urandom(size)) for path, size in args.post]
+        everything = await asyncio.gather(
+            *(c.request("GET", authority, path) for path in args.get),
+            *(c.request("POST", authority, path, body) for path, body in posts),
         )
+        responses, post_responses = everything[: len(args.get)], everything[len(args.get) :]
     seconds = time.monotonic() - start
 
     digest = hashlib.sha256()
@@ -164,13 +174,28 @@ async def run_client(args: argparse.Namespace) -> dict:
             failures.append(f"GET {path}: status {status}")
         if length is not None and len(r.body) != length:
             failures.append(f"GET {path}: {len(r.body)} body bytes, content-length {length}")
+    uploads = []
+    for (path, body), r in zip(posts, post_responses):
+        status = int(r.headers.get(b":status", b"0"))
+        uploads.append(
+            {
+                "path": path,
+                "status": status,
+                "bytes": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "response": r.body.decode("utf-8", "replace"),
+            }
+        )
+        if status != 200 and not args.any_status:
+            failures.append(f"POST {path}: status {status}")
     if failures:
         raise PeerError("; ".join(failures))
     bytes_down = sum(len(r.body) for r in responses)
     return {
         "handshake_ms": handshake * 1e3,
         "bytes_down": bytes_down,
-        "bytes_up": 0,
+        "bytes_up": sum(len(body) for _, body in posts),
+        "uploads": uploads,
         "seconds": seconds,
         "throughput_mbps": bytes_down * 8 / seconds / 1e6 if seconds > 0 else 0.0,
         "streams": len(responses),
@@ -255,6 +280,13 @@ async def run_server(args: argparse.Namespace) -> None:
     await asyncio.sleep(0)
 
 
+def post_arg(value: str) -> tuple[str, int]:
+    path, sep, size = value.rpartition("=")
+    if not sep or not path.startswith("/") or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not PATH=BYTES")
+    return path, int(size)
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -263,7 +295,10 @@ def main(argv: list[str]) -> int:
     roles = p.add_subparsers(dest="role", required=True)
     c = roles.add_parser("client")
     c.add_argument("--connect", required=True)
-    c.add_argument("--get", action="append", required=True)
+    c.add_argument("--get", action="append", default=[])
+    c.add_argument(
+        "--post", action="append", default=[], type=post_arg, metavar="PATH=BYTES"
+    )
     verify = c.add_mutually_exclusive_group(required=True)
     verify.add_argument("--ca")
     verify.add_argument("--insecure", action="store_true")
@@ -278,6 +313,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     if args.role == "client":
+        if not args.get and not args.post:
+            c.error("nothing to request: give --get or --post")
         args.host, args.port = split_addr(c, args.connect)
         try:
             report = asyncio.run(asyncio.wait_for(run_client(args), timeout=args.timeout))

@@ -693,6 +693,42 @@ fn aioquic_h3_client_gets_404_from_quench() {
     assert!(out.stderr.contains("status 404"), "{}", out.stderr);
 }
 
+/// Uploads: on one connection, aioquic POSTs random bodies of 0, 1 and 3 MiB + 7 bytes
+/// beside a GET; quench answers each once its body is in, with the length and SHA-256 it
+/// took, which equal what aioquic sent.
+#[test]
+fn aioquic_h3_client_uploads_to_quench() {
+    let _serial = serial();
+    let quench = Hosted::start(Server::quench);
+    random_file(quench.dir.path(), "here.bin", 1000);
+    let sizes = [0u64, 1, 3 * MIB + 7];
+    let posts: Vec<String> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("/upload/{i}={n}"))
+        .collect();
+    let mut extra = Vec::new();
+    for p in &posts {
+        extra.extend(["--post", p.as_str()]);
+    }
+    let (report, json) =
+        aioquic_h3_client(quench.server.addr, &quench.certs.ca, &["/here.bin"], &extra);
+    assert_eq!(report.bytes_up, sizes.iter().sum::<u64>(), "{json}");
+    assert_h3_responses(&json, &[(200, 1000)]);
+    let uploads = json["uploads"].as_array().expect("uploads");
+    assert_eq!(uploads.len(), sizes.len(), "{json}");
+    for (u, &n) in uploads.iter().zip(&sizes) {
+        assert_eq!(u["status"], 200, "{u}");
+        let answer: serde_json::Value =
+            serde_json::from_str(u["response"].as_str().expect("response")).expect("JSON");
+        assert_eq!(answer["bytes"], n, "{u}");
+        assert_eq!(
+            answer["sha256"], u["sha256"],
+            "what quench took is what was sent: {u}"
+        );
+    }
+}
+
 /// An aioquic H3 server (tests/python/aioquic_h3.py) serving a directory.
 struct AioquicH3Server {
     dir: tempfile::TempDir,

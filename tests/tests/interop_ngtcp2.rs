@@ -291,12 +291,14 @@ fn gtlsclient_many_requests_to_quench() {
     }
 }
 
-/// HEAD gets the file's status and content-length but no body; POST gets 405.
+/// HEAD gets the file's status and content-length but no body; a POST of the file
+/// (`--data`) is answered with the length and SHA-256 quench took, equal to the file's;
+/// PATCH gets 405.
 #[test]
-fn gtlsclient_head_and_post_to_quench() {
+fn gtlsclient_head_post_and_patch_to_quench() {
     let _serial = serial();
     let quench = QuenchServer::start();
-    random_file(&quench.root(), "file.bin", 70_000);
+    let sha = random_file(&quench.root(), "file.bin", 70_000);
     let download = quench.download_dir("dl");
     let download_flag = format!("--download={}", download.display());
     let (_log, responses) = gtlsclient(
@@ -311,7 +313,25 @@ fn gtlsclient_head_and_post_to_quench() {
         0,
         "HEAD has no body"
     );
-    let (_log, responses) = gtlsclient(quench.server.addr, &["/file.bin"], &["--http-method=POST"]);
+
+    let data_flag = format!("--data={}", quench.root().join("file.bin").display());
+    let (_log, responses) = gtlsclient(
+        quench.server.addr,
+        &["/upload"],
+        &[&download_flag, "--http-method=POST", &data_flag],
+    );
+    assert_eq!(
+        responses.get(&0).and_then(|r| r.status),
+        Some(200),
+        "{responses:?}"
+    );
+    let answer = fs::read_to_string(download.join("upload")).expect("the POST's response body");
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    assert_eq!(answer["bytes"], 70_000, "{answer}");
+    assert_eq!(answer["sha256"], sha.as_str(), "{answer}");
+
+    let (_log, responses) =
+        gtlsclient(quench.server.addr, &["/file.bin"], &["--http-method=PATCH"]);
     assert_eq!(
         responses.get(&0).and_then(|r| r.status),
         Some(405),

@@ -1,5 +1,7 @@
 //! The HTTP/3 server application: GET and HEAD of the files under `--root` (and `/N` for N
-//! bytes, as `hq-interop`), every other method answered 405.
+//! bytes, as `hq-interop`); POST and PUT to any path take the request body and answer,
+//! once it ends, with its length and SHA-256 (`{"bytes":N,"sha256":"…"}`), so a client
+//! can upload and check what arrived; every other method is answered 405.
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::fs::File;
@@ -27,6 +29,8 @@ enum Body {
     None,
     File(File),
     Synthetic(u64),
+    /// A small body in memory, sent as one DATA frame.
+    Text(Vec<u8>),
 }
 
 /// Where a request stream is in its frame sequence (§4.1).
@@ -47,6 +51,8 @@ struct Request {
     out: Vec<u8>,
     out_pos: usize,
     body: Body,
+    /// A POST or PUT: the body read so far, hashed; answered when it ends.
+    upload: Option<aws_lc_rs::digest::Context>,
     responding: bool,
     request_done: bool,
     response_done: bool,
@@ -62,6 +68,7 @@ impl Request {
             out: Vec::new(),
             out_pos: 0,
             body: Body::None,
+            upload: None,
             responding: false,
             request_done: false,
             response_done: false,
@@ -182,7 +189,12 @@ impl H3Server {
                     req.phase = Phase::Content;
                     let head = parse_request(&fields).map_err(StreamFault::Malformed)?;
                     req.content_length = head.content_length;
-                    start_response(req, root, &head);
+                    if matches!(head.method.as_slice(), b"POST" | b"PUT") {
+                        req.upload =
+                            Some(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256));
+                    } else {
+                        start_response(req, root, &head);
+                    }
                 }
                 (
                     Phase::Content,
@@ -198,6 +210,9 @@ impl H3Server {
                 }
                 (Phase::Content, Item::Data(d)) => {
                     req.content_seen += d.len() as u64;
+                    if let Some(hash) = &mut req.upload {
+                        hash.update(d);
+                    }
                     if req.content_length.is_some_and(|n| req.content_seen > n) {
                         return Err(StreamFault::Malformed("more content than content-length"));
                     }
@@ -230,6 +245,9 @@ impl H3Server {
                 return Err(StreamFault::Malformed(
                     "content shorter than content-length",
                 ));
+            }
+            if let Some(hash) = req.upload.take() {
+                start_upload_response(req, hash);
             }
         }
         self.pump(conn, id);
@@ -442,11 +460,31 @@ fn start_response(req: &mut Request, root: Option<&std::path::Path>, head: &Requ
         (b"server", b"quench"),
     ];
     if status == b"405" {
-        fields.push((b"allow", b"GET, HEAD"));
+        fields.push((b"allow", b"GET, HEAD, POST, PUT"));
     }
     qpack::encode_field_section(&fields, &mut section);
     frame::put_frame(&mut req.out, frame::HEADERS, &section);
     req.body = body;
+}
+
+/// Frames the answer to a whole upload: its length and SHA-256, as JSON.
+fn start_upload_response(req: &mut Request, hash: aws_lc_rs::digest::Context) {
+    req.responding = true;
+    let hex = hex::encode(hash.finish());
+    let body = format!("{{\"bytes\":{},\"sha256\":\"{hex}\"}}\n", req.content_seen).into_bytes();
+    let length = body.len().to_string();
+    let mut section = Vec::new();
+    qpack::encode_field_section(
+        &[
+            (b":status", b"200"),
+            (b"content-length", length.as_bytes()),
+            (b"content-type", b"application/json"),
+            (b"server", b"quench"),
+        ],
+        &mut section,
+    );
+    frame::put_frame(&mut req.out, frame::HEADERS, &section);
+    req.body = Body::Text(body);
 }
 
 /// Appends the next DATA frame of `body` to `out` and returns where it starts (a file's
@@ -459,6 +497,14 @@ fn next_chunk(body: &mut Body, out: &mut Vec<u8>) -> Result<Option<usize>, ()> {
     let start = out.len();
     match body {
         Body::None | Body::Synthetic(0) => Ok(None),
+        Body::Text(text) => {
+            if text.is_empty() {
+                return Ok(None);
+            }
+            frame::put_frame(out, frame::DATA, text);
+            text.clear();
+            Ok(Some(start))
+        }
         Body::Synthetic(left) => {
             let n = (*left).min(CHUNK as u64) as usize;
             frame::put_frame(out, frame::DATA, &ZEROS[..n]);
