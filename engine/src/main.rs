@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use quench::client::{run_client, ClientOptions, ClientWorkload};
 use quench::conn::TransportConfig;
-use quench::endpoint::QuicLbConfig;
+use quench::endpoint::{QuicLbConfig, SourceLimit};
 use quench::metrics::MetricsEndpoint;
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
 #[cfg(feature = "xdp")]
@@ -173,6 +173,16 @@ enum Command {
         /// QUIC-LB config rotation codepoint (0..=6), the top 3 bits of every CID.
         #[arg(long, value_name = "N", default_value_t = 0)]
         quic_lb_config_rotation: u8,
+        /// Handshakes a second each client address (an IPv4 address, an IPv6 /64) gets per
+        /// worker. Only handshakes that proved their address count, so forged sources
+        /// cannot use up anyone's; an address over its limit gets a Retry, and once it has
+        /// proved itself, CONNECTION_REFUSED. Default: no limit.
+        #[arg(long, value_name = "RATE")]
+        handshakes_per_source: Option<f64>,
+        /// How many handshakes an address may make at once before `--handshakes-per-source`
+        /// holds it back. Default: twice the rate, at least 1.
+        #[arg(long, value_name = "N", requires = "handshakes_per_source")]
+        handshakes_per_source_burst: Option<u32>,
         /// Serve the stats in the Prometheus text format at http://ADDR/metrics (e.g.
         /// 127.0.0.1:9464). Unauthenticated: bind it where only the scraper reaches.
         #[arg(long, value_name = "ADDR:PORT")]
@@ -371,6 +381,8 @@ fn run(cli: Cli) -> Result<()> {
             quic_lb_server_id,
             quic_lb_nonce_len,
             quic_lb_config_rotation,
+            handshakes_per_source,
+            handshakes_per_source_burst,
         } => {
             let write = |certified: &CertifiedKey| -> Result<()> {
                 if let Some(path) = &write_cert {
@@ -454,6 +466,11 @@ fn run(cli: Cli) -> Result<()> {
                     server_id: quic_lb_server_id.0,
                     nonce_len: quic_lb_nonce_len.into(),
                 },
+                handshakes_per_source: handshakes_per_source.map(|per_second| SourceLimit {
+                    per_second,
+                    burst: handshakes_per_source_burst
+                        .unwrap_or_else(|| (2.0 * per_second).ceil().clamp(1.0, 1e6) as u32),
+                }),
             };
             let xdp = XdpArgs {
                 iface,

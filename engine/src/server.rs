@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::app::{AppFactory, BuiltinApps};
 use crate::conn::TransportConfig;
-use crate::endpoint::{Endpoint, EndpointConfig, QuicLbConfig};
+use crate::endpoint::{Endpoint, EndpointConfig, QuicLbConfig, SourceLimit};
 use crate::io::udp::{cid_steering_program, UdpDatapath, UdpOptions};
 use crate::io::Datapath;
 use crate::tls::session::ServerCert;
@@ -73,6 +73,8 @@ pub struct ServerOptions {
     /// The CIDs' QUIC-LB layout: config rotation, this server's id, nonce length, for a
     /// load balancer in front that routes by CID.
     pub quic_lb: QuicLbConfig,
+    /// Handshakes per client address and worker (`endpoint::source_limit`); `None`, none.
+    pub handshakes_per_source: Option<SourceLimit>,
 }
 
 /// A running server: its bound address, counters, and the threads to join.
@@ -147,6 +149,10 @@ pub struct WorkerStats {
     pub stateless_resets: u64,
     /// Retry packets sent (`--retry`, or past `--retry-above`).
     pub retries: u64,
+    /// New clients refused because the worker was at `--max-connections`.
+    pub connections_refused: u64,
+    /// Handshakes refused because their source used up its handshakes per second.
+    pub handshakes_limited: u64,
     /// Version Negotiation packets sent (to clients in a version not accepted).
     pub version_negotiations: u64,
     /// NEW_TOKEN tokens handed to clients for their next connection (RFC 9000 §8.1.3).
@@ -200,6 +206,8 @@ impl WorkerStats {
             handoff_dropped: c.handoff_dropped.load(Ordering::Relaxed),
             stateless_resets: c.stateless_resets.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
+            connections_refused: c.connections_refused.load(Ordering::Relaxed),
+            handshakes_limited: c.handshakes_limited.load(Ordering::Relaxed),
             version_negotiations: c.version_negotiations.load(Ordering::Relaxed),
             new_tokens: c.new_tokens.load(Ordering::Relaxed),
             resumed_handshakes: c.resumed_handshakes.load(Ordering::Relaxed),
@@ -239,6 +247,8 @@ impl WorkerStats {
             "handoff_dropped": self.handoff_dropped,
             "stateless_resets": self.stateless_resets,
             "retries": self.retries,
+            "connections_refused": self.connections_refused,
+            "handshakes_limited": self.handshakes_limited,
             "version_negotiations": self.version_negotiations,
             "new_tokens": self.new_tokens,
             "resumed_handshakes": self.resumed_handshakes,
@@ -333,6 +343,10 @@ impl WorkerBase {
             .check()
             .map_err(|e| ServerError::Config(format!("QUIC-LB: {e}")))?;
         endpoint.set_quic_lb(&opts.quic_lb);
+        if let Some(limit) = opts.handshakes_per_source {
+            limit.check().map_err(ServerError::Config)?;
+        }
+        endpoint.handshakes_per_source = opts.handshakes_per_source;
         let base = WorkerBase {
             endpoint,
             factory,

@@ -101,6 +101,8 @@ pub struct WorkerCounters {
     pub handoff_dropped: AtomicU64,
     pub stateless_resets: AtomicU64,
     pub retries: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub handshakes_limited: AtomicU64,
     pub version_negotiations: AtomicU64,
     pub new_tokens: AtomicU64,
     pub resumed_handshakes: AtomicU64,
@@ -138,6 +140,10 @@ impl WorkerCounters {
         self.stateless_resets
             .store(ep.stateless_resets_sent, Ordering::Relaxed);
         self.retries.store(ep.retries_sent, Ordering::Relaxed);
+        self.connections_refused
+            .store(ep.connections_refused, Ordering::Relaxed);
+        self.handshakes_limited
+            .store(ep.handshakes_limited, Ordering::Relaxed);
         self.version_negotiations
             .store(ep.version_negotiations_sent, Ordering::Relaxed);
         self.new_tokens.store(ep.new_tokens_sent, Ordering::Relaxed);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use quench::client::{run_client, ClientOptions, ClientWorkload};
 use quench::conn::TransportConfig;
-use quench::endpoint::{Endpoint, EndpointConfig, QuicLbConfig};
+use quench::endpoint::{Endpoint, EndpointConfig, QuicLbConfig, SourceLimit};
 use quench::server::{start_udp_server, RunningServer, ServerOptions};
 use quench::tls::certs::{generate_self_signed, write_pem};
 use quench::tls::session::{client_config, ServerVerification};
@@ -66,6 +66,7 @@ fn options(kernel_steering: bool) -> ServerOptions {
         pin: false,
         kernel_steering,
         quic_lb: QuicLbConfig::default(),
+        handshakes_per_source: None,
     }
 }
 
@@ -550,6 +551,58 @@ fn connects_trusting(connect: SocketAddr, ca: &std::path::Path) -> bool {
         early_data: false,
     })
     .is_ok_and(|r| r.bytes_down == 64 << 10)
+}
+
+/// `--handshakes-per-source`: a client address gets its burst of handshakes; past it, a
+/// new connection gets a Retry and, with the Retry's token, CONNECTION_REFUSED, so the
+/// server spends no handshake on it. Each refused one shows in the counters.
+#[test]
+fn a_source_past_its_handshakes_is_retried_then_refused() {
+    let mut server = start_udp_server(ServerOptions {
+        workers: 1,
+        handshakes_per_source: Some(SourceLimit {
+            per_second: 0.001,
+            burst: 2,
+        }),
+        ..options(false)
+    })
+    .expect("server starts");
+    let tls = client_config(ServerVerification::Insecure, &[b"perf".to_vec()]).expect("tls");
+    let connect = || {
+        run_client(ClientOptions {
+            connect: server.local_addr,
+            server_name: "localhost".into(),
+            tls: tls.clone(),
+            workload: ClientWorkload::Perf {
+                down: 1000,
+                up: 0,
+                streams: 1,
+            },
+            conns: 1,
+            key_update_after: None,
+            migrate_after: None,
+            timeout: Duration::from_secs(5),
+            transport: TransportConfig::default(),
+            versions: vec![VERSION_1],
+            original_version: None,
+            resume: false,
+            early_data: false,
+        })
+    };
+    let outcomes: Vec<bool> = (0..4).map(|_| connect().is_ok()).collect();
+    assert_eq!(outcomes, [true, true, false, false]);
+    let stats = &server.worker_stats()[0];
+    assert_eq!(
+        (
+            stats.connections_accepted,
+            stats.retries,
+            stats.handshakes_limited
+        ),
+        (2, 2, 2),
+        "{stats:?}"
+    );
+    server.request_shutdown();
+    server.join_workers().expect("workers end cleanly");
 }
 
 /// A certificate renewed on disk is what new handshakes get, with no restart: within the

@@ -8,6 +8,7 @@
 pub mod cid;
 mod early_packets;
 pub mod redeemed_tokens;
+pub mod source_limit;
 
 use redeemed_tokens::RedeemedTokens;
 
@@ -53,6 +54,7 @@ use crate::wire::steer::CidLayout;
 pub use cid::{CidGenerator, QuicLbConfig};
 use early_packets::EarlyPackets;
 use routes::Routes;
+pub use source_limit::SourceLimit;
 use timers::TimerQueue;
 
 /// Index of a connection inside its endpoint.
@@ -74,6 +76,8 @@ pub struct EndpointConfig {
     pub config_rotation: u8,
     pub worker_id: u8,
     pub max_connections: usize,
+    /// Server: handshakes per client address (`source_limit`); `None`, no limit.
+    pub handshakes_per_source: Option<SourceLimit>,
     /// Answer first Initials with Retry to validate addresses (RFC 9000 §8.1.2).
     pub require_retry: bool,
     /// Server: answer first Initials without a valid token with Retry, as `require_retry`
@@ -125,6 +129,7 @@ impl EndpointConfig {
             config_rotation: QuicLbConfig::default().config_rotation,
             worker_id: 0,
             max_connections: 100_000,
+            handshakes_per_source: None,
             require_retry: false,
             retry_above_unvalidated: Some(DEFAULT_RETRY_ABOVE_UNVALIDATED),
             versions: SUPPORTED_VERSIONS.to_vec(),
@@ -155,6 +160,9 @@ pub struct EndpointStats {
     pub datagrams_received: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Handshakes refused because their (validated) source had used up its handshakes
+    /// (`EndpointConfig::handshakes_per_source`).
+    pub handshakes_limited: u64,
     pub connections_closed: u64,
     pub version_negotiations_sent: u64,
     /// NEW_TOKEN tokens handed to clients (servers; one per connection).
@@ -340,6 +348,8 @@ pub struct Endpoint<U> {
     learned_versions: HashMap<Box<str>, u32>,
     /// Server: connections whose client address is not validated yet (`Entry::unvalidated`).
     unvalidated: usize,
+    /// Server: handshakes per client address, if limited.
+    limiter: Option<source_limit::HandshakeLimiter>,
 }
 
 impl<U: Default> Endpoint<U> {
@@ -347,6 +357,10 @@ impl<U: Default> Endpoint<U> {
         // A preferred version the server does not accept is never one to move a client to.
         let accepted = &config.versions;
         config.preferred_versions.retain(|v| accepted.contains(v));
+        let config_limiter = config
+            .handshakes_per_source
+            .filter(|_| config.server_tls.is_some())
+            .map(source_limit::HandshakeLimiter::new);
         Self {
             config,
             // Tables start small and grow with the connections (amortised). Reserving for
@@ -372,6 +386,7 @@ impl<U: Default> Endpoint<U> {
             tokens: TokenStore::default(),
             learned_versions: HashMap::new(),
             unvalidated: 0,
+            limiter: config_limiter,
         }
     }
 
@@ -810,7 +825,29 @@ impl<U: Default> Endpoint<U> {
                 }
             }
         }
-        let retrying = self.config.require_retry
+        // A source that used up its handshakes proves its address first (Retry), and is
+        // then refused: a genuine address over its limit, never a forged one (a forged
+        // source cannot return the Retry's token).
+        let over_limit = self
+            .limiter
+            .as_mut()
+            .is_some_and(|l| !l.allows(meta.src.ip(), now));
+        if over_limit && validated {
+            self.stats.handshakes_limited += 1;
+            self.queue_stateless(&meta, |b| {
+                stateless::initial_close(
+                    b,
+                    version,
+                    &dcid,
+                    &scid,
+                    Code::CONNECTION_REFUSED.0,
+                    "too many handshakes from this address",
+                )
+            });
+            return None;
+        }
+        let retrying = over_limit
+            || self.config.require_retry
             || self
                 .config
                 .retry_above_unvalidated
@@ -872,7 +909,11 @@ impl<U: Default> Endpoint<U> {
         let h = self.insert(conn, Some(dcid));
         // The first Initial decrypted (checked above).
         self.conns[h].local = local_ip(&meta);
-        if !validated {
+        if validated {
+            if let Some(l) = &mut self.limiter {
+                l.take(meta.src.ip(), now);
+            }
+        } else {
             self.conns[h].unvalidated = true;
             self.unvalidated += 1;
         }
@@ -1004,6 +1045,9 @@ impl<U: Default> Endpoint<U> {
         if e.unvalidated && e.conn.address_validated {
             e.unvalidated = false;
             self.unvalidated -= 1;
+            if let Some(l) = &mut self.limiter {
+                l.take(e.conn.remote_addr().ip(), now);
+            }
         }
         if e.conn.is_handshake_confirmed() {
             // The original DCID keeps routing here until the connection ends: a late copy
