@@ -391,6 +391,8 @@ enum Misdeed {
     LargeUnknownFrames,
     /// A PATCH whose body's FIN comes after the server's 405 (see the test).
     PatchWithoutFin,
+    /// A POST whose body has begun and has no FIN (the test then resets it).
+    UploadWithoutFin,
     /// A request whose fields exceed our SETTINGS_MAX_FIELD_SECTION_SIZE once decoded,
     /// though its HEADERS frame is small: malformed (§4.2.2), H3_MESSAGE_ERROR.
     OversizedFieldSection,
@@ -527,6 +529,14 @@ impl Application for RawPeer {
                 put_frame(&mut b, 0x40, &[0u8; 10_000]);
                 b.extend_from_slice(&request(GOOD_REQUEST));
                 self.request = send_bidi(conn, &b, true);
+            }
+            Misdeed::UploadWithoutFin => {
+                control_stream(conn, &settings_frame(), false);
+                let mut fields = GOOD_REQUEST.to_vec();
+                fields[0] = (b":method", b"POST");
+                let mut b = request(&fields);
+                put_frame(&mut b, DATA, b"the start of a body");
+                self.request = send_bidi(conn, &b, false);
             }
             Misdeed::PatchWithoutFin => {
                 control_stream(conn, &settings_frame(), false);
@@ -738,4 +748,54 @@ fn a_request_finished_after_its_response_is_forgotten() {
         }) => assert_eq!(*code, 0x100),
         other => panic!("{other:?}"),
     }
+}
+
+/// An upload the client cancels (RESET_STREAM mid-body) is dropped by the server, which
+/// resets its side with H3_REQUEST_CANCELLED: nothing is left to answer, no stream slot
+/// stays taken, and a shutdown completes at once.
+#[test]
+fn a_cancelled_upload_is_forgotten() {
+    let root = Root::new(&[("one", vec![b'x'])]);
+    let mut sim = Sim::new(
+        Impairments::none(),
+        &root,
+        Box::new(|| {
+            ClientApp::Raw(RawPeer {
+                misdeed: Misdeed::UploadWithoutFin,
+                resets: Vec::new(),
+                request: None,
+                responses: 0,
+            })
+        }),
+    );
+    let h = sim.h;
+    let raw = |s: &mut Sim| {
+        s.client
+            .with_state(h, |_, st| match st {
+                Some(ClientApp::Raw(r)) => (r.request, r.resets.clone()),
+                _ => (None, Vec::new()),
+            })
+            .unwrap_or((None, Vec::new()))
+    };
+    assert!(sim.run(Duration::from_secs(1), |s| raw(s).0.is_some()));
+    // Let the request reach the server, without leaping to the next timer (an idle one).
+    for _ in 0..50 {
+        sim.step();
+        sim.now += Duration::from_millis(1);
+    }
+    let id = raw(&mut sim).0.expect("the upload's stream");
+    sim.client
+        .with_state(h, |c, _| c.reset_stream(id, 0x10c).unwrap());
+    assert!(
+        sim.run(Duration::from_secs(2), |s| !raw(s).1.is_empty()),
+        "the server kept its side open"
+    );
+    assert_eq!(raw(&mut sim).1, [(id, 0x10c)], "H3_REQUEST_CANCELLED");
+    let now = sim.now;
+    sim.server
+        .shut_down_all(|conn, app| app.as_mut().expect("h3").on_shutdown(conn, now));
+    assert!(
+        sim.run(Duration::from_secs(1), |s| s.handler.closed.is_some()),
+        "the server kept the upload"
+    );
 }

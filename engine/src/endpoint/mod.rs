@@ -243,6 +243,9 @@ struct Entry<U> {
     /// Server: opened by an Initial from an address not yet validated, and still waiting
     /// for its validation (counted in `Endpoint::unvalidated`).
     unvalidated: bool,
+    /// Server, with a handshake limit: the source this still unvalidated connection counts
+    /// as pending for (`source_limit`).
+    pending_source: Option<IpAddr>,
     /// Client: the server name connected to, which keys the tokens it hands out.
     server_name: Option<Box<str>>,
 }
@@ -352,6 +355,9 @@ pub struct Endpoint<U> {
     limiter: Option<source_limit::HandshakeLimiter>,
 }
 
+/// The reason phrase of a refusal for `EndpointConfig::handshakes_per_source`.
+const LIMITED_REASON: &str = "too many handshakes from this address";
+
 impl<U: Default> Endpoint<U> {
     pub fn new(mut config: EndpointConfig) -> Self {
         // A preferred version the server does not accept is never one to move a client to.
@@ -359,6 +365,13 @@ impl<U: Default> Endpoint<U> {
         config.preferred_versions.retain(|v| accepted.contains(v));
         let config_limiter = config
             .handshakes_per_source
+            .filter(|l| {
+                let ok = l.check();
+                if let Err(e) = &ok {
+                    tracing::warn!(%e, "handshake limit ignored");
+                }
+                ok.is_ok()
+            })
             .filter(|_| config.server_tls.is_some())
             .map(source_limit::HandshakeLimiter::new);
         Self {
@@ -541,6 +554,7 @@ impl<U: Default> Endpoint<U> {
             queued: false,
             token_issued: false,
             unvalidated: false,
+            pending_source: None,
             server_name: None,
         });
         for cid in cids {
@@ -801,6 +815,25 @@ impl<U: Default> Endpoint<U> {
                 }
                 Ok(ValidatedToken::NewToken) => {
                     let nonce = tokens::nonce_of(token)?;
+                    // Checked before the token is spent: a refusal must not use it up.
+                    if self
+                        .limiter
+                        .as_mut()
+                        .is_some_and(|l| !l.allows_proven(meta.src.ip(), now))
+                    {
+                        self.stats.handshakes_limited += 1;
+                        self.queue_stateless(&meta, |b| {
+                            stateless::initial_close(
+                                b,
+                                version,
+                                &dcid,
+                                &scid,
+                                Code::CONNECTION_REFUSED.0,
+                                LIMITED_REASON,
+                            )
+                        });
+                        return None;
+                    }
                     if self.config.redeemed_tokens.redeem(&nonce) {
                         validated = true;
                     } else {
@@ -828,10 +861,13 @@ impl<U: Default> Endpoint<U> {
         // A source that used up its handshakes proves its address first (Retry), and is
         // then refused: a genuine address over its limit, never a forged one (a forged
         // source cannot return the Retry's token).
-        let over_limit = self
-            .limiter
-            .as_mut()
-            .is_some_and(|l| !l.allows(meta.src.ip(), now));
+        let over_limit = self.limiter.as_mut().is_some_and(|l| {
+            if validated {
+                !l.allows_proven(meta.src.ip(), now)
+            } else {
+                !l.allows_new(meta.src.ip(), now)
+            }
+        });
         if over_limit && validated {
             self.stats.handshakes_limited += 1;
             self.queue_stateless(&meta, |b| {
@@ -841,7 +877,7 @@ impl<U: Default> Endpoint<U> {
                     &dcid,
                     &scid,
                     Code::CONNECTION_REFUSED.0,
-                    "too many handshakes from this address",
+                    LIMITED_REASON,
                 )
             });
             return None;
@@ -909,11 +945,15 @@ impl<U: Default> Endpoint<U> {
         let h = self.insert(conn, Some(dcid));
         // The first Initial decrypted (checked above).
         self.conns[h].local = local_ip(&meta);
-        if validated {
-            if let Some(l) = &mut self.limiter {
+        if let Some(l) = &mut self.limiter {
+            if validated {
                 l.take(meta.src.ip(), now);
+            } else {
+                l.begin_pending(meta.src.ip(), now);
+                self.conns[h].pending_source = Some(meta.src.ip());
             }
-        } else {
+        }
+        if !validated {
             self.conns[h].unvalidated = true;
             self.unvalidated += 1;
         }
@@ -1046,6 +1086,9 @@ impl<U: Default> Endpoint<U> {
             e.unvalidated = false;
             self.unvalidated -= 1;
             if let Some(l) = &mut self.limiter {
+                if let Some(ip) = e.pending_source.take() {
+                    l.end_pending(ip);
+                }
                 l.take(e.conn.remote_addr().ip(), now);
             }
         }
@@ -1158,6 +1201,9 @@ impl<U: Default> Endpoint<U> {
         }
         if e.unvalidated {
             self.unvalidated -= 1;
+        }
+        if let (Some(ip), Some(l)) = (e.pending_source, &mut self.limiter) {
+            l.end_pending(ip);
         }
         // The handle will be reused: neither its deadline nor a cached route may outlive it.
         self.timers.set(h, None);

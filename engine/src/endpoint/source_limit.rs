@@ -1,13 +1,16 @@
 //! Handshakes per client address: a token bucket for each source (an IPv4 address, an
 //! IPv6 /64), so one host cannot keep a worker busy with TLS handshakes.
 //!
-//! Only handshakes from addresses shown to be genuine take from a bucket: one whose client
-//! proved its address (it completed the handshake's round trip, or came with a Retry or
-//! NEW_TOKEN token). A forged source never gets that far, so nobody can empty someone
-//! else's bucket by spoofing its address. An address whose bucket is empty must prove
-//! itself before anything else: its Initials without a token get a Retry (stateless),
-//! and with a valid token are refused with CONNECTION_REFUSED. Every over-limit handshake
-//! so costs the server a packet or two, never a TLS handshake.
+//! A handshake takes from its source's bucket once its client proves the address (it
+//! completes the handshake's round trip, or came with a Retry or NEW_TOKEN token), so a
+//! forged source cannot spend anyone's handshakes. Until then it counts as pending: a new
+//! Initial without a token is taken only while the bucket holds more than the source's
+//! pending handshakes, else it gets a Retry (stateless). A source can therefore not run
+//! more handshakes at once than its bucket holds, finished or not. With a valid token (its
+//! address proven), an Initial is refused with CONNECTION_REFUSED once the bucket is
+//! empty. Forged Initials can raise a victim's pending count, which costs the victim a
+//! Retry round trip, never a refusal. A burst taken at once is paid back: the bucket may
+//! go into debt, down to minus the burst.
 //!
 //! The buckets live in a fixed table indexed by a keyed hash of the source: memory does
 //! not grow with the number of sources. Two sources that share a slot share nothing: the
@@ -25,11 +28,18 @@ pub struct SourceLimit {
     pub burst: u32,
 }
 
+/// The largest rate and burst taken: beyond them there is no limit to speak of.
+pub const MAX_LIMIT: u32 = 1_000_000;
+
 impl SourceLimit {
     pub fn check(&self) -> Result<(), String> {
-        if !(self.per_second.is_finite() && self.per_second > 0.0) || self.burst == 0 {
+        let rate_ok = self.per_second.is_finite()
+            && self.per_second > 0.0
+            && self.per_second <= f64::from(MAX_LIMIT);
+        if !rate_ok || self.burst == 0 || self.burst > MAX_LIMIT {
             return Err(format!(
-                "handshakes per source: a positive rate and burst, not {} a second and {}",
+                "handshakes per source: a rate and burst of 1 to {MAX_LIMIT} (rates down to \
+                 any positive fraction), not {} a second and {}",
                 self.per_second, self.burst
             ));
         }
@@ -37,17 +47,27 @@ impl SourceLimit {
     }
 }
 
-/// Sources tracked at once per worker (a power of two): 32 bytes each, 256 KiB in all,
+/// Sources tracked at once per worker (a power of two): 40 bytes each, 320 KiB in all,
 /// allocated only when a limit is set.
 const SLOTS: usize = 1 << 13;
 
 #[derive(Clone, Copy)]
 struct Slot {
-    /// Which source holds the slot (its keyed hash), 0 for none.
+    /// Which source holds the slot (its keyed hash, never 0), 0 for none.
     tag: u64,
-    tokens: f32,
+    /// Handshakes left, as of `at`; negative while a burst is paid back.
+    tokens: f64,
+    /// Its handshakes not yet proven (`begin_pending` minus `end_pending`).
+    pending: u32,
     at: Option<Instant>,
 }
+
+const EMPTY: Slot = Slot {
+    tag: 0,
+    tokens: 0.0,
+    pending: 0,
+    at: None,
+};
 
 pub struct HandshakeLimiter {
     limit: SourceLimit,
@@ -58,47 +78,75 @@ pub struct HandshakeLimiter {
 
 impl HandshakeLimiter {
     pub fn new(limit: SourceLimit) -> Self {
-        let empty = Slot {
-            tag: 0,
-            tokens: 0.0,
-            at: None,
-        };
         Self {
             limit,
-            slots: vec![empty; SLOTS].into_boxed_slice(),
+            slots: vec![EMPTY; SLOTS].into_boxed_slice(),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    /// Whether `ip` has a handshake left now (none is taken).
-    pub fn allows(&mut self, ip: IpAddr, now: Instant) -> bool {
+    /// Whether a new handshake from `ip`, address not proven, may start now: the bucket
+    /// holds more than the handshakes of `ip` already under way.
+    pub fn allows_new(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let (i, tag) = self.index(ip);
+        let slot = self.slots[i];
+        slot.tag != tag || self.refilled(slot, now) - f64::from(slot.pending) >= 1.0
+    }
+
+    /// Whether a handshake from `ip` whose address is proven (a token) may start now.
+    pub fn allows_proven(&mut self, ip: IpAddr, now: Instant) -> bool {
         let (i, tag) = self.index(ip);
         let slot = self.slots[i];
         slot.tag != tag || self.refilled(slot, now) >= 1.0
     }
 
-    /// Takes a handshake from `ip`'s bucket: one of its handshakes proved its address.
-    pub fn take(&mut self, ip: IpAddr, now: Instant) {
-        let (i, tag) = self.index(ip);
-        let slot = self.slots[i];
-        let tokens = if slot.tag == tag {
-            self.refilled(slot, now)
-        } else {
-            self.limit.burst as f32
-        };
-        self.slots[i] = Slot {
-            tag,
-            tokens: (tokens - 1.0).max(0.0),
-            at: Some(now),
-        };
+    /// A handshake from `ip` started, its address not proven yet.
+    pub fn begin_pending(&mut self, ip: IpAddr, now: Instant) {
+        let i = self.claim(ip, now);
+        self.slots[i].pending = self.slots[i].pending.saturating_add(1);
     }
 
-    fn refilled(&self, slot: Slot, now: Instant) -> f32 {
+    /// A pending handshake from `ip` is over: proven, or gone.
+    pub fn end_pending(&mut self, ip: IpAddr) {
+        let (i, tag) = self.index(ip);
+        if self.slots[i].tag == tag {
+            self.slots[i].pending = self.slots[i].pending.saturating_sub(1);
+        }
+    }
+
+    /// Takes a handshake from `ip`'s bucket: one of its handshakes proved its address.
+    pub fn take(&mut self, ip: IpAddr, now: Instant) {
+        let i = self.claim(ip, now);
+        let burst = f64::from(self.limit.burst);
+        self.slots[i].tokens = (self.slots[i].tokens - 1.0).max(-burst);
+    }
+
+    /// `ip`'s slot, refilled to `now` (a full bucket if another source held it).
+    fn claim(&mut self, ip: IpAddr, now: Instant) -> usize {
+        let (i, tag) = self.index(ip);
+        let slot = self.slots[i];
+        self.slots[i] = if slot.tag == tag {
+            Slot {
+                tokens: self.refilled(slot, now),
+                at: Some(now),
+                ..slot
+            }
+        } else {
+            Slot {
+                tag,
+                tokens: f64::from(self.limit.burst),
+                pending: 0,
+                at: Some(now),
+            }
+        };
+        i
+    }
+
+    fn refilled(&self, slot: Slot, now: Instant) -> f64 {
         let elapsed = slot
             .at
             .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
-        (f64::from(slot.tokens) + elapsed * self.limit.per_second).min(f64::from(self.limit.burst))
-            as f32
+        (slot.tokens + elapsed * self.limit.per_second).min(f64::from(self.limit.burst))
     }
 
     /// The slot and tag of `ip`'s source: the whole IPv4 address, or the IPv6 /64 (a
@@ -130,22 +178,56 @@ mod tests {
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(l.allows(a, t0));
+            assert!(l.allows_new(a, t0));
             l.take(a, t0);
         }
-        assert!(!l.allows(a, t0), "burst spent");
-        assert!(l.allows(b, t0), "another source is not affected");
-        assert!(!l.allows(a, t0 + Duration::from_millis(400)));
+        assert!(!l.allows_new(a, t0), "burst spent");
+        assert!(l.allows_new(b, t0), "another source is not affected");
+        assert!(!l.allows_new(a, t0 + Duration::from_millis(400)));
         assert!(
-            l.allows(a, t0 + Duration::from_millis(500)),
+            l.allows_new(a, t0 + Duration::from_millis(500)),
             "one back after 1/rate"
         );
         l.take(a, t0 + Duration::from_millis(500));
-        assert!(!l.allows(a, t0 + Duration::from_millis(600)));
+        assert!(!l.allows_new(a, t0 + Duration::from_millis(600)));
         assert!(
-            l.allows(a, t0 + Duration::from_secs(60)),
+            l.allows_new(a, t0 + Duration::from_secs(60)),
             "refilled, up to the burst"
         );
+    }
+
+    #[test]
+    fn handshakes_under_way_count_and_a_burst_is_paid_back() {
+        let mut l = HandshakeLimiter::new(SourceLimit {
+            per_second: 1.0,
+            burst: 2,
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        l.begin_pending(a, t0);
+        assert!(l.allows_new(a, t0), "one of two under way");
+        l.begin_pending(a, t0);
+        assert!(
+            !l.allows_new(a, t0),
+            "two under way: the bucket is spoken for"
+        );
+        assert!(
+            l.allows_proven(a, t0),
+            "a proven address is not held back by them"
+        );
+        // A forged pair that never proves itself goes away: nothing was taken.
+        l.end_pending(a);
+        l.end_pending(a);
+        assert!(l.allows_new(a, t0));
+        // Four proven at once: two from the bucket, two owed.
+        for _ in 0..4 {
+            l.take(a, t0);
+        }
+        assert!(
+            !l.allows_proven(a, t0 + Duration::from_millis(2500)),
+            "still owing"
+        );
+        assert!(l.allows_proven(a, t0 + Duration::from_millis(3000)));
     }
 
     #[test]
@@ -157,15 +239,15 @@ mod tests {
         let t0 = Instant::now();
         l.take("2001:db8:1:2::1".parse().unwrap(), t0);
         assert!(
-            !l.allows("2001:db8:1:2:ffff::9".parse().unwrap(), t0),
+            !l.allows_new("2001:db8:1:2:ffff::9".parse().unwrap(), t0),
             "same /64"
         );
         assert!(
-            l.allows("2001:db8:1:3::1".parse().unwrap(), t0),
+            l.allows_new("2001:db8:1:3::1".parse().unwrap(), t0),
             "another /64"
         );
         l.take("198.51.100.7".parse().unwrap(), t0);
-        assert!(!l.allows("::ffff:198.51.100.7".parse().unwrap(), t0));
+        assert!(!l.allows_new("::ffff:198.51.100.7".parse().unwrap(), t0));
     }
 
     #[test]
@@ -183,6 +265,10 @@ mod tests {
             },
             SourceLimit {
                 per_second: f64::NAN,
+                ..ok
+            },
+            SourceLimit {
+                burst: MAX_LIMIT + 1,
                 ..ok
             },
         ] {

@@ -615,6 +615,9 @@ impl Application for H3Server {
             if req.phase == Phase::Headers {
                 // Cancelled before we did anything: rejected (§4.1.1).
                 self.abandon(conn, id, code::REQUEST_REJECTED);
+            } else if req.upload.is_some() {
+                // An upload cut short: there is nothing to answer (§4.1.1).
+                self.abandon(conn, id, code::REQUEST_CANCELLED);
             } else {
                 // A response under way still finishes.
                 self.forget_if_done(id);
