@@ -171,7 +171,8 @@ enum Command {
               value_parser = clap::value_parser!(u8).range(9..=18))]
         quic_lb_nonce_len: u8,
         /// QUIC-LB config rotation codepoint (0..=6), the top 3 bits of every CID.
-        #[arg(long, value_name = "N", default_value_t = 0)]
+        #[arg(long, value_name = "N", default_value_t = 0,
+              value_parser = clap::value_parser!(u8).range(0..=6))]
         quic_lb_config_rotation: u8,
         /// Handshakes a second each client address (an IPv4 address, an IPv6 /64) gets per
         /// worker. Only handshakes that proved their address count, so forged sources

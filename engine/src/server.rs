@@ -339,12 +339,13 @@ impl WorkerBase {
         endpoint.versions = opts.versions.clone();
         endpoint.preferred_versions = opts.preferred_versions.clone();
         endpoint.max_connections = opts.max_connections.max(1);
-        opts.quic_lb
-            .check()
+        endpoint
+            .set_quic_lb(&opts.quic_lb)
             .map_err(|e| ServerError::Config(format!("QUIC-LB: {e}")))?;
-        endpoint.set_quic_lb(&opts.quic_lb);
         if let Some(limit) = opts.handshakes_per_source {
-            limit.check().map_err(ServerError::Config)?;
+            limit
+                .check()
+                .map_err(|e| ServerError::Config(e.to_string()))?;
         }
         endpoint.handshakes_per_source = opts.handshakes_per_source;
         let base = WorkerBase {

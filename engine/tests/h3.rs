@@ -408,6 +408,17 @@ struct RawPeer {
     responses: usize,
 }
 
+impl RawPeer {
+    fn new(misdeed: Misdeed) -> Self {
+        RawPeer {
+            misdeed,
+            resets: Vec::new(),
+            request: None,
+            responses: 0,
+        }
+    }
+}
+
 fn settings_frame() -> Vec<u8> {
     let mut s = Vec::new();
     put_frame(&mut s, SETTINGS, &[]);
@@ -580,14 +591,7 @@ fn misbehave(misdeed: Misdeed) -> (Option<CloseReason>, Vec<(StreamId, u64)>, us
     let mut sim = Sim::new(
         Impairments::none(),
         &root,
-        Box::new(move || {
-            ClientApp::Raw(RawPeer {
-                misdeed,
-                resets: Vec::new(),
-                request: None,
-                responses: 0,
-            })
-        }),
+        Box::new(move || ClientApp::Raw(RawPeer::new(misdeed))),
     );
     let h = sim.h;
     sim.run(Duration::from_secs(5), |s| s.handler.closed.is_some());
@@ -713,14 +717,7 @@ fn a_request_finished_after_its_response_is_forgotten() {
     let mut sim = Sim::new(
         Impairments::none(),
         &root,
-        Box::new(|| {
-            ClientApp::Raw(RawPeer {
-                misdeed: Misdeed::PatchWithoutFin,
-                resets: Vec::new(),
-                request: None,
-                responses: 0,
-            })
-        }),
+        Box::new(|| ClientApp::Raw(RawPeer::new(Misdeed::PatchWithoutFin))),
     );
     let h = sim.h;
     let raw = |s: &mut Sim| {
@@ -759,14 +756,7 @@ fn a_cancelled_upload_is_forgotten() {
     let mut sim = Sim::new(
         Impairments::none(),
         &root,
-        Box::new(|| {
-            ClientApp::Raw(RawPeer {
-                misdeed: Misdeed::UploadWithoutFin,
-                resets: Vec::new(),
-                request: None,
-                responses: 0,
-            })
-        }),
+        Box::new(|| ClientApp::Raw(RawPeer::new(Misdeed::UploadWithoutFin))),
     );
     let h = sim.h;
     let raw = |s: &mut Sim| {
@@ -785,12 +775,12 @@ fn a_cancelled_upload_is_forgotten() {
     }
     let id = raw(&mut sim).0.expect("the upload's stream");
     sim.client
-        .with_state(h, |c, _| c.reset_stream(id, 0x10c).unwrap());
+        .with_state(h, |c, _| c.reset_stream(id, REQUEST_CANCELLED).unwrap());
     assert!(
         sim.run(Duration::from_secs(2), |s| !raw(s).1.is_empty()),
         "the server kept its side open"
     );
-    assert_eq!(raw(&mut sim).1, [(id, 0x10c)], "H3_REQUEST_CANCELLED");
+    assert_eq!(raw(&mut sim).1, [(id, REQUEST_CANCELLED)]);
     let now = sim.now;
     sim.server
         .shut_down_all(|conn, app| app.as_mut().expect("h3").on_shutdown(conn, now));
@@ -798,4 +788,13 @@ fn a_cancelled_upload_is_forgotten() {
         sim.run(Duration::from_secs(1), |s| s.handler.closed.is_some()),
         "the server kept the upload"
     );
+    match &sim.handler.closed {
+        Some(CloseReason::Peer {
+            code, app: true, ..
+        }) => assert_eq!(*code, 0x100, "H3_NO_ERROR"),
+        other => panic!("{other:?}"),
+    }
 }
+
+/// H3_REQUEST_CANCELLED (RFC 9114 §8.1).
+const REQUEST_CANCELLED: u64 = 0x10c;

@@ -21,6 +21,19 @@ use crate::wire::steer::{CidLayout, MAX_CID_LEN};
 /// by each worker's byte, every one mapped to this node (the draft's server id allocation
 /// leaves a node free to hold several ids). The nonce it sees is then random throughout,
 /// as the draft requires of plaintext nonces.
+/// A QUIC-LB configuration outside the draft's limits or ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuicLbError {
+    #[error("config rotation {0} is not 0..=6 (7 marks unroutable CIDs)")]
+    Rotation(u8),
+    #[error("the server id needs at least one byte")]
+    EmptyServerId,
+    #[error("a nonce of {0} bytes: at least {min} (the worker byte and {MIN_RANDOM_LEN} random)", min = 1 + MIN_RANDOM_LEN)]
+    ShortNonce(usize),
+    #[error("a {server_id}-byte server id and a {nonce}-byte nonce: together at most {max} bytes", max = MAX_CID_LEN - 1)]
+    TooLong { server_id: usize, nonce: usize },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuicLbConfig {
     /// 0..=6: 0b111 marks unroutable CIDs (§2.3.1).
@@ -58,22 +71,15 @@ impl QuicLbConfig {
     /// The draft's limits (a server id of at least 1 byte, 19 bytes of server id and nonce
     /// together) and ours (the nonce holds the worker byte and [`MIN_RANDOM_LEN`] random
     /// bytes, which also meets the draft's 4-byte minimum for the load balancer's nonce).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), QuicLbError> {
         if self.config_rotation > 6 {
-            return Err(format!(
-                "config rotation {} is not 0..=6 (7 marks unroutable CIDs)",
-                self.config_rotation
-            ));
+            return Err(QuicLbError::Rotation(self.config_rotation));
         }
         if self.server_id.is_empty() {
-            return Err("the server id needs at least one byte".into());
+            return Err(QuicLbError::EmptyServerId);
         }
         if self.nonce_len < 1 + MIN_RANDOM_LEN {
-            return Err(format!(
-                "a nonce of {} bytes: at least {} (the worker byte and {MIN_RANDOM_LEN} random)",
-                self.nonce_len,
-                1 + MIN_RANDOM_LEN
-            ));
+            return Err(QuicLbError::ShortNonce(self.nonce_len));
         }
         if self
             .server_id
@@ -81,12 +87,10 @@ impl QuicLbConfig {
             .checked_add(self.nonce_len)
             .is_none_or(|n| n > MAX_CID_LEN - 1)
         {
-            return Err(format!(
-                "a {}-byte server id and a {}-byte nonce: together at most {} bytes",
-                self.server_id.len(),
-                self.nonce_len,
-                MAX_CID_LEN - 1
-            ));
+            return Err(QuicLbError::TooLong {
+                server_id: self.server_id.len(),
+                nonce: self.nonce_len,
+            });
         }
         debug_assert!(self.layout().is_valid());
         Ok(())

@@ -51,7 +51,7 @@ use crate::wire::header::{self, Header, LongType, SUPPORTED_VERSIONS};
 use crate::wire::net;
 use crate::wire::steer::CidLayout;
 
-pub use cid::{CidGenerator, QuicLbConfig};
+pub use cid::{CidGenerator, QuicLbConfig, QuicLbError};
 use early_packets::EarlyPackets;
 use routes::Routes;
 pub use source_limit::SourceLimit;
@@ -113,11 +113,13 @@ pub struct EndpointConfig {
 }
 
 impl EndpointConfig {
-    /// Issues CIDs as `lb` says (checked with `QuicLbConfig::check` first).
-    pub fn set_quic_lb(&mut self, lb: &QuicLbConfig) {
+    /// Issues CIDs as `lb` says, if it is within the limits (`QuicLbConfig::check`).
+    pub fn set_quic_lb(&mut self, lb: &QuicLbConfig) -> Result<(), QuicLbError> {
+        lb.check()?;
         self.layout = lb.layout();
         self.server_id = lb.server_id.clone();
         self.config_rotation = lb.config_rotation;
+        Ok(())
     }
 
     pub fn new(transport: TransportConfig, server_tls: Option<Arc<rustls::ServerConfig>>) -> Self {
@@ -776,21 +778,13 @@ impl<U: Default> Endpoint<U> {
         };
         if self.conns.len() >= self.config.max_connections {
             self.stats.connections_refused += 1;
-            self.queue_stateless(&meta, |b| {
-                stateless::initial_close(
-                    b,
-                    version,
-                    &dcid,
-                    &scid,
-                    Code::CONNECTION_REFUSED.0,
-                    "server busy",
-                )
-            });
-            return None;
+            return self.refuse(&meta, version, &dcid, &scid, "server busy");
         }
         let mut original_dcid = dcid;
         let mut retry_scid = None;
         let mut validated = false;
+        // The handshake limit was checked before a NEW_TOKEN token was spent.
+        let mut limit_checked = false;
         if !token.is_empty() {
             match self.config.token_key.open(
                 token,
@@ -818,22 +812,13 @@ impl<U: Default> Endpoint<U> {
                     // Checked before the token is spent: a refusal must not use it up.
                     if self
                         .limiter
-                        .as_mut()
+                        .as_ref()
                         .is_some_and(|l| !l.allows_proven(meta.src.ip(), now))
                     {
                         self.stats.handshakes_limited += 1;
-                        self.queue_stateless(&meta, |b| {
-                            stateless::initial_close(
-                                b,
-                                version,
-                                &dcid,
-                                &scid,
-                                Code::CONNECTION_REFUSED.0,
-                                LIMITED_REASON,
-                            )
-                        });
-                        return None;
+                        return self.refuse(&meta, version, &dcid, &scid, LIMITED_REASON);
                     }
+                    limit_checked = true;
                     if self.config.redeemed_tokens.redeem(&nonce) {
                         validated = true;
                     } else {
@@ -861,26 +846,17 @@ impl<U: Default> Endpoint<U> {
         // A source that used up its handshakes proves its address first (Retry), and is
         // then refused: a genuine address over its limit, never a forged one (a forged
         // source cannot return the Retry's token).
-        let over_limit = self.limiter.as_mut().is_some_and(|l| {
-            if validated {
-                !l.allows_proven(meta.src.ip(), now)
-            } else {
-                !l.allows_new(meta.src.ip(), now)
-            }
-        });
+        let over_limit = !limit_checked
+            && self.limiter.as_ref().is_some_and(|l| {
+                if validated {
+                    !l.allows_proven(meta.src.ip(), now)
+                } else {
+                    !l.allows_new(meta.src.ip(), now)
+                }
+            });
         if over_limit && validated {
             self.stats.handshakes_limited += 1;
-            self.queue_stateless(&meta, |b| {
-                stateless::initial_close(
-                    b,
-                    version,
-                    &dcid,
-                    &scid,
-                    Code::CONNECTION_REFUSED.0,
-                    LIMITED_REASON,
-                )
-            });
-            return None;
+            return self.refuse(&meta, version, &dcid, &scid, LIMITED_REASON);
         }
         let retrying = over_limit
             || self.config.require_retry
@@ -979,6 +955,22 @@ impl<U: Default> Endpoint<U> {
         });
         self.early_packets = early;
         self.stats.early_packets_delivered += delivered as u64;
+    }
+
+    /// Refuses a first Initial with a stateless CONNECTION_CLOSE (CONNECTION_REFUSED),
+    /// `reason` as its phrase.
+    fn refuse(
+        &mut self,
+        meta: &RxMeta,
+        version: u32,
+        dcid: &ConnectionId,
+        scid: &ConnectionId,
+        reason: &str,
+    ) -> Option<ConnHandle> {
+        self.queue_stateless(meta, |b| {
+            stateless::initial_close(b, version, dcid, scid, Code::CONNECTION_REFUSED.0, reason)
+        });
+        None
     }
 
     fn refuse_invalid_token(
@@ -1086,10 +1078,14 @@ impl<U: Default> Endpoint<U> {
             e.unvalidated = false;
             self.unvalidated -= 1;
             if let Some(l) = &mut self.limiter {
-                if let Some(ip) = e.pending_source.take() {
-                    l.end_pending(ip);
+                // Charged to the address the handshake started from, as it was counted.
+                match e.pending_source.take() {
+                    Some(ip) => {
+                        l.end_pending(ip);
+                        l.take(ip, now);
+                    }
+                    None => l.take(e.conn.remote_addr().ip(), now),
                 }
-                l.take(e.conn.remote_addr().ip(), now);
             }
         }
         if e.conn.is_handshake_confirmed() {

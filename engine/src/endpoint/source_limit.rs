@@ -5,16 +5,18 @@
 //! completes the handshake's round trip, or came with a Retry or NEW_TOKEN token), so a
 //! forged source cannot spend anyone's handshakes. Until then it counts as pending: a new
 //! Initial without a token is taken only while the bucket holds more than the source's
-//! pending handshakes, else it gets a Retry (stateless). A source can therefore not run
-//! more handshakes at once than its bucket holds, finished or not. With a valid token (its
+//! pending handshakes, else it gets a Retry (stateless). A source can therefore run at most
+//! about twice its bucket at once, finished or not (its pending ones, then as many again
+//! back through Retry with its address proven). With a valid token (its
 //! address proven), an Initial is refused with CONNECTION_REFUSED once the bucket is
 //! empty. Forged Initials can raise a victim's pending count, which costs the victim a
 //! Retry round trip, never a refusal. A burst taken at once is paid back: the bucket may
 //! go into debt, down to minus the burst.
 //!
 //! The buckets live in a fixed table indexed by a keyed hash of the source: memory does
-//! not grow with the number of sources. Two sources that share a slot share nothing: the
-//! newer takes the slot with a full bucket, which errs towards letting clients in.
+//! not grow with the number of sources. Two sources that share a slot share nothing: a
+//! proven newcomer takes the slot with a full bucket, which errs towards letting clients
+//! in; an unproven one takes it only if the holder's bucket is full and idle.
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::time::Instant;
@@ -31,17 +33,27 @@ pub struct SourceLimit {
 /// The largest rate and burst taken: beyond them there is no limit to speak of.
 pub const MAX_LIMIT: u32 = 1_000_000;
 
+/// A rate or burst out of range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "handshakes per source: a rate above 0 and up to {MAX_LIMIT}, and a burst of 1 to \
+     {MAX_LIMIT}, not {per_second} a second and {burst}"
+)]
+pub struct SourceLimitError {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
 impl SourceLimit {
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SourceLimitError> {
         let rate_ok = self.per_second.is_finite()
             && self.per_second > 0.0
             && self.per_second <= f64::from(MAX_LIMIT);
         if !rate_ok || self.burst == 0 || self.burst > MAX_LIMIT {
-            return Err(format!(
-                "handshakes per source: a rate and burst of 1 to {MAX_LIMIT} (rates down to \
-                 any positive fraction), not {} a second and {}",
-                self.per_second, self.burst
-            ));
+            return Err(SourceLimitError {
+                per_second: self.per_second,
+                burst: self.burst,
+            });
         }
         Ok(())
     }
@@ -87,14 +99,14 @@ impl HandshakeLimiter {
 
     /// Whether a new handshake from `ip`, address not proven, may start now: the bucket
     /// holds more than the handshakes of `ip` already under way.
-    pub fn allows_new(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub fn allows_new(&self, ip: IpAddr, now: Instant) -> bool {
         let (i, tag) = self.index(ip);
         let slot = self.slots[i];
         slot.tag != tag || self.refilled(slot, now) - f64::from(slot.pending) >= 1.0
     }
 
     /// Whether a handshake from `ip` whose address is proven (a token) may start now.
-    pub fn allows_proven(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub fn allows_proven(&self, ip: IpAddr, now: Instant) -> bool {
         let (i, tag) = self.index(ip);
         let slot = self.slots[i];
         slot.tag != tag || self.refilled(slot, now) >= 1.0
@@ -102,8 +114,12 @@ impl HandshakeLimiter {
 
     /// A handshake from `ip` started, its address not proven yet.
     pub fn begin_pending(&mut self, ip: IpAddr, now: Instant) {
-        let i = self.claim(ip, now);
-        self.slots[i].pending = self.slots[i].pending.saturating_add(1);
+        // An unproven source may be forged: it must not evict a source whose bucket is in
+        // use, or a flood of forged Initials would wipe real hosts' debts. Left untracked,
+        // it still waits for its proof, and `take` then charges it.
+        if let Some(i) = self.claim(ip, now, false) {
+            self.slots[i].pending = self.slots[i].pending.saturating_add(1);
+        }
     }
 
     /// A pending handshake from `ip` is over: proven, or gone.
@@ -116,15 +132,22 @@ impl HandshakeLimiter {
 
     /// Takes a handshake from `ip`'s bucket: one of its handshakes proved its address.
     pub fn take(&mut self, ip: IpAddr, now: Instant) {
-        let i = self.claim(ip, now);
+        let Some(i) = self.claim(ip, now, true) else {
+            return;
+        };
         let burst = f64::from(self.limit.burst);
         self.slots[i].tokens = (self.slots[i].tokens - 1.0).max(-burst);
     }
 
-    /// `ip`'s slot, refilled to `now` (a full bucket if another source held it).
-    fn claim(&mut self, ip: IpAddr, now: Instant) -> usize {
+    /// `ip`'s slot, refilled to `now`: a full bucket if another source held it, which is
+    /// evicted only if `evict` or its bucket is full with nothing pending (`None` if not).
+    fn claim(&mut self, ip: IpAddr, now: Instant, evict: bool) -> Option<usize> {
         let (i, tag) = self.index(ip);
         let slot = self.slots[i];
+        let idle = slot.pending == 0 && self.refilled(slot, now) >= f64::from(self.limit.burst);
+        if slot.tag != tag && slot.tag != 0 && !evict && !idle {
+            return None;
+        }
         self.slots[i] = if slot.tag == tag {
             Slot {
                 tokens: self.refilled(slot, now),
@@ -139,7 +162,7 @@ impl HandshakeLimiter {
                 at: Some(now),
             }
         };
-        i
+        Some(i)
     }
 
     fn refilled(&self, slot: Slot, now: Instant) -> f64 {
@@ -228,6 +251,27 @@ mod tests {
             "still owing"
         );
         assert!(l.allows_proven(a, t0 + Duration::from_millis(3000)));
+    }
+
+    #[test]
+    fn unproven_sources_do_not_evict_a_bucket_in_use() {
+        let mut l = HandshakeLimiter::new(SourceLimit {
+            per_second: 0.001,
+            burst: 1,
+        });
+        let t0 = Instant::now();
+        let host: IpAddr = "192.0.2.1".parse().unwrap();
+        l.take(host, t0);
+        assert!(!l.allows_proven(host, t0));
+        // Forged Initials from every address of a /16: some share the host's slot.
+        for i in 0..=u16::MAX {
+            let forged = IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
+            l.begin_pending(forged, t0);
+        }
+        assert!(
+            !l.allows_proven(host, t0),
+            "the host's debt survives the flood"
+        );
     }
 
     #[test]

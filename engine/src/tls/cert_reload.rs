@@ -3,8 +3,8 @@
 //! change present the new chain, and established connections are untouched (TLS is done
 //! with the certificate once the handshake ends).
 //!
-//! rustls asks [`ReloadingCert`] for the certificate once per handshake (never per packet);
-//! the answer is an `Arc` loaded from an `ArcSwap`, no lock. A change is taken only whole:
+//! rustls asks the server's certificate store (`cert_select::CertStore`) once per handshake
+//! (never per packet), which answers with an `Arc` loaded from an `ArcSwap`, no lock. A change is taken only whole:
 //! a chain that does not parse, or a key that is not the leaf's (a renewal caught between
 //! writing the two files), is logged and the certificate in use kept; the next change of
 //! either file is tried again.
@@ -123,7 +123,7 @@ fn certified(files: &CertFiles, provider: &CryptoProvider) -> Result<Loaded, Tls
         ))
     })?;
     let names = leaf_names(&key.cert[0])
-        .map_err(|e| TlsError::Pem(format!("{}: leaf certificate: {e:?}", files.cert.display())))?;
+        .map_err(|e| TlsError::Pem(format!("{}: leaf certificate: {e}", files.cert.display())))?;
     Ok(Loaded {
         key: Arc::new(key),
         names,
@@ -133,12 +133,14 @@ fn certified(files: &CertFiles, provider: &CryptoProvider) -> Result<Loaded, Tls
 /// The DNS names of a leaf's subjectAltName extension, lower-case and without a final dot,
 /// as clients match them (RFC 6125 §6.4). IP addresses and other name types are left out:
 /// clients send no SNI for an address (RFC 6066 §3).
-pub fn leaf_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, webpki::Error> {
+fn leaf_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, webpki::Error> {
     let cert = webpki::EndEntityCert::try_from(leaf)?;
     let mut names: Vec<String> = cert
         .valid_dns_names()
         .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
         .collect();
+    // Equal once lower-cased, or listed twice: the index wants each once.
+    names.sort_unstable();
     names.dedup();
     Ok(names)
 }
