@@ -388,4 +388,23 @@ mod tests {
         assert!(head.ends_with("\r\n\r\n"), "no body for HEAD: {head}");
         drop(endpoint);
     }
+
+    proptest::proptest! {
+        /// Any bytes parse to some answer, never a panic; a well-formed GET is for
+        /// `/metrics` exactly when its path (before any query) is.
+        #[test]
+        fn request_heads_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn only_the_metrics_path_is_served(path in "/[a-z/?=]{0,12}") {
+            let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let want = path.split('?').next() == Some("/metrics");
+            proptest::prop_assert_eq!(
+                parse(head.as_bytes()) == Request::Metrics { head_only: false },
+                want
+            );
+        }
+    }
 }

@@ -288,6 +288,7 @@ fn labels(l: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     #[test]
@@ -465,6 +466,33 @@ quench_worker_datagrams_rx_total{worker=\"1\"} 7
                 text.lines().any(|l| l == line),
                 "{line} missing from\n{text}"
             );
+        }
+    }
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            "[a-z_ 0-9\"\\\\\n]{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z_1 ]{0,5}", inner, 0..6)
+                    .prop_map(|m| { serde_json::Value::Object(m.into_iter().collect()) }),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever the stats JSON looks like, the text is valid exposition format.
+        #[test]
+        fn any_json_renders_valid_text(v in json()) {
+            for stats in [v.clone(), serde_json::json!({ "workers": [v.clone(), v] })] {
+                let text = render(&stats);
+                prop_assert!(validate(&text).is_ok(), "{:?}\n{}", validate(&text), text);
+            }
         }
     }
 }
