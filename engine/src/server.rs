@@ -453,7 +453,7 @@ pub fn start_udp_server(opts: ServerOptions) -> Result<RunningServer, ServerErro
     }
     let handoff = Handoff::new(workers).map_err(ServerError::Wakeup)?;
     if workers > 1 && opts.kernel_steering {
-        let program = cid_steering_program(&base.endpoint.layout, workers as u32);
+        let program = cid_steering_program(&base.endpoint.layout(), workers as u32);
         match sockets[0].attach_reuseport_cbpf(&program) {
             Ok(()) => tracing::debug!("the kernel steers short headers to their worker by CID"),
             Err(e) => tracing::warn!(
@@ -775,7 +775,7 @@ mod xdp_server {
             mode: xdp.mode,
             ports: vec![port],
             listen_ip: Some(opts.listen.ip()),
-            layout: base.endpoint.layout,
+            layout: base.endpoint.layout(),
             zero_copy: xdp.zero_copy,
             side: Side::Server,
             huge_pages: xdp.huge_pages,

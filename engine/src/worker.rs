@@ -260,14 +260,15 @@ impl<D: Datapath> Worker<D> {
                 }
             }
 
+            // Fixed for the endpoint's life: read once a batch, not once a datagram.
+            let layout = self.endpoint.config().layout();
             let endpoint = &mut self.endpoint;
             let handoff = self.handoff.as_ref();
             let counters = &self.counters;
             let (me, n_workers) = (self.id as u32, handoff.map_or(1, |h| h.queues.len() as u32));
             received += self.datapath.recv_batch_vouched(&mut |meta, buf| {
                 if let Some(h) = handoff.filter(|_| multi) {
-                    let layout = &endpoint.config().layout;
-                    if let Some(owner) = steer::foreign_owner(buf, layout, n_workers, me) {
+                    if let Some(owner) = steer::foreign_owner(buf, &layout, n_workers, me) {
                         h.pass(owner, meta, buf, &mut spare, counters);
                         return false;
                     }

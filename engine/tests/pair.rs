@@ -15,7 +15,7 @@ use quench::conn::{
 };
 use quench::crypto::header_protection::{protect, unprotect};
 use quench::crypto::secrets::initial_keys;
-use quench::endpoint::{Endpoint, EndpointConfig, EventHandler};
+use quench::endpoint::{Endpoint, EndpointConfig, EventHandler, QuicLbConfig};
 use quench::io::mem::{pair, EcnPath, Impairments, MemDatapath};
 use quench::io::{Datapath, RxMeta};
 use quench::tls::certs::generate_self_signed;
@@ -26,7 +26,6 @@ use quench::tls::session::{
 use quench::wire::cid::ConnectionId;
 use quench::wire::frame::{Frame, FrameIter};
 use quench::wire::header::{self, Header, LongType, VERSION_1, VERSION_2};
-use quench::wire::steer::CidLayout;
 use quench::wire::varint::Writer;
 use quench::worker::transmit;
 use quench::{Epoch, Side};
@@ -244,7 +243,7 @@ struct SimOptions {
     /// The server's TLS config, if not `server_config`'s (for the echo ALPN).
     server_tls: Option<Arc<rustls::ServerConfig>>,
     /// The server's CID layout and server id, if not the default.
-    server_cids: Option<(CidLayout, Vec<u8>)>,
+    server_cids: Option<QuicLbConfig>,
 }
 
 impl SimOptions {
@@ -294,9 +293,9 @@ impl Sim {
         let server_transport = o.server_transport.unwrap_or_else(|| o.transport.clone());
         let mut scfg = EndpointConfig::new(server_transport, Some(stls));
         scfg.require_retry = o.require_retry;
-        if let Some((layout, server_id)) = o.server_cids {
-            scfg.layout = layout;
-            scfg.server_id = server_id;
+        if let Some(lb) = o.server_cids {
+            // Set directly: the layouts tested here may be outside QUIC-LB's limits.
+            scfg.quic_lb = lb;
         }
         scfg.max_connections = o.max_connections;
         scfg.preferred_versions = o.server_preferred;
@@ -596,12 +595,15 @@ fn quic_v2_handshake_and_transfer() {
 fn retry_works_with_a_server_whose_cids_are_shorter_than_8_bytes() {
     let mut o = SimOptions::new(Impairments::none(), TransportConfig::default(), 1, 64 << 10);
     o.require_retry = true;
-    let layout = CidLayout {
-        cid_len: 7,
-        server_id_len: 0,
+    let lb = QuicLbConfig {
+        config_rotation: 0,
+        server_id: Vec::new(),
+        nonce_len: 6,
     };
+    let layout = lb.layout();
+    assert_eq!((layout.cid_len, layout.server_id_len), (7, 0));
     assert!(layout.is_valid());
-    o.server_cids = Some((layout, Vec::new()));
+    o.server_cids = Some(lb);
     let (mut sim, h) = Sim::with(o);
     sim.run_to_completion(h, 1, Duration::from_secs(60));
     let stats = sim.server.stats();

@@ -70,10 +70,9 @@ pub struct EndpointConfig {
     pub transport: Arc<TransportConfig>,
     /// TLS for accepting; `None` makes a client-only endpoint.
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
-    pub layout: CidLayout,
-    pub server_id: Vec<u8>,
-    /// QUIC-LB config rotation codepoint in every CID's first octet (`QuicLbConfig`).
-    pub config_rotation: u8,
+    /// How our CIDs are laid out (QUIC-LB: config rotation, server id, nonce). Set through
+    /// `set_quic_lb`, which checks it; tests may set layouts the checks refuse.
+    pub quic_lb: QuicLbConfig,
     pub worker_id: u8,
     pub max_connections: usize,
     /// Server: handshakes per client address (`source_limit`); `None`, no limit.
@@ -116,19 +115,20 @@ impl EndpointConfig {
     /// Issues CIDs as `lb` says, if it is within the limits (`QuicLbConfig::check`).
     pub fn set_quic_lb(&mut self, lb: &QuicLbConfig) -> Result<(), QuicLbError> {
         lb.check()?;
-        self.layout = lb.layout();
-        self.server_id = lb.server_id.clone();
-        self.config_rotation = lb.config_rotation;
+        self.quic_lb = lb.clone();
         Ok(())
+    }
+
+    /// The layout of every CID we issue, as the steering (XDP, kernel, hand-off) reads it.
+    pub fn layout(&self) -> CidLayout {
+        self.quic_lb.layout()
     }
 
     pub fn new(transport: TransportConfig, server_tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         Self {
             transport: Arc::new(transport),
             server_tls,
-            layout: QuicLbConfig::default().layout(),
-            server_id: QuicLbConfig::default().server_id,
-            config_rotation: QuicLbConfig::default().config_rotation,
+            quic_lb: QuicLbConfig::default(),
             worker_id: 0,
             max_connections: 100_000,
             handshakes_per_source: None,
@@ -451,9 +451,9 @@ impl<U: Default> Endpoint<U> {
 
     fn cid_generator(&self) -> CidGenerator {
         CidGenerator::new(
-            self.config.layout,
-            self.config.config_rotation,
-            &self.config.server_id,
+            self.config.layout(),
+            self.config.quic_lb.config_rotation,
+            &self.config.quic_lb.server_id,
             self.config.worker_id,
             self.config.reset_key.clone(),
         )
@@ -588,7 +588,7 @@ impl<U: Default> Endpoint<U> {
     ) -> Option<ConnHandle> {
         self.stats.datagrams_received += 1;
         self.source_authenticated = false;
-        let cid_len = self.config.layout.cid_len;
+        let cid_len = self.config.layout().cid_len;
         // Unreadable headers go to `handle_unknown` too: a stateless reset is random bytes.
         let known = header::peek_dcid(buf, cid_len)
             .ok()
@@ -674,7 +674,7 @@ impl<U: Default> Endpoint<U> {
                 return Some(h);
             }
         }
-        let cid_len = self.config.layout.cid_len;
+        let cid_len = self.config.layout().cid_len;
         let Ok((hdr, _)) = header::parse(buf, cid_len) else {
             self.stats.dropped_unroutable += 1;
             return None;
@@ -967,8 +967,21 @@ impl<U: Default> Endpoint<U> {
         scid: &ConnectionId,
         reason: &str,
     ) -> Option<ConnHandle> {
+        self.close_initial(meta, version, dcid, scid, Code::CONNECTION_REFUSED, reason)
+    }
+
+    /// Answers a first Initial with a stateless CONNECTION_CLOSE of `code`.
+    fn close_initial(
+        &mut self,
+        meta: &RxMeta,
+        version: u32,
+        dcid: &ConnectionId,
+        scid: &ConnectionId,
+        code: Code,
+        reason: &str,
+    ) -> Option<ConnHandle> {
         self.queue_stateless(meta, |b| {
-            stateless::initial_close(b, version, dcid, scid, Code::CONNECTION_REFUSED.0, reason)
+            stateless::initial_close(b, version, dcid, scid, code.0, reason)
         });
         None
     }
@@ -981,10 +994,7 @@ impl<U: Default> Endpoint<U> {
         scid: ConnectionId,
     ) -> Option<ConnHandle> {
         self.stats.invalid_tokens += 1;
-        self.queue_stateless(&meta, |b| {
-            stateless::initial_close(b, version, &dcid, &scid, Code::INVALID_TOKEN.0, "")
-        });
-        None
+        self.close_initial(&meta, version, &dcid, &scid, Code::INVALID_TOKEN, "")
     }
 
     /// Queues a stateless answer (written by `write`) to the datagram `to` describes.

@@ -41,7 +41,6 @@ pub struct CertStore {
 /// The pairs as of one reload pass.
 struct Snapshot {
     keys: Vec<Arc<sign::CertifiedKey>>,
-    names: Vec<Vec<String>>,
     index: NameIndex,
 }
 
@@ -50,7 +49,7 @@ impl Snapshot {
         let keys = pairs.iter().map(ReloadingCert::certified_key).collect();
         let names: Vec<Vec<String>> = pairs.iter().map(ReloadingCert::names).collect();
         let index = NameIndex::build(pairs, &names);
-        Snapshot { keys, names, index }
+        Snapshot { keys, index }
     }
 }
 
@@ -89,7 +88,7 @@ impl CertStore {
 
     /// Each pair's DNS names, in the order given.
     pub fn names(&self) -> Vec<Vec<String>> {
-        self.current.load().names.clone()
+        self.pairs.iter().map(ReloadingCert::names).collect()
     }
 
     /// Which pair serves a client asking for `server_name` (its SNI, if it sent one).

@@ -452,19 +452,28 @@ fn start_response(req: &mut Request, root: Option<&std::path::Path>, head: &Requ
     } else {
         body
     };
+    let extra: &[(&[u8], &[u8])] = if status == b"405" {
+        &[(b"allow", b"GET, HEAD, POST, PUT")]
+    } else {
+        &[]
+    };
+    put_head(req, status, length, extra);
+    req.body = body;
+}
+
+/// Frames a response's HEADERS into `req.out`: the status, content-length, our server
+/// field, then `extra`.
+fn put_head(req: &mut Request, status: &[u8], length: u64, extra: &[(&[u8], &[u8])]) {
     let length = length.to_string();
-    let mut section = Vec::new();
     let mut fields: Vec<(&[u8], &[u8])> = vec![
         (b":status", status),
         (b"content-length", length.as_bytes()),
         (b"server", b"quench"),
     ];
-    if status == b"405" {
-        fields.push((b"allow", b"GET, HEAD, POST, PUT"));
-    }
+    fields.extend_from_slice(extra);
+    let mut section = Vec::new();
     qpack::encode_field_section(&fields, &mut section);
     frame::put_frame(&mut req.out, frame::HEADERS, &section);
-    req.body = body;
 }
 
 /// Frames the answer to a whole upload: its length and SHA-256, as JSON.
@@ -472,18 +481,12 @@ fn start_upload_response(req: &mut Request, hash: aws_lc_rs::digest::Context) {
     req.responding = true;
     let hex = hex::encode(hash.finish());
     let body = format!("{{\"bytes\":{},\"sha256\":\"{hex}\"}}\n", req.content_seen).into_bytes();
-    let length = body.len().to_string();
-    let mut section = Vec::new();
-    qpack::encode_field_section(
-        &[
-            (b":status", b"200"),
-            (b"content-length", length.as_bytes()),
-            (b"content-type", b"application/json"),
-            (b"server", b"quench"),
-        ],
-        &mut section,
+    put_head(
+        req,
+        b"200",
+        body.len() as u64,
+        &[(b"content-type", b"application/json")],
     );
-    frame::put_frame(&mut req.out, frame::HEADERS, &section);
     req.body = Body::Text(body);
 }
 
